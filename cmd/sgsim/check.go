@@ -1,0 +1,157 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+)
+
+func newCheckCmd() *cobra.Command {
+	var topo, eni, dir, proto, remote string
+	var port int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check --topology F --eni ID --direction ingress|egress --protocol P --remote IP [--port N]",
+		Short: "Explain the verdict for one packet (exit 0 whatever the verdict)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := model.LoadTopologyFile(topo)
+			if err != nil {
+				return err
+			}
+			d, err := model.ParseDirection(dir)
+			if err != nil {
+				return err
+			}
+			pkt, err := parseCheckPacket(proto, remote, port, cmd.Flags().Changed("port"))
+			if err != nil {
+				return err
+			}
+			tables, err := compiler.New(st).Compile(eni)
+			if err != nil {
+				return fmt.Errorf("--eni %q: no such network interface in %s", eni, topo)
+			}
+			t := tables.Get(d)
+			v := dataplane.Explain(t, dataplane.NewLinearTable(t).Lookup(&pkt))
+			if asJSON {
+				return writeCheckJSON(cmd.OutOrStdout(), eni, d, v, t)
+			}
+			writeCheckText(cmd.OutOrStdout(), eni, d, &pkt, v, t)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&topo, "topology", "", "topology file (JSON, SPEC §7)")
+	f.StringVar(&eni, "eni", "", "network interface ID")
+	f.StringVar(&dir, "direction", "", "ingress or egress")
+	f.StringVar(&proto, "protocol", "", "tcp, udp, icmp, icmpv6 or an IP protocol number")
+	f.StringVar(&remote, "remote", "", "remote address (source for ingress, destination for egress)")
+	f.IntVar(&port, "port", 0, "destination port (tcp/udp only)")
+	f.BoolVar(&asJSON, "json", false, "print the verdict as JSON")
+	for _, name := range []string{"topology", "eni", "direction", "protocol", "remote"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
+
+// parseCheckPacket turns the check flags into a Packet, rejecting combinations no packet can have.
+func parseCheckPacket(proto, remote string, port int, hasPort bool) (dataplane.Packet, error) {
+	var p dataplane.Packet
+	addr, err := netip.ParseAddr(remote)
+	if err != nil {
+		return p, fmt.Errorf("--remote %q: not an IPv4 or IPv6 address", remote)
+	}
+	p.Remote = addr.Unmap()
+	switch strings.ToLower(proto) {
+	case "tcp":
+		p.Proto = model.IPProtoTCP
+	case "udp":
+		p.Proto = model.IPProtoUDP
+	case "icmp":
+		p.Proto = model.IPProtoICMP
+	case "icmpv6":
+		p.Proto = model.IPProtoICMPv6
+	default:
+		n, err := strconv.ParseUint(proto, 10, 8)
+		if err != nil {
+			return p, fmt.Errorf("--protocol %q: want tcp, udp, icmp, icmpv6 or a number 0-255", proto)
+		}
+		p.Proto = uint8(n)
+	}
+	if hasPort {
+		if p.Proto != model.IPProtoTCP && p.Proto != model.IPProtoUDP {
+			return p, fmt.Errorf("--port %d: ports exist only for tcp and udp", port)
+		}
+		if port < 0 || port > 65535 {
+			return p, fmt.Errorf("--port %d: out of range 0-65535", port)
+		}
+		p.Port, p.HasPort = uint16(port), true
+	}
+	return p, nil
+}
+
+// checkJSON is the explained verdict of SPEC §2.
+type checkJSON struct {
+	Verdict   model.Action     `json:"verdict"`
+	ENI       string           `json:"eni"`
+	Direction model.Direction  `json:"direction"`
+	SgID      string           `json:"sgId,omitempty"`
+	RuleIndex *int             `json:"ruleIndex,omitempty"`
+	Reason    dataplane.Reason `json:"reason"`
+	Rule      *model.Rule      `json:"rule,omitempty"`
+}
+
+func writeCheckJSON(w io.Writer, eni string, d model.Direction, v dataplane.Verdict, t *compiler.Table) error {
+	out := checkJSON{Verdict: v.Action, ENI: eni, Direction: d, Reason: v.Reason}
+	if v.Reason == dataplane.ReasonRule {
+		idx := v.RuleIndex
+		r := t.Entries[v.Entry].Rule.Rule()
+		out.SgID, out.RuleIndex, out.Rule = v.SgID, &idx, &r
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+func writeCheckText(w io.Writer, eni string, d model.Direction, p *dataplane.Packet, v dataplane.Verdict, t *compiler.Table) {
+	fmt.Fprintf(w, "%-6s %s %s %s\n", v.Action, eni, d, describePacket(p))
+	switch v.Reason {
+	case dataplane.ReasonRule:
+		fmt.Fprintf(w, "  decided by %s %s[%d]: %s\n", v.SgID, d, v.RuleIndex, t.Entries[v.Entry].Rule)
+	case dataplane.ReasonNoSG:
+		fmt.Fprintf(w, "  no-sg: %s has no security groups, so it drops everything\n", eni)
+	default:
+		fmt.Fprintf(w, "  default-drop: no rule of %s matched (%d rules checked)\n", eni, len(t.Entries)-1)
+	}
+}
+
+func describePacket(p *dataplane.Packet) string {
+	s := protoName(p.Proto) + " remote " + p.Remote.String()
+	if p.HasPort {
+		s += " port " + strconv.Itoa(int(p.Port))
+	}
+	return s
+}
+
+func protoName(n uint8) string {
+	switch n {
+	case model.IPProtoTCP:
+		return "tcp"
+	case model.IPProtoUDP:
+		return "udp"
+	case model.IPProtoICMP:
+		return "icmp"
+	case model.IPProtoICMPv6:
+		return "icmpv6"
+	}
+	return "proto " + strconv.Itoa(int(n))
+}

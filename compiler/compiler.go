@@ -1,0 +1,184 @@
+// Package compiler flattens an ENI's ordered security groups into first-match tables with provenance,
+// and indexes which ENIs a change to an SG's rules or membership forces to be recompiled.
+package compiler
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/sgsim/sgsim/model"
+)
+
+// Entry is one row of a flattened table: a match, an action and where it came from.
+type Entry struct {
+	Protocol model.Protocol
+	// AnyRemote matches every address of both families; otherwise the remote address must fall in one
+	// of Remotes. An sgId rule whose SG has no members keeps its row with no Remotes: it matches nothing,
+	// and rule indexes stay those of the API.
+	AnyRemote bool
+	Remotes   []netip.Prefix
+	Ports     model.PortRange
+	Action    model.Action
+
+	SgID      string // "" for the implicit last DROP
+	RuleIndex int    // 0-based within SgID's list for the table's direction; -1 for the implicit DROP
+	Rule      model.ParsedRule
+}
+
+// Implicit tells whether e is the table's implicit last DROP.
+func (e *Entry) Implicit() bool { return e.RuleIndex < 0 }
+
+// Table is the flattened first-match table of one ENI and direction. The last entry is always the one
+// implicit DROP (SPEC §2). Tables are immutable once compiled.
+type Table struct {
+	ENI       string
+	Direction model.Direction
+	// NoSG is set when the ENI has no security groups: the implicit DROP then reports reason no-sg.
+	NoSG    bool
+	Entries []Entry
+}
+
+// Tables holds both directions of one ENI.
+type Tables struct {
+	ENI     string
+	Ingress *Table
+	Egress  *Table
+}
+
+// Get returns the table of direction d.
+func (t *Tables) Get(d model.Direction) *Table {
+	if d == model.Egress {
+		return t.Egress
+	}
+	return t.Ingress
+}
+
+// Compiler compiles the ENIs of one State. Building it indexes SG membership once, so compiling many
+// ENIs of the same State costs each only its own rules.
+type Compiler struct {
+	state   *model.State
+	members map[string][]netip.Prefix // sgId → host prefixes of every private IP of its member ENIs
+}
+
+// New indexes s for compilation.
+func New(s *model.State) *Compiler {
+	c := &Compiler{state: s, members: make(map[string][]netip.Prefix)}
+	for _, id := range s.ENIIDs() {
+		eni, _ := s.ENI(id)
+		for _, sg := range eni.SgIDs {
+			for _, a := range eni.Addrs() {
+				c.members[sg] = append(c.members[sg], netip.PrefixFrom(a, a.BitLen()))
+			}
+		}
+	}
+	for sg, ps := range c.members {
+		slices.SortFunc(ps, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+		c.members[sg] = slices.Compact(ps)
+	}
+	return c
+}
+
+// Members returns the host prefixes an sgId rule naming sgID currently matches.
+func (c *Compiler) Members(sgID string) []netip.Prefix { return c.members[sgID] }
+
+// Compile flattens both directions of one ENI.
+func (c *Compiler) Compile(eniID string) (*Tables, error) {
+	eni, ok := c.state.ENI(eniID)
+	if !ok {
+		return nil, fmt.Errorf("compile %s: no such network interface", eniID)
+	}
+	return &Tables{
+		ENI:     eniID,
+		Ingress: c.compileDir(eni, model.Ingress),
+		Egress:  c.compileDir(eni, model.Egress),
+	}, nil
+}
+
+// CompileAll compiles every ENI of the State, keyed by ENI ID.
+func (c *Compiler) CompileAll() map[string]*Tables {
+	out := make(map[string]*Tables, len(c.state.ENIIDs()))
+	for _, id := range c.state.ENIIDs() {
+		t, _ := c.Compile(id) // every listed ENI exists
+		out[id] = t
+	}
+	return out
+}
+
+func (c *Compiler) compileDir(eni *model.NetworkInterface, d model.Direction) *Table {
+	t := &Table{ENI: eni.NetworkInterfaceID, Direction: d, NoSG: len(eni.SgIDs) == 0}
+	n := 1
+	for _, id := range eni.SgIDs {
+		sg, _ := c.state.SG(id)
+		n += len(sg.Rules(d))
+	}
+	t.Entries = make([]Entry, 0, n)
+	for _, id := range eni.SgIDs {
+		sg, _ := c.state.SG(id)
+		for i, r := range sg.Rules(d) {
+			e := Entry{Protocol: r.Protocol, Ports: r.Ports, Action: r.Action, SgID: id, RuleIndex: i, Rule: r}
+			switch {
+			case r.Remote.IsValid():
+				e.Remotes = []netip.Prefix{r.Remote}
+			case r.RemoteSG != "":
+				e.Remotes = c.members[r.RemoteSG]
+			default:
+				e.AnyRemote = true
+			}
+			t.Entries = append(t.Entries, e)
+		}
+	}
+	t.Entries = append(t.Entries, Entry{AnyRemote: true, Action: model.Drop, RuleIndex: -1,
+		Rule: model.ParsedRule{Action: model.Drop, Desc: "implicit drop"}})
+	return t
+}
+
+// Index answers which ENIs must be recompiled after a change (the daemon recompiles only those).
+type Index struct {
+	users     map[string][]string // sgId → ENIs that list it
+	referrers map[string][]string // sgId → SGs with an sgId rule naming it
+}
+
+// NewIndex indexes s.
+func NewIndex(s *model.State) *Index {
+	ix := &Index{users: map[string][]string{}, referrers: map[string][]string{}}
+	for _, id := range s.ENIIDs() {
+		eni, _ := s.ENI(id)
+		for _, sg := range eni.SgIDs {
+			ix.users[sg] = append(ix.users[sg], id)
+		}
+	}
+	for _, gid := range s.SGIDs() {
+		g, _ := s.SG(gid)
+		seen := map[string]bool{}
+		for _, d := range []model.Direction{model.Ingress, model.Egress} {
+			for _, r := range g.Rules(d) {
+				if r.RemoteSG != "" && !seen[r.RemoteSG] {
+					seen[r.RemoteSG] = true
+					ix.referrers[r.RemoteSG] = append(ix.referrers[r.RemoteSG], gid)
+				}
+			}
+		}
+	}
+	return ix
+}
+
+// Users returns the ENIs whose SG list contains sgID.
+func (ix *Index) Users(sgID string) []string { return ix.users[sgID] }
+
+// Referrers returns the SGs that have an sgId rule naming sgID.
+func (ix *Index) Referrers(sgID string) []string { return ix.referrers[sgID] }
+
+// AffectedByRules returns the ENIs whose tables change when sgID's rules change: its users.
+func (ix *Index) AffectedByRules(sgID string) []string { return slices.Clone(ix.users[sgID]) }
+
+// AffectedByMembership returns the ENIs whose tables change when the member set of sgID changes: every
+// user of an SG whose rules reference sgID. The moved ENIs themselves are the caller's to add.
+func (ix *Index) AffectedByMembership(sgID string) []string {
+	var out []string
+	for _, ref := range ix.referrers[sgID] {
+		out = append(out, ix.users[ref]...)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}

@@ -1,0 +1,136 @@
+// Package dataplane decides packets against compiled tables: the Matcher contract, explained verdicts,
+// and the reference linear first-match matcher that faster engines are tested against.
+package dataplane
+
+import (
+	"net/netip"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/model"
+)
+
+// Packet is what rule matching looks at, already oriented by direction: Remote is the source address for
+// ingress and the destination for egress; Port is the destination port.
+type Packet struct {
+	Remote netip.Addr
+	Proto  uint8 // IP protocol number
+	Port   uint16
+	// HasPort is false when the ports are unknown (non-first fragments, protocols without ports):
+	// a rule with a portRange then never matches.
+	HasPort bool
+}
+
+// Reason says why a verdict was given (SPEC §2).
+type Reason uint8
+
+const (
+	ReasonRule Reason = iota
+	ReasonDefaultDrop
+	ReasonEstablished
+	ReasonNoSG
+	ReasonARP
+	ReasonND
+	ReasonNotIP
+	ReasonMalformed
+)
+
+var reasonNames = [...]string{"rule", "default-drop", "established", "no-sg", "arp", "nd", "not-ip", "malformed"}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// MarshalText writes the SPEC's reason name.
+func (r Reason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// Verdict is an explained decision. SgID and RuleIndex are meaningful only when Reason is ReasonRule;
+// Entry is the index of the deciding row in the flattened table (-1 when no table decided).
+type Verdict struct {
+	Action    model.Action
+	Reason    Reason
+	SgID      string
+	RuleIndex int
+	Entry     int
+}
+
+// Explain turns the index of the deciding entry of t into a verdict.
+func Explain(t *compiler.Table, entry int) Verdict {
+	e := &t.Entries[entry]
+	switch {
+	case !e.Implicit():
+		return Verdict{Action: e.Action, Reason: ReasonRule, SgID: e.SgID, RuleIndex: e.RuleIndex, Entry: entry}
+	case t.NoSG:
+		return Verdict{Action: model.Drop, Reason: ReasonNoSG, RuleIndex: -1, Entry: entry}
+	}
+	return Verdict{Action: model.Drop, Reason: ReasonDefaultDrop, RuleIndex: -1, Entry: entry}
+}
+
+// TableMatcher finds the first matching entry of one compiled table. Every implementation returns a
+// valid index: the implicit DROP matches everything.
+type TableMatcher interface {
+	Lookup(p *Packet) int
+}
+
+// Matcher decides packets for the ENIs it holds. ok is false when it holds no tables for eni.
+type Matcher interface {
+	Match(eni string, d model.Direction, p *Packet) (v Verdict, ok bool)
+}
+
+// EntryMatches is the definition of a match (SPEC §2), used by the reference matcher and by tests.
+func EntryMatches(e *compiler.Entry, p *Packet) bool {
+	v6 := p.Remote.Is6()
+	if !e.Protocol.Matches(p.Proto, v6) {
+		return false
+	}
+	if !e.Ports.Any() && (!p.HasPort || !e.Ports.Contains(p.Port)) {
+		return false
+	}
+	if e.AnyRemote {
+		return true
+	}
+	for _, pre := range e.Remotes {
+		if pre.Contains(p.Remote) {
+			return true
+		}
+	}
+	return false
+}
+
+// LinearTable is the reference matcher of one table: a scan in priority order.
+type LinearTable struct {
+	t *compiler.Table
+}
+
+// NewLinearTable wraps t.
+func NewLinearTable(t *compiler.Table) *LinearTable { return &LinearTable{t: t} }
+
+// Lookup returns the first entry that matches p.
+func (l *LinearTable) Lookup(p *Packet) int {
+	for i := range l.t.Entries {
+		if EntryMatches(&l.t.Entries[i], p) {
+			return i
+		}
+	}
+	return len(l.t.Entries) - 1 // unreachable: the implicit DROP matches all
+}
+
+// Linear is the reference Matcher over a fixed set of compiled tables. It is deliberately simple.
+type Linear struct {
+	tables map[string]*compiler.Tables
+}
+
+// NewLinear builds the reference matcher over tables (keyed by ENI ID).
+func NewLinear(tables map[string]*compiler.Tables) *Linear { return &Linear{tables: tables} }
+
+// Match decides p for eni in direction d.
+func (l *Linear) Match(eni string, d model.Direction, p *Packet) (Verdict, bool) {
+	ts, ok := l.tables[eni]
+	if !ok {
+		return Verdict{}, false
+	}
+	t := ts.Get(d)
+	return Explain(t, NewLinearTable(t).Lookup(p)), true
+}

@@ -1,0 +1,457 @@
+package model
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+)
+
+// Account is a cloud account with its Tencent and Huawei credentials.
+type Account struct {
+	AppID           string   `json:"appId"`
+	SecretID        string   `json:"secretId,omitempty"`
+	SecretKey       string   `json:"secretKey,omitempty"`
+	HuaweiProjectID string   `json:"huaweiProjectId,omitempty"`
+	HuaweiTokens    []string `json:"huaweiTokens,omitempty"`
+}
+
+// SecurityGroup is an SG with its ordered rule lists in API form. Once inside a State it is immutable:
+// a change makes a new SecurityGroup.
+type SecurityGroup struct {
+	SgID      string `json:"sgId"`
+	AppID     string `json:"appId"`
+	ProjectID int    `json:"projectId"`
+	SgName    string `json:"sgName,omitempty"`
+	SgRemark  string `json:"sgRemark,omitempty"`
+	Preset    bool   `json:"preset,omitempty"`
+	Version   int    `json:"version,omitempty"`
+	Ingress   []Rule `json:"ingress"`
+	Egress    []Rule `json:"egress"`
+
+	parsed [2][]ParsedRule
+}
+
+// Rules returns the parsed rules of direction d, in priority order.
+func (g *SecurityGroup) Rules(d Direction) []ParsedRule { return g.parsed[d] }
+
+// NetworkInterface is an ENI (Huawei: port) with its ordered SG list.
+type NetworkInterface struct {
+	NetworkInterfaceID string   `json:"networkInterfaceId"`
+	AppID              string   `json:"appId"`
+	MacAddress         string   `json:"macAddress,omitempty"`
+	PrivateIPAddresses []string `json:"privateIpAddresses"`
+	SgIDs              []string `json:"sgIds"`
+	HostInterface      string   `json:"hostInterface,omitempty"`
+
+	addrs []netip.Addr
+	mac   net.HardwareAddr
+}
+
+// Addrs returns the ENI's private addresses, parsed.
+func (n *NetworkInterface) Addrs() []netip.Addr { return n.addrs }
+
+// MAC returns the parsed MAC address (nil when the ENI has none).
+func (n *NetworkInterface) MAC() net.HardwareAddr { return n.mac }
+
+// Topology is the topology file of SPEC §7 and the persisted form of a State.
+type Topology struct {
+	Accounts          []Account          `json:"accounts"`
+	SecurityGroups    []SecurityGroup    `json:"securityGroups"`
+	NetworkInterfaces []NetworkInterface `json:"networkInterfaces"`
+}
+
+// State is one consistent version of the world: accounts, SGs and ENIs, all validated. It is immutable;
+// Edit returns a copy to change, so readers holding an older State are never disturbed.
+type State struct {
+	accounts map[string]*Account
+	sgs      map[string]*SecurityGroup
+	enis     map[string]*NetworkInterface
+	// Creation order, so listings and the persisted topology are stable.
+	accountOrder, sgOrder, eniOrder []string
+}
+
+// NewState builds and validates a State from a topology. Errors name the JSON path of the bad entry.
+// Quotas are not checked: topology files may hold groups of any size (SPEC §4).
+func NewState(t Topology) (*State, error) {
+	s := &State{
+		accounts: make(map[string]*Account, len(t.Accounts)),
+		sgs:      make(map[string]*SecurityGroup, len(t.SecurityGroups)),
+		enis:     make(map[string]*NetworkInterface, len(t.NetworkInterfaces)),
+	}
+	for i := range t.Accounts {
+		a := t.Accounts[i]
+		path := fmt.Sprintf("accounts[%d]", i)
+		if a.AppID == "" {
+			return nil, errf(CodeBadParameter, path+".appId", "appId is required")
+		}
+		if _, dup := s.accounts[a.AppID]; dup {
+			return nil, errValue(CodeBadParameter, path+".appId", a.AppID, "duplicate appId")
+		}
+		a.HuaweiTokens = slices.Clone(a.HuaweiTokens)
+		s.accounts[a.AppID] = &a
+		s.accountOrder = append(s.accountOrder, a.AppID)
+	}
+	// SGs first without reference checks, so rules may name SGs defined later in the file.
+	for i, g := range t.SecurityGroups {
+		path := fmt.Sprintf("securityGroups[%d]", i)
+		if !validID(g.SgID) {
+			return nil, errValue(CodeBadParameter, path+".sgId", g.SgID, "must match [A-Za-z0-9-]{1,64}")
+		}
+		if _, dup := s.sgs[g.SgID]; dup {
+			return nil, errValue(CodeBadParameter, path+".sgId", g.SgID, "duplicate sgId")
+		}
+		if _, ok := s.accounts[g.AppID]; !ok {
+			return nil, errValue(CodeNotFound, path+".appId", g.AppID, "no such account")
+		}
+		sg, err := prepareSG(g)
+		if err != nil {
+			return nil, AtPath(path, err)
+		}
+		s.sgs[sg.SgID] = sg
+		s.sgOrder = append(s.sgOrder, sg.SgID)
+	}
+	for i, id := range s.sgOrder {
+		if err := s.checkRuleRefs(s.sgs[id]); err != nil {
+			return nil, AtPath(fmt.Sprintf("securityGroups[%d]", i), err)
+		}
+	}
+	for i, n := range t.NetworkInterfaces {
+		path := fmt.Sprintf("networkInterfaces[%d]", i)
+		if _, dup := s.enis[n.NetworkInterfaceID]; dup {
+			return nil, errValue(CodeBadParameter, path+".networkInterfaceId", n.NetworkInterfaceID, "duplicate networkInterfaceId")
+		}
+		eni, err := s.prepareENI(n)
+		if err != nil {
+			return nil, AtPath(path, err)
+		}
+		s.enis[eni.NetworkInterfaceID] = eni
+		s.eniOrder = append(s.eniOrder, eni.NetworkInterfaceID)
+	}
+	return s, nil
+}
+
+// ParseTopology decodes and validates a topology document; name (a file name) prefixes every error.
+func ParseTopology(name string, data []byte) (*State, error) {
+	var t Topology
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&t); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, describeJSONError(data, err))
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%s: trailing data after the topology object", name)
+	}
+	s, err := NewState(t)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return s, nil
+}
+
+// LoadTopologyFile reads and validates a topology file.
+func LoadTopologyFile(path string) (*State, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read topology: %w", err)
+	}
+	return ParseTopology(path, data)
+}
+
+// describeJSONError adds a line:column to JSON syntax and type errors, which only carry byte offsets.
+func describeJSONError(data []byte, err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	var off int64
+	switch {
+	case errors.As(err, &syn):
+		off = syn.Offset
+	case errors.As(err, &typ):
+		off = typ.Offset
+		if typ.Field != "" {
+			return fmt.Errorf("line %s: %s: expected %s, got JSON %s: %w", lineCol(data, off), typ.Field, typ.Type, typ.Value, err)
+		}
+	default:
+		return err
+	}
+	return fmt.Errorf("line %s: %w", lineCol(data, off), err)
+}
+
+func lineCol(data []byte, off int64) string {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	before := data[:off]
+	line := bytes.Count(before, []byte("\n")) + 1
+	col := int(off) - bytes.LastIndexByte(before, '\n')
+	return fmt.Sprintf("%d:%d", line, col)
+}
+
+// prepareSG parses every rule of g (format only) into a fresh SecurityGroup.
+func prepareSG(g SecurityGroup) (*SecurityGroup, error) {
+	sg := g
+	sg.Ingress = slices.Clone(g.Ingress)
+	sg.Egress = slices.Clone(g.Egress)
+	if sg.Ingress == nil {
+		sg.Ingress = []Rule{}
+	}
+	if sg.Egress == nil {
+		sg.Egress = []Rule{}
+	}
+	for d, rules := range [2][]Rule{sg.Ingress, sg.Egress} {
+		dir := Direction(d)
+		parsed := make([]ParsedRule, len(rules))
+		for i, r := range rules {
+			p, err := ParseRule(r)
+			if err != nil {
+				return nil, AtPath(fmt.Sprintf("%s[%d]", dir, i), err)
+			}
+			parsed[i] = p
+		}
+		sg.parsed[dir] = parsed
+	}
+	return &sg, nil
+}
+
+// checkRuleRefs checks that every sgId rule of g names an SG of the same owner and project (SPEC §4: 9003).
+func (s *State) checkRuleRefs(g *SecurityGroup) error {
+	for d := range g.parsed {
+		dir := Direction(d)
+		for i, r := range g.parsed[d] {
+			if r.RemoteSG == "" {
+				continue
+			}
+			path := fmt.Sprintf("%s[%d].sgId", dir, i)
+			ref, ok := s.sgs[r.RemoteSG]
+			if r.RemoteSG == g.SgID {
+				ref, ok = g, true
+			}
+			switch {
+			case !ok:
+				return errValue(CodeBadRuleFormat, path, r.RemoteSG, "no such security group")
+			case ref.AppID != g.AppID:
+				return errValue(CodeBadRuleFormat, path, r.RemoteSG, "security group belongs to another account")
+			case ref.ProjectID != g.ProjectID:
+				return errValue(CodeBadRuleFormat, path, r.RemoteSG, fmt.Sprintf("security group is in project %d, not %d", ref.ProjectID, g.ProjectID))
+			}
+		}
+	}
+	return nil
+}
+
+// prepareENI validates n against the SGs of s and returns a fresh NetworkInterface.
+func (s *State) prepareENI(n NetworkInterface) (*NetworkInterface, error) {
+	if !validID(n.NetworkInterfaceID) {
+		return nil, errValue(CodeBadParameter, "networkInterfaceId", n.NetworkInterfaceID, "must match [A-Za-z0-9-]{1,64}")
+	}
+	if _, ok := s.accounts[n.AppID]; !ok {
+		return nil, errValue(CodeNotFound, "appId", n.AppID, "no such account")
+	}
+	eni := n
+	eni.PrivateIPAddresses = slices.Clone(n.PrivateIPAddresses)
+	eni.SgIDs = slices.Clone(n.SgIDs)
+	if eni.SgIDs == nil {
+		eni.SgIDs = []string{}
+	}
+	if n.MacAddress != "" {
+		mac, err := net.ParseMAC(n.MacAddress)
+		if err != nil || len(mac) != 6 {
+			return nil, errValue(CodeBadParameter, "macAddress", n.MacAddress, "not a 6-byte MAC address")
+		}
+		eni.mac = mac
+	}
+	if len(n.PrivateIPAddresses) == 0 {
+		return nil, errf(CodeBadParameter, "privateIpAddresses", "at least one private IP address is required")
+	}
+	for i, a := range n.PrivateIPAddresses {
+		addr, err := netip.ParseAddr(a)
+		if err != nil || addr.Zone() != "" {
+			return nil, errValue(CodeBadParameter, fmt.Sprintf("privateIpAddresses[%d]", i), a, "not an IPv4 or IPv6 address")
+		}
+		eni.addrs = append(eni.addrs, addr.Unmap())
+	}
+	if err := s.checkSGList(eni.AppID, eni.SgIDs); err != nil {
+		return nil, err
+	}
+	return &eni, nil
+}
+
+// checkSGList checks an ENI's ordered SG list: known SGs of the ENI's owner, no duplicates.
+func (s *State) checkSGList(appID string, ids []string) error {
+	seen := make(map[string]bool, len(ids))
+	for i, id := range ids {
+		path := fmt.Sprintf("sgIds[%d]", i)
+		g, ok := s.sgs[id]
+		switch {
+		case !ok:
+			return errValue(CodeNotFound, path, id, "no such security group")
+		case g.AppID != appID:
+			return errValue(CodeNotOwner, path, id, "security group belongs to another account")
+		case seen[id]:
+			return errValue(CodeBadParameter, path, id, "duplicate sgId")
+		}
+		seen[id] = true
+	}
+	return nil
+}
+
+// Account returns the account with appID.
+func (s *State) Account(appID string) (*Account, bool) {
+	a, ok := s.accounts[appID]
+	return a, ok
+}
+
+// SG returns the security group with id.
+func (s *State) SG(id string) (*SecurityGroup, bool) {
+	g, ok := s.sgs[id]
+	return g, ok
+}
+
+// ENI returns the network interface with id.
+func (s *State) ENI(id string) (*NetworkInterface, bool) {
+	n, ok := s.enis[id]
+	return n, ok
+}
+
+// AppIDs, SGIDs and ENIIDs list IDs in creation order; callers must not modify the slices.
+func (s *State) AppIDs() []string { return s.accountOrder }
+
+// SGIDs lists security group IDs in creation order.
+func (s *State) SGIDs() []string { return s.sgOrder }
+
+// ENIIDs lists ENI IDs in creation order.
+func (s *State) ENIIDs() []string { return s.eniOrder }
+
+// Topology returns the persisted form of s; NewState(s.Topology()) rebuilds an equal State.
+func (s *State) Topology() Topology {
+	t := Topology{
+		Accounts:          make([]Account, 0, len(s.accountOrder)),
+		SecurityGroups:    make([]SecurityGroup, 0, len(s.sgOrder)),
+		NetworkInterfaces: make([]NetworkInterface, 0, len(s.eniOrder)),
+	}
+	for _, id := range s.accountOrder {
+		t.Accounts = append(t.Accounts, *s.accounts[id])
+	}
+	for _, id := range s.sgOrder {
+		t.SecurityGroups = append(t.SecurityGroups, *s.sgs[id])
+	}
+	for _, id := range s.eniOrder {
+		t.NetworkInterfaces = append(t.NetworkInterfaces, *s.enis[id])
+	}
+	return t
+}
+
+// Edit returns a Builder on a copy of s. The copy shares the unchanged SGs and ENIs with s, so an edit
+// costs O(number of objects) pointer copies, never a deep copy.
+func (s *State) Edit() *Builder {
+	return &Builder{s: &State{
+		accounts:     cloneMap(s.accounts),
+		sgs:          cloneMap(s.sgs),
+		enis:         cloneMap(s.enis),
+		accountOrder: slices.Clone(s.accountOrder),
+		sgOrder:      slices.Clone(s.sgOrder),
+		eniOrder:     slices.Clone(s.eniOrder),
+	}}
+}
+
+func cloneMap[V any](m map[string]V) map[string]V {
+	c := make(map[string]V, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// Builder changes a private copy of a State; State() hands it out. Every method validates what it puts
+// and leaves the copy unchanged when it returns an error.
+type Builder struct {
+	s *State
+}
+
+// State returns the edited State. The Builder must not be used afterwards.
+func (b *Builder) State() *State { return b.s }
+
+// PutSG adds or replaces a security group after validating its rules and rule references. It does not
+// check quotas (the API layer does) and does not bump Version (the caller decides what a change is).
+func (b *Builder) PutSG(g SecurityGroup) error {
+	if !validID(g.SgID) {
+		return errValue(CodeBadParameter, "sgId", g.SgID, "must match [A-Za-z0-9-]{1,64}")
+	}
+	if _, ok := b.s.accounts[g.AppID]; !ok {
+		return errValue(CodeNotFound, "appId", g.AppID, "no such account")
+	}
+	sg, err := prepareSG(g)
+	if err != nil {
+		return err
+	}
+	if err := b.s.checkRuleRefs(sg); err != nil {
+		return err
+	}
+	if _, exists := b.s.sgs[sg.SgID]; !exists {
+		b.s.sgOrder = append(b.s.sgOrder, sg.SgID)
+	}
+	b.s.sgs[sg.SgID] = sg
+	return nil
+}
+
+// DeleteSG removes a security group. It refuses (9003) while an ENI uses it or another SG's rule names it.
+func (b *Builder) DeleteSG(id string) error {
+	if _, ok := b.s.sgs[id]; !ok {
+		return errValue(CodeNotFound, "sgId", id, "no such security group")
+	}
+	for _, eid := range b.s.eniOrder {
+		if slices.Contains(b.s.enis[eid].SgIDs, id) {
+			return errValue(CodeBadRuleFormat, "sgId", id, "security group is in use by "+eid)
+		}
+	}
+	for _, gid := range b.s.sgOrder {
+		if gid == id {
+			continue
+		}
+		for _, d := range []Direction{Ingress, Egress} {
+			for _, r := range b.s.sgs[gid].parsed[d] {
+				if r.RemoteSG == id {
+					return errValue(CodeBadRuleFormat, "sgId", id, "security group is referenced by a rule of "+gid)
+				}
+			}
+		}
+	}
+	delete(b.s.sgs, id)
+	b.s.sgOrder = slices.DeleteFunc(b.s.sgOrder, func(x string) bool { return x == id })
+	return nil
+}
+
+// PutENI adds or replaces a network interface after validating its addresses and SG list.
+func (b *Builder) PutENI(n NetworkInterface) error {
+	eni, err := b.s.prepareENI(n)
+	if err != nil {
+		return err
+	}
+	if _, exists := b.s.enis[eni.NetworkInterfaceID]; !exists {
+		b.s.eniOrder = append(b.s.eniOrder, eni.NetworkInterfaceID)
+	}
+	b.s.enis[eni.NetworkInterfaceID] = eni
+	return nil
+}
+
+// SetENISGs replaces the ordered SG list of an existing ENI.
+func (b *Builder) SetENISGs(eniID string, sgIDs []string) error {
+	cur, ok := b.s.enis[eniID]
+	if !ok {
+		return errValue(CodeNotFound, "networkInterfaceId", eniID, "no such network interface")
+	}
+	if err := b.s.checkSGList(cur.AppID, sgIDs); err != nil {
+		return err
+	}
+	n := *cur
+	n.SgIDs = slices.Clone(sgIDs)
+	if n.SgIDs == nil {
+		n.SgIDs = []string{}
+	}
+	b.s.enis[eniID] = &n
+	return nil
+}
