@@ -1,7 +1,7 @@
 # sgsim — see README.md. Every target works on a fresh Debian machine with Go; `make generate` also needs
 # clang/llvm/libbpf-dev (the generated BPF objects are committed, so nothing else does).
 GO          ?= go
-STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@2025.1.1
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BIN         := bin/sgsim
 DEMO        := testdata/demo.json
 
