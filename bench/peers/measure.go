@@ -1,0 +1,179 @@
+package peers
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Firewall names a peer the harness can load.
+type Firewall string
+
+const (
+	None            Firewall = "none"
+	IptablesLegacy  Firewall = "iptables-legacy"
+	IptablesNft     Firewall = "iptables-nft"
+	Nftables        Firewall = "nftables"
+	NftablesWithSet Firewall = "nftables-sets"
+)
+
+// Load replaces the fw namespace's rules with rules for fw and returns how long the loader took: the
+// update cost a control plane pays for pushing a whole new table.
+func (p *Path) Load(ctx context.Context, fw Firewall, rules []Rule) (time.Duration, error) {
+	var name string
+	var args []string
+	var script []byte
+	switch fw {
+	case None:
+		return 0, nil
+	case IptablesLegacy:
+		name, args, script = "iptables-legacy-restore", nil, IptablesScript(p.FwIf, rules)
+	case IptablesNft:
+		name, args, script = "iptables-nft-restore", nil, IptablesScript(p.FwIf, rules)
+	case Nftables:
+		name, args, script = "nft", []string{"-f", "-"}, NftScript(p.FwIf, rules, false)
+	case NftablesWithSet:
+		name, args, script = "nft", []string{"-f", "-"}, NftScript(p.FwIf, rules, true)
+	default:
+		return 0, fmt.Errorf("unknown firewall %q", fw)
+	}
+	full := append([]string{"netns", "exec", p.FwNS, name}, args...)
+	start := time.Now()
+	if err := run(ctx, script, "ip", full...); err != nil {
+		return 0, fmt.Errorf("load %s (%d rules): %w", fw, len(rules), err)
+	}
+	return time.Since(start), nil
+}
+
+// Flush removes every rule a Load may have left in the fw namespace.
+func (p *Path) Flush(ctx context.Context) error {
+	var errs []error
+	for _, cmd := range [][]string{
+		{"iptables-legacy", "-F"}, {"iptables-legacy", "-X"}, {"iptables-nft", "-F"}, {"iptables-nft", "-X"},
+		{"nft", "flush", "ruleset"},
+	} {
+		if err := run(ctx, nil, "ip", append([]string{"netns", "exec", p.FwNS}, cmd...)...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Result is one measured UDP stream.
+type Result struct {
+	Sent, Received uint64
+	Elapsed        time.Duration
+	// CPUBusy is the busy time of all CPUs during the stream (generator, kernel path and sink together).
+	CPUBusy time.Duration
+}
+
+// PPS is the rate of packets that passed the firewall and reached the sink.
+func (r Result) PPS() float64 { return float64(r.Received) / r.Elapsed.Seconds() }
+
+// CPUPerPacket is all-CPU busy time per delivered packet.
+func (r Result) CPUPerPacket() time.Duration {
+	if r.Received == 0 {
+		return 0
+	}
+	return r.CPUBusy / time.Duration(r.Received)
+}
+
+// StreamUDP sends fixed-size UDP datagrams from the gen namespace to fw's dport for dur and counts
+// what arrives. It stops by itself after dur (or when ctx ends).
+func (p *Path) StreamUDP(ctx context.Context, dur time.Duration, payload int, dport uint16) (Result, error) {
+	var sink, gen *net.UDPConn
+	dst := netip.AddrPortFrom(netip.MustParseAddr(p.FwIP), dport)
+	if err := InNetns(p.FwNS, func() error {
+		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(dst))
+		sink = c
+		return err
+	}); err != nil {
+		return Result{}, fmt.Errorf("sink socket: %w", err)
+	}
+	defer sink.Close()
+	_ = sink.SetReadBuffer(8 << 20)
+	if err := InNetns(p.GenNS, func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
+		gen = c
+		return err
+	}); err != nil {
+		return Result{}, fmt.Errorf("generator socket: %w", err)
+	}
+	defer gen.Close()
+
+	var received atomic.Uint64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			if _, err := sink.Read(buf); err != nil {
+				return // deadline or close ends the sink
+			}
+			received.Add(1)
+		}
+	}()
+	busy0, err := cpuBusy()
+	if err != nil {
+		return Result{}, err
+	}
+	msg := make([]byte, payload)
+	deadline := time.Now().Add(dur)
+	start := time.Now()
+	var sent uint64
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		for i := 0; i < 256; i++ {
+			if _, err := gen.Write(msg); err == nil {
+				sent++
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	busy1, err := cpuBusy()
+	if err != nil {
+		return Result{}, err
+	}
+	// Let in-flight packets land, then stop the sink.
+	time.Sleep(50 * time.Millisecond)
+	_ = sink.SetReadDeadline(time.Now())
+	<-done
+	return Result{Sent: sent, Received: received.Load(), Elapsed: elapsed, CPUBusy: busy1 - busy0}, nil
+}
+
+// cpuBusy reads the machine's total non-idle CPU time from /proc/stat.
+func cpuBusy() (time.Duration, error) {
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("cpu time: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	if !sc.Scan() {
+		return 0, fmt.Errorf("cpu time: /proc/stat is empty")
+	}
+	fields := strings.Fields(sc.Text())
+	if len(fields) < 8 || fields[0] != "cpu" {
+		return 0, fmt.Errorf("cpu time: unexpected /proc/stat line %q", sc.Text())
+	}
+	var busy uint64
+	for i, f := range fields[1:min(len(fields), 9)] { // user..steal; guest time is already in user
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("cpu time: %w", err)
+		}
+		busy += v
+	}
+	const clkTck = 100 // USER_HZ on Linux
+	return time.Duration(busy) * time.Second / clkTck, nil
+}
