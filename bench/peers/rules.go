@@ -159,7 +159,9 @@ func NftScript(iface string, rules []Rule, useSets bool) []byte {
 	return b.Bytes()
 }
 
-func sameExceptSrc(a, b Rule) bool { return a.Proto == b.Proto && a.Ports == b.Ports && a.Accept == b.Accept }
+func sameExceptSrc(a, b Rule) bool {
+	return a.Proto == b.Proto && a.Ports == b.Ports && a.Accept == b.Accept
+}
 
 func disjointPrefixes(rules []Rule) []netip.Prefix {
 	ps := make([]netip.Prefix, len(rules))
