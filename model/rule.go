@@ -173,7 +173,7 @@ func ParseRule(r Rule) (ParsedRule, error) {
 		return p, err
 	}
 	if r.CidrIP != "" && r.SgID != "" {
-		return p, errf(CodeBadRuleFormat, "", "cidrIp and sgId are mutually exclusive")
+		return p, errf(CodeBadRuleFormat, "cidrIp", "cidrIp and sgId are mutually exclusive")
 	}
 	if r.CidrIP != "" {
 		if p.Remote, err = ParseCIDR(r.CidrIP); err != nil {
