@@ -1,0 +1,97 @@
+// Package api serves the control plane over HTTP: the Tencent v2 and Huawei VPC dialects of SPEC §4–§5,
+// the inspection endpoints (/sgsim/v1/check, /sgsim/v1/enis/{id}/table), /metrics and /healthz.
+package api
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/sgsim/sgsim/control"
+)
+
+// Options configure the handler; the zero value means defaults.
+type Options struct {
+	// Now is the clock for Timestamp and Nonce checks; nil = time.Now. Tests inject a fixed clock.
+	Now func() time.Time
+	// MaxBodyBytes bounds request bodies; 0 = 1 MiB.
+	MaxBodyBytes int64
+	// MaxParams bounds the number of Tencent parameters; 0 = 2000 (100 rules × 6 fields × 2 directions fit).
+	MaxParams int
+	// ReplayWindow is how long a Nonce is remembered and how far a Timestamp may be off; 0 = 2 hours.
+	ReplayWindow time.Duration
+	Logger       *slog.Logger
+}
+
+// Handler is the http.Handler of NewHandler; its extra methods serve in-process callers (scenarios).
+type Handler struct {
+	ctrl    *control.Controller
+	opts    Options
+	log     *slog.Logger
+	mux     *http.ServeMux
+	nonces  *nonceCache
+	metrics *metrics
+}
+
+// NewHandler returns the API handler for ctrl.
+func NewHandler(ctrl *control.Controller, opts Options) *Handler {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 1 << 20
+	}
+	if opts.MaxParams <= 0 {
+		opts.MaxParams = 2000
+	}
+	if opts.ReplayWindow <= 0 {
+		opts.ReplayWindow = 2 * time.Hour
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	h := &Handler{ctrl: ctrl, opts: opts, log: opts.Logger, mux: http.NewServeMux(),
+		nonces: newNonceCache(opts.ReplayWindow), metrics: newMetrics()}
+	h.mux.HandleFunc("/v2/index.php", h.serveTencent)
+	h.mux.HandleFunc("POST /v2.0/{project}/security-groups/{sg}/instance/action", h.serveHuawei)
+	h.mux.HandleFunc("POST /v1/{project}/security-groups/{sg}/instance/action", h.serveHuawei)
+	h.mux.HandleFunc("POST /sgsim/v1/check", h.serveCheck)
+	h.mux.HandleFunc("GET /sgsim/v1/enis/{id}/table", h.serveTable)
+	h.mux.HandleFunc("GET /metrics", h.serveMetrics)
+	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "generation": ctrl.View().Generation})
+	})
+	return h
+}
+
+// ServeHTTP implements http.Handler; a panic anywhere below becomes a 500, never a dead daemon.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		if p := recover(); p != nil {
+			h.log.Error("panic serving request", "path", r.URL.Path, "panic", p)
+			writeJSON(w, http.StatusInternalServerError, map[string]any{"code": 6000, "message": "internal error"})
+		}
+	}()
+	r.Body = http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes)
+	h.mux.ServeHTTP(w, r)
+}
+
+// NewServer wraps h in an http.Server with timeouts, so slow or stuck clients cannot hold connections.
+func NewServer(addr string, h http.Handler) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,103 @@
+package api
+
+import (
+	"fmt"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// flatNode is a decoded Tencent flattened parameter: `a.0.b=v` becomes a tree a → 0 → b = v.
+type flatNode struct {
+	name     string // full dotted name, for errors
+	value    string
+	hasValue bool
+	children map[string]*flatNode
+}
+
+// decodeFlat builds the tree of every parameter. A name used twice, an empty name segment, or a name
+// that is both a value and a parent is an error naming the parameter.
+func decodeFlat(params url.Values) (*flatNode, error) {
+	root := &flatNode{children: map[string]*flatNode{}}
+	names := make([]string, 0, len(params))
+	for k := range params {
+		names = append(names, k)
+	}
+	sort.Strings(names) // deterministic errors
+	for _, k := range names {
+		vs := params[k]
+		if len(vs) != 1 {
+			return nil, fmt.Errorf("parameter %q given %d times", k, len(vs))
+		}
+		n := root
+		segs := strings.Split(k, ".")
+		for i, s := range segs {
+			if s == "" {
+				return nil, fmt.Errorf("parameter %q: empty name segment", k)
+			}
+			if n.hasValue {
+				return nil, fmt.Errorf("parameter %q: %q is a value, not a list or object", k, n.name)
+			}
+			c, ok := n.children[s]
+			if !ok {
+				c = &flatNode{name: strings.Join(segs[:i+1], "."), children: map[string]*flatNode{}}
+				n.children[s] = c
+			}
+			n = c
+		}
+		if len(n.children) > 0 || n.hasValue {
+			return nil, fmt.Errorf("parameter %q is both a value and a list or object", k)
+		}
+		n.value, n.hasValue = vs[0], true
+	}
+	return root, nil
+}
+
+// str returns the value of child k ("" and false when absent); a child that is a list is an error.
+func (n *flatNode) str(k string) (string, bool, error) {
+	c, ok := n.children[k]
+	if !ok {
+		return "", false, nil
+	}
+	if !c.hasValue {
+		return "", false, fmt.Errorf("parameter %q must be a single value", c.name)
+	}
+	return c.value, true, nil
+}
+
+// list returns the elements of child k in index order; indexes must be dense from 0 (SPEC §4).
+func (n *flatNode) list(k string) ([]*flatNode, error) {
+	c, ok := n.children[k]
+	if !ok {
+		return nil, nil
+	}
+	if c.hasValue {
+		return nil, fmt.Errorf("parameter %q must be a list (%s.0, %s.1, …)", c.name, c.name, c.name)
+	}
+	out := make([]*flatNode, len(c.children))
+	for idx, e := range c.children {
+		i, err := strconv.Atoi(idx)
+		if err != nil || i < 0 || i >= len(out) || strconv.Itoa(i) != idx {
+			return nil, fmt.Errorf("parameter %q: list indexes must be dense from 0, got %q", e.name, idx)
+		}
+		out[i] = e
+	}
+	return out, nil
+}
+
+// strList returns a list of single values (e.g. sgIds.0, sgIds.1).
+func (n *flatNode) strList(k string) ([]string, error) {
+	l, err := n.list(k)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(l))
+	for i, e := range l {
+		if !e.hasValue {
+			return nil, fmt.Errorf("parameter %q must be a single value", e.name)
+		}
+		out[i] = e.value
+	}
+	return out, nil
+}

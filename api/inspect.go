@@ -1,0 +1,185 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+)
+
+// CheckRequest is the body of POST /sgsim/v1/check.
+type CheckRequest struct {
+	ENI       string `json:"eni"`
+	Direction string `json:"direction"`
+	Protocol  string `json:"protocol"`
+	Remote    string `json:"remote"`
+	Port      *int   `json:"port,omitempty"`
+}
+
+// CheckResponse is the explained verdict of SPEC §2 plus the generation it was decided at.
+type CheckResponse struct {
+	Verdict    model.Action     `json:"verdict"`
+	ENI        string           `json:"eni"`
+	Direction  model.Direction  `json:"direction"`
+	SgID       string           `json:"sgId,omitempty"`
+	RuleIndex  *int             `json:"ruleIndex,omitempty"`
+	Reason     dataplane.Reason `json:"reason"`
+	Rule       *model.Rule      `json:"rule,omitempty"`
+	Generation uint64           `json:"generation"`
+}
+
+type inspectError struct {
+	Error string `json:"error"`
+}
+
+func parseCheck(body []byte) (model.Direction, dataplane.Packet, CheckRequest, error) {
+	var req CheckRequest
+	var p dataplane.Packet
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return 0, p, req, fmt.Errorf("body: want {\"eni\",\"direction\",\"protocol\",\"remote\",\"port\"}: %w", err)
+	}
+	d, err := model.ParseDirection(req.Direction)
+	if err != nil {
+		return 0, p, req, err
+	}
+	addr, err := netip.ParseAddr(req.Remote)
+	if err != nil || addr.Zone() != "" {
+		return 0, p, req, fmt.Errorf("remote %q: not an IPv4 or IPv6 address", req.Remote)
+	}
+	p.Remote = addr.Unmap()
+	switch strings.ToLower(req.Protocol) {
+	case "tcp":
+		p.Proto = model.IPProtoTCP
+	case "udp":
+		p.Proto = model.IPProtoUDP
+	case "icmp":
+		p.Proto = model.IPProtoICMP
+	case "icmpv6":
+		p.Proto = model.IPProtoICMPv6
+	default:
+		n, err := strconv.ParseUint(req.Protocol, 10, 8)
+		if err != nil {
+			return 0, p, req, fmt.Errorf("protocol %q: want tcp, udp, icmp, icmpv6 or a number 0-255", req.Protocol)
+		}
+		p.Proto = uint8(n)
+	}
+	if req.Port != nil {
+		if p.Proto != model.IPProtoTCP && p.Proto != model.IPProtoUDP {
+			return 0, p, req, fmt.Errorf("port %d: ports exist only for tcp and udp", *req.Port)
+		}
+		if *req.Port < 0 || *req.Port > 65535 {
+			return 0, p, req, fmt.Errorf("port %d: out of range 0-65535", *req.Port)
+		}
+		p.Port, p.HasPort = uint16(*req.Port), true
+	}
+	return d, p, req, nil
+}
+
+// Check decides one packet against the live tables, counting it in the metrics like an HTTP /check.
+func (h *Handler) Check(eni string, d model.Direction, p *dataplane.Packet) (CheckResponse, bool) {
+	snap := h.ctrl.Engine().Snapshot()
+	t, ok := snap.ENI(eni)
+	if !ok {
+		return CheckResponse{}, false
+	}
+	v := t.Match(d, p)
+	out := CheckResponse{Verdict: v.Action, ENI: eni, Direction: d, Reason: v.Reason, Generation: snap.Generation}
+	if v.Reason == dataplane.ReasonRule {
+		idx := v.RuleIndex
+		r := t.Tables.Get(d).Entries[v.Entry].Rule.Rule()
+		out.SgID, out.RuleIndex, out.Rule = v.SgID, &idx, &r
+	}
+	h.metrics.verdict(eni, d, v)
+	return out, true
+}
+
+func (h *Handler) serveCheck(w http.ResponseWriter, r *http.Request) {
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(r.Body); err != nil {
+		writeJSON(w, http.StatusBadRequest, inspectError{fmt.Sprintf("read body: %v", err)})
+		return
+	}
+	d, p, req, err := parseCheck(buf.Bytes())
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, inspectError{err.Error()})
+		return
+	}
+	out, ok := h.Check(req.ENI, d, &p)
+	if !ok {
+		writeJSON(w, http.StatusNotFound, inspectError{fmt.Sprintf("eni %q: no such network interface", req.ENI)})
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// TableEntry is one row of a flattened table with its provenance.
+type TableEntry struct {
+	SgID      string   `json:"sgId,omitempty"`
+	RuleIndex int      `json:"ruleIndex"`
+	Implicit  bool     `json:"implicit,omitempty"`
+	Action    string   `json:"action"`
+	Protocol  string   `json:"protocol"`
+	Remotes   []string `json:"remotes,omitempty"` // absent with anyRemote
+	AnyRemote bool     `json:"anyRemote,omitempty"`
+	Ports     string   `json:"ports"`
+	Rule      string   `json:"rule"` // the source rule, for people
+	Desc      string   `json:"desc,omitempty"`
+}
+
+// TableResponse is GET /sgsim/v1/enis/{id}/table.
+type TableResponse struct {
+	ENI string `json:"eni"`
+	// Generation is the live snapshot's; TableGeneration the one at which this ENI was last recompiled.
+	Generation      uint64       `json:"generation"`
+	TableGeneration uint64       `json:"tableGeneration"`
+	NoSG            bool         `json:"noSg,omitempty"`
+	Ingress         []TableEntry `json:"ingress"`
+	Egress          []TableEntry `json:"egress"`
+}
+
+// Table returns the live tables of eni.
+func (h *Handler) Table(eni string) (TableResponse, bool) {
+	snap := h.ctrl.Engine().Snapshot()
+	t, ok := snap.ENI(eni)
+	if !ok {
+		return TableResponse{}, false
+	}
+	return TableResponse{ENI: eni, Generation: snap.Generation, TableGeneration: t.Generation, NoSG: t.Tables.Ingress.NoSG,
+		Ingress: tableEntries(t.Tables.Ingress), Egress: tableEntries(t.Tables.Egress)}, true
+}
+
+func tableEntries(t *compiler.Table) []TableEntry {
+	out := make([]TableEntry, len(t.Entries))
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		te := TableEntry{SgID: e.SgID, RuleIndex: e.RuleIndex, Implicit: e.Implicit(), Action: e.Action.String(),
+			Protocol: e.Protocol.String(), AnyRemote: e.AnyRemote, Ports: e.Ports.String(), Rule: e.Rule.String(), Desc: e.Rule.Desc}
+		if !e.AnyRemote {
+			te.Remotes = make([]string, len(e.Remotes))
+			for j, p := range e.Remotes {
+				te.Remotes[j] = p.String()
+			}
+		}
+		out[i] = te
+	}
+	return out
+}
+
+func (h *Handler) serveTable(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	out, ok := h.Table(id)
+	if !ok {
+		writeJSON(w, http.StatusNotFound, inspectError{fmt.Sprintf("eni %q: no such network interface", id)})
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}

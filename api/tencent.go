@@ -1,0 +1,474 @@
+package api
+
+import (
+	"crypto/hmac"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/model"
+)
+
+// Tencent actions of SPEC §4.
+const (
+	ActModifyPolicy   = "ModifySecurityGroupPolicy"
+	ActModifyENISGs   = "ModifySecurityGroupsOfNetworkInterface"
+	ActCreateSG       = "CreateSecurityGroup"
+	ActDeleteSG       = "DeleteSecurityGroup"
+	ActDescribePolicy = "DescribeSecurityGroupPolicy"
+	ActDescribeSGEx   = "DescribeSecurityGroupEx"
+	ActDescribeENIs   = "DescribeNetworkInterfaces"
+)
+
+// publicParams are accepted with every action.
+var publicParams = []string{"Action", "Region", "Timestamp", "Nonce", "SecretId", "Signature", "SignatureMethod"}
+
+// actionParams lists, per action, the top-level parameter names it accepts (lists by their first segment).
+var actionParams = map[string][]string{
+	ActModifyPolicy:   {"sgId", "ingress", "egress"},
+	ActModifyENISGs:   {"networkInterfaceSet"},
+	ActCreateSG:       {"sgName", "sgRemark", "projectId"},
+	ActDeleteSG:       {"sgId"},
+	ActDescribePolicy: {"sgId"},
+	ActDescribeSGEx:   {"projectId", "sgId", "offset", "limit"},
+	ActDescribeENIs:   {"networkInterfaceId", "offset", "limit"},
+}
+
+var ruleFields = []string{"ipProtocol", "cidrIp", "sgId", "portRange", "action", "desc"}
+
+// tencentCall is a decoded (not yet authenticated) Tencent request.
+type tencentCall struct {
+	Action string
+	root   *flatNode
+	// decoded arguments, depending on Action
+	SgID              string
+	Ingress, Egress   []model.Rule
+	Set               []control.ENISGs
+	Name, Remark      string
+	ProjectID         *int
+	ENIID             string
+	Offset, Limit     int
+	SecretID, Nonce   string
+	Timestamp         int64
+	Signature, Method string
+}
+
+// tencentError is an API answer other than success.
+type tencentError struct {
+	Code int
+	Msg  string
+}
+
+func (e *tencentError) Error() string { return fmt.Sprintf("%d: %s", e.Code, e.Msg) }
+
+func badParam(format string, args ...any) *tencentError {
+	return &tencentError{Code: model.CodeBadParameter, Msg: fmt.Sprintf(format, args...)}
+}
+
+// decodeTencent decodes and checks the shape of every parameter. It never looks at the state.
+func decodeTencent(params url.Values, maxParams int) (*tencentCall, error) {
+	if len(params) > maxParams {
+		return nil, badParam("%d parameters, at most %d allowed", len(params), maxParams)
+	}
+	root, err := decodeFlat(params)
+	if err != nil {
+		return nil, badParam("%v", err)
+	}
+	c := &tencentCall{root: root}
+	get := func(k string) (string, bool, error) { return root.str(k) }
+	var ok bool
+	if c.Action, ok, err = get("Action"); err != nil || !ok || c.Action == "" {
+		return nil, badParam("parameter \"Action\" is required")
+	}
+	allowed, known := actionParams[c.Action]
+	if !known {
+		return nil, badParam("parameter \"Action\": unknown action %q", c.Action)
+	}
+	for k := range root.children {
+		if !slices.Contains(publicParams, k) && !slices.Contains(allowed, k) {
+			return nil, badParam("parameter %q is not accepted by %s", k, c.Action)
+		}
+	}
+	for _, p := range []struct {
+		dst  *string
+		name string
+	}{{&c.SecretID, "SecretId"}, {&c.Nonce, "Nonce"}, {&c.Signature, "Signature"}, {&c.Method, "SignatureMethod"}} {
+		if *p.dst, _, err = get(p.name); err != nil {
+			return nil, badParam("%v", err)
+		}
+	}
+	ts, ok, err := get("Timestamp")
+	if err != nil || !ok {
+		return nil, badParam("parameter \"Timestamp\" is required")
+	}
+	if c.Timestamp, err = strconv.ParseInt(ts, 10, 64); err != nil {
+		return nil, badParam("parameter \"Timestamp\": %q is not a Unix time in seconds", ts)
+	}
+	if c.Nonce == "" {
+		return nil, badParam("parameter \"Nonce\" is required")
+	}
+	switch c.Action {
+	case ActModifyPolicy:
+		if c.SgID, err = required(root, "sgId"); err != nil {
+			return nil, err
+		}
+		if c.Ingress, err = decodeRules(root, "ingress"); err != nil {
+			return nil, err
+		}
+		if c.Egress, err = decodeRules(root, "egress"); err != nil {
+			return nil, err
+		}
+	case ActModifyENISGs:
+		l, err := root.list("networkInterfaceSet")
+		if err != nil {
+			return nil, badParam("%v", err)
+		}
+		for _, e := range l {
+			for k := range e.children {
+				if k != "networkInterfaceId" && k != "sgIds" {
+					return nil, badParam("parameter %q is not accepted", e.name+"."+k)
+				}
+			}
+			id, err := required(e, "networkInterfaceId")
+			if err != nil {
+				return nil, err
+			}
+			ids, err := e.strList("sgIds")
+			if err != nil {
+				return nil, badParam("%v", err)
+			}
+			c.Set = append(c.Set, control.ENISGs{ENI: id, SgIDs: ids})
+		}
+	case ActCreateSG:
+		if c.Name, _, err = get("sgName"); err != nil {
+			return nil, badParam("%v", err)
+		}
+		if c.Remark, _, err = get("sgRemark"); err != nil {
+			return nil, badParam("%v", err)
+		}
+		if c.ProjectID, err = optInt(root, "projectId", 0, 1<<31-1); err != nil {
+			return nil, err
+		}
+	case ActDeleteSG, ActDescribePolicy:
+		if c.SgID, err = required(root, "sgId"); err != nil {
+			return nil, err
+		}
+	case ActDescribeSGEx, ActDescribeENIs:
+		key, maxLimit := "sgId", 100
+		if c.Action == ActDescribeENIs {
+			key, maxLimit = "networkInterfaceId", 50
+		}
+		var id string
+		if id, _, err = get(key); err != nil {
+			return nil, badParam("%v", err)
+		}
+		c.SgID, c.ENIID = id, id
+		if c.Action == ActDescribeSGEx {
+			if c.ProjectID, err = optInt(root, "projectId", 0, 1<<31-1); err != nil {
+				return nil, err
+			}
+		}
+		off, err := optInt(root, "offset", 0, 1<<31-1)
+		if err != nil {
+			return nil, err
+		}
+		lim, err := optInt(root, "limit", 1, maxLimit)
+		if err != nil {
+			return nil, err
+		}
+		c.Limit = 20
+		if off != nil {
+			c.Offset = *off
+		}
+		if lim != nil {
+			c.Limit = *lim
+		}
+	}
+	return c, nil
+}
+
+func required(n *flatNode, k string) (string, error) {
+	v, ok, err := n.str(k)
+	if err != nil {
+		return "", badParam("%v", err)
+	}
+	if !ok || v == "" {
+		name := k
+		if n.name != "" {
+			name = n.name + "." + k
+		}
+		return "", badParam("parameter %q is required", name)
+	}
+	return v, nil
+}
+
+func optInt(n *flatNode, k string, lo, hi int) (*int, error) {
+	v, ok, err := n.str(k)
+	if err != nil {
+		return nil, badParam("%v", err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	i, err := strconv.Atoi(v)
+	if err != nil || i < lo || i > hi {
+		return nil, badParam("parameter %q: %q is not an integer in %d-%d", k, v, lo, hi)
+	}
+	return &i, nil
+}
+
+// decodeRules reads ingress.n.* or egress.n.*; an absent list is empty (SPEC §4).
+func decodeRules(root *flatNode, dir string) ([]model.Rule, error) {
+	l, err := root.list(dir)
+	if err != nil {
+		return nil, badParam("%v", err)
+	}
+	rules := make([]model.Rule, 0, len(l))
+	for _, e := range l {
+		if e.hasValue {
+			return nil, &tencentError{Code: model.CodeBadRuleFormat, Msg: fmt.Sprintf("parameter %q must be a rule (%s.action, …)", e.name, e.name)}
+		}
+		var r model.Rule
+		for k := range e.children {
+			if !slices.Contains(ruleFields, k) {
+				return nil, &tencentError{Code: model.CodeBadRuleFormat, Msg: fmt.Sprintf("parameter %q: unknown rule field %q", e.name+"."+k, k)}
+			}
+		}
+		for _, f := range []struct {
+			dst  *string
+			name string
+		}{{&r.IPProtocol, "ipProtocol"}, {&r.CidrIP, "cidrIp"}, {&r.SgID, "sgId"}, {&r.PortRange, "portRange"}, {&r.Action, "action"}, {&r.Desc, "desc"}} {
+			if *f.dst, _, err = e.str(f.name); err != nil {
+				return nil, &tencentError{Code: model.CodeBadRuleFormat, Msg: err.Error()}
+			}
+		}
+		rules = append(rules, r)
+	}
+	return rules, nil
+}
+
+// tencentResponse is the v2 envelope.
+type tencentResponse struct {
+	Code       int    `json:"code"`
+	Message    string `json:"message"`
+	TotalCount *int   `json:"totalCount,omitempty"`
+	Data       any    `json:"data,omitempty"`
+}
+
+func (h *Handler) serveTencent(w http.ResponseWriter, r *http.Request) {
+	resp, action := h.tencent(r)
+	h.metrics.apiCall("tencent", action, strconv.Itoa(resp.Code))
+	status := http.StatusOK
+	if r.Method != http.MethodGet && r.Method != http.MethodPost {
+		status = http.StatusMethodNotAllowed
+	}
+	writeJSON(w, status, resp)
+}
+
+// readParams returns the query (GET) or the query plus form body (POST), undecoded values intact.
+func (h *Handler) readParams(r *http.Request) (url.Values, error) {
+	params, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("query string: %w", err)
+	}
+	if r.Method == http.MethodPost {
+		if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
+			return nil, fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return nil, fmt.Errorf("read body: %w", err)
+		}
+		form, err := url.ParseQuery(string(body))
+		if err != nil {
+			return nil, fmt.Errorf("form body: %w", err)
+		}
+		for k, vs := range form {
+			params[k] = append(params[k], vs...)
+		}
+	}
+	return params, nil
+}
+
+func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
+	fail := func(e *tencentError) tencentResponse { return tencentResponse{Code: e.Code, Message: e.Msg} }
+	if r.Method != http.MethodGet && r.Method != http.MethodPost {
+		return fail(badParam("method %s: use GET or POST", r.Method)), ""
+	}
+	params, err := h.readParams(r)
+	if err != nil {
+		return fail(badParam("%v", err)), ""
+	}
+	call, err := decodeTencent(params, h.opts.MaxParams)
+	if err != nil {
+		te := &tencentError{}
+		if !errors.As(err, &te) {
+			te = badParam("%v", err)
+		}
+		action := ""
+		if _, ok := actionParams[params.Get("Action")]; ok {
+			action = params.Get("Action")
+		}
+		return fail(te), action
+	}
+	acct := h.authTencent(r, params)
+	if acct == nil {
+		return fail(&tencentError{Code: model.CodeAuthFailed, Msg: "authentication failed: unknown SecretId or bad Signature"}), call.Action
+	}
+	now := h.opts.Now()
+	if d := now.Sub(time.Unix(call.Timestamp, 0)); d > h.opts.ReplayWindow || d < -h.opts.ReplayWindow {
+		return fail(&tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Timestamp %d is more than %s off the server's clock", call.Timestamp, h.opts.ReplayWindow)}), call.Action
+	}
+	if !h.nonces.use(call.SecretID, call.Nonce, now) {
+		return fail(&tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Nonce %s was already used", call.Nonce)}), call.Action
+	}
+	resp, err := h.dispatch(r, acct.AppID, call)
+	if err != nil {
+		return tencentResponse{Code: model.CodeOf(err), Message: err.Error()}, call.Action
+	}
+	return resp, call.Action
+}
+
+// authTencent returns the account whose SecretId signed the request, or nil.
+func (h *Handler) authTencent(r *http.Request, params url.Values) *model.Account {
+	id, sig := params.Get("SecretId"), params.Get("Signature")
+	if id == "" || sig == "" {
+		return nil
+	}
+	st := h.ctrl.View().State
+	for _, app := range st.AppIDs() {
+		a, _ := st.Account(app)
+		if a.SecretID == "" || a.SecretID != id {
+			continue
+		}
+		want := SignString(StringToSign(r.Method, r.Host, params), a.SecretKey, params.Get("SignatureMethod"))
+		if hmac.Equal([]byte(want), []byte(sig)) {
+			return a
+		}
+		return nil
+	}
+	return nil
+}
+
+func (h *Handler) dispatch(r *http.Request, appID string, c *tencentCall) (tencentResponse, error) {
+	ctx := r.Context()
+	ok := tencentResponse{}
+	switch c.Action {
+	case ActModifyPolicy:
+		return ok, h.ctrl.ModifySecurityGroupPolicy(ctx, appID, c.SgID, c.Ingress, c.Egress)
+	case ActModifyENISGs:
+		return ok, h.ctrl.ModifySecurityGroupsOfNetworkInterface(ctx, appID, c.Set)
+	case ActCreateSG:
+		pid := 0
+		if c.ProjectID != nil {
+			pid = *c.ProjectID
+		}
+		g, err := h.ctrl.CreateSecurityGroup(ctx, appID, c.Name, c.Remark, pid)
+		if err != nil {
+			return ok, err
+		}
+		ok.Data = map[string]string{"sgId": g.SgID, "sgName": g.SgName, "sgRemark": g.SgRemark}
+		return ok, nil
+	case ActDeleteSG:
+		return ok, h.ctrl.DeleteSecurityGroup(ctx, appID, c.SgID)
+	}
+	v := h.ctrl.View()
+	switch c.Action {
+	case ActDescribePolicy:
+		g, ok2 := v.State.SG(c.SgID)
+		if !ok2 {
+			return ok, &model.Error{Code: model.CodeNotFound, Path: "sgId", Value: c.SgID, Quoted: true, Reason: "no such security group"}
+		}
+		if g.AppID != appID {
+			return ok, &model.Error{Code: model.CodeNotOwner, Path: "sgId", Value: c.SgID, Quoted: true, Reason: "security group does not belong to the current user"}
+		}
+		ok.Data = map[string][]model.Rule{"ingress": apiRules(g, model.Ingress), "egress": apiRules(g, model.Egress)}
+	case ActDescribeSGEx:
+		ok.Data = describeSGEx(v.State, v.Index, appID, c)
+	case ActDescribeENIs:
+		total, data := describeENIs(v.State, appID, c)
+		ok.TotalCount, ok.Data = &total, data
+	}
+	return ok, nil
+}
+
+func apiRules(g *model.SecurityGroup, d model.Direction) []model.Rule {
+	out := make([]model.Rule, 0, len(g.Rules(d)))
+	for _, r := range g.Rules(d) {
+		out = append(out, r.Rule())
+	}
+	return out
+}
+
+type sgDetail struct {
+	SgID             string `json:"sgId"`
+	SgName           string `json:"sgName"`
+	SgRemark         string `json:"sgRemark"`
+	ProjectID        int    `json:"projectId"`
+	Version          int    `json:"version"`
+	BeAssociateCount int    `json:"beAssociateCount"`
+}
+
+func describeSGEx(s *model.State, ix *compiler.Index, appID string, c *tencentCall) map[string]any {
+	detail := []sgDetail{}
+	total := 0
+	for _, id := range s.SGIDs() {
+		g, _ := s.SG(id)
+		if g.AppID != appID || (c.SgID != "" && id != c.SgID) || (c.ProjectID != nil && g.ProjectID != *c.ProjectID) {
+			continue
+		}
+		if total >= c.Offset && len(detail) < c.Limit {
+			detail = append(detail, sgDetail{id, g.SgName, g.SgRemark, g.ProjectID, g.Version, len(ix.Users(id))})
+		}
+		total++
+	}
+	return map[string]any{"totalNum": total, "detail": detail}
+}
+
+type eniAddr struct {
+	PrivateIPAddress string `json:"privateIpAddress"`
+}
+
+type eniGroup struct {
+	SgID   string `json:"sgId"`
+	SgName string `json:"sgName"`
+}
+
+type eniDetail struct {
+	NetworkInterfaceID    string     `json:"networkInterfaceId"`
+	MacAddress            string     `json:"macAddress"`
+	PrivateIPAddressesSet []eniAddr  `json:"privateIpAddressesSet"`
+	GroupSet              []eniGroup `json:"groupSet"`
+}
+
+func describeENIs(s *model.State, appID string, c *tencentCall) (int, []eniDetail) {
+	out := []eniDetail{}
+	total := 0
+	for _, id := range s.ENIIDs() {
+		n, _ := s.ENI(id)
+		if n.AppID != appID || (c.ENIID != "" && id != c.ENIID) {
+			continue
+		}
+		if total >= c.Offset && len(out) < c.Limit {
+			d := eniDetail{NetworkInterfaceID: id, MacAddress: n.MacAddress, PrivateIPAddressesSet: []eniAddr{}, GroupSet: []eniGroup{}}
+			for _, a := range n.PrivateIPAddresses {
+				d.PrivateIPAddressesSet = append(d.PrivateIPAddressesSet, eniAddr{a})
+			}
+			for _, sg := range n.SgIDs {
+				g, _ := s.SG(sg)
+				d.GroupSet = append(d.GroupSet, eniGroup{sg, g.SgName})
+			}
+			out = append(out, d)
+		}
+		total++
+	}
+	return total, out
+}

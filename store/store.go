@@ -1,0 +1,148 @@
+// Package store keeps the control plane's durable state: the current model.State and its generation.
+// A Commit that returns nil survives a crash of the process (bbolt fsyncs before returning).
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sgsim/sgsim/model"
+)
+
+// Store persists whole states. Load returns a nil State and generation 0 when nothing was ever committed.
+// Kept this small so a distributed backend (etcd, raft) can implement it later.
+type Store interface {
+	Load(ctx context.Context) (*model.State, uint64, error)
+	Commit(ctx context.Context, s *model.State, generation uint64) error
+	Close() error
+}
+
+// Memory is a Store that forgets everything when the process ends: for tests and scenarios.
+type Memory struct {
+	mu    sync.Mutex
+	state *model.State
+	gen   uint64
+}
+
+// NewMemory returns an empty in-memory store.
+func NewMemory() *Memory { return &Memory{} }
+
+// Load implements Store.
+func (m *Memory) Load(ctx context.Context) (*model.State, uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state, m.gen, nil
+}
+
+// Commit implements Store. States are immutable, so keeping the pointer is enough.
+func (m *Memory) Commit(ctx context.Context, s *model.State, gen uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s == nil {
+		return errors.New("store: commit of a nil state")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.state, m.gen = s, gen
+	return nil
+}
+
+// Close implements Store.
+func (m *Memory) Close() error { return nil }
+
+var (
+	bucket        = []byte("sgsim")
+	keyTopology   = []byte("topology")
+	keyGeneration = []byte("generation")
+)
+
+// Bolt is a Store in one bbolt file.
+type Bolt struct {
+	db   *bolt.DB
+	path string
+}
+
+// OpenBolt opens (creating if needed) the bbolt file at path. It fails after a second instead of
+// waiting forever when another process holds the file.
+func OpenBolt(path string) (*Bolt, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	return &Bolt{db: db, path: path}, nil
+}
+
+// Load implements Store.
+func (b *Bolt) Load(ctx context.Context) (*model.State, uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	var topo, genb []byte
+	err := b.db.View(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucket)
+		if bk == nil {
+			return nil
+		}
+		// Copy: bbolt's slices are only valid inside the transaction.
+		topo = append([]byte(nil), bk.Get(keyTopology)...)
+		genb = append([]byte(nil), bk.Get(keyGeneration)...)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: read %s: %w", b.path, err)
+	}
+	if len(topo) == 0 {
+		return nil, 0, nil
+	}
+	gen, err := strconv.ParseUint(string(genb), 10, 64)
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: %s: bad generation %q: %w", b.path, genb, err)
+	}
+	s, err := model.ParseTopology(b.path, topo)
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: %w", err)
+	}
+	return s, gen, nil
+}
+
+// Commit implements Store: one transaction, fsynced by bbolt before Update returns.
+func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s == nil {
+		return errors.New("store: commit of a nil state")
+	}
+	data, err := json.Marshal(s.Topology())
+	if err != nil {
+		return fmt.Errorf("store: encode state: %w", err)
+	}
+	err = b.db.Update(func(tx *bolt.Tx) error {
+		bk, err := tx.CreateBucketIfNotExists(bucket)
+		if err != nil {
+			return err
+		}
+		if err := bk.Put(keyTopology, data); err != nil {
+			return err
+		}
+		return bk.Put(keyGeneration, []byte(strconv.FormatUint(gen, 10)))
+	})
+	if err != nil {
+		return fmt.Errorf("store: commit generation %d to %s: %w", gen, b.path, err)
+	}
+	return nil
+}
+
+// Close implements Store.
+func (b *Bolt) Close() error { return b.db.Close() }
