@@ -252,6 +252,9 @@ func (s *State) prepareENI(n NetworkInterface) (*NetworkInterface, error) {
 		return nil, errValue(CodeNotFound, "appId", n.AppID, "no such account")
 	}
 	eni := n
+	// n may be a copy of a live ENI (State.Topology): start the parsed forms afresh so they are neither
+	// doubled nor appended into the live ENI's backing array.
+	eni.addrs, eni.mac = nil, nil
 	eni.PrivateIPAddresses = slices.Clone(n.PrivateIPAddresses)
 	eni.SgIDs = slices.Clone(n.SgIDs)
 	if eni.SgIDs == nil {
