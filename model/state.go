@@ -169,7 +169,8 @@ func describeJSONError(data []byte, err error) error {
 	var off int64
 	switch {
 	case errors.As(err, &syn):
-		off = syn.Offset
+		// Offset counts the offending byte itself; point at it, not past it.
+		off = max(syn.Offset-1, 0)
 	case errors.As(err, &typ):
 		off = typ.Offset
 		if typ.Field != "" {
