@@ -1,0 +1,285 @@
+package model_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/model"
+)
+
+// baseTopology is two accounts, three SGs of account A (two in project 0, one in project 1), one SG of
+// account B, and one ENI.
+func baseTopology() model.Topology {
+	return model.Topology{
+		Accounts: []model.Account{{AppID: "A"}, {AppID: "B"}},
+		SecurityGroups: []model.SecurityGroup{
+			{SgID: "sg-a", AppID: "A", Ingress: []model.Rule{{Action: "ACCEPT"}}},
+			{SgID: "sg-b", AppID: "A"},
+			{SgID: "sg-p1", AppID: "A", ProjectID: 1},
+			{SgID: "sg-other", AppID: "B"},
+		},
+		NetworkInterfaces: []model.NetworkInterface{
+			{NetworkInterfaceID: "eni-1", AppID: "A", PrivateIPAddresses: []string{"198.18.0.1"}, SgIDs: []string{"sg-a"}},
+		},
+	}
+}
+
+func TestNewStateErrors(t *testing.T) {
+	tests := []struct {
+		name   string
+		edit   func(t *model.Topology)
+		code   int
+		substr string
+	}{
+		{name: "rule names missing SG", code: model.CodeBadRuleFormat, substr: `securityGroups[1].ingress[0].sgId: "sg-nope": no such security group`,
+			edit: func(t *model.Topology) { t.SecurityGroups[1].Ingress = []model.Rule{{SgID: "sg-nope", Action: "ACCEPT"}} }},
+		{name: "rule names other account's SG", code: model.CodeBadRuleFormat, substr: "securityGroups[1].egress[0].sgId",
+			edit: func(t *model.Topology) { t.SecurityGroups[1].Egress = []model.Rule{{SgID: "sg-other", Action: "ACCEPT"}} }},
+		{name: "rule names other project's SG", code: model.CodeBadRuleFormat, substr: "security group is in project 1, not 0",
+			edit: func(t *model.Topology) { t.SecurityGroups[1].Ingress = []model.Rule{{SgID: "sg-p1", Action: "ACCEPT"}} }},
+		{name: "bad rule format", code: model.CodeBadRuleFormat, substr: `securityGroups[1].ingress[0].portRange: "80-70": low port above high port`,
+			edit: func(t *model.Topology) {
+				t.SecurityGroups[1].Ingress = []model.Rule{{IPProtocol: "tcp", PortRange: "80-70", Action: "ACCEPT"}}
+			}},
+		{name: "duplicate sgId", code: model.CodeBadParameter, substr: `securityGroups[4].sgId: "sg-a": duplicate sgId`,
+			edit: func(t *model.Topology) {
+				t.SecurityGroups = append(t.SecurityGroups, model.SecurityGroup{SgID: "sg-a", AppID: "A"})
+			}},
+		{name: "bad sgId", code: model.CodeBadParameter, substr: "securityGroups[0].sgId",
+			edit: func(t *model.Topology) { t.SecurityGroups[0].SgID = "sg a" }},
+		{name: "SG of unknown account", code: model.CodeNotFound, substr: "securityGroups[1].appId",
+			edit: func(t *model.Topology) { t.SecurityGroups[1].AppID = "Z" }},
+		{name: "ENI with unknown SG", code: model.CodeNotFound, substr: `networkInterfaces[0].sgIds[1]: "sg-nope": no such security group`,
+			edit: func(t *model.Topology) { t.NetworkInterfaces[0].SgIDs = []string{"sg-a", "sg-nope"} }},
+		{name: "ENI with other account's SG", code: model.CodeNotOwner, substr: "networkInterfaces[0].sgIds[0]",
+			edit: func(t *model.Topology) { t.NetworkInterfaces[0].SgIDs = []string{"sg-other"} }},
+		{name: "ENI duplicate sgIds", code: model.CodeBadParameter, substr: `networkInterfaces[0].sgIds[1]: "sg-a": duplicate sgId`,
+			edit: func(t *model.Topology) { t.NetworkInterfaces[0].SgIDs = []string{"sg-a", "sg-a"} }},
+		{name: "ENI bad address", code: model.CodeBadParameter, substr: "networkInterfaces[0].privateIpAddresses[0]",
+			edit: func(t *model.Topology) { t.NetworkInterfaces[0].PrivateIPAddresses = []string{"198.18.0.300"} }},
+		{name: "ENI no address", code: model.CodeBadParameter, substr: "networkInterfaces[0].privateIpAddresses",
+			edit: func(t *model.Topology) { t.NetworkInterfaces[0].PrivateIPAddresses = nil }},
+		{name: "ENI bad MAC", code: model.CodeBadParameter, substr: "networkInterfaces[0].macAddress",
+			edit: func(t *model.Topology) { t.NetworkInterfaces[0].MacAddress = "02:00:00:00:00" }},
+		{name: "duplicate ENI", code: model.CodeBadParameter, substr: "networkInterfaces[1].networkInterfaceId",
+			edit: func(t *model.Topology) { t.NetworkInterfaces = append(t.NetworkInterfaces, t.NetworkInterfaces[0]) }},
+		{name: "duplicate account", code: model.CodeBadParameter, substr: "accounts[1].appId",
+			edit: func(t *model.Topology) { t.Accounts[1].AppID = "A" }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			topo := baseTopology()
+			tc.edit(&topo)
+			_, err := model.NewState(topo)
+			require.Error(t, err)
+			assert.Equal(t, tc.code, model.CodeOf(err), "error: %v", err)
+			assert.Contains(t, err.Error(), tc.substr)
+		})
+	}
+	_, err := model.NewState(baseTopology())
+	require.NoError(t, err)
+}
+
+func TestNewStateForwardAndSelfReference(t *testing.T) {
+	topo := baseTopology()
+	// sg-a refers to sg-b, defined later; sg-b refers to itself.
+	topo.SecurityGroups[0].Ingress = []model.Rule{{SgID: "sg-b", Action: "ACCEPT"}}
+	topo.SecurityGroups[1].Ingress = []model.Rule{{SgID: "sg-b", Action: "ACCEPT"}}
+	_, err := model.NewState(topo)
+	require.NoError(t, err)
+}
+
+func TestParseTopologyErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		want []string
+	}{
+		{name: "json path of a bad rule", want: []string{"f.json: ", "securityGroups[1].ingress[0].portRange", `"80-70"`, "low port above high port"},
+			doc: `{"accounts":[{"appId":"A"}],"securityGroups":[{"sgId":"sg-a","appId":"A","ingress":[],"egress":[]},
+{"sgId":"sg-b","appId":"A","ingress":[{"ipProtocol":"tcp","portRange":"80-70","action":"ACCEPT"}],"egress":[]}],"networkInterfaces":[]}`},
+		{name: "unknown field", want: []string{"f.json: ", `unknown field "cidr"`},
+			doc: `{"accounts":[{"appId":"A"}],"securityGroups":[{"sgId":"sg-a","appId":"A","ingress":[{"cidr":"10.0.0.0/8","action":"ACCEPT"}]}]}`},
+		{name: "syntax error line:col", want: []string{"f.json: ", "line 3:", "invalid character"},
+			doc: "{\n\"accounts\": [],\n\"securityGroups\": [,]\n}"},
+		{name: "type error", want: []string{"f.json: ", "line 1:", "projectId"},
+			doc: `{"securityGroups":[{"sgId":"sg-a","projectId":"zero"}]}`},
+		{name: "trailing data", want: []string{"f.json: ", "trailing data"},
+			doc: `{} {}`},
+		{name: "truncated", want: []string{"f.json: "},
+			doc: `{"accounts":[`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := model.ParseTopology("f.json", []byte(tc.doc))
+			require.Error(t, err)
+			for _, w := range tc.want {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+}
+
+func TestParseTopologySyntaxLineCol(t *testing.T) {
+	_, err := model.ParseTopology("x.json", []byte("{\n  \"accounts\": [\n    {\"appId\": \"A\",}\n  ]\n}"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "x.json: line 3:19:")
+}
+
+func TestLoadTopologyFile(t *testing.T) {
+	_, err := model.LoadTopologyFile(filepath.Join(t.TempDir(), "missing.json"))
+	require.Error(t, err)
+	assert.ErrorIs(t, err, os.ErrNotExist)
+
+	st, err := model.LoadTopologyFile("../testdata/demo.json")
+	require.NoError(t, err)
+	assert.Len(t, st.ENIIDs(), 6)
+	assert.Len(t, st.SGIDs(), 5)
+	// The topology survives its own persisted form.
+	again, err := model.NewState(st.Topology())
+	require.NoError(t, err)
+	assert.Equal(t, st.Topology(), again.Topology())
+}
+
+func mustState(t *testing.T) *model.State {
+	t.Helper()
+	s, err := model.NewState(baseTopology())
+	require.NoError(t, err)
+	return s
+}
+
+func TestBuilderErrorLeavesStateUnchanged(t *testing.T) {
+	s := mustState(t)
+	b := s.Edit()
+	before := b.State().Topology()
+
+	err := b.PutSG(model.SecurityGroup{SgID: "sg-a", AppID: "A", Ingress: []model.Rule{{Action: "DROP"}, {CidrIP: "nope", Action: "ACCEPT"}}})
+	require.Error(t, err)
+	assert.Equal(t, model.CodeBadRuleFormat, model.CodeOf(err))
+	assert.Contains(t, err.Error(), "ingress[1].cidrIp")
+
+	err = b.PutSG(model.SecurityGroup{SgID: "sg-new", AppID: "A", Egress: []model.Rule{{SgID: "sg-other", Action: "ACCEPT"}}})
+	require.Error(t, err)
+	assert.Equal(t, model.CodeBadRuleFormat, model.CodeOf(err))
+
+	err = b.PutSG(model.SecurityGroup{SgID: "sg-new", AppID: "nobody"})
+	assert.Equal(t, model.CodeNotFound, model.CodeOf(err))
+
+	err = b.SetENISGs("eni-1", []string{"sg-b", "sg-other"})
+	assert.Equal(t, model.CodeNotOwner, model.CodeOf(err))
+	err = b.SetENISGs("eni-1", []string{"sg-b", "sg-b"})
+	assert.Equal(t, model.CodeBadParameter, model.CodeOf(err))
+	err = b.SetENISGs("eni-x", []string{"sg-b"})
+	assert.Equal(t, model.CodeNotFound, model.CodeOf(err))
+
+	err = b.PutENI(model.NetworkInterface{NetworkInterfaceID: "eni-2", AppID: "A", PrivateIPAddresses: []string{"198.18.0.2"}, SgIDs: []string{"sg-zz"}})
+	assert.Equal(t, model.CodeNotFound, model.CodeOf(err))
+
+	assert.Equal(t, before, b.State().Topology())
+	_, ok := b.State().SG("sg-new")
+	assert.False(t, ok)
+	_, ok = b.State().ENI("eni-2")
+	assert.False(t, ok)
+}
+
+func TestEditNeverMutatesOriginal(t *testing.T) {
+	s := mustState(t)
+	orig := s.Topology()
+
+	b := s.Edit()
+	require.NoError(t, b.PutSG(model.SecurityGroup{SgID: "sg-a", AppID: "A", Ingress: []model.Rule{{Action: "DROP"}}}))
+	require.NoError(t, b.PutSG(model.SecurityGroup{SgID: "sg-c", AppID: "A"}))
+	require.NoError(t, b.SetENISGs("eni-1", []string{"sg-b", "sg-a"}))
+	require.NoError(t, b.PutENI(model.NetworkInterface{NetworkInterfaceID: "eni-2", AppID: "A", PrivateIPAddresses: []string{"2001:db8::2"}}))
+	require.NoError(t, b.DeleteSG("sg-p1"))
+	next := b.State()
+
+	// The old snapshot still gives the old answers.
+	assert.Equal(t, orig, s.Topology())
+	g, _ := s.SG("sg-a")
+	assert.Equal(t, model.Accept, g.Rules(model.Ingress)[0].Action)
+	e, _ := s.ENI("eni-1")
+	assert.Equal(t, []string{"sg-a"}, e.SgIDs)
+	_, ok := s.ENI("eni-2")
+	assert.False(t, ok)
+	_, ok = s.SG("sg-p1")
+	assert.True(t, ok)
+	assert.Equal(t, []string{"sg-a", "sg-b", "sg-p1", "sg-other"}, s.SGIDs())
+
+	// The new one has the edits.
+	g, _ = next.SG("sg-a")
+	assert.Equal(t, model.Drop, g.Rules(model.Ingress)[0].Action)
+	e, _ = next.ENI("eni-1")
+	assert.Equal(t, []string{"sg-b", "sg-a"}, e.SgIDs)
+	assert.Equal(t, []string{"sg-a", "sg-b", "sg-other", "sg-c"}, next.SGIDs())
+	assert.Equal(t, []string{"eni-1", "eni-2"}, next.ENIIDs())
+}
+
+func TestPutSGCopiesInput(t *testing.T) {
+	s := mustState(t)
+	b := s.Edit()
+	rules := []model.Rule{{Action: "ACCEPT"}}
+	require.NoError(t, b.PutSG(model.SecurityGroup{SgID: "sg-c", AppID: "A", Ingress: rules}))
+	rules[0].Action = "DROP" // the caller's slice is not the State's
+	g, _ := b.State().SG("sg-c")
+	assert.Equal(t, "ACCEPT", g.Ingress[0].Action)
+	assert.Equal(t, []model.Rule{}, g.Egress)
+}
+
+func TestDeleteSG(t *testing.T) {
+	topo := baseTopology()
+	topo.SecurityGroups[1].Ingress = []model.Rule{{SgID: "sg-p1", Action: "ACCEPT"}}
+	topo.SecurityGroups[1].ProjectID = 1
+	topo.SecurityGroups = append(topo.SecurityGroups, model.SecurityGroup{SgID: "sg-self", AppID: "A",
+		Ingress: []model.Rule{{SgID: "sg-self", Action: "ACCEPT"}}})
+	s, err := model.NewState(topo)
+	require.NoError(t, err)
+
+	tests := []struct {
+		id     string
+		code   int
+		substr string
+	}{
+		{id: "sg-a", code: model.CodeBadRuleFormat, substr: "in use by eni-1"},
+		{id: "sg-p1", code: model.CodeBadRuleFormat, substr: "referenced by a rule of sg-b"},
+		{id: "sg-nope", code: model.CodeNotFound, substr: "no such security group"},
+		{id: "sg-self"}, // a self-reference does not block deletion
+		{id: "sg-b"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.id, func(t *testing.T) {
+			b := s.Edit()
+			err := b.DeleteSG(tc.id)
+			if tc.code != 0 {
+				require.Error(t, err)
+				assert.Equal(t, tc.code, model.CodeOf(err))
+				assert.Contains(t, err.Error(), tc.substr)
+				_, ok := b.State().SG(tc.id)
+				assert.Equal(t, tc.code != model.CodeNotFound, ok)
+				return
+			}
+			require.NoError(t, err)
+			_, ok := b.State().SG(tc.id)
+			assert.False(t, ok)
+			assert.NotContains(t, b.State().SGIDs(), tc.id)
+			_, ok = s.SG(tc.id)
+			assert.True(t, ok, "original State lost %s", tc.id)
+		})
+	}
+}
+
+func TestParseDirection(t *testing.T) {
+	for _, in := range []string{"ingress", "INGRESS", "Egress", "egress"} {
+		d, err := model.ParseDirection(in)
+		require.NoError(t, err)
+		assert.Equal(t, strings.ToLower(in), d.String())
+	}
+	_, err := model.ParseDirection("inbound")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "direction")
+}
