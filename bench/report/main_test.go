@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const sample = `goos: linux
+pkg: example.com/a
+BenchmarkLookup/acl1/rules=1000/fast-2   	 1000	        25.5 ns/op	       0 B/op	       0 allocs/op
+BenchmarkLookup/acl1/rules=10000/fast-2  	 1000	        31.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkLookup/acl1/rules=1000/linear-2 	 1000	      900 ns/op	       0 B/op	       0 allocs/op
+pkg: example.com/b
+BenchmarkPeerUDP/none/rules=100-2 	1	1091379706 ns/op	      8206 cpu-ns/pkt	         0 load-ms	    217998 pkt/s
+PASS
+`
+
+func TestParse(t *testing.T) {
+	rs, err := Parse(strings.NewReader(sample))
+	require.NoError(t, err)
+	require.Len(t, rs, 4)
+	assert.Equal(t, "example.com/a", rs[0].Pkg)
+	assert.Equal(t, "Lookup/acl1/rules=1000/fast", rs[0].Name)
+	assert.Equal(t, "Lookup", rs[0].Family())
+	assert.InDelta(t, 25.5, rs[0].Metrics["ns/op"], 1e-9)
+	assert.Equal(t, "example.com/b", rs[3].Pkg)
+	assert.InDelta(t, 217998, rs[3].Metrics["pkt/s"], 1e-9)
+	assert.Equal(t, []string{"ns/op", "cpu-ns/pkt", "load-ms", "pkt/s"}, rs[3].Units)
+}
+
+func TestParseRejectsBrokenLine(t *testing.T) {
+	_, err := Parse(strings.NewReader("BenchmarkX-2 10 12 ns/op 7\n"))
+	require.ErrorContains(t, err, "line 1")
+	_, err = Parse(strings.NewReader("BenchmarkX-2 10 abc ns/op\n"))
+	require.ErrorContains(t, err, `value "abc"`)
+}
+
+func TestRunWritesReportAndPlots(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "bench.txt")
+	require.NoError(t, os.WriteFile(in, []byte(sample), 0o644))
+	out := filepath.Join(dir, "REPORT.md")
+	require.NoError(t, run(in, out, ""))
+	md, err := os.ReadFile(out)
+	require.NoError(t, err)
+	assert.Contains(t, string(md), "| Lookup/acl1/rules=1000/fast | 25.5 | 0 | 0 |")
+	assert.Contains(t, string(md), "![Lookup_ns_op.png](Lookup_ns_op.png)")
+	png, err := os.ReadFile(filepath.Join(dir, "Lookup_ns_op.png"))
+	require.NoError(t, err)
+	assert.True(t, bytes.HasPrefix(png, []byte("\x89PNG")))
+	require.ErrorContains(t, run(filepath.Join(dir, "missing"), out, ""), "open bench output")
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(sample)
+	f.Add("BenchmarkX 1 2 ns/op\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		rs, err := Parse(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		for _, r := range rs {
+			assert.Len(t, r.Units, len(r.Metrics)+countDupUnits(r.Units))
+		}
+	})
+}
+
+func countDupUnits(units []string) int {
+	seen := map[string]bool{}
+	d := 0
+	for _, u := range units {
+		if seen[u] {
+			d++
+		}
+		seen[u] = true
+	}
+	return d
+}
