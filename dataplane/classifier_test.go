@@ -1,0 +1,358 @@
+package dataplane_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/bench"
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+)
+
+const classbenchDir = "../../shared/data/classbench"
+
+// classbenchFiles lists the shared ClassBench sets, skipping (or failing under CI) when they are absent.
+func classbenchFiles(t testing.TB) []string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(classbenchDir, "*_*k"))
+	if len(files) == 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no ClassBench sets in %s (CI=true: shared data is required)", classbenchDir)
+		}
+		t.Skipf("no ClassBench sets in %s", classbenchDir)
+	}
+	return files
+}
+
+// agree checks that the classifier and the reference give the same entry, hence the same explained verdict.
+func agree(t *testing.T, tab *compiler.Table, pkts []dataplane.Packet) {
+	t.Helper()
+	c := dataplane.NewClassifier(tab)
+	ref := dataplane.NewLinearTable(tab)
+	bad := 0
+	for i := range pkts {
+		p := &pkts[i]
+		want, got := ref.Lookup(p), c.Lookup(p)
+		if want != got {
+			bad++
+			if bad <= 5 {
+				t.Errorf("packet %d %+v: classifier entry %d (%+v), reference %d (%+v)", i, *p, got,
+					dataplane.Explain(tab, got), want, dataplane.Explain(tab, want))
+			}
+			continue
+		}
+		vw, vg := dataplane.Explain(tab, want), dataplane.Explain(tab, got)
+		if vw.Action != vg.Action || vw.SgID != vg.SgID || vw.RuleIndex != vg.RuleIndex {
+			t.Fatalf("packet %d: same entry, different verdicts %+v %+v", i, vw, vg)
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%d of %d packets disagree", bad, len(pkts))
+	}
+}
+
+func TestClassifierClassBench(t *testing.T) {
+	for _, f := range classbenchFiles(t) {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			t.Parallel()
+			st, err := bench.LoadClassBench(f, 0, 1)
+			require.NoError(t, err)
+			tab, err := bench.IngressTable(st)
+			require.NoError(t, err)
+			// 1k sets: every corner; 10k sets: bounded so the whole test stays fast under -race.
+			maxCorner, nRandom := 0, 20000
+			if strings.HasSuffix(f, "10k") {
+				maxCorner, nRandom = 20000, 5000
+			}
+			agree(t, tab, bench.Packets(tab, maxCorner, nRandom, 1))
+		})
+	}
+}
+
+// TestClassifierSplitSGs checks provenance across several SGs: the same rules split over 4 SGs.
+func TestClassifierSplitSGs(t *testing.T) {
+	files := classbenchFiles(t)
+	st, err := bench.LoadClassBench(files[0], 1000, 4)
+	require.NoError(t, err)
+	tab, err := bench.IngressTable(st)
+	require.NoError(t, err)
+	agree(t, tab, bench.Packets(tab, 0, 5000, 2))
+}
+
+// randomState builds a random mixed IPv4/IPv6 topology: nSG SGs with cidr, sgId and any-remote rules,
+// and ENIs with v4 and v6 addresses in them, so sgId rows expand to member host prefixes.
+func randomState(t testing.TB, rng *rand.Rand, nSG, rulesPer int) (*model.State, error) {
+	t.Helper()
+	topo := model.Topology{Accounts: []model.Account{{AppID: "1"}}}
+	addr := func() string {
+		if rng.IntN(2) == 0 {
+			return netip.AddrFrom4([4]byte{198, 18, byte(rng.IntN(4)), byte(rng.IntN(8))}).String()
+		}
+		return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(rng.IntN(8))}).String()
+	}
+	protos := []string{"", "tcp", "udp", "icmp", "icmpv6", "ALL"}
+	for g := 0; g < nSG; g++ {
+		sg := model.SecurityGroup{SgID: fmt.Sprintf("sg-%d", g), AppID: "1"}
+		for d := 0; d < 2; d++ {
+			var rules []model.Rule
+			for i := 0; i < rulesPer; i++ {
+				r := model.Rule{Action: []string{"ACCEPT", "DROP"}[rng.IntN(2)], IPProtocol: protos[rng.IntN(len(protos))]}
+				switch rng.IntN(4) {
+				case 0:
+				case 1:
+					r.SgID = fmt.Sprintf("sg-%d", rng.IntN(nSG))
+				default:
+					a := netip.MustParseAddr(addr())
+					r.CidrIP = netip.PrefixFrom(a, rng.IntN(a.BitLen()+1)).Masked().String()
+					if a.Is6() && rng.IntN(2) == 0 {
+						r.CidrIP = netip.PrefixFrom(a, 120+rng.IntN(9)).Masked().String()
+					}
+				}
+				if (r.IPProtocol == "tcp" || r.IPProtocol == "udp") && rng.IntN(2) == 0 {
+					lo := 1 + rng.IntN(100)
+					r.PortRange = fmt.Sprintf("%d-%d", lo, lo+rng.IntN(20))
+				}
+				rules = append(rules, r)
+			}
+			if d == 0 {
+				sg.Ingress = rules
+			} else {
+				sg.Egress = rules
+			}
+		}
+		topo.SecurityGroups = append(topo.SecurityGroups, sg)
+	}
+	for n := 0; n < 4; n++ {
+		eni := model.NetworkInterface{NetworkInterfaceID: fmt.Sprintf("eni-%d", n), AppID: "1",
+			PrivateIPAddresses: []string{addr(), addr()}}
+		for _, g := range rng.Perm(nSG)[:rng.IntN(nSG+1)] {
+			eni.SgIDs = append(eni.SgIDs, fmt.Sprintf("sg-%d", g))
+		}
+		if eni.PrivateIPAddresses[0] == eni.PrivateIPAddresses[1] {
+			eni.PrivateIPAddresses = eni.PrivateIPAddresses[:1]
+		}
+		topo.NetworkInterfaces = append(topo.NetworkInterfaces, eni)
+	}
+	return model.NewState(topo)
+}
+
+// randomPackets draws packets near the small address space randomState uses, plus fully random ones.
+func randomPackets(rng *rand.Rand, n int) []dataplane.Packet {
+	out := make([]dataplane.Packet, n)
+	protos := []uint8{model.IPProtoTCP, model.IPProtoUDP, model.IPProtoICMP, model.IPProtoICMPv6, 47}
+	for i := range out {
+		var a netip.Addr
+		switch rng.IntN(5) {
+		case 0:
+			a = netip.AddrFrom4([4]byte{byte(rng.IntN(256)), byte(rng.IntN(256)), 0, 1})
+		case 1:
+			a = netip.AddrFrom16([16]byte{byte(rng.IntN(256)), 15: 1})
+		case 2:
+			a = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(rng.IntN(10))})
+		default:
+			a = netip.AddrFrom4([4]byte{198, 18, byte(rng.IntN(5)), byte(rng.IntN(10))})
+		}
+		out[i] = dataplane.Packet{Remote: a, Proto: protos[rng.IntN(len(protos))], Port: uint16(rng.IntN(130)), HasPort: rng.IntN(8) != 0}
+	}
+	return out
+}
+
+func TestClassifierRandomMixed(t *testing.T) {
+	for seed := uint64(1); seed <= 40; seed++ {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		st, err := randomState(t, rng, 1+rng.IntN(5), 1+rng.IntN(30))
+		require.NoError(t, err, "seed %d", seed)
+		for _, ts := range compiler.New(st).CompileAll() {
+			for _, tab := range []*compiler.Table{ts.Ingress, ts.Egress} {
+				pkts := append(randomPackets(rng, 500), bench.Packets(tab, 0, 0, seed)...)
+				agree(t, tab, pkts)
+			}
+		}
+	}
+}
+
+func TestClassifierEdgeAddresses(t *testing.T) {
+	rules := []model.Rule{
+		{IPProtocol: "tcp", CidrIP: "0.0.0.0/1", PortRange: "1-65535", Action: "DROP"},
+		{IPProtocol: "udp", CidrIP: "255.255.255.255/32", Action: "ACCEPT"},
+		{IPProtocol: "icmpv6", CidrIP: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", Action: "ACCEPT"},
+		{IPProtocol: "icmp", CidrIP: "::/0", Action: "ACCEPT"},
+		{IPProtocol: "icmpv6", Action: "DROP"},
+		{Action: "ACCEPT"},
+	}
+	st, err := bench.StateFromRules(rules, 2)
+	require.NoError(t, err)
+	tab, err := bench.IngressTable(st)
+	require.NoError(t, err)
+	c := dataplane.NewClassifier(tab)
+	tests := []struct {
+		name string
+		p    dataplane.Packet
+		want int
+	}{
+		{"v4 zero tcp port", dataplane.Packet{Remote: netip.MustParseAddr("0.0.0.0"), Proto: 6, Port: 1, HasPort: true}, 0},
+		{"v4 tcp no port skips port rule", dataplane.Packet{Remote: netip.MustParseAddr("0.0.0.0"), Proto: 6}, 5},
+		{"v4 top udp", dataplane.Packet{Remote: netip.MustParseAddr("255.255.255.255"), Proto: 17}, 1},
+		{"v6 top icmpv6", dataplane.Packet{Remote: netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), Proto: 58}, 2},
+		{"icmp on v6 is not icmp", dataplane.Packet{Remote: netip.MustParseAddr("::1"), Proto: 1}, 5},
+		{"icmpv6 anywhere v6", dataplane.Packet{Remote: netip.MustParseAddr("::1"), Proto: 58}, 4},
+		{"icmpv6 proto on v4", dataplane.Packet{Remote: netip.MustParseAddr("1.2.3.4"), Proto: 58}, 5},
+		{"zoned v6 in no prefix", dataplane.Packet{Remote: netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%eth0"), Proto: 58}, 4},
+		{"zero addr", dataplane.Packet{Proto: 17}, 5},
+		{"v4-mapped v6 is v6", dataplane.Packet{Remote: netip.MustParseAddr("::ffff:1.2.3.4"), Proto: 6, Port: 5, HasPort: true}, 5},
+	}
+	ref := dataplane.NewLinearTable(tab)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.want, ref.Lookup(&tt.p), "reference")
+			assert.Equal(t, tt.want, c.Lookup(&tt.p), "classifier")
+		})
+	}
+}
+
+func TestClassifierNoAllocs(t *testing.T) {
+	st, err := bench.StateFromRules(bench.Synthetic(2000, 3, true), 1)
+	require.NoError(t, err)
+	tab, err := bench.IngressTable(st)
+	require.NoError(t, err)
+	c := dataplane.NewClassifier(tab)
+	pkts := bench.Packets(tab, 1000, 1000, 3)
+	i := 0
+	allocs := testing.AllocsPerRun(5000, func() {
+		c.Lookup(&pkts[i%len(pkts)])
+		i++
+	})
+	assert.Zero(t, allocs)
+}
+
+func TestClassifierArraysInvariants(t *testing.T) {
+	st, err := bench.StateFromRules(bench.Synthetic(3000, 4, true), 3)
+	require.NoError(t, err)
+	tab, err := bench.IngressTable(st)
+	require.NoError(t, err)
+	c := dataplane.NewClassifier(tab)
+	a := c.Arrays()
+	require.NotEmpty(t, a.V4Starts)
+	assert.Zero(t, a.V4Starts[0])
+	assert.Zero(t, a.V6Hi[0])
+	assert.Zero(t, a.V6Lo[0])
+	for i := 1; i < len(a.V4Starts); i++ {
+		require.Less(t, a.V4Starts[i-1], a.V4Starts[i])
+	}
+	for i := 1; i < len(a.V6Hi); i++ {
+		require.True(t, a.V6Hi[i-1] < a.V6Hi[i] || a.V6Hi[i-1] == a.V6Hi[i] && a.V6Lo[i-1] < a.V6Lo[i])
+	}
+	for _, ans := range a.Answers {
+		for _, r := range [][2]uint32{{ans.TCPOff, ans.TCPLen}, {ans.UDPOff, ans.UDPLen}} {
+			require.NotZero(t, r[1])
+			assert.Zero(t, a.PortStart[r[0]])
+		}
+	}
+	for _, e := range a.PortEntry {
+		require.Less(t, int(e), a.Entries)
+	}
+	assert.Positive(t, c.SizeBytes())
+}
+
+// TestClassifierSwap: readers looking up through an Engine while a writer swaps between two tables only
+// ever see a verdict one of the two tables gives for that packet.
+func TestClassifierSwap(t *testing.T) {
+	mk := func(action string) *compiler.Tables {
+		rules := bench.Synthetic(300, 9, true)
+		for i := range rules {
+			rules[i].Action = action
+		}
+		st, err := bench.StateFromRules(rules, 2)
+		require.NoError(t, err)
+		ts, err := compiler.New(st).Compile(bench.ENIID)
+		require.NoError(t, err)
+		return ts
+	}
+	a, b := mk("ACCEPT"), mk("DROP")
+	pkts := bench.Packets(a.Ingress, 500, 500, 9)
+	allowed := make([][2]dataplane.Verdict, len(pkts))
+	for i := range pkts {
+		allowed[i] = [2]dataplane.Verdict{
+			dataplane.Explain(a.Ingress, dataplane.NewLinearTable(a.Ingress).Lookup(&pkts[i])),
+			dataplane.Explain(b.Ingress, dataplane.NewLinearTable(b.Ingress).Lookup(&pkts[i])),
+		}
+	}
+	eng := dataplane.NewEngine(dataplane.ClassifierFactory)
+	eng.Publish(1, map[string]*compiler.Tables{bench.ENIID: a}, nil)
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	errs := make(chan string, 4)
+	for r := 0; r < 3; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; !stop.Load(); n++ {
+				i := n % len(pkts)
+				v, ok := eng.Match(bench.ENIID, model.Ingress, &pkts[i])
+				if !ok || (v != allowed[i][0] && v != allowed[i][1]) {
+					errs <- fmt.Sprintf("packet %d: verdict %+v (ok=%v) from neither table", i, v, ok)
+					return
+				}
+			}
+		}()
+	}
+	for gen := uint64(2); gen < 60; gen++ {
+		next := a
+		if gen%2 == 0 {
+			next = b
+		}
+		eng.Publish(gen, map[string]*compiler.Tables{bench.ENIID: next}, nil)
+	}
+	stop.Store(true)
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
+
+// FuzzClassifier builds a random table and random packets from the fuzz input and compares with the
+// reference.
+func FuzzClassifier(f *testing.F) {
+	f.Add(uint64(1), uint8(3), uint8(10), []byte{1, 2, 3})
+	f.Add(uint64(42), uint8(1), uint8(40), []byte{0xff, 0, 0x80})
+	f.Fuzz(func(t *testing.T, seed uint64, nSG, rulesPer uint8, data []byte) {
+		rng := rand.New(rand.NewPCG(seed, uint64(len(data))))
+		st, err := randomState(t, rng, 1+int(nSG%6), int(rulesPer%50))
+		if err != nil {
+			t.Fatalf("random state: %v", err)
+		}
+		pkts := randomPackets(rng, 200)
+		// Packets straight from the input bytes too: address bytes, protocol, port.
+		for len(data) >= 4 {
+			a := netip.AddrFrom4([4]byte{198, 18, data[0] % 5, data[1] % 10})
+			if data[2]&1 == 1 {
+				a = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: data[1] % 10})
+			}
+			pkts = append(pkts, dataplane.Packet{Remote: a, Proto: data[2] >> 1, Port: uint16(data[3]), HasPort: data[3] != 0})
+			data = data[4:]
+		}
+		for _, ts := range compiler.New(st).CompileAll() {
+			for _, tab := range []*compiler.Table{ts.Ingress, ts.Egress} {
+				c := dataplane.NewClassifier(tab)
+				ref := dataplane.NewLinearTable(tab)
+				for i := range pkts {
+					if w, g := ref.Lookup(&pkts[i]), c.Lookup(&pkts[i]); w != g {
+						t.Fatalf("packet %+v: classifier %d, reference %d", pkts[i], g, w)
+					}
+				}
+			}
+		}
+	})
+}
