@@ -37,9 +37,13 @@ func TestNewStateErrors(t *testing.T) {
 		substr string
 	}{
 		{name: "rule names missing SG", code: model.CodeBadRuleFormat, substr: `securityGroups[1].ingress[0].sgId: "sg-nope": no such security group`,
-			edit: func(t *model.Topology) { t.SecurityGroups[1].Ingress = []model.Rule{{SgID: "sg-nope", Action: "ACCEPT"}} }},
+			edit: func(t *model.Topology) {
+				t.SecurityGroups[1].Ingress = []model.Rule{{SgID: "sg-nope", Action: "ACCEPT"}}
+			}},
 		{name: "rule names other account's SG", code: model.CodeBadRuleFormat, substr: "securityGroups[1].egress[0].sgId",
-			edit: func(t *model.Topology) { t.SecurityGroups[1].Egress = []model.Rule{{SgID: "sg-other", Action: "ACCEPT"}} }},
+			edit: func(t *model.Topology) {
+				t.SecurityGroups[1].Egress = []model.Rule{{SgID: "sg-other", Action: "ACCEPT"}}
+			}},
 		{name: "rule names other project's SG", code: model.CodeBadRuleFormat, substr: "security group is in project 1, not 0",
 			edit: func(t *model.Topology) { t.SecurityGroups[1].Ingress = []model.Rule{{SgID: "sg-p1", Action: "ACCEPT"}} }},
 		{name: "bad rule format", code: model.CodeBadRuleFormat, substr: `securityGroups[1].ingress[0].portRange: "80-70": low port above high port`,
