@@ -1,0 +1,69 @@
+package api
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/stretchr/testify/require"
+)
+
+func FuzzDecodeTencent(f *testing.F) {
+	for _, s := range []string{
+		"Action=ModifySecurityGroupPolicy&sgId=sg-web&ingress.0.action=ACCEPT&ingress.0.cidrIp=10.0.0.0/8&Timestamp=1&Nonce=2",
+		"Action=ModifySecurityGroupsOfNetworkInterface&networkInterfaceSet.0.networkInterfaceId=eni-1&networkInterfaceSet.0.sgIds.0=sg-1&Timestamp=1&Nonce=1",
+		"Action=DescribeNetworkInterfaces&limit=50&offset=0&Timestamp=1&Nonce=1",
+		"Action=CreateSecurityGroup&sgName=x&projectId=3&Timestamp=1&Nonce=1",
+		"a.0=1&a.1.b=2", "ingress.1.action=x", "x..y=1", "",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		params, err := url.ParseQuery(q)
+		if err != nil {
+			return
+		}
+		c, err := decodeTencent(params, 2000)
+		if err != nil {
+			require.NotEmpty(t, err.Error())
+			return
+		}
+		// Whatever decodes names a known action and carries lists exactly as dense as they were sent.
+		require.Contains(t, actionParams, c.Action)
+		require.NotEmpty(t, c.Nonce)
+		n := 0
+		for k := range params {
+			if strings.HasPrefix(k, "ingress.") && strings.HasSuffix(k, ".action") {
+				n++
+			}
+		}
+		if c.Action == ActModifyPolicy {
+			require.LessOrEqual(t, n, len(c.Ingress))
+		}
+		for _, e := range c.Set {
+			require.NotEmpty(t, e.ENI)
+		}
+	})
+}
+
+func FuzzDecodeHuawei(f *testing.F) {
+	for _, s := range []string{
+		`{"ports":[{"id":"b9ac5247-c4ca-4c9b-b8fa-7d19132e560a"}],"action":"add"}`,
+		`{"ports":[],"action":"remove"}`, `{"ports":null}`, `[]`, `{"ports":[{"id":1}]}`, "",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, add, herr := decodeHuawei(body)
+		if herr != nil {
+			require.Contains(t, []string{"VPC.0606", "VPC.0609"}, herr.Code)
+			require.Equal(t, 400, herr.Status)
+			require.True(t, utf8.ValidString(herr.Message) || !utf8.Valid(body))
+			return
+		}
+		require.NotEmpty(t, req.Ports)
+		require.LessOrEqual(t, len(req.Ports), MaxHuaweiPorts)
+		require.Equal(t, add, strings.EqualFold(req.Action, "add"))
+	})
+}
