@@ -1,0 +1,351 @@
+// Package replay decides captured packets the way the dataplane would: it maps each frame to the
+// managed ENIs it touches, checks it on the sender's egress and the receiver's ingress against one
+// table snapshot, tracks connections, and reports every verdict with the rule or reason behind it.
+// It also reads captures, checks expectations and runs scenarios and what-if comparisons.
+package replay
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/sgsim/sgsim/conntrack"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/packet"
+)
+
+// Verdict of a whole packet (SPEC §7).
+type Verdict uint8
+
+const (
+	Accept Verdict = iota
+	Drop
+	Unmanaged
+)
+
+var verdictNames = [...]string{"ACCEPT", "DROP", "UNMANAGED"}
+
+func (v Verdict) String() string {
+	if int(v) < len(verdictNames) {
+		return verdictNames[v]
+	}
+	return "UNKNOWN"
+}
+
+// MarshalText writes the SPEC name.
+func (v Verdict) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
+
+// ParseVerdict reads ACCEPT, DROP or UNMANAGED in any case.
+func ParseVerdict(s string) (Verdict, bool) {
+	for i, n := range verdictNames {
+		if equalFold(s, n) {
+			return Verdict(i), true
+		}
+	}
+	return 0, false
+}
+
+func equalFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'a' <= x && x <= 'z' {
+			x -= 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// TableSource gives the tables in force; *dataplane.Engine is one.
+type TableSource interface {
+	Snapshot() *dataplane.Snapshot
+}
+
+// Check is one ENI/direction decision of a packet.
+type Check struct {
+	ENI       int // index into Replayer.ENIs()
+	Direction model.Direction
+	Verdict   dataplane.Verdict
+}
+
+// Result is the decision of one packet. Checks[:NChecks] are valid.
+type Result struct {
+	Index   int
+	Time    time.Duration // capture timestamp since the Unix epoch
+	Verdict Verdict
+	Checks  [2]Check
+	NChecks int
+	Packet  packet.Decoded
+}
+
+// Options change how packets are decided.
+type Options struct {
+	// ForceENI, when set, makes every packet one check on that ENI in ForceDirection, for captures taken
+	// on one interface.
+	ForceENI       string
+	ForceDirection model.Direction
+	// Stateless evaluates every packet against the rules: no connection tracking (SPEC §3).
+	Stateless bool
+	// MaxFlows bounds the connection table (0 = conntrack.DefaultMaxEntries).
+	MaxFlows int
+}
+
+type fragKey struct {
+	zone     uint32
+	dir      model.Direction
+	proto    uint8
+	id       uint32
+	src, dst netip.Addr
+}
+
+// maxFrags bounds the remembered first-fragment verdicts; beyond it the table is cleared (fragments of
+// a datagram arrive close together, so forgetting old ones costs little).
+const maxFrags = 1 << 16
+
+// Replayer decides packets one at a time. Not safe for concurrent use.
+type Replayer struct {
+	src     TableSource
+	opts    Options
+	enis    []string
+	byIP    map[netip.Addr][]uint32
+	byMAC   map[[6]byte]uint32
+	forced  int
+	ct      *conntrack.Table
+	frags   map[fragKey]dataplane.Verdict
+	snap    *dataplane.Snapshot // snapshot of the packet being decided, for recheck
+	recheck conntrack.Recheck
+}
+
+// New returns a Replayer over the ENIs of st, deciding against the tables src serves. It fails when
+// opts.ForceENI names no ENI of st.
+func New(st *model.State, src TableSource, opts Options) (*Replayer, error) {
+	r := &Replayer{src: src, opts: opts, frags: make(map[fragKey]dataplane.Verdict)}
+	if !opts.Stateless {
+		r.ct = conntrack.New(opts.MaxFlows)
+	}
+	r.recheck = r.stillAccepted
+	if err := r.SetState(st); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// ENIs returns the ENI IDs results refer to by index.
+func (r *Replayer) ENIs() []string { return r.enis }
+
+// ConnStats returns the connection tracker's counters (zero when stateless).
+func (r *Replayer) ConnStats() conntrack.Stats {
+	if r.ct == nil {
+		return conntrack.Stats{}
+	}
+	return r.ct.Stats()
+}
+
+// SetState re-reads ENI addresses after a change. ENI indexes stay stable for ENIs already known, so
+// tracked flows keep their zone.
+func (r *Replayer) SetState(st *model.State) error {
+	idx := make(map[string]uint32, len(r.enis))
+	for i, id := range r.enis {
+		idx[id] = uint32(i)
+	}
+	r.byIP = make(map[netip.Addr][]uint32)
+	r.byMAC = make(map[[6]byte]uint32)
+	for _, id := range st.ENIIDs() {
+		i, ok := idx[id]
+		if !ok {
+			i = uint32(len(r.enis))
+			r.enis = append(r.enis, id)
+			idx[id] = i
+		}
+		eni, _ := st.ENI(id)
+		for _, a := range eni.Addrs() {
+			r.byIP[a] = append(r.byIP[a], i)
+		}
+		if m := eni.MAC(); len(m) == 6 {
+			r.byMAC[[6]byte(m)] = i
+		}
+	}
+	r.forced = -1
+	if r.opts.ForceENI != "" {
+		i, ok := idx[r.opts.ForceENI]
+		if _, live := st.ENI(r.opts.ForceENI); !ok || !live {
+			return fmt.Errorf("--eni %q: no such network interface in the topology", r.opts.ForceENI)
+		}
+		r.forced = int(i)
+	}
+	return nil
+}
+
+// lookupENI maps an address to a managed ENI; when several ENIs share it, the frame's MAC decides.
+func (r *Replayer) lookupENI(a netip.Addr, mac *[6]byte, hasMAC bool) (uint32, bool) {
+	c := r.byIP[a]
+	switch {
+	case len(c) == 1:
+		return c[0], true
+	case len(c) > 1 && hasMAC:
+		if i, ok := r.byMAC[*mac]; ok {
+			for _, x := range c {
+				if x == i {
+					return i, true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+// Decide decodes frame (of pcap link type link) and decides it into res.
+func (r *Replayer) Decide(index int, ts time.Duration, link int, frame []byte, res *Result) {
+	packet.Decode(link, frame, &res.Packet)
+	r.DecideDecoded(index, ts, res)
+}
+
+// DecideDecoded decides res.Packet, already decoded (scenarios build packets without frames).
+func (r *Replayer) DecideDecoded(index int, ts time.Duration, res *Result) {
+	res.Index, res.Time, res.NChecks = index, ts, 0
+	d := &res.Packet
+	r.snap = r.src.Snapshot()
+	if r.forced >= 0 {
+		r.check(uint32(r.forced), r.opts.ForceDirection, ts, res)
+	} else {
+		var from, to uint32
+		var fromOK, toOK bool
+		if d.Class == packet.ClassIP || d.Class == packet.ClassND {
+			from, fromOK = r.lookupENI(d.Src, &d.SrcMAC, d.HasMAC)
+			to, toOK = r.lookupENI(d.Dst, &d.DstMAC, d.HasMAC)
+		} else if d.HasMAC {
+			// Not IP (or unreadable IP): only the MACs say whose frame it is.
+			from, fromOK = r.byMAC[d.SrcMAC]
+			to, toOK = r.byMAC[d.DstMAC]
+		}
+		if fromOK {
+			r.check(from, model.Egress, ts, res)
+		}
+		if toOK && (res.NChecks == 0 || res.Checks[0].Verdict.Action == model.Accept) {
+			r.check(to, model.Ingress, ts, res)
+		} else if toOK {
+			// The sender's egress already dropped it: the receiver never sees it, but say so.
+			res.Checks[1] = Check{ENI: int(to), Direction: model.Ingress, Verdict: res.Checks[0].Verdict}
+			res.NChecks = 2
+		}
+	}
+	res.Verdict = Unmanaged
+	if res.NChecks > 0 {
+		res.Verdict = Accept
+		for i := 0; i < res.NChecks; i++ {
+			if res.Checks[i].Verdict.Action != model.Accept {
+				res.Verdict = Drop
+				break
+			}
+		}
+	}
+}
+
+func noRule(a model.Action, why dataplane.Reason) dataplane.Verdict {
+	return dataplane.Verdict{Action: a, Reason: why, RuleIndex: -1, Entry: -1}
+}
+
+// check decides one ENI/direction and appends it to res.
+func (r *Replayer) check(eni uint32, dir model.Direction, ts time.Duration, res *Result) {
+	c := &res.Checks[res.NChecks]
+	res.NChecks++
+	c.ENI, c.Direction = int(eni), dir
+	d := &res.Packet
+	switch d.Class {
+	case packet.ClassARP:
+		c.Verdict = noRule(model.Accept, dataplane.ReasonARP)
+		return
+	case packet.ClassND:
+		c.Verdict = noRule(model.Accept, dataplane.ReasonND)
+		return
+	case packet.ClassNotIP:
+		c.Verdict = noRule(model.Drop, dataplane.ReasonNotIP)
+		return
+	case packet.ClassMalformed:
+		c.Verdict = noRule(model.Drop, dataplane.ReasonMalformed)
+		return
+	}
+	tabs, ok := r.snap.ENI(r.enis[eni])
+	if !ok { // the ENI has no tables (removed since): nothing lets the packet through
+		c.Verdict = noRule(model.Drop, dataplane.ReasonNoSG)
+		return
+	}
+	var fk fragKey
+	if d.Fragment {
+		fk = fragKey{zone: eni, dir: dir, proto: d.Proto, id: d.FragID, src: d.Src, dst: d.Dst}
+		if !d.FirstFragment {
+			if v, ok := r.frags[fk]; ok {
+				c.Verdict = v
+				return
+			}
+		}
+	}
+	gen := r.snap.Generation
+	cdir := conntrack.Direction(dir)
+	var key conntrack.Key
+	tracked := r.ct != nil && (!d.Fragment || d.FirstFragment)
+	if tracked {
+		key = conntrack.KeyOf(eni, cdir, &d.Tuple)
+		if r.ct.Reply(key, d.TCPFlags, ts, gen, r.recheck) ||
+			(d.ICMPError && d.HasInner && r.ct.Related(eni, cdir, &d.Inner, ts, gen, r.recheck)) {
+			c.Verdict = noRule(model.Accept, dataplane.ReasonEstablished)
+			r.rememberFrag(d, fk, c.Verdict)
+			return
+		}
+	}
+	p := toMatch(dir, d.Proto, d.Src, d.Dst, d.DstPort, d.HasPorts)
+	c.Verdict = tabs.Match(dir, &p)
+	if tracked {
+		if c.Verdict.Action == model.Accept {
+			r.ct.Track(key, d.TCPFlags, ts, gen)
+		} else {
+			r.ct.Cut(key)
+		}
+	}
+	r.rememberFrag(d, fk, c.Verdict)
+}
+
+func (r *Replayer) rememberFrag(d *packet.Decoded, fk fragKey, v dataplane.Verdict) {
+	if !d.FirstFragment {
+		return
+	}
+	if len(r.frags) >= maxFrags {
+		clear(r.frags)
+	}
+	r.frags[fk] = v
+}
+
+// toMatch orients a packet for matching (SPEC §2): the remote is the source on ingress, the destination
+// on egress; the port is the destination port, known only for TCP and UDP.
+func toMatch(dir model.Direction, proto uint8, src, dst netip.Addr, dport uint16, hasPorts bool) dataplane.Packet {
+	p := dataplane.Packet{Remote: src, Proto: proto, Port: dport}
+	if dir == model.Egress {
+		p.Remote = dst
+	}
+	p.HasPort = hasPorts && (proto == packet.ProtoTCP || proto == packet.ProtoUDP)
+	if !p.HasPort {
+		p.Port = 0
+	}
+	return p
+}
+
+// stillAccepted re-decides a tracked flow's original packet against the snapshot in force.
+func (r *Replayer) stillAccepted(k *conntrack.Key) bool {
+	if int(k.Zone) >= len(r.enis) {
+		return false
+	}
+	tabs, ok := r.snap.ENI(r.enis[k.Zone])
+	if !ok {
+		return false
+	}
+	dir := model.Direction(k.Dir)
+	hasPorts := k.Proto == packet.ProtoTCP || k.Proto == packet.ProtoUDP
+	p := toMatch(dir, k.Proto, k.Src, k.Dst, k.DstPort, hasPorts)
+	return tabs.Match(dir, &p).Action == model.Accept
+}
