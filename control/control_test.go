@@ -1,0 +1,104 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
+)
+
+// recorder is a Dataplane that remembers which ENIs each publication carried.
+type recorder struct {
+	mu    sync.Mutex
+	calls [][]string
+	fail  error
+}
+
+func (r *recorder) Publish(_ context.Context, _ uint64, changed map[string]*compiler.Tables, _ []string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, slices.Sorted(maps.Keys(changed)))
+	return r.fail
+}
+
+func (r *recorder) last() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls[len(r.calls)-1]
+}
+
+func newCtrl(t *testing.T) (*Controller, *recorder) {
+	s, err := model.LoadTopologyFile("../testdata/demo.json")
+	require.NoError(t, err)
+	c, err := New(context.Background(), store.NewMemory(), s, Options{})
+	require.NoError(t, err)
+	rec := &recorder{}
+	require.NoError(t, c.AddDataplane(context.Background(), rec))
+	require.Len(t, rec.calls[0], 6, "a new dataplane gets every ENI")
+	return c, rec
+}
+
+func TestRecompilesOnlyAffected(t *testing.T) {
+	ctx := context.Background()
+	c, rec := newCtrl(t)
+	const db2 = "b9ac5247-c4ca-4c9b-b8fa-7d19132e560a"
+
+	// Rule change: the SG's users.
+	require.NoError(t, c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-db", []model.Rule{{Action: "ACCEPT"}}, nil))
+	assert.Equal(t, []string{db2, "eni-db1"}, rec.last())
+	assert.Equal(t, 1, mustSG(c.View().State, "sg-db").Version)
+
+	// Membership change of sg-web (eni-web1 leaves): eni-web1 plus users of SGs referencing sg-web —
+	// none now, since the rule change above dropped sg-db's references.
+	require.NoError(t, c.ModifySecurityGroupsOfNetworkInterface(ctx, "1250000001", []ENISGs{{ENI: "eni-web1", SgIDs: []string{"sg-ssh"}}}))
+	assert.Equal(t, []string{"eni-web1"}, rec.last())
+
+	// Put a reference back: sg-ssh references sg-web; moving eni-spare into sg-web recompiles it and
+	// every user of sg-ssh (eni-web1, eni-web2).
+	require.NoError(t, c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-ssh", []model.Rule{{SgID: "sg-web", Action: "ACCEPT"}}, nil))
+	_, err := c.PortAction(ctx, "1250000001", "sg-web", true, []string{"eni-spare"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"eni-spare", "eni-web1", "eni-web2"}, rec.last())
+
+	// The built-in engine agrees with a full recompile of the final state.
+	full := compiler.New(c.View().State).CompileAll()
+	for id, want := range full {
+		got, ok := c.Engine().Snapshot().ENI(id)
+		require.True(t, ok)
+		assert.Equal(t, want, got.Tables, id)
+	}
+}
+
+func TestPublishFailureIsReported(t *testing.T) {
+	c, rec := newCtrl(t)
+	rec.fail = errors.New("map full")
+	err := c.ModifySecurityGroupPolicy(context.Background(), "1250000001", "sg-web", nil, nil)
+	assert.Equal(t, model.CodeInternal, model.CodeOf(err))
+	assert.ErrorContains(t, err, "map full")
+}
+
+func TestNewNeedsSeedForEmptyStore(t *testing.T) {
+	_, err := New(context.Background(), store.NewMemory(), nil, Options{})
+	assert.ErrorContains(t, err, "empty")
+}
+
+func TestHistogram(t *testing.T) {
+	h := NewHistogram([]float64{1, 2})
+	for _, v := range []float64{0.5, 1, 1.5, 3} {
+		h.Observe(v)
+	}
+	b, cum, sum, n := h.Snapshot()
+	assert.Equal(t, []float64{1, 2}, b)
+	assert.Equal(t, []uint64{2, 3, 4}, cum)
+	assert.InDelta(t, 6.0, sum, 1e-9)
+	assert.Equal(t, uint64(4), n)
+}

@@ -1,0 +1,56 @@
+package store
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/model"
+)
+
+func demo(t *testing.T) *model.State {
+	s, err := model.LoadTopologyFile("../testdata/demo.json")
+	require.NoError(t, err)
+	return s
+}
+
+func TestStores(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "s.db")
+	b, err := OpenBolt(path)
+	require.NoError(t, err)
+	for name, st := range map[string]Store{"memory": NewMemory(), "bolt": b} {
+		t.Run(name, func(t *testing.T) {
+			s, gen, err := st.Load(ctx)
+			require.NoError(t, err)
+			assert.Nil(t, s, "empty store")
+			assert.Zero(t, gen)
+			require.NoError(t, st.Commit(ctx, demo(t), 7))
+			s, gen, err = st.Load(ctx)
+			require.NoError(t, err)
+			assert.Equal(t, uint64(7), gen)
+			assert.Equal(t, demo(t).Topology(), s.Topology())
+			assert.Error(t, st.Commit(ctx, nil, 8))
+			cancelled, cancel := context.WithCancel(ctx)
+			cancel()
+			assert.ErrorIs(t, st.Commit(cancelled, demo(t), 9), context.Canceled)
+		})
+	}
+	require.NoError(t, b.Close())
+
+	// Reopened, the bolt file still holds the last commit.
+	b, err = OpenBolt(path)
+	require.NoError(t, err)
+	defer b.Close()
+	s, gen, err := b.Load(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(7), gen)
+	assert.Equal(t, demo(t).Topology(), s.Topology())
+
+	// A second opener fails instead of hanging.
+	_, err = OpenBolt(path)
+	assert.ErrorContains(t, err, path)
+}
