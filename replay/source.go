@@ -17,11 +17,11 @@ const maxSnaplen = 256 << 10
 
 // Source reads the frames of one pcap or pcapng file, each with its own link type.
 type Source struct {
-	name    string
-	f       *os.File
-	pcap    *pcapgo.Reader
-	ng      *pcapgo.NgReader
-	n       int
+	name string
+	f    *os.File
+	pcap *pcapgo.Reader
+	ng   *pcapgo.NgReader
+	n    int
 }
 
 // Open opens a pcap or pcapng file (told apart by magic number).
