@@ -1,0 +1,94 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
+)
+
+// ServeConfig is what `sgsim serve` needs.
+type ServeConfig struct {
+	Listen   string // host:port; port 0 picks a free one
+	DataDir  string // holds sgsim.db
+	Topology string // seeds an empty store; ignored once the store holds a state
+	Logger   *slog.Logger
+	// Ready, if set, is called with the bound address once the server accepts connections.
+	Ready func(addr string)
+	// Controller options (limits, matcher).
+	Control control.Options
+}
+
+// DBFile is the name of the bbolt file inside the data directory.
+const DBFile = "sgsim.db"
+
+// Serve runs the daemon until ctx is cancelled, then shuts down gracefully.
+func Serve(ctx context.Context, cfg ServeConfig) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir %s: %w", cfg.DataDir, err)
+	}
+	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, DBFile))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	existing, gen, err := st.Load(ctx)
+	if err != nil {
+		return err
+	}
+	var seed *model.State
+	switch {
+	case existing != nil && cfg.Topology != "":
+		log.Info("store already holds a state; --topology ignored", "generation", gen, "topology", cfg.Topology)
+	case existing == nil && cfg.Topology == "":
+		return fmt.Errorf("%s is empty: give --topology to seed it on first start", filepath.Join(cfg.DataDir, DBFile))
+	case existing == nil:
+		if seed, err = model.LoadTopologyFile(cfg.Topology); err != nil {
+			return err
+		}
+	}
+	cfg.Control.Logger = log
+	ctrl, err := control.New(ctx, st, seed, cfg.Control)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+	}
+	srv := NewServer(cfg.Listen, NewHandler(ctrl, Options{Logger: log}))
+	log.Info("serving", "addr", ln.Addr().String(), "generation", ctrl.View().Generation)
+	if cfg.Ready != nil {
+		cfg.Ready(ln.Addr().String())
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
