@@ -1,0 +1,198 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/store"
+)
+
+// The durability test re-executes this test binary as the daemon (Serve, exactly what `sgsim serve`
+// runs), so it can be killed with SIGKILL.
+const daemonEnv = "SGSIM_API_TEST_DAEMON"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(daemonEnv); dir != "" {
+		os.Exit(runDaemon(dir))
+	}
+	os.Exit(m.Run())
+}
+
+func runDaemon(dir string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	err := Serve(ctx, ServeConfig{Listen: "127.0.0.1:0", DataDir: dir, Topology: os.Getenv("SGSIM_API_TEST_TOPOLOGY"),
+		Ready: func(addr string) {
+			tmp := filepath.Join(dir, "addr.tmp")
+			if err := os.WriteFile(tmp, []byte(addr), 0o600); err == nil {
+				_ = os.Rename(tmp, filepath.Join(dir, "addr"))
+			}
+		}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "daemon:", err)
+		return 1
+	}
+	return 0
+}
+
+type daemon struct {
+	cmd  *exec.Cmd
+	base string
+}
+
+func startDaemon(t *testing.T, dir string, seed bool) *daemon {
+	t.Helper()
+	_ = os.Remove(filepath.Join(dir, "addr"))
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), daemonEnv+"="+dir)
+	if seed {
+		cmd.Env = append(cmd.Env, "SGSIM_API_TEST_TOPOLOGY="+demoTopology)
+	}
+	cmd.Stderr = os.Stderr
+	require.NoError(t, cmd.Start())
+	d := &daemon{cmd: cmd}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(filepath.Join(dir, "addr")); err == nil {
+			d.base = "http://" + string(b)
+			return d
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("daemon did not start")
+	return nil
+}
+
+func (d *daemon) kill(t *testing.T) {
+	require.NoError(t, d.cmd.Process.Signal(syscall.SIGKILL))
+	_ = d.cmd.Wait()
+}
+
+var liveNonce int64
+
+// call sends a Tencent call signed with the real clock as account 1.
+func (d *daemon) call(kv ...string) (tcResp, error) {
+	p := url.Values{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		p.Set(kv[i], kv[i+1])
+	}
+	liveNonce++
+	p.Set("Nonce", strconv.FormatInt(liveNonce, 10))
+	p.Set("Timestamp", strconv.FormatInt(time.Now().Unix(), 10))
+	p.Set("SecretId", secretID1)
+	Sign(http.MethodPost, strings.TrimPrefix(d.base, "http://"), p, secretKey1)
+	resp, err := http.PostForm(d.base+TencentPath, p)
+	if err != nil {
+		return tcResp{}, err
+	}
+	defer resp.Body.Close()
+	var out tcResp
+	err = json.NewDecoder(resp.Body).Decode(&out)
+	return out, err
+}
+
+func (d *daemon) tables(t *testing.T) map[string]TableResponse {
+	out := map[string]TableResponse{}
+	for _, id := range []string{"eni-web1", "eni-web2", "eni-db1", dbPort, "eni-spare", "eni-other"} {
+		resp, err := http.Get(d.base + "/sgsim/v1/enis/" + id + "/table")
+		require.NoError(t, err)
+		var tab TableResponse
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&tab))
+		resp.Body.Close()
+		tab.TableGeneration = 0 // when an ENI was last recompiled is history, not content
+		out[id] = tab
+	}
+	return out
+}
+
+func TestDurabilityAcrossSIGKILL(t *testing.T) {
+	dir := t.TempDir()
+	d := startDaemon(t, dir, true)
+
+	// Stream writes from another goroutine and kill the daemon while they flow.
+	type ack struct {
+		sgID string
+		i    int
+	}
+	acks := make(chan ack, 1000)
+	go func() {
+		defer close(acks)
+		for i := 0; ; i++ {
+			r, err := d.call("Action", ActCreateSG, "sgName", fmt.Sprintf("d%d", i), "projectId", strconv.Itoa(100+i))
+			if err != nil {
+				return
+			}
+			var data struct{ SgID string }
+			if r.Code != 0 || json.Unmarshal(r.Data, &data) != nil {
+				return
+			}
+			acks <- ack{data.SgID, i}
+			r, err = d.call("Action", ActModifyPolicy, "sgId", "sg-lockdown", "ingress.0.action", "DROP", "ingress.0.desc", fmt.Sprintf("w%d", i))
+			if err != nil || r.Code != 0 {
+				return
+			}
+			acks <- ack{"", i}
+		}
+	}()
+	var created []string
+	lastPolicy := -1
+	for a := range acks {
+		if a.sgID != "" {
+			created = append(created, a.sgID)
+		} else {
+			lastPolicy = a.i
+		}
+		if len(created) == 40 {
+			d.kill(t)
+		}
+	}
+	require.GreaterOrEqual(t, len(created), 40)
+
+	d = startDaemon(t, dir, false)
+	for _, id := range created {
+		r, err := d.call("Action", ActDescribePolicy, "sgId", id)
+		require.NoError(t, err)
+		assert.Equal(t, 0, r.Code, "acknowledged CreateSecurityGroup %s lost: %s", id, r.Message)
+	}
+	r, err := d.call("Action", ActDescribePolicy, "sgId", "sg-lockdown")
+	require.NoError(t, err)
+	var pol struct{ Ingress []struct{ Desc string } }
+	require.NoError(t, json.Unmarshal(r.Data, &pol))
+	require.Len(t, pol.Ingress, 1)
+	got, err := strconv.Atoi(strings.TrimPrefix(pol.Ingress[0].Desc, "w"))
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, got, lastPolicy, "the last acknowledged policy survived")
+
+	// A restart recompiles identical tables.
+	before := d.tables(t)
+	d.kill(t)
+	d = startDaemon(t, dir, false)
+	assert.Equal(t, before, d.tables(t))
+	d.kill(t)
+
+	// And the store is readable by itself.
+	st, err := store.OpenBolt(filepath.Join(dir, DBFile))
+	require.NoError(t, err)
+	defer st.Close()
+	s, gen, err := st.Load(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, before["eni-web1"].Generation, gen)
+	_, ok := s.SG(created[len(created)-1])
+	assert.True(t, ok)
+}
