@@ -120,6 +120,7 @@ type Replayer struct {
 	frags   map[fragKey]dataplane.Verdict
 	snap    *dataplane.Snapshot // snapshot of the packet being decided, for recheck
 	recheck conntrack.Recheck
+	pkt     dataplane.Packet
 }
 
 // New returns a Replayer over the ENIs of st, deciding against the tables src serves. It fails when
@@ -299,8 +300,9 @@ func (r *Replayer) check(eni uint32, dir model.Direction, ts time.Duration, res 
 			return
 		}
 	}
-	p := toMatch(dir, d.Proto, d.Src, d.Dst, d.DstPort, d.HasPorts)
-	c.Verdict = tabs.Match(dir, &p)
+	// A field, not a local: the matcher is an interface, so a local would escape to the heap.
+	r.pkt = toMatch(dir, d.Proto, d.Src, d.Dst, d.DstPort, d.HasPorts)
+	c.Verdict = tabs.Match(dir, &r.pkt)
 	if tracked {
 		if c.Verdict.Action == model.Accept {
 			r.ct.Track(key, d.TCPFlags, ts, gen)
@@ -346,6 +348,6 @@ func (r *Replayer) stillAccepted(k *conntrack.Key) bool {
 	}
 	dir := model.Direction(k.Dir)
 	hasPorts := k.Proto == packet.ProtoTCP || k.Proto == packet.ProtoUDP
-	p := toMatch(dir, k.Proto, k.Src, k.Dst, k.DstPort, hasPorts)
-	return tabs.Match(dir, &p).Action == model.Accept
+	r.pkt = toMatch(dir, k.Proto, k.Src, k.Dst, k.DstPort, hasPorts)
+	return tabs.Match(dir, &r.pkt).Action == model.Accept
 }
