@@ -395,10 +395,39 @@ func (b *Builder) PutSG(g SecurityGroup) error {
 	if err := b.s.checkRuleRefs(sg); err != nil {
 		return err
 	}
-	if _, exists := b.s.sgs[sg.SgID]; !exists {
+	old, exists := b.s.sgs[sg.SgID]
+	b.s.sgs[sg.SgID] = sg
+	if exists && (old.AppID != sg.AppID || old.ProjectID != sg.ProjectID) {
+		// A new owner or project can break the SGs that reference this one and the ENIs that use it.
+		if err := b.s.checkDependents(sg.SgID); err != nil {
+			b.s.sgs[sg.SgID] = old
+			return err
+		}
+	}
+	if !exists {
 		b.s.sgOrder = append(b.s.sgOrder, sg.SgID)
 	}
-	b.s.sgs[sg.SgID] = sg
+	return nil
+}
+
+// checkDependents re-checks every other SG's rule references and every ENI that uses SG id.
+func (s *State) checkDependents(id string) error {
+	for _, gid := range s.sgOrder {
+		if gid == id {
+			continue
+		}
+		if err := s.checkRuleRefs(s.sgs[gid]); err != nil {
+			return AtPath("referenced by "+gid, err)
+		}
+	}
+	for _, eid := range s.eniOrder {
+		n := s.enis[eid]
+		if slices.Contains(n.SgIDs, id) {
+			if err := s.checkSGList(n.AppID, n.SgIDs); err != nil {
+				return AtPath("used by "+eid, err)
+			}
+		}
+	}
 	return nil
 }
 
