@@ -287,3 +287,42 @@ func TestParseDirection(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "direction")
 }
+
+// TestPutSGOwnerOrProjectChange checks that moving an SG cannot leave a State that NewState would refuse:
+// a referencing rule in the old project, or an ENI of the old owner.
+func TestPutSGOwnerOrProjectChange(t *testing.T) {
+	topo := baseTopology()
+	topo.SecurityGroups[0].Ingress = []model.Rule{{SgID: "sg-b", Action: "ACCEPT"}}
+	s, err := model.NewState(topo)
+	require.NoError(t, err)
+	tests := []struct {
+		name   string
+		sg     model.SecurityGroup
+		code   int
+		substr string
+	}{
+		{name: "referenced SG to another project", sg: model.SecurityGroup{SgID: "sg-b", AppID: "A", ProjectID: 1},
+			code: model.CodeBadRuleFormat, substr: `referenced by sg-a.ingress[0].sgId: "sg-b": security group is in project 1, not 0`},
+		{name: "used SG to another account", sg: model.SecurityGroup{SgID: "sg-a", AppID: "B", Ingress: []model.Rule{{Action: "ACCEPT"}}},
+			code: model.CodeNotOwner, substr: `used by eni-1.sgIds[0]: "sg-a": security group belongs to another account`},
+		{name: "unused, unreferenced SG may move", sg: model.SecurityGroup{SgID: "sg-p1", AppID: "A", ProjectID: 2}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := s.Edit()
+			before, _ := b.State().SG(tc.sg.SgID)
+			err := b.PutSG(tc.sg)
+			if tc.code == 0 {
+				require.NoError(t, err)
+				_, err = model.NewState(b.State().Topology())
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Equal(t, tc.code, model.CodeOf(err))
+			assert.Contains(t, err.Error(), tc.substr)
+			after, _ := b.State().SG(tc.sg.SgID)
+			assert.Same(t, before, after, "refused PutSG changed the State")
+		})
+	}
+}
