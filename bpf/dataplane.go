@@ -1,0 +1,367 @@
+package bpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+)
+
+// DefaultPinPath is where a daemon pins maps and links so a restart replaces the program without an
+// unprotected window.
+const DefaultPinPath = "/sys/fs/bpf/sgsim"
+
+// maxSlots is the number of ENIs one loaded program can hold (ifaces/eni_names size; tables is 2×).
+const maxSlots = 4096
+
+// Options configures Load.
+type Options struct {
+	// PinPath pins the maps (and links made by Attach) there, reusing ones already pinned. Empty: nothing
+	// is pinned and everything goes away on Close.
+	PinPath string
+}
+
+// Dataplane is the loaded TC program with its maps. Safe for concurrent use.
+type Dataplane struct {
+	objs    sgObjects
+	pinPath string
+
+	mu    sync.Mutex // serialises writers (Publish, Attach); packets never wait for it
+	slots map[string]uint32
+}
+
+// Load loads the program and its maps into the kernel.
+func Load(opts Options) (*Dataplane, error) {
+	spec, err := loadSg()
+	if err != nil {
+		return nil, fmt.Errorf("load bpf spec: %w", err)
+	}
+	var co ebpf.CollectionOptions
+	if opts.PinPath != "" {
+		if err := ensureBPFFS(opts.PinPath); err != nil {
+			return nil, err
+		}
+		for name, m := range spec.Maps {
+			switch name {
+			case "tables", "ifaces", "eni_names", "conntrack", "hits", "drops", "drop_rate":
+				m.Pinning = ebpf.PinByName
+			}
+		}
+		co.Maps.PinPath = opts.PinPath
+	}
+	d := &Dataplane{pinPath: opts.PinPath, slots: map[string]uint32{}}
+	if err := spec.LoadAndAssign(&d.objs, &co); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load bpf program: %w (verifier log tail: %s)", err, tail(ve.Log, 20))
+		}
+		return nil, fmt.Errorf("load bpf program: %w", err)
+	}
+	if err := d.recoverSlots(); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func tail(lines []string, n int) []string {
+	if len(lines) > n {
+		return lines[len(lines)-n:]
+	}
+	return lines
+}
+
+// ensureBPFFS creates dir on a bpffs, mounting one at /sys/fs/bpf when none is there.
+func ensureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		if err := os.MkdirAll("/sys/fs/bpf", 0o700); err != nil {
+			return fmt.Errorf("create /sys/fs/bpf: %w", err)
+		}
+		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=700"); err != nil {
+			return fmt.Errorf("mount bpffs on /sys/fs/bpf: %w", err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// recoverSlots reads the ENI slot assignment back from pinned eni_names after a restart.
+func (d *Dataplane) recoverSlots() error {
+	var name sgEniname
+	for slot := uint32(0); slot < maxSlots; slot++ {
+		if err := d.objs.EniNames.Lookup(slot, &name); err != nil {
+			return fmt.Errorf("read eni_names[%d]: %w", slot, err)
+		}
+		if s := cString(name.Name[:]); s != "" {
+			d.slots[s] = slot
+		}
+	}
+	return nil
+}
+
+func cString(b []int8) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}
+
+// Close releases the program and maps held by this process; pinned objects stay in the kernel.
+func (d *Dataplane) Close() error { return d.objs.Close() }
+
+// slotFor returns eni's slot, assigning a free one. Caller holds mu.
+func (d *Dataplane) slotFor(eni string) (uint32, error) {
+	if s, ok := d.slots[eni]; ok {
+		return s, nil
+	}
+	if len(eni) >= 64 {
+		return 0, fmt.Errorf("network interface ID %q: longer than 63 bytes", eni)
+	}
+	used := make(map[uint32]bool, len(d.slots))
+	for _, s := range d.slots {
+		used[s] = true
+	}
+	for s := uint32(0); s < maxSlots; s++ {
+		if !used[s] {
+			var n sgEniname
+			for i := range len(eni) {
+				n.Name[i] = int8(eni[i])
+			}
+			if err := d.objs.EniNames.Put(s, &n); err != nil {
+				return 0, fmt.Errorf("record slot of %s: %w", eni, err)
+			}
+			d.slots[eni] = s
+			return s, nil
+		}
+	}
+	return 0, fmt.Errorf("network interface %s: all %d slots in use", eni, maxSlots)
+}
+
+// newTableMap builds one table version in a fresh inner map, beside the live one.
+func newTableMap(t *compiler.Table, gen uint64) (*ebpf.Map, error) {
+	buf, err := serialise(t, gen)
+	if err != nil {
+		return nil, err
+	}
+	n := uint32(len(buf) / recSize)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: recSize, MaxEntries: n,
+		Flags: unix.BPF_F_INNER_MAP}) // the outer map's template has it: inner maps may differ in size
+	if err != nil {
+		return nil, fmt.Errorf("create table map for %s/%s (%d records): %w", t.ENI, t.Direction, n, err)
+	}
+	keys := make([]uint32, n)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := m.BatchUpdate(keys, buf, nil); err != nil {
+		// Older kernels lack batch ops on arrays: fall back to one update per record.
+		for i := range n {
+			if err := m.Put(i, buf[int(i)*recSize:int(i+1)*recSize]); err != nil {
+				m.Close()
+				return nil, fmt.Errorf("fill table map for %s/%s: %w", t.ENI, t.Direction, err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// Publish loads the tables of changed ENIs (keyed by ENI ID) at generation gen and removes the ENIs in
+// removed. Each ENI direction switches with one map update: a packet sees the old table or the new one,
+// never a mix; the kernel frees the old inner map once no program holds it.
+func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) error {
+	type built struct {
+		slot uint32
+		maps [2]*ebpf.Map
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var ready []built
+	closeAll := func() {
+		for _, b := range ready {
+			for _, m := range b.maps {
+				if m != nil {
+					m.Close()
+				}
+			}
+		}
+	}
+	defer closeAll()
+	for id, ts := range changed {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("publish generation %d: %w", gen, err)
+		}
+		slot, err := d.slotFor(id)
+		if err != nil {
+			return fmt.Errorf("publish generation %d: %w", gen, err)
+		}
+		b := built{slot: slot}
+		for dir, t := range []*compiler.Table{ts.Ingress, ts.Egress} {
+			m, err := newTableMap(t, gen)
+			if err != nil {
+				ready = append(ready, b)
+				return fmt.Errorf("publish generation %d: %w", gen, err)
+			}
+			b.maps[dir] = m
+		}
+		ready = append(ready, b)
+	}
+	// Everything is built: switch.
+	for _, b := range ready {
+		for dir, m := range b.maps {
+			if err := d.objs.Tables.Put(b.slot*2+uint32(dir), m); err != nil {
+				return fmt.Errorf("publish generation %d: switch table %d: %w", gen, b.slot*2+uint32(dir), err)
+			}
+		}
+	}
+	for _, id := range removed {
+		slot, ok := d.slots[id]
+		if !ok {
+			continue
+		}
+		for dir := range uint32(2) {
+			if err := d.objs.Tables.Delete(slot*2 + dir); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("publish generation %d: remove %s: %w", gen, id, err)
+			}
+		}
+		if err := d.objs.EniNames.Put(slot, &sgEniname{}); err != nil {
+			return fmt.Errorf("publish generation %d: remove %s: %w", gen, id, err)
+		}
+		d.forgetIfaces(slot)
+		delete(d.slots, id)
+	}
+	return nil
+}
+
+// forgetIfaces unbinds every interface bound to slot. Caller holds mu.
+func (d *Dataplane) forgetIfaces(slot uint32) {
+	var (
+		k   uint32
+		cfg sgIfcfg
+		del []uint32
+	)
+	it := d.objs.Ifaces.Iterate()
+	for it.Next(&k, &cfg) {
+		if cfg.Slot == slot {
+			del = append(del, k)
+		}
+	}
+	for _, k := range del {
+		_ = d.objs.Ifaces.Delete(k) // already gone is fine
+	}
+}
+
+// Bind makes the program treat the interface ifindex as the host side of eni.
+func (d *Dataplane) Bind(ifindex int, eni string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ifindex <= 1 {
+		return fmt.Errorf("bind %s: ifindex %d is not a host interface", eni, ifindex)
+	}
+	slot, err := d.slotFor(eni)
+	if err != nil {
+		return fmt.Errorf("bind %s: %w", eni, err)
+	}
+	if err := d.objs.Ifaces.Put(uint32(ifindex), &sgIfcfg{Slot: slot}); err != nil {
+		return fmt.Errorf("bind %s to ifindex %d: %w", eni, ifindex, err)
+	}
+	return nil
+}
+
+// Result is the program's decision on one frame.
+type Result struct {
+	Accept bool
+	Reason dataplane.Reason
+	Entry  int // index of the deciding entry in the table, -1 when no table decided
+}
+
+// skbCtx is the prefix of struct __sk_buff that BPF_PROG_TEST_RUN lets a caller set and read back.
+type skbCtx struct {
+	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto uint32
+	Priority, IngressIfindex, Ifindex, TCIndex                                  uint32
+	Cb                                                                          [5]uint32
+	_                                                                           [192 - 68]byte // rest of struct __sk_buff: the kernel writes it all back
+}
+
+// Run runs frame through the program as the ENI eni would see it in direction dir (ingress: sent to
+// the ENI, the host's TC egress; egress: sent by it, the host's TC ingress), with BPF_PROG_TEST_RUN.
+// Conntrack state is shared with real traffic.
+func (d *Dataplane) Run(frame []byte, eni string, dir model.Direction) (Result, error) {
+	d.mu.Lock()
+	slot, ok := d.slots[eni]
+	d.mu.Unlock()
+	if !ok {
+		return Result{}, fmt.Errorf("run: network interface %s has no tables loaded", eni)
+	}
+	prog := d.objs.SgHostEgress
+	if dir == model.Egress {
+		prog = d.objs.SgHostIngress
+	}
+	if len(frame) < 14 {
+		return Result{}, fmt.Errorf("run: frame of %d bytes is shorter than an Ethernet header", len(frame))
+	}
+	in := skbCtx{Mark: slot + 1}
+	var out skbCtx
+	ret, err := prog.Run(&ebpf.RunOptions{Data: frame, Context: in, ContextOut: &out})
+	if err != nil {
+		return Result{}, fmt.Errorf("run %s/%s: %w", eni, dir, err)
+	}
+	if out.Cb[2] != 1 {
+		return Result{}, fmt.Errorf("run %s/%s: program returned %d without a decision", eni, dir, ret)
+	}
+	return Result{Accept: ret == 0, Reason: dataplane.Reason(out.Cb[1]), Entry: int(int32(out.Cb[0])) - 1}, nil
+}
+
+// RunRepeat runs frame repeat times (for benchmarks); it reports nothing but errors.
+func (d *Dataplane) RunRepeat(frame []byte, eni string, dir model.Direction, repeat uint32) error {
+	d.mu.Lock()
+	slot, ok := d.slots[eni]
+	d.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("run: network interface %s has no tables loaded", eni)
+	}
+	prog := d.objs.SgHostEgress
+	if dir == model.Egress {
+		prog = d.objs.SgHostIngress
+	}
+	_, err := prog.Run(&ebpf.RunOptions{Data: frame, Context: skbCtx{Mark: slot + 1}, Repeat: repeat})
+	if err != nil {
+		return fmt.Errorf("run %s/%s: %w", eni, dir, err)
+	}
+	return nil
+}
+
+// FlushConntrack forgets every tracked flow.
+func (d *Dataplane) FlushConntrack() error {
+	var k sgCtKey
+	var keys []sgCtKey
+	var v sgCtVal
+	it := d.objs.Conntrack.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	for i := range keys {
+		if err := d.objs.Conntrack.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("flush conntrack: %w", err)
+		}
+	}
+	return it.Err()
+}
+
+// pinFile returns the path of a pinned object.
+func (d *Dataplane) pinFile(name string) string { return filepath.Join(d.pinPath, name) }

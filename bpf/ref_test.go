@@ -1,0 +1,122 @@
+package bpf
+
+import (
+	"net/netip"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+)
+
+// refKey is a flow as the reference model tracks it (one ENI, the original direction's orientation).
+type refKey struct {
+	eni          string
+	proto        uint8
+	sport, dport uint16
+	src, dst     netip.Addr
+}
+
+type refFlow struct {
+	dir model.Direction
+	gen uint64
+}
+
+// refModel is the Go statement of what the BPF program must do: dataplane.Linear for the rules plus the
+// conntrack rules of SPEC §3 (without timeouts, which tests cannot fast-forward in the kernel).
+type refModel struct {
+	tables map[string]*compiler.Tables
+	gen    map[string]uint64
+	flows  map[refKey]refFlow
+}
+
+func newRefModel() *refModel {
+	return &refModel{tables: map[string]*compiler.Tables{}, gen: map[string]uint64{}, flows: map[refKey]refFlow{}}
+}
+
+func (m *refModel) publish(gen uint64, changed map[string]*compiler.Tables) {
+	for id, t := range changed {
+		m.tables[id] = t
+		m.gen[id] = gen
+	}
+}
+
+func (m *refModel) classify(eni string, dir model.Direction, remote netip.Addr, proto uint8, port uint16, hasPort bool) dataplane.Verdict {
+	t := m.tables[eni].Get(dir)
+	p := &dataplane.Packet{Remote: remote, Proto: proto, Port: port, HasPort: hasPort}
+	return dataplane.Explain(t, dataplane.NewLinearTable(t).Lookup(p))
+}
+
+// ports returns the conntrack ports of f and whether it is tracked at all.
+func (f *frame) ctPorts() (uint16, uint16, bool) {
+	if f.fragOff != 0 {
+		return 0, 0, false
+	}
+	switch f.proto {
+	case 6, 17:
+		return f.sport, f.dport, true
+	case 1, 58:
+		if f.isICMPError() {
+			return 0, 0, false
+		}
+		if (f.proto == 1 && (f.icmpType == 8 || f.icmpType == 0)) || (f.proto == 58 && (f.icmpType == 128 || f.icmpType == 129)) {
+			return f.icmpID, f.icmpID, true
+		}
+		return 0, 0, true
+	}
+	return 0, 0, true
+}
+
+func (f *frame) isICMPError() bool {
+	return (f.proto == 1 && (f.icmpType == 3 || f.icmpType == 11)) || (f.proto == 58 && (f.icmpType == 1 || f.icmpType == 3))
+}
+
+// decide returns the expected result of f at eni in direction dir and updates conntrack.
+func (m *refModel) decide(eni string, dir model.Direction, f frame) Result {
+	if f.truncL4 && f.fragOff == 0 && (f.proto == 6 || f.proto == 17 || f.proto == 1 || f.proto == 58) {
+		return Result{Reason: dataplane.ReasonMalformed, Entry: -1}
+	}
+	if f.proto == 58 && f.fragOff == 0 && f.icmpType >= 133 && f.icmpType <= 136 && f.src.Is6() {
+		return Result{Accept: true, Reason: dataplane.ReasonND, Entry: -1}
+	}
+	sp, dp, tracked := f.ctPorts()
+	var look *refKey
+	switch {
+	case f.fragOff == 0 && f.isICMPError() && f.quote != nil:
+		q := f.quote
+		qs, qd := q.sport, q.dport
+		if q.proto != 6 && q.proto != 17 {
+			qs, qd = 0, 0
+		}
+		look = &refKey{eni, q.proto, qs, qd, q.src, q.dst}
+	case tracked:
+		look = &refKey{eni, f.proto, dp, sp, f.dst, f.src}
+	}
+	if look != nil {
+		if fl, ok := m.flows[*look]; ok && fl.dir != dir {
+			keep := true
+			if fl.gen != m.gen[eni] {
+				remote := look.src
+				if fl.dir == model.Egress {
+					remote = look.dst
+				}
+				v := m.classify(eni, fl.dir, remote, look.proto, look.dport, look.proto == 6 || look.proto == 17)
+				keep = v.Action == model.Accept
+				fl.gen = m.gen[eni]
+				m.flows[*look] = fl
+			}
+			if keep {
+				return Result{Accept: true, Reason: dataplane.ReasonEstablished, Entry: -1}
+			}
+			delete(m.flows, *look)
+		}
+	}
+	remote := f.src
+	if dir == model.Egress {
+		remote = f.dst
+	}
+	v := m.classify(eni, dir, remote, f.proto, f.dport, (f.proto == 6 || f.proto == 17) && f.fragOff == 0)
+	if v.Action == model.Accept && tracked {
+		m.flows[refKey{eni, f.proto, sp, dp, f.src, f.dst}] = refFlow{dir: dir, gen: m.gen[eni]}
+	}
+	return Result{Accept: v.Action == model.Accept, Reason: v.Reason, Entry: v.Entry}
+}

@@ -1,0 +1,837 @@
+//go:build ignore
+
+// SPDX-License-Identifier: GPL-2.0
+// sgsim security-group TC program: parses a frame, finds the ENI and direction from the interface it runs
+// on, answers reply-direction packets of tracked flows from conntrack, and classifies the rest against the
+// map-resident flattened first-match table of that ENI and direction (layout: see bpf/layout.go).
+//
+// Host side (SPEC §2): TC ingress on the host veth/tap sees what the ENI sends (ENI egress); TC egress sees
+// what is sent to it (ENI ingress).
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char __license[] SEC("license") = "GPL";
+
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+
+enum reason {
+	R_RULE = 0,
+	R_DEFAULT_DROP = 1,
+	R_ESTABLISHED = 2,
+	R_NO_SG = 3,
+	R_ARP = 4,
+	R_ND = 5,
+	R_NOT_IP = 6,
+	R_MALFORMED = 7,
+};
+
+#define REC_SIZE 64
+#define HDR_FLAG_NOSG 1
+
+struct rec {
+	__u8 b[REC_SIZE];
+};
+
+// Record 0 of every table map.
+struct hdr {
+	__u64 gen;
+	__u32 n4, n6;
+	__u32 off4, off6, off_nodes, off_ports;
+	__u32 off_entries, n_entries, off_sgs, flags;
+	__u32 pad[4];
+};
+
+struct v4iv {
+	__u32 start;
+	__u32 node;
+}; // 8 per record
+
+struct v6iv {
+	__u64 hi, lo;
+	__u32 node, pad;
+	__u64 pad2;
+}; // 2 per record
+
+struct node {
+	__u32 tcp_off, tcp_cnt, udp_off, udp_cnt;
+	__s32 tcp_np, udp_np, icmp, other;
+}; // 2 per record
+
+struct portiv {
+	__u16 start, pad;
+	__s32 entry;
+}; // 8 per record
+
+struct entry {
+	__u32 action; // 1 accept, 0 drop
+	__s32 rule_index;
+	__u32 sg;
+	__u32 pad;
+}; // 4 per record
+
+// tables[slot*2+dir] is the live table of one ENI direction; replacing the inner map is the atomic swap.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_ARRAY);
+		__uint(max_entries, 1);
+		__uint(map_flags, BPF_F_INNER_MAP);
+		__type(key, __u32);
+		__type(value, __u8[REC_SIZE]);
+	});
+} tables SEC(".maps");
+
+struct ifcfg {
+	__u32 slot;
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct ifcfg);
+} ifaces SEC(".maps");
+
+struct eniname {
+	char name[64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct eniname);
+} eni_names SEC(".maps");
+
+#define CT_REPLY_SEEN 1
+#define CT_CLOSING 2
+
+struct ct_key {
+	__u32 slot;
+	__u8 fam, proto;
+	__u16 sport, dport;
+	__u16 pad;
+	__u8 src[16], dst[16];
+};
+
+struct ct_val {
+	__u64 last;
+	__u64 gen;
+	__u8 dir, flags;
+	__u8 pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct_key);
+	__type(value, struct ct_val);
+} conntrack SEC(".maps");
+
+struct hit_key {
+	__u32 table; // slot*2+dir
+	__s32 entry;
+	__u64 gen;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct hit_key);
+	__type(value, __u64);
+} hits SEC(".maps");
+
+struct drop_event {
+	__u64 ts;
+	__u64 gen;
+	__u32 slot, ifindex;
+	__u8 dir, reason, fam, proto;
+	__u16 sport, dport;
+	__s32 entry, rule_index;
+	__u32 suppressed; // events lost to the rate limit on this CPU just before this one
+	__u8 src[16], dst[16];
+	char sg[64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} drops SEC(".maps");
+
+struct rate {
+	__u64 window;
+	__u32 count, suppressed;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rate);
+} drop_rate SEC(".maps");
+
+// Drop events per CPU per second; the rest are counted in the next event's suppressed field.
+#define DROP_EVENTS_PER_SEC 1000
+
+struct pkt {
+	__u8 fam; // 4 or 6, 0 for non-IP
+	__u8 proto;
+	__u8 has_port;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 trackable;
+	__u8 is_icmp_err;
+	__u16 sport, dport;
+	__u8 src[16], dst[16];
+	// Quoted flow of an ICMP error.
+	__u8 q_ok, q_proto;
+	__u16 q_sport, q_dport;
+	__u8 q_src[16], q_dst[16];
+};
+
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define ETH_P_ARP_ 0x0806
+#define ETH_P_IP_ 0x0800
+#define ETH_P_IPV6_ 0x86DD
+
+// parse_l4 reads ports/type at off. Returns 0, or -1 when the header is truncated (end: end of the IP
+// datagram as its header says; Ethernet padding beyond it is not header).
+static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, __u32 end, struct pkt *p)
+{
+	__u8 b[14];
+	switch (p->proto) {
+	case 6:
+		if (off + 20 > end || bpf_skb_load_bytes(skb, off, b, 14))
+			return -1;
+		p->sport = (b[0] << 8) | b[1];
+		p->dport = (b[2] << 8) | b[3];
+		p->tcp_flags = b[13];
+		p->has_port = 1;
+		p->trackable = 1;
+		return 0;
+	case 17:
+		if (off + 8 > end || bpf_skb_load_bytes(skb, off, b, 8))
+			return -1;
+		p->sport = (b[0] << 8) | b[1];
+		p->dport = (b[2] << 8) | b[3];
+		p->has_port = 1;
+		p->trackable = 1;
+		return 0;
+	case 1:
+	case 58:
+		if (off + 8 > end || bpf_skb_load_bytes(skb, off, b, 8))
+			return -1;
+		p->icmp_type = b[0];
+		p->trackable = 1;
+		// Echo request/reply: key the flow by identifier on both sides so the reply is the reverse.
+		if ((p->proto == 1 && (b[0] == 8 || b[0] == 0)) || (p->proto == 58 && (b[0] == 128 || b[0] == 129))) {
+			p->sport = (b[4] << 8) | b[5];
+			p->dport = p->sport;
+		}
+		if ((p->proto == 1 && (b[0] == 3 || b[0] == 11)) || (p->proto == 58 && (b[0] == 1 || b[0] == 3))) {
+			p->is_icmp_err = 1;
+			p->trackable = 0;
+		}
+		return 0;
+	}
+	p->trackable = 1;
+	return 0;
+}
+
+// parse_quoted reads the IP header and ports of the packet quoted by an ICMP error at off.
+static __always_inline void parse_quoted(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+	__u8 b[40];
+	__u8 ports[4];
+	__u32 l4;
+	if (p->fam == 4) {
+		if (bpf_skb_load_bytes(skb, off, b, 20))
+			return;
+		if ((b[0] >> 4) != 4)
+			return;
+		l4 = off + (b[0] & 0xf) * 4;
+		p->q_proto = b[9];
+		__builtin_memcpy(p->q_src, &b[12], 4);
+		__builtin_memcpy(p->q_dst, &b[16], 4);
+	} else {
+		if (bpf_skb_load_bytes(skb, off, b, 40))
+			return;
+		if ((b[0] >> 4) != 6)
+			return;
+		l4 = off + 40;
+		p->q_proto = b[6];
+		__builtin_memcpy(p->q_src, &b[8], 16);
+		__builtin_memcpy(p->q_dst, &b[24], 16);
+	}
+	if (p->q_proto == 6 || p->q_proto == 17) {
+		if (bpf_skb_load_bytes(skb, l4, ports, 4))
+			return;
+		p->q_sport = (ports[0] << 8) | ports[1];
+		p->q_dport = (ports[2] << 8) | ports[3];
+	}
+	p->q_ok = 1;
+}
+
+// parse fills p; returns a reason >= 0 when the frame is decided without rules, -1 to classify.
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 eth[4];
+	__u32 off = 12;
+	__u16 et;
+	if (bpf_skb_load_bytes(skb, off, eth, 2))
+		return R_MALFORMED;
+	et = (eth[0] << 8) | eth[1];
+	off += 2;
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		if (et != ETH_P_8021Q_ && et != ETH_P_8021AD_)
+			break;
+		if (bpf_skb_load_bytes(skb, off + 2, eth, 2))
+			return R_MALFORMED;
+		et = (eth[0] << 8) | eth[1];
+		off += 4;
+	}
+	if (et == ETH_P_ARP_)
+		return R_ARP;
+	if (et == ETH_P_IP_) {
+		__u8 h[20];
+		if (bpf_skb_load_bytes(skb, off, h, 20))
+			return R_MALFORMED;
+		if ((h[0] >> 4) != 4 || (h[0] & 0xf) < 5)
+			return R_MALFORMED;
+		p->fam = 4;
+		p->proto = h[9];
+		__builtin_memcpy(p->src, &h[12], 4);
+		__builtin_memcpy(p->dst, &h[16], 4);
+		__u16 frag = ((h[6] & 0x1f) << 8) | h[7];
+		__u32 tot = (h[2] << 8) | h[3];
+		__u32 end = off + tot;
+		if (tot < (h[0] & 0xf) * 4 || end > skb->len)
+			return R_MALFORMED;
+		off += (h[0] & 0xf) * 4;
+		if (frag != 0)
+			return -1; // non-first fragment: no ports, not tracked
+		if (parse_l4(skb, off, end, p))
+			return R_MALFORMED;
+		if (p->is_icmp_err)
+			parse_quoted(skb, off + 8, p);
+		return -1;
+	}
+	if (et == ETH_P_IPV6_) {
+		__u8 h[40];
+		__u8 nh;
+		if (bpf_skb_load_bytes(skb, off, h, 40))
+			return R_MALFORMED;
+		if ((h[0] >> 4) != 6)
+			return R_MALFORMED;
+		__u32 end = off + 40 + ((h[4] << 8) | h[5]);
+		if (end > skb->len)
+			return R_MALFORMED;
+		p->fam = 6;
+		__builtin_memcpy(p->src, &h[8], 16);
+		__builtin_memcpy(p->dst, &h[24], 16);
+		nh = h[6];
+		off += 40;
+		// Extension headers: bounded walk.
+		for (int i = 0; i < 8; i++) {
+			__u8 x[4];
+			if (nh == 0 || nh == 43 || nh == 60 || nh == 51) {
+				if (bpf_skb_load_bytes(skb, off, x, 2))
+					return R_MALFORMED;
+				// AH counts its length in 4-byte units minus 2, the others in 8-byte units minus 1.
+				if (nh == 51)
+					off += (x[1] + 2) * 4;
+				else
+					off += (x[1] + 1) * 8;
+				nh = x[0];
+				continue;
+			}
+			if (nh == 44) {
+				if (bpf_skb_load_bytes(skb, off, x, 4))
+					return R_MALFORMED;
+				__u16 fo = ((x[2] << 8) | x[3]) & 0xfff8;
+				nh = x[0];
+				off += 8;
+				if (fo != 0) {
+					p->proto = nh;
+					return -1; // non-first fragment
+				}
+				continue;
+			}
+			break;
+		}
+		if (nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44)
+			return R_MALFORMED; // too many extension headers
+		p->proto = nh;
+		if (off > end || parse_l4(skb, off, end, p))
+			return R_MALFORMED;
+		if (nh == 58 && p->icmp_type >= 133 && p->icmp_type <= 136)
+			return R_ND;
+		if (p->is_icmp_err)
+			parse_quoted(skb, off + 8, p);
+		return -1;
+	}
+	return R_NOT_IP;
+}
+
+// Binary searches run under bpf_loop so the verifier checks one step once, whatever the table size:
+// the size of a table is bounded by the structure, not by the verifier's instruction budget.
+struct bsearch {
+	void *t;
+	__u32 base; // record index of the region's first record
+	__u32 lo, hi;
+	__u64 khi, klo; // key (IPv4 and ports use klo only)
+	int err;
+};
+
+// Each step narrows [lo, hi) to the interval whose start is the last one <= key.
+static long bs_v4(__u32 i, void *c)
+{
+	struct bsearch *x = c;
+	if (x->hi - x->lo <= 1)
+		return 1;
+	__u32 mid = (x->lo + x->hi) / 2;
+	__u32 ri = x->base + mid / 8;
+	struct rec *r = bpf_map_lookup_elem(x->t, &ri);
+	if (!r) {
+		x->err = 1;
+		return 1;
+	}
+	struct v4iv *v = (struct v4iv *)&r->b[(mid & 7) * 8];
+	if (v->start <= x->klo)
+		x->lo = mid;
+	else
+		x->hi = mid;
+	return 0;
+}
+
+static long bs_v6(__u32 i, void *c)
+{
+	struct bsearch *x = c;
+	if (x->hi - x->lo <= 1)
+		return 1;
+	__u32 mid = (x->lo + x->hi) / 2;
+	__u32 ri = x->base + mid / 2;
+	struct rec *r = bpf_map_lookup_elem(x->t, &ri);
+	if (!r) {
+		x->err = 1;
+		return 1;
+	}
+	struct v6iv *v = (struct v6iv *)&r->b[(mid & 1) * 32];
+	if (v->hi < x->khi || (v->hi == x->khi && v->lo <= x->klo))
+		x->lo = mid;
+	else
+		x->hi = mid;
+	return 0;
+}
+
+static long bs_port(__u32 i, void *c)
+{
+	struct bsearch *x = c;
+	if (x->hi - x->lo <= 1)
+		return 1;
+	__u32 mid = (x->lo + x->hi) / 2;
+	__u32 ri = x->base + mid / 8;
+	struct rec *r = bpf_map_lookup_elem(x->t, &ri);
+	if (!r) {
+		x->err = 1;
+		return 1;
+	}
+	struct portiv *v = (struct portiv *)&r->b[(mid & 7) * 8];
+	if (v->start <= x->klo)
+		x->lo = mid;
+	else
+		x->hi = mid;
+	return 0;
+}
+
+static __always_inline __u64 be64(const __u8 *a)
+{
+	__u64 v = 0;
+#pragma unroll
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | a[i];
+	return v;
+}
+
+// search_ports finds the entry of port in the elementary intervals [off, off+cnt) (the first starts at 0).
+static __always_inline __s32 search_ports(void *t, struct hdr *h, __u32 off, __u32 cnt, __u16 port)
+{
+	// Port intervals are addressed from the region start, so off is folded into lo/hi.
+	struct bsearch x = {.t = t, .base = h->off_ports, .lo = off, .hi = off + cnt, .klo = port};
+	bpf_loop(18, bs_port, &x, 0);
+	if (x.err)
+		return -1;
+	__u32 ri = h->off_ports + x.lo / 8;
+	struct rec *r = bpf_map_lookup_elem(t, &ri);
+	if (!r)
+		return -1;
+	return ((struct portiv *)&r->b[(x.lo & 7) * 8])->entry;
+}
+
+struct query {
+	__u8 fam, proto, has_port, pad;
+	__u16 port, pad2;
+	__u8 remote[16];
+};
+
+// classify returns the index of the first entry of table t matching the packet oriented to q->remote,
+// or -1 when the table is inconsistent (the caller drops).
+static __noinline __s32 classify(void *t, struct hdr *h, struct query *q)
+{
+	__u32 nodeid;
+	struct bsearch x = {.t = t};
+	struct rec *r;
+	__u32 ri;
+	if (q->fam == 4) {
+		x.base = h->off4;
+		x.hi = h->n4;
+		x.klo = ((__u32)q->remote[0] << 24) | ((__u32)q->remote[1] << 16) | ((__u32)q->remote[2] << 8) |
+			q->remote[3];
+		bpf_loop(33, bs_v4, &x, 0);
+		if (x.err)
+			return -1;
+		ri = h->off4 + x.lo / 8;
+		r = bpf_map_lookup_elem(t, &ri);
+		if (!r)
+			return -1;
+		nodeid = ((struct v4iv *)&r->b[(x.lo & 7) * 8])->node;
+	} else {
+		x.base = h->off6;
+		x.hi = h->n6;
+		x.khi = be64(q->remote);
+		x.klo = be64(q->remote + 8);
+		bpf_loop(33, bs_v6, &x, 0);
+		if (x.err)
+			return -1;
+		ri = h->off6 + x.lo / 2;
+		r = bpf_map_lookup_elem(t, &ri);
+		if (!r)
+			return -1;
+		nodeid = ((struct v6iv *)&r->b[(x.lo & 1) * 32])->node;
+	}
+	ri = h->off_nodes + nodeid / 2;
+	r = bpf_map_lookup_elem(t, &ri);
+	if (!r)
+		return -1;
+	struct node *nd = (struct node *)&r->b[(nodeid & 1) * 32];
+	if (q->proto == 6) {
+		if (!q->has_port)
+			return nd->tcp_np;
+		return search_ports(t, h, nd->tcp_off, nd->tcp_cnt, q->port);
+	}
+	if (q->proto == 17) {
+		if (!q->has_port)
+			return nd->udp_np;
+		return search_ports(t, h, nd->udp_off, nd->udp_cnt, q->port);
+	}
+	if ((q->fam == 4 && q->proto == 1) || (q->fam == 6 && q->proto == 58))
+		return nd->icmp;
+	return nd->other;
+}
+
+static __always_inline struct rec *rec_at(void *t, __u32 i)
+{
+	return bpf_map_lookup_elem(t, &i);
+}
+
+static __always_inline struct entry *entry_at(void *t, struct hdr *h, __s32 e)
+{
+	if (e < 0 || (__u32)e >= h->n_entries)
+		return 0;
+	struct rec *r = rec_at(t, h->off_entries + (__u32)e / 4);
+	if (!r)
+		return 0;
+	return (struct entry *)&r->b[(e & 3) * 16];
+}
+
+static __always_inline __u64 ct_timeout(struct ct_val *v, __u8 proto)
+{
+	const __u64 s = 1000000000ULL;
+	if (proto == 6)
+		return (v->flags & CT_CLOSING) ? 30 * s : 600 * s;
+	if (proto == 1 || proto == 58)
+		return 30 * s;
+	return (v->flags & CT_REPLY_SEEN) ? 180 * s : 30 * s;
+}
+
+struct decision {
+	__s32 entry;
+	__s32 rule_index;
+	__u8 reason;
+	__u8 accept;
+	__u64 gen;
+	void *table;
+	struct hdr *h;
+};
+
+// decide_rules classifies p at table slot*2+dir, oriented for dir.
+static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, struct decision *d)
+{
+	__u32 ti = slot * 2 + dir;
+	void *t = bpf_map_lookup_elem(&tables, &ti);
+	d->entry = -1;
+	d->rule_index = -1;
+	d->accept = 0;
+	d->reason = R_NO_SG; // no table loaded yet for a managed interface: drop
+	if (!t)
+		return;
+	struct hdr *h = (struct hdr *)rec_at(t, 0);
+	if (!h)
+		return;
+	d->table = t;
+	d->h = h;
+	d->gen = h->gen;
+	struct query q = {.fam = p->fam, .proto = p->proto, .has_port = p->has_port, .port = p->dport};
+	__builtin_memcpy(q.remote, dir == DIR_INGRESS ? p->src : p->dst, 16);
+	__s32 e = classify(t, h, &q);
+	struct entry *en = entry_at(t, h, e);
+	if (!en) {
+		d->reason = R_MALFORMED;
+		return;
+	}
+	d->entry = e;
+	d->rule_index = en->rule_index;
+	d->accept = en->action == 1;
+	if (en->rule_index >= 0)
+		d->reason = R_RULE;
+	else
+		d->reason = (h->flags & HDR_FLAG_NOSG) ? R_NO_SG : R_DEFAULT_DROP;
+}
+
+// recheck re-classifies a tracked flow's original packet when its table changed since it was last checked;
+// returns 1 when the flow may continue.
+static __always_inline int recheck(struct ct_key *k, struct ct_val *v)
+{
+	__u32 ti = k->slot * 2 + v->dir;
+	void *t = bpf_map_lookup_elem(&tables, &ti);
+	if (!t)
+		return 0;
+	struct hdr *h = (struct hdr *)rec_at(t, 0);
+	if (!h)
+		return 0;
+	if (h->gen == v->gen)
+		return 1;
+	struct query q = {.fam = k->fam, .proto = k->proto, .has_port = k->proto == 6 || k->proto == 17,
+			  .port = k->dport};
+	__builtin_memcpy(q.remote, v->dir == DIR_INGRESS ? k->src : k->dst, 16);
+	__s32 e = classify(t, h, &q);
+	struct entry *en = entry_at(t, h, e);
+	if (!en || en->action != 1)
+		return 0;
+	v->gen = h->gen;
+	return 1;
+}
+
+static __always_inline void fill_key(struct ct_key *k, __u32 slot, struct pkt *p, int reverse)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->slot = slot;
+	k->fam = p->fam;
+	k->proto = p->proto;
+	if (!reverse) {
+		k->sport = p->sport;
+		k->dport = p->dport;
+		__builtin_memcpy(k->src, p->src, 16);
+		__builtin_memcpy(k->dst, p->dst, 16);
+	} else {
+		k->sport = p->dport;
+		k->dport = p->sport;
+		__builtin_memcpy(k->src, p->dst, 16);
+		__builtin_memcpy(k->dst, p->src, 16);
+	}
+}
+
+// established tells whether p is a reply (or related ICMP error) of a live tracked flow at slot.
+static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u64 now)
+{
+	struct ct_key k;
+	if (p->is_icmp_err) {
+		if (!p->q_ok)
+			return 0;
+		__builtin_memset(&k, 0, sizeof(k));
+		k.slot = slot;
+		k.fam = p->fam;
+		k.proto = p->q_proto;
+		k.sport = p->q_sport;
+		k.dport = p->q_dport;
+		__builtin_memcpy(k.src, p->q_src, 16);
+		__builtin_memcpy(k.dst, p->q_dst, 16);
+	} else {
+		if (!p->trackable)
+			return 0;
+		fill_key(&k, slot, p, 1);
+	}
+	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
+	if (!v || v->dir == dir)
+		return 0;
+	if (now - v->last > ct_timeout(v, k.proto) || !recheck(&k, v)) {
+		bpf_map_delete_elem(&conntrack, &k);
+		return 0;
+	}
+	if (p->is_icmp_err)
+		return 1;
+	v->last = now;
+	v->flags |= CT_REPLY_SEEN;
+	if (p->proto == 6 && (p->tcp_flags & 0x05))
+		v->flags |= CT_CLOSING;
+	return 1;
+}
+
+static __always_inline void track(__u32 slot, __u8 dir, struct pkt *p, __u64 gen, __u64 now)
+{
+	struct ct_key k;
+	fill_key(&k, slot, p, 0);
+	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
+	__u8 closing = (p->proto == 6 && (p->tcp_flags & 0x05)) ? CT_CLOSING : 0;
+	if (v && v->dir == dir) {
+		v->last = now;
+		v->gen = gen;
+		v->flags |= closing;
+		return;
+	}
+	struct ct_val nv = {.last = now, .gen = gen, .dir = dir, .flags = closing};
+	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
+}
+
+static __always_inline void count_hit(__u32 slot, __u8 dir, struct decision *d)
+{
+	if (d->entry < 0)
+		return;
+	struct hit_key hk = {.table = slot * 2 + dir, .entry = d->entry, .gen = d->gen};
+	__u64 *c = bpf_map_lookup_elem(&hits, &hk);
+	if (c) {
+		*c += 1;
+		return;
+	}
+	__u64 one = 1;
+	bpf_map_update_elem(&hits, &hk, &one, BPF_NOEXIST);
+}
+
+static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 dir, struct pkt *p,
+					struct decision *d, __u64 now)
+{
+	__u32 z = 0;
+	struct rate *rt = bpf_map_lookup_elem(&drop_rate, &z);
+	if (!rt)
+		return;
+	if (now - rt->window >= 1000000000ULL) {
+		rt->window = now;
+		rt->count = 0;
+	}
+	if (rt->count >= DROP_EVENTS_PER_SEC) {
+		rt->suppressed++;
+		return;
+	}
+	struct drop_event *ev = bpf_ringbuf_reserve(&drops, sizeof(*ev), 0);
+	if (!ev) {
+		rt->suppressed++;
+		return;
+	}
+	rt->count++;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ts = now;
+	ev->gen = d->gen;
+	ev->slot = slot;
+	ev->ifindex = skb->ifindex;
+	ev->dir = dir;
+	ev->reason = d->reason;
+	ev->fam = p->fam;
+	ev->proto = p->proto;
+	ev->sport = p->sport;
+	ev->dport = p->dport;
+	ev->entry = d->entry;
+	ev->rule_index = d->rule_index;
+	ev->suppressed = rt->suppressed;
+	rt->suppressed = 0;
+	__builtin_memcpy(ev->src, p->src, 16);
+	__builtin_memcpy(ev->dst, p->dst, 16);
+	if (d->reason == R_RULE && d->table && d->h) {
+		struct entry *en = entry_at(d->table, d->h, d->entry);
+		if (en) {
+			struct rec *r = rec_at(d->table, d->h->off_sgs + en->sg);
+			if (r)
+				__builtin_memcpy(ev->sg, r->b, 64);
+		}
+	}
+	bpf_ringbuf_submit(ev, 0);
+}
+
+// Test runs (BPF_PROG_TEST_RUN) come in on loopback, which is never an ENI's host interface: they carry
+// the ENI slot in mark (slot+1) and get the decision back in cb[0..2].
+#define LOOPBACK_IFINDEX 1
+
+static __always_inline int run(struct __sk_buff *skb, __u8 dir)
+{
+	__u32 slot;
+	int test = 0;
+	if (skb->ifindex == LOOPBACK_IFINDEX) {
+		if (skb->mark == 0)
+			return TC_ACT_OK;
+		slot = skb->mark - 1;
+		test = 1;
+	} else {
+		__u32 ifx = skb->ifindex;
+		struct ifcfg *c = bpf_map_lookup_elem(&ifaces, &ifx);
+		if (!c)
+			return TC_ACT_OK; // not a managed interface
+		slot = c->slot;
+	}
+	if (slot >= 4096)
+		return TC_ACT_SHOT;
+
+	struct pkt p;
+	__builtin_memset(&p, 0, sizeof(p));
+	struct decision d = {.entry = -1, .rule_index = -1};
+	__u64 now = bpf_ktime_get_ns();
+	int r = parse(skb, &p);
+	if (r >= 0) {
+		d.reason = r;
+		d.accept = r == R_ARP || r == R_ND;
+	} else if (established(slot, dir, &p, now)) {
+		d.reason = R_ESTABLISHED;
+		d.accept = 1;
+	} else {
+		decide_rules(slot, dir, &p, &d);
+		if (d.accept && p.trackable)
+			track(slot, dir, &p, d.gen, now);
+		count_hit(slot, dir, &d);
+	}
+	if (!d.accept)
+		report_drop(skb, slot, dir, &p, &d, now);
+	if (test) {
+		skb->cb[0] = (__u32)(d.entry + 1);
+		skb->cb[1] = d.reason;
+		skb->cb[2] = 1;
+	}
+	return d.accept ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
+// Host TC ingress on the ENI's interface = what the ENI sends = ENI egress.
+SEC("tc")
+int sg_host_ingress(struct __sk_buff *skb)
+{
+	return run(skb, DIR_EGRESS);
+}
+
+// Host TC egress on the ENI's interface = what is sent to the ENI = ENI ingress.
+SEC("tc")
+int sg_host_egress(struct __sk_buff *skb)
+{
+	return run(skb, DIR_INGRESS);
+}
+
+// Referenced so their BTF is emitted for bpf2go's Go types.
+const struct drop_event *unused_drop_event __attribute__((unused));
+const struct ct_key *unused_ct_key __attribute__((unused));
+const struct ct_val *unused_ct_val __attribute__((unused));
+const struct hit_key *unused_hit_key __attribute__((unused));
