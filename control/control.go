@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/big"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,14 +149,24 @@ func (c *Controller) apply(ctx context.Context, next *model.State, affected []st
 	start := time.Now()
 	comp := compiler.New(next)
 	changed := make(map[string]*compiler.Tables, len(affected))
+	// ENIs with the same ordered SG list have the same rows: compile each list once and share the
+	// (immutable) entries, so a rule change of an SG used by many ENIs costs one compile.
+	byList := map[string]*compiler.Tables{}
 	for _, id := range affected {
-		if _, ok := next.ENI(id); !ok {
+		eni, ok := next.ENI(id)
+		if !ok {
+			continue
+		}
+		key := strings.Join(eni.SgIDs, "\x00")
+		if t, ok := byList[key]; ok {
+			changed[id] = &compiler.Tables{ENI: id, Ingress: retarget(t.Ingress, id), Egress: retarget(t.Egress, id)}
 			continue
 		}
 		t, err := comp.Compile(id)
 		if err != nil {
 			return &model.Error{Code: model.CodeInternal, Reason: err.Error()}
 		}
+		byList[key] = t
 		changed[id] = t
 	}
 	tables := make(map[string]*compiler.Tables, len(old.Tables))
@@ -180,6 +191,13 @@ func (c *Controller) apply(ctx context.Context, next *model.State, affected []st
 		return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("publish failed: %v", err)}
 	}
 	return nil
+}
+
+// retarget returns t's rows under another ENI's name.
+func retarget(t *compiler.Table, eni string) *compiler.Table {
+	c := *t
+	c.ENI = eni
+	return &c
 }
 
 func apiErr(code int, path, value, reason string) *model.Error {
