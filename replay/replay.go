@@ -228,12 +228,10 @@ func (r *Replayer) DecideDecoded(index int, ts time.Duration, res *Result) {
 		if fromOK {
 			r.check(from, model.Egress, ts, res)
 		}
+		// The receiver's ingress is checked only when the packet leaves the sender: a packet the
+		// sender's egress drops never arrives, and must not start a flow there.
 		if toOK && (res.NChecks == 0 || res.Checks[0].Verdict.Action == model.Accept) {
 			r.check(to, model.Ingress, ts, res)
-		} else if toOK {
-			// The sender's egress already dropped it: the receiver never sees it, but say so.
-			res.Checks[1] = Check{ENI: int(to), Direction: model.Ingress, Verdict: res.Checks[0].Verdict}
-			res.NChecks = 2
 		}
 	}
 	res.Verdict = Unmanaged

@@ -99,7 +99,7 @@ func TestDecide(t *testing.T) {
 		{"inbound ssh", tcp(out, web, 40001, 22, packet.TCPSyn), replay.Drop, "eni-web ingress DROP default-drop"},
 		{"web to db both checked", tcp(web, db, 40002, 5432, packet.TCPSyn), replay.Accept, "eni-web egress ACCEPT sg-web rule 0; eni-db ingress ACCEPT sg-db rule 0"},
 		{"db reply established both sides", tcp(db, web, 5432, 40002, packet.TCPAck), replay.Accept, "eni-db egress ACCEPT established; eni-web ingress ACCEPT established"},
-		{"db to web tcp dropped on db egress", tcp(db, web, 40003, 22, packet.TCPSyn), replay.Drop, "eni-db egress DROP default-drop; eni-web ingress DROP default-drop"},
+		{"db to web tcp dropped on db egress", tcp(db, web, 40003, 22, packet.TCPSyn), replay.Drop, "eni-db egress DROP default-drop"},
 		{"unmanaged", tcp(out, netip.MustParseAddr("198.18.7.7"), 1, 2, 0), replay.Unmanaged, ""},
 		{"db udp out", eth(craft.IPv4(db, out, packet.ProtoUDP, craft.UDP(5000, 53, nil), nil)), replay.Accept, "eni-db egress ACCEPT sg-db rule 0"},
 		{"port unreachable related", eth(craft.IPv4(out, db, packet.ProtoICMP, craft.ICMPError(3, 3, quoted), nil)), replay.Accept, "eni-db ingress ACCEPT established"},
