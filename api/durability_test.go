@@ -184,7 +184,11 @@ func TestDurabilityAcrossSIGKILL(t *testing.T) {
 	d.kill(t)
 	d = startDaemon(t, dir, false)
 	assert.Equal(t, before, d.tables(t))
-	d.kill(t)
+
+	// SIGTERM shuts down gracefully: exit status 0.
+	require.NoError(t, d.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, d.cmd.Wait())
+	assert.Equal(t, 0, d.cmd.ProcessState.ExitCode())
 
 	// And the store is readable by itself.
 	st, err := store.OpenBolt(filepath.Join(dir, DBFile))
