@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -259,4 +260,39 @@ func TestSerialiseRejectsBadTables(t *testing.T) {
 	}}
 	_, err = serialise(&long, 1)
 	require.ErrorContains(t, err, "longer than")
+}
+
+// TestDropEventsAndHits: a dropped packet produces an event naming the ENI, direction, 5-tuple and rule;
+// accepted packets count on their entry.
+func TestDropEventsAndHits(t *testing.T) {
+	d := loadOrSkip(t)
+	s := demoState(t)
+	require.NoError(t, d.Publish(context.Background(), 7, compiler.New(s).CompileAll(), nil))
+	rd, err := d.DropReader()
+	require.NoError(t, err)
+	defer rd.Close()
+	src, dst := netip.MustParseAddr("198.18.66.9"), netip.MustParseAddr("198.18.1.10")
+	f := frame{src: src, dst: dst, proto: 6, sport: 40001, dport: 80, tcpFlags: 0x02}
+	r, err := d.Run(f.build(), "eni-web1", model.Ingress)
+	require.NoError(t, err)
+	require.False(t, r.Accept)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ev, err := rd.Read(ctx)
+	require.NoError(t, err)
+	require.NotNil(t, ev.RuleIndex)
+	assert.Equal(t, DropEvent{KernelNS: ev.KernelNS, ENI: "eni-web1", Ifindex: ev.Ifindex, Direction: model.Ingress,
+		Reason: dataplane.ReasonRule, Proto: 6, Src: src, Dst: dst, Sport: 40001, Dport: 80, SgID: "sg-web",
+		RuleIndex: ev.RuleIndex, Entry: 0, Generation: 7}, ev)
+	assert.Equal(t, 0, *ev.RuleIndex)
+	assert.Contains(t, ev.String(), "sg-web rule 0")
+
+	ok := frame{src: netip.MustParseAddr("203.0.113.9"), dst: dst, proto: 6, sport: 40002, dport: 443}
+	for range 3 {
+		_, err := d.Run(ok.build(), "eni-web1", model.Ingress)
+		require.NoError(t, err)
+	}
+	hits, err := d.Hits()
+	require.NoError(t, err)
+	assert.Contains(t, hits, Hit{ENI: "eni-web1", Direction: model.Ingress, Generation: 7, Entry: 2, Packets: 3})
 }

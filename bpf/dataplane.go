@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/compiler"
@@ -37,6 +38,7 @@ type Dataplane struct {
 
 	mu    sync.Mutex // serialises writers (Publish, Attach); packets never wait for it
 	slots map[string]uint32
+	links map[string]link.Link // "<ifindex>-<hook>" → link made or adopted by Attach
 }
 
 // Load loads the program and its maps into the kernel.
@@ -122,8 +124,19 @@ func cString(b []int8) string {
 	return string(out)
 }
 
-// Close releases the program and maps held by this process; pinned objects stay in the kernel.
-func (d *Dataplane) Close() error { return d.objs.Close() }
+// Close releases the program, links and maps held by this process. Unpinned links detach; pinned
+// links and maps stay in the kernel and keep enforcing until a new process adopts them.
+func (d *Dataplane) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, l := range d.links {
+		errs = append(errs, l.Close())
+	}
+	d.links = nil
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
 
 // slotFor returns eni's slot, assigning a free one. Caller holds mu.
 func (d *Dataplane) slotFor(eni string) (uint32, error) {
@@ -229,6 +242,9 @@ func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]
 			}
 		}
 	}
+	for _, b := range ready {
+		d.pruneHits(b.slot, gen)
+	}
 	for _, id := range removed {
 		slot, ok := d.slots[id]
 		if !ok {
@@ -246,6 +262,25 @@ func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]
 		delete(d.slots, id)
 	}
 	return nil
+}
+
+// pruneHits drops the hit counters of slot's earlier table versions (their entry indexes mean nothing
+// now), so the counter map holds only live tables. Caller holds mu.
+func (d *Dataplane) pruneHits(slot uint32, gen uint64) {
+	var (
+		k   sgHitKey
+		per []uint64
+		del []sgHitKey
+	)
+	it := d.objs.Hits.Iterate()
+	for it.Next(&k, &per) {
+		if k.Table/2 == slot && k.Gen != gen {
+			del = append(del, k)
+		}
+	}
+	for i := range del {
+		_ = d.objs.Hits.Delete(&del[i]) // a concurrent delete is fine
+	}
 }
 
 // forgetIfaces unbinds every interface bound to slot. Caller holds mu.
