@@ -3,6 +3,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -22,6 +23,13 @@ type Options struct {
 	// ReplayWindow is how long a Nonce is remembered and how far a Timestamp may be off; 0 = 2 hours.
 	ReplayWindow time.Duration
 	Logger       *slog.Logger
+	// Nonces, if set, also records every Nonce durably, so a replay is refused after a restart too.
+	Nonces NonceStore
+}
+
+// NonceStore is a durable Nonce record (store.Bolt implements it).
+type NonceStore interface {
+	UseNonce(ctx context.Context, key string, now time.Time, window time.Duration) (fresh bool, err error)
 }
 
 // Handler is the http.Handler of NewHandler; its extra methods serve in-process callers (scenarios).

@@ -87,7 +87,9 @@ func (d *daemon) kill(t *testing.T) {
 var liveNonce int64
 
 // call sends a Tencent call signed with the real clock as account 1.
-func (d *daemon) call(kv ...string) (tcResp, error) {
+func (d *daemon) call(kv ...string) (tcResp, error) { return d.post(d.sign(kv...)) }
+
+func (d *daemon) sign(kv ...string) url.Values {
 	p := url.Values{}
 	for i := 0; i+1 < len(kv); i += 2 {
 		p.Set(kv[i], kv[i+1])
@@ -97,7 +99,31 @@ func (d *daemon) call(kv ...string) (tcResp, error) {
 	p.Set("Timestamp", strconv.FormatInt(time.Now().Unix(), 10))
 	p.Set("SecretId", secretID1)
 	Sign(http.MethodPost, strings.TrimPrefix(d.base, "http://"), p, secretKey1)
+	return p
+}
+
+// post sends p; the Host (part of the signature) is always 127.0.0.1 with the daemon's port, which
+// changes across restarts, so replays rewrite only the URL, never the signed parameters.
+func (d *daemon) post(p url.Values) (tcResp, error) {
 	resp, err := http.PostForm(d.base+TencentPath, p)
+	if err != nil {
+		return tcResp{}, err
+	}
+	defer resp.Body.Close()
+	var out tcResp
+	err = json.NewDecoder(resp.Body).Decode(&out)
+	return out, err
+}
+
+// postAs sends p to d with the Host header of signedFor (the signature covers the host).
+func (d *daemon) postAs(p url.Values, signedFor string) (tcResp, error) {
+	req, err := http.NewRequest(http.MethodPost, d.base+TencentPath, strings.NewReader(p.Encode()))
+	if err != nil {
+		return tcResp{}, err
+	}
+	req.Host = strings.TrimPrefix(signedFor, "http://")
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return tcResp{}, err
 	}
@@ -124,6 +150,11 @@ func (d *daemon) tables(t *testing.T) map[string]TableResponse {
 func TestDurabilityAcrossSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	d := startDaemon(t, dir, true)
+	first := d.sign("Action", ActDescribePolicy, "sgId", "sg-web")
+	r, err := d.post(first)
+	require.NoError(t, err)
+	require.Equal(t, 0, r.Code, r.Message)
+	firstHost := d.base
 
 	// Stream writes from another goroutine and kill the daemon while they flow.
 	type ack struct {
@@ -165,12 +196,17 @@ func TestDurabilityAcrossSIGKILL(t *testing.T) {
 	require.GreaterOrEqual(t, len(created), 40)
 
 	d = startDaemon(t, dir, false)
+	// The Nonce record survived too: replaying the first call (to the host it was signed for) is refused.
+	replayer := &daemon{base: d.base}
+	r, err = replayer.postAs(first, firstHost)
+	require.NoError(t, err)
+	assert.Equal(t, 4500, r.Code, r.Message)
 	for _, id := range created {
 		r, err := d.call("Action", ActDescribePolicy, "sgId", id)
 		require.NoError(t, err)
 		assert.Equal(t, 0, r.Code, "acknowledged CreateSecurityGroup %s lost: %s", id, r.Message)
 	}
-	r, err := d.call("Action", ActDescribePolicy, "sgId", "sg-lockdown")
+	r, err = d.call("Action", ActDescribePolicy, "sgId", "sg-lockdown")
 	require.NoError(t, err)
 	var pol struct{ Ingress []struct{ Desc string } }
 	require.NoError(t, json.Unmarshal(r.Data, &pol))

@@ -26,6 +26,8 @@ type ServeConfig struct {
 	Ready func(addr string)
 	// Controller options (limits, matcher).
 	Control control.Options
+	// Dataplanes are kept in step with the state besides the built-in Go engine (e.g. eBPF).
+	Dataplanes []control.Dataplane
 }
 
 // DBFile is the name of the bbolt file inside the data directory.
@@ -65,11 +67,16 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return err
 	}
+	for _, dp := range cfg.Dataplanes {
+		if err := ctrl.AddDataplane(ctx, dp); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
-	srv := NewServer(cfg.Listen, NewHandler(ctrl, Options{Logger: log}))
+	srv := NewServer(cfg.Listen, NewHandler(ctrl, Options{Logger: log, Nonces: st}))
 	log.Info("serving", "addr", ln.Addr().String(), "generation", ctrl.View().Generation)
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr().String())

@@ -327,8 +327,18 @@ func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
 	if d := now.Sub(time.Unix(call.Timestamp, 0)); d > h.opts.ReplayWindow || d < -h.opts.ReplayWindow {
 		return fail(&tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Timestamp %d is more than %s off the server's clock", call.Timestamp, h.opts.ReplayWindow)}), call.Action
 	}
+	replay := &tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Nonce %s was already used", call.Nonce)}
 	if !h.nonces.use(call.SecretID, call.Nonce, now) {
-		return fail(&tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Nonce %s was already used", call.Nonce)}), call.Action
+		return fail(replay), call.Action
+	}
+	if h.opts.Nonces != nil {
+		fresh, err := h.opts.Nonces.UseNonce(r.Context(), call.SecretID+"\x00"+call.Nonce, now, h.opts.ReplayWindow)
+		if err != nil {
+			return fail(&tencentError{Code: model.CodeInternal, Msg: err.Error()}), call.Action
+		}
+		if !fresh {
+			return fail(replay), call.Action
+		}
 	}
 	resp, err := h.dispatch(r, acct.AppID, call)
 	if err != nil {

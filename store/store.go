@@ -4,6 +4,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -146,3 +147,56 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 
 // Close implements Store.
 func (b *Bolt) Close() error { return b.db.Close() }
+
+var (
+	bucketNonces     = []byte("nonces")      // key → time used (Unix ns, decimal)
+	bucketNonceTimes = []byte("nonce-times") // 8-byte big-endian Unix ns + key → nothing, oldest first
+)
+
+// UseNonce records key (a SecretId and Nonce) durably and reports whether it was unused within window
+// of now. Expired entries are pruned oldest first through a time-ordered index, so the buckets hold
+// about one window of traffic. It is the Tencent replay guard that survives a restart.
+func (b *Bolt) UseNonce(ctx context.Context, key string, now time.Time, window time.Duration) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	fresh := true
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		nk, err := tx.CreateBucketIfNotExists(bucketNonces)
+		if err != nil {
+			return err
+		}
+		tk, err := tx.CreateBucketIfNotExists(bucketNonceTimes)
+		if err != nil {
+			return err
+		}
+		cutoff := now.Add(-window).UnixNano()
+		c := tk.Cursor()
+		for k, _ := c.First(); k != nil && len(k) >= 8 && int64(binary.BigEndian.Uint64(k)) < cutoff; k, _ = c.First() {
+			// The key may have been used again since: only drop it when this index entry is its latest.
+			if v := nk.Get(k[8:]); string(v) == strconv.FormatInt(int64(binary.BigEndian.Uint64(k)), 10) {
+				if err := nk.Delete(k[8:]); err != nil {
+					return err
+				}
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+		}
+		if v := nk.Get([]byte(key)); v != nil {
+			if t, err := strconv.ParseInt(string(v), 10, 64); err == nil && t >= cutoff {
+				fresh = false
+				return nil
+			}
+		}
+		ns := now.UnixNano()
+		if err := nk.Put([]byte(key), []byte(strconv.FormatInt(ns, 10))); err != nil {
+			return err
+		}
+		return tk.Put(append(binary.BigEndian.AppendUint64(nil, uint64(ns)), key...), []byte{1})
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: record nonce in %s: %w", b.path, err)
+	}
+	return fresh, nil
+}

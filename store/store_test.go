@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -53,4 +54,34 @@ func TestStores(t *testing.T) {
 	// A second opener fails instead of hanging.
 	_, err = OpenBolt(path)
 	assert.ErrorContains(t, err, path)
+}
+
+func TestBoltNonces(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "n.db")
+	b, err := OpenBolt(path)
+	require.NoError(t, err)
+	t0 := time.Unix(1_700_000_000, 0)
+	const w = 2 * time.Hour
+	use := func(key string, at time.Time) bool {
+		fresh, err := b.UseNonce(ctx, key, at, w)
+		require.NoError(t, err)
+		return fresh
+	}
+	assert.True(t, use("id\x00n1", t0))
+	assert.False(t, use("id\x00n1", t0.Add(time.Minute)), "replay within the window")
+	assert.True(t, use("id\x00n2", t0.Add(time.Minute)))
+	require.NoError(t, b.Close())
+
+	// Survives a reopen (a restart of the daemon).
+	b, err = OpenBolt(path)
+	require.NoError(t, err)
+	defer b.Close()
+	assert.False(t, use("id\x00n1", t0.Add(time.Hour)))
+	// After the window the nonce is forgotten (pruned) and may be used again; n2, used later, is kept.
+	assert.True(t, use("id\x00n1", t0.Add(w+30*time.Second)))
+	assert.False(t, use("id\x00n2", t0.Add(w+30*time.Second)))
+	assert.False(t, use("id\x00n1", t0.Add(w+40*time.Second)), "re-used key is remembered at its new time")
+	// Prune n1's old index entry must not forget its new use.
+	assert.False(t, use("id\x00n1", t0.Add(2*w)))
 }
