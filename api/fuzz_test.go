@@ -1,6 +1,9 @@
 package api
 
 import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -65,5 +68,26 @@ func FuzzDecodeHuawei(f *testing.F) {
 		require.NotEmpty(t, req.Ports)
 		require.LessOrEqual(t, len(req.Ports), MaxHuaweiPorts)
 		require.Equal(t, add, strings.EqualFold(req.Action, "add"))
+	})
+}
+
+// FuzzTencentHandler sends arbitrary queries through the whole handler: always HTTP 200 with a
+// well-formed envelope, and nothing unauthenticated ever changes the state.
+func FuzzTencentHandler(f *testing.F) {
+	f.Add("Action=DeleteSecurityGroup&sgId=sg-ssh&Nonce=1&Timestamp=1700000000&SecretId=AKIDdemo0000000000000000000000000001&Signature=x")
+	f.Add("Action=ModifySecurityGroupPolicy&sgId=sg-web&ingress.0.action=ACCEPT")
+	f.Add("%%")
+	a := newTestAPI(f)
+	f.Fuzz(func(t *testing.T, q string) {
+		req := httptest.NewRequest(http.MethodGet, "http://sgsim/v2/index.php", nil)
+		req.URL.RawQuery = q
+		rec := httptest.NewRecorder()
+		a.h.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusOK, rec.Code)
+		var out tcResp
+		require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &out))
+		require.NotZero(t, out.Code, "unsigned garbage never succeeds")
+		require.NotEmpty(t, out.Message)
+		require.Equal(t, uint64(1), a.ctrl.View().Generation)
 	})
 }
