@@ -1,0 +1,230 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/model"
+)
+
+// netLab is a host namespace with a bridge and one "VM" namespace per ENI joined to it by a veth pair;
+// addresses come from 198.18.200.0/24 only. Everything is created by the test and removed by Cleanup.
+type netLab struct {
+	t    *testing.T
+	host string
+	vms  map[string]string // ENI → namespace
+}
+
+func (l *netLab) ip(args ...string) {
+	l.t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	require.NoError(l.t, err, "ip %s: %s", strings.Join(args, " "), out)
+}
+
+func newNetLab(t *testing.T) *netLab {
+	if _, err := exec.LookPath("ip"); err != nil || os.Geteuid() != 0 {
+		if os.Getenv("SGSIM_REQUIRE_KERNEL") == "1" {
+			t.Fatalf("netns test needs root and ip(8)")
+		}
+		t.Skip("netns test needs root and ip(8)")
+	}
+	l := &netLab{t: t, host: fmt.Sprintf("sgt-host-%d", os.Getpid()), vms: map[string]string{}}
+	t.Cleanup(func() {
+		for _, ns := range l.vms {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+		_ = exec.Command("ip", "netns", "del", l.host).Run()
+	})
+	l.ip("netns", "add", l.host)
+	l.ip("-n", l.host, "link", "add", "br0", "type", "bridge")
+	l.ip("-n", l.host, "link", "set", "br0", "up")
+	return l
+}
+
+// addVM creates namespace vm with address addr, its veth peer hostIf in the host namespace.
+func (l *netLab) addVM(eni, hostIf, addr string) {
+	ns := fmt.Sprintf("sgt-%s-%d", hostIf, os.Getpid())
+	l.ip("netns", "add", ns)
+	l.vms[eni] = ns
+	l.ip("-n", l.host, "link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	l.ip("-n", l.host, "link", "set", hostIf, "master", "br0", "up")
+	l.ip("-n", ns, "addr", "add", addr+"/24", "dev", "eth0")
+	l.ip("-n", ns, "link", "set", "eth0", "up")
+	l.ip("-n", ns, "link", "set", "lo", "up")
+}
+
+// in runs fn on an OS thread switched into namespace ns; the thread is discarded afterwards.
+func inNS[T any](ns string, fn func() (T, error)) (T, error) {
+	type res struct {
+		v   T
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine, namespace and all
+		var zero T
+		f, err := os.Open("/var/run/netns/" + ns)
+		if err != nil {
+			ch <- res{zero, err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- res{zero, fmt.Errorf("setns %s: %w", ns, err)}
+			return
+		}
+		v, err := fn()
+		ch <- res{v, err}
+	}()
+	r := <-ch
+	return r.v, r.err
+}
+
+// labTopology: eni-srv (198.18.200.1) accepts tcp/8080 from the lab, nothing else, and has no egress
+// rules (its replies live on conntrack); eni-cli (198.18.200.2) may send anything and accepts nothing.
+const labTopology = `{
+  "accounts": [{"appId": "1"}],
+  "securityGroups": [
+    {"sgId": "sg-srv", "appId": "1", "ingress": [
+       {"ipProtocol": "tcp", "portRange": "8080", "cidrIp": "198.18.200.0/24", "action": "ACCEPT"}%s], "egress": []},
+    {"sgId": "sg-cli", "appId": "1", "ingress": [], "egress": [{"action": "ACCEPT"}]}
+  ],
+  "networkInterfaces": [
+    {"networkInterfaceId": "eni-srv", "appId": "1", "macAddress": "02:00:00:00:00:01",
+     "privateIpAddresses": ["198.18.200.1"], "sgIds": ["sg-srv"], "hostInterface": "sgth1"},
+    {"networkInterfaceId": "eni-cli", "appId": "1", "macAddress": "02:00:00:00:00:02",
+     "privateIpAddresses": ["198.18.200.2"], "sgIds": ["sg-cli"], "hostInterface": "sgth2"}
+  ]
+}`
+
+func labTables(t *testing.T, extraRules string) map[string]*compiler.Tables {
+	s, err := model.ParseTopology("lab.json", fmt.Appendf(nil, labTopology, extraRules))
+	require.NoError(t, err)
+	return compiler.New(s).CompileAll()
+}
+
+// TestNetnsEndToEnd enforces real traffic between two namespaces on TCX-attached host veths.
+func TestNetnsEndToEnd(t *testing.T) {
+	d := loadOrSkip(t)
+	lab := newNetLab(t)
+	lab.addVM("eni-srv", "sgth1", "198.18.200.1")
+	lab.addVM("eni-cli", "sgth2", "198.18.200.2")
+	ctx := context.Background()
+	require.NoError(t, d.Publish(ctx, 1, labTables(t, ""), nil))
+	for eni, ifn := range map[string]string{"eni-srv": "sgth1", "eni-cli": "sgth2"} {
+		_, err := inNS(lab.host, func() (struct{}, error) { return struct{}{}, d.Attach(ctx, ifn, eni) })
+		require.NoError(t, err)
+	}
+
+	// Servers in the srv namespace: a TCP echo on 8080 and 9090, a UDP echo on 5353.
+	srvNS := lab.vms["eni-srv"]
+	for _, port := range []string{"8080", "9090"} {
+		ln, err := inNS(srvNS, func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
+		require.NoError(t, err)
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					buf := make([]byte, 64)
+					for {
+						n, err := c.Read(buf)
+						if err != nil {
+							return
+						}
+						if _, err := c.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+				}()
+			}
+		}()
+	}
+	pc, err := inNS(srvNS, func() (net.PacketConn, error) { return net.ListenPacket("udp4", "198.18.200.1:5353") })
+	require.NoError(t, err)
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, a, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], a)
+		}
+	}()
+
+	cliNS := lab.vms["eni-cli"]
+	dial := func(port string) (net.Conn, error) {
+		return inNS(cliNS, func() (net.Conn, error) {
+			return net.DialTimeout("tcp4", "198.18.200.1:"+port, 700*time.Millisecond)
+		})
+	}
+	echo := func(c net.Conn, msg string) error {
+		_ = c.SetDeadline(time.Now().Add(700 * time.Millisecond))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return err
+		}
+		buf := make([]byte, len(msg))
+		if _, err := c.Read(buf); err != nil {
+			return err
+		}
+		if string(buf) != msg {
+			return fmt.Errorf("echo %q, got %q", msg, buf)
+		}
+		return nil
+	}
+	udpEcho := func() error {
+		c, err := inNS(cliNS, func() (net.Conn, error) { return net.Dial("udp4", "198.18.200.1:5353") })
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return echo(c, "ping")
+	}
+
+	// Open port: connects, and the replies (no egress rules on eni-srv, no ingress on eni-cli) pass as
+	// established.
+	conn, err := dial("8080")
+	require.NoError(t, err, "tcp/8080 is open")
+	defer conn.Close()
+	require.NoError(t, echo(conn, "hello"))
+
+	// Closed port and UDP: dropped.
+	_, err = dial("9090")
+	require.Error(t, err, "tcp/9090 has no rule")
+	require.Error(t, udpEcho(), "udp/5353 has no rule")
+
+	// Open udp/5353 through a table swap: it flows; the established TCP flow survives the change.
+	require.NoError(t, d.Publish(ctx, 2, labTables(t, `, {"ipProtocol": "udp", "portRange": "5353", "action": "ACCEPT"}`), nil))
+	require.NoError(t, udpEcho(), "udp/5353 opened")
+	require.NoError(t, echo(conn, "still here"), "unrelated change keeps the TCP flow")
+
+	// A DROP first: new connections fail and the established flow is cut.
+	s, err := model.ParseTopology("lab.json", fmt.Appendf(nil, labTopology, ""))
+	require.NoError(t, err)
+	b := s.Edit()
+	require.NoError(t, b.PutSG(model.SecurityGroup{SgID: "sg-deny", AppID: "1",
+		Ingress: []model.Rule{{Action: "DROP"}}, Egress: []model.Rule{}}))
+	require.NoError(t, b.SetENISGs("eni-srv", []string{"sg-deny", "sg-srv"}))
+	tabs := compiler.New(b.State()).CompileAll()
+	require.NoError(t, d.Publish(ctx, 4, tabs, nil))
+	require.Error(t, echo(conn, "cut?"), "the established flow is cut by a DROP in front")
+	_, err = dial("8080")
+	require.Error(t, err, "new connections fail")
+}
