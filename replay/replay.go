@@ -183,6 +183,23 @@ func (r *Replayer) SetState(st *model.State) error {
 	return nil
 }
 
+// shareFrom makes r use base's connection table, fragment memory and ENI numbering, so a forced
+// replayer and an unforced one decide the same flows.
+func (r *Replayer) shareFrom(base *Replayer) error {
+	r.ct, r.frags = base.ct, base.frags
+	r.enis, r.byIP, r.byMAC = base.enis, base.byIP, base.byMAC
+	r.forced = -1
+	for i, id := range r.enis {
+		if id == r.opts.ForceENI {
+			r.forced = i
+		}
+	}
+	if r.opts.ForceENI != "" && r.forced < 0 {
+		return fmt.Errorf("eni %q: no such network interface", r.opts.ForceENI)
+	}
+	return nil
+}
+
 // lookupENI maps an address to a managed ENI; when several ENIs share it, the frame's MAC decides.
 func (r *Replayer) lookupENI(a netip.Addr, mac *[6]byte, hasMAC bool) (uint32, bool) {
 	c := r.byIP[a]
