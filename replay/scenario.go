@@ -41,8 +41,8 @@ type Step struct {
 	// Advance moves the scenario clock ("30s", "10m") before anything else in this step.
 	Advance string `json:"advance,omitempty"`
 
-	Tencent *TencentCall `json:"tencent,omitempty"`
-	Huawei  *HuaweiCall  `json:"huawei,omitempty"`
+	Tencent *TencentCall   `json:"tencent,omitempty"`
+	Huawei  *HuaweiCall    `json:"huawei,omitempty"`
 	Packets []InlinePacket `json:"packets,omitempty"`
 	Pcap    string         `json:"pcap,omitempty"`
 	// ExpectPcap holds expectations for the Pcap step (same form as --expect).
