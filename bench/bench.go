@@ -245,13 +245,18 @@ func Packets(t *compiler.Table, maxCorner, nRandom int, seed uint64) []dataplane
 				addrs = append(addrs, a)
 			}
 		}
-		ports := []uint16{uint16(rng.IntN(65536))}
+		ports := []uint16{uint16(rng.IntN(65536))} // last: a port inside the range when there is one
 		if !e.Ports.Any() {
-			ports = append(ports, e.Ports.Lo, e.Ports.Hi, e.Ports.Lo-1, e.Ports.Hi+1)
+			ports = append(ports, e.Ports.Hi, e.Ports.Lo-1, e.Ports.Hi+1, e.Ports.Lo)
 		}
-		for _, a := range addrs {
+		// Address corners with one port, port corners with one address: every corner, not every product.
+		for k, a := range addrs {
 			for _, pr := range protoOf[e.Protocol] {
-				for _, port := range ports {
+				ps := ports[len(ports)-1:]
+				if k == 0 {
+					ps = ports
+				}
+				for _, port := range ps {
 					corners = append(corners, dataplane.Packet{Remote: a, Proto: pr, Port: port, HasPort: true})
 				}
 				corners = append(corners, dataplane.Packet{Remote: a, Proto: pr})

@@ -71,9 +71,9 @@ func TestClassifierClassBench(t *testing.T) {
 			tab, err := bench.IngressTable(st)
 			require.NoError(t, err)
 			// 1k sets: every corner; 10k sets: bounded so the whole test stays fast under -race.
-			maxCorner, nRandom := 0, 20000
+			maxCorner, nRandom := 0, 2000
 			if strings.HasSuffix(f, "10k") {
-				maxCorner, nRandom = 20000, 5000
+				maxCorner, nRandom = 800, 200
 			}
 			agree(t, tab, bench.Packets(tab, maxCorner, nRandom, 1))
 		})
@@ -87,7 +87,7 @@ func TestClassifierSplitSGs(t *testing.T) {
 	require.NoError(t, err)
 	tab, err := bench.IngressTable(st)
 	require.NoError(t, err)
-	agree(t, tab, bench.Packets(tab, 0, 5000, 2))
+	agree(t, tab, bench.Packets(tab, 0, 1000, 2))
 }
 
 // randomState builds a random mixed IPv4/IPv6 topology: nSG SGs with cidr, sgId and any-remote rules,
