@@ -22,7 +22,7 @@ func TestNoBlinkSwap(t *testing.T) {
 	d := loadOrSkip(t)
 	mk := func(rules []model.Rule) map[string]*compiler.Tables {
 		topo := model.Topology{
-			Accounts: []model.Account{{AppID: "1"}},
+			Accounts:       []model.Account{{AppID: "1"}},
 			SecurityGroups: []model.SecurityGroup{{SgID: "sg-x", AppID: "1", Ingress: rules, Egress: []model.Rule{}}},
 			NetworkInterfaces: []model.NetworkInterface{{NetworkInterfaceID: "eni-x", AppID: "1",
 				MacAddress: "02:00:00:00:00:09", PrivateIPAddresses: []string{"198.18.7.1"}, SgIDs: []string{"sg-x"}}},
