@@ -27,6 +27,10 @@ demo: build
 	$(BIN) check --topology $(DEMO) --eni eni-db1 --direction ingress --protocol tcp --remote 198.18.3.10 --port 5432
 	$(BIN) check --topology $(DEMO) --eni eni-db1 --direction egress --protocol udp --remote 198.18.1.10 --port 53
 	$(BIN) check --topology $(DEMO) --eni eni-spare --direction ingress --protocol icmp --remote 198.18.1.10
+	@echo "== replay of the demo capture (testdata/pcaps/demo.pcap), checked against its expectations"
+	$(BIN) replay --topology $(DEMO) --pcap testdata/pcaps/demo.pcap --expect testdata/pcaps/demo.expect.yaml
+	@echo "== what-if: lift the lockdown on eni-web2"
+	$(BIN) diff --topology $(DEMO) --pcap testdata/pcaps/demo.pcap --apply 'tencent:ModifySecurityGroupsOfNetworkInterface?networkInterfaceSet.0.networkInterfaceId=eni-web2&networkInterfaceSet.0.sgIds.0=sg-web&networkInterfaceSet.0.sgIds.1=sg-ssh'
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
