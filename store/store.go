@@ -172,7 +172,7 @@ func (b *Bolt) UseNonce(ctx context.Context, key string, now time.Time, window t
 		}
 		cutoff := now.Add(-window).UnixNano()
 		c := tk.Cursor()
-		for k, _ := c.First(); k != nil && len(k) >= 8 && int64(binary.BigEndian.Uint64(k)) < cutoff; k, _ = c.First() {
+		for k, _ := c.First(); len(k) >= 8 && int64(binary.BigEndian.Uint64(k)) < cutoff; k, _ = c.First() {
 			// The key may have been used again since: only drop it when this index entry is its latest.
 			if v := nk.Get(k[8:]); string(v) == strconv.FormatInt(int64(binary.BigEndian.Uint64(k)), 10) {
 				if err := nk.Delete(k[8:]); err != nil {
