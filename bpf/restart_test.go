@@ -1,0 +1,78 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestRestartKeepsEnforcing: with pinned maps and links, closing the loader (a daemon exiting) leaves
+// the interfaces filtered; a new loader adopts the pinned links and maps and takes over table updates.
+func TestRestartKeepsEnforcing(t *testing.T) {
+	first := loadOrSkip(t) // proves the kernel can load it; the pinned instances below do the work
+	first.Close()
+	lab := newNetLab(t)
+	lab.addVM("eni-srv", "sgth1", "198.18.200.1")
+	lab.addVM("eni-cli", "sgth2", "198.18.200.2")
+	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-restart-test-%d", os.Getpid())
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	ctx := context.Background()
+
+	d1, err := Load(Options{PinPath: pin})
+	require.NoError(t, err)
+	require.NoError(t, d1.Publish(ctx, 1, labTables(t, ""), nil))
+	attach := func(d *Dataplane) {
+		for eni, ifn := range map[string]string{"eni-srv": "sgth1", "eni-cli": "sgth2"} {
+			_, err := inNS(lab.host, func() (struct{}, error) { return struct{}{}, d.Attach(ctx, ifn, eni) })
+			require.NoError(t, err)
+		}
+	}
+	attach(d1)
+	for _, port := range []string{"8080", "9090"} {
+		ln, err := inNS(lab.vms["eni-srv"], func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
+		require.NoError(t, err)
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	dial := func(port string) error {
+		c, err := inNS(lab.vms["eni-cli"], func() (net.Conn, error) {
+			return net.DialTimeout("tcp4", "198.18.200.1:"+port, 700*time.Millisecond)
+		})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	require.NoError(t, dial("8080"))
+	require.Error(t, dial("9090"))
+
+	// The daemon goes away: the pinned links keep the program attached with the last tables.
+	require.NoError(t, d1.Close())
+	require.NoError(t, dial("8080"), "still enforcing the last tables with no process holding them")
+	require.Error(t, dial("9090"), "still filtering with no process holding the program")
+
+	// A new daemon adopts everything and publishes a table that opens 9090.
+	d2, err := Load(Options{PinPath: pin})
+	require.NoError(t, err)
+	defer d2.Close()
+	attach(d2)
+	require.NoError(t, d2.Publish(ctx, 2, labTables(t, `, {"ipProtocol": "tcp", "portRange": "9090", "action": "ACCEPT"}`), nil))
+	require.NoError(t, dial("9090"), "the adopted dataplane applies new tables")
+	for _, ifn := range []string{"sgth1", "sgth2"} {
+		_, err := inNS(lab.host, func() (struct{}, error) { return struct{}{}, d2.Detach(ifn) })
+		require.NoError(t, err)
+	}
+}
