@@ -494,35 +494,43 @@ func (c *Controller) PortAction(ctx context.Context, appID, sgID string, add boo
 	fails := []PortFailure{}
 	b := v.State.Edit()
 	var moved []string
+	pending := map[string][]string{} // lists already changed by this call, so a repeated id sees them
 	for _, id := range ports {
-		eni, ok := b.State().ENI(id) // reads the edited copy, so a repeated id sees the first change
+		eni, ok := v.State.ENI(id)
 		if !ok || eni.AppID != appID {
 			fails = append(fails, PortFailure{ID: id, ErrorCode: HuaweiPortNotFound, ErrorMsg: portNotFoundMsg(id)})
 			continue
 		}
-		has := slices.Contains(eni.SgIDs, sgID)
+		cur, changed := pending[id]
+		if !changed {
+			cur = eni.SgIDs
+		}
+		has := slices.Contains(cur, sgID)
 		var next []string
 		switch {
 		case add && has, !add && !has:
 			continue // already as asked: no error, no change
 		case add:
-			if len(eni.SgIDs) >= c.limits.SGsPerENI {
+			if len(cur) >= c.limits.SGsPerENI {
 				fails = append(fails, PortFailure{ID: id, ErrorCode: HuaweiBadRequest,
-					ErrorMsg: fmt.Sprintf("Port %s already has %d security groups, the limit", id, len(eni.SgIDs))})
+					ErrorMsg: fmt.Sprintf("Port %s already has %d security groups, the limit", id, len(cur))})
 				continue
 			}
-			next = append(slices.Clone(eni.SgIDs), sgID)
+			next = append(slices.Clone(cur), sgID)
 		default:
-			if len(eni.SgIDs) == 1 {
+			if len(cur) == 1 {
 				fails = append(fails, PortFailure{ID: id, ErrorCode: HuaweiLastSG, ErrorMsg: "An instance must belong to at least one security group"})
 				continue
 			}
-			next = slices.DeleteFunc(slices.Clone(eni.SgIDs), func(s string) bool { return s == sgID })
+			next = slices.DeleteFunc(slices.Clone(cur), func(s string) bool { return s == sgID })
 		}
 		if err := b.SetENISGs(id, next); err != nil {
 			return nil, err
 		}
-		moved = append(moved, id)
+		if !changed {
+			moved = append(moved, id)
+		}
+		pending[id] = next
 	}
 	if len(moved) == 0 {
 		return fails, nil
