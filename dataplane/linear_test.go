@@ -2,6 +2,7 @@ package dataplane_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -79,4 +80,25 @@ func TestExplainAndLinearTable(t *testing.T) {
 	noSG := &compiler.Table{ENI: "eni-z", NoSG: true, Entries: []compiler.Entry{{AnyRemote: true, RuleIndex: -1}}}
 	assert.Equal(t, dataplane.Verdict{Action: model.Drop, Reason: dataplane.ReasonNoSG, RuleIndex: -1, Entry: 0},
 		dataplane.Explain(noSG, dataplane.NewLinearTable(noSG).Lookup(&p)))
+}
+
+// BenchmarkLinearLookup measures the reference matcher: a packet that matches no rule scans every entry.
+func BenchmarkLinearLookup(b *testing.B) {
+	for _, n := range []int{10, 100, 1000} {
+		rules := make([]model.Rule, n)
+		for i := range rules {
+			rules[i] = model.Rule{IPProtocol: "tcp", CidrIP: fmt.Sprintf("198.19.%d.0/24", i%256), PortRange: fmt.Sprint(1 + i), Action: "ACCEPT"}
+		}
+		tab := compileRules(b, rules...)["eni-1"].Ingress
+		lt := dataplane.NewLinearTable(tab)
+		p := pkt("203.0.113.1", 6, 80)
+		b.Run(fmt.Sprintf("rules=%d/miss", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if lt.Lookup(&p) != n {
+					b.Fatal("expected the implicit drop")
+				}
+			}
+		})
+	}
 }
