@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -106,4 +107,30 @@ func TestHuaweiPartialAdd(t *testing.T) {
 	assert.Equal(t, []string{"sg-ssh"}, a.eniSGs("eni-spare"))
 	assert.Equal(t, []string{"sg-db", "sg-ssh"}, a.eniSGs("eni-db1"))
 	assert.Equal(t, "ACCEPT", a.check("eni-spare", "ingress", "tcp", "198.18.9.9", 22).Verdict)
+}
+
+func TestHuaweiRepeatedPortAndLimit(t *testing.T) {
+	a := newTestAPI(t)
+	status, out := a.huawei("v2.0", project1, "sg-lockdown", token1, portsBody("add", "eni-web1", "eni-web1"))
+	require.Equal(t, http.StatusOK, status)
+	assert.Equal(t, map[string]any{"fail": []any{}}, out)
+	assert.Equal(t, []string{"sg-web", "sg-ssh", "sg-lockdown"}, a.eniSGs("eni-web1"))
+
+	for _, sg := range []string{"sg-db", "sg-preset"} {
+		status, _ = a.huawei("v2.0", project1, sg, token1, portsBody("add", "eni-web2"))
+		require.Equal(t, http.StatusOK, status)
+	}
+	require.Len(t, a.eniSGs("eni-web2"), 5)
+	r := a.tc("Action", ActCreateSG, "sgName", "sixth")
+	require.Equal(t, 0, r.Code)
+	var created struct{ SgID string }
+	require.NoError(t, json.Unmarshal(r.Data, &created))
+	status, out = a.huawei("v2.0", project1, created.SgID, token1, portsBody("add", "eni-web2", "eni-spare"))
+	require.Equal(t, http.StatusOK, status)
+	fails := out["fail"].([]any)
+	require.Len(t, fails, 1)
+	assert.Equal(t, "eni-web2", fails[0].(map[string]any)["id"])
+	assert.Contains(t, fails[0].(map[string]any)["error_msg"], "limit")
+	assert.Len(t, a.eniSGs("eni-web2"), 5)
+	assert.Equal(t, []string{created.SgID}, a.eniSGs("eni-spare"))
 }
