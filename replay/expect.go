@@ -158,14 +158,17 @@ func LoadExpectations(path string) (*Expectations, error) {
 // ParseExpectations parses expectations from data; name is used in errors.
 func ParseExpectations(name string, data []byte) (*Expectations, error) {
 	var list []*Expectation
-	if err := yaml.Unmarshal(data, &list); err != nil {
+	if err := yaml.UnmarshalStrict(data, &list); err != nil {
 		var wrapped struct {
 			Expect []*Expectation `json:"expect"`
 		}
-		if err2 := yaml.Unmarshal(data, &wrapped); err2 != nil {
+		if err2 := yaml.UnmarshalStrict(data, &wrapped); err2 != nil {
 			return nil, fmt.Errorf("%s: want a list of {index|flow, verdict} or {expect: [...]}: %w", name, err)
 		}
 		list = wrapped.Expect
+	}
+	if len(list) == 0 {
+		return nil, fmt.Errorf("%s: no expectations", name)
 	}
 	ex := &Expectations{Name: name}
 	for i, e := range list {

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
@@ -67,9 +68,9 @@ func replayLoadState(ctx context.Context, topo, dataDir string) (*model.State, e
 		if st, err := os.Stat(dataDir); err != nil {
 			return nil, fmt.Errorf("--data-dir %s: %w", dataDir, err)
 		} else if st.IsDir() {
-			path = filepath.Join(dataDir, "sgsim.db")
+			path = filepath.Join(dataDir, api.DBFile)
 			if _, err := os.Stat(path); err != nil {
-				return nil, fmt.Errorf("--data-dir %s: no store file sgsim.db in it: %w", dataDir, err)
+				return nil, fmt.Errorf("--data-dir %s: no store file %s in it: %w", dataDir, api.DBFile, err)
 			}
 		}
 		db, err := store.OpenBolt(path)
