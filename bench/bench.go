@@ -191,21 +191,26 @@ func Synthetic(n int, seed uint64, v6 bool) []model.Rule {
 			r.Action = "DROP"
 		}
 		r.IPProtocol = protos[rng.IntN(len(protos))]
+		ported := (r.IPProtocol == "tcp" || r.IPProtocol == "udp") && rng.IntN(4) != 0
 		switch {
-		case rng.IntN(50) == 0:
-			// no cidrIp: every address
+		case ported && rng.IntN(50) == 0:
+			// no cidrIp, as service rules often are; only with ports, so the table is not shadowed early
 		case v6 && rng.IntN(3) == 0:
 			var b [16]byte
 			b[0], b[1], b[2], b[3] = 0x20, 0x01, 0x0d, 0xb8
 			for j := 4; j < 16; j++ {
-				b[j] = byte(rng.IntN(4)) // few values, so prefixes nest and share
+				b[j] = byte(rng.IntN(16)) // few values, so prefixes nest and share
 			}
 			r.CidrIP = netip.PrefixFrom(netip.AddrFrom16(b), 32+rng.IntN(97)).Masked().String()
 		default:
 			a := netip.AddrFrom4([4]byte{10, byte(rng.IntN(256)), byte(rng.IntN(256)), byte(rng.IntN(256))})
-			r.CidrIP = netip.PrefixFrom(a, 8+rng.IntN(25)).Masked().String()
+			bits := 12 + rng.IntN(21)
+			if r.IPProtocol == "" {
+				bits = 24 + rng.IntN(9) // short all-protocol prefixes would shadow most of the table
+			}
+			r.CidrIP = netip.PrefixFrom(a, bits).Masked().String()
 		}
-		if (r.IPProtocol == "tcp" || r.IPProtocol == "udp") && rng.IntN(4) != 0 {
+		if ported {
 			lo := 1 + rng.IntN(65535)
 			hi := min(65535, lo+rng.IntN(3)*rng.IntN(1000))
 			r.PortRange = fmt.Sprintf("%d-%d", lo, hi)
