@@ -447,3 +447,30 @@ func TestIndexCoversRecompilation(t *testing.T) {
 	require.NoError(t, b.SetENISGs("eni-db1", []string{}))
 	assert.Equal(t, setOf([]string{"eni-db1"}, ix.AffectedByMembership("sg-db")), changedENIs(t, s, b.State()))
 }
+
+// TestOldSnapshotKeepsOldAnswers edits a State and checks the original still compiles to its old verdicts.
+func TestOldSnapshotKeepsOldAnswers(t *testing.T) {
+	s := loadDemo(t)
+	b := s.Edit()
+	g, _ := s.SG("sg-web")
+	ng := *g
+	ng.Ingress = []model.Rule{r("", "", "", "DROP")}
+	require.NoError(t, b.PutSG(ng))
+	require.NoError(t, b.SetENISGs("eni-web2", []string{"sg-ssh"}))
+	next := b.State()
+
+	webHTTP := tcp("203.0.113.7", 80)
+	oldM := dataplane.NewLinear(compiler.New(s).CompileAll())
+	newM := dataplane.NewLinear(compiler.New(next).CompileAll())
+	v, _ := oldM.Match("eni-web1", in, &webHTTP)
+	assert.Equal(t, model.Accept, v.Action)
+	v, _ = newM.Match("eni-web1", in, &webHTTP)
+	assert.Equal(t, model.Drop, v.Action)
+
+	// eni-web2 left sg-web: the old State still counts it as a member for sg-db's sgId rule.
+	fromWeb2 := tcp("198.18.1.11", 5432)
+	v, _ = oldM.Match("eni-db1", in, &fromWeb2)
+	assert.Equal(t, accept("sg-db", 0), want{v.Action, v.Reason, v.SgID, v.RuleIndex})
+	v, _ = newM.Match("eni-db1", in, &fromWeb2)
+	assert.Equal(t, model.Drop, v.Action)
+}
