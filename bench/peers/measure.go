@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
+
+	"github.com/sgsim/sgsim/bpf"
+	"github.com/sgsim/sgsim/compiler"
 )
 
 // Firewall names a peer the harness can load.
@@ -25,11 +28,19 @@ const (
 	IptablesNft     Firewall = "iptables-nft"
 	Nftables        Firewall = "nftables"
 	NftablesWithSet Firewall = "nftables-sets"
+	// SgsimTC is sgsim's TC program on the generator's veth end: for the ENI behind the fw end that is the
+	// host side, whose TC egress carries the ENI's ingress traffic (SPEC §2).
+	SgsimTC Firewall = "sgsim-tc"
 )
 
-// Load replaces the fw namespace's rules with rules for fw and returns how long the loader took: the
-// update cost a control plane pays for pushing a whole new table.
-func (p *Path) Load(ctx context.Context, fw Firewall, rules []Rule) (time.Duration, error) {
+// Load replaces the path's rules with tables' ingress table, enforced by fw, and returns how long the
+// loader took: the update cost a control plane pays for pushing a whole new table (for sgsim, the table
+// publish; the program is loaded and attached once, outside the timing).
+func (p *Path) Load(ctx context.Context, fw Firewall, tables *compiler.Tables) (time.Duration, error) {
+	if fw == SgsimTC {
+		return p.loadSgsim(ctx, tables)
+	}
+	rules := RulesFromTable(tables.Ingress)
 	var name string
 	var args []string
 	var script []byte
@@ -55,9 +66,34 @@ func (p *Path) Load(ctx context.Context, fw Firewall, rules []Rule) (time.Durati
 	return time.Since(start), nil
 }
 
-// Flush removes every rule a Load may have left in the fw namespace.
+func (p *Path) loadSgsim(ctx context.Context, tables *compiler.Tables) (time.Duration, error) {
+	if p.sgsim == nil {
+		d, err := bpf.Load(bpf.Options{})
+		if err != nil {
+			return 0, fmt.Errorf("load sgsim: %w", err)
+		}
+		if err := InNetns(p.GenNS, func() error { return d.Attach(ctx, p.GenIf, tables.ENI) }); err != nil {
+			d.Close()
+			return 0, fmt.Errorf("load sgsim: %w", err)
+		}
+		p.sgsim = d
+	}
+	p.sgsimGen++
+	start := time.Now()
+	if err := p.sgsim.Publish(ctx, p.sgsimGen, map[string]*compiler.Tables{tables.ENI: tables}, nil); err != nil {
+		return 0, fmt.Errorf("load sgsim (%d rules): %w", len(tables.Ingress.Entries)-1, err)
+	}
+	return time.Since(start), nil
+}
+
+// Flush removes every rule a Load may have left on the path.
 func (p *Path) Flush(ctx context.Context) error {
 	var errs []error
+	if p.sgsim != nil {
+		// Closing the unpinned program detaches it.
+		errs = append(errs, p.sgsim.Close())
+		p.sgsim = nil
+	}
 	for _, cmd := range [][]string{
 		{"iptables-legacy", "-F"}, {"iptables-legacy", "-X"}, {"iptables-nft", "-F"}, {"iptables-nft", "-X"},
 		{"nft", "flush", "ruleset"},

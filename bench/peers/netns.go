@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sgsim/sgsim/bpf"
 )
 
 // Path is a veth pair between a generator namespace and a firewall namespace:
@@ -25,6 +27,9 @@ type Path struct {
 	GenNS, FwNS   string
 	GenIf, FwIf   string
 	GenAddr, FwIP string
+
+	sgsim    *bpf.Dataplane // loaded by Load(SgsimTC), closed by Flush
+	sgsimGen uint64
 }
 
 // run runs a command and returns its combined output in the error when it fails.
@@ -72,6 +77,10 @@ func NewPath(ctx context.Context) (*Path, error) {
 // Close removes both namespaces (and with them the veth pair and every rule loaded inside).
 func (p *Path) Close() error {
 	var errs []error
+	if p.sgsim != nil {
+		errs = append(errs, p.sgsim.Close())
+		p.sgsim = nil
+	}
 	for _, ns := range []string{p.GenNS, p.FwNS} {
 		if err := run(context.Background(), nil, "ip", "netns", "del", ns); err != nil && !strings.Contains(err.Error(), "No such file") {
 			errs = append(errs, err)

@@ -66,8 +66,9 @@ func TestScripts(t *testing.T) {
 
 func TestSyntheticTableEndsWithStreamRule(t *testing.T) {
 	src := netip.MustParseAddr("198.18.100.1")
-	tab, err := SyntheticTable(100, src, streamPort, 1)
+	ts, err := SyntheticTables(100, src, streamPort, 1)
 	require.NoError(t, err)
+	tab := ts.Ingress
 	require.Len(t, tab.Entries, 101) // 100 rules + implicit drop
 	rules := RulesFromTable(tab)
 	last := rules[len(rules)-1]
@@ -86,23 +87,25 @@ func TestPeersEnforce(t *testing.T) {
 	p, err := NewPath(ctx)
 	require.NoError(t, err)
 	defer func() { assert.NoError(t, p.Close()) }()
+	defer func() { assert.NoError(t, p.Flush(ctx)) }()
 
-	tab, err := SyntheticTable(200, netip.MustParseAddr(p.GenAddr), streamPort, 7)
+	acceptTables, err := SyntheticTables(200, netip.MustParseAddr(p.GenAddr), streamPort, 7)
 	require.NoError(t, err)
-	accept := RulesFromTable(tab)
-	drop := append([]Rule(nil), accept...)
-	drop[len(drop)-1].Accept = false
+	dropTables, err := SyntheticTables(200, netip.MustParseAddr(p.GenAddr), streamPort, 7)
+	require.NoError(t, err)
+	last := &dropTables.Ingress.Entries[len(dropTables.Ingress.Entries)-2]
+	last.Action, last.Rule.Action = model.Drop, model.Drop
 
-	for _, fw := range []Firewall{IptablesLegacy, IptablesNft, Nftables, NftablesWithSet} {
+	for _, fw := range []Firewall{IptablesLegacy, IptablesNft, Nftables, NftablesWithSet, SgsimTC} {
 		t.Run(string(fw), func(t *testing.T) {
 			require.NoError(t, p.Flush(ctx))
-			_, err := p.Load(ctx, fw, accept)
+			_, err := p.Load(ctx, fw, acceptTables)
 			require.NoError(t, err)
 			res, err := p.StreamUDP(ctx, 200*time.Millisecond, 64, streamPort)
 			require.NoError(t, err)
 			assert.Greater(t, res.Received, uint64(0), "ACCEPT rule: the stream must pass")
 
-			_, err = p.Load(ctx, fw, drop)
+			_, err = p.Load(ctx, fw, dropTables)
 			require.NoError(t, err)
 			res, err = p.StreamUDP(ctx, 200*time.Millisecond, 64, streamPort)
 			require.NoError(t, err)
@@ -110,7 +113,6 @@ func TestPeersEnforce(t *testing.T) {
 			assert.Zero(t, res.Received, "DROP rule: nothing may pass")
 		})
 	}
-	require.NoError(t, p.Flush(ctx))
 }
 
 // BenchmarkPeerUDP measures delivered packets/s and CPU per packet of a 64-byte UDP stream through each
@@ -124,16 +126,15 @@ func BenchmarkPeerUDP(b *testing.B) {
 	require.NoError(b, err)
 	defer p.Close()
 	for _, n := range []int{100, 1000, 10000} {
-		tab, err := SyntheticTable(n, netip.MustParseAddr(p.GenAddr), streamPort, 42)
+		tables, err := SyntheticTables(n, netip.MustParseAddr(p.GenAddr), streamPort, 42)
 		require.NoError(b, err)
-		rules := RulesFromTable(tab)
-		for _, fw := range []Firewall{None, IptablesLegacy, IptablesNft, Nftables, NftablesWithSet} {
+		for _, fw := range []Firewall{None, IptablesLegacy, IptablesNft, Nftables, NftablesWithSet, SgsimTC} {
 			b.Run(fmt.Sprintf("%s/rules=%d", fw, n), func(b *testing.B) {
 				require.NoError(b, p.Flush(ctx))
 				var load time.Duration
 				var res Result
 				for i := 0; i < b.N; i++ {
-					load, err = p.Load(ctx, fw, rules)
+					load, err = p.Load(ctx, fw, tables)
 					require.NoError(b, err)
 					res, err = p.StreamUDP(ctx, time.Second, 64, streamPort)
 					require.NoError(b, err)

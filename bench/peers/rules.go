@@ -42,10 +42,13 @@ func RulesFromTable(t *compiler.Table) []Rule {
 	return out
 }
 
-// SyntheticTable builds an n-rule ingress table of random 10.0.0.0/8 rules (mixed protocols, ports and
-// actions) followed by one ACCEPT for udp from src to dport: a packet of that stream is decided by the
-// last rule, the worst case for a linear chain and the case the comparison measures.
-func SyntheticTable(n int, src netip.Addr, dport uint16, seed uint64) (*compiler.Table, error) {
+// BenchENI is the ENI the synthetic tables belong to: the fw namespace's end of the path.
+const BenchENI = "eni-bench"
+
+// SyntheticTables builds tables for BenchENI whose ingress holds n rules: random 10.0.0.0/8 rules (mixed
+// protocols, ports and actions) followed by one ACCEPT for udp from src to dport. A packet of that stream
+// is decided by the last rule, the worst case for a linear chain and the case the comparison measures.
+func SyntheticTables(n int, src netip.Addr, dport uint16, seed uint64) (*compiler.Tables, error) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	rules := make([]model.Rule, 0, n)
 	protos := []string{"tcp", "udp", "icmp", ""}
@@ -67,18 +70,14 @@ func SyntheticTable(n int, src netip.Addr, dport uint16, seed uint64) (*compiler
 	topo := model.Topology{
 		Accounts:       []model.Account{{AppID: "1"}},
 		SecurityGroups: []model.SecurityGroup{{SgID: "sg-bench", AppID: "1", Ingress: rules}},
-		NetworkInterfaces: []model.NetworkInterface{{NetworkInterfaceID: "eni-bench", AppID: "1",
+		NetworkInterfaces: []model.NetworkInterface{{NetworkInterfaceID: BenchENI, AppID: "1",
 			PrivateIPAddresses: []string{"198.18.100.2"}, SgIDs: []string{"sg-bench"}}},
 	}
 	st, err := model.NewState(topo)
 	if err != nil {
 		return nil, fmt.Errorf("synthetic table: %w", err)
 	}
-	ts, err := compiler.New(st).Compile("eni-bench")
-	if err != nil {
-		return nil, err
-	}
-	return ts.Ingress, nil
+	return compiler.New(st).Compile(BenchENI)
 }
 
 // IptablesScript renders rules as an iptables-restore input: one chain, a rule per SG rule, jumped to
