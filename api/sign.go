@@ -27,6 +27,13 @@ func StringToSign(method, host string, params url.Values) string {
 	}
 	sort.Strings(names)
 	var b strings.Builder
+	n := len(method) + len(host) + len(TencentPath) + 1
+	for _, k := range names {
+		for _, v := range params[k] {
+			n += len(k) + len(v) + 2
+		}
+	}
+	b.Grow(n)
 	b.WriteString(strings.ToUpper(method))
 	b.WriteString(host)
 	b.WriteString(TencentPath)
