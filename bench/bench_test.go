@@ -16,14 +16,14 @@ import (
 func TestParseClassBenchMapping(t *testing.T) {
 	in := strings.Join([]string{
 		"@10.1.2.3/8\t1.2.3.4/32\t0 : 65535\t80 : 80\t0x06/0xFF\t0x0000/0x0000\t", // 1 tcp 80, host bits masked
-		"@192.168.0.0/16 0.0.0.0/0 0 : 65535 0 : 65535 0x11/0xFF",                   // 2 udp, all ports
-		"@0.0.0.0/0 0.0.0.0/0 0 : 65535 0 : 1023 0x06/0xFF",                          // 3 tcp 1-1023, DROP
-		"@1.1.1.1/32 0.0.0.0/0 0 : 65535 0 : 0 0x06/0xFF",                            // left out: dport 0:0
+		"@192.168.0.0/16 0.0.0.0/0 0 : 65535 0 : 65535 0x11/0xFF",                 // 2 udp, all ports
+		"@0.0.0.0/0 0.0.0.0/0 0 : 65535 0 : 1023 0x06/0xFF",                       // 3 tcp 1-1023, DROP
+		"@1.1.1.1/32 0.0.0.0/0 0 : 65535 0 : 0 0x06/0xFF",                         // left out: dport 0:0
 		"",
-		"@2.2.2.0/24 0.0.0.0/0 0 : 65535 53 : 53 0x01/0xFF",   // 4 icmp, no portRange
-		"@3.3.0.0/16 0.0.0.0/0 0 : 65535 53 : 53 0x06/0x00",   // 5 mask 0 → all, no portRange
-		"@4.0.0.0/8 0.0.0.0/0 0 : 65535 100 : 200 0x2f/0xFF",  // 6 gre → all, DROP
-		"@5.0.0.0/8 0.0.0.0/0 10 : 20 100 : 200 0x11/0xFF",    // 7 udp 100-200
+		"@2.2.2.0/24 0.0.0.0/0 0 : 65535 53 : 53 0x01/0xFF",  // 4 icmp, no portRange
+		"@3.3.0.0/16 0.0.0.0/0 0 : 65535 53 : 53 0x06/0x00",  // 5 mask 0 → all, no portRange
+		"@4.0.0.0/8 0.0.0.0/0 0 : 65535 100 : 200 0x2f/0xFF", // 6 gre → all, DROP
+		"@5.0.0.0/8 0.0.0.0/0 10 : 20 100 : 200 0x11/0xFF",   // 7 udp 100-200
 	}, "\n")
 	rules, err := ParseClassBench("t.rules", strings.NewReader(in), 0)
 	require.NoError(t, err)
