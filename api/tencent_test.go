@@ -384,3 +384,34 @@ func TestDescribe(t *testing.T) {
 	assert.Equal(t, model.CodeNotOwner, a.tc("Action", ActDescribePolicy, "sgId", "sg-other").Code)
 	assert.Equal(t, model.CodeNotFound, a.tc("Action", ActDescribePolicy, "sgId", "sg-none").Code)
 }
+
+// The seed page of ModifySecurityGroupsOfNetworkInterface shows a request whose Action is
+// ModifySecurityGroupsOfInstance and whose IDs are not in the demo: taken literally it is an unknown
+// action (4000); with the documented action it names an unknown ENI (5000); with demo IDs it works.
+func TestSeedModifySecurityGroupsOfNetworkInterface(t *testing.T) {
+	a := newTestAPI(t)
+	body := []string{"networkInterfaceSet.0.networkInterfaceId", "eni-3056glfn",
+		"networkInterfaceSet.0.sgIds.0", "sg-1sdj39df", "networkInterfaceSet.0.sgIds.1", "sg-o8sk37is"}
+	r := a.tc(append([]string{"Action", "ModifySecurityGroupsOfInstance"}, body...)...)
+	assert.Equal(t, model.CodeBadParameter, r.Code)
+	assert.Contains(t, r.Message, "unknown action")
+	r = a.tc(append([]string{"Action", ActModifyENISGs}, body...)...)
+	assert.Equal(t, model.CodeNotFound, r.Code)
+	assert.Contains(t, r.Message, "eni-3056glfn")
+	r = a.tc("Action", ActModifyENISGs, "networkInterfaceSet.0.networkInterfaceId", "eni-spare",
+		"networkInterfaceSet.0.sgIds.0", "sg-ssh", "networkInterfaceSet.0.sgIds.1", "sg-web")
+	require.Equal(t, 0, r.Code, r.Message)
+	assert.Equal(t, `{"code":0,"message":""}`, mustJSON(t, r))
+	assert.Equal(t, []string{"sg-ssh", "sg-web"}, a.eniSGs("eni-spare"))
+}
+
+func mustJSON(t *testing.T, r tcResp) string {
+	b, err := json.Marshal(struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	}{r.Code, r.Message})
+	require.NoError(t, err)
+	require.Nil(t, r.Data)
+	require.Nil(t, r.TotalCount)
+	return string(b)
+}
