@@ -195,19 +195,64 @@ func FuzzCompile(f *testing.F) {
 		topo := fuzzTopology(src)
 		s, err := model.NewState(topo)
 		require.NoError(t, err, "generator built an invalid topology: %+v", topo)
-		m := dataplane.NewLinear(compiler.New(s).CompileAll())
-		for range 16 {
-			eniID := s.ENIIDs()[src.pick(len(s.ENIIDs()))]
-			d := model.Direction(src.pick(2))
-			p := fuzzPacket(src)
-			v, ok := m.Match(eniID, d, &p)
-			require.True(t, ok)
-			action, reason, sg, idx := directVerdict(s, eniID, d, p)
-			if reason != dataplane.ReasonRule {
-				v.SgID, v.RuleIndex = "", -1
+		agreeDirect(t, s, src, 16)
+
+		// One random edit: the ENIs whose tables change must be among those the Index names, and the
+		// edited State must still agree with the direct evaluation.
+		ix := compiler.NewIndex(s)
+		b := s.Edit()
+		var affected []string
+		if src.pick(2) == 0 {
+			id := s.SGIDs()[src.pick(len(s.SGIDs()))]
+			g, _ := s.SG(id)
+			ng := *g
+			ng.Ingress, ng.Egress = nil, nil
+			for range src.pick(4) {
+				ng.Ingress = append(ng.Ingress, fuzzRule(src, s.SGIDs()))
 			}
-			require.Equal(t, []any{action, reason, sg, idx}, []any{v.Action, v.Reason, v.SgID, v.RuleIndex},
-				"eni %s %s packet %+v", eniID, d, p)
+			for range src.pick(3) {
+				ng.Egress = append(ng.Egress, fuzzRule(src, s.SGIDs()))
+			}
+			require.NoError(t, b.PutSG(ng))
+			affected = ix.AffectedByRules(id)
+		} else {
+			id := s.ENIIDs()[src.pick(len(s.ENIIDs()))]
+			e, _ := s.ENI(id)
+			var list []string
+			for _, g := range s.SGIDs() {
+				if src.pick(2) == 0 {
+					list = append(list, g)
+				}
+			}
+			require.NoError(t, b.SetENISGs(id, list))
+			affected = []string{id}
+			for _, g := range append(slices.Clone(e.SgIDs), list...) {
+				affected = append(affected, ix.AffectedByMembership(g)...)
+			}
 		}
+		next := b.State()
+		for id := range changedENIs(t, s, next) {
+			require.Contains(t, affected, id, "tables of %s changed but the Index did not name it", id)
+		}
+		agreeDirect(t, next, src, 16)
 	})
+}
+
+// agreeDirect decides n random packets on random ENIs of s with the compiled tables and directly.
+func agreeDirect(t *testing.T, s *model.State, src *byteSource, n int) {
+	t.Helper()
+	m := dataplane.NewLinear(compiler.New(s).CompileAll())
+	for range n {
+		eniID := s.ENIIDs()[src.pick(len(s.ENIIDs()))]
+		d := model.Direction(src.pick(2))
+		p := fuzzPacket(src)
+		v, ok := m.Match(eniID, d, &p)
+		require.True(t, ok)
+		action, reason, sg, idx := directVerdict(s, eniID, d, p)
+		if reason != dataplane.ReasonRule {
+			v.SgID, v.RuleIndex = "", -1
+		}
+		require.Equal(t, []any{action, reason, sg, idx}, []any{v.Action, v.Reason, v.SgID, v.RuleIndex},
+			"eni %s %s packet %+v", eniID, d, p)
+	}
 }
