@@ -40,8 +40,12 @@ type ClassifierAnswer struct {
 // not modify the slices. Invariants: V4Starts[0] == 0 and V6 starts begin at ::, each starts array is
 // strictly increasing, answer IDs index Answers, and every port run starts at port 0.
 type ClassifierArrays struct {
-	V4Starts  []uint32 // interval starts, IPv4 as a big-endian uint32
-	V4Answer  []int32  // answer ID of each IPv4 interval
+	V4Starts []uint32 // interval starts, IPv4 as a big-endian uint32
+	V4Answer []int32  // answer ID of each IPv4 interval
+	// V4Index narrows the IPv4 search: for x, with j = x>>V4Shift, the interval of x is within
+	// V4Starts[V4Index[j] : V4Index[j+1]+1]. It has 1<<(32-V4Shift) + 1 entries, sized to the table.
+	V4Index   []uint32
+	V4Shift   uint8
 	V6Hi      []uint64 // interval starts, IPv6: high 64 bits …
 	V6Lo      []uint64 // … and low 64 bits (compare Hi first)
 	V6Answer  []int32
@@ -60,7 +64,7 @@ func (c *Classifier) Arrays() *ClassifierArrays { return &c.a }
 // SizeBytes is the memory held by the flat arrays.
 func (c *Classifier) SizeBytes() int {
 	a := &c.a
-	return len(a.V4Starts)*4 + len(a.V4Answer)*4 + len(a.V6Hi)*8 + len(a.V6Lo)*8 + len(a.V6Answer)*4 +
+	return len(a.V4Starts)*4 + len(a.V4Answer)*4 + len(a.V4Index)*4 + len(a.V6Hi)*8 + len(a.V6Lo)*8 + len(a.V6Answer)*4 +
 		len(a.Answers)*int(unsafe.Sizeof(ClassifierAnswer{})) + len(a.PortStart)*2 + len(a.PortEntry)*4
 }
 
@@ -73,7 +77,8 @@ func (c *Classifier) Lookup(p *Packet) int {
 		b := p.Remote.As4()
 		x := binary.BigEndian.Uint32(b[:])
 		s := a.V4Starts
-		lo, hi := 0, len(s) // find the last start ≤ x; s[0] == 0
+		j := x >> a.V4Shift
+		lo, hi := int(a.V4Index[j]), int(a.V4Index[j+1])+1 // the last start ≤ x is s[lo:hi]; s[lo] ≤ x
 		for hi-lo > 1 {
 			m := int(uint(lo+hi) >> 1)
 			if s[m] <= x {
@@ -453,6 +458,7 @@ func NewClassifier(t *compiler.Table) *Classifier {
 		b.a.V4Starts[i] = uint32(s.lo)
 	}
 	b.a.V4Answer = id4
+	b.a.V4Index, b.a.V4Shift = v4Index(b.a.V4Starts)
 	s6, id6, root6 := b.family(true)
 	b.a.V6Hi, b.a.V6Lo = make([]uint64, len(s6)), make([]uint64, len(s6))
 	for i, s := range s6 {
@@ -466,4 +472,25 @@ func NewClassifier(t *compiler.Table) *Classifier {
 	}
 	b.a.Answers = slices.Clip(b.a.Answers)
 	return &Classifier{a: b.a}
+}
+
+// v4Index builds the first stage of the IPv4 search: about one slot per interval, so the binary search
+// that follows covers a handful of intervals while the index costs at most 8 bytes per interval.
+func v4Index(starts []uint32) ([]uint32, uint8) {
+	k := 0
+	for k < 20 && 1<<(k+1) <= len(starts) {
+		k++
+	}
+	shift := uint8(32 - k)
+	idx := make([]uint32, 1<<k+1)
+	i := 0
+	for j := 0; j < 1<<k; j++ {
+		base := uint64(j) << shift
+		for i+1 < len(starts) && uint64(starts[i+1]) <= base {
+			i++
+		}
+		idx[j] = uint32(i)
+	}
+	idx[1<<k] = uint32(len(starts) - 1)
+	return idx, shift
 }

@@ -253,6 +253,13 @@ func TestClassifierArraysInvariants(t *testing.T) {
 	for i := 1; i < len(a.V6Hi); i++ {
 		require.True(t, a.V6Hi[i-1] < a.V6Hi[i] || a.V6Hi[i-1] == a.V6Hi[i] && a.V6Lo[i-1] < a.V6Lo[i])
 	}
+	require.Len(t, a.V4Index, 1<<(32-a.V4Shift)+1)
+	for j := 0; j+1 < len(a.V4Index); j++ {
+		base := uint64(j) << a.V4Shift
+		i := a.V4Index[j]
+		require.LessOrEqual(t, uint64(a.V4Starts[i]), base, "slot %d", j)
+		require.True(t, int(i)+1 == len(a.V4Starts) || uint64(a.V4Starts[i+1]) > base, "slot %d not the last start", j)
+	}
 	for _, ans := range a.Answers {
 		for _, r := range [][2]uint32{{ans.TCPOff, ans.TCPLen}, {ans.UDPOff, ans.UDPLen}} {
 			require.NotZero(t, r[1])
