@@ -121,6 +121,7 @@ type Replayer struct {
 	snap    *dataplane.Snapshot // snapshot of the packet being decided, for recheck
 	recheck conntrack.Recheck
 	pkt     dataplane.Packet
+	decided uint64
 }
 
 // New returns a Replayer over the ENIs of st, deciding against the tables src serves. It fails when
@@ -229,6 +230,11 @@ func (r *Replayer) DecideDecoded(index int, ts time.Duration, res *Result) {
 	res.Index, res.Time, res.NChecks = index, ts, 0
 	d := &res.Packet
 	r.snap = r.src.Snapshot()
+	if r.ct != nil {
+		if r.decided++; r.decided&0xfff == 0 {
+			r.ct.Expire(ts) // sweep idle flows now and then rather than only on lookup
+		}
+	}
 	if r.forced >= 0 {
 		r.check(uint32(r.forced), r.opts.ForceDirection, ts, res)
 	} else {
