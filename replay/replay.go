@@ -243,6 +243,15 @@ func (r *Replayer) DecideDecoded(index int, ts time.Duration, res *Result) {
 		if d.Class == packet.ClassIP || d.Class == packet.ClassND {
 			from, fromOK = r.lookupENI(d.Src, &d.SrcMAC, d.HasMAC)
 			to, toOK = r.lookupENI(d.Dst, &d.DstMAC, d.HasMAC)
+			if d.Class == packet.ClassND && d.HasMAC {
+				// ND uses link-local and multicast addresses no ENI lists: the MACs say whose it is.
+				if !fromOK {
+					from, fromOK = r.byMAC[d.SrcMAC]
+				}
+				if !toOK {
+					to, toOK = r.byMAC[d.DstMAC]
+				}
+			}
 		} else if d.HasMAC {
 			// Not IP (or unreadable IP): only the MACs say whose frame it is.
 			from, fromOK = r.byMAC[d.SrcMAC]

@@ -108,6 +108,7 @@ func TestDecide(t *testing.T) {
 		{"lldp from web", craft.Ethernet(macX, macWeb, 0x88cc, nil, make([]byte, 20)), replay.Drop, "eni-web egress DROP not-ip"},
 		{"malformed to db", craft.Ethernet(macDB, macX, 0x0800, nil, make([]byte, 10)), replay.Drop, "eni-db ingress DROP malformed"},
 		{"nd", eth(craft.IPv6(out6, web6, packet.ProtoICMPv6, craft.ICMP(135, 0, make([]byte, 20)), nil, nil)), replay.Accept, "eni-web ingress ACCEPT nd"},
+		{"nd from link-local, by MAC", craft.Ethernet(craft.MAC("33:33:ff:00:00:01"), macWeb, 0x86dd, nil, craft.IPv6(netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::1:ff00:1"), packet.ProtoICMPv6, craft.ICMP(135, 0, make([]byte, 20)), nil, nil)), replay.Accept, "eni-web egress ACCEPT nd"},
 		{"first fragment http", eth(craft.IPv4(out, web, packet.ProtoTCP, craft.TCP(41000, 80, packet.TCPSyn, make([]byte, 8)), &craft.Frag{ID: 5, More: true})), replay.Accept, "eni-web ingress ACCEPT sg-web rule 0"},
 		{"later fragment follows", eth(craft.IPv4(out, web, packet.ProtoTCP, make([]byte, 8), &craft.Frag{ID: 5, Offset: 4})), replay.Accept, "eni-web ingress ACCEPT sg-web rule 0"},
 		{"orphan fragment has no port", eth(craft.IPv4(out, web, packet.ProtoTCP, make([]byte, 8), &craft.Frag{ID: 6, Offset: 4})), replay.Drop, "eni-web ingress DROP default-drop"},
