@@ -1,6 +1,7 @@
 package replay_test
 
 import (
+	"bufio"
 	"context"
 	"math/rand/v2"
 	"net/netip"
@@ -140,11 +141,13 @@ func BenchmarkReplay(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "big.pcap")
 	f, err := os.Create(path)
 	require.NoError(b, err)
-	w := pcapgo.NewWriter(f)
+	bw := bufio.NewWriterSize(f, 1<<20)
+	w := pcapgo.NewWriter(bw)
 	require.NoError(b, w.WriteFileHeader(65535, layers.LinkTypeEthernet))
 	for i, fr := range genCapture(n) {
 		require.NoError(b, w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Unix(1700000000, int64(i)*1000), CaptureLength: len(fr), Length: len(fr)}, fr))
 	}
+	require.NoError(b, bw.Flush())
 	require.NoError(b, f.Close())
 	st := bigTopology(b)
 	for _, fac := range []struct {
