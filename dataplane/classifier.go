@@ -296,46 +296,44 @@ func (ans *answer) apply(e *compiler.Entry, idx int32, v6 bool) {
 type classifierBuilder struct {
 	t      *compiler.Table
 	a      ClassifierArrays
-	ids    map[string]int32
+	ids    map[ClassifierAnswer]int32
+	runs   map[string]uint32 // port function → offset in PortStart
 	keyBuf []byte
 }
 
 // intern stores ans once and returns its ID.
 func (b *classifierBuilder) intern(ans *answer) int32 {
-	k := b.keyBuf[:0]
-	k = binary.LittleEndian.AppendUint32(k, uint32(ans.tcpNoPort))
-	k = binary.LittleEndian.AppendUint32(k, uint32(ans.udpNoPort))
-	k = binary.LittleEndian.AppendUint32(k, uint32(ans.icmp))
-	k = binary.LittleEndian.AppendUint32(k, uint32(ans.other))
-	k = binary.LittleEndian.AppendUint32(k, uint32(len(ans.tcp)))
-	for _, s := range ans.tcp {
-		k = binary.LittleEndian.AppendUint32(k, s.Start)
-		k = binary.LittleEndian.AppendUint32(k, uint32(s.Val))
-	}
-	for _, s := range ans.udp {
-		k = binary.LittleEndian.AppendUint32(k, s.Start)
-		k = binary.LittleEndian.AppendUint32(k, uint32(s.Val))
-	}
-	b.keyBuf = k
-	if id, ok := b.ids[string(k)]; ok {
+	a := ClassifierAnswer{TCPLen: uint32(len(ans.tcp)), UDPLen: uint32(len(ans.udp)),
+		TCPNoPort: ans.tcpNoPort, UDPNoPort: ans.udpNoPort, ICMP: ans.icmp, Other: ans.other}
+	a.TCPOff = b.internPorts(ans.tcp)
+	a.UDPOff = b.internPorts(ans.udp)
+	if id, ok := b.ids[a]; ok {
 		return id
 	}
 	id := int32(len(b.a.Answers))
-	b.ids[string(k)] = id
-	b.a.Answers = append(b.a.Answers, ClassifierAnswer{
-		TCPOff: uint32(len(b.a.PortStart)), TCPLen: uint32(len(ans.tcp)),
-		TCPNoPort: ans.tcpNoPort, UDPNoPort: ans.udpNoPort, ICMP: ans.icmp, Other: ans.other,
-	})
-	for _, s := range ans.tcp {
-		b.a.PortStart = append(b.a.PortStart, uint16(s.Start))
-		b.a.PortEntry = append(b.a.PortEntry, s.Val)
-	}
-	b.a.Answers[id].UDPOff, b.a.Answers[id].UDPLen = uint32(len(b.a.PortStart)), uint32(len(ans.udp))
-	for _, s := range ans.udp {
-		b.a.PortStart = append(b.a.PortStart, uint16(s.Start))
-		b.a.PortEntry = append(b.a.PortEntry, s.Val)
-	}
+	b.ids[a] = id
+	b.a.Answers = append(b.a.Answers, a)
 	return id
+}
+
+// internPorts stores a port function once (tcp and udp runs share storage) and returns its offset.
+func (b *classifierBuilder) internPorts(segs []portSeg) uint32 {
+	k := b.keyBuf[:0]
+	for _, s := range segs {
+		k = binary.LittleEndian.AppendUint16(k, uint16(s.Start))
+		k = binary.LittleEndian.AppendUint32(k, uint32(s.Val))
+	}
+	b.keyBuf = k
+	if off, ok := b.runs[string(k)]; ok {
+		return off
+	}
+	off := uint32(len(b.a.PortStart))
+	b.runs[string(k)] = off
+	for _, s := range segs {
+		b.a.PortStart = append(b.a.PortStart, uint16(s.Start))
+		b.a.PortEntry = append(b.a.PortEntry, s.Val)
+	}
+	return off
 }
 
 type pfx struct {
@@ -450,7 +448,7 @@ func (b *classifierBuilder) family(v6 bool) (starts []u128, ids []int32, root an
 
 // NewClassifier compiles t into a Classifier.
 func NewClassifier(t *compiler.Table) *Classifier {
-	b := &classifierBuilder{t: t, ids: map[string]int32{}}
+	b := &classifierBuilder{t: t, ids: map[ClassifierAnswer]int32{}, runs: map[string]uint32{}}
 	b.a.Entries = len(t.Entries)
 	s4, id4, root4 := b.family(false)
 	b.a.V4Starts = make([]uint32, len(s4))
@@ -467,7 +465,7 @@ func NewClassifier(t *compiler.Table) *Classifier {
 	b.a.V6Answer = id6
 	// Roots appended last and unshared so Lookup finds them at fixed places for zero/zoned addresses.
 	for _, r := range []*answer{&root4, &root6} {
-		b.ids = map[string]int32{}
+		b.ids = map[ClassifierAnswer]int32{}
 		b.intern(r)
 	}
 	b.a.Answers = slices.Clip(b.a.Answers)
