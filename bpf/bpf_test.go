@@ -54,7 +54,8 @@ func TestSpecialFrames(t *testing.T) {
 		{"arp", rawFrame(0x0806, 28), true, dataplane.ReasonARP},
 		{"lldp", rawFrame(0x88cc, 40), false, dataplane.ReasonNotIP},
 		{"mpls", rawFrame(0x8847, 40), false, dataplane.ReasonNotIP},
-		{"ipv4 longer than frame", func() []byte { b := rawFrame(0x0800, 46); b[14] = 0x45; b[16] = 1; return b }(), false, dataplane.ReasonMalformed},
+		// A datagram longer than its frame keeps what it has (as packet.Decode does for short captures).
+		{"ipv4 longer than frame", func() []byte { b := rawFrame(0x0800, 46); b[14] = 0x45; b[16] = 1; return b }(), false, dataplane.ReasonDefaultDrop},
 		{"ipv4 length below header", func() []byte { b := rawFrame(0x0800, 46); b[14] = 0x45; b[17] = 10; return b }(), false, dataplane.ReasonMalformed},
 		{"ipv6 longer than frame", func() []byte { b := rawFrame(0x86dd, 46); b[14] = 0x60; b[18] = 1; return b }(), false, dataplane.ReasonMalformed},
 		{"bad version", func() []byte { b := rawFrame(0x0800, 40); b[14] = 0x65; return b }(), false, dataplane.ReasonMalformed},
@@ -173,7 +174,7 @@ func TestDifferential(t *testing.T) {
 			want := ref.decide(eni, dir, f)
 			got, err := d.Run(f.build(), eni, dir)
 			require.NoError(t, err)
-			require.Equal(t, want, got, "packet %d (round %d) %s %s %+v", n, round, eni, dir, f)
+			require.Equal(t, want, got, "packet %d (round %d) %s %s %+v quote %+v", n, round, eni, dir, f, f.quote)
 			if got.Accept {
 				recent = append(recent, f)
 				if len(recent) > 50 {

@@ -58,7 +58,7 @@ func (f *frame) ctPorts() (uint16, uint16, bool) {
 		if f.isICMPError() {
 			return 0, 0, false
 		}
-		if (f.proto == 1 && (f.icmpType == 8 || f.icmpType == 0)) || (f.proto == 58 && (f.icmpType == 128 || f.icmpType == 129)) {
+		if f.isEcho() {
 			return f.icmpID, f.icmpID, true
 		}
 		return 0, 0, true
@@ -66,16 +66,25 @@ func (f *frame) ctPorts() (uint16, uint16, bool) {
 	return 0, 0, true
 }
 
+// isICMP: ICMP of the packet's own family (ICMP in IPv6 is just another protocol).
+func (f *frame) isICMP() bool { return (f.proto == 1 && f.src.Is4()) || (f.proto == 58 && f.src.Is6()) }
+
+func (f *frame) isEcho() bool {
+	t := f.icmpType
+	return f.isICMP() && ((f.proto == 1 && (t == 0 || t == 8 || t == 13 || t == 14)) || (f.proto == 58 && (t == 128 || t == 129)))
+}
+
 func (f *frame) isICMPError() bool {
-	return (f.proto == 1 && (f.icmpType == 3 || f.icmpType == 11)) || (f.proto == 58 && (f.icmpType == 1 || f.icmpType == 3))
+	t := f.icmpType
+	return f.isICMP() && ((f.proto == 1 && (t == 3 || t == 4 || t == 5 || t == 11 || t == 12)) || (f.proto == 58 && t >= 1 && t <= 4))
 }
 
 // decide returns the expected result of f at eni in direction dir and updates conntrack.
 func (m *refModel) decide(eni string, dir model.Direction, f frame) Result {
-	if f.truncL4 && f.fragOff == 0 && (f.proto == 6 || f.proto == 17 || f.proto == 1 || f.proto == 58) {
+	if f.truncL4 && f.fragOff == 0 && (f.proto == 6 || f.proto == 17 || f.isICMP()) {
 		return Result{Reason: dataplane.ReasonMalformed, Entry: -1}
 	}
-	if f.proto == 58 && f.fragOff == 0 && f.icmpType >= 133 && f.icmpType <= 136 && f.src.Is6() {
+	if f.isICMP() && f.proto == 58 && f.fragOff == 0 && f.icmpType >= 133 && f.icmpType <= 136 {
 		return Result{Accept: true, Reason: dataplane.ReasonND, Entry: -1}
 	}
 	sp, dp, tracked := f.ctPorts()
@@ -84,7 +93,13 @@ func (m *refModel) decide(eni string, dir model.Direction, f frame) Result {
 	case f.fragOff == 0 && f.isICMPError() && f.quote != nil:
 		q := f.quote
 		qs, qd := q.sport, q.dport
-		if q.proto != 6 && q.proto != 17 {
+		switch {
+		case q.fragOff != 0:
+			qs, qd = 0, 0 // a later fragment quotes no ports
+		case q.proto == 6 || q.proto == 17:
+		case (q.proto == 1 || q.proto == 58) && (q.icmpType == 0 || q.icmpType == 8 || q.icmpType == 128 || q.icmpType == 129):
+			qs, qd = q.icmpID, q.icmpID
+		default:
 			qs, qd = 0, 0
 		}
 		look = &refKey{eni, q.proto, qs, qd, q.src, q.dst}

@@ -199,24 +199,27 @@ struct pkt {
 
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
+#define ETH_P_QINQ1_ 0x9100
 #define ETH_P_ARP_ 0x0806
 #define ETH_P_IP_ 0x0800
 #define ETH_P_IPV6_ 0x86DD
 
-// parse_l4 reads ports/type at off. Returns 0, or -1 when the header is truncated (end: end of the IP
-// datagram as its header says; Ethernet padding beyond it is not header).
+// parse_l4 reads ports/type at off. Returns 0, 1 for ICMPv6 neighbour discovery, or -1 when the header is
+// truncated (end: end of the IP datagram as its header says, or of the frame if that comes first; Ethernet
+// padding beyond the datagram is not header). The minimum lengths are those of packet.Decode, the Go
+// decoder replay uses, so both engines call the same frames malformed.
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, __u32 end, struct pkt *p)
 {
 	__u8 b[14];
+	p->trackable = 1;
 	switch (p->proto) {
 	case 6:
-		if (off + 20 > end || bpf_skb_load_bytes(skb, off, b, 14))
+		if (off + 14 > end || bpf_skb_load_bytes(skb, off, b, 14))
 			return -1;
 		p->sport = (b[0] << 8) | b[1];
 		p->dport = (b[2] << 8) | b[3];
 		p->tcp_flags = b[13];
 		p->has_port = 1;
-		p->trackable = 1;
 		return 0;
 	case 17:
 		if (off + 8 > end || bpf_skb_load_bytes(skb, off, b, 8))
@@ -224,46 +227,62 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, __u32 end,
 		p->sport = (b[0] << 8) | b[1];
 		p->dport = (b[2] << 8) | b[3];
 		p->has_port = 1;
-		p->trackable = 1;
 		return 0;
 	case 1:
 	case 58:
-		if (off + 8 > end || bpf_skb_load_bytes(skb, off, b, 8))
+		// ICMP inside IPv6 (and ICMPv6 inside IPv4) is just another protocol.
+		if ((p->proto == 1) != (p->fam == 4))
+			return 0;
+		if (off + 4 > end || bpf_skb_load_bytes(skb, off, b, 4))
 			return -1;
 		p->icmp_type = b[0];
-		p->trackable = 1;
-		// Echo request/reply: key the flow by identifier on both sides so the reply is the reverse.
-		if ((p->proto == 1 && (b[0] == 8 || b[0] == 0)) || (p->proto == 58 && (b[0] == 128 || b[0] == 129))) {
+		__u8 t = b[0];
+		int echo = 0;
+		if (p->fam == 6) {
+			if (t >= 133 && t <= 136)
+				return 1;
+			if (t >= 1 && t <= 4)
+				p->is_icmp_err = 1;
+			echo = t == 128 || t == 129;
+		} else {
+			if (t == 3 || t == 4 || t == 5 || t == 11 || t == 12)
+				p->is_icmp_err = 1;
+			echo = t == 0 || t == 8 || t == 13 || t == 14;
+		}
+		// Echo: key the flow by identifier on both sides so the reply is the reverse.
+		if (echo && off + 8 <= end && !bpf_skb_load_bytes(skb, off, b, 8)) {
 			p->sport = (b[4] << 8) | b[5];
 			p->dport = p->sport;
 		}
-		if ((p->proto == 1 && (b[0] == 3 || b[0] == 11)) || (p->proto == 58 && (b[0] == 1 || b[0] == 3))) {
-			p->is_icmp_err = 1;
+		if (p->is_icmp_err)
 			p->trackable = 0;
-		}
 		return 0;
 	}
-	p->trackable = 1;
 	return 0;
 }
 
-// parse_quoted reads the IP header and ports of the packet quoted by an ICMP error at off.
-static __always_inline void parse_quoted(struct __sk_buff *skb, __u32 off, struct pkt *p)
+// parse_quoted reads the IP header and ports of the packet quoted by an ICMP error at off (up to end).
+static __always_inline void parse_quoted(struct __sk_buff *skb, __u32 off, __u32 end, struct pkt *p)
 {
 	__u8 b[40];
-	__u8 ports[4];
+	__u8 l[8];
 	__u32 l4;
 	if (p->fam == 4) {
-		if (bpf_skb_load_bytes(skb, off, b, 20))
+		if (off + 20 > end || bpf_skb_load_bytes(skb, off, b, 20))
 			return;
-		if ((b[0] >> 4) != 4)
+		if ((b[0] >> 4) != 4 || (b[0] & 0xf) < 5)
 			return;
 		l4 = off + (b[0] & 0xf) * 4;
+		if (l4 > end)
+			return;
 		p->q_proto = b[9];
 		__builtin_memcpy(p->q_src, &b[12], 4);
 		__builtin_memcpy(p->q_dst, &b[16], 4);
+		p->q_ok = 1;
+		if ((((b[6] & 0x1f) << 8) | b[7]) != 0)
+			return; // a later fragment: no ports
 	} else {
-		if (bpf_skb_load_bytes(skb, off, b, 40))
+		if (off + 40 > end || bpf_skb_load_bytes(skb, off, b, 40))
 			return;
 		if ((b[0] >> 4) != 6)
 			return;
@@ -271,14 +290,17 @@ static __always_inline void parse_quoted(struct __sk_buff *skb, __u32 off, struc
 		p->q_proto = b[6];
 		__builtin_memcpy(p->q_src, &b[8], 16);
 		__builtin_memcpy(p->q_dst, &b[24], 16);
+		p->q_ok = 1;
 	}
-	if (p->q_proto == 6 || p->q_proto == 17) {
-		if (bpf_skb_load_bytes(skb, l4, ports, 4))
-			return;
-		p->q_sport = (ports[0] << 8) | ports[1];
-		p->q_dport = (ports[2] << 8) | ports[3];
+	if ((p->q_proto == 6 || p->q_proto == 17) && l4 + 4 <= end && !bpf_skb_load_bytes(skb, l4, l, 4)) {
+		p->q_sport = (l[0] << 8) | l[1];
+		p->q_dport = (l[2] << 8) | l[3];
 	}
-	p->q_ok = 1;
+	if ((p->q_proto == 1 || p->q_proto == 58) && l4 + 8 <= end && !bpf_skb_load_bytes(skb, l4, l, 8) &&
+	    (l[0] == 8 || l[0] == 0 || l[0] == 128 || l[0] == 129)) {
+		p->q_sport = (l[4] << 8) | l[5];
+		p->q_dport = p->q_sport;
+	}
 }
 
 // parse fills p; returns a reason >= 0 when the frame is decided without rules, -1 to classify.
@@ -292,14 +314,16 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	et = (eth[0] << 8) | eth[1];
 	off += 2;
 #pragma unroll
-	for (int i = 0; i < 3; i++) {
-		if (et != ETH_P_8021Q_ && et != ETH_P_8021AD_)
+	for (int i = 0; i < 4; i++) {
+		if (et != ETH_P_8021Q_ && et != ETH_P_8021AD_ && et != ETH_P_QINQ1_)
 			break;
 		if (bpf_skb_load_bytes(skb, off + 2, eth, 2))
 			return R_MALFORMED;
 		et = (eth[0] << 8) | eth[1];
 		off += 4;
 	}
+	if (et == ETH_P_8021Q_ || et == ETH_P_8021AD_ || et == ETH_P_QINQ1_)
+		return R_MALFORMED; // more tags than the program looks through (4)
 	if (et == ETH_P_ARP_)
 		return R_ARP;
 	if (et == ETH_P_IP_) {
@@ -315,15 +339,18 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__u16 frag = ((h[6] & 0x1f) << 8) | h[7];
 		__u32 tot = (h[2] << 8) | h[3];
 		__u32 end = off + tot;
-		if (tot < (h[0] & 0xf) * 4 || end > skb->len)
+		if (tot < (h[0] & 0xf) * 4 || off + (h[0] & 0xf) * 4 > skb->len)
 			return R_MALFORMED;
+		if (end > skb->len)
+			end = skb->len; // as packet.Decode: a short frame keeps what it has
 		off += (h[0] & 0xf) * 4;
 		if (frag != 0)
 			return -1; // non-first fragment: no ports, not tracked
-		if (parse_l4(skb, off, end, p))
+		int l = parse_l4(skb, off, end, p);
+		if (l < 0)
 			return R_MALFORMED;
 		if (p->is_icmp_err)
-			parse_quoted(skb, off + 8, p);
+			parse_quoted(skb, off + 8, end, p);
 		return -1;
 	}
 	if (et == ETH_P_IPV6_) {
@@ -333,9 +360,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return R_MALFORMED;
 		if ((h[0] >> 4) != 6)
 			return R_MALFORMED;
-		__u32 end = off + 40 + ((h[4] << 8) | h[5]);
-		if (end > skb->len)
-			return R_MALFORMED;
+		__u32 plen = (h[4] << 8) | h[5];
+		__u32 end = off + 40 + plen;
+		if (plen == 0 || end > skb->len)
+			end = skb->len; // jumbogram or short frame: keep what there is, as packet.Decode
 		p->fam = 6;
 		__builtin_memcpy(p->src, &h[8], 16);
 		__builtin_memcpy(p->dst, &h[24], 16);
@@ -345,18 +373,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		for (int i = 0; i < 8; i++) {
 			__u8 x[4];
 			if (nh == 0 || nh == 43 || nh == 60 || nh == 51) {
-				if (bpf_skb_load_bytes(skb, off, x, 2))
+				if (off + 8 > end || bpf_skb_load_bytes(skb, off, x, 2))
 					return R_MALFORMED;
 				// AH counts its length in 4-byte units minus 2, the others in 8-byte units minus 1.
 				if (nh == 51)
 					off += (x[1] + 2) * 4;
 				else
 					off += (x[1] + 1) * 8;
+				if (off > end)
+					return R_MALFORMED;
 				nh = x[0];
 				continue;
 			}
 			if (nh == 44) {
-				if (bpf_skb_load_bytes(skb, off, x, 4))
+				if (off + 8 > end || bpf_skb_load_bytes(skb, off, x, 4))
 					return R_MALFORMED;
 				__u16 fo = ((x[2] << 8) | x[3]) & 0xfff8;
 				nh = x[0];
@@ -372,12 +402,13 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		if (nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44)
 			return R_MALFORMED; // too many extension headers
 		p->proto = nh;
-		if (off > end || parse_l4(skb, off, end, p))
+		int l = parse_l4(skb, off, end, p);
+		if (l < 0)
 			return R_MALFORMED;
-		if (nh == 58 && p->icmp_type >= 133 && p->icmp_type <= 136)
+		if (l == 1)
 			return R_ND;
 		if (p->is_icmp_err)
-			parse_quoted(skb, off + 8, p);
+			parse_quoted(skb, off + 8, end, p);
 		return -1;
 	}
 	return R_NOT_IP;
