@@ -1,0 +1,49 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func runBenchCmd(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append([]string{"bench"}, args...))
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestBenchCmd(t *testing.T) {
+	out, err := runBenchCmd(t, "--synthetic", "300", "--packets", "400", "--sgs", "3")
+	require.NoError(t, err)
+	assert.Contains(t, out, "fast ns")
+	assert.Contains(t, out, "bytes/rule")
+	assert.Contains(t, out, "synth_300")
+
+	f := filepath.Join(t.TempDir(), "rules")
+	require.NoError(t, os.WriteFile(f, []byte("@10.0.0.0/8 0.0.0.0/0 0 : 65535 80 : 80 0x06/0xFF\n@10.1.0.0/16 0.0.0.0/0 0 : 65535 0 : 65535 0x11/0xFF\n"), 0o600))
+	out, err = runBenchCmd(t, "--classbench", f, "--packets", "100")
+	require.NoError(t, err)
+	assert.Contains(t, out, "rules")
+}
+
+func TestBenchCmdErrors(t *testing.T) {
+	_, err := runBenchCmd(t)
+	require.ErrorContains(t, err, "--classbench FILE or --synthetic N")
+
+	f := filepath.Join(t.TempDir(), "bad")
+	require.NoError(t, os.WriteFile(f, []byte("@10.0.0.0/8 0.0.0.0/0 0 : 65535 80 : 80 0x06/0xFF\n@10.0.0.0/33 0.0.0.0/0 0 : 65535 80 : 80 0x06/0xFF\n"), 0o600))
+	_, err = runBenchCmd(t, "--classbench", f)
+	require.ErrorContains(t, err, f+":2: source prefix")
+
+	_, err = runBenchCmd(t, "--synthetic", "10", "--packets", "0")
+	require.ErrorContains(t, err, "--packets 0")
+}
