@@ -113,7 +113,10 @@ type Replayer struct {
 	src     TableSource
 	opts    Options
 	enis    []string
-	byIP    map[netip.Addr][]uint32
+	// Addresses are keyed by plain integers and arrays, not netip.Addr: hashing those is several
+	// times cheaper, and this lookup runs twice per packet.
+	byIP4   map[uint32][]uint32
+	byIP6   map[[16]byte][]uint32
 	byMAC   map[[6]byte]uint32
 	forced  int
 	ct      *conntrack.Table
@@ -156,7 +159,8 @@ func (r *Replayer) SetState(st *model.State) error {
 	for i, id := range r.enis {
 		idx[id] = uint32(i)
 	}
-	r.byIP = make(map[netip.Addr][]uint32)
+	r.byIP4 = make(map[uint32][]uint32)
+	r.byIP6 = make(map[[16]byte][]uint32)
 	r.byMAC = make(map[[6]byte]uint32)
 	for _, id := range st.ENIIDs() {
 		i, ok := idx[id]
@@ -167,7 +171,13 @@ func (r *Replayer) SetState(st *model.State) error {
 		}
 		eni, _ := st.ENI(id)
 		for _, a := range eni.Addrs() {
-			r.byIP[a] = append(r.byIP[a], i)
+			if a.Is4() {
+				k := ip4Key(a)
+				r.byIP4[k] = append(r.byIP4[k], i)
+			} else {
+				k := a.As16()
+				r.byIP6[k] = append(r.byIP6[k], i)
+			}
 		}
 		if m := eni.MAC(); len(m) == 6 {
 			r.byMAC[[6]byte(m)] = i
@@ -184,11 +194,16 @@ func (r *Replayer) SetState(st *model.State) error {
 	return nil
 }
 
+func ip4Key(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
 // shareFrom makes r use base's connection table, fragment memory and ENI numbering, so a forced
 // replayer and an unforced one decide the same flows.
 func (r *Replayer) shareFrom(base *Replayer) error {
 	r.ct, r.frags = base.ct, base.frags
-	r.enis, r.byIP, r.byMAC = base.enis, base.byIP, base.byMAC
+	r.enis, r.byIP4, r.byIP6, r.byMAC = base.enis, base.byIP4, base.byIP6, base.byMAC
 	r.forced = -1
 	for i, id := range r.enis {
 		if id == r.opts.ForceENI {
@@ -203,7 +218,12 @@ func (r *Replayer) shareFrom(base *Replayer) error {
 
 // lookupENI maps an address to a managed ENI; when several ENIs share it, the frame's MAC decides.
 func (r *Replayer) lookupENI(a netip.Addr, mac *[6]byte, hasMAC bool) (uint32, bool) {
-	c := r.byIP[a]
+	var c []uint32
+	if a.Is4() {
+		c = r.byIP4[ip4Key(a)]
+	} else {
+		c = r.byIP6[a.As16()]
+	}
 	switch {
 	case len(c) == 1:
 		return c[0], true

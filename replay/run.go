@@ -60,19 +60,71 @@ type Summary struct {
 	Skipped int
 }
 
-type rowKey struct {
-	eni    int
-	dir    model.Direction
-	reason dataplane.Reason
-	action model.Action
-	entry  int
+// rowCounter counts checks by ENI, direction and deciding entry (or reason) in slices, not a map:
+// it runs for every check of every packet.
+type rowCounter struct {
+	enis [][2]*dirRows
+}
+
+type dirRows struct {
+	byEntry  []int
+	entryKey []SummaryKey // provenance of each counted entry
+	byReason [8][2]int    // reason × action, for checks no table entry decided
+}
+
+func (rc *rowCounter) add(c *Check) {
+	for len(rc.enis) <= c.ENI {
+		rc.enis = append(rc.enis, [2]*dirRows{})
+	}
+	d := rc.enis[c.ENI][c.Direction&1]
+	if d == nil {
+		d = &dirRows{}
+		rc.enis[c.ENI][c.Direction&1] = d
+	}
+	v := &c.Verdict
+	if v.Entry < 0 || v.Reason == dataplane.ReasonEstablished {
+		d.byReason[v.Reason&7][v.Action&1]++
+		return
+	}
+	for len(d.byEntry) <= v.Entry {
+		d.byEntry = append(d.byEntry, 0)
+		d.entryKey = append(d.entryKey, SummaryKey{})
+	}
+	if d.byEntry[v.Entry] == 0 {
+		d.entryKey[v.Entry] = SummaryKey{Direction: c.Direction, Reason: v.Reason, Action: v.Action, SgID: v.SgID, RuleIndex: v.RuleIndex}
+	}
+	d.byEntry[v.Entry]++
+}
+
+func (rc *rowCounter) into(r *Replayer, rows map[SummaryKey]int) {
+	for eni, dirs := range rc.enis {
+		for dir, d := range dirs {
+			if d == nil {
+				continue
+			}
+			for e, n := range d.byEntry {
+				if n > 0 {
+					k := d.entryKey[e]
+					k.ENI = r.enis[eni]
+					rows[k] += n
+				}
+			}
+			for reason, byAction := range d.byReason {
+				for action, n := range byAction {
+					if n > 0 {
+						rows[SummaryKey{ENI: r.enis[eni], Direction: model.Direction(dir), Reason: dataplane.Reason(reason),
+							Action: model.Action(action), RuleIndex: -1}] += n
+					}
+				}
+			}
+		}
+	}
 }
 
 // Run replays every capture in cfg.Pcaps through r, in order, numbering packets across files.
 func Run(ctx context.Context, r *Replayer, cfg RunConfig) (*Summary, error) {
 	sum := &Summary{Rows: map[SummaryKey]int{}}
-	rows := map[rowKey]int{}
-	provenance := map[rowKey]SummaryKey{}
+	var rows rowCounter
 	var out *bufio.Writer
 	if cfg.Out != nil {
 		out = bufio.NewWriterSize(cfg.Out, 64<<10)
@@ -125,13 +177,7 @@ func Run(ctx context.Context, r *Replayer, cfg RunConfig) (*Summary, error) {
 			sum.Packets++
 			sum.ByVerdict[res.Verdict]++
 			for i := 0; i < res.NChecks; i++ {
-				c := &res.Checks[i]
-				k := rowKey{eni: c.ENI, dir: c.Direction, reason: c.Verdict.Reason, action: c.Verdict.Action, entry: c.Verdict.Entry}
-				if _, ok := rows[k]; !ok {
-					provenance[k] = SummaryKey{ENI: r.enis[c.ENI], Direction: c.Direction, Reason: c.Verdict.Reason,
-						Action: c.Verdict.Action, SgID: c.Verdict.SgID, RuleIndex: c.Verdict.RuleIndex}
-				}
-				rows[k]++
+				rows.add(&res.Checks[i])
 			}
 			if cfg.OnResult != nil {
 				cfg.OnResult(&res)
@@ -161,9 +207,7 @@ func Run(ctx context.Context, r *Replayer, cfg RunConfig) (*Summary, error) {
 	if cfg.Progress != nil {
 		fmt.Fprintf(cfg.Progress, "\r\033[Kreplay: %d packets done\n", idx)
 	}
-	for k, n := range rows {
-		sum.Rows[provenance[k]] += n
-	}
+	rows.into(r, sum.Rows)
 	if out != nil {
 		if err := out.Flush(); err != nil {
 			return sum, fmt.Errorf("write output: %w", err)

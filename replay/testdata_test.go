@@ -89,4 +89,12 @@ func TestDemoCapture(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, ex.Failures())
 	assert.Equal(t, [3]int{12, 7, 1}, sum.ByVerdict)
+	assert.Equal(t, 1, sum.Rows[replay.SummaryKey{ENI: "eni-web2", Direction: model.Ingress, Reason: dataplane.ReasonRule, Action: model.Drop, SgID: "sg-lockdown", RuleIndex: 0}])
+	assert.Equal(t, 2, sum.Rows[replay.SummaryKey{ENI: "eni-web1", Direction: model.Ingress, Reason: dataplane.ReasonDefaultDrop, Action: model.Drop, RuleIndex: -1}])
+	assert.Equal(t, 2, sum.Rows[replay.SummaryKey{ENI: "eni-web1", Direction: model.Egress, Reason: dataplane.ReasonEstablished, Action: model.Accept, RuleIndex: -1}])
+	total := 0
+	for _, n := range sum.Rows {
+		total += n
+	}
+	assert.Equal(t, 21, total, "19 managed packets; #4 and #5 are checked on two ENIs")
 }
