@@ -110,9 +110,9 @@ const maxFrags = 1 << 16
 
 // Replayer decides packets one at a time. Not safe for concurrent use.
 type Replayer struct {
-	src     TableSource
-	opts    Options
-	enis    []string
+	src  TableSource
+	opts Options
+	enis []string
 	// Addresses are keyed by plain integers and arrays, not netip.Addr: hashing those is several
 	// times cheaper, and this lookup runs twice per packet.
 	byIP4   map[uint32][]uint32
