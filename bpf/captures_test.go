@@ -1,0 +1,129 @@
+package bpf
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"strings"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/packet"
+	"github.com/sgsim/sgsim/replay"
+)
+
+// TestCapturesMatchDecode runs every Ethernet frame of the repository's captures and the shared real
+// captures through the BPF program (as eni-web1 ingress and egress) and through packet.Decode + the
+// linear matcher: same class, and for IP the same deciding entry (replies the program answers from
+// conntrack excepted: the Go side here is stateless).
+func TestCapturesMatchDecode(t *testing.T) {
+	d := loadOrSkip(t)
+	s := demoState(t)
+	tables := compiler.New(s).CompileAll()
+	require.NoError(t, d.Publish(context.Background(), 1, tables, nil))
+	files, _ := filepath.Glob("../testdata/pcaps/*.pcap*")
+	if _, err := os.Stat("../../shared/data/pcaps"); err == nil {
+		require.NoError(t, filepath.WalkDir("../../shared/data/pcaps", func(p string, e fs.DirEntry, err error) error {
+			if err == nil && !e.IsDir() && strings.Contains(filepath.Base(p), ".pcap") {
+				files = append(files, p)
+			}
+			return err
+		}))
+	} else if os.Getenv("CI") == "true" {
+		t.Fatalf("../shared is absent under CI")
+	}
+	require.NotEmpty(t, files)
+	const perFile = 5000 // enough of each real capture to cover its mix, while keeping the test fast
+	for _, path := range files {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			src, err := replay.Open(path)
+			if err != nil {
+				t.Skipf("unreadable capture (some shared captures are deliberately broken): %v", err)
+			}
+			defer src.Close()
+			require.NoError(t, d.FlushConntrack())
+			var n, skipped int
+			for n < perFile {
+				fr, _, link, err := src.Next()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					t.Logf("stopping at a damaged record: %v", err)
+					break
+				}
+				fr = asEthernet(fr, link)
+				if fr == nil {
+					continue
+				}
+				var dec packet.Decoded
+				packet.Decode(packet.LinkEthernet, fr, &dec)
+				if dec.VLANs > 4 {
+					continue
+				}
+				for _, dir := range []model.Direction{model.Ingress, model.Egress} {
+					got, err := d.Run(fr, "eni-web1", dir)
+					if err != nil {
+						skipped++ // frames BPF_PROG_TEST_RUN itself refuses (IP shorter than its header, oversize)
+						continue
+					}
+					n++
+					want := Result{Entry: -1}
+					switch dec.Class {
+					case packet.ClassARP:
+						want = Result{Accept: true, Reason: dataplane.ReasonARP, Entry: -1}
+					case packet.ClassND:
+						want = Result{Accept: true, Reason: dataplane.ReasonND, Entry: -1}
+					case packet.ClassNotIP:
+						want.Reason = dataplane.ReasonNotIP
+					case packet.ClassMalformed:
+						want.Reason = dataplane.ReasonMalformed
+					case packet.ClassIP:
+						if got.Reason == dataplane.ReasonEstablished {
+							continue
+						}
+						remote := dec.Src
+						if dir == model.Egress {
+							remote = dec.Dst
+						}
+						p := dataplane.Packet{Remote: remote, Proto: dec.Proto, Port: dec.DstPort, HasPort: dec.HasPorts && (dec.Proto == 6 || dec.Proto == 17)}
+						tab := tables["eni-web1"].Get(dir)
+						v := dataplane.Explain(tab, dataplane.NewLinearTable(tab).Lookup(&p))
+						want = Result{Accept: v.Action == model.Accept, Reason: v.Reason, Entry: v.Entry}
+					}
+					require.Equal(t, want, got, "%s frame %d %s (decoder: %+v)", path, n, dir, dec)
+				}
+			}
+			t.Logf("%d checks agreed, %d frames refused by BPF_PROG_TEST_RUN", n, skipped)
+		})
+	}
+}
+
+// asEthernet returns frame as an Ethernet frame: raw IP captures get a header whose ethertype follows
+// the IP version; other link types (and runts) give nil.
+func asEthernet(frame []byte, link int) []byte {
+	switch link {
+	case packet.LinkEthernet:
+		if len(frame) < 14 {
+			return nil
+		}
+		return frame
+	case packet.LinkRaw, packet.LinkRawBSD, packet.LinkRawBSD2, packet.LinkIPv4, packet.LinkIPv6:
+		if len(frame) == 0 {
+			return nil
+		}
+		eth := []byte{2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00}
+		if frame[0]>>4 == 6 {
+			eth[12], eth[13] = 0x86, 0xdd
+		}
+		return append(eth, frame...)
+	}
+	return nil
+}
