@@ -18,6 +18,13 @@ import (
 func TestScenarios(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("..", "testdata", "scenarios", "*.yaml"))
 	require.NoError(t, err)
+	jsonFiles, err := filepath.Glob(filepath.Join("..", "testdata", "scenarios", "*.json"))
+	require.NoError(t, err)
+	for _, f := range jsonFiles {
+		if filepath.Base(f) != "lab.json" { // the shared topology, not a scenario
+			files = append(files, f)
+		}
+	}
 	require.GreaterOrEqual(t, len(files), 12)
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
