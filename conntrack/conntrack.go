@@ -172,8 +172,9 @@ func (t *Table) Related(zone uint32, dir Direction, inner *packet.Tuple, now tim
 func (t *Table) Track(k Key, tcpFlags uint8, now time.Duration, gen uint64) {
 	if i, ok := t.index[k]; ok {
 		e := &t.entries[i]
-		if int64(now)-e.lastSeen > int64(timeout(e)) {
-			e.state = 0 // a new flow reusing the tuple
+		newSYN := k.Proto == packet.ProtoTCP && tcpFlags&(packet.TCPSyn|packet.TCPAck) == packet.TCPSyn
+		if newSYN || int64(now)-e.lastSeen > int64(timeout(e)) {
+			e.state = 0 // a new connection reusing the tuple: forget the old one's FIN and replies
 		}
 		e.gen = gen
 		t.touch(i, int64(now), k.Proto, tcpFlags)

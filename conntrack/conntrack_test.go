@@ -108,6 +108,17 @@ func TestRecheckCutsOnTableChange(t *testing.T) {
 	assert.Equal(t, uint64(1), ct.Stats().Cut)
 }
 
+func TestNewSYNReopensClosedTuple(t *testing.T) {
+	ct := conntrack.New(0)
+	orig := tuple(packet.ProtoTCP, peer, eniIP, 40000, 80)
+	rep := orig.Reverse()
+	k, rk := conntrack.KeyOf(1, in, &orig), conntrack.KeyOf(1, out, &rep)
+	ct.Track(k, packet.TCPSyn, 0, 0)
+	require.True(t, ct.Reply(rk, packet.TCPFin|packet.TCPAck, time.Second, 0, nil))
+	ct.Track(k, packet.TCPSyn, 2*time.Second, 0) // the client reconnects with the same ports
+	assert.True(t, ct.Reply(rk, packet.TCPAck, 2*time.Second+40*time.Second, 0, nil), "not closing any more: 600 s timeout")
+}
+
 func TestBoundedLRU(t *testing.T) {
 	ct := conntrack.New(3)
 	var keys []conntrack.Key
