@@ -14,7 +14,8 @@ import (
 // searches over sorted arrays, so the eBPF dataplane can load the same arrays into maps.
 //
 //  1. Address stage, per family: the remote prefixes of all entries cut the address space into
-//     elementary intervals; Starts (sorted) maps an address by binary search to an answer ID.
+//     elementary intervals; Starts (sorted) maps an address by binary search to an answer ID. IPv4
+//     first takes a direct-indexed slot (V4Index) that narrows the search to a few intervals.
 //  2. Answer stage: each answer holds the first-match entry index per protocol class, with tcp and udp
 //     answered per elementary destination-port interval (sorted PortStarts within [Off, Off+Len)).
 //
@@ -36,9 +37,13 @@ type ClassifierAnswer struct {
 	Other          int32 // every other protocol number
 }
 
-// ClassifierArrays is the whole Classifier as flat arrays, for serialisation into BPF maps. Callers must
-// not modify the slices. Invariants: V4Starts[0] == 0 and V6 starts begin at ::, each starts array is
-// strictly increasing, answer IDs index Answers, and every port run starts at port 0.
+// ClassifierArrays is the whole Classifier as flat arrays, for serialisation into BPF maps (the
+// starts arrays as sorted array maps searched with a bounded loop, or the prefixes re-expanded into an LPM
+// trie keyed to answer IDs). Callers must not modify the slices. Invariants: V4Starts[0] == 0 and the
+// first IPv6 start is ::; each starts array is strictly increasing; answer IDs index Answers; every port
+// run starts at port 0 and runs may be shared between answers; the last two Answers are the IPv4 and IPv6
+// answers of addresses no prefix can hold (the zero address, zoned IPv6), i.e. of AnyRemote entries only.
+// Search depth is bounded by log2 of the array lengths (at most 17 steps for ports, 128 for IPv6).
 type ClassifierArrays struct {
 	V4Starts []uint32 // interval starts, IPv4 as a big-endian uint32
 	V4Answer []int32  // answer ID of each IPv4 interval
