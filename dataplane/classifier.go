@@ -43,7 +43,7 @@ type ClassifierAnswer struct {
 // first IPv6 start is ::; each starts array is strictly increasing; answer IDs index Answers; every port
 // run starts at port 0 and runs may be shared between answers; the last two Answers are the IPv4 and IPv6
 // answers of addresses no prefix can hold (the zero address, zoned IPv6), i.e. of AnyRemote entries only.
-// Search depth is bounded by log2 of the array lengths (at most 17 steps for ports, 128 for IPv6).
+// Every search is a binary search: at most ceil(log2(n))+1 steps for n intervals (17 for port runs).
 type ClassifierArrays struct {
 	V4Starts []uint32 // interval starts, IPv4 as a big-endian uint32
 	V4Answer []int32  // answer ID of each IPv4 interval
