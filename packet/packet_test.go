@@ -219,14 +219,25 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			continue
 		}
-		r, err := pcapgo.NewReader(fh)
-		if err == nil {
+		if r, err := pcapgo.NewReader(fh); err == nil {
 			for i := 0; i < 4; i++ {
 				data, _, err := r.ReadPacketData()
 				if err != nil {
 					break
 				}
 				f.Add(int(r.LinkType()), data)
+			}
+		} else if _, err := fh.Seek(0, 0); err == nil {
+			if ng, err := pcapgo.NewNgReader(fh, pcapgo.NgReaderOptions{WantMixedLinkType: true}); err == nil {
+				for i := 0; i < 4; i++ {
+					data, ci, err := ng.ReadPacketData()
+					if err != nil {
+						break
+					}
+					if intf, err := ng.Interface(ci.InterfaceIndex); err == nil {
+						f.Add(int(intf.LinkType), data)
+					}
+				}
 			}
 		}
 		fh.Close()
