@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
 )
@@ -297,3 +298,6 @@ func TestDropEventsAndHits(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, hits, Hit{ENI: "eni-web1", Direction: model.Ingress, Generation: 7, Entry: 2, Packets: 3})
 }
+
+// The daemon publishes to the kernel dataplane through control.Dataplane.
+var _ control.Dataplane = (*Dataplane)(nil)
