@@ -159,3 +159,26 @@ func TestSteadyStateAllocatesNothing(t *testing.T) {
 	})
 	assert.Zero(t, allocs)
 }
+
+// BenchmarkReplyHit measures the established fast path: one reply lookup that hits.
+func BenchmarkReplyHit(b *testing.B) {
+	ct := conntrack.New(0)
+	tps := make([]packet.Tuple, 4096)
+	for i := range tps {
+		tps[i] = tuple(packet.ProtoTCP, netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), eniIP, uint16(i), 80)
+		ct.Track(conntrack.KeyOf(1, in, &tps[i]), packet.TCPSyn, 0, 0)
+	}
+	keys := make([]conntrack.Key, len(tps))
+	for i := range tps {
+		r := tps[i].Reverse()
+		keys[i] = conntrack.KeyOf(1, out, &r)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if !ct.Reply(keys[i&4095], packet.TCPAck, time.Second, 0, nil) {
+			b.Fatal("miss")
+		}
+		i++
+	}
+}
