@@ -242,9 +242,11 @@ func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]
 			}
 		}
 	}
+	changedSlots := make(map[uint32]bool, len(ready))
 	for _, b := range ready {
-		d.pruneHits(b.slot, gen)
+		changedSlots[b.slot] = true
 	}
+	d.pruneHits(changedSlots, gen)
 	for _, id := range removed {
 		slot, ok := d.slots[id]
 		if !ok {
@@ -264,9 +266,12 @@ func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]
 	return nil
 }
 
-// pruneHits drops the hit counters of slot's earlier table versions (their entry indexes mean nothing
-// now), so the counter map holds only live tables. Caller holds mu.
-func (d *Dataplane) pruneHits(slot uint32, gen uint64) {
+// pruneHits drops the hit counters of the earlier table versions of slots (their entry indexes mean
+// nothing now), so the counter map holds only live tables. One pass over the map. Caller holds mu.
+func (d *Dataplane) pruneHits(slots map[uint32]bool, gen uint64) {
+	if len(slots) == 0 {
+		return
+	}
 	var (
 		k   sgHitKey
 		per []uint64
@@ -274,7 +279,7 @@ func (d *Dataplane) pruneHits(slot uint32, gen uint64) {
 	)
 	it := d.objs.Hits.Iterate()
 	for it.Next(&k, &per) {
-		if k.Table/2 == slot && k.Gen != gen {
+		if slots[k.Table/2] && k.Gen != gen {
 			del = append(del, k)
 		}
 	}
