@@ -179,10 +179,12 @@ func newTableMap(t *compiler.Table, gen uint64) (*ebpf.Map, error) {
 		return nil, fmt.Errorf("create table map for %s/%s (%d records): %w", t.ENI, t.Direction, n, err)
 	}
 	keys := make([]uint32, n)
+	vals := make([][recSize]byte, n)
 	for i := range keys {
 		keys[i] = uint32(i)
+		copy(vals[i][:], buf[i*recSize:])
 	}
-	if _, err := m.BatchUpdate(keys, buf, nil); err != nil {
+	if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
 		// Older kernels lack batch ops on arrays: fall back to one update per record.
 		for i := range n {
 			if err := m.Put(i, buf[int(i)*recSize:int(i+1)*recSize]); err != nil {
