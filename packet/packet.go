@@ -240,9 +240,6 @@ func decodeIPv4(b []byte, d *Decoded) {
 	}
 	ihl := int(b[0]&0x0f) * 4
 	total := int(binary.BigEndian.Uint16(b[2:4]))
-	if total == 0 { // segmentation-offloaded packets captured before the NIC split them
-		total = len(b)
-	}
 	if ihl < 20 || len(b) < ihl || total < ihl {
 		d.setMalformed("IPv4 header length invalid")
 		return
