@@ -363,3 +363,14 @@ func FuzzClassifier(f *testing.F) {
 		}
 	})
 }
+
+// TestClassifierSyntheticMixed: a larger mixed IPv4/IPv6 synthetic table split over several SGs.
+func TestClassifierSyntheticMixed(t *testing.T) {
+	for _, seed := range []uint64{1, 2} {
+		st, err := bench.StateFromRules(bench.Synthetic(3000, seed, true), 3)
+		require.NoError(t, err)
+		tab, err := bench.IngressTable(st)
+		require.NoError(t, err)
+		agree(t, tab, bench.Packets(tab, 1500, 500, seed))
+	}
+}
