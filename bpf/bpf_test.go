@@ -121,8 +121,13 @@ func randomFrame(rng *rand.Rand, local []netip.Addr) frame {
 	if f.proto == 6 {
 		f.tcpFlags = []uint8{0x02, 0x12, 0x10, 0x11, 0x04}[rng.IntN(5)]
 	}
-	if rng.IntN(10) == 0 {
+	switch rng.IntN(10) {
+	case 0:
 		f.fragOff = uint16(1 + rng.IntN(100))
+		f.fragID = uint32(rng.IntN(3))
+	case 1:
+		f.mf = true // a first fragment: later ones (case 0, same id) take its verdict
+		f.fragID = uint32(rng.IntN(3))
 	}
 	if v6 && rng.IntN(4) == 0 {
 		f.extHdrs = 1 + rng.IntN(3)

@@ -388,8 +388,20 @@ func (d *Dataplane) RunRepeat(frame []byte, eni string, dir model.Direction, rep
 	return nil
 }
 
-// FlushConntrack forgets every tracked flow.
+// FlushConntrack forgets every tracked flow and every remembered first-fragment verdict.
 func (d *Dataplane) FlushConntrack() error {
+	var fk sgFragKey
+	var fv sgFragVal
+	var fkeys []sgFragKey
+	fit := d.objs.Frags.Iterate()
+	for fit.Next(&fk, &fv) {
+		fkeys = append(fkeys, fk)
+	}
+	for i := range fkeys {
+		if err := d.objs.Frags.Delete(&fkeys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("flush fragments: %w", err)
+		}
+	}
 	var k sgCtKey
 	var keys []sgCtKey
 	var v sgCtVal

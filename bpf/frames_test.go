@@ -16,6 +16,8 @@ type frame struct {
 	icmpType uint8
 	icmpID   uint16
 	fragOff  uint16 // in 8-byte units; non-zero = non-first fragment
+	mf       bool   // more fragments follow (with fragOff 0: a first fragment)
+	fragID   uint32
 	extHdrs  int    // IPv6 destination-options headers before the payload
 	truncL4  bool   // cut the L4 header short
 	quote    *frame // ICMP error payload
@@ -60,7 +62,12 @@ func (f *frame) ip() []byte {
 		h := make([]byte, 20)
 		h[0] = 0x45
 		binary.BigEndian.PutUint16(h[2:], uint16(20+len(l4)))
-		binary.BigEndian.PutUint16(h[6:], f.fragOff&0x1fff)
+		fl := f.fragOff & 0x1fff
+		if f.mf {
+			fl |= 0x2000
+		}
+		binary.BigEndian.PutUint16(h[4:], uint16(f.fragID))
+		binary.BigEndian.PutUint16(h[6:], fl)
 		h[8] = 64
 		h[9] = f.proto
 		s, d := f.src.As4(), f.dst.As4()
@@ -70,10 +77,15 @@ func (f *frame) ip() []byte {
 	}
 	var ext []byte
 	next := f.proto
-	if f.fragOff != 0 {
+	if f.fragOff != 0 || f.mf {
 		fr := make([]byte, 8)
 		fr[0] = next
-		binary.BigEndian.PutUint16(fr[2:], f.fragOff<<3)
+		fo := f.fragOff << 3
+		if f.mf {
+			fo |= 1
+		}
+		binary.BigEndian.PutUint16(fr[2:], fo)
+		binary.BigEndian.PutUint32(fr[4:], f.fragID)
 		ext = append(fr, ext...)
 		next = 44
 	}

@@ -16,6 +16,14 @@ type refKey struct {
 	src, dst     netip.Addr
 }
 
+type refFrag struct {
+	eni      string
+	dir      model.Direction
+	proto    uint8
+	id       uint32
+	src, dst netip.Addr
+}
+
 type refFlow struct {
 	dir model.Direction
 	gen uint64
@@ -27,10 +35,11 @@ type refModel struct {
 	tables map[string]*compiler.Tables
 	gen    map[string]uint64
 	flows  map[refKey]refFlow
+	frags  map[refFrag]Result
 }
 
 func newRefModel() *refModel {
-	return &refModel{tables: map[string]*compiler.Tables{}, gen: map[string]uint64{}, flows: map[refKey]refFlow{}}
+	return &refModel{tables: map[string]*compiler.Tables{}, gen: map[string]uint64{}, flows: map[refKey]refFlow{}, frags: map[refFrag]Result{}}
 }
 
 func (m *refModel) publish(gen uint64, changed map[string]*compiler.Tables) {
@@ -79,8 +88,32 @@ func (f *frame) isICMPError() bool {
 	return f.isICMP() && ((f.proto == 1 && (t == 3 || t == 4 || t == 5 || t == 11 || t == 12)) || (f.proto == 58 && t >= 1 && t <= 4))
 }
 
-// decide returns the expected result of f at eni in direction dir and updates conntrack.
+// decide returns the expected result of f at eni in direction dir and updates conntrack and the
+// first-fragment memory.
 func (m *refModel) decide(eni string, dir model.Direction, f frame) Result {
+	if f.truncL4 && f.fragOff == 0 && (f.proto == 6 || f.proto == 17 || f.isICMP()) {
+		return Result{Reason: dataplane.ReasonMalformed, Entry: -1}
+	}
+	if f.isICMP() && f.proto == 58 && f.fragOff == 0 && f.icmpType >= 133 && f.icmpType <= 136 {
+		return Result{Accept: true, Reason: dataplane.ReasonND, Entry: -1}
+	}
+	fk := refFrag{eni, dir, f.proto, f.fragID, f.src, f.dst}
+	if f.src.Is4() {
+		fk.id &= 0xffff
+	}
+	if f.fragOff != 0 {
+		if v, ok := m.frags[fk]; ok {
+			return v
+		}
+	}
+	res := m.decideUnfragmented(eni, dir, f)
+	if f.mf && f.fragOff == 0 {
+		m.frags[fk] = res
+	}
+	return res
+}
+
+func (m *refModel) decideUnfragmented(eni string, dir model.Direction, f frame) Result {
 	if f.truncL4 && f.fragOff == 0 && (f.proto == 6 || f.proto == 17 || f.isICMP()) {
 		return Result{Reason: dataplane.ReasonMalformed, Entry: -1}
 	}

@@ -136,6 +136,28 @@ struct {
 	__type(value, struct ct_val);
 } conntrack SEC(".maps");
 
+// Verdicts of first fragments, which later fragments of the same datagram take (SPEC §2).
+struct frag_key {
+	__u32 slot;
+	__u8 dir, fam, proto, pad;
+	__u32 id;
+	__u8 src[16], dst[16];
+};
+
+struct frag_val {
+	__s32 entry, rule_index;
+	__u8 reason, accept;
+	__u8 pad[6];
+	__u64 gen;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct frag_key);
+	__type(value, struct frag_val);
+} frags SEC(".maps");
+
 struct hit_key {
 	__u32 table; // slot*2+dir
 	__s32 entry;
@@ -189,6 +211,8 @@ struct pkt {
 	__u8 icmp_type;
 	__u8 trackable;
 	__u8 is_icmp_err;
+	__u8 frag;	 // 1: first fragment, 2: a later one
+	__u32 frag_id;
 	__u16 sport, dport;
 	__u8 src[16], dst[16];
 	// Quoted flow of an ICMP error.
@@ -287,10 +311,32 @@ static __always_inline void parse_quoted(struct __sk_buff *skb, __u32 off, __u32
 		if ((b[0] >> 4) != 6)
 			return;
 		l4 = off + 40;
-		p->q_proto = b[6];
+		__u8 nh = b[6];
 		__builtin_memcpy(p->q_src, &b[8], 16);
 		__builtin_memcpy(p->q_dst, &b[24], 16);
 		p->q_ok = 1;
+		// Walk the quoted extension headers as packet.Decode does (no AH), stopping where the quote ends.
+		for (int i = 0; i < 8; i++) {
+			__u8 x[4];
+			if (nh != 0 && nh != 43 && nh != 60 && nh != 44)
+				break;
+			if (l4 + 8 > end || bpf_skb_load_bytes(skb, l4, x, 4))
+				break;
+			if (nh == 44) {
+				if ((((x[2] << 8) | x[3]) >> 3) != 0) {
+					p->q_proto = x[0];
+					return; // a later fragment: no ports
+				}
+				nh = x[0];
+				l4 += 8;
+				continue;
+			}
+			if (l4 + (x[1] + 1) * 8 > end)
+				break;
+			nh = x[0];
+			l4 += (x[1] + 1) * 8;
+		}
+		p->q_proto = nh;
 	}
 	if ((p->q_proto == 6 || p->q_proto == 17) && l4 + 4 <= end && !bpf_skb_load_bytes(skb, l4, l, 4)) {
 		p->q_sport = (l[0] << 8) | l[1];
@@ -337,6 +383,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(p->src, &h[12], 4);
 		__builtin_memcpy(p->dst, &h[16], 4);
 		__u16 frag = ((h[6] & 0x1f) << 8) | h[7];
+		if (frag != 0 || (h[6] & 0x20)) {
+			p->frag = frag != 0 ? 2 : 1;
+			p->frag_id = (h[4] << 8) | h[5];
+		}
 		__u32 tot = (h[2] << 8) | h[3];
 		__u32 end = off + tot;
 		if (tot < (h[0] & 0xf) * 4 || off + (h[0] & 0xf) * 4 > skb->len)
@@ -386,11 +436,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 				continue;
 			}
 			if (nh == 44) {
-				if (off + 8 > end || bpf_skb_load_bytes(skb, off, x, 4))
+				__u8 fid[4];
+				if (off + 8 > end || bpf_skb_load_bytes(skb, off, x, 4) ||
+				    bpf_skb_load_bytes(skb, off + 4, fid, 4))
 					return R_MALFORMED;
 				__u16 fo = ((x[2] << 8) | x[3]) & 0xfff8;
 				nh = x[0];
 				off += 8;
+				// An atomic fragment (offset 0, no more) is a whole datagram.
+				if (fo != 0 || (x[3] & 1)) {
+					p->frag = fo != 0 ? 2 : 1;
+					p->frag_id = ((__u32)fid[0] << 24) | ((__u32)fid[1] << 16) | ((__u32)fid[2] << 8) | fid[3];
+				} else {
+					p->frag = 0;
+				}
 				if (fo != 0) {
 					p->proto = nh;
 					return -1; // non-first fragment
@@ -825,9 +884,29 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 	struct decision d = {.entry = -1, .rule_index = -1};
 	__u64 now = bpf_ktime_get_ns();
 	int r = parse(skb, &p);
+	struct frag_key fk;
+	struct frag_val *fv = 0;
+	if (r < 0 && p.frag) {
+		__builtin_memset(&fk, 0, sizeof(fk));
+		fk.slot = slot;
+		fk.dir = dir;
+		fk.fam = p.fam;
+		fk.proto = p.proto;
+		fk.id = p.frag_id;
+		__builtin_memcpy(fk.src, p.src, 16);
+		__builtin_memcpy(fk.dst, p.dst, 16);
+		if (p.frag == 2)
+			fv = bpf_map_lookup_elem(&frags, &fk);
+	}
 	if (r >= 0) {
 		d.reason = r;
 		d.accept = r == R_ARP || r == R_ND;
+	} else if (fv) {
+		d.entry = fv->entry;
+		d.rule_index = fv->rule_index;
+		d.reason = fv->reason;
+		d.accept = fv->accept;
+		d.gen = fv->gen;
 	} else if (established(slot, dir, &p, now)) {
 		d.reason = R_ESTABLISHED;
 		d.accept = 1;
@@ -836,6 +915,11 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		if (d.accept && p.trackable)
 			track(slot, dir, &p, d.gen, now);
 		count_hit(slot, dir, &d);
+	}
+	if (r < 0 && p.frag == 1) {
+		struct frag_val nv = {.entry = d.entry, .rule_index = d.rule_index, .reason = d.reason,
+				      .accept = d.accept, .gen = d.gen};
+		bpf_map_update_elem(&frags, &fk, &nv, BPF_ANY);
 	}
 	if (!d.accept)
 		report_drop(skb, slot, dir, &p, &d, now);
@@ -866,3 +950,5 @@ const struct drop_event *unused_drop_event __attribute__((unused));
 const struct ct_key *unused_ct_key __attribute__((unused));
 const struct ct_val *unused_ct_val __attribute__((unused));
 const struct hit_key *unused_hit_key __attribute__((unused));
+const struct frag_key *unused_frag_key __attribute__((unused));
+const struct frag_val *unused_frag_val __attribute__((unused));

@@ -60,6 +60,28 @@ type sgEniname struct {
 	Name [64]int8
 }
 
+type sgFragKey struct {
+	_     structs.HostLayout
+	Slot  uint32
+	Dir   uint8
+	Fam   uint8
+	Proto uint8
+	Pad   uint8
+	Id    uint32
+	Src   [16]uint8
+	Dst   [16]uint8
+}
+
+type sgFragVal struct {
+	_         structs.HostLayout
+	Entry     int32
+	RuleIndex int32
+	Reason    uint8
+	Accept    uint8
+	Pad       [6]uint8
+	Gen       uint64
+}
+
 type sgHitKey struct {
 	_     structs.HostLayout
 	Table uint32
@@ -88,6 +110,7 @@ const (
 	sgMapDropRate        = "drop_rate"
 	sgMapDrops           = "drops"
 	sgMapEniNames        = "eni_names"
+	sgMapFrags           = "frags"
 	sgMapHits            = "hits"
 	sgMapIfaces          = "ifaces"
 	sgMapTables          = "tables"
@@ -96,6 +119,8 @@ const (
 	sgVarUnusedCtKey     = "unused_ct_key"
 	sgVarUnusedCtVal     = "unused_ct_val"
 	sgVarUnusedDropEvent = "unused_drop_event"
+	sgVarUnusedFragKey   = "unused_frag_key"
+	sgVarUnusedFragVal   = "unused_frag_val"
 	sgVarUnusedHitKey    = "unused_hit_key"
 )
 
@@ -153,6 +178,7 @@ type sgMapSpecs struct {
 	DropRate  *ebpf.MapSpec `ebpf:"drop_rate"`
 	Drops     *ebpf.MapSpec `ebpf:"drops"`
 	EniNames  *ebpf.MapSpec `ebpf:"eni_names"`
+	Frags     *ebpf.MapSpec `ebpf:"frags"`
 	Hits      *ebpf.MapSpec `ebpf:"hits"`
 	Ifaces    *ebpf.MapSpec `ebpf:"ifaces"`
 	Tables    *ebpf.MapSpec `ebpf:"tables"`
@@ -165,6 +191,8 @@ type sgVariableSpecs struct {
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.VariableSpec `ebpf:"unused_drop_event"`
+	UnusedFragKey   *ebpf.VariableSpec `ebpf:"unused_frag_key"`
+	UnusedFragVal   *ebpf.VariableSpec `ebpf:"unused_frag_val"`
 	UnusedHitKey    *ebpf.VariableSpec `ebpf:"unused_hit_key"`
 }
 
@@ -192,6 +220,7 @@ type sgMaps struct {
 	DropRate  *ebpf.Map `ebpf:"drop_rate"`
 	Drops     *ebpf.Map `ebpf:"drops"`
 	EniNames  *ebpf.Map `ebpf:"eni_names"`
+	Frags     *ebpf.Map `ebpf:"frags"`
 	Hits      *ebpf.Map `ebpf:"hits"`
 	Ifaces    *ebpf.Map `ebpf:"ifaces"`
 	Tables    *ebpf.Map `ebpf:"tables"`
@@ -203,6 +232,7 @@ func (m *sgMaps) Close() error {
 		m.DropRate,
 		m.Drops,
 		m.EniNames,
+		m.Frags,
 		m.Hits,
 		m.Ifaces,
 		m.Tables,
@@ -216,6 +246,8 @@ type sgVariables struct {
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.Variable `ebpf:"unused_drop_event"`
+	UnusedFragKey   *ebpf.Variable `ebpf:"unused_frag_key"`
+	UnusedFragVal   *ebpf.Variable `ebpf:"unused_frag_val"`
 	UnusedHitKey    *ebpf.Variable `ebpf:"unused_hit_key"`
 }
 
