@@ -3,12 +3,12 @@ package bpf
 import (
 	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"net/netip"
-	"strings"
-	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
