@@ -73,7 +73,7 @@ func TestClassifierClassBench(t *testing.T) {
 			// 1k sets: every corner; 10k sets: bounded so the whole test stays fast under -race.
 			maxCorner, nRandom := 0, 2000
 			if strings.HasSuffix(f, "10k") {
-				maxCorner, nRandom = 800, 200
+				maxCorner, nRandom = 400, 100
 			}
 			agree(t, tab, bench.Packets(tab, maxCorner, nRandom, 1))
 		})
