@@ -31,14 +31,76 @@ func main() {
 	in := flag.String("in", "", "go test -bench output to read (default stdin)")
 	out := flag.String("out", "bench/REPORT.md", "markdown report to write; plots go beside it")
 	notes := flag.String("notes", "", "markdown file with the written reading, inserted after the machine description")
+	var o Options
+	flag.Func("compare", "`Title=Family:unit,Family:unit,…`: one plot and table of each family's median over its variants per rule count (repeatable)", func(v string) error {
+		c, err := parseCompare(v)
+		o.Compare = append(o.Compare, c)
+		return err
+	})
+	flag.Func("ratio", "`Num/Den:unit`: a table of Num's value over Den's for every benchmark both have (repeatable)", func(v string) error {
+		r, err := parseRatio(v)
+		o.Ratios = append(o.Ratios, r)
+		return err
+	})
 	flag.Parse()
-	if err := run(*in, *out, *notes); err != nil {
+	if err := run(*in, *out, *notes, o); err != nil {
 		slog.Error("report", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(in, out, notes string) error {
+// Options add cross-family views to the report.
+type Options struct {
+	Compare []Compare
+	Ratios  []Ratio
+}
+
+// Compare is one combined plot: each series is a family's median value of unit per rule count.
+type Compare struct {
+	Title  string
+	Series []Series
+}
+
+// Series names a family and the metric to take from it.
+type Series struct{ Family, Unit string }
+
+// Ratio divides Num's unit by Den's for every sub-benchmark name the two families share.
+type Ratio struct{ Num, Den, Unit string }
+
+func parseSeries(v string) (Series, error) {
+	fam, unit, ok := strings.Cut(v, ":")
+	if !ok || fam == "" || unit == "" {
+		return Series{}, fmt.Errorf("%q: want Family:unit", v)
+	}
+	return Series{fam, unit}, nil
+}
+
+func parseCompare(v string) (Compare, error) {
+	title, list, ok := strings.Cut(v, "=")
+	if !ok || title == "" {
+		return Compare{}, fmt.Errorf("-compare %q: want Title=Family:unit,…", v)
+	}
+	c := Compare{Title: title}
+	for _, item := range strings.Split(list, ",") {
+		sr, err := parseSeries(item)
+		if err != nil {
+			return Compare{}, fmt.Errorf("-compare %s", err)
+		}
+		c.Series = append(c.Series, sr)
+	}
+	return c, nil
+}
+
+func parseRatio(v string) (Ratio, error) {
+	fams, unit, ok := strings.Cut(v, ":")
+	num, den, ok2 := strings.Cut(fams, "/")
+	if !ok || !ok2 || num == "" || den == "" || unit == "" {
+		return Ratio{}, fmt.Errorf("-ratio %q: want Num/Den:unit", v)
+	}
+	return Ratio{num, den, unit}, nil
+}
+
+func run(in, out, notes string, o Options) error {
 	var r io.Reader = os.Stdin
 	if in != "" {
 		f, err := os.Open(in)
@@ -72,7 +134,11 @@ func run(in, out, notes string) error {
 	}
 	defer f.Close()
 	w := bufio.NewWriter(f)
-	writeReport(w, results, plots, string(reading))
+	views, err := writeViews(results, o, dir)
+	if err != nil {
+		return err
+	}
+	writeReport(w, results, plots, string(reading), views)
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
@@ -93,8 +159,23 @@ func (r Result) Family() string { f, _, _ := strings.Cut(r.Name, "/"); return f 
 
 var (
 	benchLine = regexp.MustCompile(`^Benchmark(\S+?)(-\d+)?\s+(\d+)\s+(.*)$`)
-	rulesRe   = regexp.MustCompile(`rules=(\d+)`)
+	rulesRe   = regexp.MustCompile(`rules=(\d+)|_(\d+)k\b`)
 )
+
+// ruleCount reads the rule count a benchmark name carries, as `rules=N` or a ClassBench-style `_10k`
+// suffix; the matched text is returned so the variant name can leave it out.
+func ruleCount(name string) (n float64, matched string, ok bool) {
+	m := rulesRe.FindStringSubmatch(name)
+	if m == nil {
+		return 0, "", false
+	}
+	if m[1] != "" {
+		v, _ := strconv.ParseFloat(m[1], 64)
+		return v, m[0], true
+	}
+	v, _ := strconv.ParseFloat(m[2], 64)
+	return v * 1000, m[0], true
+}
 
 // Parse reads go test -bench output; `pkg:` lines set the package of the lines after them.
 func Parse(r io.Reader) ([]Result, error) {
@@ -140,12 +221,11 @@ func Plot(results []Result, dir string) (map[string][]string, error) {
 	type point struct{ n, v float64 }
 	series := map[string]map[string]map[string][]point{} // family → metric → variant → points
 	for _, r := range results {
-		m := rulesRe.FindStringSubmatch(r.Name)
-		if m == nil {
+		n, matched, ok := ruleCount(r.Name)
+		if !ok {
 			continue
 		}
-		n, _ := strconv.ParseFloat(m[1], 64)
-		variant := strings.Trim(strings.ReplaceAll(strings.TrimPrefix(r.Name, r.Family()), m[0], ""), "/")
+		variant := strings.Trim(strings.ReplaceAll(strings.TrimPrefix(r.Name, r.Family()), matched, ""), "/")
 		variant = strings.ReplaceAll(variant, "//", "/")
 		if variant == "" {
 			variant = r.Family()
@@ -210,12 +290,111 @@ func Plot(results []Result, dir string) (map[string][]string, error) {
 	return files, nil
 }
 
-func writeReport(w io.Writer, results []Result, plots map[string][]string, reading string) {
+// writeViews renders the Compare and Ratio views as markdown (plots written into dir).
+func writeViews(results []Result, o Options, dir string) (string, error) {
+	var b strings.Builder
+	for i, c := range o.Compare {
+		fmt.Fprintf(&b, "## %s\n\n", c.Title)
+		p := plot.New()
+		p.Title.Text = c.Title
+		p.X.Label.Text = "rules"
+		p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+		p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
+		p.Legend.Top, p.Legend.Left = true, true
+		counts := map[float64]bool{}
+		table := map[string]map[float64]float64{}
+		var args []any
+		for _, sr := range c.Series {
+			byN := map[float64][]float64{}
+			for _, r := range results {
+				n, _, ok := ruleCount(r.Name)
+				v, has := r.Metrics[sr.Unit]
+				if ok && has && r.Family() == sr.Family && v > 0 {
+					byN[n] = append(byN[n], v)
+				}
+			}
+			label := sr.Family + " " + sr.Unit
+			table[label] = map[float64]float64{}
+			var xy plotter.XYs
+			for _, n := range sortedFloatKeys(byN) {
+				vs := byN[n]
+				sort.Float64s(vs)
+				med := vs[len(vs)/2]
+				xy = append(xy, plotter.XY{X: n, Y: med})
+				table[label][n] = med
+				counts[n] = true
+			}
+			if len(xy) > 0 {
+				args = append(args, label, xy)
+			}
+		}
+		if len(args) == 0 {
+			b.WriteString("(no matching benchmarks in this run)\n\n")
+			continue
+		}
+		if err := plotutil.AddLinePoints(p, args...); err != nil {
+			return "", fmt.Errorf("plot %s: %w", c.Title, err)
+		}
+		name := fmt.Sprintf("compare_%d.png", i)
+		if err := p.Save(7*vg.Inch, 4*vg.Inch, filepath.Join(dir, name)); err != nil {
+			return "", fmt.Errorf("save plot: %w", err)
+		}
+		ns := sortedFloatKeys(counts)
+		b.WriteString("| series (median over sets) |")
+		for _, n := range ns {
+			fmt.Fprintf(&b, " %s rules |", formatValue(n))
+		}
+		b.WriteString("\n|---|" + strings.Repeat("---:|", len(ns)) + "\n")
+		for _, label := range sortedKeys(table) {
+			fmt.Fprintf(&b, "| %s |", label)
+			for _, n := range ns {
+				if v, ok := table[label][n]; ok {
+					fmt.Fprintf(&b, " %s |", formatValue(v))
+				} else {
+					b.WriteString(" |")
+				}
+			}
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "\n![%s](%s)\n\n", c.Title, name)
+	}
+	for _, ra := range o.Ratios {
+		fmt.Fprintf(&b, "## %s ÷ %s (%s)\n\n| benchmark | %s | %s | ratio |\n|---|---:|---:|---:|\n", ra.Num, ra.Den, ra.Unit, ra.Num, ra.Den)
+		den := map[string]float64{}
+		for _, r := range results {
+			if r.Family() == ra.Den {
+				den[strings.TrimPrefix(r.Name, r.Family())] = r.Metrics[ra.Unit]
+			}
+		}
+		for _, r := range results {
+			sub := strings.TrimPrefix(r.Name, r.Family())
+			if d, ok := den[sub]; r.Family() == ra.Num && ok && d > 0 {
+				v := r.Metrics[ra.Unit]
+				fmt.Fprintf(&b, "| %s | %s | %s | %s× |\n", strings.TrimPrefix(sub, "/"), formatValue(v), formatValue(d), formatValue(v/d))
+			}
+		}
+		b.WriteString("\n")
+	}
+	return b.String(), nil
+}
+
+func sortedFloatKeys[V any](m map[float64]V) []float64 {
+	keys := make([]float64, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Float64s(keys)
+	return keys
+}
+
+func writeReport(w io.Writer, results []Result, plots map[string][]string, reading, views string) {
 	fmt.Fprintf(w, "# sgsim benchmark report\n\nGenerated by `make bench` on %s. Every number below comes from the one run\nrecorded in `bench/bench.txt`; nothing is copied from elsewhere.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(w, "## Machine\n\n- CPU: %s\n- cores: %d\n- kernel: %s\n- Go: %s\n\n", cpuModel(), runtime.NumCPU(), kernel(), runtime.Version())
 	if reading != "" {
 		fmt.Fprintf(w, "%s\n\n", strings.TrimSpace(reading))
 	}
+	io.WriteString(w, views)
+	fmt.Fprintf(w, "# Every benchmark\n\n")
 	byFamily := map[string][]Result{}
 	var order []string
 	for _, r := range results {

@@ -46,15 +46,25 @@ func TestRunWritesReportAndPlots(t *testing.T) {
 	in := filepath.Join(dir, "bench.txt")
 	require.NoError(t, os.WriteFile(in, []byte(sample), 0o644))
 	out := filepath.Join(dir, "REPORT.md")
-	require.NoError(t, run(in, out, ""))
+	o := Options{}
+	c, err := parseCompare("Matching=Lookup:ns/op")
+	require.NoError(t, err)
+	r, err := parseRatio("Lookup/Lookup:ns/op")
+	require.NoError(t, err)
+	o.Compare, o.Ratios = []Compare{c}, []Ratio{r}
+	require.NoError(t, run(in, out, "", o))
 	md, err := os.ReadFile(out)
 	require.NoError(t, err)
 	assert.Contains(t, string(md), "| Lookup/acl1/rules=1000/fast | 25.5 | 0 | 0 |")
 	assert.Contains(t, string(md), "![Lookup_ns_op.png](Lookup_ns_op.png)")
+	assert.Contains(t, string(md), "| Lookup ns/op | 900 | 31 |", "upper median per rule count: 1000 rules has 25.5 and 900")
+	assert.Contains(t, string(md), "| acl1/rules=1000/fast | 25.5 | 25.5 | 1× |")
+	_, err = parseRatio("nonsense")
+	assert.ErrorContains(t, err, "want Num/Den:unit")
 	png, err := os.ReadFile(filepath.Join(dir, "Lookup_ns_op.png"))
 	require.NoError(t, err)
 	assert.True(t, bytes.HasPrefix(png, []byte("\x89PNG")))
-	require.ErrorContains(t, run(filepath.Join(dir, "missing"), out, ""), "open bench output")
+	require.ErrorContains(t, run(filepath.Join(dir, "missing"), out, "", Options{}), "open bench output")
 }
 
 func FuzzParse(f *testing.F) {
