@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/netip"
-	"strconv"
-	"strings"
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
@@ -51,35 +48,8 @@ func parseCheck(body []byte) (model.Direction, dataplane.Packet, CheckRequest, e
 	if err != nil {
 		return 0, p, req, err
 	}
-	addr, err := netip.ParseAddr(req.Remote)
-	if err != nil || addr.Zone() != "" {
-		return 0, p, req, fmt.Errorf("remote %q: not an IPv4 or IPv6 address", req.Remote)
-	}
-	p.Remote = addr.Unmap()
-	switch strings.ToLower(req.Protocol) {
-	case "tcp":
-		p.Proto = model.IPProtoTCP
-	case "udp":
-		p.Proto = model.IPProtoUDP
-	case "icmp":
-		p.Proto = model.IPProtoICMP
-	case "icmpv6":
-		p.Proto = model.IPProtoICMPv6
-	default:
-		n, err := strconv.ParseUint(req.Protocol, 10, 8)
-		if err != nil {
-			return 0, p, req, fmt.Errorf("protocol %q: want tcp, udp, icmp, icmpv6 or a number 0-255", req.Protocol)
-		}
-		p.Proto = uint8(n)
-	}
-	if req.Port != nil {
-		if p.Proto != model.IPProtoTCP && p.Proto != model.IPProtoUDP {
-			return 0, p, req, fmt.Errorf("port %d: ports exist only for tcp and udp", *req.Port)
-		}
-		if *req.Port < 0 || *req.Port > 65535 {
-			return 0, p, req, fmt.Errorf("port %d: out of range 0-65535", *req.Port)
-		}
-		p.Port, p.HasPort = uint16(*req.Port), true
+	if p, err = dataplane.NewPacket(req.Protocol, req.Remote, req.Port); err != nil {
+		return 0, p, req, err
 	}
 	return d, p, req, nil
 }

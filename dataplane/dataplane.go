@@ -3,6 +3,7 @@
 package dataplane
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/sgsim/sgsim/compiler"
@@ -133,4 +134,29 @@ func (l *Linear) Match(eni string, d model.Direction, p *Packet) (Verdict, bool)
 	}
 	t := ts.Get(d)
 	return Explain(t, NewLinearTable(t).Lookup(p)), true
+}
+
+// NewPacket builds a Packet from the fields people type (CLI flags, the daemon's /check body): protocol
+// as ParseIPProtocol reads it, the remote address, and an optional destination port (tcp/udp only).
+// Errors name the field: `remote "1.2.3.300": not an IPv4 or IPv6 address`.
+func NewPacket(protocol, remote string, port *int) (Packet, error) {
+	var p Packet
+	addr, err := netip.ParseAddr(remote)
+	if err != nil || addr.Zone() != "" {
+		return p, fmt.Errorf("remote %q: not an IPv4 or IPv6 address", remote)
+	}
+	p.Remote = addr.Unmap()
+	if p.Proto, err = model.ParseIPProtocol(protocol); err != nil {
+		return p, err
+	}
+	if port != nil {
+		if p.Proto != model.IPProtoTCP && p.Proto != model.IPProtoUDP {
+			return p, fmt.Errorf("port %d: ports exist only for tcp and udp", *port)
+		}
+		if *port < 0 || *port > 65535 {
+			return p, fmt.Errorf("port %d: out of range 0-65535", *port)
+		}
+		p.Port, p.HasPort = uint16(*port), true
+	}
+	return p, nil
 }

@@ -2,6 +2,7 @@ package dataplane_test
 
 import (
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -92,12 +93,23 @@ func TestEngineReadersSeeOneTableOrTheOther(t *testing.T) {
 			}
 		}()
 	}
+	// Publish only while readers run: wait for their first reads, and let them read between swaps, so the
+	// test exercises swaps under concurrent lookups even when the scheduler favours the writer.
+	waitReads := func(n int64) {
+		for reads.Load() < n {
+			runtime.Gosched()
+		}
+	}
+	waitReads(1)
 	for g := uint64(2); g < publishes+2; g++ {
 		tabs := tabB
 		if g%2 == 1 {
 			tabs = tabA
 		}
 		e.Publish(g, tabs, nil)
+		if g%100 == 0 {
+			waitReads(reads.Load() + 1)
+		}
 	}
 	done.Store(true)
 	wg.Wait()

@@ -336,3 +336,38 @@ func validID(s string) bool {
 
 // ValidID reports whether s is a well-formed SG or ENI ID: [A-Za-z0-9-]{1,64}.
 func ValidID(s string) bool { return validID(s) }
+
+// ParseIPProtocol reads a packet's protocol as people write it: tcp, udp, icmp, icmpv6 (any case) or an
+// IP protocol number 0-255.
+func ParseIPProtocol(s string) (uint8, error) {
+	switch strings.ToLower(s) {
+	case "tcp":
+		return IPProtoTCP, nil
+	case "udp":
+		return IPProtoUDP, nil
+	case "icmp":
+		return IPProtoICMP, nil
+	case "icmpv6":
+		return IPProtoICMPv6, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 8)
+	if err != nil {
+		return 0, errValue(CodeBadParameter, "protocol", s, "want tcp, udp, icmp, icmpv6 or a number 0-255")
+	}
+	return uint8(n), nil
+}
+
+// IPProtocolName is the inverse of ParseIPProtocol: a name for the four known protocols, else the number.
+func IPProtocolName(n uint8) string {
+	switch n {
+	case IPProtoTCP:
+		return "tcp"
+	case IPProtoUDP:
+		return "udp"
+	case IPProtoICMP:
+		return "icmp"
+	case IPProtoICMPv6:
+		return "icmpv6"
+	}
+	return strconv.Itoa(int(n))
+}

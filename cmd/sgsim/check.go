@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/netip"
 	"strconv"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -63,38 +61,15 @@ func newCheckCmd() *cobra.Command {
 	return cmd
 }
 
-// parseCheckPacket turns the check flags into a Packet, rejecting combinations no packet can have.
+// parseCheckPacket turns the check flags into a Packet; errors name the flag.
 func parseCheckPacket(proto, remote string, port int, hasPort bool) (dataplane.Packet, error) {
-	var p dataplane.Packet
-	addr, err := netip.ParseAddr(remote)
-	if err != nil {
-		return p, fmt.Errorf("--remote %q: not an IPv4 or IPv6 address", remote)
-	}
-	p.Remote = addr.Unmap()
-	switch strings.ToLower(proto) {
-	case "tcp":
-		p.Proto = model.IPProtoTCP
-	case "udp":
-		p.Proto = model.IPProtoUDP
-	case "icmp":
-		p.Proto = model.IPProtoICMP
-	case "icmpv6":
-		p.Proto = model.IPProtoICMPv6
-	default:
-		n, err := strconv.ParseUint(proto, 10, 8)
-		if err != nil {
-			return p, fmt.Errorf("--protocol %q: want tcp, udp, icmp, icmpv6 or a number 0-255", proto)
-		}
-		p.Proto = uint8(n)
-	}
+	var portp *int
 	if hasPort {
-		if p.Proto != model.IPProtoTCP && p.Proto != model.IPProtoUDP {
-			return p, fmt.Errorf("--port %d: ports exist only for tcp and udp", port)
-		}
-		if port < 0 || port > 65535 {
-			return p, fmt.Errorf("--port %d: out of range 0-65535", port)
-		}
-		p.Port, p.HasPort = uint16(port), true
+		portp = &port
+	}
+	p, err := dataplane.NewPacket(proto, remote, portp)
+	if err != nil {
+		return p, fmt.Errorf("--%w", err)
 	}
 	return p, nil
 }
@@ -135,23 +110,9 @@ func writeCheckText(w io.Writer, eni string, d model.Direction, p *dataplane.Pac
 }
 
 func describePacket(p *dataplane.Packet) string {
-	s := protoName(p.Proto) + " remote " + p.Remote.String()
+	s := model.IPProtocolName(p.Proto) + " remote " + p.Remote.String()
 	if p.HasPort {
 		s += " port " + strconv.Itoa(int(p.Port))
 	}
 	return s
-}
-
-func protoName(n uint8) string {
-	switch n {
-	case model.IPProtoTCP:
-		return "tcp"
-	case model.IPProtoUDP:
-		return "udp"
-	case model.IPProtoICMP:
-		return "icmp"
-	case model.IPProtoICMPv6:
-		return "icmpv6"
-	}
-	return "proto " + strconv.Itoa(int(n))
 }
