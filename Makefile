@@ -5,7 +5,10 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BIN         := bin/sgsim
 DEMO        := testdata/demo.json
 
-.PHONY: build test demo lint bench generate fuzz clean
+SHELL       := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+.PHONY: build test demo lint bench generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sgsim
@@ -37,8 +40,20 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+# Every benchmark, one run on this machine, then bench/REPORT.md and its plots (needs root for the BPF and
+# network-namespace peers; about 10 minutes on 2 cores).
+BENCH_OUT := bench/bench.txt
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -run '^$$' -bench 'Classifier$$|Linear$$' -benchmem -timeout 20m ./dataplane/ | tee $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'Run$$' -benchtime 300x -timeout 20m ./bpf/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench PeerUDP -benchtime 1x -timeout 20m ./bench/peers/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench ModifyToEnforced -benchtime 300x -timeout 20m ./api/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench Replay -benchtime 3x -cpu 1 -timeout 20m ./replay/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 20m ./packet/ ./conntrack/ ./compiler/ | tee -a $(BENCH_OUT)
+	$(GO) run ./bench/report -in $(BENCH_OUT) -out bench/REPORT.md -notes bench/READING.md \
+		-compare 'Matching cost per packet vs rules (ns)=Classifier:p50-ns/lookup,Linear:ns/lookup,Run:ns/pkt' \
+		-compare 'Packets/s through the veth path=PeerUDP:pkt/s' \
+		-ratio 'Linear/Classifier:ns/lookup'
 
 generate:
 	$(GO) generate ./...
