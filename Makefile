@@ -52,7 +52,6 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 20m ./packet/ ./conntrack/ ./compiler/ | tee -a $(BENCH_OUT)
 	$(GO) run ./bench/report -in $(BENCH_OUT) -out bench/REPORT.md -notes bench/READING.md \
 		-compare 'Matching cost per packet vs rules (ns)=Classifier:p50-ns/lookup,Linear:ns/lookup,Run:ns/pkt' \
-		-compare 'Packets/s through the veth path=PeerUDP:pkt/s' \
 		-ratio 'Linear/Classifier:ns/lookup'
 
 generate:
