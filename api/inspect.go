@@ -22,14 +22,8 @@ type CheckRequest struct {
 
 // CheckResponse is the explained verdict of SPEC §2 plus the generation it was decided at.
 type CheckResponse struct {
-	Verdict    model.Action     `json:"verdict"`
-	ENI        string           `json:"eni"`
-	Direction  model.Direction  `json:"direction"`
-	SgID       string           `json:"sgId,omitempty"`
-	RuleIndex  *int             `json:"ruleIndex,omitempty"`
-	Reason     dataplane.Reason `json:"reason"`
-	Rule       *model.Rule      `json:"rule,omitempty"`
-	Generation uint64           `json:"generation"`
+	dataplane.Explained
+	Generation uint64 `json:"generation"`
 }
 
 type inspectError struct {
@@ -56,23 +50,33 @@ func parseCheck(body []byte) (model.Direction, dataplane.Packet, CheckRequest, e
 
 // Check decides one packet against the live tables, counting it in the metrics like an HTTP /check.
 func (h *Handler) Check(eni string, d model.Direction, p *dataplane.Packet) (CheckResponse, bool) {
+	if h.ctrl.Engine() == nil {
+		return CheckResponse{}, false
+	}
 	snap := h.ctrl.Engine().Snapshot()
 	t, ok := snap.ENI(eni)
 	if !ok {
 		return CheckResponse{}, false
 	}
 	v := t.Match(d, p)
-	out := CheckResponse{Verdict: v.Action, ENI: eni, Direction: d, Reason: v.Reason, Generation: snap.Generation}
-	if v.Reason == dataplane.ReasonRule {
-		idx := v.RuleIndex
-		r := t.Tables.Get(d).Entries[v.Entry].Rule.Rule()
-		out.SgID, out.RuleIndex, out.Rule = v.SgID, &idx, &r
-	}
+	out := CheckResponse{Explained: v.Explain(eni, d, t.Tables.Get(d)), Generation: snap.Generation}
 	h.metrics.verdict(eni, d, v)
 	return out, true
 }
 
+// noEngine answers an inspection request on a daemon that keeps no Go engine (serve --dataplane ebpf).
+func (h *Handler) noEngine(w http.ResponseWriter) bool {
+	if h.ctrl.Engine() != nil {
+		return false
+	}
+	writeJSON(w, http.StatusConflict, inspectError{"this daemon keeps no Go engine (serve --dataplane ebpf): run it with --dataplane both to inspect tables"})
+	return true
+}
+
 func (h *Handler) serveCheck(w http.ResponseWriter, r *http.Request) {
+	if h.noEngine(w) {
+		return
+	}
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(r.Body); err != nil {
 		writeJSON(w, http.StatusBadRequest, inspectError{fmt.Sprintf("read body: %v", err)})
@@ -118,6 +122,9 @@ type TableResponse struct {
 
 // Table returns the live tables of eni.
 func (h *Handler) Table(eni string) (TableResponse, bool) {
+	if h.ctrl.Engine() == nil {
+		return TableResponse{}, false
+	}
 	snap := h.ctrl.Engine().Snapshot()
 	t, ok := snap.ENI(eni)
 	if !ok {
@@ -145,6 +152,9 @@ func tableEntries(t *compiler.Table) []TableEntry {
 }
 
 func (h *Handler) serveTable(w http.ResponseWriter, r *http.Request) {
+	if h.noEngine(w) {
+		return
+	}
 	id := r.PathValue("id")
 	out, ok := h.Table(id)
 	if !ok {

@@ -69,6 +69,29 @@ func Explain(t *compiler.Table, entry int) Verdict {
 	return Verdict{Action: model.Drop, Reason: ReasonDefaultDrop, RuleIndex: -1, Entry: entry}
 }
 
+// Explained is a verdict as SPEC §2 shows it to people and clients: the deciding rule itself when a
+// rule decided.
+type Explained struct {
+	Verdict   model.Action    `json:"verdict"`
+	ENI       string          `json:"eni"`
+	Direction model.Direction `json:"direction"`
+	SgID      string          `json:"sgId,omitempty"`
+	RuleIndex *int            `json:"ruleIndex,omitempty"`
+	Reason    Reason          `json:"reason"`
+	Rule      *model.Rule     `json:"rule,omitempty"`
+}
+
+// Explain gives v, decided on eni in direction d by table t, in its SPEC §2 form.
+func (v Verdict) Explain(eni string, d model.Direction, t *compiler.Table) Explained {
+	out := Explained{Verdict: v.Action, ENI: eni, Direction: d, Reason: v.Reason}
+	if v.Reason == ReasonRule {
+		idx := v.RuleIndex
+		r := t.Entries[v.Entry].Rule.Rule()
+		out.SgID, out.RuleIndex, out.Rule = v.SgID, &idx, &r
+	}
+	return out
+}
+
 // TableMatcher finds the first matching entry of one compiled table. Every implementation returns a
 // valid index: the implicit DROP matches everything.
 type TableMatcher interface {

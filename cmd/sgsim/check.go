@@ -74,24 +74,8 @@ func parseCheckPacket(proto, remote string, port int, hasPort bool) (dataplane.P
 	return p, nil
 }
 
-// checkJSON is the explained verdict of SPEC §2.
-type checkJSON struct {
-	Verdict   model.Action     `json:"verdict"`
-	ENI       string           `json:"eni"`
-	Direction model.Direction  `json:"direction"`
-	SgID      string           `json:"sgId,omitempty"`
-	RuleIndex *int             `json:"ruleIndex,omitempty"`
-	Reason    dataplane.Reason `json:"reason"`
-	Rule      *model.Rule      `json:"rule,omitempty"`
-}
-
 func writeCheckJSON(w io.Writer, eni string, d model.Direction, v dataplane.Verdict, t *compiler.Table) error {
-	out := checkJSON{Verdict: v.Action, ENI: eni, Direction: d, Reason: v.Reason}
-	if v.Reason == dataplane.ReasonRule {
-		idx := v.RuleIndex
-		r := t.Entries[v.Entry].Rule.Rule()
-		out.SgID, out.RuleIndex, out.Rule = v.SgID, &idx, &r
-	}
+	out := v.Explain(eni, d, t)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(out)
