@@ -28,6 +28,10 @@ type ServeConfig struct {
 	Control control.Options
 	// Dataplanes are kept in step with the state besides the built-in Go engine (e.g. eBPF).
 	Dataplanes []control.Dataplane
+	// Loaded, if set, runs once every dataplane holds the current tables and before the API accepts a
+	// call, with the committed view (e.g. to attach the eBPF program to host interfaces); its error
+	// stops Serve.
+	Loaded func(ctx context.Context, v *control.View) error
 }
 
 // DBFile is the name of the bbolt file inside the data directory.
@@ -69,6 +73,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	for _, dp := range cfg.Dataplanes {
 		if err := ctrl.AddDataplane(ctx, dp); err != nil {
+			return err
+		}
+	}
+	if cfg.Loaded != nil {
+		if err := cfg.Loaded(ctx, ctrl.View()); err != nil {
 			return err
 		}
 	}

@@ -56,6 +56,9 @@ type Options struct {
 	Limits  *Limits                  // nil = DefaultLimits()
 	Factory dataplane.MatcherFactory // matcher of the built-in engine; nil = dataplane.LinearFactory
 	Logger  *slog.Logger             // nil = slog.Default()
+	// NoEngine keeps no built-in Go engine (Engine returns nil): for a daemon whose only dataplane is
+	// the kernel's, so a change is not also compiled into matchers nobody reads.
+	NoEngine bool
 }
 
 // View is one committed version: the State, its generation and the tables compiled from it.
@@ -109,13 +112,15 @@ func New(ctx context.Context, st store.Store, seed *model.State, opts Options) (
 	v := &View{State: s, Generation: gen, Tables: compiler.New(s).CompileAll(), Index: compiler.NewIndex(s)}
 	c.hist.Observe(time.Since(start).Seconds())
 	c.cur.Store(v)
-	c.engine = dataplane.NewEngine(factory)
-	c.engine.Publish(gen, v.Tables, nil)
-	c.dps = []Dataplane{EngineDataplane{c.engine}}
+	if !opts.NoEngine {
+		c.engine = dataplane.NewEngine(factory)
+		c.engine.Publish(gen, v.Tables, nil)
+		c.dps = []Dataplane{EngineDataplane{c.engine}}
+	}
 	return c, nil
 }
 
-// Engine returns the built-in Go engine, always in step with the committed state.
+// Engine returns the built-in Go engine, always in step with the committed state; nil with NoEngine.
 func (c *Controller) Engine() *dataplane.Engine { return c.engine }
 
 // View returns the current committed version.

@@ -1,34 +1,177 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/api"
+	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/model"
 )
 
 func init() { extraCommands = append(extraCommands, newServeCmd) }
 
+// Values of --dataplane.
+const (
+	dataplaneGo   = "go"
+	dataplaneEBPF = "ebpf"
+	dataplaneBoth = "both"
+)
+
+// serveOptions is everything `sgsim serve` runs with; tests call runServe with their own.
+type serveOptions struct {
+	api.ServeConfig
+	Dataplane string // go, ebpf or both
+	PinPath   string // bpffs directory of the eBPF dataplane's maps and links; "" pins nothing
+	HostNetns string // network namespace (ip netns name or path) holding the host interfaces; "" = ours
+}
+
+const serveLong = `Run the control-plane daemon: Tencent and Huawei APIs, durable state, live tables.
+
+--dataplane chooses where the tables go; every accepted API call is in force in each of them before its
+answer is sent:
+  go    the pure-Go engine only. It answers /sgsim/v1/check; nothing is enforced on any interface
+        (simulation, today's behaviour, the default).
+  ebpf  the eBPF TC program enforces each ENI's tables on its hostInterface (TC ingress = ENI egress,
+        TC egress = ENI ingress). The daemon keeps no Go engine: /sgsim/v1/check and the table endpoint
+        answer 409 (use both for them).
+  both  the kernel enforces as with ebpf and the Go engine answers /sgsim/v1/check from the same tables.
+
+With ebpf or both the daemon needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to mount bpffs) and a
+kernel with BTF; otherwise it stops with an error. On start it loads the program (adopting the maps and
+links pinned under --pin-path by an earlier run, so a restart leaves no unprotected moment), publishes
+every ENI's tables, then attaches to the hostInterface of every ENI that has one, before the API accepts
+a call. An ENI whose hostInterface does not exist (in --host-netns) stops the start with an error naming
+the ENI and the interface: start the daemon after the interfaces exist. ENIs without hostInterface are
+only published. On shutdown (SIGINT/SIGTERM) the links stay pinned and keep enforcing the last tables
+until the next start adopts them; to stop enforcing, delete the interfaces or the pin directory's
+link-* files. With --pin-path "" nothing is pinned and enforcement ends with the process.`
+
 func newServeCmd() *cobra.Command {
-	var cfg api.ServeConfig
+	var o serveOptions
 	lim := control.DefaultLimits()
-	cfg.Control.Limits = &lim
+	o.Control.Limits = &lim
 	cmd := &cobra.Command{
-		Use:   "serve [--listen 127.0.0.1:8080] [--data-dir DIR] [--topology FILE]",
+		Use:   "serve [--listen 127.0.0.1:8080] [--data-dir DIR] [--topology FILE] [--dataplane go|ebpf|both]",
 		Short: "Run the control-plane daemon: Tencent and Huawei APIs, durable state, live tables",
+		Long:  serveLong,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return api.Serve(cmd.Context(), cfg)
+			return runServe(cmd.Context(), o)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "address to listen on")
-	f.StringVar(&cfg.DataDir, "data-dir", "./sgsim-data", "directory of the durable store")
-	f.StringVar(&cfg.Topology, "topology", "", "topology file that seeds an empty store (SPEC §7)")
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:8080", "address to listen on")
+	f.StringVar(&o.DataDir, "data-dir", "./sgsim-data", "directory of the durable store")
+	f.StringVar(&o.Topology, "topology", "", "topology file that seeds an empty store (SPEC §7)")
+	f.StringVar(&o.Dataplane, "dataplane", dataplaneGo, "go (simulate), ebpf (enforce in the kernel) or both")
+	f.StringVar(&o.PinPath, "pin-path", bpf.DefaultPinPath, "ebpf/both: bpffs directory for the pinned maps and links (\"\" = no pinning)")
+	f.StringVar(&o.HostNetns, "host-netns", "", "ebpf/both: network namespace of the host interfaces (ip netns name or path; default: the daemon's)")
 	f.IntVar(&lim.RulesPerDirection, "max-rules", lim.RulesPerDirection, "API limit: rules per direction per SG")
 	f.IntVar(&lim.SGsPerENI, "max-sgs-per-eni", lim.SGsPerENI, "API limit: SGs per ENI")
 	f.IntVar(&lim.SGsPerProject, "max-sgs-per-project", lim.SGsPerProject, "API limit: SGs per account and project")
 	f.IntVar(&lim.ENIsPerSG, "max-enis-per-sg", lim.ENIsPerSG, "API limit: ENIs per SG")
 	f.IntVar(&lim.SGRefRulesPerSG, "max-sg-ref-rules", lim.SGRefRulesPerSG, "API limit: sgId-referencing rules per SG")
 	return cmd
+}
+
+// runServe runs the daemon until ctx is cancelled: `sgsim serve` and the end-to-end tests both come here.
+func runServe(ctx context.Context, o serveOptions) error {
+	switch o.Dataplane {
+	case dataplaneGo:
+		return api.Serve(ctx, o.ServeConfig)
+	case dataplaneEBPF, dataplaneBoth:
+	default:
+		return fmt.Errorf("--dataplane %q: want go, ebpf or both", o.Dataplane)
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	nsPath := ""
+	if o.HostNetns != "" {
+		nsPath = o.HostNetns
+		if !strings.Contains(nsPath, "/") {
+			nsPath = filepath.Join("/var/run/netns", nsPath)
+		}
+		if _, err := os.Stat(nsPath); err != nil {
+			return fmt.Errorf("--host-netns %s: %w", o.HostNetns, err)
+		}
+	}
+	dp, err := bpf.Load(bpf.Options{PinPath: o.PinPath})
+	if err != nil {
+		return fmt.Errorf("--dataplane %s: load the eBPF program (needs root and a kernel with BTF; pin path %q): %w",
+			o.Dataplane, o.PinPath, err)
+	}
+	defer func() {
+		// Pinned links stay in the kernel and keep enforcing the last tables until the next start.
+		if err := dp.Close(); err != nil {
+			log.Error("close eBPF dataplane", "err", err)
+		}
+	}()
+	cfg := o.ServeConfig
+	cfg.Dataplanes = append(append([]control.Dataplane(nil), cfg.Dataplanes...), dp)
+	cfg.Control.NoEngine = o.Dataplane == dataplaneEBPF
+	cfg.Loaded = func(ctx context.Context, v *control.View) error {
+		return inNetns(nsPath, func() error { return attachAll(ctx, dp, v.State, o.HostNetns, log) })
+	}
+	return api.Serve(ctx, cfg)
+}
+
+// attachAll attaches dp to the hostInterface of every ENI of s that has one.
+func attachAll(ctx context.Context, dp *bpf.Dataplane, s *model.State, netns string, log *slog.Logger) error {
+	where := "the daemon's network namespace"
+	if netns != "" {
+		where = "network namespace " + netns
+	}
+	n := 0
+	for _, id := range s.ENIIDs() {
+		eni, _ := s.ENI(id)
+		if eni.HostInterface == "" {
+			continue
+		}
+		if _, err := net.InterfaceByName(eni.HostInterface); err != nil {
+			return fmt.Errorf("ENI %s: hostInterface %s does not exist in %s: %w", id, eni.HostInterface, where, err)
+		}
+		if err := dp.Attach(ctx, eni.HostInterface, id); err != nil {
+			return fmt.Errorf("ENI %s: enforce on hostInterface %s: %w", id, eni.HostInterface, err)
+		}
+		n++
+	}
+	log.Info("eBPF dataplane attached", "interfaces", n, "netns", netns)
+	return nil
+}
+
+// inNetns runs fn on an OS thread switched into the network namespace at path ("" = run it here). The
+// thread is never switched back: it exits with its goroutine, so no other goroutine runs in that namespace.
+func inNetns(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		f, err := os.Open(path)
+		if err != nil {
+			errc <- fmt.Errorf("--host-netns: %w", err)
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("--host-netns: enter %s: %w", path, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }
