@@ -2,8 +2,10 @@ package api
 
 import (
 	"fmt"
+	"iter"
+	"maps"
 	"net/url"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -13,26 +15,37 @@ type flatNode struct {
 	name     string // full dotted name, for errors
 	value    string
 	hasValue bool
-	children map[string]*flatNode
+	children map[string]*flatNode // nil for a value
 }
 
 // decodeFlat builds the tree of every parameter. A name used twice, an empty name segment, or a name
 // that is both a value and a parent is an error naming the parameter.
 func decodeFlat(params url.Values) (*flatNode, error) {
-	root := &flatNode{children: map[string]*flatNode{}}
-	names := make([]string, 0, len(params))
-	for k := range params {
-		names = append(names, k)
+	// Names are taken in map order, which costs nothing; only when that finds an error are they taken
+	// again in sorted order, so the error reported is deterministic. Every error is found in any order.
+	root, err := buildFlat(params, maps.Keys(params))
+	if err == nil {
+		return root, nil
 	}
-	sort.Strings(names) // deterministic errors
-	for _, k := range names {
+	_, err = buildFlat(params, slices.Values(slices.Sorted(maps.Keys(params))))
+	return nil, err
+}
+
+func buildFlat(params url.Values, names iter.Seq[string]) (*flatNode, error) {
+	root := &flatNode{children: map[string]*flatNode{}}
+	for k := range names {
 		vs := params[k]
 		if len(vs) != 1 {
 			return nil, fmt.Errorf("parameter %q given %d times", k, len(vs))
 		}
 		n := root
-		segs := strings.Split(k, ".")
-		for i, s := range segs {
+		// Segments and node names are substrings of k: no allocation per segment.
+		for start := 0; ; {
+			end := len(k)
+			if i := strings.IndexByte(k[start:], '.'); i >= 0 {
+				end = start + i
+			}
+			s := k[start:end]
 			if s == "" {
 				return nil, fmt.Errorf("parameter %q: empty name segment", k)
 			}
@@ -41,10 +54,17 @@ func decodeFlat(params url.Values) (*flatNode, error) {
 			}
 			c, ok := n.children[s]
 			if !ok {
-				c = &flatNode{name: strings.Join(segs[:i+1], "."), children: map[string]*flatNode{}}
+				c = &flatNode{name: k[:end]}
+				if n.children == nil {
+					n.children = map[string]*flatNode{}
+				}
 				n.children[s] = c
 			}
 			n = c
+			if end == len(k) {
+				break
+			}
+			start = end + 1
 		}
 		if len(n.children) > 0 || n.hasValue {
 			return nil, fmt.Errorf("parameter %q is both a value and a list or object", k)

@@ -275,27 +275,55 @@ func (h *Handler) serveTencent(w http.ResponseWriter, r *http.Request) {
 
 // readParams returns the query (GET) or the query plus form body (POST), undecoded values intact.
 func (h *Handler) readParams(r *http.Request) (url.Values, error) {
-	params, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return nil, fmt.Errorf("query string: %w", err)
-	}
+	var body string
 	if r.Method == http.MethodPost {
 		if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
 			return nil, fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
 		}
-		body, err := io.ReadAll(r.Body)
+		b, err := io.ReadAll(r.Body)
 		if err != nil {
 			return nil, fmt.Errorf("read body: %w", err)
 		}
-		form, err := url.ParseQuery(string(body))
-		if err != nil {
-			return nil, fmt.Errorf("form body: %w", err)
-		}
-		for k, vs := range form {
-			params[k] = append(params[k], vs...)
-		}
+		body = string(b)
+	}
+	// Sized up front: a big policy's tens of thousands of parameters would otherwise regrow the map.
+	params := make(url.Values, min(strings.Count(r.URL.RawQuery, "&")+strings.Count(body, "&")+2, 2*h.opts.MaxParams))
+	if err := parseForm(r.URL.RawQuery, params, h.opts.MaxParams); err != nil {
+		return nil, fmt.Errorf("query string: %w", err)
+	}
+	if err := parseForm(body, params, h.opts.MaxParams); err != nil {
+		return nil, fmt.Errorf("form body: %w", err)
 	}
 	return params, nil
+}
+
+// parseForm adds the name=value pairs of s to into, decoded as url.ParseQuery decodes them. Its bound is
+// maxParams rather than net/url's fixed 10,000 pairs, which a ModifySecurityGroupPolicy under raised
+// limits exceeds (a 10k-rule SG is ~40k parameters).
+func parseForm(s string, into url.Values, maxParams int) error {
+	if n := strings.Count(s, "&") + 1; s != "" && n > maxParams {
+		return fmt.Errorf("%d parameters, at most %d allowed", n, maxParams)
+	}
+	for s != "" {
+		var pair string
+		pair, s, _ = strings.Cut(s, "&")
+		if strings.Contains(pair, ";") {
+			return fmt.Errorf("invalid semicolon separator in %q", pair)
+		}
+		if pair == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		k, err := url.QueryUnescape(k)
+		if err != nil {
+			return err
+		}
+		if v, err = url.QueryUnescape(v); err != nil {
+			return err
+		}
+		into[k] = append(into[k], v)
+	}
+	return nil
 }
 
 func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {

@@ -1,18 +1,23 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
 )
 
 func TestSignatureVectors(t *testing.T) {
@@ -414,4 +419,27 @@ func mustJSON(t *testing.T, r tcResp) string {
 	require.Nil(t, r.Data)
 	require.Nil(t, r.TotalCount)
 	return string(b)
+}
+
+// TestRaisedLimitsTakeABigPolicy: with the limits raised, a policy of more than net/url's 10,000
+// parameters goes through (MaxParams is the only bound); with the defaults it is refused by name.
+func TestRaisedLimitsTakeABigPolicy(t *testing.T) {
+	kv := append([]string{"Action", ActModifyPolicy, "sgId", "sg-web"}, rules("ingress", 4000)...)
+
+	small := newTestAPI(t)
+	r := small.tc(kv...)
+	assert.Equal(t, model.CodeBadParameter, r.Code)
+	assert.Contains(t, r.Message, "parameters, at most 2000 allowed")
+
+	lim := control.DefaultLimits()
+	lim.RulesPerDirection = 4000
+	ctrl, err := control.New(context.Background(), store.NewMemory(), demoState(t), control.Options{Limits: &lim})
+	require.NoError(t, err)
+	h := NewHandler(ctrl, Options{Now: func() time.Time { return testNow }, MaxParams: 20000, MaxBodyBytes: 4 << 20})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	big := &testAPI{t: t, srv: srv, h: h, ctrl: ctrl}
+	r = big.tc(kv...)
+	require.Equal(t, 0, r.Code, r.Message)
+	assert.Len(t, big.sg("sg-web").Ingress, 4000)
 }
