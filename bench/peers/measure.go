@@ -1,19 +1,20 @@
 package peers
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/compiler"
@@ -37,6 +38,12 @@ const (
 // loader took: the update cost a control plane pays for pushing a whole new table (for sgsim, the table
 // publish; the program is loaded and attached once, outside the timing).
 func (p *Path) Load(ctx context.Context, fw Firewall, tables *compiler.Tables) (time.Duration, error) {
+	_, took, err := p.load(ctx, fw, tables)
+	return took, err
+}
+
+// load is Load that also returns when (CLOCK_MONOTONIC) the timed part started.
+func (p *Path) load(ctx context.Context, fw Firewall, tables *compiler.Tables) (start, took time.Duration, err error) {
 	if fw == SgsimTC {
 		return p.loadSgsim(ctx, tables)
 	}
@@ -46,7 +53,7 @@ func (p *Path) Load(ctx context.Context, fw Firewall, tables *compiler.Tables) (
 	var script []byte
 	switch fw {
 	case None:
-		return 0, nil
+		return monotonic(), 0, nil
 	case IptablesLegacy:
 		name, args, script = "iptables-legacy-restore", nil, IptablesScript(p.FwIf, rules)
 	case IptablesNft:
@@ -56,34 +63,41 @@ func (p *Path) Load(ctx context.Context, fw Firewall, tables *compiler.Tables) (
 	case NftablesWithSet:
 		name, args, script = "nft", []string{"-f", "-"}, NftScript(p.FwIf, rules, true)
 	default:
-		return 0, fmt.Errorf("unknown firewall %q", fw)
+		return 0, 0, fmt.Errorf("unknown firewall %q", fw)
 	}
-	full := append([]string{"netns", "exec", p.FwNS, name}, args...)
-	start := time.Now()
-	if err := run(ctx, script, "ip", full...); err != nil {
-		return 0, fmt.Errorf("load %s (%d rules): %w", fw, len(rules), err)
+	// The loader is forked from a thread inside the fw namespace (a child inherits its thread's
+	// namespace), so the timing holds the loader alone: `ip netns exec` would add ~20 ms of setns and
+	// sysfs remounting that a host agent does not pay.
+	err = InNetns(p.FwNS, func() error {
+		start = monotonic()
+		err := run(ctx, script, name, args...)
+		took = monotonic() - start
+		return err
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("load %s (%d rules): %w", fw, len(rules), err)
 	}
-	return time.Since(start), nil
+	return start, took, nil
 }
 
-func (p *Path) loadSgsim(ctx context.Context, tables *compiler.Tables) (time.Duration, error) {
+func (p *Path) loadSgsim(ctx context.Context, tables *compiler.Tables) (start, took time.Duration, err error) {
 	if p.sgsim == nil {
 		d, err := bpf.Load(bpf.Options{})
 		if err != nil {
-			return 0, fmt.Errorf("load sgsim: %w", err)
+			return 0, 0, fmt.Errorf("load sgsim: %w", err)
 		}
 		if err := InNetns(p.GenNS, func() error { return d.Attach(ctx, p.GenIf, tables.ENI) }); err != nil {
 			d.Close()
-			return 0, fmt.Errorf("load sgsim: %w", err)
+			return 0, 0, fmt.Errorf("load sgsim: %w", err)
 		}
 		p.sgsim = d
 	}
 	p.sgsimGen++
-	start := time.Now()
+	start = monotonic()
 	if err := p.sgsim.Publish(ctx, p.sgsimGen, map[string]*compiler.Tables{tables.ENI: tables}, nil); err != nil {
-		return 0, fmt.Errorf("load sgsim (%d rules): %w", len(tables.Ingress.Entries)-1, err)
+		return 0, 0, fmt.Errorf("load sgsim (%d rules): %w", len(tables.Ingress.Entries)-1, err)
 	}
-	return time.Since(start), nil
+	return start, monotonic() - start, nil
 }
 
 // Flush removes every rule a Load may have left on the path.
@@ -109,19 +123,25 @@ func (p *Path) Flush(ctx context.Context) error {
 type Result struct {
 	Sent, Received uint64
 	Elapsed        time.Duration
-	// CPUBusy is the busy time of all CPUs during the stream (generator, kernel path and sink together).
-	CPUBusy time.Duration
+	// GenKernel is the generator thread's kernel time: its sendmmsg calls and everything the kernel does
+	// in their context: UDP/IP output, sgsim's TC egress program, the veth hand-over and, as softirq run
+	// when the send path re-enables bottom halves, the receive side (IP input, netfilter INPUT, UDP
+	// delivery to the sink's socket). GenUser is the generator's own user time, left out of the path.
+	GenKernel, GenUser time.Duration
+	// Softirqd is the run time of the ksoftirqd threads: receive processing the kernel deferred there.
+	Softirqd time.Duration
 }
 
 // PPS is the rate of packets that passed the firewall and reached the sink.
 func (r Result) PPS() float64 { return float64(r.Received) / r.Elapsed.Seconds() }
 
-// CPUPerPacket is all-CPU busy time per delivered packet.
-func (r Result) CPUPerPacket() time.Duration {
+// PathCPUPerPacket is the CPU time of the packet path (GenKernel + Softirqd) per delivered packet: no
+// generator user time, no sink, no other process on the machine.
+func (r Result) PathCPUPerPacket() time.Duration {
 	if r.Received == 0 {
 		return 0
 	}
-	return r.CPUBusy / time.Duration(r.Received)
+	return (r.GenKernel + r.Softirqd) / time.Duration(r.Received)
 }
 
 // StreamUDP sends fixed-size UDP datagrams from the gen namespace to fw's dport for dur and counts
@@ -167,27 +187,56 @@ func (p *Path) StreamUDP(ctx context.Context, dur time.Duration, payload int, dp
 			received.Add(uint64(n))
 		}
 	}()
-	busy0, err := cpuBusy()
+	softirqd, err := findKsoftirqd()
 	if err != nil {
 		return Result{}, err
 	}
-	out := ipv4.NewPacketConn(gen)
-	msgs := make([]ipv4.Message, batch)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, payload)}
+	soft0, err := runTime(softirqd)
+	if err != nil {
+		return Result{}, err
 	}
-	deadline := time.Now().Add(dur)
-	start := time.Now()
-	var sent uint64
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		for i := 0; i < 16; i++ {
-			if n, err := out.WriteBatch(msgs, 0); err == nil {
-				sent += uint64(n)
+	type genResult struct {
+		sent         uint64
+		elapsed      time.Duration
+		kernel, user time.Duration
+		err          error
+	}
+	genDone := make(chan genResult, 1)
+	go func() {
+		// One OS thread sends and nothing else runs on it, so its rusage is the generator's alone.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var r genResult
+		var ru0, ru1 unix.Rusage
+		if r.err = unix.Getrusage(unix.RUSAGE_THREAD, &ru0); r.err != nil {
+			genDone <- r
+			return
+		}
+		out := ipv4.NewPacketConn(gen)
+		msgs := make([]ipv4.Message, batch)
+		for i := range msgs {
+			msgs[i].Buffers = [][]byte{make([]byte, payload)}
+		}
+		deadline := time.Now().Add(dur)
+		start := time.Now()
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			for i := 0; i < 16; i++ {
+				if n, err := out.WriteBatch(msgs, 0); err == nil {
+					r.sent += uint64(n)
+				}
 			}
 		}
+		r.elapsed = time.Since(start)
+		r.err = unix.Getrusage(unix.RUSAGE_THREAD, &ru1)
+		r.kernel = time.Duration(ru1.Stime.Nano() - ru0.Stime.Nano())
+		r.user = time.Duration(ru1.Utime.Nano() - ru0.Utime.Nano())
+		genDone <- r
+	}()
+	g := <-genDone
+	if g.err != nil {
+		return Result{}, fmt.Errorf("generator rusage: %w", g.err)
 	}
-	elapsed := time.Since(start)
-	busy1, err := cpuBusy()
+	soft1, err := runTime(softirqd)
 	if err != nil {
 		return Result{}, err
 	}
@@ -195,35 +244,50 @@ func (p *Path) StreamUDP(ctx context.Context, dur time.Duration, payload int, dp
 	time.Sleep(50 * time.Millisecond)
 	_ = sink.SetReadDeadline(time.Now())
 	<-done
-	return Result{Sent: sent, Received: received.Load(), Elapsed: elapsed, CPUBusy: busy1 - busy0}, nil
+	return Result{Sent: g.sent, Received: received.Load(), Elapsed: g.elapsed,
+		GenKernel: g.kernel, GenUser: g.user, Softirqd: soft1 - soft0}, nil
 }
 
-// cpuBusy reads the machine's total non-idle CPU time from /proc/stat.
-func cpuBusy() (time.Duration, error) {
-	f, err := os.Open("/proc/stat")
+// findKsoftirqd returns the pids of the ksoftirqd/N kernel threads.
+func findKsoftirqd() ([]int, error) {
+	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0, fmt.Errorf("cpu time: %w", err)
+		return nil, fmt.Errorf("find ksoftirqd: %w", err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	if !sc.Scan() {
-		return 0, fmt.Errorf("cpu time: /proc/stat is empty")
-	}
-	fields := strings.Fields(sc.Text())
-	if len(fields) < 8 || fields[0] != "cpu" {
-		return 0, fmt.Errorf("cpu time: unexpected /proc/stat line %q", sc.Text())
-	}
-	var busy uint64
-	for i, f := range fields[1:min(len(fields), 9)] { // user..steal; guest time is already in user
-		if i == 3 || i == 4 { // idle, iowait
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
 			continue
 		}
-		v, err := strconv.ParseUint(f, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("cpu time: %w", err)
+		comm, err := os.ReadFile("/proc/" + e.Name() + "/comm")
+		if err == nil && strings.HasPrefix(string(comm), "ksoftirqd/") {
+			pids = append(pids, pid)
 		}
-		busy += v
 	}
-	const clkTck = 100 // USER_HZ on Linux
-	return time.Duration(busy) * time.Second / clkTck, nil
+	if len(pids) == 0 {
+		return nil, errors.New("find ksoftirqd: no ksoftirqd threads in /proc")
+	}
+	return pids, nil
+}
+
+// runTime sums the exact run time (ns, the first field of /proc/PID/schedstat) of pids.
+func runTime(pids []int) (time.Duration, error) {
+	var sum time.Duration
+	for _, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
+		if err != nil {
+			return 0, fmt.Errorf("run time of pid %d: %w", pid, err)
+		}
+		f := strings.Fields(string(data))
+		if len(f) == 0 {
+			return 0, fmt.Errorf("run time of pid %d: empty schedstat", pid)
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("run time of pid %d: %w", pid, err)
+		}
+		sum += time.Duration(ns)
+	}
+	return sum, nil
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,12 @@ import (
 )
 
 const streamPort = 9999
+
+// TestMain lets StartProbe run this test binary as its sender process.
+func TestMain(m *testing.M) {
+	ProbeSenderMain()
+	os.Exit(m.Run())
+}
 
 // needNetns skips when the machine cannot build the path (not root, no iproute2), unless
 // SGSIM_REQUIRE_KERNEL=1 makes that a failure.
@@ -116,7 +123,9 @@ func TestPeersEnforce(t *testing.T) {
 }
 
 // BenchmarkPeerUDP measures delivered packets/s and CPU per packet of a 64-byte UDP stream through each
-// peer at 100, 1k and 10k rules, plus the time to load the whole table. Run as root:
+// peer at 100, 1k and 10k rules, plus the time to load the whole table. CPU is the packet path's
+// (Result.PathCPUPerPacket); filter-cpu-ns/pkt subtracts the no-firewall path measured just before at the
+// same rule count, leaving what the filter adds per packet. Run as root:
 //
 //	go test -run '^$' -bench PeerUDP -benchtime 1x ./bench/peers/
 func BenchmarkPeerUDP(b *testing.B) {
@@ -128,6 +137,7 @@ func BenchmarkPeerUDP(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
 		tables, err := SyntheticTables(n, netip.MustParseAddr(p.GenAddr), streamPort, 42)
 		require.NoError(b, err)
+		var baseline time.Duration // the path without a firewall, at this rule count
 		for _, fw := range []Firewall{None, IptablesLegacy, IptablesNft, Nftables, NftablesWithSet, SgsimTC} {
 			b.Run(fmt.Sprintf("%s/rules=%d", fw, n), func(b *testing.B) {
 				require.NoError(b, p.Flush(ctx))
@@ -139,10 +149,176 @@ func BenchmarkPeerUDP(b *testing.B) {
 					res, err = p.StreamUDP(ctx, time.Second, 64, streamPort)
 					require.NoError(b, err)
 				}
+				path := res.PathCPUPerPacket()
+				if fw == None {
+					baseline = path
+				}
 				b.ReportMetric(res.PPS(), "pkt/s")
-				b.ReportMetric(float64(res.CPUPerPacket().Nanoseconds()), "cpu-ns/pkt")
+				b.ReportMetric(float64(path.Nanoseconds()), "path-cpu-ns/pkt")
+				b.ReportMetric(float64((path - baseline).Nanoseconds()), "filter-cpu-ns/pkt")
 				b.ReportMetric(float64(load.Microseconds())/1000, "load-ms")
 				b.ReportMetric(float64(res.Sent-res.Received)/float64(max(res.Sent, 1)), "loss")
+			})
+		}
+	}
+}
+
+func TestEnforcedAt(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x) * time.Millisecond
+		}
+		return out
+	}
+	sent := ms(0, 1, 2, 3, 4, 5, 6)
+	for _, tc := range []struct {
+		name      string
+		delivered []bool
+		t0        time.Duration
+		cut       bool
+		at, res   time.Duration
+		err       string
+	}{
+		{name: "cut", delivered: []bool{true, true, false, true, false, false, false}, t0: 2 * time.Millisecond, cut: true,
+			at: 2 * time.Millisecond, res: time.Millisecond},
+		{name: "cut at once", delivered: []bool{true, true, false, false, false, false, false}, t0: 2 * time.Millisecond, cut: true,
+			res: time.Millisecond},
+		{name: "cut before the change", delivered: []bool{true, false, false, false, false, false, false}, t0: 3 * time.Millisecond, cut: true,
+			err: "before the change"},
+		{name: "not cut yet", delivered: []bool{true, true, true, true, true, true, true}, cut: true, err: "not cut yet"},
+		{name: "open", delivered: []bool{false, false, false, false, true, false, true}, t0: 2 * time.Millisecond,
+			at: 2 * time.Millisecond, res: time.Millisecond},
+		{name: "not open yet", delivered: make([]bool, 7), err: "not open yet"},
+		{name: "open before the change", delivered: []bool{false, false, true, true, true, true, true}, t0: 3 * time.Millisecond,
+			err: "before the change"},
+		{name: "open from the start", delivered: []bool{true, true, true, true, true, true, true}, err: "open before the change"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			at, res, err := enforcedAt(sent, tc.delivered, 0, tc.t0, tc.cut)
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.at, at)
+			assert.Equal(t, tc.res, res)
+		})
+	}
+}
+
+// updateChanger returns the rule change for fw on p: cut=true loads the rules with the stream's DROP
+// inserted ahead of its ACCEPT, cut=false the original rules, each as a whole-table replace the way the
+// tool does it (iptables-restore, nft -f, a table publish, a ModifySecurityGroupPolicy call). The table
+// is loaded once before it returns; cleanup undoes what it set up.
+func updateChanger(ctx context.Context, tb testing.TB, p *Path, fw Firewall, rules []model.Rule) (change func(cut bool) Change, cleanup func() error) {
+	cutRules := WithStreamDrop(rules)
+	if fw == SgsimAPI {
+		d, err := p.StartDaemon(ctx, tb.TempDir(), rules, 2*len(rules)+1)
+		require.NoError(tb, err)
+		return func(cut bool) Change {
+			return func(ctx context.Context) (time.Duration, time.Duration, error) {
+				if cut {
+					return d.Modify(ctx, cutRules)
+				}
+				return d.Modify(ctx, rules)
+			}
+		}, d.Close
+	}
+	open, err := CompileRules(rules)
+	require.NoError(tb, err)
+	closed, err := CompileRules(cutRules)
+	require.NoError(tb, err)
+	_, err = p.Load(ctx, fw, open)
+	require.NoError(tb, err)
+	return func(cut bool) Change {
+		return func(ctx context.Context) (time.Duration, time.Duration, error) {
+			if cut {
+				return p.load(ctx, fw, closed)
+			}
+			return p.load(ctx, fw, open)
+		}
+	}, func() error { return p.Flush(ctx) }
+}
+
+const (
+	probePort     = 9998
+	probeInterval = 200 * time.Microsecond
+	probeSettle   = 100 * time.Millisecond
+)
+
+// TestUpdateEnforced cuts and reopens the probe stream through each kind of update and checks that every
+// reading is consistent: enforced no earlier than the change was made, within the timeout.
+func TestUpdateEnforced(t *testing.T) {
+	needNetns(t, "iptables-legacy-restore", "nft")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p, err := NewPath(ctx)
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, p.Close()) }()
+	rules := SyntheticRules(50, netip.MustParseAddr(p.GenAddr), probePort, 3)
+	for _, fw := range []Firewall{IptablesLegacy, Nftables, SgsimAPI} {
+		t.Run(string(fw), func(t *testing.T) {
+			change, cleanup := updateChanger(ctx, t, p, fw, rules)
+			defer func() { assert.NoError(t, cleanup()) }()
+			pr, err := p.StartProbe(ctx, probePort, probeInterval)
+			require.NoError(t, err)
+			defer func() { assert.NoError(t, pr.Stop()) }()
+			require.NoError(t, pr.WaitOpen(ctx, probeSettle, 5*time.Second))
+			for _, cut := range []bool{true, false} {
+				r, err := pr.Measure(ctx, cut, probeSettle, 5*time.Second, change(cut))
+				require.NoError(t, err, "cut=%v", cut)
+				assert.Positive(t, r.Call)
+				assert.Positive(t, r.Resolution)
+				assert.Less(t, r.Enforced, 5*time.Second)
+			}
+		})
+	}
+}
+
+// BenchmarkPeerUpdate measures a rule change end to end at 1k and 10k rules: the stream's DROP inserted
+// ahead of its ACCEPT, then taken out again, each a whole-table replace the way each tool does it, while
+// a paced probe stream (one datagram every 200 µs) runs through the path. call-ms is until the command or
+// API call returned; enforce-ms until the first datagram with the new verdict was sent, exact to within
+// res-ms (the largest gap around a switch). p50 and max over updateSamples changes. Run as root:
+//
+//	go test -run '^$' -bench PeerUpdate -benchtime 1x ./bench/peers/
+func BenchmarkPeerUpdate(b *testing.B) {
+	needNetns(b, "iptables-legacy-restore", "iptables-nft-restore", "nft")
+	const updateSamples = 20
+	ctx := context.Background()
+	p, err := NewPath(ctx)
+	require.NoError(b, err)
+	defer p.Close()
+	for _, n := range []int{1000, 10000} {
+		rules := SyntheticRules(n, netip.MustParseAddr(p.GenAddr), probePort, 42)
+		for _, fw := range []Firewall{IptablesLegacy, IptablesNft, Nftables, NftablesWithSet, SgsimTC, SgsimAPI} {
+			b.Run(fmt.Sprintf("%s/rules=%d", fw, n), func(b *testing.B) {
+				change, cleanup := updateChanger(ctx, b, p, fw, rules)
+				defer func() { require.NoError(b, cleanup()) }()
+				pr, err := p.StartProbe(ctx, probePort, probeInterval)
+				require.NoError(b, err)
+				defer func() { require.NoError(b, pr.Stop()) }()
+				require.NoError(b, pr.WaitOpen(ctx, probeSettle, 10*time.Second))
+				var calls, enforced []time.Duration
+				var res time.Duration
+				for i := 0; i < b.N; i++ {
+					calls, enforced, res = nil, nil, 0
+					for s := range updateSamples {
+						cut := s%2 == 0
+						r, err := pr.Measure(ctx, cut, probeSettle, 10*time.Second, change(cut))
+						require.NoError(b, err, "sample %d (cut=%v)", s, cut)
+						calls, enforced, res = append(calls, r.Call), append(enforced, r.Enforced), max(res, r.Resolution)
+					}
+				}
+				ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+				slices.Sort(calls)
+				slices.Sort(enforced)
+				b.ReportMetric(ms(calls[len(calls)/2]), "call-p50-ms")
+				b.ReportMetric(ms(calls[len(calls)-1]), "call-max-ms")
+				b.ReportMetric(ms(enforced[len(enforced)/2]), "enforce-p50-ms")
+				b.ReportMetric(ms(enforced[len(enforced)-1]), "enforce-max-ms")
+				b.ReportMetric(ms(res), "res-ms")
 			})
 		}
 	}

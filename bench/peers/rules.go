@@ -49,6 +49,12 @@ const BenchENI = "eni-bench"
 // protocols, ports and actions) followed by one ACCEPT for udp from src to dport. A packet of that stream
 // is decided by the last rule, the worst case for a linear chain and the case the comparison measures.
 func SyntheticTables(n int, src netip.Addr, dport uint16, seed uint64) (*compiler.Tables, error) {
+	return CompileRules(SyntheticRules(n, src, dport, seed))
+}
+
+// SyntheticRules returns the ingress rules of SyntheticTables in API form, so the same rules can be
+// loaded through sgsim's API.
+func SyntheticRules(n int, src netip.Addr, dport uint16, seed uint64) []model.Rule {
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	rules := make([]model.Rule, 0, n)
 	protos := []string{"tcp", "udp", "icmp", ""}
@@ -66,14 +72,34 @@ func SyntheticTables(n int, src netip.Addr, dport uint16, seed uint64) (*compile
 		}
 		rules = append(rules, r)
 	}
-	rules = append(rules, model.Rule{IPProtocol: "udp", CidrIP: src.String(), PortRange: fmt.Sprint(dport), Action: "ACCEPT", Desc: "the measured stream"})
-	topo := model.Topology{
-		Accounts:       []model.Account{{AppID: "1"}},
-		SecurityGroups: []model.SecurityGroup{{SgID: "sg-bench", AppID: "1", Ingress: rules}},
+	return append(rules, model.Rule{IPProtocol: "udp", CidrIP: src.String(), PortRange: fmt.Sprint(dport), Action: "ACCEPT", Desc: "the measured stream"})
+}
+
+// WithStreamDrop returns rules with a DROP for the stream (a copy of the last rule, which must be the
+// stream's ACCEPT) inserted just ahead of it: the rule change the update benchmark makes.
+func WithStreamDrop(rules []model.Rule) []model.Rule {
+	out := slices.Clone(rules)
+	drop := out[len(out)-1]
+	drop.Action, drop.Desc = "DROP", "the measured stream, cut"
+	return slices.Insert(out, len(out)-1, drop)
+}
+
+// BenchTopology is the one-account, one-SG, one-ENI state whose SG holds rules as ingress.
+func BenchTopology(rules []model.Rule, secretID, secretKey string) model.Topology {
+	return model.Topology{
+		Accounts:       []model.Account{{AppID: "1", SecretID: secretID, SecretKey: secretKey}},
+		SecurityGroups: []model.SecurityGroup{{SgID: BenchSG, AppID: "1", Ingress: rules}},
 		NetworkInterfaces: []model.NetworkInterface{{NetworkInterfaceID: BenchENI, AppID: "1",
-			PrivateIPAddresses: []string{"198.18.100.2"}, SgIDs: []string{"sg-bench"}}},
+			PrivateIPAddresses: []string{"198.18.100.2"}, SgIDs: []string{BenchSG}}},
 	}
-	st, err := model.NewState(topo)
+}
+
+// BenchSG is the security group of BenchTopology.
+const BenchSG = "sg-bench"
+
+// CompileRules compiles BenchENI's tables for an SG holding rules as ingress.
+func CompileRules(rules []model.Rule) (*compiler.Tables, error) {
+	st, err := model.NewState(BenchTopology(rules, "", ""))
 	if err != nil {
 		return nil, fmt.Errorf("synthetic table: %w", err)
 	}
