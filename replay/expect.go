@@ -9,6 +9,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/packet"
 )
 
@@ -46,23 +47,14 @@ func ParseFlowPattern(s string) (*FlowPattern, error) {
 		return nil, fmt.Errorf("flow %q: want \"PROTO SRC > DST\", e.g. \"tcp * > 198.18.1.10:80\"", s)
 	}
 	p := &FlowPattern{}
-	switch strings.ToLower(f[0]) {
-	case "*", "all":
+	if f[0] == "*" || strings.EqualFold(f[0], "all") {
 		p.AnyProto = true
-	case "tcp":
-		p.Proto = packet.ProtoTCP
-	case "udp":
-		p.Proto = packet.ProtoUDP
-	case "icmp":
-		p.Proto = packet.ProtoICMP
-	case "icmpv6":
-		p.Proto = packet.ProtoICMPv6
-	default:
-		n, err := strconv.ParseUint(f[0], 10, 8)
+	} else {
+		n, err := model.ParseIPProtocol(f[0])
 		if err != nil {
 			return nil, fmt.Errorf("flow %q: protocol %q: want tcp, udp, icmp, icmpv6, a number or *", s, f[0])
 		}
-		p.Proto = uint8(n)
+		p.Proto = n
 	}
 	var err error
 	if p.Src, err = parseEndpoint(f[1]); err != nil {

@@ -5,6 +5,7 @@
 package replay
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -72,6 +73,9 @@ type Check struct {
 	ENI       int // index into Replayer.ENIs()
 	Direction model.Direction
 	Verdict   dataplane.Verdict
+	// Other is Options.Decider's verdict on the same check when Compared (EngineCompare).
+	Other    dataplane.Verdict
+	Compared bool
 }
 
 // Result is the decision of one packet. Checks[:NChecks] are valid.
@@ -94,6 +98,12 @@ type Options struct {
 	Stateless bool
 	// MaxFlows bounds the connection table (0 = conntrack.DefaultMaxEntries).
 	MaxFlows int
+	// Engine says whether the Go engine, Decider, or both decide (EngineDecider and EngineCompare need
+	// Decider). With a Decider, the tracker that matters is the Decider's: it sees packets at replay
+	// speed, so if it ages flows on its own clock rather than capture timestamps (the eBPF program
+	// does), captures with idle gaps longer than SPEC §3's timeouts can differ from the Go engine.
+	Engine  Engine
+	Decider Decider
 }
 
 type fragKey struct {
@@ -125,13 +135,35 @@ type Replayer struct {
 	recheck conntrack.Recheck
 	pkt     dataplane.Packet
 	decided uint64
+	eth     []byte // the packet as an Ethernet frame, for the Decider (nil: it has none)
+	ethBuf  []byte
+	err     error // the Decider's failure on the packet being decided
+	dstats  DeciderStats
 }
+
+// DeciderStats counts the checks the Decider decided and those it did not run.
+type DeciderStats struct {
+	Asked int
+	// NotRun counts checks of packets that have no Ethernet form (link header truncated, link type
+	// replay does not read) or whose frame the Decider refused (ErrRefused) while the decoder calls it
+	// malformed or not-ip: the decoder's verdict stands for them.
+	NotRun int
+}
+
+// DeciderStats returns how many checks went to the Decider.
+func (r *Replayer) DeciderStats() DeciderStats { return r.dstats }
 
 // New returns a Replayer over the ENIs of st, deciding against the tables src serves. It fails when
 // opts.ForceENI names no ENI of st.
 func New(st *model.State, src TableSource, opts Options) (*Replayer, error) {
+	switch {
+	case opts.Engine > EngineCompare:
+		return nil, fmt.Errorf("replay engine %d: unknown", opts.Engine)
+	case opts.Engine != EngineGo && opts.Decider == nil:
+		return nil, fmt.Errorf("replay engine %d needs a Decider", opts.Engine)
+	}
 	r := &Replayer{src: src, opts: opts, frags: make(map[fragKey]dataplane.Verdict)}
-	if !opts.Stateless {
+	if !opts.Stateless && opts.Engine != EngineDecider {
 		r.ct = conntrack.New(opts.MaxFlows)
 	}
 	r.recheck = r.stillAccepted
@@ -239,14 +271,37 @@ func (r *Replayer) lookupENI(a netip.Addr, mac *[6]byte, hasMAC bool) (uint32, b
 	return 0, false
 }
 
-// Decide decodes frame (of pcap link type link) and decides it into res.
-func (r *Replayer) Decide(index int, ts time.Duration, link int, frame []byte, res *Result) {
+// Decide decodes frame (of pcap link type link) and decides it into res. It fails only when the
+// Decider does.
+func (r *Replayer) Decide(index int, ts time.Duration, link int, frame []byte, res *Result) error {
 	packet.Decode(link, frame, &res.Packet)
-	r.DecideDecoded(index, ts, res)
+	r.eth = nil
+	if r.opts.Engine != EngineGo {
+		r.eth = toEthernet(link, frame, r.ethBuf)
+		if len(r.eth) > 0 && link != packet.LinkEthernet {
+			r.ethBuf = r.eth
+		}
+	}
+	r.decide(index, ts, res)
+	if r.err != nil {
+		return fmt.Errorf("packet %d: %w", index, r.err)
+	}
+	return nil
 }
 
-// DecideDecoded decides res.Packet, already decoded (scenarios build packets without frames).
-func (r *Replayer) DecideDecoded(index int, ts time.Duration, res *Result) {
+// DecideDecoded decides res.Packet, already decoded (scenarios build packets without frames). Only the
+// Go engine decides without a frame.
+func (r *Replayer) DecideDecoded(index int, ts time.Duration, res *Result) error {
+	if r.opts.Engine != EngineGo {
+		return fmt.Errorf("packet %d: a Decider needs the packet's frame, not only its decoded fields", index)
+	}
+	r.eth = nil
+	r.decide(index, ts, res)
+	return nil
+}
+
+func (r *Replayer) decide(index int, ts time.Duration, res *Result) {
+	r.err = nil
 	res.Index, res.Time, res.NChecks = index, ts, 0
 	d := &res.Packet
 	r.snap = r.src.Snapshot()
@@ -282,7 +337,7 @@ func (r *Replayer) DecideDecoded(index int, ts time.Duration, res *Result) {
 		}
 		// The receiver's ingress is checked only when the packet leaves the sender: a packet the
 		// sender's egress drops never arrives, and must not start a flow there.
-		if toOK && (res.NChecks == 0 || res.Checks[0].Verdict.Action == model.Accept) {
+		if toOK && (res.NChecks == 0 || res.Checks[0].Verdict.Action == model.Accept) && r.err == nil {
 			r.check(to, model.Ingress, ts, res)
 		}
 	}
@@ -306,8 +361,48 @@ func noRule(a model.Action, why dataplane.Reason) dataplane.Verdict {
 func (r *Replayer) check(eni uint32, dir model.Direction, ts time.Duration, res *Result) {
 	c := &res.Checks[res.NChecks]
 	res.NChecks++
-	c.ENI, c.Direction = int(eni), dir
-	d := &res.Packet
+	c.ENI, c.Direction, c.Compared = int(eni), dir, false
+	if r.opts.Engine == EngineDecider {
+		if ran := r.ask(eni, dir, &res.Packet, &c.Verdict); ran || r.err != nil {
+			return
+		}
+	}
+	r.checkGo(c, eni, dir, ts, &res.Packet)
+	if r.opts.Engine == EngineCompare && r.err == nil {
+		c.Compared = r.ask(eni, dir, &res.Packet, &c.Other)
+	}
+}
+
+// ask has the Decider decide the packet's frame as eni sees it in dir, into v. It returns false when
+// the Decider did not run: the packet has no Ethernet form, or the Decider refused a frame the decoder
+// calls malformed or not-ip (verdicts that need neither tables nor state, so the decoder's stands).
+// Other failures land in r.err.
+func (r *Replayer) ask(eni uint32, dir model.Direction, d *packet.Decoded, v *dataplane.Verdict) bool {
+	if r.eth == nil {
+		r.dstats.NotRun++
+		return false
+	}
+	id := r.enis[eni]
+	dec, err := r.opts.Decider.Decide(r.eth, id, dir)
+	if errors.Is(err, ErrRefused) && (d.Class == packet.ClassMalformed || d.Class == packet.ClassNotIP) {
+		r.dstats.NotRun++
+		return false
+	}
+	if err != nil {
+		r.err = fmt.Errorf("%s %s: %w", id, dir, err)
+		return false
+	}
+	r.dstats.Asked++
+	tabs, _ := r.snap.ENI(id)
+	if *v, err = explain(tabs, id, dir, dec); err != nil {
+		r.err = err
+		return false
+	}
+	return true
+}
+
+// checkGo decides one check with the Go engine.
+func (r *Replayer) checkGo(c *Check, eni uint32, dir model.Direction, ts time.Duration, d *packet.Decoded) {
 	switch d.Class {
 	case packet.ClassARP:
 		c.Verdict = noRule(model.Accept, dataplane.ReasonARP)

@@ -58,6 +58,9 @@ type Summary struct {
 	// Skipped counts packets not copied to --write-* files because their link type differed from the
 	// file's first packet.
 	Skipped int
+	// Disagreements counts packets on which the Go engine and the Decider differ (EngineCompare);
+	// ConntrackDisagreements those of them where only one engine answered from its connection tracker.
+	Disagreements, ConntrackDisagreements int
 }
 
 // rowCounter counts checks by ENI, direction and deciding entry (or reason) in slices, not a map:
@@ -173,8 +176,17 @@ func Run(ctx context.Context, r *Replayer, cfg RunConfig) (*Summary, error) {
 					progress(cfg.Progress, src, size, idx)
 				}
 			}
-			r.Decide(idx, ts, link, frame, &res)
+			if err := r.Decide(idx, ts, link, frame, &res); err != nil {
+				src.Close()
+				return sum, fmt.Errorf("%s: %w", name, err)
+			}
 			sum.Packets++
+			if r.opts.Engine == EngineCompare && res.Disagrees() {
+				sum.Disagreements++
+				if res.ConntrackOnly() {
+					sum.ConntrackDisagreements++
+				}
+			}
 			sum.ByVerdict[res.Verdict]++
 			for i := 0; i < res.NChecks; i++ {
 				rows.add(&res.Checks[i])
@@ -338,27 +350,19 @@ func endpoint(b *strings.Builder, addr string, v6 bool, port uint16, hasPort boo
 	b.WriteString(strconv.Itoa(int(port)))
 }
 
+// protoName is model.IPProtocolName, with unnamed protocols written "proto-N" so a flow never starts
+// with a bare number.
 func protoName(p uint8) string {
-	switch p {
-	case packet.ProtoTCP:
-		return "tcp"
-	case packet.ProtoUDP:
-		return "udp"
-	case packet.ProtoICMP:
-		return "icmp"
-	case packet.ProtoICMPv6:
-		return "icmpv6"
+	n := model.IPProtocolName(p)
+	if n[0] >= '0' && n[0] <= '9' {
+		return "proto-" + n
 	}
-	return "proto-" + strconv.Itoa(int(p))
+	return n
 }
 
 // CheckString renders one check: "eni-web1 ingress ACCEPT sg-web rule 1" or "… DROP default-drop".
 func CheckString(r *Replayer, c *Check) string {
-	s := r.enis[c.ENI] + " " + c.Direction.String() + " " + c.Verdict.Action.String()
-	if c.Verdict.Reason == dataplane.ReasonRule {
-		return s + " " + c.Verdict.SgID + " rule " + strconv.Itoa(c.Verdict.RuleIndex)
-	}
-	return s + " " + c.Verdict.Reason.String()
+	return r.enis[c.ENI] + " " + c.Direction.String() + " " + VerdictString(&c.Verdict)
 }
 
 // AppendHuman appends one row of the human table.

@@ -378,7 +378,9 @@ func (sr *ScenarioRun) inline(where string, p *InlinePacket) error {
 		return err
 	}
 	sr.now += time.Millisecond
-	r.DecideDecoded(sr.index, sr.now, &res)
+	if err := r.DecideDecoded(sr.index, sr.now, &res); err != nil {
+		return err
+	}
 	sr.index++
 	by := make([]string, res.NChecks)
 	for i := 0; i < res.NChecks; i++ {
@@ -414,21 +416,11 @@ func (sr *ScenarioRun) inline(where string, p *InlinePacket) error {
 }
 
 func parseProto(s string) (uint8, error) {
-	switch strings.ToLower(s) {
-	case "tcp":
-		return packet.ProtoTCP, nil
-	case "udp":
-		return packet.ProtoUDP, nil
-	case "icmp":
-		return packet.ProtoICMP, nil
-	case "icmpv6":
-		return packet.ProtoICMPv6, nil
-	}
-	n, err := strconv.ParseUint(s, 10, 8)
+	n, err := model.ParseIPProtocol(s)
 	if err != nil {
 		return 0, fmt.Errorf("proto %q: want tcp, udp, icmp, icmpv6 or a number", s)
 	}
-	return uint8(n), nil
+	return n, nil
 }
 
 // decoded fills d as the decoder would for the frame this inline packet describes.

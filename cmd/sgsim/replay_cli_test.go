@@ -65,6 +65,9 @@ func TestReplayBadInput(t *testing.T) {
 		{"missing pcap", []string{"replay", "--pcap", "nope.pcap", "--topology", demoTopology}, "nope.pcap"},
 		{"corrupt pcap", []string{"replay", "--pcap", demoTopology, "--topology", demoTopology}, "demo.json"},
 		{"bad expect", []string{"replay", "--pcap", demoPcap, "--topology", demoTopology, "--expect", demoTopology}, "demo.json"},
+		{"bad engine", []string{"replay", "--pcap", demoPcap, "--topology", demoTopology, "--engine", "gpu"}, `--engine "gpu": want go, ebpf or both`},
+		{"stateless ebpf", []string{"replay", "--pcap", demoPcap, "--topology", demoTopology, "--engine", "ebpf", "--stateless"}, "--stateless works with --engine go only"},
+		{"stateless both", []string{"replay", "--pcap", demoPcap, "--topology", demoTopology, "--engine", "both", "--stateless"}, "--stateless works with --engine go only"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
