@@ -41,18 +41,22 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 # Every benchmark, one run on this machine, then bench/REPORT.md and its plots (needs root for the BPF and
-# network-namespace peers; about 10 minutes on 2 cores).
+# network-namespace peers; about 13 minutes on 2 cores).
 BENCH_OUT := bench/bench.txt
 bench: build
 	$(GO) test -run '^$$' -bench 'Classifier$$|Linear$$' -benchmem -timeout 20m ./dataplane/ | tee $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench 'Run$$' -benchtime 300x -timeout 20m ./bpf/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench PeerUDP -benchtime 1x -timeout 20m ./bench/peers/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench PeerUpdate -benchtime 1x -timeout 20m ./bench/peers/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench ModifyToEnforced -benchtime 300x -timeout 20m ./api/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench ModifyBigPolicy -benchtime 20x -timeout 20m ./api/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench Replay -benchtime 3x -cpu 1 -timeout 20m ./replay/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 20m ./packet/ ./conntrack/ ./compiler/ | tee -a $(BENCH_OUT)
 	$(GO) run ./bench/report -in $(BENCH_OUT) -out bench/REPORT.md -notes bench/READING.md \
 		-compare 'Matching cost per packet vs rules (ns)=Classifier:p50-ns/lookup,Linear:ns/lookup,Run:ns/pkt' \
-		-ratio 'Linear/Classifier:ns/lookup'
+		-ratio 'Linear/Classifier:ns/lookup' \
+		-versus 'PeerUDP:pkt/s:sgsim-tc' -versus 'PeerUDP:path-cpu-ns/pkt:sgsim-tc' \
+		-versus 'PeerUpdate:enforce-p50-ms:sgsim-api' -versus 'PeerUpdate:call-p50-ms:sgsim-api'
 
 generate:
 	$(GO) generate ./...

@@ -42,6 +42,11 @@ func main() {
 		o.Ratios = append(o.Ratios, r)
 		return err
 	})
+	flag.Func("versus", "`Family:unit:base`: a table of unit for every variant of Family per rule count, each also as a multiple of the base variant's (repeatable)", func(v string) error {
+		vs, err := parseVersus(v)
+		o.Versus = append(o.Versus, vs)
+		return err
+	})
 	flag.Parse()
 	if err := run(*in, *out, *notes, o); err != nil {
 		slog.Error("report", "err", err)
@@ -53,6 +58,19 @@ func main() {
 type Options struct {
 	Compare []Compare
 	Ratios  []Ratio
+	Versus  []Versus
+}
+
+// Versus sets each variant of a family against one of them (e.g. every peer against sgsim), per rule count.
+type Versus struct{ Family, Unit, Base string }
+
+func parseVersus(v string) (Versus, error) {
+	fam, rest, ok := strings.Cut(v, ":")
+	i := strings.LastIndex(rest, ":")
+	if !ok || i <= 0 || fam == "" || i == len(rest)-1 {
+		return Versus{}, fmt.Errorf("-versus %q: want Family:unit:base", v)
+	}
+	return Versus{fam, rest[:i], rest[i+1:]}, nil
 }
 
 // Compare is one combined plot: each series is a family's median value of unit per rule count.
@@ -177,6 +195,21 @@ func ruleCount(name string) (n float64, matched string, ok bool) {
 	return v * 1000, m[0], true
 }
 
+// variant splits a rules=N benchmark name into N and the rest below the family (e.g. "iptables-legacy" of
+// "PeerUDP/iptables-legacy/rules=1000"); the family itself when nothing is left.
+func (r Result) variant() (n float64, variant string, ok bool) {
+	n, matched, ok := ruleCount(r.Name)
+	if !ok {
+		return 0, "", false
+	}
+	variant = strings.Trim(strings.ReplaceAll(strings.TrimPrefix(r.Name, r.Family()), matched, ""), "/")
+	variant = strings.ReplaceAll(variant, "//", "/")
+	if variant == "" {
+		variant = r.Family()
+	}
+	return n, variant, true
+}
+
 // Parse reads go test -bench output; `pkg:` lines set the package of the lines after them.
 func Parse(r io.Reader) ([]Result, error) {
 	var out []Result
@@ -221,14 +254,9 @@ func Plot(results []Result, dir string) (map[string][]string, error) {
 	type point struct{ n, v float64 }
 	series := map[string]map[string]map[string][]point{} // family → metric → variant → points
 	for _, r := range results {
-		n, matched, ok := ruleCount(r.Name)
+		n, variant, ok := r.variant()
 		if !ok {
 			continue
-		}
-		variant := strings.Trim(strings.ReplaceAll(strings.TrimPrefix(r.Name, r.Family()), matched, ""), "/")
-		variant = strings.ReplaceAll(variant, "//", "/")
-		if variant == "" {
-			variant = r.Family()
 		}
 		for unit, v := range r.Metrics {
 			// ns/op of a benchmark that reports its own metrics is the harness's time, not a result.
@@ -375,7 +403,56 @@ func writeViews(results []Result, o Options, dir string) (string, error) {
 		}
 		b.WriteString("\n")
 	}
+	for _, vs := range o.Versus {
+		writeVersus(&b, results, vs)
+	}
 	return b.String(), nil
+}
+
+// writeVersus renders one Versus table: a row per variant, a column per rule count, each cell the value
+// and its multiple of the base variant's value at that rule count.
+func writeVersus(b *strings.Builder, results []Result, vs Versus) {
+	fmt.Fprintf(b, "## %s: %s against %s\n\n", vs.Family, vs.Unit, vs.Base)
+	vals := map[string]map[float64]float64{}
+	counts := map[float64]bool{}
+	for _, r := range results {
+		n, variant, ok := r.variant()
+		v, has := r.Metrics[vs.Unit]
+		if !ok || !has || r.Family() != vs.Family {
+			continue
+		}
+		if vals[variant] == nil {
+			vals[variant] = map[float64]float64{}
+		}
+		vals[variant][n] = v
+		counts[n] = true
+	}
+	if len(vals) == 0 {
+		b.WriteString("(no matching benchmarks in this run)\n\n")
+		return
+	}
+	ns := sortedFloatKeys(counts)
+	b.WriteString("| " + vs.Unit + " (× " + vs.Base + ") |")
+	for _, n := range ns {
+		fmt.Fprintf(b, " %s rules |", formatValue(n))
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---:|", len(ns)) + "\n")
+	for _, variant := range sortedKeys(vals) {
+		fmt.Fprintf(b, "| %s |", variant)
+		for _, n := range ns {
+			v, ok := vals[variant][n]
+			switch base, hasBase := vals[vs.Base][n]; {
+			case !ok:
+				b.WriteString(" |")
+			case hasBase && base != 0:
+				fmt.Fprintf(b, " %s (%s×) |", formatValue(v), formatValue(v/base))
+			default:
+				fmt.Fprintf(b, " %s |", formatValue(v))
+			}
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
 }
 
 func sortedFloatKeys[V any](m map[float64]V) []float64 {

@@ -18,13 +18,14 @@ BenchmarkLookup/acl1/rules=10000/fast-2  	 1000	        31.0 ns/op	       0 B/op
 BenchmarkLookup/acl1/rules=1000/linear-2 	 1000	      900 ns/op	       0 B/op	       0 allocs/op
 pkg: example.com/b
 BenchmarkPeerUDP/none/rules=100-2 	1	1091379706 ns/op	      8206 cpu-ns/pkt	         0 load-ms	    217998 pkt/s
+BenchmarkPeerUDP/sgsim-tc/rules=100-2 	1	1091379706 ns/op	      4000 cpu-ns/pkt	         2 load-ms	    300000 pkt/s
 PASS
 `
 
 func TestParse(t *testing.T) {
 	rs, err := Parse(strings.NewReader(sample))
 	require.NoError(t, err)
-	require.Len(t, rs, 4)
+	require.Len(t, rs, 5)
 	assert.Equal(t, "example.com/a", rs[0].Pkg)
 	assert.Equal(t, "Lookup/acl1/rules=1000/fast", rs[0].Name)
 	assert.Equal(t, "Lookup", rs[0].Family())
@@ -51,7 +52,10 @@ func TestRunWritesReportAndPlots(t *testing.T) {
 	require.NoError(t, err)
 	r, err := parseRatio("Lookup/Lookup:ns/op")
 	require.NoError(t, err)
-	o.Compare, o.Ratios = []Compare{c}, []Ratio{r}
+	vs, err := parseVersus("PeerUDP:cpu-ns/pkt:sgsim-tc")
+	require.NoError(t, err)
+	assert.Equal(t, Versus{"PeerUDP", "cpu-ns/pkt", "sgsim-tc"}, vs)
+	o.Compare, o.Ratios, o.Versus = []Compare{c}, []Ratio{r}, []Versus{vs}
 	require.NoError(t, run(in, out, "", o))
 	md, err := os.ReadFile(out)
 	require.NoError(t, err)
@@ -59,6 +63,9 @@ func TestRunWritesReportAndPlots(t *testing.T) {
 	assert.Contains(t, string(md), "![Lookup_ns_op.png](Lookup_ns_op.png)")
 	assert.Contains(t, string(md), "| Lookup ns/op | 900 | 31 |", "upper median per rule count: 1000 rules has 25.5 and 900")
 	assert.Contains(t, string(md), "| acl1/rules=1000/fast | 25.5 | 25.5 | 1× |")
+	assert.Contains(t, string(md), "| cpu-ns/pkt (× sgsim-tc) | 100 rules |\n|---|---:|\n| none | 8206 (2.051×) |\n| sgsim-tc | 4000 (1×) |\n")
+	_, err = parseVersus("PeerUDP:pkt/s")
+	assert.ErrorContains(t, err, "want Family:unit:base")
 	_, err = parseRatio("nonsense")
 	assert.ErrorContains(t, err, "want Num/Den:unit")
 	png, err := os.ReadFile(filepath.Join(dir, "Lookup_ns_op.png"))
