@@ -2,10 +2,7 @@ package api
 
 import (
 	"fmt"
-	"iter"
-	"maps"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 )
@@ -18,29 +15,35 @@ type flatNode struct {
 	children map[string]*flatNode // nil for a value
 }
 
-// decodeFlat builds the tree of every parameter. A name used twice, an empty name segment, or a name
-// that is both a value and a parent is an error naming the parameter.
-func decodeFlat(params url.Values) (*flatNode, error) {
-	// Names are taken in map order, which costs nothing; only when that finds an error are they taken
-	// again in sorted order, so the error reported is deterministic. Every error is found in any order.
-	root, err := buildFlat(params, maps.Keys(params))
-	if err == nil {
-		return root, nil
-	}
-	_, err = buildFlat(params, slices.Values(slices.Sorted(maps.Keys(params))))
-	return nil, err
-}
-
-func buildFlat(params url.Values, names iter.Seq[string]) (*flatNode, error) {
+// decodeFlat builds the tree of every parameter; names are params' names in sorted order (the order the
+// signature needs too, so one sort serves both). A name used twice, an empty name segment, or a name that
+// is both a value and a parent is an error naming the parameter; the first in sorted order is reported.
+func decodeFlat(params url.Values, names []string) (*flatNode, error) {
 	root := &flatNode{children: map[string]*flatNode{}}
-	for k := range names {
+	// The nodes along the previous name, and where its segments end: a sorted name mostly shares its
+	// leading segments with the previous one (ingress.7.action, ingress.7.cidrIp), and those are taken
+	// from here rather than looked up again.
+	var prev string
+	var path []*flatNode
+	var ends []int
+	for _, k := range names {
 		vs := params[k]
 		if len(vs) != 1 {
 			return nil, fmt.Errorf("parameter %q given %d times", k, len(vs))
 		}
-		n := root
+		n, start, depth := root, 0, 0
+		for ; depth < len(path); depth++ {
+			end := ends[depth]
+			// Only a parent segment of k is shared, and only a node without a value (a value node
+			// below which k goes on is an error the general step reports).
+			if end >= len(k) || k[end] != '.' || k[:end] != prev[:end] || path[depth].hasValue {
+				break
+			}
+			n, start = path[depth], end+1
+		}
+		path, ends, prev = path[:depth], ends[:depth], k
 		// Segments and node names are substrings of k: no allocation per segment.
-		for start := 0; ; {
+		for {
 			end := len(k)
 			if i := strings.IndexByte(k[start:], '.'); i >= 0 {
 				end = start + i
@@ -61,6 +64,7 @@ func buildFlat(params url.Values, names iter.Seq[string]) (*flatNode, error) {
 				n.children[s] = c
 			}
 			n = c
+			path, ends = append(path, c), append(ends, end)
 			if end == len(k) {
 				break
 			}

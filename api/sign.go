@@ -6,8 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"hash"
+	"maps"
 	"net/url"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,13 +20,15 @@ const TencentPath = "/v2/index.php"
 // StringToSign builds SPEC §4's string to sign: METHOD + host + path + "?" + sorted name=value pairs
 // (raw values, "_" in names read as "."), every parameter but Signature.
 func StringToSign(method, host string, params url.Values) string {
-	names := make([]string, 0, len(params))
-	for k := range params {
-		if k != "Signature" {
-			names = append(names, k)
-		}
+	return stringToSign(method, host, params, slices.Sorted(maps.Keys(params)))
+}
+
+// stringToSign is StringToSign with params' names already sorted (Signature among them or not).
+func stringToSign(method, host string, params url.Values, sorted []string) string {
+	names := sorted
+	if i, found := slices.BinarySearch(sorted, "Signature"); found {
+		names = slices.Delete(slices.Clone(sorted), i, i+1)
 	}
-	sort.Strings(names)
 	var b strings.Builder
 	n := len(method) + len(host) + len(TencentPath) + 1
 	for _, k := range names {

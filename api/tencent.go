@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -48,6 +49,7 @@ var ruleFields = []string{"ipProtocol", "cidrIp", "sgId", "portRange", "action",
 type tencentCall struct {
 	Action string
 	root   *flatNode
+	names  []string // every parameter name, sorted
 	// decoded arguments, depending on Action
 	SgID              string
 	Ingress, Egress   []model.Rule
@@ -78,11 +80,12 @@ func decodeTencent(params url.Values, maxParams int) (*tencentCall, error) {
 	if len(params) > maxParams {
 		return nil, badParam("%d parameters, at most %d allowed", len(params), maxParams)
 	}
-	root, err := decodeFlat(params)
+	names := slices.Sorted(maps.Keys(params))
+	root, err := decodeFlat(params, names)
 	if err != nil {
 		return nil, badParam("%v", err)
 	}
-	c := &tencentCall{root: root}
+	c := &tencentCall{root: root, names: names}
 	get := func(k string) (string, bool, error) { return root.str(k) }
 	var ok bool
 	if c.Action, ok, err = get("Action"); err != nil || !ok || c.Action == "" {
@@ -347,7 +350,7 @@ func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
 		}
 		return fail(te), action
 	}
-	acct := h.authTencent(r, params)
+	acct := h.authTencent(r, params, call.names)
 	if acct == nil {
 		return fail(&tencentError{Code: model.CodeAuthFailed, Msg: "authentication failed: unknown SecretId or bad Signature"}), call.Action
 	}
@@ -375,8 +378,9 @@ func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
 	return resp, call.Action
 }
 
-// authTencent returns the account whose SecretId signed the request, or nil.
-func (h *Handler) authTencent(r *http.Request, params url.Values) *model.Account {
+// authTencent returns the account whose SecretId signed the request, or nil. names are params' names,
+// sorted.
+func (h *Handler) authTencent(r *http.Request, params url.Values, names []string) *model.Account {
 	id, sig := params.Get("SecretId"), params.Get("Signature")
 	if id == "" || sig == "" {
 		return nil
@@ -387,7 +391,7 @@ func (h *Handler) authTencent(r *http.Request, params url.Values) *model.Account
 		if a.SecretID == "" || a.SecretID != id {
 			continue
 		}
-		want := SignString(StringToSign(r.Method, r.Host, params), a.SecretKey, params.Get("SignatureMethod"))
+		want := SignString(stringToSign(r.Method, r.Host, params, names), a.SecretKey, params.Get("SignatureMethod"))
 		if hmac.Equal([]byte(want), []byte(sig)) {
 			return a
 		}
