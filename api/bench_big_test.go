@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,58 +20,71 @@ import (
 )
 
 // BenchmarkModifyBigPolicy measures the daemon's side of a ModifySecurityGroupPolicy that replaces a
-// 1k- or 10k-rule SG (limits raised): parse, authenticate, validate, commit (memory store), compile and
-// publish into the built-in Go engine. bench/peers' PeerUpdate/sgsim-api adds HTTP, bbolt and the BPF
-// publish to this, end to end on a veth path.
+// 1k- or 10k-rule SG (limits raised): parse, authenticate, validate, commit (memory store, or bbolt with
+// its fsync and the durable Nonce record, as the daemon runs), compile and publish into the built-in Go
+// engine. bench/peers' PeerUpdate/sgsim-api adds HTTP and the BPF publish to this, end to end on a veth
+// path.
 func BenchmarkModifyBigPolicy(b *testing.B) {
-	for _, n := range []int{1000, 10000} {
-		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
-			lim := control.DefaultLimits()
-			lim.RulesPerDirection = n
-			ctrl, err := control.New(context.Background(), store.NewMemory(), demoState(b), control.Options{Limits: &lim})
-			require.NoError(b, err)
-			h := NewHandler(ctrl, Options{Now: func() time.Time { return testNow }, MaxParams: 8*n + 64, MaxBodyBytes: int64(n) << 10})
-			// Two policies to alternate between, so every call is a change; signed up front.
-			encoded := make([]string, b.N)
-			for i := range encoded {
-				p := url.Values{}
-				p.Set("Action", ActModifyPolicy)
-				p.Set("sgId", "sg-web")
-				for r := range n {
-					k := "ingress." + strconv.Itoa(r) + "."
-					p.Set(k+"ipProtocol", "tcp")
-					p.Set(k+"cidrIp", fmt.Sprintf("10.%d.%d.0/24", r/256, r%256))
-					p.Set(k+"portRange", strconv.Itoa(1000+r+i%2))
-					p.Set(k+"action", "ACCEPT")
-				}
-				p.Set("Nonce", strconv.Itoa(i))
-				p.Set("Timestamp", strconv.FormatInt(testNow.Unix(), 10))
-				p.Set("SecretId", secretID1)
-				p.Set("SignatureMethod", "HmacSHA256")
-				Sign(http.MethodPost, "bench", p, secretKey1)
-				encoded[i] = p.Encode()
-			}
-			lat := make([]time.Duration, 0, b.N)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				req := httptest.NewRequest(http.MethodPost, "http://bench"+TencentPath, strings.NewReader(encoded[i]))
-				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-				rec := httptest.NewRecorder()
-				b.StartTimer()
-				start := time.Now()
-				h.ServeHTTP(rec, req)
-				lat = append(lat, time.Since(start))
-				b.StopTimer()
-				if !strings.HasPrefix(rec.Body.String(), `{"code":0,`) {
-					b.Fatalf("call failed: %s", rec.Body.String())
-				}
-				b.StartTimer()
-			}
-			b.StopTimer()
-			slices.Sort(lat)
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-		})
+	for _, storeKind := range []string{"memory", "bolt"} {
+		for _, n := range []int{1000, 10000} {
+			b.Run(fmt.Sprintf("%s/rules=%d", storeKind, n), func(b *testing.B) { benchModifyBigPolicy(b, storeKind, n) })
+		}
 	}
+}
+
+func benchModifyBigPolicy(b *testing.B, storeKind string, n int) {
+	lim := control.DefaultLimits()
+	lim.RulesPerDirection = n
+	var st store.Store = store.NewMemory()
+	var nonces NonceStore
+	if storeKind == "bolt" {
+		bs, err := store.OpenBolt(filepath.Join(b.TempDir(), "b.db"))
+		require.NoError(b, err)
+		b.Cleanup(func() { bs.Close() })
+		st, nonces = bs, bs
+	}
+	ctrl, err := control.New(context.Background(), st, demoState(b), control.Options{Limits: &lim})
+	require.NoError(b, err)
+	h := NewHandler(ctrl, Options{Now: func() time.Time { return testNow }, MaxParams: 8*n + 64, MaxBodyBytes: int64(n) << 10, Nonces: nonces})
+	// Two policies to alternate between, so every call is a change; signed up front.
+	encoded := make([]string, b.N)
+	for i := range encoded {
+		p := url.Values{}
+		p.Set("Action", ActModifyPolicy)
+		p.Set("sgId", "sg-web")
+		for r := range n {
+			k := "ingress." + strconv.Itoa(r) + "."
+			p.Set(k+"ipProtocol", "tcp")
+			p.Set(k+"cidrIp", fmt.Sprintf("10.%d.%d.0/24", r/256, r%256))
+			p.Set(k+"portRange", strconv.Itoa(1000+r+i%2))
+			p.Set(k+"action", "ACCEPT")
+		}
+		p.Set("Nonce", strconv.Itoa(i))
+		p.Set("Timestamp", strconv.FormatInt(testNow.Unix(), 10))
+		p.Set("SecretId", secretID1)
+		p.Set("SignatureMethod", "HmacSHA256")
+		Sign(http.MethodPost, "bench", p, secretKey1)
+		encoded[i] = p.Encode()
+	}
+	lat := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		req := httptest.NewRequest(http.MethodPost, "http://bench"+TencentPath, strings.NewReader(encoded[i]))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		rec := httptest.NewRecorder()
+		b.StartTimer()
+		start := time.Now()
+		h.ServeHTTP(rec, req)
+		lat = append(lat, time.Since(start))
+		b.StopTimer()
+		if !strings.HasPrefix(rec.Body.String(), `{"code":0,`) {
+			b.Fatalf("call failed: %s", rec.Body.String())
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 }

@@ -1,11 +1,86 @@
 package api
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 )
+
+// form is a request's parameters as name=value pairs stably sorted by name, so every value of a name
+// keeps its arrival order (query before body, as url.Values appends them). A sorted list serves the tree
+// and the signature without a map of tens of thousands of names, and costs no sort at all when the
+// client sent its names sorted, as the signature's string makes clients do.
+type form struct {
+	keys, vals []string // every pair, sorted by key
+	names      []string // distinct keys in sorted order
+	at         []int    // names[i]'s values are vals[at[i]:at[i+1]]
+}
+
+// add appends a pair in arrival order; done must follow the last add.
+func (f *form) add(k, v string) {
+	f.keys = append(f.keys, k)
+	f.vals = append(f.vals, v)
+}
+
+// done sorts the pairs (unless they arrived sorted) and groups them by name.
+func (f *form) done() {
+	if !slices.IsSorted(f.keys) {
+		idx := make([]int, len(f.keys))
+		for i := range idx {
+			idx[i] = i
+		}
+		slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(f.keys[a], f.keys[b]) })
+		keys, vals := make([]string, len(idx)), make([]string, len(idx))
+		for i, j := range idx {
+			keys[i], vals[i] = f.keys[j], f.vals[j]
+		}
+		f.keys, f.vals = keys, vals
+	}
+	f.names = f.keys
+	f.at = make([]int, 0, len(f.keys)+1)
+	dup := false
+	for i, k := range f.keys {
+		if i > 0 && k == f.keys[i-1] {
+			if !dup {
+				// A name given twice: names can no longer share the keys' array.
+				f.names, dup = slices.Clone(f.keys[:i]), true
+			}
+			continue
+		}
+		if dup {
+			f.names = append(f.names, k)
+		}
+		f.at = append(f.at, i)
+	}
+	f.at = append(f.at, len(f.keys))
+}
+
+// formOf is the form of params.
+func formOf(params url.Values) *form {
+	f := &form{}
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		for _, v := range params[k] {
+			f.add(k, v)
+		}
+	}
+	f.done()
+	return f
+}
+
+// values returns every value of names[i].
+func (f *form) values(i int) []string { return f.vals[f.at[i]:f.at[i+1]] }
+
+// get returns the first value of k, "" when absent (url.Values.Get).
+func (f *form) get(k string) string {
+	if i, ok := slices.BinarySearch(f.names, k); ok {
+		return f.vals[f.at[i]]
+	}
+	return ""
+}
 
 // flatNode is a decoded Tencent flattened parameter: `a.0.b=v` becomes a tree a → 0 → b = v.
 type flatNode struct {
@@ -15,10 +90,10 @@ type flatNode struct {
 	children map[string]*flatNode // nil for a value
 }
 
-// decodeFlat builds the tree of every parameter; names are params' names in sorted order (the order the
-// signature needs too, so one sort serves both). A name used twice, an empty name segment, or a name that
-// is both a value and a parent is an error naming the parameter; the first in sorted order is reported.
-func decodeFlat(params url.Values, names []string) (*flatNode, error) {
+// decodeFlat builds the tree of every parameter of f, in f's sorted name order. A name used twice, an
+// empty name segment, or a name that is both a value and a parent is an error naming the parameter; the
+// first in sorted order is reported.
+func decodeFlat(f *form) (*flatNode, error) {
 	root := &flatNode{children: map[string]*flatNode{}}
 	// The nodes along the previous name, and where its segments end: a sorted name mostly shares its
 	// leading segments with the previous one (ingress.7.action, ingress.7.cidrIp), and those are taken
@@ -26,8 +101,8 @@ func decodeFlat(params url.Values, names []string) (*flatNode, error) {
 	var prev string
 	var path []*flatNode
 	var ends []int
-	for _, k := range names {
-		vs := params[k]
+	for i, k := range f.names {
+		vs := f.values(i)
 		if len(vs) != 1 {
 			return nil, fmt.Errorf("parameter %q given %d times", k, len(vs))
 		}

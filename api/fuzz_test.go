@@ -27,7 +27,7 @@ func FuzzDecodeTencent(f *testing.F) {
 		if err != nil {
 			return
 		}
-		c, err := decodeTencent(params, 2000)
+		c, err := decodeTencent(formOf(params), 2000)
 		if err != nil {
 			require.NotEmpty(t, err.Error())
 			return

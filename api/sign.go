@@ -6,9 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"hash"
-	"maps"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,36 +18,33 @@ const TencentPath = "/v2/index.php"
 // StringToSign builds SPEC §4's string to sign: METHOD + host + path + "?" + sorted name=value pairs
 // (raw values, "_" in names read as "."), every parameter but Signature.
 func StringToSign(method, host string, params url.Values) string {
-	return stringToSign(method, host, params, slices.Sorted(maps.Keys(params)))
+	return stringToSign(method, host, formOf(params))
 }
 
-// stringToSign is StringToSign with params' names already sorted (Signature among them or not).
-func stringToSign(method, host string, params url.Values, sorted []string) string {
-	names := sorted
-	if i, found := slices.BinarySearch(sorted, "Signature"); found {
-		names = slices.Delete(slices.Clone(sorted), i, i+1)
-	}
+// stringToSign is StringToSign of a form (Signature among its names or not).
+func stringToSign(method, host string, params *form) string {
 	var b strings.Builder
 	n := len(method) + len(host) + len(TencentPath) + 1
-	for _, k := range names {
-		for _, v := range params[k] {
-			n += len(k) + len(v) + 2
-		}
+	for i, k := range params.keys {
+		n += len(k) + len(params.vals[i]) + 2
 	}
 	b.Grow(n)
 	b.WriteString(strings.ToUpper(method))
 	b.WriteString(host)
 	b.WriteString(TencentPath)
 	b.WriteByte('?')
-	for i, k := range names {
-		for j, v := range params[k] {
-			if i > 0 || j > 0 {
-				b.WriteByte('&')
-			}
-			b.WriteString(strings.ReplaceAll(k, "_", "."))
-			b.WriteByte('=')
-			b.WriteString(v)
+	first := true
+	for i, k := range params.keys {
+		if k == "Signature" {
+			continue
 		}
+		if !first {
+			b.WriteByte('&')
+		}
+		first = false
+		b.WriteString(strings.ReplaceAll(k, "_", "."))
+		b.WriteByte('=')
+		b.WriteString(params.vals[i])
 	}
 	return b.String()
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -49,7 +48,6 @@ var ruleFields = []string{"ipProtocol", "cidrIp", "sgId", "portRange", "action",
 type tencentCall struct {
 	Action string
 	root   *flatNode
-	names  []string // every parameter name, sorted
 	// decoded arguments, depending on Action
 	SgID              string
 	Ingress, Egress   []model.Rule
@@ -76,16 +74,15 @@ func badParam(format string, args ...any) *tencentError {
 }
 
 // decodeTencent decodes and checks the shape of every parameter. It never looks at the state.
-func decodeTencent(params url.Values, maxParams int) (*tencentCall, error) {
-	if len(params) > maxParams {
-		return nil, badParam("%d parameters, at most %d allowed", len(params), maxParams)
+func decodeTencent(params *form, maxParams int) (*tencentCall, error) {
+	if len(params.names) > maxParams {
+		return nil, badParam("%d parameters, at most %d allowed", len(params.names), maxParams)
 	}
-	names := slices.Sorted(maps.Keys(params))
-	root, err := decodeFlat(params, names)
+	root, err := decodeFlat(params)
 	if err != nil {
 		return nil, badParam("%v", err)
 	}
-	c := &tencentCall{root: root, names: names}
+	c := &tencentCall{root: root}
 	get := func(k string) (string, bool, error) { return root.str(k) }
 	var ok bool
 	if c.Action, ok, err = get("Action"); err != nil || !ok || c.Action == "" {
@@ -277,7 +274,7 @@ func (h *Handler) serveTencent(w http.ResponseWriter, r *http.Request) {
 }
 
 // readParams returns the query (GET) or the query plus form body (POST), undecoded values intact.
-func (h *Handler) readParams(r *http.Request) (url.Values, error) {
+func (h *Handler) readParams(r *http.Request) (*form, error) {
 	var body string
 	if r.Method == http.MethodPost {
 		if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
@@ -289,21 +286,23 @@ func (h *Handler) readParams(r *http.Request) (url.Values, error) {
 		}
 		body = string(b)
 	}
-	// Sized up front: a big policy's tens of thousands of parameters would otherwise regrow the map.
-	params := make(url.Values, min(strings.Count(r.URL.RawQuery, "&")+strings.Count(body, "&")+2, 2*h.opts.MaxParams))
+	// Sized up front: a big policy's tens of thousands of parameters would otherwise regrow the lists.
+	n := min(strings.Count(r.URL.RawQuery, "&")+strings.Count(body, "&")+2, 2*h.opts.MaxParams)
+	params := &form{keys: make([]string, 0, n), vals: make([]string, 0, n)}
 	if err := parseForm(r.URL.RawQuery, params, h.opts.MaxParams); err != nil {
 		return nil, fmt.Errorf("query string: %w", err)
 	}
 	if err := parseForm(body, params, h.opts.MaxParams); err != nil {
 		return nil, fmt.Errorf("form body: %w", err)
 	}
+	params.done()
 	return params, nil
 }
 
 // parseForm adds the name=value pairs of s to into, decoded as url.ParseQuery decodes them. Its bound is
 // maxParams rather than net/url's fixed 10,000 pairs, which a ModifySecurityGroupPolicy under raised
 // limits exceeds (a 10k-rule SG is ~40k parameters).
-func parseForm(s string, into url.Values, maxParams int) error {
+func parseForm(s string, into *form, maxParams int) error {
 	if n := strings.Count(s, "&") + 1; s != "" && n > maxParams {
 		return fmt.Errorf("%d parameters, at most %d allowed", n, maxParams)
 	}
@@ -324,7 +323,7 @@ func parseForm(s string, into url.Values, maxParams int) error {
 		if v, err = url.QueryUnescape(v); err != nil {
 			return err
 		}
-		into[k] = append(into[k], v)
+		into.add(k, v)
 	}
 	return nil
 }
@@ -345,12 +344,12 @@ func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
 			te = badParam("%v", err)
 		}
 		action := ""
-		if _, ok := actionParams[params.Get("Action")]; ok {
-			action = params.Get("Action")
+		if _, ok := actionParams[params.get("Action")]; ok {
+			action = params.get("Action")
 		}
 		return fail(te), action
 	}
-	acct := h.authTencent(r, params, call.names)
+	acct := h.authTencent(r, params)
 	if acct == nil {
 		return fail(&tencentError{Code: model.CodeAuthFailed, Msg: "authentication failed: unknown SecretId or bad Signature"}), call.Action
 	}
@@ -378,10 +377,9 @@ func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
 	return resp, call.Action
 }
 
-// authTencent returns the account whose SecretId signed the request, or nil. names are params' names,
-// sorted.
-func (h *Handler) authTencent(r *http.Request, params url.Values, names []string) *model.Account {
-	id, sig := params.Get("SecretId"), params.Get("Signature")
+// authTencent returns the account whose SecretId signed the request, or nil.
+func (h *Handler) authTencent(r *http.Request, params *form) *model.Account {
+	id, sig := params.get("SecretId"), params.get("Signature")
 	if id == "" || sig == "" {
 		return nil
 	}
@@ -391,7 +389,7 @@ func (h *Handler) authTencent(r *http.Request, params url.Values, names []string
 		if a.SecretID == "" || a.SecretID != id {
 			continue
 		}
-		want := SignString(stringToSign(r.Method, r.Host, params, names), a.SecretKey, params.Get("SignatureMethod"))
+		want := SignString(stringToSign(r.Method, r.Host, params), a.SecretKey, params.get("SignatureMethod"))
 		if hmac.Equal([]byte(want), []byte(sig)) {
 			return a
 		}
