@@ -30,49 +30,48 @@ enum reason {
 	R_MALFORMED = 7,
 };
 
-#define REC_SIZE 64
+// A table version is one inner array map of CHUNK_SIZE-byte chunks, read as one byte string (layout.go).
+#define CHUNK_SHIFT 16
+#define CHUNK_SIZE (1 << CHUNK_SHIFT)
 #define HDR_FLAG_NOSG 1
 
-struct rec {
-	__u8 b[REC_SIZE];
-};
-
-// Record 0 of every table map.
+// At byte 0 of every table. Offsets are in bytes from the start of the table.
 struct hdr {
 	__u64 gen;
 	__u32 n4, n6;
 	__u32 off4, off6, off_nodes, off_ports;
 	__u32 off_entries, n_entries, off_sgs, flags;
-	__u32 pad[4];
+	__u32 off_v4idx, v4shift;
+	__u32 pad[2];
 };
 
 struct v4iv {
 	__u32 start;
 	__u32 node;
-}; // 8 per record
+}; // 8 bytes
 
 struct v6iv {
 	__u64 hi, lo;
 	__u32 node, pad;
 	__u64 pad2;
-}; // 2 per record
+}; // 32 bytes
 
 struct node {
 	__u32 tcp_off, tcp_cnt, udp_off, udp_cnt;
 	__s32 tcp_np, udp_np, icmp, other;
-}; // 2 per record
+}; // 32 bytes
 
 struct portiv {
 	__u16 start, pad;
 	__s32 entry;
-}; // 8 per record
+}; // 8 bytes
 
 struct entry {
 	__u32 action; // 1 accept, 0 drop
 	__s32 rule_index;
 	__u32 sg;
 	__u32 pad;
-}; // 4 per record
+}; // 16 bytes
 
 // tables[slot*2+dir] is the live table of one ENI direction; replacing the inner map is the atomic swap.
 struct {
@@ -84,7 +83,7 @@ struct {
 		__uint(max_entries, 1);
 		__uint(map_flags, BPF_F_INNER_MAP);
 		__type(key, __u32);
-		__type(value, __u8[REC_SIZE]);
+		__type(value, __u8[CHUNK_SIZE]);
 	});
 } tables SEC(".maps");
 
@@ -473,30 +472,66 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return R_NOT_IP;
 }
 
-// Binary searches run under bpf_loop so the verifier checks one step once, whatever the table size:
-// the size of a table is bounded by the structure, not by the verifier's instruction budget.
-struct bsearch {
+static __always_inline __u64 be64(const __u8 *a)
+{
+	__u64 v = 0;
+#pragma unroll
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | a[i];
+	return v;
+}
+
+// A table is read through a one-chunk cache: the chunk of the last access is kept, so a lookup costs one
+// map lookup per chunk it touches (one in all for tables of up to CHUNK_SIZE bytes) and every binary-search
+// step is a plain load. Masking the offset with CHUNK_SIZE - sz is what lets the verifier prove each load is
+// inside the chunk; elements are power-of-two sized and aligned, so the mask never changes an offset.
+struct tmem {
 	void *t;
-	__u32 base; // record index of the region's first record
+	void *p; // chunk cur of t
+	__u32 cur;
+};
+
+static __always_inline void *tm_at(struct tmem *m, __u32 off, __u32 sz)
+{
+	__u32 c = off >> CHUNK_SHIFT;
+	if (c != m->cur) {
+		void *p = bpf_map_lookup_elem(m->t, &c);
+		if (!p)
+			return 0;
+		m->p = p;
+		m->cur = c;
+	}
+	return m->p + (off & (CHUNK_SIZE - sz));
+}
+
+struct query {
+	__u8 fam, proto, has_port, pad;
+	__u16 port, pad2;
+	__u8 remote[16];
+};
+
+// Binary searches run under bpf_loop so the verifier checks one step once, whatever the table size (a
+// plain bounded loop makes it walk every step's outcomes). Each step narrows [lo, hi) to the interval
+// whose start is the last one <= key; base is the byte offset of the searched region.
+struct bsearch {
+	struct tmem m;
+	__u32 base;
 	__u32 lo, hi;
 	__u64 khi, klo; // key (IPv4 and ports use klo only)
 	int err;
 };
 
-// Each step narrows [lo, hi) to the interval whose start is the last one <= key.
 static long bs_v4(__u32 i, void *c)
 {
 	struct bsearch *x = c;
 	if (x->hi - x->lo <= 1)
 		return 1;
 	__u32 mid = (x->lo + x->hi) / 2;
-	__u32 ri = x->base + mid / 8;
-	struct rec *r = bpf_map_lookup_elem(x->t, &ri);
-	if (!r) {
+	struct v4iv *v = tm_at(&x->m, x->base + mid * 8, 8);
+	if (!v) {
 		x->err = 1;
 		return 1;
 	}
-	struct v4iv *v = (struct v4iv *)&r->b[(mid & 7) * 8];
 	if (v->start <= x->klo)
 		x->lo = mid;
 	else
@@ -510,13 +545,11 @@ static long bs_v6(__u32 i, void *c)
 	if (x->hi - x->lo <= 1)
 		return 1;
 	__u32 mid = (x->lo + x->hi) / 2;
-	__u32 ri = x->base + mid / 2;
-	struct rec *r = bpf_map_lookup_elem(x->t, &ri);
-	if (!r) {
+	struct v6iv *v = tm_at(&x->m, x->base + mid * 32, 32);
+	if (!v) {
 		x->err = 1;
 		return 1;
 	}
-	struct v6iv *v = (struct v6iv *)&r->b[(mid & 1) * 32];
 	if (v->hi < x->khi || (v->hi == x->khi && v->lo <= x->klo))
 		x->lo = mid;
 	else
@@ -530,13 +563,11 @@ static long bs_port(__u32 i, void *c)
 	if (x->hi - x->lo <= 1)
 		return 1;
 	__u32 mid = (x->lo + x->hi) / 2;
-	__u32 ri = x->base + mid / 8;
-	struct rec *r = bpf_map_lookup_elem(x->t, &ri);
-	if (!r) {
+	struct portiv *v = tm_at(&x->m, x->base + mid * 8, 8);
+	if (!v) {
 		x->err = 1;
 		return 1;
 	}
-	struct portiv *v = (struct portiv *)&r->b[(mid & 7) * 8];
 	if (v->start <= x->klo)
 		x->lo = mid;
 	else
@@ -544,57 +575,50 @@ static long bs_port(__u32 i, void *c)
 	return 0;
 }
 
-static __always_inline __u64 be64(const __u8 *a)
-{
-	__u64 v = 0;
-#pragma unroll
-	for (int i = 0; i < 8; i++)
-		v = (v << 8) | a[i];
-	return v;
-}
-
 // search_ports finds the entry of port in the elementary intervals [off, off+cnt) (the first starts at 0).
-static __always_inline __s32 search_ports(void *t, struct hdr *h, __u32 off, __u32 cnt, __u16 port)
+static __always_inline __s32 search_ports(struct bsearch *x, struct hdr *h, __u32 off, __u32 cnt, __u16 port)
 {
-	// Port intervals are addressed from the region start, so off is folded into lo/hi.
-	struct bsearch x = {.t = t, .base = h->off_ports, .lo = off, .hi = off + cnt, .klo = port};
-	bpf_loop(18, bs_port, &x, 0);
-	if (x.err)
+	x->base = h->off_ports;
+	x->lo = off;
+	x->hi = off + cnt;
+	x->klo = port;
+	bpf_loop(18, bs_port, x, 0);
+	if (x->err)
 		return -1;
-	__u32 ri = h->off_ports + x.lo / 8;
-	struct rec *r = bpf_map_lookup_elem(t, &ri);
-	if (!r)
+	struct portiv *v = tm_at(&x->m, h->off_ports + x->lo * 8, 8);
+	if (!v)
 		return -1;
-	return ((struct portiv *)&r->b[(x.lo & 7) * 8])->entry;
+	return v->entry;
 }
 
-struct query {
-	__u8 fam, proto, has_port, pad;
-	__u16 port, pad2;
-	__u8 remote[16];
-};
-
-// classify returns the index of the first entry of table t matching the packet oriented to q->remote,
-// or -1 when the table is inconsistent (the caller drops).
-static __noinline __s32 classify(void *t, struct hdr *h, struct query *q)
+// classify returns the index of the first entry of table t (h: its chunk 0) matching the packet oriented
+// to q->remote and copies that entry to out, or returns -1 when the table is inconsistent (the caller drops).
+static __noinline __s32 classify(void *t, struct hdr *h, struct query *q, struct entry *out)
 {
+	struct bsearch x = {.m = {.t = t, .p = h, .cur = 0}};
 	__u32 nodeid;
-	struct bsearch x = {.t = t};
-	struct rec *r;
-	__u32 ri;
 	if (q->fam == 4) {
+		__u32 key = ((__u32)q->remote[0] << 24) | ((__u32)q->remote[1] << 16) | ((__u32)q->remote[2] << 8) |
+			    q->remote[3];
+		// The index narrows the search to the intervals of key's top bits (dataplane.ClassifierArrays).
+		__u32 j = (__u32)((__u64)key >> (h->v4shift & 63));
+		__u32 *ix = tm_at(&x.m, h->off_v4idx + j * 4, 4);
+		if (!ix)
+			return -1;
+		x.lo = *ix;
+		ix = tm_at(&x.m, h->off_v4idx + (j + 1) * 4, 4);
+		if (!ix)
+			return -1;
+		x.hi = *ix + 1;
 		x.base = h->off4;
-		x.hi = h->n4;
-		x.klo = ((__u32)q->remote[0] << 24) | ((__u32)q->remote[1] << 16) | ((__u32)q->remote[2] << 8) |
-			q->remote[3];
+		x.klo = key;
 		bpf_loop(33, bs_v4, &x, 0);
 		if (x.err)
 			return -1;
-		ri = h->off4 + x.lo / 8;
-		r = bpf_map_lookup_elem(t, &ri);
-		if (!r)
+		struct v4iv *v = tm_at(&x.m, h->off4 + x.lo * 8, 8);
+		if (!v)
 			return -1;
-		nodeid = ((struct v4iv *)&r->b[(x.lo & 7) * 8])->node;
+		nodeid = v->node;
 	} else {
 		x.base = h->off6;
 		x.hi = h->n6;
@@ -603,45 +627,43 @@ static __noinline __s32 classify(void *t, struct hdr *h, struct query *q)
 		bpf_loop(33, bs_v6, &x, 0);
 		if (x.err)
 			return -1;
-		ri = h->off6 + x.lo / 2;
-		r = bpf_map_lookup_elem(t, &ri);
-		if (!r)
+		struct v6iv *v = tm_at(&x.m, h->off6 + x.lo * 32, 32);
+		if (!v)
 			return -1;
-		nodeid = ((struct v6iv *)&r->b[(x.lo & 1) * 32])->node;
+		nodeid = v->node;
 	}
-	ri = h->off_nodes + nodeid / 2;
-	r = bpf_map_lookup_elem(t, &ri);
-	if (!r)
+	struct node *nd = tm_at(&x.m, h->off_nodes + nodeid * 32, 32);
+	if (!nd)
 		return -1;
-	struct node *nd = (struct node *)&r->b[(nodeid & 1) * 32];
-	if (q->proto == 6) {
-		if (!q->has_port)
-			return nd->tcp_np;
-		return search_ports(t, h, nd->tcp_off, nd->tcp_cnt, q->port);
-	}
-	if (q->proto == 17) {
-		if (!q->has_port)
-			return nd->udp_np;
-		return search_ports(t, h, nd->udp_off, nd->udp_cnt, q->port);
-	}
-	if ((q->fam == 4 && q->proto == 1) || (q->fam == 6 && q->proto == 58))
-		return nd->icmp;
-	return nd->other;
-}
-
-static __always_inline struct rec *rec_at(void *t, __u32 i)
-{
-	return bpf_map_lookup_elem(t, &i);
-}
-
-static __always_inline struct entry *entry_at(void *t, struct hdr *h, __s32 e)
-{
+	__s32 e;
+	if (q->proto == 6)
+		e = q->has_port ? search_ports(&x, h, nd->tcp_off, nd->tcp_cnt, q->port) : nd->tcp_np;
+	else if (q->proto == 17)
+		e = q->has_port ? search_ports(&x, h, nd->udp_off, nd->udp_cnt, q->port) : nd->udp_np;
+	else if ((q->fam == 4 && q->proto == 1) || (q->fam == 6 && q->proto == 58))
+		e = nd->icmp;
+	else
+		e = nd->other;
 	if (e < 0 || (__u32)e >= h->n_entries)
+		return -1;
+	struct entry *en = tm_at(&x.m, h->off_entries + (__u32)e * 16, 16);
+	if (!en)
+		return -1;
+	*out = *en;
+	return e;
+}
+
+// table_of returns the live table of slot*2+dir and its chunk 0 (which starts with the header).
+static __always_inline void *table_of(__u32 ti, struct hdr **h)
+{
+	void *t = bpf_map_lookup_elem(&tables, &ti);
+	if (!t)
 		return 0;
-	struct rec *r = rec_at(t, h->off_entries + (__u32)e / 4);
-	if (!r)
+	__u32 z = 0;
+	*h = bpf_map_lookup_elem(t, &z);
+	if (!*h)
 		return 0;
-	return (struct entry *)&r->b[(e & 3) * 16];
+	return t;
 }
 
 static __always_inline __u64 ct_timeout(struct ct_val *v, __u8 proto)
@@ -662,37 +684,36 @@ struct decision {
 	__u64 gen;
 	void *table;
 	struct hdr *h;
+	__u32 sg;
 };
 
 // decide_rules classifies p at table slot*2+dir, oriented for dir.
 static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, struct decision *d)
 {
-	__u32 ti = slot * 2 + dir;
-	void *t = bpf_map_lookup_elem(&tables, &ti);
+	struct hdr *h;
+	void *t = table_of(slot * 2 + dir, &h);
 	d->entry = -1;
 	d->rule_index = -1;
 	d->accept = 0;
 	d->reason = R_NO_SG; // no table loaded yet for a managed interface: drop
 	if (!t)
 		return;
-	struct hdr *h = (struct hdr *)rec_at(t, 0);
-	if (!h)
-		return;
 	d->table = t;
 	d->h = h;
 	d->gen = h->gen;
 	struct query q = {.fam = p->fam, .proto = p->proto, .has_port = p->has_port, .port = p->dport};
 	__builtin_memcpy(q.remote, dir == DIR_INGRESS ? p->src : p->dst, 16);
-	__s32 e = classify(t, h, &q);
-	struct entry *en = entry_at(t, h, e);
-	if (!en) {
+	struct entry en;
+	__s32 e = classify(t, h, &q, &en);
+	if (e < 0) {
 		d->reason = R_MALFORMED;
 		return;
 	}
 	d->entry = e;
-	d->rule_index = en->rule_index;
-	d->accept = en->action == 1;
-	if (en->rule_index >= 0)
+	d->rule_index = en.rule_index;
+	d->accept = en.action == 1;
+	d->sg = en.sg;
+	if (en.rule_index >= 0)
 		d->reason = R_RULE;
 	else
 		d->reason = (h->flags & HDR_FLAG_NOSG) ? R_NO_SG : R_DEFAULT_DROP;
@@ -702,21 +723,17 @@ static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, st
 // returns 1 when the flow may continue.
 static __always_inline int recheck(struct ct_key *k, struct ct_val *v)
 {
-	__u32 ti = k->slot * 2 + v->dir;
-	void *t = bpf_map_lookup_elem(&tables, &ti);
+	struct hdr *h;
+	void *t = table_of(k->slot * 2 + v->dir, &h);
 	if (!t)
-		return 0;
-	struct hdr *h = (struct hdr *)rec_at(t, 0);
-	if (!h)
 		return 0;
 	if (h->gen == v->gen)
 		return 1;
 	struct query q = {.fam = k->fam, .proto = k->proto, .has_port = k->proto == 6 || k->proto == 17,
 			  .port = k->dport};
 	__builtin_memcpy(q.remote, v->dir == DIR_INGRESS ? k->src : k->dst, 16);
-	__s32 e = classify(t, h, &q);
-	struct entry *en = entry_at(t, h, e);
-	if (!en || en->action != 1)
+	struct entry en;
+	if (classify(t, h, &q, &en) < 0 || en.action != 1)
 		return 0;
 	v->gen = h->gen;
 	return 1;
@@ -846,12 +863,10 @@ static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 
 	__builtin_memcpy(ev->src, p->src, 16);
 	__builtin_memcpy(ev->dst, p->dst, 16);
 	if (d->reason == R_RULE && d->table && d->h) {
-		struct entry *en = entry_at(d->table, d->h, d->entry);
-		if (en) {
-			struct rec *r = rec_at(d->table, d->h->off_sgs + en->sg);
-			if (r)
-				__builtin_memcpy(ev->sg, r->b, 64);
-		}
+		struct tmem m = {.t = d->table, .p = d->h, .cur = 0};
+		__u8 *name = tm_at(&m, d->h->off_sgs + d->sg * 64, 64);
+		if (name)
+			__builtin_memcpy(ev->sg, name, 64);
 	}
 	bpf_ringbuf_submit(ev, 0);
 }
