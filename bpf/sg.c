@@ -112,7 +112,12 @@ struct {
 
 #define CT_REPLY_SEEN 1
 #define CT_CLOSING 2
+#define CT_LIVE 4    // the half holds a flow
+#define CT_SWAPPED 8 // the half's flow runs from the key's dst endpoint to its src endpoint
 
+// One entry per pair of endpoints: the key puts the lower endpoint (address, port) first, and each half of
+// the value is one tracked flow as first seen, in either orientation. A packet's own flow and the flow it
+// would be a reply to share the key, so one lookup answers both "is this a reply?" and "refresh my flow".
 struct ct_key {
 	__u32 slot;
 	__u8 fam, proto;
@@ -121,11 +126,23 @@ struct ct_key {
 	__u8 src[16], dst[16];
 };
 
+struct ct_half {
+	__u64 last;
+	__u64 gen;
+	__u8 dir, flags;
+	__u8 pad[6];
+};
+
+// Two struct ct_half, spelled out so the Go type keeps the first half's fields as Last, Gen, Dir, Flags.
 struct ct_val {
 	__u64 last;
 	__u64 gen;
 	__u8 dir, flags;
 	__u8 pad[6];
+	__u64 last2;
+	__u64 gen2;
+	__u8 dir2, flags2;
+	__u8 pad2[6];
 };
 
 struct {
@@ -666,7 +683,7 @@ static __always_inline void *table_of(__u32 ti, struct hdr **h)
 	return t;
 }
 
-static __always_inline __u64 ct_timeout(struct ct_val *v, __u8 proto)
+static __always_inline __u64 ct_timeout(struct ct_half *v, __u8 proto)
 {
 	const __u64 s = 1000000000ULL;
 	if (proto == 6)
@@ -719,19 +736,19 @@ static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, st
 		d->reason = (h->flags & HDR_FLAG_NOSG) ? R_NO_SG : R_DEFAULT_DROP;
 }
 
-// recheck re-classifies a tracked flow's original packet when its table changed since it was last checked;
-// returns 1 when the flow may continue.
-static __always_inline int recheck(struct ct_key *k, struct ct_val *v)
+// recheck re-classifies a tracked flow's original packet (slot, fam, proto, src -> dst:dport) when its
+// table changed since it was last checked; returns 1 when the flow may continue.
+static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 *src, const __u8 *dst, __u16 dport,
+				   struct ct_half *v)
 {
 	struct hdr *h;
-	void *t = table_of(k->slot * 2 + v->dir, &h);
+	void *t = table_of(slot * 2 + v->dir, &h);
 	if (!t)
 		return 0;
 	if (h->gen == v->gen)
 		return 1;
-	struct query q = {.fam = k->fam, .proto = k->proto, .has_port = k->proto == 6 || k->proto == 17,
-			  .port = k->dport};
-	__builtin_memcpy(q.remote, v->dir == DIR_INGRESS ? k->src : k->dst, 16);
+	struct query q = {.fam = fam, .proto = proto, .has_port = proto == 6 || proto == 17, .port = dport};
+	__builtin_memcpy(q.remote, v->dir == DIR_INGRESS ? src : dst, 16);
 	struct entry en;
 	if (classify(t, h, &q, &en) < 0 || en.action != 1)
 		return 0;
@@ -739,75 +756,155 @@ static __always_inline int recheck(struct ct_key *k, struct ct_val *v)
 	return 1;
 }
 
-static __always_inline void fill_key(struct ct_key *k, __u32 slot, struct pkt *p, int reverse)
+// ct_key_of fills k with the endpoints of flow src:sport -> dst:dport, lower first (any fixed total order
+// does), and returns the orientation of that flow in k: 1 when it runs from k's dst to k's src.
+static __always_inline int ct_key_of(struct ct_key *k, __u32 slot, __u8 fam, __u8 proto, const __u8 *src,
+				     __u16 sport, const __u8 *dst, __u16 dport)
 {
+	__u64 s0, s1, d0, d1;
+	__builtin_memcpy(&s0, src, 8);
+	__builtin_memcpy(&s1, src + 8, 8);
+	__builtin_memcpy(&d0, dst, 8);
+	__builtin_memcpy(&d1, dst + 8, 8);
+	int swap = s0 > d0 || (s0 == d0 && (s1 > d1 || (s1 == d1 && sport > dport)));
 	__builtin_memset(k, 0, sizeof(*k));
 	k->slot = slot;
-	k->fam = p->fam;
-	k->proto = p->proto;
-	if (!reverse) {
-		k->sport = p->sport;
-		k->dport = p->dport;
-		__builtin_memcpy(k->src, p->src, 16);
-		__builtin_memcpy(k->dst, p->dst, 16);
+	k->fam = fam;
+	k->proto = proto;
+	if (!swap) {
+		k->sport = sport;
+		k->dport = dport;
+		__builtin_memcpy(k->src, src, 16);
+		__builtin_memcpy(k->dst, dst, 16);
 	} else {
-		k->sport = p->dport;
-		k->dport = p->sport;
-		__builtin_memcpy(k->src, p->dst, 16);
-		__builtin_memcpy(k->dst, p->src, 16);
+		k->sport = dport;
+		k->dport = sport;
+		__builtin_memcpy(k->src, dst, 16);
+		__builtin_memcpy(k->dst, src, 16);
 	}
+	return swap;
 }
 
-// established tells whether p is a reply (or related ICMP error) of a live tracked flow at slot.
-static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u64 now)
+// ct_same_ends tells whether a flow's two endpoints are one (its reply is the flow itself).
+static __always_inline int ct_same_ends(struct ct_key *k)
 {
-	struct ct_key k;
-	if (p->is_icmp_err) {
-		if (!p->q_ok)
-			return 0;
-		__builtin_memset(&k, 0, sizeof(k));
-		k.slot = slot;
-		k.fam = p->fam;
-		k.proto = p->q_proto;
-		k.sport = p->q_sport;
-		k.dport = p->q_dport;
-		__builtin_memcpy(k.src, p->q_src, 16);
-		__builtin_memcpy(k.dst, p->q_dst, 16);
-	} else {
-		if (!p->trackable)
-			return 0;
-		fill_key(&k, slot, p, 1);
-	}
-	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
-	if (!v || v->dir == dir)
+	__u64 s0, s1, d0, d1;
+	__builtin_memcpy(&s0, k->src, 8);
+	__builtin_memcpy(&s1, k->src + 8, 8);
+	__builtin_memcpy(&d0, k->dst, 8);
+	__builtin_memcpy(&d1, k->dst + 8, 8);
+	return k->sport == k->dport && s0 == d0 && s1 == d1;
+}
+
+// ct_half_of returns v's live half holding the flow of orientation o, or 0.
+static __always_inline struct ct_half *ct_half_of(struct ct_val *v, int o)
+{
+	struct ct_half *h = (struct ct_half *)v;
+	__u8 want = CT_LIVE | (o ? CT_SWAPPED : 0);
+	if ((h[0].flags & (CT_LIVE | CT_SWAPPED)) == want)
+		return &h[0];
+	if ((h[1].flags & (CT_LIVE | CT_SWAPPED)) == want)
+		return &h[1];
+	return 0;
+}
+
+// ct_forget ends the flow in half f of entry k/v; returns 1 when the entry itself was deleted.
+static __always_inline int ct_forget(struct ct_key *k, struct ct_val *v, struct ct_half *f)
+{
+	struct ct_half *h = (struct ct_half *)v;
+	f->flags = 0;
+	if ((h[0].flags | h[1].flags) & CT_LIVE)
 		return 0;
-	if (now - v->last > ct_timeout(v, k.proto) || !recheck(&k, v)) {
-		bpf_map_delete_elem(&conntrack, &k);
-		return 0;
-	}
-	if (p->is_icmp_err)
-		return 1;
-	v->last = now;
-	v->flags |= CT_REPLY_SEEN;
-	if (p->proto == 6 && (p->tcp_flags & 0x05))
-		v->flags |= CT_CLOSING;
+	bpf_map_delete_elem(&conntrack, k);
 	return 1;
 }
 
-static __always_inline void track(__u32 slot, __u8 dir, struct pkt *p, __u64 gen, __u64 now)
-{
+// ct_flow is a packet's conntrack entry: key, the entry if any (looked up once), its own orientation.
+struct ct_flow {
 	struct ct_key k;
-	fill_key(&k, slot, p, 0);
-	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
+	struct ct_val *v;
+	int o;
+};
+
+// established tells whether p is a reply (or related ICMP error) of a live tracked flow at slot. For a
+// trackable packet it leaves in f the entry of p's own flow for track.
+static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct ct_flow *f)
+{
+	f->v = 0;
+	if (p->is_icmp_err) {
+		// Related: the quoted packet is the tracked flow's own direction.
+		if (!p->q_ok)
+			return 0;
+		struct ct_key k;
+		int o = ct_key_of(&k, slot, p->fam, p->q_proto, p->q_src, p->q_sport, p->q_dst, p->q_dport);
+		struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
+		if (!v)
+			return 0;
+		struct ct_half *h = ct_half_of(v, o);
+		if (!h || h->dir == dir)
+			return 0;
+		if (now - h->last > ct_timeout(h, k.proto) ||
+		    !recheck(slot, p->fam, p->q_proto, p->q_src, p->q_dst, p->q_dport, h)) {
+			ct_forget(&k, v, h);
+			return 0;
+		}
+		return 1;
+	}
+	if (!p->trackable)
+		return 0;
+	f->o = ct_key_of(&f->k, slot, p->fam, p->proto, p->src, p->sport, p->dst, p->dport);
+	f->v = bpf_map_lookup_elem(&conntrack, &f->k);
+	if (!f->v)
+		return 0;
+	// The flow p would reply to runs the other way, unless both ends are one.
+	struct ct_half *h = ct_half_of(f->v, ct_same_ends(&f->k) ? f->o : !f->o);
+	if (!h || h->dir == dir)
+		return 0;
+	if (now - h->last > ct_timeout(h, p->proto) ||
+	    !recheck(slot, p->fam, p->proto, p->dst, p->src, p->sport, h)) {
+		if (ct_forget(&f->k, f->v, h))
+			f->v = 0;
+		return 0;
+	}
+	h->last = now;
+	h->flags |= CT_REPLY_SEEN;
+	if (p->proto == 6 && (p->tcp_flags & 0x05))
+		h->flags |= CT_CLOSING;
+	return 1;
+}
+
+// track starts or refreshes p's own flow in entry f (from established).
+static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, __u64 gen, __u64 now)
+{
 	__u8 closing = (p->proto == 6 && (p->tcp_flags & 0x05)) ? CT_CLOSING : 0;
-	if (v && v->dir == dir) {
-		v->last = now;
-		v->gen = gen;
-		v->flags |= closing;
+	__u8 fresh = closing | CT_LIVE | (f->o ? CT_SWAPPED : 0);
+	struct ct_half *h;
+	if (!f->v) {
+		struct ct_val nv = {.last = now, .gen = gen, .dir = dir, .flags = fresh};
+		if (!bpf_map_update_elem(&conntrack, &f->k, &nv, BPF_NOEXIST))
+			return;
+		// Another CPU created the entry meanwhile: join it.
+		f->v = bpf_map_lookup_elem(&conntrack, &f->k);
+		if (!f->v)
+			return;
+	}
+	h = ct_half_of(f->v, f->o);
+	if (h && h->dir == dir) {
+		h->last = now;
+		h->gen = gen;
+		h->flags |= closing;
 		return;
 	}
-	struct ct_val nv = {.last = now, .gen = gen, .dir = dir, .flags = closing};
-	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
+	if (!h) {
+		h = (struct ct_half *)f->v;
+		if (h->flags & CT_LIVE)
+			h++; // the other orientation's flow is in the first half
+	}
+	// A new flow, or one first seen the other way round on this ENI: start over as this packet.
+	h->last = now;
+	h->gen = gen;
+	h->dir = dir;
+	h->flags = fresh;
 }
 
 static __always_inline void count_hit(__u32 slot, __u8 dir, struct decision *d)
@@ -902,6 +999,7 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 	__u64 now = bpf_ktime_get_coarse_ns();
 	int r = parse(skb, &p);
 	struct frag_key fk;
+	struct ct_flow ct;
 	struct frag_val *fv = 0;
 	if (r < 0 && p.frag) {
 		__builtin_memset(&fk, 0, sizeof(fk));
@@ -924,13 +1022,13 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		d.reason = fv->reason;
 		d.accept = fv->accept;
 		d.gen = fv->gen;
-	} else if (established(slot, dir, &p, now)) {
+	} else if (established(slot, dir, &p, now, &ct)) {
 		d.reason = R_ESTABLISHED;
 		d.accept = 1;
 	} else {
 		decide_rules(slot, dir, &p, &d);
 		if (d.accept && p.trackable)
-			track(slot, dir, &p, d.gen, now);
+			track(dir, &p, &ct, d.gen, now);
 		count_hit(slot, dir, &d);
 	}
 	if (r < 0 && p.frag == 1) {
@@ -966,6 +1064,7 @@ int sg_host_egress(struct __sk_buff *skb)
 const struct drop_event *unused_drop_event __attribute__((unused));
 const struct ct_key *unused_ct_key __attribute__((unused));
 const struct ct_val *unused_ct_val __attribute__((unused));
+const struct ct_half *unused_ct_half __attribute__((unused));
 const struct hit_key *unused_hit_key __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 const struct frag_val *unused_frag_val __attribute__((unused));

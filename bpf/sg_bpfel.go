@@ -26,12 +26,17 @@ type sgCtKey struct {
 }
 
 type sgCtVal struct {
-	_     structs.HostLayout
-	Last  uint64
-	Gen   uint64
-	Dir   uint8
-	Flags uint8
-	Pad   [6]uint8
+	_      structs.HostLayout
+	Last   uint64
+	Gen    uint64
+	Dir    uint8
+	Flags  uint8
+	Pad    [6]uint8
+	Last2  uint64
+	Gen2   uint64
+	Dir2   uint8
+	Flags2 uint8
+	Pad2   [6]uint8
 }
 
 type sgDropEvent struct {
@@ -116,6 +121,7 @@ const (
 	sgMapTables          = "tables"
 	sgProgSgHostEgress   = "sg_host_egress"
 	sgProgSgHostIngress  = "sg_host_ingress"
+	sgVarUnusedCtHalf    = "unused_ct_half"
 	sgVarUnusedCtKey     = "unused_ct_key"
 	sgVarUnusedCtVal     = "unused_ct_val"
 	sgVarUnusedDropEvent = "unused_drop_event"
@@ -188,6 +194,7 @@ type sgMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgVariableSpecs struct {
+	UnusedCtHalf    *ebpf.VariableSpec `ebpf:"unused_ct_half"`
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.VariableSpec `ebpf:"unused_drop_event"`
@@ -243,6 +250,7 @@ func (m *sgMaps) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgVariables struct {
+	UnusedCtHalf    *ebpf.Variable `ebpf:"unused_ct_half"`
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.Variable `ebpf:"unused_drop_event"`
