@@ -1064,7 +1064,6 @@ int sg_host_egress(struct __sk_buff *skb)
 const struct drop_event *unused_drop_event __attribute__((unused));
 const struct ct_key *unused_ct_key __attribute__((unused));
 const struct ct_val *unused_ct_val __attribute__((unused));
-const struct ct_half *unused_ct_half __attribute__((unused));
 const struct hit_key *unused_hit_key __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 const struct frag_val *unused_frag_val __attribute__((unused));

@@ -121,7 +121,6 @@ const (
 	sgMapTables          = "tables"
 	sgProgSgHostEgress   = "sg_host_egress"
 	sgProgSgHostIngress  = "sg_host_ingress"
-	sgVarUnusedCtHalf    = "unused_ct_half"
 	sgVarUnusedCtKey     = "unused_ct_key"
 	sgVarUnusedCtVal     = "unused_ct_val"
 	sgVarUnusedDropEvent = "unused_drop_event"
@@ -194,7 +193,6 @@ type sgMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgVariableSpecs struct {
-	UnusedCtHalf    *ebpf.VariableSpec `ebpf:"unused_ct_half"`
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.VariableSpec `ebpf:"unused_drop_event"`
@@ -250,7 +248,6 @@ func (m *sgMaps) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgVariables struct {
-	UnusedCtHalf    *ebpf.Variable `ebpf:"unused_ct_half"`
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.Variable `ebpf:"unused_drop_event"`
