@@ -47,6 +47,9 @@ func Load(opts Options) (*Dataplane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
+	if m := spec.Maps["tables"]; m == nil || m.InnerMap == nil || m.InnerMap.ValueSize != chunkSize {
+		return nil, fmt.Errorf("load bpf spec: the tables map's chunks are not the %d bytes layout.go writes", chunkSize)
+	}
 	var co ebpf.CollectionOptions
 	if opts.PinPath != "" {
 		if err := ensureBPFFS(opts.PinPath); err != nil {
@@ -172,25 +175,16 @@ func newTableMap(t *compiler.Table, gen uint64) (*ebpf.Map, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := uint32(len(buf) / recSize)
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: recSize, MaxEntries: n,
+	n := uint32(len(buf) / chunkSize)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: chunkSize, MaxEntries: n,
 		Flags: unix.BPF_F_INNER_MAP}) // the outer map's template has it: inner maps may differ in size
 	if err != nil {
-		return nil, fmt.Errorf("create table map for %s/%s (%d records): %w", t.ENI, t.Direction, n, err)
+		return nil, fmt.Errorf("create table map for %s/%s (%d chunks): %w", t.ENI, t.Direction, n, err)
 	}
-	keys := make([]uint32, n)
-	vals := make([][recSize]byte, n)
-	for i := range keys {
-		keys[i] = uint32(i)
-		copy(vals[i][:], buf[i*recSize:])
-	}
-	if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
-		// Older kernels lack batch ops on arrays: fall back to one update per record.
-		for i := range n {
-			if err := m.Put(i, buf[int(i)*recSize:int(i+1)*recSize]); err != nil {
-				m.Close()
-				return nil, fmt.Errorf("fill table map for %s/%s: %w", t.ENI, t.Direction, err)
-			}
+	for i := range n {
+		if err := m.Put(i, buf[int(i)*chunkSize:int(i+1)*chunkSize]); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("fill table map for %s/%s: %w", t.ENI, t.Direction, err)
 		}
 	}
 	return m, nil

@@ -20,7 +20,7 @@ import (
 // DropEvent is one packet the program dropped (rate-limited per CPU; Suppressed counts the ones not
 // reported just before it).
 type DropEvent struct {
-	KernelNS   uint64           `json:"kernelNs"` // bpf_ktime_get_ns
+	KernelNS   uint64           `json:"kernelNs"` // bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE)
 	ENI        string           `json:"eni"`
 	Ifindex    uint32           `json:"ifindex"`
 	Direction  model.Direction  `json:"direction"`

@@ -30,49 +30,48 @@ enum reason {
 	R_MALFORMED = 7,
 };
 
-#define REC_SIZE 64
+// A table version is one inner array map of CHUNK_SIZE-byte chunks, read as one byte string (layout.go).
+#define CHUNK_SHIFT 16
+#define CHUNK_SIZE (1 << CHUNK_SHIFT)
 #define HDR_FLAG_NOSG 1
 
-struct rec {
-	__u8 b[REC_SIZE];
-};
-
-// Record 0 of every table map.
+// At byte 0 of every table. Offsets are in bytes from the start of the table.
 struct hdr {
 	__u64 gen;
 	__u32 n4, n6;
 	__u32 off4, off6, off_nodes, off_ports;
 	__u32 off_entries, n_entries, off_sgs, flags;
-	__u32 pad[4];
+	__u32 off_v4idx, v4shift;
+	__u32 pad[2];
 };
 
 struct v4iv {
 	__u32 start;
 	__u32 node;
-}; // 8 per record
+}; // 8 bytes
 
 struct v6iv {
 	__u64 hi, lo;
 	__u32 node, pad;
 	__u64 pad2;
-}; // 2 per record
+}; // 32 bytes
 
 struct node {
 	__u32 tcp_off, tcp_cnt, udp_off, udp_cnt;
 	__s32 tcp_np, udp_np, icmp, other;
-}; // 2 per record
+}; // 32 bytes
 
 struct portiv {
 	__u16 start, pad;
 	__s32 entry;
-}; // 8 per record
+}; // 8 bytes
 
 struct entry {
 	__u32 action; // 1 accept, 0 drop
 	__s32 rule_index;
 	__u32 sg;
 	__u32 pad;
-}; // 4 per record
+}; // 16 bytes
 
 // tables[slot*2+dir] is the live table of one ENI direction; replacing the inner map is the atomic swap.
 struct {
@@ -84,7 +83,7 @@ struct {
 		__uint(max_entries, 1);
 		__uint(map_flags, BPF_F_INNER_MAP);
 		__type(key, __u32);
-		__type(value, __u8[REC_SIZE]);
+		__type(value, __u8[CHUNK_SIZE]);
 	});
 } tables SEC(".maps");
 
@@ -113,7 +112,12 @@ struct {
 
 #define CT_REPLY_SEEN 1
 #define CT_CLOSING 2
+#define CT_LIVE 4    // the half holds a flow
+#define CT_SWAPPED 8 // the half's flow runs from the key's dst endpoint to its src endpoint
 
+// One entry per pair of endpoints: the key puts the lower endpoint (address, port) first, and each half of
+// the value is one tracked flow as first seen, in either orientation. A packet's own flow and the flow it
+// would be a reply to share the key, so one lookup answers both "is this a reply?" and "refresh my flow".
 struct ct_key {
 	__u32 slot;
 	__u8 fam, proto;
@@ -122,11 +126,23 @@ struct ct_key {
 	__u8 src[16], dst[16];
 };
 
+struct ct_half {
+	__u64 last;
+	__u64 gen;
+	__u8 dir, flags;
+	__u8 pad[6];
+};
+
+// Two struct ct_half, spelled out so the Go type keeps the first half's fields as Last, Gen, Dir, Flags.
 struct ct_val {
 	__u64 last;
 	__u64 gen;
 	__u8 dir, flags;
 	__u8 pad[6];
+	__u64 last2;
+	__u64 gen2;
+	__u8 dir2, flags2;
+	__u8 pad2[6];
 };
 
 struct {
@@ -473,30 +489,66 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return R_NOT_IP;
 }
 
-// Binary searches run under bpf_loop so the verifier checks one step once, whatever the table size:
-// the size of a table is bounded by the structure, not by the verifier's instruction budget.
-struct bsearch {
+static __always_inline __u64 be64(const __u8 *a)
+{
+	__u64 v = 0;
+#pragma unroll
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | a[i];
+	return v;
+}
+
+// A table is read through a one-chunk cache: the chunk of the last access is kept, so a lookup costs one
+// map lookup per chunk it touches (one in all for tables of up to CHUNK_SIZE bytes) and every binary-search
+// step is a plain load. Masking the offset with CHUNK_SIZE - sz is what lets the verifier prove each load is
+// inside the chunk; elements are power-of-two sized and aligned, so the mask never changes an offset.
+struct tmem {
 	void *t;
-	__u32 base; // record index of the region's first record
+	void *p; // chunk cur of t
+	__u32 cur;
+};
+
+static __always_inline void *tm_at(struct tmem *m, __u32 off, __u32 sz)
+{
+	__u32 c = off >> CHUNK_SHIFT;
+	if (c != m->cur) {
+		void *p = bpf_map_lookup_elem(m->t, &c);
+		if (!p)
+			return 0;
+		m->p = p;
+		m->cur = c;
+	}
+	return m->p + (off & (CHUNK_SIZE - sz));
+}
+
+struct query {
+	__u8 fam, proto, has_port, pad;
+	__u16 port, pad2;
+	__u8 remote[16];
+};
+
+// Binary searches run under bpf_loop so the verifier checks one step once, whatever the table size (a
+// plain bounded loop makes it walk every step's outcomes). Each step narrows [lo, hi) to the interval
+// whose start is the last one <= key; base is the byte offset of the searched region.
+struct bsearch {
+	struct tmem m;
+	__u32 base;
 	__u32 lo, hi;
 	__u64 khi, klo; // key (IPv4 and ports use klo only)
 	int err;
 };
 
-// Each step narrows [lo, hi) to the interval whose start is the last one <= key.
 static long bs_v4(__u32 i, void *c)
 {
 	struct bsearch *x = c;
 	if (x->hi - x->lo <= 1)
 		return 1;
 	__u32 mid = (x->lo + x->hi) / 2;
-	__u32 ri = x->base + mid / 8;
-	struct rec *r = bpf_map_lookup_elem(x->t, &ri);
-	if (!r) {
+	struct v4iv *v = tm_at(&x->m, x->base + mid * 8, 8);
+	if (!v) {
 		x->err = 1;
 		return 1;
 	}
-	struct v4iv *v = (struct v4iv *)&r->b[(mid & 7) * 8];
 	if (v->start <= x->klo)
 		x->lo = mid;
 	else
@@ -510,13 +562,11 @@ static long bs_v6(__u32 i, void *c)
 	if (x->hi - x->lo <= 1)
 		return 1;
 	__u32 mid = (x->lo + x->hi) / 2;
-	__u32 ri = x->base + mid / 2;
-	struct rec *r = bpf_map_lookup_elem(x->t, &ri);
-	if (!r) {
+	struct v6iv *v = tm_at(&x->m, x->base + mid * 32, 32);
+	if (!v) {
 		x->err = 1;
 		return 1;
 	}
-	struct v6iv *v = (struct v6iv *)&r->b[(mid & 1) * 32];
 	if (v->hi < x->khi || (v->hi == x->khi && v->lo <= x->klo))
 		x->lo = mid;
 	else
@@ -530,13 +580,11 @@ static long bs_port(__u32 i, void *c)
 	if (x->hi - x->lo <= 1)
 		return 1;
 	__u32 mid = (x->lo + x->hi) / 2;
-	__u32 ri = x->base + mid / 8;
-	struct rec *r = bpf_map_lookup_elem(x->t, &ri);
-	if (!r) {
+	struct portiv *v = tm_at(&x->m, x->base + mid * 8, 8);
+	if (!v) {
 		x->err = 1;
 		return 1;
 	}
-	struct portiv *v = (struct portiv *)&r->b[(mid & 7) * 8];
 	if (v->start <= x->klo)
 		x->lo = mid;
 	else
@@ -544,57 +592,50 @@ static long bs_port(__u32 i, void *c)
 	return 0;
 }
 
-static __always_inline __u64 be64(const __u8 *a)
-{
-	__u64 v = 0;
-#pragma unroll
-	for (int i = 0; i < 8; i++)
-		v = (v << 8) | a[i];
-	return v;
-}
-
 // search_ports finds the entry of port in the elementary intervals [off, off+cnt) (the first starts at 0).
-static __always_inline __s32 search_ports(void *t, struct hdr *h, __u32 off, __u32 cnt, __u16 port)
+static __always_inline __s32 search_ports(struct bsearch *x, struct hdr *h, __u32 off, __u32 cnt, __u16 port)
 {
-	// Port intervals are addressed from the region start, so off is folded into lo/hi.
-	struct bsearch x = {.t = t, .base = h->off_ports, .lo = off, .hi = off + cnt, .klo = port};
-	bpf_loop(18, bs_port, &x, 0);
-	if (x.err)
+	x->base = h->off_ports;
+	x->lo = off;
+	x->hi = off + cnt;
+	x->klo = port;
+	bpf_loop(18, bs_port, x, 0);
+	if (x->err)
 		return -1;
-	__u32 ri = h->off_ports + x.lo / 8;
-	struct rec *r = bpf_map_lookup_elem(t, &ri);
-	if (!r)
+	struct portiv *v = tm_at(&x->m, h->off_ports + x->lo * 8, 8);
+	if (!v)
 		return -1;
-	return ((struct portiv *)&r->b[(x.lo & 7) * 8])->entry;
+	return v->entry;
 }
 
-struct query {
-	__u8 fam, proto, has_port, pad;
-	__u16 port, pad2;
-	__u8 remote[16];
-};
-
-// classify returns the index of the first entry of table t matching the packet oriented to q->remote,
-// or -1 when the table is inconsistent (the caller drops).
-static __noinline __s32 classify(void *t, struct hdr *h, struct query *q)
+// classify returns the index of the first entry of table t (h: its chunk 0) matching the packet oriented
+// to q->remote and copies that entry to out, or returns -1 when the table is inconsistent (the caller drops).
+static __noinline __s32 classify(void *t, struct hdr *h, struct query *q, struct entry *out)
 {
+	struct bsearch x = {.m = {.t = t, .p = h, .cur = 0}};
 	__u32 nodeid;
-	struct bsearch x = {.t = t};
-	struct rec *r;
-	__u32 ri;
 	if (q->fam == 4) {
+		__u32 key = ((__u32)q->remote[0] << 24) | ((__u32)q->remote[1] << 16) | ((__u32)q->remote[2] << 8) |
+			    q->remote[3];
+		// The index narrows the search to the intervals of key's top bits (dataplane.ClassifierArrays).
+		__u32 j = (__u32)((__u64)key >> (h->v4shift & 63));
+		__u32 *ix = tm_at(&x.m, h->off_v4idx + j * 4, 4);
+		if (!ix)
+			return -1;
+		x.lo = *ix;
+		ix = tm_at(&x.m, h->off_v4idx + (j + 1) * 4, 4);
+		if (!ix)
+			return -1;
+		x.hi = *ix + 1;
 		x.base = h->off4;
-		x.hi = h->n4;
-		x.klo = ((__u32)q->remote[0] << 24) | ((__u32)q->remote[1] << 16) | ((__u32)q->remote[2] << 8) |
-			q->remote[3];
+		x.klo = key;
 		bpf_loop(33, bs_v4, &x, 0);
 		if (x.err)
 			return -1;
-		ri = h->off4 + x.lo / 8;
-		r = bpf_map_lookup_elem(t, &ri);
-		if (!r)
+		struct v4iv *v = tm_at(&x.m, h->off4 + x.lo * 8, 8);
+		if (!v)
 			return -1;
-		nodeid = ((struct v4iv *)&r->b[(x.lo & 7) * 8])->node;
+		nodeid = v->node;
 	} else {
 		x.base = h->off6;
 		x.hi = h->n6;
@@ -603,48 +644,46 @@ static __noinline __s32 classify(void *t, struct hdr *h, struct query *q)
 		bpf_loop(33, bs_v6, &x, 0);
 		if (x.err)
 			return -1;
-		ri = h->off6 + x.lo / 2;
-		r = bpf_map_lookup_elem(t, &ri);
-		if (!r)
+		struct v6iv *v = tm_at(&x.m, h->off6 + x.lo * 32, 32);
+		if (!v)
 			return -1;
-		nodeid = ((struct v6iv *)&r->b[(x.lo & 1) * 32])->node;
+		nodeid = v->node;
 	}
-	ri = h->off_nodes + nodeid / 2;
-	r = bpf_map_lookup_elem(t, &ri);
-	if (!r)
+	struct node *nd = tm_at(&x.m, h->off_nodes + nodeid * 32, 32);
+	if (!nd)
 		return -1;
-	struct node *nd = (struct node *)&r->b[(nodeid & 1) * 32];
-	if (q->proto == 6) {
-		if (!q->has_port)
-			return nd->tcp_np;
-		return search_ports(t, h, nd->tcp_off, nd->tcp_cnt, q->port);
-	}
-	if (q->proto == 17) {
-		if (!q->has_port)
-			return nd->udp_np;
-		return search_ports(t, h, nd->udp_off, nd->udp_cnt, q->port);
-	}
-	if ((q->fam == 4 && q->proto == 1) || (q->fam == 6 && q->proto == 58))
-		return nd->icmp;
-	return nd->other;
-}
-
-static __always_inline struct rec *rec_at(void *t, __u32 i)
-{
-	return bpf_map_lookup_elem(t, &i);
-}
-
-static __always_inline struct entry *entry_at(void *t, struct hdr *h, __s32 e)
-{
+	__s32 e;
+	if (q->proto == 6)
+		e = q->has_port ? search_ports(&x, h, nd->tcp_off, nd->tcp_cnt, q->port) : nd->tcp_np;
+	else if (q->proto == 17)
+		e = q->has_port ? search_ports(&x, h, nd->udp_off, nd->udp_cnt, q->port) : nd->udp_np;
+	else if ((q->fam == 4 && q->proto == 1) || (q->fam == 6 && q->proto == 58))
+		e = nd->icmp;
+	else
+		e = nd->other;
 	if (e < 0 || (__u32)e >= h->n_entries)
-		return 0;
-	struct rec *r = rec_at(t, h->off_entries + (__u32)e / 4);
-	if (!r)
-		return 0;
-	return (struct entry *)&r->b[(e & 3) * 16];
+		return -1;
+	struct entry *en = tm_at(&x.m, h->off_entries + (__u32)e * 16, 16);
+	if (!en)
+		return -1;
+	*out = *en;
+	return e;
 }
 
-static __always_inline __u64 ct_timeout(struct ct_val *v, __u8 proto)
+// table_of returns the live table of slot*2+dir and its chunk 0 (which starts with the header).
+static __always_inline void *table_of(__u32 ti, struct hdr **h)
+{
+	void *t = bpf_map_lookup_elem(&tables, &ti);
+	if (!t)
+		return 0;
+	__u32 z = 0;
+	*h = bpf_map_lookup_elem(t, &z);
+	if (!*h)
+		return 0;
+	return t;
+}
+
+static __always_inline __u64 ct_timeout(struct ct_half *v, __u8 proto)
 {
 	const __u64 s = 1000000000ULL;
 	if (proto == 6)
@@ -662,135 +701,210 @@ struct decision {
 	__u64 gen;
 	void *table;
 	struct hdr *h;
+	__u32 sg;
 };
 
 // decide_rules classifies p at table slot*2+dir, oriented for dir.
 static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, struct decision *d)
 {
-	__u32 ti = slot * 2 + dir;
-	void *t = bpf_map_lookup_elem(&tables, &ti);
+	struct hdr *h;
+	void *t = table_of(slot * 2 + dir, &h);
 	d->entry = -1;
 	d->rule_index = -1;
 	d->accept = 0;
 	d->reason = R_NO_SG; // no table loaded yet for a managed interface: drop
 	if (!t)
 		return;
-	struct hdr *h = (struct hdr *)rec_at(t, 0);
-	if (!h)
-		return;
 	d->table = t;
 	d->h = h;
 	d->gen = h->gen;
 	struct query q = {.fam = p->fam, .proto = p->proto, .has_port = p->has_port, .port = p->dport};
 	__builtin_memcpy(q.remote, dir == DIR_INGRESS ? p->src : p->dst, 16);
-	__s32 e = classify(t, h, &q);
-	struct entry *en = entry_at(t, h, e);
-	if (!en) {
+	struct entry en;
+	__s32 e = classify(t, h, &q, &en);
+	if (e < 0) {
 		d->reason = R_MALFORMED;
 		return;
 	}
 	d->entry = e;
-	d->rule_index = en->rule_index;
-	d->accept = en->action == 1;
-	if (en->rule_index >= 0)
+	d->rule_index = en.rule_index;
+	d->accept = en.action == 1;
+	d->sg = en.sg;
+	if (en.rule_index >= 0)
 		d->reason = R_RULE;
 	else
 		d->reason = (h->flags & HDR_FLAG_NOSG) ? R_NO_SG : R_DEFAULT_DROP;
 }
 
-// recheck re-classifies a tracked flow's original packet when its table changed since it was last checked;
-// returns 1 when the flow may continue.
-static __always_inline int recheck(struct ct_key *k, struct ct_val *v)
+// recheck re-classifies a tracked flow's original packet (slot, fam, proto, src -> dst:dport) when its
+// table changed since it was last checked; returns 1 when the flow may continue.
+static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 *src, const __u8 *dst, __u16 dport,
+				   struct ct_half *v)
 {
-	__u32 ti = k->slot * 2 + v->dir;
-	void *t = bpf_map_lookup_elem(&tables, &ti);
+	struct hdr *h;
+	void *t = table_of(slot * 2 + v->dir, &h);
 	if (!t)
-		return 0;
-	struct hdr *h = (struct hdr *)rec_at(t, 0);
-	if (!h)
 		return 0;
 	if (h->gen == v->gen)
 		return 1;
-	struct query q = {.fam = k->fam, .proto = k->proto, .has_port = k->proto == 6 || k->proto == 17,
-			  .port = k->dport};
-	__builtin_memcpy(q.remote, v->dir == DIR_INGRESS ? k->src : k->dst, 16);
-	__s32 e = classify(t, h, &q);
-	struct entry *en = entry_at(t, h, e);
-	if (!en || en->action != 1)
+	struct query q = {.fam = fam, .proto = proto, .has_port = proto == 6 || proto == 17, .port = dport};
+	__builtin_memcpy(q.remote, v->dir == DIR_INGRESS ? src : dst, 16);
+	struct entry en;
+	if (classify(t, h, &q, &en) < 0 || en.action != 1)
 		return 0;
 	v->gen = h->gen;
 	return 1;
 }
 
-static __always_inline void fill_key(struct ct_key *k, __u32 slot, struct pkt *p, int reverse)
+// ct_key_of fills k with the endpoints of flow src:sport -> dst:dport, lower first (any fixed total order
+// does), and returns the orientation of that flow in k: 1 when it runs from k's dst to k's src.
+static __always_inline int ct_key_of(struct ct_key *k, __u32 slot, __u8 fam, __u8 proto, const __u8 *src,
+				     __u16 sport, const __u8 *dst, __u16 dport)
 {
+	__u64 s0, s1, d0, d1;
+	__builtin_memcpy(&s0, src, 8);
+	__builtin_memcpy(&s1, src + 8, 8);
+	__builtin_memcpy(&d0, dst, 8);
+	__builtin_memcpy(&d1, dst + 8, 8);
+	int swap = s0 > d0 || (s0 == d0 && (s1 > d1 || (s1 == d1 && sport > dport)));
 	__builtin_memset(k, 0, sizeof(*k));
 	k->slot = slot;
-	k->fam = p->fam;
-	k->proto = p->proto;
-	if (!reverse) {
-		k->sport = p->sport;
-		k->dport = p->dport;
-		__builtin_memcpy(k->src, p->src, 16);
-		__builtin_memcpy(k->dst, p->dst, 16);
+	k->fam = fam;
+	k->proto = proto;
+	if (!swap) {
+		k->sport = sport;
+		k->dport = dport;
+		__builtin_memcpy(k->src, src, 16);
+		__builtin_memcpy(k->dst, dst, 16);
 	} else {
-		k->sport = p->dport;
-		k->dport = p->sport;
-		__builtin_memcpy(k->src, p->dst, 16);
-		__builtin_memcpy(k->dst, p->src, 16);
+		k->sport = dport;
+		k->dport = sport;
+		__builtin_memcpy(k->src, dst, 16);
+		__builtin_memcpy(k->dst, src, 16);
 	}
+	return swap;
 }
 
-// established tells whether p is a reply (or related ICMP error) of a live tracked flow at slot.
-static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u64 now)
+// ct_same_ends tells whether a flow's two endpoints are one (its reply is the flow itself).
+static __always_inline int ct_same_ends(struct ct_key *k)
 {
-	struct ct_key k;
-	if (p->is_icmp_err) {
-		if (!p->q_ok)
-			return 0;
-		__builtin_memset(&k, 0, sizeof(k));
-		k.slot = slot;
-		k.fam = p->fam;
-		k.proto = p->q_proto;
-		k.sport = p->q_sport;
-		k.dport = p->q_dport;
-		__builtin_memcpy(k.src, p->q_src, 16);
-		__builtin_memcpy(k.dst, p->q_dst, 16);
-	} else {
-		if (!p->trackable)
-			return 0;
-		fill_key(&k, slot, p, 1);
-	}
-	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
-	if (!v || v->dir == dir)
+	__u64 s0, s1, d0, d1;
+	__builtin_memcpy(&s0, k->src, 8);
+	__builtin_memcpy(&s1, k->src + 8, 8);
+	__builtin_memcpy(&d0, k->dst, 8);
+	__builtin_memcpy(&d1, k->dst + 8, 8);
+	return k->sport == k->dport && s0 == d0 && s1 == d1;
+}
+
+// ct_half_of returns v's live half holding the flow of orientation o, or 0.
+static __always_inline struct ct_half *ct_half_of(struct ct_val *v, int o)
+{
+	struct ct_half *h = (struct ct_half *)v;
+	__u8 want = CT_LIVE | (o ? CT_SWAPPED : 0);
+	if ((h[0].flags & (CT_LIVE | CT_SWAPPED)) == want)
+		return &h[0];
+	if ((h[1].flags & (CT_LIVE | CT_SWAPPED)) == want)
+		return &h[1];
+	return 0;
+}
+
+// ct_forget ends the flow in half f of entry k/v; returns 1 when the entry itself was deleted.
+static __always_inline int ct_forget(struct ct_key *k, struct ct_val *v, struct ct_half *f)
+{
+	struct ct_half *h = (struct ct_half *)v;
+	f->flags = 0;
+	if ((h[0].flags | h[1].flags) & CT_LIVE)
 		return 0;
-	if (now - v->last > ct_timeout(v, k.proto) || !recheck(&k, v)) {
-		bpf_map_delete_elem(&conntrack, &k);
-		return 0;
-	}
-	if (p->is_icmp_err)
-		return 1;
-	v->last = now;
-	v->flags |= CT_REPLY_SEEN;
-	if (p->proto == 6 && (p->tcp_flags & 0x05))
-		v->flags |= CT_CLOSING;
+	bpf_map_delete_elem(&conntrack, k);
 	return 1;
 }
 
-static __always_inline void track(__u32 slot, __u8 dir, struct pkt *p, __u64 gen, __u64 now)
-{
+// ct_flow is a packet's conntrack entry: key, the entry if any (looked up once), its own orientation.
+struct ct_flow {
 	struct ct_key k;
-	fill_key(&k, slot, p, 0);
-	struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
+	struct ct_val *v;
+	int o;
+};
+
+// established tells whether p is a reply (or related ICMP error) of a live tracked flow at slot. For a
+// trackable packet it leaves in f the entry of p's own flow for track.
+static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct ct_flow *f)
+{
+	f->v = 0;
+	if (p->is_icmp_err) {
+		// Related: the quoted packet is the tracked flow's own direction.
+		if (!p->q_ok)
+			return 0;
+		struct ct_key k;
+		int o = ct_key_of(&k, slot, p->fam, p->q_proto, p->q_src, p->q_sport, p->q_dst, p->q_dport);
+		struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
+		if (!v)
+			return 0;
+		struct ct_half *h = ct_half_of(v, o);
+		if (!h || h->dir == dir)
+			return 0;
+		if (now - h->last > ct_timeout(h, k.proto) ||
+		    !recheck(slot, p->fam, p->q_proto, p->q_src, p->q_dst, p->q_dport, h)) {
+			ct_forget(&k, v, h);
+			return 0;
+		}
+		return 1;
+	}
+	if (!p->trackable)
+		return 0;
+	f->o = ct_key_of(&f->k, slot, p->fam, p->proto, p->src, p->sport, p->dst, p->dport);
+	f->v = bpf_map_lookup_elem(&conntrack, &f->k);
+	if (!f->v)
+		return 0;
+	// The flow p would reply to runs the other way, unless both ends are one.
+	struct ct_half *h = ct_half_of(f->v, ct_same_ends(&f->k) ? f->o : !f->o);
+	if (!h || h->dir == dir)
+		return 0;
+	if (now - h->last > ct_timeout(h, p->proto) ||
+	    !recheck(slot, p->fam, p->proto, p->dst, p->src, p->sport, h)) {
+		if (ct_forget(&f->k, f->v, h))
+			f->v = 0;
+		return 0;
+	}
+	h->last = now;
+	h->flags |= CT_REPLY_SEEN;
+	if (p->proto == 6 && (p->tcp_flags & 0x05))
+		h->flags |= CT_CLOSING;
+	return 1;
+}
+
+// track starts or refreshes p's own flow in entry f (from established).
+static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, __u64 gen, __u64 now)
+{
 	__u8 closing = (p->proto == 6 && (p->tcp_flags & 0x05)) ? CT_CLOSING : 0;
-	if (v && v->dir == dir) {
-		v->last = now;
-		v->gen = gen;
-		v->flags |= closing;
+	__u8 fresh = closing | CT_LIVE | (f->o ? CT_SWAPPED : 0);
+	struct ct_half *h;
+	if (!f->v) {
+		struct ct_val nv = {.last = now, .gen = gen, .dir = dir, .flags = fresh};
+		if (!bpf_map_update_elem(&conntrack, &f->k, &nv, BPF_NOEXIST))
+			return;
+		// Another CPU created the entry meanwhile: join it.
+		f->v = bpf_map_lookup_elem(&conntrack, &f->k);
+		if (!f->v)
+			return;
+	}
+	h = ct_half_of(f->v, f->o);
+	if (h && h->dir == dir) {
+		h->last = now;
+		h->gen = gen;
+		h->flags |= closing;
 		return;
 	}
-	struct ct_val nv = {.last = now, .gen = gen, .dir = dir, .flags = closing};
-	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
+	if (!h) {
+		h = (struct ct_half *)f->v;
+		if (h->flags & CT_LIVE)
+			h++; // the other orientation's flow is in the first half
+	}
+	// A new flow, or one first seen the other way round on this ENI: start over as this packet.
+	h->last = now;
+	h->gen = gen;
+	h->dir = dir;
+	h->flags = fresh;
 }
 
 static __always_inline void count_hit(__u32 slot, __u8 dir, struct decision *d)
@@ -846,12 +960,10 @@ static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 
 	__builtin_memcpy(ev->src, p->src, 16);
 	__builtin_memcpy(ev->dst, p->dst, 16);
 	if (d->reason == R_RULE && d->table && d->h) {
-		struct entry *en = entry_at(d->table, d->h, d->entry);
-		if (en) {
-			struct rec *r = rec_at(d->table, d->h->off_sgs + en->sg);
-			if (r)
-				__builtin_memcpy(ev->sg, r->b, 64);
-		}
+		struct tmem m = {.t = d->table, .p = d->h, .cur = 0};
+		__u8 *name = tm_at(&m, d->h->off_sgs + d->sg * 64, 64);
+		if (name)
+			__builtin_memcpy(ev->sg, name, 64);
 	}
 	bpf_ringbuf_submit(ev, 0);
 }
@@ -882,9 +994,12 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 	struct pkt p;
 	__builtin_memset(&p, 0, sizeof(p));
 	struct decision d = {.entry = -1, .rule_index = -1};
-	__u64 now = bpf_ktime_get_ns();
+	// The coarse clock (CLOCK_MONOTONIC_COARSE, one tick behind at most) costs a fraction of
+	// bpf_ktime_get_ns, and timeouts (seconds) and the drop rate window (1 s) need no more.
+	__u64 now = bpf_ktime_get_coarse_ns();
 	int r = parse(skb, &p);
 	struct frag_key fk;
+	struct ct_flow ct;
 	struct frag_val *fv = 0;
 	if (r < 0 && p.frag) {
 		__builtin_memset(&fk, 0, sizeof(fk));
@@ -907,13 +1022,13 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		d.reason = fv->reason;
 		d.accept = fv->accept;
 		d.gen = fv->gen;
-	} else if (established(slot, dir, &p, now)) {
+	} else if (established(slot, dir, &p, now, &ct)) {
 		d.reason = R_ESTABLISHED;
 		d.accept = 1;
 	} else {
 		decide_rules(slot, dir, &p, &d);
 		if (d.accept && p.trackable)
-			track(slot, dir, &p, d.gen, now);
+			track(dir, &p, &ct, d.gen, now);
 		count_hit(slot, dir, &d);
 	}
 	if (r < 0 && p.frag == 1) {

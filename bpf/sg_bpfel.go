@@ -26,12 +26,17 @@ type sgCtKey struct {
 }
 
 type sgCtVal struct {
-	_     structs.HostLayout
-	Last  uint64
-	Gen   uint64
-	Dir   uint8
-	Flags uint8
-	Pad   [6]uint8
+	_      structs.HostLayout
+	Last   uint64
+	Gen    uint64
+	Dir    uint8
+	Flags  uint8
+	Pad    [6]uint8
+	Last2  uint64
+	Gen2   uint64
+	Dir2   uint8
+	Flags2 uint8
+	Pad2   [6]uint8
 }
 
 type sgDropEvent struct {
