@@ -85,16 +85,60 @@ func (f *form) get(k string) string {
 // flatNode is a decoded Tencent flattened parameter: `a.0.b=v` becomes a tree a → 0 → b = v.
 type flatNode struct {
 	name     string // full dotted name, for errors
+	seg      string // last segment of name: the key under the parent
 	value    string
 	hasValue bool
-	children map[string]*flatNode // nil for a value
+	children []*flatNode          // in creation order; nil for a value
+	index    map[string]*flatNode // children by seg, only past indexFanout children
+}
+
+// indexFanout is how many children a node searches linearly: a rule's handful of fields need no map,
+// a list of thousands of rules does.
+const indexFanout = 8
+
+// child returns the child named s, or nil.
+func (n *flatNode) child(s string) *flatNode {
+	if n.index != nil {
+		return n.index[s]
+	}
+	for _, c := range n.children {
+		if c.seg == s {
+			return c
+		}
+	}
+	return nil
+}
+
+func (n *flatNode) addChild(c *flatNode) {
+	if n.children == nil {
+		n.children = make([]*flatNode, 0, 4)
+	}
+	n.children = append(n.children, c)
+	switch {
+	case n.index != nil:
+		n.index[c.seg] = c
+	case len(n.children) > indexFanout:
+		n.index = make(map[string]*flatNode, 2*len(n.children))
+		for _, c := range n.children {
+			n.index[c.seg] = c
+		}
+	}
 }
 
 // decodeFlat builds the tree of every parameter of f, in f's sorted name order. A name used twice, an
 // empty name segment, or a name that is both a value and a parent is an error naming the parameter; the
 // first in sorted order is reported.
 func decodeFlat(f *form) (*flatNode, error) {
-	root := &flatNode{children: map[string]*flatNode{}}
+	root := &flatNode{}
+	// Nodes come from chunks rather than one allocation each: a big policy has tens of thousands.
+	var arena []flatNode
+	newNode := func(name, seg string) *flatNode {
+		if len(arena) == cap(arena) {
+			arena = make([]flatNode, 0, max(16, len(f.names)/4))
+		}
+		arena = append(arena, flatNode{name: name, seg: seg})
+		return &arena[len(arena)-1]
+	}
 	// The nodes along the previous name, and where its segments end: a sorted name mostly shares its
 	// leading segments with the previous one (ingress.7.action, ingress.7.cidrIp), and those are taken
 	// from here rather than looked up again.
@@ -130,13 +174,10 @@ func decodeFlat(f *form) (*flatNode, error) {
 			if n.hasValue {
 				return nil, fmt.Errorf("parameter %q: %q is a value, not a list or object", k, n.name)
 			}
-			c, ok := n.children[s]
-			if !ok {
-				c = &flatNode{name: k[:end]}
-				if n.children == nil {
-					n.children = map[string]*flatNode{}
-				}
-				n.children[s] = c
+			c := n.child(s)
+			if c == nil {
+				c = newNode(k[:end], s)
+				n.addChild(c)
 			}
 			n = c
 			path, ends = append(path, c), append(ends, end)
@@ -155,8 +196,8 @@ func decodeFlat(f *form) (*flatNode, error) {
 
 // str returns the value of child k ("" and false when absent); a child that is a list is an error.
 func (n *flatNode) str(k string) (string, bool, error) {
-	c, ok := n.children[k]
-	if !ok {
+	c := n.child(k)
+	if c == nil {
 		return "", false, nil
 	}
 	if !c.hasValue {
@@ -167,15 +208,16 @@ func (n *flatNode) str(k string) (string, bool, error) {
 
 // list returns the elements of child k in index order; indexes must be dense from 0 (SPEC §4).
 func (n *flatNode) list(k string) ([]*flatNode, error) {
-	c, ok := n.children[k]
-	if !ok {
+	c := n.child(k)
+	if c == nil {
 		return nil, nil
 	}
 	if c.hasValue {
 		return nil, fmt.Errorf("parameter %q must be a list (%s.0, %s.1, …)", c.name, c.name, c.name)
 	}
 	out := make([]*flatNode, len(c.children))
-	for idx, e := range c.children {
+	for _, e := range c.children {
+		idx := e.seg
 		i, err := strconv.Atoi(idx)
 		if err != nil || i < 0 || i >= len(out) || strconv.Itoa(i) != idx {
 			return nil, fmt.Errorf("parameter %q: list indexes must be dense from 0, got %q", e.name, idx)

@@ -92,7 +92,8 @@ func decodeTencent(params *form, maxParams int) (*tencentCall, error) {
 	if !known {
 		return nil, badParam("parameter \"Action\": unknown action %q", c.Action)
 	}
-	for k := range root.children {
+	for _, p := range root.children {
+		k := p.seg
 		if !slices.Contains(publicParams, k) && !slices.Contains(allowed, k) {
 			return nil, badParam("parameter %q is not accepted by %s", k, c.Action)
 		}
@@ -132,8 +133,8 @@ func decodeTencent(params *form, maxParams int) (*tencentCall, error) {
 			return nil, badParam("%v", err)
 		}
 		for _, e := range l {
-			for k := range e.children {
-				if k != "networkInterfaceId" && k != "sgIds" {
+			for _, c := range e.children {
+				if k := c.seg; k != "networkInterfaceId" && k != "sgIds" {
 					return nil, badParam("parameter %q is not accepted", e.name+"."+k)
 				}
 			}
@@ -237,8 +238,8 @@ func decodeRules(root *flatNode, dir string) ([]model.Rule, error) {
 			return nil, &tencentError{Code: model.CodeBadRuleFormat, Msg: fmt.Sprintf("parameter %q must be a rule (%s.action, …)", e.name, e.name)}
 		}
 		var r model.Rule
-		for k := range e.children {
-			if !slices.Contains(ruleFields, k) {
+		for _, c := range e.children {
+			if k := c.seg; !slices.Contains(ruleFields, k) {
 				return nil, &tencentError{Code: model.CodeBadRuleFormat, Msg: fmt.Sprintf("parameter %q: unknown rule field %q", e.name+"."+k, k)}
 			}
 		}
