@@ -170,6 +170,14 @@ func TestDifferential(t *testing.T) {
 				if q.src.Is6() {
 					f.proto, f.icmpType = 58, 1
 				}
+			case k == 4 && len(recent) > 0:
+				// The flow's originator refusing a reply: the error quotes the reply and travels along the flow.
+				q := recent[rng.IntN(len(recent))]
+				r := q.reverse()
+				f = frame{src: q.src, dst: q.dst, proto: 1, icmpType: 3, quote: &r}
+				if q.src.Is6() {
+					f.proto, f.icmpType = 58, 1
+				}
 			default:
 				f = randomFrame(rng, e.Addrs())
 			}

@@ -136,28 +136,49 @@ func (m *refModel) decideUnfragmented(eni string, dir model.Direction, f frame) 
 			qs, qd = 0, 0
 		}
 		look = &refKey{eni, q.proto, qs, qd, q.src, q.dst}
+		// Or the quote is a tracked flow's reply and the error travels along the flow (SPEC §3 "quote a
+		// tracked flow" either way, as conntrack.Table.Related).
+		if fl, ok := m.flows[*look]; !ok || fl.dir == dir {
+			rev := refKey{eni, q.proto, qd, qs, q.dst, q.src}
+			if fl, ok := m.flows[rev]; ok && fl.dir == dir {
+				return m.established(eni, dir, rev, fl, f)
+			}
+		}
 	case tracked:
 		look = &refKey{eni, f.proto, dp, sp, f.dst, f.src}
 	}
 	if look != nil {
 		if fl, ok := m.flows[*look]; ok && fl.dir != dir {
-			keep := true
-			if fl.gen != m.gen[eni] {
-				remote := look.src
-				if fl.dir == model.Egress {
-					remote = look.dst
-				}
-				v := m.classify(eni, fl.dir, remote, look.proto, look.dport, look.proto == 6 || look.proto == 17)
-				keep = v.Action == model.Accept
-				fl.gen = m.gen[eni]
-				m.flows[*look] = fl
-			}
-			if keep {
-				return Result{Accept: true, Reason: dataplane.ReasonEstablished, Entry: -1}
-			}
-			delete(m.flows, *look)
+			return m.established(eni, dir, *look, fl, f)
 		}
 	}
+	return m.byRules(eni, dir, f, tracked, sp, dp)
+}
+
+// established answers f from the tracked flow k after re-checking k's original packet against a newer
+// table; a flow the new table drops is cut and f goes to the rules.
+func (m *refModel) established(eni string, dir model.Direction, k refKey, fl refFlow, f frame) Result {
+	keep := true
+	if fl.gen != m.gen[eni] {
+		remote := k.src
+		if fl.dir == model.Egress {
+			remote = k.dst
+		}
+		v := m.classify(eni, fl.dir, remote, k.proto, k.dport, k.proto == 6 || k.proto == 17)
+		keep = v.Action == model.Accept
+		fl.gen = m.gen[eni]
+		m.flows[k] = fl
+	}
+	if keep {
+		return Result{Accept: true, Reason: dataplane.ReasonEstablished, Entry: -1}
+	}
+	delete(m.flows, k)
+	sp, dp, tracked := f.ctPorts()
+	return m.byRules(eni, dir, f, tracked, sp, dp)
+}
+
+// byRules decides f by eni's table in direction dir and tracks it when accepted.
+func (m *refModel) byRules(eni string, dir model.Direction, f frame, tracked bool, sp, dp uint16) Result {
 	remote := f.src
 	if dir == model.Egress {
 		remote = f.dst

@@ -832,7 +832,9 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 {
 	f->v = 0;
 	if (p->is_icmp_err) {
-		// Related: the quoted packet is the tracked flow's own direction.
+		// Related (as conntrack.Table.Related): the quoted packet is a tracked flow's original packet and
+		// the error comes back the other way, or the quote is the flow's reply and the error travels
+		// along the flow (its originator refusing a reply).
 		if (!p->q_ok)
 			return 0;
 		struct ct_key k;
@@ -841,10 +843,19 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 		if (!v)
 			return 0;
 		struct ct_half *h = ct_half_of(v, o);
-		if (!h || h->dir == dir)
-			return 0;
-		if (now - h->last > ct_timeout(h, k.proto) ||
-		    !recheck(slot, p->fam, p->q_proto, p->q_src, p->q_dst, p->q_dport, h)) {
+		int reply_quoted = 0;
+		if (!h || h->dir == dir) {
+			h = ct_half_of(v, ct_same_ends(&k) ? o : !o);
+			if (!h || h->dir != dir)
+				return 0;
+			reply_quoted = 1;
+		}
+		int ok = now - h->last <= ct_timeout(h, k.proto);
+		if (ok && !reply_quoted)
+			ok = recheck(slot, p->fam, p->q_proto, p->q_src, p->q_dst, p->q_dport, h);
+		else if (ok)
+			ok = recheck(slot, p->fam, p->q_proto, p->q_dst, p->q_src, p->q_sport, h);
+		if (!ok) {
 			ct_forget(&k, v, h);
 			return 0;
 		}
