@@ -5,7 +5,6 @@ package store
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -125,9 +124,9 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 	if s == nil {
 		return errors.New("store: commit of a nil state")
 	}
-	data, err := json.Marshal(s.Topology())
+	data, err := encodeTopology(s)
 	if err != nil {
-		return fmt.Errorf("store: encode state: %w", err)
+		return fmt.Errorf("store: %w", err)
 	}
 	err = b.db.Update(func(tx *bolt.Tx) error {
 		bk, err := tx.CreateBucketIfNotExists(bucket)

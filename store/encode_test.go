@@ -1,0 +1,54 @@
+package store
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/model"
+)
+
+// TestEncodeTopologyIsJSONMarshal: the persisted bytes are exactly encoding/json's, whatever the rules
+// hold (omitted fields, escapes, non-ASCII, empty lists).
+func TestEncodeTopologyIsJSONMarshal(t *testing.T) {
+	s := demo(t)
+	e := s.Edit()
+	g, ok := s.SG("sg-web")
+	require.True(t, ok)
+	ng := *g
+	ng.SgRemark = `remark "quoted" <b>&amp;</b> é`
+	ng.Ingress = []model.Rule{
+		{Action: "accept"},
+		{IPProtocol: "TCP", CidrIP: "10.0.0.0/8", PortRange: "80-90", Action: "ACCEPT", Desc: `a "b" \ <c> & d`},
+		{IPProtocol: "udp", SgID: "sg-ssh", PortRange: "53", Action: "DROP", Desc: "日本語 \u2028 \t tab"},
+		{CidrIP: "2001:db8::/32", Action: "DROP", Desc: "\x7f del"},
+	}
+	ng.Egress = nil
+	require.NoError(t, e.PutSG(ng))
+	for name, st := range map[string]*model.State{"demo": s, "edited": e.State()} {
+		t.Run(name, func(t *testing.T) {
+			want, err := json.Marshal(st.Topology())
+			require.NoError(t, err)
+			got, err := encodeTopology(st)
+			require.NoError(t, err)
+			require.Equal(t, string(want), string(got))
+		})
+	}
+}
+
+// TestAppendRulesCoversEveryField fails when model.Rule gains a field appendRules does not write.
+func TestAppendRulesCoversEveryField(t *testing.T) {
+	var r model.Rule
+	v := reflect.ValueOf(&r).Elem()
+	for i := range v.NumField() {
+		require.Equal(t, reflect.String, v.Field(i).Kind(), "field %s", v.Type().Field(i).Name)
+		v.Field(i).SetString("x" + v.Type().Field(i).Name)
+	}
+	for _, rules := range [][]model.Rule{nil, {}, {r}, {r, {Action: "DROP"}}} {
+		want, err := json.Marshal(rules)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(appendRules(nil, rules)))
+	}
+}
