@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -59,6 +60,12 @@ func (d *Dataplane) Attach(ctx context.Context, ifname, eni string) error {
 			return fmt.Errorf("attach %s to %s: %w", eni, ifname, err)
 		}
 		prog := d.progFor(h)
+		if d.clsact {
+			if err := d.attachClsact(ctx, ifname, h, prog); err != nil {
+				return fmt.Errorf("attach %s to %s %s: %w", eni, ifname, h.name, err)
+			}
+			continue
+		}
 		key := fmt.Sprintf("%d-%s", ifc.Index, h.name)
 		if d.pinPath != "" {
 			if l, err := link.LoadPinnedLink(d.linkPin(ifc.Index, h), nil); err == nil {
@@ -76,6 +83,7 @@ func (d *Dataplane) Attach(ctx context.Context, ifname, eni string) error {
 			if err := d.attachClsact(ctx, ifname, h, prog); err != nil {
 				return fmt.Errorf("attach %s to %s %s: %w", eni, ifname, h.name, err)
 			}
+			d.clsact = true // Detach must remove tc filters
 			continue
 		}
 		if err != nil {
@@ -105,12 +113,14 @@ func (d *Dataplane) replaceLink(key string, l link.Link) {
 func (d *Dataplane) attachClsact(ctx context.Context, ifname string, h hook, prog *ebpf.Program) error {
 	dir := d.pinPath
 	if dir == "" {
-		return fmt.Errorf("clsact fallback needs a pin path (no TCX in this kernel)")
+		return fmt.Errorf("clsact attachment needs a pin path")
 	}
 	pin := d.pinFile("prog-" + h.name)
-	_ = os.Remove(pin) // a stale pin of an older program
-	if err := prog.Pin(pin); err != nil {
-		return fmt.Errorf("pin program for tc: %w", err)
+	if !prog.IsPinned() { // pinned once per process; what is there before is an older loader's program
+		_ = os.Remove(pin)
+		if err := prog.Pin(pin); err != nil {
+			return fmt.Errorf("pin program for tc: %w", err)
+		}
 	}
 	_ = exec.CommandContext(ctx, "tc", "qdisc", "add", "dev", ifname, "clsact").Run() // exists already is fine
 	out, err := exec.CommandContext(ctx, "tc", "filter", "replace", "dev", ifname, h.tcDir, "pref", "1", "handle", "1",
@@ -121,7 +131,7 @@ func (d *Dataplane) attachClsact(ctx context.Context, ifname string, h hook, pro
 	return nil
 }
 
-// Detach removes the program from ifname (links, their pins) and unbinds it.
+// Detach removes the program from ifname (links and their pins, or its cls_bpf filters) and unbinds it.
 func (d *Dataplane) Detach(ifname string) error {
 	ifc, err := net.InterfaceByName(ifname)
 	if err != nil {
@@ -147,12 +157,27 @@ func (d *Dataplane) Detach(ifname string) error {
 			}
 			delete(d.links, key)
 		}
+		if d.clsact {
+			errs = append(errs, detachClsact(ifname, h))
+		}
 	}
 	if err := d.objs.Ifaces.Delete(uint32(ifc.Index)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("unbind: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("detach %s: %w", ifname, err)
+	}
+	return nil
+}
+
+// detachClsact deletes the cls_bpf filter attachClsact made (the clsact qdisc stays: other filters may
+// use it).
+func detachClsact(ifname string, h hook) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "tc", "filter", "del", "dev", ifname, h.tcDir, "pref", "1", "handle", "1", "bpf").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("tc filter del on %s %s: %w: %s", ifname, h.tcDir, err, out)
 	}
 	return nil
 }

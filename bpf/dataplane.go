@@ -29,12 +29,17 @@ type Options struct {
 	// PinPath pins the maps (and links made by Attach) there, reusing ones already pinned. Empty: nothing
 	// is pinned and everything goes away on Close.
 	PinPath string
+	// Clsact attaches with a clsact qdisc and a direct-action cls_bpf filter (through tc(8)) even where
+	// the kernel has TCX, for hosts whose tooling manages TC filters; kernels without TCX get this
+	// anyway. It needs a PinPath: tc(8) attaches the pinned program.
+	Clsact bool
 }
 
 // Dataplane is the loaded TC program with its maps. Safe for concurrent use.
 type Dataplane struct {
 	objs    sgObjects
 	pinPath string
+	clsact  bool
 
 	mu    sync.Mutex // serialises writers (Publish, Attach); packets never wait for it
 	slots map[string]uint32
@@ -63,7 +68,10 @@ func Load(opts Options) (*Dataplane, error) {
 		}
 		co.Maps.PinPath = opts.PinPath
 	}
-	d := &Dataplane{pinPath: opts.PinPath, slots: map[string]uint32{}}
+	if opts.Clsact && opts.PinPath == "" {
+		return nil, errors.New("load bpf program: the clsact attachment needs a pin path")
+	}
+	d := &Dataplane{pinPath: opts.PinPath, clsact: opts.Clsact, slots: map[string]uint32{}}
 	if err := spec.LoadAndAssign(&d.objs, &co); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {

@@ -34,6 +34,7 @@ type serveOptions struct {
 	Dataplane string // go, ebpf or both
 	PinPath   string // bpffs directory of the eBPF dataplane's maps and links; "" pins nothing
 	HostNetns string // network namespace (ip netns name or path) holding the host interfaces; "" = ours
+	Clsact    bool   // attach with clsact + cls_bpf even where the kernel has TCX
 }
 
 const serveLong = `Run the control-plane daemon: Tencent and Huawei APIs, durable state, live tables.
@@ -77,6 +78,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&o.Dataplane, "dataplane", dataplaneGo, "go (simulate), ebpf (enforce in the kernel) or both")
 	f.StringVar(&o.PinPath, "pin-path", bpf.DefaultPinPath, "ebpf/both: bpffs directory for the pinned maps and links (\"\" = no pinning)")
 	f.StringVar(&o.HostNetns, "host-netns", "", "ebpf/both: network namespace of the host interfaces (ip netns name or path; default: the daemon's)")
+	f.BoolVar(&o.Clsact, "clsact", false, "ebpf/both: attach as a clsact qdisc's cls_bpf filters (via tc(8)) instead of TCX links; kernels without TCX do this anyway")
 	f.IntVar(&lim.RulesPerDirection, "max-rules", lim.RulesPerDirection, "API limit: rules per direction per SG")
 	f.IntVar(&lim.SGsPerENI, "max-sgs-per-eni", lim.SGsPerENI, "API limit: SGs per ENI")
 	f.IntVar(&lim.SGsPerProject, "max-sgs-per-project", lim.SGsPerProject, "API limit: SGs per account and project")
@@ -108,7 +110,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 			return fmt.Errorf("--host-netns %s: %w", o.HostNetns, err)
 		}
 	}
-	dp, err := bpf.Load(bpf.Options{PinPath: o.PinPath})
+	dp, err := bpf.Load(bpf.Options{PinPath: o.PinPath, Clsact: o.Clsact})
 	if err != nil {
 		return fmt.Errorf("--dataplane %s: load the eBPF program (needs root and a kernel with BTF; pin path %q): %w",
 			o.Dataplane, o.PinPath, err)
