@@ -37,6 +37,9 @@ func TestFormMatchesURLValues(t *testing.T) {
 			}
 			require.Empty(t, f.get("absent"))
 			require.Equal(t, StringToSign("GET", "h", want), stringToSign("GET", "h", f))
+			for _, m := range []string{"HmacSHA256", "HmacSHA1"} {
+				require.Equal(t, SignString(StringToSign("POST", "h", want), "key", m), signForm("POST", "h", f, "key", m))
+			}
 		})
 	}
 }

@@ -1,11 +1,13 @@
 package api
 
 import (
+	"bufio"
 	"crypto/hmac"
 	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/base64"
 	"hash"
+	"io"
 	"net/url"
 	"strings"
 	"sync"
@@ -29,6 +31,17 @@ func stringToSign(method, host string, params *form) string {
 		n += len(k) + len(params.vals[i]) + 2
 	}
 	b.Grow(n)
+	writeStringToSign(&b, method, host, params)
+	return b.String()
+}
+
+// stringWriter is what writeStringToSign writes to: a strings.Builder or a bufio.Writer on a MAC.
+type stringWriter interface {
+	io.StringWriter
+	io.ByteWriter
+}
+
+func writeStringToSign(b stringWriter, method, host string, params *form) {
 	b.WriteString(strings.ToUpper(method))
 	b.WriteString(host)
 	b.WriteString(TencentPath)
@@ -46,18 +59,31 @@ func stringToSign(method, host string, params *form) string {
 		b.WriteByte('=')
 		b.WriteString(params.vals[i])
 	}
-	return b.String()
+}
+
+// signForm is SignString(stringToSign(method, host, params), secretKey, signMethod), with the string
+// streamed into the MAC rather than built: a big policy's is over a megabyte.
+func signForm(method, host string, params *form, secretKey, signMethod string) string {
+	m := newMAC(secretKey, signMethod)
+	w := bufio.NewWriterSize(m, 32<<10)
+	writeStringToSign(w, method, host, params)
+	_ = w.Flush() // a hash never fails to write
+	return base64.StdEncoding.EncodeToString(m.Sum(nil))
 }
 
 // SignString returns base64(HMAC(key, s)), SHA-256 when method is HmacSHA256, SHA-1 otherwise.
 func SignString(s, secretKey, method string) string {
+	m := newMAC(secretKey, method)
+	m.Write([]byte(s))
+	return base64.StdEncoding.EncodeToString(m.Sum(nil))
+}
+
+func newMAC(secretKey, method string) hash.Hash {
 	var hf func() hash.Hash = sha1.New
 	if method == "HmacSHA256" {
 		hf = sha256.New
 	}
-	m := hmac.New(hf, []byte(secretKey))
-	m.Write([]byte(s))
-	return base64.StdEncoding.EncodeToString(m.Sum(nil))
+	return hmac.New(hf, []byte(secretKey))
 }
 
 // Sign sets params' Signature for a request with that method to host. Callers set SecretId, Nonce,

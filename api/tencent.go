@@ -281,11 +281,16 @@ func (h *Handler) readParams(r *http.Request) (*form, error) {
 		if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
 			return nil, fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
 		}
-		b, err := io.ReadAll(r.Body)
-		if err != nil {
+		// Read straight into the string, sized from Content-Length (at most the body limit): a big
+		// policy's megabyte would otherwise be regrown several times and then copied once more.
+		var sb strings.Builder
+		if r.ContentLength > 0 {
+			sb.Grow(int(min(r.ContentLength, h.opts.MaxBodyBytes)))
+		}
+		if _, err := io.Copy(&sb, r.Body); err != nil {
 			return nil, fmt.Errorf("read body: %w", err)
 		}
-		body = string(b)
+		body = sb.String()
 	}
 	// Sized up front: a big policy's tens of thousands of parameters would otherwise regrow the lists.
 	n := min(strings.Count(r.URL.RawQuery, "&")+strings.Count(body, "&")+2, 2*h.opts.MaxParams)
@@ -390,7 +395,7 @@ func (h *Handler) authTencent(r *http.Request, params *form) *model.Account {
 		if a.SecretID == "" || a.SecretID != id {
 			continue
 		}
-		want := SignString(stringToSign(r.Method, r.Host, params), a.SecretKey, params.get("SignatureMethod"))
+		want := signForm(r.Method, r.Host, params, a.SecretKey, params.get("SignatureMethod"))
 		if hmac.Equal([]byte(want), []byte(sig)) {
 			return a
 		}
