@@ -113,13 +113,16 @@ func (c *Compiler) compileDir(eni *model.NetworkInterface, d model.Direction) *T
 		n += len(sg.Rules(d))
 	}
 	t.Entries = make([]Entry, 0, n)
+	// One backing array for every CIDR rule's single remote rather than an allocation per row.
+	cidrs := make([]netip.Prefix, 0, n)
 	for _, id := range eni.SgIDs {
 		sg, _ := c.state.SG(id)
 		for i, r := range sg.Rules(d) {
 			e := Entry{Protocol: r.Protocol, Ports: r.Ports, Action: r.Action, SgID: id, RuleIndex: i, Rule: r}
 			switch {
 			case r.Remote.IsValid():
-				e.Remotes = []netip.Prefix{r.Remote}
+				cidrs = append(cidrs, r.Remote)
+				e.Remotes = cidrs[len(cidrs)-1 : len(cidrs) : len(cidrs)]
 			case r.RemoteSG != "":
 				e.Remotes = c.members[r.RemoteSG]
 			default:

@@ -251,7 +251,7 @@ func (c *Controller) ModifySecurityGroupPolicy(ctx context.Context, appID, sgID 
 		return apiErr(model.CodeLimit, "sgId", sgID, fmt.Sprintf("%d rules reference security groups, at most %d allowed", refs, c.limits.SGRefRulesPerSG))
 	}
 	ng := *g
-	ng.Ingress, ng.Egress = slices.Clone(ingress), slices.Clone(egress)
+	ng.Ingress, ng.Egress = ingress, egress // PutSG keeps copies, not the caller's slices
 	ng.Version = g.Version + 1
 	b := v.State.Edit()
 	if err := b.PutSG(ng); err != nil {
