@@ -177,22 +177,26 @@ func (r Result) Family() string { f, _, _ := strings.Cut(r.Name, "/"); return f 
 
 var (
 	benchLine = regexp.MustCompile(`^Benchmark(\S+?)(-\d+)?\s+(\d+)\s+(.*)$`)
-	rulesRe   = regexp.MustCompile(`rules=(\d+)|_(\d+)k\b`)
+	rulesRe   = regexp.MustCompile(`rules=(\d+)|_(\d+)k\b|_(\d+)\b`)
 )
 
 // ruleCount reads the rule count a benchmark name carries, as `rules=N` or a ClassBench-style `_10k`
-// suffix; the matched text is returned so the variant name can leave it out.
+// (or `_100`) suffix; the matched text is returned so the variant name can leave it out.
 func ruleCount(name string) (n float64, matched string, ok bool) {
 	m := rulesRe.FindStringSubmatch(name)
 	if m == nil {
 		return 0, "", false
 	}
-	if m[1] != "" {
+	switch {
+	case m[1] != "":
 		v, _ := strconv.ParseFloat(m[1], 64)
 		return v, m[0], true
+	case m[2] != "":
+		v, _ := strconv.ParseFloat(m[2], 64)
+		return v * 1000, m[0], true
 	}
-	v, _ := strconv.ParseFloat(m[2], 64)
-	return v * 1000, m[0], true
+	v, _ := strconv.ParseFloat(m[3], 64)
+	return v, m[0], true
 }
 
 // variant splits a rules=N benchmark name into N and the rest below the family (e.g. "iptables-legacy" of

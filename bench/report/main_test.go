@@ -99,3 +99,23 @@ func countDupUnits(units []string) int {
 	}
 	return d
 }
+
+func TestRuleCount(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		n       float64
+		matched string
+		ok      bool
+	}{
+		{"PeerUDP/none/rules=100", 100, "rules=100", true},
+		{"Classifier/acl1_10k", 10000, "_10k", true},
+		{"Classifier/acl1_100", 100, "_100", true},
+		{"Classifier/synth_100k", 100000, "_100k", true},
+		{"Replay/classifier", 0, "", false},
+	} {
+		n, matched, ok := ruleCount(tc.name)
+		assert.Equal(t, tc.ok, ok, tc.name)
+		assert.Equal(t, tc.n, n, tc.name)
+		assert.Equal(t, tc.matched, matched, tc.name)
+	}
+}
