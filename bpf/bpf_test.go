@@ -309,7 +309,11 @@ func TestDropEventsAndHits(t *testing.T) {
 	}
 	hits, err := d.Hits()
 	require.NoError(t, err)
-	assert.Contains(t, hits, Hit{ENI: "eni-web1", Direction: model.Ingress, Generation: 7, Entry: 2, Packets: 3})
+	tab := compiler.New(s).CompileAll()["eni-web1"].Ingress
+	web := dataplane.Explain(tab, 2).Explain("eni-web1", model.Ingress, tab)
+	require.Equal(t, model.Accept, web.Verdict)
+	require.NotEmpty(t, web.SgID)
+	assert.Contains(t, hits, Hit{ENI: "eni-web1", Direction: model.Ingress, Generation: 7, Entry: 2, Packets: 3, Decision: &web})
 }
 
 // The daemon publishes to the kernel dataplane through control.Dataplane.

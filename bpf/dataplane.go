@@ -43,6 +43,7 @@ type Dataplane struct {
 
 	mu    sync.Mutex // serialises writers (Publish, Attach); packets never wait for it
 	slots map[string]uint32
+	live  map[uint32]liveTables // slot → the tables this process published there last
 	links map[string]link.Link // "<ifindex>-<hook>" → link made or adopted by Attach
 }
 
@@ -71,7 +72,7 @@ func Load(opts Options) (*Dataplane, error) {
 	if opts.Clsact && opts.PinPath == "" {
 		return nil, errors.New("load bpf program: the clsact attachment needs a pin path")
 	}
-	d := &Dataplane{pinPath: opts.PinPath, clsact: opts.Clsact, slots: map[string]uint32{}}
+	d := &Dataplane{pinPath: opts.PinPath, clsact: opts.Clsact, slots: map[string]uint32{}, live: map[uint32]liveTables{}}
 	if err := spec.LoadAndAssign(&d.objs, &co); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -203,8 +204,9 @@ func newTableMap(t *compiler.Table, gen uint64) (*ebpf.Map, error) {
 // never a mix; the kernel frees the old inner map once no program holds it.
 func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) error {
 	type built struct {
-		slot uint32
-		maps [2]*ebpf.Map
+		slot   uint32
+		maps   [2]*ebpf.Map
+		tables *compiler.Tables
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -227,7 +229,7 @@ func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]
 		if err != nil {
 			return fmt.Errorf("publish generation %d: %w", gen, err)
 		}
-		b := built{slot: slot}
+		b := built{slot: slot, tables: ts}
 		for dir, t := range []*compiler.Table{ts.Ingress, ts.Egress} {
 			m, err := newTableMap(t, gen)
 			if err != nil {
@@ -249,6 +251,7 @@ func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]
 	changedSlots := make(map[uint32]bool, len(ready))
 	for _, b := range ready {
 		changedSlots[b.slot] = true
+		d.live[b.slot] = liveTables{gen: gen, tables: [2]*compiler.Table{b.tables.Ingress, b.tables.Egress}}
 	}
 	d.pruneHits(changedSlots, gen)
 	for _, id := range removed {
@@ -266,8 +269,16 @@ func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]
 		}
 		d.forgetIfaces(slot)
 		delete(d.slots, id)
+		delete(d.live, slot)
 	}
 	return nil
+}
+
+// liveTables is what one ENI slot holds: the generation and the tables (ingress, egress) it was
+// published with, so hit counters can be told by rule.
+type liveTables struct {
+	gen    uint64
+	tables [2]*compiler.Table
 }
 
 // pruneHits drops the hit counters of the earlier table versions of slots (their entry indexes mean

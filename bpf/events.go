@@ -152,13 +152,16 @@ func (r *DropReader) Close() error {
 	return errors.Join(r.rd.Close(), r.drops.Close(), r.names.Close())
 }
 
-// Hit is the packet count of one table entry at one generation, summed over CPUs.
+// Hit is the packet count of one table entry at one generation, summed over CPUs. Decision says which
+// rule (or default) that entry is, when the table version is the one this process published last
+// (nil for counters of tables adopted from a previous process and not republished yet).
 type Hit struct {
-	ENI        string          `json:"eni"`
-	Direction  model.Direction `json:"direction"`
-	Generation uint64          `json:"generation"`
-	Entry      int             `json:"entry"`
-	Packets    uint64          `json:"packets"`
+	ENI        string               `json:"eni"`
+	Direction  model.Direction      `json:"direction"`
+	Generation uint64               `json:"generation"`
+	Entry      int                  `json:"entry"`
+	Packets    uint64               `json:"packets"`
+	Decision   *dataplane.Explained `json:"decision,omitempty"`
 }
 
 // Hits returns every per-rule hit counter.
@@ -167,6 +170,10 @@ func (d *Dataplane) Hits() ([]Hit, error) {
 	bySlot := make(map[uint32]string, len(d.slots))
 	for id, s := range d.slots {
 		bySlot[s] = id
+	}
+	live := make(map[uint32]liveTables, len(d.live))
+	for s, l := range d.live {
+		live[s] = l
 	}
 	d.mu.Unlock()
 	var (
@@ -180,8 +187,14 @@ func (d *Dataplane) Hits() ([]Hit, error) {
 		for _, v := range per {
 			sum += v
 		}
-		hits = append(hits, Hit{ENI: bySlot[k.Table/2], Direction: model.Direction(k.Table & 1), Generation: k.Gen,
-			Entry: int(k.Entry), Packets: sum})
+		h := Hit{ENI: bySlot[k.Table/2], Direction: model.Direction(k.Table & 1), Generation: k.Gen,
+			Entry: int(k.Entry), Packets: sum}
+		if l, ok := live[k.Table/2]; ok && l.gen == k.Gen && h.Entry < len(l.tables[k.Table&1].Entries) {
+			t := l.tables[k.Table&1]
+			e := dataplane.Explain(t, h.Entry).Explain(h.ENI, h.Direction, t)
+			h.Decision = &e
+		}
+		hits = append(hits, h)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read hit counters: %w", err)
