@@ -44,7 +44,7 @@ type Dataplane struct {
 	mu    sync.Mutex // serialises writers (Publish, Attach); packets never wait for it
 	slots map[string]uint32
 	live  map[uint32]liveTables // slot → the tables this process published there last
-	links map[string]link.Link // "<ifindex>-<hook>" → link made or adopted by Attach
+	links map[string]link.Link  // "<ifindex>-<hook>" → link made or adopted by Attach
 }
 
 // Load loads the program and its maps into the kernel.
