@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 )
 
@@ -88,19 +87,12 @@ type flatNode struct {
 	seg      string // last segment of name: the key under the parent
 	value    string
 	hasValue bool
-	children []*flatNode          // in creation order; nil for a value
-	index    map[string]*flatNode // children by seg, only past indexFanout children
+	children []*flatNode // in creation order; nil for a value
 }
 
-// indexFanout is how many children a node searches linearly: a rule's handful of fields need no map,
-// a list of thousands of rules does.
-const indexFanout = 8
-
-// child returns the child named s, or nil.
+// child returns the child named s, or nil. The tree's readers ask small nodes (a rule's fields, the
+// top level) or nodes bounded by the parameter limit.
 func (n *flatNode) child(s string) *flatNode {
-	if n.index != nil {
-		return n.index[s]
-	}
 	for _, c := range n.children {
 		if c.seg == s {
 			return c
@@ -109,20 +101,20 @@ func (n *flatNode) child(s string) *flatNode {
 	return nil
 }
 
-func (n *flatNode) addChild(c *flatNode) {
-	if n.children == nil {
-		n.children = make([]*flatNode, 0, 4)
-	}
-	n.children = append(n.children, c)
-	switch {
-	case n.index != nil:
-		n.index[c.seg] = c
-	case len(n.children) > indexFanout:
-		n.index = make(map[string]*flatNode, 2*len(n.children))
-		for _, c := range n.children {
-			n.index[c.seg] = c
+// buildChild is child while the tree is built in sorted name order. Every child created after s then
+// has s as a strict prefix (`s!x` sorts between `s` and `s.y`), so the search walks back only over
+// those: one step for the next index of a list of thousands.
+func (n *flatNode) buildChild(s string) *flatNode {
+	for i := len(n.children) - 1; i >= 0; i-- {
+		c := n.children[i]
+		if c.seg == s {
+			return c
+		}
+		if !strings.HasPrefix(c.seg, s) {
+			return nil
 		}
 	}
+	return nil
 }
 
 // decodeFlat builds the tree of every parameter of f, in f's sorted name order. A name used twice, an
@@ -174,10 +166,13 @@ func decodeFlat(f *form) (*flatNode, error) {
 			if n.hasValue {
 				return nil, fmt.Errorf("parameter %q: %q is a value, not a list or object", k, n.name)
 			}
-			c := n.child(s)
+			c := n.buildChild(s)
 			if c == nil {
 				c = newNode(k[:end], s)
-				n.addChild(c)
+				if n.children == nil {
+					n.children = make([]*flatNode, 0, 4)
+				}
+				n.children = append(n.children, c)
 			}
 			n = c
 			path, ends = append(path, c), append(ends, end)
@@ -217,14 +212,30 @@ func (n *flatNode) list(k string) ([]*flatNode, error) {
 	}
 	out := make([]*flatNode, len(c.children))
 	for _, e := range c.children {
-		idx := e.seg
-		i, err := strconv.Atoi(idx)
-		if err != nil || i < 0 || i >= len(out) || strconv.Itoa(i) != idx {
-			return nil, fmt.Errorf("parameter %q: list indexes must be dense from 0, got %q", e.name, idx)
+		i, ok := listIndex(e.seg)
+		if !ok || i >= len(out) {
+			return nil, fmt.Errorf("parameter %q: list indexes must be dense from 0, got %q", e.name, e.seg)
 		}
 		out[i] = e
 	}
 	return out, nil
+}
+
+// listIndex reads a list index written as strconv.Itoa writes a non-negative int: digits, no sign, no
+// leading zero.
+func listIndex(s string) (int, bool) {
+	if s == "" || len(s) > 9 || (s[0] == '0' && len(s) > 1) {
+		return 0, false
+	}
+	i := 0
+	for j := 0; j < len(s); j++ {
+		c := s[j]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		i = 10*i + int(c-'0')
+	}
+	return i, true
 }
 
 // strList returns a list of single values (e.g. sgIds.0, sgIds.1).

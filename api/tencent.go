@@ -42,7 +42,8 @@ var actionParams = map[string][]string{
 	ActDescribeENIs:   {"networkInterfaceId", "offset", "limit"},
 }
 
-var ruleFields = []string{"ipProtocol", "cidrIp", "sgId", "portRange", "action", "desc"}
+// ruleFields are a rule's parameters, in the order decodeRules reads them into a model.Rule.
+var ruleFields = [...]string{"ipProtocol", "cidrIp", "sgId", "portRange", "action", "desc"}
 
 // tencentCall is a decoded (not yet authenticated) Tencent request.
 type tencentCall struct {
@@ -237,18 +238,24 @@ func decodeRules(root *flatNode, dir string) ([]model.Rule, error) {
 		if e.hasValue {
 			return nil, &tencentError{Code: model.CodeBadRuleFormat, Msg: fmt.Sprintf("parameter %q must be a rule (%s.action, …)", e.name, e.name)}
 		}
-		var r model.Rule
+		// One pass over the rule's fields: the first unknown one is the error; then, in ruleFields
+		// order, the first that is not a single value.
+		var fields [len(ruleFields)]*flatNode
 		for _, c := range e.children {
-			if k := c.seg; !slices.Contains(ruleFields, k) {
-				return nil, &tencentError{Code: model.CodeBadRuleFormat, Msg: fmt.Sprintf("parameter %q: unknown rule field %q", e.name+"."+k, k)}
+			i := slices.Index(ruleFields[:], c.seg)
+			if i < 0 {
+				return nil, &tencentError{Code: model.CodeBadRuleFormat, Msg: fmt.Sprintf("parameter %q: unknown rule field %q", e.name+"."+c.seg, c.seg)}
 			}
+			fields[i] = c
 		}
-		for _, f := range []struct {
-			dst  *string
-			name string
-		}{{&r.IPProtocol, "ipProtocol"}, {&r.CidrIP, "cidrIp"}, {&r.SgID, "sgId"}, {&r.PortRange, "portRange"}, {&r.Action, "action"}, {&r.Desc, "desc"}} {
-			if *f.dst, _, err = e.str(f.name); err != nil {
-				return nil, &tencentError{Code: model.CodeBadRuleFormat, Msg: err.Error()}
+		var r model.Rule
+		for i, dst := range [len(ruleFields)]*string{&r.IPProtocol, &r.CidrIP, &r.SgID, &r.PortRange, &r.Action, &r.Desc} {
+			switch c := fields[i]; {
+			case c == nil:
+			case !c.hasValue:
+				return nil, &tencentError{Code: model.CodeBadRuleFormat, Msg: fmt.Sprintf("parameter %q must be a single value", c.name)}
+			default:
+				*dst = c.value
 			}
 		}
 		rules = append(rules, r)
