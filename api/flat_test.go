@@ -21,6 +21,7 @@ func TestFormMatchesURLValues(t *testing.T) {
 		"Signature=x&Action=A&Nonce=1&Signature=y",
 		"ingress.10.action=ACCEPT&ingress.1.action=DROP&ingress.1=x&ingress.1.cidrIp=10.0.0.0%2F8",
 		"x_y=1&x.y=2&x=0",
+		"a+b=c+d&%41=%42&sp=%20+x",
 	} {
 		t.Run(q, func(t *testing.T) {
 			want, err := url.ParseQuery(q)
@@ -42,4 +43,15 @@ func TestFormMatchesURLValues(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestParseFormErrors: bad escapes fail as url.ParseQuery fails; a semicolon names its pair.
+func TestParseFormErrors(t *testing.T) {
+	for _, q := range []string{"%zz=1", "a=%z", "a=1&b=%4"} {
+		_, want := url.ParseQuery(q)
+		require.Error(t, want)
+		require.EqualError(t, parseForm(q, &form{}, 100), want.Error(), q)
+	}
+	require.EqualError(t, parseForm("a=1&b=2;c=3", &form{}, 100), `invalid semicolon separator in "b=2;c=3"`)
+	require.EqualError(t, parseForm("a=1&b=2&c", &form{}, 2), "3 parameters, at most 2 allowed")
 }

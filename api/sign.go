@@ -1,13 +1,11 @@
 package api
 
 import (
-	"bufio"
 	"crypto/hmac"
 	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/base64"
 	"hash"
-	"io"
 	"net/url"
 	"strings"
 	"sync"
@@ -31,43 +29,44 @@ func stringToSign(method, host string, params *form) string {
 		n += len(k) + len(params.vals[i]) + 2
 	}
 	b.Grow(n)
-	writeStringToSign(&b, method, host, params)
+	emitStringToSign(method, host, params, func(p []byte) { b.Write(p) })
 	return b.String()
 }
 
-// stringWriter is what writeStringToSign writes to: a strings.Builder or a bufio.Writer on a MAC.
-type stringWriter interface {
-	io.StringWriter
-	io.ByteWriter
-}
-
-func writeStringToSign(b stringWriter, method, host string, params *form) {
-	b.WriteString(strings.ToUpper(method))
-	b.WriteString(host)
-	b.WriteString(TencentPath)
-	b.WriteByte('?')
+// emitStringToSign hands the string to sign to emit in pieces of about 32 KiB (a big policy's is over a
+// megabyte, and the MAC needs no copy of it whole).
+func emitStringToSign(method, host string, params *form, emit func([]byte)) {
+	const chunk = 32 << 10
+	buf := make([]byte, 0, chunk+256)
+	buf = append(buf, strings.ToUpper(method)...)
+	buf = append(buf, host...)
+	buf = append(buf, TencentPath...)
+	buf = append(buf, '?')
 	first := true
 	for i, k := range params.keys {
 		if k == "Signature" {
 			continue
 		}
 		if !first {
-			b.WriteByte('&')
+			buf = append(buf, '&')
 		}
 		first = false
-		b.WriteString(strings.ReplaceAll(k, "_", "."))
-		b.WriteByte('=')
-		b.WriteString(params.vals[i])
+		buf = append(buf, strings.ReplaceAll(k, "_", ".")...)
+		buf = append(buf, '=')
+		buf = append(buf, params.vals[i]...)
+		if len(buf) >= chunk {
+			emit(buf)
+			buf = buf[:0]
+		}
 	}
+	emit(buf)
 }
 
 // signForm is SignString(stringToSign(method, host, params), secretKey, signMethod), with the string
-// streamed into the MAC rather than built: a big policy's is over a megabyte.
+// streamed into the MAC rather than built.
 func signForm(method, host string, params *form, secretKey, signMethod string) string {
 	m := newMAC(secretKey, signMethod)
-	w := bufio.NewWriterSize(m, 32<<10)
-	writeStringToSign(w, method, host, params)
-	_ = w.Flush() // a hash never fails to write
+	emitStringToSign(method, host, params, func(p []byte) { m.Write(p) })
 	return base64.StdEncoding.EncodeToString(m.Sum(nil))
 }
 
