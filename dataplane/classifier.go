@@ -344,8 +344,13 @@ func (b *classifierBuilder) internPorts(segs []portSeg) uint32 {
 type pfx struct {
 	start, end u128
 	bits       int
-	top        bool // end is the family's last address
-	entries    []int32
+	top        bool  // end is the family's last address
+	head, tail int32 // the prefix's entries: a list through family's occ, in entry order
+}
+
+// occurrence is one entry on a prefix's list.
+type occurrence struct {
+	entry, next int32
 }
 
 // family builds the address stage of one family and returns interval starts with answer IDs, plus the
@@ -357,8 +362,11 @@ func (b *classifierBuilder) family(v6 bool) (starts []u128, ids []int32, root an
 	}
 	last := int32(len(b.t.Entries) - 1) // the implicit DROP matches everything
 	root = answer{tcp: []portSeg{{0, last}}, udp: []portSeg{{0, last}}, tcpNoPort: last, udpNoPort: last, icmp: last, other: last}
-	byPrefix := map[netip.Prefix]int{}
-	var ps []pfx
+	// Sized for a prefix per entry, the common shape: a 10k-rule table otherwise regrows these a dozen times.
+	byPrefix := make(map[netip.Prefix]int, len(b.t.Entries))
+	ps := make([]pfx, 0, len(b.t.Entries))
+	// Every prefix's entries in one array rather than a slice each.
+	occ := make([]occurrence, 0, len(b.t.Entries))
 	for i := range b.t.Entries {
 		e := &b.t.Entries[i]
 		if e.AnyRemote {
@@ -376,10 +384,17 @@ func (b *classifierBuilder) family(v6 bool) (starts []u128, ids []int32, root an
 				byPrefix[p] = k
 				s := addrU128(p.Addr())
 				end, top := prefixEnd(s, p.Bits(), bitLen)
-				ps = append(ps, pfx{start: s, end: end, bits: p.Bits(), top: top})
+				ps = append(ps, pfx{start: s, end: end, bits: p.Bits(), top: top, head: -1, tail: -1})
 			}
-			if n := len(ps[k].entries); n == 0 || ps[k].entries[n-1] != int32(i) {
-				ps[k].entries = append(ps[k].entries, int32(i))
+			switch q := &ps[k]; {
+			case q.tail >= 0 && occ[q.tail].entry == int32(i):
+			case q.tail < 0:
+				q.head, q.tail = int32(len(occ)), int32(len(occ))
+				occ = append(occ, occurrence{entry: int32(i), next: -1})
+			default:
+				occ[q.tail].next = int32(len(occ))
+				q.tail = int32(len(occ))
+				occ = append(occ, occurrence{entry: int32(i), next: -1})
 			}
 		}
 	}
@@ -422,6 +437,7 @@ func (b *classifierBuilder) family(v6 bool) (starts []u128, ids []int32, root an
 	rootID := b.intern(&root)
 	var stack []open
 	next := 0
+	starts, ids = make([]u128, 0, len(bounds)), make([]int32, 0, len(bounds))
 	for _, s := range bounds {
 		for len(stack) > 0 && stack[len(stack)-1].end.less(s) {
 			stack = stack[:len(stack)-1]
@@ -432,7 +448,8 @@ func (b *classifierBuilder) family(v6 bool) (starts []u128, ids []int32, root an
 				par = stack[len(stack)-1].ans
 			}
 			ans := par
-			for _, ei := range ps[next].entries {
+			for o := ps[next].head; o >= 0; o = occ[o].next {
+				ei := occ[o].entry
 				ans.apply(&b.t.Entries[ei], ei, v6)
 			}
 			stack = append(stack, open{end: ps[next].end, ans: ans, id: b.intern(&ans)})
@@ -453,7 +470,7 @@ func (b *classifierBuilder) family(v6 bool) (starts []u128, ids []int32, root an
 
 // NewClassifier compiles t into a Classifier.
 func NewClassifier(t *compiler.Table) *Classifier {
-	b := &classifierBuilder{t: t, ids: map[ClassifierAnswer]int32{}, runs: map[string]uint32{}}
+	b := &classifierBuilder{t: t, ids: make(map[ClassifierAnswer]int32, len(t.Entries)), runs: map[string]uint32{}}
 	b.a.Entries = len(t.Entries)
 	s4, id4, root4 := b.family(false)
 	b.a.V4Starts = make([]uint32, len(s4))
