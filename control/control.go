@@ -182,12 +182,7 @@ func (c *Controller) apply(ctx context.Context, next *model.State, affected []st
 		tables[id] = t
 	}
 	c.cur.Store(&View{State: next, Generation: gen, Tables: tables, Index: compiler.NewIndex(next)})
-	var errs []error
-	for _, dp := range c.dps {
-		if err := dp.Publish(ctx, gen, changed, nil); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs := c.publishAll(ctx, gen, changed)
 	c.hist.Observe(time.Since(start).Seconds())
 	c.log.Debug("applied", "generation", gen, "recompiled", len(changed))
 	if err := errors.Join(errs...); err != nil {
@@ -196,6 +191,25 @@ func (c *Controller) apply(ctx context.Context, next *model.State, affected []st
 		return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("publish failed: %v", err)}
 	}
 	return nil
+}
+
+// publishAll publishes to every dataplane at once: each builds its own lookup structures (the Go engine
+// and the eBPF program both build a classifier per table), so with several they overlap instead of
+// adding up. It returns every dataplane's error.
+func (c *Controller) publishAll(ctx context.Context, gen uint64, changed map[string]*compiler.Tables) []error {
+	if len(c.dps) == 1 {
+		if err := c.dps[0].Publish(ctx, gen, changed, nil); err != nil {
+			return []error{err}
+		}
+		return nil
+	}
+	errs := make([]error, len(c.dps))
+	var wg sync.WaitGroup
+	for i, dp := range c.dps {
+		wg.Go(func() { errs[i] = dp.Publish(ctx, gen, changed, nil) })
+	}
+	wg.Wait()
+	return errs
 }
 
 // retarget returns t's rows under another ENI's name.
