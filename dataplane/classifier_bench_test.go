@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +14,8 @@ import (
 	"github.com/sgsim/sgsim/dataplane"
 )
 
-// benchTables lists the tables benchmarked: every ClassBench set at 1k and 10k, and 100k synthetic.
+// benchTables lists the tables benchmarked: every ClassBench set at 1k and 10k, the first 100 rules of
+// each 1k set (`_100`), and 100k synthetic.
 func benchTables(b *testing.B) []struct {
 	name string
 	tab  *compiler.Table
@@ -26,8 +28,8 @@ func benchTables(b *testing.B) []struct {
 	if len(files) == 0 && os.Getenv("CI") == "true" {
 		b.Fatalf("no ClassBench sets in %s", classbenchDir)
 	}
-	for _, f := range files {
-		st, err := bench.LoadClassBench(f, 0, 1)
+	add := func(name, path string, limit int) {
+		st, err := bench.LoadClassBench(path, limit, 1)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -38,7 +40,13 @@ func benchTables(b *testing.B) []struct {
 		out = append(out, struct {
 			name string
 			tab  *compiler.Table
-		}{filepath.Base(f), tab})
+		}{name, tab})
+	}
+	for _, f := range files {
+		if set, ok := strings.CutSuffix(filepath.Base(f), "_1k"); ok {
+			add(set+"_100", f, 100)
+		}
+		add(filepath.Base(f), f, 0)
 	}
 	st, err := bench.StateFromRules(bench.Synthetic(100000, 1, true), 1)
 	if err != nil {
