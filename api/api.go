@@ -16,9 +16,10 @@ import (
 type Options struct {
 	// Now is the clock for Timestamp and Nonce checks; nil = time.Now. Tests inject a fixed clock.
 	Now func() time.Time
-	// MaxBodyBytes bounds request bodies; 0 = 1 MiB.
+	// MaxBodyBytes bounds request bodies; 0 = 128 bytes per allowed parameter, at least 1 MiB.
 	MaxBodyBytes int64
-	// MaxParams bounds the number of Tencent parameters; 0 = 2000 (100 rules × 6 fields × 2 directions fit).
+	// MaxParams bounds the number of Tencent parameters; 0 = room for a full policy under the
+	// controller's limits (6 fields per rule, both directions), at least 2000.
 	MaxParams int
 	// ReplayWindow is how long a Nonce is remembered and how far a Timestamp may be off; 0 = 2 hours.
 	ReplayWindow time.Duration
@@ -47,11 +48,12 @@ func NewHandler(ctrl *control.Controller, opts Options) *Handler {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.MaxBodyBytes <= 0 {
-		opts.MaxBodyBytes = 1 << 20
-	}
 	if opts.MaxParams <= 0 {
-		opts.MaxParams = 2000
+		// A raised --max-rules must not be undone by the request bounds.
+		opts.MaxParams = max(2000, 2*6*ctrl.Limits().RulesPerDirection+64)
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = max(1<<20, 128*int64(opts.MaxParams))
 	}
 	if opts.ReplayWindow <= 0 {
 		opts.ReplayWindow = 2 * time.Hour

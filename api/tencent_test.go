@@ -442,4 +442,15 @@ func TestRaisedLimitsTakeABigPolicy(t *testing.T) {
 	r = big.tc(kv...)
 	require.Equal(t, 0, r.Code, r.Message)
 	assert.Len(t, big.sg("sg-web").Ingress, 4000)
+
+	// Without explicit bounds (sgsim serve --max-rules 4000), the handler makes room for the limits.
+	ctrl, err = control.New(context.Background(), store.NewMemory(), demoState(t), control.Options{Limits: &lim})
+	require.NoError(t, err)
+	h = NewHandler(ctrl, Options{Now: func() time.Time { return testNow }})
+	srv = httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	derived := &testAPI{t: t, srv: srv, h: h, ctrl: ctrl}
+	r = derived.tc(kv...)
+	require.Equal(t, 0, r.Code, r.Message)
+	assert.Len(t, derived.sg("sg-web").Ingress, 4000)
 }
