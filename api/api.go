@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/dataplane"
 )
 
 // Options configure the handler; the zero value means defaults.
@@ -26,6 +27,16 @@ type Options struct {
 	Logger       *slog.Logger
 	// Nonces, if set, also records every Nonce durably, so a replay is refused after a restart too.
 	Nonces NonceStore
+	// RuleCounts, if set, reads an enforcing dataplane's per-rule packet counters (the eBPF program's)
+	// for /metrics.
+	RuleCounts func() ([]RuleCount, error)
+}
+
+// RuleCount is how many packets one entry of an ENI's live table decided in an enforcing dataplane
+// since that table was published.
+type RuleCount struct {
+	dataplane.Explained
+	Packets uint64
 }
 
 // NonceStore is a durable Nonce record (store.Bolt implements it).

@@ -1,14 +1,22 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
 )
 
 func TestCheckEndpoint(t *testing.T) {
@@ -110,4 +118,34 @@ func TestMetricsAndHealth(t *testing.T) {
 	status, body = a.get("/healthz")
 	assert.Equal(t, http.StatusOK, status)
 	assert.JSONEq(t, `{"status":"ok","generation":2}`, body)
+}
+
+// TestMetricsRuleCounts: an enforcing dataplane's counters appear per rule, entries of one rule summed;
+// a failing reader leaves the rest of /metrics intact.
+func TestMetricsRuleCounts(t *testing.T) {
+	idx := func(i int) *int { return &i }
+	counts := []RuleCount{
+		{dataplane.Explained{Verdict: model.Accept, ENI: "eni-web1", Direction: model.Ingress, SgID: "sg-web", RuleIndex: idx(1), Reason: dataplane.ReasonRule}, 5},
+		{dataplane.Explained{Verdict: model.Accept, ENI: "eni-web1", Direction: model.Ingress, SgID: "sg-web", RuleIndex: idx(1), Reason: dataplane.ReasonRule}, 2},
+		{dataplane.Explained{Verdict: model.Drop, ENI: "eni-web1", Direction: model.Ingress, Reason: dataplane.ReasonDefaultDrop}, 9},
+	}
+	var readErr error
+	ctrl, err := control.New(context.Background(), store.NewMemory(), demoState(t), control.Options{})
+	require.NoError(t, err)
+	h := NewHandler(ctrl, Options{RuleCounts: func() ([]RuleCount, error) { return counts, readErr }})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	a := &testAPI{t: t, srv: srv, h: h, ctrl: ctrl}
+
+	status, body := a.get("/metrics")
+	require.Equal(t, http.StatusOK, status)
+	assert.Contains(t, body, "# TYPE sgsim_dataplane_rule_packets gauge")
+	assert.Contains(t, body, `sgsim_dataplane_rule_packets{eni="eni-web1",direction="ingress",sg_id="sg-web",rule_index="1",verdict="ACCEPT"} 7`)
+	assert.Contains(t, body, `sgsim_dataplane_rule_packets{eni="eni-web1",direction="ingress",sg_id="",rule_index="default-drop",verdict="DROP"} 9`)
+
+	readErr = errors.New("map gone")
+	status, body = a.get("/metrics")
+	require.Equal(t, http.StatusOK, status)
+	assert.NotContains(t, body, "sgsim_dataplane_rule_packets")
+	assert.Contains(t, body, "sgsim_generation")
 }

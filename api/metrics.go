@@ -56,7 +56,9 @@ func sortedKeys[K comparable](m map[K]uint64, less func(a, b K) bool) []K {
 	return ks
 }
 
-func lessArr[K ~[3]string | ~[4]string](a, b K) bool { return fmt.Sprint(a) < fmt.Sprint(b) }
+func lessArr[K ~[3]string | ~[4]string | ~[5]string](a, b K) bool {
+	return fmt.Sprint(a) < fmt.Sprint(b)
+}
 
 func (h *Handler) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	var b strings.Builder
@@ -75,6 +77,7 @@ func (h *Handler) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(&b, "sgsim_api_calls_total{dialect=\"%s\",action=\"%s\",code=\"%s\"} %d\n", k[0], esc(k[1]), esc(k[2]), m.calls[k])
 	}
 	m.mu.Unlock()
+	h.writeRuleCounts(&b)
 	bounds, cum, sum, n := h.ctrl.RecompileHistogram().Snapshot()
 	b.WriteString("# HELP sgsim_recompile_seconds Time to recompile the affected ENIs and publish them to every dataplane.\n# TYPE sgsim_recompile_seconds histogram\n")
 	for i, ub := range bounds {
@@ -89,3 +92,29 @@ func (h *Handler) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 
 // Controller returns the controller behind h.
 func (h *Handler) Controller() *control.Controller { return h.ctrl }
+
+// writeRuleCounts writes the enforcing dataplane's per-rule counters, summed per rule (a rule can be
+// several table entries). A gauge: an ENI's counters restart when its table is republished.
+func (h *Handler) writeRuleCounts(b *strings.Builder) {
+	if h.opts.RuleCounts == nil {
+		return
+	}
+	counts, err := h.opts.RuleCounts()
+	if err != nil {
+		h.log.Error("read dataplane rule counters", "err", err)
+		return
+	}
+	byRule := map[[5]string]uint64{} // eni, direction, sgId, ruleIndex (or reason), verdict
+	for _, c := range counts {
+		idx := c.Reason.String()
+		if c.RuleIndex != nil {
+			idx = strconv.Itoa(*c.RuleIndex)
+		}
+		byRule[[5]string{c.ENI, c.Direction.String(), c.SgID, idx, c.Verdict.String()}] += c.Packets
+	}
+	b.WriteString("# HELP sgsim_dataplane_rule_packets Packets the enforcing dataplane decided by each rule of the live tables since each ENI's table was last published (rule_index is the reason when no rule decided).\n# TYPE sgsim_dataplane_rule_packets gauge\n")
+	for _, k := range sortedKeys(byRule, lessArr[[5]string]) {
+		fmt.Fprintf(b, "sgsim_dataplane_rule_packets{eni=\"%s\",direction=\"%s\",sg_id=\"%s\",rule_index=\"%s\",verdict=\"%s\"} %d\n",
+			esc(k[0]), k[1], esc(k[2]), k[3], k[4], byRule[k])
+	}
+}

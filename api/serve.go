@@ -28,6 +28,8 @@ type ServeConfig struct {
 	Control control.Options
 	// Dataplanes are kept in step with the state besides the built-in Go engine (e.g. eBPF).
 	Dataplanes []control.Dataplane
+	// RuleCounts, if set, feeds an enforcing dataplane's per-rule counters into /metrics.
+	RuleCounts func() ([]RuleCount, error)
 	// Loaded, if set, runs once every dataplane holds the current tables and before the API accepts a
 	// call, with the committed view (e.g. to attach the eBPF program to host interfaces); its error
 	// stops Serve.
@@ -85,7 +87,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
-	srv := NewServer(cfg.Listen, NewHandler(ctrl, Options{Logger: log, Nonces: st}))
+	srv := NewServer(cfg.Listen, NewHandler(ctrl, Options{Logger: log, Nonces: st, RuleCounts: cfg.RuleCounts}))
 	log.Info("serving", "addr", ln.Addr().String(), "generation", ctrl.View().Generation)
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr().String())

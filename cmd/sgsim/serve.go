@@ -124,10 +124,26 @@ func runServe(ctx context.Context, o serveOptions) error {
 	cfg := o.ServeConfig
 	cfg.Dataplanes = append(append([]control.Dataplane(nil), cfg.Dataplanes...), dp)
 	cfg.Control.NoEngine = o.Dataplane == dataplaneEBPF
+	cfg.RuleCounts = func() ([]api.RuleCount, error) { return ruleCounts(dp) }
 	cfg.Loaded = func(ctx context.Context, v *control.View) error {
 		return inNetns(nsPath, func() error { return attachAll(ctx, dp, v.State, o.HostNetns, log) })
 	}
 	return api.Serve(ctx, cfg)
+}
+
+// ruleCounts reads the kernel's per-rule counters of the tables this daemon published.
+func ruleCounts(dp *bpf.Dataplane) ([]api.RuleCount, error) {
+	hits, err := dp.Hits()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.RuleCount, 0, len(hits))
+	for _, h := range hits {
+		if h.Decision != nil {
+			out = append(out, api.RuleCount{Explained: *h.Decision, Packets: h.Packets})
+		}
+	}
+	return out, nil
 }
 
 // attachAll attaches dp to the hostInterface of every ENI of s that has one.

@@ -99,6 +99,11 @@ func TestServeEBPFEndToEnd(t *testing.T) {
 	require.Error(t, connect("eni-a", "9090"), "tcp/9090 has no rule")
 	require.Error(t, udp("eni-a"), "udp/5353 has no rule")
 	require.Error(t, pingSrv("eni-a"), "ICMP has no rule")
+	// The kernel's counters, by rule, in /metrics: the 8080 SYNs took sg-srv's rule 0, the rest fell
+	// through to the default drop.
+	metrics := d.get("/metrics")
+	require.Regexp(t, `sgsim_dataplane_rule_packets\{eni="eni-srv",direction="ingress",sg_id="sg-srv",rule_index="0",verdict="ACCEPT"\} [1-9]`, metrics)
+	require.Regexp(t, `sgsim_dataplane_rule_packets\{eni="eni-srv",direction="ingress",sg_id="",rule_index="default-drop",verdict="DROP"\} [1-9]`, metrics)
 
 	// Open tcp/9090, udp/5353 and ICMP: each works as soon as the call is answered; the established
 	// 8080 flows survive the unrelated change.

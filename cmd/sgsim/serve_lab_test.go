@@ -324,3 +324,15 @@ func pinDir(t *testing.T) string {
 	t.Cleanup(func() { _ = os.RemoveAll(pin) })
 	return pin
 }
+
+// get fetches path from the daemon and fails the test unless it answers 200.
+func (d *daemon) get(path string) string {
+	d.t.Helper()
+	resp, err := d.http.Get(d.base + path)
+	require.NoError(d.t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(d.t, err)
+	require.Equal(d.t, http.StatusOK, resp.StatusCode, "GET %s: %s", path, body)
+	return string(body)
+}
