@@ -3,13 +3,9 @@ package api
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"path/filepath"
-	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -59,32 +55,8 @@ func benchModifyBigPolicy(b *testing.B, storeKind string, n int) {
 			p.Set(k+"portRange", strconv.Itoa(1000+r+i%2))
 			p.Set(k+"action", "ACCEPT")
 		}
-		p.Set("Nonce", strconv.Itoa(i))
-		p.Set("Timestamp", strconv.FormatInt(testNow.Unix(), 10))
-		p.Set("SecretId", secretID1)
-		p.Set("SignatureMethod", "HmacSHA256")
-		Sign(http.MethodPost, "bench", p, secretKey1)
-		encoded[i] = p.Encode()
+		encoded[i] = signForBench(p, i)
 	}
-	lat := make([]time.Duration, 0, b.N)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		b.StopTimer()
-		req := httptest.NewRequest(http.MethodPost, "http://bench"+TencentPath, strings.NewReader(encoded[i]))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		rec := httptest.NewRecorder()
-		b.StartTimer()
-		start := time.Now()
-		h.ServeHTTP(rec, req)
-		lat = append(lat, time.Since(start))
-		b.StopTimer()
-		if !strings.HasPrefix(rec.Body.String(), `{"code":0,`) {
-			b.Fatalf("call failed: %s", rec.Body.String())
-		}
-		b.StartTimer()
-	}
-	b.StopTimer()
-	slices.Sort(lat)
+	lat := timeCalls(b, h, encoded)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 }
