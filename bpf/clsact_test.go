@@ -3,11 +3,9 @@ package bpf
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -46,29 +44,7 @@ func TestClsactAttach(t *testing.T) {
 			inHost(func() error { return d.Attach(ctx, ifn, eni) })
 		}
 	}
-	for _, port := range []string{"8080", "9090"} {
-		ln, err := inNS(lab.vms["eni-srv"], func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
-		require.NoError(t, err)
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
-	}
-	dial := func(port string) error {
-		c, err := inNS(lab.vms["eni-cli"], func() (net.Conn, error) {
-			return net.DialTimeout("tcp4", "198.18.200.1:"+port, 700*time.Millisecond)
-		})
-		if err == nil {
-			c.Close()
-		}
-		return err
-	}
+	dial := lab.srvPorts("8080", "9090")
 
 	d1, err := Load(Options{PinPath: pin, Clsact: true})
 	require.NoError(t, err)

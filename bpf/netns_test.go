@@ -228,3 +228,32 @@ func TestNetnsEndToEnd(t *testing.T) {
 	_, err = dial("8080")
 	require.Error(t, err, "new connections fail")
 }
+
+// srvPorts listens on eni-srv (198.18.200.1) at the TCP ports, accepting and closing every connection,
+// and returns a probe that tells whether eni-cli can connect to a port.
+func (l *netLab) srvPorts(ports ...string) func(port string) error {
+	l.t.Helper()
+	for _, port := range ports {
+		ln, err := inNS(l.vms["eni-srv"], func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
+		require.NoError(l.t, err)
+		l.t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	return func(port string) error {
+		c, err := inNS(l.vms["eni-cli"], func() (net.Conn, error) {
+			return net.DialTimeout("tcp4", "198.18.200.1:"+port, 700*time.Millisecond)
+		})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+}

@@ -3,10 +3,8 @@ package bpf
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -33,29 +31,7 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 		}
 	}
 	attach(d1)
-	for _, port := range []string{"8080", "9090"} {
-		ln, err := inNS(lab.vms["eni-srv"], func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
-		require.NoError(t, err)
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
-	}
-	dial := func(port string) error {
-		c, err := inNS(lab.vms["eni-cli"], func() (net.Conn, error) {
-			return net.DialTimeout("tcp4", "198.18.200.1:"+port, 700*time.Millisecond)
-		})
-		if err == nil {
-			c.Close()
-		}
-		return err
-	}
+	dial := lab.srvPorts("8080", "9090")
 	require.NoError(t, dial("8080"))
 	require.Error(t, dial("9090"))
 
