@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"testing"
 
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/stretchr/testify/require"
 )
 
@@ -20,8 +21,8 @@ func TestClsactAttach(t *testing.T) {
 		t.Fatalf("the clsact attachment needs tc(8) (iproute2): %v", err)
 	}
 	lab := newNetLab(t)
-	lab.addVM("eni-srv", "sgth1", "198.18.200.1")
-	lab.addVM("eni-cli", "sgth2", "198.18.200.2")
+	lab.AddVM("eni-srv", "sgth1", "198.18.200.1")
+	lab.AddVM("eni-cli", "sgth2", "198.18.200.2")
 	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-clsact-test-%d", os.Getpid())
 	t.Cleanup(func() { os.RemoveAll(pin) })
 	ctx := context.Background()
@@ -31,11 +32,11 @@ func TestClsactAttach(t *testing.T) {
 
 	inHost := func(fn func() error) {
 		t.Helper()
-		_, err := inNS(lab.host, func() (struct{}, error) { return struct{}{}, fn() })
+		_, err := netns.Do(lab.Host, func() (struct{}, error) { return struct{}{}, fn() })
 		require.NoError(t, err)
 	}
 	filters := func(ifname, dir string) string {
-		out, err := exec.Command("ip", "netns", "exec", lab.host, "tc", "filter", "show", "dev", ifname, dir).CombinedOutput()
+		out, err := exec.Command("ip", "netns", "exec", lab.Host, "tc", "filter", "show", "dev", ifname, dir).CombinedOutput()
 		require.NoError(t, err, "%s", out)
 		return string(out)
 	}
@@ -44,7 +45,7 @@ func TestClsactAttach(t *testing.T) {
 			inHost(func() error { return d.Attach(ctx, ifn, eni) })
 		}
 	}
-	dial := lab.srvPorts("8080", "9090")
+	dial := srvPorts(t, lab, "8080", "9090")
 
 	d1, err := Load(Options{PinPath: pin, Clsact: true})
 	require.NoError(t, err)

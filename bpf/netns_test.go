@@ -6,89 +6,27 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/internal/netlab"
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/model"
 )
 
-// netLab is a host namespace with a bridge and one "VM" namespace per ENI joined to it by a veth pair;
-// addresses come from 198.18.200.0/24 only. Everything is created by the test and removed by Cleanup.
-type netLab struct {
-	t    *testing.T
-	host string
-	vms  map[string]string // ENI → namespace
-}
-
-func (l *netLab) ip(args ...string) {
-	l.t.Helper()
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	require.NoError(l.t, err, "ip %s: %s", strings.Join(args, " "), out)
-}
-
-func newNetLab(t *testing.T) *netLab {
+// newNetLab makes a lab (host namespace with a bridge, one namespace per "VM") with addresses from
+// 198.18.200.0/24 only; it skips without root and ip(8), and fails then under SGSIM_REQUIRE_KERNEL=1.
+func newNetLab(t *testing.T) *netlab.Lab {
 	if _, err := exec.LookPath("ip"); err != nil || os.Geteuid() != 0 {
 		if os.Getenv("SGSIM_REQUIRE_KERNEL") == "1" {
 			t.Fatalf("netns test needs root and ip(8)")
 		}
 		t.Skip("netns test needs root and ip(8)")
 	}
-	l := &netLab{t: t, host: fmt.Sprintf("sgt-host-%d", os.Getpid()), vms: map[string]string{}}
-	t.Cleanup(func() {
-		for _, ns := range l.vms {
-			_ = exec.Command("ip", "netns", "del", ns).Run()
-		}
-		_ = exec.Command("ip", "netns", "del", l.host).Run()
-	})
-	l.ip("netns", "add", l.host)
-	l.ip("-n", l.host, "link", "add", "br0", "type", "bridge")
-	l.ip("-n", l.host, "link", "set", "br0", "up")
-	return l
-}
-
-// addVM creates namespace vm with address addr, its veth peer hostIf in the host namespace.
-func (l *netLab) addVM(eni, hostIf, addr string) {
-	ns := fmt.Sprintf("sgt-%s-%d", hostIf, os.Getpid())
-	l.ip("netns", "add", ns)
-	l.vms[eni] = ns
-	l.ip("-n", l.host, "link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", ns)
-	l.ip("-n", l.host, "link", "set", hostIf, "master", "br0", "up")
-	l.ip("-n", ns, "addr", "add", addr+"/24", "dev", "eth0")
-	l.ip("-n", ns, "link", "set", "eth0", "up")
-	l.ip("-n", ns, "link", "set", "lo", "up")
-}
-
-// in runs fn on an OS thread switched into namespace ns; the thread is discarded afterwards.
-func inNS[T any](ns string, fn func() (T, error)) (T, error) {
-	type res struct {
-		v   T
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine, namespace and all
-		var zero T
-		f, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			ch <- res{zero, err}
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- res{zero, fmt.Errorf("setns %s: %w", ns, err)}
-			return
-		}
-		v, err := fn()
-		ch <- res{v, err}
-	}()
-	r := <-ch
-	return r.v, r.err
+	return netlab.New(t, "sgt")
 }
 
 // labTopology: eni-srv (198.18.200.1) accepts tcp/8080 from the lab, nothing else, and has no egress
@@ -118,19 +56,19 @@ func labTables(t *testing.T, extraRules string) map[string]*compiler.Tables {
 func TestNetnsEndToEnd(t *testing.T) {
 	d := loadOrSkip(t)
 	lab := newNetLab(t)
-	lab.addVM("eni-srv", "sgth1", "198.18.200.1")
-	lab.addVM("eni-cli", "sgth2", "198.18.200.2")
+	lab.AddVM("eni-srv", "sgth1", "198.18.200.1")
+	lab.AddVM("eni-cli", "sgth2", "198.18.200.2")
 	ctx := context.Background()
 	require.NoError(t, d.Publish(ctx, 1, labTables(t, ""), nil))
 	for eni, ifn := range map[string]string{"eni-srv": "sgth1", "eni-cli": "sgth2"} {
-		_, err := inNS(lab.host, func() (struct{}, error) { return struct{}{}, d.Attach(ctx, ifn, eni) })
+		_, err := netns.Do(lab.Host, func() (struct{}, error) { return struct{}{}, d.Attach(ctx, ifn, eni) })
 		require.NoError(t, err)
 	}
 
 	// Servers in the srv namespace: a TCP echo on 8080 and 9090, a UDP echo on 5353.
-	srvNS := lab.vms["eni-srv"]
+	srvNS := lab.VMs["eni-srv"]
 	for _, port := range []string{"8080", "9090"} {
-		ln, err := inNS(srvNS, func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
+		ln, err := netns.Do(srvNS, func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
 		require.NoError(t, err)
 		t.Cleanup(func() { ln.Close() })
 		go func() {
@@ -155,7 +93,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 			}
 		}()
 	}
-	pc, err := inNS(srvNS, func() (net.PacketConn, error) { return net.ListenPacket("udp4", "198.18.200.1:5353") })
+	pc, err := netns.Do(srvNS, func() (net.PacketConn, error) { return net.ListenPacket("udp4", "198.18.200.1:5353") })
 	require.NoError(t, err)
 	t.Cleanup(func() { pc.Close() })
 	go func() {
@@ -169,9 +107,9 @@ func TestNetnsEndToEnd(t *testing.T) {
 		}
 	}()
 
-	cliNS := lab.vms["eni-cli"]
+	cliNS := lab.VMs["eni-cli"]
 	dial := func(port string) (net.Conn, error) {
-		return inNS(cliNS, func() (net.Conn, error) {
+		return netns.Do(cliNS, func() (net.Conn, error) {
 			return net.DialTimeout("tcp4", "198.18.200.1:"+port, 700*time.Millisecond)
 		})
 	}
@@ -190,7 +128,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 		return nil
 	}
 	udpEcho := func() error {
-		c, err := inNS(cliNS, func() (net.Conn, error) { return net.Dial("udp4", "198.18.200.1:5353") })
+		c, err := netns.Do(cliNS, func() (net.Conn, error) { return net.Dial("udp4", "198.18.200.1:5353") })
 		if err != nil {
 			return err
 		}
@@ -231,12 +169,12 @@ func TestNetnsEndToEnd(t *testing.T) {
 
 // srvPorts listens on eni-srv (198.18.200.1) at the TCP ports, accepting and closing every connection,
 // and returns a probe that tells whether eni-cli can connect to a port.
-func (l *netLab) srvPorts(ports ...string) func(port string) error {
-	l.t.Helper()
+func srvPorts(t *testing.T, l *netlab.Lab, ports ...string) func(port string) error {
+	t.Helper()
 	for _, port := range ports {
-		ln, err := inNS(l.vms["eni-srv"], func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
-		require.NoError(l.t, err)
-		l.t.Cleanup(func() { ln.Close() })
+		ln, err := netns.Do(l.VMs["eni-srv"], func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
+		require.NoError(t, err)
+		t.Cleanup(func() { ln.Close() })
 		go func() {
 			for {
 				c, err := ln.Accept()
@@ -248,7 +186,7 @@ func (l *netLab) srvPorts(ports ...string) func(port string) error {
 		}()
 	}
 	return func(port string) error {
-		c, err := inNS(l.vms["eni-cli"], func() (net.Conn, error) {
+		c, err := netns.Do(l.VMs["eni-cli"], func() (net.Conn, error) {
 			return net.DialTimeout("tcp4", "198.18.200.1:"+port, 700*time.Millisecond)
 		})
 		if err == nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/stretchr/testify/require"
 )
 
@@ -15,8 +16,8 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 	first := loadOrSkip(t) // proves the kernel can load it; the pinned instances below do the work
 	first.Close()
 	lab := newNetLab(t)
-	lab.addVM("eni-srv", "sgth1", "198.18.200.1")
-	lab.addVM("eni-cli", "sgth2", "198.18.200.2")
+	lab.AddVM("eni-srv", "sgth1", "198.18.200.1")
+	lab.AddVM("eni-cli", "sgth2", "198.18.200.2")
 	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-restart-test-%d", os.Getpid())
 	t.Cleanup(func() { os.RemoveAll(pin) })
 	ctx := context.Background()
@@ -26,12 +27,12 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 	require.NoError(t, d1.Publish(ctx, 1, labTables(t, ""), nil))
 	attach := func(d *Dataplane) {
 		for eni, ifn := range map[string]string{"eni-srv": "sgth1", "eni-cli": "sgth2"} {
-			_, err := inNS(lab.host, func() (struct{}, error) { return struct{}{}, d.Attach(ctx, ifn, eni) })
+			_, err := netns.Do(lab.Host, func() (struct{}, error) { return struct{}{}, d.Attach(ctx, ifn, eni) })
 			require.NoError(t, err)
 		}
 	}
 	attach(d1)
-	dial := lab.srvPorts("8080", "9090")
+	dial := srvPorts(t, lab, "8080", "9090")
 	require.NoError(t, dial("8080"))
 	require.Error(t, dial("9090"))
 
@@ -48,7 +49,7 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 	require.NoError(t, d2.Publish(ctx, 2, labTables(t, `, {"ipProtocol": "tcp", "portRange": "9090", "action": "ACCEPT"}`), nil))
 	require.NoError(t, dial("9090"), "the adopted dataplane applies new tables")
 	for _, ifn := range []string{"sgth1", "sgth2"} {
-		_, err := inNS(lab.host, func() (struct{}, error) { return struct{}{}, d2.Detach(ifn) })
+		_, err := netns.Do(lab.Host, func() (struct{}, error) { return struct{}{}, d2.Detach(ifn) })
 		require.NoError(t, err)
 	}
 }

@@ -6,16 +6,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
-	"runtime"
-	"strings"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/model"
 )
 
@@ -100,13 +97,8 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	nsPath := ""
 	if o.HostNetns != "" {
-		nsPath = o.HostNetns
-		if !strings.Contains(nsPath, "/") {
-			nsPath = filepath.Join("/var/run/netns", nsPath)
-		}
-		if _, err := os.Stat(nsPath); err != nil {
+		if _, err := os.Stat(netns.Path(o.HostNetns)); err != nil {
 			return fmt.Errorf("--host-netns %s: %w", o.HostNetns, err)
 		}
 	}
@@ -126,7 +118,13 @@ func runServe(ctx context.Context, o serveOptions) error {
 	cfg.Control.NoEngine = o.Dataplane == dataplaneEBPF
 	cfg.RuleCounts = func() ([]api.RuleCount, error) { return ruleCounts(dp) }
 	cfg.Loaded = func(ctx context.Context, v *control.View) error {
-		return inNetns(nsPath, func() error { return attachAll(ctx, dp, v.State, o.HostNetns, log) })
+		if o.HostNetns == "" {
+			return attachAll(ctx, dp, v.State, o.HostNetns, log)
+		}
+		_, err := netns.Do(o.HostNetns, func() (struct{}, error) {
+			return struct{}{}, attachAll(ctx, dp, v.State, o.HostNetns, log)
+		})
+		return err
 	}
 	return api.Serve(ctx, cfg)
 }
@@ -147,10 +145,10 @@ func ruleCounts(dp *bpf.Dataplane) ([]api.RuleCount, error) {
 }
 
 // attachAll attaches dp to the hostInterface of every ENI of s that has one.
-func attachAll(ctx context.Context, dp *bpf.Dataplane, s *model.State, netns string, log *slog.Logger) error {
+func attachAll(ctx context.Context, dp *bpf.Dataplane, s *model.State, hostNetns string, log *slog.Logger) error {
 	where := "the daemon's network namespace"
-	if netns != "" {
-		where = "network namespace " + netns
+	if hostNetns != "" {
+		where = "network namespace " + hostNetns
 	}
 	n := 0
 	for _, id := range s.ENIIDs() {
@@ -166,30 +164,6 @@ func attachAll(ctx context.Context, dp *bpf.Dataplane, s *model.State, netns str
 		}
 		n++
 	}
-	log.Info("eBPF dataplane attached", "interfaces", n, "netns", netns)
+	log.Info("eBPF dataplane attached", "interfaces", n, "netns", hostNetns)
 	return nil
-}
-
-// inNetns runs fn on an OS thread switched into the network namespace at path ("" = run it here). The
-// thread is never switched back: it exits with its goroutine, so no other goroutine runs in that namespace.
-func inNetns(path string, fn func() error) error {
-	if path == "" {
-		return fn()
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open(path)
-		if err != nil {
-			errc <- fmt.Errorf("--host-netns: %w", err)
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("--host-netns: enter %s: %w", path, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/stretchr/testify/require"
 )
 
@@ -36,20 +37,20 @@ var e2eTopology = `{
 func TestServeEBPFEndToEnd(t *testing.T) {
 	requireKernel(t)
 	lab := newVMLab(t)
-	lab.addVM("eni-srv", "sgs-srv", "198.18.210.1")
-	lab.addVM("eni-a", "sgs-a", "198.18.210.2")
-	lab.addVM("eni-b", "sgs-b", "198.18.210.3")
+	lab.AddVM("eni-srv", "sgs-srv", "198.18.210.1")
+	lab.AddVM("eni-a", "sgs-a", "198.18.210.2")
+	lab.AddVM("eni-b", "sgs-b", "198.18.210.3")
 	dataDir, pin := t.TempDir(), pinDir(t)
 	d := startDaemon(t, lab, dataplaneEBPF, dataDir, pin, e2eTopology)
 
-	srvNS := lab.vms["eni-srv"]
+	srvNS := lab.VMs["eni-srv"]
 	for _, port := range []string{"8080", "9090"} {
-		ln, err := inNS(srvNS, func() (net.Listener, error) { return net.Listen("tcp4", "198.18.210.1:"+port) })
+		ln, err := netns.Do(srvNS, func() (net.Listener, error) { return net.Listen("tcp4", "198.18.210.1:"+port) })
 		require.NoError(t, err)
 		t.Cleanup(func() { ln.Close() })
 		go serveEcho(ln)
 	}
-	pc, err := inNS(srvNS, func() (net.PacketConn, error) { return net.ListenPacket("udp4", "198.18.210.1:5353") })
+	pc, err := netns.Do(srvNS, func() (net.PacketConn, error) { return net.ListenPacket("udp4", "198.18.210.1:5353") })
 	require.NoError(t, err)
 	t.Cleanup(func() { pc.Close() })
 	go func() {
@@ -64,7 +65,7 @@ func TestServeEBPFEndToEnd(t *testing.T) {
 	}()
 
 	dial := func(eni, port string) (net.Conn, error) {
-		return inNS(lab.vms[eni], func() (net.Conn, error) {
+		return netns.Do(lab.VMs[eni], func() (net.Conn, error) {
 			return net.DialTimeout("tcp4", "198.18.210.1:"+port, 500*time.Millisecond)
 		})
 	}
@@ -77,7 +78,7 @@ func TestServeEBPFEndToEnd(t *testing.T) {
 		return echo(c, "hi "+eni)
 	}
 	udp := func(eni string) error {
-		c, err := inNS(lab.vms[eni], func() (net.Conn, error) { return net.Dial("udp4", "198.18.210.1:5353") })
+		c, err := netns.Do(lab.VMs[eni], func() (net.Conn, error) { return net.Dial("udp4", "198.18.210.1:5353") })
 		if err != nil {
 			return err
 		}
@@ -85,7 +86,7 @@ func TestServeEBPFEndToEnd(t *testing.T) {
 		return echo(c, "udp "+eni)
 	}
 	seq := 0
-	pingSrv := func(eni string) error { seq++; return ping(lab.vms[eni], "198.18.210.1", seq) }
+	pingSrv := func(eni string) error { seq++; return ping(lab.VMs[eni], "198.18.210.1", seq) }
 
 	// Start: tcp/8080 from sg-cli members only.
 	connA, err := dial("eni-a", "8080")

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -23,10 +22,11 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/bpf"
+	"github.com/sgsim/sgsim/internal/netlab"
+	"github.com/sgsim/sgsim/internal/netns"
 )
 
 // Shared by the daemon-level kernel tests: a lab of network namespaces, a daemon started through
@@ -51,74 +51,8 @@ func requireKernel(t *testing.T) {
 	require.NoError(t, d.Close())
 }
 
-// vmLab is a host namespace with a bridge and one "VM" namespace per ENI joined to it by a veth pair;
-// addresses come from 198.18.210.0/24 only. Everything is created by the test and removed by Cleanup.
-type vmLab struct {
-	t    *testing.T
-	host string            // host namespace name
-	vms  map[string]string // ENI → namespace
-}
-
-func (l *vmLab) ip(args ...string) {
-	l.t.Helper()
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	require.NoError(l.t, err, "ip %s: %s", strings.Join(args, " "), out)
-}
-
-func newVMLab(t *testing.T) *vmLab {
-	l := &vmLab{t: t, host: fmt.Sprintf("sgs-host-%d", os.Getpid()), vms: map[string]string{}}
-	t.Cleanup(func() {
-		for _, ns := range l.vms {
-			_ = exec.Command("ip", "netns", "del", ns).Run()
-		}
-		_ = exec.Command("ip", "netns", "del", l.host).Run()
-	})
-	l.ip("netns", "add", l.host)
-	l.ip("-n", l.host, "link", "add", "br0", "type", "bridge")
-	l.ip("-n", l.host, "link", "set", "br0", "up")
-	return l
-}
-
-// addVM creates a namespace for eni with address addr on its eth0, whose veth peer hostIf is in the host
-// namespace on the bridge.
-func (l *vmLab) addVM(eni, hostIf, addr string) {
-	ns := fmt.Sprintf("sgs-%s-%d", hostIf, os.Getpid())
-	l.ip("netns", "add", ns)
-	l.vms[eni] = ns
-	l.ip("-n", l.host, "link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", ns)
-	l.ip("-n", l.host, "link", "set", hostIf, "master", "br0", "up")
-	l.ip("-n", ns, "addr", "add", addr+"/24", "dev", "eth0")
-	l.ip("-n", ns, "link", "set", "eth0", "up")
-	l.ip("-n", ns, "link", "set", "lo", "up")
-}
-
-// inNS runs fn on an OS thread switched into namespace ns; the thread is discarded afterwards. Sockets
-// made by fn stay in ns and may be used from any goroutine.
-func inNS[T any](ns string, fn func() (T, error)) (T, error) {
-	type res struct {
-		v   T
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine, namespace and all
-		var zero T
-		f, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			ch <- res{zero, err}
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- res{zero, fmt.Errorf("setns %s: %w", ns, err)}
-			return
-		}
-		v, err := fn()
-		ch <- res{v, err}
-	}()
-	r := <-ch
-	return r.v, r.err
-}
+// newVMLab makes the daemon tests' lab; its addresses come from 198.18.210.0/24 only.
+func newVMLab(t *testing.T) *netlab.Lab { return netlab.New(t, "sgs") }
 
 // Credentials of the lab topologies' account.
 const (
@@ -151,7 +85,7 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 // startDaemon runs runServe with --dataplane mode, the store in dataDir (seeded from topology when
 // empty), maps and links pinned under pin, host interfaces in the lab's host namespace. stop cancels it
 // and returns runServe's result; Cleanup stops it if the test did not.
-func startDaemon(t *testing.T, lab *vmLab, mode, dataDir, pin, topology string) *daemon {
+func startDaemon(t *testing.T, lab *netlab.Lab, mode, dataDir, pin, topology string) *daemon {
 	t.Helper()
 	topo := filepath.Join(dataDir, "topology.json")
 	require.NoError(t, os.WriteFile(topo, []byte(topology), 0o600))
@@ -162,7 +96,7 @@ func startDaemon(t *testing.T, lab *vmLab, mode, dataDir, pin, topology string) 
 		ServeConfig: api.ServeConfig{Listen: "127.0.0.1:0", DataDir: dataDir, Topology: topo,
 			Logger: slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 			Ready:  func(addr string) { ready <- addr }},
-		Dataplane: mode, PinPath: pin, HostNetns: lab.host,
+		Dataplane: mode, PinPath: pin, HostNetns: lab.Host,
 	}
 	go func() { errc <- runServe(ctx, opts) }()
 	d := &daemon{t: t, http: &http.Client{Timeout: 10 * time.Second}}
@@ -252,7 +186,7 @@ func (d *daemon) huawei(sg, action string, ports ...string) {
 
 // ping sends one ICMP echo from namespace ns to dst and reports whether the reply came back in time.
 func ping(ns, dst string, seq int) error {
-	c, err := inNS(ns, func() (*icmp.PacketConn, error) { return icmp.ListenPacket("ip4:icmp", "0.0.0.0") })
+	c, err := netns.Do(ns, func() (*icmp.PacketConn, error) { return icmp.ListenPacket("ip4:icmp", "0.0.0.0") })
 	if err != nil {
 		return fmt.Errorf("icmp socket in %s: %w", ns, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -60,12 +61,12 @@ func TestServeNoBlink(t *testing.T) {
 	macs := map[string]string{"eni-tx": "02:00:c6:12:d2:0b", "eni-rx": "02:00:c6:12:d2:0c", "eni-fence": "02:00:c6:12:d2:0d"}
 	addrs := map[string]string{"eni-tx": "198.18.210.11", "eni-rx": "198.18.210.12", "eni-fence": "198.18.210.13"}
 	for _, eni := range []string{"eni-tx", "eni-rx", "eni-fence"} {
-		lab.addVM(eni, "sgs-"+eni[4:], addrs[eni])
-		lab.ip("-n", lab.vms[eni], "link", "set", "eth0", "address", macs[eni])
+		lab.AddVM(eni, "sgs-"+eni[4:], addrs[eni])
+		lab.IP("-n", lab.VMs[eni], "link", "set", "eth0", "address", macs[eni])
 	}
-	txNS := lab.vms["eni-tx"]
+	txNS := lab.VMs["eni-tx"]
 	for _, peer := range []string{"eni-rx", "eni-fence"} {
-		lab.ip("-n", txNS, "neigh", "replace", addrs[peer], "lladdr", macs[peer], "nud", "permanent", "dev", "eth0")
+		lab.IP("-n", txNS, "neigh", "replace", addrs[peer], "lladdr", macs[peer], "nud", "permanent", "dev", "eth0")
 	}
 	d := startDaemon(t, lab, dataplaneEBPF, t.TempDir(), pinDir(t), noBlinkTopology)
 
@@ -73,7 +74,7 @@ func TestServeNoBlink(t *testing.T) {
 	const total = (noBlinkSwaps + 1) * noBlinkPerPhase
 	var mu sync.Mutex
 	received := make([]int, total) // copies of each numbered packet that arrived
-	rx, err := inNS(lab.vms["eni-rx"], func() (net.PacketConn, error) { return net.ListenPacket("udp4", addrs["eni-rx"]+":5000") })
+	rx, err := netns.Do(lab.VMs["eni-rx"], func() (net.PacketConn, error) { return net.ListenPacket("udp4", addrs["eni-rx"]+":5000") })
 	require.NoError(t, err)
 	t.Cleanup(func() { rx.Close() })
 	go func() {
@@ -92,7 +93,7 @@ func TestServeNoBlink(t *testing.T) {
 			}
 		}
 	}()
-	fc, err := inNS(lab.vms["eni-fence"], func() (net.PacketConn, error) {
+	fc, err := netns.Do(lab.VMs["eni-fence"], func() (net.PacketConn, error) {
 		return net.ListenPacket("udp4", addrs["eni-fence"]+":5001")
 	})
 	require.NoError(t, err)

@@ -59,8 +59,8 @@ func TestServeMissingHostInterface(t *testing.T) {
      "hostInterface": "sgs-gone"}`)
 	err := runServe(context.Background(), serveOptions{
 		ServeConfig: api.ServeConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Topology: topo},
-		Dataplane:   dataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.host})
-	require.ErrorContains(t, err, "ENI eni-gone: hostInterface sgs-gone does not exist in network namespace "+lab.host)
+		Dataplane:   dataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host})
+	require.ErrorContains(t, err, "ENI eni-gone: hostInterface sgs-gone does not exist in network namespace "+lab.Host)
 }
 
 // TestServeCheckByDataplane: /sgsim/v1/check is answered by the Go engine with go and both, and refused

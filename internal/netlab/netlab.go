@@ -1,0 +1,58 @@
+// Package netlab builds throwaway network labs for tests: a host namespace with a bridge, and one "VM"
+// namespace per ENI joined to it by a veth pair whose host end is the ENI's host interface. Everything
+// is created by the test and removed when it ends.
+package netlab
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Lab is one test's namespaces.
+type Lab struct {
+	t    testing.TB
+	name string
+	Host string            // the host namespace, holding the bridge br0 and the host interfaces
+	VMs  map[string]string // ENI → its namespace
+}
+
+// New creates the host namespace; prefix keeps the names of concurrently running test binaries apart
+// (the process ID is added too).
+func New(t testing.TB, prefix string) *Lab {
+	l := &Lab{t: t, name: prefix, Host: fmt.Sprintf("%s-host-%d", prefix, os.Getpid()), VMs: map[string]string{}}
+	t.Cleanup(func() {
+		for _, ns := range l.VMs {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+		_ = exec.Command("ip", "netns", "del", l.Host).Run()
+	})
+	l.IP("netns", "add", l.Host)
+	l.IP("-n", l.Host, "link", "add", "br0", "type", "bridge")
+	l.IP("-n", l.Host, "link", "set", "br0", "up")
+	return l
+}
+
+// AddVM creates a namespace for eni with address addr (a /24) on its eth0, whose veth peer hostIf is in
+// the host namespace on the bridge.
+func (l *Lab) AddVM(eni, hostIf, addr string) {
+	ns := fmt.Sprintf("%s-%s-%d", l.name, hostIf, os.Getpid())
+	l.IP("netns", "add", ns)
+	l.VMs[eni] = ns
+	l.IP("-n", l.Host, "link", "add", hostIf, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	l.IP("-n", l.Host, "link", "set", hostIf, "master", "br0", "up")
+	l.IP("-n", ns, "addr", "add", addr+"/24", "dev", "eth0")
+	l.IP("-n", ns, "link", "set", "eth0", "up")
+	l.IP("-n", ns, "link", "set", "lo", "up")
+}
+
+// IP runs ip(8) with args and fails the test if it fails.
+func (l *Lab) IP(args ...string) {
+	l.t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	require.NoError(l.t, err, "ip %s: %s", strings.Join(args, " "), out)
+}
