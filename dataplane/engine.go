@@ -80,19 +80,48 @@ func (e *Engine) Match(eni string, d model.Direction, p *Packet) (Verdict, bool)
 	return e.cur.Load().Match(eni, d, p)
 }
 
+// Staged is a table change built beside the live tables and not yet in force, so a writer can build
+// it while the change is being made durable and put it in force only once it is.
+type Staged interface {
+	// Switch puts the change in force, atomically per ENI direction.
+	Switch() error
+	// Discard drops the change; the live tables stay.
+	Discard()
+}
+
 // Publish builds matchers for changed (keyed by ENI), drops removed, and swaps the result in at
 // generation gen. ENIs not named keep their matchers.
 func (e *Engine) Publish(gen uint64, changed map[string]*compiler.Tables, removed []string) {
+	_ = e.Stage(gen, changed, removed).Switch() // the engine's Switch cannot fail
+}
+
+// Stage builds matchers for changed; its Switch drops removed and swaps the result in at gen.
+func (e *Engine) Stage(gen uint64, changed map[string]*compiler.Tables, removed []string) Staged {
 	built := make(map[string]*ENITables, len(changed))
 	for id, t := range changed {
 		built[id] = &ENITables{Tables: t, Ingress: e.factory(t.Ingress), Egress: e.factory(t.Egress), Generation: gen}
 	}
+	return &engineStaged{e: e, gen: gen, built: built, removed: removed}
+}
+
+type engineStaged struct {
+	e       *Engine
+	gen     uint64
+	built   map[string]*ENITables
+	removed []string
+}
+
+func (s *engineStaged) Switch() error {
+	e := s.e
 	e.writeMu.Lock()
 	defer e.writeMu.Unlock()
-	next := &Snapshot{Generation: gen, enis: maps.Clone(e.cur.Load().enis)}
-	for _, id := range removed {
+	next := &Snapshot{Generation: s.gen, enis: maps.Clone(e.cur.Load().enis)}
+	for _, id := range s.removed {
 		delete(next.enis, id)
 	}
-	maps.Copy(next.enis, built)
+	maps.Copy(next.enis, s.built)
 	e.cur.Store(next)
+	return nil
 }
+
+func (s *engineStaged) Discard() {}
