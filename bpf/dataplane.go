@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -146,6 +147,10 @@ func (d *Dataplane) Close() error {
 		errs = append(errs, l.Close())
 	}
 	d.links = nil
+	for _, l := range d.live {
+		l.close()
+	}
+	d.live = map[uint32]liveTables{}
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }
@@ -178,17 +183,22 @@ func (d *Dataplane) slotFor(eni string) (uint32, error) {
 	return 0, fmt.Errorf("network interface %s: all %d slots in use", eni, maxSlots)
 }
 
-// newTableMap builds one table version in a fresh inner map, beside the live one.
-func newTableMap(t *compiler.Table, gen uint64) (*ebpf.Map, error) {
-	buf, err := serialise(t, gen)
-	if err != nil {
-		return nil, err
-	}
+// tableMap returns an inner map of at least chunks chunks holding buf: spare when it is big enough
+// (refilling a map is ~60× cheaper than the first write into a fresh one, whose pages the kernel only
+// then faults in), else a fresh map, in which case spare is closed.
+func tableMap(t *compiler.Table, buf []byte, spare *ebpf.Map) (*ebpf.Map, error) {
 	n := uint32(len(buf) / chunkSize)
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: chunkSize, MaxEntries: n,
-		Flags: unix.BPF_F_INNER_MAP}) // the outer map's template has it: inner maps may differ in size
-	if err != nil {
-		return nil, fmt.Errorf("create table map for %s/%s (%d chunks): %w", t.ENI, t.Direction, n, err)
+	m := spare
+	if m == nil || m.MaxEntries() < n {
+		if spare != nil {
+			spare.Close()
+		}
+		var err error
+		m, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: chunkSize, MaxEntries: n,
+			Flags: unix.BPF_F_INNER_MAP}) // the outer map's template has it: inner maps may differ in size
+		if err != nil {
+			return nil, fmt.Errorf("create table map for %s/%s (%d chunks): %w", t.ENI, t.Direction, n, err)
+		}
 	}
 	for i := range n {
 		if err := m.Put(i, buf[int(i)*chunkSize:int(i+1)*chunkSize]); err != nil {
@@ -200,85 +210,185 @@ func newTableMap(t *compiler.Table, gen uint64) (*ebpf.Map, error) {
 }
 
 // Publish loads the tables of changed ENIs (keyed by ENI ID) at generation gen and removes the ENIs in
-// removed. Each ENI direction switches with one map update: a packet sees the old table or the new one,
-// never a mix; the kernel frees the old inner map once no program holds it.
+// removed: Stage, then Switch.
 func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) error {
-	type built struct {
-		slot   uint32
-		maps   [2]*ebpf.Map
-		tables *compiler.Tables
+	st, err := d.Stage(ctx, gen, changed, removed)
+	if err != nil {
+		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var ready []built
-	closeAll := func() {
-		for _, b := range ready {
-			for _, m := range b.maps {
-				if m != nil {
-					m.Close()
-				}
-			}
+	return st.Switch()
+}
+
+// Stage builds the tables of changed ENIs (keyed by ENI ID) at generation gen in inner maps beside the
+// live ones; packets keep seeing the live tables until Switch.
+func (d *Dataplane) Stage(ctx context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) (dataplane.Staged, error) {
+	st := &staged{d: d, gen: gen, removed: removed}
+	// ENIs with the same SG list share their compiled entries (control compiles each list once); their
+	// table bytes are the same, so each is serialised once.
+	type rowsKey struct {
+		entries *compiler.Entry
+		n       int
+		noSG    bool
+	}
+	bytesOf := map[rowsKey][]byte{}
+	serialiseOnce := func(t *compiler.Table) ([]byte, error) {
+		k := rowsKey{unsafe.SliceData(t.Entries), len(t.Entries), t.NoSG}
+		if b, ok := bytesOf[k]; ok {
+			return b, nil
 		}
+		b, err := serialise(t, gen)
+		if err == nil {
+			bytesOf[k] = b
+		}
+		return b, err
 	}
-	defer closeAll()
 	for id, ts := range changed {
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("publish generation %d: %w", gen, err)
+			st.Discard()
+			return nil, fmt.Errorf("publish generation %d: %w", gen, err)
 		}
+		d.mu.Lock()
 		slot, err := d.slotFor(id)
+		d.mu.Unlock()
 		if err != nil {
-			return fmt.Errorf("publish generation %d: %w", gen, err)
+			st.Discard()
+			return nil, fmt.Errorf("publish generation %d: %w", gen, err)
 		}
-		b := built{slot: slot, tables: ts}
+		s := stagedSlot{slot: slot, tables: ts}
 		for dir, t := range []*compiler.Table{ts.Ingress, ts.Egress} {
-			m, err := newTableMap(t, gen)
+			buf, err := serialiseOnce(t)
+			if err == nil {
+				s.maps[dir], err = tableMap(t, buf, d.takeSpare(slot, dir))
+			}
 			if err != nil {
-				ready = append(ready, b)
-				return fmt.Errorf("publish generation %d: %w", gen, err)
-			}
-			b.maps[dir] = m
-		}
-		ready = append(ready, b)
-	}
-	// Everything is built: switch.
-	for _, b := range ready {
-		for dir, m := range b.maps {
-			if err := d.objs.Tables.Put(b.slot*2+uint32(dir), m); err != nil {
-				return fmt.Errorf("publish generation %d: switch table %d: %w", gen, b.slot*2+uint32(dir), err)
+				st.slots = append(st.slots, s)
+				st.Discard()
+				return nil, fmt.Errorf("publish generation %d: %w", gen, err)
 			}
 		}
+		st.slots = append(st.slots, s)
 	}
-	changedSlots := make(map[uint32]bool, len(ready))
-	for _, b := range ready {
-		changedSlots[b.slot] = true
-		d.live[b.slot] = liveTables{gen: gen, tables: [2]*compiler.Table{b.tables.Ingress, b.tables.Egress}}
+	return st, nil
+}
+
+// takeSpare hands over slot's spare inner map for direction dir, or nil.
+func (d *Dataplane) takeSpare(slot uint32, dir int) *ebpf.Map {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l := d.live[slot]
+	m := l.spare[dir]
+	l.spare[dir] = nil
+	d.live[slot] = l
+	return m
+}
+
+// staged is one Stage's inner maps, not yet in force.
+type staged struct {
+	d       *Dataplane
+	gen     uint64
+	slots   []stagedSlot
+	removed []string
+}
+
+type stagedSlot struct {
+	slot   uint32
+	maps   [2]*ebpf.Map // ingress, egress
+	tables *compiler.Tables
+}
+
+// Discard closes the staged maps; the kernel frees them.
+func (st *staged) Discard() {
+	for _, s := range st.slots {
+		for _, m := range s.maps {
+			if m != nil {
+				m.Close()
+			}
+		}
 	}
-	d.pruneHits(changedSlots, gen)
-	for _, id := range removed {
+	st.slots = nil
+}
+
+// Switch puts every staged table in force with one batch update of the outer map: each ENI direction
+// switches at once, a packet sees the old table or the new one, never a mix. The kernel returns from a
+// map-in-map update only after programs that may still read a replaced inner map have finished
+// (synchronize_rcu), so a replaced map is kept as the slot's spare and refilled by a later Stage.
+func (st *staged) Switch() error {
+	d := st.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer st.Discard() // what did not get switched
+	keys := make([]uint32, 0, 2*len(st.slots))
+	fds := make([]uint32, 0, 2*len(st.slots))
+	for _, s := range st.slots {
+		for dir, m := range s.maps {
+			keys = append(keys, s.slot*2+uint32(dir))
+			fds = append(fds, uint32(m.FD()))
+		}
+	}
+	if len(keys) > 0 {
+		if _, err := d.objs.Tables.BatchUpdate(keys, fds, nil); err != nil {
+			return fmt.Errorf("publish generation %d: switch tables %v: %w", st.gen, keys, err)
+		}
+	}
+	changedSlots := make(map[uint32]bool, len(st.slots))
+	for _, s := range st.slots {
+		changedSlots[s.slot] = true
+		l := d.live[s.slot]
+		for dir, m := range s.maps {
+			old := l.maps[dir]
+			// One-chunk tables are cheap to build fresh: their spares would only double the memory.
+			if old != nil && old.MaxEntries() > 1 {
+				if l.spare[dir] != nil {
+					l.spare[dir].Close()
+				}
+				l.spare[dir] = old
+			} else if old != nil {
+				old.Close()
+			}
+			l.maps[dir] = m
+		}
+		l.gen, l.tables = st.gen, [2]*compiler.Table{s.tables.Ingress, s.tables.Egress}
+		d.live[s.slot] = l
+	}
+	st.slots = nil
+	d.pruneHits(changedSlots, st.gen)
+	for _, id := range st.removed {
 		slot, ok := d.slots[id]
 		if !ok {
 			continue
 		}
 		for dir := range uint32(2) {
 			if err := d.objs.Tables.Delete(slot*2 + dir); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("publish generation %d: remove %s: %w", gen, id, err)
+				return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
 			}
 		}
 		if err := d.objs.EniNames.Put(slot, &sgEniname{}); err != nil {
-			return fmt.Errorf("publish generation %d: remove %s: %w", gen, id, err)
+			return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
 		}
 		d.forgetIfaces(slot)
 		delete(d.slots, id)
+		d.live[slot].close()
 		delete(d.live, slot)
 	}
 	return nil
 }
 
 // liveTables is what one ENI slot holds: the generation and the tables (ingress, egress) it was
-// published with, so hit counters can be told by rule.
+// published with, so hit counters can be told by rule, and this process's handles on the slot's inner
+// maps (nil for maps adopted from an earlier process).
 type liveTables struct {
 	gen    uint64
 	tables [2]*compiler.Table
+	maps   [2]*ebpf.Map // in force
+	spare  [2]*ebpf.Map // replaced and quiesced, to be refilled
+}
+
+func (l liveTables) close() {
+	for _, m := range append(l.maps[:], l.spare[:]...) {
+		if m != nil {
+			m.Close()
+		}
+	}
 }
 
 // pruneHits drops the hit counters of the earlier table versions of slots (their entry indexes mean

@@ -151,3 +151,50 @@ func testRunNS(prog *ebpf.Program, frame []byte, slot, repeat uint32) (uint32, e
 		}
 	}
 }
+
+// TestLargeTableSwapsReuseMaps swaps big tables in and out of one ENI. A change is written into the
+// inner map the change before it replaced when that map is big enough, so a small table may land in a
+// map still holding a bigger table's bytes past its end; every version must answer exactly as the Go
+// classifier.
+func TestLargeTableSwapsReuseMaps(t *testing.T) {
+	d := loadOrSkip(t)
+	ctx := context.Background()
+	var versions []*compiler.Tables
+	for _, n := range []int{10000, 3000} {
+		tables, err := compiler.New(bigState(t, n)).Compile(bench.ENIID)
+		require.NoError(t, err)
+		versions = append(versions, tables)
+	}
+	// 10k, 3k, 3k (into the 10k map), 10k (the spare is too small: a fresh map), 10k, 3k.
+	order := []int{0, 1, 1, 0, 0, 1}
+	var ingressMaps []*ebpf.Map
+	for i, v := range order {
+		gen := uint64(i + 1)
+		tables := versions[v]
+		require.NoError(t, d.Publish(ctx, gen, map[string]*compiler.Tables{bench.ENIID: tables}, nil))
+		d.mu.Lock()
+		live := d.live[d.slots[bench.ENIID]]
+		d.mu.Unlock()
+		require.Greater(t, live.maps[0].MaxEntries(), uint32(1), "the test needs multi-chunk tables")
+		ingressMaps = append(ingressMaps, live.maps[0])
+		if i >= 1 {
+			require.Same(t, ingressMaps[i-1], live.spare[0], "generation %d: the replaced map is the spare", gen)
+		}
+		if i >= 2 && i != 3 {
+			require.Same(t, ingressMaps[i-2], live.maps[0], "generation %d: written into the spare", gen)
+		}
+		cl := dataplane.NewClassifier(tables.Ingress)
+		pkts := bench.Packets(tables.Ingress, 500, 200, gen)
+		for j, p := range pkts {
+			if p.Remote.Is4In6() || p.Remote.Zone() != "" || !p.Remote.IsValid() {
+				continue
+			}
+			f := frameOf(p)
+			want := dataplane.Explain(tables.Ingress, cl.Lookup(&pkts[j]))
+			got, err := d.Run(f.build(), bench.ENIID, model.Ingress)
+			require.NoError(t, err)
+			require.Equal(t, Result{Accept: want.Action == model.Accept, Reason: want.Reason, Entry: want.Entry}, got,
+				"generation %d, packet %d %+v", gen, j, p)
+		}
+	}
+}
