@@ -37,18 +37,19 @@ func DefaultLimits() Limits {
 	return Limits{RulesPerDirection: 100, SGsPerENI: 5, SGsPerProject: 50, ENIsPerSG: 2000, SGRefRulesPerSG: 10}
 }
 
-// Dataplane receives every table change. Publish must not return before the new tables are in force.
+// Dataplane receives every table change in two steps, so that building the new lookup structures
+// overlaps the store's commit: Stage builds them beside the live ones without changing what packets see;
+// the Staged's Switch, called once the change is durable, puts them in force before it returns.
 type Dataplane interface {
-	Publish(ctx context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) error
+	Stage(ctx context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) (dataplane.Staged, error)
 }
 
 // EngineDataplane adapts the pure-Go engine to Dataplane.
 type EngineDataplane struct{ Engine *dataplane.Engine }
 
-// Publish implements Dataplane.
-func (e EngineDataplane) Publish(_ context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) error {
-	e.Engine.Publish(gen, changed, removed)
-	return nil
+// Stage implements Dataplane.
+func (e EngineDataplane) Stage(_ context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) (dataplane.Staged, error) {
+	return e.Engine.Stage(gen, changed, removed), nil
 }
 
 // Options configure a Controller; the zero value means defaults.
@@ -137,42 +138,38 @@ func (c *Controller) AddDataplane(ctx context.Context, dp Dataplane) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	v := c.cur.Load()
-	if err := dp.Publish(ctx, v.Generation, v.Tables, nil); err != nil {
+	st, err := dp.Stage(ctx, v.Generation, v.Tables, nil)
+	if err != nil {
+		return fmt.Errorf("control: load dataplane: %w", err)
+	}
+	if err := st.Switch(); err != nil {
 		return fmt.Errorf("control: load dataplane: %w", err)
 	}
 	c.dps = append(c.dps, dp)
 	return nil
 }
 
-// apply commits next and publishes the tables of the affected ENIs. Caller holds c.mu.
+// apply commits next and puts the tables of the affected ENIs in force. The tables are compiled, then
+// staged in every dataplane while the store commits; they are switched in only once the commit has
+// succeeded, so a failed commit changes nothing. Caller holds c.mu.
 func (c *Controller) apply(ctx context.Context, next *model.State, affected []string) error {
 	old := c.cur.Load()
 	gen := old.Generation + 1
-	if err := c.store.Commit(ctx, next, gen); err != nil {
-		return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("commit failed: %v", err)}
-	}
 	start := time.Now()
-	comp := compiler.New(next)
-	changed := make(map[string]*compiler.Tables, len(affected))
-	// ENIs with the same ordered SG list have the same rows: compile each list once and share the
-	// (immutable) entries, so a rule change of an SG used by many ENIs costs one compile.
-	byList := map[string]*compiler.Tables{}
-	for _, id := range affected {
-		eni, ok := next.ENI(id)
-		if !ok {
-			continue
+	changed, err := compileAffected(next, affected)
+	if err != nil {
+		return &model.Error{Code: model.CodeInternal, Reason: err.Error()} // a compiler bug; nothing committed
+	}
+	committed := make(chan error, 1)
+	go func() { committed <- c.store.Commit(ctx, next, gen) }()
+	staged, errs := c.stageAll(ctx, gen, changed)
+	if err := <-committed; err != nil {
+		for _, st := range staged {
+			if st != nil {
+				st.Discard()
+			}
 		}
-		key := strings.Join(eni.SgIDs, "\x00")
-		if t, ok := byList[key]; ok {
-			changed[id] = &compiler.Tables{ENI: id, Ingress: retarget(t.Ingress, id), Egress: retarget(t.Egress, id)}
-			continue
-		}
-		t, err := comp.Compile(id)
-		if err != nil {
-			return &model.Error{Code: model.CodeInternal, Reason: err.Error()}
-		}
-		byList[key] = t
-		changed[id] = t
+		return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("commit failed: %v", err)}
 	}
 	tables := make(map[string]*compiler.Tables, len(old.Tables))
 	for id, t := range old.Tables {
@@ -182,7 +179,7 @@ func (c *Controller) apply(ctx context.Context, next *model.State, affected []st
 		tables[id] = t
 	}
 	c.cur.Store(&View{State: next, Generation: gen, Tables: tables, Index: compiler.NewIndex(next)})
-	errs := c.publishAll(ctx, gen, changed)
+	errs = append(errs, switchAll(staged)...)
 	c.hist.Observe(time.Since(start).Seconds())
 	c.log.Debug("applied", "generation", gen, "recompiled", len(changed))
 	if err := errors.Join(errs...); err != nil {
@@ -193,20 +190,55 @@ func (c *Controller) apply(ctx context.Context, next *model.State, affected []st
 	return nil
 }
 
-// publishAll publishes to every dataplane at once: each builds its own lookup structures (the Go engine
-// and the eBPF program both build a classifier per table), so with several they overlap instead of
-// adding up. It returns every dataplane's error.
-func (c *Controller) publishAll(ctx context.Context, gen uint64, changed map[string]*compiler.Tables) []error {
-	if len(c.dps) == 1 {
-		if err := c.dps[0].Publish(ctx, gen, changed, nil); err != nil {
-			return []error{err}
+// compileAffected compiles the tables of the affected ENIs of s. ENIs with the same ordered SG list
+// have the same rows: each list is compiled once and its (immutable) entries shared, so a rule change
+// of an SG used by many ENIs costs one compile.
+func compileAffected(s *model.State, affected []string) (map[string]*compiler.Tables, error) {
+	comp := compiler.New(s)
+	changed := make(map[string]*compiler.Tables, len(affected))
+	byList := map[string]*compiler.Tables{}
+	for _, id := range affected {
+		eni, ok := s.ENI(id)
+		if !ok {
+			continue
 		}
-		return nil
+		key := strings.Join(eni.SgIDs, "\x00")
+		if t, ok := byList[key]; ok {
+			changed[id] = &compiler.Tables{ENI: id, Ingress: retarget(t.Ingress, id), Egress: retarget(t.Egress, id)}
+			continue
+		}
+		t, err := comp.Compile(id)
+		if err != nil {
+			return nil, fmt.Errorf("compile %s: %w", id, err)
+		}
+		byList[key] = t
+		changed[id] = t
 	}
+	return changed, nil
+}
+
+// stageAll stages the change in every dataplane at once: each builds its own lookup structures (the Go
+// engine and the eBPF program both build a classifier per table), so with several they overlap instead
+// of adding up. staged[i] is nil where errs has dataplane i's error.
+func (c *Controller) stageAll(ctx context.Context, gen uint64, changed map[string]*compiler.Tables) ([]dataplane.Staged, []error) {
+	staged := make([]dataplane.Staged, len(c.dps))
 	errs := make([]error, len(c.dps))
 	var wg sync.WaitGroup
 	for i, dp := range c.dps {
-		wg.Go(func() { errs[i] = dp.Publish(ctx, gen, changed, nil) })
+		wg.Go(func() { staged[i], errs[i] = dp.Stage(ctx, gen, changed, nil) })
+	}
+	wg.Wait()
+	return staged, errs
+}
+
+// switchAll puts every staged change in force, all at once.
+func switchAll(staged []dataplane.Staged) []error {
+	errs := make([]error, len(staged))
+	var wg sync.WaitGroup
+	for i, st := range staged {
+		if st != nil {
+			wg.Go(func() { errs[i] = st.Switch() })
+		}
 	}
 	wg.Wait()
 	return errs

@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"sync"
@@ -12,22 +13,51 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store"
 )
 
-// recorder is a Dataplane that remembers which ENIs each publication carried.
+// recorder is a Dataplane that remembers which ENIs each switched change carried, and checks that
+// nothing is switched in before the store holds it.
 type recorder struct {
-	mu    sync.Mutex
-	calls [][]string
-	fail  error
+	mu         sync.Mutex
+	store      store.Store // when set, Switch checks the change's generation is committed there
+	calls      [][]string  // per switched change, its ENIs
+	discarded  int
+	fail       error // returned by Stage
+	failSwitch error
 }
 
-func (r *recorder) Publish(_ context.Context, _ uint64, changed map[string]*compiler.Tables, _ []string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.calls = append(r.calls, slices.Sorted(maps.Keys(changed)))
-	return r.fail
+type recorded struct {
+	r       *recorder
+	gen     uint64
+	changed []string
+}
+
+func (r *recorder) Stage(_ context.Context, gen uint64, changed map[string]*compiler.Tables, _ []string) (dataplane.Staged, error) {
+	if r.fail != nil {
+		return nil, r.fail
+	}
+	return &recorded{r: r, gen: gen, changed: slices.Sorted(maps.Keys(changed))}, nil
+}
+
+func (s *recorded) Switch() error {
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	if s.r.store != nil {
+		if _, gen, err := s.r.store.Load(context.Background()); err != nil || gen != s.gen {
+			return fmt.Errorf("switched generation %d while the store holds %d (%v)", s.gen, gen, err)
+		}
+	}
+	s.r.calls = append(s.r.calls, s.changed)
+	return s.r.failSwitch
+}
+
+func (s *recorded) Discard() {
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	s.r.discarded++
 }
 
 func (r *recorder) last() []string {
@@ -37,11 +67,15 @@ func (r *recorder) last() []string {
 }
 
 func newCtrl(t *testing.T) (*Controller, *recorder) {
+	return newCtrlWith(t, store.NewMemory())
+}
+
+func newCtrlWith(t *testing.T, st store.Store) (*Controller, *recorder) {
 	s, err := model.LoadTopologyFile("../testdata/demo.json")
 	require.NoError(t, err)
-	c, err := New(context.Background(), store.NewMemory(), s, Options{})
+	c, err := New(context.Background(), st, s, Options{})
 	require.NoError(t, err)
-	rec := &recorder{}
+	rec := &recorder{store: st}
 	require.NoError(t, c.AddDataplane(context.Background(), rec))
 	require.Len(t, rec.calls[0], 6, "a new dataplane gets every ENI")
 	return c, rec
@@ -84,6 +118,43 @@ func TestPublishFailureIsReported(t *testing.T) {
 	err := c.ModifySecurityGroupPolicy(context.Background(), "1250000001", "sg-web", nil, nil)
 	assert.Equal(t, model.CodeInternal, model.CodeOf(err))
 	assert.ErrorContains(t, err, "map full")
+}
+
+func TestSwitchFailureIsReported(t *testing.T) {
+	c, rec := newCtrl(t)
+	rec.failSwitch = errors.New("switch refused")
+	err := c.ModifySecurityGroupPolicy(context.Background(), "1250000001", "sg-web", nil, nil)
+	assert.Equal(t, model.CodeInternal, model.CodeOf(err))
+	assert.ErrorContains(t, err, "switch refused")
+}
+
+// failingStore refuses every commit after the first (the seed).
+type failingStore struct {
+	store.Memory
+	commits int
+}
+
+func (f *failingStore) Commit(ctx context.Context, s *model.State, gen uint64) error {
+	if f.commits++; f.commits > 1 {
+		return errors.New("disk full")
+	}
+	return f.Memory.Commit(ctx, s, gen)
+}
+
+// A change whose commit fails is staged (the build overlaps the commit) but never switched in: the
+// dataplanes, the engine and the View all stay as they were.
+func TestFailedCommitChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	c, rec := newCtrlWith(t, &failingStore{})
+	before := c.View()
+	eng := c.Engine().Snapshot()
+	err := c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-db", []model.Rule{{Action: "ACCEPT"}}, nil)
+	assert.Equal(t, model.CodeInternal, model.CodeOf(err))
+	assert.ErrorContains(t, err, "disk full")
+	assert.Same(t, before, c.View())
+	assert.Same(t, eng, c.Engine().Snapshot())
+	assert.Len(t, rec.calls, 1, "only the initial load was switched in")
+	assert.Equal(t, 1, rec.discarded)
 }
 
 func TestNewNeedsSeedForEmptyStore(t *testing.T) {
