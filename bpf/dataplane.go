@@ -75,6 +75,11 @@ func Load(opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{pinPath: opts.PinPath, clsact: opts.Clsact, slots: map[string]uint32{}, live: map[uint32]liveTables{}}
 	if err := spec.LoadAndAssign(&d.objs, &co); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("load bpf program: the maps pinned under %s were made by an sgsim build with another "+
+				"layout (%w); to upgrade, remove %s (its interfaces stay unfiltered until this daemon attaches) and start again",
+				opts.PinPath, err, opts.PinPath)
+		}
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load bpf program: %w (verifier log tail: %s)", err, tail(ve.Log, 20))

@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 
-	"github.com/sgsim/sgsim/internal/netns"
+	"github.com/cilium/ebpf"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/internal/netns"
 )
 
 // TestRestartKeepsEnforcing: with pinned maps and links, closing the loader (a daemon exiting) leaves
@@ -52,4 +56,24 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 		_, err := netns.Do(lab.Host, func() (struct{}, error) { return struct{}{}, d2.Detach(ifn) })
 		require.NoError(t, err)
 	}
+}
+
+// A pin directory left by a build whose maps have another layout is refused with an error that names
+// the directory and how to upgrade, and the pinned map is left alone.
+func TestLoadRefusesPinnedMapsOfAnotherLayout(t *testing.T) {
+	loadOrSkip(t).Close()
+	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-layout-test-%d", os.Getpid())
+	require.NoError(t, os.MkdirAll(pin, 0o700))
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 16})
+	require.NoError(t, err)
+	defer old.Close()
+	require.NoError(t, old.Pin(filepath.Join(pin, "conntrack")))
+
+	_, err = Load(Options{PinPath: pin})
+	require.ErrorIs(t, err, ebpf.ErrMapIncompatible)
+	assert.ErrorContains(t, err, "maps pinned under "+pin+" were made by an sgsim build with another layout")
+	assert.ErrorContains(t, err, "remove "+pin)
+	_, err = os.Stat(filepath.Join(pin, "conntrack"))
+	assert.NoError(t, err, "the old pin is still there")
 }
