@@ -99,3 +99,32 @@ func FuzzTencentHandler(f *testing.F) {
 		require.Equal(t, uint64(1), a.ctrl.View().Generation)
 	})
 }
+
+// FuzzParseForm: parseForm decodes exactly what url.ParseQuery decodes, and fails where it fails, with
+// its error (a semicolon's message names the pair instead).
+func FuzzParseForm(f *testing.F) {
+	for _, s := range []string{"a=1&b=%2F&c=+x+", "%zz=1", "a=%4", "a=1;b=2", "ingress.0.cidrIp=10.0.0.0%2F8&a%2Bb=c%2bd", "&&=&a"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		want, wantErr := url.ParseQuery(q)
+		got := &form{}
+		err := parseForm(q, got, 1000)
+		if strings.Count(q, "&") >= 1000 {
+			return
+		}
+		if wantErr != nil {
+			require.Error(t, err)
+			if !strings.Contains(q, ";") {
+				require.EqualError(t, err, wantErr.Error())
+			}
+			return
+		}
+		require.NoError(t, err)
+		got.done()
+		require.Len(t, got.names, len(want))
+		for i, k := range got.names {
+			require.Equal(t, want[k], got.values(i))
+		}
+	})
+}

@@ -459,6 +459,7 @@ func parseForm(s string, into *form, maxParams int) error {
 		return fmt.Errorf("%d parameters, at most %d allowed", n, maxParams)
 	}
 	semicolons := strings.IndexByte(s, ';') >= 0
+	var u unescaper
 	for s != "" {
 		var pair string
 		pair, s, _ = strings.Cut(s, "&")
@@ -469,25 +470,67 @@ func parseForm(s string, into *form, maxParams int) error {
 			continue
 		}
 		k, v, _ := strings.Cut(pair, "=")
-		k, err := queryUnescape(k)
-		if err != nil {
-			return err
-		}
-		if v, err = queryUnescape(v); err != nil {
-			return err
+		// Most pairs need no decoding: one search over the pair rather than one per name and value.
+		if strings.IndexByte(pair, '%') >= 0 || strings.IndexByte(pair, '+') >= 0 {
+			var err error
+			if k, err = u.unescape(k, len(s)); err != nil {
+				return err
+			}
+			if v, err = u.unescape(v, len(s)); err != nil {
+				return err
+			}
 		}
 		into.add(k, v)
 	}
 	return nil
 }
 
-// queryUnescape is url.QueryUnescape, which returns s itself when it holds no '%' or '+'; found here
-// with a vectorised search rather than its byte loop, for most of a big policy's names and values.
-func queryUnescape(s string) (string, error) {
+// unescaper is url.QueryUnescape with the decoded strings cut from shared chunks rather than allocated
+// one by one: every CIDR of a big policy carries a %2F.
+type unescaper struct {
+	chunk strings.Builder // strings already cut from it stay valid: a Builder only ever appends
+}
+
+// unescape decodes s; rest is how much input follows, to size a new chunk. A string without '%' or '+'
+// is its own decoding and comes back as it is, found by a vectorised search rather than a byte loop.
+func (u *unescaper) unescape(s string, rest int) (string, error) {
 	if strings.IndexByte(s, '%') < 0 && strings.IndexByte(s, '+') < 0 {
 		return s, nil
 	}
-	return url.QueryUnescape(s)
+	if u.chunk.Cap()-u.chunk.Len() < len(s) { // decoding never lengthens
+		u.chunk = strings.Builder{}
+		u.chunk.Grow(max(len(s), min(rest, 32<<10)))
+	}
+	start := u.chunk.Len()
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '+':
+			u.chunk.WriteByte(' ')
+		case '%':
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				return url.QueryUnescape(s) // its error for the bad escape
+			}
+			u.chunk.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+		default:
+			u.chunk.WriteByte(c)
+		}
+	}
+	return u.chunk.String()[start:], nil
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
 }
 
 func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
