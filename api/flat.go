@@ -27,7 +27,17 @@ func (f *form) add(k, v string) {
 
 // done sorts the pairs (unless they arrived sorted) and groups them by name.
 func (f *form) done() {
-	if !slices.IsSorted(f.keys) {
+	// One comparison per neighbouring pair tells both whether the keys are sorted and whether one repeats.
+	sorted, repeats := true, false
+	for i := 1; i < len(f.keys) && sorted; i++ {
+		switch strings.Compare(f.keys[i-1], f.keys[i]) {
+		case 1:
+			sorted = false
+		case 0:
+			repeats = true
+		}
+	}
+	if !sorted {
 		idx := make([]int, len(f.keys))
 		for i := range idx {
 			idx[i] = i
@@ -40,7 +50,7 @@ func (f *form) done() {
 		f.keys, f.vals = keys, vals
 	}
 	f.names, f.at = f.keys, nil
-	for i := 1; i < len(f.keys); i++ {
+	for i := 1; i < len(f.keys) && (repeats || !sorted); i++ {
 		if f.keys[i] != f.keys[i-1] {
 			continue
 		}
