@@ -16,7 +16,7 @@ import (
 type form struct {
 	keys, vals []string // every pair, sorted by key
 	names      []string // distinct keys in sorted order
-	at         []int    // names[i]'s values are vals[at[i]:at[i+1]]
+	at         []int    // names[i]'s values are vals[at[i]:at[i+1]]; nil when every name is given once
 }
 
 // add appends a pair in arrival order; done must follow the last add.
@@ -27,7 +27,17 @@ func (f *form) add(k, v string) {
 
 // done sorts the pairs (unless they arrived sorted) and groups them by name.
 func (f *form) done() {
-	if !slices.IsSorted(f.keys) {
+	// One comparison per neighbouring pair tells both whether the keys are sorted and whether one repeats.
+	sorted, repeats := true, false
+	for i := 1; i < len(f.keys) && sorted; i++ {
+		switch strings.Compare(f.keys[i-1], f.keys[i]) {
+		case 1:
+			sorted = false
+		case 0:
+			repeats = true
+		}
+	}
+	if !sorted {
 		idx := make([]int, len(f.keys))
 		for i := range idx {
 			idx[i] = i
@@ -39,23 +49,26 @@ func (f *form) done() {
 		}
 		f.keys, f.vals = keys, vals
 	}
-	f.names = f.keys
-	f.at = make([]int, 0, len(f.keys)+1)
-	dup := false
-	for i, k := range f.keys {
-		if i > 0 && k == f.keys[i-1] {
-			if !dup {
-				// A name given twice: names can no longer share the keys' array.
-				f.names, dup = slices.Clone(f.keys[:i]), true
-			}
+	f.names, f.at = f.keys, nil
+	for i := 1; i < len(f.keys) && (repeats || !sorted); i++ {
+		if f.keys[i] != f.keys[i-1] {
 			continue
 		}
-		if dup {
-			f.names = append(f.names, k)
+		// A name given twice: names can no longer share the keys' array, and values need at.
+		f.names = slices.Clone(f.keys[:i])
+		f.at = make([]int, 0, len(f.keys)+1)
+		for j := range i {
+			f.at = append(f.at, j)
 		}
-		f.at = append(f.at, i)
+		for j := i; j < len(f.keys); j++ {
+			if f.keys[j] != f.keys[j-1] {
+				f.names = append(f.names, f.keys[j])
+				f.at = append(f.at, j)
+			}
+		}
+		f.at = append(f.at, len(f.keys))
+		return
 	}
-	f.at = append(f.at, len(f.keys))
 }
 
 // formOf is the form of params.
@@ -71,12 +84,17 @@ func formOf(params url.Values) *form {
 }
 
 // values returns every value of names[i].
-func (f *form) values(i int) []string { return f.vals[f.at[i]:f.at[i+1]] }
+func (f *form) values(i int) []string {
+	if f.at == nil {
+		return f.vals[i : i+1]
+	}
+	return f.vals[f.at[i]:f.at[i+1]]
+}
 
 // get returns the first value of k, "" when absent (url.Values.Get).
 func (f *form) get(k string) string {
 	if i, ok := slices.BinarySearch(f.names, k); ok {
-		return f.vals[f.at[i]]
+		return f.values(i)[0]
 	}
 	return ""
 }

@@ -18,6 +18,7 @@ func FuzzDecodeTencent(f *testing.F) {
 		"Action=ModifySecurityGroupsOfNetworkInterface&networkInterfaceSet.0.networkInterfaceId=eni-1&networkInterfaceSet.0.sgIds.0=sg-1&Timestamp=1&Nonce=1",
 		"Action=DescribeNetworkInterfaces&limit=50&offset=0&Timestamp=1&Nonce=1",
 		"Action=CreateSecurityGroup&sgName=x&projectId=3&Timestamp=1&Nonce=1",
+		"Action=ModifySecurityGroupPolicy&Region=r&SecretId=a&Signature=b&SignatureMethod=HmacSHA1&sgId=sg-1&ingress.0.action=ACCEPT&ingress.1.cidrIp=10.0.0.0/8&ingress.1.desc=d&egress.0.portRange=80&egress.0.ipProtocol=tcp&egress.1.sgId=sg-2&Timestamp=1&Nonce=2",
 		"a.0=1&a.1.b=2", "ingress.1.action=x", "x..y=1", "",
 	} {
 		f.Add(s)
@@ -27,7 +28,14 @@ func FuzzDecodeTencent(f *testing.F) {
 		if err != nil {
 			return
 		}
-		c, err := decodeTencent(formOf(params), 2000)
+		f := formOf(params)
+		// The tree-less ModifySecurityGroupPolicy decoder accepts only what the tree decodes, identically.
+		if fast, ok := decodeModifyPolicy(f); ok {
+			tree, err := decodeTencentTree(f)
+			require.NoError(t, err)
+			require.Equal(t, tree, fast)
+		}
+		c, err := decodeTencent(f, 2000)
 		if err != nil {
 			require.NotEmpty(t, err.Error())
 			return
@@ -89,5 +97,34 @@ func FuzzTencentHandler(f *testing.F) {
 		require.NotZero(t, out.Code, "unsigned garbage never succeeds")
 		require.NotEmpty(t, out.Message)
 		require.Equal(t, uint64(1), a.ctrl.View().Generation)
+	})
+}
+
+// FuzzParseForm: parseForm decodes exactly what url.ParseQuery decodes, and fails where it fails, with
+// its error (a semicolon's message names the pair instead).
+func FuzzParseForm(f *testing.F) {
+	for _, s := range []string{"a=1&b=%2F&c=+x+", "%zz=1", "a=%4", "a=1;b=2", "ingress.0.cidrIp=10.0.0.0%2F8&a%2Bb=c%2bd", "&&=&a"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		want, wantErr := url.ParseQuery(q)
+		got := &form{}
+		err := parseForm(q, got, 1000)
+		if strings.Count(q, "&") >= 1000 {
+			return
+		}
+		if wantErr != nil {
+			require.Error(t, err)
+			if !strings.Contains(q, ";") {
+				require.EqualError(t, err, wantErr.Error())
+			}
+			return
+		}
+		require.NoError(t, err)
+		got.done()
+		require.Len(t, got.names, len(want))
+		for i, k := range got.names {
+			require.Equal(t, want[k], got.values(i))
+		}
 	})
 }

@@ -51,7 +51,11 @@ func emitStringToSign(method, host string, params *form, emit func([]byte)) {
 			buf = append(buf, '&')
 		}
 		first = false
-		buf = append(buf, strings.ReplaceAll(k, "_", ".")...)
+		if strings.IndexByte(k, '_') < 0 {
+			buf = append(buf, k...)
+		} else {
+			buf = append(buf, strings.ReplaceAll(k, "_", ".")...)
+		}
 		buf = append(buf, '=')
 		buf = append(buf, params.vals[i]...)
 		if len(buf) >= chunk {

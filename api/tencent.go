@@ -48,7 +48,6 @@ var ruleFields = [...]string{"ipProtocol", "cidrIp", "sgId", "portRange", "actio
 // tencentCall is a decoded (not yet authenticated) Tencent request.
 type tencentCall struct {
 	Action string
-	root   *flatNode
 	// decoded arguments, depending on Action
 	SgID              string
 	Ingress, Egress   []model.Rule
@@ -79,11 +78,20 @@ func decodeTencent(params *form, maxParams int) (*tencentCall, error) {
 	if len(params.names) > maxParams {
 		return nil, badParam("%d parameters, at most %d allowed", len(params.names), maxParams)
 	}
+	if c, ok := decodeModifyPolicy(params); ok {
+		return c, nil
+	}
+	return decodeTencentTree(params)
+}
+
+// decodeTencentTree is decodeTencent through the tree of every parameter: any action, any shape, and
+// the error for bad input.
+func decodeTencentTree(params *form) (*tencentCall, error) {
 	root, err := decodeFlat(params)
 	if err != nil {
 		return nil, badParam("%v", err)
 	}
-	c := &tencentCall{root: root}
+	c := &tencentCall{}
 	get := func(k string) (string, bool, error) { return root.str(k) }
 	var ok bool
 	if c.Action, ok, err = get("Action"); err != nil || !ok || c.Action == "" {
@@ -195,6 +203,137 @@ func decodeTencent(params *form, maxParams int) (*tencentCall, error) {
 		}
 	}
 	return c, nil
+}
+
+// decodeModifyPolicy decodes a well-formed ModifySecurityGroupPolicy without building a tree (a 10k-rule
+// policy's has ~50k nodes): public parameters, sgId and ingress.N.field / egress.N.field names, each
+// given once, lists dense, required values present. ok is false for anything else, which
+// decodeTencentTree then decodes, so every refusal still comes from there; where both succeed, they
+// agree (FuzzDecodeTencent checks).
+func decodeModifyPolicy(f *form) (c *tencentCall, ok bool) {
+	if len(f.names) != len(f.keys) || f.get("Action") != ActModifyPolicy {
+		return nil, false
+	}
+	c = &tencentCall{Action: ActModifyPolicy, Ingress: []model.Rule{}, Egress: []model.Rule{}}
+	var ts, sgID string
+	var haveTS bool
+	for i := 0; i < len(f.names); {
+		k := f.names[i]
+		dir, _, isList := strings.Cut(k, ".")
+		if !isList {
+			switch v := f.vals[i]; k {
+			case "Action", "Region":
+			case "Timestamp":
+				ts, haveTS = v, true
+			case "Nonce":
+				c.Nonce = v
+			case "SecretId":
+				c.SecretID = v
+			case "Signature":
+				c.Signature = v
+			case "SignatureMethod":
+				c.Method = v
+			case "sgId":
+				sgID = v
+			default:
+				return nil, false
+			}
+			i++
+			continue
+		}
+		if dir != "ingress" && dir != "egress" {
+			return nil, false
+		}
+		// Sorted, a list's names are one run.
+		end := i + 1
+		for end < len(f.names) && strings.HasPrefix(f.names[end], k[:len(dir)+1]) {
+			end++
+		}
+		rules, ok := decodeRuleRun(f.names[i:end], f.vals[i:end], len(dir)+1)
+		if !ok {
+			return nil, false
+		}
+		if dir == "ingress" {
+			c.Ingress = rules
+		} else {
+			c.Egress = rules
+		}
+		i = end
+	}
+	var err error
+	if c.Timestamp, err = strconv.ParseInt(ts, 10, 64); err != nil || !haveTS || c.Nonce == "" || sgID == "" {
+		return nil, false
+	}
+	c.SgID = sgID
+	return c, true
+}
+
+// decodeRuleRun reads the rules of one list's sorted names (prefix "ingress." or "egress.", of length
+// skip) and their values; ok is false unless every name is list.N.field with N a list index and field a
+// rule field, and the indexes are dense from 0.
+func decodeRuleRun(names, vals []string, skip int) (rules []model.Rule, ok bool) {
+	// First pass: check the names and count the rules. A sorted rule's fields are adjacent (`ingress.1.`
+	// sorts before `ingress.10`), and an index has one spelling, so each run of one index is one rule.
+	count, maxIndex, prev := 0, -1, ""
+	for _, k := range names {
+		rest := k[skip:]
+		dot := strings.IndexByte(rest, '.')
+		if dot < 0 || ruleField(rest[dot+1:]) < 0 {
+			return nil, false
+		}
+		index, ok := listIndex(rest[:dot])
+		if !ok {
+			return nil, false
+		}
+		if count == 0 || rest[:dot] != prev {
+			count, prev = count+1, rest[:dot]
+		}
+		maxIndex = max(maxIndex, index)
+	}
+	if count != maxIndex+1 {
+		return nil, false
+	}
+	rules = make([]model.Rule, count)
+	for j, k := range names {
+		rest := k[skip:]
+		dot := strings.IndexByte(rest, '.')
+		index, _ := listIndex(rest[:dot])
+		r, v := &rules[index], vals[j]
+		switch ruleField(rest[dot+1:]) {
+		case 0:
+			r.IPProtocol = v
+		case 1:
+			r.CidrIP = v
+		case 2:
+			r.SgID = v
+		case 3:
+			r.PortRange = v
+		case 4:
+			r.Action = v
+		case 5:
+			r.Desc = v
+		}
+	}
+	return rules, true
+}
+
+// ruleField is the index of s in ruleFields, or -1.
+func ruleField(s string) int {
+	switch s {
+	case "ipProtocol":
+		return 0
+	case "cidrIp":
+		return 1
+	case "sgId":
+		return 2
+	case "portRange":
+		return 3
+	case "action":
+		return 4
+	case "desc":
+		return 5
+	}
+	return -1
 }
 
 func required(n *flatNode, k string) (string, error) {
@@ -320,6 +459,7 @@ func parseForm(s string, into *form, maxParams int) error {
 		return fmt.Errorf("%d parameters, at most %d allowed", n, maxParams)
 	}
 	semicolons := strings.IndexByte(s, ';') >= 0
+	var u unescaper
 	for s != "" {
 		var pair string
 		pair, s, _ = strings.Cut(s, "&")
@@ -330,74 +470,126 @@ func parseForm(s string, into *form, maxParams int) error {
 			continue
 		}
 		k, v, _ := strings.Cut(pair, "=")
-		k, err := queryUnescape(k)
-		if err != nil {
-			return err
-		}
-		if v, err = queryUnescape(v); err != nil {
-			return err
+		// Most pairs need no decoding: one search over the pair rather than one per name and value.
+		if strings.IndexByte(pair, '%') >= 0 || strings.IndexByte(pair, '+') >= 0 {
+			var err error
+			if k, err = u.unescape(k, len(s)); err != nil {
+				return err
+			}
+			if v, err = u.unescape(v, len(s)); err != nil {
+				return err
+			}
 		}
 		into.add(k, v)
 	}
 	return nil
 }
 
-// queryUnescape is url.QueryUnescape, which returns s itself when it holds no '%' or '+'; found here
-// with a vectorised search rather than its byte loop, for most of a big policy's names and values.
-func queryUnescape(s string) (string, error) {
+// unescaper is url.QueryUnescape with the decoded strings cut from shared chunks rather than allocated
+// one by one: every CIDR of a big policy carries a %2F.
+type unescaper struct {
+	chunk strings.Builder // strings already cut from it stay valid: a Builder only ever appends
+}
+
+// unescape decodes s; rest is how much input follows, to size a new chunk. A string without '%' or '+'
+// is its own decoding and comes back as it is, found by a vectorised search rather than a byte loop.
+func (u *unescaper) unescape(s string, rest int) (string, error) {
 	if strings.IndexByte(s, '%') < 0 && strings.IndexByte(s, '+') < 0 {
 		return s, nil
 	}
-	return url.QueryUnescape(s)
+	if u.chunk.Cap()-u.chunk.Len() < len(s) { // decoding never lengthens
+		u.chunk = strings.Builder{}
+		u.chunk.Grow(max(len(s), min(rest, 32<<10)))
+	}
+	start := u.chunk.Len()
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '+':
+			u.chunk.WriteByte(' ')
+		case '%':
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				return url.QueryUnescape(s) // its error for the bad escape
+			}
+			u.chunk.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+		default:
+			u.chunk.WriteByte(c)
+		}
+	}
+	return u.chunk.String()[start:], nil
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
 }
 
 func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
-	fail := func(e *tencentError) tencentResponse { return tencentResponse{Code: e.Code, Message: e.Msg} }
-	if r.Method != http.MethodGet && r.Method != http.MethodPost {
-		return fail(badParam("method %s: use GET or POST", r.Method)), ""
-	}
-	params, err := h.readParams(r)
-	if err != nil {
-		return fail(badParam("%v", err)), ""
-	}
-	call, err := decodeTencent(params, h.opts.MaxParams)
-	if err != nil {
-		te := &tencentError{}
-		if !errors.As(err, &te) {
-			te = badParam("%v", err)
-		}
-		action := ""
-		if _, ok := actionParams[params.get("Action")]; ok {
-			action = params.get("Action")
-		}
-		return fail(te), action
-	}
-	acct := h.authTencent(r, params)
-	if acct == nil {
-		return fail(&tencentError{Code: model.CodeAuthFailed, Msg: "authentication failed: unknown SecretId or bad Signature"}), call.Action
-	}
-	now := h.opts.Now()
-	if d := now.Sub(time.Unix(call.Timestamp, 0)); d > h.opts.ReplayWindow || d < -h.opts.ReplayWindow {
-		return fail(&tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Timestamp %d is more than %s off the server's clock", call.Timestamp, h.opts.ReplayWindow)}), call.Action
-	}
-	replay := &tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Nonce %s was already used", call.Nonce)}
-	if !h.nonces.use(call.SecretID, call.Nonce, now) {
-		return fail(replay), call.Action
-	}
-	if h.opts.Nonces != nil {
-		fresh, err := h.opts.Nonces.UseNonce(r.Context(), call.SecretID+"\x00"+call.Nonce, now, h.opts.ReplayWindow)
-		if err != nil {
-			return fail(&tencentError{Code: model.CodeInternal, Msg: err.Error()}), call.Action
-		}
-		if !fresh {
-			return fail(replay), call.Action
-		}
+	call, acct, action, terr := h.admitTencent(r)
+	if terr != nil {
+		return tencentResponse{Code: terr.Code, Message: terr.Msg}, action
 	}
 	resp, err := h.dispatch(r, acct.AppID, call)
 	if err != nil {
 		return tencentResponse{Code: model.CodeOf(err), Message: err.Error()}, call.Action
 	}
 	return resp, call.Action
+}
+
+// admitTencent does everything before dispatch: read and decode the parameters, authenticate, check
+// Timestamp and Nonce. It returns the call and its account, or the refusal; action is the call's
+// action when known (for metrics).
+func (h *Handler) admitTencent(r *http.Request) (call *tencentCall, acct *model.Account, action string, refusal *tencentError) {
+	if r.Method != http.MethodGet && r.Method != http.MethodPost {
+		return nil, nil, "", badParam("method %s: use GET or POST", r.Method)
+	}
+	params, err := h.readParams(r)
+	if err != nil {
+		return nil, nil, "", badParam("%v", err)
+	}
+	call, err = decodeTencent(params, h.opts.MaxParams)
+	if err != nil {
+		te := &tencentError{}
+		if !errors.As(err, &te) {
+			te = badParam("%v", err)
+		}
+		if _, ok := actionParams[params.get("Action")]; ok {
+			action = params.get("Action")
+		}
+		return nil, nil, action, te
+	}
+	if acct = h.authTencent(r, params); acct == nil {
+		return nil, nil, call.Action, &tencentError{Code: model.CodeAuthFailed, Msg: "authentication failed: unknown SecretId or bad Signature"}
+	}
+	now := h.opts.Now()
+	if d := now.Sub(time.Unix(call.Timestamp, 0)); d > h.opts.ReplayWindow || d < -h.opts.ReplayWindow {
+		return nil, nil, call.Action, &tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Timestamp %d is more than %s off the server's clock", call.Timestamp, h.opts.ReplayWindow)}
+	}
+	replay := func() *tencentError {
+		return &tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Nonce %s was already used", call.Nonce)}
+	}
+	if !h.nonces.use(call.SecretID, call.Nonce, now) {
+		return nil, nil, call.Action, replay()
+	}
+	if h.opts.Nonces != nil {
+		fresh, err := h.opts.Nonces.UseNonce(r.Context(), call.SecretID+"\x00"+call.Nonce, now, h.opts.ReplayWindow)
+		if err != nil {
+			return nil, nil, call.Action, &tencentError{Code: model.CodeInternal, Msg: err.Error()}
+		}
+		if !fresh {
+			return nil, nil, call.Action, replay()
+		}
+	}
+	return call, acct, call.Action, nil
 }
 
 // authTencent returns the account whose SecretId signed the request, or nil.
