@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"cmp"
 	"encoding/binary"
 	"net/netip"
 	"slices"
@@ -208,289 +209,444 @@ func prefixEnd(start u128, bits, bitLen int) (end u128, top bool) {
 	return end, end.hi == ^uint64(0) && end.lo == ^uint64(0)
 }
 
-// portSeg is one run of a port function: from Start up to the next run's start, entry Val.
-type portSeg struct {
-	Start uint32
-	Val   int32
+// portFn is a port function while building: run i covers the ports from start[i] up to the next run's
+// start with entry val[i]. Interned functions are views of PortStart/PortEntry.
+type portFn struct {
+	start []uint16
+	val   []int32
 }
 
-// answer is a node's first-match answer while building.
-type answer struct {
-	tcp, udp                          []portSeg
-	tcpNoPort, udpNoPort, icmp, other int32
+// push appends a run, merged into the previous one when the entry is the same.
+func (f *portFn) push(start uint32, val int32) {
+	if n := len(f.val); n > 0 && f.val[n-1] == val {
+		return
+	}
+	f.start = append(f.start, uint16(start))
+	f.val = append(f.val, val)
 }
 
-// minRange lowers the port function segs to at most v on [lo, hi], returning a new slice when it changes.
-func minRange(segs []portSeg, lo, hi uint32, v int32) []portSeg {
+// minRange writes into dst the function src lowered to at most v on [lo, hi]. It reports false, leaving
+// dst alone, when that changes nothing.
+func minRange(dst *portFn, src portFn, lo, hi uint32, v int32) bool {
+	n := len(src.start)
 	changed := false
-	for i, s := range segs {
+	for i := 0; i < n && uint32(src.start[i]) <= hi; i++ {
 		end := uint32(65535)
-		if i+1 < len(segs) {
-			end = segs[i+1].Start - 1
+		if i+1 < n {
+			end = uint32(src.start[i+1]) - 1
 		}
-		if s.Val > v && end >= lo && s.Start <= hi {
+		if src.val[i] > v && end >= lo {
 			changed = true
 			break
 		}
 	}
 	if !changed {
-		return segs
+		return false
 	}
-	out := make([]portSeg, 0, len(segs)+2)
-	push := func(start uint32, val int32) {
-		if n := len(out); n > 0 && out[n-1].Val == val {
-			return
-		}
-		out = append(out, portSeg{start, val})
-	}
-	for i, s := range segs {
+	dst.start, dst.val = dst.start[:0], dst.val[:0]
+	for i := 0; i < n; i++ {
+		s, val := uint32(src.start[i]), src.val[i]
 		end := uint32(65535)
-		if i+1 < len(segs) {
-			end = segs[i+1].Start - 1
+		if i+1 < n {
+			end = uint32(src.start[i+1]) - 1
 		}
-		if end < lo || s.Start > hi || s.Val <= v {
-			push(s.Start, s.Val)
+		if end < lo || s > hi || val <= v {
+			dst.push(s, val)
 			continue
 		}
-		if s.Start < lo {
-			push(s.Start, s.Val)
+		if s < lo {
+			dst.push(s, val)
 		}
-		push(max(s.Start, lo), v)
+		dst.push(max(s, lo), v)
 		if end > hi {
-			push(hi+1, s.Val)
+			dst.push(hi+1, val) // hi < end ≤ 65535, so it fits a port
 		}
 	}
-	return out
+	return true
 }
 
-// apply lowers ans by entry idx for the packets of family v6 that e matches (remote aside).
-func (ans *answer) apply(e *compiler.Entry, idx int32, v6 bool) {
+// portWork follows one port function through a prefix's entries: the parent's interned function until an
+// entry lowers it, then two scratch buffers in turn, so lowering allocates only while the buffers grow.
+type portWork struct {
+	cur     portFn
+	buf     [2]portFn
+	flip    int
+	changed bool
+}
+
+func (w *portWork) reset(f portFn) { w.cur, w.changed = f, false }
+
+func (w *portWork) lower(lo, hi uint32, v int32) {
+	dst := &w.buf[w.flip]
+	if minRange(dst, w.cur, lo, hi, v) {
+		w.cur, w.flip, w.changed = *dst, w.flip^1, true
+	}
+}
+
+// apply lowers ans, whose port functions are in b.tcp and b.udp, by entry idx for the packets of family
+// v6 that e matches (remote aside).
+func (b *classifierBuilder) apply(ans *ClassifierAnswer, e *compiler.Entry, idx int32, v6 bool) {
 	lo, hi := uint32(0), uint32(65535)
 	if !e.Ports.Any() {
 		lo, hi = uint32(e.Ports.Lo), uint32(e.Ports.Hi)
 	}
 	switch e.Protocol {
 	case model.ProtoAll:
-		ans.tcp = minRange(ans.tcp, 0, 65535, idx)
-		ans.udp = minRange(ans.udp, 0, 65535, idx)
-		ans.tcpNoPort = min(ans.tcpNoPort, idx)
-		ans.udpNoPort = min(ans.udpNoPort, idx)
-		ans.icmp = min(ans.icmp, idx)
-		ans.other = min(ans.other, idx)
+		b.tcp.lower(0, 65535, idx)
+		b.udp.lower(0, 65535, idx)
+		ans.TCPNoPort = min(ans.TCPNoPort, idx)
+		ans.UDPNoPort = min(ans.UDPNoPort, idx)
+		ans.ICMP = min(ans.ICMP, idx)
+		ans.Other = min(ans.Other, idx)
 	case model.ProtoTCP:
-		ans.tcp = minRange(ans.tcp, lo, hi, idx)
+		b.tcp.lower(lo, hi, idx)
 		if e.Ports.Any() {
-			ans.tcpNoPort = min(ans.tcpNoPort, idx)
+			ans.TCPNoPort = min(ans.TCPNoPort, idx)
 		}
 	case model.ProtoUDP:
-		ans.udp = minRange(ans.udp, lo, hi, idx)
+		b.udp.lower(lo, hi, idx)
 		if e.Ports.Any() {
-			ans.udpNoPort = min(ans.udpNoPort, idx)
+			ans.UDPNoPort = min(ans.UDPNoPort, idx)
 		}
 	case model.ProtoICMP:
 		if !v6 {
-			ans.icmp = min(ans.icmp, idx)
+			ans.ICMP = min(ans.ICMP, idx)
 		}
 	case model.ProtoICMPv6:
 		if v6 {
-			ans.icmp = min(ans.icmp, idx)
+			ans.ICMP = min(ans.ICMP, idx)
 		}
 	}
 }
 
+// internTable is an open-addressing hash set of stored values (port functions or answers) by index; the
+// caller hashes and confirms equality against the stored value, so no key is built or kept twice.
+type internTable struct {
+	slots  []uint32 // value index + 1; 0 marks an empty slot
+	hashes []uint32 // by value index
+}
+
+// newInternTable is sized for expect values at a load of at most 1/2.
+func newInternTable(expect int) internTable {
+	n := 16
+	for n < 2*expect {
+		n *= 2
+	}
+	return internTable{slots: make([]uint32, n), hashes: make([]uint32, 0, expect)}
+}
+
+// reserve keeps room for one more value at a load of at most 1/2.
+func (t *internTable) reserve() {
+	if 2*(len(t.hashes)+1) <= len(t.slots) {
+		return
+	}
+	t.slots = make([]uint32, 2*len(t.slots))
+	mask := uint32(len(t.slots) - 1)
+	for v, h := range t.hashes {
+		i := h & mask
+		for t.slots[i] != 0 {
+			i = (i + 1) & mask
+		}
+		t.slots[i] = uint32(v) + 1
+	}
+}
+
+// add records a new value of hash h in the empty slot i and returns its index.
+func (t *internTable) add(i, h uint32) uint32 {
+	t.hashes = append(t.hashes, h)
+	t.slots[i] = uint32(len(t.hashes))
+	return uint32(len(t.hashes) - 1)
+}
+
+func mixHash(h, x uint64) uint64 {
+	h = (h ^ x) * 0x9e3779b97f4a7c15
+	return h ^ h>>32
+}
+
 type classifierBuilder struct {
-	t      *compiler.Table
-	a      ClassifierArrays
-	ids    map[ClassifierAnswer]int32
-	runs   map[string]uint32 // port function → offset in PortStart
-	keyBuf []byte
+	t        *compiler.Table
+	a        ClassifierArrays
+	answers  internTable // over a.Answers
+	runs     internTable // over runOff; tcp and udp runs share storage
+	runOff   []uint32    // offset of each stored port function; they are stored back to back
+	tcp, udp portWork
 }
 
-// intern stores ans once and returns its ID.
-func (b *classifierBuilder) intern(ans *answer) int32 {
-	a := ClassifierAnswer{TCPLen: uint32(len(ans.tcp)), UDPLen: uint32(len(ans.udp)),
-		TCPNoPort: ans.tcpNoPort, UDPNoPort: ans.udpNoPort, ICMP: ans.icmp, Other: ans.other}
-	a.TCPOff = b.internPorts(ans.tcp)
-	a.UDPOff = b.internPorts(ans.udp)
-	if id, ok := b.ids[a]; ok {
-		return id
+// internRun stores a port function once and returns its offset.
+func (b *classifierBuilder) internRun(f portFn) uint32 {
+	h64 := uint64(len(f.start))
+	for i := range f.start {
+		h64 = mixHash(h64, uint64(f.start[i])<<32|uint64(uint32(f.val[i])))
 	}
-	id := int32(len(b.a.Answers))
-	b.ids[a] = id
-	b.a.Answers = append(b.a.Answers, a)
-	return id
-}
-
-// internPorts stores a port function once (tcp and udp runs share storage) and returns its offset.
-func (b *classifierBuilder) internPorts(segs []portSeg) uint32 {
-	k := b.keyBuf[:0]
-	for _, s := range segs {
-		k = binary.LittleEndian.AppendUint16(k, uint16(s.Start))
-		k = binary.LittleEndian.AppendUint32(k, uint32(s.Val))
+	h := uint32(h64)
+	t := &b.runs
+	t.reserve()
+	mask := uint32(len(t.slots) - 1)
+	n := uint32(len(f.start))
+	for i := h & mask; ; i = (i + 1) & mask {
+		v := t.slots[i]
+		if v == 0 {
+			t.add(i, h)
+			off := uint32(len(b.a.PortStart))
+			b.runOff = append(b.runOff, off)
+			b.a.PortStart = append(b.a.PortStart, f.start...)
+			b.a.PortEntry = append(b.a.PortEntry, f.val...)
+			return off
+		}
+		if t.hashes[v-1] != h {
+			continue
+		}
+		off, end := b.runOff[v-1], uint32(len(b.a.PortStart))
+		if int(v) < len(b.runOff) {
+			end = b.runOff[v]
+		}
+		if end-off == n && slices.Equal(b.a.PortStart[off:end], f.start) && slices.Equal(b.a.PortEntry[off:end], f.val) {
+			return off
+		}
 	}
-	b.keyBuf = k
-	if off, ok := b.runs[string(k)]; ok {
-		return off
+}
+
+// internAnswer stores a once and returns its ID.
+func (b *classifierBuilder) internAnswer(a ClassifierAnswer) int32 {
+	h := uint32(mixHash(mixHash(mixHash(mixHash(0, uint64(a.TCPOff)<<32|uint64(a.TCPLen)), uint64(a.UDPOff)<<32|uint64(a.UDPLen)),
+		uint64(uint32(a.TCPNoPort))<<32|uint64(uint32(a.UDPNoPort))), uint64(uint32(a.ICMP))<<32|uint64(uint32(a.Other))))
+	t := &b.answers
+	t.reserve()
+	mask := uint32(len(t.slots) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		v := t.slots[i]
+		if v == 0 {
+			b.a.Answers = append(b.a.Answers, a)
+			return int32(t.add(i, h))
+		}
+		if t.hashes[v-1] == h && b.a.Answers[v-1] == a {
+			return int32(v - 1)
+		}
 	}
-	off := uint32(len(b.a.PortStart))
-	b.runs[string(k)] = off
-	for _, s := range segs {
-		b.a.PortStart = append(b.a.PortStart, uint16(s.Start))
-		b.a.PortEntry = append(b.a.PortEntry, s.Val)
+}
+
+// internPorts stores the port functions of b.tcp and b.udp that differ from ans's (all of them when force)
+// into ans.
+func (b *classifierBuilder) internPorts(ans *ClassifierAnswer, force bool) {
+	if force || b.tcp.changed {
+		ans.TCPOff, ans.TCPLen = b.internRun(b.tcp.cur), uint32(len(b.tcp.cur.start))
 	}
-	return off
+	if force || b.udp.changed {
+		ans.UDPOff, ans.UDPLen = b.internRun(b.udp.cur), uint32(len(b.udp.cur.start))
+	}
 }
 
-type pfx struct {
-	start, end u128
-	bits       int
-	top        bool  // end is the family's last address
-	head, tail int32 // the prefix's entries: a list through family's occ, in entry order
+// stored is the interned port function at off.
+func (b *classifierBuilder) stored(off, n uint32) portFn {
+	return portFn{b.a.PortStart[off : off+n], b.a.PortEntry[off : off+n]}
 }
 
-// occurrence is one entry on a prefix's list.
-type occurrence struct {
-	entry, next int32
+// remote is one remote prefix (masked) of one entry.
+type remote struct {
+	hi, lo uint64 // prefix start; IPv4 in lo
+	entry  int32
+	bits   uint8
 }
 
-// family builds the address stage of one family and returns interval starts with answer IDs, plus the
-// root answer (AnyRemote entries only).
-func (b *classifierBuilder) family(v6 bool) (starts []u128, ids []int32, root answer) {
+func (r *remote) start() u128 { return u128{r.hi, r.lo} }
+
+// sortRemotesV4 sorts IPv4 remotes by (start, bits), keeping entry order among equal prefixes: an LSD
+// radix sort, bytewise, that skips the bytes all remotes share (the common case for bits and the first
+// octet). It returns the sorted slice, which is rs or tmp.
+func sortRemotesV4(rs, tmp []remote) []remote {
+	digit := func(r *remote, d int) uint8 {
+		if d == 0 {
+			return r.bits
+		}
+		return uint8(r.lo >> (8 * (d - 1)))
+	}
+	var count [5][256]int32
+	for i := range rs {
+		for d := range count {
+			count[d][digit(&rs[i], d)]++
+		}
+	}
+	for d := range count {
+		c := &count[d]
+		if len(rs) == 0 || int(c[digit(&rs[0], d)]) == len(rs) {
+			continue
+		}
+		sum := int32(0)
+		for k := range c {
+			c[k], sum = sum, sum+c[k]
+		}
+		for i := range rs {
+			k := digit(&rs[i], d)
+			tmp[c[k]] = rs[i]
+			c[k]++
+		}
+		rs, tmp = tmp, rs
+	}
+	return rs
+}
+
+// family builds the address stage of one family into b.a and returns its root answer (AnyRemote entries
+// only).
+func (b *classifierBuilder) family(v6 bool) ClassifierAnswer {
 	bitLen := 32
 	if v6 {
 		bitLen = 128
 	}
-	last := int32(len(b.t.Entries) - 1) // the implicit DROP matches everything
-	root = answer{tcp: []portSeg{{0, last}}, udp: []portSeg{{0, last}}, tcpNoPort: last, udpNoPort: last, icmp: last, other: last}
-	// Sized for a prefix per entry, the common shape: a 10k-rule table otherwise regrows these a dozen times.
-	byPrefix := make(map[netip.Prefix]int, len(b.t.Entries))
-	ps := make([]pfx, 0, len(b.t.Entries))
-	// Every prefix's entries in one array rather than a slice each.
-	occ := make([]occurrence, 0, len(b.t.Entries))
-	for i := range b.t.Entries {
-		e := &b.t.Entries[i]
+	entries := b.t.Entries
+	last := int32(len(entries) - 1) // the implicit DROP matches everything
+	root := ClassifierAnswer{TCPNoPort: last, UDPNoPort: last, ICMP: last, Other: last}
+	b.tcp.reset(portFn{[]uint16{0}, []int32{last}})
+	b.udp.reset(portFn{[]uint16{0}, []int32{last}})
+	n := 0
+	for i := range entries {
+		e := &entries[i]
 		if e.AnyRemote {
-			root.apply(e, int32(i), v6)
+			b.apply(&root, e, int32(i), v6)
 			continue
 		}
 		for _, p := range e.Remotes {
-			if p.Addr().Is6() != v6 {
+			if p.IsValid() && p.Addr().Is6() == v6 {
+				n++
+			}
+		}
+	}
+	b.internPorts(&root, true)
+	rootID := b.internAnswer(root)
+	// Every (prefix, entry) pair sorted by prefix rather than a map from prefix to entries: hashing
+	// netip.Prefix keys was most of the build.
+	rs := make([]remote, 0, n)
+	for i := range entries {
+		e := &entries[i]
+		if e.AnyRemote {
+			continue
+		}
+		for _, p := range e.Remotes {
+			// An invalid prefix contains no address (netip.Prefix.Contains).
+			if !p.IsValid() || p.Addr().Is6() != v6 {
 				continue
 			}
 			p = p.Masked()
-			k, ok := byPrefix[p]
-			if !ok {
-				k = len(ps)
-				byPrefix[p] = k
-				s := addrU128(p.Addr())
-				end, top := prefixEnd(s, p.Bits(), bitLen)
-				ps = append(ps, pfx{start: s, end: end, bits: p.Bits(), top: top, head: -1, tail: -1})
-			}
-			switch q := &ps[k]; {
-			case q.tail >= 0 && occ[q.tail].entry == int32(i):
-			case q.tail < 0:
-				q.head, q.tail = int32(len(occ)), int32(len(occ))
-				occ = append(occ, occurrence{entry: int32(i), next: -1})
-			default:
-				occ[q.tail].next = int32(len(occ))
-				q.tail = int32(len(occ))
-				occ = append(occ, occurrence{entry: int32(i), next: -1})
-			}
+			s := addrU128(p.Addr())
+			rs = append(rs, remote{hi: s.hi, lo: s.lo, entry: int32(i), bits: uint8(p.Bits())})
 		}
 	}
-	slices.SortFunc(ps, func(x, y pfx) int {
-		switch {
-		case x.start.less(y.start):
-			return -1
-		case y.start.less(x.start):
-			return 1
-		}
-		return x.bits - y.bits
-	})
-	// Boundaries: every prefix start and the address after every prefix end.
-	bounds := make([]u128, 0, 2*len(ps)+1)
-	bounds = append(bounds, u128{})
-	for i := range ps {
-		bounds = append(bounds, ps[i].start)
-		if !ps[i].top {
-			n, _ := ps[i].end.inc()
-			bounds = append(bounds, n)
+	if v6 {
+		slices.SortFunc(rs, func(x, y remote) int {
+			switch {
+			case x.hi != y.hi:
+				return cmp.Compare(x.hi, y.hi)
+			case x.lo != y.lo:
+				return cmp.Compare(x.lo, y.lo)
+			case x.bits != y.bits:
+				return int(x.bits) - int(y.bits)
+			}
+			return int(x.entry - y.entry)
+		})
+	} else {
+		rs = sortRemotesV4(rs, make([]remote, len(rs)))
+	}
+	prefixes := 0
+	for i := range rs {
+		if i == 0 || rs[i].lo != rs[i-1].lo || rs[i].hi != rs[i-1].hi || rs[i].bits != rs[i-1].bits {
+			prefixes++
 		}
 	}
-	slices.SortFunc(bounds, func(x, y u128) int {
-		switch {
-		case x.less(y):
-			return -1
-		case y.less(x):
-			return 1
-		}
-		return 0
-	})
-	bounds = slices.Compact(bounds)
-	// Sweep: prefixes are nested or disjoint, so the open ones form a stack whose top is the longest
-	// match; each pushed prefix's answer is its parent's lowered by its own entries.
+	// Sweep the boundaries (every prefix start and the address after every prefix end) in order:
+	// prefixes are nested or disjoint, so the open ones form a stack whose top is the longest match and
+	// whose top ends first; each pushed prefix's answer is its parent's lowered by its own entries.
 	type open struct {
 		end u128
-		ans answer
+		top bool // end is the family's last address
+		ans ClassifierAnswer
 		id  int32
 	}
-	rootID := b.intern(&root)
-	var stack []open
-	next := 0
-	starts, ids = make([]u128, 0, len(bounds)), make([]int32, 0, len(bounds))
-	for _, s := range bounds {
-		for len(stack) > 0 && stack[len(stack)-1].end.less(s) {
+	stack := make([]open, 0, bitLen+1)
+	var (
+		s4     []uint32
+		s6h    []uint64
+		s6l    []uint64
+		ids    = make([]int32, 0, 2*prefixes+1)
+		next   int
+		bound  u128
+		parent = root
+		id     = rootID
+	)
+	if v6 {
+		s6h, s6l = make([]uint64, 0, 2*prefixes+1), make([]uint64, 0, 2*prefixes+1)
+	} else {
+		s4 = make([]uint32, 0, 2*prefixes+1)
+	}
+	for {
+		for len(stack) > 0 && stack[len(stack)-1].end.less(bound) {
 			stack = stack[:len(stack)-1]
 		}
-		for next < len(ps) && ps[next].start == s {
-			par := root
-			if len(stack) > 0 {
-				par = stack[len(stack)-1].ans
-			}
-			ans := par
-			for o := ps[next].head; o >= 0; o = occ[o].next {
-				ei := occ[o].entry
-				ans.apply(&b.t.Entries[ei], ei, v6)
-			}
-			stack = append(stack, open{end: ps[next].end, ans: ans, id: b.intern(&ans)})
-			next++
-		}
-		id := rootID
 		if len(stack) > 0 {
-			id = stack[len(stack)-1].id
+			parent, id = stack[len(stack)-1].ans, stack[len(stack)-1].id
+		} else {
+			parent, id = root, rootID
 		}
-		if n := len(ids); n > 0 && ids[n-1] == id {
-			continue // same answer as the interval before: merge
+		for next < len(rs) && rs[next].start() == bound {
+			q := &rs[next]
+			end, top := prefixEnd(bound, int(q.bits), bitLen)
+			ans := parent
+			b.tcp.reset(b.stored(parent.TCPOff, parent.TCPLen))
+			b.udp.reset(b.stored(parent.UDPOff, parent.UDPLen))
+			for ; next < len(rs) && rs[next].start() == bound && rs[next].bits == q.bits; next++ {
+				ei := rs[next].entry
+				b.apply(&ans, &entries[ei], ei, v6)
+			}
+			b.internPorts(&ans, false)
+			if ans != parent { // a prefix whose entries change nothing keeps its parent's answer
+				id = b.internAnswer(ans)
+			}
+			parent = ans
+			stack = append(stack, open{end: end, top: top, ans: ans, id: id})
 		}
-		starts = append(starts, s)
-		ids = append(ids, id)
+		if n := len(ids); n == 0 || ids[n-1] != id { // else the same answer as the interval before: merge
+			if v6 {
+				s6h, s6l = append(s6h, bound.hi), append(s6l, bound.lo)
+			} else {
+				s4 = append(s4, uint32(bound.lo))
+			}
+			ids = append(ids, id)
+		}
+		switch {
+		case len(stack) > 0 && !stack[len(stack)-1].top && (next == len(rs) || stack[len(stack)-1].end.less(rs[next].start())):
+			bound, _ = stack[len(stack)-1].end.inc()
+		case next < len(rs):
+			bound = rs[next].start()
+		default:
+			if v6 {
+				b.a.V6Hi, b.a.V6Lo, b.a.V6Answer = s6h, s6l, ids
+			} else {
+				b.a.V4Starts, b.a.V4Answer = s4, ids
+			}
+			return root
+		}
 	}
-	return starts, ids, root
 }
 
 // NewClassifier compiles t into a Classifier.
 func NewClassifier(t *compiler.Table) *Classifier {
-	b := &classifierBuilder{t: t, ids: make(map[ClassifierAnswer]int32, len(t.Entries)), runs: map[string]uint32{}}
+	// Sized up front, as a 10k-rule table otherwise regrows these a dozen times: Answers for the most it
+	// can hold (an answer per distinct prefix and family root); the rest for what tables show, about half
+	// as many answers and port runs as prefixes and two port segments per prefix.
+	remotes := 0
+	for i := range t.Entries {
+		if !t.Entries[i].AnyRemote {
+			remotes += len(t.Entries[i].Remotes)
+		}
+	}
+	b := &classifierBuilder{t: t, answers: newInternTable(remotes/2 + 2), runs: newInternTable(remotes/2 + 4)}
 	b.a.Entries = len(t.Entries)
-	s4, id4, root4 := b.family(false)
-	b.a.V4Starts = make([]uint32, len(s4))
-	for i, s := range s4 {
-		b.a.V4Starts[i] = uint32(s.lo)
-	}
-	b.a.V4Answer = id4
+	b.a.Answers = make([]ClassifierAnswer, 0, remotes+4)
+	b.runOff = make([]uint32, 0, remotes/2+4)
+	b.a.PortStart, b.a.PortEntry = make([]uint16, 0, 2*remotes+4), make([]int32, 0, 2*remotes+4)
+	root4 := b.family(false)
 	b.a.V4Index, b.a.V4Shift = v4Index(b.a.V4Starts)
-	s6, id6, root6 := b.family(true)
-	b.a.V6Hi, b.a.V6Lo = make([]uint64, len(s6)), make([]uint64, len(s6))
-	for i, s := range s6 {
-		b.a.V6Hi[i], b.a.V6Lo[i] = s.hi, s.lo
-	}
-	b.a.V6Answer = id6
+	root6 := b.family(true)
 	// Roots appended last and unshared so Lookup finds them at fixed places for zero/zoned addresses.
-	for _, r := range []*answer{&root4, &root6} {
-		b.ids = map[ClassifierAnswer]int32{}
-		b.intern(r)
-	}
-	b.a.Answers = slices.Clip(b.a.Answers)
+	b.a.Answers = slices.Clip(append(b.a.Answers, root4, root6))
 	return &Classifier{a: b.a}
 }
 

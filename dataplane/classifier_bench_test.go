@@ -2,6 +2,7 @@ package dataplane_test
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sgsim/sgsim/bench"
+	"github.com/sgsim/sgsim/bench/peers"
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
 )
@@ -56,10 +58,20 @@ func benchTables(b *testing.B) []struct {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return append(out, struct {
+	out = append(out, struct {
 		name string
 		tab  *compiler.Table
 	}{"synth_100k", tab})
+	// The table of the Modify-to-enforced benchmark: 10k random, mostly disjoint IPv4 prefixes and port
+	// ranges, with the stream's DROP inserted (the rule change that must be enforced within 20 ms).
+	ts, err := peers.CompileRules(peers.WithStreamDrop(peers.SyntheticRules(10000, netip.MustParseAddr("198.18.0.1"), 9000, 42)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return append(out, struct {
+		name string
+		tab  *compiler.Table
+	}{"peers_10k", ts.Ingress})
 }
 
 // BenchmarkClassifier reports ns/lookup, bytes/rule and build-ms of the classifier per table.
