@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -318,3 +319,57 @@ func TestDropEventsAndHits(t *testing.T) {
 
 // The daemon publishes to the kernel dataplane through control.Dataplane.
 var _ control.Dataplane = (*Dataplane)(nil)
+
+// A change that leaves one direction's kernel table as it was (here only a description changes)
+// switches the other direction alone: the unchanged one keeps its map, its generation and its hit
+// counters, and takes the new provenance.
+func TestUnchangedDirectionStays(t *testing.T) {
+	d := loadOrSkip(t)
+	ctx := context.Background()
+	s := demoState(t)
+	require.NoError(t, d.Publish(ctx, 7, compiler.New(s).CompileAll(), nil))
+	ok := frame{src: netip.MustParseAddr("203.0.113.9"), dst: netip.MustParseAddr("198.18.1.10"), proto: 6, sport: 40002, dport: 443}
+	for range 3 {
+		r, err := d.Run(ok.build(), "eni-web1", model.Ingress)
+		require.NoError(t, err)
+		require.True(t, r.Accept)
+	}
+	d.mu.Lock()
+	before := d.live[d.slots["eni-web1"]]
+	d.mu.Unlock()
+
+	// sg-web: the same ingress rules with new descriptions; egress gains a DROP first.
+	g, _ := s.SG("sg-web")
+	ng := *g
+	ng.Ingress = slices.Clone(g.Ingress)
+	for i := range ng.Ingress {
+		ng.Ingress[i].Desc = "renamed"
+	}
+	ng.Egress = append([]model.Rule{{IPProtocol: "udp", CidrIP: "0.0.0.0/0", PortRange: "53", Action: "DROP"}}, g.Egress...)
+	b := s.Edit()
+	require.NoError(t, b.PutSG(ng))
+	next := compiler.New(b.State()).CompileAll()
+	require.NoError(t, d.Publish(ctx, 8, map[string]*compiler.Tables{"eni-web1": next["eni-web1"]}, nil))
+
+	d.mu.Lock()
+	after := d.live[d.slots["eni-web1"]]
+	d.mu.Unlock()
+	assert.Same(t, before.maps[0], after.maps[0], "ingress map kept")
+	assert.Equal(t, [2]uint64{7, 8}, after.gens)
+	assert.NotSame(t, before.maps[1], after.maps[1], "egress switched")
+	assert.Same(t, next["eni-web1"].Ingress, after.tables[0], "provenance follows the new table")
+
+	hits, err := d.Hits()
+	require.NoError(t, err)
+	tab := next["eni-web1"].Ingress
+	web := dataplane.Explain(tab, 2).Explain("eni-web1", model.Ingress, tab)
+	require.NotNil(t, web.Rule)
+	assert.Equal(t, "renamed", web.Rule.Desc)
+	assert.Contains(t, hits, Hit{ENI: "eni-web1", Direction: model.Ingress, Generation: 7, Entry: 2, Packets: 3, Decision: &web},
+		"the unchanged table's counters survive")
+
+	dns := frame{src: netip.MustParseAddr("198.18.1.10"), dst: netip.MustParseAddr("198.18.9.9"), proto: 17, sport: 40003, dport: 53}
+	r, err := d.Run(dns.build(), "eni-web1", model.Egress)
+	require.NoError(t, err)
+	assert.Equal(t, Result{Accept: false, Reason: dataplane.ReasonRule, Entry: 0}, r, "the new egress table is in force")
+}

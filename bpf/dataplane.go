@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"unsafe"
 
@@ -260,7 +261,13 @@ func (d *Dataplane) Stage(ctx context.Context, gen uint64, changed map[string]*c
 			return nil, fmt.Errorf("publish generation %d: %w", gen, err)
 		}
 		s := stagedSlot{slot: slot, tables: ts}
+		d.mu.Lock()
+		live := d.live[slot]
+		d.mu.Unlock()
 		for dir, t := range []*compiler.Table{ts.Ingress, ts.Egress} {
+			if sameKernelTable(live.tables[dir], t) {
+				continue // the kernel's table stays, and with it its generation, flows and counters
+			}
 			buf, err := serialiseOnce(t)
 			if err == nil {
 				s.maps[dir], err = tableMap(t, buf, d.takeSpare(slot, dir))
@@ -326,8 +333,10 @@ func (st *staged) Switch() error {
 	fds := make([]uint32, 0, 2*len(st.slots))
 	for _, s := range st.slots {
 		for dir, m := range s.maps {
-			keys = append(keys, s.slot*2+uint32(dir))
-			fds = append(fds, uint32(m.FD()))
+			if m != nil {
+				keys = append(keys, s.slot*2+uint32(dir))
+				fds = append(fds, uint32(m.FD()))
+			}
 		}
 	}
 	if len(keys) > 0 {
@@ -335,11 +344,15 @@ func (st *staged) Switch() error {
 			return fmt.Errorf("publish generation %d: switch tables %v: %w", st.gen, keys, err)
 		}
 	}
-	changedSlots := make(map[uint32]bool, len(st.slots))
 	for _, s := range st.slots {
-		changedSlots[s.slot] = true
 		l := d.live[s.slot]
 		for dir, m := range s.maps {
+			// An unchanged direction takes the new table's provenance (descriptions may differ) but
+			// keeps the kernel's table and generation.
+			l.tables[dir] = []*compiler.Table{s.tables.Ingress, s.tables.Egress}[dir]
+			if m == nil {
+				continue
+			}
 			old := l.maps[dir]
 			// One-chunk tables are cheap to build fresh: their spares would only double the memory.
 			if old != nil && old.MaxEntries() > 1 {
@@ -351,12 +364,12 @@ func (st *staged) Switch() error {
 				old.Close()
 			}
 			l.maps[dir] = m
+			l.gens[dir] = st.gen
 		}
-		l.gen, l.tables = st.gen, [2]*compiler.Table{s.tables.Ingress, s.tables.Egress}
 		d.live[s.slot] = l
 	}
 	st.slots = nil
-	d.pruneHits(changedSlots, st.gen)
+	d.pruneHits()
 	for _, id := range st.removed {
 		slot, ok := d.slots[id]
 		if !ok {
@@ -378,11 +391,11 @@ func (st *staged) Switch() error {
 	return nil
 }
 
-// liveTables is what one ENI slot holds: the generation and the tables (ingress, egress) it was
-// published with, so hit counters can be told by rule, and this process's handles on the slot's inner
+// liveTables is what one ENI slot holds: the tables (ingress, egress) last published there and the
+// generation each was loaded at, so hit counters can be told by rule, and this process's handles on the slot's inner
 // maps (nil for maps adopted from an earlier process).
 type liveTables struct {
-	gen    uint64
+	gens   [2]uint64 // generation of the kernel's table, per direction
 	tables [2]*compiler.Table
 	maps   [2]*ebpf.Map // in force
 	spare  [2]*ebpf.Map // replaced and quiesced, to be refilled
@@ -396,12 +409,9 @@ func (l liveTables) close() {
 	}
 }
 
-// pruneHits drops the hit counters of the earlier table versions of slots (their entry indexes mean
-// nothing now), so the counter map holds only live tables. One pass over the map. Caller holds mu.
-func (d *Dataplane) pruneHits(slots map[uint32]bool, gen uint64) {
-	if len(slots) == 0 {
-		return
-	}
+// pruneHits drops the hit counters of every table version that is no longer live (their entry indexes
+// mean nothing now), so the counter map holds only live tables. One pass over the map. Caller holds mu.
+func (d *Dataplane) pruneHits() {
 	var (
 		k   sgHitKey
 		per []uint64
@@ -409,13 +419,29 @@ func (d *Dataplane) pruneHits(slots map[uint32]bool, gen uint64) {
 	)
 	it := d.objs.Hits.Iterate()
 	for it.Next(&k, &per) {
-		if slots[k.Table/2] && k.Gen != gen {
+		if l, ok := d.live[k.Table/2]; ok && l.tables[k.Table&1] != nil && l.gens[k.Table&1] != k.Gen {
 			del = append(del, k)
 		}
 	}
 	for i := range del {
 		_ = d.objs.Hits.Delete(&del[i]) // a concurrent delete is fine
 	}
+}
+
+// sameKernelTable tells whether the kernel's bytes of b would be those of a, generation aside: the same
+// matches, actions, SGs and rule indexes (descriptions and other provenance may differ). a may be nil.
+func sameKernelTable(a, b *compiler.Table) bool {
+	if a == nil || a.NoSG != b.NoSG || len(a.Entries) != len(b.Entries) {
+		return false
+	}
+	for i := range a.Entries {
+		x, y := &a.Entries[i], &b.Entries[i]
+		if x.Protocol != y.Protocol || x.AnyRemote != y.AnyRemote || x.Ports != y.Ports || x.Action != y.Action ||
+			x.SgID != y.SgID || x.RuleIndex != y.RuleIndex || !slices.Equal(x.Remotes, y.Remotes) {
+			return false
+		}
+	}
+	return true
 }
 
 // forgetIfaces unbinds every interface bound to slot. Caller holds mu.

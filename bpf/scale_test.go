@@ -35,7 +35,12 @@ func bigState(t testing.TB, n int) *model.State {
 		}
 		t.Logf("../shared absent: synthetic rules instead of ClassBench")
 	}
-	st, err := bench.StateFromRules(bench.Synthetic(n, 7, true), 1)
+	return synthState(t, n, 7)
+}
+
+func synthState(t testing.TB, n int, seed uint64) *model.State {
+	t.Helper()
+	st, err := bench.StateFromRules(bench.Synthetic(n, seed, true), 1)
 	require.NoError(t, err)
 	return st
 }
@@ -160,13 +165,13 @@ func TestLargeTableSwapsReuseMaps(t *testing.T) {
 	d := loadOrSkip(t)
 	ctx := context.Background()
 	var versions []*compiler.Tables
-	for _, n := range []int{10000, 3000} {
-		tables, err := compiler.New(bigState(t, n)).Compile(bench.ENIID)
+	for _, st := range []*model.State{bigState(t, 10000), synthState(t, 3000, 7), synthState(t, 3000, 8)} {
+		tables, err := compiler.New(st).Compile(bench.ENIID)
 		require.NoError(t, err)
 		versions = append(versions, tables)
 	}
-	// 10k, 3k, 3k (into the 10k map), 10k (the spare is too small: a fresh map), 10k, 3k.
-	order := []int{0, 1, 1, 0, 0, 1}
+	// 10k, 3k, another 3k (into the 10k map), 10k (the spare is too small: a fresh map), 3k, 3k.
+	order := []int{0, 1, 2, 0, 1, 2}
 	var ingressMaps []*ebpf.Map
 	for i, v := range order {
 		gen := uint64(i + 1)
