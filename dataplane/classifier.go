@@ -389,6 +389,12 @@ func (b *classifierBuilder) internRun(f portFn) uint32 {
 			t.add(i, h)
 			off := uint32(len(b.a.PortStart))
 			b.runOff = append(b.runOff, off)
+			if need := len(b.a.PortStart) + len(f.start); need > cap(b.a.PortStart) {
+				// Doubled: append grows large slices by about 1.25×, which copied and dropped several
+				// times the final arrays on tables with long port runs.
+				b.a.PortStart = slices.Grow(b.a.PortStart, max(need, 2*cap(b.a.PortStart))-len(b.a.PortStart))
+				b.a.PortEntry = slices.Grow(b.a.PortEntry, max(need, 2*cap(b.a.PortEntry))-len(b.a.PortEntry))
+			}
 			b.a.PortStart = append(b.a.PortStart, f.start...)
 			b.a.PortEntry = append(b.a.PortEntry, f.val...)
 			return off
