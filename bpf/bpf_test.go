@@ -268,13 +268,13 @@ func TestEstablishedCut(t *testing.T) {
 }
 
 func TestSerialiseRejectsBadTables(t *testing.T) {
-	_, err := serialise(&compiler.Table{ENI: "eni-x"}, 1)
+	_, err := serialise(&compiler.Table{ENI: "eni-x"}, 1, nil)
 	require.ErrorContains(t, err, "eni-x")
 	long := compiler.Table{ENI: "eni-y", Entries: []compiler.Entry{
 		{AnyRemote: true, Action: model.Accept, SgID: fmt.Sprintf("sg-%070d", 1)},
 		{AnyRemote: true, RuleIndex: -1},
 	}}
-	_, err = serialise(&long, 1)
+	_, err = serialise(&long, 1, nil)
 	require.ErrorContains(t, err, "longer than")
 }
 

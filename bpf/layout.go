@@ -34,8 +34,9 @@ const (
 	maxSGName   = 64
 )
 
-// serialise builds the bytes of table t at generation gen, padded to whole chunks.
-func serialise(t *compiler.Table, gen uint64) ([]byte, error) {
+// serialise builds the bytes of table t at generation gen, padded to whole chunks, in buf when it is
+// big enough (a new buffer otherwise).
+func serialise(t *compiler.Table, gen uint64, buf []byte) ([]byte, error) {
 	if len(t.Entries) == 0 || !t.Entries[len(t.Entries)-1].Implicit() {
 		return nil, fmt.Errorf("serialise table %s/%s: it does not end with the implicit DROP", t.ENI, t.Direction)
 	}
@@ -79,7 +80,12 @@ func serialise(t *compiler.Table, gen uint64) ([]byte, error) {
 	if end >= 1<<31 {
 		return nil, fmt.Errorf("serialise table %s/%s: %d bytes is too many", t.ENI, t.Direction, end)
 	}
-	buf := make([]byte, (end+chunkSize-1)/chunkSize*chunkSize)
+	size := (end + chunkSize - 1) / chunkSize * chunkSize
+	if cap(buf) < size {
+		buf = make([]byte, size)
+	}
+	buf = buf[:size]
+	clear(buf)
 	le := binary.LittleEndian
 	le.PutUint64(buf[0:], gen)
 	le.PutUint32(buf[8:], uint32(len(a.V4Starts)))

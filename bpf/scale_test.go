@@ -203,3 +203,19 @@ func TestLargeTableSwapsReuseMaps(t *testing.T) {
 		}
 	}
 }
+
+// Serialising into a buffer that held a bigger table gives the bytes a fresh buffer would.
+func TestSerialiseIntoUsedBuffer(t *testing.T) {
+	big, err := compiler.New(synthState(t, 3000, 7)).Compile(bench.ENIID)
+	require.NoError(t, err)
+	small, err := compiler.New(synthState(t, 300, 8)).Compile(bench.ENIID)
+	require.NoError(t, err)
+	used, err := serialise(big.Ingress, 1, nil)
+	require.NoError(t, err)
+	fresh, err := serialise(small.Ingress, 2, nil)
+	require.NoError(t, err)
+	reused, err := serialise(small.Ingress, 2, used)
+	require.NoError(t, err)
+	require.Equal(t, fresh, reused)
+	require.Same(t, &used[0], &reused[0], "written in place")
+}
