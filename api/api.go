@@ -39,9 +39,12 @@ type RuleCount struct {
 	Packets uint64
 }
 
-// NonceStore is a durable Nonce record (store.Bolt implements it).
+// NonceStore is a durable Nonce record (store.Bolt implements it). A call that commits a change records
+// its Nonce in that commit (store.WithNonce); other calls through UseNonce. RecentNonces is read once,
+// so a restarted daemon refuses the Nonces of the previous run.
 type NonceStore interface {
 	UseNonce(ctx context.Context, key string, now time.Time, window time.Duration) (fresh bool, err error)
+	RecentNonces(ctx context.Context, now time.Time, window time.Duration) (map[string]time.Time, error)
 }
 
 // Handler is the http.Handler of NewHandler; its extra methods serve in-process callers (scenarios).

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -453,4 +454,43 @@ func TestRaisedLimitsTakeABigPolicy(t *testing.T) {
 	r = derived.tc(kv...)
 	require.Equal(t, 0, r.Code, r.Message)
 	assert.Len(t, derived.sg("sg-web").Ingress, 4000)
+}
+
+// With a durable Nonce record, every call's Nonce outlives a restart: a change's is written in the
+// change's own commit, a refused or read-only call's on its own, and a new handler over the same store
+// refuses all three.
+func TestNoncesSurviveRestart(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), DBFile))
+	require.NoError(t, err)
+	defer st.Close()
+	ctrl, err := control.New(ctx, st, demoState(t), control.Options{})
+	require.NoError(t, err)
+	newHandler := func() *Handler {
+		return NewHandler(ctrl, Options{Now: func() time.Time { return testNow }, Nonces: st})
+	}
+	a := newTestAPI(t)
+	a.srv.Config.Handler = newHandler()
+
+	change := a.signed(http.MethodPost, secretID1, secretKey1, "Action", ActModifyPolicy, "sgId", "sg-web",
+		"ingress.0.action", "ACCEPT", "ingress.0.ipProtocol", "tcp", "ingress.0.portRange", "8443")
+	refused := a.signed(http.MethodPost, secretID1, secretKey1, "Action", ActModifyPolicy, "sgId", "sg-nope",
+		"ingress.0.action", "ACCEPT")
+	read := a.signed(http.MethodPost, secretID1, secretKey1, "Action", ActDescribePolicy, "sgId", "sg-web")
+	assert.Equal(t, 0, a.send(http.MethodPost, change).Code)
+	recent, err := st.RecentNonces(ctx, testNow, time.Hour)
+	require.NoError(t, err)
+	assert.Contains(t, recent, secretID1+"\x00"+change.Get("Nonce"), "recorded with the change")
+	assert.Equal(t, model.CodeNotFound, a.send(http.MethodPost, refused).Code)
+	assert.Equal(t, 0, a.send(http.MethodPost, read).Code)
+	// Moved on, so that replaying the first change would change something again.
+	assert.Equal(t, 0, a.tc("Action", ActModifyPolicy, "sgId", "sg-web", "ingress.0.action", "DROP").Code)
+	before := ctrl.View().Generation
+
+	a.srv.Config.Handler = newHandler() // a restart: an empty in-memory record
+	for name, p := range map[string]url.Values{"change": change, "refused": refused, "read": read} {
+		assert.Equal(t, model.CodeReplay, a.send(http.MethodPost, p).Code, name)
+	}
+	assert.Equal(t, before, ctrl.View().Generation, "the replays changed nothing")
+	assert.Equal(t, 0, a.tc("Action", ActDescribePolicy, "sgId", "sg-web").Code, "a fresh Nonce still works")
 }
