@@ -70,8 +70,8 @@ func (c *Classifier) Arrays() *ClassifierArrays { return &c.a }
 // SizeBytes is the memory held by the flat arrays.
 func (c *Classifier) SizeBytes() int {
 	a := &c.a
-	return len(a.V4Starts)*4 + len(a.V4Answer)*4 + len(a.V4Index)*4 + len(a.V6Hi)*8 + len(a.V6Lo)*8 + len(a.V6Answer)*4 +
-		len(a.Answers)*int(unsafe.Sizeof(ClassifierAnswer{})) + len(a.PortStart)*2 + len(a.PortEntry)*4
+	return cap(a.V4Starts)*4 + cap(a.V4Answer)*4 + cap(a.V4Index)*4 + cap(a.V6Hi)*8 + cap(a.V6Lo)*8 + cap(a.V6Answer)*4 +
+		cap(a.Answers)*int(unsafe.Sizeof(ClassifierAnswer{})) + cap(a.PortStart)*2 + cap(a.PortEntry)*4
 }
 
 // Lookup returns the index of the first entry matching p.
@@ -652,8 +652,18 @@ func NewClassifier(t *compiler.Table) *Classifier {
 	b.a.V4Index, b.a.V4Shift = v4Index(b.a.V4Starts)
 	root6 := b.family(true)
 	// Roots appended last and unshared so Lookup finds them at fixed places for zero/zoned addresses.
-	b.a.Answers = slices.Clip(append(b.a.Answers, root4, root6))
+	b.a.Answers = append(b.a.Answers, root4, root6)
+	// The arrays were sized for the worst case; a Classifier may live as long as its table.
+	b.a.Answers, b.a.PortStart, b.a.PortEntry = shrink(b.a.Answers), shrink(b.a.PortStart), shrink(b.a.PortEntry)
 	return &Classifier{a: b.a}
+}
+
+// shrink returns s in an exactly sized array when more than a fifth of its capacity is unused.
+func shrink[T any](s []T) []T {
+	if cap(s)-len(s) > cap(s)/5 {
+		return slices.Clone(s)
+	}
+	return s
 }
 
 // v4Index builds the first stage of the IPv4 search: about one slot per interval, so the binary search
