@@ -582,6 +582,10 @@ func (h *Handler) admitTencent(r *http.Request) (call *tencentCall, acct *model.
 	if err != nil {
 		return nil, nil, "", badParam("%v", err)
 	}
+	// The signature covers the parameters as read, so it is checked while they are decoded (a 10k-rule
+	// policy's MAC is ~0.7 ms); a decoding error still answers first.
+	authed := make(chan *model.Account, 1)
+	go func() { authed <- h.authTencent(r, params) }()
 	call, err = decodeTencent(params, h.opts.MaxParams)
 	if err != nil {
 		te := &tencentError{}
@@ -593,7 +597,7 @@ func (h *Handler) admitTencent(r *http.Request) (call *tencentCall, acct *model.
 		}
 		return nil, nil, action, te
 	}
-	if acct = h.authTencent(r, params); acct == nil {
+	if acct = <-authed; acct == nil {
 		return nil, nil, call.Action, &tencentError{Code: model.CodeAuthFailed, Msg: "authentication failed: unknown SecretId or bad Signature"}
 	}
 	now := h.opts.Now()
