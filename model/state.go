@@ -205,17 +205,50 @@ func prepareSG(g SecurityGroup) (*SecurityGroup, error) {
 	}
 	for d, rules := range [2][]Rule{sg.Ingress, sg.Egress} {
 		dir := Direction(d)
-		parsed := make([]ParsedRule, len(rules))
-		for i, r := range rules {
-			p, err := ParseRule(r)
-			if err != nil {
-				return nil, AtPath(fmt.Sprintf("%s[%d]", dir, i), err)
-			}
-			parsed[i] = p
+		parsed, bad, err := parseRules(rules)
+		if err != nil {
+			return nil, AtPath(fmt.Sprintf("%s[%d]", dir, bad), err)
 		}
 		sg.parsed[dir] = parsed
 	}
 	return &sg, nil
+}
+
+// parallelParseMin is the rule count from which parseRules splits the work in two: a 10k-rule policy
+// takes ~1.5 ms to parse, on the way from an API call to enforcement.
+const parallelParseMin = 2048
+
+// parseRules parses rules, reporting the error of the first bad one and its index.
+func parseRules(rules []Rule) ([]ParsedRule, int, error) {
+	parsed := make([]ParsedRule, len(rules))
+	parse := func(from, to int) (int, error) {
+		for i := from; i < to; i++ {
+			p, err := ParseRule(rules[i])
+			if err != nil {
+				return i, err
+			}
+			parsed[i] = p
+		}
+		return 0, nil
+	}
+	if len(rules) < parallelParseMin {
+		bad, err := parse(0, len(rules))
+		return parsed, bad, err
+	}
+	half := len(rules) / 2
+	var secondBad int
+	var secondErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		secondBad, secondErr = parse(half, len(rules))
+	}()
+	bad, err := parse(0, half)
+	<-done
+	if err == nil {
+		bad, err = secondBad, secondErr
+	}
+	return parsed, bad, err
 }
 
 // checkRuleRefs checks that every sgId rule of g names an SG of the same owner and project (SPEC §4: 9003).

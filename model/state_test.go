@@ -326,3 +326,39 @@ func TestPutSGOwnerOrProjectChange(t *testing.T) {
 		})
 	}
 }
+
+// A long rule list is parsed in two halves at once; the error still names the first bad rule, in
+// either half, and a good list parses to the same rules as a short one would.
+func TestLongRuleListsReportFirstError(t *testing.T) {
+	s, err := model.NewState(baseTopology())
+	require.NoError(t, err)
+	const n = 5000
+	rules := make([]model.Rule, n)
+	for i := range rules {
+		rules[i] = model.Rule{IPProtocol: "tcp", CidrIP: "198.18.0.0/16", PortRange: "443", Action: "ACCEPT"}
+	}
+	for _, tt := range []struct {
+		bad  []int
+		want string
+	}{
+		{[]int{10, 4000}, "ingress[10].portRange"},
+		{[]int{3999, 4000}, "ingress[3999].portRange"},
+		{[]int{n - 1}, "ingress[4999].portRange"},
+	} {
+		broken := append([]model.Rule(nil), rules...)
+		for _, i := range tt.bad {
+			broken[i].PortRange = "70-60"
+		}
+		g := model.SecurityGroup{SgID: "sg-a", AppID: "A", Ingress: broken}
+		err := s.Edit().PutSG(g)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), tt.want)
+	}
+	b := s.Edit()
+	require.NoError(t, b.PutSG(model.SecurityGroup{SgID: "sg-a", AppID: "A", Ingress: rules}))
+	g, _ := b.State().SG("sg-a")
+	require.Len(t, g.Ingress, n)
+	for i, r := range g.Ingress {
+		require.Equal(t, rules[i], r, "rule %d", i)
+	}
+}
