@@ -130,7 +130,8 @@ func (c *Controller) View() *View { return c.cur.Load() }
 // Limits returns the quotas in force.
 func (c *Controller) Limits() Limits { return c.limits }
 
-// RecompileHistogram returns the latency histogram of recompile+publish steps.
+// RecompileHistogram returns the latency histogram of applying a change: from compiling the affected
+// ENIs until every dataplane enforces them, the store's commit (which runs beside the staging) included.
 func (c *Controller) RecompileHistogram() *Histogram { return c.hist }
 
 // AddDataplane loads every current table into dp and then keeps it in step with every change.
@@ -162,7 +163,9 @@ func (c *Controller) apply(ctx context.Context, next *model.State, affected []st
 	}
 	committed := make(chan error, 1)
 	go func() { committed <- c.store.Commit(ctx, next, gen) }()
-	staged, errs := c.stageAll(ctx, gen, changed)
+	// Once the commit is under way the change must reach every dataplane, even if the caller gives up:
+	// staging is not cut short by the call's cancellation.
+	staged, errs := c.stageAll(context.WithoutCancel(ctx), gen, changed)
 	if err := <-committed; err != nil {
 		for _, st := range staged {
 			if st != nil {

@@ -27,6 +27,7 @@ type recorder struct {
 	discarded  int
 	fail       error // returned by Stage
 	failSwitch error
+	stageGate  chan struct{} // when set, Stage waits for it to close
 }
 
 type recorded struct {
@@ -35,9 +36,15 @@ type recorded struct {
 	changed []string
 }
 
-func (r *recorder) Stage(_ context.Context, gen uint64, changed map[string]*compiler.Tables, _ []string) (dataplane.Staged, error) {
+func (r *recorder) Stage(ctx context.Context, gen uint64, changed map[string]*compiler.Tables, _ []string) (dataplane.Staged, error) {
 	if r.fail != nil {
 		return nil, r.fail
+	}
+	if r.stageGate != nil {
+		<-r.stageGate
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	return &recorded{r: r, gen: gen, changed: slices.Sorted(maps.Keys(changed))}, nil
 }
@@ -155,6 +162,36 @@ func TestFailedCommitChangesNothing(t *testing.T) {
 	assert.Same(t, eng, c.Engine().Snapshot())
 	assert.Len(t, rec.calls, 1, "only the initial load was switched in")
 	assert.Equal(t, 1, rec.discarded)
+}
+
+// cancellingStore cancels the call's context while it commits, as a client hanging up would, then
+// opens gate.
+type cancellingStore struct {
+	store.Memory
+	cancel context.CancelFunc
+	gate   chan struct{}
+}
+
+func (c *cancellingStore) Commit(ctx context.Context, s *model.State, gen uint64) error {
+	if c.cancel == nil {
+		return c.Memory.Commit(ctx, s, gen)
+	}
+	c.cancel()
+	defer close(c.gate)
+	return c.Memory.Commit(context.WithoutCancel(ctx), s, gen) // already past its own cancellation check
+}
+
+// A change whose commit went through reaches every dataplane even when the caller gave up meanwhile.
+func TestCommittedChangeIsPublishedAfterCancel(t *testing.T) {
+	st := &cancellingStore{}
+	c, rec := newCtrlWith(t, st)
+	ctx, cancel := context.WithCancel(context.Background())
+	st.cancel, st.gate = cancel, make(chan struct{})
+	rec.stageGate = st.gate // stage only once the call is cancelled
+	require.NoError(t, c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-db", []model.Rule{{Action: "ACCEPT"}}, nil))
+	require.Error(t, ctx.Err())
+	assert.Len(t, rec.calls, 2, "the change was switched in")
+	assert.Equal(t, uint64(2), c.View().Generation)
 }
 
 func TestNewNeedsSeedForEmptyStore(t *testing.T) {
