@@ -373,3 +373,53 @@ func TestUnchangedDirectionStays(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Result{Accept: false, Reason: dataplane.ReasonRule, Entry: 0}, r, "the new egress table is in force")
 }
+
+// One change is pending at a time: a second Stage waits until the first is switched, and then stages
+// against what the first put in force. A staged change switches once.
+func TestStagesQueue(t *testing.T) {
+	d := loadOrSkip(t)
+	ctx := context.Background()
+	s := demoState(t)
+	t0 := compiler.New(s).CompileAll()
+	require.NoError(t, d.Publish(ctx, 1, t0, nil))
+	// t1: eni-web1's ingress drops everything (sg-lockdown first).
+	b := s.Edit()
+	require.NoError(t, b.SetENISGs("eni-web1", []string{"sg-lockdown", "sg-web"}))
+	t1 := compiler.New(b.State()).CompileAll()
+
+	a, err := d.Stage(ctx, 2, map[string]*compiler.Tables{"eni-web1": t1["eni-web1"]}, nil)
+	require.NoError(t, err)
+	second := make(chan dataplane.Staged, 1)
+	go func() {
+		st, err := d.Stage(ctx, 3, map[string]*compiler.Tables{"eni-web1": t0["eni-web1"]}, nil)
+		assert.NoError(t, err)
+		second <- st
+	}()
+	select {
+	case <-second:
+		t.Fatal("a second Stage went ahead while the first was pending")
+	case <-time.After(200 * time.Millisecond):
+	}
+	require.NoError(t, a.Switch())
+	require.Error(t, a.Switch(), "a staged change switches once")
+	bst := <-second
+	require.NoError(t, bst.Switch())
+
+	web := frame{src: netip.MustParseAddr("203.0.113.9"), dst: netip.MustParseAddr("198.18.1.10"), proto: 6, sport: 40002, dport: 443}
+	r, err := d.Run(web.build(), "eni-web1", model.Ingress)
+	require.NoError(t, err)
+	assert.True(t, r.Accept, "the second change (back to t0) is in force")
+	d.mu.Lock()
+	live := d.live[d.slots["eni-web1"]]
+	d.mu.Unlock()
+	assert.Equal(t, uint64(3), live.gens[0])
+	assert.Same(t, t0["eni-web1"].Ingress, live.tables[0])
+
+	c, err := d.Stage(ctx, 4, map[string]*compiler.Tables{"eni-web1": t1["eni-web1"]}, nil)
+	require.NoError(t, err)
+	c.Discard()
+	require.Error(t, c.Switch(), "a discarded change does not switch")
+	r, err = d.Run(web.build(), "eni-web1", model.Ingress)
+	require.NoError(t, err)
+	assert.True(t, r.Accept, "the discarded change never took effect")
+}

@@ -45,6 +45,9 @@ type Dataplane struct {
 	clsact  bool
 
 	scratch scratch
+	// staging is held from Stage until its Switch or Discard: a change is staged against the live
+	// tables (unchanged directions are skipped, spares are taken), so only one may be pending.
+	staging sync.Mutex
 
 	mu    sync.Mutex // serialises writers (Publish, Attach); packets never wait for it
 	slots map[string]uint32
@@ -198,7 +201,9 @@ func (d *Dataplane) slotFor(eni string) (uint32, error) {
 func tableMap(t *compiler.Table, buf []byte, spare *ebpf.Map) (*ebpf.Map, error) {
 	n := uint32(len(buf) / chunkSize)
 	m := spare
-	if m == nil || m.MaxEntries() < n {
+	// A spare more than twice the size needed is replaced, so a slot does not keep its biggest table's
+	// memory for ever.
+	if m == nil || m.MaxEntries() < n || m.MaxEntries() > 2*n {
 		if spare != nil {
 			spare.Close()
 		}
@@ -229,8 +234,10 @@ func (d *Dataplane) Publish(ctx context.Context, gen uint64, changed map[string]
 }
 
 // Stage builds the tables of changed ENIs (keyed by ENI ID) at generation gen in inner maps beside the
-// live ones; packets keep seeing the live tables until Switch.
+// live ones; packets keep seeing the live tables until Switch. One change is pending at a time: a
+// further Stage waits until this one is switched or discarded, so the caller must do one of them.
 func (d *Dataplane) Stage(ctx context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) (dataplane.Staged, error) {
+	d.staging.Lock()
 	st := &staged{d: d, gen: gen, removed: removed}
 	// ENIs with the same SG list share their compiled entries (control compiles each list once); their
 	// table bytes are the same, so each is serialised once.
@@ -323,10 +330,12 @@ func (s *scratch) put(bufs [][]byte) {
 func (d *Dataplane) takeSpare(slot uint32, dir int) *ebpf.Map {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	l := d.live[slot]
+	l, ok := d.live[slot]
 	m := l.spare[dir]
-	l.spare[dir] = nil
-	d.live[slot] = l
+	if ok && m != nil {
+		l.spare[dir] = nil
+		d.live[slot] = l
+	}
 	return m
 }
 
@@ -336,16 +345,23 @@ type staged struct {
 	gen     uint64
 	slots   []stagedSlot
 	removed []string
+	done    bool // switched or discarded: the staging lock is released
 }
 
 type stagedSlot struct {
 	slot   uint32
-	maps   [2]*ebpf.Map // ingress, egress
+	maps   [2]*ebpf.Map // ingress, egress; nil where the kernel's table stays
 	tables *compiler.Tables
 }
 
-// Discard closes the staged maps; the kernel frees them.
+// Discard closes the staged maps (the kernel frees them) and ends the change.
 func (st *staged) Discard() {
+	st.closeMaps()
+	st.removed = nil
+	st.finish()
+}
+
+func (st *staged) closeMaps() {
 	for _, s := range st.slots {
 		for _, m := range s.maps {
 			if m != nil {
@@ -356,56 +372,82 @@ func (st *staged) Discard() {
 	st.slots = nil
 }
 
+func (st *staged) finish() {
+	if !st.done {
+		st.done = true
+		st.d.staging.Unlock()
+	}
+}
+
+// switched is one ENI direction put in force by Switch.
+type switched struct {
+	slot uint32
+	dir  int
+	m    *ebpf.Map
+}
+
 // Switch puts every staged table in force with one batch update of the outer map: each ENI direction
 // switches at once, a packet sees the old table or the new one, never a mix. The kernel returns from a
 // map-in-map update only after programs that may still read a replaced inner map have finished
 // (synchronize_rcu), so a replaced map is kept as the slot's spare and refilled by a later Stage.
 func (st *staged) Switch() error {
+	if st.done {
+		return fmt.Errorf("publish generation %d: switched or discarded already", st.gen)
+	}
+	defer st.finish()
+	defer st.closeMaps() // what did not get switched
 	d := st.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	defer st.Discard() // what did not get switched
-	keys := make([]uint32, 0, 2*len(st.slots))
-	fds := make([]uint32, 0, 2*len(st.slots))
+	var todo []switched
 	for _, s := range st.slots {
 		for dir, m := range s.maps {
 			if m != nil {
-				keys = append(keys, s.slot*2+uint32(dir))
-				fds = append(fds, uint32(m.FD()))
+				todo = append(todo, switched{s.slot, dir, m})
 			}
 		}
 	}
-	if len(keys) > 0 {
-		if _, err := d.objs.Tables.BatchUpdate(keys, fds, nil); err != nil {
-			return fmt.Errorf("publish generation %d: switch tables %v: %w", st.gen, keys, err)
+	n, err := d.switchTables(todo)
+	// What the kernel took is recorded even when the rest failed: the next Stage compares against it.
+	for _, sw := range todo[:n] {
+		l := d.live[sw.slot]
+		old := l.maps[sw.dir]
+		// One-chunk tables are cheap to build fresh: their spares would only double the memory.
+		if old != nil && old.MaxEntries() > 1 {
+			if l.spare[sw.dir] != nil {
+				l.spare[sw.dir].Close()
+			}
+			l.spare[sw.dir] = old
+		} else if old != nil {
+			old.Close()
 		}
+		l.maps[sw.dir] = sw.m
+		l.gens[sw.dir] = st.gen
+		d.live[sw.slot] = l
+		for i := range st.slots {
+			if st.slots[i].slot == sw.slot {
+				st.slots[i].maps[sw.dir] = nil // now the live map: not closed below
+				l.tables[sw.dir] = st.slots[i].tables.Get(model.Direction(sw.dir))
+				d.live[sw.slot] = l
+			}
+		}
+	}
+	if err != nil {
+		d.pruneHits(nil)
+		return fmt.Errorf("publish generation %d: %w", st.gen, err)
 	}
 	for _, s := range st.slots {
+		// An unchanged direction takes the new table's provenance (descriptions may differ) but keeps
+		// the kernel's table and generation.
 		l := d.live[s.slot]
-		for dir, m := range s.maps {
-			// An unchanged direction takes the new table's provenance (descriptions may differ) but
-			// keeps the kernel's table and generation.
-			l.tables[dir] = []*compiler.Table{s.tables.Ingress, s.tables.Egress}[dir]
-			if m == nil {
-				continue
+		for dir := range 2 {
+			if s.maps[dir] == nil {
+				l.tables[dir] = s.tables.Get(model.Direction(dir))
 			}
-			old := l.maps[dir]
-			// One-chunk tables are cheap to build fresh: their spares would only double the memory.
-			if old != nil && old.MaxEntries() > 1 {
-				if l.spare[dir] != nil {
-					l.spare[dir].Close()
-				}
-				l.spare[dir] = old
-			} else if old != nil {
-				old.Close()
-			}
-			l.maps[dir] = m
-			l.gens[dir] = st.gen
 		}
 		d.live[s.slot] = l
 	}
-	st.slots = nil
-	d.pruneHits()
+	removedSlots := map[uint32]bool{}
 	for _, id := range st.removed {
 		slot, ok := d.slots[id]
 		if !ok {
@@ -423,8 +465,39 @@ func (st *staged) Switch() error {
 		delete(d.slots, id)
 		d.live[slot].close()
 		delete(d.live, slot)
+		removedSlots[slot] = true
+	}
+	if len(todo) > 0 || len(removedSlots) > 0 {
+		d.pruneHits(removedSlots)
 	}
 	return nil
+}
+
+// switchTables points the outer map's entries at their new inner maps, in one batch update where the
+// kernel has it (older kernels lack batch updates of map-in-map), and returns how many it switched.
+// Caller holds mu.
+func (d *Dataplane) switchTables(todo []switched) (int, error) {
+	if len(todo) == 0 {
+		return 0, nil
+	}
+	keys := make([]uint32, len(todo))
+	fds := make([]uint32, len(todo))
+	for i, sw := range todo {
+		keys[i], fds[i] = sw.slot*2+uint32(sw.dir), uint32(sw.m.FD())
+	}
+	n, err := d.objs.Tables.BatchUpdate(keys, fds, nil)
+	if err == nil {
+		return len(todo), nil
+	}
+	if !errors.Is(err, ebpf.ErrNotSupported) {
+		return n, fmt.Errorf("switch tables %v: %w", keys, err)
+	}
+	for i, sw := range todo {
+		if err := d.objs.Tables.Put(keys[i], sw.m); err != nil {
+			return i, fmt.Errorf("switch table %d: %w", keys[i], err)
+		}
+	}
+	return len(todo), nil
 }
 
 // liveTables is what one ENI slot holds: the tables (ingress, egress) last published there and the
@@ -446,8 +519,9 @@ func (l liveTables) close() {
 }
 
 // pruneHits drops the hit counters of every table version that is no longer live (their entry indexes
-// mean nothing now), so the counter map holds only live tables. One pass over the map. Caller holds mu.
-func (d *Dataplane) pruneHits() {
+// mean nothing now) and those of the removed slots, so the counter map holds only live tables. One pass
+// over the map. Caller holds mu.
+func (d *Dataplane) pruneHits(removed map[uint32]bool) {
 	var (
 		k   sgHitKey
 		per []uint64
@@ -455,7 +529,8 @@ func (d *Dataplane) pruneHits() {
 	)
 	it := d.objs.Hits.Iterate()
 	for it.Next(&k, &per) {
-		if l, ok := d.live[k.Table/2]; ok && l.tables[k.Table&1] != nil && l.gens[k.Table&1] != k.Gen {
+		l, ok := d.live[k.Table/2]
+		if removed[k.Table/2] || ok && l.tables[k.Table&1] != nil && l.gens[k.Table&1] != k.Gen {
 			del = append(del, k)
 		}
 	}

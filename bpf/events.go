@@ -189,7 +189,7 @@ func (d *Dataplane) Hits() ([]Hit, error) {
 		}
 		h := Hit{ENI: bySlot[k.Table/2], Direction: model.Direction(k.Table & 1), Generation: k.Gen,
 			Entry: int(k.Entry), Packets: sum}
-		if l, ok := live[k.Table/2]; ok && l.gens[k.Table&1] == k.Gen && h.Entry < len(l.tables[k.Table&1].Entries) {
+		if l, ok := live[k.Table/2]; ok && l.tables[k.Table&1] != nil && l.gens[k.Table&1] == k.Gen && h.Entry < len(l.tables[k.Table&1].Entries) {
 			t := l.tables[k.Table&1]
 			e := dataplane.Explain(t, h.Entry).Explain(h.ENI, h.Direction, t)
 			h.Decision = &e
