@@ -173,13 +173,14 @@ type u128 struct{ hi, lo uint64 }
 
 func (a u128) less(b u128) bool { return a.hi < b.hi || a.hi == b.hi && a.lo < b.lo }
 
-func (a u128) inc() (u128, bool) {
+// inc is a+1; callers never pass the last address (prefixes ending there are marked top).
+func (a u128) inc() u128 {
 	lo := a.lo + 1
 	hi := a.hi
 	if lo == 0 {
 		hi++
 	}
-	return u128{hi, lo}, lo == 0 && hi == 0
+	return u128{hi, lo}
 }
 
 func addrU128(a netip.Addr) u128 {
@@ -618,7 +619,7 @@ func (b *classifierBuilder) family(v6 bool) ClassifierAnswer {
 		}
 		switch {
 		case len(stack) > 0 && !stack[len(stack)-1].top && (next == len(rs) || stack[len(stack)-1].end.less(rs[next].start())):
-			bound, _ = stack[len(stack)-1].end.inc()
+			bound = stack[len(stack)-1].end.inc()
 		case next < len(rs):
 			bound = rs[next].start()
 		default:
@@ -654,7 +655,10 @@ func NewClassifier(t *compiler.Table) *Classifier {
 	// Roots appended last and unshared so Lookup finds them at fixed places for zero/zoned addresses.
 	b.a.Answers = append(b.a.Answers, root4, root6)
 	// The arrays were sized for the worst case; a Classifier may live as long as its table.
-	b.a.Answers, b.a.PortStart, b.a.PortEntry = shrink(b.a.Answers), shrink(b.a.PortStart), shrink(b.a.PortEntry)
+	a := &b.a
+	a.Answers, a.PortStart, a.PortEntry = shrink(a.Answers), shrink(a.PortStart), shrink(a.PortEntry)
+	a.V4Starts, a.V4Answer = shrink(a.V4Starts), shrink(a.V4Answer)
+	a.V6Hi, a.V6Lo, a.V6Answer = shrink(a.V6Hi), shrink(a.V6Lo), shrink(a.V6Answer)
 	return &Classifier{a: b.a}
 }
 
