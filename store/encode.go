@@ -17,6 +17,13 @@ var sgTail = []byte(`"ingress":null,"egress":null}`)
 // encoding/json, so a field added anywhere else is persisted as before. Should the layout ever not be
 // the one expected, it falls back to json.Marshal of the whole.
 func encodeTopology(s *model.State) ([]byte, error) {
+	return appendTopology(nil, s)
+}
+
+// appendTopology is encodeTopology appending to buf[:0] (grown if too small), so a caller that commits
+// repeatedly reuses one buffer: a big state's megabyte would otherwise be allocated, zeroed and
+// faulted in on every commit.
+func appendTopology(buf []byte, s *model.State) ([]byte, error) {
 	t := s.Topology()
 	sgs := t.SecurityGroups
 	bare := make([]model.SecurityGroup, len(sgs))
@@ -24,7 +31,7 @@ func encodeTopology(s *model.State) ([]byte, error) {
 	for i, g := range sgs {
 		bare[i] = g
 		bare[i].Ingress, bare[i].Egress = nil, nil
-		size += 96 * (len(g.Ingress) + len(g.Egress))
+		size += rulesSize(g.Ingress) + rulesSize(g.Egress)
 	}
 	t.SecurityGroups = bare
 	skeleton, err := json.Marshal(t)
@@ -39,7 +46,10 @@ func encodeTopology(s *model.State) ([]byte, error) {
 		}
 		return data, nil
 	}
-	out := make([]byte, 0, len(skeleton)+size)
+	out := buf[:0]
+	if cap(out) < len(skeleton)+size {
+		out = make([]byte, 0, len(skeleton)+size)
+	}
 	rest := skeleton
 	for _, g := range sgs {
 		i := bytes.Index(rest, sgTail)
@@ -54,6 +64,16 @@ func encodeTopology(s *model.State) ([]byte, error) {
 	return append(out, rest...), nil
 }
 
+// rulesSize is about the length of appendRules' output: exact unless strings need escaping.
+func rulesSize(rules []model.Rule) int {
+	n := 2
+	for _, r := range rules {
+		// {"ipProtocol":"","cidrIp":"","sgId":"","portRange":"","action":"","desc":""},
+		n += 80 + len(r.IPProtocol) + len(r.CidrIP) + len(r.SgID) + len(r.PortRange) + len(r.Action) + len(r.Desc)
+	}
+	return n
+}
+
 // appendRules appends rules as encoding/json writes a []model.Rule (nil as null, omitempty fields left out).
 func appendRules(out []byte, rules []model.Rule) []byte {
 	if rules == nil {
@@ -65,27 +85,29 @@ func appendRules(out []byte, rules []model.Rule) []byte {
 			out = append(out, ',')
 		}
 		out = append(out, '{')
-		first := true
-		for _, f := range [...]struct {
-			name, value string
-			omitEmpty   bool
-		}{{"ipProtocol", r.IPProtocol, true}, {"cidrIp", r.CidrIP, true}, {"sgId", r.SgID, true},
-			{"portRange", r.PortRange, true}, {"action", r.Action, false}, {"desc", r.Desc, true}} {
-			if f.omitEmpty && f.value == "" {
-				continue
-			}
-			if !first {
-				out = append(out, ',')
-			}
-			first = false
-			out = append(out, '"')
-			out = append(out, f.name...)
-			out = append(out, `":`...)
-			out = appendString(out, f.value)
-		}
+		sep := false
+		out, sep = appendField(out, sep, `"ipProtocol":`, r.IPProtocol, true)
+		out, sep = appendField(out, sep, `"cidrIp":`, r.CidrIP, true)
+		out, sep = appendField(out, sep, `"sgId":`, r.SgID, true)
+		out, sep = appendField(out, sep, `"portRange":`, r.PortRange, true)
+		out, sep = appendField(out, sep, `"action":`, r.Action, false)
+		out, _ = appendField(out, sep, `"desc":`, r.Desc, true)
 		out = append(out, '}')
 	}
 	return append(out, ']')
+}
+
+// appendField appends one member (key is `"name":`) unless it is omitted; sep tells whether a member
+// came before.
+func appendField(out []byte, sep bool, key, value string, omitEmpty bool) ([]byte, bool) {
+	if omitEmpty && value == "" {
+		return out, sep
+	}
+	if sep {
+		out = append(out, ',')
+	}
+	out = append(out, key...)
+	return appendString(out, value), true
 }
 
 // appendString appends s as a JSON string the way encoding/json does: plain printable ASCII as is,

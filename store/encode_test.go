@@ -34,6 +34,13 @@ func TestEncodeTopologyIsJSONMarshal(t *testing.T) {
 			got, err := encodeTopology(st)
 			require.NoError(t, err)
 			require.Equal(t, string(want), string(got))
+			// Appended into a used, bigger buffer (a Bolt's, from its last commit): the same bytes.
+			used := append(make([]byte, 0, 2*len(got)+4096), got...)
+			used = append(used, `{"stale":"bytes"}`...)
+			again, err := appendTopology(used, st)
+			require.NoError(t, err)
+			require.Equal(t, string(want), string(again))
+			require.Same(t, &used[0], &again[0], "written in place")
 		})
 	}
 }

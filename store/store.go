@@ -72,6 +72,9 @@ var (
 type Bolt struct {
 	db   *bolt.DB
 	path string
+
+	encMu  sync.Mutex // one Commit encodes at a time into encBuf
+	encBuf []byte
 }
 
 // OpenBolt opens (creating if needed) the bbolt file at path. It fails after a second instead of
@@ -125,10 +128,13 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 	if s == nil {
 		return errors.New("store: commit of a nil state")
 	}
-	data, err := encodeTopology(s)
+	b.encMu.Lock()
+	defer b.encMu.Unlock()
+	data, err := appendTopology(b.encBuf, s)
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
+	b.encBuf = data // bbolt copies it into its pages during the commit; free again after Update
 	nonce, _ := ctx.Value(nonceKey{}).(*NonceUse)
 	if nonce != nil && (nonce.In != b || nonce.recorded.Load()) {
 		nonce = nil
