@@ -556,7 +556,8 @@ func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
 		case nerr != nil:
 			return tencentResponse{Code: model.CodeInternal, Message: nerr.Error()}, call.Action
 		case !fresh:
-			return tencentResponse{Code: replayRefusal(call).Code, Message: replayRefusal(call).Msg}, call.Action
+			refusal := replayRefusal(call)
+			return tencentResponse{Code: refusal.Code, Message: refusal.Msg}, call.Action
 		}
 	}
 	if err != nil {

@@ -381,9 +381,10 @@ func (st *staged) finish() {
 
 // switched is one ENI direction put in force by Switch.
 type switched struct {
-	slot uint32
-	dir  int
-	m    *ebpf.Map
+	staged int // index in staged.slots
+	slot   uint32
+	dir    int
+	m      *ebpf.Map
 }
 
 // Switch puts every staged table in force with one batch update of the outer map: each ENI direction
@@ -400,10 +401,10 @@ func (st *staged) Switch() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var todo []switched
-	for _, s := range st.slots {
+	for i, s := range st.slots {
 		for dir, m := range s.maps {
 			if m != nil {
-				todo = append(todo, switched{s.slot, dir, m})
+				todo = append(todo, switched{i, s.slot, dir, m})
 			}
 		}
 	}
@@ -421,30 +422,22 @@ func (st *staged) Switch() error {
 		} else if old != nil {
 			old.Close()
 		}
+		staged := &st.slots[sw.staged]
 		l.maps[sw.dir] = sw.m
 		l.gens[sw.dir] = st.gen
+		l.tables[sw.dir] = staged.tables.Get(model.Direction(sw.dir))
 		d.live[sw.slot] = l
-		for i := range st.slots {
-			if st.slots[i].slot == sw.slot {
-				st.slots[i].maps[sw.dir] = nil // now the live map: not closed below
-				l.tables[sw.dir] = st.slots[i].tables.Get(model.Direction(sw.dir))
-				d.live[sw.slot] = l
-			}
-		}
+		staged.maps[sw.dir] = nil // now the live map: not closed below
 	}
 	if err != nil {
 		d.pruneHits(nil)
 		return fmt.Errorf("publish generation %d: %w", st.gen, err)
 	}
 	for _, s := range st.slots {
-		// An unchanged direction takes the new table's provenance (descriptions may differ) but keeps
-		// the kernel's table and generation.
+		// Every staged map is switched now; an unchanged direction takes the new table's provenance
+		// (descriptions may differ) but keeps the kernel's table and generation.
 		l := d.live[s.slot]
-		for dir := range 2 {
-			if s.maps[dir] == nil {
-				l.tables[dir] = s.tables.Get(model.Direction(dir))
-			}
-		}
+		l.tables = [2]*compiler.Table{s.tables.Ingress, s.tables.Egress}
 		d.live[s.slot] = l
 	}
 	removedSlots := map[uint32]bool{}

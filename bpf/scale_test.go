@@ -72,18 +72,25 @@ func TestLargeTableDifferential(t *testing.T) {
 	start := time.Now()
 	require.NoError(t, d.Publish(context.Background(), 1, map[string]*compiler.Tables{bench.ENIID: tables}, nil))
 	t.Logf("%d entries published in %v", len(tables.Ingress.Entries), time.Since(start))
-	cl := dataplane.NewClassifier(tables.Ingress)
-	pkts := bench.Packets(tables.Ingress, 3000, 1000, 3)
+	requireIngressAsClassifier(t, d, tables.Ingress, 3000, 1000, 3)
+}
+
+// requireIngressAsClassifier runs corner packets of ingress table t (bench.Packets with these
+// arguments) through the program as bench.ENIID's ingress and requires the Go classifier's decisions.
+func requireIngressAsClassifier(t *testing.T, d *Dataplane, tab *compiler.Table, corners, random int, seed uint64) {
+	t.Helper()
+	cl := dataplane.NewClassifier(tab)
+	pkts := bench.Packets(tab, corners, random, seed)
 	for i, p := range pkts {
 		if p.Remote.Is4In6() || p.Remote.Zone() != "" || !p.Remote.IsValid() {
 			continue
 		}
 		f := frameOf(p)
-		want := dataplane.Explain(tables.Ingress, cl.Lookup(&pkts[i]))
+		want := dataplane.Explain(tab, cl.Lookup(&pkts[i]))
 		got, err := d.Run(f.build(), bench.ENIID, model.Ingress)
 		require.NoError(t, err)
 		require.Equal(t, Result{Accept: want.Action == model.Accept, Reason: want.Reason, Entry: want.Entry}, got,
-			"packet %d %+v", i, p)
+			"table of %d entries, packet %d %+v", len(tab.Entries), i, p)
 	}
 }
 
@@ -188,19 +195,7 @@ func TestLargeTableSwapsReuseMaps(t *testing.T) {
 		if i >= 2 && i != 3 {
 			require.Same(t, ingressMaps[i-2], live.maps[0], "generation %d: written into the spare", gen)
 		}
-		cl := dataplane.NewClassifier(tables.Ingress)
-		pkts := bench.Packets(tables.Ingress, 500, 200, gen)
-		for j, p := range pkts {
-			if p.Remote.Is4In6() || p.Remote.Zone() != "" || !p.Remote.IsValid() {
-				continue
-			}
-			f := frameOf(p)
-			want := dataplane.Explain(tables.Ingress, cl.Lookup(&pkts[j]))
-			got, err := d.Run(f.build(), bench.ENIID, model.Ingress)
-			require.NoError(t, err)
-			require.Equal(t, Result{Accept: want.Action == model.Accept, Reason: want.Reason, Entry: want.Entry}, got,
-				"generation %d, packet %d %+v", gen, j, p)
-		}
+		requireIngressAsClassifier(t, d, tables.Ingress, 500, 200, gen)
 	}
 }
 
