@@ -66,46 +66,9 @@ func TestNetnsEndToEnd(t *testing.T) {
 	}
 
 	// Servers in the srv namespace: a TCP echo on 8080 and 9090, a UDP echo on 5353.
-	srvNS := lab.VMs["eni-srv"]
-	for _, port := range []string{"8080", "9090"} {
-		ln, err := netns.Do(srvNS, func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
-		require.NoError(t, err)
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					buf := make([]byte, 64)
-					for {
-						n, err := c.Read(buf)
-						if err != nil {
-							return
-						}
-						if _, err := c.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-				}()
-			}
-		}()
-	}
-	pc, err := netns.Do(srvNS, func() (net.PacketConn, error) { return net.ListenPacket("udp4", "198.18.200.1:5353") })
-	require.NoError(t, err)
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			n, a, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(buf[:n], a)
-		}
-	}()
+	lab.EchoTCP("eni-srv", "198.18.200.1:8080")
+	lab.EchoTCP("eni-srv", "198.18.200.1:9090")
+	lab.EchoUDP("eni-srv", "198.18.200.1:5353")
 
 	cliNS := lab.VMs["eni-cli"]
 	dial := func(port string) (net.Conn, error) {

@@ -43,26 +43,9 @@ func TestServeEBPFEndToEnd(t *testing.T) {
 	dataDir, pin := t.TempDir(), pinDir(t)
 	d := startDaemon(t, lab, dataplaneEBPF, dataDir, pin, e2eTopology)
 
-	srvNS := lab.VMs["eni-srv"]
-	for _, port := range []string{"8080", "9090"} {
-		ln, err := netns.Do(srvNS, func() (net.Listener, error) { return net.Listen("tcp4", "198.18.210.1:"+port) })
-		require.NoError(t, err)
-		t.Cleanup(func() { ln.Close() })
-		go serveEcho(ln)
-	}
-	pc, err := netns.Do(srvNS, func() (net.PacketConn, error) { return net.ListenPacket("udp4", "198.18.210.1:5353") })
-	require.NoError(t, err)
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			n, a, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(buf[:n], a)
-		}
-	}()
+	lab.EchoTCP("eni-srv", "198.18.210.1:8080")
+	lab.EchoTCP("eni-srv", "198.18.210.1:9090")
+	lab.EchoUDP("eni-srv", "198.18.210.1:5353")
 
 	dial := func(eni, port string) (net.Conn, error) {
 		return netns.Do(lab.VMs[eni], func() (net.Conn, error) {

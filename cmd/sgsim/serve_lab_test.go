@@ -236,20 +236,6 @@ func echo(c net.Conn, msg string) error {
 	return nil
 }
 
-// serveEcho echoes every TCP connection accepted on ln until ln is closed.
-func serveEcho(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			_, _ = io.Copy(c, c)
-		}()
-	}
-}
-
 // pinDir returns a bpffs pin directory of this test, removed in Cleanup (the daemon leaves its links and
 // maps pinned on purpose).
 func pinDir(t *testing.T) string {

@@ -5,12 +5,16 @@ package netlab
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/internal/netns"
 )
 
 // Lab is one test's namespaces.
@@ -55,4 +59,42 @@ func (l *Lab) IP(args ...string) {
 	l.t.Helper()
 	out, err := exec.Command("ip", args...).CombinedOutput()
 	require.NoError(l.t, err, "ip %s: %s", strings.Join(args, " "), out)
+}
+
+// EchoTCP serves a TCP echo on addr (host:port) inside eni's namespace until the test ends.
+func (l *Lab) EchoTCP(eni, addr string) {
+	l.t.Helper()
+	ln, err := netns.Do(l.VMs[eni], func() (net.Listener, error) { return net.Listen("tcp4", addr) })
+	require.NoError(l.t, err)
+	l.t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// EchoUDP serves a UDP echo on addr (host:port) inside eni's namespace until the test ends.
+func (l *Lab) EchoUDP(eni, addr string) {
+	l.t.Helper()
+	pc, err := netns.Do(l.VMs[eni], func() (net.PacketConn, error) { return net.ListenPacket("udp4", addr) })
+	require.NoError(l.t, err)
+	l.t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, a, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], a)
+		}
+	}()
 }
