@@ -144,28 +144,36 @@ func (r Result) PathCPUPerPacket() time.Duration {
 	return (r.GenKernel + r.Softirqd) / time.Duration(r.Received)
 }
 
+// udpPair opens a sink on fw's dport in the fw namespace and a generator connected to it in the gen
+// namespace.
+func (p *Path) udpPair(dport uint16) (sink, gen *net.UDPConn, err error) {
+	dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(p.FwIP), dport))
+	if err := InNetns(p.FwNS, func() (err error) {
+		sink, err = net.ListenUDP("udp4", dst)
+		return err
+	}); err != nil {
+		return nil, nil, fmt.Errorf("sink socket: %w", err)
+	}
+	if err := InNetns(p.GenNS, func() (err error) {
+		gen, err = net.DialUDP("udp4", nil, dst)
+		return err
+	}); err != nil {
+		sink.Close()
+		return nil, nil, fmt.Errorf("generator socket: %w", err)
+	}
+	return sink, gen, nil
+}
+
 // StreamUDP sends fixed-size UDP datagrams from the gen namespace to fw's dport for dur and counts
 // what arrives. It stops by itself after dur (or when ctx ends).
 func (p *Path) StreamUDP(ctx context.Context, dur time.Duration, payload int, dport uint16) (Result, error) {
-	var sink, gen *net.UDPConn
-	dst := netip.AddrPortFrom(netip.MustParseAddr(p.FwIP), dport)
-	if err := InNetns(p.FwNS, func() error {
-		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(dst))
-		sink = c
-		return err
-	}); err != nil {
-		return Result{}, fmt.Errorf("sink socket: %w", err)
+	sink, gen, err := p.udpPair(dport)
+	if err != nil {
+		return Result{}, err
 	}
 	defer sink.Close()
-	_ = sink.SetReadBuffer(8 << 20)
-	if err := InNetns(p.GenNS, func() error {
-		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
-		gen = c
-		return err
-	}); err != nil {
-		return Result{}, fmt.Errorf("generator socket: %w", err)
-	}
 	defer gen.Close()
+	_ = sink.SetReadBuffer(8 << 20)
 
 	// Batched syscalls (recvmmsg/sendmmsg) keep the generator and sink cheap, so the measured rate is
 	// bounded by the firewall path rather than by one syscall per packet.

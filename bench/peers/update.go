@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -60,22 +59,9 @@ const ProbeSenderEnv = "SGSIM_PROBE_SENDER"
 // 1 ns timer slack: in this process it would share the Go scheduler and garbage collector with the
 // daemon under test, which stalled it for tens of milliseconds.
 func (p *Path) StartProbe(ctx context.Context, dport uint16, interval time.Duration) (*Probe, error) {
-	var sink, gen *net.UDPConn
-	dst := netip.AddrPortFrom(netip.MustParseAddr(p.FwIP), dport)
-	if err := InNetns(p.FwNS, func() error {
-		c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(dst))
-		sink = c
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("probe sink socket: %w", err)
-	}
-	if err := InNetns(p.GenNS, func() error {
-		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
-		gen = c
-		return err
-	}); err != nil {
-		sink.Close()
-		return nil, fmt.Errorf("probe generator socket: %w", err)
+	sink, gen, err := p.udpPair(dport)
+	if err != nil {
+		return nil, fmt.Errorf("probe: %w", err)
 	}
 	// The child gets its own descriptor of the generator socket; ours is not needed after the start.
 	genFile, err := gen.File()
