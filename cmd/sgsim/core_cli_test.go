@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -17,13 +16,8 @@ const demoTopology = "../../testdata/demo.json"
 // runCore runs the sgsim root command with args and returns what it printed.
 func runCore(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	root := newRootCmd()
-	var out, errOut bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&errOut)
-	root.SetArgs(args)
-	err := root.Execute()
-	return out.String(), err
+	out, _, err := runReplayCLI(t, args...)
+	return out, err
 }
 
 func checkArgs(eni, dir, proto, remote string, extra ...string) []string {

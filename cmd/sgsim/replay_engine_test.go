@@ -36,7 +36,7 @@ func kernelOrSkip(t *testing.T) {
 	require.NoError(t, d.Close())
 }
 
-// runReplayCLI runs sgsim with args and returns stdout and stderr apart.
+// runReplayCLI runs sgsim with args (any command) and returns stdout and stderr apart.
 func runReplayCLI(t *testing.T, args ...string) (string, string, error) {
 	t.Helper()
 	root := newRootCmd()
