@@ -29,7 +29,9 @@ type fakeEnforcer struct {
 	fail  map[string]error // ifname → error Attach returns
 }
 
-func newFake() *fakeEnforcer { return &fakeEnforcer{calls: make(chan call, 64), fail: map[string]error{}} }
+func newFake() *fakeEnforcer {
+	return &fakeEnforcer{calls: make(chan call, 64), fail: map[string]error{}}
+}
 
 func (f *fakeEnforcer) lookup(ifname string) int {
 	ifc, err := net.InterfaceByName(ifname)
