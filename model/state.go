@@ -123,6 +123,7 @@ func NewState(t Topology) (*State, error) {
 		}
 	}
 	owners := make(map[netip.Addr]string, len(t.NetworkInterfaces)) // private IP → its ENI
+	ifOwners := map[string]string{}                                  // host and hostInterface → its ENI
 	for i, n := range t.NetworkInterfaces {
 		path := fmt.Sprintf("networkInterfaces[%d]", i)
 		if _, dup := s.enis[n.NetworkInterfaceID]; dup {
@@ -137,6 +138,13 @@ func NewState(t Topology) (*State, error) {
 				return nil, AtPath(path, ipTaken(j, eni.PrivateIPAddresses[j], other))
 			}
 			owners[a] = eni.NetworkInterfaceID
+		}
+		if eni.HostInterface != "" {
+			key := eni.Host + "\x00" + eni.HostInterface
+			if other, taken := ifOwners[key]; taken {
+				return nil, AtPath(path, ifTaken(eni, other))
+			}
+			ifOwners[key] = eni.NetworkInterfaceID
 		}
 		s.enis[eni.NetworkInterfaceID] = eni
 		s.eniOrder = append(s.eniOrder, eni.NetworkInterfaceID)
@@ -506,8 +514,14 @@ func ipTaken(i int, addr, other string) *Error {
 	return errValue(CodeConflict, fmt.Sprintf("privateIpAddresses[%d]", i), addr, "already a private IP of network interface "+other)
 }
 
+// ifTaken is the error for a host interface another ENI of the same host claims: an interface carries
+// one ENI's traffic.
+func ifTaken(n *NetworkInterface, other string) *Error {
+	return errValue(CodeConflict, "hostInterface", n.HostInterface, "already the host interface of network interface "+other)
+}
+
 // PutENI adds or replaces a network interface after validating its addresses and SG list; a private IP
-// another ENI holds is refused (CodeConflict).
+// or a host interface another ENI holds is refused (CodeConflict).
 func (b *Builder) PutENI(n NetworkInterface) error {
 	eni, err := b.s.prepareENI(n)
 	if err != nil {
@@ -522,6 +536,9 @@ func (b *Builder) PutENI(n NetworkInterface) error {
 			if slices.Contains(other.addrs, a) {
 				return ipTaken(j, eni.PrivateIPAddresses[j], id)
 			}
+		}
+		if eni.HostInterface != "" && other.HostInterface == eni.HostInterface && other.Host == eni.Host {
+			return ifTaken(eni, id)
 		}
 	}
 	if _, exists := b.s.enis[eni.NetworkInterfaceID]; !exists {

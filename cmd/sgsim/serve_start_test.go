@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/node"
 )
 
@@ -50,17 +54,32 @@ func TestServeFlagErrors(t *testing.T) {
 	}
 }
 
-// TestServeMissingHostInterface: an ENI whose hostInterface does not exist stops the start with an error
-// naming the ENI, the interface and the namespace, and nothing is attached.
-func TestServeMissingHostInterface(t *testing.T) {
+// TestServeStartsBeforeItsInterfaces: an ENI whose hostInterface does not exist yet does not stop the
+// start (SPEC §8); its interface is attached once it appears.
+func TestServeStartsBeforeItsInterfaces(t *testing.T) {
 	requireKernel(t)
 	lab := newVMLab(t)
-	topo := writeTopology(t, `,
+	topo, err := os.ReadFile(writeTopology(t, `,
     {"networkInterfaceId": "eni-gone", "appId": "1", "privateIpAddresses": ["198.18.210.21"], "sgIds": ["sg-1"],
-     "hostInterface": "sgs-gone"}`)
-	err := runServe(context.Background(), serveOptions{Listen: "127.0.0.1:0", Config: node.Config{
-		DataDir: t.TempDir(), Topology: topo, Dataplane: dataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host}})
-	require.ErrorContains(t, err, "ENI eni-gone: hostInterface sgs-gone does not exist in network namespace "+lab.Host)
+     "hostInterface": "sgs-gone"}`))
+	require.NoError(t, err)
+	pin := pinDir(t)
+	d := startDaemon(t, lab, dataplaneEBPF, t.TempDir(), pin, string(topo))
+	lab.AddVM("eni-gone", "sgs-gone", "198.18.210.21")
+	ifindex, err := netns.Do(lab.Host, func() (int, error) {
+		ifc, err := net.InterfaceByName("sgs-gone")
+		if err != nil {
+			return 0, err
+		}
+		return ifc.Index, nil
+	})
+	require.NoError(t, err)
+	// The daemon pins the links it attaches.
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(pin, fmt.Sprintf("link-%d-ingress", ifindex)))
+		return err == nil
+	}, 2*time.Second, 5*time.Millisecond, "sgs-gone attached once it appeared")
+	require.NoError(t, d.stop())
 }
 
 // TestServeCheckByDataplane: /sgsim/v1/check is answered by the Go engine with go and both, and refused
