@@ -123,7 +123,7 @@ func NewState(t Topology) (*State, error) {
 		}
 	}
 	owners := make(map[netip.Addr]string, len(t.NetworkInterfaces)) // private IP → its ENI
-	ifOwners := map[string]string{}                                  // host and hostInterface → its ENI
+	ifOwners := map[string]string{}                                 // host and hostInterface → its ENI
 	for i, n := range t.NetworkInterfaces {
 		path := fmt.Sprintf("networkInterfaces[%d]", i)
 		if _, dup := s.enis[n.NetworkInterfaceID]; dup {
