@@ -63,7 +63,7 @@ func FuzzDecodeTencent(f *testing.F) {
 func FuzzDecodeHuawei(f *testing.F) {
 	for _, s := range []string{
 		`{"ports":[{"id":"b9ac5247-c4ca-4c9b-b8fa-7d19132e560a"}],"action":"add"}`,
-		`{"ports":[],"action":"remove"}`, `{"ports":null}`, `[]`, `{"ports":[{"id":1}]}`, "",
+		`{"ports":[],"action":"remove"}`, `{"ports":null}`, `[]`, `{"ports":[{"ID":"a"}],"action":"add","Action":"remove"}`, `{"ports":[{"id":1}]}`, "",
 	} {
 		f.Add([]byte(s))
 	}
