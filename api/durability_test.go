@@ -136,7 +136,14 @@ func (d *daemon) postAs(p url.Values, signedFor string) (tcResp, error) {
 func (d *daemon) tables(t *testing.T) map[string]TableResponse {
 	out := map[string]TableResponse{}
 	for _, id := range []string{"eni-web1", "eni-web2", "eni-db1", dbPort, "eni-spare", "eni-other"} {
-		resp, err := http.Get(d.base + "/sgsim/v1/enis/" + id + "/table")
+		req, err := http.NewRequest(http.MethodGet, d.base+"/sgsim/v1/enis/"+id+"/table", nil)
+		require.NoError(t, err)
+		token := token1 // inspection needs a credential: each ENI's own account's
+		if id == "eni-other" {
+			token = token2
+		}
+		req.Header.Set("X-Auth-Token", token)
+		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
 		var tab TableResponse
 		require.NoError(t, json.NewDecoder(resp.Body).Decode(&tab))

@@ -131,9 +131,9 @@ func TestUnsignedRequestAllocationBound(t *testing.T) {
 	}
 }
 
-// TestUnsignedFloodBounded: 48 of the costliest unsigned requests at once, four times over, through a
+// TestUnsignedFloodBounded: 48 of the costliest unsigned requests at once, twice over, through a
 // real listener: the heap grows by at most 48 × 3 MiB (each request's bound above, all at once) and
-// /healthz keeps answering within 1 s.
+// /healthz keeps answering within 1 s (3 s under the race detector).
 func TestUnsignedFloodBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("floods the handler")
@@ -145,7 +145,7 @@ func TestUnsignedFloodBounded(t *testing.T) {
 		{"524k segments", deepNameBody()},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			const clients, rounds = 48, 4
+			const clients, rounds = 48, 2
 			body := []byte(tt.body)
 			runtime.GC()
 			var base runtime.MemStats
@@ -213,7 +213,7 @@ func TestUnsignedFloodBounded(t *testing.T) {
 				growth>>20, time.Duration(slowest.Load()).Round(time.Millisecond))
 			assert.Equal(t, int64(clients*rounds), refused.Load(), "every request refused")
 			assert.Less(t, growth, int64(clients*3<<20))
-			assert.Less(t, time.Duration(slowest.Load()), time.Second)
+			assert.Less(t, time.Duration(slowest.Load()), time.Duration(raceDetector*float64(time.Second)))
 			assert.Equal(t, uint64(1), a.ctrl.View().Generation)
 		})
 	}

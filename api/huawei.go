@@ -2,12 +2,14 @@ package api
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/model"
@@ -111,30 +113,37 @@ func exactKeys(dec *json.Decoder, path string) error {
 	return err
 }
 
+// accountOfToken returns the account holding Huawei API token, or nil.
+func accountOfToken(st *model.State, token string) *model.Account {
+	if token == "" {
+		return nil
+	}
+	for _, app := range st.AppIDs() {
+		a, _ := st.Account(app)
+		for _, t := range a.HuaweiTokens {
+			if subtle.ConstantTimeCompare([]byte(t), []byte(token)) == 1 {
+				return a
+			}
+		}
+	}
+	return nil
+}
+
 func (h *Handler) serveHuawei(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	action := "instance/action"
 	out, status := h.huawei(r)
 	code := fmt.Sprint(status)
 	if e, ok := out.(*huaweiError); ok {
 		code = e.Code
 	}
-	h.metrics.apiCall("huawei", action, code)
+	h.metrics.apiCall("huawei", action, code, start)
 	writeJSON(w, status, out)
 }
 
 func (h *Handler) huawei(r *http.Request) (any, int) {
 	fail := func(e *huaweiError) (any, int) { return e, e.Status }
-	token := r.Header.Get("X-Auth-Token")
-	st := h.ctrl.View().State
-	var acct *model.Account
-	for _, app := range st.AppIDs() {
-		a, _ := st.Account(app)
-		for _, t := range a.HuaweiTokens {
-			if token != "" && t == token {
-				acct = a
-			}
-		}
-	}
+	acct := accountOfToken(h.ctrl.View().State, r.Header.Get("X-Auth-Token"))
 	if acct == nil {
 		return fail(&huaweiError{Status: http.StatusUnauthorized, Code: "VPC.0008", Message: "Invalid token in the header"})
 	}

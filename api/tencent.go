@@ -477,8 +477,9 @@ type tencentResponse struct {
 }
 
 func (h *Handler) serveTencent(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	resp, action := h.tencent(r)
-	h.metrics.apiCall("tencent", action, strconv.Itoa(resp.Code))
+	h.metrics.apiCall("tencent", action, strconv.Itoa(resp.Code), start)
 	status := http.StatusOK
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		status = http.StatusMethodNotAllowed
@@ -486,28 +487,32 @@ func (h *Handler) serveTencent(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, resp)
 }
 
-// readParams returns the query (GET) or the query plus form body (POST), undecoded values intact.
-func (h *Handler) readParams(r *http.Request) (*form, error) {
-	var body string
-	if r.Method == http.MethodPost {
-		if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
-			return nil, fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
-		}
-		// Read straight into the string, sized from Content-Length (at most the body limit): a big
-		// policy's megabyte would otherwise be regrown several times and then copied once more.
-		var sb strings.Builder
-		if r.ContentLength > 0 {
-			sb.Grow(int(min(r.ContentLength, h.opts.MaxBodyBytes)))
-		}
-		if _, err := io.Copy(&sb, r.Body); err != nil {
-			return nil, fmt.Errorf("read body: %w", err)
-		}
-		body = sb.String()
+// readBody returns a POST's form body ("" for a GET).
+func (h *Handler) readBody(r *http.Request) (string, error) {
+	if r.Method != http.MethodPost {
+		return "", nil
 	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
+		return "", fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
+	}
+	// Read straight into the string, sized from Content-Length (at most the body limit): a big
+	// policy's megabyte would otherwise be regrown several times and then copied once more.
+	var sb strings.Builder
+	if r.ContentLength > 0 {
+		sb.Grow(int(min(r.ContentLength, h.opts.MaxBodyBytes)))
+	}
+	if _, err := io.Copy(&sb, r.Body); err != nil {
+		return "", fmt.Errorf("read body: %w", err)
+	}
+	return sb.String(), nil
+}
+
+// parseParams returns the parameters of the query plus the form body, values decoded.
+func (h *Handler) parseParams(query, body string) (*form, error) {
 	// Sized up front: a big policy's tens of thousands of parameters would otherwise regrow the lists.
-	n := min(strings.Count(r.URL.RawQuery, "&")+strings.Count(body, "&")+2, 2*h.opts.MaxParams)
+	n := min(strings.Count(query, "&")+strings.Count(body, "&")+2, 2*h.opts.MaxParams)
 	params := &form{keys: make([]string, 0, n), vals: make([]string, 0, n)}
-	if err := parseForm(r.URL.RawQuery, params, h.opts.MaxParams); err != nil {
+	if err := parseForm(query, params, h.opts.MaxParams); err != nil {
 		return nil, fmt.Errorf("query string: %w", err)
 	}
 	if err := parseForm(body, params, h.opts.MaxParams); err != nil {
@@ -643,7 +648,11 @@ func (h *Handler) admitTencent(r *http.Request) (call *tencentCall, acct *model.
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		return nil, nil, "", badParam("method %s: use GET or POST", r.Method)
 	}
-	params, err := h.readParams(r)
+	body, err := h.readBody(r)
+	if err != nil {
+		return nil, nil, "", badParam("%v", err)
+	}
+	params, err := h.parseParams(r.URL.RawQuery, body)
 	if err != nil {
 		return nil, nil, "", badParam("%v", err)
 	}

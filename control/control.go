@@ -72,20 +72,20 @@ type View struct {
 
 // Controller serialises writers; readers use View or the built-in engine and never wait.
 type Controller struct {
-	mu     sync.Mutex // held by writers for the whole validate→commit→publish sequence
-	store  store.Store
-	limits Limits
-	log    *slog.Logger
-	engine *dataplane.Engine
-	dps    []Dataplane
-	cur    atomic.Pointer[View]
-	hist   *Histogram
+	mu      sync.Mutex // held by writers for the whole validate→commit→publish sequence
+	store   store.Store
+	limits  Limits
+	log     *slog.Logger
+	engine  *dataplane.Engine
+	dps     []Dataplane
+	cur     atomic.Pointer[View]
+	timings *Timings
 }
 
 // New loads the state from st; when st is empty it seeds it with seed (generation 1). The returned
 // Controller already serves lookups through Engine().
 func New(ctx context.Context, st store.Store, seed *model.State, opts Options) (*Controller, error) {
-	c := &Controller{store: st, limits: DefaultLimits(), log: opts.Logger, hist: NewHistogram(DefaultBuckets)}
+	c := &Controller{store: st, limits: DefaultLimits(), log: opts.Logger, timings: newTimings()}
 	if opts.Limits != nil {
 		c.limits = *opts.Limits
 	}
@@ -111,7 +111,7 @@ func New(ctx context.Context, st store.Store, seed *model.State, opts Options) (
 	}
 	start := time.Now()
 	v := &View{State: s, Generation: gen, Tables: compiler.New(s).CompileAll(), Index: compiler.NewIndex(s)}
-	c.hist.Observe(time.Since(start).Seconds())
+	since(c.timings.Apply, start)
 	c.cur.Store(v)
 	if !opts.NoEngine {
 		c.engine = dataplane.NewEngine(factory)
@@ -130,9 +130,8 @@ func (c *Controller) View() *View { return c.cur.Load() }
 // Limits returns the quotas in force.
 func (c *Controller) Limits() Limits { return c.limits }
 
-// RecompileHistogram returns the latency histogram of applying a change: from compiling the affected
-// ENIs until every dataplane enforces them, the store's commit (which runs beside the staging) included.
-func (c *Controller) RecompileHistogram() *Histogram { return c.hist }
+// Timings returns the latency histograms of applying changes.
+func (c *Controller) Timings() *Timings { return c.timings }
 
 // AddDataplane loads every current table into dp and then keeps it in step with every change.
 func (c *Controller) AddDataplane(ctx context.Context, dp Dataplane) error {
@@ -161,11 +160,14 @@ func (c *Controller) apply(ctx context.Context, next *model.State, affected []st
 	if err != nil {
 		return &model.Error{Code: model.CodeInternal, Reason: err.Error()} // a compiler bug; nothing committed
 	}
+	since(c.timings.Compile, start)
 	committed := make(chan error, 1)
 	go func() { committed <- c.store.Commit(ctx, next, gen) }()
 	// Once the commit is under way the change must reach every dataplane, even if the caller gives up:
 	// staging is not cut short by the call's cancellation.
+	stageStart := time.Now()
 	staged, errs := c.stageAll(context.WithoutCancel(ctx), gen, changed)
+	since(c.timings.Stage, stageStart)
 	if err := <-committed; err != nil {
 		for _, st := range staged {
 			if st != nil {
@@ -182,8 +184,10 @@ func (c *Controller) apply(ctx context.Context, next *model.State, affected []st
 		tables[id] = t
 	}
 	c.cur.Store(&View{State: next, Generation: gen, Tables: tables, Index: compiler.NewIndex(next)})
+	switchStart := time.Now()
 	errs = append(errs, switchAll(staged)...)
-	c.hist.Observe(time.Since(start).Seconds())
+	since(c.timings.Switch, switchStart)
+	since(c.timings.Apply, start)
 	c.log.Debug("applied", "generation", gen, "recompiled", len(changed))
 	if err := errors.Join(errs...); err != nil {
 		// The change is durable; a dataplane that failed is out of step and says so in the logs.

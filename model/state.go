@@ -63,6 +63,8 @@ type Topology struct {
 	Accounts          []Account          `json:"accounts"`
 	SecurityGroups    []SecurityGroup    `json:"securityGroups"`
 	NetworkInterfaces []NetworkInterface `json:"networkInterfaces"`
+	// AdminTokens authenticate the admin and inspection endpoints (SPEC §8).
+	AdminTokens []string `json:"adminTokens,omitempty"`
 }
 
 // State is one consistent version of the world: accounts, SGs and ENIs, all validated. It is immutable;
@@ -73,6 +75,7 @@ type State struct {
 	enis     map[string]*NetworkInterface
 	// Creation order, so listings and the persisted topology are stable.
 	accountOrder, sgOrder, eniOrder []string
+	adminTokens                     []string
 }
 
 // NewState builds and validates a State from a topology. Errors name the JSON path of the bad entry.
@@ -83,6 +86,12 @@ func NewState(t Topology) (*State, error) {
 		sgs:      make(map[string]*SecurityGroup, len(t.SecurityGroups)),
 		enis:     make(map[string]*NetworkInterface, len(t.NetworkInterfaces)),
 	}
+	for i, tok := range t.AdminTokens {
+		if tok == "" {
+			return nil, errf(CodeBadParameter, fmt.Sprintf("adminTokens[%d]", i), "an admin token may not be empty")
+		}
+	}
+	s.adminTokens = slices.Clone(t.AdminTokens)
 	for i := range t.Accounts {
 		a := t.Accounts[i]
 		path := fmt.Sprintf("accounts[%d]", i)
@@ -360,6 +369,9 @@ func (s *State) AppIDs() []string { return s.accountOrder }
 // SGIDs lists security group IDs in creation order.
 func (s *State) SGIDs() []string { return s.sgOrder }
 
+// AdminTokens are the topology's admin tokens (SPEC §8).
+func (s *State) AdminTokens() []string { return s.adminTokens }
+
 // ENIIDs lists ENI IDs in creation order.
 func (s *State) ENIIDs() []string { return s.eniOrder }
 
@@ -369,6 +381,7 @@ func (s *State) Topology() Topology {
 		Accounts:          make([]Account, 0, len(s.accountOrder)),
 		SecurityGroups:    make([]SecurityGroup, 0, len(s.sgOrder)),
 		NetworkInterfaces: make([]NetworkInterface, 0, len(s.eniOrder)),
+		AdminTokens:       s.adminTokens,
 	}
 	for _, id := range s.accountOrder {
 		t.Accounts = append(t.Accounts, *s.accounts[id])
@@ -392,6 +405,7 @@ func (s *State) Edit() *Builder {
 		accountOrder: slices.Clone(s.accountOrder),
 		sgOrder:      slices.Clone(s.sgOrder),
 		eniOrder:     slices.Clone(s.eniOrder),
+		adminTokens:  s.adminTokens, // never modified: an edit cannot change them
 	}}
 }
 
