@@ -470,8 +470,11 @@ func decodeRules(root *flatNode, dir string) ([]model.Rule, error) {
 
 // tencentResponse is the v2 envelope.
 type tencentResponse struct {
-	Code       int    `json:"code"`
-	Message    string `json:"message"`
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	// CodeDesc repeats a refusal's code as a string: the official SDKs report a v2 error by its
+	// codeDesc and drop the numeric code.
+	CodeDesc   string `json:"codeDesc,omitempty"`
 	TotalCount *int   `json:"totalCount,omitempty"`
 	Data       any    `json:"data,omitempty"`
 }
@@ -480,6 +483,9 @@ func (h *Handler) serveTencent(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	resp, action := h.tencent(r)
 	h.metrics.apiCall("tencent", action, strconv.Itoa(resp.Code), start)
+	if resp.Code != 0 {
+		resp.CodeDesc = strconv.Itoa(resp.Code)
+	}
 	status := http.StatusOK
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		status = http.StatusMethodNotAllowed
