@@ -30,6 +30,11 @@ type Options struct {
 	// RuleCounts, if set, reads an enforcing dataplane's per-rule packet counters (the eBPF program's)
 	// for /metrics.
 	RuleCounts func() ([]RuleCount, error)
+	// TrackedFlows, if set, reads how many flows an enforcing dataplane tracks, for /metrics.
+	TrackedFlows func() (int, error)
+	// AdminTokens authenticate the inspection endpoints and /metrics (Authorization: Bearer TOKEN)
+	// besides the topology's adminTokens (SPEC §8).
+	AdminTokens []string
 }
 
 // RuleCount is how many packets one entry of an ENI's live table decided in an enforcing dataplane
@@ -76,7 +81,8 @@ func NewHandler(ctrl *control.Controller, opts Options) *Handler {
 		opts.Logger = slog.Default()
 	}
 	h := &Handler{ctrl: ctrl, opts: opts, log: opts.Logger, mux: http.NewServeMux(),
-		nonces: newNonceCache(opts.ReplayWindow), metrics: newMetrics()}
+		nonces: newNonceCache(opts.ReplayWindow)}
+	h.metrics = newMetrics(h)
 	h.mux.HandleFunc("/v2/index.php", h.serveTencent)
 	h.mux.HandleFunc("POST /v2.0/{project}/security-groups/{sg}/instance/action", h.serveHuawei)
 	h.mux.HandleFunc("POST /v1/{project}/security-groups/{sg}/instance/action", h.serveHuawei)
