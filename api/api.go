@@ -35,6 +35,9 @@ type Options struct {
 	// AdminTokens authenticate the inspection endpoints and /metrics (Authorization: Bearer TOKEN)
 	// besides the topology's adminTokens (SPEC §8).
 	AdminTokens []string
+	// Interfaces, if set, reports a host interface's state (the node that attaches them sets it), for
+	// the admin endpoints' attached and ifindex.
+	Interfaces func(ifname string) InterfaceState
 }
 
 // RuleCount is how many packets one entry of an ENI's live table decided in an enforcing dataplane
@@ -88,6 +91,10 @@ func NewHandler(ctrl *control.Controller, opts Options) *Handler {
 	h.mux.HandleFunc("POST /v1/{project}/security-groups/{sg}/instance/action", h.serveHuawei)
 	h.mux.HandleFunc("POST /sgsim/v1/check", h.serveCheck)
 	h.mux.HandleFunc("GET /sgsim/v1/enis/{id}/table", h.serveTable)
+	h.mux.HandleFunc("PUT /sgsim/v1/enis/{id}", h.servePutENI)
+	h.mux.HandleFunc("DELETE /sgsim/v1/enis/{id}", h.serveDeleteENI)
+	h.mux.HandleFunc("GET /sgsim/v1/enis/{id}", h.serveGetENI)
+	h.mux.HandleFunc("GET /sgsim/v1/enis", h.serveListENIs)
 	h.mux.HandleFunc("GET /metrics", h.serveMetrics)
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "generation": ctrl.View().Generation})
