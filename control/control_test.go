@@ -224,7 +224,10 @@ func TestApplierAloneFollowsCommittedStates(t *testing.T) {
 		func() error {
 			return c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-ssh", []model.Rule{{SgID: "sg-web", Action: "ACCEPT"}}, nil)
 		},
-		func() error { _, err := c.PortAction(ctx, "1250000001", "sg-web", true, []string{"eni-spare"}); return err },
+		func() error {
+			_, err := c.PortAction(ctx, "1250000001", "sg-web", true, []string{"eni-spare"})
+			return err
+		},
 		func() error {
 			return c.ModifySecurityGroupsOfNetworkInterface(ctx, "1250000001", []ENISGs{{ENI: "eni-web1", SgIDs: []string{"sg-ssh"}}})
 		},

@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store/nonce"
 )
 
 // The bbolt layout (format 2):
@@ -56,6 +57,12 @@ type Bolt struct {
 	oldest  uint64 // the oldest revision LoadAt and Watch serve
 	wake    chan struct{}
 	lastErr error
+
+	nonces      *nonce.Record // nil until the first UseNonce
+	nonceLimits nonce.Limits
+	nonceWindow time.Duration
+	flushTimer  *time.Timer
+	closed      bool
 }
 
 // OpenBolt opens (creating if needed) the bbolt file at path, migrating a file of the one-document
@@ -66,7 +73,7 @@ func OpenBolt(path string) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	b := &Bolt{db: db, path: path, history: DefaultHistory, wake: make(chan struct{})}
+	b := &Bolt{db: db, path: path, history: DefaultHistory, wake: make(chan struct{}), nonceLimits: nonce.DefaultLimits()}
 	if err := b.open(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
@@ -76,10 +83,13 @@ func OpenBolt(path string) (*Bolt, error) {
 
 // open migrates a legacy file and reads the meta bucket.
 func (b *Bolt) open() error {
-	var legacy bool
+	var legacy, legacyNonces bool
 	err := b.db.View(func(tx *bolt.Tx) error {
 		lb := tx.Bucket(legacyBucket)
 		legacy = tx.Bucket(bucketMeta) == nil && lb != nil && lb.Get(legacyTopology) != nil
+		for _, name := range legacyNonceBuckets {
+			legacyNonces = legacyNonces || tx.Bucket(name) != nil
+		}
 		return nil
 	})
 	if err != nil {
@@ -88,6 +98,11 @@ func (b *Bolt) open() error {
 	if legacy {
 		if err := b.db.Update(b.migrate); err != nil {
 			return fmt.Errorf("migrate to records: %w", err)
+		}
+	}
+	if legacyNonces {
+		if err := b.db.Update(dropLegacyNonces); err != nil {
+			return fmt.Errorf("drop the old nonce record: %w", err)
 		}
 	}
 	return b.db.View(func(tx *bolt.Tx) error {
@@ -208,19 +223,12 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 	if gen >= b.history && gen+1-b.history > oldest {
 		oldest = gen + 1 - b.history
 	}
-	nonce, _ := ctx.Value(nonceKey{}).(*NonceUse)
-	if nonce != nil && (nonce.In != b || nonce.recorded.Load()) {
-		nonce = nil
-	}
+	// Every Nonce used so far goes into this transaction: the call committing this change used its own
+	// before, so it is durable exactly when the change is (see nonces.go).
+	keys := b.takeNonces()
 	err = b.db.Update(func(tx *bolt.Tx) error {
-		if nonce != nil {
-			fresh, err := useNonce(tx, nonce.Key, nonce.At, nonce.Window)
-			if err != nil {
-				return err
-			}
-			if !fresh {
-				return fmt.Errorf("%w: %q", ErrNonceUsed, nonce.Key)
-			}
+		if err := writeNonces(tx, keys, time.Now(), b.nonceWindow); err != nil {
+			return err
 		}
 		if err := writeRevision(tx, gen, d.puts, d.dels, d.nextSeq, first); err != nil {
 			return err
@@ -228,12 +236,12 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 		return compact(tx, b.oldest, oldest)
 	})
 	if err != nil {
+		if b.nonces != nil {
+			b.nonces.Requeue(keys)
+		}
 		err = fmt.Errorf("store: commit generation %d to %s: %w", gen, b.path, err)
 		b.lastErr = err
 		return err
-	}
-	if nonce != nil {
-		nonce.recorded.Store(true)
 	}
 	b.rs.advance(s, d)
 	b.rev, b.first, b.oldest, b.lastErr = gen, first, oldest, nil
@@ -423,8 +431,21 @@ func (b *Bolt) Watch(ctx context.Context, from uint64, fn func(Change) error) er
 	})
 }
 
-// Close implements Store.
-func (b *Bolt) Close() error { return b.db.Close() }
+// Close implements Store: the pending Nonces are written first, so a clean stop forgets none.
+func (b *Bolt) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	if b.flushTimer != nil {
+		b.flushTimer.Stop()
+		b.flushTimer = nil
+	}
+	b.mu.Unlock()
+	b.flushNonces()
+	if err := b.Health(); err != nil {
+		return errors.Join(err, b.db.Close())
+	}
+	return b.db.Close()
+}
 
 func objectKey(k Key) []byte { return append([]byte{byte(k.Kind)}, k.ID...) }
 
