@@ -24,6 +24,9 @@ type Limits struct {
 	SGsPerProject     int // per account and project
 	ENIsPerSG         int
 	SGRefRulesPerSG   int // rules with an sgId, per SG (both directions)
+	// ENIsPerHost is how many ENIs this host can enforce (the eBPF program's slots); 0 = no limit.
+	// Reaching it refuses the next new ENI (model.CodeConflict) before anything is committed.
+	ENIsPerHost int
 }
 
 // DefaultLimits returns Tencent's documented defaults.
@@ -54,6 +57,10 @@ type Options struct {
 	// NoEngine keeps no built-in Go engine (Engine returns nil): for a daemon whose only dataplane is
 	// the kernel's, so a change is not also compiled into matchers nobody reads.
 	NoEngine bool
+	// OnApplied, if set, runs after each change is in force in every dataplane and before the call
+	// returns (the node follows the ENIs' host interfaces there); its error fails the call, whose change
+	// stays durable and in force.
+	OnApplied func(ctx context.Context, v *View) error
 }
 
 // View is one committed version: the State, its generation and the tables compiled from it.
@@ -67,9 +74,10 @@ type View struct {
 // Controller is the single-host write path: the Writer and the Applier under one lock held for the
 // whole validate→commit→publish sequence. Readers use View or the built-in engine and never wait.
 type Controller struct {
-	mu      sync.Mutex
-	writer  *Writer
-	applier *Applier
+	mu        sync.Mutex
+	writer    *Writer
+	applier   *Applier
+	onApplied func(ctx context.Context, v *View) error
 }
 
 // New loads the state from st; when st is empty it seeds it with seed (generation 1). The returned
@@ -93,8 +101,9 @@ func New(ctx context.Context, st store.Store, seed *model.State, opts Options) (
 		}
 	}
 	return &Controller{
-		writer:  NewWriter(st, limits),
-		applier: NewApplier(s, gen, ApplierOptions{Factory: opts.Factory, Logger: opts.Logger, NoEngine: opts.NoEngine}),
+		onApplied: opts.OnApplied,
+		writer:    NewWriter(st, limits),
+		applier:   NewApplier(s, gen, ApplierOptions{Factory: opts.Factory, Logger: opts.Logger, NoEngine: opts.NoEngine}),
 	}, nil
 }
 
@@ -139,6 +148,11 @@ func (c *Controller) apply(ctx context.Context, next *model.State) error {
 	if err := p.Switch(); err != nil {
 		// The change is durable; a dataplane that failed is out of step and says so in the logs.
 		return &model.Error{Code: model.CodeInternal, Reason: err.Error()}
+	}
+	if c.onApplied != nil {
+		if err := c.onApplied(context.WithoutCancel(ctx), c.applier.View()); err != nil {
+			return &model.Error{Code: model.CodeInternal, Reason: err.Error()}
+		}
 	}
 	return nil
 }
