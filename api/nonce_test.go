@@ -53,7 +53,7 @@ func TestNonceKeyHasTimestamp(t *testing.T) {
 		t.Run(map[bool]string{false: "memory", true: "bolt"}[durable], func(t *testing.T) {
 			a := newTestAPI(t)
 			if durable {
-				st, err := store.OpenBolt(filepath.Join(t.TempDir(), DBFile))
+				st, err := store.OpenBolt(filepath.Join(t.TempDir(), store.DBFile))
 				require.NoError(t, err)
 				t.Cleanup(func() { st.Close() })
 				a.srv.Config.Handler = NewHandler(a.ctrl, Options{Now: func() time.Time { return testNow }, Nonces: st})
