@@ -61,8 +61,10 @@ type Bolt struct {
 	nonces      *nonce.Record // nil until the first UseNonce
 	nonceLimits nonce.Limits
 	nonceWindow time.Duration
-	flushTimer  *time.Timer
-	closed      bool
+	// nonceFlushDelay is NonceFlushDelay; tests stretch it to see what a call alone writes.
+	nonceFlushDelay time.Duration
+	flushTimer      *time.Timer
+	closed          bool
 }
 
 // OpenBolt opens (creating if needed) the bbolt file at path, migrating a file of the one-document
@@ -73,7 +75,7 @@ func OpenBolt(path string) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	b := &Bolt{db: db, path: path, history: DefaultHistory, wake: make(chan struct{}), nonceLimits: nonce.DefaultLimits()}
+	b := &Bolt{db: db, path: path, history: DefaultHistory, wake: make(chan struct{}), nonceLimits: nonce.DefaultLimits(), nonceFlushDelay: NonceFlushDelay}
 	if err := b.open(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", path, err)

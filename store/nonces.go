@@ -48,7 +48,7 @@ func (b *Bolt) UseNonce(k nonce.Key, now time.Time, window time.Duration) error 
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.flushTimer == nil && !b.closed {
-		b.flushTimer = time.AfterFunc(NonceFlushDelay, b.flushNonces)
+		b.flushTimer = time.AfterFunc(b.nonceFlushDelay, b.flushNonces)
 	}
 	return nil
 }
@@ -115,7 +115,7 @@ func (b *Bolt) flushNonces() {
 		b.nonces.Requeue(keys)
 		b.lastErr = fmt.Errorf("store: record nonces in %s: %w", b.path, err)
 		if !b.closed {
-			b.flushTimer = time.AfterFunc(NonceFlushDelay, b.flushNonces)
+			b.flushTimer = time.AfterFunc(b.nonceFlushDelay, b.flushNonces)
 		}
 		return
 	}

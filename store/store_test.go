@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -128,4 +129,32 @@ func TestRefusedCommitKeepsNonces(t *testing.T) {
 	durable, err := b.DurableNonces(ctx, now, time.Hour)
 	require.NoError(t, err)
 	assert.Equal(t, []nonce.Key{k}, durable)
+}
+
+// A read's Nonce costs no write of its own: a hundred of them leave the file untouched until the next
+// Commit, which makes them all durable in its one transaction.
+func TestNoncesNeedNoWriteOfTheirOwn(t *testing.T) {
+	ctx := context.Background()
+	b, err := OpenBolt(filepath.Join(t.TempDir(), "n.db"))
+	require.NoError(t, err)
+	defer b.Close()
+	b.nonceFlushDelay = time.Hour
+	require.NoError(t, b.Commit(ctx, demo(t), 1))
+	stats := b.db.Stats()
+	writes := stats.TxStats.GetWrite()
+	now := time.Now()
+	for i := range 100 {
+		require.NoError(t, b.UseNonce(nonce.KeyOf("id", now.Unix(), strconv.Itoa(i)), now, time.Hour))
+	}
+	stats = b.db.Stats()
+	assert.Equal(t, writes, stats.TxStats.GetWrite(), "no write")
+	durable, err := b.DurableNonces(ctx, now, time.Hour)
+	require.NoError(t, err)
+	assert.Empty(t, durable)
+	require.NoError(t, b.Commit(ctx, revisions(t)[1], 2))
+	stats = b.db.Stats()
+	assert.Greater(t, stats.TxStats.GetWrite(), writes, "the commit wrote")
+	durable, err = b.DurableNonces(ctx, now, time.Hour)
+	require.NoError(t, err)
+	assert.Len(t, durable, 100)
 }
