@@ -134,7 +134,7 @@ func (c *Controller) apply(ctx context.Context, next *model.State) error {
 	gen := c.applier.View().Generation + 1
 	p, err := c.applier.Prepare(next, gen)
 	if err != nil {
-		return &model.Error{Code: model.CodeInternal, Reason: err.Error()} // a compiler bug; nothing committed
+		return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err} // a compiler bug; nothing committed
 	}
 	committed := make(chan error, 1)
 	go func() { committed <- c.writer.Commit(ctx, next, gen) }()
@@ -147,11 +147,11 @@ func (c *Controller) apply(ctx context.Context, next *model.State) error {
 	}
 	if err := p.Switch(); err != nil {
 		// The change is durable; a dataplane that failed is out of step and says so in the logs.
-		return &model.Error{Code: model.CodeInternal, Reason: err.Error()}
+		return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
 	}
 	if c.onApplied != nil {
 		if err := c.onApplied(context.WithoutCancel(ctx), c.applier.View()); err != nil {
-			return &model.Error{Code: model.CodeInternal, Reason: err.Error()}
+			return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
 		}
 	}
 	return nil

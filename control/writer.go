@@ -33,7 +33,7 @@ func (w *Writer) Limits() Limits { return w.limits }
 // cause.
 func (w *Writer) Commit(ctx context.Context, next *model.State, gen uint64) error {
 	if err := w.store.Commit(ctx, next, gen); err != nil {
-		return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("commit failed: %v", err)}
+		return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("commit failed: %v", err), Err: err}
 	}
 	return nil
 }
@@ -249,7 +249,7 @@ func (w *Writer) CreateSecurityGroup(s *model.State, appID, name, remark string,
 	for {
 		var err error
 		if id, err = randomSGID(); err != nil {
-			return nil, nil, &model.Error{Code: model.CodeInternal, Reason: err.Error()}
+			return nil, nil, &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
 		}
 		if _, taken := s.SG(id); !taken {
 			break
