@@ -14,7 +14,6 @@ import (
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
-	"github.com/sgsim/sgsim/store"
 )
 
 // Limits are the API quotas of SPEC §4. Topology files are not checked against them.
@@ -82,7 +81,7 @@ type Controller struct {
 
 // New loads the state from st; when st is empty it seeds it with seed (generation 1). The returned
 // Controller already serves lookups through Engine().
-func New(ctx context.Context, st store.Store, seed *model.State, opts Options) (*Controller, error) {
+func New(ctx context.Context, st Store, seed *model.State, opts Options) (*Controller, error) {
 	limits := DefaultLimits()
 	if opts.Limits != nil {
 		limits = *opts.Limits
