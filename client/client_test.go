@@ -62,7 +62,7 @@ func daemon(t *testing.T, now time.Time) (http.Handler, *control.Controller, *mo
 	require.NoError(t, err)
 	a, ok := st.Account(st.AppIDs()[0])
 	require.True(t, ok)
-	return api.NewHandler(ctrl, api.Options{Now: func() time.Time { return now }, Logger: quiet}), ctrl, a
+	return api.NewHandler(ctrl, api.Options{Now: func() time.Time { return now }, Logger: quiet, AdminTokens: []string{"admin"}}), ctrl, a
 }
 
 func TestTencentAgainstHandler(t *testing.T) {
