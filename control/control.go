@@ -14,7 +14,6 @@ import (
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
-	"github.com/sgsim/sgsim/store"
 )
 
 // Limits are the API quotas of SPEC §4. Topology files are not checked against them.
@@ -82,7 +81,7 @@ type Controller struct {
 
 // New loads the state from st; when st is empty it seeds it with seed (generation 1). The returned
 // Controller already serves lookups through Engine().
-func New(ctx context.Context, st store.Store, seed *model.State, opts Options) (*Controller, error) {
+func New(ctx context.Context, st Store, seed *model.State, opts Options) (*Controller, error) {
 	limits := DefaultLimits()
 	if opts.Limits != nil {
 		limits = *opts.Limits
@@ -133,7 +132,7 @@ func (c *Controller) apply(ctx context.Context, next *model.State) error {
 	gen := c.applier.View().Generation + 1
 	p, err := c.applier.Prepare(next, gen)
 	if err != nil {
-		return &model.Error{Code: model.CodeInternal, Reason: err.Error()} // a compiler bug; nothing committed
+		return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err} // a compiler bug; nothing committed
 	}
 	committed := make(chan error, 1)
 	go func() { committed <- c.writer.Commit(ctx, next, gen) }()
@@ -146,11 +145,11 @@ func (c *Controller) apply(ctx context.Context, next *model.State) error {
 	}
 	if err := p.Switch(); err != nil {
 		// The change is durable; a dataplane that failed is out of step and says so in the logs.
-		return &model.Error{Code: model.CodeInternal, Reason: err.Error()}
+		return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
 	}
 	if c.onApplied != nil {
 		if err := c.onApplied(context.WithoutCancel(ctx), c.applier.View()); err != nil {
-			return &model.Error{Code: model.CodeInternal, Reason: err.Error()}
+			return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
 		}
 	}
 	return nil

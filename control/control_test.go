@@ -234,3 +234,18 @@ func TestApplierAloneFollowsCommittedStates(t *testing.T) {
 		assert.Equal(t, want, got.Tables, id)
 	}
 }
+
+// A commit refused because another writer moved the store on is a 6000 whose cause is store.ErrConflict,
+// and changes nothing here.
+func TestConflictingCommitNamesItsCause(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory()
+	c, rec := newCtrlWith(t, st)
+	before := c.View()
+	require.NoError(t, st.Commit(ctx, before.State, before.Generation+1), "another writer")
+	err := c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-db", []model.Rule{{Action: "ACCEPT"}}, nil)
+	assert.Equal(t, model.CodeInternal, model.CodeOf(err))
+	assert.ErrorIs(t, err, store.ErrConflict)
+	assert.Same(t, before, c.View())
+	assert.Equal(t, 1, rec.discarded)
+}
