@@ -8,7 +8,7 @@ DEMO        := testdata/demo.json
 SHELL       := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: build test demo lint bench generate clean
+.PHONY: build test demo demo-host lint bench generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sgsim
@@ -34,6 +34,12 @@ demo: build
 	$(BIN) replay --topology $(DEMO) --pcap testdata/pcaps/demo.pcap --expect testdata/pcaps/demo.expect.yaml
 	@echo "== what-if: lift the lockdown on eni-web2"
 	$(BIN) diff --topology $(DEMO) --pcap testdata/pcaps/demo.pcap --apply 'tencent:ModifySecurityGroupsOfNetworkInterface?networkInterfaceSet.0.networkInterfaceId=eni-web2&networkInterfaceSet.0.sgIds.0=sg-web&networkInterfaceSet.0.sgIds.1=sg-ssh'
+
+# What a host operator sees in a minute (root): two namespaces as VMs on veths, serve --dataplane ebpf
+# --guard, ENIs created through the API after the veths, real traffic allowed and refused, sgsim flows
+# naming the rule that dropped it, a rule change taking effect; everything is removed afterwards.
+demo-host: build
+	$(GO) run ./testdata/demohost
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
