@@ -62,7 +62,7 @@ func daemon(t *testing.T, now time.Time) (http.Handler, *control.Controller, *mo
 	require.NoError(t, err)
 	a, ok := st.Account(st.AppIDs()[0])
 	require.True(t, ok)
-	return api.NewHandler(ctrl, api.Options{Now: func() time.Time { return now }, Logger: quiet}), ctrl, a
+	return api.NewHandler(ctrl, api.Options{Now: func() time.Time { return now }, Logger: quiet, AdminTokens: []string{"admin"}}), ctrl, a
 }
 
 func TestTencentAgainstHandler(t *testing.T) {
@@ -200,4 +200,10 @@ func TestNative(t *testing.T) {
 	var se *client.StatusError
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, http.StatusNotFound, se.Status)
+
+	c.Token = "not-admin"
+	_, err = c.Table(context.Background(), "eni-cli")
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusUnauthorized, se.Status)
+	assert.Contains(t, se.Message, "credential")
 }

@@ -1,8 +1,9 @@
 // Package compiler flattens an ENI's ordered security groups into first-match tables with provenance,
-// and indexes which ENIs a change to an SG's rules or membership forces to be recompiled.
+// and which ENIs a change of state forces to be recompiled (Affected).
 package compiler
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -82,11 +83,14 @@ func New(s *model.State) *Compiler {
 // Members returns the host prefixes an sgId rule naming sgID currently matches.
 func (c *Compiler) Members(sgID string) []netip.Prefix { return c.members[sgID] }
 
+// ErrNoENI is Compile's error for an ENI the state does not hold.
+var ErrNoENI = errors.New("no such network interface")
+
 // Compile flattens both directions of one ENI.
 func (c *Compiler) Compile(eniID string) (*Tables, error) {
 	eni, ok := c.state.ENI(eniID)
 	if !ok {
-		return nil, fmt.Errorf("compile %s: no such network interface", eniID)
+		return nil, fmt.Errorf("compile %s: %w", eniID, ErrNoENI)
 	}
 	return &Tables{
 		ENI:     eniID,
@@ -136,7 +140,7 @@ func (c *Compiler) compileDir(eni *model.NetworkInterface, d model.Direction) *T
 	return t
 }
 
-// Index answers which ENIs must be recompiled after a change (the daemon recompiles only those).
+// Index answers which ENIs use an SG and which SGs reference it (quotas, Describe answers).
 type Index struct {
 	users     map[string][]string // sgId → ENIs that list it
 	referrers map[string][]string // sgId → SGs with an sgId rule naming it
@@ -171,17 +175,3 @@ func (ix *Index) Users(sgID string) []string { return ix.users[sgID] }
 
 // Referrers returns the SGs that have an sgId rule naming sgID.
 func (ix *Index) Referrers(sgID string) []string { return ix.referrers[sgID] }
-
-// AffectedByRules returns the ENIs whose tables change when sgID's rules change: its users.
-func (ix *Index) AffectedByRules(sgID string) []string { return slices.Clone(ix.users[sgID]) }
-
-// AffectedByMembership returns the ENIs whose tables change when the member set of sgID changes: every
-// user of an SG whose rules reference sgID. The moved ENIs themselves are the caller's to add.
-func (ix *Index) AffectedByMembership(sgID string) []string {
-	var out []string
-	for _, ref := range ix.referrers[sgID] {
-		out = append(out, ix.users[ref]...)
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
-}
