@@ -175,6 +175,9 @@ func (sr *run) setup(ctx context.Context) error {
 		cfg.Dataplane, cfg.NoAttach, cfg.PinPath = node.DataplaneBoth, true, ""
 	}
 	if sr.node, err = node.New(ctx, cfg); err != nil {
+		if sr.engine != replay.DecideWithGo {
+			return fmt.Errorf("%s: the kernel engines need root and a BPF-capable kernel: %w", sr.path, err)
+		}
 		return fmt.Errorf("%s: %w", sr.path, err)
 	}
 	sr.ctrl = sr.node.Controller()
