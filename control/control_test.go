@@ -199,7 +199,6 @@ func TestNewNeedsSeedForEmptyStore(t *testing.T) {
 	assert.ErrorContains(t, err, "empty")
 }
 
-
 // An agent that sees only the committed states, one after another, and runs the Applier alone ends up
 // with the same tables as the single-host Controller.
 func TestApplierAloneFollowsCommittedStates(t *testing.T) {
