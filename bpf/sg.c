@@ -235,6 +235,7 @@ struct pkt {
 	__u8 q_ok, q_proto;
 	__u16 q_sport, q_dport;
 	__u8 q_src[16], q_dst[16];
+	__u32 scratch; // see forget
 };
 
 #define ETH_P_8021Q_ 0x8100
@@ -244,28 +245,113 @@ struct pkt {
 #define ETH_P_IP_ 0x0800
 #define ETH_P_IPV6_ 0x86DD
 
+// parse's answer when a header lies past the linear part of the skb: the caller pulls and parses again.
+#define R_PULL 255
+// Headers are only looked for in the first MAX_HDR_OFF bytes (a bound the verifier needs for offsets).
+#define MAX_HDR_OFF 0x3fff
+
+// A frame read in place (direct packet access). at() returns its n bytes at off, or 0 when they are not
+// there; pull records that they are in the frame but outside its linear part.
+struct cursor {
+	void *data, *end;
+	__u32 len;
+	__u32 pull;
+};
+
+static __always_inline __u8 *at(struct cursor *c, __u32 off, __u32 n)
+{
+	if (off > MAX_HDR_OFF)
+		return 0;
+	// The same bound again, in the register that is added (clang may add a copy the check did not see).
+	__u64 o = off;
+	asm volatile("%0 &= 0x3fff" : "+r"(o));
+	__u8 *b = c->data + o;
+	if ((void *)(b + n) > c->end) {
+		if (off + n <= c->len)
+			c->pull = 1;
+		return 0;
+	}
+	return b;
+}
+
+// forget returns v as the verifier sees a value read from memory it does not track (p is a global
+// function's argument): an unknown number. Header walks pass their offset through it at every step, so the
+// verifier's states at the loop head converge instead of splitting by every possible offset range.
+static __always_inline __u32 forget(struct pkt *p, __u32 v)
+{
+	*(volatile __u32 *)&p->scratch = v;
+	return *(volatile __u32 *)&p->scratch;
+}
+
+static __always_inline __u16 be16(const __u8 *b)
+{
+	return ((__u16)b[0] << 8) | b[1];
+}
+
+// is_ext6 tells whether nh is an IPv6 extension header the parsers walk through.
+static __always_inline int is_ext6(__u8 nh)
+{
+	return nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44;
+}
+
+// parse_icmp reads the ICMP (IPv4) or ICMPv6 header at off; returns 0, 1 for neighbour discovery, or -1
+// when it is truncated.
+static __always_inline int parse_icmp(struct cursor *c, __u32 off, __u32 end, struct pkt *p)
+{
+	if (off + 4 > end)
+		return -1;
+	__u8 *b = at(c, off, 4);
+	if (!b)
+		return -1;
+	__u8 t = b[0];
+	int echo = 0;
+	p->icmp_type = t;
+	if (p->fam == 6) {
+		if (t >= 133 && t <= 136)
+			return 1;
+		if (t >= 1 && t <= 4)
+			p->is_icmp_err = 1;
+		echo = t == 128 || t == 129;
+	} else {
+		if (t == 3 || t == 4 || t == 5 || t == 11 || t == 12)
+			p->is_icmp_err = 1;
+		echo = t == 0 || t == 8 || t == 13 || t == 14;
+	}
+	// Echo: key the flow by identifier on both sides so the reply is the reverse.
+	if (echo && off + 8 <= end) {
+		b = at(c, off, 8);
+		if (!b)
+			return -1;
+		p->sport = be16(b + 4);
+		p->dport = p->sport;
+	}
+	if (p->is_icmp_err)
+		p->trackable = 0;
+	return 0;
+}
+
 // parse_l4 reads ports/type at off. Returns 0, 1 for ICMPv6 neighbour discovery, or -1 when the header is
 // truncated (end: end of the IP datagram as its header says, or of the frame if that comes first; Ethernet
 // padding beyond the datagram is not header). The minimum lengths are those of packet.Decode, the Go
 // decoder replay uses, so both engines call the same frames malformed.
-static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, __u32 end, struct pkt *p)
+static __always_inline int parse_l4(struct cursor *c, __u32 off, __u32 end, struct pkt *p)
 {
-	__u8 b[14];
+	__u8 *b;
 	p->trackable = 1;
 	switch (p->proto) {
 	case 6:
-		if (off + 14 > end || bpf_skb_load_bytes(skb, off, b, 14))
+		if (off + 14 > end || !(b = at(c, off, 14)))
 			return -1;
-		p->sport = (b[0] << 8) | b[1];
-		p->dport = (b[2] << 8) | b[3];
+		p->sport = be16(b);
+		p->dport = be16(b + 2);
 		p->tcp_flags = b[13];
 		p->has_port = 1;
 		return 0;
 	case 17:
-		if (off + 8 > end || bpf_skb_load_bytes(skb, off, b, 8))
+		if (off + 8 > end || !(b = at(c, off, 8)))
 			return -1;
-		p->sport = (b[0] << 8) | b[1];
-		p->dport = (b[2] << 8) | b[3];
+		p->sport = be16(b);
+		p->dport = be16(b + 2);
 		p->has_port = 1;
 		return 0;
 	case 1:
@@ -273,42 +359,48 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, __u32 end,
 		// ICMP inside IPv6 (and ICMPv6 inside IPv4) is just another protocol.
 		if ((p->proto == 1) != (p->fam == 4))
 			return 0;
-		if (off + 4 > end || bpf_skb_load_bytes(skb, off, b, 4))
-			return -1;
-		p->icmp_type = b[0];
-		__u8 t = b[0];
-		int echo = 0;
-		if (p->fam == 6) {
-			if (t >= 133 && t <= 136)
-				return 1;
-			if (t >= 1 && t <= 4)
-				p->is_icmp_err = 1;
-			echo = t == 128 || t == 129;
-		} else {
-			if (t == 3 || t == 4 || t == 5 || t == 11 || t == 12)
-				p->is_icmp_err = 1;
-			echo = t == 0 || t == 8 || t == 13 || t == 14;
-		}
-		// Echo: key the flow by identifier on both sides so the reply is the reverse.
-		if (echo && off + 8 <= end && !bpf_skb_load_bytes(skb, off, b, 8)) {
-			p->sport = (b[4] << 8) | b[5];
-			p->dport = p->sport;
-		}
-		if (p->is_icmp_err)
-			p->trackable = 0;
-		return 0;
+		return parse_icmp(c, off, end, p);
 	}
 	return 0;
 }
 
-// parse_quoted reads the IP header and ports of the packet quoted by an ICMP error at off (up to end).
-static __always_inline void parse_quoted(struct __sk_buff *skb, __u32 off, __u32 end, struct pkt *p)
+// quoted_ext6 walks the extension headers of an IPv6 packet quoted by an ICMPv6 error as packet.Decode
+// does (no AH), stopping where the quote ends; returns the offset of the quoted L4 header, or 0 when it is
+// a later fragment (no ports).
+static __always_inline __u32 quoted_ext6(struct cursor *c, __u32 l4, __u32 end, __u8 nh, struct pkt *p)
 {
-	__u8 b[40];
-	__u8 l[8];
+	for (int i = 0; i < 8; i++) {
+		if (nh != 0 && nh != 43 && nh != 60 && nh != 44)
+			break;
+		l4 = forget(p, l4);
+		__u8 *x;
+		if (l4 + 8 > end || !(x = at(c, l4, 4)))
+			break;
+		if (nh == 44) {
+			if ((be16(x + 2) >> 3) != 0) {
+				p->q_proto = x[0];
+				return 0;
+			}
+			nh = x[0];
+			l4 += 8;
+			continue;
+		}
+		if (l4 + (x[1] + 1) * 8 > end)
+			break;
+		nh = x[0];
+		l4 += (x[1] + 1) * 8;
+	}
+	p->q_proto = nh;
+	return l4;
+}
+
+// parse_quoted reads the IP header and ports of the packet quoted by an ICMP error at off (up to end).
+static __always_inline void parse_quoted(struct cursor *c, __u32 off, __u32 end, struct pkt *p)
+{
+	__u8 *b;
 	__u32 l4;
 	if (p->fam == 4) {
-		if (off + 20 > end || bpf_skb_load_bytes(skb, off, b, 20))
+		if (off + 20 > end || !(b = at(c, off, 20)))
 			return;
 		if ((b[0] >> 4) != 4 || (b[0] & 0xf) < 5)
 			return;
@@ -316,177 +408,164 @@ static __always_inline void parse_quoted(struct __sk_buff *skb, __u32 off, __u32
 		if (l4 > end)
 			return;
 		p->q_proto = b[9];
-		__builtin_memcpy(p->q_src, &b[12], 4);
-		__builtin_memcpy(p->q_dst, &b[16], 4);
+		__builtin_memcpy(p->q_src, b + 12, 4);
+		__builtin_memcpy(p->q_dst, b + 16, 4);
 		p->q_ok = 1;
-		if ((((b[6] & 0x1f) << 8) | b[7]) != 0)
+		if ((be16(b + 6) & 0x1fff) != 0)
 			return; // a later fragment: no ports
 	} else {
-		if (off + 40 > end || bpf_skb_load_bytes(skb, off, b, 40))
+		if (off + 40 > end || !(b = at(c, off, 40)))
 			return;
 		if ((b[0] >> 4) != 6)
 			return;
-		l4 = off + 40;
-		__u8 nh = b[6];
-		__builtin_memcpy(p->q_src, &b[8], 16);
-		__builtin_memcpy(p->q_dst, &b[24], 16);
+		__builtin_memcpy(p->q_src, b + 8, 16);
+		__builtin_memcpy(p->q_dst, b + 24, 16);
 		p->q_ok = 1;
-		// Walk the quoted extension headers as packet.Decode does (no AH), stopping where the quote ends.
-		for (int i = 0; i < 8; i++) {
-			__u8 x[4];
-			if (nh != 0 && nh != 43 && nh != 60 && nh != 44)
-				break;
-			if (l4 + 8 > end || bpf_skb_load_bytes(skb, l4, x, 4))
-				break;
-			if (nh == 44) {
-				if ((((x[2] << 8) | x[3]) >> 3) != 0) {
-					p->q_proto = x[0];
-					return; // a later fragment: no ports
-				}
-				nh = x[0];
-				l4 += 8;
-				continue;
-			}
-			if (l4 + (x[1] + 1) * 8 > end)
-				break;
-			nh = x[0];
-			l4 += (x[1] + 1) * 8;
-		}
-		p->q_proto = nh;
+		l4 = quoted_ext6(c, off + 40, end, b[6], p);
+		if (!l4)
+			return;
 	}
-	if ((p->q_proto == 6 || p->q_proto == 17) && l4 + 4 <= end && !bpf_skb_load_bytes(skb, l4, l, 4)) {
-		p->q_sport = (l[0] << 8) | l[1];
-		p->q_dport = (l[2] << 8) | l[3];
+	if ((p->q_proto == 6 || p->q_proto == 17) && l4 + 4 <= end && (b = at(c, l4, 4))) {
+		p->q_sport = be16(b);
+		p->q_dport = be16(b + 2);
 	}
-	if ((p->q_proto == 1 || p->q_proto == 58) && l4 + 8 <= end && !bpf_skb_load_bytes(skb, l4, l, 8) &&
-	    (l[0] == 8 || l[0] == 0 || l[0] == 128 || l[0] == 129)) {
-		p->q_sport = (l[4] << 8) | l[5];
+	if ((p->q_proto == 1 || p->q_proto == 58) && l4 + 8 <= end && (b = at(c, l4, 8)) &&
+	    (b[0] == 8 || b[0] == 0 || b[0] == 128 || b[0] == 129)) {
+		p->q_sport = be16(b + 4);
 		p->q_dport = p->q_sport;
 	}
 }
 
-// parse fills p; returns a reason >= 0 when the frame is decided without rules, -1 to classify.
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+// parse_ipv4 parses the IPv4 datagram at off.
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct cursor *c, __u32 off, struct pkt *p)
 {
-	__u8 eth[4];
-	__u32 off = 12;
-	__u16 et;
-	if (bpf_skb_load_bytes(skb, off, eth, 2))
+	__u8 *h = at(c, off, 20);
+	if (!h)
 		return R_MALFORMED;
-	et = (eth[0] << 8) | eth[1];
+	__u32 ihl = (h[0] & 0xf) * 4;
+	if ((h[0] >> 4) != 4 || ihl < 20)
+		return R_MALFORMED;
+	p->fam = 4;
+	p->proto = h[9];
+	__builtin_memcpy(p->src, h + 12, 4);
+	__builtin_memcpy(p->dst, h + 16, 4);
+	__u16 frag = be16(h + 6) & 0x1fff;
+	if (frag != 0 || (h[6] & 0x20)) {
+		p->frag = frag != 0 ? 2 : 1;
+		p->frag_id = be16(h + 4);
+	}
+	__u32 tot = be16(h + 2);
+	// IPv4 BIG TCP: a GSO packet over 64 KiB says total length 0 and is as long as the skb.
+	if (tot == 0 && skb->gso_segs > 1)
+		tot = c->len - off;
+	__u32 end = off + tot;
+	if (tot < ihl || off + ihl > c->len)
+		return R_MALFORMED;
+	if (end > c->len)
+		end = c->len; // as packet.Decode: a short frame keeps what it has
+	off += ihl;
+	if (frag != 0)
+		return -1; // non-first fragment: no ports, not tracked
+	if (parse_l4(c, off, end, p) < 0)
+		return R_MALFORMED;
+	if (p->is_icmp_err)
+		parse_quoted(c, off + 8, end, p);
+	return -1;
+}
+
+// parse_ipv6 parses the IPv6 packet at off, walking up to 8 extension headers.
+static __always_inline int parse_ipv6(struct cursor *c, __u32 off, struct pkt *p)
+{
+	__u8 *h = at(c, off, 40);
+	if (!h)
+		return R_MALFORMED;
+	if ((h[0] >> 4) != 6)
+		return R_MALFORMED;
+	__u32 plen = be16(h + 4);
+	__u32 end = off + 40 + plen;
+	if (plen == 0 || end > c->len)
+		end = c->len; // jumbogram or short frame: keep what there is, as packet.Decode
+	p->fam = 6;
+	__builtin_memcpy(p->src, h + 8, 16);
+	__builtin_memcpy(p->dst, h + 24, 16);
+	__u8 nh = h[6];
+	off += 40;
+	for (int i = 0; i < 8 && is_ext6(nh); i++) {
+		off = forget(p, off);
+		__u8 *x;
+		if (off + 8 > end || !(x = at(c, off, 8)))
+			return R_MALFORMED;
+		if (nh == 44) {
+			__u16 fo = be16(x + 2) & 0xfff8;
+			// An atomic fragment (offset 0, no more) is a whole datagram.
+			if (fo != 0 || (x[3] & 1)) {
+				p->frag = fo != 0 ? 2 : 1;
+				p->frag_id = ((__u32)x[4] << 24) | ((__u32)x[5] << 16) | ((__u32)x[6] << 8) | x[7];
+			} else {
+				p->frag = 0;
+			}
+			nh = x[0];
+			off += 8;
+			if (fo != 0) {
+				p->proto = nh;
+				return -1; // non-first fragment
+			}
+			continue;
+		}
+		// AH counts its length in 4-byte units minus 2, the others in 8-byte units minus 1.
+		off += nh == 51 ? (x[1] + 2) * 4 : (x[1] + 1) * 8;
+		if (off > end)
+			return R_MALFORMED;
+		nh = x[0];
+	}
+	if (is_ext6(nh))
+		return R_MALFORMED; // too many extension headers
+	p->proto = nh;
+	int l = parse_l4(c, off, end, p);
+	if (l < 0)
+		return R_MALFORMED;
+	if (l == 1)
+		return R_ND;
+	if (p->is_icmp_err)
+		parse_quoted(c, off + 8, end, p);
+	return -1;
+}
+
+// parse fills p; returns a reason >= 0 when the frame is decided without rules, -1 to classify, R_PULL
+// when a header lies outside the skb's linear part. A global function: the verifier checks it once,
+// whatever the state of its callers.
+__noinline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	if (!p)
+		return R_MALFORMED;
+	struct cursor c = {.data = (void *)(long)skb->data, .end = (void *)(long)skb->data_end, .len = skb->len};
+	__u32 off = 12;
+	__u8 *b = at(&c, off, 2);
+	int r = R_MALFORMED;
+	if (!b)
+		goto out;
+	__u16 et = be16(b);
 	off += 2;
-#pragma unroll
 	for (int i = 0; i < 4; i++) {
 		if (et != ETH_P_8021Q_ && et != ETH_P_8021AD_ && et != ETH_P_QINQ1_)
 			break;
-		if (bpf_skb_load_bytes(skb, off + 2, eth, 2))
-			return R_MALFORMED;
-		et = (eth[0] << 8) | eth[1];
+		if (!(b = at(&c, off + 2, 2)))
+			goto out;
+		et = be16(b);
 		off += 4;
 	}
 	if (et == ETH_P_8021Q_ || et == ETH_P_8021AD_ || et == ETH_P_QINQ1_)
-		return R_MALFORMED; // more tags than the program looks through (4)
-	if (et == ETH_P_ARP_)
-		return R_ARP;
-	if (et == ETH_P_IP_) {
-		__u8 h[20];
-		if (bpf_skb_load_bytes(skb, off, h, 20))
-			return R_MALFORMED;
-		if ((h[0] >> 4) != 4 || (h[0] & 0xf) < 5)
-			return R_MALFORMED;
-		p->fam = 4;
-		p->proto = h[9];
-		__builtin_memcpy(p->src, &h[12], 4);
-		__builtin_memcpy(p->dst, &h[16], 4);
-		__u16 frag = ((h[6] & 0x1f) << 8) | h[7];
-		if (frag != 0 || (h[6] & 0x20)) {
-			p->frag = frag != 0 ? 2 : 1;
-			p->frag_id = (h[4] << 8) | h[5];
-		}
-		__u32 tot = (h[2] << 8) | h[3];
-		__u32 end = off + tot;
-		if (tot < (h[0] & 0xf) * 4 || off + (h[0] & 0xf) * 4 > skb->len)
-			return R_MALFORMED;
-		if (end > skb->len)
-			end = skb->len; // as packet.Decode: a short frame keeps what it has
-		off += (h[0] & 0xf) * 4;
-		if (frag != 0)
-			return -1; // non-first fragment: no ports, not tracked
-		int l = parse_l4(skb, off, end, p);
-		if (l < 0)
-			return R_MALFORMED;
-		if (p->is_icmp_err)
-			parse_quoted(skb, off + 8, end, p);
-		return -1;
-	}
-	if (et == ETH_P_IPV6_) {
-		__u8 h[40];
-		__u8 nh;
-		if (bpf_skb_load_bytes(skb, off, h, 40))
-			return R_MALFORMED;
-		if ((h[0] >> 4) != 6)
-			return R_MALFORMED;
-		__u32 plen = (h[4] << 8) | h[5];
-		__u32 end = off + 40 + plen;
-		if (plen == 0 || end > skb->len)
-			end = skb->len; // jumbogram or short frame: keep what there is, as packet.Decode
-		p->fam = 6;
-		__builtin_memcpy(p->src, &h[8], 16);
-		__builtin_memcpy(p->dst, &h[24], 16);
-		nh = h[6];
-		off += 40;
-		// Extension headers: bounded walk.
-		for (int i = 0; i < 8; i++) {
-			__u8 x[4];
-			if (nh == 0 || nh == 43 || nh == 60 || nh == 51) {
-				if (off + 8 > end || bpf_skb_load_bytes(skb, off, x, 2))
-					return R_MALFORMED;
-				// AH counts its length in 4-byte units minus 2, the others in 8-byte units minus 1.
-				if (nh == 51)
-					off += (x[1] + 2) * 4;
-				else
-					off += (x[1] + 1) * 8;
-				if (off > end)
-					return R_MALFORMED;
-				nh = x[0];
-				continue;
-			}
-			if (nh == 44) {
-				__u8 fid[4];
-				if (off + 8 > end || bpf_skb_load_bytes(skb, off, x, 4) ||
-				    bpf_skb_load_bytes(skb, off + 4, fid, 4))
-					return R_MALFORMED;
-				__u16 fo = ((x[2] << 8) | x[3]) & 0xfff8;
-				nh = x[0];
-				off += 8;
-				// An atomic fragment (offset 0, no more) is a whole datagram.
-				if (fo != 0 || (x[3] & 1)) {
-					p->frag = fo != 0 ? 2 : 1;
-					p->frag_id = ((__u32)fid[0] << 24) | ((__u32)fid[1] << 16) | ((__u32)fid[2] << 8) | fid[3];
-				} else {
-					p->frag = 0;
-				}
-				if (fo != 0) {
-					p->proto = nh;
-					return -1; // non-first fragment
-				}
-				continue;
-			}
-			break;
-		}
-		if (nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44)
-			return R_MALFORMED; // too many extension headers
-		p->proto = nh;
-		int l = parse_l4(skb, off, end, p);
-		if (l < 0)
-			return R_MALFORMED;
-		if (l == 1)
-			return R_ND;
-		if (p->is_icmp_err)
-			parse_quoted(skb, off + 8, end, p);
-		return -1;
-	}
-	return R_NOT_IP;
+		r = R_MALFORMED; // more tags than the program looks through (4)
+	else if (et == ETH_P_ARP_)
+		r = R_ARP;
+	else if (et == ETH_P_IP_)
+		r = parse_ipv4(skb, &c, off, p);
+	else if (et == ETH_P_IPV6_)
+		r = parse_ipv6(&c, off, p);
+	else
+		r = R_NOT_IP;
+out:
+	return c.pull ? R_PULL : r;
 }
 
 static __always_inline __u64 be64(const __u8 *a)
@@ -608,68 +687,6 @@ static __always_inline __s32 search_ports(struct bsearch *x, struct hdr *h, __u3
 	return v->entry;
 }
 
-// classify returns the index of the first entry of table t (h: its chunk 0) matching the packet oriented
-// to q->remote and copies that entry to out, or returns -1 when the table is inconsistent (the caller drops).
-static __noinline __s32 classify(void *t, struct hdr *h, struct query *q, struct entry *out)
-{
-	struct bsearch x = {.m = {.t = t, .p = h, .cur = 0}};
-	__u32 nodeid;
-	if (q->fam == 4) {
-		__u32 key = ((__u32)q->remote[0] << 24) | ((__u32)q->remote[1] << 16) | ((__u32)q->remote[2] << 8) |
-			    q->remote[3];
-		// The index narrows the search to the intervals of key's top bits (dataplane.ClassifierArrays).
-		__u32 j = (__u32)((__u64)key >> (h->v4shift & 63));
-		__u32 *ix = tm_at(&x.m, h->off_v4idx + j * 4, 4);
-		if (!ix)
-			return -1;
-		x.lo = *ix;
-		ix = tm_at(&x.m, h->off_v4idx + (j + 1) * 4, 4);
-		if (!ix)
-			return -1;
-		x.hi = *ix + 1;
-		x.base = h->off4;
-		x.klo = key;
-		bpf_loop(33, bs_v4, &x, 0);
-		if (x.err)
-			return -1;
-		struct v4iv *v = tm_at(&x.m, h->off4 + x.lo * 8, 8);
-		if (!v)
-			return -1;
-		nodeid = v->node;
-	} else {
-		x.base = h->off6;
-		x.hi = h->n6;
-		x.khi = be64(q->remote);
-		x.klo = be64(q->remote + 8);
-		bpf_loop(33, bs_v6, &x, 0);
-		if (x.err)
-			return -1;
-		struct v6iv *v = tm_at(&x.m, h->off6 + x.lo * 32, 32);
-		if (!v)
-			return -1;
-		nodeid = v->node;
-	}
-	struct node *nd = tm_at(&x.m, h->off_nodes + nodeid * 32, 32);
-	if (!nd)
-		return -1;
-	__s32 e;
-	if (q->proto == 6)
-		e = q->has_port ? search_ports(&x, h, nd->tcp_off, nd->tcp_cnt, q->port) : nd->tcp_np;
-	else if (q->proto == 17)
-		e = q->has_port ? search_ports(&x, h, nd->udp_off, nd->udp_cnt, q->port) : nd->udp_np;
-	else if ((q->fam == 4 && q->proto == 1) || (q->fam == 6 && q->proto == 58))
-		e = nd->icmp;
-	else
-		e = nd->other;
-	if (e < 0 || (__u32)e >= h->n_entries)
-		return -1;
-	struct entry *en = tm_at(&x.m, h->off_entries + (__u32)e * 16, 16);
-	if (!en)
-		return -1;
-	*out = *en;
-	return e;
-}
-
 // table_of returns the live table of slot*2+dir and its chunk 0 (which starts with the header).
 static __always_inline void *table_of(__u32 ti, struct hdr **h)
 {
@@ -681,6 +698,90 @@ static __always_inline void *table_of(__u32 ti, struct hdr **h)
 	if (!*h)
 		return 0;
 	return t;
+}
+
+#define CLS_BAD -1
+#define CLS_NO_TABLE -2
+
+// classify's answer: the deciding entry's fields and the table's generation.
+struct cls {
+	__u64 gen;
+	__s32 rule_index;
+	__u32 action, sg, nosg;
+};
+
+// classify returns the index of the first entry of table ti (slot*2+dir) matching the packet oriented to
+// q->remote and copies that entry to out, CLS_NO_TABLE when ti has no table, or CLS_BAD when the table is
+// inconsistent (the caller drops). out->gen is the table's generation whenever there is a table. A global
+// function: the verifier checks it once, not once per caller.
+__noinline int classify(__u32 ti, struct query *q, struct cls *out)
+{
+	if (!q || !out)
+		return CLS_BAD;
+	struct hdr *h;
+	void *t = table_of(ti, &h);
+	if (!t)
+		return CLS_NO_TABLE;
+	out->gen = h->gen;
+	out->nosg = h->flags & HDR_FLAG_NOSG;
+	struct bsearch x = {.m = {.t = t, .p = h, .cur = 0}};
+	__u32 nodeid;
+	if (q->fam == 4) {
+		__u32 key = ((__u32)q->remote[0] << 24) | ((__u32)q->remote[1] << 16) | ((__u32)q->remote[2] << 8) |
+			    q->remote[3];
+		// The index narrows the search to the intervals of key's top bits (dataplane.ClassifierArrays).
+		__u32 j = (__u32)((__u64)key >> (h->v4shift & 63));
+		__u32 *ix = tm_at(&x.m, h->off_v4idx + j * 4, 4);
+		if (!ix)
+			return CLS_BAD;
+		x.lo = *ix;
+		ix = tm_at(&x.m, h->off_v4idx + (j + 1) * 4, 4);
+		if (!ix)
+			return CLS_BAD;
+		x.hi = *ix + 1;
+		x.base = h->off4;
+		x.klo = key;
+		bpf_loop(33, bs_v4, &x, 0);
+		if (x.err)
+			return CLS_BAD;
+		struct v4iv *v = tm_at(&x.m, h->off4 + x.lo * 8, 8);
+		if (!v)
+			return CLS_BAD;
+		nodeid = v->node;
+	} else {
+		x.base = h->off6;
+		x.hi = h->n6;
+		x.khi = be64(q->remote);
+		x.klo = be64(q->remote + 8);
+		bpf_loop(33, bs_v6, &x, 0);
+		if (x.err)
+			return CLS_BAD;
+		struct v6iv *v = tm_at(&x.m, h->off6 + x.lo * 32, 32);
+		if (!v)
+			return CLS_BAD;
+		nodeid = v->node;
+	}
+	struct node *nd = tm_at(&x.m, h->off_nodes + nodeid * 32, 32);
+	if (!nd)
+		return CLS_BAD;
+	__s32 e;
+	if (q->proto == 6)
+		e = q->has_port ? search_ports(&x, h, nd->tcp_off, nd->tcp_cnt, q->port) : nd->tcp_np;
+	else if (q->proto == 17)
+		e = q->has_port ? search_ports(&x, h, nd->udp_off, nd->udp_cnt, q->port) : nd->udp_np;
+	else if ((q->fam == 4 && q->proto == 1) || (q->fam == 6 && q->proto == 58))
+		e = nd->icmp;
+	else
+		e = nd->other;
+	if (e < 0 || (__u32)e >= h->n_entries)
+		return CLS_BAD;
+	struct entry *en = tm_at(&x.m, h->off_entries + (__u32)e * 16, 16);
+	if (!en)
+		return CLS_BAD;
+	out->action = en->action;
+	out->rule_index = en->rule_index;
+	out->sg = en->sg;
+	return e;
 }
 
 static __always_inline __u64 ct_timeout(struct ct_half *v, __u8 proto)
@@ -699,41 +800,36 @@ struct decision {
 	__u8 reason;
 	__u8 accept;
 	__u64 gen;
-	void *table;
-	struct hdr *h;
 	__u32 sg;
 };
 
 // decide_rules classifies p at table slot*2+dir, oriented for dir.
 static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, struct decision *d)
 {
-	struct hdr *h;
-	void *t = table_of(slot * 2 + dir, &h);
+	struct query q = {.fam = p->fam, .proto = p->proto, .has_port = p->has_port, .port = p->dport};
+	__builtin_memcpy(q.remote, dir == DIR_INGRESS ? p->src : p->dst, 16);
+	struct cls c = {};
+	int e = classify(slot * 2 + dir, &q, &c);
 	d->entry = -1;
 	d->rule_index = -1;
 	d->accept = 0;
-	d->reason = R_NO_SG; // no table loaded yet for a managed interface: drop
-	if (!t)
+	d->gen = c.gen;
+	if (e == CLS_NO_TABLE) {
+		d->reason = R_NO_SG; // no table loaded yet for a managed interface: drop
 		return;
-	d->table = t;
-	d->h = h;
-	d->gen = h->gen;
-	struct query q = {.fam = p->fam, .proto = p->proto, .has_port = p->has_port, .port = p->dport};
-	__builtin_memcpy(q.remote, dir == DIR_INGRESS ? p->src : p->dst, 16);
-	struct entry en;
-	__s32 e = classify(t, h, &q, &en);
+	}
 	if (e < 0) {
 		d->reason = R_MALFORMED;
 		return;
 	}
 	d->entry = e;
-	d->rule_index = en.rule_index;
-	d->accept = en.action == 1;
-	d->sg = en.sg;
-	if (en.rule_index >= 0)
+	d->rule_index = c.rule_index;
+	d->accept = c.action == 1;
+	d->sg = c.sg;
+	if (c.rule_index >= 0)
 		d->reason = R_RULE;
 	else
-		d->reason = (h->flags & HDR_FLAG_NOSG) ? R_NO_SG : R_DEFAULT_DROP;
+		d->reason = c.nosg ? R_NO_SG : R_DEFAULT_DROP;
 }
 
 // recheck re-classifies a tracked flow's original packet (slot, fam, proto, src -> dst:dport) when its
@@ -742,17 +838,16 @@ static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 
 				   struct ct_half *v)
 {
 	struct hdr *h;
-	void *t = table_of(slot * 2 + v->dir, &h);
-	if (!t)
+	if (!table_of(slot * 2 + v->dir, &h))
 		return 0;
 	if (h->gen == v->gen)
 		return 1;
 	struct query q = {.fam = fam, .proto = proto, .has_port = proto == 6 || proto == 17, .port = dport};
 	__builtin_memcpy(q.remote, v->dir == DIR_INGRESS ? src : dst, 16);
-	struct entry en;
-	if (classify(t, h, &q, &en) < 0 || en.action != 1)
+	struct cls c = {};
+	if (classify(slot * 2 + v->dir, &q, &c) < 0 || c.action != 1)
 		return 0;
-	v->gen = h->gen;
+	v->gen = c.gen;
 	return 1;
 }
 
@@ -970,9 +1065,11 @@ static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 
 	rt->suppressed = 0;
 	__builtin_memcpy(ev->src, p->src, 16);
 	__builtin_memcpy(ev->dst, p->dst, 16);
-	if (d->reason == R_RULE && d->table && d->h) {
-		struct tmem m = {.t = d->table, .p = d->h, .cur = 0};
-		__u8 *name = tm_at(&m, d->h->off_sgs + d->sg * 64, 64);
+	struct hdr *h;
+	void *t;
+	if (d->reason == R_RULE && (t = table_of(slot * 2 + dir, &h)) && h->gen == d->gen) {
+		struct tmem m = {.t = t, .p = h, .cur = 0};
+		__u8 *name = tm_at(&m, h->off_sgs + d->sg * 64, 64);
 		if (name)
 			__builtin_memcpy(ev->sg, name, 64);
 	}
@@ -1009,6 +1106,14 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 	// bpf_ktime_get_ns, and timeouts (seconds) and the drop rate window (1 s) need no more.
 	__u64 now = bpf_ktime_get_coarse_ns();
 	int r = parse(skb, &p);
+	if (r == R_PULL) {
+		// Headers outside the linear part (rare: the kernel hands TC linear headers): pull the frame and
+		// parse again from scratch.
+		__builtin_memset(&p, 0, sizeof(p));
+		r = bpf_skb_pull_data(skb, skb->len) ? R_MALFORMED : parse(skb, &p);
+		if (r == R_PULL)
+			r = R_MALFORMED;
+	}
 	struct frag_key fk;
 	struct ct_flow ct;
 	struct frag_val *fv = 0;
