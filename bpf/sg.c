@@ -600,91 +600,106 @@ static __always_inline void *tm_at(struct tmem *m, __u32 off, __u32 sz)
 	return m->p + (off & (CHUNK_SIZE - sz));
 }
 
+// The searched interval [lo, hi) lives in the query: a global function's argument, memory the verifier
+// does not track, so every step looks the same to it and a plain bounded loop verifies in steps × body
+// instead of one state per path through all steps. No step makes a helper call.
 struct query {
 	__u8 fam, proto, has_port, pad;
 	__u16 port, pad2;
 	__u8 remote[16];
-};
-
-// Binary searches run under bpf_loop so the verifier checks one step once, whatever the table size (a
-// plain bounded loop makes it walk every step's outcomes). Each step narrows [lo, hi) to the interval
-// whose start is the last one <= key; base is the byte offset of the searched region.
-struct bsearch {
-	struct tmem m;
-	__u32 base;
 	__u32 lo, hi;
-	__u64 khi, klo; // key (IPv4 and ports use klo only)
-	int err;
 };
 
-static long bs_v4(__u32 i, void *c)
+#define UNTRACKED(x) (*(volatile __u32 *)&(x))
+
+// Each search narrows [q->lo, q->hi) to the interval whose start is the last one <= key; base is the
+// byte offset of the searched region. Returns -1 when the table is inconsistent.
+static __always_inline int search_v4(struct tmem *m, struct query *q, __u32 base, __u32 key)
 {
-	struct bsearch *x = c;
-	if (x->hi - x->lo <= 1)
-		return 1;
-	__u32 mid = (x->lo + x->hi) / 2;
-	struct v4iv *v = tm_at(&x->m, x->base + mid * 8, 8);
-	if (!v) {
-		x->err = 1;
-		return 1;
+	for (int i = 0; i < 33; i++) {
+		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
+		if (hi - lo <= 1)
+			break;
+		__u32 mid = (lo + hi) / 2;
+		struct v4iv *v = tm_at(m, base + mid * 8, 8);
+		if (!v)
+			return -1;
+		if (v->start <= key)
+			UNTRACKED(q->lo) = mid;
+		else
+			UNTRACKED(q->hi) = mid;
 	}
-	if (v->start <= x->klo)
-		x->lo = mid;
-	else
-		x->hi = mid;
 	return 0;
 }
 
-static long bs_v6(__u32 i, void *c)
+static __always_inline int search_v6(struct tmem *m, struct query *q, __u32 base, __u64 khi, __u64 klo)
 {
-	struct bsearch *x = c;
-	if (x->hi - x->lo <= 1)
-		return 1;
-	__u32 mid = (x->lo + x->hi) / 2;
-	struct v6iv *v = tm_at(&x->m, x->base + mid * 32, 32);
-	if (!v) {
-		x->err = 1;
-		return 1;
+	for (int i = 0; i < 33; i++) {
+		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
+		if (hi - lo <= 1)
+			break;
+		__u32 mid = (lo + hi) / 2;
+		struct v6iv *v = tm_at(m, base + mid * 32, 32);
+		if (!v)
+			return -1;
+		if (v->hi < khi || (v->hi == khi && v->lo <= klo))
+			UNTRACKED(q->lo) = mid;
+		else
+			UNTRACKED(q->hi) = mid;
 	}
-	if (v->hi < x->khi || (v->hi == x->khi && v->lo <= x->klo))
-		x->lo = mid;
-	else
-		x->hi = mid;
 	return 0;
 }
 
-static long bs_port(__u32 i, void *c)
+// search_ports returns the entry of q->port in the elementary port intervals [off, off+cnt) (the first
+// starts at 0), or -1.
+static __always_inline __s32 search_ports(struct tmem *m, struct hdr *h, struct query *q, __u32 off, __u32 cnt)
 {
-	struct bsearch *x = c;
-	if (x->hi - x->lo <= 1)
-		return 1;
-	__u32 mid = (x->lo + x->hi) / 2;
-	struct portiv *v = tm_at(&x->m, x->base + mid * 8, 8);
-	if (!v) {
-		x->err = 1;
-		return 1;
+	UNTRACKED(q->lo) = off;
+	UNTRACKED(q->hi) = off + cnt;
+	for (int i = 0; i < 18; i++) {
+		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
+		if (hi - lo <= 1)
+			break;
+		__u32 mid = (lo + hi) / 2;
+		struct portiv *v = tm_at(m, h->off_ports + mid * 8, 8);
+		if (!v)
+			return -1;
+		if (v->start <= q->port)
+			UNTRACKED(q->lo) = mid;
+		else
+			UNTRACKED(q->hi) = mid;
 	}
-	if (v->start <= x->klo)
-		x->lo = mid;
-	else
-		x->hi = mid;
-	return 0;
+	struct portiv *v = tm_at(m, h->off_ports + UNTRACKED(q->lo) * 8, 8);
+	return v ? v->entry : -1;
 }
 
-// search_ports finds the entry of port in the elementary intervals [off, off+cnt) (the first starts at 0).
-static __always_inline __s32 search_ports(struct bsearch *x, struct hdr *h, __u32 off, __u32 cnt, __u16 port)
+// address_node returns the node (ClassifierAnswer) of q->remote's address interval, or -1.
+static __always_inline __s64 address_node(struct tmem *m, struct hdr *h, struct query *q)
 {
-	x->base = h->off_ports;
-	x->lo = off;
-	x->hi = off + cnt;
-	x->klo = port;
-	bpf_loop(18, bs_port, x, 0);
-	if (x->err)
+	if (q->fam == 4) {
+		__u32 key = ((__u32)q->remote[0] << 24) | ((__u32)q->remote[1] << 16) | ((__u32)q->remote[2] << 8) |
+			    q->remote[3];
+		// The index narrows the search to the intervals of key's top bits (dataplane.ClassifierArrays).
+		__u32 j = (__u32)((__u64)key >> (h->v4shift & 63));
+		__u32 *ix = tm_at(m, h->off_v4idx + j * 4, 4);
+		if (!ix)
+			return -1;
+		UNTRACKED(q->lo) = *ix;
+		ix = tm_at(m, h->off_v4idx + (j + 1) * 4, 4);
+		if (!ix)
+			return -1;
+		UNTRACKED(q->hi) = *ix + 1;
+		if (search_v4(m, q, h->off4, key) < 0)
+			return -1;
+		struct v4iv *v = tm_at(m, h->off4 + UNTRACKED(q->lo) * 8, 8);
+		return v ? v->node : -1;
+	}
+	UNTRACKED(q->lo) = 0;
+	UNTRACKED(q->hi) = h->n6;
+	if (search_v6(m, q, h->off6, be64(q->remote), be64(q->remote + 8)) < 0)
 		return -1;
-	struct portiv *v = tm_at(&x->m, h->off_ports + x->lo * 8, 8);
-	if (!v)
-		return -1;
-	return v->entry;
+	struct v6iv *v = tm_at(m, h->off6 + UNTRACKED(q->lo) * 32, 32);
+	return v ? v->node : -1;
 }
 
 // table_of returns the live table of slot*2+dir and its chunk 0 (which starts with the header).
@@ -724,58 +739,25 @@ __noinline int classify(__u32 ti, struct query *q, struct cls *out)
 		return CLS_NO_TABLE;
 	out->gen = h->gen;
 	out->nosg = h->flags & HDR_FLAG_NOSG;
-	struct bsearch x = {.m = {.t = t, .p = h, .cur = 0}};
-	__u32 nodeid;
-	if (q->fam == 4) {
-		__u32 key = ((__u32)q->remote[0] << 24) | ((__u32)q->remote[1] << 16) | ((__u32)q->remote[2] << 8) |
-			    q->remote[3];
-		// The index narrows the search to the intervals of key's top bits (dataplane.ClassifierArrays).
-		__u32 j = (__u32)((__u64)key >> (h->v4shift & 63));
-		__u32 *ix = tm_at(&x.m, h->off_v4idx + j * 4, 4);
-		if (!ix)
-			return CLS_BAD;
-		x.lo = *ix;
-		ix = tm_at(&x.m, h->off_v4idx + (j + 1) * 4, 4);
-		if (!ix)
-			return CLS_BAD;
-		x.hi = *ix + 1;
-		x.base = h->off4;
-		x.klo = key;
-		bpf_loop(33, bs_v4, &x, 0);
-		if (x.err)
-			return CLS_BAD;
-		struct v4iv *v = tm_at(&x.m, h->off4 + x.lo * 8, 8);
-		if (!v)
-			return CLS_BAD;
-		nodeid = v->node;
-	} else {
-		x.base = h->off6;
-		x.hi = h->n6;
-		x.khi = be64(q->remote);
-		x.klo = be64(q->remote + 8);
-		bpf_loop(33, bs_v6, &x, 0);
-		if (x.err)
-			return CLS_BAD;
-		struct v6iv *v = tm_at(&x.m, h->off6 + x.lo * 32, 32);
-		if (!v)
-			return CLS_BAD;
-		nodeid = v->node;
-	}
-	struct node *nd = tm_at(&x.m, h->off_nodes + nodeid * 32, 32);
+	struct tmem m = {.t = t, .p = h, .cur = 0};
+	__s64 nodeid = address_node(&m, h, q);
+	if (nodeid < 0)
+		return CLS_BAD;
+	struct node *nd = tm_at(&m, h->off_nodes + (__u32)nodeid * 32, 32);
 	if (!nd)
 		return CLS_BAD;
 	__s32 e;
 	if (q->proto == 6)
-		e = q->has_port ? search_ports(&x, h, nd->tcp_off, nd->tcp_cnt, q->port) : nd->tcp_np;
+		e = q->has_port ? search_ports(&m, h, q, nd->tcp_off, nd->tcp_cnt) : nd->tcp_np;
 	else if (q->proto == 17)
-		e = q->has_port ? search_ports(&x, h, nd->udp_off, nd->udp_cnt, q->port) : nd->udp_np;
+		e = q->has_port ? search_ports(&m, h, q, nd->udp_off, nd->udp_cnt) : nd->udp_np;
 	else if ((q->fam == 4 && q->proto == 1) || (q->fam == 6 && q->proto == 58))
 		e = nd->icmp;
 	else
 		e = nd->other;
 	if (e < 0 || (__u32)e >= h->n_entries)
 		return CLS_BAD;
-	struct entry *en = tm_at(&x.m, h->off_entries + (__u32)e * 16, 16);
+	struct entry *en = tm_at(&m, h->off_entries + (__u32)e * 16, 16);
 	if (!en)
 		return CLS_BAD;
 	out->action = en->action;
