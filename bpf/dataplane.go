@@ -71,7 +71,7 @@ func Load(opts Options) (*Dataplane, error) {
 		}
 		for name, m := range spec.Maps {
 			switch name {
-			case "tables", "ifaces", "eni_names", "conntrack", "hits", "drops", "drop_rate":
+			case "tables", "ifaces", "eni_names", "conntrack", "drops", "drop_rate":
 				m.Pinning = ebpf.PinByName
 			}
 		}
@@ -430,7 +430,6 @@ func (st *staged) Switch() error {
 		staged.maps[sw.dir] = nil // now the live map: not closed below
 	}
 	if err != nil {
-		d.pruneHits(nil)
 		return fmt.Errorf("publish generation %d: %w", st.gen, err)
 	}
 	for _, s := range st.slots {
@@ -440,7 +439,6 @@ func (st *staged) Switch() error {
 		l.tables = [2]*compiler.Table{s.tables.Ingress, s.tables.Egress}
 		d.live[s.slot] = l
 	}
-	removedSlots := map[uint32]bool{}
 	for _, id := range st.removed {
 		slot, ok := d.slots[id]
 		if !ok {
@@ -458,10 +456,6 @@ func (st *staged) Switch() error {
 		delete(d.slots, id)
 		d.live[slot].close()
 		delete(d.live, slot)
-		removedSlots[slot] = true
-	}
-	if len(todo) > 0 || len(removedSlots) > 0 {
-		d.pruneHits(removedSlots)
 	}
 	return nil
 }
@@ -508,27 +502,6 @@ func (l liveTables) close() {
 		if m != nil {
 			m.Close()
 		}
-	}
-}
-
-// pruneHits drops the hit counters of every table version that is no longer live (their entry indexes
-// mean nothing now) and those of the removed slots, so the counter map holds only live tables. One pass
-// over the map. Caller holds mu.
-func (d *Dataplane) pruneHits(removed map[uint32]bool) {
-	var (
-		k   sgHitKey
-		per []uint64
-		del []sgHitKey
-	)
-	it := d.objs.Hits.Iterate()
-	for it.Next(&k, &per) {
-		l, ok := d.live[k.Table/2]
-		if removed[k.Table/2] || ok && l.tables[k.Table&1] != nil && l.gens[k.Table&1] != k.Gen {
-			del = append(del, k)
-		}
-	}
-	for i := range del {
-		_ = d.objs.Hits.Delete(&del[i]) // a concurrent delete is fine
 	}
 }
 

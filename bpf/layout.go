@@ -22,6 +22,7 @@ import (
 //	offPorts …          destination-port intervals: {u16 start, pad, i32 entry}
 //	offEntries …        entries: {u32 action, i32 ruleIndex, u32 sg, pad}
 //	offSGs …            one sgId per 64 bytes, NUL-padded
+//	offCounts …         one u64 packet counter per entry, which the program increments (zero when written)
 //
 // The regions are dataplane.Classifier's flat arrays (a node is one ClassifierAnswer), so the kernel and
 // the Go engine answer from the same structure: two binary searches (address, then port), each bounded
@@ -77,6 +78,7 @@ func serialise(t *compiler.Table, gen uint64, buf []byte) ([]byte, error) {
 	offPorts := region(len(a.PortStart), 8)
 	offEntries := region(len(t.Entries), 16)
 	offSGs := region(len(sgs), maxSGName)
+	offCounts := region(len(t.Entries), 8)
 	if end >= 1<<31 {
 		return nil, fmt.Errorf("serialise table %s/%s: %d bytes is too many", t.ENI, t.Direction, end)
 	}
@@ -98,6 +100,7 @@ func serialise(t *compiler.Table, gen uint64, buf []byte) ([]byte, error) {
 	}
 	le.PutUint32(buf[48:], uint32(offV4Idx))
 	le.PutUint32(buf[52:], uint32(a.V4Shift))
+	le.PutUint32(buf[56:], uint32(offCounts))
 	for i, v := range a.V4Index {
 		le.PutUint32(buf[offV4Idx+i*4:], v)
 	}

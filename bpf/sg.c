@@ -42,7 +42,8 @@ struct hdr {
 	__u32 off4, off6, off_nodes, off_ports;
 	__u32 off_entries, n_entries, off_sgs, flags;
 	__u32 off_v4idx, v4shift;
-	__u32 pad[2];
+	__u32 off_counts; // per-entry packet counters (u64), 0 in tables of builds that had none
+	__u32 pad;
 };
 
 struct v4iv {
@@ -173,19 +174,6 @@ struct {
 	__type(key, struct frag_key);
 	__type(value, struct frag_val);
 } frags SEC(".maps");
-
-struct hit_key {
-	__u32 table; // slot*2+dir
-	__s32 entry;
-	__u64 gen;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 131072);
-	__type(key, struct hit_key);
-	__type(value, __u64);
-} hits SEC(".maps");
 
 struct drop_event {
 	__u64 ts;
@@ -608,6 +596,7 @@ struct query {
 	__u16 port, pad2;
 	__u8 remote[16];
 	__u32 lo, hi;
+	__u32 count; // count the decision on its entry's counter
 };
 
 #define UNTRACKED(x) (*(volatile __u32 *)&(x))
@@ -763,6 +752,13 @@ __noinline int classify(__u32 ti, struct query *q, struct cls *out)
 	out->action = en->action;
 	out->rule_index = en->rule_index;
 	out->sg = en->sg;
+	if (q->count && h->off_counts) {
+		// Counters live in the table beside its entries: a table version's counts go with it, and
+		// counting is an atomic add in a map value, no map update.
+		__u64 *c = tm_at(&m, h->off_counts + (__u32)e * 8, 8);
+		if (c)
+			__sync_fetch_and_add(c, 1);
+	}
 	return e;
 }
 
@@ -788,7 +784,7 @@ struct decision {
 // decide_rules classifies p at table slot*2+dir, oriented for dir.
 static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, struct decision *d)
 {
-	struct query q = {.fam = p->fam, .proto = p->proto, .has_port = p->has_port, .port = p->dport};
+	struct query q = {.fam = p->fam, .proto = p->proto, .has_port = p->has_port, .port = p->dport, .count = 1};
 	__builtin_memcpy(q.remote, dir == DIR_INGRESS ? p->src : p->dst, 16);
 	struct cls c = {};
 	int e = classify(slot * 2 + dir, &q, &c);
@@ -995,20 +991,6 @@ static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, __
 	h->flags = fresh;
 }
 
-static __always_inline void count_hit(__u32 slot, __u8 dir, struct decision *d)
-{
-	if (d->entry < 0)
-		return;
-	struct hit_key hk = {.table = slot * 2 + dir, .entry = d->entry, .gen = d->gen};
-	__u64 *c = bpf_map_lookup_elem(&hits, &hk);
-	if (c) {
-		*c += 1;
-		return;
-	}
-	__u64 one = 1;
-	bpf_map_update_elem(&hits, &hk, &one, BPF_NOEXIST);
-}
-
 static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 dir, struct pkt *p,
 					struct decision *d, __u64 now)
 {
@@ -1127,7 +1109,6 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		decide_rules(slot, dir, &p, &d);
 		if (d.accept && p.trackable)
 			track(dir, &p, &ct, d.gen, now);
-		count_hit(slot, dir, &d);
 	}
 	if (r < 0 && p.frag == 1) {
 		struct frag_val nv = {.entry = d.entry, .rule_index = d.rule_index, .reason = d.reason,
@@ -1162,6 +1143,5 @@ int sg_host_egress(struct __sk_buff *skb)
 const struct drop_event *unused_drop_event __attribute__((unused));
 const struct ct_key *unused_ct_key __attribute__((unused));
 const struct ct_val *unused_ct_val __attribute__((unused));
-const struct hit_key *unused_hit_key __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 const struct frag_val *unused_frag_val __attribute__((unused));

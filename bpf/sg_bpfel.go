@@ -87,13 +87,6 @@ type sgFragVal struct {
 	Gen       uint64
 }
 
-type sgHitKey struct {
-	_     structs.HostLayout
-	Table uint32
-	Entry int32
-	Gen   uint64
-}
-
 type sgIfcfg struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -116,7 +109,6 @@ const (
 	sgMapDrops           = "drops"
 	sgMapEniNames        = "eni_names"
 	sgMapFrags           = "frags"
-	sgMapHits            = "hits"
 	sgMapIfaces          = "ifaces"
 	sgMapTables          = "tables"
 	sgProgSgHostEgress   = "sg_host_egress"
@@ -126,7 +118,6 @@ const (
 	sgVarUnusedDropEvent = "unused_drop_event"
 	sgVarUnusedFragKey   = "unused_frag_key"
 	sgVarUnusedFragVal   = "unused_frag_val"
-	sgVarUnusedHitKey    = "unused_hit_key"
 )
 
 // loadSg returns the embedded CollectionSpec for sg.
@@ -184,7 +175,6 @@ type sgMapSpecs struct {
 	Drops     *ebpf.MapSpec `ebpf:"drops"`
 	EniNames  *ebpf.MapSpec `ebpf:"eni_names"`
 	Frags     *ebpf.MapSpec `ebpf:"frags"`
-	Hits      *ebpf.MapSpec `ebpf:"hits"`
 	Ifaces    *ebpf.MapSpec `ebpf:"ifaces"`
 	Tables    *ebpf.MapSpec `ebpf:"tables"`
 }
@@ -198,7 +188,6 @@ type sgVariableSpecs struct {
 	UnusedDropEvent *ebpf.VariableSpec `ebpf:"unused_drop_event"`
 	UnusedFragKey   *ebpf.VariableSpec `ebpf:"unused_frag_key"`
 	UnusedFragVal   *ebpf.VariableSpec `ebpf:"unused_frag_val"`
-	UnusedHitKey    *ebpf.VariableSpec `ebpf:"unused_hit_key"`
 }
 
 // sgObjects contains all objects after they have been loaded into the kernel.
@@ -226,7 +215,6 @@ type sgMaps struct {
 	Drops     *ebpf.Map `ebpf:"drops"`
 	EniNames  *ebpf.Map `ebpf:"eni_names"`
 	Frags     *ebpf.Map `ebpf:"frags"`
-	Hits      *ebpf.Map `ebpf:"hits"`
 	Ifaces    *ebpf.Map `ebpf:"ifaces"`
 	Tables    *ebpf.Map `ebpf:"tables"`
 }
@@ -238,7 +226,6 @@ func (m *sgMaps) Close() error {
 		m.Drops,
 		m.EniNames,
 		m.Frags,
-		m.Hits,
 		m.Ifaces,
 		m.Tables,
 	)
@@ -253,7 +240,6 @@ type sgVariables struct {
 	UnusedDropEvent *ebpf.Variable `ebpf:"unused_drop_event"`
 	UnusedFragKey   *ebpf.Variable `ebpf:"unused_frag_key"`
 	UnusedFragVal   *ebpf.Variable `ebpf:"unused_frag_val"`
-	UnusedHitKey    *ebpf.Variable `ebpf:"unused_hit_key"`
 }
 
 // sgPrograms contains all programs after they have been loaded into the kernel.
