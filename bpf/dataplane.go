@@ -25,7 +25,11 @@ import (
 const DefaultPinPath = "/sys/fs/bpf/sgsim"
 
 // maxSlots is the number of ENIs one loaded program can hold (ifaces/eni_names size; tables is 2×).
-const maxSlots = 4096
+const maxSlots = uint32(sgSgConstSG_MAX_SLOTS)
+
+// spareMinChunks is the size from which a replaced table map is kept as its direction's spare: below it a
+// fresh map costs little to fill, and a spare would only double the memory.
+const spareMinChunks = uint32(64 << 10 / chunkSize)
 
 // Options configures Load.
 type Options struct {
@@ -55,25 +59,34 @@ type Dataplane struct {
 	links map[string]link.Link  // "<ifindex>-<hook>" → link made or adopted by Attach
 }
 
-// Load loads the program and its maps into the kernel.
-func Load(opts Options) (*Dataplane, error) {
+// collectionSpec returns the program's spec, pinned (sg.c declares which maps, LIBBPF_PIN_BY_NAME) only
+// when pinned is set.
+func collectionSpec(pinned bool) (*ebpf.CollectionSpec, error) {
 	spec, err := loadSg()
 	if err != nil {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
-	if m := spec.Maps["tables"]; m == nil || m.InnerMap == nil || m.InnerMap.ValueSize != chunkSize {
+	if m := spec.Maps["tables"]; m == nil || m.InnerMap == nil || m.InnerMap.ValueSize != uint32(chunkSize) {
 		return nil, fmt.Errorf("load bpf spec: the tables map's chunks are not the %d bytes layout.go writes", chunkSize)
+	}
+	if !pinned {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	return spec, nil
+}
+
+// Load loads the program and its maps into the kernel.
+func Load(opts Options) (*Dataplane, error) {
+	spec, err := collectionSpec(opts.PinPath != "")
+	if err != nil {
+		return nil, err
 	}
 	var co ebpf.CollectionOptions
 	if opts.PinPath != "" {
 		if err := ensureBPFFS(opts.PinPath); err != nil {
 			return nil, err
-		}
-		for name, m := range spec.Maps {
-			switch name {
-			case "tables", "ifaces", "eni_names", "conntrack", "drops", "drop_rate":
-				m.Pinning = ebpf.PinByName
-			}
 		}
 		co.Maps.PinPath = opts.PinPath
 	}
@@ -93,11 +106,54 @@ func Load(opts Options) (*Dataplane, error) {
 		}
 		return nil, fmt.Errorf("load bpf program: %w", err)
 	}
+	if opts.PinPath != "" {
+		if err := d.checkTableChunks(); err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("load bpf program: the maps pinned under %s were made by an sgsim build with another "+
+				"layout (%w); to upgrade, remove %s (its interfaces stay unfiltered until this daemon attaches) and start again",
+				opts.PinPath, err, opts.PinPath)
+		}
+	}
 	if err := d.recoverSlots(); err != nil {
 		d.objs.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// checkTableChunks tells whether the (pinned) tables map takes inner maps of this build's chunk size,
+// which cilium/ebpf's compatibility check of pinned maps does not look at: it puts a probe map into a
+// free entry, which the kernel refuses when the outer map's template differs, and takes it out again.
+func (d *Dataplane) checkTableChunks() error {
+	free := -1
+	for ti := range 2 * maxSlots {
+		var inner *ebpf.Map
+		err := d.objs.Tables.Lookup(ti, &inner)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			free = int(ti)
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read tables[%d]: %w", ti, err)
+		}
+		inner.Close()
+	}
+	if free < 0 {
+		return nil // every entry holds a table this program was verified against
+	}
+	probe, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(chunkSize), MaxEntries: 1,
+		Flags: unix.BPF_F_INNER_MAP})
+	if err != nil {
+		return fmt.Errorf("create probe table: %w", err)
+	}
+	defer probe.Close()
+	if err := d.objs.Tables.Put(uint32(free), probe); err != nil {
+		return fmt.Errorf("tables holds chunks of another size than %d bytes (%v): %w", chunkSize, err, ebpf.ErrMapIncompatible)
+	}
+	if err := d.objs.Tables.Delete(uint32(free)); err != nil {
+		return fmt.Errorf("remove probe table: %w", err)
+	}
+	return nil
 }
 
 func tail(lines []string, n int) []string {
@@ -208,7 +264,7 @@ func tableMap(t *compiler.Table, buf []byte, spare *ebpf.Map) (*ebpf.Map, error)
 			spare.Close()
 		}
 		var err error
-		m, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: chunkSize, MaxEntries: n,
+		m, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(chunkSize), MaxEntries: n,
 			Flags: unix.BPF_F_INNER_MAP}) // the outer map's template has it: inner maps may differ in size
 		if err != nil {
 			return nil, fmt.Errorf("create table map for %s/%s (%d chunks): %w", t.ENI, t.Direction, n, err)
@@ -413,8 +469,7 @@ func (st *staged) Switch() error {
 	for _, sw := range todo[:n] {
 		l := d.live[sw.slot]
 		old := l.maps[sw.dir]
-		// One-chunk tables are cheap to build fresh: their spares would only double the memory.
-		if old != nil && old.MaxEntries() > 1 {
+		if old != nil && old.MaxEntries() >= spareMinChunks {
 			if l.spare[sw.dir] != nil {
 				l.spare[sw.dir].Close()
 			}

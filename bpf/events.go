@@ -214,21 +214,20 @@ func (d *Dataplane) tableCounts(ti uint32) (uint64, []uint64, error) {
 	if err := m.Lookup(cur, chunk); err != nil {
 		return 0, nil, fmt.Errorf("read table header: %w", err)
 	}
-	le := binary.LittleEndian
-	gen, n, offCounts := le.Uint64(chunk[0:]), le.Uint32(chunk[36:]), le.Uint32(chunk[56:])
-	if offCounts == 0 {
-		return gen, nil, nil
+	h := regionOf[sgHdr](chunk, 0, 1)[0]
+	if h.OffCounts == 0 {
+		return h.Gen, nil, nil
 	}
-	counts := make([]uint64, n)
+	counts := make([]uint64, h.N_entries)
 	for i := range counts {
-		off := offCounts + uint32(i)*8
+		off := h.OffCounts + uint32(i)*8
 		if c := off >> chunkShift; c != cur {
 			if err := m.Lookup(c, chunk); err != nil {
 				return 0, nil, fmt.Errorf("read table chunk %d: %w", c, err)
 			}
 			cur = c
 		}
-		counts[i] = le.Uint64(chunk[off&(chunkSize-1):])
+		counts[i] = regionOf[uint64](chunk, off&uint32(chunkSize-1), 1)[0]
 	}
-	return gen, counts, nil
+	return h.Gen, counts, nil
 }

@@ -14,6 +14,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "sg.h"
+
 char __license[] SEC("license") = "GPL";
 
 #define DIR_INGRESS 0
@@ -30,10 +32,8 @@ enum reason {
 	R_MALFORMED = 7,
 };
 
-// A table version is one inner array map of CHUNK_SIZE-byte chunks, read as one byte string (layout.go).
-#define CHUNK_SHIFT 16
-#define CHUNK_SIZE (1 << CHUNK_SHIFT)
-#define HDR_FLAG_NOSG 1
+#define CHUNK_SHIFT SG_CHUNK_SHIFT
+#define CHUNK_SIZE SG_CHUNK_SIZE
 
 // At byte 0 of every table. Offsets are in bytes from the start of the table.
 struct hdr {
@@ -77,8 +77,9 @@ struct entry {
 // tables[slot*2+dir] is the live table of one ENI direction; replacing the inner map is the atomic swap.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 8192);
+	__uint(max_entries, SG_MAX_TABLES);
 	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 	__array(values, struct {
 		__uint(type, BPF_MAP_TYPE_ARRAY);
 		__uint(max_entries, 1);
@@ -95,20 +96,22 @@ struct ifcfg {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, SG_MAX_SLOTS);
 	__type(key, __u32);
 	__type(value, struct ifcfg);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } ifaces SEC(".maps");
 
 struct eniname {
-	char name[64];
+	char name[SG_NAME_SIZE];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 4096);
+	__uint(max_entries, SG_MAX_SLOTS);
 	__type(key, __u32);
 	__type(value, struct eniname);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } eni_names SEC(".maps");
 
 #define CT_REPLY_SEEN 1
@@ -151,6 +154,7 @@ struct {
 	__uint(max_entries, 262144);
 	__type(key, struct ct_key);
 	__type(value, struct ct_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } conntrack SEC(".maps");
 
 // Verdicts of first fragments, which later fragments of the same datagram take (SPEC §2).
@@ -184,12 +188,13 @@ struct drop_event {
 	__s32 entry, rule_index;
 	__u32 suppressed; // events lost to the rate limit on this CPU just before this one
 	__u8 src[16], dst[16];
-	char sg[64];
+	char sg[SG_NAME_SIZE];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 18);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } drops SEC(".maps");
 
 struct rate {
@@ -202,6 +207,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct rate);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } drop_rate SEC(".maps");
 
 // Drop events per CPU per second; the rest are counted in the next event's suppressed field.
@@ -727,7 +733,7 @@ __noinline int classify(__u32 ti, struct query *q, struct cls *out)
 	if (!t)
 		return CLS_NO_TABLE;
 	out->gen = h->gen;
-	out->nosg = h->flags & HDR_FLAG_NOSG;
+	out->nosg = h->flags & SG_HDR_FLAG_NOSG;
 	struct tmem m = {.t = t, .p = h, .cur = 0};
 	__s64 nodeid = address_node(&m, h, q);
 	if (nodeid < 0)
@@ -1033,9 +1039,9 @@ static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 
 	void *t;
 	if (d->reason == R_RULE && (t = table_of(slot * 2 + dir, &h)) && h->gen == d->gen) {
 		struct tmem m = {.t = t, .p = h, .cur = 0};
-		__u8 *name = tm_at(&m, h->off_sgs + d->sg * 64, 64);
+		__u8 *name = tm_at(&m, h->off_sgs + d->sg * SG_NAME_SIZE, SG_NAME_SIZE);
 		if (name)
-			__builtin_memcpy(ev->sg, name, 64);
+			__builtin_memcpy(ev->sg, name, SG_NAME_SIZE);
 	}
 	bpf_ringbuf_submit(ev, 0);
 }
@@ -1060,7 +1066,7 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 			return TC_ACT_OK; // not a managed interface
 		slot = c->slot;
 	}
-	if (slot >= 4096)
+	if (slot >= SG_MAX_SLOTS)
 		return TC_ACT_SHOT;
 
 	struct pkt p;
@@ -1145,3 +1151,11 @@ const struct ct_key *unused_ct_key __attribute__((unused));
 const struct ct_val *unused_ct_val __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 const struct frag_val *unused_frag_val __attribute__((unused));
+const struct hdr *unused_hdr __attribute__((unused));
+const struct v4iv *unused_v4iv __attribute__((unused));
+const struct v6iv *unused_v6iv __attribute__((unused));
+const struct node *unused_node __attribute__((unused));
+const struct portiv *unused_portiv __attribute__((unused));
+const struct entry *unused_entry __attribute__((unused));
+const struct rate *unused_rate __attribute__((unused));
+const enum sg_const *unused_sg_const __attribute__((unused));

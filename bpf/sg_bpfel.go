@@ -65,6 +65,14 @@ type sgEniname struct {
 	Name [64]int8
 }
 
+type sgEntry struct {
+	_         structs.HostLayout
+	Action    uint32
+	RuleIndex int32
+	Sg        uint32
+	Pad       uint32
+}
+
 type sgFragKey struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -87,10 +95,48 @@ type sgFragVal struct {
 	Gen       uint64
 }
 
+type sgHdr struct {
+	_          structs.HostLayout
+	Gen        uint64
+	N4         uint32
+	N6         uint32
+	Off4       uint32
+	Off6       uint32
+	OffNodes   uint32
+	OffPorts   uint32
+	OffEntries uint32
+	N_entries  uint32
+	OffSgs     uint32
+	Flags      uint32
+	OffV4idx   uint32
+	V4shift    uint32
+	OffCounts  uint32
+	Pad        uint32
+}
+
 type sgIfcfg struct {
 	_     structs.HostLayout
 	Slot  uint32
 	Flags uint32
+}
+
+type sgNode struct {
+	_      structs.HostLayout
+	TcpOff uint32
+	TcpCnt uint32
+	UdpOff uint32
+	UdpCnt uint32
+	TcpNp  int32
+	UdpNp  int32
+	Icmp   int32
+	Other  int32
+}
+
+type sgPortiv struct {
+	_     structs.HostLayout
+	Start uint16
+	Pad   uint16
+	Entry int32
 }
 
 type sgRate struct {
@@ -98,6 +144,33 @@ type sgRate struct {
 	Window     uint64
 	Count      uint32
 	Suppressed uint32
+}
+
+type sgSgConst uint32
+
+const (
+	sgSgConstSG_MAX_SLOTS     sgSgConst = 4096
+	sgSgConstSG_MAX_TABLES    sgSgConst = 8192
+	sgSgConstSG_CHUNK_SHIFT   sgSgConst = 12
+	sgSgConstSG_CHUNK_SIZE    sgSgConst = 4096
+	sgSgConstSG_HDR_SIZE      sgSgConst = 64
+	sgSgConstSG_NAME_SIZE     sgSgConst = 64
+	sgSgConstSG_HDR_FLAG_NOSG sgSgConst = 1
+)
+
+type sgV4iv struct {
+	_     structs.HostLayout
+	Start uint32
+	Node  uint32
+}
+
+type sgV6iv struct {
+	_    structs.HostLayout
+	Hi   uint64
+	Lo   uint64
+	Node uint32
+	Pad  uint32
+	Pad2 uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -116,8 +189,16 @@ const (
 	sgVarUnusedCtKey     = "unused_ct_key"
 	sgVarUnusedCtVal     = "unused_ct_val"
 	sgVarUnusedDropEvent = "unused_drop_event"
+	sgVarUnusedEntry     = "unused_entry"
 	sgVarUnusedFragKey   = "unused_frag_key"
 	sgVarUnusedFragVal   = "unused_frag_val"
+	sgVarUnusedHdr       = "unused_hdr"
+	sgVarUnusedNode      = "unused_node"
+	sgVarUnusedPortiv    = "unused_portiv"
+	sgVarUnusedRate      = "unused_rate"
+	sgVarUnusedSgConst   = "unused_sg_const"
+	sgVarUnusedV4iv      = "unused_v4iv"
+	sgVarUnusedV6iv      = "unused_v6iv"
 )
 
 // loadSg returns the embedded CollectionSpec for sg.
@@ -186,8 +267,16 @@ type sgVariableSpecs struct {
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.VariableSpec `ebpf:"unused_drop_event"`
+	UnusedEntry     *ebpf.VariableSpec `ebpf:"unused_entry"`
 	UnusedFragKey   *ebpf.VariableSpec `ebpf:"unused_frag_key"`
 	UnusedFragVal   *ebpf.VariableSpec `ebpf:"unused_frag_val"`
+	UnusedHdr       *ebpf.VariableSpec `ebpf:"unused_hdr"`
+	UnusedNode      *ebpf.VariableSpec `ebpf:"unused_node"`
+	UnusedPortiv    *ebpf.VariableSpec `ebpf:"unused_portiv"`
+	UnusedRate      *ebpf.VariableSpec `ebpf:"unused_rate"`
+	UnusedSgConst   *ebpf.VariableSpec `ebpf:"unused_sg_const"`
+	UnusedV4iv      *ebpf.VariableSpec `ebpf:"unused_v4iv"`
+	UnusedV6iv      *ebpf.VariableSpec `ebpf:"unused_v6iv"`
 }
 
 // sgObjects contains all objects after they have been loaded into the kernel.
@@ -238,8 +327,16 @@ type sgVariables struct {
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.Variable `ebpf:"unused_drop_event"`
+	UnusedEntry     *ebpf.Variable `ebpf:"unused_entry"`
 	UnusedFragKey   *ebpf.Variable `ebpf:"unused_frag_key"`
 	UnusedFragVal   *ebpf.Variable `ebpf:"unused_frag_val"`
+	UnusedHdr       *ebpf.Variable `ebpf:"unused_hdr"`
+	UnusedNode      *ebpf.Variable `ebpf:"unused_node"`
+	UnusedPortiv    *ebpf.Variable `ebpf:"unused_portiv"`
+	UnusedRate      *ebpf.Variable `ebpf:"unused_rate"`
+	UnusedSgConst   *ebpf.Variable `ebpf:"unused_sg_const"`
+	UnusedV4iv      *ebpf.Variable `ebpf:"unused_v4iv"`
+	UnusedV6iv      *ebpf.Variable `ebpf:"unused_v6iv"`
 }
 
 // sgPrograms contains all programs after they have been loaded into the kernel.

@@ -19,7 +19,7 @@ func loadEach(tb testing.TB) map[string]struct {
 	verified uint32
 } {
 	tb.Helper()
-	spec, err := loadSg()
+	spec, err := collectionSpec(false)
 	require.NoError(tb, err)
 	out := map[string]struct {
 		took     time.Duration
