@@ -58,7 +58,7 @@ func costFlows(tb testing.TB, tab *compiler.Table) (first, reply frame) {
 		if !p.Remote.Is4() || p.Proto != model.IPProtoTCP || !p.HasPort {
 			continue
 		}
-		if v := dataplane.Explain(tab, cl.Lookup(&p)); v.Action == model.Accept && v.Reason == dataplane.ReasonRule {
+		if v := dataplane.VerdictOf(tab, cl.Lookup(&p)); v.Action == model.Accept && v.Reason == dataplane.ReasonRule {
 			f := frameOf(p)
 			f.tcpFlags = 0x02
 			r := f.reverse()

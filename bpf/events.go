@@ -189,7 +189,7 @@ func (d *Dataplane) Hits() ([]Hit, error) {
 				}
 				h := Hit{ENI: eni, Direction: dir, Generation: gen, Entry: e, Packets: n}
 				if known && e < len(t.Entries) {
-					x := dataplane.Explain(t, e).Explain(eni, dir, t)
+					x := dataplane.VerdictOf(t, e).Explain(eni, dir, t)
 					h.Decision = &x
 				}
 				hits = append(hits, h)

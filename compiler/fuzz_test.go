@@ -68,10 +68,17 @@ func fuzzTopology(src *byteSource) model.Topology {
 		}
 		topo.SecurityGroups = append(topo.SecurityGroups, g)
 	}
+	taken := map[string]bool{} // a private IP is one ENI's (SPEC §8)
 	for i := range nENI {
 		n := model.NetworkInterface{NetworkInterfaceID: fmt.Sprintf("eni-%d", i), AppID: "A", SgIDs: []string{}}
 		for range 1 + src.pick(2) {
-			n.PrivateIPAddresses = append(n.PrivateIPAddresses, poolAddr(src.next()).String())
+			if a := poolAddr(src.next()).String(); !taken[a] {
+				taken[a] = true
+				n.PrivateIPAddresses = append(n.PrivateIPAddresses, a)
+			}
+		}
+		if len(n.PrivateIPAddresses) == 0 {
+			continue
 		}
 		// A random ordered subset of the SGs, no duplicates.
 		perm := slices.Clone(sgIDs)

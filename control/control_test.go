@@ -210,3 +210,39 @@ func TestHistogram(t *testing.T) {
 	assert.InDelta(t, 6.0, sum, 1e-9)
 	assert.Equal(t, uint64(4), n)
 }
+
+// An agent that sees only the committed states, one after another, and runs the Applier alone ends up
+// with the same tables as the single-host Controller.
+func TestApplierAloneFollowsCommittedStates(t *testing.T) {
+	ctx := context.Background()
+	c, _ := newCtrl(t)
+	first := c.View()
+	agent := NewApplier(first.State, first.Generation, ApplierOptions{Factory: dataplane.ClassifierFactory})
+	rec := &recorder{}
+	require.NoError(t, agent.AddDataplane(ctx, rec))
+	steps := []func() error{
+		func() error {
+			return c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-ssh", []model.Rule{{SgID: "sg-web", Action: "ACCEPT"}}, nil)
+		},
+		func() error {
+			_, err := c.PortAction(ctx, "1250000001", "sg-web", true, []string{"eni-spare"})
+			return err
+		},
+		func() error {
+			return c.ModifySecurityGroupsOfNetworkInterface(ctx, "1250000001", []ENISGs{{ENI: "eni-web1", SgIDs: []string{"sg-ssh"}}})
+		},
+	}
+	for i, step := range steps {
+		require.NoError(t, step(), "step %d", i)
+		v := c.View()
+		require.NoError(t, agent.Apply(ctx, v.State, v.Generation))
+		assert.Equal(t, compiler.Affected(first.State, v.State), rec.last(), "step %d", i)
+		assert.Equal(t, v.Tables, agent.View().Tables, "step %d", i)
+		first = v
+	}
+	for id, want := range c.View().Tables {
+		got, ok := agent.Engine().Snapshot().ENI(id)
+		require.True(t, ok)
+		assert.Equal(t, want, got.Tables, id)
+	}
+}

@@ -19,6 +19,9 @@ const (
 	CodeNameExists    = 7005
 	CodePreset        = 7006
 	CodeBadRuleFormat = 9003
+	// CodeConflict is sgsim's own, for its native endpoints (SPEC §8 answers 409): the change collides
+	// with what exists (a private IP another ENI holds, no ENI slot left on this host).
+	CodeConflict = 9409
 )
 
 // Error is a validation or operation failure: which field (a JSON-ish path such as

@@ -47,6 +47,8 @@ type NetworkInterface struct {
 	PrivateIPAddresses []string `json:"privateIpAddresses"`
 	SgIDs              []string `json:"sgIds"`
 	HostInterface      string   `json:"hostInterface,omitempty"`
+	// Host is the fleet host whose agent enforces this ENI (SPEC §9); "" on a single host.
+	Host string `json:"host,omitempty"`
 
 	addrs []netip.Addr
 	mac   net.HardwareAddr
@@ -120,6 +122,8 @@ func NewState(t Topology) (*State, error) {
 			return nil, AtPath(fmt.Sprintf("securityGroups[%d]", i), err)
 		}
 	}
+	owners := make(map[netip.Addr]string, len(t.NetworkInterfaces)) // private IP → its ENI
+	ifOwners := map[string]string{}                                 // host and hostInterface → its ENI
 	for i, n := range t.NetworkInterfaces {
 		path := fmt.Sprintf("networkInterfaces[%d]", i)
 		if _, dup := s.enis[n.NetworkInterfaceID]; dup {
@@ -128,6 +132,19 @@ func NewState(t Topology) (*State, error) {
 		eni, err := s.prepareENI(n)
 		if err != nil {
 			return nil, AtPath(path, err)
+		}
+		for j, a := range eni.addrs {
+			if other, taken := owners[a]; taken && other != eni.NetworkInterfaceID {
+				return nil, AtPath(path, ipTaken(j, eni.PrivateIPAddresses[j], other))
+			}
+			owners[a] = eni.NetworkInterfaceID
+		}
+		if eni.HostInterface != "" {
+			key := eni.Host + "\x00" + eni.HostInterface
+			if other, taken := ifOwners[key]; taken {
+				return nil, AtPath(path, ifTaken(eni, other))
+			}
+			ifOwners[key] = eni.NetworkInterfaceID
 		}
 		s.enis[eni.NetworkInterfaceID] = eni
 		s.eniOrder = append(s.eniOrder, eni.NetworkInterfaceID)
@@ -491,16 +508,53 @@ func (b *Builder) DeleteSG(id string) error {
 	return nil
 }
 
-// PutENI adds or replaces a network interface after validating its addresses and SG list.
+// ipTaken is the error for a private IP another ENI holds: one address is one ENI's, or sgId rules
+// and the kernel's reply matching could not tell them apart (SPEC §8).
+func ipTaken(i int, addr, other string) *Error {
+	return errValue(CodeConflict, fmt.Sprintf("privateIpAddresses[%d]", i), addr, "already a private IP of network interface "+other)
+}
+
+// ifTaken is the error for a host interface another ENI of the same host claims: an interface carries
+// one ENI's traffic.
+func ifTaken(n *NetworkInterface, other string) *Error {
+	return errValue(CodeConflict, "hostInterface", n.HostInterface, "already the host interface of network interface "+other)
+}
+
+// PutENI adds or replaces a network interface after validating its addresses and SG list; a private IP
+// or a host interface another ENI holds is refused (CodeConflict).
 func (b *Builder) PutENI(n NetworkInterface) error {
 	eni, err := b.s.prepareENI(n)
 	if err != nil {
 		return err
 	}
+	for _, id := range b.s.eniOrder {
+		other := b.s.enis[id]
+		if id == eni.NetworkInterfaceID {
+			continue
+		}
+		for j, a := range eni.addrs {
+			if slices.Contains(other.addrs, a) {
+				return ipTaken(j, eni.PrivateIPAddresses[j], id)
+			}
+		}
+		if eni.HostInterface != "" && other.HostInterface == eni.HostInterface && other.Host == eni.Host {
+			return ifTaken(eni, id)
+		}
+	}
 	if _, exists := b.s.enis[eni.NetworkInterfaceID]; !exists {
 		b.s.eniOrder = append(b.s.eniOrder, eni.NetworkInterfaceID)
 	}
 	b.s.enis[eni.NetworkInterfaceID] = eni
+	return nil
+}
+
+// DeleteENI removes a network interface.
+func (b *Builder) DeleteENI(id string) error {
+	if _, ok := b.s.enis[id]; !ok {
+		return errValue(CodeNotFound, "networkInterfaceId", id, "no such network interface")
+	}
+	delete(b.s.enis, id)
+	b.s.eniOrder = slices.DeleteFunc(b.s.eniOrder, func(x string) bool { return x == id })
 	return nil
 }
 

@@ -2,15 +2,19 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sgsim/sgsim/api"
+	"github.com/sgsim/sgsim/internal/netns"
+	"github.com/sgsim/sgsim/node"
 )
 
 // startTopology has one ENI without a host interface and, with %s filled, one with.
@@ -38,29 +42,44 @@ func TestServeFlagErrors(t *testing.T) {
 		o    serveOptions
 		msg  string
 	}{
-		{"unknown dataplane", serveOptions{Dataplane: "xdp"}, `--dataplane "xdp": want go, ebpf or both`},
-		{"missing host netns", serveOptions{Dataplane: dataplaneEBPF, HostNetns: "sgs-no-such-ns"}, "--host-netns sgs-no-such-ns"},
+		{"unknown dataplane", serveOptions{Config: node.Config{Dataplane: "xdp"}}, `--dataplane "xdp": want go, ebpf or both`},
+		{"missing host netns", serveOptions{Config: node.Config{Dataplane: dataplaneEBPF, HostNetns: "sgs-no-such-ns"}}, "--host-netns sgs-no-such-ns"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.o.ServeConfig = api.ServeConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Topology: topo}
+			tt.o.Listen = "127.0.0.1:0"
+			tt.o.DataDir, tt.o.Topology = t.TempDir(), topo
 			require.ErrorContains(t, runServe(context.Background(), tt.o), tt.msg)
 		})
 	}
 }
 
-// TestServeMissingHostInterface: an ENI whose hostInterface does not exist stops the start with an error
-// naming the ENI, the interface and the namespace, and nothing is attached.
-func TestServeMissingHostInterface(t *testing.T) {
+// TestServeStartsBeforeItsInterfaces: an ENI whose hostInterface does not exist yet does not stop the
+// start (SPEC §8); its interface is attached once it appears.
+func TestServeStartsBeforeItsInterfaces(t *testing.T) {
 	requireKernel(t)
 	lab := newVMLab(t)
-	topo := writeTopology(t, `,
+	topo, err := os.ReadFile(writeTopology(t, `,
     {"networkInterfaceId": "eni-gone", "appId": "1", "privateIpAddresses": ["198.18.210.21"], "sgIds": ["sg-1"],
-     "hostInterface": "sgs-gone"}`)
-	err := runServe(context.Background(), serveOptions{
-		ServeConfig: api.ServeConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Topology: topo},
-		Dataplane:   dataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host})
-	require.ErrorContains(t, err, "ENI eni-gone: hostInterface sgs-gone does not exist in network namespace "+lab.Host)
+     "hostInterface": "sgs-gone"}`))
+	require.NoError(t, err)
+	pin := pinDir(t)
+	d := startDaemon(t, lab, dataplaneEBPF, t.TempDir(), pin, string(topo))
+	lab.AddVM("eni-gone", "sgs-gone", "198.18.210.21")
+	ifindex, err := netns.Do(lab.Host, func() (int, error) {
+		ifc, err := net.InterfaceByName("sgs-gone")
+		if err != nil {
+			return 0, err
+		}
+		return ifc.Index, nil
+	})
+	require.NoError(t, err)
+	// The daemon pins the links it attaches.
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(pin, fmt.Sprintf("link-%d-ingress", ifindex)))
+		return err == nil
+	}, 2*time.Second, 5*time.Millisecond, "sgs-gone attached once it appeared")
+	require.NoError(t, d.stop())
 }
 
 // TestServeCheckByDataplane: /sgsim/v1/check is answered by the Go engine with go and both, and refused
