@@ -449,8 +449,9 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct cursor *c, _
 		p->frag_id = be16(h + 4);
 	}
 	__u32 tot = be16(h + 2);
-	// IPv4 BIG TCP: a GSO packet over 64 KiB says total length 0 and is as long as the skb.
-	if (tot == 0 && skb->gso_segs > 1)
+	// IPv4 BIG TCP: a GSO packet over 64 KiB says total length 0 and is as long as the skb (a non-GSO one
+	// saying 0 is malformed, as in packet.Decode).
+	if (tot == 0 && skb->gso_size != 0)
 		tot = c->len - off;
 	__u32 end = off + tot;
 	if (tot < ihl || off + ihl > c->len)
