@@ -507,7 +507,9 @@ func (st *staged) Switch() error {
 		if err := d.objs.EniNames.Put(slot, &sgEniname{}); err != nil {
 			return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
 		}
-		d.forgetIfaces(slot)
+		if err := d.forgetIfaces(slot); err != nil {
+			return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
+		}
 		delete(d.slots, id)
 		d.live[slot].close()
 		delete(d.live, slot)
@@ -577,7 +579,7 @@ func sameKernelTable(a, b *compiler.Table) bool {
 }
 
 // forgetIfaces unbinds every interface bound to slot. Caller holds mu.
-func (d *Dataplane) forgetIfaces(slot uint32) {
+func (d *Dataplane) forgetIfaces(slot uint32) error {
 	var (
 		k   uint32
 		cfg sgIfcfg
@@ -589,9 +591,15 @@ func (d *Dataplane) forgetIfaces(slot uint32) {
 			del = append(del, k)
 		}
 	}
-	for _, k := range del {
-		_ = d.objs.Ifaces.Delete(k) // already gone is fine
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read interface bindings: %w", err)
 	}
+	for _, k := range del {
+		if err := d.objs.Ifaces.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("unbind ifindex %d: %w", k, err)
+		}
+	}
+	return nil
 }
 
 // Bind makes the program treat the interface ifindex as the host side of eni.
@@ -683,6 +691,9 @@ func (d *Dataplane) FlushConntrack() error {
 	for fit.Next(&fk, &fv) {
 		fkeys = append(fkeys, fk)
 	}
+	if err := fit.Err(); err != nil {
+		return fmt.Errorf("flush fragments: %w", err)
+	}
 	for i := range fkeys {
 		if err := d.objs.Frags.Delete(&fkeys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("flush fragments: %w", err)
@@ -695,12 +706,15 @@ func (d *Dataplane) FlushConntrack() error {
 	for it.Next(&k, &v) {
 		keys = append(keys, k)
 	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("flush conntrack: %w", err)
+	}
 	for i := range keys {
 		if err := d.objs.Conntrack.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("flush conntrack: %w", err)
 		}
 	}
-	return it.Err()
+	return nil
 }
 
 // pinFile returns the path of a pinned object.
