@@ -464,7 +464,17 @@ func (st *staged) Switch() error {
 			}
 		}
 	}
+	gens := make([]uint64, len(todo))
+	if err := d.setTableGens(todo, gens); err != nil {
+		return fmt.Errorf("publish generation %d: %w", st.gen, err)
+	}
 	n, err := d.switchTables(todo)
+	for i := range gens[:n] {
+		gens[i] = st.gen + 1
+	}
+	if err := d.setTableGens(todo[:n], gens[:n]); err != nil {
+		return fmt.Errorf("publish generation %d: %w", st.gen, err)
+	}
 	// What the kernel took is recorded even when the rest failed: the next Stage compares against it.
 	for _, sw := range todo[:n] {
 		l := d.live[sw.slot]
@@ -500,6 +510,9 @@ func (st *staged) Switch() error {
 			continue
 		}
 		for dir := range uint32(2) {
+			if err := d.objs.TableGens.Put(slot*2+dir, uint64(0)); err != nil {
+				return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
+			}
 			if err := d.objs.Tables.Delete(slot*2 + dir); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
 			}
@@ -513,6 +526,29 @@ func (st *staged) Switch() error {
 		delete(d.slots, id)
 		d.live[slot].close()
 		delete(d.live, slot)
+	}
+	return nil
+}
+
+// setTableGens sets table_gens for the switched directions (gens: each one's generation plus one, or 0
+// while its table is being replaced). Caller holds mu.
+func (d *Dataplane) setTableGens(todo []switched, gens []uint64) error {
+	if len(todo) == 0 {
+		return nil
+	}
+	keys := make([]uint32, len(todo))
+	for i, sw := range todo {
+		keys[i] = sw.slot*2 + uint32(sw.dir)
+	}
+	if _, err := d.objs.TableGens.BatchUpdate(keys, gens, nil); err == nil {
+		return nil
+	} else if !errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("set table generations: %w", err)
+	}
+	for i, k := range keys {
+		if err := d.objs.TableGens.Put(k, gens[i]); err != nil {
+			return fmt.Errorf("set table generation %d: %w", k, err)
+		}
 	}
 	return nil
 }

@@ -89,6 +89,17 @@ struct {
 	});
 } tables SEC(".maps");
 
+// table_gens[slot*2+dir] is the generation of the table in force there, plus one (0: unknown, read the
+// table's header): directly addressed, so a tracked flow's check that its table did not change costs
+// no map lookup call. Switch zeroes an entry before it replaces the table and sets it after.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SG_MAX_TABLES);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
+} table_gens SEC(".maps");
+
 struct ifcfg {
 	__u32 slot;
 	__u32 flags;
@@ -822,8 +833,12 @@ static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, st
 static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 *src, const __u8 *dst, __u16 dport,
 				   struct ct_half *v)
 {
+	__u32 ti = slot * 2 + v->dir;
+	__u64 *g = bpf_map_lookup_elem(&table_gens, &ti);
+	if (g && *g == v->gen + 1)
+		return 1;
 	struct hdr *h;
-	if (!table_of(slot * 2 + v->dir, &h))
+	if (!table_of(ti, &h))
 		return 0;
 	if (h->gen == v->gen)
 		return 1;

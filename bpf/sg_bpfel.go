@@ -183,6 +183,7 @@ const (
 	sgMapEniNames        = "eni_names"
 	sgMapFrags           = "frags"
 	sgMapIfaces          = "ifaces"
+	sgMapTableGens       = "table_gens"
 	sgMapTables          = "tables"
 	sgProgSgHostEgress   = "sg_host_egress"
 	sgProgSgHostIngress  = "sg_host_ingress"
@@ -257,6 +258,7 @@ type sgMapSpecs struct {
 	EniNames  *ebpf.MapSpec `ebpf:"eni_names"`
 	Frags     *ebpf.MapSpec `ebpf:"frags"`
 	Ifaces    *ebpf.MapSpec `ebpf:"ifaces"`
+	TableGens *ebpf.MapSpec `ebpf:"table_gens"`
 	Tables    *ebpf.MapSpec `ebpf:"tables"`
 }
 
@@ -305,6 +307,7 @@ type sgMaps struct {
 	EniNames  *ebpf.Map `ebpf:"eni_names"`
 	Frags     *ebpf.Map `ebpf:"frags"`
 	Ifaces    *ebpf.Map `ebpf:"ifaces"`
+	TableGens *ebpf.Map `ebpf:"table_gens"`
 	Tables    *ebpf.Map `ebpf:"tables"`
 }
 
@@ -316,6 +319,7 @@ func (m *sgMaps) Close() error {
 		m.EniNames,
 		m.Frags,
 		m.Ifaces,
+		m.TableGens,
 		m.Tables,
 	)
 }
