@@ -735,22 +735,7 @@ func (d *Dataplane) FlushConntrack() error {
 			return fmt.Errorf("flush fragments: %w", err)
 		}
 	}
-	var k sgCtKey
-	var keys []sgCtKey
-	var v sgCtVal
-	it := d.objs.Conntrack.Iterate()
-	for it.Next(&k, &v) {
-		keys = append(keys, k)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("flush conntrack: %w", err)
-	}
-	for i := range keys {
-		if err := d.objs.Conntrack.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("flush conntrack: %w", err)
-		}
-	}
-	return nil
+	return d.flushFlows()
 }
 
 // pinFile returns the path of a pinned object.

@@ -168,6 +168,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } conntrack SEC(".maps");
 
+// IPv4 flows have their own map with a key of 16 bytes instead of 44: the kernel hashes and compares the
+// whole key on every lookup, and the short key costs about half. Same entries otherwise.
+struct ct_key4 {
+	__u16 slot;
+	__u8 proto, pad;
+	__u16 sport, dport;
+	__u8 src[4], dst[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct_key4);
+	__type(value, struct ct_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
+} conntrack4 SEC(".maps");
+
 // Verdicts of first fragments, which later fragments of the same datagram take (SPEC §2).
 struct frag_key {
 	__u32 slot;
@@ -799,13 +816,43 @@ struct decision {
 	__u32 sg;
 };
 
+// ct_flow is a packet's conntrack key and its own orientation (the entry, looked up once, is beside it);
+// and the scratch space of decide_flow's classifications and IPv4 keys, kept in one place so that the
+// stack of the call chain stays within the verifier's 512 bytes.
+struct ct_flow {
+	struct ct_key k;
+	int o;
+	struct ct_key4 k4;
+	struct query q;
+	struct cls c;
+	struct ct_val nv; // a new entry's value
+};
+
+// decide_flow's ct_flow lives here, not on the stack: with it there the call chain run → decide_flow →
+// classify would pass the verifier's 512-byte stack limit. One per CPU; a program runs to the end on its
+// CPU before another starts there.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u8[sizeof(struct ct_flow)]); // raw bytes: its pointer field has no Go type
+} ct_scratch SEC(".maps");
+
 // decide_rules classifies p at table slot*2+dir, oriented for dir.
-static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, struct decision *d)
+static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, struct decision *d, struct ct_flow *f)
 {
-	struct query q = {.fam = p->fam, .proto = p->proto, .has_port = p->has_port, .port = p->dport, .count = 1};
-	__builtin_memcpy(q.remote, dir == DIR_INGRESS ? p->src : p->dst, 16);
-	struct cls c = {};
-	int e = classify(slot * 2 + dir, &q, &c);
+	struct query *q = &f->q;
+	struct cls *cp = &f->c;
+	__builtin_memset(q, 0, sizeof(*q));
+	__builtin_memset(cp, 0, sizeof(*cp));
+	q->fam = p->fam;
+	q->proto = p->proto;
+	q->has_port = p->has_port;
+	q->port = p->dport;
+	q->count = 1;
+	__builtin_memcpy(q->remote, dir == DIR_INGRESS ? p->src : p->dst, 16);
+	int e = classify(slot * 2 + dir, q, cp);
+	struct cls c = *cp;
 	d->entry = -1;
 	d->rule_index = -1;
 	d->accept = 0;
@@ -831,7 +878,7 @@ static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, st
 // recheck re-classifies a tracked flow's original packet (slot, fam, proto, src -> dst:dport) when its
 // table changed since it was last checked; returns 1 when the flow may continue.
 static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 *src, const __u8 *dst, __u16 dport,
-				   struct ct_half *v)
+				   struct ct_half *v, struct ct_flow *f)
 {
 	__u32 ti = slot * 2 + v->dir;
 	__u64 *g = bpf_map_lookup_elem(&table_gens, &ti);
@@ -842,12 +889,17 @@ static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 
 		return 0;
 	if (h->gen == v->gen)
 		return 1;
-	struct query q = {.fam = fam, .proto = proto, .has_port = proto == 6 || proto == 17, .port = dport};
-	__builtin_memcpy(q.remote, v->dir == DIR_INGRESS ? src : dst, 16);
-	struct cls c = {};
-	if (classify(slot * 2 + v->dir, &q, &c) < 0 || c.action != 1)
+	struct query *q = &f->q;
+	__builtin_memset(q, 0, sizeof(*q));
+	q->fam = fam;
+	q->proto = proto;
+	q->has_port = proto == 6 || proto == 17;
+	q->port = dport;
+	__builtin_memcpy(q->remote, v->dir == DIR_INGRESS ? src : dst, 16);
+	__builtin_memset(&f->c, 0, sizeof(f->c));
+	if (classify(ti, q, &f->c) < 0 || f->c.action != 1)
 		return 0;
-	v->gen = c.gen;
+	v->gen = f->c.gen;
 	return 1;
 }
 
@@ -903,55 +955,91 @@ static __always_inline struct ct_half *ct_half_of(struct ct_val *v, int o)
 	return 0;
 }
 
-// ct_forget ends the flow in half f of entry k/v; returns 1 when the entry itself was deleted.
-static __always_inline int ct_forget(struct ct_key *k, struct ct_val *v, struct ct_half *f)
+// ct_key4_of is k in conntrack4's layout (k is an IPv4 flow's key).
+static __always_inline void ct_key4_of(struct ct_key4 *k4, const struct ct_key *k)
+{
+	k4->slot = k->slot;
+	k4->proto = k->proto;
+	k4->pad = 0;
+	k4->sport = k->sport;
+	k4->dport = k->dport;
+	__builtin_memcpy(k4->src, k->src, 4);
+	__builtin_memcpy(k4->dst, k->dst, 4);
+}
+
+// ct_lookup, ct_insert and ct_delete act on k's entry in its family's map.
+static __always_inline struct ct_val *ct_lookup(const struct ct_key *k, struct ct_key4 *k4)
+{
+	if (k->fam == 4) {
+		ct_key4_of(k4, k);
+		return bpf_map_lookup_elem(&conntrack4, k4);
+	}
+	return bpf_map_lookup_elem(&conntrack, k);
+}
+
+static __always_inline long ct_insert(const struct ct_key *k, struct ct_key4 *k4, const struct ct_val *v)
+{
+	if (k->fam == 4) {
+		ct_key4_of(k4, k);
+		return bpf_map_update_elem(&conntrack4, k4, v, BPF_NOEXIST);
+	}
+	return bpf_map_update_elem(&conntrack, k, v, BPF_NOEXIST);
+}
+
+static __always_inline void ct_delete(const struct ct_key *k, struct ct_key4 *k4)
+{
+	if (k->fam == 4) {
+		ct_key4_of(k4, k);
+		bpf_map_delete_elem(&conntrack4, k4);
+		return;
+	}
+	bpf_map_delete_elem(&conntrack, k);
+}
+
+// ct_forget ends the flow in half hf of fl's entry v (key fl->k); returns 1 when the entry itself was
+// deleted.
+static __always_inline int ct_forget(struct ct_flow *fl, struct ct_val *v, struct ct_half *hf)
 {
 	struct ct_half *h = (struct ct_half *)v;
-	f->flags = 0;
+	hf->flags = 0;
 	if ((h[0].flags | h[1].flags) & CT_LIVE)
 		return 0;
-	bpf_map_delete_elem(&conntrack, k);
+	ct_delete(&fl->k, &fl->k4);
 	return 1;
 }
 
-// ct_flow is a packet's conntrack entry: key, the entry if any (looked up once), its own orientation.
-struct ct_flow {
-	struct ct_key k;
-	struct ct_val *v;
-	int o;
-};
-
 // established tells whether p is a reply (or related ICMP error) of a live tracked flow at slot. For a
 // trackable packet it leaves in f the entry of p's own flow for track.
-static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct ct_flow *f)
+static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct ct_flow *f,
+				       struct ct_val **vp)
 {
-	f->v = 0;
+	*vp = 0;
 	if (p->is_icmp_err) {
 		// Related (as conntrack.Table.Related): the quoted packet is a tracked flow's original packet and
 		// the error comes back the other way, or the quote is the flow's reply and the error travels
 		// along the flow (its originator refusing a reply).
 		if (!p->q_ok)
 			return 0;
-		struct ct_key k;
-		int o = ct_key_of(&k, slot, p->fam, p->q_proto, p->q_src, p->q_sport, p->q_dst, p->q_dport);
-		struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
+		struct ct_key *k = &f->k; // the error itself is not tracked: its own key is not needed
+		int o = ct_key_of(k, slot, p->fam, p->q_proto, p->q_src, p->q_sport, p->q_dst, p->q_dport);
+		struct ct_val *v = ct_lookup(k, &f->k4);
 		if (!v)
 			return 0;
 		struct ct_half *h = ct_half_of(v, o);
 		int reply_quoted = 0;
 		if (!h || h->dir == dir) {
-			h = ct_half_of(v, ct_same_ends(&k) ? o : !o);
+			h = ct_half_of(v, ct_same_ends(k) ? o : !o);
 			if (!h || h->dir != dir)
 				return 0;
 			reply_quoted = 1;
 		}
-		int ok = now - h->last <= ct_timeout(h, k.proto);
+		int ok = now - h->last <= ct_timeout(h, k->proto);
 		if (ok && !reply_quoted)
-			ok = recheck(slot, p->fam, p->q_proto, p->q_src, p->q_dst, p->q_dport, h);
+			ok = recheck(slot, p->fam, p->q_proto, p->q_src, p->q_dst, p->q_dport, h, f);
 		else if (ok)
-			ok = recheck(slot, p->fam, p->q_proto, p->q_dst, p->q_src, p->q_sport, h);
+			ok = recheck(slot, p->fam, p->q_proto, p->q_dst, p->q_src, p->q_sport, h, f);
 		if (!ok) {
-			ct_forget(&k, v, h);
+			ct_forget(f, v, h);
 			return 0;
 		}
 		return 1;
@@ -959,17 +1047,17 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 	if (!p->trackable)
 		return 0;
 	f->o = ct_key_of(&f->k, slot, p->fam, p->proto, p->src, p->sport, p->dst, p->dport);
-	f->v = bpf_map_lookup_elem(&conntrack, &f->k);
-	if (!f->v)
+	*vp = ct_lookup(&f->k, &f->k4);
+	if (!*vp)
 		return 0;
 	// The flow p would reply to runs the other way, unless both ends are one.
-	struct ct_half *h = ct_half_of(f->v, ct_same_ends(&f->k) ? f->o : !f->o);
+	struct ct_half *h = ct_half_of(*vp, ct_same_ends(&f->k) ? f->o : !f->o);
 	if (!h || h->dir == dir)
 		return 0;
 	if (now - h->last > ct_timeout(h, p->proto) ||
-	    !recheck(slot, p->fam, p->proto, p->dst, p->src, p->sport, h)) {
-		if (ct_forget(&f->k, f->v, h))
-			f->v = 0;
+	    !recheck(slot, p->fam, p->proto, p->dst, p->src, p->sport, h, f)) {
+		if (ct_forget(f, *vp, h))
+			*vp = 0;
 		return 0;
 	}
 	h->last = now;
@@ -980,21 +1068,26 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 }
 
 // track starts or refreshes p's own flow in entry f (from established).
-static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, __u64 gen, __u64 now)
+static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, struct ct_val **vp, __u64 gen, __u64 now)
 {
 	__u8 closing = (p->proto == 6 && (p->tcp_flags & 0x05)) ? CT_CLOSING : 0;
 	__u8 fresh = closing | CT_LIVE | (f->o ? CT_SWAPPED : 0);
 	struct ct_half *h;
-	if (!f->v) {
-		struct ct_val nv = {.last = now, .gen = gen, .dir = dir, .flags = fresh};
-		if (!bpf_map_update_elem(&conntrack, &f->k, &nv, BPF_NOEXIST))
+	if (!*vp) {
+		struct ct_val *nv = &f->nv;
+		__builtin_memset(nv, 0, sizeof(*nv));
+		nv->last = now;
+		nv->gen = gen;
+		nv->dir = dir;
+		nv->flags = fresh;
+		if (!ct_insert(&f->k, &f->k4, nv))
 			return;
 		// Another CPU created the entry meanwhile: join it.
-		f->v = bpf_map_lookup_elem(&conntrack, &f->k);
-		if (!f->v)
+		*vp = ct_lookup(&f->k, &f->k4);
+		if (!*vp)
 			return;
 	}
-	h = ct_half_of(f->v, f->o);
+	h = ct_half_of(*vp, f->o);
 	if (h && h->dir == dir) {
 		h->last = now;
 		h->gen = gen;
@@ -1002,7 +1095,7 @@ static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, __
 		return;
 	}
 	if (!h) {
-		h = (struct ct_half *)f->v;
+		h = (struct ct_half *)*vp;
 		if (h->flags & CT_LIVE)
 			h++; // the other orientation's flow is in the first half
 	}
@@ -1062,6 +1155,31 @@ static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 
 	bpf_ringbuf_submit(ev, 0);
 }
 
+// decide_flow decides p by conntrack (a reply or related ICMP error of a live tracked flow is
+// established) or else by the rules, and tracks what the rules accept. A global function: the verifier
+// checks it once, not once for every way run can reach it.
+__noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, struct decision *d)
+{
+	__u32 z = 0;
+	struct ct_flow *ct = bpf_map_lookup_elem(&ct_scratch, &z);
+	if (!p || !d)
+		return 0;
+	if (!ct) {
+		d->reason = R_MALFORMED; // cannot happen: a per-CPU array always has its entry
+		return 0;
+	}
+	struct ct_val *v = 0;
+	if (established(slot, dir, p, now, ct, &v)) {
+		d->reason = R_ESTABLISHED;
+		d->accept = 1;
+		return 0;
+	}
+	decide_rules(slot, dir, p, d, ct);
+	if (d->accept && p->trackable)
+		track(dir, p, ct, &v, d->gen, now);
+	return 0;
+}
+
 // Test runs (BPF_PROG_TEST_RUN) come in on loopback, which is never an ENI's host interface: they carry
 // the ENI slot in mark (slot+1) and get the decision back in cb[0..2].
 #define LOOPBACK_IFINDEX 1
@@ -1101,7 +1219,6 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 			r = R_MALFORMED;
 	}
 	struct frag_key fk;
-	struct ct_flow ct;
 	struct frag_val *fv = 0;
 	if (r < 0 && p.frag) {
 		__builtin_memset(&fk, 0, sizeof(fk));
@@ -1124,13 +1241,8 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		d.reason = fv->reason;
 		d.accept = fv->accept;
 		d.gen = fv->gen;
-	} else if (established(slot, dir, &p, now, &ct)) {
-		d.reason = R_ESTABLISHED;
-		d.accept = 1;
 	} else {
-		decide_rules(slot, dir, &p, &d);
-		if (d.accept && p.trackable)
-			track(dir, &p, &ct, d.gen, now);
+		decide_flow(slot, dir, now, &p, &d);
 	}
 	if (r < 0 && p.frag == 1) {
 		struct frag_val nv = {.entry = d.entry, .rule_index = d.rule_index, .reason = d.reason,
@@ -1164,6 +1276,7 @@ int sg_host_egress(struct __sk_buff *skb)
 // Referenced so their BTF is emitted for bpf2go's Go types.
 const struct drop_event *unused_drop_event __attribute__((unused));
 const struct ct_key *unused_ct_key __attribute__((unused));
+const struct ct_key4 *unused_ct_key4 __attribute__((unused));
 const struct ct_val *unused_ct_val __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 const struct frag_val *unused_frag_val __attribute__((unused));

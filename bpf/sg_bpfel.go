@@ -25,6 +25,17 @@ type sgCtKey struct {
 	Dst   [16]uint8
 }
 
+type sgCtKey4 struct {
+	_     structs.HostLayout
+	Slot  uint16
+	Proto uint8
+	Pad   uint8
+	Sport uint16
+	Dport uint16
+	Src   [4]uint8
+	Dst   [4]uint8
+}
+
 type sgCtVal struct {
 	_      structs.HostLayout
 	Last   uint64
@@ -178,6 +189,8 @@ type sgV6iv struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	sgMapConntrack       = "conntrack"
+	sgMapConntrack4      = "conntrack4"
+	sgMapCtScratch       = "ct_scratch"
 	sgMapDropRate        = "drop_rate"
 	sgMapDrops           = "drops"
 	sgMapEniNames        = "eni_names"
@@ -188,6 +201,7 @@ const (
 	sgProgSgHostEgress   = "sg_host_egress"
 	sgProgSgHostIngress  = "sg_host_ingress"
 	sgVarUnusedCtKey     = "unused_ct_key"
+	sgVarUnusedCtKey4    = "unused_ct_key4"
 	sgVarUnusedCtVal     = "unused_ct_val"
 	sgVarUnusedDropEvent = "unused_drop_event"
 	sgVarUnusedEntry     = "unused_entry"
@@ -252,14 +266,16 @@ type sgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgMapSpecs struct {
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	DropRate  *ebpf.MapSpec `ebpf:"drop_rate"`
-	Drops     *ebpf.MapSpec `ebpf:"drops"`
-	EniNames  *ebpf.MapSpec `ebpf:"eni_names"`
-	Frags     *ebpf.MapSpec `ebpf:"frags"`
-	Ifaces    *ebpf.MapSpec `ebpf:"ifaces"`
-	TableGens *ebpf.MapSpec `ebpf:"table_gens"`
-	Tables    *ebpf.MapSpec `ebpf:"tables"`
+	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
+	Conntrack4 *ebpf.MapSpec `ebpf:"conntrack4"`
+	CtScratch  *ebpf.MapSpec `ebpf:"ct_scratch"`
+	DropRate   *ebpf.MapSpec `ebpf:"drop_rate"`
+	Drops      *ebpf.MapSpec `ebpf:"drops"`
+	EniNames   *ebpf.MapSpec `ebpf:"eni_names"`
+	Frags      *ebpf.MapSpec `ebpf:"frags"`
+	Ifaces     *ebpf.MapSpec `ebpf:"ifaces"`
+	TableGens  *ebpf.MapSpec `ebpf:"table_gens"`
+	Tables     *ebpf.MapSpec `ebpf:"tables"`
 }
 
 // sgVariableSpecs contains global variables before they are loaded into the kernel.
@@ -267,6 +283,7 @@ type sgMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgVariableSpecs struct {
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
+	UnusedCtKey4    *ebpf.VariableSpec `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.VariableSpec `ebpf:"unused_drop_event"`
 	UnusedEntry     *ebpf.VariableSpec `ebpf:"unused_entry"`
@@ -301,19 +318,23 @@ func (o *sgObjects) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgMaps struct {
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	DropRate  *ebpf.Map `ebpf:"drop_rate"`
-	Drops     *ebpf.Map `ebpf:"drops"`
-	EniNames  *ebpf.Map `ebpf:"eni_names"`
-	Frags     *ebpf.Map `ebpf:"frags"`
-	Ifaces    *ebpf.Map `ebpf:"ifaces"`
-	TableGens *ebpf.Map `ebpf:"table_gens"`
-	Tables    *ebpf.Map `ebpf:"tables"`
+	Conntrack  *ebpf.Map `ebpf:"conntrack"`
+	Conntrack4 *ebpf.Map `ebpf:"conntrack4"`
+	CtScratch  *ebpf.Map `ebpf:"ct_scratch"`
+	DropRate   *ebpf.Map `ebpf:"drop_rate"`
+	Drops      *ebpf.Map `ebpf:"drops"`
+	EniNames   *ebpf.Map `ebpf:"eni_names"`
+	Frags      *ebpf.Map `ebpf:"frags"`
+	Ifaces     *ebpf.Map `ebpf:"ifaces"`
+	TableGens  *ebpf.Map `ebpf:"table_gens"`
+	Tables     *ebpf.Map `ebpf:"tables"`
 }
 
 func (m *sgMaps) Close() error {
 	return _SgClose(
 		m.Conntrack,
+		m.Conntrack4,
+		m.CtScratch,
 		m.DropRate,
 		m.Drops,
 		m.EniNames,
@@ -329,6 +350,7 @@ func (m *sgMaps) Close() error {
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgVariables struct {
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
+	UnusedCtKey4    *ebpf.Variable `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.Variable `ebpf:"unused_drop_event"`
 	UnusedEntry     *ebpf.Variable `ebpf:"unused_entry"`

@@ -33,6 +33,7 @@ func TestKernelTypesMatchC(t *testing.T) {
 		{"eniname", unsafe.Sizeof(sgEniname{})},
 		{"rate", unsafe.Sizeof(sgRate{})},
 		{"ct_key", unsafe.Sizeof(sgCtKey{})},
+		{"ct_key4", unsafe.Sizeof(sgCtKey4{})},
 		{"ct_val", unsafe.Sizeof(sgCtVal{})},
 		{"frag_key", unsafe.Sizeof(sgFragKey{})},
 		{"frag_val", unsafe.Sizeof(sgFragVal{})},
@@ -56,8 +57,8 @@ func TestKernelTypesMatchC(t *testing.T) {
 	assert.Equal(t, uint32(chunkSize), spec.Maps["tables"].InnerMap.ValueSize)
 	for name, m := range spec.Maps {
 		want := ebpf.PinByName
-		if name == "frags" || name == ".bss" {
-			want = ebpf.PinNone // first-fragment verdicts are short-lived; .bss holds only BTF anchors
+		if name == "frags" || name == "ct_scratch" || name == ".bss" {
+			want = ebpf.PinNone // short-lived verdicts, per-packet scratch, BTF anchors
 		}
 		assert.Equal(t, want, m.Pinning, "pinning of %s", name)
 	}
