@@ -51,7 +51,8 @@ lint:
 BENCH_OUT := bench/bench.txt
 bench: build
 	$(GO) test -run '^$$' -bench 'Classifier$$|Linear$$' -benchmem -timeout 20m ./dataplane/ | tee $(BENCH_OUT)
-	$(GO) test -run '^$$' -bench 'Run$$' -benchtime 300x -timeout 20m ./bpf/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'Run$$|PacketCost$$' -benchtime 300x -timeout 20m ./bpf/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'Load$$|TableMemory$$' -benchtime 5x -timeout 20m ./bpf/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench PeerUDP -benchtime 1x -timeout 20m ./bench/peers/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench PeerUpdate -benchtime 1x -timeout 20m ./bench/peers/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench ModifyToEnforced -benchtime 300x -timeout 20m ./api/ | tee -a $(BENCH_OUT)
