@@ -61,6 +61,7 @@ type Bolt struct {
 	nonces      *nonce.Record // nil until the first UseNonce
 	nonceLimits nonce.Limits
 	nonceWindow time.Duration
+	nonceNow    time.Time // the latest clock reading UseNonce was given: expiry follows the caller's clock
 	// nonceFlushDelay is NonceFlushDelay; tests stretch it to see what a call alone writes.
 	nonceFlushDelay time.Duration
 	flushTimer      *time.Timer
@@ -229,7 +230,7 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 	// before, so it is durable exactly when the change is (see nonces.go).
 	keys := b.takeNonces()
 	err = b.db.Update(func(tx *bolt.Tx) error {
-		if err := writeNonces(tx, keys, time.Now(), b.nonceWindow); err != nil {
+		if err := writeNonces(tx, keys, b.nonceNow, b.nonceWindow); err != nil {
 			return err
 		}
 		if err := writeRevision(tx, gen, d.puts, d.dels, d.nextSeq, first); err != nil {

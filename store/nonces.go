@@ -47,6 +47,9 @@ func (b *Bolt) UseNonce(k nonce.Key, now time.Time, window time.Duration) error 
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if now.After(b.nonceNow) {
+		b.nonceNow = now
+	}
 	if b.flushTimer == nil && !b.closed {
 		b.flushTimer = time.AfterFunc(b.nonceFlushDelay, b.flushNonces)
 	}
@@ -110,7 +113,7 @@ func (b *Bolt) flushNonces() {
 		return
 	}
 	keys := b.nonces.TakePending()
-	err := b.db.Update(func(tx *bolt.Tx) error { return writeNonces(tx, keys, time.Now(), b.nonceWindow) })
+	err := b.db.Update(func(tx *bolt.Tx) error { return writeNonces(tx, keys, b.nonceNow, b.nonceWindow) })
 	if err != nil {
 		b.nonces.Requeue(keys)
 		b.lastErr = fmt.Errorf("store: record nonces in %s: %w", b.path, err)
