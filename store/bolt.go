@@ -154,6 +154,11 @@ func (b *Bolt) Load(ctx context.Context) (*model.State, uint64, error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.loaded && b.rs.last != nil {
+		// This process holds the file's lock, so what it last committed or read is the file's state; the
+		// same object keeps its objects shared with the states the caller derives from it.
+		return b.rs.last, b.rev, nil
+	}
 	return b.load()
 }
 
