@@ -115,9 +115,8 @@ func (c *Controller) View() *View { return c.applier.View() }
 // Limits returns the quotas in force.
 func (c *Controller) Limits() Limits { return c.writer.Limits() }
 
-// RecompileHistogram returns the latency histogram of applying a change: from compiling the affected
-// ENIs until every dataplane enforces them, the store's commit (which runs beside the staging) included.
-func (c *Controller) RecompileHistogram() *Histogram { return c.applier.hist }
+// Timings returns the latency histograms of applying changes.
+func (c *Controller) Timings() *Timings { return c.applier.Timings() }
 
 // AddDataplane loads every current table into dp and then keeps it in step with every change.
 func (c *Controller) AddDataplane(ctx context.Context, dp Dataplane) error {

@@ -199,17 +199,6 @@ func TestNewNeedsSeedForEmptyStore(t *testing.T) {
 	assert.ErrorContains(t, err, "empty")
 }
 
-func TestHistogram(t *testing.T) {
-	h := NewHistogram([]float64{1, 2})
-	for _, v := range []float64{0.5, 1, 1.5, 3} {
-		h.Observe(v)
-	}
-	b, cum, sum, n := h.Snapshot()
-	assert.Equal(t, []float64{1, 2}, b)
-	assert.Equal(t, []uint64{2, 3, 4}, cum)
-	assert.InDelta(t, 6.0, sum, 1e-9)
-	assert.Equal(t, uint64(4), n)
-}
 
 // An agent that sees only the committed states, one after another, and runs the Applier alone ends up
 // with the same tables as the single-host Controller.

@@ -66,6 +66,8 @@ type Topology struct {
 	Accounts          []Account          `json:"accounts"`
 	SecurityGroups    []SecurityGroup    `json:"securityGroups"`
 	NetworkInterfaces []NetworkInterface `json:"networkInterfaces"`
+	// AdminTokens authenticate the admin and inspection endpoints (SPEC §8).
+	AdminTokens []string `json:"adminTokens,omitempty"`
 }
 
 // State is one consistent version of the world: accounts, SGs and ENIs, all validated. It is immutable;
@@ -76,6 +78,7 @@ type State struct {
 	enis     map[string]*NetworkInterface
 	// Creation order, so listings and the persisted topology are stable.
 	accountOrder, sgOrder, eniOrder []string
+	adminTokens                     []string
 }
 
 // NewState builds and validates a State from a topology. Errors name the JSON path of the bad entry.
@@ -86,6 +89,12 @@ func NewState(t Topology) (*State, error) {
 		sgs:      make(map[string]*SecurityGroup, len(t.SecurityGroups)),
 		enis:     make(map[string]*NetworkInterface, len(t.NetworkInterfaces)),
 	}
+	for i, tok := range t.AdminTokens {
+		if tok == "" {
+			return nil, errf(CodeBadParameter, fmt.Sprintf("adminTokens[%d]", i), "an admin token may not be empty")
+		}
+	}
+	s.adminTokens = slices.Clone(t.AdminTokens)
 	for i := range t.Accounts {
 		a := t.Accounts[i]
 		path := fmt.Sprintf("accounts[%d]", i)
@@ -124,6 +133,7 @@ func NewState(t Topology) (*State, error) {
 		}
 	}
 	owners := make(map[netip.Addr]string, len(t.NetworkInterfaces)) // private IP → its ENI
+	ifOwners := map[string]string{}                                 // host and hostInterface → its ENI
 	for i, n := range t.NetworkInterfaces {
 		path := fmt.Sprintf("networkInterfaces[%d]", i)
 		if _, dup := s.enis[n.NetworkInterfaceID]; dup {
@@ -138,6 +148,13 @@ func NewState(t Topology) (*State, error) {
 				return nil, AtPath(path, ipTaken(j, eni.PrivateIPAddresses[j], other))
 			}
 			owners[a] = eni.NetworkInterfaceID
+		}
+		if eni.HostInterface != "" {
+			key := eni.Host + "\x00" + eni.HostInterface
+			if other, taken := ifOwners[key]; taken {
+				return nil, AtPath(path, ifTaken(eni, other))
+			}
+			ifOwners[key] = eni.NetworkInterfaceID
 		}
 		s.enis[eni.NetworkInterfaceID] = eni
 		s.eniOrder = append(s.eniOrder, eni.NetworkInterfaceID)
@@ -370,6 +387,9 @@ func (s *State) AppIDs() []string { return s.accountOrder }
 // SGIDs lists security group IDs in creation order.
 func (s *State) SGIDs() []string { return s.sgOrder }
 
+// AdminTokens are the topology's admin tokens (SPEC §8).
+func (s *State) AdminTokens() []string { return s.adminTokens }
+
 // ENIIDs lists ENI IDs in creation order.
 func (s *State) ENIIDs() []string { return s.eniOrder }
 
@@ -379,6 +399,7 @@ func (s *State) Topology() Topology {
 		Accounts:          make([]Account, 0, len(s.accountOrder)),
 		SecurityGroups:    make([]SecurityGroup, 0, len(s.sgOrder)),
 		NetworkInterfaces: make([]NetworkInterface, 0, len(s.eniOrder)),
+		AdminTokens:       s.adminTokens,
 	}
 	for _, id := range s.accountOrder {
 		t.Accounts = append(t.Accounts, *s.accounts[id])
@@ -402,6 +423,7 @@ func (s *State) Edit() *Builder {
 		accountOrder: slices.Clone(s.accountOrder),
 		sgOrder:      slices.Clone(s.sgOrder),
 		eniOrder:     slices.Clone(s.eniOrder),
+		adminTokens:  s.adminTokens, // never modified: an edit cannot change them
 	}}
 }
 
@@ -499,8 +521,14 @@ func ipTaken(i int, addr, other string) *Error {
 	return errValue(CodeConflict, fmt.Sprintf("privateIpAddresses[%d]", i), addr, "already a private IP of network interface "+other)
 }
 
+// ifTaken is the error for a host interface another ENI of the same host claims: an interface carries
+// one ENI's traffic.
+func ifTaken(n *NetworkInterface, other string) *Error {
+	return errValue(CodeConflict, "hostInterface", n.HostInterface, "already the host interface of network interface "+other)
+}
+
 // PutENI adds or replaces a network interface after validating its addresses and SG list; a private IP
-// another ENI holds is refused (CodeConflict).
+// or a host interface another ENI holds is refused (CodeConflict).
 func (b *Builder) PutENI(n NetworkInterface) error {
 	eni, err := b.s.prepareENI(n)
 	if err != nil {
@@ -515,6 +543,9 @@ func (b *Builder) PutENI(n NetworkInterface) error {
 			if slices.Contains(other.addrs, a) {
 				return ipTaken(j, eni.PrivateIPAddresses[j], id)
 			}
+		}
+		if eni.HostInterface != "" && other.HostInterface == eni.HostInterface && other.Host == eni.Host {
+			return ifTaken(eni, id)
 		}
 	}
 	if _, exists := b.s.enis[eni.NetworkInterfaceID]; !exists {

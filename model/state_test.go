@@ -394,3 +394,21 @@ func TestDeleteENI(t *testing.T) {
 	// Its address is free again.
 	require.NoError(t, b.PutENI(model.NetworkInterface{NetworkInterfaceID: "eni-2", AppID: "A", PrivateIPAddresses: []string{"198.18.0.1"}}))
 }
+
+// TestHostInterfacesAreUnique: one host interface carries one ENI's traffic, per host.
+func TestHostInterfacesAreUnique(t *testing.T) {
+	topo := baseTopology()
+	topo.NetworkInterfaces[0].HostInterface = "tap1"
+	topo.NetworkInterfaces = append(topo.NetworkInterfaces, model.NetworkInterface{NetworkInterfaceID: "eni-2", AppID: "A",
+		PrivateIPAddresses: []string{"198.18.0.2"}, HostInterface: "tap1"})
+	_, err := model.NewState(topo)
+	assert.Equal(t, model.CodeConflict, model.CodeOf(err))
+	assert.Contains(t, err.Error(), `networkInterfaces[1].hostInterface: "tap1": already the host interface of network interface eni-1`)
+	topo.NetworkInterfaces[1].Host = "host-b" // another host's tap1 is another interface
+	s, err := model.NewState(topo)
+	require.NoError(t, err)
+	b := s.Edit()
+	err = b.PutENI(model.NetworkInterface{NetworkInterfaceID: "eni-3", AppID: "A", PrivateIPAddresses: []string{"198.18.0.3"},
+		HostInterface: "tap1", Host: "host-b"})
+	assert.Equal(t, model.CodeConflict, model.CodeOf(err))
+}
