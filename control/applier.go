@@ -22,9 +22,9 @@ import (
 // run it. Its writing methods (AddDataplane, Prepare and what a Prepared does, Apply) must not run
 // concurrently: the Controller's lock, or an agent's one watch loop, serialises them; View never waits.
 type Applier struct {
-	log    *slog.Logger
-	engine *dataplane.Engine
-	dps    []Dataplane
+	log     *slog.Logger
+	engine  *dataplane.Engine
+	dps     []Dataplane
 	cur     atomic.Pointer[View]
 	timings *Timings
 }
