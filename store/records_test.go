@@ -97,7 +97,7 @@ func TestRecordsHistoryAndWatch(t *testing.T) {
 			})
 			require.ErrorIs(t, err, context.Canceled)
 			require.Len(t, changes, len(revs))
-			assert.Len(t, changes[0].Puts, len(revs[0].AppIDs())+len(revs[0].SGIDs())+len(revs[0].ENIIDs()))
+			assert.Len(t, changes[0].Puts, len(revs[0].AppIDs())+len(revs[0].SGIDs())+len(revs[0].ENIIDs())+1, "and the admin tokens")
 			assert.Equal(t, []Key{{KindSG, "sg-web"}}, keysOf(changes[1].Puts), "a rule change writes one record")
 			assert.Equal(t, []Key{{KindSG, "sg-new"}}, keysOf(changes[2].Puts))
 			assert.Equal(t, []Key{{KindENI, "eni-spare"}}, keysOf(changes[3].Puts))
