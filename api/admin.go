@@ -115,16 +115,11 @@ func (h *Handler) servePutENI(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) serveDeleteENI(w http.ResponseWriter, r *http.Request) {
-	if !h.admin(w, r) {
-		return
-	}
-	id := r.PathValue("id")
-	n, ok := h.ctrl.View().State.ENI(id)
+	n, ok := h.adminENI(w, r)
 	if !ok {
-		writeJSON(w, http.StatusNotFound, inspectError{fmt.Sprintf("network interface %q: no such network interface", id)})
 		return
 	}
-	if err := h.ctrl.DeleteENI(r.Context(), id); err != nil {
+	if err := h.ctrl.DeleteENI(r.Context(), n.NetworkInterfaceID); err != nil {
 		status := modelStatus(err)
 		if model.CodeOf(err) == model.CodeNotFound {
 			status = http.StatusNotFound // deleted meanwhile by another call
@@ -137,16 +132,23 @@ func (h *Handler) serveDeleteENI(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) serveGetENI(w http.ResponseWriter, r *http.Request) {
+	if n, ok := h.adminENI(w, r); ok {
+		writeJSON(w, http.StatusOK, h.eniResponse(n))
+	}
+}
+
+// adminENI is the stored ENI named by the path of an admin request; when the caller is no admin or
+// there is no such ENI it has answered already and says false.
+func (h *Handler) adminENI(w http.ResponseWriter, r *http.Request) (*model.NetworkInterface, bool) {
 	if !h.admin(w, r) {
-		return
+		return nil, false
 	}
 	id := r.PathValue("id")
 	n, ok := h.ctrl.View().State.ENI(id)
 	if !ok {
 		writeJSON(w, http.StatusNotFound, inspectError{fmt.Sprintf("network interface %q: no such network interface", id)})
-		return
 	}
-	writeJSON(w, http.StatusOK, h.eniResponse(n))
+	return n, ok
 }
 
 func (h *Handler) serveListENIs(w http.ResponseWriter, r *http.Request) {

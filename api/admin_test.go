@@ -2,9 +2,7 @@ package api
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -14,17 +12,12 @@ import (
 // admin sends an admin request with token ("" = none) and returns its status and body.
 func (a *testAPI) admin(method, path, token, body string) (int, string) {
 	a.t.Helper()
-	req, err := http.NewRequest(method, a.srv.URL+path, strings.NewReader(body))
-	require.NoError(a.t, err)
+	bearer := ""
 	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+		bearer = "Bearer " + token
 	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(a.t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(a.t, err)
-	return resp.StatusCode, string(b)
+	code, b := a.roundTrip(method, path, "Authorization", bearer, body)
+	return code, string(b)
 }
 
 const web3 = `{"appId":"1250000001","privateIpAddresses":["198.18.1.30"],"sgIds":["sg-web"],"hostInterface":"sgweb3"}`

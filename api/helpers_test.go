@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -116,17 +117,10 @@ func (a *testAPI) tc(kv ...string) tcResp {
 
 func (a *testAPI) huawei(version, project, sg, token, body string) (int, map[string]any) {
 	a.t.Helper()
-	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("%s/%s/%s/security-groups/%s/instance/action", a.srv.URL, version, project, sg), strings.NewReader(body))
-	require.NoError(a.t, err)
-	if token != "" {
-		req.Header.Set("X-Auth-Token", token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(a.t, err)
-	defer resp.Body.Close()
+	code, b := a.roundTrip(http.MethodPost, fmt.Sprintf("/%s/%s/security-groups/%s/instance/action", version, project, sg), "X-Auth-Token", token, body)
 	var out map[string]any
-	require.NoError(a.t, json.NewDecoder(resp.Body).Decode(&out))
-	return resp.StatusCode, out
+	require.NoError(a.t, json.NewDecoder(bytes.NewReader(b)).Decode(&out))
+	return code, out
 }
 
 // checkOut is CheckResponse as a client reads it.
@@ -143,15 +137,10 @@ func (a *testAPI) check(eni, dir, proto, remote string, port int) checkOut {
 	if port > 0 {
 		body += fmt.Sprintf(`,"port":%d`, port)
 	}
-	req, err := http.NewRequest(http.MethodPost, a.srv.URL+"/sgsim/v1/check", strings.NewReader(body+"}"))
-	require.NoError(a.t, err)
-	req.Header.Set("Authorization", "Bearer "+adminToken)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(a.t, err)
-	defer resp.Body.Close()
-	require.Equal(a.t, http.StatusOK, resp.StatusCode)
+	code, b := a.roundTrip(http.MethodPost, "/sgsim/v1/check", "Authorization", "Bearer "+adminToken, body+"}")
+	require.Equal(a.t, http.StatusOK, code)
 	var out checkOut
-	require.NoError(a.t, json.NewDecoder(resp.Body).Decode(&out))
+	require.NoError(a.t, json.NewDecoder(bytes.NewReader(b)).Decode(&out))
 	return out
 }
 
@@ -161,12 +150,20 @@ func (a *testAPI) get(path string) (int, string) {
 	return a.getWith(path, "Authorization", "Bearer "+adminToken)
 }
 
-// getWith GETs path with one header (none when name is "").
+// getWith GETs path with one header (none when value is "").
 func (a *testAPI) getWith(path, name, value string) (int, string) {
 	a.t.Helper()
-	req, err := http.NewRequest(http.MethodGet, a.srv.URL+path, nil)
+	code, b := a.roundTrip(http.MethodGet, path, name, value, "")
+	return code, string(b)
+}
+
+// roundTrip sends one request to the handler with one header (none when value is "") and returns
+// the status and the whole body.
+func (a *testAPI) roundTrip(method, path, name, value, body string) (int, []byte) {
+	a.t.Helper()
+	req, err := http.NewRequest(method, a.srv.URL+path, strings.NewReader(body))
 	require.NoError(a.t, err)
-	if name != "" {
+	if value != "" {
 		req.Header.Set(name, value)
 	}
 	resp, err := http.DefaultClient.Do(req)
@@ -174,7 +171,7 @@ func (a *testAPI) getWith(path, name, value string) (int, string) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(a.t, err)
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, b
 }
 
 func (a *testAPI) sg(id string) *model.SecurityGroup {
