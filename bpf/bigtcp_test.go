@@ -61,9 +61,7 @@ func enableBigTCP(t *testing.T, ns string, devs ...string) {
 // DROP rule put in front of it stops it, and the kernel counters show those rules, never malformed.
 func TestNetnsBigTCP(t *testing.T) {
 	d := loadOrSkip(t)
-	lab := newNetLab(t)
-	lab.AddVM("eni-srv", "sgth1", "198.18.200.1")
-	lab.AddVM("eni-cli", "sgth2", "198.18.200.2")
+	lab := newSrvCliLab(t)
 	enableBigTCP(t, lab.Host, "br0", "sgth1", "sgth2")
 	enableBigTCP(t, lab.VMs["eni-srv"], "eth0")
 	enableBigTCP(t, lab.VMs["eni-cli"], "eth0")

@@ -2,13 +2,12 @@ package bpf
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"os/exec"
 	"testing"
 
-	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/internal/netns"
 )
 
 // TestClsactAttach enforces through the clsact + cls_bpf attachment (what kernels without TCX get),
@@ -20,11 +19,8 @@ func TestClsactAttach(t *testing.T) {
 	if _, err := exec.LookPath("tc"); err != nil {
 		t.Fatalf("the clsact attachment needs tc(8) (iproute2): %v", err)
 	}
-	lab := newNetLab(t)
-	lab.AddVM("eni-srv", "sgth1", "198.18.200.1")
-	lab.AddVM("eni-cli", "sgth2", "198.18.200.2")
-	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-clsact-test-%d", os.Getpid())
-	t.Cleanup(func() { os.RemoveAll(pin) })
+	lab := newSrvCliLab(t)
+	pin := testPinPath(t, "clsact")
 	ctx := context.Background()
 
 	_, err := Load(Options{Clsact: true})

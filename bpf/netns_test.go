@@ -29,6 +29,21 @@ func newNetLab(t *testing.T) *netlab.Lab {
 	return netlab.New(t, "sgt")
 }
 
+// newSrvCliLab is a lab with the VMs of labTopology: eni-srv on sgth1 and eni-cli on sgth2.
+func newSrvCliLab(t *testing.T) *netlab.Lab {
+	lab := newNetLab(t)
+	lab.AddVM("eni-srv", "sgth1", "198.18.200.1")
+	lab.AddVM("eni-cli", "sgth2", "198.18.200.2")
+	return lab
+}
+
+// testPinPath is a bpffs directory of this test run, removed when the test ends.
+func testPinPath(t *testing.T, what string) string {
+	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-%s-test-%d", what, os.Getpid())
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	return pin
+}
+
 // labTopology: eni-srv (198.18.200.1) accepts tcp/8080 from the lab, nothing else, and has no egress
 // rules (its replies live on conntrack); eni-cli (198.18.200.2) may send anything and accepts nothing.
 const labTopology = `{
@@ -55,9 +70,7 @@ func labTables(t *testing.T, extraRules string) map[string]*compiler.Tables {
 // TestNetnsEndToEnd enforces real traffic between two namespaces on TCX-attached host veths.
 func TestNetnsEndToEnd(t *testing.T) {
 	d := loadOrSkip(t)
-	lab := newNetLab(t)
-	lab.AddVM("eni-srv", "sgth1", "198.18.200.1")
-	lab.AddVM("eni-cli", "sgth2", "198.18.200.2")
+	lab := newSrvCliLab(t)
 	ctx := context.Background()
 	require.NoError(t, d.Publish(ctx, 1, labTables(t, ""), nil))
 	for eni, ifn := range map[string]string{"eni-srv": "sgth1", "eni-cli": "sgth2"} {

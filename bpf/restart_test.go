@@ -2,7 +2,6 @@ package bpf
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -19,11 +18,8 @@ import (
 func TestRestartKeepsEnforcing(t *testing.T) {
 	first := loadOrSkip(t) // proves the kernel can load it; the pinned instances below do the work
 	first.Close()
-	lab := newNetLab(t)
-	lab.AddVM("eni-srv", "sgth1", "198.18.200.1")
-	lab.AddVM("eni-cli", "sgth2", "198.18.200.2")
-	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-restart-test-%d", os.Getpid())
-	t.Cleanup(func() { os.RemoveAll(pin) })
+	lab := newSrvCliLab(t)
+	pin := testPinPath(t, "restart")
 	ctx := context.Background()
 
 	d1, err := Load(Options{PinPath: pin})
@@ -62,9 +58,8 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 // the directory and how to upgrade, and the pinned map is left alone.
 func TestLoadRefusesPinnedMapsOfAnotherLayout(t *testing.T) {
 	loadOrSkip(t).Close()
-	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-layout-test-%d", os.Getpid())
+	pin := testPinPath(t, "layout")
 	require.NoError(t, os.MkdirAll(pin, 0o700))
-	t.Cleanup(func() { os.RemoveAll(pin) })
 	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 16})
 	require.NoError(t, err)
 	defer old.Close()

@@ -1,7 +1,6 @@
 package bpf
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -68,9 +67,8 @@ func TestKernelTypesMatchC(t *testing.T) {
 // cilium/ebpf's check of pinned maps does not compare inner maps, so Load probes it.
 func TestLoadRefusesPinnedTablesOfAnotherChunkSize(t *testing.T) {
 	loadOrSkip(t).Close()
-	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-chunk-test-%d", os.Getpid())
+	pin := testPinPath(t, "chunk")
 	require.NoError(t, os.MkdirAll(pin, 0o700))
-	t.Cleanup(func() { os.RemoveAll(pin) })
 	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tables", Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4,
 		MaxEntries: 2 * maxSlots, InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 1 << 16,
 			MaxEntries: 1, Flags: unix.BPF_F_INNER_MAP}})
