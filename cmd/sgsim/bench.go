@@ -11,8 +11,6 @@ import (
 	"github.com/sgsim/sgsim/model"
 )
 
-func init() { extraCommands = append(extraCommands, newBenchCmd) }
-
 func newBenchCmd() *cobra.Command {
 	var files []string
 	var rules, synthetic, packets, sgs int

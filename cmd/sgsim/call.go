@@ -13,8 +13,6 @@ import (
 	"github.com/sgsim/sgsim/client"
 )
 
-func init() { extraCommands = append(extraCommands, newCallCmd) }
-
 func newCallCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "call tencent|huawei …",

@@ -8,8 +8,6 @@ import (
 	"github.com/sgsim/sgsim/scenario"
 )
 
-func init() { extraCommands = append(extraCommands, newDiffCmd) }
-
 func newDiffCmd() *cobra.Command {
 	var topo string
 	var pcaps, applies []string

@@ -13,8 +13,6 @@ import (
 	"github.com/sgsim/sgsim/client"
 )
 
-func init() { extraCommands = append(extraCommands, newENICmd) }
-
 // eniFlags are the flags every `sgsim eni` command shares.
 type eniFlags struct {
 	endpoint, token string

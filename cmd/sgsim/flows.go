@@ -10,8 +10,6 @@ import (
 	"github.com/sgsim/sgsim/bpf"
 )
 
-func init() { extraCommands = append(extraCommands, newFlowsCmd) }
-
 func newFlowsCmd() *cobra.Command {
 	var (
 		pinPath string

@@ -43,13 +43,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newCheckCmd(), newCompileCmd())
-	for _, add := range extraCommands {
-		root.AddCommand(add())
-	}
+	root.AddCommand(newCheckCmd(), newCompileCmd(), newBenchCmd(), newCallCmd(), newDiffCmd(), newENICmd(),
+		newFlowsCmd(), newReplayCmd(), newScenarioCmd(), newServeCmd())
 	return root
 }
-
-// extraCommands is filled by the init functions of the other subcommand files, so each subcommand lives
-// in its own file and adding one touches no shared code.
-var extraCommands []func() *cobra.Command

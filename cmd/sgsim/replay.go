@@ -20,8 +20,6 @@ import (
 	"github.com/sgsim/sgsim/store"
 )
 
-func init() { extraCommands = append(extraCommands, newReplayCmd) }
-
 // replayFactory is the matcher replay builds tables with: the fastest one the dataplane offers.
 var replayFactory dataplane.MatcherFactory = dataplane.ClassifierFactory
 

@@ -9,8 +9,6 @@ import (
 	"github.com/sgsim/sgsim/scenario"
 )
 
-func init() { extraCommands = append(extraCommands, newScenarioCmd) }
-
 func newScenarioCmd() *cobra.Command {
 	var opts scenario.Options
 	cmd := &cobra.Command{

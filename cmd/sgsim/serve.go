@@ -14,8 +14,6 @@ import (
 	"github.com/sgsim/sgsim/node"
 )
 
-func init() { extraCommands = append(extraCommands, newServeCmd) }
-
 // Values of --dataplane.
 const (
 	dataplaneGo   = node.DataplaneGo
