@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/internal/testkit"
 	"github.com/sgsim/sgsim/model"
 )
 
@@ -120,13 +120,7 @@ func TestPacketsHitCorners(t *testing.T) {
 }
 
 func TestRunClassBench(t *testing.T) {
-	path := filepath.Join("..", "..", "shared", "data", "classbench", "acl1_1k")
-	if _, err := os.Stat(path); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("shared data missing: %v", err)
-		}
-		t.Skip("shared data absent")
-	}
+	path := testkit.SharedData(t, "classbench", "acl1_1k")
 	st, err := LoadClassBench(path, 300, 2)
 	require.NoError(t, err)
 	tab, err := IngressTable(st)
@@ -147,8 +141,7 @@ func TestRunClassBench(t *testing.T) {
 func TestLoadClassBenchErrors(t *testing.T) {
 	_, err := LoadClassBench(filepath.Join(t.TempDir(), "missing"), 0, 1)
 	require.Error(t, err)
-	p := filepath.Join(t.TempDir(), "bad")
-	require.NoError(t, os.WriteFile(p, []byte("@1.2.3.4/32 0.0.0.0/0 0 : 65535 0 : 65535 0x06/0xFF\n\n@x\n"), 0o600))
+	p := testkit.WriteFile(t, "bad", "@1.2.3.4/32 0.0.0.0/0 0 : 65535 0 : 65535 0x06/0xFF\n\n@x\n")
 	_, err = LoadClassBench(p, 0, 1)
 	require.ErrorContains(t, err, p+":3:")
 }

@@ -5,14 +5,13 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/internal/testkit"
 	"github.com/sgsim/sgsim/packet"
 	"github.com/sgsim/sgsim/packet/craft"
 )
@@ -191,30 +190,10 @@ func TestDecodeAllocatesNothing(t *testing.T) {
 	assert.Zero(t, allocs)
 }
 
-// sharedPcaps lists the shared captures, skipping (or failing under CI) when ../shared is absent.
-func sharedPcaps(tb testing.TB) []string {
-	tb.Helper()
-	root := filepath.Join("..", "..", "shared", "data", "pcaps")
-	if _, err := os.Stat(root); err != nil {
-		if os.Getenv("CI") == "true" {
-			tb.Fatalf("shared data missing under CI: %v", err)
-		}
-		tb.Skipf("shared data absent: %v", err)
-	}
-	var out []string
-	_ = filepath.WalkDir(root, func(p string, de os.DirEntry, err error) error {
-		if err == nil && !de.IsDir() && (strings.HasSuffix(p, ".pcap") || strings.HasSuffix(p, ".pcapng") || strings.HasSuffix(p, ".cap")) {
-			out = append(out, p)
-		}
-		return nil
-	})
-	return out
-}
-
 // FuzzDecode checks that no frame of any link type makes the decoder panic, and that what it reports
 // is self-consistent. Seeds: the first frames of every shared capture.
 func FuzzDecode(f *testing.F) {
-	for _, p := range sharedPcaps(f) {
+	for _, p := range testkit.SharedPcaps(f) {
 		fh, err := os.Open(p)
 		if err != nil {
 			continue
@@ -263,7 +242,7 @@ func FuzzDecode(f *testing.F) {
 }
 
 func TestSharedCapturesDecode(t *testing.T) {
-	files := sharedPcaps(t)
+	files := testkit.SharedPcaps(t)
 	require.NotEmpty(t, files)
 	var ip, total int
 	for _, p := range files {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/internal/testkit"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/packet"
 	"github.com/sgsim/sgsim/packet/craft"
@@ -290,30 +291,11 @@ func TestParseFlowPattern(t *testing.T) {
 	}
 }
 
-func sharedRoot(tb testing.TB) string {
-	tb.Helper()
-	root := filepath.Join("..", "..", "shared", "data", "pcaps")
-	if _, err := os.Stat(root); err != nil {
-		if os.Getenv("CI") == "true" {
-			tb.Fatalf("shared data missing under CI: %v", err)
-		}
-		tb.Skipf("shared data absent: %v", err)
-	}
-	return root
-}
-
 // TestReplaySharedCaptures replays every shared capture checked on one ENI: no file may crash the run,
 // every packet gets exactly one verdict, unreadable files give an error naming the file, and captures
 // known to hold VLAN-tagged or fragmented IP decode to IP.
 func TestReplaySharedCaptures(t *testing.T) {
-	root := sharedRoot(t)
-	var files []string
-	require.NoError(t, filepath.WalkDir(root, func(p string, de os.DirEntry, err error) error {
-		if err == nil && !de.IsDir() && (strings.HasSuffix(p, ".pcap") || strings.HasSuffix(p, ".pcapng") || strings.HasSuffix(p, ".cap")) {
-			files = append(files, p)
-		}
-		return err
-	}))
+	files := testkit.SharedPcaps(t)
 	require.Greater(t, len(files), 800)
 	r, _, _ := setup(t, replay.Options{ForceENI: "eni-web", ForceDirection: model.Ingress})
 	var ok, failed, packets, ipPackets int
