@@ -5,10 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -277,4 +282,200 @@ func TestConcurrentWritersLoseNothing(t *testing.T) {
 		require.True(t, ok)
 		assert.Equal(t, want, got.Tables, id)
 	}
+}
+
+// The fleet's split, end to end over one store: a Controller writes; an agent that sees only the
+// store's Watch rebuilds each committed state from its Change and runs the Applier alone. It ends with
+// the writer's tables.
+func TestAgentFollowsTheStoreWatch(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory()
+	c, _ := newCtrlWith(t, st)
+	first := c.View()
+	agent := NewApplier(first.State, first.Generation, ApplierOptions{Factory: dataplane.ClassifierFactory})
+
+	applied := make(chan uint64, 16)
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		state := first.State
+		done <- st.Watch(wctx, first.Generation, func(ch store.Change) error {
+			next, err := ch.Apply(state)
+			if err != nil {
+				return err
+			}
+			if err := agent.Apply(wctx, next, ch.Revision); err != nil {
+				return err
+			}
+			state = next
+			applied <- ch.Revision
+			return nil
+		})
+	}()
+
+	require.NoError(t, c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-ssh", []model.Rule{{SgID: "sg-web", Action: "ACCEPT"}}, nil))
+	_, err := c.PortAction(ctx, "1250000001", "sg-web", true, []string{"eni-spare"})
+	require.NoError(t, err)
+	g, err := c.CreateSecurityGroup(ctx, "1250000001", "agent", "", 0)
+	require.NoError(t, err)
+	require.NoError(t, c.ModifySecurityGroupsOfNetworkInterface(ctx, "1250000001", []ENISGs{{ENI: "eni-web1", SgIDs: []string{g.SgID, "sg-ssh"}}}))
+	for want := first.Generation + 1; want <= c.View().Generation; want++ {
+		select {
+		case got := <-applied:
+			require.Equal(t, want, got)
+		case err := <-done:
+			t.Fatalf("watch ended: %v", err)
+		}
+	}
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	assert.Equal(t, c.View().Generation, agent.View().Generation)
+	assert.Equal(t, c.View().Tables, agent.View().Tables)
+	for id, want := range c.View().Tables {
+		got, ok := agent.Engine().Snapshot().ENI(id)
+		require.True(t, ok)
+		assert.Equal(t, want, got.Tables, id)
+	}
+}
+
+// dbIngressFrom decides a postgres packet to eni-db1 from src with the controller's engine.
+func dbIngressFrom(t *testing.T, c *Controller, src string) dataplane.Verdict {
+	t.Helper()
+	v, ok := c.Engine().Match("eni-db1", model.Ingress, &dataplane.Packet{Proto: 6, Remote: netip.MustParseAddr(src), Port: 5432, HasPort: true})
+	require.True(t, ok)
+	return v
+}
+
+// TestENIAtRunTime: an ENI created, re-addressed and deleted at run time re-targets the sgId rules
+// naming its SGs on every ENI they reach, in one change each, and only those ENIs are recompiled.
+func TestENIAtRunTime(t *testing.T) {
+	ctx := context.Background()
+	c, rec := newCtrl(t)
+	const app = "1250000001"
+	web3 := model.NetworkInterface{NetworkInterfaceID: "eni-web3", AppID: app, PrivateIPAddresses: []string{"198.18.1.30"},
+		SgIDs: []string{"sg-web"}, HostInterface: "sgweb3"}
+	assert.Equal(t, dataplane.ReasonDefaultDrop, dbIngressFrom(t, c, "198.18.1.30").Reason)
+
+	got, err := c.PutENI(ctx, web3)
+	require.NoError(t, err)
+	assert.Equal(t, "sgweb3", got.HostInterface)
+	// eni-db1 and the db port take sg-db's "postgres from the web tier" rule: their tables change too.
+	assert.Equal(t, []string{"b9ac5247-c4ca-4c9b-b8fa-7d19132e560a", "eni-db1", "eni-web3"}, rec.last())
+	v := dbIngressFrom(t, c, "198.18.1.30")
+	assert.Equal(t, dataplane.ReasonRule, v.Reason)
+	assert.Equal(t, "sg-db", v.SgID)
+
+	gen := c.View().Generation
+	_, err = c.PutENI(ctx, web3)
+	require.NoError(t, err)
+	assert.Equal(t, gen, c.View().Generation, "putting the same ENI again changes nothing")
+
+	web3.PrivateIPAddresses = []string{"198.18.1.31"}
+	_, err = c.PutENI(ctx, web3)
+	require.NoError(t, err)
+	assert.Equal(t, dataplane.ReasonDefaultDrop, dbIngressFrom(t, c, "198.18.1.30").Reason)
+	assert.Equal(t, dataplane.ReasonRule, dbIngressFrom(t, c, "198.18.1.31").Reason)
+
+	require.NoError(t, c.DeleteENI(ctx, "eni-web3"))
+	assert.Equal(t, dataplane.ReasonDefaultDrop, dbIngressFrom(t, c, "198.18.1.31").Reason)
+	_, ok := c.Engine().Match("eni-web3", model.Ingress, &dataplane.Packet{Proto: 6, Remote: netip.MustParseAddr("198.18.0.1")})
+	assert.False(t, ok, "a deleted ENI's tables are gone")
+	_, ok = c.View().Tables["eni-web3"]
+	assert.False(t, ok)
+}
+
+func TestPutENIRefusals(t *testing.T) {
+	ctx := context.Background()
+	const app = "1250000001"
+	eni := func(edit func(*model.NetworkInterface)) model.NetworkInterface {
+		n := model.NetworkInterface{NetworkInterfaceID: "eni-new", AppID: app, PrivateIPAddresses: []string{"198.18.7.1"}, SgIDs: []string{"sg-web"}}
+		edit(&n)
+		return n
+	}
+	tests := []struct {
+		name string
+		eni  model.NetworkInterface
+		lim  func(*Limits)
+		code int
+		msg  string
+	}{
+		{"private IP of another ENI", eni(func(n *model.NetworkInterface) { n.PrivateIPAddresses = []string{"198.18.1.10"} }), nil,
+			model.CodeConflict, `privateIpAddresses[0]: "198.18.1.10": already a private IP of network interface eni-web1`},
+		{"SG of another account", eni(func(n *model.NetworkInterface) { n.SgIDs = []string{"sg-other"} }), nil,
+			model.CodeNotOwner, `sgIds[0]: "sg-other"`},
+		{"unknown SG", eni(func(n *model.NetworkInterface) { n.SgIDs = []string{"sg-nope"} }), nil, model.CodeNotFound, "sg-nope"},
+		{"too many SGs", eni(func(n *model.NetworkInterface) { n.SgIDs = []string{"sg-web", "sg-db", "sg-ssh"} }),
+			func(l *Limits) { l.SGsPerENI = 2 }, model.CodeBadParameter, "at most 2 allowed"},
+		{"SG full", eni(func(*model.NetworkInterface) {}), func(l *Limits) { l.ENIsPerSG = 2 }, model.CodeBadParameter,
+			"would have 3 network interfaces, at most 2"},
+		{"host full", eni(func(*model.NetworkInterface) {}), func(l *Limits) { l.ENIsPerHost = 6 }, model.CodeConflict,
+			"this host enforces at most 6 network interfaces"},
+		{"another account's ENI", eni(func(n *model.NetworkInterface) { n.NetworkInterfaceID = "eni-other"; n.SgIDs = nil }), nil,
+			model.CodeNotOwner, "belongs to another account"},
+		{"bad address", eni(func(n *model.NetworkInterface) { n.PrivateIPAddresses = []string{"198.18.7"} }), nil,
+			model.CodeBadParameter, "privateIpAddresses[0]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, rec := newCtrl(t)
+			if tt.lim != nil {
+				lim := c.writer.limits
+				tt.lim(&lim)
+				c.writer.limits = lim
+			}
+			before := c.View()
+			_, err := c.PutENI(ctx, tt.eni)
+			require.Error(t, err)
+			assert.Equal(t, tt.code, model.CodeOf(err))
+			assert.Contains(t, err.Error(), tt.msg)
+			assert.Same(t, before, c.View(), "nothing changed")
+			assert.Len(t, rec.calls, 1, "only the initial load was switched in")
+		})
+	}
+	t.Run("delete unknown", func(t *testing.T) {
+		c, _ := newCtrl(t)
+		assert.Equal(t, model.CodeNotFound, model.CodeOf(c.DeleteENI(ctx, "eni-nope")))
+	})
+}
+
+// TestTimings: the initial compile counts as one apply; each committed change observes each step once;
+// a refused change observes nothing; the histograms pass Prometheus' lint.
+func TestTimings(t *testing.T) {
+	c, _ := newCtrl(t)
+	count := func(h prometheus.Histogram) uint64 {
+		var m dto.Metric
+		require.NoError(t, h.Write(&m))
+		return m.GetHistogram().GetSampleCount()
+	}
+	tm := c.Timings()
+	assert.Equal(t, uint64(1), count(tm.Apply))
+	require.NoError(t, c.ModifySecurityGroupPolicy(context.Background(), "1250000001", "sg-db", []model.Rule{{Action: "ACCEPT"}}, nil))
+	require.Error(t, c.ModifySecurityGroupPolicy(context.Background(), "1250000001", "sg-nope", nil, nil))
+	assert.Equal(t, uint64(2), count(tm.Apply))
+	for _, h := range []prometheus.Histogram{tm.Compile, tm.Stage, tm.Switch} {
+		assert.Equal(t, uint64(1), count(h))
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(tm.Collectors()...)
+	problems, err := testutil.GatherAndLint(reg)
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+}
+
+// TestNoEngine: without the built-in engine every change still reaches the added dataplanes.
+func TestNoEngine(t *testing.T) {
+	ctx := context.Background()
+	s, err := model.LoadTopologyFile("../testdata/demo.json")
+	require.NoError(t, err)
+	c, err := New(ctx, store.NewMemory(), s, Options{NoEngine: true})
+	require.NoError(t, err)
+	require.Nil(t, c.Engine())
+	rec := &recorder{}
+	require.NoError(t, c.AddDataplane(ctx, rec))
+	require.Len(t, rec.last(), 6, "a new dataplane gets every ENI")
+	require.NoError(t, c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-db", []model.Rule{{Action: "ACCEPT"}}, nil))
+	require.Len(t, rec.calls, 2)
+	require.NotEmpty(t, rec.last())
+	require.Equal(t, uint64(2), c.View().Generation)
 }

@@ -1,11 +1,13 @@
 package dataplane_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -379,4 +381,231 @@ func TestClassifierSyntheticMixed(t *testing.T) {
 		require.NoError(t, err)
 		agree(t, tab, bench.Packets(tab, 1500, 500, seed))
 	}
+}
+
+func TestReasonNames(t *testing.T) {
+	names := map[dataplane.Reason]string{
+		dataplane.ReasonRule: "rule", dataplane.ReasonDefaultDrop: "default-drop", dataplane.ReasonEstablished: "established",
+		dataplane.ReasonNoSG: "no-sg", dataplane.ReasonARP: "arp", dataplane.ReasonND: "nd", dataplane.ReasonNotIP: "not-ip",
+		dataplane.ReasonMalformed: "malformed", dataplane.Reason(200): "unknown",
+	}
+	for r, want := range names {
+		assert.Equal(t, want, r.String())
+	}
+	b, err := json.Marshal(struct{ R dataplane.Reason }{dataplane.ReasonNoSG})
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"R":"no-sg"}`, string(b))
+}
+
+func TestEntryMatches(t *testing.T) {
+	p10 := netip.MustParsePrefix("10.0.0.0/8")
+	tests := []struct {
+		name  string
+		entry compiler.Entry
+		pkt   dataplane.Packet
+		want  bool
+	}{
+		{"any matches v4", compiler.Entry{AnyRemote: true}, pkt("10.1.1.1", 47, 0), true},
+		{"any matches v6", compiler.Entry{AnyRemote: true}, pkt("2001:db8::1", 58, 0), true},
+		{"remote inside", compiler.Entry{Remotes: []netip.Prefix{p10}}, pkt("10.1.1.1", 6, 1), true},
+		{"remote outside", compiler.Entry{Remotes: []netip.Prefix{p10}}, pkt("11.1.1.1", 6, 1), false},
+		{"second remote", compiler.Entry{Remotes: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), p10}}, pkt("10.1.1.1", 6, 1), true},
+		{"no remotes match nothing", compiler.Entry{}, pkt("10.1.1.1", 6, 1), false},
+		{"protocol mismatch", compiler.Entry{AnyRemote: true, Protocol: model.ProtoUDP}, pkt("10.1.1.1", 6, 1), false},
+		{"port in range", compiler.Entry{AnyRemote: true, Protocol: model.ProtoTCP, Ports: model.PortRange{Lo: 80, Hi: 81}}, pkt("10.1.1.1", 6, 81), true},
+		{"port out of range", compiler.Entry{AnyRemote: true, Protocol: model.ProtoTCP, Ports: model.PortRange{Lo: 80, Hi: 81}}, pkt("10.1.1.1", 6, 82), false},
+		{"unknown port never matches a range", compiler.Entry{AnyRemote: true, Protocol: model.ProtoTCP, Ports: model.PortRange{Lo: 1, Hi: 65535}},
+			dataplane.Packet{Remote: netip.MustParseAddr("10.1.1.1"), Proto: 6}, false},
+		{"icmp not over v6", compiler.Entry{AnyRemote: true, Protocol: model.ProtoICMP}, pkt("2001:db8::1", 1, 0), false},
+		{"icmpv6 over v6", compiler.Entry{AnyRemote: true, Protocol: model.ProtoICMPv6}, pkt("2001:db8::1", 58, 0), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, dataplane.EntryMatches(&tc.entry, &tc.pkt))
+		})
+	}
+}
+
+func TestExplainAndLinearTable(t *testing.T) {
+	tabs := compileRules(t,
+		model.Rule{IPProtocol: "tcp", PortRange: "22", Action: "DROP"},
+		model.Rule{IPProtocol: "tcp", Action: "ACCEPT"})
+	tab := tabs["eni-1"].Ingress
+	lt := dataplane.NewLinearTable(tab)
+
+	p := pkt("198.18.9.9", 6, 22)
+	i := lt.Lookup(&p)
+	assert.Equal(t, 0, i)
+	assert.Equal(t, dataplane.Verdict{Action: model.Drop, Reason: dataplane.ReasonRule, SgID: "sg-x", RuleIndex: 0, Entry: 0}, dataplane.VerdictOf(tab, i))
+
+	p = pkt("198.18.9.9", 6, 80)
+	assert.Equal(t, dataplane.Verdict{Action: model.Accept, Reason: dataplane.ReasonRule, SgID: "sg-x", RuleIndex: 1, Entry: 1},
+		dataplane.VerdictOf(tab, lt.Lookup(&p)))
+
+	p = pkt("198.18.9.9", 17, 80)
+	assert.Equal(t, dataplane.Verdict{Action: model.Drop, Reason: dataplane.ReasonDefaultDrop, RuleIndex: -1, Entry: 2},
+		dataplane.VerdictOf(tab, lt.Lookup(&p)))
+
+	noSG := &compiler.Table{ENI: "eni-z", NoSG: true, Entries: []compiler.Entry{{AnyRemote: true, RuleIndex: -1}}}
+	assert.Equal(t, dataplane.Verdict{Action: model.Drop, Reason: dataplane.ReasonNoSG, RuleIndex: -1, Entry: 0},
+		dataplane.VerdictOf(noSG, dataplane.NewLinearTable(noSG).Lookup(&p)))
+}
+
+// BenchmarkLinearLookup measures the reference matcher: a packet that matches no rule scans every entry.
+func BenchmarkLinearLookup(b *testing.B) {
+	for _, n := range []int{10, 100, 1000} {
+		rules := make([]model.Rule, n)
+		for i := range rules {
+			rules[i] = model.Rule{IPProtocol: "tcp", CidrIP: fmt.Sprintf("198.19.%d.0/24", i%256), PortRange: fmt.Sprint(1 + i), Action: "ACCEPT"}
+		}
+		tab := compileRules(b, rules...)["eni-1"].Ingress
+		lt := dataplane.NewLinearTable(tab)
+		p := pkt("203.0.113.1", 6, 80)
+		b.Run(fmt.Sprintf("rules=%d/miss", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if lt.Lookup(&p) != n {
+					b.Fatal("expected the implicit drop")
+				}
+			}
+		})
+	}
+}
+
+// compileRules compiles two ENIs (eni-1, eni-2) that share one SG with the given ingress rules.
+func compileRules(t testing.TB, ingress ...model.Rule) map[string]*compiler.Tables {
+	t.Helper()
+	s, err := model.NewState(model.Topology{
+		Accounts:       []model.Account{{AppID: "A"}},
+		SecurityGroups: []model.SecurityGroup{{SgID: "sg-x", AppID: "A", Ingress: ingress}},
+		NetworkInterfaces: []model.NetworkInterface{
+			{NetworkInterfaceID: "eni-1", AppID: "A", PrivateIPAddresses: []string{"198.18.0.1"}, SgIDs: []string{"sg-x"}},
+			{NetworkInterfaceID: "eni-2", AppID: "A", PrivateIPAddresses: []string{"198.18.0.2"}, SgIDs: []string{"sg-x"}},
+		},
+	})
+	require.NoError(t, err)
+	return compiler.New(s).CompileAll()
+}
+
+func pkt(remote string, proto uint8, port uint16) dataplane.Packet {
+	return dataplane.Packet{Remote: netip.MustParseAddr(remote), Proto: proto, Port: port, HasPort: proto == 6 || proto == 17}
+}
+
+func TestEngineReadersSeeOneTableOrTheOther(t *testing.T) {
+	tabA := compileRules(t,
+		model.Rule{IPProtocol: "tcp", CidrIP: "198.18.0.0/24", PortRange: "80", Action: "ACCEPT"},
+		model.Rule{Action: "DROP"})
+	tabB := compileRules(t,
+		model.Rule{IPProtocol: "udp", Action: "DROP"},
+		model.Rule{IPProtocol: "tcp", CidrIP: "198.18.0.0/16", PortRange: "80-81", Action: "ACCEPT"})
+	packets := []dataplane.Packet{
+		pkt("198.18.0.9", 6, 80),  // A: accept [0]; B: accept [1]
+		pkt("198.18.1.9", 6, 80),  // A: drop [1];   B: accept [1]
+		pkt("198.18.0.9", 17, 80), // A: drop [1];   B: drop [0]
+		pkt("198.18.0.9", 6, 81),  // A: drop [1];   B: accept [1]
+		pkt("198.18.0.9", 1, 0),   // A: drop [1];   B: default-drop
+	}
+	// The verdicts each table gives, from the reference matcher.
+	wantA, wantB := make([]dataplane.Verdict, len(packets)), make([]dataplane.Verdict, len(packets))
+	la, lb := dataplane.NewLinear(tabA), dataplane.NewLinear(tabB)
+	for i := range packets {
+		wantA[i], _ = la.Match("eni-1", model.Ingress, &packets[i])
+		wantB[i], _ = lb.Match("eni-1", model.Ingress, &packets[i])
+	}
+	// Each packet must tell the tables apart, or a mix could go unseen.
+	for i := range packets {
+		require.NotEqual(t, wantA[i], wantB[i], "packet %d", i)
+	}
+
+	e := dataplane.NewEngine(dataplane.LinearFactory)
+	e.Publish(1, tabA, nil)
+
+	const publishes = 2000
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	var reads atomic.Int64
+	for r := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := r; !done.Load(); i++ {
+				k := i % len(packets)
+				p := packets[k]
+				v, ok := e.Match("eni-1", model.Ingress, &p)
+				if !ok || (v != wantA[k] && v != wantB[k]) {
+					bad.Add(1)
+				}
+				// Both ENIs of one snapshot come from the same Publish.
+				snap := e.Snapshot()
+				v1, ok1 := snap.Match("eni-1", model.Ingress, &p)
+				v2, ok2 := snap.Match("eni-2", model.Ingress, &p)
+				if !ok1 || !ok2 || v1 != v2 || (v1 != wantA[k] && v1 != wantB[k]) {
+					bad.Add(1)
+				}
+				if want := map[bool][]dataplane.Verdict{true: wantA, false: wantB}[snap.Generation%2 == 1]; v1 != want[k] {
+					bad.Add(1) // odd generations carry table A, even ones table B
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	// Publish only while readers run: wait for their first reads, and let them read between swaps, so the
+	// test exercises swaps under concurrent lookups even when the scheduler favours the writer.
+	waitReads := func(n int64) {
+		for reads.Load() < n {
+			runtime.Gosched()
+		}
+	}
+	waitReads(1)
+	for g := uint64(2); g < publishes+2; g++ {
+		tabs := tabB
+		if g%2 == 1 {
+			tabs = tabA
+		}
+		e.Publish(g, tabs, nil)
+		if g%100 == 0 {
+			waitReads(reads.Load() + 1)
+		}
+	}
+	done.Store(true)
+	wg.Wait()
+	assert.Zero(t, bad.Load(), "verdicts that neither table gives, out of %d reads", reads.Load())
+	assert.Positive(t, reads.Load())
+	assert.Equal(t, uint64(publishes+1), e.Snapshot().Generation)
+}
+
+func TestEnginePublishKeepsAndRemoves(t *testing.T) {
+	tabA := compileRules(t, model.Rule{Action: "ACCEPT"})
+	tabB := compileRules(t, model.Rule{Action: "DROP"})
+	e := dataplane.NewEngine(dataplane.LinearFactory)
+	p := pkt("198.18.0.9", 6, 80)
+
+	_, ok := e.Match("eni-1", model.Ingress, &p)
+	assert.False(t, ok, "empty engine holds no ENI")
+
+	e.Publish(1, tabA, nil)
+	v, ok := e.Match("eni-2", model.Ingress, &p)
+	require.True(t, ok)
+	assert.Equal(t, model.Accept, v.Action)
+
+	// Only eni-1 changes; eni-2 keeps its generation-1 tables.
+	e.Publish(2, map[string]*compiler.Tables{"eni-1": tabB["eni-1"]}, nil)
+	v, _ = e.Match("eni-1", model.Ingress, &p)
+	assert.Equal(t, model.Drop, v.Action)
+	v, _ = e.Match("eni-2", model.Ingress, &p)
+	assert.Equal(t, model.Accept, v.Action)
+	t2, ok := e.Snapshot().ENI("eni-2")
+	require.True(t, ok)
+	assert.Equal(t, uint64(1), t2.Generation)
+
+	old := e.Snapshot()
+	e.Publish(3, nil, []string{"eni-2"})
+	_, ok = e.Match("eni-2", model.Ingress, &p)
+	assert.False(t, ok)
+	// A snapshot taken before is untouched by later publishes.
+	_, ok = old.Match("eni-2", model.Ingress, &p)
+	assert.True(t, ok)
+	assert.Len(t, e.Snapshot().ENIs(), 1)
+	assert.Equal(t, uint64(3), e.Snapshot().Generation)
 }
