@@ -2,12 +2,12 @@ package main
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/internal/testkit"
 )
 
 func runBenchCmd(t *testing.T, args ...string) (string, error) {
@@ -28,8 +28,7 @@ func TestBenchCmd(t *testing.T) {
 	assert.Contains(t, out, "bytes/rule")
 	assert.Contains(t, out, "synth_300")
 
-	f := filepath.Join(t.TempDir(), "rules")
-	require.NoError(t, os.WriteFile(f, []byte("@10.0.0.0/8 0.0.0.0/0 0 : 65535 80 : 80 0x06/0xFF\n@10.1.0.0/16 0.0.0.0/0 0 : 65535 0 : 65535 0x11/0xFF\n"), 0o600))
+	f := testkit.WriteFile(t, "rules", "@10.0.0.0/8 0.0.0.0/0 0 : 65535 80 : 80 0x06/0xFF\n@10.1.0.0/16 0.0.0.0/0 0 : 65535 0 : 65535 0x11/0xFF\n")
 	out, err = runBenchCmd(t, "--classbench", f, "--packets", "100")
 	require.NoError(t, err)
 	assert.Contains(t, out, "rules")
@@ -39,8 +38,7 @@ func TestBenchCmdErrors(t *testing.T) {
 	_, err := runBenchCmd(t)
 	require.ErrorContains(t, err, "--classbench FILE or --synthetic N")
 
-	f := filepath.Join(t.TempDir(), "bad")
-	require.NoError(t, os.WriteFile(f, []byte("@10.0.0.0/8 0.0.0.0/0 0 : 65535 80 : 80 0x06/0xFF\n@10.0.0.0/33 0.0.0.0/0 0 : 65535 80 : 80 0x06/0xFF\n"), 0o600))
+	f := testkit.WriteFile(t, "bad", "@10.0.0.0/8 0.0.0.0/0 0 : 65535 80 : 80 0x06/0xFF\n@10.0.0.0/33 0.0.0.0/0 0 : 65535 80 : 80 0x06/0xFF\n")
 	_, err = runBenchCmd(t, "--classbench", f)
 	require.ErrorContains(t, err, f+":2: source prefix")
 

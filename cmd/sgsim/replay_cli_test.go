@@ -2,18 +2,28 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/internal/kerneltest"
+	"github.com/sgsim/sgsim/internal/testkit"
 	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/packet"
+	"github.com/sgsim/sgsim/packet/craft"
 	"github.com/sgsim/sgsim/store"
 )
 
@@ -42,8 +52,7 @@ func TestReplayExpectExitCode(t *testing.T) {
 	_, err := runCore(t, "replay", "--topology", demoTopology, "--pcap", demoPcap, "--expect", "../../testdata/pcaps/demo.expect.yaml")
 	require.NoError(t, err)
 
-	bad := filepath.Join(t.TempDir(), "bad.yaml")
-	require.NoError(t, os.WriteFile(bad, []byte("- {index: 3, verdict: ACCEPT}\n"), 0o600))
+	bad := testkit.WriteFile(t, "bad.yaml", "- {index: 3, verdict: ACCEPT}\n")
 	_, err = runCore(t, "replay", "--topology", demoTopology, "--pcap", demoPcap, "--expect", bad)
 	var ee *exitError
 	require.True(t, errors.As(err, &ee), "%v", err)
@@ -110,10 +119,203 @@ func TestScenarioEngines(t *testing.T) {
 	require.NoError(t, err)
 	_, err = runCore(t, "scenario", "--engine", "bogus", file)
 	require.ErrorContains(t, err, `--engine "bogus"`)
-	kernelOrSkip(t)
+	kerneltest.LoadOrSkip(t)
 	for _, engine := range []string{"ebpf", "both"} {
 		out, err := runCore(t, "scenario", "--engine", engine, file)
 		require.NoError(t, err, out)
 		assert.Equal(t, goOut, out, engine)
+	}
+}
+
+// runReplayCLI runs sgsim with args (any command) and returns stdout and stderr apart.
+func runReplayCLI(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	root := newRootCmd()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), errOut.String(), err
+}
+
+// TestReplayEngines replays every repository capture (in one run, so the program is loaded once per
+// placement) with --engine both and --engine ebpf: no disagreement, and ebpf prints what go prints.
+func TestReplayEngines(t *testing.T) {
+	kerneltest.LoadOrSkip(t)
+	files, err := filepath.Glob("../../testdata/pcaps/*.pcap*")
+	require.NoError(t, err)
+	require.Len(t, files, 13)
+	pcaps := strings.Join(files, ",")
+	for _, place := range [][]string{nil, {"--eni", "eni-web1", "--direction", "ingress"}, {"--eni", "eni-web1", "--direction", "egress"}} {
+		t.Run(strings.Join(append([]string{"placement"}, place...), " "), func(t *testing.T) {
+			args := append([]string{"replay", "--topology", demoTopology, "--pcap", pcaps}, place...)
+			goOut, _, err := runReplayCLI(t, args...)
+			require.NoError(t, err)
+			require.Contains(t, goOut, "74 packets:")
+
+			out, stderr, err := runReplayCLI(t, append(args, "--engine", "both")...)
+			require.NoError(t, err, stderr)
+			assert.Equal(t, goOut, out, "both prints the Go engine's output")
+			assert.NotContains(t, stderr, "disagreement")
+			assert.Regexp(t, `(?m)^go and ebpf engines agree on all \d+ compared check\(s\) of 74 packet\(s\)$`, stderr)
+			// truncated.pcap's IPv4 frame shorter than an IP header: BPF_PROG_TEST_RUN refuses it.
+			assert.Contains(t, stderr, "1 check(s) of malformed or non-IP packets were not run through the eBPF program")
+
+			out, stderr, err = runReplayCLI(t, append(args, "--engine", "ebpf")...)
+			require.NoError(t, err, stderr)
+			assert.Equal(t, goOut, out, "the eBPF program decides every check as the Go engine does")
+		})
+	}
+	out, stderr, err := runReplayCLI(t, "replay", "--topology", demoTopology, "--pcap", demoPcap, "--expect", "../../testdata/pcaps/demo.expect.yaml", "--engine", "both")
+	require.NoError(t, err, stderr)
+	assert.Contains(t, out, "20 packets: 12 accepted, 7 dropped, 1 unmanaged")
+	assert.Contains(t, stderr, "all 11 expectation(s) of ../../testdata/pcaps/demo.expect.yaml met\n")
+	assert.Contains(t, stderr, "go and ebpf engines agree on all 21 compared check(s) of 20 packet(s)\n")
+}
+
+// TestReplayEngineIdleGap: a reply 700 s after its flow's last packet (longer than SPEC §3's 600 s for
+// established TCP) is a new decision for the Go engine, which ages flows on capture time, and still
+// established for the kernel, which ages them on its own clock: both reports it and exits 1.
+func TestReplayEngineIdleGap(t *testing.T) {
+	kerneltest.LoadOrSkip(t)
+	client, web := netip.MustParseAddr("198.19.5.7"), netip.MustParseAddr("198.18.1.10")
+	macC, macW := craft.MAC("02:00:00:00:00:99"), craft.MAC("02:00:00:00:01:01")
+	frame := func(src, dst netip.Addr, sp, dp uint16, flags uint8) []byte {
+		ip := craft.IPv4(src, dst, packet.ProtoTCP, craft.TCP(sp, dp, flags, nil), nil)
+		from, to := macC, macW
+		if src == web {
+			from, to = macW, macC
+		}
+		return craft.Ethernet(to, from, craft.EtherTypeOf(ip), nil, ip)
+	}
+	path := filepath.Join(t.TempDir(), "gap.pcap")
+	f, err := os.Create(path)
+	require.NoError(t, err)
+	bw := bufio.NewWriter(f)
+	w := pcapgo.NewWriter(bw)
+	require.NoError(t, w.WriteFileHeader(65535, layers.LinkTypeEthernet))
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, p := range []struct {
+		at    time.Duration
+		frame []byte
+	}{
+		{0, frame(client, web, 40000, 80, packet.TCPSyn)},
+		{time.Millisecond, frame(web, client, 80, 40000, packet.TCPSyn|packet.TCPAck)},
+		{2 * time.Millisecond, frame(client, web, 40000, 80, packet.TCPAck)},
+		{700 * time.Second, frame(web, client, 80, 40000, packet.TCPAck)},
+	} {
+		require.NoError(t, w.WritePacket(gopacket.CaptureInfo{Timestamp: start.Add(p.at), CaptureLength: len(p.frame), Length: len(p.frame)}, p.frame))
+	}
+	require.NoError(t, bw.Flush())
+	require.NoError(t, f.Close())
+
+	goOut, _, err := runReplayCLI(t, "replay", "--topology", demoTopology, "--pcap", path)
+	require.NoError(t, err)
+	out, stderr, err := runReplayCLI(t, "replay", "--topology", demoTopology, "--pcap", path, "--engine", "both")
+	var ee *exitError
+	require.True(t, errors.As(err, &ee), "%v", err)
+	assert.Equal(t, 1, ee.code)
+	assert.Equal(t, goOut, out)
+	assert.Contains(t, stderr, "disagreement: packet 3 tcp 198.18.1.10:80 > 198.19.5.7:40000: eni-web1 egress: go ACCEPT sg-web rule 0 (entry 0), ebpf ACCEPT established\n")
+	assert.Contains(t, stderr, "go and ebpf engines disagree on 1 of 4 packet(s) (1 of them conntrack only")
+	assert.Equal(t, 1, strings.Count(stderr, "disagreement:"))
+}
+
+// synPcap writes n TCP SYNs to the demo's eni-web1 (port 80, accepted) as a pcap of link type link
+// and returns its path.
+func synPcap(t *testing.T, n int, link layers.LinkType) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "syn.pcap")
+	f, err := os.Create(path)
+	require.NoError(t, err)
+	bw := bufio.NewWriter(f)
+	w := pcapgo.NewWriter(bw)
+	require.NoError(t, w.WriteFileHeader(65535, link))
+	src, dst := netip.MustParseAddr("198.19.5.7"), netip.MustParseAddr("198.18.1.10")
+	for i := range n {
+		ip := craft.IPv4(src, dst, packet.ProtoTCP, craft.TCP(uint16(10000+i%50000), 80, packet.TCPSyn, nil), nil)
+		fr := craft.Ethernet(craft.MAC("02:00:00:00:00:01"), craft.MAC("02:00:00:00:00:09"), 0x0800, nil, ip)
+		ci := gopacket.CaptureInfo{Timestamp: time.Unix(1_700_000_000, int64(i)*1000), CaptureLength: len(fr), Length: len(fr)}
+		require.NoError(t, w.WritePacket(ci, fr))
+	}
+	require.NoError(t, bw.Flush())
+	require.NoError(t, f.Close())
+	return path
+}
+
+// TestReplayStopsWhole: a capture whose last record is cut short (issue 17 item 7) fails, but only
+// after every packet before it is out as a whole line (JSON objects that parse, past the output
+// buffer's size) and, without --json, the summary of those packets.
+func TestReplayStopsWhole(t *testing.T) {
+	const n = 2000 // ~100 bytes of JSON each: several times the 64 KiB output buffer
+	path := synPcap(t, n, layers.LinkTypeEthernet)
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	require.NoError(t, os.Truncate(path, st.Size()-10))
+
+	out, _, err := runReplayCLI(t, "replay", "--topology", demoTopology, "--pcap", path, "--json")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "truncated capture")
+	assert.Contains(t, err.Error(), "stopped after 1999 packet(s)")
+	require.True(t, strings.HasSuffix(out, "}\n"), "the output ends with a whole object")
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	require.Len(t, lines, n-1)
+	for i, line := range lines {
+		var obj struct {
+			Index   int    `json:"index"`
+			Verdict string `json:"verdict"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(line), &obj), "line %d: %s", i, line)
+		require.Equal(t, i, obj.Index)
+		require.Equal(t, "ACCEPT", obj.Verdict)
+	}
+
+	out, _, err = runReplayCLI(t, "replay", "--topology", demoTopology, "--pcap", path)
+	require.Error(t, err)
+	assert.Contains(t, out, "\n1999 packets: 1999 accepted, 0 dropped, 0 unmanaged\n")
+	assert.Regexp(t, `eni-web1\s+ingress\s+sg-web rule 1\s+ACCEPT\s+1999`, out)
+
+	// A capture that fails before its first packet prints nothing on stdout.
+	empty := testkit.WriteFile(t, "empty.pcap", "not a capture at all")
+	out, _, err = runReplayCLI(t, "replay", "--topology", demoTopology, "--pcap", empty)
+	require.Error(t, err)
+	assert.Empty(t, out)
+}
+
+// TestReplaySaysWhyUnmanaged: frames of a link type replay cannot read (802.11 here) are UNMANAGED,
+// and stderr says so once per capture, naming the link type and the count (issue 17 item 9).
+func TestReplaySaysWhyUnmanaged(t *testing.T) {
+	path := synPcap(t, 3, layers.LinkTypeIEEE802_11)
+	out, stderr, err := runReplayCLI(t, "replay", "--topology", demoTopology, "--pcap", path)
+	require.NoError(t, err)
+	assert.Contains(t, out, "3 packets: 0 accepted, 0 dropped, 3 unmanaged")
+	assert.Equal(t, path+": 3 packet(s) of link type 105 ("+layers.LinkTypeIEEE802_11.String()+") are UNMANAGED: replay reads "+
+		"Ethernet, Linux cooked (SLL, SLL2), raw IP and loopback captures only, so it finds no addresses in them\n", stderr)
+
+	_, stderr, err = runReplayCLI(t, "replay", "--topology", demoTopology, "--pcap", synPcap(t, 3, layers.LinkTypeEthernet))
+	require.NoError(t, err)
+	assert.Empty(t, stderr, "readable captures get no warning")
+}
+
+// TestReplayNoProgressOffTerminal: with stderr a file or a pipe there is no progress bar, even on a
+// replay long enough to show one on a terminal.
+func TestReplayNoProgressOffTerminal(t *testing.T) {
+	path := synPcap(t, 10_000, layers.LinkTypeEthernet)
+	errFile, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	require.NoError(t, err)
+	defer errFile.Close()
+	require.NoError(t, runReplay(t.Context(), &strings.Builder{}, errFile, replayFlags{topo: demoTopology, pcaps: []string{path}, engine: "go"}))
+	got, err := os.ReadFile(errFile.Name())
+	require.NoError(t, err)
+	assert.Empty(t, string(got))
+
+	pr, pw, err := os.Pipe()
+	require.NoError(t, err)
+	defer pr.Close()
+	defer pw.Close()
+	for _, w := range []*os.File{errFile, pw} {
+		assert.Nil(t, progressWriter(w, false))
+		assert.Nil(t, progressWriter(w, true))
 	}
 }

@@ -6,8 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/internal/netns"
 )
 
 // e2eTopology: eni-srv (198.18.210.1) accepts tcp/8080 from members of sg-cli and has no egress rules

@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/sgsim/sgsim/internal/netns"
 )
 
 // noBlinkTopology: eni-rx's SG order decides between allow-udp ([sg-allow, sg-deny]) and deny-all

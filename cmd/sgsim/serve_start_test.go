@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sgsim/sgsim/internal/netns"
+	"github.com/sgsim/sgsim/internal/testkit"
 	"github.com/sgsim/sgsim/node"
 )
 
@@ -29,8 +30,7 @@ const startTopology = `{
 
 func writeTopology(t *testing.T, extraENI string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "topo.json")
-	require.NoError(t, os.WriteFile(p, []byte(strings.Replace(startTopology, "%s", extraENI, 1)), 0o600))
+	p := testkit.WriteFile(t, "topo.json", strings.Replace(startTopology, "%s", extraENI, 1))
 	return p
 }
 
