@@ -117,11 +117,7 @@ func TestRecompilesOnlyAffected(t *testing.T) {
 
 	// The built-in engine agrees with a full recompile of the final state.
 	full := compiler.New(c.View().State).CompileAll()
-	for id, want := range full {
-		got, ok := c.Engine().Snapshot().ENI(id)
-		require.True(t, ok)
-		assert.Equal(t, want, got.Tables, id)
-	}
+	engineHolds(t, c.Engine(), full)
 }
 
 func TestPublishFailureIsReported(t *testing.T) {
@@ -233,11 +229,7 @@ func TestApplierAloneFollowsCommittedStates(t *testing.T) {
 		assert.Equal(t, v.Tables, agent.View().Tables, "step %d", i)
 		first = v
 	}
-	for id, want := range c.View().Tables {
-		got, ok := agent.Engine().Snapshot().ENI(id)
-		require.True(t, ok)
-		assert.Equal(t, want, got.Tables, id)
-	}
+	engineHolds(t, agent.Engine(), c.View().Tables)
 }
 
 // A commit refused because another writer moved the store on is a 6000 whose cause is store.ErrConflict,
@@ -277,11 +269,7 @@ func TestConcurrentWritersLoseNothing(t *testing.T) {
 		assert.Equal(t, fmt.Sprint(1000*(w+1)+24), mustSG(v.State, sg).Ingress[0].PortRange, sg)
 	}
 	assert.Equal(t, compiler.New(v.State).CompileAll(), v.Tables)
-	for id, want := range v.Tables {
-		got, ok := c.Engine().Snapshot().ENI(id)
-		require.True(t, ok)
-		assert.Equal(t, want, got.Tables, id)
-	}
+	engineHolds(t, c.Engine(), v.Tables)
 }
 
 // The fleet's split, end to end over one store: a Controller writes; an agent that sees only the
@@ -332,11 +320,7 @@ func TestAgentFollowsTheStoreWatch(t *testing.T) {
 	require.ErrorIs(t, <-done, context.Canceled)
 	assert.Equal(t, c.View().Generation, agent.View().Generation)
 	assert.Equal(t, c.View().Tables, agent.View().Tables)
-	for id, want := range c.View().Tables {
-		got, ok := agent.Engine().Snapshot().ENI(id)
-		require.True(t, ok)
-		assert.Equal(t, want, got.Tables, id)
-	}
+	engineHolds(t, agent.Engine(), c.View().Tables)
 }
 
 // dbIngressFrom decides a postgres packet to eni-db1 from src with the controller's engine.
@@ -478,4 +462,14 @@ func TestNoEngine(t *testing.T) {
 	require.Len(t, rec.calls, 2)
 	require.NotEmpty(t, rec.last())
 	require.Equal(t, uint64(2), c.View().Generation)
+}
+
+// engineHolds checks that the engine's live tables are want's, ENI by ENI.
+func engineHolds(t *testing.T, e *dataplane.Engine, want map[string]*compiler.Tables) {
+	t.Helper()
+	for id, tables := range want {
+		got, ok := e.Snapshot().ENI(id)
+		require.True(t, ok, id)
+		assert.Equal(t, tables, got.Tables, id)
+	}
 }

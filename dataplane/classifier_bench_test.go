@@ -14,24 +14,24 @@ import (
 	"github.com/sgsim/sgsim/bench/peers"
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
 )
+
+// benchTable is one table benchmarked, with the name its results are reported under.
+type benchTable struct {
+	name string
+	tab  *compiler.Table
+}
 
 // benchTables lists the tables benchmarked: every ClassBench set at 1k and 10k, the first 100 rules of
 // each 1k set (`_100`), and 100k synthetic.
-func benchTables(b *testing.B) []struct {
-	name string
-	tab  *compiler.Table
-} {
-	var out []struct {
-		name string
-		tab  *compiler.Table
-	}
+func benchTables(b *testing.B) []benchTable {
+	var out []benchTable
 	files, _ := filepath.Glob(filepath.Join(classbenchDir, "*_*k"))
 	if len(files) == 0 && os.Getenv("CI") == "true" {
 		b.Fatalf("no ClassBench sets in %s", classbenchDir)
 	}
-	add := func(name, path string, limit int) {
-		st, err := bench.LoadClassBench(path, limit, 1)
+	addState := func(name string, st *model.State, err error) {
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -39,39 +39,25 @@ func benchTables(b *testing.B) []struct {
 		if err != nil {
 			b.Fatal(err)
 		}
-		out = append(out, struct {
-			name string
-			tab  *compiler.Table
-		}{name, tab})
+		out = append(out, benchTable{name, tab})
 	}
 	for _, f := range files {
 		if set, ok := strings.CutSuffix(filepath.Base(f), "_1k"); ok {
-			add(set+"_100", f, 100)
+			st, err := bench.LoadClassBench(f, 100, 1)
+			addState(set+"_100", st, err)
 		}
-		add(filepath.Base(f), f, 0)
+		st, err := bench.LoadClassBench(f, 0, 1)
+		addState(filepath.Base(f), st, err)
 	}
 	st, err := bench.StateFromRules(bench.Synthetic(100000, 1, true), 1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	tab, err := bench.IngressTable(st)
-	if err != nil {
-		b.Fatal(err)
-	}
-	out = append(out, struct {
-		name string
-		tab  *compiler.Table
-	}{"synth_100k", tab})
+	addState("synth_100k", st, err)
 	// The table of the Modify-to-enforced benchmark: 10k random, mostly disjoint IPv4 prefixes and port
 	// ranges, with the stream's DROP inserted (the rule change that must be enforced within 20 ms).
 	ts, err := peers.CompileRules(peers.WithStreamDrop(peers.SyntheticRules(10000, netip.MustParseAddr("198.18.0.1"), 9000, 42)))
 	if err != nil {
 		b.Fatal(err)
 	}
-	return append(out, struct {
-		name string
-		tab  *compiler.Table
-	}{"peers_10k", ts.Ingress})
+	return append(out, benchTable{"peers_10k", ts.Ingress})
 }
 
 // BenchmarkClassifier reports ns/lookup, bytes/rule and build-ms of the classifier per table.

@@ -91,51 +91,46 @@ func readFileOrStdin(cmd *cobra.Command, name string) ([]byte, error) {
 	return data, nil
 }
 
-func newENIDeleteCmd() *cobra.Command {
+// newENICallCmd is an eni subcommand making its calls with the client its shared flags configure.
+func newENICallCmd(use, short string, args cobra.PositionalArgs, run func(cmd *cobra.Command, c *client.Native, args []string) error) *cobra.Command {
 	var f eniFlags
 	cmd := &cobra.Command{
-		Use:   "delete ID",
-		Short: "Delete an ENI: its tables are freed, its interface detached, its tracked flows forgotten",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.client().DeleteENI(cmd.Context(), args[0]); err != nil {
+		Use:   use,
+		Short: short,
+		Args:  args,
+		RunE:  func(cmd *cobra.Command, args []string) error { return run(cmd, f.client(), args) },
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func newENIDeleteCmd() *cobra.Command {
+	return newENICallCmd("delete ID", "Delete an ENI: its tables are freed, its interface detached, its tracked flows forgotten",
+		cobra.ExactArgs(1), func(cmd *cobra.Command, c *client.Native, args []string) error {
+			if err := c.DeleteENI(cmd.Context(), args[0]); err != nil {
 				return &exitError{code: 1, err: err}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "deleted %s\n", args[0])
 			return nil
-		},
-	}
-	f.add(cmd)
-	return cmd
+		})
 }
 
 func newENIGetCmd() *cobra.Command {
-	var f eniFlags
-	cmd := &cobra.Command{
-		Use:   "get ID",
-		Short: "Show an ENI as stored, with its state on this host",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := f.client().GetENI(cmd.Context(), args[0])
+	return newENICallCmd("get ID", "Show an ENI as stored, with its state on this host",
+		cobra.ExactArgs(1), func(cmd *cobra.Command, c *client.Native, args []string) error {
+			e, err := c.GetENI(cmd.Context(), args[0])
 			if err != nil {
 				return &exitError{code: 1, err: err}
 			}
 			return printJSON(cmd.OutOrStdout(), e)
-		},
-	}
-	f.add(cmd)
-	return cmd
+		})
 }
 
 func newENIListCmd() *cobra.Command {
-	var f eniFlags
 	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "list [--json]",
-		Short: "List every ENI with its state on this host",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			enis, err := f.client().ListENIs(cmd.Context())
+	cmd := newENICallCmd("list [--json]", "List every ENI with its state on this host",
+		cobra.NoArgs, func(cmd *cobra.Command, c *client.Native, _ []string) error {
+			enis, err := c.ListENIs(cmd.Context())
 			if err != nil {
 				return &exitError{code: 1, err: err}
 			}
@@ -149,9 +144,7 @@ func newENIListCmd() *cobra.Command {
 					strings.Join(e.SgIDs, ","), dash(e.HostInterface), e.Attached, e.Ifindex)
 			}
 			return tw.Flush()
-		},
-	}
-	f.add(cmd)
+		})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
