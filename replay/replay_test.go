@@ -1,7 +1,6 @@
 package replay_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -182,16 +181,10 @@ func TestJSONLine(t *testing.T) {
 	assert.Equal(t, `{"index":9,"verdict":"UNMANAGED","checks":[]}`, string(replay.AppendJSON(nil, r, &res)))
 }
 
+// writePcap writes frames to path a second apart.
 func writePcap(t testing.TB, path string, link layers.LinkType, frames ...[]byte) {
 	t.Helper()
-	f, err := os.Create(path)
-	require.NoError(t, err)
-	defer f.Close()
-	w := pcapgo.NewWriter(f)
-	require.NoError(t, w.WriteFileHeader(65535, link))
-	for i, fr := range frames {
-		require.NoError(t, w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Unix(int64(1700000000+i), 0), CaptureLength: len(fr), Length: len(fr)}, fr))
-	}
+	testkit.WritePcap(t, path, link, frames, func(i int) time.Time { return time.Unix(int64(1700000000+i), 0) })
 }
 
 func TestRunExpectAndWrite(t *testing.T) {
@@ -385,16 +378,7 @@ func bigTopology(tb testing.TB) *model.State {
 func BenchmarkReplay(b *testing.B) {
 	const n = 1 << 20
 	path := filepath.Join(b.TempDir(), "big.pcap")
-	f, err := os.Create(path)
-	require.NoError(b, err)
-	bw := bufio.NewWriterSize(f, 1<<20)
-	w := pcapgo.NewWriter(bw)
-	require.NoError(b, w.WriteFileHeader(65535, layers.LinkTypeEthernet))
-	for i, fr := range genCapture(n) {
-		require.NoError(b, w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Unix(1700000000, int64(i)*1000), CaptureLength: len(fr), Length: len(fr)}, fr))
-	}
-	require.NoError(b, bw.Flush())
-	require.NoError(b, f.Close())
+	testkit.WritePcap(b, path, layers.LinkTypeEthernet, genCapture(n), func(i int) time.Time { return time.Unix(1700000000, int64(i)*1000) })
 	st := bigTopology(b)
 	for _, fac := range []struct {
 		name string

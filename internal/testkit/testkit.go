@@ -1,6 +1,6 @@
 // Package testkit holds what the tests of several packages need alike: where the shared data sets
-// lie beside the repository, and what a package may depend on. It imports no sgsim package, so any
-// package's tests can use it.
+// lie beside the repository, temporary files and captures, and what a package may depend on. It
+// imports no sgsim package, so any package's tests can use it.
 package testkit
 
 import (
