@@ -160,14 +160,7 @@ func (d *daemon) sign(kv ...string) url.Values {
 // post sends p; the Host (part of the signature) is always 127.0.0.1 with the daemon's port, which
 // changes across restarts, so replays rewrite only the URL, never the signed parameters.
 func (d *daemon) post(p url.Values) (tcResp, error) {
-	resp, err := http.PostForm(d.base+api.TencentPath, p)
-	if err != nil {
-		return tcResp{}, err
-	}
-	defer resp.Body.Close()
-	var out tcResp
-	err = json.NewDecoder(resp.Body).Decode(&out)
-	return out, err
+	return d.postAs(p, d.base)
 }
 
 // postAs sends p to d with the Host header of signedFor (the signature covers the host).

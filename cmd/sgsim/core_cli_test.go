@@ -114,11 +114,7 @@ func TestCheckBadInput(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := runCore(t, tc.args...)
-			require.Error(t, err)
-			for _, w := range tc.want {
-				assert.Contains(t, err.Error(), w)
-			}
+			err := runCoreFails(t, tc.args, tc.want)
 			assert.Equal(t, 2, exitCode(err), "input errors exit 2")
 		})
 	}
@@ -185,11 +181,7 @@ func TestCompileBadInput(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := runCore(t, tc.args...)
-			require.Error(t, err)
-			for _, w := range tc.want {
-				assert.Contains(t, err.Error(), w)
-			}
+			runCoreFails(t, tc.args, tc.want)
 		})
 	}
 }
@@ -200,4 +192,16 @@ func TestCoreCommandsRegistered(t *testing.T) {
 		names = append(names, c.Name())
 	}
 	assert.True(t, slices.Contains(names, "check") && slices.Contains(names, "compile"), "commands: %v", names)
+}
+
+// runCoreFails runs sgsim with args, which must fail with an error containing every one of want, and
+// returns that error.
+func runCoreFails(t *testing.T, args, want []string) error {
+	t.Helper()
+	_, err := runCore(t, args...)
+	require.Error(t, err)
+	for _, w := range want {
+		assert.Contains(t, err.Error(), w)
+	}
+	return err
 }

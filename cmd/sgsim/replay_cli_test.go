@@ -13,9 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -190,25 +188,14 @@ func TestReplayEngineIdleGap(t *testing.T) {
 		return craft.Ethernet(to, from, craft.EtherTypeOf(ip), nil, ip)
 	}
 	path := filepath.Join(t.TempDir(), "gap.pcap")
-	f, err := os.Create(path)
-	require.NoError(t, err)
-	bw := bufio.NewWriter(f)
-	w := pcapgo.NewWriter(bw)
-	require.NoError(t, w.WriteFileHeader(65535, layers.LinkTypeEthernet))
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	for _, p := range []struct {
-		at    time.Duration
-		frame []byte
-	}{
-		{0, frame(client, web, 40000, 80, packet.TCPSyn)},
-		{time.Millisecond, frame(web, client, 80, 40000, packet.TCPSyn|packet.TCPAck)},
-		{2 * time.Millisecond, frame(client, web, 40000, 80, packet.TCPAck)},
-		{700 * time.Second, frame(web, client, 80, 40000, packet.TCPAck)},
-	} {
-		require.NoError(t, w.WritePacket(gopacket.CaptureInfo{Timestamp: start.Add(p.at), CaptureLength: len(p.frame), Length: len(p.frame)}, p.frame))
-	}
-	require.NoError(t, bw.Flush())
-	require.NoError(t, f.Close())
+	at := []time.Duration{0, time.Millisecond, 2 * time.Millisecond, 700 * time.Second}
+	testkit.WritePcap(t, path, layers.LinkTypeEthernet, [][]byte{
+		frame(client, web, 40000, 80, packet.TCPSyn),
+		frame(web, client, 80, 40000, packet.TCPSyn|packet.TCPAck),
+		frame(client, web, 40000, 80, packet.TCPAck),
+		frame(web, client, 80, 40000, packet.TCPAck),
+	}, func(i int) time.Time { return start.Add(at[i]) })
 
 	goOut, _, err := runReplayCLI(t, "replay", "--topology", demoTopology, "--pcap", path)
 	require.NoError(t, err)
@@ -227,20 +214,13 @@ func TestReplayEngineIdleGap(t *testing.T) {
 func synPcap(t *testing.T, n int, link layers.LinkType) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "syn.pcap")
-	f, err := os.Create(path)
-	require.NoError(t, err)
-	bw := bufio.NewWriter(f)
-	w := pcapgo.NewWriter(bw)
-	require.NoError(t, w.WriteFileHeader(65535, link))
 	src, dst := netip.MustParseAddr("198.19.5.7"), netip.MustParseAddr("198.18.1.10")
-	for i := range n {
+	frames := make([][]byte, n)
+	for i := range frames {
 		ip := craft.IPv4(src, dst, packet.ProtoTCP, craft.TCP(uint16(10000+i%50000), 80, packet.TCPSyn, nil), nil)
-		fr := craft.Ethernet(craft.MAC("02:00:00:00:00:01"), craft.MAC("02:00:00:00:00:09"), 0x0800, nil, ip)
-		ci := gopacket.CaptureInfo{Timestamp: time.Unix(1_700_000_000, int64(i)*1000), CaptureLength: len(fr), Length: len(fr)}
-		require.NoError(t, w.WritePacket(ci, fr))
+		frames[i] = craft.Ethernet(craft.MAC("02:00:00:00:00:01"), craft.MAC("02:00:00:00:00:09"), 0x0800, nil, ip)
 	}
-	require.NoError(t, bw.Flush())
-	require.NoError(t, f.Close())
+	testkit.WritePcap(t, path, link, frames, func(i int) time.Time { return time.Unix(1_700_000_000, int64(i)*1000) })
 	return path
 }
 

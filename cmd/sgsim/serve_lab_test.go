@@ -173,16 +173,8 @@ func (d *daemon) huawei(sg, action string, ports ...string) {
 	}
 	b, err := json.Marshal(body)
 	require.NoError(d.t, err)
-	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("%s/v2.0/%s/security-groups/%s/instance/action", d.base, labProject, sg), strings.NewReader(string(b)))
-	require.NoError(d.t, err)
-	req.Header.Set("X-Auth-Token", labToken)
-	resp, err := d.http.Do(req)
-	require.NoError(d.t, err)
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
-	require.NoError(d.t, err)
-	require.Equal(d.t, http.StatusOK, resp.StatusCode, "%s", out)
-	require.JSONEq(d.t, `{"fail":[]}`, string(out))
+	out := d.call(http.MethodPost, fmt.Sprintf("/v2.0/%s/security-groups/%s/instance/action", labProject, sg), string(b))
+	require.JSONEq(d.t, `{"fail":[]}`, out)
 }
 
 // ping sends one ICMP echo from namespace ns to dst and reports whether the reply came back in time.
@@ -250,14 +242,21 @@ func pinDir(t *testing.T) string {
 // fails the test unless it answers 200.
 func (d *daemon) get(path string) string {
 	d.t.Helper()
-	req, err := http.NewRequest(http.MethodGet, d.base+path, nil)
+	return d.call(http.MethodGet, path, "")
+}
+
+// call sends one request to the daemon as the lab account and fails the test unless it answers 200;
+// it returns the body.
+func (d *daemon) call(method, path, body string) string {
+	d.t.Helper()
+	req, err := http.NewRequest(method, d.base+path, strings.NewReader(body))
 	require.NoError(d.t, err)
 	req.Header.Set("X-Auth-Token", labToken)
 	resp, err := d.http.Do(req)
 	require.NoError(d.t, err)
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	out, err := io.ReadAll(resp.Body)
 	require.NoError(d.t, err)
-	require.Equal(d.t, http.StatusOK, resp.StatusCode, "GET %s: %s", path, body)
-	return string(body)
+	require.Equal(d.t, http.StatusOK, resp.StatusCode, "%s %s: %s", method, path, out)
+	return string(out)
 }
