@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -221,19 +220,15 @@ func revisions(t *testing.T) []*model.State {
 	return append(out, rebuilt)
 }
 
-func stores(t *testing.T) map[string]func() Store {
-	dir := t.TempDir()
-	n := 0
-	return map[string]func() Store{
-		"memory": func() Store { return NewMemory() },
-		"bolt": func() Store {
-			n++
-			b, err := OpenBolt(filepath.Join(dir, fmt.Sprintf("%d.db", n)))
-			require.NoError(t, err)
-			t.Cleanup(func() { b.Close() })
-			return b
-		},
-	}
+// forEachStore runs test as a subtest on a fresh store of each kind.
+func forEachStore(t *testing.T, test func(t *testing.T, st Store)) {
+	t.Run("memory", func(t *testing.T) { test(t, NewMemory()) })
+	t.Run("bolt", func(t *testing.T) {
+		b, err := OpenBolt(filepath.Join(t.TempDir(), "store.db"))
+		require.NoError(t, err)
+		t.Cleanup(func() { b.Close() })
+		test(t, b)
+	})
 }
 
 // Every revision can be loaded back as committed, listing order included; each commit's Change holds
@@ -241,45 +236,42 @@ func stores(t *testing.T) map[string]func() Store {
 func TestRecordsHistoryAndWatch(t *testing.T) {
 	ctx := context.Background()
 	revs := revisions(t)
-	for name, open := range stores(t) {
-		t.Run(name, func(t *testing.T) {
-			st := open()
-			for i, s := range revs {
-				require.NoError(t, st.Commit(ctx, s, uint64(i+1)))
-			}
-			got, gen, err := st.Load(ctx)
-			require.NoError(t, err)
-			assert.Equal(t, uint64(len(revs)), gen)
-			sameState(t, revs[len(revs)-1], got, "latest")
-			for i, s := range revs {
-				at, err := st.LoadAt(ctx, uint64(i+1))
-				require.NoError(t, err, "revision %d", i+1)
-				sameState(t, s, at, "revision %d", i+1)
-			}
+	forEachStore(t, func(t *testing.T, st Store) {
+		for i, s := range revs {
+			require.NoError(t, st.Commit(ctx, s, uint64(i+1)))
+		}
+		got, gen, err := st.Load(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, uint64(len(revs)), gen)
+		sameState(t, revs[len(revs)-1], got, "latest")
+		for i, s := range revs {
+			at, err := st.LoadAt(ctx, uint64(i+1))
+			require.NoError(t, err, "revision %d", i+1)
+			sameState(t, s, at, "revision %d", i+1)
+		}
 
-			var changes []Change
-			var agent *model.State
-			wctx, cancel := context.WithCancel(ctx)
-			err = st.Watch(wctx, 0, func(c Change) error {
-				changes = append(changes, c)
-				agent, err = c.Apply(agent)
-				require.NoError(t, err)
-				sameState(t, revs[c.Revision-1], agent, "watched revision %d", c.Revision)
-				if c.Revision == uint64(len(revs)) {
-					cancel()
-				}
-				return nil
-			})
-			require.ErrorIs(t, err, context.Canceled)
-			require.Len(t, changes, len(revs))
-			assert.Len(t, changes[0].Puts, len(revs[0].AppIDs())+len(revs[0].SGIDs())+len(revs[0].ENIIDs())+1, "and the admin tokens")
-			assert.Equal(t, []Key{{KindSG, "sg-web"}}, keysOf(changes[1].Puts), "a rule change writes one record")
-			assert.Equal(t, []Key{{KindSG, "sg-new"}}, keysOf(changes[2].Puts))
-			assert.Equal(t, []Key{{KindENI, "eni-spare"}}, keysOf(changes[3].Puts))
-			assert.Equal(t, []Key{{KindSG, "sg-new"}}, changes[5].Deletes)
-			assert.Empty(t, changes[5].Puts)
+		var changes []Change
+		var agent *model.State
+		wctx, cancel := context.WithCancel(ctx)
+		err = st.Watch(wctx, 0, func(c Change) error {
+			changes = append(changes, c)
+			agent, err = c.Apply(agent)
+			require.NoError(t, err)
+			sameState(t, revs[c.Revision-1], agent, "watched revision %d", c.Revision)
+			if c.Revision == uint64(len(revs)) {
+				cancel()
+			}
+			return nil
 		})
-	}
+		require.ErrorIs(t, err, context.Canceled)
+		require.Len(t, changes, len(revs))
+		assert.Len(t, changes[0].Puts, len(revs[0].AppIDs())+len(revs[0].SGIDs())+len(revs[0].ENIIDs())+1, "and the admin tokens")
+		assert.Equal(t, []Key{{KindSG, "sg-web"}}, keysOf(changes[1].Puts), "a rule change writes one record")
+		assert.Equal(t, []Key{{KindSG, "sg-new"}}, keysOf(changes[2].Puts))
+		assert.Equal(t, []Key{{KindENI, "eni-spare"}}, keysOf(changes[3].Puts))
+		assert.Equal(t, []Key{{KindSG, "sg-new"}}, changes[5].Deletes)
+		assert.Empty(t, changes[5].Puts)
+	})
 }
 
 // sameState compares two states by their topology documents (a short diff when they differ).
@@ -305,40 +297,34 @@ func keysOf(rs []Record) []Key {
 func TestWatchDeliversLiveChanges(t *testing.T) {
 	ctx := context.Background()
 	revs := revisions(t)
-	for name, open := range stores(t) {
-		t.Run(name, func(t *testing.T) {
-			st := open()
-			require.NoError(t, st.Commit(ctx, revs[0], 1))
-			require.NoError(t, st.Commit(ctx, revs[1], 2))
-			got := make(chan uint64, 10)
-			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			var wg sync.WaitGroup
-			wg.Go(func() {
-				_ = st.Watch(wctx, 1, func(c Change) error { got <- c.Revision; return nil })
-			})
-			assert.Equal(t, uint64(2), <-got)
-			require.NoError(t, st.Commit(ctx, revs[2], 3))
-			assert.Equal(t, uint64(3), <-got)
-			cancel()
-			wg.Wait()
+	forEachStore(t, func(t *testing.T, st Store) {
+		require.NoError(t, st.Commit(ctx, revs[0], 1))
+		require.NoError(t, st.Commit(ctx, revs[1], 2))
+		got := make(chan uint64, 10)
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			_ = st.Watch(wctx, 1, func(c Change) error { got <- c.Revision; return nil })
 		})
-	}
+		assert.Equal(t, uint64(2), <-got)
+		require.NoError(t, st.Commit(ctx, revs[2], 3))
+		assert.Equal(t, uint64(3), <-got)
+		cancel()
+		wg.Wait()
+	})
 }
 
 func TestCommitConflict(t *testing.T) {
 	ctx := context.Background()
-	for name, open := range stores(t) {
-		t.Run(name, func(t *testing.T) {
-			st := open()
-			require.NoError(t, st.Commit(ctx, demo(t), 5))
-			require.ErrorIs(t, st.Commit(ctx, demo(t), 5), ErrConflict)
-			require.ErrorIs(t, st.Commit(ctx, demo(t), 4), ErrConflict)
-			_, gen, err := st.Load(ctx)
-			require.NoError(t, err)
-			assert.Equal(t, uint64(5), gen)
-		})
-	}
+	forEachStore(t, func(t *testing.T, st Store) {
+		require.NoError(t, st.Commit(ctx, demo(t), 5))
+		require.ErrorIs(t, st.Commit(ctx, demo(t), 5), ErrConflict)
+		require.ErrorIs(t, st.Commit(ctx, demo(t), 4), ErrConflict)
+		_, gen, err := st.Load(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, uint64(5), gen)
+	})
 }
 
 // Compaction keeps the history to its length: older revisions are refused by name, the ones kept still
