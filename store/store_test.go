@@ -50,9 +50,7 @@ func TestStores(t *testing.T) {
 	require.NoError(t, b.Close())
 
 	// Reopened, the bolt file still holds the last commit.
-	b, err = OpenBolt(path)
-	require.NoError(t, err)
-	defer b.Close()
+	b = openBolt(t, path)
 	s, gen, err := b.Load(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(7), gen)
@@ -81,9 +79,7 @@ func TestBoltNonces(t *testing.T) {
 	require.NoError(t, b.Close(), "a clean stop writes the pending Nonces")
 
 	// Survives a reopen (a restart of the daemon).
-	b, err = OpenBolt(path)
-	require.NoError(t, err)
-	defer b.Close()
+	b = openBolt(t, path)
 	assert.ErrorIs(t, use(b, n1, t0.Add(time.Hour)), nonce.ErrReplay)
 	// Once its Timestamp is out of the window a triple is forgotten (the Timestamp check refuses it).
 	require.NoError(t, use(b, n1, t0.Add(w+30*time.Second)))
@@ -223,12 +219,7 @@ func revisions(t *testing.T) []*model.State {
 // forEachStore runs test as a subtest on a fresh store of each kind.
 func forEachStore(t *testing.T, test func(t *testing.T, st Store)) {
 	t.Run("memory", func(t *testing.T) { test(t, NewMemory()) })
-	t.Run("bolt", func(t *testing.T) {
-		b, err := OpenBolt(filepath.Join(t.TempDir(), "store.db"))
-		require.NoError(t, err)
-		t.Cleanup(func() { b.Close() })
-		test(t, b)
-	})
+	t.Run("bolt", func(t *testing.T) { test(t, openBolt(t, filepath.Join(t.TempDir(), "store.db"))) })
 }
 
 // Every revision can be loaded back as committed, listing order included; each commit's Change holds
@@ -359,9 +350,7 @@ func TestBoltCompaction(t *testing.T) {
 	assert.LessOrEqual(t, entries, 2*objects+4)
 	require.NoError(t, b.Close())
 
-	b, err = OpenBolt(path)
-	require.NoError(t, err)
-	defer b.Close()
+	b = openBolt(t, path)
 	s, gen, err := b.Load(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, n, gen)
@@ -400,9 +389,7 @@ func TestBoltMigratesLegacyFile(t *testing.T) {
 	}))
 	require.NoError(t, b.Close())
 
-	b, err = OpenBolt(path)
-	require.NoError(t, err)
-	defer b.Close()
+	b = openBolt(t, path)
 	got, gen, err = b.Load(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(43), gen)
@@ -526,4 +513,13 @@ func TestAppendRulesCoversEveryField(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, string(want), string(appendRules(nil, rules)))
 	}
+}
+
+// openBolt opens the bolt store at path for the rest of the test.
+func openBolt(t *testing.T, path string) *Bolt {
+	t.Helper()
+	b, err := OpenBolt(path)
+	require.NoError(t, err)
+	t.Cleanup(func() { b.Close() })
+	return b
 }
