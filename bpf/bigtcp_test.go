@@ -72,9 +72,7 @@ func TestNetnsBigTCP(t *testing.T) {
 		require.NoError(t, err)
 	}
 	malformed := watchMalformed(t, d)
-	ln, err := netns.Do(lab.VMs["eni-srv"], func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:8080") })
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
+	ln := lab.ListenTCP("eni-srv", "198.18.200.1:8080")
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {

@@ -148,9 +148,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 func srvPorts(t *testing.T, l *netlab.Lab, ports ...string) func(port string) error {
 	t.Helper()
 	for _, port := range ports {
-		ln, err := netns.Do(l.VMs["eni-srv"], func() (net.Listener, error) { return net.Listen("tcp4", "198.18.200.1:"+port) })
-		require.NoError(t, err)
-		t.Cleanup(func() { ln.Close() })
+		ln := l.ListenTCP("eni-srv", "198.18.200.1:"+port)
 		go func() {
 			for {
 				c, err := ln.Accept()

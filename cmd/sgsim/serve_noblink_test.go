@@ -75,9 +75,7 @@ func TestServeNoBlink(t *testing.T) {
 	const total = (noBlinkSwaps + 1) * noBlinkPerPhase
 	var mu sync.Mutex
 	received := make([]int, total) // copies of each numbered packet that arrived
-	rx, err := netns.Do(lab.VMs["eni-rx"], func() (net.PacketConn, error) { return net.ListenPacket("udp4", addrs["eni-rx"]+":5000") })
-	require.NoError(t, err)
-	t.Cleanup(func() { rx.Close() })
+	rx := lab.ListenUDP("eni-rx", addrs["eni-rx"]+":5000")
 	go func() {
 		buf := make([]byte, 64)
 		for {

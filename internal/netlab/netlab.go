@@ -61,12 +61,31 @@ func (l *Lab) IP(args ...string) {
 	require.NoError(l.t, err, "ip %s: %s", strings.Join(args, " "), out)
 }
 
+// ListenTCP listens on addr (host:port) inside eni's namespace until the test ends.
+func (l *Lab) ListenTCP(eni, addr string) net.Listener {
+	l.t.Helper()
+	return listenIn(l, eni, func() (net.Listener, error) { return net.Listen("tcp4", addr) })
+}
+
+// ListenUDP listens on addr (host:port) inside eni's namespace until the test ends.
+func (l *Lab) ListenUDP(eni, addr string) net.PacketConn {
+	l.t.Helper()
+	return listenIn(l, eni, func() (net.PacketConn, error) { return net.ListenPacket("udp4", addr) })
+}
+
+// listenIn runs listen inside eni's namespace and closes what it opened when the test ends.
+func listenIn[C io.Closer](l *Lab, eni string, listen func() (C, error)) C {
+	l.t.Helper()
+	c, err := netns.Do(l.VMs[eni], listen)
+	require.NoError(l.t, err)
+	l.t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // EchoTCP serves a TCP echo on addr (host:port) inside eni's namespace until the test ends.
 func (l *Lab) EchoTCP(eni, addr string) {
 	l.t.Helper()
-	ln, err := netns.Do(l.VMs[eni], func() (net.Listener, error) { return net.Listen("tcp4", addr) })
-	require.NoError(l.t, err)
-	l.t.Cleanup(func() { ln.Close() })
+	ln := l.ListenTCP(eni, addr)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -84,9 +103,7 @@ func (l *Lab) EchoTCP(eni, addr string) {
 // EchoUDP serves a UDP echo on addr (host:port) inside eni's namespace until the test ends.
 func (l *Lab) EchoUDP(eni, addr string) {
 	l.t.Helper()
-	pc, err := netns.Do(l.VMs[eni], func() (net.PacketConn, error) { return net.ListenPacket("udp4", addr) })
-	require.NoError(l.t, err)
-	l.t.Cleanup(func() { pc.Close() })
+	pc := l.ListenUDP(eni, addr)
 	go func() {
 		buf := make([]byte, 64)
 		for {
