@@ -192,15 +192,9 @@ func (c *Controller) ModifySecurityGroupsOfNetworkInterface(ctx context.Context,
 
 // CreateSecurityGroup creates an SG with no rules (it drops everything) and returns it.
 func (c *Controller) CreateSecurityGroup(ctx context.Context, appID, name, remark string, projectID int) (*model.SecurityGroup, error) {
-	var g *model.SecurityGroup
-	err := c.write(ctx, func(s *model.State) (next *model.State, err error) {
-		next, g, err = c.writer.CreateSecurityGroup(s, appID, name, remark, projectID)
-		return next, err
+	return writeReturning(ctx, c, func(s *model.State) (*model.State, *model.SecurityGroup, error) {
+		return c.writer.CreateSecurityGroup(s, appID, name, remark, projectID)
 	})
-	if err != nil {
-		return nil, err
-	}
-	return g, nil
 }
 
 // DeleteSecurityGroup deletes an unused, unreferenced, non-preset SG of appID.
@@ -213,13 +207,22 @@ func (c *Controller) DeleteSecurityGroup(ctx context.Context, appID, sgID string
 // PortAction adds sgID to (add=true) or removes it from each port, applying every port that can be
 // applied and reporting the others. Adding appends the SG at the end (lowest priority).
 func (c *Controller) PortAction(ctx context.Context, appID, sgID string, add bool, ports []string) ([]PortFailure, error) {
-	var fails []PortFailure
+	return writeReturning(ctx, c, func(s *model.State) (*model.State, []PortFailure, error) {
+		return c.writer.PortAction(s, appID, sgID, add, ports)
+	})
+}
+
+// writeReturning is c.write for an operation that also returns a result: the one of the run that
+// committed, or the zero value with the error.
+func writeReturning[T any](ctx context.Context, c *Controller, op func(*model.State) (*model.State, T, error)) (T, error) {
+	var out T
 	err := c.write(ctx, func(s *model.State) (next *model.State, err error) {
-		next, fails, err = c.writer.PortAction(s, appID, sgID, add, ports)
+		next, out, err = op(s)
 		return next, err
 	})
 	if err != nil {
-		return nil, err
+		var zero T
+		return zero, err
 	}
-	return fails, nil
+	return out, nil
 }
