@@ -207,11 +207,8 @@ func (b *Bolt) load() (*model.State, uint64, error) {
 // Commit implements Store: one transaction writing the changed records, fsynced by bbolt before Update
 // returns.
 func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
-	if err := ctx.Err(); err != nil {
+	if err := commitable(ctx, s); err != nil {
 		return err
-	}
-	if s == nil {
-		return errors.New("store: commit of a nil state")
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()

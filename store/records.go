@@ -227,22 +227,14 @@ func (rs *recordSet) diff(next *model.State, rev uint64) (diff, error) {
 	last := rs.last
 	for _, id := range next.AppIDs() {
 		a, _ := next.Account(id)
-		changed := true
-		if last != nil {
-			o, ok := last.Account(id)
-			changed = !ok || o != a
-		}
+		changed := changedSince(last, (*model.State).Account, id, a)
 		if err := visit(Key{KindAccount, id}, changed, func() ([]byte, error) { return json.Marshal(a) }); err != nil {
 			return diff{}, fmt.Errorf("encode account %s: %w", id, err)
 		}
 	}
 	for _, id := range next.SGIDs() {
 		g, _ := next.SG(id)
-		changed := true
-		if last != nil {
-			o, ok := last.SG(id)
-			changed = !ok || o != g
-		}
+		changed := changedSince(last, (*model.State).SG, id, g)
 		if err := visit(Key{KindSG, id}, changed, func() ([]byte, error) {
 			b, err := appendSG(rs.buf, g)
 			rs.buf = b
@@ -253,11 +245,7 @@ func (rs *recordSet) diff(next *model.State, rev uint64) (diff, error) {
 	}
 	for _, id := range next.ENIIDs() {
 		n, _ := next.ENI(id)
-		changed := true
-		if last != nil {
-			o, ok := last.ENI(id)
-			changed = !ok || o != n
-		}
+		changed := changedSince(last, (*model.State).ENI, id, n)
 		if err := visit(Key{KindENI, id}, changed, func() ([]byte, error) { return json.Marshal(n) }); err != nil {
 			return diff{}, fmt.Errorf("encode network interface %s: %w", id, err)
 		}
@@ -328,4 +316,14 @@ func ordered(rs *recordSet, next *model.State) bool {
 
 func compareKeys(a, b Key) int {
 	return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.ID, b.ID))
+}
+
+// changedSince tells whether the object id, cur in the next state, is missing from last or another
+// object there (states share unchanged objects, so identity is enough); without a last state, all is new.
+func changedSince[T comparable](last *model.State, lookup func(*model.State, string) (T, bool), id string, cur T) bool {
+	if last == nil {
+		return true
+	}
+	old, ok := lookup(last, id)
+	return !ok || old != cur
 }

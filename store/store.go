@@ -82,13 +82,21 @@ func (m *Memory) Load(ctx context.Context) (*model.State, uint64, error) {
 	return last.state, last.change.Revision, nil
 }
 
-// Commit implements Store. States are immutable, so keeping the pointer is enough.
-func (m *Memory) Commit(ctx context.Context, s *model.State, gen uint64) error {
+// commitable refuses what no store can commit: a state under a finished context, or none at all.
+func commitable(ctx context.Context, s *model.State) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if s == nil {
 		return errors.New("store: commit of a nil state")
+	}
+	return nil
+}
+
+// Commit implements Store. States are immutable, so keeping the pointer is enough.
+func (m *Memory) Commit(ctx context.Context, s *model.State, gen uint64) error {
+	if err := commitable(ctx, s); err != nil {
+		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
