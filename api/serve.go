@@ -37,7 +37,7 @@ type ServeConfig struct {
 }
 
 // DBFile is the name of the bbolt file inside the data directory.
-const DBFile = "sgsim.db"
+const DBFile = store.DBFile
 
 // Serve runs the daemon until ctx is cancelled, then shuts down gracefully.
 func Serve(ctx context.Context, cfg ServeConfig) error {
@@ -47,6 +47,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir %s: %w", cfg.DataDir, err)
+	}
+	// The seeding decision is made on the file before bbolt opens it: bbolt re-initialises an empty file.
+	seedIt, err := store.SeedDecision(cfg.DataDir, cfg.Topology != "")
+	if err != nil {
+		return err
 	}
 	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, DBFile))
 	if err != nil {
@@ -59,14 +64,14 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	var seed *model.State
 	switch {
-	case existing != nil && cfg.Topology != "":
-		log.Info("store already holds a state; --topology ignored", "generation", gen, "topology", cfg.Topology)
-	case existing == nil && cfg.Topology == "":
-		return fmt.Errorf("%s is empty: give --topology to seed it on first start", filepath.Join(cfg.DataDir, DBFile))
-	case existing == nil:
+	case seedIt:
 		if seed, err = model.LoadTopologyFile(cfg.Topology); err != nil {
 			return err
 		}
+	case existing == nil:
+		return fmt.Errorf("store: %s holds no state: restore it from a backup, or move it aside and start with --topology", filepath.Join(cfg.DataDir, DBFile))
+	case cfg.Topology != "":
+		log.Info("store already holds a state; --topology ignored", "generation", gen, "topology", cfg.Topology)
 	}
 	cfg.Control.Logger = log
 	ctrl, err := control.New(ctx, st, seed, cfg.Control)
