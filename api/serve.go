@@ -34,6 +34,8 @@ type ServeConfig struct {
 	// call, with the committed view (e.g. to attach the eBPF program to host interfaces); its error
 	// stops Serve.
 	Loaded func(ctx context.Context, v *control.View) error
+	// CommitStallAfter is how long a commit may take before /readyz says the store is stuck; 0 = 2 s.
+	CommitStallAfter time.Duration
 }
 
 // DBFile is the name of the bbolt file inside the data directory.
@@ -74,7 +76,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		log.Info("store already holds a state; --topology ignored", "generation", gen, "topology", cfg.Topology)
 	}
 	cfg.Control.Logger = log
-	ctrl, err := control.New(ctx, st, seed, cfg.Control)
+	monitored := store.NewMonitored(st, store.MonitorOptions{StallAfter: cfg.CommitStallAfter, ProbeDir: cfg.DataDir})
+	ctrl, err := control.New(ctx, monitored, seed, cfg.Control)
 	if err != nil {
 		return err
 	}
@@ -92,7 +95,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
-	srv := NewServer(cfg.Listen, NewHandler(ctrl, Options{Logger: log, Nonces: st, RuleCounts: cfg.RuleCounts}))
+	srv := NewServer(cfg.Listen, NewHandler(ctrl, Options{Logger: log, Nonces: st, RuleCounts: cfg.RuleCounts,
+		StoreHealth: monitored.Health}))
 	log.Info("serving", "addr", ln.Addr().String(), "generation", ctrl.View().Generation)
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr().String())
