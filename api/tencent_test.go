@@ -461,7 +461,7 @@ func TestRaisedLimitsTakeABigPolicy(t *testing.T) {
 // refuses all three.
 func TestNoncesSurviveRestart(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), DBFile))
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), store.DBFile))
 	require.NoError(t, err)
 	defer st.Close()
 	ctrl, err := control.New(ctx, st, demoState(t), control.Options{})

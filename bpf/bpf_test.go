@@ -311,7 +311,7 @@ func TestDropEventsAndHits(t *testing.T) {
 	hits, err := d.Hits()
 	require.NoError(t, err)
 	tab := compiler.New(s).CompileAll()["eni-web1"].Ingress
-	web := dataplane.Explain(tab, 2).Explain("eni-web1", model.Ingress, tab)
+	web := dataplane.VerdictOf(tab, 2).Explain("eni-web1", model.Ingress, tab)
 	require.Equal(t, model.Accept, web.Verdict)
 	require.NotEmpty(t, web.SgID)
 	assert.Contains(t, hits, Hit{ENI: "eni-web1", Direction: model.Ingress, Generation: 7, Entry: 2, Packets: 3, Decision: &web})
@@ -362,7 +362,7 @@ func TestUnchangedDirectionStays(t *testing.T) {
 	hits, err := d.Hits()
 	require.NoError(t, err)
 	tab := next["eni-web1"].Ingress
-	web := dataplane.Explain(tab, 2).Explain("eni-web1", model.Ingress, tab)
+	web := dataplane.VerdictOf(tab, 2).Explain("eni-web1", model.Ingress, tab)
 	require.NotNil(t, web.Rule)
 	assert.Equal(t, "renamed", web.Rule.Desc)
 	assert.Contains(t, hits, Hit{ENI: "eni-web1", Direction: model.Ingress, Generation: 7, Entry: 2, Packets: 3, Decision: &web},

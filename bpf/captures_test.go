@@ -112,7 +112,7 @@ func TestCapturesMatchDecode(t *testing.T) {
 						}
 						p := dataplane.Packet{Remote: remote, Proto: dec.Proto, Port: dec.DstPort, HasPort: dec.HasPorts && (dec.Proto == 6 || dec.Proto == 17)}
 						tab := tables["eni-web1"].Get(dir)
-						v := dataplane.Explain(tab, dataplane.NewLinearTable(tab).Lookup(&p))
+						v := dataplane.VerdictOf(tab, dataplane.NewLinearTable(tab).Lookup(&p))
 						want = Result{Accept: v.Action == model.Accept, Reason: v.Reason, Entry: v.Entry}
 					}
 					require.Equal(t, want, got, "%s frame %d %s (decoder: %+v)", path, n, dir, dec)

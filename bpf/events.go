@@ -191,7 +191,7 @@ func (d *Dataplane) Hits() ([]Hit, error) {
 			Entry: int(k.Entry), Packets: sum}
 		if l, ok := live[k.Table/2]; ok && l.tables[k.Table&1] != nil && l.gens[k.Table&1] == k.Gen && h.Entry < len(l.tables[k.Table&1].Entries) {
 			t := l.tables[k.Table&1]
-			e := dataplane.Explain(t, h.Entry).Explain(h.ENI, h.Direction, t)
+			e := dataplane.VerdictOf(t, h.Entry).Explain(h.ENI, h.Direction, t)
 			h.Decision = &e
 		}
 		hits = append(hits, h)

@@ -64,7 +64,7 @@ func FuzzRunMatchesDecode(f *testing.F) {
 				return // state from earlier inputs: a reply of their flow, or a later fragment of theirs
 			}
 			p := dataplane.Packet{Remote: dec.Src, Proto: dec.Proto, Port: dec.DstPort, HasPort: dec.HasPorts}
-			want := dataplane.Explain(t, dataplane.NewLinearTable(t).Lookup(&p))
+			want := dataplane.VerdictOf(t, dataplane.NewLinearTable(t).Lookup(&p))
 			require.Equal(tt, Result{Accept: want.Action == model.Accept, Reason: want.Reason, Entry: want.Entry}, got)
 		}
 	})

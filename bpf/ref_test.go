@@ -52,7 +52,7 @@ func (m *refModel) publish(gen uint64, changed map[string]*compiler.Tables) {
 func (m *refModel) classify(eni string, dir model.Direction, remote netip.Addr, proto uint8, port uint16, hasPort bool) dataplane.Verdict {
 	t := m.tables[eni].Get(dir)
 	p := &dataplane.Packet{Remote: remote, Proto: proto, Port: port, HasPort: hasPort}
-	return dataplane.Explain(t, dataplane.NewLinearTable(t).Lookup(p))
+	return dataplane.VerdictOf(t, dataplane.NewLinearTable(t).Lookup(p))
 }
 
 // ports returns the conntrack ports of f and whether it is tracked at all.

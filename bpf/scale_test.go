@@ -86,7 +86,7 @@ func requireIngressAsClassifier(t *testing.T, d *Dataplane, tab *compiler.Table,
 			continue
 		}
 		f := frameOf(p)
-		want := dataplane.Explain(tab, cl.Lookup(&pkts[i]))
+		want := dataplane.VerdictOf(tab, cl.Lookup(&pkts[i]))
 		got, err := d.Run(f.build(), bench.ENIID, model.Ingress)
 		require.NoError(t, err)
 		require.Equal(t, Result{Accept: want.Action == model.Accept, Reason: want.Reason, Entry: want.Entry}, got,

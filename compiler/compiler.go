@@ -3,6 +3,7 @@
 package compiler
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -82,11 +83,14 @@ func New(s *model.State) *Compiler {
 // Members returns the host prefixes an sgId rule naming sgID currently matches.
 func (c *Compiler) Members(sgID string) []netip.Prefix { return c.members[sgID] }
 
+// ErrNoENI is Compile's error for an ENI the state does not hold.
+var ErrNoENI = errors.New("no such network interface")
+
 // Compile flattens both directions of one ENI.
 func (c *Compiler) Compile(eniID string) (*Tables, error) {
 	eni, ok := c.state.ENI(eniID)
 	if !ok {
-		return nil, fmt.Errorf("compile %s: no such network interface", eniID)
+		return nil, fmt.Errorf("compile %s: %w", eniID, ErrNoENI)
 	}
 	return &Tables{
 		ENI:     eniID,

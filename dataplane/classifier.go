@@ -495,16 +495,20 @@ func sortRemotesV4(rs, tmp []remote) []remote {
 // family builds the address stage of one family into b.a and returns its root answer (AnyRemote entries
 // only).
 func (b *classifierBuilder) family(v6 bool) ClassifierAnswer {
-	bitLen := 32
-	if v6 {
-		bitLen = 128
-	}
+	root, n := b.rootAnswer(v6)
+	rootID := b.internAnswer(root)
+	b.sweep(v6, b.sortedRemotes(v6, n), root, rootID)
+	return root
+}
+
+// rootAnswer is the answer for an address no prefix of the family covers: the entries that match every
+// address, lowered in order. n counts the family's (prefix, entry) pairs.
+func (b *classifierBuilder) rootAnswer(v6 bool) (root ClassifierAnswer, n int) {
 	entries := b.t.Entries
 	last := int32(len(entries) - 1) // the implicit DROP matches everything
-	root := ClassifierAnswer{TCPNoPort: last, UDPNoPort: last, ICMP: last, Other: last}
+	root = ClassifierAnswer{TCPNoPort: last, UDPNoPort: last, ICMP: last, Other: last}
 	b.tcp.reset(portFn{[]uint16{0}, []int32{last}})
 	b.udp.reset(portFn{[]uint16{0}, []int32{last}})
-	n := 0
 	for i := range entries {
 		e := &entries[i]
 		if e.AnyRemote {
@@ -518,9 +522,14 @@ func (b *classifierBuilder) family(v6 bool) ClassifierAnswer {
 		}
 	}
 	b.internPorts(&root, true)
-	rootID := b.internAnswer(root)
-	// Every (prefix, entry) pair sorted by prefix rather than a map from prefix to entries: hashing
-	// netip.Prefix keys was most of the build.
+	return root, n
+}
+
+// sortedRemotes is every (prefix, entry) pair of the family sorted by prefix start, then length, then
+// entry. A sorted list rather than a map from prefix to entries: hashing netip.Prefix keys was most of
+// the build.
+func (b *classifierBuilder) sortedRemotes(v6 bool, n int) []remote {
+	entries := b.t.Entries
 	rs := make([]remote, 0, n)
 	for i := range entries {
 		e := &entries[i]
@@ -537,86 +546,89 @@ func (b *classifierBuilder) family(v6 bool) ClassifierAnswer {
 			rs = append(rs, remote{hi: s.hi, lo: s.lo, entry: int32(i), bits: uint8(p.Bits())})
 		}
 	}
-	if v6 {
-		slices.SortFunc(rs, func(x, y remote) int {
-			switch {
-			case x.hi != y.hi:
-				return cmp.Compare(x.hi, y.hi)
-			case x.lo != y.lo:
-				return cmp.Compare(x.lo, y.lo)
-			case x.bits != y.bits:
-				return int(x.bits) - int(y.bits)
-			}
-			return int(x.entry - y.entry)
-		})
-	} else {
-		rs = sortRemotesV4(rs, make([]remote, len(rs)))
+	if !v6 {
+		return sortRemotesV4(rs, make([]remote, len(rs)))
 	}
-	prefixes := 0
+	slices.SortFunc(rs, func(x, y remote) int {
+		switch {
+		case x.hi != y.hi:
+			return cmp.Compare(x.hi, y.hi)
+		case x.lo != y.lo:
+			return cmp.Compare(x.lo, y.lo)
+		case x.bits != y.bits:
+			return int(x.bits) - int(y.bits)
+		}
+		return int(x.entry - y.entry)
+	})
+	return rs
+}
+
+// openPrefix is a prefix of the sweep whose end has not been passed yet.
+type openPrefix struct {
+	end u128
+	top bool // end is the family's last address
+	ans ClassifierAnswer
+	id  int32
+}
+
+// intervals collects the sweep's output: the start of every address interval and its answer id.
+type intervals struct {
+	v6       bool
+	s4       []uint32
+	s6h, s6l []uint64
+	ids      []int32
+}
+
+// add starts an interval at bound with answer id, or extends the one before when its answer is the same.
+func (iv *intervals) add(bound u128, id int32) {
+	if n := len(iv.ids); n > 0 && iv.ids[n-1] == id {
+		return
+	}
+	if iv.v6 {
+		iv.s6h, iv.s6l = append(iv.s6h, bound.hi), append(iv.s6l, bound.lo)
+	} else {
+		iv.s4 = append(iv.s4, uint32(bound.lo))
+	}
+	iv.ids = append(iv.ids, id)
+}
+
+// sweep visits the boundaries of rs (every prefix start and the address after every prefix end) in
+// order and writes the family's intervals into b.a. Prefixes are nested or disjoint, so the open ones
+// form a stack whose top is the longest match and whose top ends first; each pushed prefix's answer is
+// its parent's lowered by its own entries.
+func (b *classifierBuilder) sweep(v6 bool, rs []remote, root ClassifierAnswer, rootID int32) {
+	bitLen, prefixes := 32, 0
+	if v6 {
+		bitLen = 128
+	}
 	for i := range rs {
 		if i == 0 || rs[i].lo != rs[i-1].lo || rs[i].hi != rs[i-1].hi || rs[i].bits != rs[i-1].bits {
 			prefixes++
 		}
 	}
-	// Sweep the boundaries (every prefix start and the address after every prefix end) in order:
-	// prefixes are nested or disjoint, so the open ones form a stack whose top is the longest match and
-	// whose top ends first; each pushed prefix's answer is its parent's lowered by its own entries.
-	type open struct {
-		end u128
-		top bool // end is the family's last address
-		ans ClassifierAnswer
-		id  int32
-	}
-	stack := make([]open, 0, bitLen+1)
-	var (
-		s4     []uint32
-		s6h    []uint64
-		s6l    []uint64
-		ids    = make([]int32, 0, 2*prefixes+1)
-		next   int
-		bound  u128
-		parent = root
-		id     = rootID
-	)
+	iv := intervals{v6: v6, ids: make([]int32, 0, 2*prefixes+1)}
 	if v6 {
-		s6h, s6l = make([]uint64, 0, 2*prefixes+1), make([]uint64, 0, 2*prefixes+1)
+		iv.s6h, iv.s6l = make([]uint64, 0, 2*prefixes+1), make([]uint64, 0, 2*prefixes+1)
 	} else {
-		s4 = make([]uint32, 0, 2*prefixes+1)
+		iv.s4 = make([]uint32, 0, 2*prefixes+1)
 	}
-	for {
+	stack := make([]openPrefix, 0, bitLen+1)
+	var bound u128
+	for next := 0; ; {
 		for len(stack) > 0 && stack[len(stack)-1].end.less(bound) {
 			stack = stack[:len(stack)-1]
 		}
+		parent, id := root, rootID
 		if len(stack) > 0 {
 			parent, id = stack[len(stack)-1].ans, stack[len(stack)-1].id
-		} else {
-			parent, id = root, rootID
 		}
 		for next < len(rs) && rs[next].start() == bound {
-			q := &rs[next]
-			end, top := prefixEnd(bound, int(q.bits), bitLen)
-			ans := parent
-			b.tcp.reset(b.stored(parent.TCPOff, parent.TCPLen))
-			b.udp.reset(b.stored(parent.UDPOff, parent.UDPLen))
-			for ; next < len(rs) && rs[next].start() == bound && rs[next].bits == q.bits; next++ {
-				ei := rs[next].entry
-				b.apply(&ans, &entries[ei], ei, v6)
-			}
-			b.internPorts(&ans, false)
-			if ans != parent { // a prefix whose entries change nothing keeps its parent's answer
-				id = b.internAnswer(ans)
-			}
-			parent = ans
-			stack = append(stack, open{end: end, top: top, ans: ans, id: id})
+			var top openPrefix
+			top, next = b.push(rs, next, bound, bitLen, parent, id, v6)
+			parent, id = top.ans, top.id
+			stack = append(stack, top)
 		}
-		if n := len(ids); n == 0 || ids[n-1] != id { // else the same answer as the interval before: merge
-			if v6 {
-				s6h, s6l = append(s6h, bound.hi), append(s6l, bound.lo)
-			} else {
-				s4 = append(s4, uint32(bound.lo))
-			}
-			ids = append(ids, id)
-		}
+		iv.add(bound, id)
 		switch {
 		case len(stack) > 0 && !stack[len(stack)-1].top && (next == len(rs) || stack[len(stack)-1].end.less(rs[next].start())):
 			bound = stack[len(stack)-1].end.inc()
@@ -624,13 +636,32 @@ func (b *classifierBuilder) family(v6 bool) ClassifierAnswer {
 			bound = rs[next].start()
 		default:
 			if v6 {
-				b.a.V6Hi, b.a.V6Lo, b.a.V6Answer = s6h, s6l, ids
+				b.a.V6Hi, b.a.V6Lo, b.a.V6Answer = iv.s6h, iv.s6l, iv.ids
 			} else {
-				b.a.V4Starts, b.a.V4Answer = s4, ids
+				b.a.V4Starts, b.a.V4Answer = iv.s4, iv.ids
 			}
-			return root
+			return
 		}
 	}
+}
+
+// push opens the prefix that starts at rs[next] (bound): its answer is parent's lowered by every entry
+// of that prefix. It returns the open prefix and the index of the first pair after it.
+func (b *classifierBuilder) push(rs []remote, next int, bound u128, bitLen int, parent ClassifierAnswer, parentID int32, v6 bool) (openPrefix, int) {
+	bits := rs[next].bits
+	end, top := prefixEnd(bound, int(bits), bitLen)
+	ans, id := parent, parentID
+	b.tcp.reset(b.stored(parent.TCPOff, parent.TCPLen))
+	b.udp.reset(b.stored(parent.UDPOff, parent.UDPLen))
+	for ; next < len(rs) && rs[next].start() == bound && rs[next].bits == bits; next++ {
+		ei := rs[next].entry
+		b.apply(&ans, &b.t.Entries[ei], ei, v6)
+	}
+	b.internPorts(&ans, false)
+	if ans != parent { // a prefix whose entries change nothing keeps its parent's answer
+		id = b.internAnswer(ans)
+	}
+	return openPrefix{end: end, top: top, ans: ans, id: id}, next
 }
 
 // NewClassifier compiles t into a Classifier.

@@ -48,11 +48,11 @@ func agree(t *testing.T, tab *compiler.Table, pkts []dataplane.Packet) {
 			bad++
 			if bad <= 5 {
 				t.Errorf("packet %d %+v: classifier entry %d (%+v), reference %d (%+v)", i, *p, got,
-					dataplane.Explain(tab, got), want, dataplane.Explain(tab, want))
+					dataplane.VerdictOf(tab, got), want, dataplane.VerdictOf(tab, want))
 			}
 			continue
 		}
-		vw, vg := dataplane.Explain(tab, want), dataplane.Explain(tab, got)
+		vw, vg := dataplane.VerdictOf(tab, want), dataplane.VerdictOf(tab, got)
 		if vw.Action != vg.Action || vw.SgID != vg.SgID || vw.RuleIndex != vg.RuleIndex {
 			t.Fatalf("packet %d: same entry, different verdicts %+v %+v", i, vw, vg)
 		}
@@ -291,8 +291,8 @@ func TestClassifierSwap(t *testing.T) {
 	allowed := make([][2]dataplane.Verdict, len(pkts))
 	for i := range pkts {
 		allowed[i] = [2]dataplane.Verdict{
-			dataplane.Explain(a.Ingress, dataplane.NewLinearTable(a.Ingress).Lookup(&pkts[i])),
-			dataplane.Explain(b.Ingress, dataplane.NewLinearTable(b.Ingress).Lookup(&pkts[i])),
+			dataplane.VerdictOf(a.Ingress, dataplane.NewLinearTable(a.Ingress).Lookup(&pkts[i])),
+			dataplane.VerdictOf(b.Ingress, dataplane.NewLinearTable(b.Ingress).Lookup(&pkts[i])),
 		}
 	}
 	eng := dataplane.NewEngine(dataplane.ClassifierFactory)

@@ -57,8 +57,8 @@ type Verdict struct {
 	Entry     int
 }
 
-// Explain turns the index of the deciding entry of t into a verdict.
-func Explain(t *compiler.Table, entry int) Verdict {
+// VerdictOf is the verdict of entry i of t: the rule it came from, or why no rule decided.
+func VerdictOf(t *compiler.Table, entry int) Verdict {
 	e := &t.Entries[entry]
 	switch {
 	case !e.Implicit():
@@ -156,7 +156,7 @@ func (l *Linear) Match(eni string, d model.Direction, p *Packet) (Verdict, bool)
 		return Verdict{}, false
 	}
 	t := ts.Get(d)
-	return Explain(t, NewLinearTable(t).Lookup(p)), true
+	return VerdictOf(t, NewLinearTable(t).Lookup(p)), true
 }
 
 // NewPacket builds a Packet from the fields people type (CLI flags, the daemon's /check body): protocol

@@ -29,7 +29,7 @@ func (t *ENITables) Match(d model.Direction, p *Packet) Verdict {
 	if d == model.Egress {
 		m, tab = t.Egress, t.Tables.Egress
 	}
-	return Explain(tab, m.Lookup(p))
+	return VerdictOf(tab, m.Lookup(p))
 }
 
 // Snapshot is an immutable view of every ENI's tables at one generation: deciding several checks of

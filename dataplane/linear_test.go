@@ -67,19 +67,19 @@ func TestExplainAndLinearTable(t *testing.T) {
 	p := pkt("198.18.9.9", 6, 22)
 	i := lt.Lookup(&p)
 	assert.Equal(t, 0, i)
-	assert.Equal(t, dataplane.Verdict{Action: model.Drop, Reason: dataplane.ReasonRule, SgID: "sg-x", RuleIndex: 0, Entry: 0}, dataplane.Explain(tab, i))
+	assert.Equal(t, dataplane.Verdict{Action: model.Drop, Reason: dataplane.ReasonRule, SgID: "sg-x", RuleIndex: 0, Entry: 0}, dataplane.VerdictOf(tab, i))
 
 	p = pkt("198.18.9.9", 6, 80)
 	assert.Equal(t, dataplane.Verdict{Action: model.Accept, Reason: dataplane.ReasonRule, SgID: "sg-x", RuleIndex: 1, Entry: 1},
-		dataplane.Explain(tab, lt.Lookup(&p)))
+		dataplane.VerdictOf(tab, lt.Lookup(&p)))
 
 	p = pkt("198.18.9.9", 17, 80)
 	assert.Equal(t, dataplane.Verdict{Action: model.Drop, Reason: dataplane.ReasonDefaultDrop, RuleIndex: -1, Entry: 2},
-		dataplane.Explain(tab, lt.Lookup(&p)))
+		dataplane.VerdictOf(tab, lt.Lookup(&p)))
 
 	noSG := &compiler.Table{ENI: "eni-z", NoSG: true, Entries: []compiler.Entry{{AnyRemote: true, RuleIndex: -1}}}
 	assert.Equal(t, dataplane.Verdict{Action: model.Drop, Reason: dataplane.ReasonNoSG, RuleIndex: -1, Entry: 0},
-		dataplane.Explain(noSG, dataplane.NewLinearTable(noSG).Lookup(&p)))
+		dataplane.VerdictOf(noSG, dataplane.NewLinearTable(noSG).Lookup(&p)))
 }
 
 // BenchmarkLinearLookup measures the reference matcher: a packet that matches no rule scans every entry.

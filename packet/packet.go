@@ -104,15 +104,6 @@ type Decoded struct {
 	FragID        uint32
 }
 
-// Decoder decodes frames of one link type at a time. The zero value is ready; it keeps no state
-// between frames, and exists so callers hold one decode path per goroutine.
-type Decoder struct{}
-
-// Decode fills d from frame of the given link type, overwriting every field.
-func (Decoder) Decode(linkType int, frame []byte, d *Decoded) {
-	Decode(linkType, frame, d)
-}
-
 // Decode fills d from frame of the given pcap link type, overwriting every field. It never allocates
 // and never panics: anything it cannot read is reported through d.Class and d.Detail.
 func Decode(linkType int, frame []byte, d *Decoded) {

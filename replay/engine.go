@@ -128,7 +128,7 @@ func explain(tabs *dataplane.ENITables, eni string, dir model.Direction, d Decis
 	if d.Entry >= len(t.Entries) {
 		return dataplane.Verdict{}, fmt.Errorf("%s %s: decider named entry %d, the table has %d", eni, dir, d.Entry, len(t.Entries))
 	}
-	v := dataplane.Explain(t, d.Entry)
+	v := dataplane.VerdictOf(t, d.Entry)
 	v.Action, v.Reason = a, d.Reason
 	return v, nil
 }

@@ -44,7 +44,7 @@ func (s *statelessDecider) Decide(frame []byte, eni string, dir model.Direction)
 	}
 	p := dataplane.Packet{Remote: remote, Proto: d.Proto, Port: d.DstPort, HasPort: d.HasPorts && (d.Proto == packet.ProtoTCP || d.Proto == packet.ProtoUDP)}
 	tab := s.tables[eni].Get(dir)
-	v := dataplane.Explain(tab, dataplane.NewLinearTable(tab).Lookup(&p))
+	v := dataplane.VerdictOf(tab, dataplane.NewLinearTable(tab).Lookup(&p))
 	return replay.Decision{Accept: v.Action == model.Accept, Reason: v.Reason, Entry: v.Entry}, nil
 }
 

@@ -18,9 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DBFile is the name of the bbolt file inside a data directory.
-const DBFile = "sgsim.db"
-
 // ErrCorrupt is wrapped by CheckFile's error for a file that is not an intact bbolt database.
 var ErrCorrupt = errors.New("store file is not an intact bbolt database")
 

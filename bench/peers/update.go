@@ -8,12 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -24,10 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/api"
-	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/model"
-	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/node"
 )
 
 // SgsimAPI is sgsim enforcing through its daemon: a rule change is a signed Tencent API call into a
@@ -374,9 +371,8 @@ type Daemon struct {
 	url, host  string
 	secretKey  string
 	client     *http.Client
-	srv        *http.Server
-	st         *store.Bolt
-	dp         *bpf.Dataplane
+	node       *node.Node
+	stop       context.CancelFunc
 	nonce      int
 	serveError chan error
 }
@@ -397,36 +393,30 @@ func (p *Path) StartDaemon(ctx context.Context, dataDir string, rules []model.Ru
 			d.Close()
 		}
 	}()
-	if d.st, err = store.OpenBolt(filepath.Join(dataDir, api.DBFile)); err != nil {
-		return nil, fmt.Errorf("daemon store: %w", err)
-	}
 	lim := control.DefaultLimits()
 	lim.RulesPerDirection = maxRules
-	quiet := slog.New(slog.DiscardHandler)
-	ctrl, err := control.New(ctx, d.st, state, control.Options{Limits: &lim, Logger: quiet})
+	d.node, err = node.New(ctx, node.Config{DataDir: dataDir, Seed: state, Dataplane: node.DataplaneBoth, NoAttach: true,
+		Control: control.Options{Limits: &lim},
+		// A 10k-rule ModifySecurityGroupPolicy is ~40k parameters and ~1 MB of form body.
+		API:    api.Options{MaxBodyBytes: int64(maxRules) * 1024, MaxParams: maxRules*8 + 64},
+		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
-	if d.dp, err = bpf.Load(bpf.Options{}); err != nil {
+	if err := InNetns(p.GenNS, func() error { return d.node.BPF().Attach(ctx, p.GenIf, BenchENI) }); err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
-	if err := ctrl.AddDataplane(ctx, d.dp); err != nil {
+	serveCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	d.stop = stop
+	ready := make(chan string, 1)
+	go func() { d.serveError <- d.node.Serve(serveCtx, "127.0.0.1:0", func(addr string) { ready <- addr }) }()
+	select {
+	case d.host = <-ready:
+	case err := <-d.serveError:
+		d.stop = nil
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
-	if err := InNetns(p.GenNS, func() error { return d.dp.Attach(ctx, p.GenIf, BenchENI) }); err != nil {
-		return nil, fmt.Errorf("daemon: %w", err)
-	}
-	// A 10k-rule ModifySecurityGroupPolicy is ~40k parameters and ~1 MB of form body.
-	h := api.NewHandler(ctrl, api.Options{MaxBodyBytes: int64(maxRules) * 1024, MaxParams: maxRules*8 + 64,
-		Nonces: d.st, Logger: quiet})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("daemon listen: %w", err)
-	}
-	d.host = ln.Addr().String()
 	d.url = "http://" + d.host + api.TencentPath
-	d.srv = api.NewServer(d.host, h)
-	go func() { d.serveError <- d.srv.Serve(ln) }()
 	d.client = &http.Client{Timeout: 30 * time.Second}
 	ok = true
 	return d, nil
@@ -496,19 +486,12 @@ func (d *Daemon) Send(ctx context.Context, call SignedModify) (start, took time.
 // Close stops the server, detaches the program (it is not pinned) and closes the store.
 func (d *Daemon) Close() error {
 	var errs []error
-	if d.srv != nil {
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		errs = append(errs, d.srv.Shutdown(shutdown))
-		if err := <-d.serveError; !errors.Is(err, http.ErrServerClosed) {
-			errs = append(errs, err)
-		}
+	if d.stop != nil {
+		d.stop()
+		errs = append(errs, <-d.serveError)
 	}
-	if d.dp != nil {
-		errs = append(errs, d.dp.Close())
-	}
-	if d.st != nil {
-		errs = append(errs, d.st.Close())
+	if d.node != nil {
+		errs = append(errs, d.node.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -35,11 +36,14 @@ func newCheckCmd() *cobra.Command {
 				return err
 			}
 			tables, err := compiler.New(st).Compile(eni)
-			if err != nil {
+			if errors.Is(err, compiler.ErrNoENI) {
 				return fmt.Errorf("--eni %q: no such network interface in %s", eni, topo)
 			}
+			if err != nil {
+				return fmt.Errorf("--eni %q: %w", eni, err)
+			}
 			t := tables.Get(d)
-			v := dataplane.Explain(t, dataplane.NewLinearTable(t).Lookup(&pkt))
+			v := dataplane.VerdictOf(t, dataplane.NewLinearTable(t).Lookup(&pkt))
 			if asJSON {
 				return writeCheckJSON(cmd.OutOrStdout(), eni, d, v, t)
 			}

@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
-	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
@@ -75,9 +74,9 @@ func replayLoadState(ctx context.Context, topo, dataDir string) (*model.State, e
 		if st, err := os.Stat(dataDir); err != nil {
 			return nil, fmt.Errorf("--data-dir %s: %w", dataDir, err)
 		} else if st.IsDir() {
-			path = filepath.Join(dataDir, api.DBFile)
+			path = filepath.Join(dataDir, store.DBFile)
 			if _, err := os.Stat(path); err != nil {
-				return nil, fmt.Errorf("--data-dir %s: no store file %s in it: %w", dataDir, api.DBFile, err)
+				return nil, fmt.Errorf("--data-dir %s: no store file %s in it: %w", dataDir, store.DBFile, err)
 			}
 		}
 		db, err := store.OpenBolt(path)

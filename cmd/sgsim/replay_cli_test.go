@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store"
 )
@@ -82,7 +81,7 @@ func TestReplayDataDir(t *testing.T) {
 	dir := t.TempDir()
 	st, err := model.LoadTopologyFile(demoTopology)
 	require.NoError(t, err)
-	db, err := store.OpenBolt(filepath.Join(dir, api.DBFile))
+	db, err := store.OpenBolt(filepath.Join(dir, store.DBFile))
 	require.NoError(t, err)
 	require.NoError(t, db.Commit(context.Background(), st, 3))
 	require.NoError(t, db.Close())

@@ -2,36 +2,30 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
-	"net"
-	"os"
+	"errors"
 
 	"github.com/spf13/cobra"
 
-	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/control"
-	"github.com/sgsim/sgsim/internal/netns"
-	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/node"
 )
 
 func init() { extraCommands = append(extraCommands, newServeCmd) }
 
 // Values of --dataplane.
 const (
-	dataplaneGo   = "go"
-	dataplaneEBPF = "ebpf"
-	dataplaneBoth = "both"
+	dataplaneGo   = node.DataplaneGo
+	dataplaneEBPF = node.DataplaneEBPF
+	dataplaneBoth = node.DataplaneBoth
 )
 
 // serveOptions is everything `sgsim serve` runs with; tests call runServe with their own.
 type serveOptions struct {
-	api.ServeConfig
-	Dataplane string // go, ebpf or both
-	PinPath   string // bpffs directory of the eBPF dataplane's maps and links; "" pins nothing
-	HostNetns string // network namespace (ip netns name or path) holding the host interfaces; "" = ours
-	Clsact    bool   // attach with clsact + cls_bpf even where the kernel has TCX
+	node.Config
+	Listen string // host:port; port 0 picks a free one
+	// Ready, if set, is called with the bound address once the server accepts connections.
+	Ready func(addr string)
 }
 
 const serveLong = `Run the control-plane daemon: Tencent and Huawei APIs, durable state, live tables.
@@ -85,85 +79,11 @@ func newServeCmd() *cobra.Command {
 }
 
 // runServe runs the daemon until ctx is cancelled: `sgsim serve` and the end-to-end tests both come here.
-func runServe(ctx context.Context, o serveOptions) error {
-	switch o.Dataplane {
-	case dataplaneGo:
-		return api.Serve(ctx, o.ServeConfig)
-	case dataplaneEBPF, dataplaneBoth:
-	default:
-		return fmt.Errorf("--dataplane %q: want go, ebpf or both", o.Dataplane)
-	}
-	log := o.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	if o.HostNetns != "" {
-		if _, err := os.Stat(netns.Path(o.HostNetns)); err != nil {
-			return fmt.Errorf("--host-netns %s: %w", o.HostNetns, err)
-		}
-	}
-	dp, err := bpf.Load(bpf.Options{PinPath: o.PinPath, Clsact: o.Clsact})
+func runServe(ctx context.Context, o serveOptions) (err error) {
+	n, err := node.New(ctx, o.Config)
 	if err != nil {
-		return fmt.Errorf("--dataplane %s: load the eBPF program (needs root and a kernel with BTF; pin path %q): %w",
-			o.Dataplane, o.PinPath, err)
-	}
-	defer func() {
-		// Pinned links stay in the kernel and keep enforcing the last tables until the next start.
-		if err := dp.Close(); err != nil {
-			log.Error("close eBPF dataplane", "err", err)
-		}
-	}()
-	cfg := o.ServeConfig
-	cfg.Dataplanes = append(append([]control.Dataplane(nil), cfg.Dataplanes...), dp)
-	cfg.Control.NoEngine = o.Dataplane == dataplaneEBPF
-	cfg.RuleCounts = func() ([]api.RuleCount, error) { return ruleCounts(dp) }
-	cfg.Loaded = func(ctx context.Context, v *control.View) error {
-		if o.HostNetns == "" {
-			return attachAll(ctx, dp, v.State, o.HostNetns, log)
-		}
-		_, err := netns.Do(o.HostNetns, func() (struct{}, error) {
-			return struct{}{}, attachAll(ctx, dp, v.State, o.HostNetns, log)
-		})
 		return err
 	}
-	return api.Serve(ctx, cfg)
-}
-
-// ruleCounts reads the kernel's per-rule counters of the tables this daemon published.
-func ruleCounts(dp *bpf.Dataplane) ([]api.RuleCount, error) {
-	hits, err := dp.Hits()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]api.RuleCount, 0, len(hits))
-	for _, h := range hits {
-		if h.Decision != nil {
-			out = append(out, api.RuleCount{Explained: *h.Decision, Packets: h.Packets})
-		}
-	}
-	return out, nil
-}
-
-// attachAll attaches dp to the hostInterface of every ENI of s that has one.
-func attachAll(ctx context.Context, dp *bpf.Dataplane, s *model.State, hostNetns string, log *slog.Logger) error {
-	where := "the daemon's network namespace"
-	if hostNetns != "" {
-		where = "network namespace " + hostNetns
-	}
-	n := 0
-	for _, id := range s.ENIIDs() {
-		eni, _ := s.ENI(id)
-		if eni.HostInterface == "" {
-			continue
-		}
-		if _, err := net.InterfaceByName(eni.HostInterface); err != nil {
-			return fmt.Errorf("ENI %s: hostInterface %s does not exist in %s: %w", id, eni.HostInterface, where, err)
-		}
-		if err := dp.Attach(ctx, eni.HostInterface, id); err != nil {
-			return fmt.Errorf("ENI %s: enforce on hostInterface %s: %w", id, eni.HostInterface, err)
-		}
-		n++
-	}
-	log.Info("eBPF dataplane attached", "interfaces", n, "netns", hostNetns)
-	return nil
+	defer func() { err = errors.Join(err, n.Close()) }()
+	return n.Serve(ctx, o.Listen, o.Ready)
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/internal/netlab"
 	"github.com/sgsim/sgsim/internal/netns"
+	"github.com/sgsim/sgsim/node"
 )
 
 // Shared by the daemon-level kernel tests: a lab of network namespaces, a daemon started through
@@ -93,10 +94,10 @@ func startDaemon(t *testing.T, lab *netlab.Lab, mode, dataDir, pin, topology str
 	ready := make(chan string, 1)
 	errc := make(chan error, 1)
 	opts := serveOptions{
-		ServeConfig: api.ServeConfig{Listen: "127.0.0.1:0", DataDir: dataDir, Topology: topo,
-			Logger: slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
-			Ready:  func(addr string) { ready <- addr }},
-		Dataplane: mode, PinPath: pin, HostNetns: lab.Host,
+		Listen: "127.0.0.1:0", Ready: func(addr string) { ready <- addr },
+		Config: node.Config{DataDir: dataDir, Topology: topo,
+			Logger:    slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+			Dataplane: mode, PinPath: pin, HostNetns: lab.Host},
 	}
 	go func() { errc <- runServe(ctx, opts) }()
 	d := &daemon{t: t, http: &http.Client{Timeout: 10 * time.Second}}

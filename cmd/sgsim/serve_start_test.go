@@ -10,7 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sgsim/sgsim/api"
+	"github.com/sgsim/sgsim/node"
 )
 
 // startTopology has one ENI without a host interface and, with %s filled, one with.
@@ -38,12 +38,13 @@ func TestServeFlagErrors(t *testing.T) {
 		o    serveOptions
 		msg  string
 	}{
-		{"unknown dataplane", serveOptions{Dataplane: "xdp"}, `--dataplane "xdp": want go, ebpf or both`},
-		{"missing host netns", serveOptions{Dataplane: dataplaneEBPF, HostNetns: "sgs-no-such-ns"}, "--host-netns sgs-no-such-ns"},
+		{"unknown dataplane", serveOptions{Config: node.Config{Dataplane: "xdp"}}, `--dataplane "xdp": want go, ebpf or both`},
+		{"missing host netns", serveOptions{Config: node.Config{Dataplane: dataplaneEBPF, HostNetns: "sgs-no-such-ns"}}, "--host-netns sgs-no-such-ns"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.o.ServeConfig = api.ServeConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Topology: topo}
+			tt.o.Listen = "127.0.0.1:0"
+			tt.o.DataDir, tt.o.Topology = t.TempDir(), topo
 			require.ErrorContains(t, runServe(context.Background(), tt.o), tt.msg)
 		})
 	}
@@ -57,9 +58,8 @@ func TestServeMissingHostInterface(t *testing.T) {
 	topo := writeTopology(t, `,
     {"networkInterfaceId": "eni-gone", "appId": "1", "privateIpAddresses": ["198.18.210.21"], "sgIds": ["sg-1"],
      "hostInterface": "sgs-gone"}`)
-	err := runServe(context.Background(), serveOptions{
-		ServeConfig: api.ServeConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Topology: topo},
-		Dataplane:   dataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host})
+	err := runServe(context.Background(), serveOptions{Listen: "127.0.0.1:0", Config: node.Config{
+		DataDir: t.TempDir(), Topology: topo, Dataplane: dataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host}})
 	require.ErrorContains(t, err, "ENI eni-gone: hostInterface sgs-gone does not exist in network namespace "+lab.Host)
 }
 

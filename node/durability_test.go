@@ -1,8 +1,9 @@
-package api
+package node
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -19,12 +20,28 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/store"
 )
 
-// The durability test re-executes this test binary as the daemon (Serve, exactly what `sgsim serve`
-// runs), so it can be killed with SIGKILL.
+// The durability test re-executes this test binary as the daemon (New and Serve, exactly what `sgsim
+// serve` runs), so it can be killed with SIGKILL.
 const daemonEnv = "SGSIM_API_TEST_DAEMON"
+
+// The demo topology's first account, and its Huawei port the tables are read of.
+const (
+	secretID1    = "AKIDdemo0000000000000000000000000001"
+	secretKey1   = "demo-secret-key-0000000000000001"
+	dbPort       = "b9ac5247-c4ca-4c9b-b8fa-7d19132e560a"
+	demoTopology = "../testdata/demo.json"
+)
+
+// tcResp is a Tencent v2 answer.
+type tcResp struct {
+	Code    int             `json:"code"`
+	Message string          `json:"message"`
+	Data    json.RawMessage `json:"data"`
+}
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(daemonEnv); dir != "" {
@@ -36,13 +53,15 @@ func TestMain(m *testing.M) {
 func runDaemon(dir string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	err := Serve(ctx, ServeConfig{Listen: "127.0.0.1:0", DataDir: dir, Topology: os.Getenv("SGSIM_API_TEST_TOPOLOGY"),
-		Ready: func(addr string) {
+	n, err := New(ctx, Config{DataDir: dir, Topology: os.Getenv("SGSIM_API_TEST_TOPOLOGY")})
+	if err == nil {
+		err = errors.Join(n.Serve(ctx, "127.0.0.1:0", func(addr string) {
 			tmp := filepath.Join(dir, "addr.tmp")
 			if err := os.WriteFile(tmp, []byte(addr), 0o600); err == nil {
 				_ = os.Rename(tmp, filepath.Join(dir, "addr"))
 			}
-		}})
+		}), n.Close())
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "daemon:", err)
 		return 1
@@ -98,14 +117,14 @@ func (d *daemon) sign(kv ...string) url.Values {
 	p.Set("Nonce", strconv.FormatInt(liveNonce, 10))
 	p.Set("Timestamp", strconv.FormatInt(time.Now().Unix(), 10))
 	p.Set("SecretId", secretID1)
-	Sign(http.MethodPost, strings.TrimPrefix(d.base, "http://"), p, secretKey1)
+	api.Sign(http.MethodPost, strings.TrimPrefix(d.base, "http://"), p, secretKey1)
 	return p
 }
 
 // post sends p; the Host (part of the signature) is always 127.0.0.1 with the daemon's port, which
 // changes across restarts, so replays rewrite only the URL, never the signed parameters.
 func (d *daemon) post(p url.Values) (tcResp, error) {
-	resp, err := http.PostForm(d.base+TencentPath, p)
+	resp, err := http.PostForm(d.base+api.TencentPath, p)
 	if err != nil {
 		return tcResp{}, err
 	}
@@ -117,7 +136,7 @@ func (d *daemon) post(p url.Values) (tcResp, error) {
 
 // postAs sends p to d with the Host header of signedFor (the signature covers the host).
 func (d *daemon) postAs(p url.Values, signedFor string) (tcResp, error) {
-	req, err := http.NewRequest(http.MethodPost, d.base+TencentPath, strings.NewReader(p.Encode()))
+	req, err := http.NewRequest(http.MethodPost, d.base+api.TencentPath, strings.NewReader(p.Encode()))
 	if err != nil {
 		return tcResp{}, err
 	}
@@ -133,12 +152,12 @@ func (d *daemon) postAs(p url.Values, signedFor string) (tcResp, error) {
 	return out, err
 }
 
-func (d *daemon) tables(t *testing.T) map[string]TableResponse {
-	out := map[string]TableResponse{}
+func (d *daemon) tables(t *testing.T) map[string]api.TableResponse {
+	out := map[string]api.TableResponse{}
 	for _, id := range []string{"eni-web1", "eni-web2", "eni-db1", dbPort, "eni-spare", "eni-other"} {
 		resp, err := http.Get(d.base + "/sgsim/v1/enis/" + id + "/table")
 		require.NoError(t, err)
-		var tab TableResponse
+		var tab api.TableResponse
 		require.NoError(t, json.NewDecoder(resp.Body).Decode(&tab))
 		resp.Body.Close()
 		tab.TableGeneration = 0 // when an ENI was last recompiled is history, not content
@@ -150,7 +169,7 @@ func (d *daemon) tables(t *testing.T) map[string]TableResponse {
 func TestDurabilityAcrossSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	d := startDaemon(t, dir, true)
-	first := d.sign("Action", ActDescribePolicy, "sgId", "sg-web")
+	first := d.sign("Action", api.ActDescribePolicy, "sgId", "sg-web")
 	r, err := d.post(first)
 	require.NoError(t, err)
 	require.Equal(t, 0, r.Code, r.Message)
@@ -165,7 +184,7 @@ func TestDurabilityAcrossSIGKILL(t *testing.T) {
 	go func() {
 		defer close(acks)
 		for i := 0; ; i++ {
-			r, err := d.call("Action", ActCreateSG, "sgName", fmt.Sprintf("d%d", i), "projectId", strconv.Itoa(100+i))
+			r, err := d.call("Action", api.ActCreateSG, "sgName", fmt.Sprintf("d%d", i), "projectId", strconv.Itoa(100+i))
 			if err != nil {
 				return
 			}
@@ -174,7 +193,7 @@ func TestDurabilityAcrossSIGKILL(t *testing.T) {
 				return
 			}
 			acks <- ack{data.SgID, i}
-			r, err = d.call("Action", ActModifyPolicy, "sgId", "sg-lockdown", "ingress.0.action", "DROP", "ingress.0.desc", fmt.Sprintf("w%d", i))
+			r, err = d.call("Action", api.ActModifyPolicy, "sgId", "sg-lockdown", "ingress.0.action", "DROP", "ingress.0.desc", fmt.Sprintf("w%d", i))
 			if err != nil || r.Code != 0 {
 				return
 			}
@@ -202,11 +221,11 @@ func TestDurabilityAcrossSIGKILL(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 4500, r.Code, r.Message)
 	for _, id := range created {
-		r, err := d.call("Action", ActDescribePolicy, "sgId", id)
+		r, err := d.call("Action", api.ActDescribePolicy, "sgId", id)
 		require.NoError(t, err)
 		assert.Equal(t, 0, r.Code, "acknowledged CreateSecurityGroup %s lost: %s", id, r.Message)
 	}
-	r, err = d.call("Action", ActDescribePolicy, "sgId", "sg-lockdown")
+	r, err = d.call("Action", api.ActDescribePolicy, "sgId", "sg-lockdown")
 	require.NoError(t, err)
 	var pol struct{ Ingress []struct{ Desc string } }
 	require.NoError(t, json.Unmarshal(r.Data, &pol))
@@ -227,7 +246,7 @@ func TestDurabilityAcrossSIGKILL(t *testing.T) {
 	assert.Equal(t, 0, d.cmd.ProcessState.ExitCode())
 
 	// And the store is readable by itself.
-	st, err := store.OpenBolt(filepath.Join(dir, DBFile))
+	st, err := store.OpenBolt(filepath.Join(dir, store.DBFile))
 	require.NoError(t, err)
 	defer st.Close()
 	s, gen, err := st.Load(context.Background())

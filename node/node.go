@@ -1,0 +1,290 @@
+// Package node assembles one running sgsim node from a Config: its store, its write path, its dataplanes
+// (the Go engine and/or the eBPF program), the program's attachment to host interfaces, and the HTTP
+// handlers. `sgsim serve`, the benchmarks, scenarios and tests all build their daemon here.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sgsim/sgsim/api"
+	"github.com/sgsim/sgsim/bpf"
+	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/internal/netns"
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
+)
+
+// Values of Config.Dataplane.
+const (
+	DataplaneGo   = "go"   // the pure-Go engine only: simulation
+	DataplaneEBPF = "ebpf" // the eBPF TC program only: enforcement, no /check
+	DataplaneBoth = "both" // the program enforces and the Go engine answers /check
+)
+
+// Config is everything a node is built from; the zero value is an in-memory Go-engine node that still
+// needs a Topology or Seed.
+type Config struct {
+	// DataDir holds the bbolt store (store.DBFile); "" keeps the state in memory (scenarios, tests).
+	DataDir string
+	// Topology is a topology file that seeds a store holding no state yet; ignored once it holds one.
+	Topology string
+	// Seed seeds instead of Topology, for in-process callers that built their state already.
+	Seed *model.State
+	// Dataplane is DataplaneGo (the default when empty), DataplaneEBPF or DataplaneBoth.
+	Dataplane string
+	// PinPath is the bpffs directory of the program's maps and links ("" pins nothing).
+	PinPath string
+	// HostNetns is the network namespace (ip netns name or path) of the host interfaces; "" = ours.
+	HostNetns string
+	// Clsact attaches through a clsact qdisc even where the kernel has TCX.
+	Clsact bool
+	// NoAttach publishes every table into the program but attaches it to no interface: replay and
+	// scenarios decide through BPF_PROG_TEST_RUN, and benchmarks attach where they choose.
+	NoAttach bool
+	// Control configures the write path (limits, the Go engine's matcher); Logger and NoEngine are set
+	// by the node.
+	Control control.Options
+	// API configures the handlers (clock, request bounds); Logger, Nonces, RuleCounts and StoreHealth
+	// are set by the node.
+	API    api.Options
+	Logger *slog.Logger
+}
+
+// Node is one assembled daemon. Its handler serves at once; Serve puts it on a listener.
+type Node struct {
+	log     *slog.Logger
+	st      store.Store
+	ctrl    *control.Controller
+	bpf     *bpf.Dataplane
+	handler *api.Handler
+
+	seedable bool // the data directory has no committed store file (store.SeedDecision)
+}
+
+// New builds the node of cfg: it opens (and seeds) the store, loads every dataplane with the current
+// tables and attaches the eBPF program to the ENIs' host interfaces, so that once it returns every
+// table is in force and the handler may take calls. Close releases what it holds.
+func New(ctx context.Context, cfg Config) (n *Node, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	switch cfg.Dataplane {
+	case "", DataplaneGo, DataplaneEBPF, DataplaneBoth:
+	default:
+		return nil, fmt.Errorf("--dataplane %q: want go, ebpf or both", cfg.Dataplane)
+	}
+	enforce := cfg.Dataplane == DataplaneEBPF || cfg.Dataplane == DataplaneBoth
+	if enforce && cfg.HostNetns != "" {
+		if _, err := os.Stat(netns.Path(cfg.HostNetns)); err != nil {
+			return nil, fmt.Errorf("--host-netns %s: %w", cfg.HostNetns, err)
+		}
+	}
+	n = &Node{log: log}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, n.Close())
+			n = nil
+		}
+	}()
+	if enforce {
+		// Loaded before the store is opened: a host that cannot run the program learns it first.
+		if n.bpf, err = bpf.Load(bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact}); err != nil {
+			return n, fmt.Errorf("--dataplane %s: load the eBPF program (needs root and a kernel with BTF; pin path %q): %w",
+				cfg.Dataplane, cfg.PinPath, err)
+		}
+	}
+	seed, err := n.openStore(ctx, cfg)
+	if err != nil {
+		return n, err
+	}
+	copts := cfg.Control
+	copts.Logger = log
+	copts.NoEngine = cfg.Dataplane == DataplaneEBPF
+	monitored := store.NewMonitored(n.st, store.MonitorOptions{ProbeDir: cfg.DataDir}) // for /readyz
+	if n.ctrl, err = control.New(ctx, monitored, seed, copts); err != nil {
+		return n, err
+	}
+	if err := n.enforce(ctx, cfg); err != nil {
+		return n, err
+	}
+	aopts := cfg.API
+	aopts.Logger = log
+	aopts.StoreHealth = monitored.Health
+	if nonces, ok := n.st.(api.NonceStore); ok {
+		aopts.Nonces = nonces
+	}
+	if n.bpf != nil {
+		aopts.RuleCounts = n.ruleCounts
+	}
+	n.handler = api.NewHandler(n.ctrl, aopts)
+	return n, nil
+}
+
+// openStore opens cfg's store and returns the state that seeds it when it holds none yet.
+func (n *Node) openStore(ctx context.Context, cfg Config) (_ *model.State, err error) {
+	if cfg.DataDir == "" {
+		n.st = store.NewMemory()
+	} else {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("--data-dir %s: %w", cfg.DataDir, err)
+		}
+		// Decided on the file before bbolt opens it: bbolt re-initialises an empty file.
+		if n.seedable, err = store.SeedDecision(cfg.DataDir, cfg.Topology != "" || cfg.Seed != nil); err != nil {
+			return nil, err
+		}
+		b, err := store.OpenBolt(filepath.Join(cfg.DataDir, store.DBFile))
+		if err != nil {
+			return nil, err
+		}
+		n.st = b
+	}
+	existing, gen, err := n.st.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case existing != nil:
+		if cfg.Topology != "" || cfg.Seed != nil {
+			n.log.Info("store already holds a state; --topology ignored", "generation", gen, "topology", cfg.Topology)
+		}
+		return nil, nil
+	case cfg.DataDir != "" && !n.seedable:
+		return nil, fmt.Errorf("store: %s holds no state: restore it from a backup, or move it aside and start with --topology", filepath.Join(cfg.DataDir, store.DBFile))
+	case cfg.Seed != nil:
+		return cfg.Seed, nil
+	case cfg.Topology != "":
+		return model.LoadTopologyFile(cfg.Topology)
+	case cfg.DataDir == "":
+		return nil, errors.New("an in-memory node needs a topology to start from")
+	default:
+		return nil, fmt.Errorf("%s is empty: give --topology to seed it on first start", filepath.Join(cfg.DataDir, store.DBFile))
+	}
+}
+
+// enforce loads the current tables into the eBPF program and, unless cfg.NoAttach, attaches it to the
+// host interface of every ENI that has one.
+func (n *Node) enforce(ctx context.Context, cfg Config) error {
+	if n.bpf == nil {
+		return nil
+	}
+	if err := n.ctrl.AddDataplane(ctx, n.bpf); err != nil {
+		return err
+	}
+	if cfg.NoAttach {
+		return nil
+	}
+	s := n.ctrl.View().State
+	if cfg.HostNetns == "" {
+		return n.attachAll(ctx, s, cfg.HostNetns)
+	}
+	_, err := netns.Do(cfg.HostNetns, func() (struct{}, error) {
+		return struct{}{}, n.attachAll(ctx, s, cfg.HostNetns)
+	})
+	return err
+}
+
+// attachAll attaches the program to the hostInterface of every ENI of s that has one; a missing
+// interface stops the start, since an interface skipped now would never be filtered.
+func (n *Node) attachAll(ctx context.Context, s *model.State, hostNetns string) error {
+	where := "the daemon's network namespace"
+	if hostNetns != "" {
+		where = "network namespace " + hostNetns
+	}
+	attached := 0
+	for _, id := range s.ENIIDs() {
+		eni, _ := s.ENI(id)
+		if eni.HostInterface == "" {
+			continue
+		}
+		if _, err := net.InterfaceByName(eni.HostInterface); err != nil {
+			return fmt.Errorf("ENI %s: hostInterface %s does not exist in %s: %w", id, eni.HostInterface, where, err)
+		}
+		if err := n.bpf.Attach(ctx, eni.HostInterface, id); err != nil {
+			return fmt.Errorf("ENI %s: enforce on hostInterface %s: %w", id, eni.HostInterface, err)
+		}
+		attached++
+	}
+	n.log.Info("eBPF dataplane attached", "interfaces", attached, "netns", hostNetns)
+	return nil
+}
+
+// ruleCounts reads the kernel's per-rule counters of the tables this node published.
+func (n *Node) ruleCounts() ([]api.RuleCount, error) {
+	hits, err := n.bpf.Hits()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.RuleCount, 0, len(hits))
+	for _, h := range hits {
+		if h.Decision != nil {
+			out = append(out, api.RuleCount{Explained: *h.Decision, Packets: h.Packets})
+		}
+	}
+	return out, nil
+}
+
+// Handler serves every HTTP endpoint of the node.
+func (n *Node) Handler() http.Handler { return n.handler }
+
+// Controller is the node's write path.
+func (n *Node) Controller() *control.Controller { return n.ctrl }
+
+// BPF is the node's eBPF dataplane; nil when it enforces nothing (Dataplane go).
+func (n *Node) BPF() *bpf.Dataplane { return n.bpf }
+
+// Serve answers HTTP on listen (host:port; port 0 picks a free one) until ctx is done, then shuts
+// down gracefully. ready, if set, is called with the bound address once connections are accepted.
+func (n *Node) Serve(ctx context.Context, listen string, ready func(addr string)) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", listen, err)
+	}
+	srv := api.NewServer(listen, n.handler)
+	n.log.Info("serving", "addr", ln.Addr().String(), "generation", n.ctrl.View().Generation)
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	n.log.Info("stopped")
+	return nil
+}
+
+// Close releases the node's program and store. Pinned links stay in the kernel and keep enforcing the
+// last tables until the next start adopts them.
+func (n *Node) Close() error {
+	var errs []error
+	if n.bpf != nil {
+		if err := n.bpf.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close eBPF dataplane: %w", err))
+		}
+	}
+	if n.st != nil {
+		if err := n.st.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}

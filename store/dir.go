@@ -1,0 +1,4 @@
+package store
+
+// DBFile is the name of the bbolt file inside a daemon's data directory.
+const DBFile = "sgsim.db"
