@@ -8,7 +8,7 @@ DEMO        := testdata/demo.json
 SHELL       := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: build test demo lint bench generate clean
+.PHONY: build test soak demo lint bench generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sgsim
@@ -17,6 +17,10 @@ build:
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 9m ./...
+
+# The reliability suite run long (32 clients, 20 SIGKILLs, longer disk faults); `make test` runs it short.
+soak:
+	SGSIM_SOAK=1 $(GO) test -race -count=1 -timeout 30m -v -run . ./internal/reliability/
 
 demo: build
 	@echo "== compiled tables of the demo topology ($(DEMO))"
