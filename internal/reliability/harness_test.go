@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -297,11 +296,6 @@ func (d *daemon) eniGroups(t *testing.T, a *account, eniID string) []string {
 		out = append(out, g.SgID)
 	}
 	return out
-}
-
-// isTransport tells a call that got no answer from one that did.
-func isTransport(err error) bool {
-	return err != nil && !errors.Is(err, context.Canceled)
 }
 
 // run runs a command (a host tool such as mount) and returns its combined output in the error.
