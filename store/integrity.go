@@ -7,6 +7,7 @@ package store
 // anything bbolt would misread, so a daemon stops with one line instead of serving the wrong state.
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -249,12 +250,13 @@ func (c *checker) checkPages() error {
 			c.meta.txid, c.meta.hwm, int64(c.meta.hwm)*ps, c.size)
 	}
 	c.seen = map[uint64]bool{0: true, 1: true}
-	if c.meta.freelist != noFreelist {
-		if err := c.checkFreelist(); err != nil {
-			return err
-		}
+	if err := c.checkTree(c.meta.root, "the root bucket", 0, true); err != nil {
+		return err
 	}
-	return c.checkTree(c.meta.root, "the root bucket", 0)
+	if c.meta.freelist == noFreelist {
+		return nil
+	}
+	return c.checkFreelist()
 }
 
 // page reads page id with its overflow pages after checking its header names it and has flags want.
@@ -305,17 +307,24 @@ func (c *checker) checkFreelist() error {
 	if n > uint64(len(p)-at)/8 {
 		return c.corrupt("the freelist (page %d) claims %d free pages, more than it can hold", c.meta.freelist, n)
 	}
+	listed := make(map[uint64]bool, n)
 	for i := range n {
 		id := le.Uint64(p[at+int(i)*8:])
-		if id < 2 || id >= c.meta.hwm {
+		switch {
+		case id < 2 || id >= c.meta.hwm:
 			return c.corrupt("the freelist (page %d) lists page %d, outside the %d pages in use", c.meta.freelist, id, c.meta.hwm)
+		case c.seen[id] || listed[id]:
+			// bbolt would hand out a page that is still in use, and overwrite live data with the next commit.
+			return c.corrupt("the freelist (page %d) lists page %d, which is in use", c.meta.freelist, id)
 		}
+		listed[id] = true
 	}
 	return nil
 }
 
-// checkTree checks the B+tree rooted at page id and every bucket below it.
-func (c *checker) checkTree(id uint64, what string, depth int) error {
+// checkTree checks the B+tree rooted at page id and every bucket below it; root says it is the root
+// bucket's, which holds only buckets.
+func (c *checker) checkTree(id uint64, what string, depth int, root bool) error {
 	if depth > maxTreeDepth {
 		return c.corrupt("%s is nested deeper than %d levels (a cycle)", what, maxTreeDepth)
 	}
@@ -323,15 +332,24 @@ func (c *checker) checkTree(id uint64, what string, depth int) error {
 	if err != nil {
 		return err
 	}
-	return c.checkNode(p, id, what, depth)
+	return c.checkNode(p, id, what, depth, root)
 }
 
 // checkNode checks the elements of a branch or leaf page p (an inline bucket's page has id 0).
-func (c *checker) checkNode(p []byte, id uint64, what string, depth int) error {
+func (c *checker) checkNode(p []byte, id uint64, what string, depth int, root bool) error {
 	le := binary.LittleEndian
 	flags, n := le.Uint16(p[8:]), int(le.Uint16(p[10:]))
 	if pageHeaderSize+n*elementSize > len(p) {
 		return c.corrupt("page %d (%s) claims %d elements, more than it can hold", id, what, n)
+	}
+	// bbolt finds keys by binary search: keys out of order hide entries (a bucket not found is no state).
+	var prev []byte
+	ordered := func(i int, key []byte) error {
+		if i > 0 && bytes.Compare(prev, key) >= 0 {
+			return c.corrupt("page %d (%s) element %d is out of key order", id, what, i)
+		}
+		prev = key
+		return nil
 	}
 	for i := range n {
 		e := p[pageHeaderSize+i*elementSize:]
@@ -341,7 +359,10 @@ func (c *checker) checkNode(p []byte, id uint64, what string, depth int) error {
 			if at+pos+ksize > len(p) {
 				return c.corrupt("page %d (%s) element %d runs past its page", id, what, i)
 			}
-			if err := c.checkTree(child, what, depth+1); err != nil {
+			if err := ordered(i, p[at+pos:at+pos+ksize]); err != nil {
+				return err
+			}
+			if err := c.checkTree(child, what, depth+1, root); err != nil {
 				return err
 			}
 			continue
@@ -353,7 +374,13 @@ func (c *checker) checkNode(p []byte, id uint64, what string, depth int) error {
 		if at+pos+ksize+vsize > len(p) {
 			return c.corrupt("page %d (%s) element %d runs past its page", id, what, i)
 		}
+		if err := ordered(i, p[at+pos:at+pos+ksize]); err != nil {
+			return err
+		}
 		if eflags&bucketLeafFlag == 0 {
+			if root {
+				return c.corrupt("page %d (%s) element %d is a value, not a bucket", id, what, i)
+			}
 			continue
 		}
 		key, val := p[at+pos:at+pos+ksize], p[at+pos+ksize:at+pos+ksize+vsize]
@@ -361,8 +388,8 @@ func (c *checker) checkNode(p []byte, id uint64, what string, depth int) error {
 		if len(val) < inBucketSize {
 			return c.corrupt("page %d: %s has a %d-byte header", id, name, len(val))
 		}
-		if root := le.Uint64(val); root != 0 {
-			if err := c.checkTree(root, name, depth+1); err != nil {
+		if rootPage := le.Uint64(val); rootPage != 0 {
+			if err := c.checkTree(rootPage, name, depth+1, false); err != nil {
 				return err
 			}
 			continue
@@ -374,7 +401,7 @@ func (c *checker) checkNode(p []byte, id uint64, what string, depth int) error {
 		if f := le.Uint16(inline[8:]); f != flagLeaf {
 			return c.corrupt("page %d: inline %s has page flags %#x", id, name, f)
 		}
-		if err := c.checkNode(inline, 0, name, depth+1); err != nil {
+		if err := c.checkNode(inline, 0, name, depth+1, false); err != nil {
 			return err
 		}
 	}
