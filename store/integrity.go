@@ -128,7 +128,7 @@ func isZero(b []byte) bool {
 // fileCheck is what CheckFile learnt about an intact file.
 type fileCheck struct {
 	txid      uint64 // the transaction bbolt will open at
-	committed bool   // a transaction after bbolt's initialisation wrote something
+	committed bool   // the file exists and a transaction after bbolt's initialisation wrote to it
 }
 
 // CheckFile tells whether path, if it exists, is an intact bbolt database that no other process holds:
@@ -425,18 +425,13 @@ func isZeroFile(f *os.File, size int64) bool {
 func SeedDecision(dataDir string, haveTopology bool) (seed bool, err error) {
 	path := filepath.Join(dataDir, DBFile)
 	fc, err := checkFile(path)
-	if err != nil {
-		return false, err
-	}
-	_, statErr := os.Stat(path)
 	switch {
-	case errors.Is(statErr, os.ErrNotExist) || (statErr == nil && !fc.committed):
-		if !haveTopology {
-			return false, fmt.Errorf("store: %s holds no state yet: give --topology to seed it on first start", path)
-		}
-		return true, nil
-	case statErr != nil:
-		return false, fmt.Errorf("store: %w", statErr)
+	case err != nil:
+		return false, err
+	case fc.committed:
+		return false, nil
+	case !haveTopology:
+		return false, fmt.Errorf("store: %s holds no state yet: give --topology to seed it on first start", path)
 	}
-	return false, nil
+	return true, nil
 }
