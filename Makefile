@@ -18,7 +18,8 @@ test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 9m ./...
 
-# The reliability suite run long (32 clients, 20 SIGKILLs, longer disk faults); `make test` runs it short.
+# The reliability suite run long (32 clients, 20 SIGKILLs, 3 s of load between kills); `make test` runs it
+# short (16 clients, 4 kills).
 soak:
 	SGSIM_SOAK=1 $(GO) test -race -count=1 -timeout 30m -v -run . ./internal/reliability/
 
