@@ -4,7 +4,6 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/store/nonce"
 )
 
 // Options configure the handler; the zero value means defaults.
@@ -26,7 +26,8 @@ type Options struct {
 	// ReplayWindow is how long a Nonce is remembered and how far a Timestamp may be off; 0 = 2 hours.
 	ReplayWindow time.Duration
 	Logger       *slog.Logger
-	// Nonces, if set, also records every Nonce durably, so a replay is refused after a restart too.
+	// Nonces is the replay record (store.Bolt's is durable, so a replay is refused after a restart too);
+	// nil = an in-memory record with nonce.DefaultLimits.
 	Nonces NonceStore
 	// RuleCounts, if set, reads an enforcing dataplane's per-rule packet counters (the eBPF program's)
 	// for /metrics.
@@ -34,6 +35,14 @@ type Options struct {
 	// StoreHealth, if set, says why the store cannot take writes now (nil when it can): /readyz and
 	// /healthz answer 503 with its text. It must not block (store.Monitored.Health does not).
 	StoreHealth func() error
+	// TrackedFlows, if set, reads how many flows an enforcing dataplane tracks, for /metrics.
+	TrackedFlows func() (int, error)
+	// AdminTokens authenticate the inspection endpoints and /metrics (Authorization: Bearer TOKEN)
+	// besides the topology's adminTokens (SPEC §8).
+	AdminTokens []string
+	// Interfaces, if set, reports a host interface's state (the node that attaches them sets it), for
+	// the admin endpoints' attached and ifindex.
+	Interfaces func(ifname string) InterfaceState
 }
 
 // RuleCount is how many packets one entry of an ENI's live table decided in an enforcing dataplane
@@ -43,12 +52,12 @@ type RuleCount struct {
 	Packets uint64
 }
 
-// NonceStore is a durable Nonce record (store.Bolt implements it). A call that commits a change records
-// its Nonce in that commit (store.WithNonce); other calls through UseNonce. RecentNonces is read once,
-// so a restarted daemon refuses the Nonces of the previous run.
+// NonceStore is the replay record of SPEC §4 (nonce.Record in memory; store.Bolt durably, writing a
+// call's Nonce with the commit of its change and the others batched). UseNonce records the call's
+// (SecretId, Timestamp, Nonce) and returns nil when it was unused within window, nonce.ErrReplay when
+// it was used, nonce.ErrFull when the record is at its bound; it must not wait on a disk.
 type NonceStore interface {
-	UseNonce(ctx context.Context, key string, now time.Time, window time.Duration) (fresh bool, err error)
-	RecentNonces(ctx context.Context, now time.Time, window time.Duration) (map[string]time.Time, error)
+	UseNonce(k nonce.Key, now time.Time, window time.Duration) error
 }
 
 // Handler is the http.Handler of NewHandler; its extra methods serve in-process callers (scenarios).
@@ -57,7 +66,7 @@ type Handler struct {
 	opts    Options
 	log     *slog.Logger
 	mux     *http.ServeMux
-	nonces  *nonceCache
+	nonces  NonceStore
 	metrics *metrics
 }
 
@@ -80,12 +89,20 @@ func NewHandler(ctrl *control.Controller, opts Options) *Handler {
 		opts.Logger = slog.Default()
 	}
 	h := &Handler{ctrl: ctrl, opts: opts, log: opts.Logger, mux: http.NewServeMux(),
-		nonces: newNonceCache(opts.ReplayWindow), metrics: newMetrics()}
+		nonces: opts.Nonces}
+	if h.nonces == nil {
+		h.nonces = nonce.New(nonce.DefaultLimits())
+	}
+	h.metrics = newMetrics(h)
 	h.mux.HandleFunc("/v2/index.php", h.serveTencent)
 	h.mux.HandleFunc("POST /v2.0/{project}/security-groups/{sg}/instance/action", h.serveHuawei)
 	h.mux.HandleFunc("POST /v1/{project}/security-groups/{sg}/instance/action", h.serveHuawei)
 	h.mux.HandleFunc("POST /sgsim/v1/check", h.serveCheck)
 	h.mux.HandleFunc("GET /sgsim/v1/enis/{id}/table", h.serveTable)
+	h.mux.HandleFunc("PUT /sgsim/v1/enis/{id}", h.servePutENI)
+	h.mux.HandleFunc("DELETE /sgsim/v1/enis/{id}", h.serveDeleteENI)
+	h.mux.HandleFunc("GET /sgsim/v1/enis/{id}", h.serveGetENI)
+	h.mux.HandleFunc("GET /sgsim/v1/enis", h.serveListENIs)
 	h.mux.HandleFunc("GET /metrics", h.serveMetrics)
 	h.mux.HandleFunc("GET /livez", h.serveLive)
 	h.mux.HandleFunc("GET /readyz", h.serveReady)

@@ -41,7 +41,8 @@ func (d *Dataplane) linkPin(ifindex int, h hook) string {
 // where the kernel has them, else clsact + cls_bpf (through tc(8)). With a pin path, an already pinned
 // link is updated in place to this program, so a restarted daemon never leaves the interface unfiltered.
 // The interface is bound to the ENI before any program sees its traffic; until the ENI's tables are
-// published, its packets are dropped.
+// published, its packets are dropped. On an interface this process attached already (to another ENI,
+// or as a guard) only the binding changes: one map update, so no packet meets neither.
 func (d *Dataplane) Attach(ctx context.Context, ifname, eni string) error {
 	ifc, err := net.InterfaceByName(ifname)
 	if err != nil {
@@ -50,6 +51,14 @@ func (d *Dataplane) Attach(ctx context.Context, ifname, eni string) error {
 	if err := d.Bind(ifc.Index, eni); err != nil {
 		return fmt.Errorf("attach %s to %s: %w", eni, ifname, err)
 	}
+	if err := d.link(ctx, ifname, ifc.Index); err != nil {
+		return fmt.Errorf("attach %s to %s %w", eni, ifname, err)
+	}
+	return nil
+}
+
+// link puts the program on both hooks of ifname, where this process has not already.
+func (d *Dataplane) link(ctx context.Context, ifname string, ifindex int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.links == nil {
@@ -57,42 +66,45 @@ func (d *Dataplane) Attach(ctx context.Context, ifname, eni string) error {
 	}
 	for _, h := range hooks {
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("attach %s to %s: %w", eni, ifname, err)
+			return fmt.Errorf("%s: %w", h.name, err)
 		}
 		prog := d.progFor(h)
+		key := fmt.Sprintf("%d-%s", ifindex, h.name)
+		if _, ok := d.links[key]; ok {
+			continue
+		}
 		if d.clsact {
 			if err := d.attachClsact(ctx, ifname, h, prog); err != nil {
-				return fmt.Errorf("attach %s to %s %s: %w", eni, ifname, h.name, err)
+				return fmt.Errorf("%s: %w", h.name, err)
 			}
 			continue
 		}
-		key := fmt.Sprintf("%d-%s", ifc.Index, h.name)
 		if d.pinPath != "" {
-			if l, err := link.LoadPinnedLink(d.linkPin(ifc.Index, h), nil); err == nil {
+			if l, err := link.LoadPinnedLink(d.linkPin(ifindex, h), nil); err == nil {
 				if err := l.Update(prog); err != nil {
 					l.Close()
-					return fmt.Errorf("attach %s to %s %s: replace pinned program: %w", eni, ifname, h.name, err)
+					return fmt.Errorf("%s: replace pinned program: %w", h.name, err)
 				}
 				d.replaceLink(key, l)
 				continue
 			}
 		}
-		l, err := link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: h.attach})
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: h.attach})
 		if errors.Is(err, ebpf.ErrNotSupported) {
 			slog.Info("TCX unavailable, attaching with clsact and cls_bpf", "interface", ifname)
 			if err := d.attachClsact(ctx, ifname, h, prog); err != nil {
-				return fmt.Errorf("attach %s to %s %s: %w", eni, ifname, h.name, err)
+				return fmt.Errorf("%s: %w", h.name, err)
 			}
 			d.clsact = true // Detach must remove tc filters
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("attach %s to %s %s: %w", eni, ifname, h.name, err)
+			return fmt.Errorf("%s: %w", h.name, err)
 		}
 		if d.pinPath != "" {
-			if err := l.Pin(d.linkPin(ifc.Index, h)); err != nil {
+			if err := l.Pin(d.linkPin(ifindex, h)); err != nil {
 				l.Close()
-				return fmt.Errorf("attach %s to %s %s: pin link: %w", eni, ifname, h.name, err)
+				return fmt.Errorf("%s: pin link: %w", h.name, err)
 			}
 		}
 		d.replaceLink(key, l)

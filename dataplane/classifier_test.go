@@ -133,14 +133,20 @@ func randomState(t testing.TB, rng *rand.Rand, nSG, rulesPer int) (*model.State,
 		}
 		topo.SecurityGroups = append(topo.SecurityGroups, sg)
 	}
+	taken := map[string]bool{} // a private IP is one ENI's (SPEC §8)
+	unique := func() string {
+		for {
+			if a := addr(); !taken[a] {
+				taken[a] = true
+				return a
+			}
+		}
+	}
 	for n := 0; n < 4; n++ {
 		eni := model.NetworkInterface{NetworkInterfaceID: fmt.Sprintf("eni-%d", n), AppID: "1",
-			PrivateIPAddresses: []string{addr(), addr()}}
+			PrivateIPAddresses: []string{unique(), unique()}}
 		for _, g := range rng.Perm(nSG)[:rng.IntN(nSG+1)] {
 			eni.SgIDs = append(eni.SgIDs, fmt.Sprintf("sg-%d", g))
-		}
-		if eni.PrivateIPAddresses[0] == eni.PrivateIPAddresses[1] {
-			eni.PrivateIPAddresses = eni.PrivateIPAddresses[:1]
 		}
 		topo.NetworkInterfaces = append(topo.NetworkInterfaces, eni)
 	}

@@ -19,6 +19,9 @@ const (
 	CodeNameExists    = 7005
 	CodePreset        = 7006
 	CodeBadRuleFormat = 9003
+	// CodeConflict is sgsim's own, for its native endpoints (SPEC §8 answers 409): the change collides
+	// with what exists (a private IP another ENI holds, no ENI slot left on this host).
+	CodeConflict = 9409
 )
 
 // Error is a validation or operation failure: which field (a JSON-ish path such as
@@ -30,7 +33,12 @@ type Error struct {
 	Reason string
 	// Quoted tells whether Value is shown; an empty value is still worth quoting ("").
 	Quoted bool
+	// Err is the cause when a lower layer failed (a store's commit, a dataplane); Reason already says it.
+	Err error
 }
+
+// Unwrap returns the cause, so errors.Is sees through the API code to e.g. a store's error.
+func (e *Error) Unwrap() error { return e.Err }
 
 func (e *Error) Error() string {
 	s := ""

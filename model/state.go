@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -47,6 +48,8 @@ type NetworkInterface struct {
 	PrivateIPAddresses []string `json:"privateIpAddresses"`
 	SgIDs              []string `json:"sgIds"`
 	HostInterface      string   `json:"hostInterface,omitempty"`
+	// Host is the fleet host whose agent enforces this ENI (SPEC §9); "" on a single host.
+	Host string `json:"host,omitempty"`
 
 	addrs []netip.Addr
 	mac   net.HardwareAddr
@@ -63,6 +66,8 @@ type Topology struct {
 	Accounts          []Account          `json:"accounts"`
 	SecurityGroups    []SecurityGroup    `json:"securityGroups"`
 	NetworkInterfaces []NetworkInterface `json:"networkInterfaces"`
+	// AdminTokens authenticate the admin and inspection endpoints (SPEC §8).
+	AdminTokens []string `json:"adminTokens,omitempty"`
 }
 
 // State is one consistent version of the world: accounts, SGs and ENIs, all validated. It is immutable;
@@ -73,6 +78,7 @@ type State struct {
 	enis     map[string]*NetworkInterface
 	// Creation order, so listings and the persisted topology are stable.
 	accountOrder, sgOrder, eniOrder []string
+	adminTokens                     []string
 }
 
 // NewState builds and validates a State from a topology. Errors name the JSON path of the bad entry.
@@ -83,6 +89,12 @@ func NewState(t Topology) (*State, error) {
 		sgs:      make(map[string]*SecurityGroup, len(t.SecurityGroups)),
 		enis:     make(map[string]*NetworkInterface, len(t.NetworkInterfaces)),
 	}
+	for i, tok := range t.AdminTokens {
+		if tok == "" {
+			return nil, errf(CodeBadParameter, fmt.Sprintf("adminTokens[%d]", i), "an admin token may not be empty")
+		}
+	}
+	s.adminTokens = slices.Clone(t.AdminTokens)
 	for i := range t.Accounts {
 		a := t.Accounts[i]
 		path := fmt.Sprintf("accounts[%d]", i)
@@ -120,6 +132,8 @@ func NewState(t Topology) (*State, error) {
 			return nil, AtPath(fmt.Sprintf("securityGroups[%d]", i), err)
 		}
 	}
+	owners := make(map[netip.Addr]string, len(t.NetworkInterfaces)) // private IP → its ENI
+	ifOwners := map[string]string{}                                 // host and hostInterface → its ENI
 	for i, n := range t.NetworkInterfaces {
 		path := fmt.Sprintf("networkInterfaces[%d]", i)
 		if _, dup := s.enis[n.NetworkInterfaceID]; dup {
@@ -128,6 +142,19 @@ func NewState(t Topology) (*State, error) {
 		eni, err := s.prepareENI(n)
 		if err != nil {
 			return nil, AtPath(path, err)
+		}
+		for j, a := range eni.addrs {
+			if other, taken := owners[a]; taken && other != eni.NetworkInterfaceID {
+				return nil, AtPath(path, ipTaken(j, eni.PrivateIPAddresses[j], other))
+			}
+			owners[a] = eni.NetworkInterfaceID
+		}
+		if eni.HostInterface != "" {
+			key := eni.Host + "\x00" + eni.HostInterface
+			if other, taken := ifOwners[key]; taken {
+				return nil, AtPath(path, ifTaken(eni, other))
+			}
+			ifOwners[key] = eni.NetworkInterfaceID
 		}
 		s.enis[eni.NetworkInterfaceID] = eni
 		s.eniOrder = append(s.eniOrder, eni.NetworkInterfaceID)
@@ -360,6 +387,9 @@ func (s *State) AppIDs() []string { return s.accountOrder }
 // SGIDs lists security group IDs in creation order.
 func (s *State) SGIDs() []string { return s.sgOrder }
 
+// AdminTokens are the topology's admin tokens (SPEC §8).
+func (s *State) AdminTokens() []string { return s.adminTokens }
+
 // ENIIDs lists ENI IDs in creation order.
 func (s *State) ENIIDs() []string { return s.eniOrder }
 
@@ -369,6 +399,7 @@ func (s *State) Topology() Topology {
 		Accounts:          make([]Account, 0, len(s.accountOrder)),
 		SecurityGroups:    make([]SecurityGroup, 0, len(s.sgOrder)),
 		NetworkInterfaces: make([]NetworkInterface, 0, len(s.eniOrder)),
+		AdminTokens:       s.adminTokens,
 	}
 	for _, id := range s.accountOrder {
 		t.Accounts = append(t.Accounts, *s.accounts[id])
@@ -386,21 +417,14 @@ func (s *State) Topology() Topology {
 // costs O(number of objects) pointer copies, never a deep copy.
 func (s *State) Edit() *Builder {
 	return &Builder{s: &State{
-		accounts:     cloneMap(s.accounts),
-		sgs:          cloneMap(s.sgs),
-		enis:         cloneMap(s.enis),
+		accounts:     maps.Clone(s.accounts),
+		sgs:          maps.Clone(s.sgs),
+		enis:         maps.Clone(s.enis),
 		accountOrder: slices.Clone(s.accountOrder),
 		sgOrder:      slices.Clone(s.sgOrder),
 		eniOrder:     slices.Clone(s.eniOrder),
+		adminTokens:  s.adminTokens, // never modified: an edit cannot change them
 	}}
-}
-
-func cloneMap[V any](m map[string]V) map[string]V {
-	c := make(map[string]V, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
 }
 
 // Builder changes a private copy of a State; State() hands it out. Every method validates what it puts
@@ -491,16 +515,53 @@ func (b *Builder) DeleteSG(id string) error {
 	return nil
 }
 
-// PutENI adds or replaces a network interface after validating its addresses and SG list.
+// ipTaken is the error for a private IP another ENI holds: one address is one ENI's, or sgId rules
+// and the kernel's reply matching could not tell them apart (SPEC §8).
+func ipTaken(i int, addr, other string) *Error {
+	return errValue(CodeConflict, fmt.Sprintf("privateIpAddresses[%d]", i), addr, "already a private IP of network interface "+other)
+}
+
+// ifTaken is the error for a host interface another ENI of the same host claims: an interface carries
+// one ENI's traffic.
+func ifTaken(n *NetworkInterface, other string) *Error {
+	return errValue(CodeConflict, "hostInterface", n.HostInterface, "already the host interface of network interface "+other)
+}
+
+// PutENI adds or replaces a network interface after validating its addresses and SG list; a private IP
+// or a host interface another ENI holds is refused (CodeConflict).
 func (b *Builder) PutENI(n NetworkInterface) error {
 	eni, err := b.s.prepareENI(n)
 	if err != nil {
 		return err
 	}
+	for _, id := range b.s.eniOrder {
+		other := b.s.enis[id]
+		if id == eni.NetworkInterfaceID {
+			continue
+		}
+		for j, a := range eni.addrs {
+			if slices.Contains(other.addrs, a) {
+				return ipTaken(j, eni.PrivateIPAddresses[j], id)
+			}
+		}
+		if eni.HostInterface != "" && other.HostInterface == eni.HostInterface && other.Host == eni.Host {
+			return ifTaken(eni, id)
+		}
+	}
 	if _, exists := b.s.enis[eni.NetworkInterfaceID]; !exists {
 		b.s.eniOrder = append(b.s.eniOrder, eni.NetworkInterfaceID)
 	}
 	b.s.enis[eni.NetworkInterfaceID] = eni
+	return nil
+}
+
+// DeleteENI removes a network interface.
+func (b *Builder) DeleteENI(id string) error {
+	if _, ok := b.s.enis[id]; !ok {
+		return errValue(CodeNotFound, "networkInterfaceId", id, "no such network interface")
+	}
+	delete(b.s.enis, id)
+	b.s.eniOrder = slices.DeleteFunc(b.s.eniOrder, func(x string) bool { return x == id })
 	return nil
 }
 

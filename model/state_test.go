@@ -362,3 +362,53 @@ func TestLongRuleListsReportFirstError(t *testing.T) {
 		require.Equal(t, rules[i], r, "rule %d", i)
 	}
 }
+
+// TestPrivateIPsAreUnique: a private IP belongs to one ENI, in a topology file and through PutENI alike
+// (SPEC §8); an ENI may keep its own addresses when it is replaced.
+func TestPrivateIPsAreUnique(t *testing.T) {
+	topo := baseTopology()
+	topo.NetworkInterfaces = append(topo.NetworkInterfaces, model.NetworkInterface{NetworkInterfaceID: "eni-2", AppID: "A",
+		PrivateIPAddresses: []string{"2001:db8::2", "198.18.0.1"}})
+	_, err := model.NewState(topo)
+	require.Error(t, err)
+	assert.Equal(t, model.CodeConflict, model.CodeOf(err))
+	assert.Contains(t, err.Error(), `networkInterfaces[1].privateIpAddresses[1]: "198.18.0.1": already a private IP of network interface eni-1`)
+
+	s := mustState(t)
+	b := s.Edit()
+	err = b.PutENI(model.NetworkInterface{NetworkInterfaceID: "eni-2", AppID: "A", PrivateIPAddresses: []string{"198.18.0.1"}})
+	assert.Equal(t, model.CodeConflict, model.CodeOf(err))
+	_, ok := b.State().ENI("eni-2")
+	assert.False(t, ok, "a refused PutENI adds nothing")
+	require.NoError(t, b.PutENI(model.NetworkInterface{NetworkInterfaceID: "eni-1", AppID: "A", PrivateIPAddresses: []string{"198.18.0.1", "198.18.0.9"}}))
+}
+
+func TestDeleteENI(t *testing.T) {
+	s := mustState(t)
+	b := s.Edit()
+	assert.Equal(t, model.CodeNotFound, model.CodeOf(b.DeleteENI("eni-x")))
+	require.NoError(t, b.DeleteENI("eni-1"))
+	assert.Empty(t, b.State().ENIIDs())
+	_, ok := s.ENI("eni-1")
+	assert.True(t, ok, "the original state keeps it")
+	// Its address is free again.
+	require.NoError(t, b.PutENI(model.NetworkInterface{NetworkInterfaceID: "eni-2", AppID: "A", PrivateIPAddresses: []string{"198.18.0.1"}}))
+}
+
+// TestHostInterfacesAreUnique: one host interface carries one ENI's traffic, per host.
+func TestHostInterfacesAreUnique(t *testing.T) {
+	topo := baseTopology()
+	topo.NetworkInterfaces[0].HostInterface = "tap1"
+	topo.NetworkInterfaces = append(topo.NetworkInterfaces, model.NetworkInterface{NetworkInterfaceID: "eni-2", AppID: "A",
+		PrivateIPAddresses: []string{"198.18.0.2"}, HostInterface: "tap1"})
+	_, err := model.NewState(topo)
+	assert.Equal(t, model.CodeConflict, model.CodeOf(err))
+	assert.Contains(t, err.Error(), `networkInterfaces[1].hostInterface: "tap1": already the host interface of network interface eni-1`)
+	topo.NetworkInterfaces[1].Host = "host-b" // another host's tap1 is another interface
+	s, err := model.NewState(topo)
+	require.NoError(t, err)
+	b := s.Edit()
+	err = b.PutENI(model.NetworkInterface{NetworkInterfaceID: "eni-3", AppID: "A", PrivateIPAddresses: []string{"198.18.0.3"},
+		HostInterface: "tap1", Host: "host-b"})
+	assert.Equal(t, model.CodeConflict, model.CodeOf(err))
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/hostif"
 	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store"
@@ -49,6 +50,9 @@ type Config struct {
 	// NoAttach publishes every table into the program but attaches it to no interface: replay and
 	// scenarios decide through BPF_PROG_TEST_RUN, and benchmarks attach where they choose.
 	NoAttach bool
+	// Guard holds name patterns (path.Match): an interface that matches one and that no ENI claims
+	// gets the drop-everything program the moment it appears.
+	Guard []string
 	// Control configures the write path (limits, the Go engine's matcher); Logger and NoEngine are set
 	// by the node.
 	Control control.Options
@@ -64,6 +68,8 @@ type Node struct {
 	st      store.Store
 	ctrl    *control.Controller
 	bpf     *bpf.Dataplane
+	links   *hostif.Follower // nil unless the program is attached to host interfaces
+	stop    context.CancelFunc
 	handler *api.Handler
 
 	seedable bool // the data directory has no committed store file (store.SeedDecision)
@@ -109,6 +115,9 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	copts := cfg.Control
 	copts.Logger = log
 	copts.NoEngine = cfg.Dataplane == DataplaneEBPF
+	if enforce && !cfg.NoAttach {
+		copts.OnApplied = n.follow
+	}
 	monitored := store.NewMonitored(n.st, store.MonitorOptions{ProbeDir: cfg.DataDir}) // for /readyz
 	if n.ctrl, err = control.New(ctx, monitored, seed, copts); err != nil {
 		return n, err
@@ -124,6 +133,12 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	if n.bpf != nil {
 		aopts.RuleCounts = n.ruleCounts
+	}
+	if n.links != nil {
+		aopts.Interfaces = func(ifname string) api.InterfaceState {
+			st := n.links.Status(ifname)
+			return api.InterfaceState{Ifindex: st.Ifindex, Attached: st.Attached}
+		}
 	}
 	n.handler = api.NewHandler(n.ctrl, aopts)
 	return n, nil
@@ -170,8 +185,9 @@ func (n *Node) openStore(ctx context.Context, cfg Config) (_ *model.State, err e
 	}
 }
 
-// enforce loads the current tables into the eBPF program and, unless cfg.NoAttach, attaches it to the
-// host interface of every ENI that has one.
+// enforce loads the current tables into the eBPF program and, unless cfg.NoAttach, starts following
+// the host interfaces: every ENI's hostInterface that exists is attached before New returns, the
+// others as soon as they appear.
 func (n *Node) enforce(ctx context.Context, cfg Config) error {
 	if n.bpf == nil {
 		return nil
@@ -182,39 +198,51 @@ func (n *Node) enforce(ctx context.Context, cfg Config) error {
 	if cfg.NoAttach {
 		return nil
 	}
-	s := n.ctrl.View().State
-	if cfg.HostNetns == "" {
-		return n.attachAll(ctx, s, cfg.HostNetns)
+	// The follower outlives New's context: it stops with Close.
+	fctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	links, err := hostif.Start(fctx, hostif.Config{Netns: cfg.HostNetns, Enforcer: n.bpf, Guard: cfg.Guard, Logger: n.log},
+		hostInterfaces(n.ctrl.View().State))
+	if err != nil {
+		stop()
+		return err
 	}
-	_, err := netns.Do(cfg.HostNetns, func() (struct{}, error) {
-		return struct{}{}, n.attachAll(ctx, s, cfg.HostNetns)
-	})
-	return err
+	n.links, n.stop = links, stop
+	attached := 0
+	for name := range hostInterfaces(n.ctrl.View().State) {
+		if links.Status(name).Attached {
+			attached++
+		}
+	}
+	n.log.Info("eBPF dataplane following host interfaces", "attached", attached, "netns", cfg.HostNetns, "guard", cfg.Guard)
+	return nil
 }
 
-// attachAll attaches the program to the hostInterface of every ENI of s that has one; a missing
-// interface stops the start, since an interface skipped now would never be filtered.
-func (n *Node) attachAll(ctx context.Context, s *model.State, hostNetns string) error {
-	where := "the daemon's network namespace"
-	if hostNetns != "" {
-		where = "network namespace " + hostNetns
+// follow hands the follower the host interfaces of a new committed state.
+func (n *Node) follow(ctx context.Context, v *control.View) error {
+	if n.links == nil {
+		return nil // still starting: enforce hands it the state
 	}
-	attached := 0
+	return n.links.Want(ctx, hostInterfaces(v.State))
+}
+
+// hostInterfaces maps every hostInterface of s to its ENI.
+func hostInterfaces(s *model.State) map[string]string {
+	out := map[string]string{}
 	for _, id := range s.ENIIDs() {
-		eni, _ := s.ENI(id)
-		if eni.HostInterface == "" {
-			continue
+		if eni, _ := s.ENI(id); eni.HostInterface != "" {
+			out[eni.HostInterface] = id
 		}
-		if _, err := net.InterfaceByName(eni.HostInterface); err != nil {
-			return fmt.Errorf("ENI %s: hostInterface %s does not exist in %s: %w", id, eni.HostInterface, where, err)
-		}
-		if err := n.bpf.Attach(ctx, eni.HostInterface, id); err != nil {
-			return fmt.Errorf("ENI %s: enforce on hostInterface %s: %w", id, eni.HostInterface, err)
-		}
-		attached++
 	}
-	n.log.Info("eBPF dataplane attached", "interfaces", attached, "netns", hostNetns)
-	return nil
+	return out
+}
+
+// Interface reports what the node knows of the host interface ifname; the zero State when it follows
+// none.
+func (n *Node) Interface(ifname string) hostif.State {
+	if n.links == nil {
+		return hostif.State{}
+	}
+	return n.links.Status(ifname)
 }
 
 // ruleCounts reads the kernel's per-rule counters of the tables this node published.
@@ -276,6 +304,10 @@ func (n *Node) Serve(ctx context.Context, listen string, ready func(addr string)
 // last tables until the next start adopts them.
 func (n *Node) Close() error {
 	var errs []error
+	if n.stop != nil {
+		n.stop()
+		<-n.links.Done()
+	}
 	if n.bpf != nil {
 		if err := n.bpf.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close eBPF dataplane: %w", err))

@@ -223,10 +223,6 @@ func TestEngineOptions(t *testing.T) {
 	require.ErrorContains(t, err, "needs a Decider")
 	_, err = replay.New(st, e, replay.Options{Engine: 9, Decider: decideFunc(nil)})
 	require.ErrorContains(t, err, "unknown")
-
-	r, _ := demoReplayer(t, replay.Options{Engine: replay.EngineCompare, Decider: decideFunc(nil)})
-	var res replay.Result
-	require.ErrorContains(t, r.DecideDecoded(0, 0, &res), "needs the packet's frame")
 }
 
 // TestDeciderSeesEthernet: every link type replay reads reaches the Decider as an Ethernet frame

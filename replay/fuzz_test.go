@@ -41,16 +41,3 @@ func FuzzParseExpectations(f *testing.F) {
 		}
 	})
 }
-
-// FuzzParseCall: any --apply value gives a call or an error quoting it.
-func FuzzParseCall(f *testing.F) {
-	f.Add("tencent:ModifySecurityGroupPolicy?sgId=sg-web")
-	f.Add("huawei:sg-web:add:eni-a,eni-b")
-	f.Add("tencent:A?%zz")
-	f.Fuzz(func(t *testing.T, s string) {
-		st, err := replay.ParseCall(s)
-		if err == nil && st.Tencent == nil && st.Huawei == nil {
-			t.Fatal("call without a dialect")
-		}
-	})
-}

@@ -1,7 +1,8 @@
 // Package replay decides captured packets the way the dataplane would: it maps each frame to the
 // managed ENIs it touches, checks it on the sender's egress and the receiver's ingress against one
 // table snapshot, tracks connections, and reports every verdict with the rule or reason behind it.
-// It also reads captures, checks expectations and runs scenarios and what-if comparisons.
+// It also reads captures and checks expectations; its caller gives it tables (scenarios and the what-if
+// diff, which need the write path, are package scenario).
 package replay
 
 import (
@@ -231,9 +232,9 @@ func ip4Key(a netip.Addr) uint32 {
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
-// shareFrom makes r use base's connection table, fragment memory and ENI numbering, so a forced
+// ShareFrom makes r use base's connection table, fragment memory and ENI numbering, so a forced
 // replayer and an unforced one decide the same flows.
-func (r *Replayer) shareFrom(base *Replayer) error {
+func (r *Replayer) ShareFrom(base *Replayer) error {
 	r.ct, r.frags = base.ct, base.frags
 	r.enis, r.byIP4, r.byIP6, r.byMAC = base.enis, base.byIP4, base.byIP6, base.byMAC
 	r.forced = -1
@@ -286,17 +287,6 @@ func (r *Replayer) Decide(index int, ts time.Duration, link int, frame []byte, r
 	if r.err != nil {
 		return fmt.Errorf("packet %d: %w", index, r.err)
 	}
-	return nil
-}
-
-// DecideDecoded decides res.Packet, already decoded (scenarios build packets without frames). Only the
-// Go engine decides without a frame.
-func (r *Replayer) DecideDecoded(index int, ts time.Duration, res *Result) error {
-	if r.opts.Engine != EngineGo {
-		return fmt.Errorf("packet %d: a Decider needs the packet's frame, not only its decoded fields", index)
-	}
-	r.eth = nil
-	r.decide(index, ts, res)
 	return nil
 }
 

@@ -75,8 +75,8 @@ func (m *Monitored) Commit(ctx context.Context, s *model.State, gen uint64) erro
 	switch {
 	case err == nil:
 		m.failure = nil
-	case errors.Is(err, ErrNonceUsed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		// The call's own refusal or its client's hang-up, not the store's failure.
+	case errors.Is(err, ErrConflict), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		// Another writer got there first, or the client hung up: not the store failing.
 	default:
 		m.failure, m.failedAt, m.probeErr = err, m.now(), nil
 	}

@@ -61,7 +61,7 @@ func TestMonitoredHealth(t *testing.T) {
 		{"a commit succeeds", nil, ""},
 		{"a full disk", enospc, "the last commit failed 0s ago: " + enospc.Error()},
 		{"an I/O error", errors.New("store: commit: input/output error"), "the last commit failed 0s ago: store: commit: input/output error"},
-		{"a replayed Nonce is the call's refusal", fmt.Errorf("store: %w: \"k\"", ErrNonceUsed), ""},
+		{"a conflicting commit is another writer, not the disk", fmt.Errorf("commit generation 3: %w", ErrConflict), ""},
 		{"a client that hung up", fmt.Errorf("store: %w", context.Canceled), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store/nonce"
 )
 
 // fixture writes a store that committed several generations and returns its bytes.
@@ -31,8 +32,7 @@ func fixture(t testing.TB) []byte {
 	for gen := uint64(1); gen <= 5; gen++ {
 		require.NoError(t, b.Commit(ctx, s, gen))
 	}
-	_, err = b.UseNonce(ctx, "AKID\x001", time.Now(), time.Hour)
-	require.NoError(t, err)
+	require.NoError(t, b.UseNonce(nonce.KeyOf("AKID", time.Now().Unix(), "1"), time.Now(), time.Hour)) // written by Close
 	require.NoError(t, b.Close())
 	data, err := os.ReadFile(path)
 	require.NoError(t, err)

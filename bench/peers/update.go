@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/api"
+	"github.com/sgsim/sgsim/client"
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/node"
@@ -425,7 +426,8 @@ func (p *Path) StartDaemon(ctx context.Context, dataDir string, rules []model.Ru
 // SignedModify is one signed ModifySecurityGroupPolicy call, ready to send once (its Nonce is spent then).
 type SignedModify struct {
 	rules int
-	body  string
+	call  *client.SignedCall
+	err   error // signing failed; Send reports it
 }
 
 // SignModify signs a call that replaces sg-bench's ingress rules with rules. Encoding and signing a
@@ -433,9 +435,7 @@ type SignedModify struct {
 // own process, so a benchmark signs its calls ahead and lets the collector clear them before it times
 // the daemon.
 func (d *Daemon) SignModify(rules []model.Rule) SignedModify {
-	d.nonce++
 	v := url.Values{}
-	v.Set("Action", api.ActModifyPolicy)
 	v.Set("sgId", BenchSG)
 	for i, r := range rules {
 		p := "ingress." + strconv.Itoa(i) + "."
@@ -445,12 +445,10 @@ func (d *Daemon) SignModify(rules []model.Rule) SignedModify {
 			}
 		}
 	}
-	v.Set("Nonce", strconv.Itoa(d.nonce))
-	v.Set("Timestamp", strconv.FormatInt(time.Now().Unix(), 10))
-	v.Set("SecretId", benchSecretID)
-	v.Set("SignatureMethod", "HmacSHA256")
-	api.Sign(http.MethodPost, d.host, v, d.secretKey)
-	return SignedModify{rules: len(rules), body: v.Encode()}
+	c := &client.Tencent{Endpoint: "http://" + d.host, SecretID: benchSecretID, SecretKey: d.secretKey,
+		Nonce: func() (int64, error) { d.nonce++; return int64(d.nonce), nil }}
+	call, err := c.Sign(api.ActModifyPolicy, v)
+	return SignedModify{rules: len(rules), call: call, err: err}
 }
 
 // Modify replaces sg-bench's ingress rules with one signed ModifySecurityGroupPolicy call.
@@ -461,11 +459,13 @@ func (d *Daemon) Modify(ctx context.Context, rules []model.Rule) (start, took ti
 // Send makes a signed call and returns its start (CLOCK_MONOTONIC) and duration, request sent to answer
 // read; the daemon answers after the new table is live.
 func (d *Daemon) Send(ctx context.Context, call SignedModify) (start, took time.Duration, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.url, strings.NewReader(call.body))
+	if call.err != nil {
+		return 0, 0, fmt.Errorf("modify %d rules: sign: %w", call.rules, call.err)
+	}
+	req, err := call.call.Request(ctx)
 	if err != nil {
 		return 0, 0, fmt.Errorf("modify %d rules: %w", call.rules, err)
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	start = monotonic()
 	resp, err := d.client.Do(req)
 	if err != nil {

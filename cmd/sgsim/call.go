@@ -1,24 +1,16 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"math/big"
 	"net/http"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/sgsim/sgsim/api"
+	"github.com/sgsim/sgsim/client"
 )
 
 func init() { extraCommands = append(extraCommands, newCallCmd) }
@@ -50,8 +42,7 @@ func newCallTencentCmd() *cobra.Command {
 			if id == "" || key == "" {
 				return errors.New("credentials: give --secret-id and --secret-key or set SGSIM_SECRET_ID and SGSIM_SECRET_KEY")
 			}
-			base, err := url.Parse(endpoint)
-			if err != nil || base.Host == "" {
+			if base, err := url.Parse(endpoint); err != nil || base.Host == "" {
 				return fmt.Errorf("--endpoint %q: not an http URL", endpoint)
 			}
 			params := url.Values{}
@@ -65,48 +56,20 @@ func newCallTencentCmd() *cobra.Command {
 			if params.Get("Action") == "" {
 				return errors.New("arguments: Action=… is required")
 			}
-			n, err := rand.Int(rand.Reader, big.NewInt(1<<31))
-			if err != nil {
-				return fmt.Errorf("nonce: %w", err)
+			c := &client.Tencent{Endpoint: endpoint, SecretID: id, SecretKey: key, Method: method,
+				SignatureMethod: sigMethod, Region: region}
+			resp, err := c.Call(cmd.Context(), "", params)
+			if resp != nil {
+				fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(string(resp.Body)))
 			}
-			params.Set("Nonce", n.String())
-			params.Set("Timestamp", strconv.FormatInt(time.Now().Unix(), 10))
-			params.Set("SecretId", id)
-			params.Set("SignatureMethod", sigMethod)
-			if params.Get("Region") == "" {
-				params.Set("Region", region)
+			if errors.Is(err, client.ErrNotEnvelope) {
+				return &exitError{code: 1, err: err}
 			}
-			method = strings.ToUpper(method)
-			api.Sign(method, base.Host, params, key)
-			u := *base
-			u.Path = api.TencentPath
-			var req *http.Request
-			if method == http.MethodGet {
-				u.RawQuery = params.Encode()
-				req, err = http.NewRequestWithContext(cmd.Context(), method, u.String(), nil)
-			} else {
-				req, err = http.NewRequestWithContext(cmd.Context(), method, u.String(), strings.NewReader(params.Encode()))
-				if req != nil {
-					req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-				}
-			}
-			if err != nil {
-				return fmt.Errorf("request: %w", err)
-			}
-			body, _, err := doCall(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(string(body)))
-			var env struct {
-				Code    *int   `json:"code"`
-				Message string `json:"message"`
-			}
-			if err := json.Unmarshal(body, &env); err != nil || env.Code == nil {
-				return &exitError{code: 1, err: fmt.Errorf("response is not a Tencent envelope: %.200s", body)}
-			}
-			if *env.Code != 0 {
-				return &exitError{code: 1, err: fmt.Errorf("code %d: %s", *env.Code, env.Message)}
+			if err := resp.Err(); err != nil {
+				return &exitError{code: 1, err: err}
 			}
 			return nil
 		},
@@ -139,37 +102,20 @@ func newCallHuaweiCmd() *cobra.Command {
 			if action != "add" && action != "remove" {
 				return fmt.Errorf("argument 1 %q: want add or remove", args[0])
 			}
-			body := api.HuaweiRequest{Action: action}
-			for _, p := range args[1:] {
-				body.Ports = append(body.Ports, api.HuaweiPort{ID: p})
+			c := &client.Huawei{Endpoint: endpoint, Token: tok, Project: project, APIVersion: version}
+			resp, err := c.PortAction(cmd.Context(), sg, action, args[1:])
+			if resp != nil {
+				fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(string(resp.Body)))
 			}
-			data, err := json.Marshal(body)
-			if err != nil {
-				return fmt.Errorf("encode body: %w", err)
-			}
-			u := strings.TrimRight(endpoint, "/") + "/" + version + "/" + url.PathEscape(project) + "/security-groups/" + url.PathEscape(sg) + "/instance/action"
-			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodPost, u, bytes.NewReader(data))
-			if err != nil {
-				return fmt.Errorf("request: %w", err)
-			}
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("X-Auth-Token", tok)
-			out, status, err := doCall(cmd.Context(), req)
-			if err != nil {
+			switch {
+			case resp != nil && resp.Status != http.StatusOK:
+				return &exitError{code: 1, err: fmt.Errorf("HTTP %d", resp.Status)}
+			case errors.Is(err, client.ErrNotHuaweiResult):
+				return &exitError{code: 1, err: err}
+			case err != nil:
 				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(string(out)))
-			var res struct {
-				Fail []json.RawMessage `json:"fail"`
-			}
-			if status != http.StatusOK {
-				return &exitError{code: 1, err: fmt.Errorf("HTTP %d", status)}
-			}
-			if err := json.Unmarshal(out, &res); err != nil {
-				return &exitError{code: 1, err: fmt.Errorf("response is not a Huawei result: %.200s", out)}
-			}
-			if len(res.Fail) > 0 {
-				return &exitError{code: 1, err: fmt.Errorf("%d port(s) failed", len(res.Fail))}
+			case len(resp.Fail) > 0:
+				return &exitError{code: 1, err: fmt.Errorf("%d port(s) failed", len(resp.Fail))}
 			}
 			return nil
 		},
@@ -181,18 +127,4 @@ func newCallHuaweiCmd() *cobra.Command {
 	f.StringVar(&token, "token", "", "X-Auth-Token (default $SGSIM_TOKEN)")
 	f.StringVar(&version, "api-version", "v2.0", "path prefix: v2.0 or v1")
 	return cmd
-}
-
-func doCall(ctx context.Context, req *http.Request) ([]byte, int, error) {
-	client := &http.Client{Timeout: 30 * time.Second}
-	resp, err := client.Do(req.WithContext(ctx))
-	if err != nil {
-		return nil, 0, fmt.Errorf("call %s: %w", req.URL.Redacted(), err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return nil, 0, fmt.Errorf("read response of %s: %w", req.URL.Redacted(), err)
-	}
-	return body, resp.StatusCode, nil
 }

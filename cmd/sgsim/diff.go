@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sgsim/sgsim/replay"
+	"github.com/sgsim/sgsim/scenario"
 )
 
 func init() { extraCommands = append(extraCommands, newDiffCmd) }
@@ -24,19 +24,19 @@ huawei:SGID:add|remove:PORT[,PORT…]. Calls go through the daemon's API code pa
 			if len(applies) == 0 {
 				return fmt.Errorf("give at least one --apply CALL")
 			}
-			calls := make([]replay.Step, len(applies))
+			calls := make([]scenario.Step, len(applies))
 			for i, a := range applies {
-				c, err := replay.ParseCall(a)
+				c, err := scenario.ParseCall(a)
 				if err != nil {
 					return fmt.Errorf("--apply: %w", err)
 				}
 				calls[i] = c
 			}
-			changes, err := replay.Diff(cmd.Context(), topo, pcaps, calls, stateless, cmd.ErrOrStderr())
+			changes, err := scenario.Diff(cmd.Context(), topo, pcaps, calls, stateless, cmd.ErrOrStderr())
 			if err != nil {
 				return fmt.Errorf("diff: %w", err)
 			}
-			replay.WriteDiff(cmd.OutOrStdout(), changes)
+			scenario.WriteDiff(cmd.OutOrStdout(), changes)
 			return nil
 		},
 	}

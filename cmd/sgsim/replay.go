@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,14 +10,13 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
-	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/replay"
+	"github.com/sgsim/sgsim/scenario"
 	"github.com/sgsim/sgsim/store"
 )
 
@@ -103,83 +101,9 @@ func replayEngine(tables map[string]*compiler.Tables) *dataplane.Engine {
 	return e
 }
 
-// parseReplayEngine reads --engine.
-func parseReplayEngine(s string) (replay.Engine, error) {
-	switch strings.ToLower(s) {
-	case "go":
-		return replay.EngineGo, nil
-	case "ebpf":
-		return replay.EngineDecider, nil
-	case "both":
-		return replay.EngineCompare, nil
-	}
-	return 0, fmt.Errorf("--engine %q: want go, ebpf or both", s)
-}
-
-// bpfDecider decides checks with the loaded eBPF program through BPF_PROG_TEST_RUN.
-type bpfDecider struct {
-	d       *bpf.Dataplane
-	maxData int
-	buf     []byte
-}
-
-func newBPFDecider(d *bpf.Dataplane) *bpfDecider {
-	// BPF_PROG_TEST_RUN takes an skb of at most a page less headroom (NET_SKB_PAD) and the shared
-	// info: 3712 bytes with 4 KiB pages, measured on kernel 6.18.
-	return &bpfDecider{d: d, maxData: os.Getpagesize() - 384}
-}
-
-func (b *bpfDecider) Decide(frame []byte, eni string, dir model.Direction) (replay.Decision, error) {
-	if len(frame) > b.maxData {
-		frame = b.trim(frame)
-	}
-	r, err := b.d.Run(frame, eni, dir)
-	if errors.Is(err, unix.EINVAL) {
-		// BPF_PROG_TEST_RUN refuses frames whose IP header is shorter than the minimum.
-		return replay.Decision{}, fmt.Errorf("%w: %w", replay.ErrRefused, err)
-	}
-	if err != nil {
-		return replay.Decision{}, err
-	}
-	return replay.Decision{Accept: r.Accept, Reason: r.Reason, Entry: r.Entry}, nil
-}
-
-// trim cuts an oversize frame (GRO/TSO captures, jumbo frames) to what BPF_PROG_TEST_RUN takes. Only
-// payload goes: the program reads headers. IPv4 tolerates a datagram longer than its frame; an IPv6
-// payload length that fitted the whole frame is shortened to fit the cut one, or the program would
-// call the cut frame malformed.
-func (b *bpfDecider) trim(frame []byte) []byte {
-	cut := append(b.buf[:0], frame[:b.maxData]...)
-	b.buf = cut
-	off, et := 14, binary.BigEndian.Uint16(cut[12:14])
-	for tags := 0; tags < 4 && (et == 0x8100 || et == 0x88a8 || et == 0x9100); tags++ {
-		et, off = binary.BigEndian.Uint16(cut[off+2:off+4]), off+4
-	}
-	if et == 0x86dd {
-		pl := int(binary.BigEndian.Uint16(cut[off+4 : off+6]))
-		if pl != 0 && off+40+pl <= len(frame) && off+40+pl > len(cut) {
-			binary.BigEndian.PutUint16(cut[off+4:off+6], uint16(len(cut)-off-40))
-		}
-	}
-	return cut
-}
-
-// loadBPFDecider loads the eBPF program with tables; the caller closes the Dataplane.
-func loadBPFDecider(ctx context.Context, engine string, tables map[string]*compiler.Tables) (*bpf.Dataplane, error) {
-	d, err := bpf.Load(bpf.Options{})
-	if err != nil {
-		return nil, fmt.Errorf("--engine %s needs root and a BPF-capable kernel: %w", engine, err)
-	}
-	if err := d.Publish(ctx, 1, tables, nil); err != nil {
-		d.Close()
-		return nil, fmt.Errorf("--engine %s: load the tables into the eBPF program: %w", engine, err)
-	}
-	return d, nil
-}
-
 func replayOptions(f replayFlags) (replay.Options, error) {
 	o := replay.Options{Stateless: f.stateless, ForceENI: f.eni}
-	eng, err := parseReplayEngine(f.engine)
+	eng, err := scenario.ParseEngine(f.engine)
 	if err != nil {
 		return o, err
 	}
@@ -216,12 +140,12 @@ func runReplay(ctx context.Context, stdout, stderr io.Writer, f replayFlags) err
 	}
 	tables := compiler.New(st).CompileAll()
 	if opts.Engine != replay.EngineGo {
-		d, err := loadBPFDecider(ctx, f.engine, tables)
+		d, err := scenario.LoadBPF(ctx, f.engine, tables)
 		if err != nil {
 			return err
 		}
 		defer d.Close()
-		opts.Decider = newBPFDecider(d)
+		opts.Decider = scenario.NewBPFDecider(d)
 	}
 	r, err := replay.New(st, replayEngine(tables), opts)
 	if err != nil {

@@ -6,21 +6,22 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sgsim/sgsim/replay"
+	"github.com/sgsim/sgsim/scenario"
 )
 
 func init() { extraCommands = append(extraCommands, newScenarioCmd) }
 
 func newScenarioCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "scenario FILE...",
+	var opts scenario.Options
+	cmd := &cobra.Command{
+		Use:   "scenario [--engine go|ebpf|both] FILE...",
 		Short: "Run end-to-end scenarios (YAML/JSON): a topology, API calls in either dialect, packets and assertions",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, files []string) error {
 			out := cmd.OutOrStdout()
 			var failed []string
 			for _, f := range files {
-				fails, err := replay.RunScenario(cmd.Context(), f, out)
+				fails, err := scenario.Run(cmd.Context(), f, out, opts)
 				if err != nil {
 					return fmt.Errorf("scenario: %w", err)
 				}
@@ -36,4 +37,8 @@ func newScenarioCmd() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&opts.Engine, "engine", "go", "what decides: go (the Go classifier), ebpf (the eBPF program through "+
+		"BPF_PROG_TEST_RUN; root and a BPF-capable kernel) or both (go's verdicts are asserted, every check also runs through "+
+		"ebpf and a disagreement is a failed assertion)")
+	return cmd
 }

@@ -2,19 +2,24 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/node"
 )
 
 // startTopology has one ENI without a host interface and, with %s filled, one with.
 const startTopology = `{
+  "adminTokens": ["lab-admin"],
   "accounts": [{"appId": "1"}],
   "securityGroups": [{"sgId": "sg-1", "appId": "1", "ingress": [{"action": "ACCEPT"}], "egress": []}],
   "networkInterfaces": [
@@ -50,17 +55,32 @@ func TestServeFlagErrors(t *testing.T) {
 	}
 }
 
-// TestServeMissingHostInterface: an ENI whose hostInterface does not exist stops the start with an error
-// naming the ENI, the interface and the namespace, and nothing is attached.
-func TestServeMissingHostInterface(t *testing.T) {
+// TestServeStartsBeforeItsInterfaces: an ENI whose hostInterface does not exist yet does not stop the
+// start (SPEC §8); its interface is attached once it appears.
+func TestServeStartsBeforeItsInterfaces(t *testing.T) {
 	requireKernel(t)
 	lab := newVMLab(t)
-	topo := writeTopology(t, `,
+	topo, err := os.ReadFile(writeTopology(t, `,
     {"networkInterfaceId": "eni-gone", "appId": "1", "privateIpAddresses": ["198.18.210.21"], "sgIds": ["sg-1"],
-     "hostInterface": "sgs-gone"}`)
-	err := runServe(context.Background(), serveOptions{Listen: "127.0.0.1:0", Config: node.Config{
-		DataDir: t.TempDir(), Topology: topo, Dataplane: dataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host}})
-	require.ErrorContains(t, err, "ENI eni-gone: hostInterface sgs-gone does not exist in network namespace "+lab.Host)
+     "hostInterface": "sgs-gone"}`))
+	require.NoError(t, err)
+	pin := pinDir(t)
+	d := startDaemon(t, lab, dataplaneEBPF, t.TempDir(), pin, string(topo))
+	lab.AddVM("eni-gone", "sgs-gone", "198.18.210.21")
+	ifindex, err := netns.Do(lab.Host, func() (int, error) {
+		ifc, err := net.InterfaceByName("sgs-gone")
+		if err != nil {
+			return 0, err
+		}
+		return ifc.Index, nil
+	})
+	require.NoError(t, err)
+	// The daemon pins the links it attaches.
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(pin, fmt.Sprintf("link-%d-ingress", ifindex)))
+		return err == nil
+	}, 2*time.Second, 5*time.Millisecond, "sgs-gone attached once it appeared")
+	require.NoError(t, d.stop())
 }
 
 // TestServeCheckByDataplane: /sgsim/v1/check is answered by the Go engine with go and both, and refused
@@ -76,8 +96,11 @@ func TestServeCheckByDataplane(t *testing.T) {
 	}{{dataplaneGo, http.StatusOK}, {dataplaneEBPF, http.StatusConflict}, {dataplaneBoth, http.StatusOK}} {
 		t.Run(tt.mode, func(t *testing.T) {
 			d := startDaemon(t, lab, tt.mode, t.TempDir(), pinDir(t), string(topo))
-			resp, err := http.Post(d.base+"/sgsim/v1/check", "application/json",
+			req, err := http.NewRequest(http.MethodPost, d.base+"/sgsim/v1/check",
 				strings.NewReader(`{"eni":"eni-plain","direction":"ingress","protocol":"tcp","remote":"198.18.210.9","port":22}`))
+			require.NoError(t, err)
+			req.Header.Set("Authorization", "Bearer lab-admin") // inspection needs a credential
+			resp, err := http.DefaultClient.Do(req)
 			require.NoError(t, err)
 			resp.Body.Close()
 			require.Equal(t, tt.status, resp.StatusCode)

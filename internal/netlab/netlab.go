@@ -98,3 +98,16 @@ func (l *Lab) EchoUDP(eni, addr string) {
 		}
 	}()
 }
+
+// RequireRoot skips the test unless it can make network namespaces (root and ip(8)); under
+// SGSIM_REQUIRE_KERNEL=1 (CI) it fails instead, since there the namespace tests must run.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("ip"); err == nil && os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("SGSIM_REQUIRE_KERNEL") == "1" {
+		t.Fatal("network namespace test needs root and ip(8)")
+	}
+	t.Skip("network namespace test needs root and ip(8)")
+}

@@ -227,7 +227,7 @@ func TestFrozenDisk(t *testing.T) {
 		start := time.Now()
 		r, err := d.call(ctx, a, "Action", api.ActDescribePolicy, "sgId", sg)
 		t.Logf("DescribeSecurityGroupPolicy on a frozen disk: %+v, err %v, after %s", r.Code, err, time.Since(start).Round(time.Millisecond))
-		require.NoError(t, err, "a read on a frozen disk got no answer (until reads stop recording their Nonce with a write of their own, issue 17 item 5, it waits behind the frozen commit)")
+		require.NoError(t, err, "a read on a frozen disk got no answer (store.Bolt.UseNonce takes Bolt.mu, which a Commit holds across its bbolt transaction)")
 		assert.Equal(t, 0, r.Code, r.Message)
 	})
 

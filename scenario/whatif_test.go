@@ -1,4 +1,4 @@
-package replay_test
+package scenario_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/sgsim/sgsim/replay"
+	"github.com/sgsim/sgsim/scenario"
 )
 
 func TestParseCall(t *testing.T) {
@@ -24,7 +24,7 @@ func TestParseCall(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
-			s, err := replay.ParseCall(tc.in)
+			s, err := scenario.ParseCall(tc.in)
 			if tc.err != "" {
 				require.ErrorContains(t, err, tc.err)
 				return
@@ -40,13 +40,13 @@ func TestDiffDemo(t *testing.T) {
 		"tencent:ModifySecurityGroupsOfNetworkInterface?networkInterfaceSet.0.networkInterfaceId=eni-web2&networkInterfaceSet.0.sgIds.0=sg-web&networkInterfaceSet.0.sgIds.1=sg-ssh",
 		"tencent:ModifySecurityGroupPolicy?sgId=sg-web&ingress.0.ipProtocol=tcp&ingress.0.portRange=443&ingress.0.action=ACCEPT&egress.0.action=ACCEPT",
 	}
-	var steps []replay.Step
+	var steps []scenario.Step
 	for _, c := range calls {
-		s, err := replay.ParseCall(c)
+		s, err := scenario.ParseCall(c)
 		require.NoError(t, err)
 		steps = append(steps, s)
 	}
-	changes, err := replay.Diff(context.Background(), filepath.Join("..", "testdata", "demo.json"),
+	changes, err := scenario.Diff(context.Background(), filepath.Join("..", "testdata", "demo.json"),
 		[]string{filepath.Join("..", "testdata", "pcaps", "demo.pcap")}, steps, false, &strings.Builder{})
 	require.NoError(t, err)
 	got := map[string]string{}
@@ -60,9 +60,9 @@ func TestDiffDemo(t *testing.T) {
 		"tcp [2001:db8:ff::7]:40600 > [2001:db8:1::10]:80": "ACCEPT (eni-web1 ingress ACCEPT sg-web rule 3) -> DROP (eni-web1 ingress DROP default-drop)",
 	}, got)
 
-	bad, err := replay.ParseCall("tencent:ModifySecurityGroupPolicy?sgId=sg-nope")
+	bad, err := scenario.ParseCall("tencent:ModifySecurityGroupPolicy?sgId=sg-nope")
 	require.NoError(t, err)
-	_, err = replay.Diff(context.Background(), filepath.Join("..", "testdata", "demo.json"),
-		[]string{filepath.Join("..", "testdata", "pcaps", "demo.pcap")}, []replay.Step{bad}, false, &strings.Builder{})
+	_, err = scenario.Diff(context.Background(), filepath.Join("..", "testdata", "demo.json"),
+		[]string{filepath.Join("..", "testdata", "pcaps", "demo.pcap")}, []scenario.Step{bad}, false, &strings.Builder{})
 	require.ErrorContains(t, err, "want code 0")
 }

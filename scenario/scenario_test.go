@@ -1,21 +1,25 @@
-package replay_test
+package scenario_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/sgsim/sgsim/replay"
+	"github.com/sgsim/sgsim/bpf"
+	"github.com/sgsim/sgsim/scenario"
 )
 
-// TestScenarios runs every scenario in testdata/scenarios: each encodes a SPEC §2/§3 case or a case
+// scenarioFiles lists every scenario in testdata/scenarios: each encodes a SPEC §2/§3 case or a case
 // ported from OpenStack Neutron's security group tests.
-func TestScenarios(t *testing.T) {
+func scenarioFiles(t *testing.T) []string {
+	t.Helper()
 	files, err := filepath.Glob(filepath.Join("..", "testdata", "scenarios", "*.yaml"))
 	require.NoError(t, err)
 	jsonFiles, err := filepath.Glob(filepath.Join("..", "testdata", "scenarios", "*.json"))
@@ -26,12 +30,45 @@ func TestScenarios(t *testing.T) {
 		}
 	}
 	require.GreaterOrEqual(t, len(files), 12)
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			var log strings.Builder
-			fails, err := replay.RunScenario(context.Background(), f, &log)
-			require.NoError(t, err, log.String())
-			assert.Empty(t, fails, log.String())
+	return files
+}
+
+// kernelOrSkip skips when this process cannot load BPF programs at all (not root, or a kernel without
+// the feature), and fails under SGSIM_REQUIRE_KERNEL=1; any other load error, a verifier rejection
+// included, fails.
+func kernelOrSkip(t *testing.T) {
+	t.Helper()
+	d, err := bpf.Load(bpf.Options{})
+	if err == nil {
+		require.NoError(t, d.Close())
+		return
+	}
+	if os.Geteuid() == 0 && !errors.Is(err, ebpf.ErrNotSupported) {
+		t.Fatalf("load the BPF program: %v", err)
+	}
+	if os.Getenv("SGSIM_REQUIRE_KERNEL") == "1" {
+		t.Fatalf("load the BPF program: %v", err)
+	}
+	t.Skipf("cannot load the BPF program here: %v", err)
+}
+
+// TestScenarios runs every scenario under each engine: the Go classifier, the eBPF program alone, and
+// both compared check by check (a disagreement fails the scenario).
+func TestScenarios(t *testing.T) {
+	files := scenarioFiles(t)
+	for _, engine := range []string{"go", "ebpf", "both"} {
+		t.Run(engine, func(t *testing.T) {
+			if engine != "go" {
+				kernelOrSkip(t)
+			}
+			for _, f := range files {
+				t.Run(filepath.Base(f), func(t *testing.T) {
+					var log strings.Builder
+					fails, err := scenario.Run(context.Background(), f, &log, scenario.Options{Engine: engine})
+					require.NoError(t, err, log.String())
+					assert.Empty(t, fails, log.String())
+				})
+			}
 		})
 	}
 }
@@ -52,7 +89,7 @@ func TestScenarioErrors(t *testing.T) {
 			p := filepath.Join(dir, "s.yaml")
 			body := strings.ReplaceAll(tc.body, "../../main/testdata/scenarios/lab.json", lab)
 			require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
-			_, err := replay.RunScenario(context.Background(), p, &strings.Builder{})
+			_, err := scenario.Run(context.Background(), p, &strings.Builder{}, scenario.Options{})
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
 			assert.Contains(t, err.Error(), p)
@@ -69,7 +106,7 @@ steps:
   - packets: [{proto: tcp, src: 198.19.0.1, sport: 1, dst: 198.18.1.10, dport: 22, expect: ACCEPT}]
   - tencent: {action: ModifySecurityGroupPolicy, params: {sgId: sg-nope}}
 `), 0o600))
-	fails, err := replay.RunScenario(context.Background(), p, &strings.Builder{})
+	fails, err := scenario.Run(context.Background(), p, &strings.Builder{}, scenario.Options{})
 	require.NoError(t, err)
 	require.Len(t, fails, 2)
 	assert.Contains(t, fails[0], "want ACCEPT, got DROP")

@@ -1,13 +1,16 @@
-package replay
+package scenario
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/sgsim/sgsim/replay"
 )
 
 // ParseCall reads one what-if API call:
@@ -50,26 +53,30 @@ func ParseCall(s string) (Step, error) {
 // FlowChange is a flow whose verdict differs after the calls, with what decided on each side.
 type FlowChange struct {
 	Flow                 string
-	Before, After        Verdict
+	Before, After        replay.Verdict
 	BeforeBy, AfterBy    string
 	Packets, FirstPacket int
 }
 
 type decision struct {
-	verdict Verdict
+	verdict replay.Verdict
 	by      int32 // interned "decided by" text
 }
 
 // Diff replays pcaps against the topology, applies calls through the daemon's API code path, replays
 // again with fresh connection tracking, and returns every flow whose verdict changed. An API call that
 // fails is an error: the what-if would be meaningless.
-func Diff(ctx context.Context, topology string, pcaps []string, calls []Step, stateless bool, log io.Writer) ([]FlowChange, error) {
-	name, _ := json.Marshal(topology)
-	sr := &ScenarioRun{path: "diff", dir: ".", out: log, forced: map[string]*Replayer{},
+func Diff(ctx context.Context, topology string, pcaps []string, calls []Step, stateless bool, log io.Writer) (_ []FlowChange, err error) {
+	name, err := json.Marshal(topology)
+	if err != nil {
+		return nil, fmt.Errorf("topology %q: %w", topology, err)
+	}
+	sr := &run{path: "diff", dir: ".", out: log, forced: map[string]*replay.Replayer{},
 		s: &Scenario{Topology: name, Stateless: stateless}}
 	if err := sr.setup(ctx); err != nil {
 		return nil, err
 	}
+	defer func() { err = errors.Join(err, sr.close()) }()
 	texts := map[string]int32{}
 	var textList []string
 	intern := func(s string) int32 {
@@ -80,15 +87,11 @@ func Diff(ctx context.Context, topology string, pcaps []string, calls []Step, st
 		textList = append(textList, s)
 		return texts[s]
 	}
-	record := func(r *Replayer, into *[]decision, flows *[]string) func(*Result) {
-		return func(res *Result) {
-			by := make([]string, res.NChecks)
-			for i := 0; i < res.NChecks; i++ {
-				by[i] = CheckString(r, &res.Checks[i])
-			}
-			*into = append(*into, decision{verdict: res.Verdict, by: intern(strings.Join(by, "; "))})
+	record := func(r *replay.Replayer, into *[]decision, flows *[]string) func(*replay.Result) {
+		return func(res *replay.Result) {
+			*into = append(*into, decision{verdict: res.Verdict, by: intern(checks(r, res))})
 			if flows != nil {
-				f := FlowString(&res.Packet)
+				f := replay.FlowString(&res.Packet)
 				// Fragments belong to their flow.
 				f = strings.TrimSuffix(strings.TrimSuffix(f, " [fragment]"), " [first fragment]")
 				*flows = append(*flows, f)
@@ -97,7 +100,7 @@ func Diff(ctx context.Context, topology string, pcaps []string, calls []Step, st
 	}
 	var before, after []decision
 	var flows []string
-	if _, err := Run(ctx, sr.r, RunConfig{Pcaps: pcaps, OnResult: record(sr.r, &before, &flows)}); err != nil {
+	if _, err := replay.Run(ctx, sr.r, replay.RunConfig{Pcaps: pcaps, OnResult: record(sr.r, &before, &flows)}); err != nil {
 		return nil, err
 	}
 	for i := range calls {
@@ -109,16 +112,16 @@ func Diff(ctx context.Context, topology string, pcaps []string, calls []Step, st
 			return nil, fmt.Errorf("%s", strings.Join(sr.fails, "; "))
 		}
 	}
-	r2, err := New(sr.state, sr.ctrl.Engine(), Options{Stateless: stateless})
+	r2, err := replay.New(sr.state, sr.ctrl.Engine(), replay.Options{Stateless: stateless})
 	if err != nil {
 		return nil, err
 	}
-	if _, err := Run(ctx, r2, RunConfig{Pcaps: pcaps, OnResult: record(r2, &after, nil)}); err != nil {
+	if _, err := replay.Run(ctx, r2, replay.RunConfig{Pcaps: pcaps, OnResult: record(r2, &after, nil)}); err != nil {
 		return nil, err
 	}
 	type key struct {
 		flow     string
-		b, a     Verdict
+		b, a     replay.Verdict
 		bBy, aBy int32
 	}
 	changes := map[key]*FlowChange{}

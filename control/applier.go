@@ -1,0 +1,221 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+)
+
+// Applier is the enforcing half of the write path: given the state in force and the next one, it
+// recompiles the ENIs compiler.Affected names and puts them in force on every dataplane. It knows
+// nothing of API operations or of the store, so a fleet agent that only watches committed states can
+// run it. Its writing methods (AddDataplane, Prepare and what a Prepared does, Apply) must not run
+// concurrently: the Controller's lock, or an agent's one watch loop, serialises them; View never waits.
+type Applier struct {
+	log     *slog.Logger
+	engine  *dataplane.Engine
+	dps     []Dataplane
+	cur     atomic.Pointer[View]
+	timings *Timings
+}
+
+// ApplierOptions configure an Applier; the zero value means defaults.
+type ApplierOptions struct {
+	Factory  dataplane.MatcherFactory // matcher of the built-in engine; nil = dataplane.LinearFactory
+	Logger   *slog.Logger             // nil = slog.Default()
+	NoEngine bool                     // keep no built-in Go engine (see Options.NoEngine)
+}
+
+// NewApplier compiles every ENI of s (committed as generation gen) and publishes it in the built-in
+// engine, which then already answers lookups.
+func NewApplier(s *model.State, gen uint64, opts ApplierOptions) *Applier {
+	a := &Applier{log: opts.Logger, timings: newTimings()}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	start := time.Now()
+	v := &View{State: s, Generation: gen, Tables: compiler.New(s).CompileAll(), Index: compiler.NewIndex(s)}
+	since(a.timings.Apply, start)
+	a.cur.Store(v)
+	if !opts.NoEngine {
+		factory := opts.Factory
+		if factory == nil {
+			factory = dataplane.LinearFactory
+		}
+		a.engine = dataplane.NewEngine(factory)
+		a.engine.Publish(gen, v.Tables, nil)
+		a.dps = []Dataplane{EngineDataplane{a.engine}}
+	}
+	return a
+}
+
+// Timings returns the latency histograms of the changes this Applier puts in force.
+func (a *Applier) Timings() *Timings { return a.timings }
+
+// View returns the version in force.
+func (a *Applier) View() *View { return a.cur.Load() }
+
+// Engine returns the built-in Go engine; nil with NoEngine.
+func (a *Applier) Engine() *dataplane.Engine { return a.engine }
+
+// AddDataplane loads every current table into dp and then keeps it in step with every change.
+func (a *Applier) AddDataplane(ctx context.Context, dp Dataplane) error {
+	v := a.cur.Load()
+	st, err := dp.Stage(ctx, v.Generation, v.Tables, nil)
+	if err != nil {
+		return fmt.Errorf("control: load dataplane: %w", err)
+	}
+	if err := st.Switch(); err != nil {
+		return fmt.Errorf("control: load dataplane: %w", err)
+	}
+	a.dps = append(a.dps, dp)
+	return nil
+}
+
+// Apply puts next, committed as generation gen, in force: Prepare, Stage and Switch in one go.
+func (a *Applier) Apply(ctx context.Context, next *model.State, gen uint64) error {
+	p, err := a.Prepare(next, gen)
+	if err != nil {
+		return err
+	}
+	p.Stage(ctx)
+	return p.Switch()
+}
+
+// Prepared is a change compiled but not yet in force. Stage it, then Switch it once it is durable, or
+// Discard it.
+type Prepared struct {
+	a       *Applier
+	start   time.Time
+	next    *View
+	changed map[string]*compiler.Tables
+	removed []string
+	staged  []dataplane.Staged
+	errs    []error // per dataplane, its Stage error
+}
+
+// Prepare compiles the tables of the ENIs that differ between the state in force and next. An error
+// is a compiler bug; nothing changed.
+func (a *Applier) Prepare(next *model.State, gen uint64) (*Prepared, error) {
+	old := a.cur.Load()
+	p := &Prepared{a: a, start: time.Now()}
+	var present []string
+	for _, id := range compiler.Affected(old.State, next) {
+		if _, ok := next.ENI(id); ok {
+			present = append(present, id)
+		} else {
+			p.removed = append(p.removed, id)
+		}
+	}
+	changed, err := compileAffected(next, present)
+	since(a.timings.Compile, p.start)
+	if err != nil {
+		return nil, fmt.Errorf("control: generation %d: %w", gen, err)
+	}
+	p.changed = changed
+	tables := make(map[string]*compiler.Tables, len(old.Tables)+len(changed))
+	for id, t := range old.Tables {
+		tables[id] = t
+	}
+	for _, id := range p.removed {
+		delete(tables, id)
+	}
+	for id, t := range changed {
+		tables[id] = t
+	}
+	p.next = &View{State: next, Generation: gen, Tables: tables, Index: old.Index.Next(old.State, next)}
+	return p, nil
+}
+
+// Stage builds the change in every dataplane at once, beside what packets see: each builds its own
+// lookup structures (the Go engine and the eBPF program both build a classifier per table), so with
+// several they overlap instead of adding up. A dataplane's failure is kept for Switch to report.
+func (p *Prepared) Stage(ctx context.Context) {
+	defer since(p.a.timings.Stage, time.Now())
+	dps := p.a.dps
+	p.staged = make([]dataplane.Staged, len(dps))
+	p.errs = make([]error, len(dps))
+	var wg sync.WaitGroup
+	for i, dp := range dps {
+		wg.Go(func() { p.staged[i], p.errs[i] = dp.Stage(ctx, p.next.Generation, p.changed, p.removed) })
+	}
+	wg.Wait()
+}
+
+// Discard drops what Stage built; nothing changed.
+func (p *Prepared) Discard() {
+	for _, st := range p.staged {
+		if st != nil {
+			st.Discard()
+		}
+	}
+}
+
+// Switch makes the change the version in force and switches it in on every dataplane, all at once. An
+// error names the dataplanes that are now out of step (the change stays in force where it got).
+func (p *Prepared) Switch() error {
+	switchStart := time.Now()
+	p.a.cur.Store(p.next)
+	errs := slices.Clone(p.errs)
+	switched := make([]error, len(p.staged))
+	var wg sync.WaitGroup
+	for i, st := range p.staged {
+		if st != nil {
+			wg.Go(func() { switched[i] = st.Switch() })
+		}
+	}
+	wg.Wait()
+	errs = append(errs, switched...)
+	since(p.a.timings.Switch, switchStart)
+	since(p.a.timings.Apply, p.start)
+	p.a.log.Debug("applied", "generation", p.next.Generation, "recompiled", len(p.changed), "removed", len(p.removed))
+	if err := errors.Join(errs...); err != nil {
+		p.a.log.Error("publish failed", "generation", p.next.Generation, "err", err)
+		return fmt.Errorf("publish failed: %w", err)
+	}
+	return nil
+}
+
+// compileAffected compiles the tables of the listed ENIs of s. ENIs with the same ordered SG list
+// have the same rows: each list is compiled once and its (immutable) entries shared, so a rule change
+// of an SG used by many ENIs costs one compile.
+func compileAffected(s *model.State, affected []string) (map[string]*compiler.Tables, error) {
+	comp := compiler.New(s)
+	changed := make(map[string]*compiler.Tables, len(affected))
+	byList := map[string]*compiler.Tables{}
+	for _, id := range affected {
+		eni, ok := s.ENI(id)
+		if !ok {
+			continue
+		}
+		key := strings.Join(eni.SgIDs, "\x00")
+		if t, ok := byList[key]; ok {
+			changed[id] = &compiler.Tables{ENI: id, Ingress: retarget(t.Ingress, id), Egress: retarget(t.Egress, id)}
+			continue
+		}
+		t, err := comp.Compile(id)
+		if err != nil {
+			return nil, fmt.Errorf("compile %s: %w", id, err)
+		}
+		byList[key] = t
+		changed[id] = t
+	}
+	return changed, nil
+}
+
+// retarget returns t's rows under another ENI's name.
+func retarget(t *compiler.Table, eni string) *compiler.Table {
+	c := *t
+	c.ENI = eni
+	return &c
+}

@@ -1,0 +1,89 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/sgsim/sgsim/model"
+)
+
+// PutENI creates or replaces the ENI n (SPEC §8): checked as a topology ENI is, against the API limits
+// (SGs per ENI, ENIs per SG), with SGs that exist and belong to its account and private IPs no other
+// ENI holds (model.CodeConflict). It returns a nil next state when n is what is stored already.
+func (w *Writer) PutENI(s *model.State, n model.NetworkInterface) (*model.State, error) {
+	if len(n.SgIDs) > w.limits.SGsPerENI {
+		return nil, apiErr(model.CodeBadParameter, "sgIds", "", fmt.Sprintf("%d security groups, at most %d allowed per network interface", len(n.SgIDs), w.limits.SGsPerENI))
+	}
+	old, existed := s.ENI(n.NetworkInterfaceID)
+	if existed && old.AppID != n.AppID {
+		return nil, apiErr(model.CodeNotOwner, "appId", n.AppID, "network interface "+n.NetworkInterfaceID+" belongs to another account")
+	}
+	if max := w.limits.ENIsPerHost; !existed && max > 0 && len(s.ENIIDs()) >= max {
+		return nil, apiErr(model.CodeConflict, "networkInterfaceId", n.NetworkInterfaceID,
+			fmt.Sprintf("this host enforces at most %d network interfaces and holds %d: delete one first", max, len(s.ENIIDs())))
+	}
+	b := s.Edit()
+	if err := b.PutENI(n); err != nil {
+		return nil, err
+	}
+	next := b.State()
+	if existed && sameENI(old, mustENI(next, n.NetworkInterfaceID)) {
+		return nil, nil
+	}
+	touched := map[string]bool{}
+	for _, id := range n.SgIDs {
+		if !existed || !slices.Contains(old.SgIDs, id) {
+			touched[id] = true
+		}
+	}
+	if err := w.checkENIsPerSG(next, touched); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// DeleteENI removes the ENI id; every rule naming one of its SGs stops matching its addresses.
+func (w *Writer) DeleteENI(s *model.State, id string) (*model.State, error) {
+	b := s.Edit()
+	if err := b.DeleteENI(id); err != nil {
+		return nil, err
+	}
+	return b.State(), nil
+}
+
+func mustENI(s *model.State, id string) *model.NetworkInterface { n, _ := s.ENI(id); return n }
+
+// sameENI tells whether two versions of an ENI are the same to everything that reads them.
+func sameENI(a, b *model.NetworkInterface) bool {
+	return a.AppID == b.AppID && a.MacAddress == b.MacAddress && a.HostInterface == b.HostInterface && a.Host == b.Host &&
+		slices.Equal(a.PrivateIPAddresses, b.PrivateIPAddresses) && slices.Equal(a.SgIDs, b.SgIDs)
+}
+
+// PutENI creates or replaces an ENI and returns it as stored, once it is durable and in force.
+func (c *Controller) PutENI(ctx context.Context, n model.NetworkInterface) (*model.NetworkInterface, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	next, err := c.writer.PutENI(c.View().State, n)
+	if err != nil {
+		return nil, err
+	}
+	if next == nil {
+		return mustENI(c.View().State, n.NetworkInterfaceID), nil
+	}
+	if err := c.apply(ctx, next); err != nil {
+		return nil, err
+	}
+	return mustENI(next, n.NetworkInterfaceID), nil
+}
+
+// DeleteENI deletes an ENI once its removal is durable and its tables are gone from every dataplane.
+func (c *Controller) DeleteENI(ctx context.Context, id string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	next, err := c.writer.DeleteENI(c.View().State, id)
+	if err != nil {
+		return err
+	}
+	return c.apply(ctx, next)
+}

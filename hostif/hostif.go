@@ -1,0 +1,320 @@
+// Package hostif keeps the dataplane attached to the host interfaces the ENIs name, following the
+// kernel's link events: an interface is attached when it appears, re-attached when it is re-created or
+// renamed to a wanted name, detached when no ENI wants it any more, forgotten when it goes, and an
+// unclaimed interface whose name matches a guard pattern gets the drop-everything program at once.
+// Nothing polls: one netlink subscription (with the initial list on the same socket, so no event falls
+// between list and subscribe) drives everything.
+package hostif
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/sgsim/sgsim/internal/netns"
+)
+
+// Enforcer puts programs on interfaces; the eBPF dataplane implements it. Every call is made from the
+// followed namespace, one at a time.
+type Enforcer interface {
+	// Attach enforces eni's tables on ifname, replacing whatever program is there.
+	Attach(ctx context.Context, ifname, eni string) error
+	// Guard puts the drop-everything program on ifname, which no ENI claims.
+	Guard(ctx context.Context, ifname string) error
+	// Detach removes the program from ifname, which still exists.
+	Detach(ifname string) error
+	// Forget releases what the dataplane held for an interface that is gone (its pins, its binding).
+	Forget(ifindex int) error
+}
+
+// Config says what to follow.
+type Config struct {
+	// Netns is the namespace (ip netns name or path) holding the host interfaces; "" = ours.
+	Netns    string
+	Enforcer Enforcer
+	// Guard holds path.Match patterns; an unclaimed interface whose name matches one is guarded.
+	Guard  []string
+	Logger *slog.Logger
+}
+
+// State is what the follower knows of one wanted interface.
+type State struct {
+	Ifindex  int  // 0 while the interface does not exist
+	Attached bool // the ENI's tables are enforced on it now
+	Err      error
+}
+
+// Follower follows one namespace's links. Its methods are safe for concurrent use.
+type Follower struct {
+	cfg  Config
+	log  *slog.Logger
+	reqs chan request
+	done chan struct{}
+
+	mu     sync.Mutex // guards status, read by Status without waiting for the loop
+	status map[string]State
+}
+
+// request is a change of the wanted set, answered once the loop has reconciled it.
+type request struct {
+	want  map[string]string // ifname → ENI
+	reply chan struct{}
+}
+
+// on is what the loop puts on one interface.
+type on struct {
+	ifindex int
+	eni     string // "" = the guard
+}
+
+// Start subscribes to cfg.Netns's link events, attaches every interface of want (ifname → ENI) that
+// exists and guards the unclaimed ones, then follows the kernel until ctx is done.
+func Start(ctx context.Context, cfg Config, want map[string]string) (*Follower, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	for _, g := range cfg.Guard {
+		if _, err := path.Match(g, ""); err != nil {
+			return nil, fmt.Errorf("--guard %q: %w", g, err)
+		}
+	}
+	updates := make(chan netlink.LinkUpdate, 256)
+	done := make(chan struct{})
+	subErr := make(chan error, 1)
+	subscribe := func() (struct{}, error) {
+		return struct{}{}, netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
+			ListExisting:  true,
+			ErrorCallback: func(err error) { nonBlockingSend(subErr, err) },
+		})
+	}
+	var err error
+	if cfg.Netns == "" {
+		_, err = subscribe()
+	} else {
+		_, err = netns.Do(cfg.Netns, subscribe)
+	}
+	if err != nil {
+		close(done)
+		return nil, fmt.Errorf("subscribe to link events: %w", err)
+	}
+	f := &Follower{cfg: cfg, log: cfg.Logger, reqs: make(chan request), done: make(chan struct{}), status: map[string]State{}}
+	l := &loop{f: f, want: map[string]string{}, links: map[string]int{}, on: map[string]on{}}
+	// The initial list is read synchronously, so Start returns with every existing interface handled;
+	// the same links arrive again from the subscription's dump and change nothing.
+	links, err := f.list()
+	if err != nil {
+		close(done)
+		return nil, err
+	}
+	for _, lk := range links {
+		l.links[lk.Attrs().Name] = lk.Attrs().Index
+	}
+	l.setWant(ctx, want)
+	go func() {
+		defer close(f.done)
+		defer close(done)
+		l.run(ctx, updates, subErr)
+	}()
+	return f, nil
+}
+
+func nonBlockingSend(ch chan error, err error) {
+	select {
+	case ch <- err:
+	default:
+	}
+}
+
+// list reads the namespace's links.
+func (f *Follower) list() ([]netlink.Link, error) {
+	if f.cfg.Netns == "" {
+		return netlink.LinkList()
+	}
+	return netns.Do(f.cfg.Netns, netlink.LinkList)
+}
+
+// Want replaces the wanted set (ifname → ENI) and returns once every wanted interface that exists is
+// attached (or failed to attach: see Status) and every interface no longer wanted is detached.
+func (f *Follower) Want(ctx context.Context, want map[string]string) error {
+	r := request{want: want, reply: make(chan struct{})}
+	select {
+	case f.reqs <- r:
+	case <-f.done:
+		return errors.New("hostif: the follower has stopped")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-r.reply:
+		return nil
+	case <-f.done:
+		return errors.New("hostif: the follower has stopped")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Status reports what the follower knows of the wanted interface ifname.
+func (f *Follower) Status(ifname string) State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.status[ifname]
+}
+
+// Done is closed once the follower has stopped (its context ended or the subscription failed).
+func (f *Follower) Done() <-chan struct{} { return f.done }
+
+// loop is the follower's state, owned by its one goroutine.
+type loop struct {
+	f     *Follower
+	want  map[string]string // ifname → ENI
+	links map[string]int    // ifname → ifindex of the interfaces that exist
+	on    map[string]on     // ifname → what this loop put on it
+}
+
+func (l *loop) run(ctx context.Context, updates <-chan netlink.LinkUpdate, subErr <-chan error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-subErr:
+			l.f.log.Error("link events", "err", err)
+			if !errors.Is(err, netlink.ErrDumpInterrupted) {
+				return
+			}
+		case r := <-l.f.reqs:
+			l.setWant(ctx, r.want)
+			close(r.reply)
+		case u, ok := <-updates:
+			if !ok {
+				l.f.log.Error("link events: subscription closed")
+				return
+			}
+			l.update(ctx, u)
+		}
+	}
+}
+
+// update applies one link event: the names it adds or removes are reconciled.
+func (l *loop) update(ctx context.Context, u netlink.LinkUpdate) {
+	name, idx := u.Attrs().Name, u.Attrs().Index
+	if u.Header.Type == unix.RTM_DELLINK {
+		if l.links[name] == idx {
+			delete(l.links, name)
+		}
+		l.gone(name, idx)
+		l.reconcile(ctx, name)
+		return
+	}
+	// A rename keeps the index: the old name no longer exists, and what was put on the device moves
+	// with it, to be kept, replaced or removed under its new name.
+	for old, i := range l.links {
+		if i == idx && old != name {
+			delete(l.links, old)
+			if o, ok := l.on[old]; ok && o.ifindex == idx {
+				delete(l.on, old)
+				l.on[name] = o
+			}
+			l.reconcile(ctx, old)
+		}
+	}
+	l.links[name] = idx
+	l.reconcile(ctx, name)
+}
+
+// gone forgets what was put on an interface that no longer exists.
+func (l *loop) gone(name string, idx int) {
+	if o, ok := l.on[name]; ok && o.ifindex == idx {
+		delete(l.on, name)
+		if err := l.enforce(func(e Enforcer) error { return e.Forget(idx) }); err != nil {
+			l.f.log.Warn("forget a removed interface", "interface", name, "ifindex", idx, "err", err)
+		}
+	}
+}
+
+func (l *loop) setWant(ctx context.Context, want map[string]string) {
+	old := l.want
+	l.want = make(map[string]string, len(want))
+	for k, v := range want {
+		l.want[k] = v
+	}
+	for name := range old {
+		if _, still := l.want[name]; !still {
+			l.reconcile(ctx, name)
+			l.f.mu.Lock()
+			delete(l.f.status, name)
+			l.f.mu.Unlock()
+		}
+	}
+	for name := range l.want {
+		l.reconcile(ctx, name)
+	}
+}
+
+// reconcile makes what is on ifname what should be: the wanted ENI's tables, the guard, or nothing.
+func (l *loop) reconcile(ctx context.Context, name string) {
+	idx, exists := l.links[name]
+	cur, has := l.on[name]
+	if has && cur.ifindex != idx {
+		// Re-created under the same name (a new index), or renamed away: what was put on the old
+		// device is no longer ours to manage by this name.
+		delete(l.on, name)
+		has = false
+	}
+	eni, wanted := l.want[name]
+	var err error
+	switch {
+	case !exists:
+	case wanted && (!has || cur.eni != eni):
+		err = l.enforce(func(e Enforcer) error { return e.Attach(ctx, name, eni) })
+		if err == nil {
+			l.on[name] = on{ifindex: idx, eni: eni}
+			l.f.log.Info("attached", "interface", name, "eni", eni, "ifindex", idx)
+		}
+	case !wanted && l.guarded(name) && (!has || cur.eni != ""):
+		err = l.enforce(func(e Enforcer) error { return e.Guard(ctx, name) })
+		if err == nil {
+			l.on[name] = on{ifindex: idx}
+			l.f.log.Info("guarded", "interface", name, "ifindex", idx)
+		}
+	case !wanted && !l.guarded(name) && has:
+		err = l.enforce(func(e Enforcer) error { return e.Detach(name) })
+		if err == nil {
+			delete(l.on, name)
+			l.f.log.Info("detached", "interface", name, "ifindex", idx)
+		}
+	}
+	if err != nil {
+		l.f.log.Error("enforce on a host interface", "interface", name, "eni", eni, "err", err)
+	}
+	if wanted {
+		o, attached := l.on[name]
+		l.f.mu.Lock()
+		l.f.status[name] = State{Ifindex: idx, Attached: attached && exists && o.eni == eni, Err: err}
+		l.f.mu.Unlock()
+	}
+}
+
+func (l *loop) guarded(name string) bool {
+	for _, g := range l.f.cfg.Guard {
+		if ok, _ := path.Match(g, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// enforce runs fn in the followed namespace.
+func (l *loop) enforce(fn func(Enforcer) error) error {
+	if l.f.cfg.Netns == "" {
+		return fn(l.f.cfg.Enforcer)
+	}
+	_, err := netns.Do(l.f.cfg.Netns, func() (struct{}, error) { return struct{}{}, fn(l.f.cfg.Enforcer) })
+	return err
+}

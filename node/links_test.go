@@ -1,0 +1,145 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/bpf"
+	"github.com/sgsim/sgsim/internal/netlab"
+	"github.com/sgsim/sgsim/internal/netns"
+	"github.com/sgsim/sgsim/model"
+)
+
+// requireKernel skips (or, under SGSIM_REQUIRE_KERNEL=1, fails) unless this test can make namespaces
+// and load the program.
+func requireKernel(t *testing.T) {
+	t.Helper()
+	netlab.RequireRoot(t)
+	d, err := bpf.Load(bpf.Options{})
+	if err != nil {
+		if os.Getenv("SGSIM_REQUIRE_KERNEL") == "1" {
+			t.Fatalf("load BPF program: %v", err)
+		}
+		t.Skipf("kernel cannot load the BPF program: %v", err)
+	}
+	require.NoError(t, d.Close())
+}
+
+// pinDir is a bpffs directory of this test, removed when it ends.
+func pinDir(t *testing.T) string {
+	pin := fmt.Sprintf("%s-test-%d-%s", bpf.DefaultPinPath, os.Getpid(), strings.ToLower(t.Name()))
+	t.Cleanup(func() { _ = os.RemoveAll(pin) })
+	return pin
+}
+
+// linksTopology: eni-srv (198.18.211.1) accepts tcp/8080 from anyone and tcp/7070 from members of
+// sg-late only; members of sg-late may send tcp/8080 and tcp/7070 and nothing else.
+const linksTopology = `{
+  "accounts": [{"appId": "1"}],
+  "securityGroups": [
+    {"sgId": "sg-srv", "appId": "1", "ingress": [
+       {"ipProtocol": "tcp", "portRange": "8080", "action": "ACCEPT"},
+       {"ipProtocol": "tcp", "portRange": "9090", "action": "ACCEPT"},
+       {"ipProtocol": "tcp", "portRange": "7070", "sgId": "sg-late", "action": "ACCEPT"}], "egress": []},
+    {"sgId": "sg-late", "appId": "1", "ingress": [], "egress": [
+       {"ipProtocol": "tcp", "portRange": "8080", "action": "ACCEPT"},
+       {"ipProtocol": "tcp", "portRange": "7070", "action": "ACCEPT"}]}
+  ],
+  "networkInterfaces": [
+    {"networkInterfaceId": "eni-srv", "appId": "1", "privateIpAddresses": ["198.18.211.1"],
+     "sgIds": ["sg-srv"], "hostInterface": "sgn-srv"}
+  ]
+}`
+
+// TestInterfacesFollowENIs: with --dataplane ebpf, an ENI created at run time before its veth exists
+// is enforced on the veth from its first packets; an unclaimed veth matching --guard passes nothing
+// until an ENI claims it; a deleted ENI's veth is detached; a re-created veth is attached again; an
+// sgId rule follows ENIs created and deleted at run time. Real TCP between namespaces decides each.
+func TestInterfacesFollowENIs(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	lab := netlab.New(t, "nod")
+	lab.AddVM("eni-srv", "sgn-srv", "198.18.211.1")
+	for _, port := range []string{"8080", "9090", "7070"} {
+		lab.EchoTCP("eni-srv", "198.18.211.1:"+port)
+	}
+	seed, err := model.ParseTopology("links", []byte(linksTopology))
+	require.NoError(t, err)
+	n, err := New(ctx, Config{Seed: seed, Dataplane: DataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host,
+		Guard: []string{"sgq-*"}, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	require.True(t, n.Interface("sgn-srv").Attached)
+
+	// A refused connect waits its whole timeout; an accepted one may wait for a neighbor entry that
+	// failed while the veth was guarded to be resolved again.
+	connectWithin := func(eni, port string, timeout time.Duration) error {
+		c, err := netns.Do(lab.VMs[eni], func() (net.Conn, error) {
+			return net.DialTimeout("tcp4", "198.18.211.1:"+port, timeout)
+		})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		if _, err := c.Write([]byte("hi")); err != nil {
+			return err
+		}
+		_, err = io.ReadFull(c, make([]byte, 2))
+		return err
+	}
+	accepted := func(eni, port string) error { return connectWithin(eni, port, 3*time.Second) }
+	refused := func(eni, port string) error { return connectWithin(eni, port, 300*time.Millisecond) }
+	late := model.NetworkInterface{NetworkInterfaceID: "eni-late", AppID: "1", PrivateIPAddresses: []string{"198.18.211.2"},
+		SgIDs: []string{"sg-late"}, HostInterface: "sgn-late"}
+	_, err = n.Controller().PutENI(ctx, late)
+	require.NoError(t, err)
+	require.Equal(t, 0, n.Interface("sgn-late").Ifindex, "accepted before its interface exists")
+
+	t.Run("veth appears after its ENI", func(t *testing.T) {
+		lab.AddVM("eni-late", "sgn-late", "198.18.211.2")
+		require.Eventually(t, func() bool { return n.Interface("sgn-late").Attached }, 2*time.Second, time.Millisecond)
+		require.NoError(t, accepted("eni-late", "8080"), "its egress allows tcp/8080")
+		require.Error(t, refused("eni-late", "9090"), "its egress drops tcp/9090, which eni-srv would accept")
+		require.NoError(t, accepted("eni-late", "7070"), "eni-srv's sgId rule names eni-late's SG")
+	})
+	t.Run("guarded until an ENI claims it", func(t *testing.T) {
+		lab.AddVM("eni-x", "sgq-x", "198.18.211.3")
+		require.Error(t, refused("eni-x", "8080"), "an unclaimed guarded veth passes nothing")
+		x := late
+		x.NetworkInterfaceID, x.PrivateIPAddresses, x.HostInterface = "eni-x", []string{"198.18.211.3"}, "sgq-x"
+		_, err := n.Controller().PutENI(ctx, x)
+		require.NoError(t, err)
+		require.True(t, n.Interface("sgq-x").Attached, "attached when PutENI returns")
+		require.NoError(t, accepted("eni-x", "8080"))
+		require.Error(t, refused("eni-x", "9090"))
+	})
+	t.Run("veth re-created", func(t *testing.T) {
+		old := n.Interface("sgq-x").Ifindex
+		lab.IP("-n", lab.Host, "link", "del", "sgq-x")
+		require.Eventually(t, func() bool { return !n.Interface("sgq-x").Attached }, 2*time.Second, time.Millisecond)
+		lab.IP("-n", lab.Host, "link", "add", "sgq-x", "type", "veth", "peer", "name", "eth0", "netns", lab.VMs["eni-x"])
+		lab.IP("-n", lab.Host, "link", "set", "sgq-x", "master", "br0", "up")
+		lab.IP("-n", lab.VMs["eni-x"], "addr", "add", "198.18.211.3/24", "dev", "eth0")
+		lab.IP("-n", lab.VMs["eni-x"], "link", "set", "eth0", "up")
+		require.Eventually(t, func() bool { return n.Interface("sgq-x").Attached }, 2*time.Second, time.Millisecond)
+		require.NotEqual(t, old, n.Interface("sgq-x").Ifindex)
+		require.NoError(t, accepted("eni-x", "8080"))
+		require.Error(t, refused("eni-x", "9090"))
+	})
+	t.Run("ENI deleted", func(t *testing.T) {
+		require.NoError(t, n.Controller().DeleteENI(ctx, "eni-late"))
+		require.NoError(t, accepted("eni-late", "9090"), "detached: nothing filters eni-late's veth any more")
+		require.Error(t, refused("eni-late", "7070"), "eni-srv's sgId rule no longer matches eni-late's address")
+		require.NoError(t, accepted("eni-x", "7070"), "but still eni-x's, a member of sg-late")
+	})
+}
