@@ -638,6 +638,15 @@ func (h *Handler) admitTencent(r *http.Request) (call *tencentCall, acct *model.
 	if err != nil {
 		return nil, nil, "", badParam("%v", err)
 	}
+	// Parsing, authenticating and decoding cost CPU in proportion to the request: at most GOMAXPROCS
+	// requests do it at once, so a flood of big ones waits here, costing no CPU, rather than taking
+	// turns with /healthz and the calls already admitted.
+	select {
+	case h.parsing <- struct{}{}:
+		defer func() { <-h.parsing }()
+	case <-r.Context().Done():
+		return nil, nil, "", &tencentError{Code: model.CodeInternal, Msg: "request cancelled while waiting to be parsed"}
+	}
 	params, err := h.parseParams(r.URL.RawQuery, body)
 	if err != nil {
 		return nil, nil, "", badParam("%v", err)
