@@ -120,7 +120,7 @@ func (m *Monitored) Health() error {
 	}
 	if m.probeDir != "" && !m.probing && now.Sub(m.probedAt) >= m.probeTick {
 		m.probing, m.probedAt = true, now
-		go m.probe()
+		go m.probe(now)
 	}
 	msg := fmt.Sprintf("the last commit failed %s ago: %v", now.Sub(m.failedAt).Round(time.Millisecond), m.failure)
 	if m.probeErr != nil {
@@ -141,17 +141,20 @@ func (m *Monitored) ask(hr healthReporter) {
 // probeSize is what a probe writes: a few pages, about what a small commit adds.
 const probeSize = 16 << 10
 
-// probe writes, syncs and removes a file in probeDir; if that works the failure is forgotten.
-func (m *Monitored) probe() {
+// probe writes, syncs and removes a file in probeDir; if that works the failure is forgotten, unless a
+// commit failed again after the probe started.
+func (m *Monitored) probe(started time.Time) {
 	err := writeProbe(filepath.Join(m.probeDir, ".sgsim-probe"))
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.probing = false
-	if err == nil {
+	switch {
+	case m.failedAt.After(started):
+	case err == nil:
 		m.failure, m.probeErr = nil, nil
-		return
+	default:
+		m.probeErr = err
 	}
-	m.probeErr = err
 }
 
 func writeProbe(path string) error {
