@@ -58,6 +58,10 @@ type Bolt struct {
 	wake    chan struct{}
 	lastErr error
 
+	// nonceMu guards the fields below apart from the limits and delay. It is never held while a
+	// transaction writes, so a read's UseNonce does not wait for a commit or a flush (a frozen disk
+	// must not block reads); it is taken after mu where both are held.
+	nonceMu     sync.Mutex
 	nonces      *nonce.Record // nil until the first UseNonce
 	nonceLimits nonce.Limits
 	nonceWindow time.Duration
@@ -230,9 +234,9 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 	}
 	// Every Nonce used so far goes into this transaction: the call committing this change used its own
 	// before, so it is durable exactly when the change is (see nonces.go).
-	keys := b.takeNonces()
+	keys, rec, window := b.takeNonces()
 	err = b.db.Update(func(tx *bolt.Tx) error {
-		if err := writeNonces(tx, keys, time.Now(), b.nonceWindow); err != nil {
+		if err := writeNonces(tx, keys, time.Now(), window); err != nil {
 			return err
 		}
 		if err := writeRevision(tx, gen, d.puts, d.dels, d.nextSeq, first); err != nil {
@@ -241,8 +245,8 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 		return compact(tx, b.oldest, oldest)
 	})
 	if err != nil {
-		if b.nonces != nil {
-			b.nonces.Requeue(keys)
+		if rec != nil {
+			rec.Requeue(keys)
 		}
 		err = fmt.Errorf("store: commit generation %d to %s: %w", gen, b.path, err)
 		b.lastErr = err
@@ -438,13 +442,13 @@ func (b *Bolt) Watch(ctx context.Context, from uint64, fn func(Change) error) er
 
 // Close implements Store: the pending Nonces are written first, so a clean stop forgets none.
 func (b *Bolt) Close() error {
-	b.mu.Lock()
+	b.nonceMu.Lock()
 	b.closed = true
 	if b.flushTimer != nil {
 		b.flushTimer.Stop()
 		b.flushTimer = nil
 	}
-	b.mu.Unlock()
+	b.nonceMu.Unlock()
 	b.flushNonces()
 	if err := b.Health(); err != nil {
 		return errors.Join(err, b.db.Close())

@@ -45,8 +45,8 @@ func (b *Bolt) UseNonce(k nonce.Key, now time.Time, window time.Duration) error 
 	if err := rec.UseNonce(k, now, window); err != nil {
 		return err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.nonceMu.Lock()
+	defer b.nonceMu.Unlock()
 	if b.flushTimer == nil && !b.closed {
 		b.flushTimer = time.AfterFunc(b.nonceFlushDelay, b.flushNonces)
 	}
@@ -55,8 +55,8 @@ func (b *Bolt) UseNonce(k nonce.Key, now time.Time, window time.Duration) error 
 
 // nonceRecord returns the record, loading it from the file on first use.
 func (b *Bolt) nonceRecord(now time.Time, window time.Duration) (*nonce.Record, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.nonceMu.Lock()
+	defer b.nonceMu.Unlock()
 	if b.nonces != nil {
 		return b.nonces, nil
 	}
@@ -103,31 +103,40 @@ func (b *Bolt) durableNonces(now time.Time, window time.Duration) ([]nonce.Key, 
 
 // flushNonces writes the pending triples in one transaction, when no Commit took them first.
 func (b *Bolt) flushNonces() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.nonceMu.Lock()
 	b.flushTimer = nil
-	if b.nonces == nil || !b.nonces.HasPending() {
+	rec, window := b.nonces, b.nonceWindow
+	b.nonceMu.Unlock()
+	if rec == nil || !rec.HasPending() {
 		return
 	}
-	keys := b.nonces.TakePending()
-	err := b.db.Update(func(tx *bolt.Tx) error { return writeNonces(tx, keys, time.Now(), b.nonceWindow) })
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	keys := rec.TakePending()
+	err := b.db.Update(func(tx *bolt.Tx) error { return writeNonces(tx, keys, time.Now(), window) })
 	if err != nil {
-		b.nonces.Requeue(keys)
+		rec.Requeue(keys)
 		b.lastErr = fmt.Errorf("store: record nonces in %s: %w", b.path, err)
-		if !b.closed {
+		b.nonceMu.Lock()
+		if !b.closed && b.flushTimer == nil {
 			b.flushTimer = time.AfterFunc(b.nonceFlushDelay, b.flushNonces)
 		}
+		b.nonceMu.Unlock()
 		return
 	}
 	b.lastErr = nil
 }
 
-// takeNonces hands a Commit the pending triples to write in its transaction. Caller holds b.mu.
-func (b *Bolt) takeNonces() []nonce.Key {
-	if b.nonces == nil {
-		return nil
+// takeNonces hands a Commit the pending triples to write in its transaction, with the record to requeue
+// them in if it fails and their window. Caller holds b.mu.
+func (b *Bolt) takeNonces() ([]nonce.Key, *nonce.Record, time.Duration) {
+	b.nonceMu.Lock()
+	rec, window := b.nonces, b.nonceWindow
+	b.nonceMu.Unlock()
+	if rec == nil {
+		return nil, nil, window
 	}
-	return b.nonces.TakePending()
+	return rec.TakePending(), rec, window
 }
 
 // writeNonces writes keys and prunes the triples expired at now.
