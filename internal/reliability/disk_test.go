@@ -214,8 +214,8 @@ func TestFrozenDisk(t *testing.T) {
 		written <- answer{r, err}
 	}()
 
-	// The write waits either in its commit or, before it, for the lock the hanging flush holds
-	// (store.Bolt.UseNonce): /readyz names one or the other, past the threshold of either.
+	// The write's commit waits behind the hanging flush: /readyz names the commit or the store, whichever
+	// passed the threshold first.
 	for deadline := time.Now().Add(2500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		status, body, err := d.probe("/readyz", time.Second)
 		require.NoError(t, err)
@@ -240,7 +240,7 @@ func TestFrozenDisk(t *testing.T) {
 		start := time.Now()
 		r, err := d.call(ctx, a, "Action", api.ActDescribePolicy, "sgId", sg)
 		t.Logf("DescribeSecurityGroupPolicy on a frozen disk: %+v, err %v, after %s", r.Code, err, time.Since(start).Round(time.Millisecond))
-		require.NoError(t, err, "a read on a frozen disk got no answer (store.Bolt.UseNonce takes Bolt.mu, which a Commit or a Nonce flush holds across its bbolt transaction)")
+		require.NoError(t, err, "a read on a frozen disk got no answer (its UseNonce must not wait for the lock a hanging commit or Nonce flush holds)")
 		assert.Equal(t, 0, r.Code, r.Message)
 	})
 
