@@ -15,10 +15,7 @@ import (
 // Monitored is a Store that remembers whether its commits work, for a readiness probe: the last
 // commit's failure (a full disk, an I/O error) until a later commit or a probe write succeeds, and
 // commits in progress longer than a threshold (a frozen or dying disk). Health never blocks on the
-// store, so it can answer while a commit hangs. When the wrapped store has a Health of its own (Bolt's
-// takes the lock its commits and Nonce flushes hold while they write), Monitored asks it in the
-// background and reports a store that has not answered within the threshold: a write outside Commit
-// (a Nonce flush) stuck on a frozen disk shows too.
+// store, so it can answer while a commit hangs.
 type Monitored struct {
 	Store
 	stallAfter time.Duration
@@ -34,11 +31,7 @@ type Monitored struct {
 	probedAt  time.Time // when the last probe started
 	probeErr  error     // the last probe's error
 	probeTick time.Duration
-	askedAt   time.Time // when the wrapped store's Health was called and has not returned; zero if none
 }
-
-// healthReporter is a store that can say whether it can commit (Bolt.Health).
-type healthReporter interface{ Health() error }
 
 // MonitorOptions configure NewMonitored.
 type MonitorOptions struct {
@@ -105,16 +98,6 @@ func (m *Monitored) Health() error {
 		return fmt.Errorf("a commit has been in progress for %s (more than %s): the disk is frozen or failing",
 			now.Sub(oldest).Round(time.Millisecond), m.stallAfter)
 	}
-	if hr, ok := m.Store.(healthReporter); ok {
-		switch {
-		case m.askedAt.IsZero():
-			m.askedAt = now
-			go m.ask(hr)
-		case now.Sub(m.askedAt) >= m.stallAfter:
-			return fmt.Errorf("the store has not answered for %s (more than %s): a write holds it, the disk is frozen or failing",
-				now.Sub(m.askedAt).Round(time.Millisecond), m.stallAfter)
-		}
-	}
 	if m.failure == nil {
 		return nil
 	}
@@ -127,15 +110,6 @@ func (m *Monitored) Health() error {
 		msg += fmt.Sprintf("; a probe write still fails: %v", m.probeErr)
 	}
 	return errors.New(msg)
-}
-
-// ask calls the wrapped store's Health; only whether it returns is used (commit failures are tracked
-// here, with their age and the probe that clears them).
-func (m *Monitored) ask(hr healthReporter) {
-	_ = hr.Health()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.askedAt = time.Time{}
 }
 
 // probeSize is what a probe writes: a few pages, about what a small commit adds.

@@ -121,22 +121,3 @@ func TestMonitoredProbesAfterAFailure(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, entries, "the probe file is removed")
 }
-
-// lockedStore is a store whose Health waits while a write holds it, as Bolt's does.
-type lockedStore struct {
-	Memory
-	held chan struct{} // Health waits until it is closed
-}
-
-func (s *lockedStore) Health() error { <-s.held; return nil }
-
-func TestMonitoredReportsAStoreThatDoesNotAnswer(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1e9, 0)}
-	inner := &lockedStore{held: make(chan struct{})}
-	m := NewMonitored(inner, MonitorOptions{StallAfter: 3 * time.Second, Now: clock.now})
-	assert.NoError(t, m.Health(), "asked, not answered yet, within the threshold")
-	clock.add(3 * time.Second)
-	assert.EqualError(t, m.Health(), "the store has not answered for 3s (more than 3s): a write holds it, the disk is frozen or failing")
-	close(inner.held)
-	require.Eventually(t, func() bool { return m.Health() == nil }, 5*time.Second, time.Millisecond)
-}

@@ -292,3 +292,24 @@ func TestBoltDropsLegacyNonces(t *testing.T) {
 		return nil
 	}))
 }
+
+// FuzzRecords: whatever bytes a history entry or a record holds, decoding and rebuilding a state from
+// them answers an error or a valid state, never a panic.
+func FuzzRecords(f *testing.F) {
+	sg, err := json.Marshal(model.SecurityGroup{SgID: "sg-1", AppID: "A"})
+	require.NoError(f, err)
+	f.Add([]byte("P"), []byte(`{"appId":"A"}`), sg)
+	f.Add([]byte("D12345678abcdefgh"), []byte(`{}`), []byte(`{"sgId":"sg-1","appId":"B","ingress":[{"action":"x"}]}`))
+	f.Fuzz(func(t *testing.T, entry, account, group []byte) {
+		if r, _, _, err := decodeHistory(7, []byte("ssg-1"), entry); err == nil {
+			require.Equal(t, uint64(7), r.Revision)
+		}
+		s, err := stateOf([]Record{
+			{Key: Key{KindAccount, "A"}, Seq: 1, Value: account},
+			{Key: Key{KindSG, "sg-1"}, Seq: 2, Value: group},
+		})
+		if err == nil {
+			require.NotNil(t, s)
+		}
+	})
+}
