@@ -3,7 +3,6 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/store/nonce"
 )
 
 // Options configure the handler; the zero value means defaults.
@@ -25,7 +25,8 @@ type Options struct {
 	// ReplayWindow is how long a Nonce is remembered and how far a Timestamp may be off; 0 = 2 hours.
 	ReplayWindow time.Duration
 	Logger       *slog.Logger
-	// Nonces, if set, also records every Nonce durably, so a replay is refused after a restart too.
+	// Nonces is the replay record (store.Bolt's is durable, so a replay is refused after a restart too);
+	// nil = an in-memory record with nonce.DefaultLimits.
 	Nonces NonceStore
 	// RuleCounts, if set, reads an enforcing dataplane's per-rule packet counters (the eBPF program's)
 	// for /metrics.
@@ -39,12 +40,12 @@ type RuleCount struct {
 	Packets uint64
 }
 
-// NonceStore is a durable Nonce record (store.Bolt implements it). A call that commits a change records
-// its Nonce in that commit (store.WithNonce); other calls through UseNonce. RecentNonces is read once,
-// so a restarted daemon refuses the Nonces of the previous run.
+// NonceStore is the replay record of SPEC §4 (nonce.Record in memory; store.Bolt durably, writing a
+// call's Nonce with the commit of its change and the others batched). UseNonce records the call's
+// (SecretId, Timestamp, Nonce) and returns nil when it was unused within window, nonce.ErrReplay when
+// it was used, nonce.ErrFull when the record is at its bound; it must not wait on a disk.
 type NonceStore interface {
-	UseNonce(ctx context.Context, key string, now time.Time, window time.Duration) (fresh bool, err error)
-	RecentNonces(ctx context.Context, now time.Time, window time.Duration) (map[string]time.Time, error)
+	UseNonce(k nonce.Key, now time.Time, window time.Duration) error
 }
 
 // Handler is the http.Handler of NewHandler; its extra methods serve in-process callers (scenarios).
@@ -53,7 +54,7 @@ type Handler struct {
 	opts    Options
 	log     *slog.Logger
 	mux     *http.ServeMux
-	nonces  *nonceCache
+	nonces  NonceStore
 	metrics *metrics
 }
 
@@ -76,7 +77,10 @@ func NewHandler(ctrl *control.Controller, opts Options) *Handler {
 		opts.Logger = slog.Default()
 	}
 	h := &Handler{ctrl: ctrl, opts: opts, log: opts.Logger, mux: http.NewServeMux(),
-		nonces: newNonceCache(opts.ReplayWindow), metrics: newMetrics()}
+		nonces: opts.Nonces, metrics: newMetrics()}
+	if h.nonces == nil {
+		h.nonces = nonce.New(nonce.DefaultLimits())
+	}
 	h.mux.HandleFunc("/v2/index.php", h.serveTencent)
 	h.mux.HandleFunc("POST /v2.0/{project}/security-groups/{sg}/instance/action", h.serveHuawei)
 	h.mux.HandleFunc("POST /v1/{project}/security-groups/{sg}/instance/action", h.serveHuawei)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/store/nonce"
 )
 
 // BenchmarkModifyBigPolicy measures the daemon's side of a ModifySecurityGroupPolicy that replaces a
@@ -88,7 +89,7 @@ func BenchmarkAdmitBigPolicy(b *testing.B) {
 				b.StopTimer()
 				req := httptest.NewRequest(http.MethodPost, "http://bench"+TencentPath, strings.NewReader(encoded))
 				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-				clear(h.nonces.seen)
+				h.nonces = nonce.New(nonce.DefaultLimits())
 				b.StartTimer()
 				call, _, _, refusal := h.admitTencent(req)
 				if refusal != nil || len(call.Ingress) != n {

@@ -8,8 +8,6 @@ import (
 	"hash"
 	"net/url"
 	"strings"
-	"sync"
-	"time"
 )
 
 // TencentPath is the path of the Tencent v2 endpoint; it is part of the signed string.
@@ -94,54 +92,4 @@ func newMAC(secretKey, method string) hash.Hash {
 func Sign(method, host string, params url.Values, secretKey string) {
 	params.Del("Signature")
 	params.Set("Signature", SignString(StringToSign(method, host, params), secretKey, params.Get("SignatureMethod")))
-}
-
-// nonceCache remembers (SecretId, Nonce) keys for the replay window.
-type nonceCache struct {
-	mu     sync.Mutex
-	window time.Duration
-	seen   map[string]time.Time
-	pruned time.Time
-	loaded bool // holds the durable record's keys too
-}
-
-func newNonceCache(window time.Duration) *nonceCache {
-	return &nonceCache{window: window, seen: map[string]time.Time{}}
-}
-
-func (c *nonceCache) isLoaded() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.loaded
-}
-
-// load adds keys used at the given times (by an earlier run); a later use already remembered stays.
-func (c *nonceCache) load(used map[string]time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for k, t := range used {
-		if old, ok := c.seen[k]; !ok || old.Before(t) {
-			c.seen[k] = t
-		}
-	}
-	c.loaded = true
-}
-
-// use records key and reports whether it was fresh.
-func (c *nonceCache) use(key string, now time.Time) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if now.Sub(c.pruned) > c.window/8 {
-		for k, t := range c.seen {
-			if now.Sub(t) > c.window {
-				delete(c.seen, k)
-			}
-		}
-		c.pruned = now
-	}
-	if t, ok := c.seen[key]; ok && now.Sub(t) <= c.window {
-		return false
-	}
-	c.seen[key] = now
-	return true
 }

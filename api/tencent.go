@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"crypto/hmac"
 	"errors"
 	"fmt"
@@ -16,7 +15,7 @@ import (
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/model"
-	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/store/nonce"
 )
 
 // Tencent actions of SPEC §4.
@@ -540,33 +539,14 @@ func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
 	if terr != nil {
 		return tencentResponse{Code: terr.Code, Message: terr.Msg}, action
 	}
-	var nonce *store.NonceUse
-	if h.opts.Nonces != nil {
-		// The Nonce is made durable in the change's own commit: no write of its own on the way to
-		// enforcement.
-		nonce = &store.NonceUse{Key: nonceKey(call), At: h.opts.Now(), Window: h.opts.ReplayWindow}
-		nonce.In, _ = h.opts.Nonces.(*store.Bolt) // recorded by the change's commit only if that is where it goes
-		r = r.WithContext(store.WithNonce(r.Context(), nonce))
-	}
 	resp, err := h.dispatch(r, acct.AppID, call)
-	if nonce != nil && !nonce.Recorded() {
-		// Nothing was committed (a refusal, no change, a read): record the Nonce on its own.
-		fresh, nerr := h.opts.Nonces.UseNonce(r.Context(), nonce.Key, nonce.At, nonce.Window)
-		switch {
-		case nerr != nil:
-			return tencentResponse{Code: model.CodeInternal, Message: nerr.Error()}, call.Action
-		case !fresh:
-			refusal := replayRefusal(call)
-			return tencentResponse{Code: refusal.Code, Message: refusal.Msg}, call.Action
-		}
-	}
 	if err != nil {
 		return tencentResponse{Code: model.CodeOf(err), Message: err.Error()}, call.Action
 	}
 	return resp, call.Action
 }
 
-func nonceKey(c *tencentCall) string { return c.SecretID + "\x00" + c.Nonce }
+func nonceKey(c *tencentCall) nonce.Key { return nonce.KeyOf(c.SecretID, c.Timestamp, c.Nonce) }
 
 func replayRefusal(c *tencentCall) *tencentError {
 	return &tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Nonce %s was already used", c.Nonce)}
@@ -605,28 +585,17 @@ func (h *Handler) admitTencent(r *http.Request) (call *tencentCall, acct *model.
 	if d := now.Sub(time.Unix(call.Timestamp, 0)); d > h.opts.ReplayWindow || d < -h.opts.ReplayWindow {
 		return nil, nil, call.Action, &tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Timestamp %d is more than %s off the server's clock", call.Timestamp, h.opts.ReplayWindow)}
 	}
-	// The in-memory record holds every Nonce used within the window, the durable ones of earlier runs
-	// included, so it alone decides; the durable record is written with the call's commit (tencent).
-	if err := h.loadNonces(r.Context()); err != nil {
+	// Recorded before the call does anything: a durable record then writes it with the call's commit.
+	switch err := h.nonces.UseNonce(nonceKey(call), now, h.opts.ReplayWindow); {
+	case errors.Is(err, nonce.ErrReplay):
+		return nil, nil, call.Action, replayRefusal(call)
+	case errors.Is(err, nonce.ErrFull):
+		// Refused rather than forgetting a live Nonce: replay protection holds under a flood.
+		return nil, nil, call.Action, &tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("SecretId %s: %v; retry later", call.SecretID, err)}
+	case err != nil:
 		return nil, nil, call.Action, &tencentError{Code: model.CodeInternal, Msg: err.Error()}
 	}
-	if !h.nonces.use(nonceKey(call), now) {
-		return nil, nil, call.Action, replayRefusal(call)
-	}
 	return call, acct, call.Action, nil
-}
-
-// loadNonces fills the in-memory Nonce record from the durable one, once.
-func (h *Handler) loadNonces(ctx context.Context) error {
-	if h.opts.Nonces == nil || h.nonces.isLoaded() {
-		return nil
-	}
-	recent, err := h.opts.Nonces.RecentNonces(ctx, h.opts.Now(), h.opts.ReplayWindow)
-	if err != nil {
-		return err
-	}
-	h.nonces.load(recent)
-	return nil
 }
 
 // authTencent returns the account whose SecretId signed the request, or nil.

@@ -19,6 +19,7 @@ import (
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/store/nonce"
 )
 
 func TestSignatureVectors(t *testing.T) {
@@ -478,9 +479,11 @@ func TestNoncesSurviveRestart(t *testing.T) {
 		"ingress.0.action", "ACCEPT")
 	read := a.signed(http.MethodPost, secretID1, secretKey1, "Action", ActDescribePolicy, "sgId", "sg-web")
 	assert.Equal(t, 0, a.send(http.MethodPost, change).Code)
-	recent, err := st.RecentNonces(ctx, testNow, time.Hour)
+	recent, err := st.DurableNonces(ctx, testNow, time.Hour)
 	require.NoError(t, err)
-	assert.Contains(t, recent, secretID1+"\x00"+change.Get("Nonce"), "recorded with the change")
+	ts, err := strconv.ParseInt(change.Get("Timestamp"), 10, 64)
+	require.NoError(t, err)
+	assert.Contains(t, recent, nonce.KeyOf(secretID1, ts, change.Get("Nonce")), "recorded with the change")
 	assert.Equal(t, model.CodeNotFound, a.send(http.MethodPost, refused).Code)
 	assert.Equal(t, 0, a.send(http.MethodPost, read).Code)
 	// Moved on, so that replaying the first change would change something again.

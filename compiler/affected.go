@@ -1,6 +1,7 @@
 package compiler
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -122,4 +123,94 @@ func membersOf(s *model.State, want map[string]bool) map[string][]netip.Addr {
 		out[sg] = slices.Compact(as)
 	}
 	return out
+}
+
+// Next returns the Index of next, given that ix indexes prev: only the SGs and ENIs that differ are
+// re-indexed (unchanged objects are shared between the states), so a one-rule change does not walk
+// every rule of the state. It equals NewIndex(next).
+func (ix *Index) Next(prev, next *model.State) *Index {
+	n := &Index{users: maps.Clone(ix.users), referrers: maps.Clone(ix.referrers)}
+	touched := map[string]bool{} // SGs whose user lists may have changed
+	for _, id := range prev.ENIIDs() {
+		o, _ := prev.ENI(id)
+		if e, ok := next.ENI(id); !ok || (o != e && !slices.Equal(o.SgIDs, e.SgIDs)) {
+			markAll(touched, o.SgIDs)
+			if ok {
+				markAll(touched, e.SgIDs)
+			}
+		}
+	}
+	for _, id := range next.ENIIDs() {
+		if _, ok := prev.ENI(id); !ok {
+			e, _ := next.ENI(id)
+			markAll(touched, e.SgIDs)
+		}
+	}
+	for sg := range touched {
+		var users []string
+		for _, id := range next.ENIIDs() {
+			if e, _ := next.ENI(id); slices.Contains(e.SgIDs, sg) {
+				users = append(users, id)
+			}
+		}
+		setOrDelete(n.users, sg, users)
+	}
+	var pos map[string]int // SG → place in next's order, built only when a reference changes
+	reindex := func(gid string, before, after *model.SecurityGroup) {
+		was, is := refsOf(before), refsOf(after)
+		if len(was) == 0 && len(is) == 0 {
+			return
+		}
+		if pos == nil {
+			pos = make(map[string]int, len(next.SGIDs()))
+			for i, id := range next.SGIDs() {
+				pos[id] = i
+			}
+		}
+		for _, target := range slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(was), is...)))) {
+			refs := slices.DeleteFunc(slices.Clone(n.referrers[target]), func(x string) bool { return x == gid })
+			if slices.Contains(is, target) {
+				at, _ := slices.BinarySearchFunc(refs, pos[gid], func(x string, p int) int { return pos[x] - p })
+				refs = slices.Insert(refs, at, gid)
+			}
+			setOrDelete(n.referrers, target, refs)
+		}
+	}
+	for _, gid := range prev.SGIDs() {
+		o, _ := prev.SG(gid)
+		if g, ok := next.SG(gid); !ok || o != g {
+			reindex(gid, o, g)
+		}
+	}
+	for _, gid := range next.SGIDs() {
+		if _, ok := prev.SG(gid); !ok {
+			g, _ := next.SG(gid)
+			reindex(gid, nil, g)
+		}
+	}
+	return n
+}
+
+// refsOf lists, once each, the SGs g's sgId rules name (nil g: none).
+func refsOf(g *model.SecurityGroup) []string {
+	if g == nil {
+		return nil
+	}
+	var out []string
+	for _, d := range []model.Direction{model.Ingress, model.Egress} {
+		for _, r := range g.Rules(d) {
+			if r.RemoteSG != "" && !slices.Contains(out, r.RemoteSG) {
+				out = append(out, r.RemoteSG)
+			}
+		}
+	}
+	return out
+}
+
+func setOrDelete(m map[string][]string, k string, v []string) {
+	if len(v) == 0 {
+		delete(m, k)
+		return
+	}
+	m[k] = v
 }

@@ -97,6 +97,7 @@ func TestAffectedIsExact(t *testing.T) {
 		}
 		full := comp.CompileAll()
 		require.Equal(t, full, tables, "pair %d: affected %v", i, affected)
+		require.Equal(t, compiler.NewIndex(new), compiler.NewIndex(old).Next(old, new), "pair %d: index", i)
 
 		before := compiler.New(old).CompileAll()
 		for _, id := range affected {

@@ -1,5 +1,5 @@
 // Package compiler flattens an ENI's ordered security groups into first-match tables with provenance,
-// and indexes which ENIs a change to an SG's rules or membership forces to be recompiled.
+// and which ENIs a change of state forces to be recompiled (Affected).
 package compiler
 
 import (
@@ -140,7 +140,7 @@ func (c *Compiler) compileDir(eni *model.NetworkInterface, d model.Direction) *T
 	return t
 }
 
-// Index answers which ENIs must be recompiled after a change (the daemon recompiles only those).
+// Index answers which ENIs use an SG and which SGs reference it (quotas, Describe answers).
 type Index struct {
 	users     map[string][]string // sgId → ENIs that list it
 	referrers map[string][]string // sgId → SGs with an sgId rule naming it
@@ -175,17 +175,3 @@ func (ix *Index) Users(sgID string) []string { return ix.users[sgID] }
 
 // Referrers returns the SGs that have an sgId rule naming sgID.
 func (ix *Index) Referrers(sgID string) []string { return ix.referrers[sgID] }
-
-// AffectedByRules returns the ENIs whose tables change when sgID's rules change: its users.
-func (ix *Index) AffectedByRules(sgID string) []string { return slices.Clone(ix.users[sgID]) }
-
-// AffectedByMembership returns the ENIs whose tables change when the member set of sgID changes: every
-// user of an SG whose rules reference sgID. The moved ENIs themselves are the caller's to add.
-func (ix *Index) AffectedByMembership(sgID string) []string {
-	var out []string
-	for _, ref := range ix.referrers[sgID] {
-		out = append(out, ix.users[ref]...)
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
-}

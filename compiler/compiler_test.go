@@ -368,37 +368,13 @@ func TestIndexDemo(t *testing.T) {
 	s := loadDemo(t)
 	ix := compiler.NewIndex(s)
 	const db2 = "b9ac5247-c4ca-4c9b-b8fa-7d19132e560a"
-	tests := []struct {
-		sg                 string
-		byRules, byMembers []string
-	}{
-		{sg: "sg-web", byRules: []string{"eni-web1", "eni-web2"}, byMembers: []string{db2, "eni-db1"}},
-		{sg: "sg-db", byRules: []string{"eni-db1", db2}, byMembers: []string{db2, "eni-db1"}},
-		{sg: "sg-ssh", byRules: []string{"eni-web1", "eni-web2"}},
-		{sg: "sg-lockdown", byRules: []string{"eni-web2"}},
-		{sg: "sg-unused"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.sg, func(t *testing.T) {
-			assert.Equal(t, tc.byRules, nilIfEmpty(ix.AffectedByRules(tc.sg)))
-			assert.Equal(t, tc.byMembers, nilIfEmpty(ix.AffectedByMembership(tc.sg)))
-		})
-	}
 	assert.Equal(t, []string{"sg-db"}, ix.Referrers("sg-web"))
 	assert.Equal(t, []string{"sg-db"}, ix.Referrers("sg-db"), "self-reference counted once")
+	assert.Empty(t, ix.Referrers("sg-unused"))
 	assert.Equal(t, []string{"eni-db1", db2}, ix.Users("sg-db"))
-
-	// AffectedByRules returns a copy: changing it does not corrupt the index.
-	got := ix.AffectedByRules("sg-web")
-	got[0] = "junk"
-	assert.Equal(t, []string{"eni-web1", "eni-web2"}, ix.AffectedByRules("sg-web"))
-}
-
-func nilIfEmpty(s []string) []string {
-	if len(s) == 0 {
-		return nil
-	}
-	return s
+	assert.Equal(t, []string{"eni-web1", "eni-web2"}, ix.Users("sg-web"))
+	assert.Equal(t, []string{"eni-web2"}, ix.Users("sg-lockdown"))
+	assert.Empty(t, ix.Users("sg-unused"))
 }
 
 // changedENIs compiles both States and returns the ENIs of after whose tables differ from before.
@@ -422,30 +398,6 @@ func setOf(ids ...[]string) map[string]bool {
 		}
 	}
 	return out
-}
-
-// TestIndexCoversRecompilation checks that the ENIs the Index names are exactly those whose tables
-// change, for a rule change and for a membership change.
-func TestIndexCoversRecompilation(t *testing.T) {
-	s := loadDemo(t)
-	ix := compiler.NewIndex(s)
-
-	b := s.Edit()
-	g, _ := s.SG("sg-ssh")
-	ng := *g
-	ng.Ingress = []model.Rule{r("tcp", "198.18.0.0/15", "2222", "ACCEPT")}
-	require.NoError(t, b.PutSG(ng))
-	assert.Equal(t, setOf(ix.AffectedByRules("sg-ssh")), changedENIs(t, s, b.State()))
-
-	// eni-spare joins sg-web: it changes, and so does every user of an SG whose rules name sg-web.
-	b = s.Edit()
-	require.NoError(t, b.SetENISGs("eni-spare", []string{"sg-web"}))
-	assert.Equal(t, setOf([]string{"eni-spare"}, ix.AffectedByMembership("sg-web")), changedENIs(t, s, b.State()))
-
-	// eni-db1 leaves sg-db, which references itself.
-	b = s.Edit()
-	require.NoError(t, b.SetENISGs("eni-db1", []string{}))
-	assert.Equal(t, setOf([]string{"eni-db1"}, ix.AffectedByMembership("sg-db")), changedENIs(t, s, b.State()))
 }
 
 // TestOldSnapshotKeepsOldAnswers edits a State and checks the original still compiles to its old verdicts.

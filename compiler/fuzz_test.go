@@ -204,11 +204,9 @@ func FuzzCompile(f *testing.F) {
 		require.NoError(t, err, "generator built an invalid topology: %+v", topo)
 		agreeDirect(t, s, src, 16)
 
-		// One random edit: the ENIs whose tables change must be among those the Index names, and the
+		// One random edit: the ENIs whose tables change must be among those Affected names, and the
 		// edited State must still agree with the direct evaluation.
-		ix := compiler.NewIndex(s)
 		b := s.Edit()
-		var affected []string
 		if src.pick(2) == 0 {
 			id := s.SGIDs()[src.pick(len(s.SGIDs()))]
 			g, _ := s.SG(id)
@@ -221,10 +219,8 @@ func FuzzCompile(f *testing.F) {
 				ng.Egress = append(ng.Egress, fuzzRule(src, s.SGIDs()))
 			}
 			require.NoError(t, b.PutSG(ng))
-			affected = ix.AffectedByRules(id)
 		} else {
 			id := s.ENIIDs()[src.pick(len(s.ENIIDs()))]
-			e, _ := s.ENI(id)
 			var list []string
 			for _, g := range s.SGIDs() {
 				if src.pick(2) == 0 {
@@ -232,14 +228,11 @@ func FuzzCompile(f *testing.F) {
 				}
 			}
 			require.NoError(t, b.SetENISGs(id, list))
-			affected = []string{id}
-			for _, g := range append(slices.Clone(e.SgIDs), list...) {
-				affected = append(affected, ix.AffectedByMembership(g)...)
-			}
 		}
 		next := b.State()
+		affected := compiler.Affected(s, next)
 		for id := range changedENIs(t, s, next) {
-			require.Contains(t, affected, id, "tables of %s changed but the Index did not name it", id)
+			require.Contains(t, affected, id, "tables of %s changed but Affected did not name it", id)
 		}
 		agreeDirect(t, next, src, 16)
 	})

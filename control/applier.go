@@ -129,7 +129,7 @@ func (a *Applier) Prepare(next *model.State, gen uint64) (*Prepared, error) {
 	for id, t := range changed {
 		tables[id] = t
 	}
-	p.next = &View{State: next, Generation: gen, Tables: tables, Index: compiler.NewIndex(next)}
+	p.next = &View{State: next, Generation: gen, Tables: tables, Index: old.Index.Next(old.State, next)}
 	return p, nil
 }
 

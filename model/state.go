@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -403,21 +404,13 @@ func (s *State) Topology() Topology {
 // costs O(number of objects) pointer copies, never a deep copy.
 func (s *State) Edit() *Builder {
 	return &Builder{s: &State{
-		accounts:     cloneMap(s.accounts),
-		sgs:          cloneMap(s.sgs),
-		enis:         cloneMap(s.enis),
+		accounts:     maps.Clone(s.accounts),
+		sgs:          maps.Clone(s.sgs),
+		enis:         maps.Clone(s.enis),
 		accountOrder: slices.Clone(s.accountOrder),
 		sgOrder:      slices.Clone(s.sgOrder),
 		eniOrder:     slices.Clone(s.eniOrder),
 	}}
-}
-
-func cloneMap[V any](m map[string]V) map[string]V {
-	c := make(map[string]V, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
 }
 
 // Builder changes a private copy of a State; State() hands it out. Every method validates what it puts

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store/nonce"
 )
 
 // BenchmarkBoltCommit measures one durable Commit (encode, write, fsync) of the demo state with one SG of
@@ -52,4 +54,30 @@ func BenchmarkBoltCommit(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 		})
 	}
+}
+
+// BenchmarkNonceDisk reports the file bytes one recorded triple costs, written by batched flushes.
+func BenchmarkNonceDisk(b *testing.B) {
+	const n = 100_000
+	for range b.N {
+		path := filepath.Join(b.TempDir(), "n.db")
+		st, err := OpenBolt(path)
+		require.NoError(b, err)
+		before := fileSize(b, path)
+		now := time.Now()
+		for i := range n {
+			require.NoError(b, st.UseNonce(nonce.Key{Secret: 1, Timestamp: now.Unix(), Nonce: uint64(i)}, now, 2*time.Hour))
+			if i%1000 == 999 {
+				st.flushNonces()
+			}
+		}
+		require.NoError(b, st.Close())
+		b.ReportMetric(float64(fileSize(b, path)-before)/n, "bytes/triple")
+	}
+}
+
+func fileSize(b *testing.B, path string) int64 {
+	fi, err := os.Stat(path)
+	require.NoError(b, err)
+	return fi.Size()
 }

@@ -12,56 +12,35 @@ import (
 // are escaped, so the sequence can only be that structure.
 var sgTail = []byte(`"ingress":null,"egress":null}`)
 
-// encodeTopology returns json.Marshal(s.Topology()), byte for byte. The rule lists, nearly all of a big
-// state, are appended directly instead of through reflection; everything else still goes through
-// encoding/json, so a field added anywhere else is persisted as before. Should the layout ever not be
-// the one expected, it falls back to json.Marshal of the whole.
-func encodeTopology(s *model.State) ([]byte, error) {
-	return appendTopology(nil, s)
-}
-
-// appendTopology is encodeTopology appending to buf[:0] (grown if too small), so a caller that commits
-// repeatedly reuses one buffer: a big state's megabyte would otherwise be allocated, zeroed and
-// faulted in on every commit.
-func appendTopology(buf []byte, s *model.State) ([]byte, error) {
-	t := s.Topology()
-	sgs := t.SecurityGroups
-	bare := make([]model.SecurityGroup, len(sgs))
-	size := 0
-	for i, g := range sgs {
-		bare[i] = g
-		bare[i].Ingress, bare[i].Egress = nil, nil
-		size += rulesSize(g.Ingress) + rulesSize(g.Egress)
-	}
-	t.SecurityGroups = bare
-	skeleton, err := json.Marshal(t)
+// appendSG appends json.Marshal(g), byte for byte, to buf[:0] (grown if too small), so a caller that
+// commits repeatedly reuses one buffer. The rule lists, nearly all of a big SG, are appended directly
+// instead of through reflection; everything else still goes through encoding/json, so a field added
+// anywhere else is persisted as before. Should the layout ever not be the one expected, it falls back
+// to json.Marshal of the whole.
+func appendSG(buf []byte, g *model.SecurityGroup) ([]byte, error) {
+	bare := *g
+	bare.Ingress, bare.Egress = nil, nil
+	skeleton, err := json.Marshal(bare)
 	if err != nil {
-		return nil, fmt.Errorf("encode state: %w", err)
+		return nil, fmt.Errorf("encode security group %s: %w", g.SgID, err)
 	}
-	if bytes.Count(skeleton, sgTail) != len(sgs) {
-		t.SecurityGroups = sgs
-		data, err := json.Marshal(t)
+	if !bytes.HasSuffix(skeleton, sgTail) || bytes.Count(skeleton, sgTail) != 1 {
+		data, err := json.Marshal(g)
 		if err != nil {
-			return nil, fmt.Errorf("encode state: %w", err)
+			return nil, fmt.Errorf("encode security group %s: %w", g.SgID, err)
 		}
-		return data, nil
+		return append(buf[:0], data...), nil
 	}
 	out := buf[:0]
-	if cap(out) < len(skeleton)+size {
-		out = make([]byte, 0, len(skeleton)+size)
+	if size := len(skeleton) + rulesSize(g.Ingress) + rulesSize(g.Egress); cap(out) < size {
+		out = make([]byte, 0, size)
 	}
-	rest := skeleton
-	for _, g := range sgs {
-		i := bytes.Index(rest, sgTail)
-		out = append(out, rest[:i]...)
-		out = append(out, `"ingress":`...)
-		out = appendRules(out, g.Ingress)
-		out = append(out, `,"egress":`...)
-		out = appendRules(out, g.Egress)
-		out = append(out, '}')
-		rest = rest[i+len(sgTail):]
-	}
-	return append(out, rest...), nil
+	out = append(out, skeleton[:len(skeleton)-len(sgTail)]...)
+	out = append(out, `"ingress":`...)
+	out = appendRules(out, g.Ingress)
+	out = append(out, `,"egress":`...)
+	out = appendRules(out, g.Egress)
+	return append(out, '}'), nil
 }
 
 // rulesSize is about the length of appendRules' output: exact unless strings need escaping.

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store/nonce"
 )
 
 func demo(t *testing.T) *model.State {
@@ -57,74 +59,102 @@ func TestStores(t *testing.T) {
 }
 
 func TestBoltNonces(t *testing.T) {
-	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "n.db")
 	b, err := OpenBolt(path)
 	require.NoError(t, err)
 	t0 := time.Unix(1_700_000_000, 0)
 	const w = 2 * time.Hour
-	use := func(key string, at time.Time) bool {
-		fresh, err := b.UseNonce(ctx, key, at, w)
-		require.NoError(t, err)
-		return fresh
-	}
-	assert.True(t, use("id\x00n1", t0))
-	assert.False(t, use("id\x00n1", t0.Add(time.Minute)), "replay within the window")
-	assert.True(t, use("id\x00n2", t0.Add(time.Minute)))
-	require.NoError(t, b.Close())
+	use := func(b *Bolt, k nonce.Key, at time.Time) error { return b.UseNonce(k, at, w) }
+	n1 := nonce.KeyOf("id", t0.Unix(), "1")
+	n2 := nonce.KeyOf("id", t0.Unix()+60, "2")
+	require.NoError(t, use(b, n1, t0))
+	assert.ErrorIs(t, use(b, n1, t0.Add(time.Minute)), nonce.ErrReplay, "replay within the window")
+	require.NoError(t, use(b, nonce.KeyOf("id", t0.Unix()+1, "1"), t0), "same Nonce, another Timestamp")
+	require.NoError(t, use(b, nonce.KeyOf("other", t0.Unix(), "1"), t0), "same Nonce, another SecretId")
+	require.NoError(t, use(b, n2, t0.Add(time.Minute)))
+	require.NoError(t, b.Close(), "a clean stop writes the pending Nonces")
 
 	// Survives a reopen (a restart of the daemon).
 	b, err = OpenBolt(path)
 	require.NoError(t, err)
 	defer b.Close()
-	assert.False(t, use("id\x00n1", t0.Add(time.Hour)))
-	// After the window the nonce is forgotten (pruned) and may be used again; n2, used later, is kept.
-	assert.True(t, use("id\x00n1", t0.Add(w+30*time.Second)))
-	assert.False(t, use("id\x00n2", t0.Add(w+30*time.Second)))
-	assert.False(t, use("id\x00n1", t0.Add(w+40*time.Second)), "re-used key is remembered at its new time")
-	// Prune n1's old index entry must not forget its new use.
-	assert.False(t, use("id\x00n1", t0.Add(2*w)))
+	assert.ErrorIs(t, use(b, n1, t0.Add(time.Hour)), nonce.ErrReplay)
+	// Once its Timestamp is out of the window a triple is forgotten (the Timestamp check refuses it).
+	require.NoError(t, use(b, n1, t0.Add(w+30*time.Second)))
+	assert.ErrorIs(t, use(b, n2, t0.Add(w+30*time.Second)), nonce.ErrReplay, "n2's Timestamp is a minute later")
 }
 
-// A Commit on a context carrying a NonceUse records the Nonce in the same transaction; a used Nonce
-// makes the Commit fail and change nothing.
-func TestCommitRecordsNonce(t *testing.T) {
+// A Commit writes every Nonce used before it in its own transaction; a read's Nonce is written by a
+// batched flush without any Commit.
+func TestCommitRecordsNonces(t *testing.T) {
 	ctx := context.Background()
 	b, err := OpenBolt(filepath.Join(t.TempDir(), "n.db"))
 	require.NoError(t, err)
 	defer b.Close()
-	s, err := model.LoadTopologyFile("../testdata/demo.json")
-	require.NoError(t, err)
-	t0 := time.Unix(1_700_000_000, 0)
+	now := time.Now()
 	const w = time.Hour
-
-	u := &NonceUse{In: b, Key: "id\x00n1", At: t0, Window: w}
-	withU := WithNonce(ctx, u)
-	require.NoError(t, b.Commit(withU, s, 1))
-	assert.True(t, u.Recorded())
-	recent, err := b.RecentNonces(ctx, t0.Add(time.Minute), w)
+	change := nonce.KeyOf("id", now.Unix(), "1")
+	require.NoError(t, b.UseNonce(change, now, w))
+	require.NoError(t, b.Commit(ctx, demo(t), 1))
+	durable, err := b.DurableNonces(ctx, now, w)
 	require.NoError(t, err)
-	assert.Equal(t, map[string]time.Time{"id\x00n1": time.Unix(0, t0.UnixNano())}, recent)
-	fresh, err := b.UseNonce(ctx, "id\x00n1", t0.Add(time.Minute), w)
-	require.NoError(t, err)
-	assert.False(t, fresh)
-	// The same call committing again (one call, one Nonce) does not trip over its own record.
-	require.NoError(t, b.Commit(withU, s, 2))
+	assert.Equal(t, []nonce.Key{change}, durable, "written with the change")
 
-	again := &NonceUse{In: b, Key: "id\x00n1", At: t0.Add(2 * time.Minute), Window: w}
-	err = b.Commit(WithNonce(ctx, again), s, 3)
-	require.ErrorIs(t, err, ErrNonceUsed)
-	assert.False(t, again.Recorded())
-	_, gen, err := b.Load(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, uint64(2), gen, "the refused commit changed nothing")
+	read := nonce.KeyOf("id", now.Unix(), "2")
+	require.NoError(t, b.UseNonce(read, now, w))
+	require.Eventually(t, func() bool {
+		durable, err := b.DurableNonces(ctx, now, w)
+		require.NoError(t, err)
+		return len(durable) == 2
+	}, 5*time.Second, 10*time.Millisecond, "flushed on its own")
+	require.NoError(t, b.Health())
 
-	// A Nonce meant for another store's record is not written into this one.
-	other := &NonceUse{In: &Bolt{}, Key: "id\x00n9", At: t0, Window: w}
-	require.NoError(t, b.Commit(WithNonce(ctx, other), s, 4))
-	assert.False(t, other.Recorded())
-
-	recent, err = b.RecentNonces(ctx, t0.Add(w+time.Minute), w)
+	durable, err = b.DurableNonces(ctx, now.Add(w+2*time.Second), w)
 	require.NoError(t, err)
-	assert.Empty(t, recent, "outside the window")
+	assert.Empty(t, durable, "outside the window")
+}
+
+// A refused commit loses no Nonce: the next commit writes it.
+func TestRefusedCommitKeepsNonces(t *testing.T) {
+	ctx := context.Background()
+	b, err := OpenBolt(filepath.Join(t.TempDir(), "n.db"))
+	require.NoError(t, err)
+	defer b.Close()
+	now := time.Now()
+	k := nonce.KeyOf("id", now.Unix(), "7")
+	require.NoError(t, b.Commit(ctx, demo(t), 3))
+	require.NoError(t, b.UseNonce(k, now, time.Hour))
+	require.ErrorIs(t, b.Commit(ctx, demo(t), 2), ErrConflict)
+	require.NoError(t, b.Commit(ctx, revisions(t)[1], 4))
+	durable, err := b.DurableNonces(ctx, now, time.Hour)
+	require.NoError(t, err)
+	assert.Equal(t, []nonce.Key{k}, durable)
+}
+
+// A read's Nonce costs no write of its own: a hundred of them leave the file untouched until the next
+// Commit, which makes them all durable in its one transaction.
+func TestNoncesNeedNoWriteOfTheirOwn(t *testing.T) {
+	ctx := context.Background()
+	b, err := OpenBolt(filepath.Join(t.TempDir(), "n.db"))
+	require.NoError(t, err)
+	defer b.Close()
+	b.nonceFlushDelay = time.Hour
+	require.NoError(t, b.Commit(ctx, demo(t), 1))
+	stats := b.db.Stats()
+	writes := stats.TxStats.GetWrite()
+	now := time.Now()
+	for i := range 100 {
+		require.NoError(t, b.UseNonce(nonce.KeyOf("id", now.Unix(), strconv.Itoa(i)), now, time.Hour))
+	}
+	stats = b.db.Stats()
+	assert.Equal(t, writes, stats.TxStats.GetWrite(), "no write")
+	durable, err := b.DurableNonces(ctx, now, time.Hour)
+	require.NoError(t, err)
+	assert.Empty(t, durable)
+	require.NoError(t, b.Commit(ctx, revisions(t)[1], 2))
+	stats = b.db.Stats()
+	assert.Greater(t, stats.TxStats.GetWrite(), writes, "the commit wrote")
+	durable, err = b.DurableNonces(ctx, now, time.Hour)
+	require.NoError(t, err)
+	assert.Len(t, durable, 100)
 }

@@ -1,0 +1,310 @@
+package store
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"github.com/sgsim/sgsim/model"
+)
+
+// Kind is the kind of object a record holds.
+type Kind byte
+
+// The kinds of records; the byte is also the first byte of a record's key in bbolt.
+const (
+	KindAccount Kind = 'a'
+	KindSG      Kind = 's'
+	KindENI     Kind = 'e'
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindAccount:
+		return "account"
+	case KindSG:
+		return "security group"
+	case KindENI:
+		return "network interface"
+	}
+	return fmt.Sprintf("kind %q", byte(k))
+}
+
+// Key names one record: one account, SG or ENI.
+type Key struct {
+	Kind Kind
+	ID   string
+}
+
+func (k Key) String() string { return k.Kind.String() + " " + k.ID }
+
+// Record is one object as stored: its JSON (model.Account, model.SecurityGroup or
+// model.NetworkInterface), the revision that last wrote it and its creation sequence, which keeps the
+// state's listing order (the order of a topology file) across loads.
+type Record struct {
+	Key
+	Seq      uint64
+	Revision uint64
+	Value    []byte
+}
+
+// Change is what one commit changed: the records it wrote and the keys it deleted, in key order.
+type Change struct {
+	Revision uint64
+	Puts     []Record
+	Deletes  []Key
+}
+
+// Apply returns s with c applied (s nil: an empty state): what an agent that follows a Watch keeps.
+// Objects keep their places; new ones are appended in creation order.
+func (c Change) Apply(s *model.State) (*model.State, error) {
+	var t model.Topology
+	if s != nil {
+		t = s.Topology()
+	}
+	if rewritesAll(s, c) {
+		// A commit that rewrote every object (its order changed): the puts alone are the state.
+		next, err := stateOf(slices.Clone(c.Puts))
+		if err != nil {
+			return nil, fmt.Errorf("store: revision %d: %w", c.Revision, err)
+		}
+		return next, nil
+	}
+	puts := slices.Clone(c.Puts)
+	slices.SortFunc(puts, func(a, b Record) int { return cmp.Compare(a.Seq, b.Seq) })
+	for _, r := range puts {
+		if err := putRecord(&t, r); err != nil {
+			return nil, fmt.Errorf("store: revision %d: %w", c.Revision, err)
+		}
+	}
+	for _, k := range c.Deletes {
+		switch k.Kind {
+		case KindAccount:
+			t.Accounts = slices.DeleteFunc(t.Accounts, func(a model.Account) bool { return a.AppID == k.ID })
+		case KindSG:
+			t.SecurityGroups = slices.DeleteFunc(t.SecurityGroups, func(g model.SecurityGroup) bool { return g.SgID == k.ID })
+		case KindENI:
+			t.NetworkInterfaces = slices.DeleteFunc(t.NetworkInterfaces, func(n model.NetworkInterface) bool { return n.NetworkInterfaceID == k.ID })
+		}
+	}
+	next, err := model.NewState(t)
+	if err != nil {
+		return nil, fmt.Errorf("store: revision %d: %w", c.Revision, err)
+	}
+	return next, nil
+}
+
+// rewritesAll tells whether c puts every object s keeps.
+func rewritesAll(s *model.State, c Change) bool {
+	if s == nil {
+		return true
+	}
+	put := make(map[Key]bool, len(c.Puts))
+	for _, r := range c.Puts {
+		put[r.Key] = true
+	}
+	for _, d := range c.Deletes {
+		put[d] = true
+	}
+	for _, l := range []struct {
+		kind Kind
+		ids  []string
+	}{{KindAccount, s.AppIDs()}, {KindSG, s.SGIDs()}, {KindENI, s.ENIIDs()}} {
+		for _, id := range l.ids {
+			if !put[Key{l.kind, id}] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// putRecord replaces or appends r's object in t.
+func putRecord(t *model.Topology, r Record) error {
+	var err error
+	switch r.Kind {
+	case KindAccount:
+		t.Accounts, err = upsert(t.Accounts, r, func(a model.Account) string { return a.AppID })
+	case KindSG:
+		t.SecurityGroups, err = upsert(t.SecurityGroups, r, func(g model.SecurityGroup) string { return g.SgID })
+	case KindENI:
+		t.NetworkInterfaces, err = upsert(t.NetworkInterfaces, r, func(n model.NetworkInterface) string { return n.NetworkInterfaceID })
+	default:
+		err = fmt.Errorf("record %q: unknown kind", r.ID)
+	}
+	return err
+}
+
+func upsert[T any](list []T, r Record, id func(T) string) ([]T, error) {
+	var v T
+	if err := json.Unmarshal(r.Value, &v); err != nil {
+		return nil, fmt.Errorf("%s: %w", r.Key, err)
+	}
+	if got := id(v); got != r.ID {
+		return nil, fmt.Errorf("%s: the record holds %q", r.Key, got)
+	}
+	if i := slices.IndexFunc(list, func(x T) bool { return id(x) == r.ID }); i >= 0 {
+		list[i] = v
+		return list, nil
+	}
+	return append(list, v), nil
+}
+
+// stateOf builds a State from the records of every object (any order).
+func stateOf(records []Record) (*model.State, error) {
+	var t model.Topology
+	slices.SortFunc(records, func(a, b Record) int { return cmp.Compare(a.Seq, b.Seq) })
+	for _, r := range records {
+		if err := putRecord(&t, r); err != nil {
+			return nil, err
+		}
+	}
+	return model.NewState(t)
+}
+
+// recordSet follows the last committed state and turns the next one into the records that differ. It
+// compares objects by pointer: a State edited from another shares every object it did not change
+// (model.State.Edit), so a one-rule change encodes one SG whatever the size of the rest.
+type recordSet struct {
+	last    *model.State
+	seq     map[Key]uint64 // creation sequence of every object of last
+	nextSeq uint64
+	buf     []byte // reused by SG encodings; Value slices never alias it
+}
+
+// reset makes s (whose records carry the given sequences) the last committed state.
+func (rs *recordSet) reset(s *model.State, records []Record) {
+	rs.last, rs.seq = s, make(map[Key]uint64, len(records))
+	for _, r := range records {
+		rs.seq[r.Key] = r.Seq
+		rs.nextSeq = max(rs.nextSeq, r.Seq+1)
+	}
+}
+
+// diff is what committing a state changes: the records it writes and the keys it deletes.
+type diff struct {
+	puts    []Record
+	dels    []Key
+	rewrite bool // every object written afresh, with new sequences
+	nextSeq uint64
+}
+
+// diff returns what committing next at revision rev writes; advance applies it once durable.
+func (rs *recordSet) diff(next *model.State, rev uint64) (diff, error) {
+	d := diff{nextSeq: rs.nextSeq}
+	// Objects present before must keep their relative order, or the listing order would change on
+	// reload: when they do not (a state not derived from the last), every object is written afresh.
+	d.rewrite = rs.last == nil || !ordered(rs, next)
+	visit := func(k Key, changed bool, encode func() ([]byte, error)) error {
+		s, known := rs.seq[k]
+		if !known || d.rewrite {
+			s, d.nextSeq, changed = d.nextSeq, d.nextSeq+1, true
+		}
+		if !changed {
+			return nil
+		}
+		v, err := encode()
+		if err != nil {
+			return err
+		}
+		d.puts = append(d.puts, Record{Key: k, Seq: s, Revision: rev, Value: v})
+		return nil
+	}
+	last := rs.last
+	for _, id := range next.AppIDs() {
+		a, _ := next.Account(id)
+		changed := true
+		if last != nil {
+			o, ok := last.Account(id)
+			changed = !ok || o != a
+		}
+		if err := visit(Key{KindAccount, id}, changed, func() ([]byte, error) { return json.Marshal(a) }); err != nil {
+			return diff{}, fmt.Errorf("encode account %s: %w", id, err)
+		}
+	}
+	for _, id := range next.SGIDs() {
+		g, _ := next.SG(id)
+		changed := true
+		if last != nil {
+			o, ok := last.SG(id)
+			changed = !ok || o != g
+		}
+		if err := visit(Key{KindSG, id}, changed, func() ([]byte, error) {
+			b, err := appendSG(rs.buf, g)
+			rs.buf = b
+			return slices.Clone(b), err
+		}); err != nil {
+			return diff{}, err
+		}
+	}
+	for _, id := range next.ENIIDs() {
+		n, _ := next.ENI(id)
+		changed := true
+		if last != nil {
+			o, ok := last.ENI(id)
+			changed = !ok || o != n
+		}
+		if err := visit(Key{KindENI, id}, changed, func() ([]byte, error) { return json.Marshal(n) }); err != nil {
+			return diff{}, fmt.Errorf("encode network interface %s: %w", id, err)
+		}
+	}
+	for k := range rs.seq {
+		if !has(next, k) {
+			d.dels = append(d.dels, k)
+		}
+	}
+	slices.SortFunc(d.puts, func(a, b Record) int { return compareKeys(a.Key, b.Key) })
+	slices.SortFunc(d.dels, compareKeys)
+	return d, nil
+}
+
+// advance makes next, committed with d, the last state.
+func (rs *recordSet) advance(next *model.State, d diff) {
+	if d.rewrite || rs.seq == nil {
+		rs.seq = make(map[Key]uint64, len(d.puts))
+	}
+	for _, r := range d.puts {
+		rs.seq[r.Key] = r.Seq
+	}
+	for _, k := range d.dels {
+		delete(rs.seq, k)
+	}
+	rs.last, rs.nextSeq = next, d.nextSeq
+}
+
+func has(s *model.State, k Key) bool {
+	var ok bool
+	switch k.Kind {
+	case KindAccount:
+		_, ok = s.Account(k.ID)
+	case KindSG:
+		_, ok = s.SG(k.ID)
+	case KindENI:
+		_, ok = s.ENI(k.ID)
+	}
+	return ok
+}
+
+// ordered tells whether the objects next shares with the last state appear in the same relative order.
+func ordered(rs *recordSet, next *model.State) bool {
+	for _, l := range []struct {
+		kind Kind
+		ids  []string
+	}{{KindAccount, next.AppIDs()}, {KindSG, next.SGIDs()}, {KindENI, next.ENIIDs()}} {
+		var prev uint64
+		for _, id := range l.ids {
+			if s, ok := rs.seq[Key{l.kind, id}]; ok {
+				if s < prev {
+					return false
+				}
+				prev = s
+			}
+		}
+	}
+	return true
+}
+
+func compareKeys(a, b Key) int {
+	return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.ID, b.ID))
+}
