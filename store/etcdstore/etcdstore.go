@@ -1,0 +1,431 @@
+// Package etcdstore is the record store of fleet mode (SPEC §9) in etcd: store.Store with one key per
+// object and the derived indexes an agent needs, every commit one etcd transaction guarded by what it
+// was derived from; plus the Nonce record of §4 shared by every replica and the fleet's bookkeeping
+// (host leases, per-host change feeds and acknowledgements).
+//
+// Key layout under prefix P:
+//
+//	P/objects/{account|sg|eni}/{id}  {"seq":N,"object":<model JSON>}   one key per object
+//	P/index/members/{sgId}           ["eni-1",…] sorted ENI IDs of the SG  (written when it changes)
+//	P/index/host/{host}              ["eni-1",…] sorted ENI IDs whose host is host (written when it changes)
+//	P/generation                     {"nextSeq":N,"hosts":[…]}: rewritten by every commit; its
+//	                                 ModRevision is the store's revision, its value the hosts that
+//	                                 commit affected (so its history answers "where is change R?")
+//	P/feed/{host}                    "" rewritten in the commit of every change that affects host
+//	P/acks/{host}                    decimal revision the host has in force (one key per host, overwritten)
+//	P/hosts/{host}                   "" under the host's lease (TTL HostTTL)
+//	P/nonces/{secret}/{ts}/{nonce}   "" under a lease that ends when the Timestamp leaves the window
+//
+// Revisions: the store's generation is etcd's revision of the transaction that committed the state
+// (the ModRevision of P/generation), so Load, Watch, LoadAt and SPEC §9's enforcement.revision speak
+// the same number. Commit's generation argument is only checked to be above the revision this Store
+// last saw, as bbolt checks it; the revision assigned is etcd's (CommitAffecting returns it).
+//
+// Guard: a commit compares P/generation's ModRevision with the one of the state it was derived from.
+// An API call reads more than the records it writes (references, quotas, IP uniqueness), so guarding
+// only the written records would let two calls each pass on a state the other made invalid; one
+// compare on the generation is the whole read set, in one operation.
+//
+// etcd's limits (defaults --max-txn-ops 128, --max-request-bytes 1.5 MiB): a commit is one operation
+// per changed object, per changed index key (an SG's member list is one key, a host's ENI list one
+// key), one for P/generation and one per affected host's feed. A 100-ENI
+// ModifySecurityGroupsOfNetworkInterface onto up to 5 SGs on 10 hosts is 100 + ≤10 + ≤10 + 1 + 10 ops
+// (tested against an embedded etcd with the default limits). Feeds that do not fit in the commit's
+// transaction are written right after it in transactions of at most MaxTxnOps puts, before Commit
+// returns; a commit whose records and indexes alone exceed MaxTxnOps is refused with ErrTooLarge
+// before anything is written.
+package etcdstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/store/nonce"
+)
+
+// DefaultMaxTxnOps is etcd's default --max-txn-ops.
+const DefaultMaxTxnOps = 128
+
+var (
+	// ErrTooLarge is Commit's error when a change needs more operations than one transaction allows.
+	ErrTooLarge = errors.New("etcdstore: change too large for one etcd transaction")
+	// ErrFeedIncomplete is returned, with the revision, when a commit succeeded but the feeds of some
+	// affected hosts could not be written after it: the change is durable, those hosts do not know yet.
+	ErrFeedIncomplete = errors.New("etcdstore: committed, but not every affected host was notified")
+)
+
+// Option changes how Open sets up a Store.
+type Option func(*Store)
+
+// WithMaxTxnOps sets the cluster's --max-txn-ops when it is not etcd's default.
+func WithMaxTxnOps(n int) Option { return func(s *Store) { s.maxOps = n } }
+
+// WithLogger sets the logger (slog.Default otherwise).
+func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
+
+// WithNonceLimits bounds this Store's share of the Nonce record (nonce.DefaultLimits otherwise).
+func WithNonceLimits(l nonce.Limits) Option { return func(s *Store) { s.nonces = nonce.New(l) } }
+
+// Store is a store.Store in etcd. Safe for concurrent use; many Stores (replicas) may share a prefix.
+type Store struct {
+	cli    *clientv3.Client
+	prefix string
+	maxOps int
+	log    *slog.Logger
+
+	mu     sync.Mutex // serialises commits; guards rs, loaded, base
+	rs     records
+	loaded bool
+	base   int64 // ModRevision of P/generation for the state rs follows; 0 when none
+
+	nonceMu sync.Mutex
+	nonces  *nonce.Record
+	leases  map[int64]clientv3.LeaseID // nonce lease by expiry bucket
+}
+
+// Open returns a Store on cli under prefix (e.g. "/sgsim"), after checking that etcd answers.
+func Open(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Option) (*Store, error) {
+	if cli == nil {
+		return nil, errors.New("etcdstore: nil client")
+	}
+	if !strings.HasPrefix(prefix, "/") || strings.HasSuffix(prefix, "/") {
+		return nil, fmt.Errorf("etcdstore: prefix %q must start with / and not end with one", prefix)
+	}
+	s := &Store{cli: cli, prefix: prefix, maxOps: DefaultMaxTxnOps, log: slog.Default(), leases: map[int64]clientv3.LeaseID{}}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.nonces == nil {
+		s.nonces = nonce.New(nonce.DefaultLimits())
+	}
+	if s.maxOps < 8 {
+		return nil, fmt.Errorf("etcdstore: max txn ops %d is too small", s.maxOps)
+	}
+	if _, err := cli.Get(ctx, s.genKey()); err != nil {
+		return nil, fmt.Errorf("etcdstore: reach etcd: %w", err)
+	}
+	return s, nil
+}
+
+var kindSegments = map[store.Kind]string{store.KindAccount: "account", store.KindSG: "sg", store.KindENI: "eni"}
+
+func (s *Store) objectsPrefix() string { return s.prefix + "/objects/" }
+func (s *Store) genKey() string        { return s.prefix + "/generation" }
+func (s *Store) objectKey(k store.Key) string {
+	return s.objectsPrefix() + kindSegments[k.Kind] + "/" + k.ID
+}
+func (s *Store) membersKey(sg string) string { return s.prefix + "/index/members/" + sg }
+func (s *Store) hostIndexKey(h string) string {
+	return s.prefix + "/index/host/" + h
+}
+func (s *Store) feedKey(h string) string { return s.prefix + "/feed/" + h }
+func (s *Store) ackKey(h string) string  { return s.prefix + "/acks/" + h }
+func (s *Store) hostKey(h string) string { return s.prefix + "/hosts/" + h }
+
+// parseObjectKey returns the Key of an object's etcd key.
+func (s *Store) parseObjectKey(key []byte) (store.Key, error) {
+	rest, ok := strings.CutPrefix(string(key), s.objectsPrefix())
+	seg, id, ok2 := strings.Cut(rest, "/")
+	if ok && ok2 && id != "" {
+		for k, name := range kindSegments {
+			if name == seg {
+				return store.Key{Kind: k, ID: id}, nil
+			}
+		}
+	}
+	return store.Key{}, fmt.Errorf("etcdstore: unexpected key %q", key)
+}
+
+// envelope is an object's value: its creation sequence and its JSON.
+type envelope struct {
+	Seq    uint64          `json:"seq"`
+	Object json.RawMessage `json:"object"`
+}
+
+func encodeEnvelope(r store.Record) string {
+	var b strings.Builder
+	b.Grow(len(r.Value) + 32)
+	b.WriteString(`{"seq":`)
+	b.WriteString(strconv.FormatUint(r.Seq, 10))
+	b.WriteString(`,"object":`)
+	b.Write(r.Value)
+	b.WriteByte('}')
+	return b.String()
+}
+
+func (s *Store) decodeRecord(kv *mvccpb.KeyValue) (store.Record, error) {
+	k, err := s.parseObjectKey(kv.Key)
+	if err != nil {
+		return store.Record{}, err
+	}
+	var e envelope
+	if err := json.Unmarshal(kv.Value, &e); err != nil {
+		return store.Record{}, fmt.Errorf("etcdstore: %s at revision %d: %w", k, kv.ModRevision, err)
+	}
+	return store.Record{Key: k, Seq: e.Seq, Revision: uint64(kv.ModRevision), Value: e.Object}, nil
+}
+
+// generation is P/generation's value.
+type generation struct {
+	NextSeq uint64   `json:"nextSeq"`
+	Hosts   []string `json:"hosts"`
+}
+
+// stateOf builds the state of an object listing (nil with no objects).
+func (s *Store) stateOf(kvs []*mvccpb.KeyValue) (*model.State, []store.Record, error) {
+	recs := make([]store.Record, 0, len(kvs))
+	for _, kv := range kvs {
+		r, err := s.decodeRecord(kv)
+		if err != nil {
+			return nil, nil, err
+		}
+		recs = append(recs, r)
+	}
+	if len(recs) == 0 {
+		return nil, nil, nil
+	}
+	st, err := store.Change{Puts: recs}.Apply(nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("etcdstore: %w", err)
+	}
+	return st, recs, nil
+}
+
+// Load implements store.Store: the objects and the generation in one read.
+func (s *Store) Load(ctx context.Context) (*model.State, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.load(ctx)
+}
+
+// load reads the current state and makes rs follow it. Caller holds s.mu.
+func (s *Store) load(ctx context.Context) (*model.State, uint64, error) {
+	resp, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(s.objectsPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(s.genKey()),
+	).Commit()
+	if err != nil {
+		return nil, 0, fmt.Errorf("etcdstore: load %s: %w", s.prefix, err)
+	}
+	objs, gens := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+	st, recs, err := s.stateOf(objs)
+	if err != nil {
+		return nil, 0, err
+	}
+	var g generation
+	var base int64
+	if len(gens) == 1 {
+		if err := json.Unmarshal(gens[0].Value, &g); err != nil {
+			return nil, 0, fmt.Errorf("etcdstore: %s: %w", s.genKey(), err)
+		}
+		base = gens[0].ModRevision
+	} else if len(objs) > 0 {
+		return nil, 0, fmt.Errorf("etcdstore: %s holds objects but no %s", s.prefix, s.genKey())
+	}
+	s.rs = records{}
+	s.rs.reset(st, recs, g.NextSeq)
+	s.base, s.loaded = base, true
+	return st, uint64(base), nil
+}
+
+// Commit implements store.Store. It notifies every host that holds an ENI before or after the change:
+// correct for any change, but a fleet replica should say which hosts it affects (CommitAffecting).
+func (s *Store) Commit(ctx context.Context, next *model.State, gen uint64) error {
+	_, err := s.CommitAffecting(ctx, next, gen, nil)
+	return err
+}
+
+// CommitAffecting commits next as Commit does and writes the feed of each of hosts (nil: every host
+// holding an ENI before or after) in the same transaction, returning the revision assigned. The caller
+// computes hosts from compiler.Affected and the ENIs' Host fields of both states.
+func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint64, hosts []string) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if next == nil {
+		return 0, errors.New("etcdstore: commit of a nil state")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.loaded {
+		if _, _, err := s.load(ctx); err != nil {
+			return 0, err
+		}
+	}
+	if s.base != 0 && gen <= uint64(s.base) {
+		return 0, fmt.Errorf("%w: revision %d, %s is at %d", store.ErrConflict, gen, s.prefix, s.base)
+	}
+	d, err := s.rs.diff(next)
+	if err != nil {
+		return 0, fmt.Errorf("etcdstore: %w", err)
+	}
+	if hosts == nil {
+		hosts = slices.Concat(sortedKeys(s.rs.hosts), sortedKeys(d.allHosts))
+	}
+	hosts = slices.DeleteFunc(slices.Compact(slices.Sorted(slices.Values(hosts))), func(h string) bool { return h == "" })
+	ops := s.commitOps(d, hosts)
+	if len(ops) > s.maxOps {
+		return 0, fmt.Errorf("%w: %d objects, %d member lists and %d host lists changed: %d operations, etcd allows %d",
+			ErrTooLarge, len(d.puts)+len(d.dels), len(d.members), len(d.hosts), len(ops), s.maxOps)
+	}
+	inTxn := min(len(hosts), s.maxOps-len(ops))
+	for _, h := range hosts[:inTxn] {
+		ops = append(ops, clientv3.OpPut(s.feedKey(h), ""))
+	}
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.genKey()), "=", s.base)).Then(ops...).Commit()
+	if err != nil {
+		// Whether it applied is unknown: the next commit starts from what etcd holds.
+		s.loaded = false
+		return 0, fmt.Errorf("etcdstore: commit to %s (%d operations): %w", s.prefix, len(ops), err)
+	}
+	if !resp.Succeeded {
+		s.loaded = false
+		return 0, fmt.Errorf("%w: %s moved past revision %d", store.ErrConflict, s.prefix, s.base)
+	}
+	rev := resp.Header.Revision
+	s.rs.advance(next, d)
+	s.base = rev
+	if err := s.writeFeeds(ctx, hosts[inTxn:]); err != nil {
+		s.log.Error("feeds not written", "revision", rev, "hosts", len(hosts)-inTxn, "err", err)
+		return uint64(rev), fmt.Errorf("%w: revision %d: %w", ErrFeedIncomplete, rev, err)
+	}
+	return uint64(rev), nil
+}
+
+// commitOps returns a commit's operations but its feeds.
+func (s *Store) commitOps(d delta, hosts []string) []clientv3.Op {
+	ops := make([]clientv3.Op, 0, len(d.puts)+len(d.dels)+len(d.members)+len(d.hosts)+1+len(hosts))
+	for _, r := range d.puts {
+		ops = append(ops, clientv3.OpPut(s.objectKey(r.Key), encodeEnvelope(r)))
+	}
+	for _, k := range d.dels {
+		ops = append(ops, clientv3.OpDelete(s.objectKey(k)))
+	}
+	index := func(key string, ids []string) clientv3.Op {
+		if ids == nil {
+			return clientv3.OpDelete(key)
+		}
+		b, _ := json.Marshal(ids) // a []string always encodes
+		return clientv3.OpPut(key, string(b))
+	}
+	for _, sg := range sortedKeys(d.members) {
+		ops = append(ops, index(s.membersKey(sg), d.members[sg]))
+	}
+	for _, h := range sortedKeys(d.hosts) {
+		ops = append(ops, index(s.hostIndexKey(h), d.hosts[h]))
+	}
+	g, _ := json.Marshal(generation{NextSeq: d.nextSeq, Hosts: hosts})
+	return append(ops, clientv3.OpPut(s.genKey(), string(g)))
+}
+
+// writeFeeds writes the feeds that did not fit in a commit's transaction.
+func (s *Store) writeFeeds(ctx context.Context, hosts []string) error {
+	for len(hosts) > 0 {
+		n := min(len(hosts), s.maxOps)
+		ops := make([]clientv3.Op, n)
+		for i, h := range hosts[:n] {
+			ops[i] = clientv3.OpPut(s.feedKey(h), "")
+		}
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return err
+		}
+		hosts = hosts[n:]
+	}
+	return nil
+}
+
+// LoadAt implements store.Store: the whole object prefix at rev (any etcd revision still kept).
+func (s *Store) LoadAt(ctx context.Context, rev uint64) (*model.State, error) {
+	resp, err := s.cli.Get(ctx, s.objectsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(int64(rev)))
+	switch {
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return nil, fmt.Errorf("%w: %s at revision %d: %w", store.ErrCompacted, s.prefix, rev, err)
+	case errors.Is(err, rpctypes.ErrFutureRev):
+		return nil, fmt.Errorf("etcdstore: %s: revision %d is ahead of the latest: %w", s.prefix, rev, err)
+	case err != nil:
+		return nil, fmt.Errorf("etcdstore: load %s at revision %d: %w", s.prefix, rev, err)
+	}
+	st, _, err := s.stateOf(resp.Kvs)
+	return st, err
+}
+
+// Watch implements store.Store on etcd's watch of the object prefix. etcd never splits one revision's
+// events over two responses, so grouping a response's events by ModRevision gives one Change per
+// commit. The client re-establishes a broken watch by itself, from the last revision delivered.
+func (s *Store) Watch(ctx context.Context, from uint64, fn func(store.Change) error) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wch := s.cli.Watch(wctx, s.objectsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(int64(from)+1))
+	for resp := range wch {
+		if resp.CompactRevision != 0 {
+			return fmt.Errorf("%w: %s keeps changes from revision %d, not after %d", store.ErrCompacted, s.prefix, resp.CompactRevision, from)
+		}
+		if err := resp.Err(); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("etcdstore: watch %s: %w", s.prefix, err)
+		}
+		changes, err := s.changesOf(resp.Events)
+		if err != nil {
+			return err
+		}
+		for _, c := range changes {
+			if err := fn(c); err != nil {
+				return err
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("etcdstore: watch of %s closed", s.prefix)
+}
+
+// changesOf groups watch events into Changes, puts and deletes in key order as bbolt gives them.
+func (s *Store) changesOf(events []*clientv3.Event) ([]store.Change, error) {
+	var out []store.Change
+	for _, ev := range events {
+		rev := uint64(ev.Kv.ModRevision)
+		if len(out) == 0 || out[len(out)-1].Revision != rev {
+			out = append(out, store.Change{Revision: rev})
+		}
+		c := &out[len(out)-1]
+		if ev.Type == clientv3.EventTypeDelete {
+			k, err := s.parseObjectKey(ev.Kv.Key)
+			if err != nil {
+				return nil, err
+			}
+			c.Deletes = append(c.Deletes, k)
+			continue
+		}
+		r, err := s.decodeRecord(ev.Kv)
+		if err != nil {
+			return nil, err
+		}
+		c.Puts = append(c.Puts, r)
+	}
+	for i := range out {
+		slices.SortFunc(out[i].Puts, func(a, b store.Record) int { return compareKeys(a.Key, b.Key) })
+		slices.SortFunc(out[i].Deletes, compareKeys)
+	}
+	return out, nil
+}
+
+// Close implements store.Store. The client is the caller's; the Nonces stay (other replicas need them).
+func (s *Store) Close() error { return nil }
+
+var _ store.Store = (*Store)(nil)
