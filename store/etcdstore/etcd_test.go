@@ -48,7 +48,7 @@ func startEtcd(t *testing.T) *testEtcd {
 func (te *testEtcd) start() {
 	cfg := embed.NewConfig()
 	cfg.Dir = te.dir
-	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{te.clientURL}, []url.URL{te.clientURL}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{te.peerURL}, []url.URL{te.peerURL}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)

@@ -8,9 +8,10 @@
 //	P/objects/{account|sg|eni}/{id}  {"seq":N,"object":<model JSON>}   one key per object
 //	P/index/members/{sgId}           ["eni-1",…] sorted ENI IDs of the SG  (written when it changes)
 //	P/index/host/{host}              ["eni-1",…] sorted ENI IDs whose host is host (written when it changes)
-//	P/generation                     {"nextSeq":N,"hosts":[…]}: rewritten by every commit; its
+//	P/objects/generation             {"nextSeq":N,"hosts":[…]}: rewritten by every commit; its
 //	                                 ModRevision is the store's revision, its value the hosts that
-//	                                 commit affected (so its history answers "where is change R?")
+//	                                 commit affected (so its history answers "where is change R?");
+//	                                 under objects/ so one watch sees records and commits in order
 //	P/feed/{host}                    "" rewritten in the commit of every change that affects host
 //	P/acks/{host}                    decimal revision the host has in force (one key per host, overwritten)
 //	P/hosts/{host}                   "" under the host's lease (TTL HostTTL)
@@ -33,7 +34,9 @@
 // (tested against an embedded etcd with the default limits). Feeds that do not fit in the commit's
 // transaction are written right after it in transactions of at most MaxTxnOps puts, before Commit
 // returns; a commit whose records and indexes alone exceed MaxTxnOps is refused with ErrTooLarge
-// before anything is written.
+// before anything is written, except the first commit of an empty store (seeding a topology): it is
+// written in transactions of MaxTxnOps operations guarded on the generation's absence, the generation
+// last, so Load and Watch see it only once complete, as one change.
 package etcdstore
 
 import (
@@ -123,7 +126,7 @@ func Open(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Opti
 var kindSegments = map[store.Kind]string{store.KindAccount: "account", store.KindSG: "sg", store.KindENI: "eni"}
 
 func (s *Store) objectsPrefix() string { return s.prefix + "/objects/" }
-func (s *Store) genKey() string        { return s.prefix + "/generation" }
+func (s *Store) genKey() string        { return s.objectsPrefix() + "generation" }
 func (s *Store) objectKey(k store.Key) string {
 	return s.objectsPrefix() + kindSegments[k.Kind] + "/" + k.ID
 }
@@ -188,6 +191,9 @@ type generation struct {
 func (s *Store) stateOf(kvs []*mvccpb.KeyValue) (*model.State, []store.Record, error) {
 	recs := make([]store.Record, 0, len(kvs))
 	for _, kv := range kvs {
+		if string(kv.Key) == s.genKey() {
+			continue
+		}
 		r, err := s.decodeRecord(kv)
 		if err != nil {
 			return nil, nil, err
@@ -213,27 +219,26 @@ func (s *Store) Load(ctx context.Context) (*model.State, uint64, error) {
 
 // load reads the current state and makes rs follow it. Caller holds s.mu.
 func (s *Store) load(ctx context.Context) (*model.State, uint64, error) {
-	resp, err := s.cli.Txn(ctx).Then(
-		clientv3.OpGet(s.objectsPrefix(), clientv3.WithPrefix()),
-		clientv3.OpGet(s.genKey()),
-	).Commit()
+	resp, err := s.cli.Get(ctx, s.objectsPrefix(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, 0, fmt.Errorf("etcdstore: load %s: %w", s.prefix, err)
 	}
-	objs, gens := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
-	st, recs, err := s.stateOf(objs)
-	if err != nil {
-		return nil, 0, err
-	}
 	var g generation
 	var base int64
-	if len(gens) == 1 {
-		if err := json.Unmarshal(gens[0].Value, &g); err != nil {
-			return nil, 0, fmt.Errorf("etcdstore: %s: %w", s.genKey(), err)
+	for _, kv := range resp.Kvs {
+		if string(kv.Key) == s.genKey() {
+			if err := json.Unmarshal(kv.Value, &g); err != nil {
+				return nil, 0, fmt.Errorf("etcdstore: %s: %w", s.genKey(), err)
+			}
+			base = kv.ModRevision
 		}
-		base = gens[0].ModRevision
-	} else if len(objs) > 0 {
-		return nil, 0, fmt.Errorf("etcdstore: %s holds objects but no %s", s.prefix, s.genKey())
+	}
+	var st *model.State
+	var recs []store.Record
+	if base != 0 { // without a generation, objects are an unfinished seed: the store is empty
+		if st, recs, err = s.stateOf(resp.Kvs); err != nil {
+			return nil, 0, err
+		}
 	}
 	s.rs = records{}
 	s.rs.reset(st, recs, g.NextSeq)
@@ -277,6 +282,9 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 	}
 	hosts = slices.DeleteFunc(slices.Compact(slices.Sorted(slices.Values(hosts))), func(h string) bool { return h == "" })
 	ops := s.commitOps(d, hosts)
+	if len(ops) > s.maxOps && s.base == 0 {
+		return s.seed(ctx, next, d, ops, hosts)
+	}
 	if len(ops) > s.maxOps {
 		return 0, fmt.Errorf("%w: %d objects, %d member lists and %d host lists changed: %d operations, etcd allows %d",
 			ErrTooLarge, len(d.puts)+len(d.dels), len(d.members), len(d.hosts), len(ops), s.maxOps)
@@ -300,6 +308,44 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 	s.base = rev
 	if err := s.writeFeeds(ctx, hosts[inTxn:]); err != nil {
 		s.log.Error("feeds not written", "revision", rev, "hosts", len(hosts)-inTxn, "err", err)
+		return uint64(rev), fmt.Errorf("%w: revision %d: %w", ErrFeedIncomplete, rev, err)
+	}
+	return uint64(rev), nil
+}
+
+// seed writes the first state of an empty store when it needs more than one transaction: first any
+// unfinished seed is cleared, then the objects and indexes in batches, then the generation, each
+// guarded on the generation's absence (another replica seeding first is ErrConflict). Caller holds s.mu.
+func (s *Store) seed(ctx context.Context, next *model.State, d delta, ops []clientv3.Op, hosts []string) (uint64, error) {
+	absent := clientv3.Compare(clientv3.CreateRevision(s.genKey()), "=", 0)
+	body, gen := ops[:len(ops)-1], ops[len(ops)-1]
+	batches := [][]clientv3.Op{{clientv3.OpDelete(s.objectsPrefix(), clientv3.WithPrefix())}}
+	for len(body) > 0 {
+		n := min(len(body), s.maxOps)
+		batches, body = append(batches, body[:n]), body[n:]
+	}
+	inTxn := min(len(hosts), s.maxOps-1)
+	last := []clientv3.Op{gen}
+	for _, h := range hosts[:inTxn] {
+		last = append(last, clientv3.OpPut(s.feedKey(h), ""))
+	}
+	batches = append(batches, last)
+	var rev int64
+	for i, b := range batches {
+		resp, err := s.cli.Txn(ctx).If(absent).Then(b...).Commit()
+		if err != nil {
+			s.loaded = false
+			return 0, fmt.Errorf("etcdstore: seed %s (transaction %d of %d): %w", s.prefix, i+1, len(batches), err)
+		}
+		if !resp.Succeeded {
+			s.loaded = false
+			return 0, fmt.Errorf("%w: %s was seeded by another writer", store.ErrConflict, s.prefix)
+		}
+		rev = resp.Header.Revision
+	}
+	s.rs.advance(next, d)
+	s.base = rev
+	if err := s.writeFeeds(ctx, hosts[inTxn:]); err != nil {
 		return uint64(rev), fmt.Errorf("%w: revision %d: %w", ErrFeedIncomplete, rev, err)
 	}
 	return uint64(rev), nil
@@ -362,13 +408,15 @@ func (s *Store) LoadAt(ctx context.Context, rev uint64) (*model.State, error) {
 	return st, err
 }
 
-// Watch implements store.Store on etcd's watch of the object prefix. etcd never splits one revision's
-// events over two responses, so grouping a response's events by ModRevision gives one Change per
-// commit. The client re-establishes a broken watch by itself, from the last revision delivered.
+// Watch implements store.Store on etcd's watch of the object prefix, generation included: a Change is
+// the records written at or before a revision that wrote the generation (a commit; a seed's batches
+// before it fold into its one Change). etcd never splits one revision's events over two responses. The
+// client re-establishes a broken watch by itself, from the last revision delivered.
 func (s *Store) Watch(ctx context.Context, from uint64, fn func(store.Change) error) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wch := s.cli.Watch(wctx, s.objectsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(int64(from)+1))
+	var pending []*clientv3.Event // events not yet closed by a generation
 	for resp := range wch {
 		if resp.CompactRevision != 0 {
 			return fmt.Errorf("%w: %s keeps changes from revision %d, not after %d", store.ErrCompacted, s.prefix, resp.CompactRevision, from)
@@ -379,11 +427,25 @@ func (s *Store) Watch(ctx context.Context, from uint64, fn func(store.Change) er
 			}
 			return fmt.Errorf("etcdstore: watch %s: %w", s.prefix, err)
 		}
-		changes, err := s.changesOf(resp.Events)
-		if err != nil {
-			return err
-		}
-		for _, c := range changes {
+		pending = append(pending, resp.Events...)
+		for {
+			i := slices.IndexFunc(pending, func(ev *clientv3.Event) bool { return string(ev.Kv.Key) == s.genKey() })
+			if i < 0 {
+				break
+			}
+			rev := pending[i].Kv.ModRevision
+			j := i + 1
+			for j < len(pending) && pending[j].Kv.ModRevision <= rev {
+				j++
+			}
+			c, err := s.changeOf(uint64(rev), pending[:j])
+			if err != nil {
+				return err
+			}
+			pending = pending[j:]
+			if len(c.Puts)+len(c.Deletes) == 0 {
+				continue // a commit that changed no record, as bbolt's history has none
+			}
 			if err := fn(c); err != nil {
 				return err
 			}
@@ -395,34 +457,35 @@ func (s *Store) Watch(ctx context.Context, from uint64, fn func(store.Change) er
 	return fmt.Errorf("etcdstore: watch of %s closed", s.prefix)
 }
 
-// changesOf groups watch events into Changes, puts and deletes in key order as bbolt gives them.
-func (s *Store) changesOf(events []*clientv3.Event) ([]store.Change, error) {
-	var out []store.Change
+// changeOf is the Change of the events up to one commit's generation at rev: the last event of each
+// key wins, puts and deletes in key order as bbolt gives them.
+func (s *Store) changeOf(rev uint64, events []*clientv3.Event) (store.Change, error) {
+	c := store.Change{Revision: rev}
+	last := map[string]*clientv3.Event{}
 	for _, ev := range events {
-		rev := uint64(ev.Kv.ModRevision)
-		if len(out) == 0 || out[len(out)-1].Revision != rev {
-			out = append(out, store.Change{Revision: rev})
+		if string(ev.Kv.Key) != s.genKey() {
+			last[string(ev.Kv.Key)] = ev
 		}
-		c := &out[len(out)-1]
+	}
+	for _, ev := range last {
 		if ev.Type == clientv3.EventTypeDelete {
 			k, err := s.parseObjectKey(ev.Kv.Key)
 			if err != nil {
-				return nil, err
+				return c, err
 			}
 			c.Deletes = append(c.Deletes, k)
 			continue
 		}
 		r, err := s.decodeRecord(ev.Kv)
 		if err != nil {
-			return nil, err
+			return c, err
 		}
+		r.Revision = rev
 		c.Puts = append(c.Puts, r)
 	}
-	for i := range out {
-		slices.SortFunc(out[i].Puts, func(a, b store.Record) int { return compareKeys(a.Key, b.Key) })
-		slices.SortFunc(out[i].Deletes, compareKeys)
-	}
-	return out, nil
+	slices.SortFunc(c.Puts, func(a, b store.Record) int { return compareKeys(a.Key, b.Key) })
+	slices.SortFunc(c.Deletes, compareKeys)
+	return c, nil
 }
 
 // Close implements store.Store. The client is the caller's; the Nonces stay (other replicas need them).

@@ -261,11 +261,13 @@ func TestEtcdRestartLosesNoAcknowledgedCommit(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, te, te.prefix())
 	commitNext(t, st, demo(t))
+	var mu sync.Mutex
 	var acked []string
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for i := 0; len(acked) < 40 && i < 2000; i++ {
+		for i := 0; count() < 60 && i < 5000; i++ {
 			id := fmt.Sprintf("sg-%d", i)
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
 			s, rev, err := st.Load(cctx)
@@ -273,20 +275,23 @@ func TestEtcdRestartLosesNoAcknowledgedCommit(t *testing.T) {
 				err = st.Commit(cctx, addSG(t, s, id), rev+1)
 			}
 			cancel()
-			if err == nil {
-				acked = append(acked, id)
-			} else {
+			if err != nil {
 				time.Sleep(20 * time.Millisecond)
+				continue
 			}
+			mu.Lock()
+			acked = append(acked, id)
+			mu.Unlock()
 		}
 	}()
-	require.Eventually(t, func() bool { return true }, time.Second, 100*time.Millisecond)
-	time.Sleep(200 * time.Millisecond)
+	require.Eventually(t, func() bool { return count() >= 20 }, 10*time.Second, 5*time.Millisecond)
 	te.stop()
-	time.Sleep(500 * time.Millisecond)
+	stoppedAt := count()
+	time.Sleep(300 * time.Millisecond)
 	te.start()
 	<-done
-	require.Len(t, acked, 40, "commits resume after the restart")
+	require.Len(t, acked, 60, "commits resume after the restart")
+	require.Less(t, stoppedAt, 60, "etcd stopped while commits were still coming")
 	s, _, err := st.Load(ctx)
 	require.NoError(t, err)
 	for _, id := range acked {
