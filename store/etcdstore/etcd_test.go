@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,8 +15,6 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
-
-func zapNop() *zap.Logger { return zap.NewNop() }
 
 // testEtcd is an etcd server in the test process with etcd's default limits, on ports of 127.0.0.1
 // free when it first started (kept across a restart, so clients reconnect).
@@ -73,7 +70,7 @@ func (te *testEtcd) stop() {
 // client returns a new client of its own, closed with the test.
 func (te *testEtcd) client(t *testing.T) *clientv3.Client {
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{te.clientURL.String()}, DialTimeout: 5 * time.Second,
-		Logger: zapNop()})
+		Logger: zap.NewNop()})
 	require.NoError(t, err)
 	t.Cleanup(func() { cli.Close() })
 	return cli
@@ -87,5 +84,3 @@ func openStore(t *testing.T, te *testEtcd, prefix string, opts ...Option) *Store
 	require.NoError(t, err)
 	return s
 }
-
-func sortedCopy(in []string) []string { return slices.Sorted(slices.Values(in)) }
