@@ -31,6 +31,14 @@ type Options struct {
 	// RuleCounts, if set, reads an enforcing dataplane's per-rule packet counters (the eBPF program's)
 	// for /metrics.
 	RuleCounts func() ([]RuleCount, error)
+	// TrackedFlows, if set, reads how many flows an enforcing dataplane tracks, for /metrics.
+	TrackedFlows func() (int, error)
+	// AdminTokens authenticate the inspection endpoints and /metrics (Authorization: Bearer TOKEN)
+	// besides the topology's adminTokens (SPEC §8).
+	AdminTokens []string
+	// Interfaces, if set, reports a host interface's state (the node that attaches them sets it), for
+	// the admin endpoints' attached and ifindex.
+	Interfaces func(ifname string) InterfaceState
 }
 
 // RuleCount is how many packets one entry of an ENI's live table decided in an enforcing dataplane
@@ -77,15 +85,20 @@ func NewHandler(ctrl *control.Controller, opts Options) *Handler {
 		opts.Logger = slog.Default()
 	}
 	h := &Handler{ctrl: ctrl, opts: opts, log: opts.Logger, mux: http.NewServeMux(),
-		nonces: opts.Nonces, metrics: newMetrics()}
+		nonces: opts.Nonces}
 	if h.nonces == nil {
 		h.nonces = nonce.New(nonce.DefaultLimits())
 	}
+	h.metrics = newMetrics(h)
 	h.mux.HandleFunc("/v2/index.php", h.serveTencent)
 	h.mux.HandleFunc("POST /v2.0/{project}/security-groups/{sg}/instance/action", h.serveHuawei)
 	h.mux.HandleFunc("POST /v1/{project}/security-groups/{sg}/instance/action", h.serveHuawei)
 	h.mux.HandleFunc("POST /sgsim/v1/check", h.serveCheck)
 	h.mux.HandleFunc("GET /sgsim/v1/enis/{id}/table", h.serveTable)
+	h.mux.HandleFunc("PUT /sgsim/v1/enis/{id}", h.servePutENI)
+	h.mux.HandleFunc("DELETE /sgsim/v1/enis/{id}", h.serveDeleteENI)
+	h.mux.HandleFunc("GET /sgsim/v1/enis/{id}", h.serveGetENI)
+	h.mux.HandleFunc("GET /sgsim/v1/enis", h.serveListENIs)
 	h.mux.HandleFunc("GET /metrics", h.serveMetrics)
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "generation": ctrl.View().Generation})

@@ -26,7 +26,7 @@ func ExampleNewHandler() {
 	if err != nil {
 		panic(err)
 	}
-	h := api.NewHandler(ctrl, api.Options{})
+	h := api.NewHandler(ctrl, api.Options{AdminTokens: []string{"admin-token"}})
 
 	p := url.Values{"Action": {"ModifySecurityGroupsOfNetworkInterface"},
 		"networkInterfaceSet.0.networkInterfaceId": {"eni-web2"},
@@ -44,6 +44,7 @@ func ExampleNewHandler() {
 
 	req = httptest.NewRequest(http.MethodPost, "http://sgsim.local/sgsim/v1/check",
 		strings.NewReader(`{"eni":"eni-web2","direction":"ingress","protocol":"tcp","remote":"198.18.5.1","port":22}`))
+	req.Header.Set("Authorization", "Bearer admin-token") // inspection needs a credential
 	rec = httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	fmt.Print(rec.Body.String())

@@ -64,8 +64,11 @@ func TestDecodeModifyPolicyMatchesTree(t *testing.T) {
 	const pub = "Action=ModifySecurityGroupPolicy&Timestamp=1&Nonce=2&SecretId=a&Signature=b&SignatureMethod=HmacSHA256&Region=r"
 	for q, fast := range map[string]bool{
 		pub + "&sgId=sg-1": true,
+		pub + "&sgId=sg-1&Token=t&RequestClient=SDK_GO_1.3.211&Language=zh-CN&Version=2017-03-12":                   true,
+		pub + "&sgId=sg-1&Token=&RequestClient=&Language=&Version=&ingress.0.action=ACCEPT":                         true,
 		pub + "&sgId=sg-1&ingress.0.action=ACCEPT&ingress.1.cidrIp=10.0.0.0%2F8&ingress.1.desc=&egress.0.sgId=sg-2": true,
 		pub + "&sgId=sg-1&" + rulesQuery("ingress", 12) + "&" + rulesQuery("egress", 101):                           true,
+		strings.Replace(pub, "Region=r", "Region=", 1) + "&sgId=sg-1":                                               true,
 		pub + "&sgId=sg-1&ingress.1.action=ACCEPT":                                                                  false, // not dense
 		pub + "&sgId=sg-1&ingress.0.action=ACCEPT&ingress.00.action=DROP":                                           false, // not an index
 		pub + "&sgId=sg-1&ingress.0.action=ACCEPT&ingress.0.action=DROP":                                            false, // twice

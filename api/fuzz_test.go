@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -19,6 +20,7 @@ func FuzzDecodeTencent(f *testing.F) {
 		"Action=DescribeNetworkInterfaces&limit=50&offset=0&Timestamp=1&Nonce=1",
 		"Action=CreateSecurityGroup&sgName=x&projectId=3&Timestamp=1&Nonce=1",
 		"Action=ModifySecurityGroupPolicy&Region=r&SecretId=a&Signature=b&SignatureMethod=HmacSHA1&sgId=sg-1&ingress.0.action=ACCEPT&ingress.1.cidrIp=10.0.0.0/8&ingress.1.desc=d&egress.0.portRange=80&egress.0.ipProtocol=tcp&egress.1.sgId=sg-2&Timestamp=1&Nonce=2",
+		"Action=DescribeSecurityGroupPolicy&sgId=sg-1&Token=&RequestClient=SDK_GO_1.3.211&Language=zh-CN&Version=&Region=&Timestamp=1&Nonce=9223372036854775807",
 		"a.0=1&a.1.b=2", "ingress.1.action=x", "x..y=1", "",
 	} {
 		f.Add(s)
@@ -42,7 +44,7 @@ func FuzzDecodeTencent(f *testing.F) {
 		}
 		// Whatever decodes names a known action and carries lists exactly as dense as they were sent.
 		require.Contains(t, actionParams, c.Action)
-		require.NotEmpty(t, c.Nonce)
+		require.True(t, validNonce(c.Nonce), c.Nonce)
 		n := 0
 		for k := range params {
 			if strings.HasPrefix(k, "ingress.") && strings.HasSuffix(k, ".action") {
@@ -61,7 +63,7 @@ func FuzzDecodeTencent(f *testing.F) {
 func FuzzDecodeHuawei(f *testing.F) {
 	for _, s := range []string{
 		`{"ports":[{"id":"b9ac5247-c4ca-4c9b-b8fa-7d19132e560a"}],"action":"add"}`,
-		`{"ports":[],"action":"remove"}`, `{"ports":null}`, `[]`, `{"ports":[{"id":1}]}`, "",
+		`{"ports":[],"action":"remove"}`, `{"ports":null}`, `[]`, `{"ports":[{"ID":"a"}],"action":"add","Action":"remove"}`, `{"ports":[{"id":1}]}`, "",
 	} {
 		f.Add([]byte(s))
 	}
@@ -126,5 +128,18 @@ func FuzzParseForm(f *testing.F) {
 		for i, k := range got.names {
 			require.Equal(t, want[k], got.values(i))
 		}
+	})
+}
+
+// FuzzValidNonce: a Nonce is accepted exactly when it is the decimal form strconv writes of an int64
+// above zero.
+func FuzzValidNonce(f *testing.F) {
+	for _, s := range []string{"1", "0", "01", "-1", "+1", "9223372036854775807", "9223372036854775808", "", "1 ", "١"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := strconv.ParseInt(s, 10, 64)
+		want := err == nil && n > 0 && strconv.FormatInt(n, 10) == s
+		require.Equal(t, want, validNonce(s), "%q", s)
 	})
 }

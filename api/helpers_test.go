@@ -32,6 +32,7 @@ const (
 	token1       = "tok-demo-1"
 	token2       = "tok-demo-2"
 	dbPort       = "b9ac5247-c4ca-4c9b-b8fa-7d19132e560a"
+	adminToken   = "admin-token-for-tests"
 	demoTopology = "../testdata/demo.json"
 )
 
@@ -60,7 +61,7 @@ func newTestAPI(t testing.TB) *testAPI {
 	t.Helper()
 	ctrl, err := control.New(context.Background(), store.NewMemory(), demoState(t), control.Options{})
 	require.NoError(t, err)
-	h := NewHandler(ctrl, Options{Now: func() time.Time { return testNow }})
+	h := NewHandler(ctrl, Options{Now: func() time.Time { return testNow }, AdminTokens: []string{adminToken}})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return &testAPI{t: t, srv: srv, h: h, ctrl: ctrl}
@@ -142,7 +143,10 @@ func (a *testAPI) check(eni, dir, proto, remote string, port int) checkOut {
 	if port > 0 {
 		body += fmt.Sprintf(`,"port":%d`, port)
 	}
-	resp, err := http.Post(a.srv.URL+"/sgsim/v1/check", "application/json", strings.NewReader(body+"}"))
+	req, err := http.NewRequest(http.MethodPost, a.srv.URL+"/sgsim/v1/check", strings.NewReader(body+"}"))
+	require.NoError(a.t, err)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(a.t, err)
 	defer resp.Body.Close()
 	require.Equal(a.t, http.StatusOK, resp.StatusCode)
@@ -151,9 +155,21 @@ func (a *testAPI) check(eni, dir, proto, remote string, port int) checkOut {
 	return out
 }
 
+// get GETs path as the admin.
 func (a *testAPI) get(path string) (int, string) {
 	a.t.Helper()
-	resp, err := http.Get(a.srv.URL + path)
+	return a.getWith(path, "Authorization", "Bearer "+adminToken)
+}
+
+// getWith GETs path with one header (none when name is "").
+func (a *testAPI) getWith(path, name, value string) (int, string) {
+	a.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, a.srv.URL+path, nil)
+	require.NoError(a.t, err)
+	if name != "" {
+		req.Header.Set(name, value)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(a.t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)

@@ -2,12 +2,14 @@ package api
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/model"
@@ -47,6 +49,9 @@ func decodeHuawei(body []byte) (req HuaweiRequest, add bool, herr *huaweiError) 
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return req, false, invalid("trailing data after the JSON object")
 	}
+	if err := exactKeys(json.NewDecoder(bytes.NewReader(body)), "body"); err != nil {
+		return req, false, invalid("%v", err)
+	}
 	switch strings.ToLower(req.Action) {
 	case "add":
 		add = true
@@ -68,30 +73,77 @@ func decodeHuawei(body []byte) (req HuaweiRequest, add bool, herr *huaweiError) 
 	return req, add, nil
 }
 
+// exactKeys refuses what encoding/json lets through: a key given twice (the last would win) or spelt
+// in another case than the field's ("Action" would be taken for "action"). It walks a body that
+// decoded into HuaweiRequest, so every key is one of its fields' in some case and the depth is small.
+func exactKeys(dec *json.Decoder, path string) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	switch tok {
+	case json.Delim('{'):
+		seen := map[string]string{}
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			k, _ := kt.(string)
+			if first, ok := seen[strings.ToLower(k)]; ok {
+				return fmt.Errorf("%s: key %q repeats %q", path, k, first)
+			}
+			seen[strings.ToLower(k)] = k
+			if k != "ports" && k != "action" && k != "id" {
+				return fmt.Errorf("%s: key %q must be written %q", path, k, strings.ToLower(k))
+			}
+			if err := exactKeys(dec, path+"."+k); err != nil {
+				return err
+			}
+		}
+		_, err = dec.Token()
+	case json.Delim('['):
+		for i := 0; dec.More(); i++ {
+			if err := exactKeys(dec, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+		_, err = dec.Token()
+	}
+	return err
+}
+
+// accountOfToken returns the account holding Huawei API token, or nil.
+func accountOfToken(st *model.State, token string) *model.Account {
+	if token == "" {
+		return nil
+	}
+	for _, app := range st.AppIDs() {
+		a, _ := st.Account(app)
+		for _, t := range a.HuaweiTokens {
+			if subtle.ConstantTimeCompare([]byte(t), []byte(token)) == 1 {
+				return a
+			}
+		}
+	}
+	return nil
+}
+
 func (h *Handler) serveHuawei(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	action := "instance/action"
 	out, status := h.huawei(r)
 	code := fmt.Sprint(status)
 	if e, ok := out.(*huaweiError); ok {
 		code = e.Code
 	}
-	h.metrics.apiCall("huawei", action, code)
+	h.metrics.apiCall("huawei", action, code, start)
 	writeJSON(w, status, out)
 }
 
 func (h *Handler) huawei(r *http.Request) (any, int) {
 	fail := func(e *huaweiError) (any, int) { return e, e.Status }
-	token := r.Header.Get("X-Auth-Token")
-	st := h.ctrl.View().State
-	var acct *model.Account
-	for _, app := range st.AppIDs() {
-		a, _ := st.Account(app)
-		for _, t := range a.HuaweiTokens {
-			if token != "" && t == token {
-				acct = a
-			}
-		}
-	}
+	acct := accountOfToken(h.ctrl.View().State, r.Header.Get("X-Auth-Token"))
 	if acct == nil {
 		return fail(&huaweiError{Status: http.StatusUnauthorized, Code: "VPC.0008", Message: "Invalid token in the header"})
 	}

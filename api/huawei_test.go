@@ -79,6 +79,12 @@ func TestHuaweiErrors(t *testing.T) {
 		{"trailing data", "v2.0", project1, "sg-web", token1, portsBody("add", "eni-spare") + "{}", 400, "VPC.0606", "trailing"},
 		{"bad action", "v2.0", project1, "sg-web", token1, portsBody("attach", "eni-spare"), 400, "VPC.0606", "attach"},
 		{"empty ports", "v2.0", project1, "sg-web", token1, `{"ports":[],"action":"add"}`, 400, "VPC.0606", "empty"},
+		{"action twice", "v2.0", project1, "sg-web", token1, `{"ports":[{"id":"eni-spare"}],"action":"remove","action":"add"}`, 400, "VPC.0606", `key "action" repeats "action"`},
+		{"action capitalised", "v2.0", project1, "sg-web", token1, `{"ports":[{"id":"eni-spare"}],"Action":"add"}`, 400, "VPC.0606", `key "Action" must be written "action"`},
+		{"action in two cases", "v2.0", project1, "sg-web", token1, `{"ports":[{"id":"eni-spare"}],"action":"remove","ACTION":"add"}`, 400, "VPC.0606", `key "ACTION" repeats "action"`},
+		{"ports twice", "v2.0", project1, "sg-web", token1, `{"ports":[{"id":"x"}],"ports":[{"id":"eni-spare"}],"action":"add"}`, 400, "VPC.0606", `key "ports" repeats`},
+		{"port id capitalised", "v2.0", project1, "sg-web", token1, `{"ports":[{"ID":"eni-spare"}],"action":"add"}`, 400, "VPC.0606", `body.ports[0]: key "ID" must be written "id"`},
+		{"port id twice", "v2.0", project1, "sg-web", token1, `{"ports":[{"id":"x","id":"eni-spare"}],"action":"add"}`, 400, "VPC.0606", `key "id" repeats`},
 		{"malformed port id", "v2.0", project1, "sg-web", token1, portsBody("add", "eni spare"), 400, "VPC.0606", "ports[0].id"},
 	}
 	for _, tt := range tests {

@@ -2,9 +2,12 @@ package api
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
@@ -74,7 +77,8 @@ func (h *Handler) noEngine(w http.ResponseWriter) bool {
 }
 
 func (h *Handler) serveCheck(w http.ResponseWriter, r *http.Request) {
-	if h.noEngine(w) {
+	who, ok := h.inspector(w, r)
+	if !ok || h.noEngine(w) {
 		return
 	}
 	var buf bytes.Buffer
@@ -87,12 +91,14 @@ func (h *Handler) serveCheck(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, inspectError{err.Error()})
 		return
 	}
-	out, ok := h.Check(req.ENI, d, &p)
-	if !ok {
-		writeJSON(w, http.StatusNotFound, inspectError{fmt.Sprintf("eni %q: no such network interface", req.ENI)})
-		return
+	// Another tenant's ENI is as absent as one that does not exist, and its lookup is not counted.
+	if who.sees(h, req.ENI) {
+		if out, found := h.Check(req.ENI, d, &p); found {
+			writeJSON(w, http.StatusOK, out)
+			return
+		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusNotFound, inspectError{fmt.Sprintf("eni %q: no such network interface", req.ENI)})
 }
 
 // TableEntry is one row of a flattened table with its provenance.
@@ -152,14 +158,61 @@ func tableEntries(t *compiler.Table) []TableEntry {
 }
 
 func (h *Handler) serveTable(w http.ResponseWriter, r *http.Request) {
-	if h.noEngine(w) {
+	who, ok := h.inspector(w, r)
+	if !ok || h.noEngine(w) {
 		return
 	}
 	id := r.PathValue("id")
 	out, ok := h.Table(id)
-	if !ok {
+	if !ok || !who.sees(h, id) { // another tenant's ENI is as absent as one that does not exist
 		writeJSON(w, http.StatusNotFound, inspectError{fmt.Sprintf("eni %q: no such network interface", id)})
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// inspectorOf is who asks an inspection endpoint: an admin sees every ENI, a tenant only its own.
+type inspectorOf struct {
+	admin bool
+	appID string
+}
+
+// sees reports whether eni is visible to i.
+func (i inspectorOf) sees(h *Handler, eni string) bool {
+	if i.admin {
+		return true
+	}
+	n, ok := h.ctrl.View().State.ENI(eni)
+	return ok && n.AppID == i.appID
+}
+
+// inspector authenticates an inspection request: "Authorization: Bearer TOKEN" with an admin token
+// (Options.AdminTokens or the topology's, SPEC §8), or a tenant's Huawei X-Auth-Token. Without either
+// it answers 401 and returns false.
+func (h *Handler) inspector(w http.ResponseWriter, r *http.Request) (inspectorOf, bool) {
+	st := h.ctrl.View().State
+	if bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && bearer != "" {
+		for _, t := range slices.Concat(h.opts.AdminTokens, st.AdminTokens()) {
+			if subtle.ConstantTimeCompare([]byte(t), []byte(bearer)) == 1 {
+				return inspectorOf{admin: true}, true
+			}
+		}
+	} else if a := accountOfToken(st, r.Header.Get("X-Auth-Token")); a != nil {
+		return inspectorOf{appID: a.AppID}, true
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="sgsim"`)
+	writeJSON(w, http.StatusUnauthorized, inspectError{"a credential is required: Authorization: Bearer ADMIN-TOKEN, or your account's X-Auth-Token"})
+	return inspectorOf{}, false
+}
+
+// ownENIs are the ENIs of appID.
+func (h *Handler) ownENIs(appID string) map[string]bool {
+	st := h.ctrl.View().State
+	own := map[string]bool{}
+	for _, id := range st.ENIIDs() {
+		if n, _ := st.ENI(id); n.AppID == appID {
+			own[id] = true
+		}
+	}
+	return own
 }

@@ -47,7 +47,10 @@ func TestCheckEndpoint(t *testing.T) {
 		{`{"eni":"eni-web1","direction":"ingress","protocol":"gre","remote":"198.18.0.1"}`, 400, "protocol"},
 		{`[1,2]`, 400, "body"},
 	} {
-		resp, err := http.Post(a.srv.URL+"/sgsim/v1/check", "application/json", strings.NewReader(tt.body))
+		req, err := http.NewRequest(http.MethodPost, a.srv.URL+"/sgsim/v1/check", strings.NewReader(tt.body))
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
 		var out map[string]string
 		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
@@ -101,14 +104,14 @@ func TestMetricsAndHealth(t *testing.T) {
 	status, body := a.get("/metrics")
 	require.Equal(t, http.StatusOK, status)
 	for _, want := range []string{
-		`sgsim_rule_hits_total{eni="eni-web1",direction="ingress",sg_id="sg-web",rule_index="1"} 2`,
-		`sgsim_rule_hits_total{eni="eni-web1",direction="ingress",sg_id="",rule_index="default-drop"} 1`,
-		`sgsim_eni_verdicts_total{eni="eni-web1",direction="ingress",verdict="ACCEPT"} 2`,
-		`sgsim_eni_verdicts_total{eni="eni-web1",direction="ingress",verdict="DROP"} 1`,
-		`sgsim_api_calls_total{dialect="tencent",action="DescribeSecurityGroupPolicy",code="0"} 1`,
-		`sgsim_api_calls_total{dialect="tencent",action="DeleteSecurityGroup",code="7006"} 1`,
-		`sgsim_api_calls_total{dialect="tencent",action="",code="4000"} 1`,
-		`sgsim_api_calls_total{dialect="huawei",action="instance/action",code="VPC.0008"} 1`,
+		`sgsim_rule_hits_total{direction="ingress",eni="eni-web1",rule_index="1",sg_id="sg-web"} 2`,
+		`sgsim_rule_hits_total{direction="ingress",eni="eni-web1",rule_index="default-drop",sg_id=""} 1`,
+		`sgsim_eni_verdicts_total{direction="ingress",eni="eni-web1",verdict="ACCEPT"} 2`,
+		`sgsim_eni_verdicts_total{direction="ingress",eni="eni-web1",verdict="DROP"} 1`,
+		`sgsim_api_calls_total{action="DescribeSecurityGroupPolicy",code="0",dialect="tencent"} 1`,
+		`sgsim_api_calls_total{action="DeleteSecurityGroup",code="7006",dialect="tencent"} 1`,
+		`sgsim_api_calls_total{action="",code="4000",dialect="tencent"} 1`,
+		`sgsim_api_calls_total{action="instance/action",code="VPC.0008",dialect="huawei"} 1`,
 		`sgsim_recompile_seconds_bucket{le="+Inf"} 2`,
 		`sgsim_recompile_seconds_count 2`,
 		"# TYPE sgsim_recompile_seconds histogram",
@@ -132,16 +135,16 @@ func TestMetricsRuleCounts(t *testing.T) {
 	var readErr error
 	ctrl, err := control.New(context.Background(), store.NewMemory(), demoState(t), control.Options{})
 	require.NoError(t, err)
-	h := NewHandler(ctrl, Options{RuleCounts: func() ([]RuleCount, error) { return counts, readErr }})
+	h := NewHandler(ctrl, Options{RuleCounts: func() ([]RuleCount, error) { return counts, readErr }, AdminTokens: []string{adminToken}})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	a := &testAPI{t: t, srv: srv, h: h, ctrl: ctrl}
 
 	status, body := a.get("/metrics")
 	require.Equal(t, http.StatusOK, status)
-	assert.Contains(t, body, "# TYPE sgsim_dataplane_rule_packets gauge")
-	assert.Contains(t, body, `sgsim_dataplane_rule_packets{eni="eni-web1",direction="ingress",sg_id="sg-web",rule_index="1",verdict="ACCEPT"} 7`)
-	assert.Contains(t, body, `sgsim_dataplane_rule_packets{eni="eni-web1",direction="ingress",sg_id="",rule_index="default-drop",verdict="DROP"} 9`)
+	assert.Contains(t, body, "# TYPE sgsim_dataplane_rule_packets_total counter")
+	assert.Contains(t, body, `sgsim_dataplane_rule_packets_total{direction="ingress",eni="eni-web1",rule_index="1",sg_id="sg-web",verdict="ACCEPT"} 7`)
+	assert.Contains(t, body, `sgsim_dataplane_rule_packets_total{direction="ingress",eni="eni-web1",rule_index="default-drop",sg_id="",verdict="DROP"} 9`)
 
 	readErr = errors.New("map gone")
 	status, body = a.get("/metrics")

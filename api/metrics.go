@@ -1,120 +1,174 @@
 package api
 
 import (
-	"fmt"
 	"net/http"
-	"sort"
+	"slices"
 	"strconv"
-	"strings"
-	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
 )
 
-// metrics holds the counters /metrics exposes, in Prometheus text format.
+// metrics are what /metrics exposes, in a registry of the handler's own (no global registry).
 type metrics struct {
-	mu       sync.Mutex
-	ruleHits map[[4]string]uint64 // eni, direction, sgId, ruleIndex
-	verdicts map[[3]string]uint64 // eni, direction, verdict
-	calls    map[[3]string]uint64 // dialect, action, code
+	reg      *prometheus.Registry
+	calls    *prometheus.CounterVec   // dialect, action, code
+	latency  *prometheus.HistogramVec // dialect, action, code
+	ruleHits *prometheus.CounterVec   // eni, direction, sg_id, rule_index
+	verdicts *prometheus.CounterVec   // eni, direction, verdict
 }
 
-func newMetrics() *metrics {
-	return &metrics{ruleHits: map[[4]string]uint64{}, verdicts: map[[3]string]uint64{}, calls: map[[3]string]uint64{}}
+// apiLatencyBuckets are upper bounds in seconds, from a rejected call to a 10k-rule policy on disk.
+func apiLatencyBuckets() []float64 {
+	return []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10}
 }
 
-func (m *metrics) apiCall(dialect, action, code string) {
-	m.mu.Lock()
-	m.calls[[3]string{dialect, action, code}]++
-	m.mu.Unlock()
+func newMetrics(h *Handler) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sgsim_api_calls_total",
+			Help: "API calls by dialect, action and answer code."}, []string{"dialect", "action", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sgsim_api_call_duration_seconds",
+			Help:    "Time from receiving an API call to its answer, by dialect, action and answer code.",
+			Buckets: apiLatencyBuckets()}, []string{"dialect", "action", "code"}),
+		ruleHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sgsim_rule_hits_total",
+			Help: "Lookups of the Go engine through /sgsim/v1/check decided by each rule (rule_index is the reason when no rule decided)."},
+			[]string{"eni", "direction", "sg_id", "rule_index"}),
+		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sgsim_eni_verdicts_total",
+			Help: "Verdicts of the Go engine's /sgsim/v1/check lookups per ENI."}, []string{"eni", "direction", "verdict"}),
+	}
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.calls, m.latency, m.ruleHits, m.verdicts, stateCollector{h})
+	m.reg.MustRegister(h.ctrl.Timings().Collectors()...)
+	return m
+}
+
+// apiCall counts one answered call and its latency since start.
+func (m *metrics) apiCall(dialect, action, code string, start time.Time) {
+	m.calls.WithLabelValues(dialect, action, code).Inc()
+	m.latency.WithLabelValues(dialect, action, code).Observe(time.Since(start).Seconds())
 }
 
 func (m *metrics) verdict(eni string, d model.Direction, v dataplane.Verdict) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.verdicts[[3]string{eni, d.String(), v.Action.String()}]++
+	m.verdicts.WithLabelValues(eni, d.String(), v.Action.String()).Inc()
 	if v.Reason == dataplane.ReasonRule {
-		m.ruleHits[[4]string{eni, d.String(), v.SgID, strconv.Itoa(v.RuleIndex)}]++
+		m.ruleHits.WithLabelValues(eni, d.String(), v.SgID, strconv.Itoa(v.RuleIndex)).Inc()
 	} else {
-		m.ruleHits[[4]string{eni, d.String(), "", v.Reason.String()}]++
+		m.ruleHits.WithLabelValues(eni, d.String(), "", v.Reason.String()).Inc()
 	}
 }
 
-// esc escapes a label value (backslash, quote, newline).
-func esc(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+// stateCollector reads, at each scrape, what the committed state and the dataplanes hold.
+type stateCollector struct{ h *Handler }
+
+var (
+	descGeneration = prometheus.NewDesc("sgsim_generation", "Generation of the committed state.", nil, nil)
+	descENIs       = prometheus.NewDesc("sgsim_enis", "ENIs in the committed state.", nil, nil)
+	descSGs        = prometheus.NewDesc("sgsim_security_groups", "Security groups in the committed state.", nil, nil)
+	descEntries    = prometheus.NewDesc("sgsim_table_entries", "Entries of each ENI's flattened table, the implicit drop included.",
+		[]string{"eni", "direction"}, nil)
+	descRulePackets = prometheus.NewDesc("sgsim_dataplane_rule_packets_total",
+		"Packets the enforcing dataplane (the kernel's) decided by each rule of the live tables; an ENI's count restarts when its table is republished (rule_index is the reason when no rule decided).",
+		[]string{"eni", "direction", "sg_id", "rule_index", "verdict"}, nil)
+	descFlows = prometheus.NewDesc("sgsim_tracked_flows", "Flows the enforcing dataplane tracks.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descGeneration, descENIs, descSGs, descEntries, descRulePackets, descFlows} {
+		ch <- d
+	}
 }
 
-func sortedKeys[K comparable](m map[K]uint64, less func(a, b K) bool) []K {
-	ks := make([]K, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
+// Collect implements prometheus.Collector. A dataplane whose counters cannot be read is logged and
+// left out; the rest of the exposition stands.
+func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
+	v := c.h.ctrl.View()
+	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(v.Generation))
+	ch <- prometheus.MustNewConstMetric(descENIs, prometheus.GaugeValue, float64(len(v.State.ENIIDs())))
+	ch <- prometheus.MustNewConstMetric(descSGs, prometheus.GaugeValue, float64(len(v.State.SGIDs())))
+	for _, id := range v.State.ENIIDs() {
+		if t, ok := v.Tables[id]; ok {
+			ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(len(t.Ingress.Entries)), id, model.Ingress.String())
+			ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(len(t.Egress.Entries)), id, model.Egress.String())
+		}
 	}
-	sort.Slice(ks, func(i, j int) bool { return less(ks[i], ks[j]) })
-	return ks
+	if f := c.h.opts.TrackedFlows; f != nil {
+		if n, err := f(); err != nil {
+			c.h.log.Error("read tracked flows", "err", err)
+		} else {
+			ch <- prometheus.MustNewConstMetric(descFlows, prometheus.GaugeValue, float64(n))
+		}
+	}
+	c.collectRuleCounts(ch)
 }
 
-func lessArr[K ~[3]string | ~[4]string | ~[5]string](a, b K) bool {
-	return fmt.Sprint(a) < fmt.Sprint(b)
+// collectRuleCounts sums the enforcing dataplane's per-rule counters per rule (a rule can be several
+// table entries).
+func (c stateCollector) collectRuleCounts(ch chan<- prometheus.Metric) {
+	if c.h.opts.RuleCounts == nil {
+		return
+	}
+	counts, err := c.h.opts.RuleCounts()
+	if err != nil {
+		c.h.log.Error("read dataplane rule counters", "err", err)
+		return
+	}
+	byRule := map[[5]string]uint64{} // eni, direction, sgId, ruleIndex (or reason), verdict
+	for _, rc := range counts {
+		idx := rc.Reason.String()
+		if rc.RuleIndex != nil {
+			idx = strconv.Itoa(*rc.RuleIndex)
+		}
+		byRule[[5]string{rc.ENI, rc.Direction.String(), rc.SgID, idx, rc.Verdict.String()}] += rc.Packets
+	}
+	for k, n := range byRule {
+		ch <- prometheus.MustNewConstMetric(descRulePackets, prometheus.CounterValue, float64(n), k[:]...)
+	}
 }
 
-func (h *Handler) serveMetrics(w http.ResponseWriter, _ *http.Request) {
-	var b strings.Builder
-	m := h.metrics
-	m.mu.Lock()
-	b.WriteString("# HELP sgsim_rule_hits_total Lookups through /sgsim/v1/check decided by each rule (ruleIndex is the reason when no rule decided).\n# TYPE sgsim_rule_hits_total counter\n")
-	for _, k := range sortedKeys(m.ruleHits, lessArr[[4]string]) {
-		fmt.Fprintf(&b, "sgsim_rule_hits_total{eni=\"%s\",direction=\"%s\",sg_id=\"%s\",rule_index=\"%s\"} %d\n", esc(k[0]), k[1], esc(k[2]), k[3], m.ruleHits[k])
+func (h *Handler) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	who, ok := h.inspector(w, r)
+	if !ok {
+		return
 	}
-	b.WriteString("# HELP sgsim_eni_verdicts_total Verdicts of /sgsim/v1/check lookups per ENI.\n# TYPE sgsim_eni_verdicts_total counter\n")
-	for _, k := range sortedKeys(m.verdicts, lessArr[[3]string]) {
-		fmt.Fprintf(&b, "sgsim_eni_verdicts_total{eni=\"%s\",direction=\"%s\",verdict=\"%s\"} %d\n", esc(k[0]), k[1], k[2], m.verdicts[k])
+	var g prometheus.Gatherer = h.metrics.reg
+	if !who.admin {
+		g = tenantGatherer{g, h.ownENIs(who.appID)}
 	}
-	b.WriteString("# HELP sgsim_api_calls_total API calls by dialect, action and answer code.\n# TYPE sgsim_api_calls_total counter\n")
-	for _, k := range sortedKeys(m.calls, lessArr[[3]string]) {
-		fmt.Fprintf(&b, "sgsim_api_calls_total{dialect=\"%s\",action=\"%s\",code=\"%s\"} %d\n", k[0], esc(k[1]), esc(k[2]), m.calls[k])
+	promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
+}
+
+// tenantGatherer keeps only the series of one tenant's ENIs: every figure that is not an ENI's (calls,
+// timings, the process) is summed over every tenant, so none of it is shown to one.
+type tenantGatherer struct {
+	prometheus.Gatherer
+	enis map[string]bool
+}
+
+// Gather implements prometheus.Gatherer.
+func (g tenantGatherer) Gather() ([]*dto.MetricFamily, error) {
+	all, err := g.Gatherer.Gather()
+	var out []*dto.MetricFamily
+	for _, mf := range all {
+		kept := slices.DeleteFunc(mf.Metric, func(m *dto.Metric) bool {
+			i := slices.IndexFunc(m.Label, func(l *dto.LabelPair) bool { return l.GetName() == "eni" })
+			return i < 0 || !g.enis[m.Label[i].GetValue()]
+		})
+		if len(kept) > 0 {
+			mf.Metric = kept
+			out = append(out, mf)
+		}
 	}
-	m.mu.Unlock()
-	h.writeRuleCounts(&b)
-	bounds, cum, sum, n := h.ctrl.RecompileHistogram().Snapshot()
-	b.WriteString("# HELP sgsim_recompile_seconds Time to recompile the affected ENIs and publish them to every dataplane.\n# TYPE sgsim_recompile_seconds histogram\n")
-	for i, ub := range bounds {
-		fmt.Fprintf(&b, "sgsim_recompile_seconds_bucket{le=\"%s\"} %d\n", strconv.FormatFloat(ub, 'g', -1, 64), cum[i])
-	}
-	fmt.Fprintf(&b, "sgsim_recompile_seconds_bucket{le=\"+Inf\"} %d\nsgsim_recompile_seconds_sum %s\nsgsim_recompile_seconds_count %d\n",
-		cum[len(cum)-1], strconv.FormatFloat(sum, 'g', -1, 64), n)
-	fmt.Fprintf(&b, "# HELP sgsim_generation Generation of the committed state.\n# TYPE sgsim_generation gauge\nsgsim_generation %d\n", h.ctrl.View().Generation)
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	_, _ = w.Write([]byte(b.String()))
+	return out, err
 }
 
 // Controller returns the controller behind h.
 func (h *Handler) Controller() *control.Controller { return h.ctrl }
-
-// writeRuleCounts writes the enforcing dataplane's per-rule counters, summed per rule (a rule can be
-// several table entries). A gauge: an ENI's counters restart when its table is republished.
-func (h *Handler) writeRuleCounts(b *strings.Builder) {
-	if h.opts.RuleCounts == nil {
-		return
-	}
-	counts, err := h.opts.RuleCounts()
-	if err != nil {
-		h.log.Error("read dataplane rule counters", "err", err)
-		return
-	}
-	byRule := map[[5]string]uint64{} // eni, direction, sgId, ruleIndex (or reason), verdict
-	for _, c := range counts {
-		idx := c.Reason.String()
-		if c.RuleIndex != nil {
-			idx = strconv.Itoa(*c.RuleIndex)
-		}
-		byRule[[5]string{c.ENI, c.Direction.String(), c.SgID, idx, c.Verdict.String()}] += c.Packets
-	}
-	b.WriteString("# HELP sgsim_dataplane_rule_packets Packets the enforcing dataplane decided by each rule of the live tables since each ENI's table was last published (rule_index is the reason when no rule decided).\n# TYPE sgsim_dataplane_rule_packets gauge\n")
-	for _, k := range sortedKeys(byRule, lessArr[[5]string]) {
-		fmt.Fprintf(b, "sgsim_dataplane_rule_packets{eni=\"%s\",direction=\"%s\",sg_id=\"%s\",rule_index=\"%s\",verdict=\"%s\"} %d\n",
-			esc(k[0]), k[1], esc(k[2]), k[3], k[4], byRule[k])
-	}
-}

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/store/nonce"
 )
 
 // signedAt is testAPI.signed with the given Timestamp and Nonce.
@@ -79,4 +80,35 @@ func TestNonceKeyHasTimestamp(t *testing.T) {
 			assert.Contains(t, r.Message, "4242")
 		})
 	}
+}
+
+// A flood of distinct Nonces from one SecretId stops at its bound with 4500, naming why, while every
+// Nonce already taken stays refused as a replay and another account's calls go on.
+func TestNonceFloodIsBounded(t *testing.T) {
+	a := newTestAPI(t)
+	a.srv.Config.Handler = NewHandler(a.ctrl, Options{Now: func() time.Time { return testNow },
+		Nonces: nonce.New(nonce.Limits{PerSecret: 10, Total: 100})})
+	var first url.Values
+	for i := range 10 {
+		p := a.signedAt(testNow.Unix(), strconv.Itoa(i+1), "Action", ActDescribePolicy, "sgId", "sg-web")
+		require.Equal(t, 0, a.serve(p).Code, "call %d", i)
+		if i == 0 {
+			first = p
+		}
+	}
+	r := a.serve(a.signedAt(testNow.Unix(), "11", "Action", ActDescribePolicy, "sgId", "sg-web"))
+	assert.Equal(t, 4500, r.Code)
+	assert.Contains(t, r.Message, "too many calls within the replay window")
+	r = a.serve(first)
+	assert.Equal(t, 4500, r.Code)
+	assert.Contains(t, r.Message, "already used")
+
+	other := a.signed(http.MethodPost, secretID2, secretKey2, "Action", ActDescribePolicy, "sgId", "sg-other")
+	req := httptest.NewRequest(http.MethodPost, a.srv.URL+TencentPath, strings.NewReader(other.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	rec := httptest.NewRecorder()
+	a.srv.Config.Handler.ServeHTTP(rec, req)
+	var out tcResp
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &out))
+	assert.Equal(t, 0, out.Code, out.Message)
 }

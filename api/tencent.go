@@ -29,8 +29,23 @@ const (
 	ActDescribeENIs   = "DescribeNetworkInterfaces"
 )
 
-// publicParams are accepted with every action.
-var publicParams = []string{"Action", "Region", "Timestamp", "Nonce", "SecretId", "Signature", "SignatureMethod"}
+// publicParams are accepted with every action (SPEC §4): the last four are what the official SDKs add
+// on their own; they are signed like the rest and change nothing.
+var publicParams = []string{"Action", "Region", "Timestamp", "Nonce", "SecretId", "Signature", "SignatureMethod",
+	"Token", "RequestClient", "Language", "Version"}
+
+// listParams are the parameters that are lists (their names have more than one segment).
+var listParams = []string{"ingress", "egress", "networkInterfaceSet"}
+
+// Bounds on every parameter, checked before the signature so that what an unauthenticated request can
+// cost stays proportional to its size. Each is well above what a legal call needs: the deepest legal
+// name is networkInterfaceSet.N.sgIds.M (4 segments, 45 bytes with 9-digit indexes); the longest legal
+// value is a 100-character sgRemark (400 bytes of UTF-8), and an STS Token can run to a few kilobytes.
+const (
+	maxNameSegments = 4
+	maxNameBytes    = 64
+	maxValueBytes   = 4096
+)
 
 // actionParams lists, per action, the top-level parameter names it accepts (lists by their first segment).
 var actionParams = map[string][]string{
@@ -76,56 +91,105 @@ func badParam(format string, args ...any) *tencentError {
 
 // decodeTencent decodes and checks the shape of every parameter. It never looks at the state.
 func decodeTencent(params *form, maxParams int) (*tencentCall, error) {
-	if len(params.names) > maxParams {
-		return nil, badParam("%d parameters, at most %d allowed", len(params.names), maxParams)
+	if err := admissible(params, maxParams); err != nil {
+		return nil, err
 	}
+	return decodeCall(params)
+}
+
+// decodeCall decodes an admissible form: a ModifySecurityGroupPolicy without a tree when it is well
+// formed, anything else through the tree.
+func decodeCall(params *form) (*tencentCall, error) {
 	if c, ok := decodeModifyPolicy(params); ok {
 		return c, nil
 	}
 	return decodeTencentTree(params)
 }
 
-// decodeTencentTree is decodeTencent through the tree of every parameter: any action, any shape, and
-// the error for bad input.
+// admissible checks what can be checked of a request before its signature at a cost independent of
+// the values and with no allocation: the bounds, that no name repeats, a known Action, the top-level
+// names that action accepts, that single-valued ones are single, and Timestamp and Nonce (SPEC §4).
+// What remains (list shapes, indexes, rule fields) is decoded once the caller is authenticated.
+func admissible(f *form, maxParams int) *tencentError {
+	if len(f.keys) > maxParams {
+		return badParam("%d parameters, at most %d allowed", len(f.keys), maxParams)
+	}
+	for i, k := range f.keys {
+		if n := strings.Count(k, ".") + 1; n > maxNameSegments {
+			return badParam("parameter %.64q…: %d name segments, at most %d allowed", k, n, maxNameSegments)
+		}
+		if len(k) > maxNameBytes {
+			return badParam("parameter %.64q…: name of %d bytes, at most %d allowed", k, len(k), maxNameBytes)
+		}
+		if v := f.vals[i]; len(v) > maxValueBytes {
+			return badParam("parameter %q: value of %d bytes, at most %d allowed", k, len(v), maxValueBytes)
+		}
+	}
+	if f.at != nil {
+		for i, k := range f.names {
+			if n := len(f.values(i)); n > 1 {
+				return badParam("parameter %q given %d times", k, n)
+			}
+		}
+	}
+	action := f.get("Action")
+	if action == "" {
+		return badParam("parameter \"Action\" is required")
+	}
+	allowed, known := actionParams[action]
+	if !known {
+		return badParam("parameter \"Action\": unknown action %.64q", action)
+	}
+	for _, k := range f.names {
+		top, _, nested := strings.Cut(k, ".")
+		if !slices.Contains(publicParams, top) && !slices.Contains(allowed, top) {
+			return badParam("parameter %q is not accepted by %s", top, action)
+		}
+		if nested && !slices.Contains(listParams, top) {
+			return badParam("parameter %q must be a single value", top)
+		}
+	}
+	if _, err := strconv.ParseInt(f.get("Timestamp"), 10, 64); err != nil {
+		if !slices.Contains(f.names, "Timestamp") {
+			return badParam("parameter \"Timestamp\" is required")
+		}
+		return badParam("parameter \"Timestamp\": %.32q is not a Unix time in seconds", f.get("Timestamp"))
+	}
+	switch nonce := f.get("Nonce"); {
+	case nonce == "":
+		return badParam("parameter \"Nonce\" is required")
+	case !validNonce(nonce):
+		return badParam("parameter \"Nonce\": %.32q is not a positive integer up to 9223372036854775807", nonce)
+	}
+	return nil
+}
+
+// validNonce reports whether s is a positive decimal integer up to 2^63-1, written without sign or
+// leading zero (SPEC §4).
+func validNonce(s string) bool {
+	if s == "" || len(s) > 19 || s[0] == '0' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	_, err := strconv.ParseInt(s, 10, 64)
+	return err == nil
+}
+
+// decodeTencentTree decodes an admissible form through the tree of every parameter: any action, any
+// shape, and the error for bad input.
 func decodeTencentTree(params *form) (*tencentCall, error) {
 	root, err := decodeFlat(params)
 	if err != nil {
 		return nil, badParam("%v", err)
 	}
-	c := &tencentCall{}
+	c := &tencentCall{Action: params.get("Action"), SecretID: params.get("SecretId"), Nonce: params.get("Nonce"),
+		Signature: params.get("Signature"), Method: params.get("SignatureMethod")}
+	c.Timestamp, _ = strconv.ParseInt(params.get("Timestamp"), 10, 64)
 	get := func(k string) (string, bool, error) { return root.str(k) }
-	var ok bool
-	if c.Action, ok, err = get("Action"); err != nil || !ok || c.Action == "" {
-		return nil, badParam("parameter \"Action\" is required")
-	}
-	allowed, known := actionParams[c.Action]
-	if !known {
-		return nil, badParam("parameter \"Action\": unknown action %q", c.Action)
-	}
-	for _, p := range root.children {
-		k := p.seg
-		if !slices.Contains(publicParams, k) && !slices.Contains(allowed, k) {
-			return nil, badParam("parameter %q is not accepted by %s", k, c.Action)
-		}
-	}
-	for _, p := range []struct {
-		dst  *string
-		name string
-	}{{&c.SecretID, "SecretId"}, {&c.Nonce, "Nonce"}, {&c.Signature, "Signature"}, {&c.Method, "SignatureMethod"}} {
-		if *p.dst, _, err = get(p.name); err != nil {
-			return nil, badParam("%v", err)
-		}
-	}
-	ts, ok, err := get("Timestamp")
-	if err != nil || !ok {
-		return nil, badParam("parameter \"Timestamp\" is required")
-	}
-	if c.Timestamp, err = strconv.ParseInt(ts, 10, 64); err != nil {
-		return nil, badParam("parameter \"Timestamp\": %q is not a Unix time in seconds", ts)
-	}
-	if c.Nonce == "" {
-		return nil, badParam("parameter \"Nonce\" is required")
-	}
 	switch c.Action {
 	case ActModifyPolicy:
 		if c.SgID, err = required(root, "sgId"); err != nil {
@@ -223,7 +287,7 @@ func decodeModifyPolicy(f *form) (c *tencentCall, ok bool) {
 		dir, _, isList := strings.Cut(k, ".")
 		if !isList {
 			switch v := f.vals[i]; k {
-			case "Action", "Region":
+			case "Action", "Region", "Token", "RequestClient", "Language", "Version":
 			case "Timestamp":
 				ts, haveTS = v, true
 			case "Nonce":
@@ -405,15 +469,22 @@ func decodeRules(root *flatNode, dir string) ([]model.Rule, error) {
 
 // tencentResponse is the v2 envelope.
 type tencentResponse struct {
-	Code       int    `json:"code"`
-	Message    string `json:"message"`
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	// CodeDesc repeats a refusal's code as a string: the official SDKs report a v2 error by its
+	// codeDesc and drop the numeric code.
+	CodeDesc   string `json:"codeDesc,omitempty"`
 	TotalCount *int   `json:"totalCount,omitempty"`
 	Data       any    `json:"data,omitempty"`
 }
 
 func (h *Handler) serveTencent(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	resp, action := h.tencent(r)
-	h.metrics.apiCall("tencent", action, strconv.Itoa(resp.Code))
+	h.metrics.apiCall("tencent", action, strconv.Itoa(resp.Code), start)
+	if resp.Code != 0 {
+		resp.CodeDesc = strconv.Itoa(resp.Code)
+	}
 	status := http.StatusOK
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		status = http.StatusMethodNotAllowed
@@ -421,28 +492,32 @@ func (h *Handler) serveTencent(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, resp)
 }
 
-// readParams returns the query (GET) or the query plus form body (POST), undecoded values intact.
-func (h *Handler) readParams(r *http.Request) (*form, error) {
-	var body string
-	if r.Method == http.MethodPost {
-		if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
-			return nil, fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
-		}
-		// Read straight into the string, sized from Content-Length (at most the body limit): a big
-		// policy's megabyte would otherwise be regrown several times and then copied once more.
-		var sb strings.Builder
-		if r.ContentLength > 0 {
-			sb.Grow(int(min(r.ContentLength, h.opts.MaxBodyBytes)))
-		}
-		if _, err := io.Copy(&sb, r.Body); err != nil {
-			return nil, fmt.Errorf("read body: %w", err)
-		}
-		body = sb.String()
+// readBody returns a POST's form body ("" for a GET).
+func (h *Handler) readBody(r *http.Request) (string, error) {
+	if r.Method != http.MethodPost {
+		return "", nil
 	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
+		return "", fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
+	}
+	// Read straight into the string, sized from Content-Length (at most the body limit): a big
+	// policy's megabyte would otherwise be regrown several times and then copied once more.
+	var sb strings.Builder
+	if r.ContentLength > 0 {
+		sb.Grow(int(min(r.ContentLength, h.opts.MaxBodyBytes)))
+	}
+	if _, err := io.Copy(&sb, r.Body); err != nil {
+		return "", fmt.Errorf("read body: %w", err)
+	}
+	return sb.String(), nil
+}
+
+// parseParams returns the parameters of the query plus the form body, values decoded.
+func (h *Handler) parseParams(query, body string) (*form, error) {
 	// Sized up front: a big policy's tens of thousands of parameters would otherwise regrow the lists.
-	n := min(strings.Count(r.URL.RawQuery, "&")+strings.Count(body, "&")+2, 2*h.opts.MaxParams)
+	n := min(strings.Count(query, "&")+strings.Count(body, "&")+2, 2*h.opts.MaxParams)
 	params := &form{keys: make([]string, 0, n), vals: make([]string, 0, n)}
-	if err := parseForm(r.URL.RawQuery, params, h.opts.MaxParams); err != nil {
+	if err := parseForm(query, params, h.opts.MaxParams); err != nil {
 		return nil, fmt.Errorf("query string: %w", err)
 	}
 	if err := parseForm(body, params, h.opts.MaxParams); err != nil {
@@ -559,27 +634,31 @@ func (h *Handler) admitTencent(r *http.Request) (call *tencentCall, acct *model.
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		return nil, nil, "", badParam("method %s: use GET or POST", r.Method)
 	}
-	params, err := h.readParams(r)
+	body, err := h.readBody(r)
 	if err != nil {
 		return nil, nil, "", badParam("%v", err)
 	}
-	// The signature covers the parameters as read, so it is checked while they are decoded (a 10k-rule
-	// policy's MAC is ~0.7 ms); a decoding error still answers first.
-	authed := make(chan *model.Account, 1)
-	go func() { authed <- h.authTencent(r, params) }()
-	call, err = decodeTencent(params, h.opts.MaxParams)
+	params, err := h.parseParams(r.URL.RawQuery, body)
 	if err != nil {
-		te := &tencentError{}
-		if !errors.As(err, &te) {
-			te = badParam("%v", err)
-		}
+		return nil, nil, "", badParam("%v", err)
+	}
+	// Nothing that grows with the request beyond reading it happens before the signature is checked.
+	if te := admissible(params, h.opts.MaxParams); te != nil {
 		if _, ok := actionParams[params.get("Action")]; ok {
 			action = params.get("Action")
 		}
 		return nil, nil, action, te
 	}
-	if acct = <-authed; acct == nil {
-		return nil, nil, call.Action, &tencentError{Code: model.CodeAuthFailed, Msg: "authentication failed: unknown SecretId or bad Signature"}
+	action = params.get("Action")
+	if acct = h.authTencent(r, params); acct == nil {
+		return nil, nil, action, &tencentError{Code: model.CodeAuthFailed, Msg: "authentication failed: unknown SecretId or bad Signature"}
+	}
+	if call, err = decodeCall(params); err != nil {
+		te := &tencentError{}
+		if !errors.As(err, &te) {
+			te = badParam("%v", err)
+		}
+		return nil, nil, action, te
 	}
 	now := h.opts.Now()
 	if d := now.Sub(time.Unix(call.Timestamp, 0)); d > h.opts.ReplayWindow || d < -h.opts.ReplayWindow {

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -180,7 +181,7 @@ func TestAuthAndReplay(t *testing.T) {
 	// HmacSHA1 is accepted too.
 	sha1 := a.signed(http.MethodPost, secretID1, secretKey1, "Action", ActDescribePolicy, "sgId", "sg-web")
 	sha1.Set("SignatureMethod", "HmacSHA1")
-	sha1.Set("Nonce", "sha1-nonce")
+	sha1.Set("Nonce", "424242") // a Nonce is a positive integer (SPEC §4)
 	Sign(http.MethodPost, strings.TrimPrefix(a.srv.URL, "http://"), sha1, secretKey1)
 	assert.Equal(t, 0, a.send(http.MethodPost, sha1).Code)
 
@@ -496,4 +497,66 @@ func TestNoncesSurviveRestart(t *testing.T) {
 	}
 	assert.Equal(t, before, ctrl.View().Generation, "the replays changed nothing")
 	assert.Equal(t, 0, a.tc("Action", ActDescribePolicy, "sgId", "sg-web").Code, "a fresh Nonce still works")
+}
+
+// TestSDKPublicParamsOnEveryAction: Token, RequestClient, Language and Version (SPEC §4) are accepted
+// by every action, with values or empty, signed like the rest, and change nothing: each call answers
+// as it does without them. Region may be empty too.
+func TestSDKPublicParamsOnEveryAction(t *testing.T) {
+	calls := [][]string{
+		{"Action", ActModifyPolicy, "sgId", "sg-web", "ingress.0.action", "ACCEPT"},
+		{"Action", ActModifyENISGs, "networkInterfaceSet.0.networkInterfaceId", "eni-spare", "networkInterfaceSet.0.sgIds.0", "sg-ssh"},
+		{"Action", ActCreateSG, "sgName", "extra", "projectId", "0"},
+		{"Action", ActDeleteSG, "sgId", "sg-ssh"},
+		{"Action", ActDescribePolicy, "sgId", "sg-web"},
+		{"Action", ActDescribeSGEx, "limit", "5"},
+		{"Action", ActDescribeENIs, "networkInterfaceId", "eni-web1"},
+		{"Action", ActDeleteSG, "sgId", "sg-preset"}, // an error answers the same too
+	}
+	extras := map[string][]string{
+		"values": {"Token", "tok-sts-1", "RequestClient", "SDK_GO_1.3.211: sgsim-test", "Language", "zh-CN", "Version", "2017-03-12"},
+		"empty":  {"Token", "", "RequestClient", "", "Language", "", "Version", ""},
+	}
+	for _, kv := range calls {
+		t.Run(kv[1], func(t *testing.T) {
+			plain := newTestAPI(t).tc(kv...)
+			for name, extra := range extras {
+				a := newTestAPI(t)
+				p := a.signed(http.MethodPost, secretID1, secretKey1, append(slices.Clone(kv), extra...)...)
+				p.Set("Region", "")
+				Sign(http.MethodPost, strings.TrimPrefix(a.srv.URL, "http://"), p, secretKey1)
+				got := a.send(http.MethodPost, p)
+				assert.Equal(t, plain.Code, got.Code, "%s: %s", name, got.Message)
+				newID := regexp.MustCompile(`"sgId":"sg-[0-9a-z]{8}"`) // CreateSecurityGroup's is random
+				assert.Equal(t, newID.ReplaceAllString(string(plain.Data), "NEW"), newID.ReplaceAllString(string(got.Data), "NEW"), name)
+
+				// Signed like any other parameter: changed after signing, the signature fails.
+				p.Set("Language", "en-US")
+				p.Set("Nonce", "99999")
+				assert.Equal(t, model.CodeAuthFailed, a.send(http.MethodPost, p).Code, name)
+			}
+		})
+	}
+}
+
+// TestNonceForms: a Nonce is a positive decimal integer up to 2^63-1, the Go SDK's 63-bit ones
+// included; anything else is 4000 naming the parameter, even when signed.
+func TestNonceForms(t *testing.T) {
+	for _, tt := range []struct {
+		nonce string
+		code  int
+	}{
+		{"1", 0}, {"65535", 0}, {"9223372036854775807", 0}, {"5577006791947779410", 0},
+		{"0", model.CodeBadParameter}, {"-1", model.CodeBadParameter}, {"+1", model.CodeBadParameter},
+		{"01", model.CodeBadParameter}, {"9223372036854775808", model.CodeBadParameter},
+		{"1e3", model.CodeBadParameter}, {" 1", model.CodeBadParameter}, {"abc", model.CodeBadParameter},
+		{strings.Repeat("9", 4000), model.CodeBadParameter},
+	} {
+		a := newTestAPI(t)
+		r := a.tc("Action", ActDescribePolicy, "sgId", "sg-web", "Nonce", tt.nonce)
+		assert.Equal(t, tt.code, r.Code, "%.30q: %s", tt.nonce, r.Message)
+		if tt.code != 0 {
+			assert.Contains(t, r.Message, `parameter "Nonce"`)
+		}
+	}
 }

@@ -62,7 +62,7 @@ func daemon(t *testing.T, now time.Time) (http.Handler, *control.Controller, *mo
 	require.NoError(t, err)
 	a, ok := st.Account(st.AppIDs()[0])
 	require.True(t, ok)
-	return api.NewHandler(ctrl, api.Options{Now: func() time.Time { return now }, Logger: quiet}), ctrl, a
+	return api.NewHandler(ctrl, api.Options{Now: func() time.Time { return now }, Logger: quiet, AdminTokens: []string{"admin"}}), ctrl, a
 }
 
 func TestTencentAgainstHandler(t *testing.T) {
@@ -200,4 +200,31 @@ func TestNative(t *testing.T) {
 	var se *client.StatusError
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, http.StatusNotFound, se.Status)
+}
+
+// TestNativeENIs: the ENI methods against the real handler (SPEC §8).
+func TestNativeENIs(t *testing.T) {
+	h, ctrl, _ := daemon(t, time.Now())
+	c := &client.Native{Endpoint: "http://sgsim.test", Token: "admin", HTTP: client.InProcess(h)}
+	ctx := context.Background()
+	eni := ctrl.View().State.ENIIDs()[0]
+	first, _ := ctrl.View().State.ENI(eni)
+	got, err := c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-new", AppID: first.AppID, PrivateIPAddresses: []string{"198.18.77.1"}, SgIDs: first.SgIDs})
+	require.NoError(t, err)
+	assert.Equal(t, "eni-new", got.NetworkInterfaceID)
+	assert.Equal(t, first.SgIDs, got.SgIDs)
+	list, err := c.ListENIs(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "eni-new", list[len(list)-1].NetworkInterfaceID)
+	one, err := c.GetENI(ctx, "eni-new")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"198.18.77.1"}, one.PrivateIPAddresses)
+	require.NoError(t, c.DeleteENI(ctx, "eni-new"))
+	_, err = c.GetENI(ctx, "eni-new")
+	var se *client.StatusError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusNotFound, se.Status)
+	_, err = c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-x", AppID: first.AppID, PrivateIPAddresses: []string{first.PrivateIPAddresses[0]}})
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusConflict, se.Status)
 }

@@ -22,11 +22,11 @@ import (
 // run it. Its writing methods (AddDataplane, Prepare and what a Prepared does, Apply) must not run
 // concurrently: the Controller's lock, or an agent's one watch loop, serialises them; View never waits.
 type Applier struct {
-	log    *slog.Logger
-	engine *dataplane.Engine
-	dps    []Dataplane
-	cur    atomic.Pointer[View]
-	hist   *Histogram
+	log     *slog.Logger
+	engine  *dataplane.Engine
+	dps     []Dataplane
+	cur     atomic.Pointer[View]
+	timings *Timings
 }
 
 // ApplierOptions configure an Applier; the zero value means defaults.
@@ -39,13 +39,13 @@ type ApplierOptions struct {
 // NewApplier compiles every ENI of s (committed as generation gen) and publishes it in the built-in
 // engine, which then already answers lookups.
 func NewApplier(s *model.State, gen uint64, opts ApplierOptions) *Applier {
-	a := &Applier{log: opts.Logger, hist: NewHistogram(DefaultBuckets)}
+	a := &Applier{log: opts.Logger, timings: newTimings()}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
 	start := time.Now()
 	v := &View{State: s, Generation: gen, Tables: compiler.New(s).CompileAll(), Index: compiler.NewIndex(s)}
-	a.hist.Observe(time.Since(start).Seconds())
+	since(a.timings.Apply, start)
 	a.cur.Store(v)
 	if !opts.NoEngine {
 		factory := opts.Factory
@@ -58,6 +58,9 @@ func NewApplier(s *model.State, gen uint64, opts ApplierOptions) *Applier {
 	}
 	return a
 }
+
+// Timings returns the latency histograms of the changes this Applier puts in force.
+func (a *Applier) Timings() *Timings { return a.timings }
 
 // View returns the version in force.
 func (a *Applier) View() *View { return a.cur.Load() }
@@ -115,6 +118,7 @@ func (a *Applier) Prepare(next *model.State, gen uint64) (*Prepared, error) {
 		}
 	}
 	changed, err := compileAffected(next, present)
+	since(a.timings.Compile, p.start)
 	if err != nil {
 		return nil, fmt.Errorf("control: generation %d: %w", gen, err)
 	}
@@ -137,6 +141,7 @@ func (a *Applier) Prepare(next *model.State, gen uint64) (*Prepared, error) {
 // lookup structures (the Go engine and the eBPF program both build a classifier per table), so with
 // several they overlap instead of adding up. A dataplane's failure is kept for Switch to report.
 func (p *Prepared) Stage(ctx context.Context) {
+	defer since(p.a.timings.Stage, time.Now())
 	dps := p.a.dps
 	p.staged = make([]dataplane.Staged, len(dps))
 	p.errs = make([]error, len(dps))
@@ -159,6 +164,7 @@ func (p *Prepared) Discard() {
 // Switch makes the change the version in force and switches it in on every dataplane, all at once. An
 // error names the dataplanes that are now out of step (the change stays in force where it got).
 func (p *Prepared) Switch() error {
+	switchStart := time.Now()
 	p.a.cur.Store(p.next)
 	errs := slices.Clone(p.errs)
 	switched := make([]error, len(p.staged))
@@ -170,7 +176,8 @@ func (p *Prepared) Switch() error {
 	}
 	wg.Wait()
 	errs = append(errs, switched...)
-	p.a.hist.Observe(time.Since(p.start).Seconds())
+	since(p.a.timings.Switch, switchStart)
+	since(p.a.timings.Apply, p.start)
 	p.a.log.Debug("applied", "generation", p.next.Generation, "recompiled", len(p.changed), "removed", len(p.removed))
 	if err := errors.Join(errs...); err != nil {
 		p.a.log.Error("publish failed", "generation", p.next.Generation, "err", err)

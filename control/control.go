@@ -14,7 +14,6 @@ import (
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
-	"github.com/sgsim/sgsim/store"
 )
 
 // Limits are the API quotas of SPEC §4. Topology files are not checked against them.
@@ -82,7 +81,7 @@ type Controller struct {
 
 // New loads the state from st; when st is empty it seeds it with seed (generation 1). The returned
 // Controller already serves lookups through Engine().
-func New(ctx context.Context, st store.Store, seed *model.State, opts Options) (*Controller, error) {
+func New(ctx context.Context, st Store, seed *model.State, opts Options) (*Controller, error) {
 	limits := DefaultLimits()
 	if opts.Limits != nil {
 		limits = *opts.Limits
@@ -116,9 +115,8 @@ func (c *Controller) View() *View { return c.applier.View() }
 // Limits returns the quotas in force.
 func (c *Controller) Limits() Limits { return c.writer.Limits() }
 
-// RecompileHistogram returns the latency histogram of applying a change: from compiling the affected
-// ENIs until every dataplane enforces them, the store's commit (which runs beside the staging) included.
-func (c *Controller) RecompileHistogram() *Histogram { return c.applier.hist }
+// Timings returns the latency histograms of applying changes.
+func (c *Controller) Timings() *Timings { return c.applier.Timings() }
 
 // AddDataplane loads every current table into dp and then keeps it in step with every change.
 func (c *Controller) AddDataplane(ctx context.Context, dp Dataplane) error {
@@ -134,7 +132,7 @@ func (c *Controller) apply(ctx context.Context, next *model.State) error {
 	gen := c.applier.View().Generation + 1
 	p, err := c.applier.Prepare(next, gen)
 	if err != nil {
-		return &model.Error{Code: model.CodeInternal, Reason: err.Error()} // a compiler bug; nothing committed
+		return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err} // a compiler bug; nothing committed
 	}
 	committed := make(chan error, 1)
 	go func() { committed <- c.writer.Commit(ctx, next, gen) }()
@@ -147,11 +145,11 @@ func (c *Controller) apply(ctx context.Context, next *model.State) error {
 	}
 	if err := p.Switch(); err != nil {
 		// The change is durable; a dataplane that failed is out of step and says so in the logs.
-		return &model.Error{Code: model.CodeInternal, Reason: err.Error()}
+		return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
 	}
 	if c.onApplied != nil {
 		if err := c.onApplied(context.WithoutCancel(ctx), c.applier.View()); err != nil {
-			return &model.Error{Code: model.CodeInternal, Reason: err.Error()}
+			return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
 		}
 	}
 	return nil

@@ -199,18 +199,6 @@ func TestNewNeedsSeedForEmptyStore(t *testing.T) {
 	assert.ErrorContains(t, err, "empty")
 }
 
-func TestHistogram(t *testing.T) {
-	h := NewHistogram([]float64{1, 2})
-	for _, v := range []float64{0.5, 1, 1.5, 3} {
-		h.Observe(v)
-	}
-	b, cum, sum, n := h.Snapshot()
-	assert.Equal(t, []float64{1, 2}, b)
-	assert.Equal(t, []uint64{2, 3, 4}, cum)
-	assert.InDelta(t, 6.0, sum, 1e-9)
-	assert.Equal(t, uint64(4), n)
-}
-
 // An agent that sees only the committed states, one after another, and runs the Applier alone ends up
 // with the same tables as the single-host Controller.
 func TestApplierAloneFollowsCommittedStates(t *testing.T) {
@@ -245,4 +233,19 @@ func TestApplierAloneFollowsCommittedStates(t *testing.T) {
 		require.True(t, ok)
 		assert.Equal(t, want, got.Tables, id)
 	}
+}
+
+// A commit refused because another writer moved the store on is a 6000 whose cause is store.ErrConflict,
+// and changes nothing here.
+func TestConflictingCommitNamesItsCause(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory()
+	c, rec := newCtrlWith(t, st)
+	before := c.View()
+	require.NoError(t, st.Commit(ctx, before.State, before.Generation+1), "another writer")
+	err := c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-db", []model.Rule{{Action: "ACCEPT"}}, nil)
+	assert.Equal(t, model.CodeInternal, model.CodeOf(err))
+	assert.ErrorIs(t, err, store.ErrConflict)
+	assert.Same(t, before, c.View())
+	assert.Equal(t, 1, rec.discarded)
 }

@@ -1,48 +1,43 @@
 package control
 
 import (
-	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-// DefaultBuckets are the upper bounds, in seconds, of the recompile latency histogram.
-var DefaultBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
-
-// Histogram is a Prometheus-style cumulative histogram.
-type Histogram struct {
-	mu     sync.Mutex
-	bounds []float64
-	counts []uint64 // per bucket, not cumulative; last is +Inf
-	sum    float64
-	n      uint64
+// Timings are the write path's latency histograms, one set per Controller (no global registry): the
+// caller registers Collectors wherever it exposes metrics.
+type Timings struct {
+	// Apply is a change from compiling the affected ENIs until every dataplane enforces them, the
+	// store's commit (which runs beside the staging) included.
+	Apply prometheus.Histogram
+	// Compile, Stage and Switch are its steps: compiling the affected ENIs' tables, building them in
+	// every dataplane beside the live ones, and putting them in force once the commit is durable.
+	Compile, Stage, Switch prometheus.Histogram
 }
 
-// NewHistogram returns an empty histogram with the given upper bounds (ascending).
-func NewHistogram(bounds []float64) *Histogram {
-	return &Histogram{bounds: bounds, counts: make([]uint64, len(bounds)+1)}
+// latencyBuckets are upper bounds in seconds, from a one-ENI change to a 100k-rule publish.
+func latencyBuckets() []float64 {
+	return []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5}
 }
 
-// Observe records one value.
-func (h *Histogram) Observe(v float64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	i := 0
-	for i < len(h.bounds) && v > h.bounds[i] {
-		i++
+func newTimings() *Timings {
+	h := func(name, help string) prometheus.Histogram {
+		return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: latencyBuckets()})
 	}
-	h.counts[i]++
-	h.sum += v
-	h.n++
+	return &Timings{
+		Apply:   h("sgsim_recompile_seconds", "Time to apply a change: compile the affected ENIs, stage them in every dataplane while the store commits, switch them in."),
+		Compile: h("sgsim_compile_seconds", "Time to compile the tables of the ENIs a change affects."),
+		Stage:   h("sgsim_stage_seconds", "Time to build a change's tables in every dataplane beside the live ones."),
+		Switch:  h("sgsim_switch_seconds", "Time to put a committed change's staged tables in force in every dataplane."),
+	}
 }
 
-// Snapshot returns the bounds, the cumulative counts per bound (then +Inf), the sum and the count.
-func (h *Histogram) Snapshot() (bounds []float64, cumulative []uint64, sum float64, count uint64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	cumulative = make([]uint64, len(h.counts))
-	var acc uint64
-	for i, c := range h.counts {
-		acc += c
-		cumulative[i] = acc
-	}
-	return h.bounds, cumulative, h.sum, h.n
+// Collectors returns every histogram, to register.
+func (t *Timings) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{t.Apply, t.Compile, t.Stage, t.Switch}
 }
+
+// since observes the time from start in h.
+func since(h prometheus.Histogram, start time.Time) { h.Observe(time.Since(start).Seconds()) }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/model"
-	"github.com/sgsim/sgsim/store"
 )
 
 // Writer is the validating half of the write path: it turns an API operation on a committed state into
@@ -19,12 +18,19 @@ import (
 // states. It never touches a dataplane, so a fleet's API replicas can run it alone. An operation returns
 // a nil next state when the call changes nothing.
 type Writer struct {
-	store  store.Store
+	store  Store
 	limits Limits
 }
 
+// Store is what the write path needs of a store (store.Store has it): the state to start from and
+// durable commits. Declared here so that control, and the api above it, do not depend on bbolt.
+type Store interface {
+	Load(ctx context.Context) (*model.State, uint64, error)
+	Commit(ctx context.Context, s *model.State, generation uint64) error
+}
+
 // NewWriter returns a Writer committing to st under the quotas lim.
-func NewWriter(st store.Store, lim Limits) *Writer { return &Writer{store: st, limits: lim} }
+func NewWriter(st Store, lim Limits) *Writer { return &Writer{store: st, limits: lim} }
 
 // Limits returns the quotas in force.
 func (w *Writer) Limits() Limits { return w.limits }
@@ -33,7 +39,7 @@ func (w *Writer) Limits() Limits { return w.limits }
 // cause.
 func (w *Writer) Commit(ctx context.Context, next *model.State, gen uint64) error {
 	if err := w.store.Commit(ctx, next, gen); err != nil {
-		return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("commit failed: %v", err)}
+		return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("commit failed: %v", err), Err: err}
 	}
 	return nil
 }
@@ -249,7 +255,7 @@ func (w *Writer) CreateSecurityGroup(s *model.State, appID, name, remark string,
 	for {
 		var err error
 		if id, err = randomSGID(); err != nil {
-			return nil, nil, &model.Error{Code: model.CodeInternal, Reason: err.Error()}
+			return nil, nil, &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
 		}
 		if _, taken := s.SG(id); !taken {
 			break

@@ -33,7 +33,12 @@ type Error struct {
 	Reason string
 	// Quoted tells whether Value is shown; an empty value is still worth quoting ("").
 	Quoted bool
+	// Err is the cause when a lower layer failed (a store's commit, a dataplane); Reason already says it.
+	Err error
 }
+
+// Unwrap returns the cause, so errors.Is sees through the API code to e.g. a store's error.
+func (e *Error) Unwrap() error { return e.Err }
 
 func (e *Error) Error() string {
 	s := ""

@@ -66,6 +66,8 @@ type Topology struct {
 	Accounts          []Account          `json:"accounts"`
 	SecurityGroups    []SecurityGroup    `json:"securityGroups"`
 	NetworkInterfaces []NetworkInterface `json:"networkInterfaces"`
+	// AdminTokens authenticate the admin and inspection endpoints (SPEC §8).
+	AdminTokens []string `json:"adminTokens,omitempty"`
 }
 
 // State is one consistent version of the world: accounts, SGs and ENIs, all validated. It is immutable;
@@ -76,6 +78,7 @@ type State struct {
 	enis     map[string]*NetworkInterface
 	// Creation order, so listings and the persisted topology are stable.
 	accountOrder, sgOrder, eniOrder []string
+	adminTokens                     []string
 }
 
 // NewState builds and validates a State from a topology. Errors name the JSON path of the bad entry.
@@ -86,6 +89,12 @@ func NewState(t Topology) (*State, error) {
 		sgs:      make(map[string]*SecurityGroup, len(t.SecurityGroups)),
 		enis:     make(map[string]*NetworkInterface, len(t.NetworkInterfaces)),
 	}
+	for i, tok := range t.AdminTokens {
+		if tok == "" {
+			return nil, errf(CodeBadParameter, fmt.Sprintf("adminTokens[%d]", i), "an admin token may not be empty")
+		}
+	}
+	s.adminTokens = slices.Clone(t.AdminTokens)
 	for i := range t.Accounts {
 		a := t.Accounts[i]
 		path := fmt.Sprintf("accounts[%d]", i)
@@ -378,6 +387,9 @@ func (s *State) AppIDs() []string { return s.accountOrder }
 // SGIDs lists security group IDs in creation order.
 func (s *State) SGIDs() []string { return s.sgOrder }
 
+// AdminTokens are the topology's admin tokens (SPEC §8).
+func (s *State) AdminTokens() []string { return s.adminTokens }
+
 // ENIIDs lists ENI IDs in creation order.
 func (s *State) ENIIDs() []string { return s.eniOrder }
 
@@ -387,6 +399,7 @@ func (s *State) Topology() Topology {
 		Accounts:          make([]Account, 0, len(s.accountOrder)),
 		SecurityGroups:    make([]SecurityGroup, 0, len(s.sgOrder)),
 		NetworkInterfaces: make([]NetworkInterface, 0, len(s.eniOrder)),
+		AdminTokens:       s.adminTokens,
 	}
 	for _, id := range s.accountOrder {
 		t.Accounts = append(t.Accounts, *s.accounts[id])
@@ -410,6 +423,7 @@ func (s *State) Edit() *Builder {
 		accountOrder: slices.Clone(s.accountOrder),
 		sgOrder:      slices.Clone(s.sgOrder),
 		eniOrder:     slices.Clone(s.eniOrder),
+		adminTokens:  s.adminTokens, // never modified: an edit cannot change them
 	}}
 }
 

@@ -33,6 +33,8 @@ const (
 	secretID1    = "AKIDdemo0000000000000000000000000001"
 	secretKey1   = "demo-secret-key-0000000000000001"
 	dbPort       = "b9ac5247-c4ca-4c9b-b8fa-7d19132e560a"
+	token1       = "tok-demo-1" // the Huawei tokens of the demo's two accounts
+	token2       = "tok-demo-2"
 	demoTopology = "../testdata/demo.json"
 )
 
@@ -155,7 +157,14 @@ func (d *daemon) postAs(p url.Values, signedFor string) (tcResp, error) {
 func (d *daemon) tables(t *testing.T) map[string]api.TableResponse {
 	out := map[string]api.TableResponse{}
 	for _, id := range []string{"eni-web1", "eni-web2", "eni-db1", dbPort, "eni-spare", "eni-other"} {
-		resp, err := http.Get(d.base + "/sgsim/v1/enis/" + id + "/table")
+		req, err := http.NewRequest(http.MethodGet, d.base+"/sgsim/v1/enis/"+id+"/table", nil)
+		require.NoError(t, err)
+		token := token1 // inspection needs a credential: each ENI's own account's
+		if id == "eni-other" {
+			token = token2
+		}
+		req.Header.Set("X-Auth-Token", token)
+		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
 		var tab api.TableResponse
 		require.NoError(t, json.NewDecoder(resp.Body).Decode(&tab))

@@ -130,6 +130,12 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	if n.bpf != nil {
 		aopts.RuleCounts = n.ruleCounts
 	}
+	if n.links != nil {
+		aopts.Interfaces = func(ifname string) api.InterfaceState {
+			st := n.links.Status(ifname)
+			return api.InterfaceState{Ifindex: st.Ifindex, Attached: st.Attached}
+		}
+	}
 	n.handler = api.NewHandler(n.ctrl, aopts)
 	return n, nil
 }

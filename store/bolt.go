@@ -365,7 +365,7 @@ func (b *Bolt) LoadAt(ctx context.Context, rev uint64) (*model.State, error) {
 			return nil
 		}
 		c := hist.Cursor()
-		for k, v := c.First(); k != nil && len(k) > 8 && binary.BigEndian.Uint64(k) <= rev; k, v = c.Next() {
+		for k, v := c.First(); len(k) > 8 && binary.BigEndian.Uint64(k) <= rev; k, v = c.Next() {
 			r, deleted, _, err := decodeHistory(binary.BigEndian.Uint64(k), k[8:], v)
 			if err != nil {
 				return err

@@ -267,3 +267,28 @@ func TestBoltLegacyFileBadTopology(t *testing.T) {
 	require.ErrorContains(t, err, path)
 	require.ErrorContains(t, err, "migrate")
 }
+
+// The one-document layout's Nonce buckets (keyed without the Timestamp) are dropped on open.
+func TestBoltDropsLegacyNonces(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	require.NoError(t, err)
+	require.NoError(t, db.Update(func(tx *bolt.Tx) error {
+		for _, name := range legacyNonceBuckets {
+			bk, err := tx.CreateBucket(name)
+			require.NoError(t, err)
+			require.NoError(t, bk.Put([]byte("id\x00n1"), []byte("1700000000000000000")))
+		}
+		return nil
+	}))
+	require.NoError(t, db.Close())
+	b, err := OpenBolt(path)
+	require.NoError(t, err)
+	defer b.Close()
+	require.NoError(t, b.db.View(func(tx *bolt.Tx) error {
+		for _, name := range legacyNonceBuckets {
+			assert.Nil(t, tx.Bucket(name), string(name))
+		}
+		return nil
+	}))
+}

@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -24,6 +27,8 @@ const (
 type serveOptions struct {
 	node.Config
 	Listen string // host:port; port 0 picks a free one
+	// AdminTokenFile holds admin tokens, one per line, beside the topology's adminTokens (SPEC §8).
+	AdminTokenFile string
 	// Ready, if set, is called with the bound address once the server accepts connections.
 	Ready func(addr string)
 }
@@ -73,6 +78,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&o.Dataplane, "dataplane", dataplaneGo, "go (simulate), ebpf (enforce in the kernel) or both")
 	f.StringVar(&o.PinPath, "pin-path", bpf.DefaultPinPath, "ebpf/both: bpffs directory for the pinned maps and links (\"\" = no pinning)")
 	f.StringVar(&o.HostNetns, "host-netns", "", "ebpf/both: network namespace of the host interfaces (ip netns name or path; default: the daemon's)")
+	f.StringVar(&o.AdminTokenFile, "admin-token-file", "", "file of admin tokens, one per line, for the admin and inspection endpoints (besides the topology's adminTokens)")
 	f.StringArrayVar(&o.Guard, "guard", nil, "ebpf/both: drop everything on unclaimed interfaces whose name matches this pattern (path.Match, repeatable)")
 	f.BoolVar(&o.Clsact, "clsact", false, "ebpf/both: attach as a clsact qdisc's cls_bpf filters (via tc(8)) instead of TCX links; kernels without TCX do this anyway")
 	f.IntVar(&lim.RulesPerDirection, "max-rules", lim.RulesPerDirection, "API limit: rules per direction per SG")
@@ -85,10 +91,40 @@ func newServeCmd() *cobra.Command {
 
 // runServe runs the daemon until ctx is cancelled: `sgsim serve` and the end-to-end tests both come here.
 func runServe(ctx context.Context, o serveOptions) (err error) {
+	if o.AdminTokenFile != "" {
+		tokens, err := readAdminTokens(o.AdminTokenFile)
+		if err != nil {
+			return err
+		}
+		o.API.AdminTokens = append(o.API.AdminTokens, tokens...)
+	}
 	n, err := node.New(ctx, o.Config)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, n.Close()) }()
 	return n.Serve(ctx, o.Listen, o.Ready)
+}
+
+// readAdminTokens reads an --admin-token-file: one token per line; blank lines and #-comments skipped.
+func readAdminTokens(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--admin-token-file: %w", err)
+	}
+	var tokens []string
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if strings.ContainsAny(line, " \t") {
+			return nil, fmt.Errorf("--admin-token-file %s:%d: a token may not contain spaces", path, i+1)
+		}
+		tokens = append(tokens, line)
+	}
+	if len(tokens) == 0 {
+		return nil, fmt.Errorf("--admin-token-file %s: no token in it", path)
+	}
+	return tokens, nil
 }

@@ -86,8 +86,8 @@ func TestServeEBPFEndToEnd(t *testing.T) {
 	// The kernel's counters, by rule, in /metrics: the 8080 SYNs took sg-srv's rule 0, the rest fell
 	// through to the default drop.
 	metrics := d.get("/metrics")
-	require.Regexp(t, `sgsim_dataplane_rule_packets\{eni="eni-srv",direction="ingress",sg_id="sg-srv",rule_index="0",verdict="ACCEPT"\} [1-9]`, metrics)
-	require.Regexp(t, `sgsim_dataplane_rule_packets\{eni="eni-srv",direction="ingress",sg_id="",rule_index="default-drop",verdict="DROP"\} [1-9]`, metrics)
+	require.Regexp(t, `sgsim_dataplane_rule_packets_total\{direction="ingress",eni="eni-srv",rule_index="0",sg_id="sg-srv",verdict="ACCEPT"\} [1-9]`, metrics)
+	require.Regexp(t, `sgsim_dataplane_rule_packets_total\{direction="ingress",eni="eni-srv",rule_index="default-drop",sg_id="",verdict="DROP"\} [1-9]`, metrics)
 
 	// Open tcp/9090, udp/5353 and ICMP: each works as soon as the call is answered; the established
 	// 8080 flows survive the unrelated change.

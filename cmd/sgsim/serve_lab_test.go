@@ -246,10 +246,14 @@ func pinDir(t *testing.T) string {
 	return pin
 }
 
-// get fetches path from the daemon and fails the test unless it answers 200.
+// get fetches path from the daemon as the lab account (inspection and /metrics need a credential) and
+// fails the test unless it answers 200.
 func (d *daemon) get(path string) string {
 	d.t.Helper()
-	resp, err := d.http.Get(d.base + path)
+	req, err := http.NewRequest(http.MethodGet, d.base+path, nil)
+	require.NoError(d.t, err)
+	req.Header.Set("X-Auth-Token", labToken)
+	resp, err := d.http.Do(req)
 	require.NoError(d.t, err)
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)

@@ -19,6 +19,7 @@ import (
 
 // startTopology has one ENI without a host interface and, with %s filled, one with.
 const startTopology = `{
+  "adminTokens": ["lab-admin"],
   "accounts": [{"appId": "1"}],
   "securityGroups": [{"sgId": "sg-1", "appId": "1", "ingress": [{"action": "ACCEPT"}], "egress": []}],
   "networkInterfaces": [
@@ -95,8 +96,11 @@ func TestServeCheckByDataplane(t *testing.T) {
 	}{{dataplaneGo, http.StatusOK}, {dataplaneEBPF, http.StatusConflict}, {dataplaneBoth, http.StatusOK}} {
 		t.Run(tt.mode, func(t *testing.T) {
 			d := startDaemon(t, lab, tt.mode, t.TempDir(), pinDir(t), string(topo))
-			resp, err := http.Post(d.base+"/sgsim/v1/check", "application/json",
+			req, err := http.NewRequest(http.MethodPost, d.base+"/sgsim/v1/check",
 				strings.NewReader(`{"eni":"eni-plain","direction":"ingress","protocol":"tcp","remote":"198.18.210.9","port":22}`))
+			require.NoError(t, err)
+			req.Header.Set("Authorization", "Bearer lab-admin") // inspection needs a credential
+			resp, err := http.DefaultClient.Do(req)
 			require.NoError(t, err)
 			resp.Body.Close()
 			require.Equal(t, tt.status, resp.StatusCode)

@@ -1,0 +1,163 @@
+package api
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/sgsim/sgsim/model"
+)
+
+// InterfaceState is what a node knows of one host interface (SPEC §8): its index (0 while it does not
+// exist) and whether the ENI's tables are enforced on it now.
+type InterfaceState struct {
+	Ifindex  int
+	Attached bool
+}
+
+// ENIResponse is an ENI as the admin endpoints show it: the stored object and its state on this host.
+type ENIResponse struct {
+	model.NetworkInterface
+	Attached bool `json:"attached"`
+	Ifindex  int  `json:"ifindex,omitempty"`
+	// Generation is the state in force; TableGeneration the one at which this ENI's tables were last
+	// compiled, when this node keeps a Go engine to tell.
+	Generation      uint64 `json:"generation"`
+	TableGeneration uint64 `json:"tableGeneration,omitempty"`
+}
+
+// ENIList is GET /sgsim/v1/enis.
+type ENIList struct {
+	NetworkInterfaces []ENIResponse `json:"networkInterfaces"`
+}
+
+// admin authenticates an admin request: "Authorization: Bearer TOKEN" with one of the admin tokens
+// (Options.AdminTokens or the topology's). Otherwise it answers 401 and returns false.
+func (h *Handler) admin(w http.ResponseWriter, r *http.Request) bool {
+	if bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && bearer != "" {
+		for _, t := range slices.Concat(h.opts.AdminTokens, h.ctrl.View().State.AdminTokens()) {
+			if subtle.ConstantTimeCompare([]byte(t), []byte(bearer)) == 1 {
+				return true
+			}
+		}
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="sgsim"`)
+	writeJSON(w, http.StatusUnauthorized, inspectError{"an admin token is required: Authorization: Bearer ADMIN-TOKEN"})
+	return false
+}
+
+// eniResponse is n with its state on this host.
+func (h *Handler) eniResponse(n *model.NetworkInterface) ENIResponse {
+	out := ENIResponse{NetworkInterface: *n, Generation: h.ctrl.View().Generation}
+	if n.HostInterface != "" && h.opts.Interfaces != nil {
+		st := h.opts.Interfaces(n.HostInterface)
+		out.Attached, out.Ifindex = st.Attached, st.Ifindex
+	}
+	if e := h.ctrl.Engine(); e != nil {
+		if t, ok := e.Snapshot().ENI(n.NetworkInterfaceID); ok {
+			out.TableGeneration = t.Generation
+		}
+	}
+	return out
+}
+
+// modelStatus is the HTTP status of a refused ENI change: a conflict is 409, an unknown ENI 404, an
+// internal failure 500, any other refusal names a bad field (400).
+func modelStatus(err error) int {
+	switch model.CodeOf(err) {
+	case model.CodeConflict:
+		return http.StatusConflict
+	case model.CodeInternal:
+		return http.StatusInternalServerError
+	}
+	return http.StatusBadRequest
+}
+
+func (h *Handler) servePutENI(w http.ResponseWriter, r *http.Request) {
+	if !h.admin(w, r) {
+		return
+	}
+	id := r.PathValue("id")
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(r.Body); err != nil {
+		writeJSON(w, http.StatusBadRequest, inspectError{fmt.Sprintf("read body: %v", err)})
+		return
+	}
+	var n model.NetworkInterface
+	dec := json.NewDecoder(&buf)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&n); err != nil {
+		writeJSON(w, http.StatusBadRequest, inspectError{fmt.Sprintf("body: want a topology network interface object (SPEC §7): %v", err)})
+		return
+	}
+	if dec.More() {
+		writeJSON(w, http.StatusBadRequest, inspectError{"body: one JSON object expected, more follows"})
+		return
+	}
+	switch n.NetworkInterfaceID {
+	case "":
+		n.NetworkInterfaceID = id
+	case id:
+	default:
+		writeJSON(w, http.StatusBadRequest, inspectError{fmt.Sprintf("networkInterfaceId: %q is not the %q of the path", n.NetworkInterfaceID, id)})
+		return
+	}
+	stored, err := h.ctrl.PutENI(r.Context(), n)
+	if err != nil {
+		writeJSON(w, modelStatus(err), inspectError{err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, h.eniResponse(stored))
+}
+
+func (h *Handler) serveDeleteENI(w http.ResponseWriter, r *http.Request) {
+	if !h.admin(w, r) {
+		return
+	}
+	id := r.PathValue("id")
+	n, ok := h.ctrl.View().State.ENI(id)
+	if !ok {
+		writeJSON(w, http.StatusNotFound, inspectError{fmt.Sprintf("network interface %q: no such network interface", id)})
+		return
+	}
+	if err := h.ctrl.DeleteENI(r.Context(), id); err != nil {
+		status := modelStatus(err)
+		if model.CodeOf(err) == model.CodeNotFound {
+			status = http.StatusNotFound // deleted meanwhile by another call
+		}
+		writeJSON(w, status, inspectError{err.Error()})
+		return
+	}
+	out := ENIResponse{NetworkInterface: *n, Generation: h.ctrl.View().Generation}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (h *Handler) serveGetENI(w http.ResponseWriter, r *http.Request) {
+	if !h.admin(w, r) {
+		return
+	}
+	id := r.PathValue("id")
+	n, ok := h.ctrl.View().State.ENI(id)
+	if !ok {
+		writeJSON(w, http.StatusNotFound, inspectError{fmt.Sprintf("network interface %q: no such network interface", id)})
+		return
+	}
+	writeJSON(w, http.StatusOK, h.eniResponse(n))
+}
+
+func (h *Handler) serveListENIs(w http.ResponseWriter, r *http.Request) {
+	if !h.admin(w, r) {
+		return
+	}
+	s := h.ctrl.View().State
+	out := ENIList{NetworkInterfaces: make([]ENIResponse, 0, len(s.ENIIDs()))}
+	for _, id := range s.ENIIDs() {
+		n, _ := s.ENI(id)
+		out.NetworkInterfaces = append(out.NetworkInterfaces, h.eniResponse(n))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
