@@ -32,7 +32,8 @@ func (s *Store) RegisterHost(ctx context.Context, name string) (*Host, error) {
 	if name == "" || strings.Contains(name, "/") {
 		return nil, fmt.Errorf("etcdstore: host name %q must be non-empty and hold no /", name)
 	}
-	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(HostTTL), concurrency.WithContext(ctx))
+	// The session outlives ctx: keepalives stop at Close, which then still revokes the lease.
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(HostTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: lease for host %s: %w", name, err)
 	}

@@ -1,0 +1,230 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store/etcdstore"
+)
+
+const prefix = "/sgsim"
+
+// startEtcd runs an etcd server in the test process on free ports of 127.0.0.1, with default limits.
+func startEtcd(t *testing.T) string {
+	port := func() int {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port
+	}
+	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port())}
+	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port())}
+	cfg := embed.NewConfig()
+	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	e, err := embed.StartEtcd(cfg)
+	require.NoError(t, err)
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(20 * time.Second):
+		t.Fatal("embedded etcd not ready")
+	}
+	return cu.String()
+}
+
+func client(t *testing.T, endpoint string) *clientv3.Client {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// replica is the writing side of a test: a Store and the state it last committed.
+type replica struct {
+	t   *testing.T
+	st  *etcdstore.Store
+	cur *model.State
+	rev uint64
+}
+
+// commit commits next with the hosts it affects and waits until they enforce it.
+func (r *replica) commit(next *model.State) (rev uint64, hosts []string) {
+	ctx := context.Background()
+	hosts = AffectedHosts(r.cur, next)
+	rev, err := r.st.CommitAffecting(ctx, next, r.rev+1, hosts)
+	require.NoError(r.t, err)
+	r.cur, r.rev = next, rev
+	return rev, hosts
+}
+
+func (r *replica) wait(rev uint64, hosts []string, timeout time.Duration) (pending, down []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	pending, down, err := r.st.WaitEnforced(ctx, rev, hosts)
+	require.NoError(r.t, err)
+	return pending, down
+}
+
+func (r *replica) edit(f func(b *model.Builder)) *model.State {
+	b := r.cur.Edit()
+	f(b)
+	return b.State()
+}
+
+// topology: e0 on h1 and e1 on h2 in sg-a (ssh from sg-a members), e2 on h2 in sg-b (web).
+func topology(t *testing.T) *model.State {
+	s, err := model.NewState(model.Topology{
+		Accounts: []model.Account{{AppID: "1250000001"}},
+		SecurityGroups: []model.SecurityGroup{
+			{SgID: "sg-a", AppID: "1250000001", Ingress: []model.Rule{{IPProtocol: "tcp", SgID: "sg-a", PortRange: "22", Action: "ACCEPT"}}},
+			{SgID: "sg-b", AppID: "1250000001", Ingress: []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: "80", Action: "ACCEPT"}}},
+		},
+		NetworkInterfaces: []model.NetworkInterface{
+			{NetworkInterfaceID: "e0", AppID: "1250000001", PrivateIPAddresses: []string{"198.18.0.10"}, SgIDs: []string{"sg-a"}, Host: "h1", HostInterface: "tap0"},
+			{NetworkInterfaceID: "e1", AppID: "1250000001", PrivateIPAddresses: []string{"198.18.0.11"}, SgIDs: []string{"sg-a"}, Host: "h2", HostInterface: "tap0"},
+			{NetworkInterfaceID: "e2", AppID: "1250000001", PrivateIPAddresses: []string{"198.18.0.12"}, SgIDs: []string{"sg-b"}, Host: "h2", HostInterface: "tap1"},
+		},
+	})
+	require.NoError(t, err)
+	return s
+}
+
+// runAgent starts an agent with its own client; stop ends it (a clean stop: its lease is revoked).
+func runAgent(t *testing.T, endpoint, host string) (a *Agent, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := New(ctx, Config{Client: client(t, endpoint), Prefix: prefix, Host: host})
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	wg.Go(func() { assert.ErrorIs(t, a.Run(ctx), context.Canceled) })
+	stop = func() { cancel(); wg.Wait() }
+	t.Cleanup(stop)
+	return a, stop
+}
+
+// verdict is how host's agent decides a TCP packet from remote to eni's port.
+func verdict(t *testing.T, a *Agent, eni, remote string, port uint16) (model.Action, bool) {
+	ap := a.Applier()
+	require.NotNil(t, ap)
+	v, ok := ap.Engine().Match(eni, model.Ingress, &dataplane.Packet{Remote: netip.MustParseAddr(remote), Proto: 6, Port: port, HasPort: true})
+	return v.Action, ok
+}
+
+func TestAgentsEnforceTheirShare(t *testing.T) {
+	endpoint := startEtcd(t)
+	ctx := context.Background()
+	st, err := etcdstore.Open(ctx, client(t, endpoint), prefix)
+	require.NoError(t, err)
+	r := &replica{t: t, st: st}
+	a1, stop1 := runAgent(t, endpoint, "h1")
+	a2, _ := runAgent(t, endpoint, "h2")
+	require.Eventually(t, func() bool { p, d := r.wait(0, []string{"h1", "h2"}, time.Second); return len(p)+len(d) == 0 },
+		10*time.Second, 20*time.Millisecond, "both registered")
+
+	rev, hosts := r.commit(topology(t))
+	assert.Equal(t, []string{"h1", "h2"}, hosts)
+	pending, down := r.wait(rev, hosts, 5*time.Second)
+	assert.Empty(t, pending)
+	assert.Empty(t, down)
+	share := a1.Applier().View().State
+	assert.ElementsMatch(t, []string{"e0", "e1"}, share.ENIIDs(), "h1: its ENI and the sg-a member it names")
+	e1, _ := share.ENI("e1")
+	assert.Empty(t, e1.HostInterface, "another host's interface is not h1's")
+	_, hasB := share.SG("sg-b")
+	assert.False(t, hasB)
+	act, ok := verdict(t, a1, "e0", "198.18.0.11", 22)
+	require.True(t, ok)
+	assert.Equal(t, model.Accept, act, "ssh from an sg-a member")
+	act, _ = verdict(t, a1, "e0", "198.18.0.12", 22)
+	assert.Equal(t, model.Drop, act)
+
+	// A change to sg-b reaches h2 only.
+	h1rev := a1.Revision()
+	rev, hosts = r.commit(r.edit(func(b *model.Builder) {
+		g, _ := r.cur.SG("sg-b")
+		ng := *g
+		ng.Ingress = []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: "8080", Action: "ACCEPT"}}
+		require.NoError(t, b.PutSG(ng))
+	}))
+	assert.Equal(t, []string{"h2"}, hosts)
+	pending, _ = r.wait(rev, hosts, 5*time.Second)
+	assert.Empty(t, pending)
+	act, _ = verdict(t, a2, "e2", "203.0.113.1", 8080)
+	assert.Equal(t, model.Accept, act)
+	assert.Equal(t, h1rev, a1.Revision(), "h1 heard nothing")
+
+	// e2 joins sg-a: h1's sgId rule now names its address too.
+	rev, hosts = r.commit(r.edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("e2", []string{"sg-b", "sg-a"})) }))
+	assert.Equal(t, []string{"h1", "h2"}, hosts)
+	pending, _ = r.wait(rev, hosts, 5*time.Second)
+	assert.Empty(t, pending)
+	act, _ = verdict(t, a1, "e0", "198.18.0.12", 22)
+	assert.Equal(t, model.Accept, act)
+
+	// e0 moves to h2: detached on h1, attached on h2, both acknowledge.
+	moved := func(host string) *model.State {
+		return r.edit(func(b *model.Builder) {
+			n, _ := r.cur.ENI("e0")
+			nn := *n
+			nn.Host, nn.HostInterface = host, "tap9"
+			require.NoError(t, b.PutENI(nn))
+		})
+	}
+	rev, hosts = r.commit(moved("h2"))
+	assert.Equal(t, []string{"h1", "h2"}, hosts)
+	pending, _ = r.wait(rev, hosts, 5*time.Second)
+	assert.Empty(t, pending)
+	_, ok = a1.Applier().View().Tables["e0"]
+	assert.False(t, ok, "h1 no longer holds e0's tables")
+	act, ok = verdict(t, a2, "e0", "198.18.0.11", 22)
+	require.True(t, ok)
+	assert.Equal(t, model.Accept, act)
+
+	// h1's agent stops (down at once), e0 moves back while it is down, a new agent resyncs and acks.
+	stop1()
+	rev, hosts = r.commit(moved("h1"))
+	pending, down = r.wait(rev, hosts, 300*time.Millisecond)
+	assert.Empty(t, pending)
+	assert.Equal(t, []string{"h1"}, down)
+	start := time.Now()
+	a1, _ = runAgent(t, endpoint, "h1")
+	require.Eventually(t, func() bool { p, d := r.wait(rev, hosts, time.Second); return len(p)+len(d) == 0 },
+		10*time.Second, 10*time.Millisecond)
+	t.Logf("restarted agent enforcing and acknowledged after %v", time.Since(start))
+	act, ok = verdict(t, a1, "e0", "198.18.0.11", 22)
+	require.True(t, ok)
+	assert.Equal(t, model.Accept, act)
+}
+
+func TestShare(t *testing.T) {
+	s := topology(t)
+	empty, err := Share(nil, "h1")
+	require.NoError(t, err)
+	assert.Empty(t, empty.ENIIDs())
+	none, err := Share(s, "elsewhere")
+	require.NoError(t, err)
+	assert.Empty(t, none.ENIIDs())
+	assert.Empty(t, none.SGIDs())
+	h2, err := Share(s, "h2")
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"e0", "e1", "e2"}, h2.ENIIDs(), "e0 is a member of sg-a, which sg-a's rule names")
+	assert.Empty(t, AffectedHosts(s, s), "nothing changed: nobody")
+}
