@@ -28,7 +28,7 @@ type Config struct {
 	Prefix     string // the fleet's etcd prefix, e.g. "/sgsim"
 	Host       string
 	Dataplanes []control.Dataplane // enforcing dataplanes besides the built-in Go engine
-	Logger     *slog.Logger       // nil = slog.Default()
+	Logger     *slog.Logger        // nil = slog.Default()
 	// NoEngine keeps no built-in Go engine (an agent that only enforces with BPF).
 	NoEngine bool
 }
