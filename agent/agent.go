@@ -6,7 +6,9 @@
 package agent
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +21,7 @@ import (
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
 	"github.com/sgsim/sgsim/store/etcdstore"
 )
 
@@ -159,14 +162,14 @@ func (a *Agent) follow(ctx context.Context, rev uint64, host *etcdstore.Host) er
 	}
 }
 
-// resync reads the latest state at one revision, puts this host's share in force and acknowledges
-// the revision.
+// resync reads this host's share of the latest state at one revision (only the share: see
+// etcdstore.Store.ShareRecords), puts it in force and acknowledges the revision.
 func (a *Agent) resync(ctx context.Context) (uint64, error) {
-	s, rev, err := a.st.Load(ctx)
+	recs, rev, err := a.st.ShareRecords(ctx, a.cfg.Host)
 	if err != nil {
 		return 0, err
 	}
-	share, err := Share(s, a.cfg.Host)
+	share, err := shareFromRecords(recs, a.cfg.Host)
 	if err != nil {
 		return 0, fmt.Errorf("agent %s: share at revision %d: %w", a.cfg.Host, rev, err)
 	}
@@ -203,23 +206,34 @@ func Share(s *model.State, host string) (*model.State, error) {
 	if s == nil {
 		return model.NewState(model.Topology{})
 	}
+	return shareOf(s.Topology(), host)
+}
+
+// shareOf is Share of a topology holding at least host's share (etcdstore.ShareRecords reads no more).
+func shareOf(full model.Topology, host string) (*model.State, error) {
+	sgs := map[string]*model.SecurityGroup{}
+	for i := range full.SecurityGroups {
+		sgs[full.SecurityGroups[i].SgID] = &full.SecurityGroups[i]
+	}
 	used, named := map[string]bool{}, map[string]bool{}
-	for _, id := range s.ENIIDs() {
-		if n, _ := s.ENI(id); n.Host == host {
+	for _, n := range full.NetworkInterfaces {
+		if n.Host == host {
 			for _, sg := range n.SgIDs {
 				used[sg] = true
 			}
 		}
 	}
 	for sg := range used {
-		g, _ := s.SG(sg)
+		g, ok := sgs[sg]
+		if !ok {
+			return nil, fmt.Errorf("security group %s of host %s is missing", sg, host)
+		}
 		for _, r := range slices.Concat(g.Ingress, g.Egress) {
 			if r.SgID != "" {
 				named[r.SgID] = true
 			}
 		}
 	}
-	full := s.Topology()
 	t := model.Topology{Accounts: full.Accounts}
 	for _, g := range full.SecurityGroups {
 		switch {
@@ -242,6 +256,31 @@ func Share(s *model.State, host string) (*model.State, error) {
 		}
 	}
 	return model.NewState(t)
+}
+
+// shareFromRecords is the share of the records etcdstore.ShareRecords read, in creation order.
+func shareFromRecords(recs []store.Record, host string) (*model.State, error) {
+	recs = slices.Clone(recs)
+	slices.SortFunc(recs, func(a, b store.Record) int { return cmp.Compare(a.Seq, b.Seq) })
+	var t model.Topology
+	for _, r := range recs {
+		var err error
+		switch r.Kind {
+		case store.KindAccount:
+			t.Accounts = append(t.Accounts, model.Account{})
+			err = json.Unmarshal(r.Value, &t.Accounts[len(t.Accounts)-1])
+		case store.KindSG:
+			t.SecurityGroups = append(t.SecurityGroups, model.SecurityGroup{})
+			err = json.Unmarshal(r.Value, &t.SecurityGroups[len(t.SecurityGroups)-1])
+		case store.KindENI:
+			t.NetworkInterfaces = append(t.NetworkInterfaces, model.NetworkInterface{})
+			err = json.Unmarshal(r.Value, &t.NetworkInterfaces[len(t.NetworkInterfaces)-1])
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", r.Key, err)
+		}
+	}
+	return shareOf(t, host)
 }
 
 // AffectedHosts returns, sorted, the hosts whose agents must hear of the change from old to next:

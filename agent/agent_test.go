@@ -17,6 +17,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store/etcdstore"
@@ -227,4 +228,79 @@ func TestShare(t *testing.T) {
 	require.NoError(t, err)
 	assert.ElementsMatch(t, []string{"e0", "e1", "e2"}, h2.ENIIDs(), "e0 is a member of sg-a, which sg-a's rule names")
 	assert.Empty(t, AffectedHosts(s, s), "nothing changed: nobody")
+}
+
+// chained is a fleet where SG rules name other SGs in a chain (sg-0 names sg-1, …), ENIs spread over
+// hosts h0…h3 with one or two SGs each: shares overlap and miss each other in every way.
+func chained(t *testing.T) *model.State {
+	topo := model.Topology{Accounts: []model.Account{{AppID: "1250000001"}, {AppID: "1250000002"}}}
+	const sgs = 6
+	for i := range sgs {
+		topo.SecurityGroups = append(topo.SecurityGroups, model.SecurityGroup{SgID: fmt.Sprintf("sg-%d", i), AppID: "1250000001",
+			Ingress: []model.Rule{{IPProtocol: "tcp", SgID: fmt.Sprintf("sg-%d", (i+1)%sgs), PortRange: "22", Action: "ACCEPT"}},
+			Egress:  []model.Rule{{CidrIP: "198.18.0.0/15", Action: "ACCEPT"}}})
+	}
+	for i := range 24 {
+		sg := []string{fmt.Sprintf("sg-%d", i%sgs)}
+		if i%5 == 0 {
+			sg = append(sg, fmt.Sprintf("sg-%d", (i+3)%sgs))
+		}
+		topo.NetworkInterfaces = append(topo.NetworkInterfaces, model.NetworkInterface{
+			NetworkInterfaceID: fmt.Sprintf("eni-%02d", i), AppID: "1250000001", SgIDs: sg,
+			PrivateIPAddresses: []string{fmt.Sprintf("198.18.1.%d", i+1)}, Host: fmt.Sprintf("h%d", i%3),
+			HostInterface: fmt.Sprintf("tap%d", i)})
+	}
+	s, err := model.NewState(topo)
+	require.NoError(t, err)
+	return s
+}
+
+// The share an agent reads through the indexes (etcdstore.ShareRecords) is the share of the whole
+// state, for every host, across changes that move members, references and hosts.
+func TestShareRecordsMatchTheWholeState(t *testing.T) {
+	endpoint := startEtcd(t)
+	ctx := context.Background()
+	st, err := etcdstore.Open(ctx, client(t, endpoint), prefix)
+	require.NoError(t, err)
+	r := &replica{t: t, st: st}
+	states := []*model.State{chained(t)}
+	edit := func(f func(b *model.Builder)) {
+		b := states[len(states)-1].Edit()
+		f(b)
+		states = append(states, b.State())
+	}
+	edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("eni-01", []string{"sg-4"})) })
+	edit(func(b *model.Builder) {
+		g, _ := states[0].SG("sg-2")
+		ng := *g
+		ng.Ingress = []model.Rule{{IPProtocol: "udp", SgID: "sg-5", PortRange: "53", Action: "ACCEPT"}, {SgID: "sg-2", Action: "ACCEPT"}}
+		require.NoError(t, b.PutSG(ng))
+	})
+	edit(func(b *model.Builder) {
+		n, _ := states[0].ENI("eni-03")
+		nn := *n
+		nn.Host = "h3"
+		require.NoError(t, b.PutENI(nn))
+	})
+	edit(func(b *model.Builder) { require.NoError(t, b.DeleteENI("eni-00")) })
+	for i, s := range states {
+		r.commit(s)
+		for _, host := range []string{"h0", "h1", "h2", "h3", "h4"} {
+			recs, rev, err := st.ShareRecords(ctx, host)
+			require.NoError(t, err)
+			assert.Equal(t, r.rev, rev)
+			got, err := shareFromRecords(recs, host)
+			require.NoError(t, err)
+			want, err := Share(s, host)
+			require.NoError(t, err)
+			assert.Equal(t, want.Topology(), got.Topology(), "state %d, host %s", i, host)
+			// The host's ENIs compile from its share exactly as from the whole state.
+			full, part := compiler.New(s).CompileAll(), compiler.New(got).CompileAll()
+			for _, id := range got.ENIIDs() {
+				if n, _ := got.ENI(id); n.Host == host {
+					assert.Equal(t, full[id], part[id], "state %d, host %s, %s", i, host, id)
+				}
+			}
+		}
+	}
 }
