@@ -20,6 +20,7 @@ import (
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
 	"github.com/sgsim/sgsim/store/etcdstore"
 )
 
@@ -303,4 +304,39 @@ func TestShareRecordsMatchTheWholeState(t *testing.T) {
 			}
 		}
 	}
+}
+
+// An agent whose lease is revoked behind its back registers again and acknowledges again; a feed
+// compacted past its revision ends its follow with ErrCompacted, after which Run resyncs.
+func TestAgentRecovers(t *testing.T) {
+	endpoint := startEtcd(t)
+	ctx := context.Background()
+	cli := client(t, endpoint)
+	st, err := etcdstore.Open(ctx, cli, prefix)
+	require.NoError(t, err)
+	r := &replica{t: t, st: st}
+	a, _ := runAgent(t, endpoint, "h1")
+	rev, hosts := r.commit(topology(t))
+	require.Eventually(t, func() bool { p, d := r.wait(rev, hosts[:1], time.Second); return len(p)+len(d) == 0 },
+		10*time.Second, 10*time.Millisecond)
+
+	resp, err := cli.Get(ctx, prefix+"/hosts/h1")
+	require.NoError(t, err)
+	require.Len(t, resp.Kvs, 1)
+	_, err = cli.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
+	require.NoError(t, err)
+	rev, hosts = r.commit(r.edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("e0", []string{"sg-a", "sg-b"})) }))
+	require.Contains(t, hosts, "h1")
+	require.Eventually(t, func() bool { p, d := r.wait(rev, []string{"h1"}, time.Second); return len(p)+len(d) == 0 },
+		10*time.Second, 10*time.Millisecond, "registered again and enforcing")
+	assert.Equal(t, rev, a.Revision())
+
+	// The follow of an agent behind a compaction fails as compacted.
+	_, err = cli.Compact(ctx, int64(rev))
+	require.NoError(t, err)
+	host, err := a.st.RegisterHost(ctx, "h9")
+	require.NoError(t, err)
+	defer host.Close()
+	err = a.follow(ctx, 1, host)
+	assert.ErrorIs(t, err, store.ErrCompacted)
 }

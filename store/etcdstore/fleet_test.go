@@ -243,3 +243,19 @@ func TestWaitEnforced(t *testing.T) {
 		t.Error("the orphaned registration does not report its lease lost")
 	}
 }
+
+// A feed watched from a compacted revision is ErrCompacted: the agent resyncs.
+func TestWatchFeedCompacted(t *testing.T) {
+	te := startEtcd(t)
+	ctx := context.Background()
+	st := openStore(t, te, te.prefix())
+	s0 := fleetState(t, 2, 1)
+	r0, err := st.CommitAffecting(ctx, s0, 1, nil)
+	require.NoError(t, err)
+	r1, err := st.CommitAffecting(ctx, moveAll(t, s0, "sg-b"), r0+1, nil)
+	require.NoError(t, err)
+	_, err = st.cli.Compact(ctx, int64(r1))
+	require.NoError(t, err)
+	err = st.WatchFeed(ctx, "h00", r0-1, func(uint64) error { return nil })
+	assert.ErrorIs(t, err, store.ErrCompacted)
+}
