@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -45,6 +46,19 @@ type Agent struct {
 	mu      sync.Mutex // guards applier and rev for readers; Run is the only writer
 	applier *control.Applier
 	rev     uint64
+
+	feedEvents, resyncs atomic.Uint64
+}
+
+// Stats counts what an agent did since it started.
+type Stats struct {
+	FeedEvents uint64 // changes delivered to this host by etcd
+	Resyncs    uint64 // shares read and put in force (coalesced changes count once)
+}
+
+// Stats returns the agent's counters.
+func (a *Agent) Stats() Stats {
+	return Stats{FeedEvents: a.feedEvents.Load(), Resyncs: a.resyncs.Load()}
 }
 
 // New checks cfg and connects; Run starts the agent.
@@ -139,6 +153,7 @@ func (a *Agent) follow(ctx context.Context, rev uint64, host *etcdstore.Host) er
 	watchErr := make(chan error, 1)
 	go func() {
 		watchErr <- a.st.WatchFeed(wctx, a.cfg.Host, rev, func(uint64) error {
+			a.feedEvents.Add(1)
 			select {
 			case changed <- struct{}{}:
 			default: // a resync is already due; it reads the latest revision
@@ -165,6 +180,7 @@ func (a *Agent) follow(ctx context.Context, rev uint64, host *etcdstore.Host) er
 // resync reads this host's share of the latest state at one revision (only the share: see
 // etcdstore.Store.ShareRecords), puts it in force and acknowledges the revision.
 func (a *Agent) resync(ctx context.Context) (uint64, error) {
+	a.resyncs.Add(1)
 	recs, rev, err := a.st.ShareRecords(ctx, a.cfg.Host)
 	if err != nil {
 		return 0, err

@@ -27,7 +27,7 @@ import (
 const prefix = "/sgsim"
 
 // startEtcd runs an etcd server in the test process on free ports of 127.0.0.1, with default limits.
-func startEtcd(t *testing.T) string {
+func startEtcd(t testing.TB) string {
 	port := func() int {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
@@ -53,7 +53,7 @@ func startEtcd(t *testing.T) string {
 	return cu.String()
 }
 
-func client(t *testing.T, endpoint string) *clientv3.Client {
+func client(t testing.TB, endpoint string) *clientv3.Client {
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	require.NoError(t, err)
 	t.Cleanup(func() { cli.Close() })
@@ -62,7 +62,7 @@ func client(t *testing.T, endpoint string) *clientv3.Client {
 
 // replica is the writing side of a test: a Store and the state it last committed.
 type replica struct {
-	t   *testing.T
+	t   testing.TB
 	st  *etcdstore.Store
 	cur *model.State
 	rev uint64
@@ -111,7 +111,7 @@ func topology(t *testing.T) *model.State {
 }
 
 // runAgent starts an agent with its own client; stop ends it (a clean stop: its lease is revoked).
-func runAgent(t *testing.T, endpoint, host string) (a *Agent, stop func()) {
+func runAgent(t testing.TB, endpoint, host string) (a *Agent, stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := New(ctx, Config{Client: client(t, endpoint), Prefix: prefix, Host: host})
 	require.NoError(t, err)
