@@ -48,6 +48,16 @@ type Agent struct {
 	rev     uint64
 
 	feedEvents, resyncs atomic.Uint64
+
+	// Run's alone: the last share read, so a resync fetches and decodes only what changed.
+	shareCache etcdstore.ShareCache
+	decoded    map[store.Key]decodedRecord
+}
+
+// decodedRecord is a record's object as last decoded, valid while the record's revision is the same.
+type decodedRecord struct {
+	revision uint64
+	object   any // model.Account, model.SecurityGroup or model.NetworkInterface
 }
 
 // Stats counts what an agent did since it started.
@@ -181,11 +191,11 @@ func (a *Agent) follow(ctx context.Context, rev uint64, host *etcdstore.Host) er
 // etcdstore.Store.ShareRecords), puts it in force and acknowledges the revision.
 func (a *Agent) resync(ctx context.Context) (uint64, error) {
 	a.resyncs.Add(1)
-	recs, rev, err := a.st.ShareRecords(ctx, a.cfg.Host)
+	recs, rev, err := a.st.ShareRecords(ctx, a.cfg.Host, &a.shareCache)
 	if err != nil {
 		return 0, err
 	}
-	share, err := shareFromRecords(recs, a.cfg.Host)
+	share, err := a.shareFromRecords(recs)
 	if err != nil {
 		return 0, fmt.Errorf("agent %s: share at revision %d: %w", a.cfg.Host, rev, err)
 	}
@@ -274,29 +284,61 @@ func shareOf(full model.Topology, host string) (*model.State, error) {
 	return model.NewState(t)
 }
 
-// shareFromRecords is the share of the records etcdstore.ShareRecords read, in creation order.
-func shareFromRecords(recs []store.Record, host string) (*model.State, error) {
+// shareFromRecords is the share of the records etcdstore.ShareRecords read, in creation order; objects
+// whose records did not change since the last resync are not decoded again.
+func (a *Agent) shareFromRecords(recs []store.Record) (*model.State, error) {
 	recs = slices.Clone(recs)
-	slices.SortFunc(recs, func(a, b store.Record) int { return cmp.Compare(a.Seq, b.Seq) })
+	slices.SortFunc(recs, func(x, y store.Record) int { return cmp.Compare(x.Seq, y.Seq) })
+	decoded := make(map[store.Key]decodedRecord, len(recs))
 	var t model.Topology
 	for _, r := range recs {
-		var err error
-		switch r.Kind {
-		case store.KindAccount:
-			t.Accounts = append(t.Accounts, model.Account{})
-			err = json.Unmarshal(r.Value, &t.Accounts[len(t.Accounts)-1])
-		case store.KindSG:
-			t.SecurityGroups = append(t.SecurityGroups, model.SecurityGroup{})
-			err = json.Unmarshal(r.Value, &t.SecurityGroups[len(t.SecurityGroups)-1])
-		case store.KindENI:
-			t.NetworkInterfaces = append(t.NetworkInterfaces, model.NetworkInterface{})
-			err = json.Unmarshal(r.Value, &t.NetworkInterfaces[len(t.NetworkInterfaces)-1])
+		d, ok := a.decoded[r.Key]
+		if !ok || d.revision != r.Revision {
+			obj, err := decodeObject(r)
+			if err != nil {
+				return nil, err
+			}
+			d = decodedRecord{revision: r.Revision, object: obj}
 		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", r.Key, err)
+		decoded[r.Key] = d
+		switch o := d.object.(type) {
+		case model.Account:
+			t.Accounts = append(t.Accounts, o)
+		case model.SecurityGroup:
+			t.SecurityGroups = append(t.SecurityGroups, o)
+		case model.NetworkInterface:
+			t.NetworkInterfaces = append(t.NetworkInterfaces, o)
 		}
 	}
-	return shareOf(t, host)
+	a.decoded = decoded
+	return shareOf(t, a.cfg.Host)
+}
+
+// decodeObject decodes a record's object. The model copies what it keeps (NewState), so one decoded
+// value can build many shares.
+func decodeObject(r store.Record) (any, error) {
+	var err error
+	var obj any
+	switch r.Kind {
+	case store.KindAccount:
+		var v model.Account
+		err = json.Unmarshal(r.Value, &v)
+		obj = v
+	case store.KindSG:
+		var v model.SecurityGroup
+		err = json.Unmarshal(r.Value, &v)
+		obj = v
+	case store.KindENI:
+		var v model.NetworkInterface
+		err = json.Unmarshal(r.Value, &v)
+		obj = v
+	default:
+		err = fmt.Errorf("unknown kind")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", r.Key, err)
+	}
+	return obj, nil
 }
 
 // AffectedHosts returns, sorted, the hosts whose agents must hear of the change from old to next:

@@ -284,13 +284,34 @@ func TestShareRecordsMatchTheWholeState(t *testing.T) {
 		require.NoError(t, b.PutENI(nn))
 	})
 	edit(func(b *model.Builder) { require.NoError(t, b.DeleteENI("eni-00")) })
+	edit(func(b *model.Builder) { // a member re-addressed: its index entry stays, its record changes
+		n, _ := states[0].ENI("eni-05")
+		nn := *n
+		nn.PrivateIPAddresses = []string{"198.18.2.5"}
+		require.NoError(t, b.PutENI(nn))
+	})
+	edit(func(b *model.Builder) { // a rule changed, naming the same SG
+		g, _ := states[0].SG("sg-1")
+		ng := *g
+		ng.Ingress = []model.Rule{{IPProtocol: "tcp", SgID: "sg-2", PortRange: "2222", Action: "ACCEPT"}}
+		require.NoError(t, b.PutSG(ng))
+	})
+	// Each host reads as its agent does, with the caches of its previous reads; h0 without any.
+	agents := map[string]*Agent{}
+	for _, host := range []string{"h0", "h1", "h2", "h3", "h4"} {
+		agents[host] = &Agent{cfg: Config{Host: host}}
+	}
 	for i, s := range states {
 		r.commit(s)
-		for _, host := range []string{"h0", "h1", "h2", "h3", "h4"} {
-			recs, rev, err := st.ShareRecords(ctx, host)
+		for host, a := range agents {
+			cache := &a.shareCache
+			if host == "h0" {
+				cache = nil
+			}
+			recs, rev, err := st.ShareRecords(ctx, host, cache)
 			require.NoError(t, err)
 			assert.Equal(t, r.rev, rev)
-			got, err := shareFromRecords(recs, host)
+			got, err := a.shareFromRecords(recs)
 			require.NoError(t, err)
 			want, err := Share(s, host)
 			require.NoError(t, err)
@@ -303,6 +324,9 @@ func TestShareRecordsMatchTheWholeState(t *testing.T) {
 				}
 			}
 		}
+	}
+	for _, host := range []string{"h1", "h2", "h3", "h4"} {
+		assert.Positive(t, agents[host].shareCache.Hits(), "%s: some reads needed no walk", host)
 	}
 }
 
