@@ -8,7 +8,7 @@ DEMO        := testdata/demo.json
 SHELL       := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: build test demo lint bench generate clean
+.PHONY: build test demo demo-host lint bench generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sgsim
@@ -35,6 +35,12 @@ demo: build
 	@echo "== what-if: lift the lockdown on eni-web2"
 	$(BIN) diff --topology $(DEMO) --pcap testdata/pcaps/demo.pcap --apply 'tencent:ModifySecurityGroupsOfNetworkInterface?networkInterfaceSet.0.networkInterfaceId=eni-web2&networkInterfaceSet.0.sgIds.0=sg-web&networkInterfaceSet.0.sgIds.1=sg-ssh'
 
+# What a host operator sees in a minute (root): two namespaces as VMs on veths, serve --dataplane ebpf
+# --guard, ENIs created through the API after the veths, real traffic allowed and refused, sgsim flows
+# naming the rule that dropped it, a rule change taking effect; everything is removed afterwards.
+demo-host: build
+	$(GO) run ./testdata/demohost
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
@@ -45,7 +51,8 @@ lint:
 BENCH_OUT := bench/bench.txt
 bench: build
 	$(GO) test -run '^$$' -bench 'Classifier$$|Linear$$' -benchmem -timeout 20m ./dataplane/ | tee $(BENCH_OUT)
-	$(GO) test -run '^$$' -bench 'Run$$' -benchtime 300x -timeout 20m ./bpf/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'Run$$|PacketCost$$' -benchtime 300x -timeout 20m ./bpf/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'Load$$|TableMemory$$' -benchtime 5x -timeout 20m ./bpf/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench PeerUDP -benchtime 1x -timeout 20m ./bench/peers/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench PeerUpdate -benchtime 1x -timeout 20m ./bench/peers/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench ModifyToEnforced -benchtime 300x -timeout 20m ./api/ | tee -a $(BENCH_OUT)

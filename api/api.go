@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"time"
 
 	"github.com/sgsim/sgsim/control"
@@ -64,6 +65,7 @@ type Handler struct {
 	mux     *http.ServeMux
 	nonces  NonceStore
 	metrics *metrics
+	parsing chan struct{} // a slot per Tencent request being parsed and authenticated
 }
 
 // NewHandler returns the API handler for ctrl.
@@ -85,7 +87,7 @@ func NewHandler(ctrl *control.Controller, opts Options) *Handler {
 		opts.Logger = slog.Default()
 	}
 	h := &Handler{ctrl: ctrl, opts: opts, log: opts.Logger, mux: http.NewServeMux(),
-		nonces: opts.Nonces}
+		nonces: opts.Nonces, parsing: make(chan struct{}, runtime.GOMAXPROCS(0))}
 	if h.nonces == nil {
 		h.nonces = nonce.New(nonce.DefaultLimits())
 	}

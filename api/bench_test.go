@@ -98,9 +98,9 @@ func BenchmarkModifyToEnforced(b *testing.B) {
 	}
 }
 
-// signForBench signs p as the i-th benchmark request (Nonce i) and encodes it.
+// signForBench signs p as the i-th benchmark request (Nonce i+1: a Nonce is positive) and encodes it.
 func signForBench(p url.Values, i int) string {
-	p.Set("Nonce", strconv.Itoa(i))
+	p.Set("Nonce", strconv.Itoa(i+1))
 	p.Set("Timestamp", strconv.FormatInt(testNow.Unix(), 10))
 	p.Set("SecretId", secretID1)
 	p.Set("SignatureMethod", "HmacSHA256")

@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/model"
 )
@@ -169,6 +168,3 @@ func (g tenantGatherer) Gather() ([]*dto.MetricFamily, error) {
 	}
 	return out, err
 }
-
-// Controller returns the controller behind h.
-func (h *Handler) Controller() *control.Controller { return h.ctrl }

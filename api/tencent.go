@@ -202,25 +202,8 @@ func decodeTencentTree(params *form) (*tencentCall, error) {
 			return nil, err
 		}
 	case ActModifyENISGs:
-		l, err := root.list("networkInterfaceSet")
-		if err != nil {
-			return nil, badParam("%v", err)
-		}
-		for _, e := range l {
-			for _, c := range e.children {
-				if k := c.seg; k != "networkInterfaceId" && k != "sgIds" {
-					return nil, badParam("parameter %q is not accepted", e.name+"."+k)
-				}
-			}
-			id, err := required(e, "networkInterfaceId")
-			if err != nil {
-				return nil, err
-			}
-			ids, err := e.strList("sgIds")
-			if err != nil {
-				return nil, badParam("%v", err)
-			}
-			c.Set = append(c.Set, control.ENISGs{ENI: id, SgIDs: ids})
+		if c.Set, err = decodeENISet(root); err != nil {
+			return nil, err
 		}
 	case ActCreateSG:
 		if c.Name, _, err = get("sgName"); err != nil {
@@ -237,37 +220,72 @@ func decodeTencentTree(params *form) (*tencentCall, error) {
 			return nil, err
 		}
 	case ActDescribeSGEx, ActDescribeENIs:
-		key, maxLimit := "sgId", 100
-		if c.Action == ActDescribeENIs {
-			key, maxLimit = "networkInterfaceId", 50
-		}
-		var id string
-		if id, _, err = get(key); err != nil {
-			return nil, badParam("%v", err)
-		}
-		c.SgID, c.ENIID = id, id
-		if c.Action == ActDescribeSGEx {
-			if c.ProjectID, err = optInt(root, "projectId", 0, 1<<31-1); err != nil {
-				return nil, err
-			}
-		}
-		off, err := optInt(root, "offset", 0, 1<<31-1)
-		if err != nil {
+		if err := decodeDescribe(c, root); err != nil {
 			return nil, err
-		}
-		lim, err := optInt(root, "limit", 1, maxLimit)
-		if err != nil {
-			return nil, err
-		}
-		c.Limit = 20
-		if off != nil {
-			c.Offset = *off
-		}
-		if lim != nil {
-			c.Limit = *lim
 		}
 	}
 	return c, nil
+}
+
+// decodeENISet decodes ModifySecurityGroupsOfNetworkInterface's networkInterfaceSet.
+func decodeENISet(root *flatNode) ([]control.ENISGs, error) {
+	l, err := root.list("networkInterfaceSet")
+	if err != nil {
+		return nil, badParam("%v", err)
+	}
+	var set []control.ENISGs
+	for _, e := range l {
+		for _, c := range e.children {
+			if k := c.seg; k != "networkInterfaceId" && k != "sgIds" {
+				return nil, badParam("parameter %q is not accepted", e.name+"."+k)
+			}
+		}
+		id, err := required(e, "networkInterfaceId")
+		if err != nil {
+			return nil, err
+		}
+		ids, err := e.strList("sgIds")
+		if err != nil {
+			return nil, badParam("%v", err)
+		}
+		set = append(set, control.ENISGs{ENI: id, SgIDs: ids})
+	}
+	return set, nil
+}
+
+// decodeDescribe decodes the filter and paging of DescribeSecurityGroupEx and
+// DescribeNetworkInterfaces into c.
+func decodeDescribe(c *tencentCall, root *flatNode) error {
+	key, maxLimit := "sgId", 100
+	if c.Action == ActDescribeENIs {
+		key, maxLimit = "networkInterfaceId", 50
+	}
+	id, _, err := root.str(key)
+	if err != nil {
+		return badParam("%v", err)
+	}
+	c.SgID, c.ENIID = id, id
+	if c.Action == ActDescribeSGEx {
+		if c.ProjectID, err = optInt(root, "projectId", 0, 1<<31-1); err != nil {
+			return err
+		}
+	}
+	off, err := optInt(root, "offset", 0, 1<<31-1)
+	if err != nil {
+		return err
+	}
+	lim, err := optInt(root, "limit", 1, maxLimit)
+	if err != nil {
+		return err
+	}
+	c.Limit = 20
+	if off != nil {
+		c.Offset = *off
+	}
+	if lim != nil {
+		c.Limit = *lim
+	}
+	return nil
 }
 
 // decodeModifyPolicy decodes a well-formed ModifySecurityGroupPolicy without building a tree (a 10k-rule
@@ -637,6 +655,15 @@ func (h *Handler) admitTencent(r *http.Request) (call *tencentCall, acct *model.
 	body, err := h.readBody(r)
 	if err != nil {
 		return nil, nil, "", badParam("%v", err)
+	}
+	// Parsing, authenticating and decoding cost CPU in proportion to the request: at most GOMAXPROCS
+	// requests do it at once, so a flood of big ones waits here, costing no CPU, rather than taking
+	// turns with /healthz and the calls already admitted.
+	select {
+	case h.parsing <- struct{}{}:
+		defer func() { <-h.parsing }()
+	case <-r.Context().Done():
+		return nil, nil, "", &tencentError{Code: model.CodeInternal, Msg: "request cancelled while waiting to be parsed"}
 	}
 	params, err := h.parseParams(r.URL.RawQuery, body)
 	if err != nil {

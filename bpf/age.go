@@ -21,21 +21,14 @@ func (d *Dataplane) AgeConntrack(by time.Duration) error {
 		}
 		return t - min(t-1, uint64(by)) // saturates at 1: "very old", never the unused 0
 	}
-	var k sgCtKey
-	var v sgCtVal
-	var keys []sgCtKey
-	var vals []sgCtVal
-	it := d.objs.Conntrack.Iterate()
-	for it.Next(&k, &v) {
-		keys, vals = append(keys, k), append(vals, v)
-	}
-	if err := it.Err(); err != nil {
+	es, err := d.ctEntries()
+	if err != nil {
 		return fmt.Errorf("age conntrack: %w", err)
 	}
-	for i := range keys {
-		vals[i].Last, vals[i].Last2 = older(vals[i].Last), older(vals[i].Last2)
+	for _, e := range es {
+		e.val.Last, e.val.Last2 = older(e.val.Last), older(e.val.Last2)
 		// UpdateExist: a flow that ended meanwhile stays ended.
-		if err := d.objs.Conntrack.Update(&keys[i], &vals[i], ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := e.m.Update(e.key, &e.val, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("age conntrack: %w", err)
 		}
 	}

@@ -8,10 +8,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/sgsim/sgsim/internal/netns"
 )
 
 // hook is one TC attachment point of a host interface.
@@ -57,59 +60,104 @@ func (d *Dataplane) Attach(ctx context.Context, ifname, eni string) error {
 	return nil
 }
 
-// link puts the program on both hooks of ifname, where this process has not already.
+// link puts the program on both hooks of ifname, where this process has not already. The two hooks
+// are attached at once: each TCX attachment waits for an RCU grace period, and two waits side by side
+// end together.
 func (d *Dataplane) link(ctx context.Context, ifname string, ifindex int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.links == nil {
 		d.links = map[string]link.Link{}
 	}
+	var todo []hook
 	for _, h := range hooks {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("%s: %w", h.name, err)
+		if _, ok := d.links[fmt.Sprintf("%d-%s", ifindex, h.name)]; !ok {
+			todo = append(todo, h)
 		}
-		prog := d.progFor(h)
-		key := fmt.Sprintf("%d-%s", ifindex, h.name)
-		if _, ok := d.links[key]; ok {
-			continue
-		}
-		if d.clsact {
-			if err := d.attachClsact(ctx, ifname, h, prog); err != nil {
-				return fmt.Errorf("%s: %w", h.name, err)
-			}
-			continue
-		}
-		if d.pinPath != "" {
-			if l, err := link.LoadPinnedLink(d.linkPin(ifindex, h), nil); err == nil {
-				if err := l.Update(prog); err != nil {
-					l.Close()
-					return fmt.Errorf("%s: replace pinned program: %w", h.name, err)
-				}
-				d.replaceLink(key, l)
-				continue
-			}
-		}
-		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: h.attach})
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			slog.Info("TCX unavailable, attaching with clsact and cls_bpf", "interface", ifname)
-			if err := d.attachClsact(ctx, ifname, h, prog); err != nil {
-				return fmt.Errorf("%s: %w", h.name, err)
-			}
-			d.clsact = true // Detach must remove tc filters
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", h.name, err)
-		}
-		if d.pinPath != "" {
-			if err := l.Pin(d.linkPin(ifindex, h)); err != nil {
-				l.Close()
-				return fmt.Errorf("%s: pin link: %w", h.name, err)
-			}
-		}
-		d.replaceLink(key, l)
 	}
-	return nil
+	type attached struct {
+		l      link.Link // nil when tc(8) attached it
+		clsact bool      // the kernel has no TCX: tc(8) attached it
+		err    error
+	}
+	res := make([]attached, len(todo))
+	err := sideBySide(len(todo), func(i int) {
+		res[i].l, res[i].clsact, res[i].err = d.linkHook(ctx, ifname, ifindex, todo[i])
+	})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i, h := range todo {
+		r := res[i]
+		if r.clsact {
+			d.clsact = true // Detach must remove tc filters
+		}
+		if r.err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h.name, r.err))
+			continue
+		}
+		if r.l != nil {
+			d.replaceLink(fmt.Sprintf("%d-%s", ifindex, h.name), r.l)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// linkHook attaches the program to one hook of ifname: a pinned link of an earlier run updated in
+// place, a new TCX link (pinned when d pins), or a cls_bpf filter where the kernel has no TCX (then
+// it returns a nil link and clsact true). Caller holds mu, which guards only d's fields read here.
+func (d *Dataplane) linkHook(ctx context.Context, ifname string, ifindex int, h hook) (link.Link, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	prog := d.progFor(h)
+	if d.clsact {
+		return nil, true, d.attachClsact(ctx, ifname, h, prog)
+	}
+	if d.pinPath != "" {
+		if l, err := link.LoadPinnedLink(d.linkPin(ifindex, h), nil); err == nil {
+			if err := l.Update(prog); err != nil {
+				l.Close()
+				return nil, false, fmt.Errorf("replace pinned program: %w", err)
+			}
+			return l, false, nil
+		}
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: h.attach})
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		slog.Info("TCX unavailable, attaching with clsact and cls_bpf", "interface", ifname)
+		return nil, true, d.attachClsact(ctx, ifname, h, prog)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if d.pinPath != "" {
+		if err := l.Pin(d.linkPin(ifindex, h)); err != nil {
+			l.Close()
+			return nil, false, fmt.Errorf("pin link: %w", err)
+		}
+	}
+	return l, false, nil
+}
+
+// sideBySide runs fn(0) … fn(n-1) at once, each on its own OS thread in the caller's network namespace
+// (the interfaces are named and indexed there), and waits for all of them.
+func sideBySide(n int, fn func(i int)) error {
+	ns, err := netns.Here()
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			_, errs[i] = netns.Do(netns.HerePath(ns), func() (struct{}, error) { fn(i); return struct{}{}, nil })
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // replaceLink remembers l, closing the handle it replaces. Caller holds mu.
@@ -151,28 +199,35 @@ func (d *Dataplane) Detach(ifname string) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var errs []error
-	for _, h := range hooks {
+	errs := make([]error, 2*len(hooks))
+	held := make([]link.Link, len(hooks))
+	for i, h := range hooks {
 		key := fmt.Sprintf("%d-%s", ifc.Index, h.name)
 		l, ok := d.links[key]
 		if !ok && d.pinPath != "" {
 			l, _ = link.LoadPinnedLink(d.linkPin(ifc.Index, h), nil)
 		}
+		held[i] = l
+		delete(d.links, key)
+	}
+	// Side by side, like link: each detachment waits for a grace period.
+	err = sideBySide(len(hooks), func(i int) {
+		h, l := hooks[i], held[i]
 		if l != nil {
 			if d.pinPath != "" {
 				if err := l.Unpin(); err != nil {
-					errs = append(errs, fmt.Errorf("unpin %s link: %w", h.name, err))
+					errs[2*i] = fmt.Errorf("unpin %s link: %w", h.name, err)
 				}
 			}
 			if err := l.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("close %s link: %w", h.name, err))
+				errs[2*i+1] = fmt.Errorf("close %s link: %w", h.name, err)
 			}
-			delete(d.links, key)
 		}
 		if d.clsact {
-			errs = append(errs, detachClsact(ifname, h))
+			errs[2*i+1] = errors.Join(errs[2*i+1], detachClsact(ifname, h))
 		}
-	}
+	})
+	errs = append(errs, err)
 	if err := d.objs.Ifaces.Delete(uint32(ifc.Index)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("unbind: %w", err))
 	}

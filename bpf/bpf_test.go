@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -10,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/control"
@@ -19,19 +22,28 @@ import (
 	"github.com/sgsim/sgsim/model"
 )
 
-// loadOrSkip loads the program, skipping only when the kernel cannot (not root, no BPF), and failing
-// instead when SGSIM_REQUIRE_KERNEL=1.
+// loadOrSkip loads the program; it skips only as skipIfNotSupported does, so a verifier rejection fails.
 func loadOrSkip(t testing.TB) *Dataplane {
 	t.Helper()
 	d, err := Load(Options{})
-	if err != nil {
-		if os.Getenv("SGSIM_REQUIRE_KERNEL") == "1" {
-			t.Fatalf("load BPF program: %v", err)
-		}
-		t.Skipf("kernel cannot load the BPF program: %v", err)
-	}
+	skipIfNotSupported(t, err)
 	t.Cleanup(func() { d.Close() })
 	return d
+}
+
+// skipIfNotSupported is the one place a kernel test may skip (as cilium/ebpf's testutils helper): when
+// err says the kernel lacks a feature (ebpf.ErrNotSupported) or the test is not root. Any other error, a
+// verifier rejection included, fails the test; SGSIM_REQUIRE_KERNEL=1 turns the skips into failures too.
+func skipIfNotSupported(tb testing.TB, err error) {
+	tb.Helper()
+	if err == nil {
+		return
+	}
+	missing := errors.Is(err, ebpf.ErrNotSupported) || (os.Geteuid() != 0 && errors.Is(err, unix.EPERM))
+	if !missing || os.Getenv("SGSIM_REQUIRE_KERNEL") == "1" {
+		tb.Fatalf("load BPF: %v", err)
+	}
+	tb.Skipf("kernel lacks a feature these tests need: %v", err)
 }
 
 func demoState(t testing.TB) *model.State {

@@ -30,18 +30,10 @@ func TestConntrackBothOrientations(t *testing.T) {
 		require.NoError(t, err)
 		return r
 	}
-	keys := func() []sgCtKey {
-		var (
-			k  sgCtKey
-			v  sgCtVal
-			ks []sgCtKey
-		)
-		it := d.objs.Conntrack.Iterate()
-		for it.Next(&k, &v) {
-			ks = append(ks, k)
-		}
-		require.NoError(t, it.Err())
-		return ks
+	keys := func() []ctEntry {
+		es, err := d.ctEntries()
+		require.NoError(t, err)
+		return es
 	}
 	// eni-web1's egress accepts everything: both orientations are tracked as flows of their own.
 	require.True(t, run(ab, model.Egress).Accept)
@@ -58,16 +50,16 @@ func TestConntrackBothOrientations(t *testing.T) {
 	past := uint64((200 * time.Second).Nanoseconds()) // beyond UDP's 180 s with a reply seen
 	k := keys()[0]
 	var v sgCtVal
-	require.NoError(t, d.objs.Conntrack.Lookup(&k, &v))
+	require.NoError(t, k.m.Lookup(k.key, &v))
 	v.Last = now() - past // the first half: A→B, tracked first
-	require.NoError(t, d.objs.Conntrack.Put(&k, &v))
+	require.NoError(t, k.m.Put(k.key, &v))
 	require.NotEqual(t, dataplane.ReasonEstablished, run(ba, model.Ingress).Reason, "A→B timed out")
 	require.Equal(t, dataplane.ReasonEstablished, run(ab, model.Ingress).Reason, "B→A lives on")
 	require.Len(t, keys(), 1)
 
-	require.NoError(t, d.objs.Conntrack.Lookup(&k, &v))
+	require.NoError(t, k.m.Lookup(k.key, &v))
 	v.Last2 = now() - past
-	require.NoError(t, d.objs.Conntrack.Put(&k, &v))
+	require.NoError(t, k.m.Put(k.key, &v))
 	r := run(ab, model.Ingress)
 	require.NotEqual(t, dataplane.ReasonEstablished, r.Reason, "B→A timed out")
 	require.False(t, r.Accept, "eni-web1's ingress does not take udp/9999, so nothing new is tracked")

@@ -25,7 +25,11 @@ import (
 const DefaultPinPath = "/sys/fs/bpf/sgsim"
 
 // maxSlots is the number of ENIs one loaded program can hold (ifaces/eni_names size; tables is 2×).
-const maxSlots = 4096
+const maxSlots = uint32(sgSgConstSG_MAX_SLOTS)
+
+// spareMinChunks is the size from which a replaced table map is kept as its direction's spare: below it a
+// fresh map costs little to fill, and a spare would only double the memory.
+const spareMinChunks = uint32(64 << 10 / chunkSize)
 
 // Options configures Load.
 type Options struct {
@@ -55,25 +59,34 @@ type Dataplane struct {
 	links map[string]link.Link  // "<ifindex>-<hook>" → link made or adopted by Attach
 }
 
-// Load loads the program and its maps into the kernel.
-func Load(opts Options) (*Dataplane, error) {
+// collectionSpec returns the program's spec, pinned (sg.c declares which maps, LIBBPF_PIN_BY_NAME) only
+// when pinned is set.
+func collectionSpec(pinned bool) (*ebpf.CollectionSpec, error) {
 	spec, err := loadSg()
 	if err != nil {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
-	if m := spec.Maps["tables"]; m == nil || m.InnerMap == nil || m.InnerMap.ValueSize != chunkSize {
+	if m := spec.Maps["tables"]; m == nil || m.InnerMap == nil || m.InnerMap.ValueSize != uint32(chunkSize) {
 		return nil, fmt.Errorf("load bpf spec: the tables map's chunks are not the %d bytes layout.go writes", chunkSize)
+	}
+	if !pinned {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	return spec, nil
+}
+
+// Load loads the program and its maps into the kernel.
+func Load(opts Options) (*Dataplane, error) {
+	spec, err := collectionSpec(opts.PinPath != "")
+	if err != nil {
+		return nil, err
 	}
 	var co ebpf.CollectionOptions
 	if opts.PinPath != "" {
 		if err := ensureBPFFS(opts.PinPath); err != nil {
 			return nil, err
-		}
-		for name, m := range spec.Maps {
-			switch name {
-			case "tables", "ifaces", "eni_names", "conntrack", "hits", "drops", "drop_rate":
-				m.Pinning = ebpf.PinByName
-			}
 		}
 		co.Maps.PinPath = opts.PinPath
 	}
@@ -93,11 +106,54 @@ func Load(opts Options) (*Dataplane, error) {
 		}
 		return nil, fmt.Errorf("load bpf program: %w", err)
 	}
+	if opts.PinPath != "" {
+		if err := d.checkTableChunks(); err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("load bpf program: the maps pinned under %s were made by an sgsim build with another "+
+				"layout (%w); to upgrade, remove %s (its interfaces stay unfiltered until this daemon attaches) and start again",
+				opts.PinPath, err, opts.PinPath)
+		}
+	}
 	if err := d.recoverSlots(); err != nil {
 		d.objs.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// checkTableChunks tells whether the (pinned) tables map takes inner maps of this build's chunk size,
+// which cilium/ebpf's compatibility check of pinned maps does not look at: it puts a probe map into a
+// free entry, which the kernel refuses when the outer map's template differs, and takes it out again.
+func (d *Dataplane) checkTableChunks() error {
+	free := -1
+	for ti := range 2 * maxSlots {
+		var inner *ebpf.Map
+		err := d.objs.Tables.Lookup(ti, &inner)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			free = int(ti)
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read tables[%d]: %w", ti, err)
+		}
+		inner.Close()
+	}
+	if free < 0 {
+		return nil // every entry holds a table this program was verified against
+	}
+	probe, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(chunkSize), MaxEntries: 1,
+		Flags: unix.BPF_F_INNER_MAP})
+	if err != nil {
+		return fmt.Errorf("create probe table: %w", err)
+	}
+	defer probe.Close()
+	if err := d.objs.Tables.Put(uint32(free), probe); err != nil {
+		return fmt.Errorf("tables holds chunks of another size than %d bytes (%v): %w", chunkSize, err, ebpf.ErrMapIncompatible)
+	}
+	if err := d.objs.Tables.Delete(uint32(free)); err != nil {
+		return fmt.Errorf("remove probe table: %w", err)
+	}
+	return nil
 }
 
 func tail(lines []string, n int) []string {
@@ -208,7 +264,7 @@ func tableMap(t *compiler.Table, buf []byte, spare *ebpf.Map) (*ebpf.Map, error)
 			spare.Close()
 		}
 		var err error
-		m, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: chunkSize, MaxEntries: n,
+		m, err = ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(chunkSize), MaxEntries: n,
 			Flags: unix.BPF_F_INNER_MAP}) // the outer map's template has it: inner maps may differ in size
 		if err != nil {
 			return nil, fmt.Errorf("create table map for %s/%s (%d chunks): %w", t.ENI, t.Direction, n, err)
@@ -408,13 +464,22 @@ func (st *staged) Switch() error {
 			}
 		}
 	}
+	gens := make([]uint64, len(todo))
+	if err := d.setTableGens(todo, gens); err != nil {
+		return fmt.Errorf("publish generation %d: %w", st.gen, err)
+	}
 	n, err := d.switchTables(todo)
+	for i := range gens[:n] {
+		gens[i] = st.gen + 1
+	}
+	if err := d.setTableGens(todo[:n], gens[:n]); err != nil {
+		return fmt.Errorf("publish generation %d: %w", st.gen, err)
+	}
 	// What the kernel took is recorded even when the rest failed: the next Stage compares against it.
 	for _, sw := range todo[:n] {
 		l := d.live[sw.slot]
 		old := l.maps[sw.dir]
-		// One-chunk tables are cheap to build fresh: their spares would only double the memory.
-		if old != nil && old.MaxEntries() > 1 {
+		if old != nil && old.MaxEntries() >= spareMinChunks {
 			if l.spare[sw.dir] != nil {
 				l.spare[sw.dir].Close()
 			}
@@ -430,7 +495,6 @@ func (st *staged) Switch() error {
 		staged.maps[sw.dir] = nil // now the live map: not closed below
 	}
 	if err != nil {
-		d.pruneHits(nil)
 		return fmt.Errorf("publish generation %d: %w", st.gen, err)
 	}
 	for _, s := range st.slots {
@@ -440,13 +504,15 @@ func (st *staged) Switch() error {
 		l.tables = [2]*compiler.Table{s.tables.Ingress, s.tables.Egress}
 		d.live[s.slot] = l
 	}
-	removedSlots := map[uint32]bool{}
 	for _, id := range st.removed {
 		slot, ok := d.slots[id]
 		if !ok {
 			continue
 		}
 		for dir := range uint32(2) {
+			if err := d.objs.TableGens.Put(slot*2+dir, uint64(0)); err != nil {
+				return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
+			}
 			if err := d.objs.Tables.Delete(slot*2 + dir); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
 			}
@@ -454,14 +520,35 @@ func (st *staged) Switch() error {
 		if err := d.objs.EniNames.Put(slot, &sgEniname{}); err != nil {
 			return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
 		}
-		d.forgetIfaces(slot)
+		if err := d.forgetIfaces(slot); err != nil {
+			return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
+		}
 		delete(d.slots, id)
 		d.live[slot].close()
 		delete(d.live, slot)
-		removedSlots[slot] = true
 	}
-	if len(todo) > 0 || len(removedSlots) > 0 {
-		d.pruneHits(removedSlots)
+	return nil
+}
+
+// setTableGens sets table_gens for the switched directions (gens: each one's generation plus one, or 0
+// while its table is being replaced). Caller holds mu.
+func (d *Dataplane) setTableGens(todo []switched, gens []uint64) error {
+	if len(todo) == 0 {
+		return nil
+	}
+	keys := make([]uint32, len(todo))
+	for i, sw := range todo {
+		keys[i] = sw.slot*2 + uint32(sw.dir)
+	}
+	if _, err := d.objs.TableGens.BatchUpdate(keys, gens, nil); err == nil {
+		return nil
+	} else if !errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("set table generations: %w", err)
+	}
+	for i, k := range keys {
+		if err := d.objs.TableGens.Put(k, gens[i]); err != nil {
+			return fmt.Errorf("set table generation %d: %w", k, err)
+		}
 	}
 	return nil
 }
@@ -511,27 +598,6 @@ func (l liveTables) close() {
 	}
 }
 
-// pruneHits drops the hit counters of every table version that is no longer live (their entry indexes
-// mean nothing now) and those of the removed slots, so the counter map holds only live tables. One pass
-// over the map. Caller holds mu.
-func (d *Dataplane) pruneHits(removed map[uint32]bool) {
-	var (
-		k   sgHitKey
-		per []uint64
-		del []sgHitKey
-	)
-	it := d.objs.Hits.Iterate()
-	for it.Next(&k, &per) {
-		l, ok := d.live[k.Table/2]
-		if removed[k.Table/2] || ok && l.tables[k.Table&1] != nil && l.gens[k.Table&1] != k.Gen {
-			del = append(del, k)
-		}
-	}
-	for i := range del {
-		_ = d.objs.Hits.Delete(&del[i]) // a concurrent delete is fine
-	}
-}
-
 // sameKernelTable tells whether the kernel's bytes of b would be those of a, generation aside: the same
 // matches, actions, SGs and rule indexes (descriptions and other provenance may differ). a may be nil.
 func sameKernelTable(a, b *compiler.Table) bool {
@@ -549,7 +615,7 @@ func sameKernelTable(a, b *compiler.Table) bool {
 }
 
 // forgetIfaces unbinds every interface bound to slot. Caller holds mu.
-func (d *Dataplane) forgetIfaces(slot uint32) {
+func (d *Dataplane) forgetIfaces(slot uint32) error {
 	var (
 		k   uint32
 		cfg sgIfcfg
@@ -561,9 +627,15 @@ func (d *Dataplane) forgetIfaces(slot uint32) {
 			del = append(del, k)
 		}
 	}
-	for _, k := range del {
-		_ = d.objs.Ifaces.Delete(k) // already gone is fine
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read interface bindings: %w", err)
 	}
+	for _, k := range del {
+		if err := d.objs.Ifaces.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("unbind ifindex %d: %w", k, err)
+		}
+	}
+	return nil
 }
 
 // Bind makes the program treat the interface ifindex as the host side of eni.
@@ -655,24 +727,15 @@ func (d *Dataplane) FlushConntrack() error {
 	for fit.Next(&fk, &fv) {
 		fkeys = append(fkeys, fk)
 	}
+	if err := fit.Err(); err != nil {
+		return fmt.Errorf("flush fragments: %w", err)
+	}
 	for i := range fkeys {
 		if err := d.objs.Frags.Delete(&fkeys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("flush fragments: %w", err)
 		}
 	}
-	var k sgCtKey
-	var keys []sgCtKey
-	var v sgCtVal
-	it := d.objs.Conntrack.Iterate()
-	for it.Next(&k, &v) {
-		keys = append(keys, k)
-	}
-	for i := range keys {
-		if err := d.objs.Conntrack.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("flush conntrack: %w", err)
-		}
-	}
-	return it.Err()
+	return d.flushFlows()
 }
 
 // pinFile returns the path of a pinned object.

@@ -6,9 +6,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
@@ -152,9 +154,9 @@ func (r *DropReader) Close() error {
 	return errors.Join(r.rd.Close(), r.drops.Close(), r.names.Close())
 }
 
-// Hit is the packet count of one table entry at one generation, summed over CPUs. Decision says which
-// rule (or default) that entry is, when the table version is the one this process published last
-// (nil for counters of tables adopted from a previous process and not republished yet).
+// Hit is the packet count of one table entry at one generation. Decision says which rule (or default)
+// that entry is, when the table version is the one this process published last (nil for counters of
+// tables adopted from a previous process and not republished yet).
 type Hit struct {
 	ENI        string               `json:"eni"`
 	Direction  model.Direction      `json:"direction"`
@@ -164,40 +166,68 @@ type Hit struct {
 	Decision   *dataplane.Explained `json:"decision,omitempty"`
 }
 
-// Hits returns every per-rule hit counter.
+// Hits returns the counter of every entry that counted a packet, in every table in force. The counters
+// live in the tables (layout.go), so a replaced table version's counts go with it.
 func (d *Dataplane) Hits() ([]Hit, error) {
 	d.mu.Lock()
-	bySlot := make(map[uint32]string, len(d.slots))
-	for id, s := range d.slots {
-		bySlot[s] = id
-	}
-	live := make(map[uint32]liveTables, len(d.live))
-	for s, l := range d.live {
-		live[s] = l
-	}
+	slots := maps.Clone(d.slots)
+	live := maps.Clone(d.live)
 	d.mu.Unlock()
-	var (
-		k    sgHitKey
-		per  []uint64
-		hits []Hit
-	)
-	it := d.objs.Hits.Iterate()
-	for it.Next(&k, &per) {
-		var sum uint64
-		for _, v := range per {
-			sum += v
+	var hits []Hit
+	for _, eni := range slices.Sorted(maps.Keys(slots)) {
+		slot := slots[eni]
+		for dir := range model.Direction(2) {
+			gen, counts, err := d.tableCounts(slot*2 + uint32(dir))
+			if err != nil {
+				return nil, fmt.Errorf("read hit counters of %s/%s: %w", eni, dir, err)
+			}
+			t := live[slot].tables[dir]
+			known := t != nil && live[slot].gens[dir] == gen
+			for e, n := range counts {
+				if n == 0 {
+					continue
+				}
+				h := Hit{ENI: eni, Direction: dir, Generation: gen, Entry: e, Packets: n}
+				if known && e < len(t.Entries) {
+					x := dataplane.VerdictOf(t, e).Explain(eni, dir, t)
+					h.Decision = &x
+				}
+				hits = append(hits, h)
+			}
 		}
-		h := Hit{ENI: bySlot[k.Table/2], Direction: model.Direction(k.Table & 1), Generation: k.Gen,
-			Entry: int(k.Entry), Packets: sum}
-		if l, ok := live[k.Table/2]; ok && l.tables[k.Table&1] != nil && l.gens[k.Table&1] == k.Gen && h.Entry < len(l.tables[k.Table&1].Entries) {
-			t := l.tables[k.Table&1]
-			e := dataplane.VerdictOf(t, h.Entry).Explain(h.ENI, h.Direction, t)
-			h.Decision = &e
-		}
-		hits = append(hits, h)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read hit counters: %w", err)
 	}
 	return hits, nil
+}
+
+// tableCounts reads the generation and the per-entry counters of the table in force at ti (none when
+// there is no table, or it was written by a build without counters).
+func (d *Dataplane) tableCounts(ti uint32) (uint64, []uint64, error) {
+	var m *ebpf.Map
+	if err := d.objs.Tables.Lookup(ti, &m); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, nil, nil
+	} else if err != nil {
+		return 0, nil, err
+	}
+	defer m.Close()
+	chunk := make([]byte, chunkSize)
+	cur := uint32(0)
+	if err := m.Lookup(cur, chunk); err != nil {
+		return 0, nil, fmt.Errorf("read table header: %w", err)
+	}
+	h := regionOf[sgHdr](chunk, 0, 1)[0]
+	if h.OffCounts == 0 {
+		return h.Gen, nil, nil
+	}
+	counts := make([]uint64, h.N_entries)
+	for i := range counts {
+		off := h.OffCounts + uint32(i)*8
+		if c := off >> chunkShift; c != cur {
+			if err := m.Lookup(c, chunk); err != nil {
+				return 0, nil, fmt.Errorf("read table chunk %d: %w", c, err)
+			}
+			cur = c
+		}
+		counts[i] = regionOf[uint64](chunk, off&uint32(chunkSize-1), 1)[0]
+	}
+	return h.Gen, counts, nil
 }

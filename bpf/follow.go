@@ -10,6 +10,10 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+// MaxENIs is how many ENIs one loaded program holds (its slots): the node refuses the next new ENI
+// with a 409 before anything is committed.
+const MaxENIs = int(maxSlots)
+
 // guardSlot binds an interface to no ENI: the program drops every packet on it (SPEC §8's guard).
 const guardSlot = ^uint32(0)
 

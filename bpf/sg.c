@@ -14,6 +14,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "sg.h"
+
 char __license[] SEC("license") = "GPL";
 
 #define DIR_INGRESS 0
@@ -30,10 +32,8 @@ enum reason {
 	R_MALFORMED = 7,
 };
 
-// A table version is one inner array map of CHUNK_SIZE-byte chunks, read as one byte string (layout.go).
-#define CHUNK_SHIFT 16
-#define CHUNK_SIZE (1 << CHUNK_SHIFT)
-#define HDR_FLAG_NOSG 1
+#define CHUNK_SHIFT SG_CHUNK_SHIFT
+#define CHUNK_SIZE SG_CHUNK_SIZE
 
 // At byte 0 of every table. Offsets are in bytes from the start of the table.
 struct hdr {
@@ -42,7 +42,8 @@ struct hdr {
 	__u32 off4, off6, off_nodes, off_ports;
 	__u32 off_entries, n_entries, off_sgs, flags;
 	__u32 off_v4idx, v4shift;
-	__u32 pad[2];
+	__u32 off_counts; // per-entry packet counters (u64), 0 in tables of builds that had none
+	__u32 pad;
 };
 
 struct v4iv {
@@ -76,8 +77,9 @@ struct entry {
 // tables[slot*2+dir] is the live table of one ENI direction; replacing the inner map is the atomic swap.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 8192);
+	__uint(max_entries, SG_MAX_TABLES);
 	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 	__array(values, struct {
 		__uint(type, BPF_MAP_TYPE_ARRAY);
 		__uint(max_entries, 1);
@@ -87,6 +89,17 @@ struct {
 	});
 } tables SEC(".maps");
 
+// table_gens[slot*2+dir] is the generation of the table in force there, plus one (0: unknown, read the
+// table's header): directly addressed, so a tracked flow's check that its table did not change costs
+// no map lookup call. Switch zeroes an entry before it replaces the table and sets it after.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SG_MAX_TABLES);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
+} table_gens SEC(".maps");
+
 struct ifcfg {
 	__u32 slot;
 	__u32 flags;
@@ -94,20 +107,22 @@ struct ifcfg {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, SG_MAX_SLOTS);
 	__type(key, __u32);
 	__type(value, struct ifcfg);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } ifaces SEC(".maps");
 
 struct eniname {
-	char name[64];
+	char name[SG_NAME_SIZE];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 4096);
+	__uint(max_entries, SG_MAX_SLOTS);
 	__type(key, __u32);
 	__type(value, struct eniname);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } eni_names SEC(".maps");
 
 #define CT_REPLY_SEEN 1
@@ -150,7 +165,25 @@ struct {
 	__uint(max_entries, 262144);
 	__type(key, struct ct_key);
 	__type(value, struct ct_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } conntrack SEC(".maps");
+
+// IPv4 flows have their own map with a key of 16 bytes instead of 44: the kernel hashes and compares the
+// whole key on every lookup, and the short key costs about half. Same entries otherwise.
+struct ct_key4 {
+	__u16 slot;
+	__u8 proto, pad;
+	__u16 sport, dport;
+	__u8 src[4], dst[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct_key4);
+	__type(value, struct ct_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
+} conntrack4 SEC(".maps");
 
 // Verdicts of first fragments, which later fragments of the same datagram take (SPEC §2).
 struct frag_key {
@@ -174,19 +207,6 @@ struct {
 	__type(value, struct frag_val);
 } frags SEC(".maps");
 
-struct hit_key {
-	__u32 table; // slot*2+dir
-	__s32 entry;
-	__u64 gen;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 131072);
-	__type(key, struct hit_key);
-	__type(value, __u64);
-} hits SEC(".maps");
-
 struct drop_event {
 	__u64 ts;
 	__u64 gen;
@@ -196,12 +216,13 @@ struct drop_event {
 	__s32 entry, rule_index;
 	__u32 suppressed; // events lost to the rate limit on this CPU just before this one
 	__u8 src[16], dst[16];
-	char sg[64];
+	char sg[SG_NAME_SIZE];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 18);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } drops SEC(".maps");
 
 struct rate {
@@ -214,6 +235,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct rate);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } drop_rate SEC(".maps");
 
 // Drop events per CPU per second; the rest are counted in the next event's suppressed field.
@@ -235,6 +257,7 @@ struct pkt {
 	__u8 q_ok, q_proto;
 	__u16 q_sport, q_dport;
 	__u8 q_src[16], q_dst[16];
+	__u32 scratch; // see forget
 };
 
 #define ETH_P_8021Q_ 0x8100
@@ -244,28 +267,113 @@ struct pkt {
 #define ETH_P_IP_ 0x0800
 #define ETH_P_IPV6_ 0x86DD
 
+// parse's answer when a header lies past the linear part of the skb: the caller pulls and parses again.
+#define R_PULL 255
+// Headers are only looked for in the first MAX_HDR_OFF bytes (a bound the verifier needs for offsets).
+#define MAX_HDR_OFF 0x3fff
+
+// A frame read in place (direct packet access). at() returns its n bytes at off, or 0 when they are not
+// there; pull records that they are in the frame but outside its linear part.
+struct cursor {
+	void *data, *end;
+	__u32 len;
+	__u32 pull;
+};
+
+static __always_inline __u8 *at(struct cursor *c, __u32 off, __u32 n)
+{
+	if (off > MAX_HDR_OFF)
+		return 0;
+	// The same bound again, in the register that is added (clang may add a copy the check did not see).
+	__u64 o = off;
+	asm volatile("%0 &= 0x3fff" : "+r"(o));
+	__u8 *b = c->data + o;
+	if ((void *)(b + n) > c->end) {
+		if (off + n <= c->len)
+			c->pull = 1;
+		return 0;
+	}
+	return b;
+}
+
+// forget returns v as the verifier sees a value read from memory it does not track (p is a global
+// function's argument): an unknown number. Header walks pass their offset through it at every step, so the
+// verifier's states at the loop head converge instead of splitting by every possible offset range.
+static __always_inline __u32 forget(struct pkt *p, __u32 v)
+{
+	*(volatile __u32 *)&p->scratch = v;
+	return *(volatile __u32 *)&p->scratch;
+}
+
+static __always_inline __u16 be16(const __u8 *b)
+{
+	return ((__u16)b[0] << 8) | b[1];
+}
+
+// is_ext6 tells whether nh is an IPv6 extension header the parsers walk through.
+static __always_inline int is_ext6(__u8 nh)
+{
+	return nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44;
+}
+
+// parse_icmp reads the ICMP (IPv4) or ICMPv6 header at off; returns 0, 1 for neighbour discovery, or -1
+// when it is truncated.
+static __always_inline int parse_icmp(struct cursor *c, __u32 off, __u32 end, struct pkt *p)
+{
+	if (off + 4 > end)
+		return -1;
+	__u8 *b = at(c, off, 4);
+	if (!b)
+		return -1;
+	__u8 t = b[0];
+	int echo = 0;
+	p->icmp_type = t;
+	if (p->fam == 6) {
+		if (t >= 133 && t <= 136)
+			return 1;
+		if (t >= 1 && t <= 4)
+			p->is_icmp_err = 1;
+		echo = t == 128 || t == 129;
+	} else {
+		if (t == 3 || t == 4 || t == 5 || t == 11 || t == 12)
+			p->is_icmp_err = 1;
+		echo = t == 0 || t == 8 || t == 13 || t == 14;
+	}
+	// Echo: key the flow by identifier on both sides so the reply is the reverse.
+	if (echo && off + 8 <= end) {
+		b = at(c, off, 8);
+		if (!b)
+			return -1;
+		p->sport = be16(b + 4);
+		p->dport = p->sport;
+	}
+	if (p->is_icmp_err)
+		p->trackable = 0;
+	return 0;
+}
+
 // parse_l4 reads ports/type at off. Returns 0, 1 for ICMPv6 neighbour discovery, or -1 when the header is
 // truncated (end: end of the IP datagram as its header says, or of the frame if that comes first; Ethernet
 // padding beyond the datagram is not header). The minimum lengths are those of packet.Decode, the Go
 // decoder replay uses, so both engines call the same frames malformed.
-static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, __u32 end, struct pkt *p)
+static __always_inline int parse_l4(struct cursor *c, __u32 off, __u32 end, struct pkt *p)
 {
-	__u8 b[14];
+	__u8 *b;
 	p->trackable = 1;
 	switch (p->proto) {
 	case 6:
-		if (off + 14 > end || bpf_skb_load_bytes(skb, off, b, 14))
+		if (off + 14 > end || !(b = at(c, off, 14)))
 			return -1;
-		p->sport = (b[0] << 8) | b[1];
-		p->dport = (b[2] << 8) | b[3];
+		p->sport = be16(b);
+		p->dport = be16(b + 2);
 		p->tcp_flags = b[13];
 		p->has_port = 1;
 		return 0;
 	case 17:
-		if (off + 8 > end || bpf_skb_load_bytes(skb, off, b, 8))
+		if (off + 8 > end || !(b = at(c, off, 8)))
 			return -1;
-		p->sport = (b[0] << 8) | b[1];
-		p->dport = (b[2] << 8) | b[3];
+		p->sport = be16(b);
+		p->dport = be16(b + 2);
 		p->has_port = 1;
 		return 0;
 	case 1:
@@ -273,42 +381,48 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, __u32 end,
 		// ICMP inside IPv6 (and ICMPv6 inside IPv4) is just another protocol.
 		if ((p->proto == 1) != (p->fam == 4))
 			return 0;
-		if (off + 4 > end || bpf_skb_load_bytes(skb, off, b, 4))
-			return -1;
-		p->icmp_type = b[0];
-		__u8 t = b[0];
-		int echo = 0;
-		if (p->fam == 6) {
-			if (t >= 133 && t <= 136)
-				return 1;
-			if (t >= 1 && t <= 4)
-				p->is_icmp_err = 1;
-			echo = t == 128 || t == 129;
-		} else {
-			if (t == 3 || t == 4 || t == 5 || t == 11 || t == 12)
-				p->is_icmp_err = 1;
-			echo = t == 0 || t == 8 || t == 13 || t == 14;
-		}
-		// Echo: key the flow by identifier on both sides so the reply is the reverse.
-		if (echo && off + 8 <= end && !bpf_skb_load_bytes(skb, off, b, 8)) {
-			p->sport = (b[4] << 8) | b[5];
-			p->dport = p->sport;
-		}
-		if (p->is_icmp_err)
-			p->trackable = 0;
-		return 0;
+		return parse_icmp(c, off, end, p);
 	}
 	return 0;
 }
 
-// parse_quoted reads the IP header and ports of the packet quoted by an ICMP error at off (up to end).
-static __always_inline void parse_quoted(struct __sk_buff *skb, __u32 off, __u32 end, struct pkt *p)
+// quoted_ext6 walks the extension headers of an IPv6 packet quoted by an ICMPv6 error as packet.Decode
+// does (no AH), stopping where the quote ends; returns the offset of the quoted L4 header, or 0 when it is
+// a later fragment (no ports).
+static __always_inline __u32 quoted_ext6(struct cursor *c, __u32 l4, __u32 end, __u8 nh, struct pkt *p)
 {
-	__u8 b[40];
-	__u8 l[8];
+	for (int i = 0; i < 8; i++) {
+		if (nh != 0 && nh != 43 && nh != 60 && nh != 44)
+			break;
+		l4 = forget(p, l4);
+		__u8 *x;
+		if (l4 + 8 > end || !(x = at(c, l4, 4)))
+			break;
+		if (nh == 44) {
+			if ((be16(x + 2) >> 3) != 0) {
+				p->q_proto = x[0];
+				return 0;
+			}
+			nh = x[0];
+			l4 += 8;
+			continue;
+		}
+		if (l4 + (x[1] + 1) * 8 > end)
+			break;
+		nh = x[0];
+		l4 += (x[1] + 1) * 8;
+	}
+	p->q_proto = nh;
+	return l4;
+}
+
+// parse_quoted reads the IP header and ports of the packet quoted by an ICMP error at off (up to end).
+static __always_inline void parse_quoted(struct cursor *c, __u32 off, __u32 end, struct pkt *p)
+{
+	__u8 *b;
 	__u32 l4;
 	if (p->fam == 4) {
-		if (off + 20 > end || bpf_skb_load_bytes(skb, off, b, 20))
+		if (off + 20 > end || !(b = at(c, off, 20)))
 			return;
 		if ((b[0] >> 4) != 4 || (b[0] & 0xf) < 5)
 			return;
@@ -316,177 +430,165 @@ static __always_inline void parse_quoted(struct __sk_buff *skb, __u32 off, __u32
 		if (l4 > end)
 			return;
 		p->q_proto = b[9];
-		__builtin_memcpy(p->q_src, &b[12], 4);
-		__builtin_memcpy(p->q_dst, &b[16], 4);
+		__builtin_memcpy(p->q_src, b + 12, 4);
+		__builtin_memcpy(p->q_dst, b + 16, 4);
 		p->q_ok = 1;
-		if ((((b[6] & 0x1f) << 8) | b[7]) != 0)
+		if ((be16(b + 6) & 0x1fff) != 0)
 			return; // a later fragment: no ports
 	} else {
-		if (off + 40 > end || bpf_skb_load_bytes(skb, off, b, 40))
+		if (off + 40 > end || !(b = at(c, off, 40)))
 			return;
 		if ((b[0] >> 4) != 6)
 			return;
-		l4 = off + 40;
-		__u8 nh = b[6];
-		__builtin_memcpy(p->q_src, &b[8], 16);
-		__builtin_memcpy(p->q_dst, &b[24], 16);
+		__builtin_memcpy(p->q_src, b + 8, 16);
+		__builtin_memcpy(p->q_dst, b + 24, 16);
 		p->q_ok = 1;
-		// Walk the quoted extension headers as packet.Decode does (no AH), stopping where the quote ends.
-		for (int i = 0; i < 8; i++) {
-			__u8 x[4];
-			if (nh != 0 && nh != 43 && nh != 60 && nh != 44)
-				break;
-			if (l4 + 8 > end || bpf_skb_load_bytes(skb, l4, x, 4))
-				break;
-			if (nh == 44) {
-				if ((((x[2] << 8) | x[3]) >> 3) != 0) {
-					p->q_proto = x[0];
-					return; // a later fragment: no ports
-				}
-				nh = x[0];
-				l4 += 8;
-				continue;
-			}
-			if (l4 + (x[1] + 1) * 8 > end)
-				break;
-			nh = x[0];
-			l4 += (x[1] + 1) * 8;
-		}
-		p->q_proto = nh;
+		l4 = quoted_ext6(c, off + 40, end, b[6], p);
+		if (!l4)
+			return;
 	}
-	if ((p->q_proto == 6 || p->q_proto == 17) && l4 + 4 <= end && !bpf_skb_load_bytes(skb, l4, l, 4)) {
-		p->q_sport = (l[0] << 8) | l[1];
-		p->q_dport = (l[2] << 8) | l[3];
+	if ((p->q_proto == 6 || p->q_proto == 17) && l4 + 4 <= end && (b = at(c, l4, 4))) {
+		p->q_sport = be16(b);
+		p->q_dport = be16(b + 2);
 	}
-	if ((p->q_proto == 1 || p->q_proto == 58) && l4 + 8 <= end && !bpf_skb_load_bytes(skb, l4, l, 8) &&
-	    (l[0] == 8 || l[0] == 0 || l[0] == 128 || l[0] == 129)) {
-		p->q_sport = (l[4] << 8) | l[5];
+	if ((p->q_proto == 1 || p->q_proto == 58) && l4 + 8 <= end && (b = at(c, l4, 8)) &&
+	    (b[0] == 8 || b[0] == 0 || b[0] == 128 || b[0] == 129)) {
+		p->q_sport = be16(b + 4);
 		p->q_dport = p->q_sport;
 	}
 }
 
-// parse fills p; returns a reason >= 0 when the frame is decided without rules, -1 to classify.
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+// parse_ipv4 parses the IPv4 datagram at off.
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct cursor *c, __u32 off, struct pkt *p)
 {
-	__u8 eth[4];
-	__u32 off = 12;
-	__u16 et;
-	if (bpf_skb_load_bytes(skb, off, eth, 2))
+	__u8 *h = at(c, off, 20);
+	if (!h)
 		return R_MALFORMED;
-	et = (eth[0] << 8) | eth[1];
+	__u32 ihl = (h[0] & 0xf) * 4;
+	if ((h[0] >> 4) != 4 || ihl < 20)
+		return R_MALFORMED;
+	p->fam = 4;
+	p->proto = h[9];
+	__builtin_memcpy(p->src, h + 12, 4);
+	__builtin_memcpy(p->dst, h + 16, 4);
+	__u16 frag = be16(h + 6) & 0x1fff;
+	if (frag != 0 || (h[6] & 0x20)) {
+		p->frag = frag != 0 ? 2 : 1;
+		p->frag_id = be16(h + 4);
+	}
+	__u32 tot = be16(h + 2);
+	// IPv4 BIG TCP: a GSO packet over 64 KiB says total length 0 and is as long as the skb (a non-GSO one
+	// saying 0 is malformed, as in packet.Decode).
+	if (tot == 0 && skb->gso_size != 0)
+		tot = c->len - off;
+	__u32 end = off + tot;
+	if (tot < ihl || off + ihl > c->len)
+		return R_MALFORMED;
+	if (end > c->len)
+		end = c->len; // as packet.Decode: a short frame keeps what it has
+	off += ihl;
+	if (frag != 0)
+		return -1; // non-first fragment: no ports, not tracked
+	if (parse_l4(c, off, end, p) < 0)
+		return R_MALFORMED;
+	if (p->is_icmp_err)
+		parse_quoted(c, off + 8, end, p);
+	return -1;
+}
+
+// parse_ipv6 parses the IPv6 packet at off, walking up to 8 extension headers.
+static __always_inline int parse_ipv6(struct cursor *c, __u32 off, struct pkt *p)
+{
+	__u8 *h = at(c, off, 40);
+	if (!h)
+		return R_MALFORMED;
+	if ((h[0] >> 4) != 6)
+		return R_MALFORMED;
+	__u32 plen = be16(h + 4);
+	__u32 end = off + 40 + plen;
+	if (plen == 0 || end > c->len)
+		end = c->len; // jumbogram or short frame: keep what there is, as packet.Decode
+	p->fam = 6;
+	__builtin_memcpy(p->src, h + 8, 16);
+	__builtin_memcpy(p->dst, h + 24, 16);
+	__u8 nh = h[6];
+	off += 40;
+	for (int i = 0; i < 8 && is_ext6(nh); i++) {
+		off = forget(p, off);
+		__u8 *x;
+		if (off + 8 > end || !(x = at(c, off, 8)))
+			return R_MALFORMED;
+		if (nh == 44) {
+			__u16 fo = be16(x + 2) & 0xfff8;
+			// An atomic fragment (offset 0, no more) is a whole datagram.
+			if (fo != 0 || (x[3] & 1)) {
+				p->frag = fo != 0 ? 2 : 1;
+				p->frag_id = ((__u32)x[4] << 24) | ((__u32)x[5] << 16) | ((__u32)x[6] << 8) | x[7];
+			} else {
+				p->frag = 0;
+			}
+			nh = x[0];
+			off += 8;
+			if (fo != 0) {
+				p->proto = nh;
+				return -1; // non-first fragment
+			}
+			continue;
+		}
+		// AH counts its length in 4-byte units minus 2, the others in 8-byte units minus 1.
+		off += nh == 51 ? (x[1] + 2) * 4 : (x[1] + 1) * 8;
+		if (off > end)
+			return R_MALFORMED;
+		nh = x[0];
+	}
+	if (is_ext6(nh))
+		return R_MALFORMED; // too many extension headers
+	p->proto = nh;
+	int l = parse_l4(c, off, end, p);
+	if (l < 0)
+		return R_MALFORMED;
+	if (l == 1)
+		return R_ND;
+	if (p->is_icmp_err)
+		parse_quoted(c, off + 8, end, p);
+	return -1;
+}
+
+// parse fills p; returns a reason >= 0 when the frame is decided without rules, -1 to classify, R_PULL
+// when a header lies outside the skb's linear part. A global function: the verifier checks it once,
+// whatever the state of its callers.
+__noinline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	if (!p)
+		return R_MALFORMED;
+	struct cursor c = {.data = (void *)(long)skb->data, .end = (void *)(long)skb->data_end, .len = skb->len};
+	__u32 off = 12;
+	__u8 *b = at(&c, off, 2);
+	int r = R_MALFORMED;
+	if (!b)
+		goto out;
+	__u16 et = be16(b);
 	off += 2;
-#pragma unroll
 	for (int i = 0; i < 4; i++) {
 		if (et != ETH_P_8021Q_ && et != ETH_P_8021AD_ && et != ETH_P_QINQ1_)
 			break;
-		if (bpf_skb_load_bytes(skb, off + 2, eth, 2))
-			return R_MALFORMED;
-		et = (eth[0] << 8) | eth[1];
+		if (!(b = at(&c, off + 2, 2)))
+			goto out;
+		et = be16(b);
 		off += 4;
 	}
 	if (et == ETH_P_8021Q_ || et == ETH_P_8021AD_ || et == ETH_P_QINQ1_)
-		return R_MALFORMED; // more tags than the program looks through (4)
-	if (et == ETH_P_ARP_)
-		return R_ARP;
-	if (et == ETH_P_IP_) {
-		__u8 h[20];
-		if (bpf_skb_load_bytes(skb, off, h, 20))
-			return R_MALFORMED;
-		if ((h[0] >> 4) != 4 || (h[0] & 0xf) < 5)
-			return R_MALFORMED;
-		p->fam = 4;
-		p->proto = h[9];
-		__builtin_memcpy(p->src, &h[12], 4);
-		__builtin_memcpy(p->dst, &h[16], 4);
-		__u16 frag = ((h[6] & 0x1f) << 8) | h[7];
-		if (frag != 0 || (h[6] & 0x20)) {
-			p->frag = frag != 0 ? 2 : 1;
-			p->frag_id = (h[4] << 8) | h[5];
-		}
-		__u32 tot = (h[2] << 8) | h[3];
-		__u32 end = off + tot;
-		if (tot < (h[0] & 0xf) * 4 || off + (h[0] & 0xf) * 4 > skb->len)
-			return R_MALFORMED;
-		if (end > skb->len)
-			end = skb->len; // as packet.Decode: a short frame keeps what it has
-		off += (h[0] & 0xf) * 4;
-		if (frag != 0)
-			return -1; // non-first fragment: no ports, not tracked
-		int l = parse_l4(skb, off, end, p);
-		if (l < 0)
-			return R_MALFORMED;
-		if (p->is_icmp_err)
-			parse_quoted(skb, off + 8, end, p);
-		return -1;
-	}
-	if (et == ETH_P_IPV6_) {
-		__u8 h[40];
-		__u8 nh;
-		if (bpf_skb_load_bytes(skb, off, h, 40))
-			return R_MALFORMED;
-		if ((h[0] >> 4) != 6)
-			return R_MALFORMED;
-		__u32 plen = (h[4] << 8) | h[5];
-		__u32 end = off + 40 + plen;
-		if (plen == 0 || end > skb->len)
-			end = skb->len; // jumbogram or short frame: keep what there is, as packet.Decode
-		p->fam = 6;
-		__builtin_memcpy(p->src, &h[8], 16);
-		__builtin_memcpy(p->dst, &h[24], 16);
-		nh = h[6];
-		off += 40;
-		// Extension headers: bounded walk.
-		for (int i = 0; i < 8; i++) {
-			__u8 x[4];
-			if (nh == 0 || nh == 43 || nh == 60 || nh == 51) {
-				if (off + 8 > end || bpf_skb_load_bytes(skb, off, x, 2))
-					return R_MALFORMED;
-				// AH counts its length in 4-byte units minus 2, the others in 8-byte units minus 1.
-				if (nh == 51)
-					off += (x[1] + 2) * 4;
-				else
-					off += (x[1] + 1) * 8;
-				if (off > end)
-					return R_MALFORMED;
-				nh = x[0];
-				continue;
-			}
-			if (nh == 44) {
-				__u8 fid[4];
-				if (off + 8 > end || bpf_skb_load_bytes(skb, off, x, 4) ||
-				    bpf_skb_load_bytes(skb, off + 4, fid, 4))
-					return R_MALFORMED;
-				__u16 fo = ((x[2] << 8) | x[3]) & 0xfff8;
-				nh = x[0];
-				off += 8;
-				// An atomic fragment (offset 0, no more) is a whole datagram.
-				if (fo != 0 || (x[3] & 1)) {
-					p->frag = fo != 0 ? 2 : 1;
-					p->frag_id = ((__u32)fid[0] << 24) | ((__u32)fid[1] << 16) | ((__u32)fid[2] << 8) | fid[3];
-				} else {
-					p->frag = 0;
-				}
-				if (fo != 0) {
-					p->proto = nh;
-					return -1; // non-first fragment
-				}
-				continue;
-			}
-			break;
-		}
-		if (nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44)
-			return R_MALFORMED; // too many extension headers
-		p->proto = nh;
-		int l = parse_l4(skb, off, end, p);
-		if (l < 0)
-			return R_MALFORMED;
-		if (l == 1)
-			return R_ND;
-		if (p->is_icmp_err)
-			parse_quoted(skb, off + 8, end, p);
-		return -1;
-	}
-	return R_NOT_IP;
+		r = R_MALFORMED; // more tags than the program looks through (4)
+	else if (et == ETH_P_ARP_)
+		r = R_ARP;
+	else if (et == ETH_P_IP_)
+		r = parse_ipv4(skb, &c, off, p);
+	else if (et == ETH_P_IPV6_)
+		r = parse_ipv6(&c, off, p);
+	else
+		r = R_NOT_IP;
+out:
+	return c.pull ? R_PULL : r;
 }
 
 static __always_inline __u64 be64(const __u8 *a)
@@ -521,153 +623,107 @@ static __always_inline void *tm_at(struct tmem *m, __u32 off, __u32 sz)
 	return m->p + (off & (CHUNK_SIZE - sz));
 }
 
+// The searched interval [lo, hi) lives in the query: a global function's argument, memory the verifier
+// does not track, so every step looks the same to it and a plain bounded loop verifies in steps × body
+// instead of one state per path through all steps. No step makes a helper call.
 struct query {
 	__u8 fam, proto, has_port, pad;
 	__u16 port, pad2;
 	__u8 remote[16];
-};
-
-// Binary searches run under bpf_loop so the verifier checks one step once, whatever the table size (a
-// plain bounded loop makes it walk every step's outcomes). Each step narrows [lo, hi) to the interval
-// whose start is the last one <= key; base is the byte offset of the searched region.
-struct bsearch {
-	struct tmem m;
-	__u32 base;
 	__u32 lo, hi;
-	__u64 khi, klo; // key (IPv4 and ports use klo only)
-	int err;
+	__u32 count; // count the decision on its entry's counter
 };
 
-static long bs_v4(__u32 i, void *c)
+#define UNTRACKED(x) (*(volatile __u32 *)&(x))
+
+// Each search narrows [q->lo, q->hi) to the interval whose start is the last one <= key; base is the
+// byte offset of the searched region. Returns -1 when the table is inconsistent.
+static __always_inline int search_v4(struct tmem *m, struct query *q, __u32 base, __u32 key)
 {
-	struct bsearch *x = c;
-	if (x->hi - x->lo <= 1)
-		return 1;
-	__u32 mid = (x->lo + x->hi) / 2;
-	struct v4iv *v = tm_at(&x->m, x->base + mid * 8, 8);
-	if (!v) {
-		x->err = 1;
-		return 1;
+	for (int i = 0; i < 33; i++) {
+		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
+		if (hi - lo <= 1)
+			break;
+		__u32 mid = (lo + hi) / 2;
+		struct v4iv *v = tm_at(m, base + mid * 8, 8);
+		if (!v)
+			return -1;
+		if (v->start <= key)
+			UNTRACKED(q->lo) = mid;
+		else
+			UNTRACKED(q->hi) = mid;
 	}
-	if (v->start <= x->klo)
-		x->lo = mid;
-	else
-		x->hi = mid;
 	return 0;
 }
 
-static long bs_v6(__u32 i, void *c)
+static __always_inline int search_v6(struct tmem *m, struct query *q, __u32 base, __u64 khi, __u64 klo)
 {
-	struct bsearch *x = c;
-	if (x->hi - x->lo <= 1)
-		return 1;
-	__u32 mid = (x->lo + x->hi) / 2;
-	struct v6iv *v = tm_at(&x->m, x->base + mid * 32, 32);
-	if (!v) {
-		x->err = 1;
-		return 1;
+	for (int i = 0; i < 33; i++) {
+		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
+		if (hi - lo <= 1)
+			break;
+		__u32 mid = (lo + hi) / 2;
+		struct v6iv *v = tm_at(m, base + mid * 32, 32);
+		if (!v)
+			return -1;
+		if (v->hi < khi || (v->hi == khi && v->lo <= klo))
+			UNTRACKED(q->lo) = mid;
+		else
+			UNTRACKED(q->hi) = mid;
 	}
-	if (v->hi < x->khi || (v->hi == x->khi && v->lo <= x->klo))
-		x->lo = mid;
-	else
-		x->hi = mid;
 	return 0;
 }
 
-static long bs_port(__u32 i, void *c)
+// search_ports returns the entry of q->port in the elementary port intervals [off, off+cnt) (the first
+// starts at 0), or -1.
+static __always_inline __s32 search_ports(struct tmem *m, struct hdr *h, struct query *q, __u32 off, __u32 cnt)
 {
-	struct bsearch *x = c;
-	if (x->hi - x->lo <= 1)
-		return 1;
-	__u32 mid = (x->lo + x->hi) / 2;
-	struct portiv *v = tm_at(&x->m, x->base + mid * 8, 8);
-	if (!v) {
-		x->err = 1;
-		return 1;
+	UNTRACKED(q->lo) = off;
+	UNTRACKED(q->hi) = off + cnt;
+	for (int i = 0; i < 18; i++) {
+		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
+		if (hi - lo <= 1)
+			break;
+		__u32 mid = (lo + hi) / 2;
+		struct portiv *v = tm_at(m, h->off_ports + mid * 8, 8);
+		if (!v)
+			return -1;
+		if (v->start <= q->port)
+			UNTRACKED(q->lo) = mid;
+		else
+			UNTRACKED(q->hi) = mid;
 	}
-	if (v->start <= x->klo)
-		x->lo = mid;
-	else
-		x->hi = mid;
-	return 0;
+	struct portiv *v = tm_at(m, h->off_ports + UNTRACKED(q->lo) * 8, 8);
+	return v ? v->entry : -1;
 }
 
-// search_ports finds the entry of port in the elementary intervals [off, off+cnt) (the first starts at 0).
-static __always_inline __s32 search_ports(struct bsearch *x, struct hdr *h, __u32 off, __u32 cnt, __u16 port)
+// address_node returns the node (ClassifierAnswer) of q->remote's address interval, or -1.
+static __always_inline __s64 address_node(struct tmem *m, struct hdr *h, struct query *q)
 {
-	x->base = h->off_ports;
-	x->lo = off;
-	x->hi = off + cnt;
-	x->klo = port;
-	bpf_loop(18, bs_port, x, 0);
-	if (x->err)
-		return -1;
-	struct portiv *v = tm_at(&x->m, h->off_ports + x->lo * 8, 8);
-	if (!v)
-		return -1;
-	return v->entry;
-}
-
-// classify returns the index of the first entry of table t (h: its chunk 0) matching the packet oriented
-// to q->remote and copies that entry to out, or returns -1 when the table is inconsistent (the caller drops).
-static __noinline __s32 classify(void *t, struct hdr *h, struct query *q, struct entry *out)
-{
-	struct bsearch x = {.m = {.t = t, .p = h, .cur = 0}};
-	__u32 nodeid;
 	if (q->fam == 4) {
 		__u32 key = ((__u32)q->remote[0] << 24) | ((__u32)q->remote[1] << 16) | ((__u32)q->remote[2] << 8) |
 			    q->remote[3];
 		// The index narrows the search to the intervals of key's top bits (dataplane.ClassifierArrays).
 		__u32 j = (__u32)((__u64)key >> (h->v4shift & 63));
-		__u32 *ix = tm_at(&x.m, h->off_v4idx + j * 4, 4);
+		__u32 *ix = tm_at(m, h->off_v4idx + j * 4, 4);
 		if (!ix)
 			return -1;
-		x.lo = *ix;
-		ix = tm_at(&x.m, h->off_v4idx + (j + 1) * 4, 4);
+		UNTRACKED(q->lo) = *ix;
+		ix = tm_at(m, h->off_v4idx + (j + 1) * 4, 4);
 		if (!ix)
 			return -1;
-		x.hi = *ix + 1;
-		x.base = h->off4;
-		x.klo = key;
-		bpf_loop(33, bs_v4, &x, 0);
-		if (x.err)
+		UNTRACKED(q->hi) = *ix + 1;
+		if (search_v4(m, q, h->off4, key) < 0)
 			return -1;
-		struct v4iv *v = tm_at(&x.m, h->off4 + x.lo * 8, 8);
-		if (!v)
-			return -1;
-		nodeid = v->node;
-	} else {
-		x.base = h->off6;
-		x.hi = h->n6;
-		x.khi = be64(q->remote);
-		x.klo = be64(q->remote + 8);
-		bpf_loop(33, bs_v6, &x, 0);
-		if (x.err)
-			return -1;
-		struct v6iv *v = tm_at(&x.m, h->off6 + x.lo * 32, 32);
-		if (!v)
-			return -1;
-		nodeid = v->node;
+		struct v4iv *v = tm_at(m, h->off4 + UNTRACKED(q->lo) * 8, 8);
+		return v ? v->node : -1;
 	}
-	struct node *nd = tm_at(&x.m, h->off_nodes + nodeid * 32, 32);
-	if (!nd)
+	UNTRACKED(q->lo) = 0;
+	UNTRACKED(q->hi) = h->n6;
+	if (search_v6(m, q, h->off6, be64(q->remote), be64(q->remote + 8)) < 0)
 		return -1;
-	__s32 e;
-	if (q->proto == 6)
-		e = q->has_port ? search_ports(&x, h, nd->tcp_off, nd->tcp_cnt, q->port) : nd->tcp_np;
-	else if (q->proto == 17)
-		e = q->has_port ? search_ports(&x, h, nd->udp_off, nd->udp_cnt, q->port) : nd->udp_np;
-	else if ((q->fam == 4 && q->proto == 1) || (q->fam == 6 && q->proto == 58))
-		e = nd->icmp;
-	else
-		e = nd->other;
-	if (e < 0 || (__u32)e >= h->n_entries)
-		return -1;
-	struct entry *en = tm_at(&x.m, h->off_entries + (__u32)e * 16, 16);
-	if (!en)
-		return -1;
-	*out = *en;
-	return e;
+	struct v6iv *v = tm_at(m, h->off6 + UNTRACKED(q->lo) * 32, 32);
+	return v ? v->node : -1;
 }
 
 // table_of returns the live table of slot*2+dir and its chunk 0 (which starts with the header).
@@ -681,6 +737,64 @@ static __always_inline void *table_of(__u32 ti, struct hdr **h)
 	if (!*h)
 		return 0;
 	return t;
+}
+
+#define CLS_BAD -1
+#define CLS_NO_TABLE -2
+
+// classify's answer: the deciding entry's fields and the table's generation.
+struct cls {
+	__u64 gen;
+	__s32 rule_index;
+	__u32 action, sg, nosg;
+};
+
+// classify returns the index of the first entry of table ti (slot*2+dir) matching the packet oriented to
+// q->remote and copies that entry to out, CLS_NO_TABLE when ti has no table, or CLS_BAD when the table is
+// inconsistent (the caller drops). out->gen is the table's generation whenever there is a table. A global
+// function: the verifier checks it once, not once per caller.
+__noinline int classify(__u32 ti, struct query *q, struct cls *out)
+{
+	if (!q || !out)
+		return CLS_BAD;
+	struct hdr *h;
+	void *t = table_of(ti, &h);
+	if (!t)
+		return CLS_NO_TABLE;
+	out->gen = h->gen;
+	out->nosg = h->flags & SG_HDR_FLAG_NOSG;
+	struct tmem m = {.t = t, .p = h, .cur = 0};
+	__s64 nodeid = address_node(&m, h, q);
+	if (nodeid < 0)
+		return CLS_BAD;
+	struct node *nd = tm_at(&m, h->off_nodes + (__u32)nodeid * 32, 32);
+	if (!nd)
+		return CLS_BAD;
+	__s32 e;
+	if (q->proto == 6)
+		e = q->has_port ? search_ports(&m, h, q, nd->tcp_off, nd->tcp_cnt) : nd->tcp_np;
+	else if (q->proto == 17)
+		e = q->has_port ? search_ports(&m, h, q, nd->udp_off, nd->udp_cnt) : nd->udp_np;
+	else if ((q->fam == 4 && q->proto == 1) || (q->fam == 6 && q->proto == 58))
+		e = nd->icmp;
+	else
+		e = nd->other;
+	if (e < 0 || (__u32)e >= h->n_entries)
+		return CLS_BAD;
+	struct entry *en = tm_at(&m, h->off_entries + (__u32)e * 16, 16);
+	if (!en)
+		return CLS_BAD;
+	out->action = en->action;
+	out->rule_index = en->rule_index;
+	out->sg = en->sg;
+	if (q->count && h->off_counts) {
+		// Counters live in the table beside its entries: a table version's counts go with it, and
+		// counting is an atomic add in a map value, no map update.
+		__u64 *c = tm_at(&m, h->off_counts + (__u32)e * 8, 8);
+		if (c)
+			__sync_fetch_and_add(c, 1);
+	}
+	return e;
 }
 
 static __always_inline __u64 ct_timeout(struct ct_half *v, __u8 proto)
@@ -699,60 +813,93 @@ struct decision {
 	__u8 reason;
 	__u8 accept;
 	__u64 gen;
-	void *table;
-	struct hdr *h;
 	__u32 sg;
 };
 
+// ct_flow is a packet's conntrack key and its own orientation (the entry, looked up once, is beside it);
+// and the scratch space of decide_flow's classifications and IPv4 keys, kept in one place so that the
+// stack of the call chain stays within the verifier's 512 bytes.
+struct ct_flow {
+	struct ct_key k;
+	int o;
+	struct ct_key4 k4;
+	struct query q;
+	struct cls c;
+	struct ct_val nv; // a new entry's value
+};
+
+// decide_flow's ct_flow lives here, not on the stack: with it there the call chain run → decide_flow →
+// classify would pass the verifier's 512-byte stack limit. One per CPU; a program runs to the end on its
+// CPU before another starts there.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u8[sizeof(struct ct_flow)]); // raw bytes: its pointer field has no Go type
+} ct_scratch SEC(".maps");
+
 // decide_rules classifies p at table slot*2+dir, oriented for dir.
-static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, struct decision *d)
+static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, struct decision *d, struct ct_flow *f)
 {
-	struct hdr *h;
-	void *t = table_of(slot * 2 + dir, &h);
+	struct query *q = &f->q;
+	struct cls *cp = &f->c;
+	__builtin_memset(q, 0, sizeof(*q));
+	__builtin_memset(cp, 0, sizeof(*cp));
+	q->fam = p->fam;
+	q->proto = p->proto;
+	q->has_port = p->has_port;
+	q->port = p->dport;
+	q->count = 1;
+	__builtin_memcpy(q->remote, dir == DIR_INGRESS ? p->src : p->dst, 16);
+	int e = classify(slot * 2 + dir, q, cp);
+	struct cls c = *cp;
 	d->entry = -1;
 	d->rule_index = -1;
 	d->accept = 0;
-	d->reason = R_NO_SG; // no table loaded yet for a managed interface: drop
-	if (!t)
+	d->gen = c.gen;
+	if (e == CLS_NO_TABLE) {
+		d->reason = R_NO_SG; // no table loaded yet for a managed interface: drop
 		return;
-	d->table = t;
-	d->h = h;
-	d->gen = h->gen;
-	struct query q = {.fam = p->fam, .proto = p->proto, .has_port = p->has_port, .port = p->dport};
-	__builtin_memcpy(q.remote, dir == DIR_INGRESS ? p->src : p->dst, 16);
-	struct entry en;
-	__s32 e = classify(t, h, &q, &en);
+	}
 	if (e < 0) {
 		d->reason = R_MALFORMED;
 		return;
 	}
 	d->entry = e;
-	d->rule_index = en.rule_index;
-	d->accept = en.action == 1;
-	d->sg = en.sg;
-	if (en.rule_index >= 0)
+	d->rule_index = c.rule_index;
+	d->accept = c.action == 1;
+	d->sg = c.sg;
+	if (c.rule_index >= 0)
 		d->reason = R_RULE;
 	else
-		d->reason = (h->flags & HDR_FLAG_NOSG) ? R_NO_SG : R_DEFAULT_DROP;
+		d->reason = c.nosg ? R_NO_SG : R_DEFAULT_DROP;
 }
 
 // recheck re-classifies a tracked flow's original packet (slot, fam, proto, src -> dst:dport) when its
 // table changed since it was last checked; returns 1 when the flow may continue.
 static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 *src, const __u8 *dst, __u16 dport,
-				   struct ct_half *v)
+				   struct ct_half *v, struct ct_flow *f)
 {
+	__u32 ti = slot * 2 + v->dir;
+	__u64 *g = bpf_map_lookup_elem(&table_gens, &ti);
+	if (g && *g == v->gen + 1)
+		return 1;
 	struct hdr *h;
-	void *t = table_of(slot * 2 + v->dir, &h);
-	if (!t)
+	if (!table_of(ti, &h))
 		return 0;
 	if (h->gen == v->gen)
 		return 1;
-	struct query q = {.fam = fam, .proto = proto, .has_port = proto == 6 || proto == 17, .port = dport};
-	__builtin_memcpy(q.remote, v->dir == DIR_INGRESS ? src : dst, 16);
-	struct entry en;
-	if (classify(t, h, &q, &en) < 0 || en.action != 1)
+	struct query *q = &f->q;
+	__builtin_memset(q, 0, sizeof(*q));
+	q->fam = fam;
+	q->proto = proto;
+	q->has_port = proto == 6 || proto == 17;
+	q->port = dport;
+	__builtin_memcpy(q->remote, v->dir == DIR_INGRESS ? src : dst, 16);
+	__builtin_memset(&f->c, 0, sizeof(f->c));
+	if (classify(ti, q, &f->c) < 0 || f->c.action != 1)
 		return 0;
-	v->gen = h->gen;
+	v->gen = f->c.gen;
 	return 1;
 }
 
@@ -808,55 +955,91 @@ static __always_inline struct ct_half *ct_half_of(struct ct_val *v, int o)
 	return 0;
 }
 
-// ct_forget ends the flow in half f of entry k/v; returns 1 when the entry itself was deleted.
-static __always_inline int ct_forget(struct ct_key *k, struct ct_val *v, struct ct_half *f)
+// ct_key4_of is k in conntrack4's layout (k is an IPv4 flow's key).
+static __always_inline void ct_key4_of(struct ct_key4 *k4, const struct ct_key *k)
+{
+	k4->slot = k->slot;
+	k4->proto = k->proto;
+	k4->pad = 0;
+	k4->sport = k->sport;
+	k4->dport = k->dport;
+	__builtin_memcpy(k4->src, k->src, 4);
+	__builtin_memcpy(k4->dst, k->dst, 4);
+}
+
+// ct_lookup, ct_insert and ct_delete act on k's entry in its family's map.
+static __always_inline struct ct_val *ct_lookup(const struct ct_key *k, struct ct_key4 *k4)
+{
+	if (k->fam == 4) {
+		ct_key4_of(k4, k);
+		return bpf_map_lookup_elem(&conntrack4, k4);
+	}
+	return bpf_map_lookup_elem(&conntrack, k);
+}
+
+static __always_inline long ct_insert(const struct ct_key *k, struct ct_key4 *k4, const struct ct_val *v)
+{
+	if (k->fam == 4) {
+		ct_key4_of(k4, k);
+		return bpf_map_update_elem(&conntrack4, k4, v, BPF_NOEXIST);
+	}
+	return bpf_map_update_elem(&conntrack, k, v, BPF_NOEXIST);
+}
+
+static __always_inline void ct_delete(const struct ct_key *k, struct ct_key4 *k4)
+{
+	if (k->fam == 4) {
+		ct_key4_of(k4, k);
+		bpf_map_delete_elem(&conntrack4, k4);
+		return;
+	}
+	bpf_map_delete_elem(&conntrack, k);
+}
+
+// ct_forget ends the flow in half hf of fl's entry v (key fl->k); returns 1 when the entry itself was
+// deleted.
+static __always_inline int ct_forget(struct ct_flow *fl, struct ct_val *v, struct ct_half *hf)
 {
 	struct ct_half *h = (struct ct_half *)v;
-	f->flags = 0;
+	hf->flags = 0;
 	if ((h[0].flags | h[1].flags) & CT_LIVE)
 		return 0;
-	bpf_map_delete_elem(&conntrack, k);
+	ct_delete(&fl->k, &fl->k4);
 	return 1;
 }
 
-// ct_flow is a packet's conntrack entry: key, the entry if any (looked up once), its own orientation.
-struct ct_flow {
-	struct ct_key k;
-	struct ct_val *v;
-	int o;
-};
-
 // established tells whether p is a reply (or related ICMP error) of a live tracked flow at slot. For a
 // trackable packet it leaves in f the entry of p's own flow for track.
-static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct ct_flow *f)
+static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct ct_flow *f,
+				       struct ct_val **vp)
 {
-	f->v = 0;
+	*vp = 0;
 	if (p->is_icmp_err) {
 		// Related (as conntrack.Table.Related): the quoted packet is a tracked flow's original packet and
 		// the error comes back the other way, or the quote is the flow's reply and the error travels
 		// along the flow (its originator refusing a reply).
 		if (!p->q_ok)
 			return 0;
-		struct ct_key k;
-		int o = ct_key_of(&k, slot, p->fam, p->q_proto, p->q_src, p->q_sport, p->q_dst, p->q_dport);
-		struct ct_val *v = bpf_map_lookup_elem(&conntrack, &k);
+		struct ct_key *k = &f->k; // the error itself is not tracked: its own key is not needed
+		int o = ct_key_of(k, slot, p->fam, p->q_proto, p->q_src, p->q_sport, p->q_dst, p->q_dport);
+		struct ct_val *v = ct_lookup(k, &f->k4);
 		if (!v)
 			return 0;
 		struct ct_half *h = ct_half_of(v, o);
 		int reply_quoted = 0;
 		if (!h || h->dir == dir) {
-			h = ct_half_of(v, ct_same_ends(&k) ? o : !o);
+			h = ct_half_of(v, ct_same_ends(k) ? o : !o);
 			if (!h || h->dir != dir)
 				return 0;
 			reply_quoted = 1;
 		}
-		int ok = now - h->last <= ct_timeout(h, k.proto);
+		int ok = now - h->last <= ct_timeout(h, k->proto);
 		if (ok && !reply_quoted)
-			ok = recheck(slot, p->fam, p->q_proto, p->q_src, p->q_dst, p->q_dport, h);
+			ok = recheck(slot, p->fam, p->q_proto, p->q_src, p->q_dst, p->q_dport, h, f);
 		else if (ok)
-			ok = recheck(slot, p->fam, p->q_proto, p->q_dst, p->q_src, p->q_sport, h);
+			ok = recheck(slot, p->fam, p->q_proto, p->q_dst, p->q_src, p->q_sport, h, f);
 		if (!ok) {
-			ct_forget(&k, v, h);
+			ct_forget(f, v, h);
 			return 0;
 		}
 		return 1;
@@ -864,17 +1047,17 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 	if (!p->trackable)
 		return 0;
 	f->o = ct_key_of(&f->k, slot, p->fam, p->proto, p->src, p->sport, p->dst, p->dport);
-	f->v = bpf_map_lookup_elem(&conntrack, &f->k);
-	if (!f->v)
+	*vp = ct_lookup(&f->k, &f->k4);
+	if (!*vp)
 		return 0;
 	// The flow p would reply to runs the other way, unless both ends are one.
-	struct ct_half *h = ct_half_of(f->v, ct_same_ends(&f->k) ? f->o : !f->o);
+	struct ct_half *h = ct_half_of(*vp, ct_same_ends(&f->k) ? f->o : !f->o);
 	if (!h || h->dir == dir)
 		return 0;
 	if (now - h->last > ct_timeout(h, p->proto) ||
-	    !recheck(slot, p->fam, p->proto, p->dst, p->src, p->sport, h)) {
-		if (ct_forget(&f->k, f->v, h))
-			f->v = 0;
+	    !recheck(slot, p->fam, p->proto, p->dst, p->src, p->sport, h, f)) {
+		if (ct_forget(f, *vp, h))
+			*vp = 0;
 		return 0;
 	}
 	h->last = now;
@@ -885,21 +1068,26 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 }
 
 // track starts or refreshes p's own flow in entry f (from established).
-static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, __u64 gen, __u64 now)
+static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, struct ct_val **vp, __u64 gen, __u64 now)
 {
 	__u8 closing = (p->proto == 6 && (p->tcp_flags & 0x05)) ? CT_CLOSING : 0;
 	__u8 fresh = closing | CT_LIVE | (f->o ? CT_SWAPPED : 0);
 	struct ct_half *h;
-	if (!f->v) {
-		struct ct_val nv = {.last = now, .gen = gen, .dir = dir, .flags = fresh};
-		if (!bpf_map_update_elem(&conntrack, &f->k, &nv, BPF_NOEXIST))
+	if (!*vp) {
+		struct ct_val *nv = &f->nv;
+		__builtin_memset(nv, 0, sizeof(*nv));
+		nv->last = now;
+		nv->gen = gen;
+		nv->dir = dir;
+		nv->flags = fresh;
+		if (!ct_insert(&f->k, &f->k4, nv))
 			return;
 		// Another CPU created the entry meanwhile: join it.
-		f->v = bpf_map_lookup_elem(&conntrack, &f->k);
-		if (!f->v)
+		*vp = ct_lookup(&f->k, &f->k4);
+		if (!*vp)
 			return;
 	}
-	h = ct_half_of(f->v, f->o);
+	h = ct_half_of(*vp, f->o);
 	if (h && h->dir == dir) {
 		h->last = now;
 		h->gen = gen;
@@ -907,7 +1095,7 @@ static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, __
 		return;
 	}
 	if (!h) {
-		h = (struct ct_half *)f->v;
+		h = (struct ct_half *)*vp;
 		if (h->flags & CT_LIVE)
 			h++; // the other orientation's flow is in the first half
 	}
@@ -916,20 +1104,6 @@ static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, __
 	h->gen = gen;
 	h->dir = dir;
 	h->flags = fresh;
-}
-
-static __always_inline void count_hit(__u32 slot, __u8 dir, struct decision *d)
-{
-	if (d->entry < 0)
-		return;
-	struct hit_key hk = {.table = slot * 2 + dir, .entry = d->entry, .gen = d->gen};
-	__u64 *c = bpf_map_lookup_elem(&hits, &hk);
-	if (c) {
-		*c += 1;
-		return;
-	}
-	__u64 one = 1;
-	bpf_map_update_elem(&hits, &hk, &one, BPF_NOEXIST);
 }
 
 static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 dir, struct pkt *p,
@@ -970,13 +1144,40 @@ static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 
 	rt->suppressed = 0;
 	__builtin_memcpy(ev->src, p->src, 16);
 	__builtin_memcpy(ev->dst, p->dst, 16);
-	if (d->reason == R_RULE && d->table && d->h) {
-		struct tmem m = {.t = d->table, .p = d->h, .cur = 0};
-		__u8 *name = tm_at(&m, d->h->off_sgs + d->sg * 64, 64);
+	struct hdr *h;
+	void *t;
+	if (d->reason == R_RULE && (t = table_of(slot * 2 + dir, &h)) && h->gen == d->gen) {
+		struct tmem m = {.t = t, .p = h, .cur = 0};
+		__u8 *name = tm_at(&m, h->off_sgs + d->sg * SG_NAME_SIZE, SG_NAME_SIZE);
 		if (name)
-			__builtin_memcpy(ev->sg, name, 64);
+			__builtin_memcpy(ev->sg, name, SG_NAME_SIZE);
 	}
 	bpf_ringbuf_submit(ev, 0);
+}
+
+// decide_flow decides p by conntrack (a reply or related ICMP error of a live tracked flow is
+// established) or else by the rules, and tracks what the rules accept. A global function: the verifier
+// checks it once, not once for every way run can reach it.
+__noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, struct decision *d)
+{
+	__u32 z = 0;
+	struct ct_flow *ct = bpf_map_lookup_elem(&ct_scratch, &z);
+	if (!p || !d)
+		return 0;
+	if (!ct) {
+		d->reason = R_MALFORMED; // cannot happen: a per-CPU array always has its entry
+		return 0;
+	}
+	struct ct_val *v = 0;
+	if (established(slot, dir, p, now, ct, &v)) {
+		d->reason = R_ESTABLISHED;
+		d->accept = 1;
+		return 0;
+	}
+	decide_rules(slot, dir, p, d, ct);
+	if (d->accept && p->trackable)
+		track(dir, p, ct, &v, d->gen, now);
+	return 0;
 }
 
 // Test runs (BPF_PROG_TEST_RUN) come in on loopback, which is never an ENI's host interface: they carry
@@ -999,7 +1200,7 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 			return TC_ACT_OK; // not a managed interface
 		slot = c->slot;
 	}
-	if (slot >= 4096)
+	if (slot >= SG_MAX_SLOTS)
 		return TC_ACT_SHOT;
 
 	struct pkt p;
@@ -1009,8 +1210,15 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 	// bpf_ktime_get_ns, and timeouts (seconds) and the drop rate window (1 s) need no more.
 	__u64 now = bpf_ktime_get_coarse_ns();
 	int r = parse(skb, &p);
+	if (r == R_PULL) {
+		// Headers outside the linear part (rare: the kernel hands TC linear headers): pull the frame and
+		// parse again from scratch.
+		__builtin_memset(&p, 0, sizeof(p));
+		r = bpf_skb_pull_data(skb, skb->len) ? R_MALFORMED : parse(skb, &p);
+		if (r == R_PULL)
+			r = R_MALFORMED;
+	}
 	struct frag_key fk;
-	struct ct_flow ct;
 	struct frag_val *fv = 0;
 	if (r < 0 && p.frag) {
 		__builtin_memset(&fk, 0, sizeof(fk));
@@ -1033,14 +1241,8 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		d.reason = fv->reason;
 		d.accept = fv->accept;
 		d.gen = fv->gen;
-	} else if (established(slot, dir, &p, now, &ct)) {
-		d.reason = R_ESTABLISHED;
-		d.accept = 1;
 	} else {
-		decide_rules(slot, dir, &p, &d);
-		if (d.accept && p.trackable)
-			track(dir, &p, &ct, d.gen, now);
-		count_hit(slot, dir, &d);
+		decide_flow(slot, dir, now, &p, &d);
 	}
 	if (r < 0 && p.frag == 1) {
 		struct frag_val nv = {.entry = d.entry, .rule_index = d.rule_index, .reason = d.reason,
@@ -1074,7 +1276,15 @@ int sg_host_egress(struct __sk_buff *skb)
 // Referenced so their BTF is emitted for bpf2go's Go types.
 const struct drop_event *unused_drop_event __attribute__((unused));
 const struct ct_key *unused_ct_key __attribute__((unused));
+const struct ct_key4 *unused_ct_key4 __attribute__((unused));
 const struct ct_val *unused_ct_val __attribute__((unused));
-const struct hit_key *unused_hit_key __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 const struct frag_val *unused_frag_val __attribute__((unused));
+const struct hdr *unused_hdr __attribute__((unused));
+const struct v4iv *unused_v4iv __attribute__((unused));
+const struct v6iv *unused_v6iv __attribute__((unused));
+const struct node *unused_node __attribute__((unused));
+const struct portiv *unused_portiv __attribute__((unused));
+const struct entry *unused_entry __attribute__((unused));
+const struct rate *unused_rate __attribute__((unused));
+const enum sg_const *unused_sg_const __attribute__((unused));

@@ -25,6 +25,17 @@ type sgCtKey struct {
 	Dst   [16]uint8
 }
 
+type sgCtKey4 struct {
+	_     structs.HostLayout
+	Slot  uint16
+	Proto uint8
+	Pad   uint8
+	Sport uint16
+	Dport uint16
+	Src   [4]uint8
+	Dst   [4]uint8
+}
+
 type sgCtVal struct {
 	_      structs.HostLayout
 	Last   uint64
@@ -65,6 +76,14 @@ type sgEniname struct {
 	Name [64]int8
 }
 
+type sgEntry struct {
+	_         structs.HostLayout
+	Action    uint32
+	RuleIndex int32
+	Sg        uint32
+	Pad       uint32
+}
+
 type sgFragKey struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -87,17 +106,48 @@ type sgFragVal struct {
 	Gen       uint64
 }
 
-type sgHitKey struct {
-	_     structs.HostLayout
-	Table uint32
-	Entry int32
-	Gen   uint64
+type sgHdr struct {
+	_          structs.HostLayout
+	Gen        uint64
+	N4         uint32
+	N6         uint32
+	Off4       uint32
+	Off6       uint32
+	OffNodes   uint32
+	OffPorts   uint32
+	OffEntries uint32
+	N_entries  uint32
+	OffSgs     uint32
+	Flags      uint32
+	OffV4idx   uint32
+	V4shift    uint32
+	OffCounts  uint32
+	Pad        uint32
 }
 
 type sgIfcfg struct {
 	_     structs.HostLayout
 	Slot  uint32
 	Flags uint32
+}
+
+type sgNode struct {
+	_      structs.HostLayout
+	TcpOff uint32
+	TcpCnt uint32
+	UdpOff uint32
+	UdpCnt uint32
+	TcpNp  int32
+	UdpNp  int32
+	Icmp   int32
+	Other  int32
+}
+
+type sgPortiv struct {
+	_     structs.HostLayout
+	Start uint16
+	Pad   uint16
+	Entry int32
 }
 
 type sgRate struct {
@@ -107,26 +157,63 @@ type sgRate struct {
 	Suppressed uint32
 }
 
+type sgSgConst uint32
+
+const (
+	sgSgConstSG_MAX_SLOTS     sgSgConst = 4096
+	sgSgConstSG_MAX_TABLES    sgSgConst = 8192
+	sgSgConstSG_CHUNK_SHIFT   sgSgConst = 12
+	sgSgConstSG_CHUNK_SIZE    sgSgConst = 4096
+	sgSgConstSG_HDR_SIZE      sgSgConst = 64
+	sgSgConstSG_NAME_SIZE     sgSgConst = 64
+	sgSgConstSG_HDR_FLAG_NOSG sgSgConst = 1
+)
+
+type sgV4iv struct {
+	_     structs.HostLayout
+	Start uint32
+	Node  uint32
+}
+
+type sgV6iv struct {
+	_    structs.HostLayout
+	Hi   uint64
+	Lo   uint64
+	Node uint32
+	Pad  uint32
+	Pad2 uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	sgMapConntrack       = "conntrack"
+	sgMapConntrack4      = "conntrack4"
+	sgMapCtScratch       = "ct_scratch"
 	sgMapDropRate        = "drop_rate"
 	sgMapDrops           = "drops"
 	sgMapEniNames        = "eni_names"
 	sgMapFrags           = "frags"
-	sgMapHits            = "hits"
 	sgMapIfaces          = "ifaces"
+	sgMapTableGens       = "table_gens"
 	sgMapTables          = "tables"
 	sgProgSgHostEgress   = "sg_host_egress"
 	sgProgSgHostIngress  = "sg_host_ingress"
 	sgVarUnusedCtKey     = "unused_ct_key"
+	sgVarUnusedCtKey4    = "unused_ct_key4"
 	sgVarUnusedCtVal     = "unused_ct_val"
 	sgVarUnusedDropEvent = "unused_drop_event"
+	sgVarUnusedEntry     = "unused_entry"
 	sgVarUnusedFragKey   = "unused_frag_key"
 	sgVarUnusedFragVal   = "unused_frag_val"
-	sgVarUnusedHitKey    = "unused_hit_key"
+	sgVarUnusedHdr       = "unused_hdr"
+	sgVarUnusedNode      = "unused_node"
+	sgVarUnusedPortiv    = "unused_portiv"
+	sgVarUnusedRate      = "unused_rate"
+	sgVarUnusedSgConst   = "unused_sg_const"
+	sgVarUnusedV4iv      = "unused_v4iv"
+	sgVarUnusedV6iv      = "unused_v6iv"
 )
 
 // loadSg returns the embedded CollectionSpec for sg.
@@ -179,14 +266,16 @@ type sgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgMapSpecs struct {
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	DropRate  *ebpf.MapSpec `ebpf:"drop_rate"`
-	Drops     *ebpf.MapSpec `ebpf:"drops"`
-	EniNames  *ebpf.MapSpec `ebpf:"eni_names"`
-	Frags     *ebpf.MapSpec `ebpf:"frags"`
-	Hits      *ebpf.MapSpec `ebpf:"hits"`
-	Ifaces    *ebpf.MapSpec `ebpf:"ifaces"`
-	Tables    *ebpf.MapSpec `ebpf:"tables"`
+	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
+	Conntrack4 *ebpf.MapSpec `ebpf:"conntrack4"`
+	CtScratch  *ebpf.MapSpec `ebpf:"ct_scratch"`
+	DropRate   *ebpf.MapSpec `ebpf:"drop_rate"`
+	Drops      *ebpf.MapSpec `ebpf:"drops"`
+	EniNames   *ebpf.MapSpec `ebpf:"eni_names"`
+	Frags      *ebpf.MapSpec `ebpf:"frags"`
+	Ifaces     *ebpf.MapSpec `ebpf:"ifaces"`
+	TableGens  *ebpf.MapSpec `ebpf:"table_gens"`
+	Tables     *ebpf.MapSpec `ebpf:"tables"`
 }
 
 // sgVariableSpecs contains global variables before they are loaded into the kernel.
@@ -194,11 +283,19 @@ type sgMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgVariableSpecs struct {
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
+	UnusedCtKey4    *ebpf.VariableSpec `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.VariableSpec `ebpf:"unused_drop_event"`
+	UnusedEntry     *ebpf.VariableSpec `ebpf:"unused_entry"`
 	UnusedFragKey   *ebpf.VariableSpec `ebpf:"unused_frag_key"`
 	UnusedFragVal   *ebpf.VariableSpec `ebpf:"unused_frag_val"`
-	UnusedHitKey    *ebpf.VariableSpec `ebpf:"unused_hit_key"`
+	UnusedHdr       *ebpf.VariableSpec `ebpf:"unused_hdr"`
+	UnusedNode      *ebpf.VariableSpec `ebpf:"unused_node"`
+	UnusedPortiv    *ebpf.VariableSpec `ebpf:"unused_portiv"`
+	UnusedRate      *ebpf.VariableSpec `ebpf:"unused_rate"`
+	UnusedSgConst   *ebpf.VariableSpec `ebpf:"unused_sg_const"`
+	UnusedV4iv      *ebpf.VariableSpec `ebpf:"unused_v4iv"`
+	UnusedV6iv      *ebpf.VariableSpec `ebpf:"unused_v6iv"`
 }
 
 // sgObjects contains all objects after they have been loaded into the kernel.
@@ -221,25 +318,29 @@ func (o *sgObjects) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgMaps struct {
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	DropRate  *ebpf.Map `ebpf:"drop_rate"`
-	Drops     *ebpf.Map `ebpf:"drops"`
-	EniNames  *ebpf.Map `ebpf:"eni_names"`
-	Frags     *ebpf.Map `ebpf:"frags"`
-	Hits      *ebpf.Map `ebpf:"hits"`
-	Ifaces    *ebpf.Map `ebpf:"ifaces"`
-	Tables    *ebpf.Map `ebpf:"tables"`
+	Conntrack  *ebpf.Map `ebpf:"conntrack"`
+	Conntrack4 *ebpf.Map `ebpf:"conntrack4"`
+	CtScratch  *ebpf.Map `ebpf:"ct_scratch"`
+	DropRate   *ebpf.Map `ebpf:"drop_rate"`
+	Drops      *ebpf.Map `ebpf:"drops"`
+	EniNames   *ebpf.Map `ebpf:"eni_names"`
+	Frags      *ebpf.Map `ebpf:"frags"`
+	Ifaces     *ebpf.Map `ebpf:"ifaces"`
+	TableGens  *ebpf.Map `ebpf:"table_gens"`
+	Tables     *ebpf.Map `ebpf:"tables"`
 }
 
 func (m *sgMaps) Close() error {
 	return _SgClose(
 		m.Conntrack,
+		m.Conntrack4,
+		m.CtScratch,
 		m.DropRate,
 		m.Drops,
 		m.EniNames,
 		m.Frags,
-		m.Hits,
 		m.Ifaces,
+		m.TableGens,
 		m.Tables,
 	)
 }
@@ -249,11 +350,19 @@ func (m *sgMaps) Close() error {
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgVariables struct {
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
+	UnusedCtKey4    *ebpf.Variable `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`
 	UnusedDropEvent *ebpf.Variable `ebpf:"unused_drop_event"`
+	UnusedEntry     *ebpf.Variable `ebpf:"unused_entry"`
 	UnusedFragKey   *ebpf.Variable `ebpf:"unused_frag_key"`
 	UnusedFragVal   *ebpf.Variable `ebpf:"unused_frag_val"`
-	UnusedHitKey    *ebpf.Variable `ebpf:"unused_hit_key"`
+	UnusedHdr       *ebpf.Variable `ebpf:"unused_hdr"`
+	UnusedNode      *ebpf.Variable `ebpf:"unused_node"`
+	UnusedPortiv    *ebpf.Variable `ebpf:"unused_portiv"`
+	UnusedRate      *ebpf.Variable `ebpf:"unused_rate"`
+	UnusedSgConst   *ebpf.Variable `ebpf:"unused_sg_const"`
+	UnusedV4iv      *ebpf.Variable `ebpf:"unused_v4iv"`
+	UnusedV6iv      *ebpf.Variable `ebpf:"unused_v6iv"`
 }
 
 // sgPrograms contains all programs after they have been loaded into the kernel.

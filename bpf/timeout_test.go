@@ -52,21 +52,17 @@ func TestConntrackTimeouts(t *testing.T) {
 					require.NoError(t, err)
 					require.Equal(t, dataplane.ReasonEstablished, r.Reason)
 				}
-				var k sgCtKey
-				var v sgCtVal
-				var keys []sgCtKey
-				it := d.objs.Conntrack.Iterate()
-				for it.Next(&k, &v) {
-					keys = append(keys, k)
-				}
+				keys, err := d.ctEntries()
+				require.NoError(t, err)
 				require.Len(t, keys, 1)
-				require.NoError(t, d.objs.Conntrack.Lookup(&keys[0], &v))
+				var v sgCtVal
+				require.NoError(t, keys[0].m.Lookup(keys[0].key, &v))
 				age := tc.timeout - 2*time.Second
 				if !inside {
 					age = tc.timeout + 2*time.Second
 				}
 				v.Last = now() - uint64(age.Nanoseconds())
-				require.NoError(t, d.objs.Conntrack.Put(&keys[0], &v))
+				require.NoError(t, keys[0].m.Put(keys[0].key, &v))
 				r, err = d.Run(reply.build(), "eni-web1", model.Ingress)
 				require.NoError(t, err)
 				if inside {

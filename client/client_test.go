@@ -200,6 +200,12 @@ func TestNative(t *testing.T) {
 	var se *client.StatusError
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, http.StatusNotFound, se.Status)
+
+	c.Token = "not-admin"
+	_, err = c.Table(context.Background(), "eni-cli")
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusUnauthorized, se.Status)
+	assert.Contains(t, se.Message, "credential")
 }
 
 // TestNativeENIs: the ENI methods against the real handler (SPEC §8).

@@ -155,37 +155,49 @@ func (c *Controller) apply(ctx context.Context, next *model.State) error {
 	return nil
 }
 
-// ModifySecurityGroupPolicy overwrites both rule lists of sgID, all or nothing.
-func (c *Controller) ModifySecurityGroupPolicy(ctx context.Context, appID, sgID string, ingress, egress []model.Rule) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	next, err := c.writer.ModifySecurityGroupPolicy(c.View().State, appID, sgID, ingress, egress)
+// write runs op, a Writer operation, on the committed state outside the lock, so that validating a
+// call (a big policy's parse included) overlaps other calls' commits and a refusal or a no-op never
+// waits for one: answered from a state that was the committed one during the call, it is as if the
+// call came just then. A change is committed under the lock if the state has not moved since, else op
+// runs again on the state in force: the optimistic concurrency a fleet's writers use against etcd.
+func (c *Controller) write(ctx context.Context, op func(s *model.State) (*model.State, error)) error {
+	v := c.View()
+	next, err := op(v.State)
 	if err != nil || next == nil {
 		return err
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur := c.View(); cur != v {
+		if next, err = op(cur.State); err != nil || next == nil {
+			return err
+		}
+	}
 	return c.apply(ctx, next)
+}
+
+// ModifySecurityGroupPolicy overwrites both rule lists of sgID, all or nothing.
+func (c *Controller) ModifySecurityGroupPolicy(ctx context.Context, appID, sgID string, ingress, egress []model.Rule) error {
+	return c.write(ctx, func(s *model.State) (*model.State, error) {
+		return c.writer.ModifySecurityGroupPolicy(s, appID, sgID, ingress, egress)
+	})
 }
 
 // ModifySecurityGroupsOfNetworkInterface overwrites the ordered SG list of every listed ENI, all or none.
 func (c *Controller) ModifySecurityGroupsOfNetworkInterface(ctx context.Context, appID string, set []ENISGs) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	next, err := c.writer.ModifySecurityGroupsOfNetworkInterface(c.View().State, appID, set)
-	if err != nil || next == nil {
-		return err
-	}
-	return c.apply(ctx, next)
+	return c.write(ctx, func(s *model.State) (*model.State, error) {
+		return c.writer.ModifySecurityGroupsOfNetworkInterface(s, appID, set)
+	})
 }
 
 // CreateSecurityGroup creates an SG with no rules (it drops everything) and returns it.
 func (c *Controller) CreateSecurityGroup(ctx context.Context, appID, name, remark string, projectID int) (*model.SecurityGroup, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	next, g, err := c.writer.CreateSecurityGroup(c.View().State, appID, name, remark, projectID)
+	var g *model.SecurityGroup
+	err := c.write(ctx, func(s *model.State) (next *model.State, err error) {
+		next, g, err = c.writer.CreateSecurityGroup(s, appID, name, remark, projectID)
+		return next, err
+	})
 	if err != nil {
-		return nil, err
-	}
-	if err := c.apply(ctx, next); err != nil {
 		return nil, err
 	}
 	return g, nil
@@ -193,25 +205,20 @@ func (c *Controller) CreateSecurityGroup(ctx context.Context, appID, name, remar
 
 // DeleteSecurityGroup deletes an unused, unreferenced, non-preset SG of appID.
 func (c *Controller) DeleteSecurityGroup(ctx context.Context, appID, sgID string) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	next, err := c.writer.DeleteSecurityGroup(c.View().State, appID, sgID)
-	if err != nil {
-		return err
-	}
-	return c.apply(ctx, next)
+	return c.write(ctx, func(s *model.State) (*model.State, error) {
+		return c.writer.DeleteSecurityGroup(s, appID, sgID)
+	})
 }
 
 // PortAction adds sgID to (add=true) or removes it from each port, applying every port that can be
 // applied and reporting the others. Adding appends the SG at the end (lowest priority).
 func (c *Controller) PortAction(ctx context.Context, appID, sgID string, add bool, ports []string) ([]PortFailure, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	next, fails, err := c.writer.PortAction(c.View().State, appID, sgID, add, ports)
-	if err != nil || next == nil {
-		return fails, err
-	}
-	if err := c.apply(ctx, next); err != nil {
+	var fails []PortFailure
+	err := c.write(ctx, func(s *model.State) (next *model.State, err error) {
+		next, fails, err = c.writer.PortAction(s, appID, sgID, add, ports)
+		return next, err
+	})
+	if err != nil {
 		return nil, err
 	}
 	return fails, nil

@@ -62,28 +62,25 @@ func sameENI(a, b *model.NetworkInterface) bool {
 
 // PutENI creates or replaces an ENI and returns it as stored, once it is durable and in force.
 func (c *Controller) PutENI(ctx context.Context, n model.NetworkInterface) (*model.NetworkInterface, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	next, err := c.writer.PutENI(c.View().State, n)
+	var stored *model.NetworkInterface
+	err := c.write(ctx, func(s *model.State) (*model.State, error) {
+		next, err := c.writer.PutENI(s, n)
+		switch {
+		case err != nil:
+		case next == nil:
+			stored = mustENI(s, n.NetworkInterfaceID)
+		default:
+			stored = mustENI(next, n.NetworkInterfaceID)
+		}
+		return next, err
+	})
 	if err != nil {
 		return nil, err
 	}
-	if next == nil {
-		return mustENI(c.View().State, n.NetworkInterfaceID), nil
-	}
-	if err := c.apply(ctx, next); err != nil {
-		return nil, err
-	}
-	return mustENI(next, n.NetworkInterfaceID), nil
+	return stored, nil
 }
 
 // DeleteENI deletes an ENI once its removal is durable and its tables are gone from every dataplane.
 func (c *Controller) DeleteENI(ctx context.Context, id string) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	next, err := c.writer.DeleteENI(c.View().State, id)
-	if err != nil {
-		return err
-	}
-	return c.apply(ctx, next)
+	return c.write(ctx, func(s *model.State) (*model.State, error) { return c.writer.DeleteENI(s, id) })
 }

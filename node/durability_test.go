@@ -26,7 +26,10 @@ import (
 
 // The durability test re-executes this test binary as the daemon (New and Serve, exactly what `sgsim
 // serve` runs), so it can be killed with SIGKILL.
-const daemonEnv = "SGSIM_API_TEST_DAEMON"
+const (
+	daemonEnv       = "SGSIM_API_TEST_DAEMON"
+	daemonConfigEnv = "SGSIM_NODE_TEST_CONFIG" // JSON of the Config fields beyond DataDir and Topology
+)
 
 // The demo topology's first account, and its Huawei port the tables are read of.
 const (
@@ -55,7 +58,17 @@ func TestMain(m *testing.M) {
 func runDaemon(dir string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	n, err := New(ctx, Config{DataDir: dir, Topology: os.Getenv("SGSIM_API_TEST_TOPOLOGY")})
+	cfg := Config{DataDir: dir, Topology: os.Getenv("SGSIM_API_TEST_TOPOLOGY")}
+	// A test that kills an enforcing daemon hands it the rest of its config.
+	if extra := os.Getenv(daemonConfigEnv); extra != "" {
+		var x daemonExtra
+		if err := json.Unmarshal([]byte(extra), &x); err != nil {
+			fmt.Fprintln(os.Stderr, "daemon config:", err)
+			return 1
+		}
+		cfg.Dataplane, cfg.PinPath, cfg.HostNetns, cfg.API.AdminTokens = x.Dataplane, x.PinPath, x.HostNetns, x.AdminTokens
+	}
+	n, err := New(ctx, cfg)
 	if err == nil {
 		err = errors.Join(n.Serve(ctx, "127.0.0.1:0", func(addr string) {
 			tmp := filepath.Join(dir, "addr.tmp")
@@ -71,6 +84,12 @@ func runDaemon(dir string) int {
 	return 0
 }
 
+// daemonExtra is the config a test hands its daemon beyond DataDir and Topology.
+type daemonExtra struct {
+	Dataplane, PinPath, HostNetns string
+	AdminTokens                   []string
+}
+
 type daemon struct {
 	cmd  *exec.Cmd
 	base string
@@ -78,17 +97,32 @@ type daemon struct {
 
 func startDaemon(t *testing.T, dir string, seed bool) *daemon {
 	t.Helper()
+	return startDaemonWith(t, dir, seed, nil, "")
+}
+
+// startDaemonWith starts the daemon in dir with cfg's other fields (nil: none) and, when topology is
+// set, that topology file instead of the demo's.
+func startDaemonWith(t *testing.T, dir string, seed bool, cfg *daemonExtra, topology string) *daemon {
+	t.Helper()
 	_ = os.Remove(filepath.Join(dir, "addr"))
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), daemonEnv+"="+dir)
 	if seed {
-		cmd.Env = append(cmd.Env, "SGSIM_API_TEST_TOPOLOGY="+demoTopology)
+		if topology == "" {
+			topology = demoTopology
+		}
+		cmd.Env = append(cmd.Env, "SGSIM_API_TEST_TOPOLOGY="+topology)
+	}
+	if cfg != nil {
+		extra, err := json.Marshal(cfg)
+		require.NoError(t, err)
+		cmd.Env = append(cmd.Env, daemonConfigEnv+"="+string(extra))
 	}
 	cmd.Stderr = os.Stderr
 	require.NoError(t, cmd.Start())
 	d := &daemon{cmd: cmd}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // a loaded machine verifies the BPF program slowly
 	for time.Now().Before(deadline) {
 		if b, err := os.ReadFile(filepath.Join(dir, "addr")); err == nil {
 			d.base = "http://" + string(b)

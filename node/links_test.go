@@ -6,14 +6,20 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/bpf"
+	"github.com/sgsim/sgsim/client"
+	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/internal/netlab"
 	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/model"
@@ -142,4 +148,37 @@ func TestInterfacesFollowENIs(t *testing.T) {
 		require.Error(t, refused("eni-late", "7070"), "eni-srv's sgId rule no longer matches eni-late's address")
 		require.NoError(t, accepted("eni-x", "7070"), "but still eni-x's, a member of sg-late")
 	})
+}
+
+// TestENILimitIsAClear409: at the host's ENI limit (the program's slots; lowered here) the next PUT
+// is refused with 409 naming the limit, and nothing of it is made: no state, no slot, no table.
+func TestENILimitIsAClear409(t *testing.T) {
+	requireKernel(t)
+	seed, err := model.ParseTopology("links", []byte(linksTopology))
+	require.NoError(t, err)
+	lim := control.DefaultLimits()
+	lim.ENIsPerHost = 2
+	n, err := New(context.Background(), Config{Seed: seed, Dataplane: DataplaneBoth, NoAttach: true,
+		Control: control.Options{Limits: &lim}, API: api.Options{AdminTokens: []string{"t"}}, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	srv := httptest.NewServer(n.Handler())
+	t.Cleanup(srv.Close)
+	c := &client.Native{Endpoint: srv.URL, Token: "t"}
+	ctx := context.Background()
+	_, err = c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.2"}, SgIDs: []string{"sg-late"}})
+	require.NoError(t, err)
+	before := n.Controller().View()
+	_, err = c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-3", AppID: "1", PrivateIPAddresses: []string{"198.18.211.3"}, SgIDs: []string{"sg-late"}})
+	var se *client.StatusError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusConflict, se.Status)
+	assert.Contains(t, se.Message, "this host enforces at most 2 network interfaces")
+	assert.Same(t, before, n.Controller().View(), "nothing committed")
+	_, err = n.BPF().Run(make([]byte, 64), "eni-3", model.Ingress)
+	assert.Error(t, err, "no slot was taken for it")
+	// Replacing an ENI that exists is no new ENI: still allowed at the limit.
+	_, err = c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.4"}, SgIDs: []string{"sg-late"}})
+	require.NoError(t, err)
+	assert.Equal(t, bpf.MaxENIs, 4096, "the documented slot count")
 }

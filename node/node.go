@@ -113,6 +113,17 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	copts := cfg.Control
 	copts.Logger = log
 	copts.NoEngine = cfg.Dataplane == DataplaneEBPF
+	if enforce {
+		// The program's slots bound the ENIs this host holds: past them a PUT is refused whole.
+		lim := control.DefaultLimits()
+		if copts.Limits != nil {
+			lim = *copts.Limits
+		}
+		if lim.ENIsPerHost == 0 || lim.ENIsPerHost > bpf.MaxENIs {
+			lim.ENIsPerHost = bpf.MaxENIs
+		}
+		copts.Limits = &lim
+	}
 	if enforce && !cfg.NoAttach {
 		copts.OnApplied = n.follow
 	}

@@ -11,18 +11,18 @@ import (
 	"github.com/sgsim/sgsim/packet"
 )
 
-// Engine says what decides each check of a packet.
-type Engine uint8
+// DecideWith says what decides each check of a packet.
+type DecideWith uint8
 
 const (
-	// EngineGo decides with the Go classifier, replay's connection tracker and fragment memory.
-	EngineGo Engine = iota
-	// EngineDecider hands every check to Options.Decider, which keeps its own connection and fragment
+	// DecideWithGo decides with the Go classifier, replay's connection tracker and fragment memory.
+	DecideWithGo DecideWith = iota
+	// DecideWithDecider hands every check to Options.Decider, which keeps its own connection and fragment
 	// state; replay's own are not used.
-	EngineDecider
-	// EngineCompare decides with the Go engine (its verdicts are the results) and also asks
+	DecideWithDecider
+	// DecideWithBoth decides with the Go engine (its verdicts are the results) and also asks
 	// Options.Decider about every check the Go engine makes, recording its verdict in Check.Other.
-	EngineCompare
+	DecideWithBoth
 )
 
 // Decision is a Decider's answer for one check.
@@ -133,7 +133,7 @@ func explain(tabs *dataplane.ENITables, eni string, dir model.Direction, d Decis
 	return v, nil
 }
 
-// Disagrees tells whether the Go engine and the Decider differ on this check (EngineCompare): action,
+// Disagrees tells whether the Go engine and the Decider differ on this check (DecideWithBoth): action,
 // reason or deciding entry.
 func (c *Check) Disagrees() bool {
 	return c.Compared && (c.Verdict.Action != c.Other.Action || c.Verdict.Reason != c.Other.Reason || c.Verdict.Entry != c.Other.Entry)
@@ -180,7 +180,7 @@ func Disagreements(r *Replayer, res *Result, goName, otherName string) []string 
 }
 
 // ConntrackOnly tells whether every disagreeing check of res has exactly one engine answering from its
-// connection tracker (established): what differing flow ages give (see Options.Engine).
+// connection tracker (established): what differing flow ages give (see Options.DecideWith).
 func (res *Result) ConntrackOnly() bool {
 	found := false
 	for i := 0; i < res.NChecks; i++ {

@@ -68,14 +68,14 @@ func demoReplayer(t *testing.T, opts replay.Options) (*replay.Replayer, map[stri
 
 var demoPcap = []string{filepath.Join("..", "testdata", "pcaps", "demo.pcap")}
 
-// TestCompareReportsDisagreements: EngineCompare keeps the Go verdicts and marks exactly the checks
+// TestCompareReportsDisagreements: DecideWithBoth keeps the Go verdicts and marks exactly the checks
 // where the Decider differs; here the stateless decider differs on the two replies the Go engine
 // answers from conntrack.
 func TestCompareReportsDisagreements(t *testing.T) {
 	st, err := model.LoadTopologyFile(filepath.Join("..", "testdata", "demo.json"))
 	require.NoError(t, err)
 	dec := &statelessDecider{tables: compiler.New(st).CompileAll()}
-	r, _ := demoReplayer(t, replay.Options{Engine: replay.EngineCompare, Decider: dec})
+	r, _ := demoReplayer(t, replay.Options{DecideWith: replay.DecideWithBoth, Decider: dec})
 	goOnly, _ := demoReplayer(t, replay.Options{})
 
 	var lines []string
@@ -116,11 +116,11 @@ func TestCompareReportsDisagreements(t *testing.T) {
 	assert.Equal(t, replay.DeciderStats{Asked: 21}, r.DeciderStats())
 }
 
-// TestDeciderEngineNamesRules: with EngineDecider every check is the Decider's, named through the
+// TestDeciderEngineNamesRules: with DecideWithDecider every check is the Decider's, named through the
 // compiled table like the Go engine's; the stateless decider gives what the Go engine gives stateless.
 func TestDeciderEngineNamesRules(t *testing.T) {
 	_, tables := demoReplayer(t, replay.Options{})
-	r, _ := demoReplayer(t, replay.Options{Engine: replay.EngineDecider, Decider: &statelessDecider{tables: tables}})
+	r, _ := demoReplayer(t, replay.Options{DecideWith: replay.DecideWithDecider, Decider: &statelessDecider{tables: tables}})
 	stateless, _ := demoReplayer(t, replay.Options{Stateless: true})
 	var got, want []string
 	collect := func(r *replay.Replayer, into *[]string) func(*replay.Result) {
@@ -155,7 +155,7 @@ func TestCompareDisagreementKinds(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r, _ := demoReplayer(t, replay.Options{ForceENI: "eni-web1", ForceDirection: model.Ingress, Engine: replay.EngineCompare,
+			r, _ := demoReplayer(t, replay.Options{ForceENI: "eni-web1", ForceDirection: model.Ingress, DecideWith: replay.DecideWithBoth,
 				Decider: decideFunc(func(frame []byte, eni string, dir model.Direction) (replay.Decision, error) {
 					d, err := honest.Decide(frame, eni, dir)
 					if d.Reason == dataplane.ReasonRule {
@@ -175,23 +175,23 @@ func TestDeciderFailures(t *testing.T) {
 	boom := errors.New("boom")
 	tests := []struct {
 		name    string
-		engine  replay.Engine
+		engine  replay.DecideWith
 		decide  decideFunc
 		wantErr string
 		notRun  int
 	}{
-		{"error", replay.EngineDecider, func([]byte, string, model.Direction) (replay.Decision, error) { return replay.Decision{}, boom },
+		{"error", replay.DecideWithDecider, func([]byte, string, model.Direction) (replay.Decision, error) { return replay.Decision{}, boom },
 			"demo.pcap: packet 0: eni-web1 ingress: boom", 0},
-		{"refused IP frame", replay.EngineCompare, func([]byte, string, model.Direction) (replay.Decision, error) {
+		{"refused IP frame", replay.DecideWithBoth, func([]byte, string, model.Direction) (replay.Decision, error) {
 			return replay.Decision{}, fmt.Errorf("too big: %w", replay.ErrRefused)
 		}, "packet 0: eni-web1 ingress: too big: decider cannot run this frame", 0},
-		{"entry beyond the table", replay.EngineDecider, func([]byte, string, model.Direction) (replay.Decision, error) {
+		{"entry beyond the table", replay.DecideWithDecider, func([]byte, string, model.Direction) (replay.Decision, error) {
 			return replay.Decision{Reason: dataplane.ReasonRule, Entry: 1 << 20}, nil
 		}, "eni-web1 ingress: decider named entry 1048576, the table has", 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r, _ := demoReplayer(t, replay.Options{ForceENI: "eni-web1", ForceDirection: model.Ingress, Engine: tc.engine, Decider: tc.decide})
+			r, _ := demoReplayer(t, replay.Options{ForceENI: "eni-web1", ForceDirection: model.Ingress, DecideWith: tc.engine, Decider: tc.decide})
 			_, err := replay.Run(context.Background(), r, replay.RunConfig{Pcaps: demoPcap})
 			require.ErrorContains(t, err, tc.wantErr)
 		})
@@ -200,7 +200,7 @@ func TestDeciderFailures(t *testing.T) {
 	// A refused frame the decoder calls malformed keeps the decoder's verdict, and is counted.
 	_, tables := demoReplayer(t, replay.Options{})
 	honest := &statelessDecider{tables: tables}
-	r, _ := demoReplayer(t, replay.Options{ForceENI: "eni-web1", ForceDirection: model.Ingress, Engine: replay.EngineDecider,
+	r, _ := demoReplayer(t, replay.Options{ForceENI: "eni-web1", ForceDirection: model.Ingress, DecideWith: replay.DecideWithDecider,
 		Decider: decideFunc(func(frame []byte, eni string, dir model.Direction) (replay.Decision, error) {
 			var d packet.Decoded
 			packet.Decode(packet.LinkEthernet, frame, &d)
@@ -219,9 +219,9 @@ func TestEngineOptions(t *testing.T) {
 	st, err := model.LoadTopologyFile(filepath.Join("..", "testdata", "demo.json"))
 	require.NoError(t, err)
 	e := dataplane.NewEngine(dataplane.ClassifierFactory)
-	_, err = replay.New(st, e, replay.Options{Engine: replay.EngineDecider})
+	_, err = replay.New(st, e, replay.Options{DecideWith: replay.DecideWithDecider})
 	require.ErrorContains(t, err, "needs a Decider")
-	_, err = replay.New(st, e, replay.Options{Engine: 9, Decider: decideFunc(nil)})
+	_, err = replay.New(st, e, replay.Options{DecideWith: 9, Decider: decideFunc(nil)})
 	require.ErrorContains(t, err, "unknown")
 }
 
@@ -234,7 +234,7 @@ func TestDeciderSeesEthernet(t *testing.T) {
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			var seen packet.Decoded
-			r, _ := demoReplayer(t, replay.Options{ForceENI: "eni-web1", ForceDirection: model.Egress, Engine: replay.EngineCompare,
+			r, _ := demoReplayer(t, replay.Options{ForceENI: "eni-web1", ForceDirection: model.Egress, DecideWith: replay.DecideWithBoth,
 				Decider: decideFunc(func(frame []byte, _ string, _ model.Direction) (replay.Decision, error) {
 					packet.Decode(packet.LinkEthernet, frame, &seen)
 					return replay.Decision{Entry: -1}, nil

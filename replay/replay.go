@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/sgsim/sgsim/conntrack"
@@ -41,27 +42,11 @@ func (v Verdict) MarshalText() ([]byte, error) { return []byte(v.String()), nil 
 // ParseVerdict reads ACCEPT, DROP or UNMANAGED in any case.
 func ParseVerdict(s string) (Verdict, bool) {
 	for i, n := range verdictNames {
-		if equalFold(s, n) {
+		if strings.EqualFold(s, n) {
 			return Verdict(i), true
 		}
 	}
 	return 0, false
-}
-
-func equalFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'a' <= x && x <= 'z' {
-			x -= 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // TableSource gives the tables in force; *dataplane.Engine is one.
@@ -74,7 +59,7 @@ type Check struct {
 	ENI       int // index into Replayer.ENIs()
 	Direction model.Direction
 	Verdict   dataplane.Verdict
-	// Other is Options.Decider's verdict on the same check when Compared (EngineCompare).
+	// Other is Options.Decider's verdict on the same check when Compared (DecideWithBoth).
 	Other    dataplane.Verdict
 	Compared bool
 }
@@ -99,12 +84,12 @@ type Options struct {
 	Stateless bool
 	// MaxFlows bounds the connection table (0 = conntrack.DefaultMaxEntries).
 	MaxFlows int
-	// Engine says whether the Go engine, Decider, or both decide (EngineDecider and EngineCompare need
+	// DecideWith says whether the Go engine, Decider, or both decide (DecideWithDecider and DecideWithBoth need
 	// Decider). With a Decider, the tracker that matters is the Decider's: it sees packets at replay
 	// speed, so if it ages flows on its own clock rather than capture timestamps (the eBPF program
 	// does), captures with idle gaps longer than SPEC §3's timeouts can differ from the Go engine.
-	Engine  Engine
-	Decider Decider
+	DecideWith DecideWith
+	Decider    Decider
 }
 
 type fragKey struct {
@@ -151,6 +136,9 @@ type DeciderStats struct {
 	NotRun int
 }
 
+// DecideWith says what decides r's checks.
+func (r *Replayer) DecideWith() DecideWith { return r.opts.DecideWith }
+
 // DeciderStats returns how many checks went to the Decider.
 func (r *Replayer) DeciderStats() DeciderStats { return r.dstats }
 
@@ -158,13 +146,13 @@ func (r *Replayer) DeciderStats() DeciderStats { return r.dstats }
 // opts.ForceENI names no ENI of st.
 func New(st *model.State, src TableSource, opts Options) (*Replayer, error) {
 	switch {
-	case opts.Engine > EngineCompare:
-		return nil, fmt.Errorf("replay engine %d: unknown", opts.Engine)
-	case opts.Engine != EngineGo && opts.Decider == nil:
-		return nil, fmt.Errorf("replay engine %d needs a Decider", opts.Engine)
+	case opts.DecideWith > DecideWithBoth:
+		return nil, fmt.Errorf("replay engine %d: unknown", opts.DecideWith)
+	case opts.DecideWith != DecideWithGo && opts.Decider == nil:
+		return nil, fmt.Errorf("replay engine %d needs a Decider", opts.DecideWith)
 	}
 	r := &Replayer{src: src, opts: opts, frags: make(map[fragKey]dataplane.Verdict)}
-	if !opts.Stateless && opts.Engine != EngineDecider {
+	if !opts.Stateless && opts.DecideWith != DecideWithDecider {
 		r.ct = conntrack.New(opts.MaxFlows)
 	}
 	r.recheck = r.stillAccepted
@@ -277,7 +265,7 @@ func (r *Replayer) lookupENI(a netip.Addr, mac *[6]byte, hasMAC bool) (uint32, b
 func (r *Replayer) Decide(index int, ts time.Duration, link int, frame []byte, res *Result) error {
 	packet.Decode(link, frame, &res.Packet)
 	r.eth = nil
-	if r.opts.Engine != EngineGo {
+	if r.opts.DecideWith != DecideWithGo {
 		r.eth = toEthernet(link, frame, r.ethBuf)
 		if len(r.eth) > 0 && link != packet.LinkEthernet {
 			r.ethBuf = r.eth
@@ -352,13 +340,13 @@ func (r *Replayer) check(eni uint32, dir model.Direction, ts time.Duration, res 
 	c := &res.Checks[res.NChecks]
 	res.NChecks++
 	c.ENI, c.Direction, c.Compared = int(eni), dir, false
-	if r.opts.Engine == EngineDecider {
+	if r.opts.DecideWith == DecideWithDecider {
 		if ran := r.ask(eni, dir, &res.Packet, &c.Verdict); ran || r.err != nil {
 			return
 		}
 	}
 	r.checkGo(c, eni, dir, ts, &res.Packet)
-	if r.opts.Engine == EngineCompare && r.err == nil {
+	if r.opts.DecideWith == DecideWithBoth && r.err == nil {
 		c.Compared = r.ask(eni, dir, &res.Packet, &c.Other)
 	}
 }

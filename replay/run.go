@@ -4,10 +4,10 @@ import (
 	"bufio"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -31,8 +31,8 @@ type RunConfig struct {
 	// output (benchmarks, diff).
 	Out  io.Writer
 	JSON bool
-	// Progress, when not nil, receives a progress line now and then (the CLI passes stderr only when it
-	// is a terminal).
+	// Progress, when not nil, shows a progress bar there (packets, bytes, rate, time left); the CLI
+	// passes stderr only when it is a terminal and the output is not JSON.
 	Progress io.Writer
 	// WriteAccepted and WriteDropped name pcap files to copy accepted / dropped packets into.
 	WriteAccepted, WriteDropped string
@@ -58,7 +58,9 @@ type Summary struct {
 	// Skipped counts packets not copied to --write-* files because their link type differed from the
 	// file's first packet.
 	Skipped int
-	// Disagreements counts packets on which the Go engine and the Decider differ (EngineCompare);
+	// Unreadable lists, per capture and link type, the packets replay could not read (UNMANAGED).
+	Unreadable []UnreadableLink
+	// Disagreements counts packets on which the Go engine and the Decider differ (DecideWithBoth);
 	// ConntrackDisagreements those of them where only one engine answered from its connection tracker.
 	Disagreements, ConntrackDisagreements int
 }
@@ -124,155 +126,186 @@ func (rc *rowCounter) into(r *Replayer, rows map[SummaryKey]int) {
 	}
 }
 
-// Run replays every capture in cfg.Pcaps through r, in order, numbering packets across files.
+// Run replays every capture in cfg.Pcaps through r, in order, numbering packets across files. On an
+// error (a bad record, ctx done, a failed write) it stops there: every packet decided until then has
+// its whole output line written, and the Summary it returns counts exactly those packets.
 func Run(ctx context.Context, r *Replayer, cfg RunConfig) (*Summary, error) {
-	sum := &Summary{Rows: map[SummaryKey]int{}}
-	var rows rowCounter
-	var out *bufio.Writer
-	if cfg.Out != nil {
-		out = bufio.NewWriterSize(cfg.Out, 64<<10)
-		if !cfg.JSON {
-			fmt.Fprintf(out, "%6s  %-15s  %-50s  %-9s  %s\n", "#", "TIME", "FLOW", "VERDICT", "DECIDED BY")
-		}
-	}
-	acc, err := newPcapSink(cfg.WriteAccepted)
+	rn, err := newRunner(r, cfg)
 	if err != nil {
 		return nil, err
 	}
-	defer acc.close()
-	drp, err := newPcapSink(cfg.WriteDropped)
-	if err != nil {
-		return nil, err
-	}
-	defer drp.close()
+	err = rn.files(ctx)
+	return rn.finish(err)
+}
 
-	var res Result
-	var line []byte
-	idx := 0
-	for _, name := range cfg.Pcaps {
-		src, err := Open(name)
-		if err != nil {
-			return sum, err
+// runner is one Run in progress.
+type runner struct {
+	r    *Replayer
+	cfg  RunConfig
+	sum  *Summary
+	rows rowCounter
+	out  *bufio.Writer // nil: no per-packet output
+	// acc and drp copy accepted and dropped frames into the --write-* files.
+	acc, drp *pcapSink
+	res      Result
+	line     []byte
+	idx      int
+	progress *progress
+}
+
+func newRunner(r *Replayer, cfg RunConfig) (*runner, error) {
+	rn := &runner{r: r, cfg: cfg, sum: &Summary{Rows: map[SummaryKey]int{}}}
+	var err error
+	if rn.acc, err = newPcapSink(cfg.WriteAccepted); err != nil {
+		return nil, err
+	}
+	if rn.drp, err = newPcapSink(cfg.WriteDropped); err != nil {
+		return nil, errors.Join(err, rn.acc.close())
+	}
+	if cfg.Out != nil {
+		rn.out = bufio.NewWriterSize(cfg.Out, 64<<10)
+		if !cfg.JSON {
+			fmt.Fprintf(rn.out, "%6s  %-15s  %-50s  %-9s  %s\n", "#", "TIME", "FLOW", "VERDICT", "DECIDED BY")
 		}
-		size := int64(0)
-		if st, err := os.Stat(name); err == nil {
-			size = st.Size()
-		}
-		for {
-			frame, ts, link, err := src.Next()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				src.Close()
-				return sum, err
-			}
-			if idx&0xffff == 0 {
-				if err := ctx.Err(); err != nil {
-					src.Close()
-					return sum, fmt.Errorf("replay interrupted at packet %d: %w", idx, err)
-				}
-				if cfg.Progress != nil && idx > 0 {
-					progress(cfg.Progress, src, size, idx)
-				}
-			}
-			if err := r.Decide(idx, ts, link, frame, &res); err != nil {
-				src.Close()
-				return sum, fmt.Errorf("%s: %w", name, err)
-			}
-			sum.Packets++
-			if r.opts.Engine == EngineCompare && res.Disagrees() {
-				sum.Disagreements++
-				if res.ConntrackOnly() {
-					sum.ConntrackDisagreements++
-				}
-			}
-			sum.ByVerdict[res.Verdict]++
-			for i := 0; i < res.NChecks; i++ {
-				rows.add(&res.Checks[i])
-			}
-			if cfg.OnResult != nil {
-				cfg.OnResult(&res)
-			}
-			if out != nil {
-				if cfg.JSON {
-					line = AppendJSON(line[:0], r, &res)
-				} else {
-					line = AppendHuman(line[:0], r, &res)
-				}
-				line = append(line, '\n')
-				if _, err := out.Write(line); err != nil {
-					src.Close()
-					return sum, fmt.Errorf("write output: %w", err)
-				}
-			}
-			switch res.Verdict {
-			case Accept:
-				sum.Skipped += acc.write(frame, ts, link)
-			case Drop:
-				sum.Skipped += drp.write(frame, ts, link)
-			}
-			idx++
-		}
-		src.Close()
 	}
 	if cfg.Progress != nil {
-		fmt.Fprintf(cfg.Progress, "\r\033[Kreplay: %d packets done\n", idx)
+		rn.progress = newProgress(cfg.Progress, cfg.Pcaps)
 	}
-	rows.into(r, sum.Rows)
-	if out != nil {
-		if err := out.Flush(); err != nil {
-			return sum, fmt.Errorf("write output: %w", err)
+	return rn, nil
+}
+
+func (rn *runner) files(ctx context.Context) error {
+	for _, name := range rn.cfg.Pcaps {
+		if err := rn.file(ctx, name); err != nil {
+			return err
 		}
 	}
-	if err := acc.close(); err != nil {
-		return sum, err
+	return nil
+}
+
+// file replays one capture; frames of link types replay cannot read are counted for the summary.
+func (rn *runner) file(ctx context.Context, name string) error {
+	src, err := Open(name)
+	if err != nil {
+		return err
 	}
-	return sum, drp.close()
-}
-
-func progress(w io.Writer, src *Source, size int64, idx int) {
-	pos, err := src.f.Seek(0, io.SeekCurrent)
-	pct := 0.0
-	if err == nil && size > 0 {
-		pct = 100 * float64(pos) / float64(size)
+	defer src.Close()
+	unreadable := map[int]int{}
+	defer func() { rn.sum.addUnreadable(name, unreadable) }()
+	for {
+		frame, ts, link, err := src.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if rn.idx&0xfff == 0 {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("replay interrupted at packet %d: %w", rn.idx, err)
+			}
+			rn.progress.update(src, rn.idx)
+		}
+		if !linkReadable(link) {
+			unreadable[link]++
+		}
+		if err := rn.packet(frame, ts, link); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
 	}
-	const width = 30
-	n := int(pct / 100 * width)
-	n = min(max(n, 0), width)
-	fmt.Fprintf(w, "\r\033[K%s [%s%s] %5.1f%%  %d packets", src.name, strings.Repeat("#", n), strings.Repeat(".", width-n), pct, idx)
+	rn.progress.fileDone(src)
+	return nil
 }
 
-// checkJSON is one check in SPEC §7 form.
-type checkJSON struct {
-	ENI       string `json:"eni"`
-	Direction string `json:"direction"`
-	Verdict   string `json:"verdict"`
-	SgID      string `json:"sgId,omitempty"`
-	RuleIndex *int   `json:"ruleIndex,omitempty"`
-	Reason    string `json:"reason"`
-}
-
-// PacketJSON is one packet's SPEC §7 line.
-type PacketJSON struct {
-	Index   int         `json:"index"`
-	Verdict string      `json:"verdict"`
-	Checks  []checkJSON `json:"checks"`
-}
-
-// ToJSON converts a result to its SPEC §7 object.
-func ToJSON(r *Replayer, res *Result) PacketJSON {
-	p := PacketJSON{Index: res.Index, Verdict: res.Verdict.String(), Checks: make([]checkJSON, res.NChecks)}
+// packet decides one frame and writes what it was told to.
+func (rn *runner) packet(frame []byte, ts time.Duration, link int) error {
+	res := &rn.res
+	if err := rn.r.Decide(rn.idx, ts, link, frame, res); err != nil {
+		return err
+	}
+	rn.sum.Packets++
+	if rn.r.opts.DecideWith == DecideWithBoth && res.Disagrees() {
+		rn.sum.Disagreements++
+		if res.ConntrackOnly() {
+			rn.sum.ConntrackDisagreements++
+		}
+	}
+	rn.sum.ByVerdict[res.Verdict]++
 	for i := 0; i < res.NChecks; i++ {
-		c := &res.Checks[i]
-		j := checkJSON{ENI: r.enis[c.ENI], Direction: c.Direction.String(), Verdict: c.Verdict.Action.String(), Reason: c.Verdict.Reason.String()}
-		if c.Verdict.Reason == dataplane.ReasonRule {
-			ri := c.Verdict.RuleIndex
-			j.SgID, j.RuleIndex = c.Verdict.SgID, &ri
-		}
-		p.Checks[i] = j
+		rn.rows.add(&res.Checks[i])
 	}
-	return p
+	if rn.cfg.OnResult != nil {
+		rn.cfg.OnResult(res)
+	}
+	if rn.out != nil {
+		if rn.cfg.JSON {
+			rn.line = AppendJSON(rn.line[:0], rn.r, res)
+		} else {
+			rn.line = AppendHuman(rn.line[:0], rn.r, res)
+		}
+		rn.line = append(rn.line, '\n')
+		if _, err := rn.out.Write(rn.line); err != nil {
+			return fmt.Errorf("write output: %w", err)
+		}
+	}
+	var skipped int
+	var err error
+	switch res.Verdict {
+	case Accept:
+		skipped, err = rn.acc.write(frame, ts, link)
+	case Drop:
+		skipped, err = rn.drp.write(frame, ts, link)
+	}
+	rn.sum.Skipped += skipped
+	rn.idx++
+	return err
+}
+
+// finish completes the summary and flushes and closes every output, after runErr as well: what was
+// decided is written whole.
+func (rn *runner) finish(runErr error) (*Summary, error) {
+	rn.rows.into(rn.r, rn.sum.Rows)
+	errs := []error{runErr}
+	if runErr != nil && rn.sum.Packets == 0 {
+		rn.out = nil // nothing decided: not even the table's header goes out
+	}
+	if rn.out != nil {
+		if err := rn.out.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("write output: %w", err))
+		}
+	}
+	errs = append(errs, rn.acc.close(), rn.drp.close(), rn.progress.finish(rn.idx))
+	return rn.sum, errors.Join(errs...)
+}
+
+// linkReadable tells whether replay decodes frames of pcap link type link (packet.Decode calls any
+// other not-ip, and it touches no ENI).
+func linkReadable(link int) bool {
+	switch link {
+	case packet.LinkEthernet, packet.LinkSLL, packet.LinkSLL2, packet.LinkRaw, packet.LinkRawBSD, packet.LinkRawBSD2,
+		packet.LinkIPv4, packet.LinkIPv6, packet.LinkNull, packet.LinkLoop:
+		return true
+	}
+	return false
+}
+
+// UnreadableLink counts the packets of one capture whose link type replay cannot read.
+type UnreadableLink struct {
+	File     string
+	LinkType int
+	Packets  int
+}
+
+// String says what happened to them and why: "x.pcap: 3 packet(s) of link type 105 (IEEE802_11) …".
+func (u UnreadableLink) String() string {
+	return fmt.Sprintf("%s: %d packet(s) of link type %d (%s) are UNMANAGED: replay reads Ethernet, Linux cooked (SLL, SLL2), "+
+		"raw IP and loopback captures only, so it finds no addresses in them", u.File, u.Packets, u.LinkType, layers.LinkType(u.LinkType))
+}
+
+func (s *Summary) addUnreadable(file string, byLink map[int]int) {
+	for _, link := range slices.Sorted(maps.Keys(byLink)) {
+		s.Unreadable = append(s.Unreadable, UnreadableLink{File: file, LinkType: link, Packets: byLink[link]})
+	}
 }
 
 // AppendJSON appends res as one SPEC §7 JSON object (no newline).
@@ -421,25 +454,27 @@ func newPcapSink(name string) (*pcapSink, error) {
 	return &pcapSink{name: name, f: f, bw: bufio.NewWriter(f), link: -1}, nil
 }
 
-func (s *pcapSink) write(frame []byte, ts time.Duration, link int) (skipped int) {
+// write copies one frame; a frame whose link type differs from the file's is skipped (a pcap file has
+// one link type), which it reports as skipped = 1.
+func (s *pcapSink) write(frame []byte, ts time.Duration, link int) (skipped int, err error) {
 	if s.f == nil {
-		return 0
+		return 0, nil
 	}
 	if s.w == nil {
 		s.w = pcapgo.NewWriter(s.bw)
 		if err := s.w.WriteFileHeader(maxSnaplen, layers.LinkType(link)); err != nil {
-			return 1
+			return 0, fmt.Errorf("write %s: %w", s.name, err)
 		}
 		s.link = link
 	}
 	if link != s.link {
-		return 1
+		return 1, nil
 	}
 	ci := gopacket.CaptureInfo{Timestamp: time.Unix(0, int64(ts)), CaptureLength: len(frame), Length: len(frame)}
 	if err := s.w.WritePacket(ci, frame); err != nil {
-		return 1
+		return 0, fmt.Errorf("write %s: %w", s.name, err)
 	}
-	return 0
+	return 0, nil
 }
 
 func (s *pcapSink) close() error {
@@ -450,7 +485,10 @@ func (s *pcapSink) close() error {
 	s.f = nil
 	if s.w == nil { // nothing written: still a valid, empty capture
 		s.w = pcapgo.NewWriter(s.bw)
-		_ = s.w.WriteFileHeader(maxSnaplen, layers.LinkTypeEthernet)
+		if err := s.w.WriteFileHeader(maxSnaplen, layers.LinkTypeEthernet); err != nil {
+			f.Close()
+			return fmt.Errorf("write %s: %w", s.name, err)
+		}
 	}
 	if err := s.bw.Flush(); err != nil {
 		f.Close()
@@ -460,9 +498,4 @@ func (s *pcapSink) close() error {
 		return fmt.Errorf("write %s: %w", s.name, err)
 	}
 	return nil
-}
-
-// MarshalJSONLine is a convenience for tests: the SPEC §7 line of res via encoding/json.
-func MarshalJSONLine(r *Replayer, res *Result) ([]byte, error) {
-	return json.Marshal(ToJSON(r, res))
 }

@@ -91,3 +91,12 @@ func (s *Source) wrap(err error) error {
 	}
 	return fmt.Errorf("%s: packet %d: corrupt capture: %w", s.name, s.n, err)
 }
+
+// offset is how far into the file reading has got (read ahead included), 0 when unknown.
+func (s *Source) offset() int64 {
+	pos, err := s.f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0
+	}
+	return pos
+}

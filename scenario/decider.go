@@ -17,14 +17,14 @@ import (
 )
 
 // ParseEngine reads an --engine value: go (or ""), ebpf or both.
-func ParseEngine(s string) (replay.Engine, error) {
+func ParseEngine(s string) (replay.DecideWith, error) {
 	switch strings.ToLower(s) {
 	case "", "go":
-		return replay.EngineGo, nil
+		return replay.DecideWithGo, nil
 	case "ebpf":
-		return replay.EngineDecider, nil
+		return replay.DecideWithDecider, nil
 	case "both":
-		return replay.EngineCompare, nil
+		return replay.DecideWithBoth, nil
 	}
 	return 0, fmt.Errorf("--engine %q: want go, ebpf or both", s)
 }

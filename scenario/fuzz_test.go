@@ -1,6 +1,9 @@
 package scenario_test
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/sgsim/sgsim/scenario"
@@ -31,6 +34,29 @@ func FuzzInlineFrame(f *testing.F) {
 		frame, err := p.Frame()
 		if err == nil && len(frame) < 14 {
 			t.Fatalf("frame of %d bytes", len(frame))
+		}
+	})
+}
+
+// FuzzLoad: any scenario file gives a scenario or an error naming the file.
+func FuzzLoad(f *testing.F) {
+	f.Add("topology: lab.json\nsteps:\n  - advance: 30s\n")
+	f.Add("{\"topology\": {\"accounts\": []}, \"steps\": [{\"packets\": [{\"proto\": \"tcp\"}]}]}")
+	f.Add("steps: []\n")
+	f.Fuzz(func(t *testing.T, body string) {
+		path := filepath.Join(t.TempDir(), "s.yaml")
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := scenario.Load(path)
+		if err != nil {
+			if !strings.Contains(err.Error(), path) {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		if len(s.Topology) == 0 {
+			t.Fatal("a scenario without a topology loaded")
 		}
 	})
 }

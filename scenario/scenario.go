@@ -104,7 +104,7 @@ type run struct {
 	dir    string
 	s      *Scenario
 	out    io.Writer
-	engine replay.Engine
+	engine replay.DecideWith
 	node   *node.Node
 	ctrl   *control.Controller
 	state  *model.State
@@ -117,7 +117,7 @@ type run struct {
 }
 
 // Run runs the scenario in file path, narrating to out; it returns the failed assertions.
-// An error means the scenario itself could not run (bad file, bad step, no kernel for opts.Engine).
+// An error means the scenario itself could not run (bad file, bad step, no kernel for opts.DecideWith).
 func Run(ctx context.Context, path string, out io.Writer, opts Options) (fails []string, err error) {
 	s, err := Load(path)
 	if err != nil {
@@ -171,10 +171,13 @@ func (sr *run) setup(ctx context.Context) error {
 	cfg := node.Config{Seed: st, Logger: quiet,
 		Control: control.Options{Factory: dataplane.ClassifierFactory},
 		API:     api.Options{Now: func() time.Time { return epoch.Add(sr.now) }}}
-	if sr.engine != replay.EngineGo {
+	if sr.engine != replay.DecideWithGo {
 		cfg.Dataplane, cfg.NoAttach, cfg.PinPath = node.DataplaneBoth, true, ""
 	}
 	if sr.node, err = node.New(ctx, cfg); err != nil {
+		if sr.engine != replay.DecideWithGo {
+			return fmt.Errorf("%s: the kernel engines need root and a BPF-capable kernel: %w", sr.path, err)
+		}
 		return fmt.Errorf("%s: %w", sr.path, err)
 	}
 	sr.ctrl = sr.node.Controller()
@@ -184,8 +187,8 @@ func (sr *run) setup(ctx context.Context) error {
 }
 
 func (sr *run) replayOptions() replay.Options {
-	o := replay.Options{Stateless: sr.s.Stateless, Engine: sr.engine}
-	if sr.engine != replay.EngineGo {
+	o := replay.Options{Stateless: sr.s.Stateless, DecideWith: sr.engine}
+	if sr.engine != replay.DecideWithGo {
 		o.Decider = NewBPFDecider(sr.node.BPF())
 		if sr.s.Stateless {
 			o.Decider = statelessDecider{NewBPFDecider(sr.node.BPF())}
@@ -241,7 +244,7 @@ func (sr *run) step(ctx context.Context, where string, st *Step) error {
 // the kernel clock, which does not move with the scenario's).
 func (sr *run) advance(d time.Duration) error {
 	sr.now += d
-	if b := sr.node.BPF(); b != nil && sr.engine != replay.EngineGo {
+	if b := sr.node.BPF(); b != nil && sr.engine != replay.DecideWithGo {
 		if err := b.AgeConntrack(d); err != nil {
 			return fmt.Errorf("advance %s: %w", d, err)
 		}

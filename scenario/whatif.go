@@ -119,6 +119,12 @@ func Diff(ctx context.Context, topology string, pcaps []string, calls []Step, st
 	if _, err := replay.Run(ctx, r2, replay.RunConfig{Pcaps: pcaps, OnResult: record(r2, &after, nil)}); err != nil {
 		return nil, err
 	}
+	return changedFlows(before, after, flows, textList), nil
+}
+
+// changedFlows groups the packets whose verdict differs between before and after by flow and what
+// decided on each side, in order of each group's first packet.
+func changedFlows(before, after []decision, flows, texts []string) []FlowChange {
 	type key struct {
 		flow     string
 		b, a     replay.Verdict
@@ -133,7 +139,7 @@ func Diff(ctx context.Context, topology string, pcaps []string, calls []Step, st
 		k := key{flows[i], b.verdict, a.verdict, b.by, a.by}
 		c, ok := changes[k]
 		if !ok {
-			c = &FlowChange{Flow: flows[i], Before: b.verdict, After: a.verdict, BeforeBy: textList[b.by], AfterBy: textList[a.by], FirstPacket: i}
+			c = &FlowChange{Flow: flows[i], Before: b.verdict, After: a.verdict, BeforeBy: texts[b.by], AfterBy: texts[a.by], FirstPacket: i}
 			changes[k] = c
 		}
 		c.Packets++
@@ -143,7 +149,7 @@ func Diff(ctx context.Context, topology string, pcaps []string, calls []Step, st
 		out = append(out, *c)
 	}
 	slices.SortFunc(out, func(x, y FlowChange) int { return x.FirstPacket - y.FirstPacket })
-	return out, nil
+	return out
 }
 
 // WriteDiff prints flow changes for people.

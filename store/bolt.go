@@ -49,18 +49,22 @@ type Bolt struct {
 	path    string
 	history uint64
 
-	mu      sync.Mutex // serialises commits; guards everything below
-	rs      recordSet
-	loaded  bool // rs follows the file
-	rev     uint64
-	first   uint64 // the first revision ever committed
-	oldest  uint64 // the oldest revision LoadAt and Watch serve
-	wake    chan struct{}
+	mu     sync.Mutex // serialises writes to the file (commits, Nonce flushes); guards the fields to errMu
+	rs     recordSet
+	loaded bool // rs follows the file
+	rev    uint64
+	first  uint64 // the first revision ever committed
+	oldest uint64 // the oldest revision LoadAt and Watch serve
+	wake   chan struct{}
+
+	errMu   sync.Mutex // guards lastErr alone, so Health never waits for a disk write
 	lastErr error
 
+	nmu         sync.Mutex    // guards the Nonce fields below; never held across a disk write
 	nonces      *nonce.Record // nil until the first UseNonce
 	nonceLimits nonce.Limits
 	nonceWindow time.Duration
+	nonceNow    time.Time // the latest clock reading UseNonce was given: expiry follows the caller's clock
 	// nonceFlushDelay is NonceFlushDelay; tests stretch it to see what a call alone writes.
 	nonceFlushDelay time.Duration
 	flushTimer      *time.Timer
@@ -150,6 +154,11 @@ func (b *Bolt) Load(ctx context.Context) (*model.State, uint64, error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.loaded && b.rs.last != nil {
+		// This process holds the file's lock, so what it last committed or read is the file's state; the
+		// same object keeps its objects shared with the states the caller derives from it.
+		return b.rs.last, b.rev, nil
+	}
 	return b.load()
 }
 
@@ -227,9 +236,13 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 	}
 	// Every Nonce used so far goes into this transaction: the call committing this change used its own
 	// before, so it is durable exactly when the change is (see nonces.go).
-	keys := b.takeNonces()
+	rec, nonceNow, window := b.nonceState()
+	var keys []nonce.Key
+	if rec != nil {
+		keys = rec.TakePending()
+	}
 	err = b.db.Update(func(tx *bolt.Tx) error {
-		if err := writeNonces(tx, keys, time.Now(), b.nonceWindow); err != nil {
+		if err := writeNonces(tx, keys, nonceNow, window); err != nil {
 			return err
 		}
 		if err := writeRevision(tx, gen, d.puts, d.dels, d.nextSeq, first); err != nil {
@@ -238,15 +251,16 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 		return compact(tx, b.oldest, oldest)
 	})
 	if err != nil {
-		if b.nonces != nil {
-			b.nonces.Requeue(keys)
+		if rec != nil {
+			rec.Requeue(keys)
 		}
 		err = fmt.Errorf("store: commit generation %d to %s: %w", gen, b.path, err)
-		b.lastErr = err
+		b.setHealth(err)
 		return err
 	}
 	b.rs.advance(s, d)
-	b.rev, b.first, b.oldest, b.lastErr = gen, first, oldest, nil
+	b.rev, b.first, b.oldest = gen, first, oldest
+	b.setHealth(nil)
 	close(b.wake)
 	b.wake = make(chan struct{})
 	return nil
@@ -255,9 +269,15 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 // Health returns the error of the last commit, nil once one succeeds again: whether the store can
 // currently commit, for a readiness check. It never touches the disk.
 func (b *Bolt) Health() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.errMu.Lock()
+	defer b.errMu.Unlock()
 	return b.lastErr
+}
+
+func (b *Bolt) setHealth(err error) {
+	b.errMu.Lock()
+	defer b.errMu.Unlock()
+	b.lastErr = err
 }
 
 // writeRevision writes the records of one revision and the meta bucket.
@@ -435,13 +455,13 @@ func (b *Bolt) Watch(ctx context.Context, from uint64, fn func(Change) error) er
 
 // Close implements Store: the pending Nonces are written first, so a clean stop forgets none.
 func (b *Bolt) Close() error {
-	b.mu.Lock()
+	b.nmu.Lock()
 	b.closed = true
 	if b.flushTimer != nil {
 		b.flushTimer.Stop()
 		b.flushTimer = nil
 	}
-	b.mu.Unlock()
+	b.nmu.Unlock()
 	b.flushNonces()
 	if err := b.Health(); err != nil {
 		return errors.Join(err, b.db.Close())

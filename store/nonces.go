@@ -45,8 +45,11 @@ func (b *Bolt) UseNonce(k nonce.Key, now time.Time, window time.Duration) error 
 	if err := rec.UseNonce(k, now, window); err != nil {
 		return err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.nmu.Lock()
+	defer b.nmu.Unlock()
+	if now.After(b.nonceNow) {
+		b.nonceNow = now
+	}
 	if b.flushTimer == nil && !b.closed {
 		b.flushTimer = time.AfterFunc(b.nonceFlushDelay, b.flushNonces)
 	}
@@ -55,8 +58,8 @@ func (b *Bolt) UseNonce(k nonce.Key, now time.Time, window time.Duration) error 
 
 // nonceRecord returns the record, loading it from the file on first use.
 func (b *Bolt) nonceRecord(now time.Time, window time.Duration) (*nonce.Record, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.nmu.Lock()
+	defer b.nmu.Unlock()
 	if b.nonces != nil {
 		return b.nonces, nil
 	}
@@ -101,33 +104,37 @@ func (b *Bolt) durableNonces(now time.Time, window time.Duration) ([]nonce.Key, 
 	return out, nil
 }
 
-// flushNonces writes the pending triples in one transaction, when no Commit took them first.
+// flushNonces writes the pending triples in one transaction, when no Commit took them first. It holds
+// b.mu, so a Commit never returns while triples it should have written are still in flight here.
 func (b *Bolt) flushNonces() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.nmu.Lock()
 	b.flushTimer = nil
-	if b.nonces == nil || !b.nonces.HasPending() {
+	b.nmu.Unlock()
+	rec, now, window := b.nonceState()
+	if rec == nil || !rec.HasPending() {
 		return
 	}
-	keys := b.nonces.TakePending()
-	err := b.db.Update(func(tx *bolt.Tx) error { return writeNonces(tx, keys, time.Now(), b.nonceWindow) })
-	if err != nil {
-		b.nonces.Requeue(keys)
-		b.lastErr = fmt.Errorf("store: record nonces in %s: %w", b.path, err)
-		if !b.closed {
+	keys := rec.TakePending()
+	if err := b.db.Update(func(tx *bolt.Tx) error { return writeNonces(tx, keys, now, window) }); err != nil {
+		rec.Requeue(keys)
+		b.setHealth(fmt.Errorf("store: record nonces in %s: %w", b.path, err))
+		b.nmu.Lock()
+		if !b.closed && b.flushTimer == nil {
 			b.flushTimer = time.AfterFunc(b.nonceFlushDelay, b.flushNonces)
 		}
+		b.nmu.Unlock()
 		return
 	}
-	b.lastErr = nil
+	b.setHealth(nil)
 }
 
-// takeNonces hands a Commit the pending triples to write in its transaction. Caller holds b.mu.
-func (b *Bolt) takeNonces() []nonce.Key {
-	if b.nonces == nil {
-		return nil
-	}
-	return b.nonces.TakePending()
+// nonceState returns the record (nil before the first UseNonce) and the clock and window to prune by.
+func (b *Bolt) nonceState() (*nonce.Record, time.Time, time.Duration) {
+	b.nmu.Lock()
+	defer b.nmu.Unlock()
+	return b.nonces, b.nonceNow, b.nonceWindow
 }
 
 // writeNonces writes keys and prunes the triples expired at now.

@@ -17,7 +17,12 @@ const (
 	KindAccount Kind = 'a'
 	KindSG      Kind = 's'
 	KindENI     Kind = 'e'
+	// KindAdmin is the one record of the topology's admin tokens (SPEC §8), ID adminTokensID.
+	KindAdmin Kind = 't'
 )
+
+// adminTokensID is the ID of the KindAdmin record.
+const adminTokensID = "adminTokens"
 
 func (k Kind) String() string {
 	switch k {
@@ -27,6 +32,8 @@ func (k Kind) String() string {
 		return "security group"
 	case KindENI:
 		return "network interface"
+	case KindAdmin:
+		return "admin tokens"
 	}
 	return fmt.Sprintf("kind %q", byte(k))
 }
@@ -86,6 +93,8 @@ func (c Change) Apply(s *model.State) (*model.State, error) {
 			t.SecurityGroups = slices.DeleteFunc(t.SecurityGroups, func(g model.SecurityGroup) bool { return g.SgID == k.ID })
 		case KindENI:
 			t.NetworkInterfaces = slices.DeleteFunc(t.NetworkInterfaces, func(n model.NetworkInterface) bool { return n.NetworkInterfaceID == k.ID })
+		case KindAdmin:
+			t.AdminTokens = nil
 		}
 	}
 	next, err := model.NewState(t)
@@ -117,7 +126,7 @@ func rewritesAll(s *model.State, c Change) bool {
 			}
 		}
 	}
-	return true
+	return len(s.AdminTokens()) == 0 || put[Key{KindAdmin, adminTokensID}]
 }
 
 // putRecord replaces or appends r's object in t.
@@ -130,6 +139,10 @@ func putRecord(t *model.Topology, r Record) error {
 		t.SecurityGroups, err = upsert(t.SecurityGroups, r, func(g model.SecurityGroup) string { return g.SgID })
 	case KindENI:
 		t.NetworkInterfaces, err = upsert(t.NetworkInterfaces, r, func(n model.NetworkInterface) string { return n.NetworkInterfaceID })
+	case KindAdmin:
+		if err = json.Unmarshal(r.Value, &t.AdminTokens); err != nil {
+			err = fmt.Errorf("%s: %w", r.Key, err)
+		}
 	default:
 		err = fmt.Errorf("record %q: unknown kind", r.ID)
 	}
@@ -249,6 +262,12 @@ func (rs *recordSet) diff(next *model.State, rev uint64) (diff, error) {
 			return diff{}, fmt.Errorf("encode network interface %s: %w", id, err)
 		}
 	}
+	if tokens := next.AdminTokens(); len(tokens) > 0 {
+		changed := last == nil || !slices.Equal(last.AdminTokens(), tokens)
+		if err := visit(Key{KindAdmin, adminTokensID}, changed, func() ([]byte, error) { return json.Marshal(tokens) }); err != nil {
+			return diff{}, fmt.Errorf("encode admin tokens: %w", err)
+		}
+	}
 	for k := range rs.seq {
 		if !has(next, k) {
 			d.dels = append(d.dels, k)
@@ -282,6 +301,8 @@ func has(s *model.State, k Key) bool {
 		_, ok = s.SG(k.ID)
 	case KindENI:
 		_, ok = s.ENI(k.ID)
+	case KindAdmin:
+		ok = len(s.AdminTokens()) > 0
 	}
 	return ok
 }

@@ -97,7 +97,7 @@ func TestRecordsHistoryAndWatch(t *testing.T) {
 			})
 			require.ErrorIs(t, err, context.Canceled)
 			require.Len(t, changes, len(revs))
-			assert.Len(t, changes[0].Puts, len(revs[0].AppIDs())+len(revs[0].SGIDs())+len(revs[0].ENIIDs()))
+			assert.Len(t, changes[0].Puts, len(revs[0].AppIDs())+len(revs[0].SGIDs())+len(revs[0].ENIIDs())+1, "and the admin tokens")
 			assert.Equal(t, []Key{{KindSG, "sg-web"}}, keysOf(changes[1].Puts), "a rule change writes one record")
 			assert.Equal(t, []Key{{KindSG, "sg-new"}}, keysOf(changes[2].Puts))
 			assert.Equal(t, []Key{{KindENI, "eni-spare"}}, keysOf(changes[3].Puts))
@@ -291,4 +291,25 @@ func TestBoltDropsLegacyNonces(t *testing.T) {
 		}
 		return nil
 	}))
+}
+
+// FuzzRecords: whatever bytes a history entry or a record holds, decoding and rebuilding a state from
+// them answers an error or a valid state, never a panic.
+func FuzzRecords(f *testing.F) {
+	sg, err := json.Marshal(model.SecurityGroup{SgID: "sg-1", AppID: "A"})
+	require.NoError(f, err)
+	f.Add([]byte("P"), []byte(`{"appId":"A"}`), sg)
+	f.Add([]byte("D12345678abcdefgh"), []byte(`{}`), []byte(`{"sgId":"sg-1","appId":"B","ingress":[{"action":"x"}]}`))
+	f.Fuzz(func(t *testing.T, entry, account, group []byte) {
+		if r, _, _, err := decodeHistory(7, []byte("ssg-1"), entry); err == nil {
+			require.Equal(t, uint64(7), r.Revision)
+		}
+		s, err := stateOf([]Record{
+			{Key: Key{KindAccount, "A"}, Seq: 1, Value: account},
+			{Key: Key{KindSG, "sg-1"}, Seq: 2, Value: group},
+		})
+		if err == nil {
+			require.NotNil(t, s)
+		}
+	})
 }

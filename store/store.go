@@ -4,6 +4,9 @@
 // history, and Watch delivers the changes in order. A Commit that returns nil survives a crash of the
 // process (bbolt fsyncs before returning).
 //
+// A Bolt also keeps the Tencent replay record (UseNonce, see nonces.go) and reports whether it can
+// commit (Health).
+//
 // The interface is shaped for a store shared by many hosts (etcd: one key per object, a Commit as a
 // transaction guarded by the revisions read and retried on ErrConflict, Watch as etcd's watch): nothing
 // in it assumes one process or one file.
@@ -43,8 +46,10 @@ var (
 	ErrCompacted = errors.New("store: revision compacted")
 )
 
-// DefaultHistory is how many revisions a store keeps for LoadAt and Watch.
-const DefaultHistory = 256
+// DefaultHistory is how many revisions a store keeps for LoadAt and Watch. On disk the history costs
+// the records those revisions changed: at the default quotas an SG record is at most about 20 KB, so
+// a few MB; with raised quotas (10k-rule policies, about 1 MB each) up to about 128 MB.
+const DefaultHistory = 128
 
 // Memory is a Store that forgets everything when the process ends: for tests and scenarios.
 type Memory struct {

@@ -68,6 +68,7 @@ func TestBoltNonces(t *testing.T) {
 	n1 := nonce.KeyOf("id", t0.Unix(), "1")
 	n2 := nonce.KeyOf("id", t0.Unix()+60, "2")
 	require.NoError(t, use(b, n1, t0))
+	b.flushNonces() // n1 on disk; the later writes' pruning follows the callers' clock, not the host's
 	assert.ErrorIs(t, use(b, n1, t0.Add(time.Minute)), nonce.ErrReplay, "replay within the window")
 	require.NoError(t, use(b, nonce.KeyOf("id", t0.Unix()+1, "1"), t0), "same Nonce, another Timestamp")
 	require.NoError(t, use(b, nonce.KeyOf("other", t0.Unix(), "1"), t0), "same Nonce, another SecretId")
@@ -157,4 +158,30 @@ func TestNoncesNeedNoWriteOfTheirOwn(t *testing.T) {
 	durable, err = b.DurableNonces(ctx, now, time.Hour)
 	require.NoError(t, err)
 	assert.Len(t, durable, 100)
+}
+
+// Health reports the last failed write and clears once one succeeds; meanwhile Nonces are still
+// accepted and refused from memory (a read keeps working when the disk does not).
+func TestBoltHealth(t *testing.T) {
+	ctx := context.Background()
+	b, err := OpenBolt(filepath.Join(t.TempDir(), "h.db"))
+	require.NoError(t, err)
+	require.NoError(t, b.Commit(ctx, demo(t), 1))
+	now := time.Now()
+	require.NoError(t, b.UseNonce(nonce.KeyOf("id", now.Unix(), "0"), now, time.Hour)) // the record is loaded
+	b.flushNonces()
+	require.NoError(t, b.Health())
+	require.NoError(t, b.db.Close()) // the file can no longer be written
+	err = b.Commit(ctx, revisions(t)[1], 2)
+	require.Error(t, err)
+	assert.Equal(t, err, b.Health())
+	assert.ErrorContains(t, b.Health(), "commit generation 2")
+	k := nonce.KeyOf("id", now.Unix(), "1")
+	require.NoError(t, b.UseNonce(k, now, time.Hour))
+	assert.ErrorIs(t, b.UseNonce(k, now, time.Hour), nonce.ErrReplay)
+	got, gen, err := b.Load(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), gen, "the failed commit changed nothing")
+	sameState(t, demo(t), got, "state in force")
+	assert.Error(t, b.Close(), "the pending Nonce could not be written")
 }

@@ -107,9 +107,9 @@ func replayOptions(f replayFlags) (replay.Options, error) {
 	if err != nil {
 		return o, err
 	}
-	o.Engine = eng
+	o.DecideWith = eng
 	switch {
-	case f.stateless && eng != replay.EngineGo:
+	case f.stateless && eng != replay.DecideWithGo:
 		// The program always tracks, and flushing its table per packet costs a walk of the whole map.
 		return o, fmt.Errorf("--stateless works with --engine go only: the eBPF program always tracks connections")
 	case f.eni == "" && f.direction != "":
@@ -139,7 +139,7 @@ func runReplay(ctx context.Context, stdout, stderr io.Writer, f replayFlags) err
 		return err
 	}
 	tables := compiler.New(st).CompileAll()
-	if opts.Engine != replay.EngineGo {
+	if opts.DecideWith != replay.DecideWithGo {
 		d, err := scenario.LoadBPF(ctx, f.engine, tables)
 		if err != nil {
 			return err
@@ -157,11 +157,33 @@ func runReplay(ctx context.Context, stdout, stderr io.Writer, f replayFlags) err
 			return err
 		}
 	}
-	cfg := replay.RunConfig{Pcaps: f.pcaps, Out: stdout, JSON: f.asJSON, WriteAccepted: f.writeAcc, WriteDropped: f.writeDrop}
-	if file, ok := stderr.(*os.File); ok && term.IsTerminal(int(file.Fd())) {
-		cfg.Progress = stderr
+	sum, err := replay.Run(ctx, r, replayRunConfig(f, r, ex, stdout, stderr))
+	stopped := err != nil && sum != nil && sum.Packets > 0
+	if err == nil || stopped {
+		for _, u := range sum.Unreadable {
+			fmt.Fprintln(stderr, u)
+		}
+		if !f.asJSON {
+			replay.WriteSummary(stdout, sum)
+		}
 	}
-	if ex != nil || opts.Engine == replay.EngineCompare {
+	if err != nil {
+		if stopped {
+			// Everything before the failure is out, whole: say so, so a reader trusts it.
+			return fmt.Errorf("%w (replay stopped after %d packet(s); their output is complete)", err, sum.Packets)
+		}
+		return err
+	}
+	return replayReport(stderr, f, r, ex, sum)
+}
+
+// replayRunConfig is what replay.Run writes: per-packet output, --write-* files, the progress bar (on
+// a terminal, never with --json), and expectations and disagreements seen per packet.
+func replayRunConfig(f replayFlags, r *replay.Replayer, ex *replay.Expectations, stdout, stderr io.Writer) replay.RunConfig {
+	cfg := replay.RunConfig{Pcaps: f.pcaps, Out: stdout, JSON: f.asJSON, WriteAccepted: f.writeAcc, WriteDropped: f.writeDrop,
+		Progress: progressWriter(stderr, f.asJSON)}
+	compare := r.DecideWith() == replay.DecideWithBoth
+	if ex != nil || compare {
 		cfg.OnResult = func(res *replay.Result) {
 			if ex != nil {
 				ex.Observe(r, res)
@@ -173,13 +195,23 @@ func runReplay(ctx context.Context, stdout, stderr io.Writer, f replayFlags) err
 			}
 		}
 	}
-	sum, err := replay.Run(ctx, r, cfg)
-	if err != nil {
-		return err
+	return cfg
+}
+
+// progressWriter is stderr when it is a terminal and the output is not JSON, else nil (no progress).
+func progressWriter(stderr io.Writer, asJSON bool) io.Writer {
+	if asJSON {
+		return nil
 	}
-	if !f.asJSON {
-		replay.WriteSummary(stdout, sum)
+	if file, ok := stderr.(*os.File); ok && term.IsTerminal(int(file.Fd())) {
+		return stderr
 	}
+	return nil
+}
+
+// replayReport says on stderr what the decider did not run, how expectations and the engines'
+// comparison went, and fails (exit 1) when either did.
+func replayReport(stderr io.Writer, f replayFlags, r *replay.Replayer, ex *replay.Expectations, sum *replay.Summary) error {
 	var failed []error
 	if ds := r.DeciderStats(); ds.NotRun > 0 {
 		fmt.Fprintf(stderr, "%d check(s) of malformed or non-IP packets were not run through the eBPF program "+
@@ -193,7 +225,7 @@ func runReplay(ctx context.Context, stdout, stderr io.Writer, f replayFlags) err
 			fmt.Fprintf(stderr, "all %d expectation(s) of %s met\n", len(ex.List), f.expect)
 		}
 	}
-	if opts.Engine == replay.EngineCompare {
+	if r.DecideWith() == replay.DecideWithBoth {
 		asked := r.DeciderStats().Asked
 		if sum.Disagreements > 0 {
 			fmt.Fprintf(stderr, "go and ebpf engines disagree on %d of %d packet(s)", sum.Disagreements, sum.Packets)

@@ -101,3 +101,19 @@ func TestScenarioAndDiffCommands(t *testing.T) {
 	_, err = runCore(t, "diff", "--topology", demoTopology, "--pcap", demoPcap, "--apply", "bogus")
 	require.ErrorContains(t, err, "--apply")
 }
+
+// TestScenarioEngines: sgsim scenario --engine prints the same narration under every engine (the
+// kernel engines need root), and refuses an unknown one.
+func TestScenarioEngines(t *testing.T) {
+	const file = "../../testdata/scenarios/spec3-timeouts.yaml"
+	goOut, err := runCore(t, "scenario", file)
+	require.NoError(t, err)
+	_, err = runCore(t, "scenario", "--engine", "bogus", file)
+	require.ErrorContains(t, err, `--engine "bogus"`)
+	kernelOrSkip(t)
+	for _, engine := range []string{"ebpf", "both"} {
+		out, err := runCore(t, "scenario", "--engine", engine, file)
+		require.NoError(t, err, out)
+		assert.Equal(t, goOut, out, engine)
+	}
+}

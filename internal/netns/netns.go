@@ -48,3 +48,17 @@ func Do[T any](nameOrPath string, fn func() (T, error)) (T, error) {
 	r := <-ch
 	return r.v, r.err
 }
+
+// Here opens the network namespace of the calling OS thread, so work handed to other goroutines can
+// run in it too (Do with HerePath): a goroutine runs on any thread, in whatever namespace that thread
+// is. The caller closes the file.
+func Here() (*os.File, error) {
+	f, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return nil, fmt.Errorf("open this thread's network namespace: %w", err)
+	}
+	return f, nil
+}
+
+// HerePath is the path Do takes for a namespace file Here opened.
+func HerePath(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }

@@ -1,0 +1,132 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/bench"
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+)
+
+// costBaselines are the two reference programs the program's cost is quoted against: an empty SCHED_CLS
+// program (the floor: what BPF_PROG_TEST_RUN costs per run whatever the program does) and one doing a
+// single hash-map lookup (the unit: a helper call and return plus a hash, which is what the hot path's
+// calls cost under the speculative-return mitigations of today's CPUs).
+type costBaselines struct {
+	floor, hash *ebpf.Program
+	hashMap     *ebpf.Map
+}
+
+func loadBaselines(tb testing.TB) *costBaselines {
+	tb.Helper()
+	floor, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Imm(asm.R0, 0),
+		asm.Return(),
+	}})
+	skipIfNotSupported(tb, err)
+	hm, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 1024})
+	skipIfNotSupported(tb, err)
+	require.NoError(tb, hm.Put(uint32(7), uint64(1)))
+	hash, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
+		asm.StoreImm(asm.R10, -8, 7, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -8),
+		asm.LoadMapPtr(asm.R1, hm.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.Mov.Imm(asm.R0, 0),
+		asm.Return(),
+	}})
+	skipIfNotSupported(tb, err)
+	c := &costBaselines{floor: floor, hash: hash, hashMap: hm}
+	tb.Cleanup(func() { floor.Close(); hash.Close(); hm.Close() })
+	return c
+}
+
+// costFlows picks, from the corner packets of ingress table tab, a TCP packet the table accepts (the
+// first packet of a new flow) and returns it with its reply (what conntrack answers as established).
+func costFlows(tb testing.TB, tab *compiler.Table) (first, reply frame) {
+	tb.Helper()
+	cl := dataplane.NewClassifier(tab)
+	for _, p := range bench.Packets(tab, 4096, 0, 9) {
+		if !p.Remote.Is4() || p.Proto != model.IPProtoTCP || !p.HasPort {
+			continue
+		}
+		if v := dataplane.VerdictOf(tab, cl.Lookup(&p)); v.Action == model.Accept && v.Reason == dataplane.ReasonRule {
+			f := frameOf(p)
+			f.tcpFlags = 0x02
+			r := f.reverse()
+			r.tcpFlags = 0x12
+			return f, r
+		}
+	}
+	tb.Skipf("table of %d entries accepts no IPv4 TCP corner packet", len(tab.Entries))
+	return frame{}, frame{}
+}
+
+// BenchmarkPacketCost reports, in one run, the floor (an empty SCHED_CLS program), one hash-map lookup
+// and the program per packet for an established flow (a reply conntrack answers) and a new flow (a packet
+// conntrack does not answer: classified by the rules, then tracked), at 100, 10k and 100k rules. Each
+// iteration runs the three programs back to back, so they share the machine's load; the program is
+// quoted in ns and in hash lookups above the floor.
+func BenchmarkPacketCost(b *testing.B) {
+	base := loadBaselines(b)
+	for _, n := range []int{100, 10000, 100000} {
+		d := loadOrSkip(b)
+		tables, err := compiler.New(bigState(b, n)).Compile(bench.ENIID)
+		require.NoError(b, err)
+		require.NoError(b, d.Publish(context.Background(), 1, map[string]*compiler.Tables{bench.ENIID: tables}, nil))
+		first, reply := costFlows(b, tables.Ingress)
+		firstFrame, replyFrame := first.build(), reply.build()
+		for _, flow := range []string{"established", "new"} {
+			b.Run(fmt.Sprintf("rules=%d/flow=%s", n, flow), func(b *testing.B) {
+				require.NoError(b, d.FlushConntrack())
+				r, err := d.Run(firstFrame, bench.ENIID, model.Ingress)
+				require.NoError(b, err)
+				require.Equal(b, dataplane.ReasonRule, r.Reason)
+				prog, frame := d.objs.SgHostEgress, firstFrame
+				if flow == "established" {
+					prog, frame = d.objs.SgHostIngress, replyFrame
+					r, err := d.Run(replyFrame, bench.ENIID, model.Egress)
+					require.NoError(b, err)
+					require.Equal(b, dataplane.ReasonEstablished, r.Reason)
+				}
+				reportCost(b, base, prog, frame, d.slots[bench.ENIID])
+			})
+		}
+		d.Close()
+	}
+}
+
+// reportCost runs floor, hash lookup and prog on frame repeatedly in the kernel and reports each one's
+// mean kernel time per run, and prog above the floor in hash lookups.
+func reportCost(b *testing.B, base *costBaselines, prog *ebpf.Program, frame []byte, slot uint32) {
+	const repeat = 2000
+	var floorNS, hashNS, progNS float64
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, r := range []struct {
+			p   *ebpf.Program
+			sum *float64
+		}{{base.floor, &floorNS}, {base.hash, &hashNS}, {prog, &progNS}} {
+			ns, err := testRunNS(r.p, frame, slot, repeat)
+			if err != nil {
+				b.Fatal(err)
+			}
+			*r.sum += float64(ns)
+		}
+	}
+	n := float64(b.N)
+	b.ReportMetric(floorNS/n, "floor-ns")
+	b.ReportMetric((hashNS-floorNS)/n, "lookup-ns")
+	b.ReportMetric(progNS/n, "kernel-ns/pkt")
+	if hashNS > floorNS {
+		b.ReportMetric((progNS-floorNS)/(hashNS-floorNS), "lookups-above-floor")
+	}
+}

@@ -1,0 +1,83 @@
+package bpf
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// Every struct the Go side reads or writes has the size the C program gives it (its BTF in sg_bpfel.o),
+// and the table regions' strides in layout.go are those sizes.
+func TestKernelTypesMatchC(t *testing.T) {
+	spec, err := loadSg()
+	require.NoError(t, err)
+	cases := []struct {
+		c    string
+		size uintptr
+	}{
+		{"hdr", unsafe.Sizeof(sgHdr{})},
+		{"v4iv", unsafe.Sizeof(sgV4iv{})},
+		{"v6iv", unsafe.Sizeof(sgV6iv{})},
+		{"node", unsafe.Sizeof(sgNode{})},
+		{"portiv", unsafe.Sizeof(sgPortiv{})},
+		{"entry", unsafe.Sizeof(sgEntry{})},
+		{"ifcfg", unsafe.Sizeof(sgIfcfg{})},
+		{"eniname", unsafe.Sizeof(sgEniname{})},
+		{"rate", unsafe.Sizeof(sgRate{})},
+		{"ct_key", unsafe.Sizeof(sgCtKey{})},
+		{"ct_key4", unsafe.Sizeof(sgCtKey4{})},
+		{"ct_val", unsafe.Sizeof(sgCtVal{})},
+		{"frag_key", unsafe.Sizeof(sgFragKey{})},
+		{"frag_val", unsafe.Sizeof(sgFragVal{})},
+		{"drop_event", unsafe.Sizeof(sgDropEvent{})},
+		{"__sk_buff", unsafe.Sizeof(skbCtx{})},
+	}
+	for _, tc := range cases {
+		t.Run(tc.c, func(t *testing.T) {
+			var st *btf.Struct
+			require.NoError(t, spec.Types.TypeByName(tc.c, &st))
+			size, err := btf.Sizeof(st)
+			require.NoError(t, err)
+			assert.Equal(t, size, int(tc.size))
+		})
+	}
+	assert.Equal(t, hdrSize, int(unsafe.Sizeof(sgHdr{})), "SG_HDR_SIZE")
+	for _, m := range []string{"ifaces", "eni_names"} {
+		assert.Equal(t, maxSlots, spec.Maps[m].MaxEntries, m)
+	}
+	assert.Equal(t, 2*maxSlots, spec.Maps["tables"].MaxEntries)
+	assert.Equal(t, uint32(chunkSize), spec.Maps["tables"].InnerMap.ValueSize)
+	for name, m := range spec.Maps {
+		want := ebpf.PinByName
+		if name == "frags" || name == "ct_scratch" || name == ".bss" {
+			want = ebpf.PinNone // short-lived verdicts, per-packet scratch, BTF anchors
+		}
+		assert.Equal(t, want, m.Pinning, "pinning of %s", name)
+	}
+}
+
+// A pin directory whose tables map takes inner maps of another chunk size (an older build's) is refused:
+// cilium/ebpf's check of pinned maps does not compare inner maps, so Load probes it.
+func TestLoadRefusesPinnedTablesOfAnotherChunkSize(t *testing.T) {
+	loadOrSkip(t).Close()
+	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-chunk-test-%d", os.Getpid())
+	require.NoError(t, os.MkdirAll(pin, 0o700))
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tables", Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4,
+		MaxEntries: 2 * maxSlots, InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 1 << 16,
+			MaxEntries: 1, Flags: unix.BPF_F_INNER_MAP}})
+	require.NoError(t, err)
+	defer old.Close()
+	require.NoError(t, old.Pin(filepath.Join(pin, "tables")))
+	_, err = Load(Options{PinPath: pin})
+	require.ErrorIs(t, err, ebpf.ErrMapIncompatible)
+	assert.ErrorContains(t, err, "maps pinned under "+pin+" were made by an sgsim build with another layout")
+}
