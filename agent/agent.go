@@ -332,6 +332,8 @@ func decodeObject(r store.Record) (any, error) {
 		var v model.NetworkInterface
 		err = json.Unmarshal(r.Value, &v)
 		obj = v
+	case store.KindAdmin:
+		return nil, nil // an agent's share holds no admin tokens
 	default:
 		err = fmt.Errorf("unknown kind")
 	}

@@ -6,6 +6,7 @@
 // Key layout under prefix P:
 //
 //	P/objects/{account|sg|eni}/{id}  {"seq":N,"object":<model JSON>}   one key per object
+//	P/objects/admin/adminTokens      the topology's admin tokens (SPEC §8), the same envelope
 //	P/index/members/{sgId}           ["eni-1",…] sorted ENI IDs of the SG  (written when it changes)
 //	P/index/host/{host}              ["eni-1",…] sorted ENI IDs whose host is host (written when it changes)
 //	P/objects/generation             {"nextSeq":N,"hosts":[…]}: rewritten by every commit; its
@@ -123,7 +124,7 @@ func Open(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Opti
 	return s, nil
 }
 
-var kindSegments = map[store.Kind]string{store.KindAccount: "account", store.KindSG: "sg", store.KindENI: "eni"}
+var kindSegments = map[store.Kind]string{store.KindAccount: "account", store.KindSG: "sg", store.KindENI: "eni", store.KindAdmin: "admin"}
 
 func (s *Store) objectsPrefix() string { return s.prefix + "/objects/" }
 func (s *Store) genKey() string        { return s.objectsPrefix() + "generation" }

@@ -11,6 +11,9 @@ import (
 	"github.com/sgsim/sgsim/store"
 )
 
+// adminKey is the one record of the topology's admin tokens, as the bbolt store names it.
+var adminKey = store.Key{Kind: store.KindAdmin, ID: "adminTokens"}
+
 // records follows the last state committed or loaded through a Store and turns the next one into the
 // record puts and deletes that differ, with the derived indexes (SG members, ENIs by host) that change.
 // It mirrors the bbolt store's record set (store/records.go, unexported there): objects are compared by
@@ -124,6 +127,12 @@ func (rs *records) diff(next *model.State) (delta, error) {
 			return delta{}, err
 		}
 	}
+	if tokens := next.AdminTokens(); len(tokens) > 0 {
+		changed := last == nil || !slices.Equal(last.AdminTokens(), tokens)
+		if err := visit(adminKey, changed, tokens); err != nil {
+			return delta{}, err
+		}
+	}
 	for k := range rs.seq {
 		if !has(next, k) {
 			d.dels = append(d.dels, k)
@@ -175,6 +184,8 @@ func has(s *model.State, k store.Key) bool {
 		_, ok = s.SG(k.ID)
 	case store.KindENI:
 		_, ok = s.ENI(k.ID)
+	case store.KindAdmin:
+		ok = len(s.AdminTokens()) > 0
 	}
 	return ok
 }
