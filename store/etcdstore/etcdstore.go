@@ -32,12 +32,13 @@
 // per changed object, per changed index key (an SG's member list is one key, a host's ENI list one
 // key), one for P/generation and one per affected host's feed. A 100-ENI
 // ModifySecurityGroupsOfNetworkInterface onto up to 5 SGs on 10 hosts is 100 + ≤10 + ≤10 + 1 + 10 ops
-// (tested against an embedded etcd with the default limits). Feeds that do not fit in the commit's
-// transaction are written right after it in transactions of at most MaxTxnOps puts, before Commit
-// returns; a commit whose records and indexes alone exceed MaxTxnOps is refused with ErrTooLarge
-// before anything is written, except the first commit of an empty store (seeding a topology): it is
-// written in transactions of MaxTxnOps operations guarded on the generation's absence, the generation
-// last, so Load and Watch see it only once complete, as one change.
+// (tested against an embedded etcd with the default limits). Bytes are counted too: a change above
+// --max-request-bytes is refused with ErrTooLarge naming its size, or the object too big for any
+// request. Feeds that do not fit in the commit's transaction are written right after it in
+// transactions of at most MaxTxnOps puts, before Commit returns. A commit whose records and indexes
+// alone exceed a limit is refused before anything is written, except the first commit of an empty
+// store (seeding a topology): it is written in transactions within both limits, guarded on the
+// generation's absence, the generation last, so Load and Watch see it only once complete, as one change.
 package etcdstore
 
 import (
@@ -63,6 +64,17 @@ import (
 // DefaultMaxTxnOps is etcd's default --max-txn-ops.
 const DefaultMaxTxnOps = 128
 
+// DefaultMaxRequestBytes is etcd's default --max-request-bytes.
+const DefaultMaxRequestBytes = 1536 * 1024
+
+// opOverhead bounds what one operation adds to a request besides its key and value (protobuf framing),
+// and requestSlack what a transaction adds besides the operations counted (the compare, and feeds:
+// at most MaxTxnOps short keys).
+const (
+	opOverhead   = 16
+	requestSlack = 16 * 1024
+)
+
 var (
 	// ErrTooLarge is Commit's error when a change needs more operations than one transaction allows.
 	ErrTooLarge = errors.New("etcdstore: change too large for one etcd transaction")
@@ -77,6 +89,9 @@ type Option func(*Store)
 // WithMaxTxnOps sets the cluster's --max-txn-ops when it is not etcd's default.
 func WithMaxTxnOps(n int) Option { return func(s *Store) { s.maxOps = n } }
 
+// WithMaxRequestBytes sets the cluster's --max-request-bytes when it is not etcd's default.
+func WithMaxRequestBytes(n int) Option { return func(s *Store) { s.maxBytes = n } }
+
 // WithLogger sets the logger (slog.Default otherwise).
 func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
 
@@ -87,8 +102,9 @@ func WithNonceLimits(l nonce.Limits) Option { return func(s *Store) { s.nonces =
 type Store struct {
 	cli    *clientv3.Client
 	prefix string
-	maxOps int
-	log    *slog.Logger
+	maxOps   int
+	maxBytes int
+	log      *slog.Logger
 
 	mu     sync.Mutex // serialises commits; guards rs, loaded, base
 	rs     records
@@ -108,15 +124,16 @@ func Open(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Opti
 	if !strings.HasPrefix(prefix, "/") || strings.HasSuffix(prefix, "/") {
 		return nil, fmt.Errorf("etcdstore: prefix %q must start with / and not end with one", prefix)
 	}
-	s := &Store{cli: cli, prefix: prefix, maxOps: DefaultMaxTxnOps, log: slog.Default(), leases: map[int64]clientv3.LeaseID{}}
+	s := &Store{cli: cli, prefix: prefix, maxOps: DefaultMaxTxnOps, maxBytes: DefaultMaxRequestBytes, log: slog.Default(),
+		leases: map[int64]clientv3.LeaseID{}}
 	for _, o := range opts {
 		o(s)
 	}
 	if s.nonces == nil {
 		s.nonces = nonce.New(nonce.DefaultLimits())
 	}
-	if s.maxOps < 8 {
-		return nil, fmt.Errorf("etcdstore: max txn ops %d is too small", s.maxOps)
+	if s.maxOps < 8 || s.maxBytes < 64*1024 {
+		return nil, fmt.Errorf("etcdstore: etcd limits of %d operations and %d bytes per request are too small", s.maxOps, s.maxBytes)
 	}
 	if _, err := cli.Get(ctx, s.genKey()); err != nil {
 		return nil, fmt.Errorf("etcdstore: reach etcd: %w", err)
@@ -282,13 +299,23 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 		hosts = slices.Concat(sortedKeys(s.rs.hosts), sortedKeys(d.allHosts))
 	}
 	hosts = slices.DeleteFunc(slices.Compact(slices.Sorted(slices.Values(hosts))), func(h string) bool { return h == "" })
-	ops := s.commitOps(d, hosts)
-	if len(ops) > s.maxOps && s.base == 0 {
-		return s.seed(ctx, next, d, ops, hosts)
+	ops, sizes := s.commitOps(d, hosts)
+	if err := s.fitsOneRequest(d, sizes); err != nil {
+		return 0, err
+	}
+	total := requestSlack
+	for _, n := range sizes {
+		total += n
+	}
+	if (len(ops) > s.maxOps || total > s.maxBytes) && s.base == 0 {
+		return s.seed(ctx, next, d, ops, sizes, hosts)
 	}
 	if len(ops) > s.maxOps {
 		return 0, fmt.Errorf("%w: %d objects, %d member lists and %d host lists changed: %d operations, etcd allows %d",
 			ErrTooLarge, len(d.puts)+len(d.dels), len(d.members), len(d.hosts), len(ops), s.maxOps)
+	}
+	if total > s.maxBytes {
+		return 0, fmt.Errorf("%w: %d objects changed, %d bytes, etcd allows %d per request", ErrTooLarge, len(d.puts)+len(d.dels), total, s.maxBytes)
 	}
 	inTxn := min(len(hosts), s.maxOps-len(ops))
 	for _, h := range hosts[:inTxn] {
@@ -317,13 +344,19 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 // seed writes the first state of an empty store when it needs more than one transaction: first any
 // unfinished seed is cleared, then the objects and indexes in batches, then the generation, each
 // guarded on the generation's absence (another replica seeding first is ErrConflict). Caller holds s.mu.
-func (s *Store) seed(ctx context.Context, next *model.State, d delta, ops []clientv3.Op, hosts []string) (uint64, error) {
+func (s *Store) seed(ctx context.Context, next *model.State, d delta, ops []clientv3.Op, sizes []int, hosts []string) (uint64, error) {
 	absent := clientv3.Compare(clientv3.CreateRevision(s.genKey()), "=", 0)
 	body, gen := ops[:len(ops)-1], ops[len(ops)-1]
 	batches := [][]clientv3.Op{{clientv3.OpDelete(s.objectsPrefix(), clientv3.WithPrefix())}}
-	for len(body) > 0 {
-		n := min(len(body), s.maxOps)
-		batches, body = append(batches, body[:n]), body[n:]
+	for start, bytes := 0, requestSlack; start < len(body); {
+		// Each batch within both limits; fitsOneRequest checked that every operation fits alone.
+		end := start
+		for end < len(body) && end-start < s.maxOps && bytes+sizes[end] <= s.maxBytes {
+			bytes += sizes[end]
+			end++
+		}
+		batches = append(batches, body[start:end])
+		start, bytes = end, requestSlack
 	}
 	inTxn := min(len(hosts), s.maxOps-1)
 	last := []clientv3.Op{gen}
@@ -352,30 +385,48 @@ func (s *Store) seed(ctx context.Context, next *model.State, d delta, ops []clie
 	return uint64(rev), nil
 }
 
-// commitOps returns a commit's operations but its feeds.
-func (s *Store) commitOps(d delta, hosts []string) []clientv3.Op {
-	ops := make([]clientv3.Op, 0, len(d.puts)+len(d.dels)+len(d.members)+len(d.hosts)+1+len(hosts))
+// fitsOneRequest refuses a change with an object too big for any etcd request, naming it.
+func (s *Store) fitsOneRequest(d delta, sizes []int) error {
+	for i, r := range d.puts {
+		if requestSlack+sizes[i] > s.maxBytes {
+			return fmt.Errorf("%w: %s is %d bytes, etcd allows %d per request", ErrTooLarge, r.Key, len(r.Value), s.maxBytes)
+		}
+	}
+	return nil
+}
+
+// commitOps returns a commit's operations but its feeds, the puts first (in d.puts' order), with the
+// bytes each adds to a request.
+func (s *Store) commitOps(d delta, hosts []string) ([]clientv3.Op, []int) {
+	n := len(d.puts) + len(d.dels) + len(d.members) + len(d.hosts) + 1
+	ops, sizes := make([]clientv3.Op, 0, n+len(hosts)), make([]int, 0, n)
+	add := func(key, value string, del bool) {
+		if del {
+			ops = append(ops, clientv3.OpDelete(key))
+		} else {
+			ops = append(ops, clientv3.OpPut(key, value))
+		}
+		sizes = append(sizes, len(key)+len(value)+opOverhead)
+	}
 	for _, r := range d.puts {
-		ops = append(ops, clientv3.OpPut(s.objectKey(r.Key), encodeEnvelope(r)))
+		add(s.objectKey(r.Key), encodeEnvelope(r), false)
 	}
 	for _, k := range d.dels {
-		ops = append(ops, clientv3.OpDelete(s.objectKey(k)))
+		add(s.objectKey(k), "", true)
 	}
-	index := func(key string, ids []string) clientv3.Op {
-		if ids == nil {
-			return clientv3.OpDelete(key)
-		}
+	index := func(key string, ids []string) {
 		b, _ := json.Marshal(ids) // a []string always encodes
-		return clientv3.OpPut(key, string(b))
+		add(key, string(b), ids == nil)
 	}
 	for _, sg := range sortedKeys(d.members) {
-		ops = append(ops, index(s.membersKey(sg), d.members[sg]))
+		index(s.membersKey(sg), d.members[sg])
 	}
 	for _, h := range sortedKeys(d.hosts) {
-		ops = append(ops, index(s.hostIndexKey(h), d.hosts[h]))
+		index(s.hostIndexKey(h), d.hosts[h])
 	}
 	g, _ := json.Marshal(generation{NextSeq: d.nextSeq, Hosts: hosts})
-	return append(ops, clientv3.OpPut(s.genKey(), string(g)))
+	add(s.genKey(), string(g), false)
+	return ops, sizes
 }
 
 // writeFeeds writes the feeds that did not fit in a commit's transaction.

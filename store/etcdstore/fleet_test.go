@@ -259,3 +259,50 @@ func TestWatchFeedCompacted(t *testing.T) {
 	err = st.WatchFeed(ctx, "h00", r0-1, func(uint64) error { return nil })
 	assert.ErrorIs(t, err, store.ErrCompacted)
 }
+
+// bigSG returns s with sg-big of n rules, about 100 bytes of JSON each.
+func bigSG(t *testing.T, s *model.State, n int) *model.State {
+	g := model.SecurityGroup{SgID: "sg-big", AppID: "1250000001"}
+	for i := range n {
+		g.Ingress = append(g.Ingress, model.Rule{IPProtocol: "tcp", CidrIP: fmt.Sprintf("198.18.%d.%d/32", i/250%250, i%250),
+			PortRange: "80", Action: "ACCEPT", Desc: "a rule long enough to weigh"})
+	}
+	b := s.Edit()
+	require.NoError(t, b.PutSG(g))
+	return b.State()
+}
+
+// etcd's 1.5 MiB request limit: a 1 MB SG commits; a 2 MB one is refused naming it, nothing written;
+// a seed holding two 1 MB SGs is written in two transactions.
+func TestRequestBytesWithinDefaultLimit(t *testing.T) {
+	te := startEtcd(t)
+	ctx := context.Background()
+	st := openStore(t, te, te.prefix())
+	s0 := fleetState(t, 4, 2)
+	r0, err := st.CommitAffecting(ctx, s0, 1, nil)
+	require.NoError(t, err)
+	mb := bigSG(t, s0, 10_000)
+	r1, err := st.CommitAffecting(ctx, mb, r0+1, nil)
+	require.NoError(t, err, "a 1 MB SG fits")
+
+	_, err = st.CommitAffecting(ctx, bigSG(t, mb, 20_000), r1+1, nil)
+	require.ErrorIs(t, err, ErrTooLarge)
+	assert.ErrorContains(t, err, "security group sg-big is")
+	got, rev, err := st.Load(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, r1, rev, "nothing written")
+	assert.Equal(t, mb.Topology(), got.Topology())
+
+	seed := openStore(t, te, te.prefix())
+	b := mb.Edit()
+	g, _ := mb.SG("sg-big")
+	g2 := *g
+	g2.SgID = "sg-big2"
+	require.NoError(t, b.PutSG(g2))
+	two := b.State()
+	_, err = seed.CommitAffecting(ctx, two, 1, nil)
+	require.NoError(t, err, "a seed larger than one request")
+	got, _, err = seed.Load(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, two.Topology(), got.Topology())
+}

@@ -14,10 +14,14 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store"
 	"github.com/sgsim/sgsim/store/nonce"
 )
+
+// A Store is the API's Nonce record in fleet mode.
+var _ api.NonceStore = (*Store)(nil)
 
 func demo(t *testing.T) *model.State {
 	s, err := model.LoadTopologyFile("../../testdata/demo.json")
