@@ -100,8 +100,8 @@ func WithNonceLimits(l nonce.Limits) Option { return func(s *Store) { s.nonces =
 
 // Store is a store.Store in etcd. Safe for concurrent use; many Stores (replicas) may share a prefix.
 type Store struct {
-	cli    *clientv3.Client
-	prefix string
+	cli      *clientv3.Client
+	prefix   string
 	maxOps   int
 	maxBytes int
 	log      *slog.Logger
