@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -188,14 +189,15 @@ func (a *Agent) follow(ctx context.Context, rev uint64, host *etcdstore.Host) er
 }
 
 // resync reads this host's share of the latest state at one revision (only the share: see
-// etcdstore.Store.ShareRecords), puts it in force and acknowledges the revision.
+// etcdstore.Store.ReadShare), puts it in force and acknowledges the revision.
 func (a *Agent) resync(ctx context.Context) (uint64, error) {
 	a.resyncs.Add(1)
-	recs, rev, err := a.st.ShareRecords(ctx, a.cfg.Host, &a.shareCache)
+	sh, err := a.st.ReadShare(ctx, a.cfg.Host, &a.shareCache)
 	if err != nil {
 		return 0, err
 	}
-	share, err := a.shareFromRecords(recs)
+	rev := sh.Revision
+	share, err := a.shareFromRead(sh)
 	if err != nil {
 		return 0, fmt.Errorf("agent %s: share at revision %d: %w", a.cfg.Host, rev, err)
 	}
@@ -224,33 +226,43 @@ func (a *Agent) resync(ctx context.Context) (uint64, error) {
 	return rev, nil
 }
 
-// Share returns what host's tables need of s: the ENIs whose Host is host with their SGs in full, and,
-// for the sgId rules of those SGs, the SGs they name (rules dropped unless the host uses them too)
-// with the ENIs of other hosts that are their members (only those memberships, no host interface: the
-// compiler takes their addresses, nothing here attaches them). A nil s is the empty state.
+// Share returns what host's tables need of s: the ENIs whose Host is host with their SGs in full; for
+// the sgId rules of those SGs, the SGs they name (rules dropped unless the host uses them too); and the
+// ENIs of other hosts that are members of a named SG, as only what those rules take of them (ID,
+// account, addresses and those memberships, sorted, after the host's own ENIs, sorted by ID). A nil s is
+// the empty state.
 func Share(s *model.State, host string) (*model.State, error) {
 	if s == nil {
 		return model.NewState(model.Topology{})
 	}
-	return shareOf(s.Topology(), host)
-}
-
-// shareOf is Share of a topology holding at least host's share (etcdstore.ShareRecords reads no more).
-func shareOf(full model.Topology, host string) (*model.State, error) {
-	sgs := map[string]*model.SecurityGroup{}
-	for i := range full.SecurityGroups {
-		sgs[full.SecurityGroups[i].SgID] = &full.SecurityGroups[i]
-	}
-	used, named := map[string]bool{}, map[string]bool{}
+	full := s.Topology()
+	var local, others []model.NetworkInterface
 	for _, n := range full.NetworkInterfaces {
 		if n.Host == host {
-			for _, sg := range n.SgIDs {
-				used[sg] = true
-			}
+			local = append(local, n)
+		} else {
+			others = append(others, model.NetworkInterface{NetworkInterfaceID: n.NetworkInterfaceID, AppID: n.AppID,
+				PrivateIPAddresses: n.PrivateIPAddresses, SgIDs: n.SgIDs})
+		}
+	}
+	return shareOf(full.Accounts, full.SecurityGroups, local, others, host)
+}
+
+// shareOf builds a share from accounts, SGs (at least the host's and those their rules name), the host's
+// ENIs, and other ENIs (at least the members of the named SGs), each list in creation order.
+func shareOf(accounts []model.Account, sgs []model.SecurityGroup, local, others []model.NetworkInterface, host string) (*model.State, error) {
+	byID := map[string]*model.SecurityGroup{}
+	for i := range sgs {
+		byID[sgs[i].SgID] = &sgs[i]
+	}
+	used, named := map[string]bool{}, map[string]bool{}
+	for _, n := range local {
+		for _, sg := range n.SgIDs {
+			used[sg] = true
 		}
 	}
 	for sg := range used {
-		g, ok := sgs[sg]
+		g, ok := byID[sg]
 		if !ok {
 			return nil, fmt.Errorf("security group %s of host %s is missing", sg, host)
 		}
@@ -260,8 +272,8 @@ func shareOf(full model.Topology, host string) (*model.State, error) {
 			}
 		}
 	}
-	t := model.Topology{Accounts: full.Accounts}
-	for _, g := range full.SecurityGroups {
+	t := model.Topology{Accounts: accounts, NetworkInterfaces: local}
+	for _, g := range sgs {
 		switch {
 		case used[g.SgID]:
 			t.SecurityGroups = append(t.SecurityGroups, g)
@@ -270,27 +282,28 @@ func shareOf(full model.Topology, host string) (*model.State, error) {
 			t.SecurityGroups = append(t.SecurityGroups, g)
 		}
 	}
-	for _, n := range full.NetworkInterfaces {
-		if n.Host == host {
-			t.NetworkInterfaces = append(t.NetworkInterfaces, n)
-			continue
-		}
-		sgs := slices.DeleteFunc(slices.Clone(n.SgIDs), func(sg string) bool { return !named[sg] })
-		if len(sgs) > 0 {
-			n.SgIDs, n.HostInterface = sgs, ""
-			t.NetworkInterfaces = append(t.NetworkInterfaces, n)
+	var members []model.NetworkInterface
+	for _, n := range others {
+		n.SgIDs = slices.Sorted(slices.Values(slices.DeleteFunc(slices.Clone(n.SgIDs), func(sg string) bool { return !named[sg] })))
+		if len(n.SgIDs) > 0 {
+			members = append(members, n)
 		}
 	}
+	slices.SortFunc(members, func(a, b model.NetworkInterface) int { return cmp.Compare(a.NetworkInterfaceID, b.NetworkInterfaceID) })
+	t.NetworkInterfaces = append(t.NetworkInterfaces, members...)
 	return model.NewState(t)
 }
 
-// shareFromRecords is the share of the records etcdstore.ShareRecords read, in creation order; objects
-// whose records did not change since the last resync are not decoded again.
-func (a *Agent) shareFromRecords(recs []store.Record) (*model.State, error) {
-	recs = slices.Clone(recs)
+// shareFromRead is the share etcdstore.Store.ReadShare read; objects whose records did not change
+// since the last resync are not decoded again.
+func (a *Agent) shareFromRead(sh etcdstore.Share) (*model.State, error) {
+	recs := slices.Clone(sh.Records)
 	slices.SortFunc(recs, func(x, y store.Record) int { return cmp.Compare(x.Seq, y.Seq) })
 	decoded := make(map[store.Key]decodedRecord, len(recs))
-	var t model.Topology
+	var accounts []model.Account
+	var sgs []model.SecurityGroup
+	var local []model.NetworkInterface
+	isLocal := map[string]bool{}
 	for _, r := range recs {
 		d, ok := a.decoded[r.Key]
 		if !ok || d.revision != r.Revision {
@@ -303,16 +316,37 @@ func (a *Agent) shareFromRecords(recs []store.Record) (*model.State, error) {
 		decoded[r.Key] = d
 		switch o := d.object.(type) {
 		case model.Account:
-			t.Accounts = append(t.Accounts, o)
+			accounts = append(accounts, o)
 		case model.SecurityGroup:
-			t.SecurityGroups = append(t.SecurityGroups, o)
+			sgs = append(sgs, o)
 		case model.NetworkInterface:
-			t.NetworkInterfaces = append(t.NetworkInterfaces, o)
+			local = append(local, o)
+			isLocal[o.NetworkInterfaceID] = true
 		}
 	}
 	a.decoded = decoded
-	return shareOf(t, a.cfg.Host)
+	others := map[string]*model.NetworkInterface{}
+	for _, sg := range sortedKeys(sh.Members) {
+		for _, m := range sh.Members[sg] {
+			if isLocal[m.ID] {
+				continue
+			}
+			n, ok := others[m.ID]
+			if !ok {
+				n = &model.NetworkInterface{NetworkInterfaceID: m.ID, AppID: m.AppID, PrivateIPAddresses: m.IPs}
+				others[m.ID] = n
+			}
+			n.SgIDs = append(n.SgIDs, sg)
+		}
+	}
+	list := make([]model.NetworkInterface, 0, len(others))
+	for _, n := range others {
+		list = append(list, *n)
+	}
+	return shareOf(accounts, sgs, local, list, a.cfg.Host)
 }
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
 // decodeObject decodes a record's object. The model copies what it keeps (NewState), so one decoded
 // value can build many shares.
@@ -332,10 +366,8 @@ func decodeObject(r store.Record) (any, error) {
 		var v model.NetworkInterface
 		err = json.Unmarshal(r.Value, &v)
 		obj = v
-	case store.KindAdmin:
-		return nil, nil // an agent's share holds no admin tokens
 	default:
-		err = fmt.Errorf("unknown kind")
+		err = fmt.Errorf("not an object of a share")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", r.Key, err)

@@ -308,10 +308,10 @@ func TestShareRecordsMatchTheWholeState(t *testing.T) {
 			if host == "h0" {
 				cache = nil
 			}
-			recs, rev, err := st.ShareRecords(ctx, host, cache)
+			sh, err := st.ReadShare(ctx, host, cache)
 			require.NoError(t, err)
-			assert.Equal(t, r.rev, rev)
-			got, err := a.shareFromRecords(recs)
+			assert.Equal(t, r.rev, sh.Revision)
+			got, err := a.shareFromRead(sh)
 			require.NoError(t, err)
 			want, err := Share(s, host)
 			require.NoError(t, err)

@@ -7,7 +7,9 @@
 //
 //	P/objects/{account|sg|eni}/{id}  {"seq":N,"object":<model JSON>}   one key per object
 //	P/objects/admin/adminTokens      the topology's admin tokens (SPEC §8), the same envelope
-//	P/index/members/{sgId}           ["eni-1",…] sorted ENI IDs of the SG  (written when it changes)
+//	P/index/members/{sgId}           [{"id","appId","ips"},…] the SG's members by ID with their addresses
+//	                                 (written when one joins, leaves or is re-addressed): what another
+//	                                 host's sgId rules need, in one key per SG instead of every record
 //	P/index/host/{host}              ["eni-1",…] sorted ENI IDs whose host is host (written when it changes)
 //	P/objects/generation             {"nextSeq":N,"hosts":[…]}: rewritten by every commit; its
 //	                                 ModRevision is the store's revision, its value the hosts that
@@ -414,15 +416,15 @@ func (s *Store) commitOps(d delta, hosts []string) ([]clientv3.Op, []int) {
 	for _, k := range d.dels {
 		add(s.objectKey(k), "", true)
 	}
-	index := func(key string, ids []string) {
-		b, _ := json.Marshal(ids) // a []string always encodes
-		add(key, string(b), ids == nil)
+	index := func(key string, list any, gone bool) {
+		b, _ := json.Marshal(list) // member and ID lists always encode
+		add(key, string(b), gone)
 	}
 	for _, sg := range sortedKeys(d.members) {
-		index(s.membersKey(sg), d.members[sg])
+		index(s.membersKey(sg), d.members[sg], d.members[sg] == nil)
 	}
 	for _, h := range sortedKeys(d.hosts) {
-		index(s.hostIndexKey(h), d.hosts[h])
+		index(s.hostIndexKey(h), d.hosts[h], d.hosts[h] == nil)
 	}
 	g, _ := json.Marshal(generation{NextSeq: d.nextSeq, Hosts: hosts})
 	add(s.genKey(), string(g), false)

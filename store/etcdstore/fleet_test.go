@@ -51,15 +51,15 @@ func hostsOf(hosts int) []string {
 	return out
 }
 
-func getIndex(t *testing.T, cli *clientv3.Client, key string) ([]string, bool) {
+func getIndex(t *testing.T, cli *clientv3.Client, key string) ([]json.RawMessage, bool) {
 	resp, err := cli.Get(context.Background(), key)
 	require.NoError(t, err)
 	if len(resp.Kvs) == 0 {
 		return nil, false
 	}
-	var ids []string
-	require.NoError(t, json.Unmarshal(resp.Kvs[0].Value, &ids))
-	return ids, true
+	var entries []json.RawMessage
+	require.NoError(t, json.Unmarshal(resp.Kvs[0].Value, &entries))
+	return entries, true
 }
 
 // A 100-ENI ModifySecurityGroupsOfNetworkInterface is one transaction within etcd's default limits
@@ -86,7 +86,10 @@ func TestHundredENIModifyFitsDefaultLimits(t *testing.T) {
 			_, ok := getIndex(t, st.cli, prefix+"/index/members/sg-a")
 			assert.False(t, ok, "sg-a has no members left")
 			b, _ := getIndex(t, st.cli, prefix+"/index/members/sg-b")
-			assert.Len(t, b, 100)
+			require.Len(t, b, 100)
+			var m Member
+			require.NoError(t, json.Unmarshal(b[0], &m))
+			assert.Equal(t, Member{ID: "eni-0000", AppID: "1250000001", IPs: []string{"198.18.0.1"}}, m, "a member's addresses, for other hosts' sgId rules")
 			h0, _ := getIndex(t, st.cli, prefix+"/index/host/h00")
 			assert.Len(t, h0, 100/hosts)
 			for _, h := range hostsOf(hosts) {

@@ -23,8 +23,20 @@ type records struct {
 	last    *model.State
 	seq     map[store.Key]uint64
 	nextSeq uint64
-	members map[string][]string // SG → sorted ENI IDs of last
+	members map[string][]Member // SG → its members of last, by ID
 	hosts   map[string][]string // host → sorted ENI IDs of last ("" not indexed)
+}
+
+// Member is one entry of an SG's member index: what another host's tables need of a member ENI (its
+// addresses for sgId rules), so an agent reads one key per SG it names instead of every member's record.
+type Member struct {
+	ID    string   `json:"id"`
+	AppID string   `json:"appId"`
+	IPs   []string `json:"ips"`
+}
+
+func equalMember(a, b Member) bool {
+	return a.ID == b.ID && a.AppID == b.AppID && slices.Equal(a.IPs, b.IPs)
 }
 
 func (rs *records) reset(s *model.State, recs []store.Record, nextSeq uint64) {
@@ -37,25 +49,25 @@ func (rs *records) reset(s *model.State, recs []store.Record, nextSeq uint64) {
 }
 
 // indexes derives the member and host indexes of s.
-func indexes(s *model.State) (members, hosts map[string][]string) {
-	members, hosts = map[string][]string{}, map[string][]string{}
+func indexes(s *model.State) (members map[string][]Member, hosts map[string][]string) {
+	members, hosts = map[string][]Member{}, map[string][]string{}
 	if s == nil {
 		return members, hosts
 	}
 	for _, id := range s.ENIIDs() {
 		n, _ := s.ENI(id)
 		for _, sg := range n.SgIDs {
-			members[sg] = append(members[sg], id)
+			members[sg] = append(members[sg], Member{ID: id, AppID: n.AppID, IPs: n.PrivateIPAddresses})
 		}
 		if n.Host != "" {
 			hosts[n.Host] = append(hosts[n.Host], id)
 		}
 	}
-	for _, m := range []map[string][]string{members, hosts} {
-		for k, v := range m {
-			slices.Sort(v)
-			m[k] = v
-		}
+	for _, v := range members {
+		slices.SortFunc(v, func(a, b Member) int { return cmp.Compare(a.ID, b.ID) })
+	}
+	for _, v := range hosts {
+		slices.Sort(v)
 	}
 	return members, hosts
 }
@@ -64,12 +76,13 @@ func indexes(s *model.State) (members, hosts map[string][]string) {
 type delta struct {
 	puts    []store.Record
 	dels    []store.Key
-	members map[string][]string // SG → new member list; nil list: delete the index key
+	members map[string][]Member // SG → new member list; nil list: delete the index key
 	hosts   map[string][]string // host → new ENI list; nil list: delete the index key
 	nextSeq uint64
 	rewrite bool // every object written afresh, with new sequences
 	// next indexes, installed by advance
-	allMembers, allHosts map[string][]string
+	allMembers map[string][]Member
+	allHosts   map[string][]string
 }
 
 func (rs *records) diff(next *model.State) (delta, error) {
@@ -141,15 +154,16 @@ func (rs *records) diff(next *model.State) (delta, error) {
 	slices.SortFunc(d.puts, func(a, b store.Record) int { return compareKeys(a.Key, b.Key) })
 	slices.SortFunc(d.dels, compareKeys)
 	d.allMembers, d.allHosts = indexes(next)
-	d.members, d.hosts = changedIndex(rs.members, d.allMembers), changedIndex(rs.hosts, d.allHosts)
+	d.members = changedIndex(rs.members, d.allMembers, equalMember)
+	d.hosts = changedIndex(rs.hosts, d.allHosts, func(a, b string) bool { return a == b })
 	return d, nil
 }
 
 // changedIndex returns the entries of next that differ from old, and a nil list for those gone.
-func changedIndex(old, next map[string][]string) map[string][]string {
-	out := map[string][]string{}
+func changedIndex[T any](old, next map[string][]T, eq func(a, b T) bool) map[string][]T {
+	out := map[string][]T{}
 	for k, v := range next {
-		if !slices.Equal(old[k], v) {
+		if !slices.EqualFunc(old[k], v, eq) {
 			out[k] = v
 		}
 	}
