@@ -268,8 +268,13 @@ func (s *Store) load(ctx context.Context) (*model.State, uint64, error) {
 
 // Commit implements store.Store. It notifies every host that holds an ENI before or after the change:
 // correct for any change, but a fleet replica should say which hosts it affects (CommitAffecting).
+// A commit whose feeds could not all be written is still durable and returns nil (the failure is
+// logged): an error would tell the caller it was not made.
 func (s *Store) Commit(ctx context.Context, next *model.State, gen uint64) error {
 	_, err := s.CommitAffecting(ctx, next, gen, nil)
+	if errors.Is(err, ErrFeedIncomplete) {
+		return nil
+	}
 	return err
 }
 
