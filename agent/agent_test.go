@@ -28,6 +28,13 @@ const prefix = "/sgsim"
 
 // startEtcd runs an etcd server in the test process on free ports of 127.0.0.1, with default limits.
 func startEtcd(t testing.TB) string {
+	endpoint, _ := startRestartableEtcd(t)
+	return endpoint
+}
+
+// startRestartableEtcd is startEtcd with a restart: stop, then start again on the same data directory
+// and ports, so clients reconnect on their own.
+func startRestartableEtcd(t testing.TB) (endpoint string, restart func(down time.Duration)) {
 	port := func() int {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
@@ -36,21 +43,31 @@ func startEtcd(t testing.TB) string {
 	}
 	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port())}
 	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port())}
-	cfg := embed.NewConfig()
-	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	require.NoError(t, err)
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(20 * time.Second):
-		t.Fatal("embedded etcd not ready")
+	dir := filepath.Join(t.TempDir(), "etcd")
+	var e *embed.Etcd
+	start := func() {
+		cfg := embed.NewConfig()
+		cfg.Dir = dir
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+		var err error
+		e, err = embed.StartEtcd(cfg)
+		require.NoError(t, err)
+		select {
+		case <-e.Server.ReadyNotify():
+		case <-time.After(20 * time.Second):
+			t.Fatal("embedded etcd not ready")
+		}
 	}
-	return cu.String()
+	start()
+	t.Cleanup(func() { e.Close() })
+	return cu.String(), func(down time.Duration) {
+		e.Close()
+		time.Sleep(down)
+		start()
+	}
 }
 
 func client(t testing.TB, endpoint string) *clientv3.Client {
@@ -363,4 +380,43 @@ func TestAgentRecovers(t *testing.T) {
 	defer host.Close()
 	err = a.follow(ctx, 1, host)
 	assert.ErrorIs(t, err, store.ErrCompacted)
+}
+
+// etcd stopped and restarted under a running agent: the agent keeps its tables meanwhile, and the
+// first change after the restart is enforced and acknowledged.
+func TestAgentAcrossEtcdRestart(t *testing.T) {
+	endpoint, restart := startRestartableEtcd(t)
+	ctx := context.Background()
+	st, err := etcdstore.Open(ctx, client(t, endpoint), prefix)
+	require.NoError(t, err)
+	r := &replica{t: t, st: st}
+	a, _ := runAgent(t, endpoint, "h1")
+	rev, _ := r.commit(topology(t))
+	require.Eventually(t, func() bool { p, d := r.wait(rev, []string{"h1"}, time.Second); return len(p)+len(d) == 0 },
+		10*time.Second, 10*time.Millisecond)
+
+	restart(500 * time.Millisecond)
+	act, ok := verdict(t, a, "e0", "198.18.0.11", 22)
+	require.True(t, ok)
+	assert.Equal(t, model.Accept, act, "tables in force while etcd was away")
+	var next *model.State
+	require.Eventually(t, func() bool {
+		next = r.edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("e0", []string{"sg-b"})) })
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, rv, err := st.Load(cctx)
+		if err != nil {
+			return false
+		}
+		got, err := st.CommitAffecting(cctx, next, rv+1, AffectedHosts(r.cur, next))
+		if err != nil {
+			return false
+		}
+		r.cur, r.rev = next, got
+		return true
+	}, 20*time.Second, 100*time.Millisecond, "commits resume after the restart")
+	require.Eventually(t, func() bool { p, d := r.wait(r.rev, []string{"h1"}, time.Second); return len(p)+len(d) == 0 },
+		20*time.Second, 20*time.Millisecond, "the agent enforces and acknowledges after the restart")
+	act, _ = verdict(t, a, "e0", "198.18.0.11", 22)
+	assert.Equal(t, model.Drop, act, "e0 left sg-a")
 }
