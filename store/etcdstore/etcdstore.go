@@ -21,18 +21,18 @@
 //	P/nonces/{secret}/{ts}/{nonce}   "" under a lease that ends when the Timestamp leaves the window
 //
 // Revisions: the store's generation is etcd's revision of the transaction that committed the state
-// (the ModRevision of P/generation), so Load, Watch, LoadAt and SPEC §9's enforcement.revision speak
+// (the ModRevision of P/objects/generation), so Load, Watch, LoadAt and SPEC §9's enforcement.revision speak
 // the same number. Commit's generation argument is only checked to be above the revision this Store
 // last saw, as bbolt checks it; the revision assigned is etcd's (CommitAffecting returns it).
 //
-// Guard: a commit compares P/generation's ModRevision with the one of the state it was derived from.
+// Guard: a commit compares P/objects/generation's ModRevision with the one of the state it was derived from.
 // An API call reads more than the records it writes (references, quotas, IP uniqueness), so guarding
 // only the written records would let two calls each pass on a state the other made invalid; one
 // compare on the generation is the whole read set, in one operation.
 //
 // etcd's limits (defaults --max-txn-ops 128, --max-request-bytes 1.5 MiB): a commit is one operation
 // per changed object, per changed index key (an SG's member list is one key, a host's ENI list one
-// key), one for P/generation and one per affected host's feed. A 100-ENI
+// key), one for the generation and one per affected host's feed. A 100-ENI
 // ModifySecurityGroupsOfNetworkInterface onto up to 5 SGs on 10 hosts is 100 + ≤10 + ≤10 + 1 + 10 ops
 // (tested against an embedded etcd with the default limits). Bytes are counted too: a change above
 // --max-request-bytes is refused with ErrTooLarge naming its size, or the object too big for any
