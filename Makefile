@@ -8,7 +8,7 @@ DEMO        := testdata/demo.json
 SHELL       := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: build test demo demo-host lint bench generate clean
+.PHONY: build test soak demo demo-host lint bench generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sgsim
@@ -17,6 +17,11 @@ build:
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 9m ./...
+
+# The reliability suite run long (32 clients, 20 SIGKILLs, 3 s of load between kills); `make test` runs it
+# short (16 clients, 4 kills).
+soak:
+	SGSIM_SOAK=1 $(GO) test -race -count=1 -timeout 30m -v -run . ./internal/reliability/
 
 demo: build
 	@echo "== compiled tables of the demo topology ($(DEMO))"

@@ -46,3 +46,46 @@ func (d *Dataplane) flushFlows() error {
 	}
 	return nil
 }
+
+// forgetFlows deletes the tracked flows and remembered fragment verdicts of the given slots, so an ENI
+// that later takes one of them starts with none of its predecessor's (SPEC §8: a deleted ENI's flows
+// are forgotten). Both key layouts start with the slot, little-endian (u32, or u16 for IPv4 flows).
+func (d *Dataplane) forgetFlows(slots map[uint32]bool) error {
+	if len(slots) == 0 {
+		return nil
+	}
+	es, err := d.ctEntries()
+	if err != nil {
+		return err
+	}
+	for _, e := range es {
+		slot := uint32(e.key[0]) | uint32(e.key[1])<<8
+		if e.m != d.objs.Conntrack4 {
+			slot |= uint32(e.key[2])<<16 | uint32(e.key[3])<<24
+		}
+		if !slots[slot] {
+			continue
+		}
+		if err := e.m.Delete(e.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget flows: %w", err)
+		}
+	}
+	var fk sgFragKey
+	var fv sgFragVal
+	var fkeys []sgFragKey
+	it := d.objs.Frags.Iterate()
+	for it.Next(&fk, &fv) {
+		if slots[fk.Slot] {
+			fkeys = append(fkeys, fk)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("forget fragments: %w", err)
+	}
+	for i := range fkeys {
+		if err := d.objs.Frags.Delete(&fkeys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget fragments: %w", err)
+		}
+	}
+	return nil
+}

@@ -57,7 +57,15 @@ type Dataplane struct {
 	slots map[string]uint32
 	live  map[uint32]liveTables // slot → the tables this process published there last
 	links map[string]link.Link  // "<ifindex>-<hook>" → link made or adopted by Attach
+	// resident holds free slots whose emptied inner maps stay in the outer map: a new ENI in such a
+	// slot is written into them in place (no interface is bound to a free slot, so no packet reads
+	// them), which spares the publish the synchronize_rcu of a map-in-map update. At most
+	// maxResident slots are kept, so deleted ENIs' memory is bounded.
+	resident map[uint32][2]*ebpf.Map
 }
+
+// maxResident bounds the free slots whose inner maps stay installed (see Dataplane.resident).
+const maxResident = 64
 
 // collectionSpec returns the program's spec, pinned (sg.c declares which maps, LIBBPF_PIN_BY_NAME) only
 // when pinned is set.
@@ -93,7 +101,8 @@ func Load(opts Options) (*Dataplane, error) {
 	if opts.Clsact && opts.PinPath == "" {
 		return nil, errors.New("load bpf program: the clsact attachment needs a pin path")
 	}
-	d := &Dataplane{pinPath: opts.PinPath, clsact: opts.Clsact, slots: map[string]uint32{}, live: map[uint32]liveTables{}}
+	d := &Dataplane{pinPath: opts.PinPath, clsact: opts.Clsact, slots: map[string]uint32{}, live: map[uint32]liveTables{},
+		resident: map[uint32][2]*ebpf.Map{}}
 	if err := spec.LoadAndAssign(&d.objs, &co); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("load bpf program: the maps pinned under %s were made by an sgsim build with another "+
@@ -219,6 +228,10 @@ func (d *Dataplane) Close() error {
 		l.close()
 	}
 	d.live = map[uint32]liveTables{}
+	for _, ms := range d.resident {
+		liveTables{maps: ms}.close()
+	}
+	d.resident = map[uint32][2]*ebpf.Map{}
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }
@@ -235,20 +248,27 @@ func (d *Dataplane) slotFor(eni string) (uint32, error) {
 	for _, s := range d.slots {
 		used[s] = true
 	}
-	for s := uint32(0); s < maxSlots; s++ {
-		if !used[s] {
-			var n sgEniname
-			for i := range len(eni) {
-				n.Name[i] = int8(eni[i])
-			}
-			if err := d.objs.EniNames.Put(s, &n); err != nil {
-				return 0, fmt.Errorf("record slot of %s: %w", eni, err)
-			}
-			d.slots[eni] = s
-			return s, nil
+	free, found := uint32(0), false
+	for s := range d.resident { // a free slot whose maps are installed publishes without a grace period
+		if !used[s] && (!found || s < free) {
+			free, found = s, true
 		}
 	}
-	return 0, fmt.Errorf("network interface %s: all %d slots in use", eni, maxSlots)
+	for s := uint32(0); !found && s < maxSlots; s++ {
+		free, found = s, !used[s]
+	}
+	if !found {
+		return 0, fmt.Errorf("network interface %s: all %d slots in use", eni, maxSlots)
+	}
+	var n sgEniname
+	for i := range len(eni) {
+		n.Name[i] = int8(eni[i])
+	}
+	if err := d.objs.EniNames.Put(free, &n); err != nil {
+		return 0, fmt.Errorf("record slot of %s: %w", eni, err)
+	}
+	d.slots[eni] = free
+	return free, nil
 }
 
 // tableMap returns an inner map of at least chunks chunks holding buf: spare when it is big enough
@@ -337,7 +357,12 @@ func (d *Dataplane) Stage(ctx context.Context, gen uint64, changed map[string]*c
 			}
 			buf, err := serialiseOnce(t)
 			if err == nil {
-				s.maps[dir], err = tableMap(t, buf, d.takeSpare(slot, dir))
+				spare, installed := d.takeSpare(slot, dir), false
+				if spare == nil {
+					spare, installed = d.takeResident(slot, dir)
+				}
+				s.maps[dir], err = tableMap(t, buf, spare)
+				s.inPlace[dir] = installed && s.maps[dir] == spare
 			}
 			if err != nil {
 				st.slots = append(st.slots, s)
@@ -382,6 +407,23 @@ func (s *scratch) put(bufs [][]byte) {
 	s.free = s.free[:min(len(s.free), maxScratch)]
 }
 
+// takeResident hands over free slot's installed inner map for direction dir (installed true), or nil.
+func (d *Dataplane) takeResident(slot uint32, dir int) (m *ebpf.Map, installed bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ms, ok := d.resident[slot]
+	if !ok || ms[dir] == nil {
+		return nil, false
+	}
+	m, ms[dir] = ms[dir], nil
+	if ms[0] == nil && ms[1] == nil {
+		delete(d.resident, slot)
+	} else {
+		d.resident[slot] = ms
+	}
+	return m, true
+}
+
 // takeSpare hands over slot's spare inner map for direction dir, or nil.
 func (d *Dataplane) takeSpare(slot uint32, dir int) *ebpf.Map {
 	d.mu.Lock()
@@ -408,6 +450,9 @@ type stagedSlot struct {
 	slot   uint32
 	maps   [2]*ebpf.Map // ingress, egress; nil where the kernel's table stays
 	tables *compiler.Tables
+	// inPlace marks maps written where they are installed already (a free slot's resident map):
+	// Switch need not point the outer map at them.
+	inPlace [2]bool
 }
 
 // Discard closes the staged maps (the kernel frees them) and ends the change.
@@ -456,11 +501,17 @@ func (st *staged) Switch() error {
 	d := st.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// In-place maps first: they are in force as soon as their generation is set, with no outer-map
+	// update; the others follow once the outer map points at them.
 	var todo []switched
-	for i, s := range st.slots {
-		for dir, m := range s.maps {
-			if m != nil {
-				todo = append(todo, switched{i, s.slot, dir, m})
+	inPlace := 0
+	for pass := range 2 {
+		for i, s := range st.slots {
+			for dir, m := range s.maps {
+				if m != nil && s.inPlace[dir] == (pass == 0) {
+					todo = append(todo, switched{i, s.slot, dir, m})
+					inPlace += 1 - pass
+				}
 			}
 		}
 	}
@@ -468,7 +519,8 @@ func (st *staged) Switch() error {
 	if err := d.setTableGens(todo, gens); err != nil {
 		return fmt.Errorf("publish generation %d: %w", st.gen, err)
 	}
-	n, err := d.switchTables(todo)
+	n, err := d.switchTables(todo[inPlace:])
+	n += inPlace
 	for i := range gens[:n] {
 		gens[i] = st.gen + 1
 	}
@@ -504,18 +556,29 @@ func (st *staged) Switch() error {
 		l.tables = [2]*compiler.Table{s.tables.Ingress, s.tables.Egress}
 		d.live[s.slot] = l
 	}
+	freed := map[uint32]bool{}
 	for _, id := range st.removed {
 		slot, ok := d.slots[id]
 		if !ok {
 			continue
 		}
+		l := d.live[slot]
+		keep := len(d.resident) < maxResident && l.maps[0] != nil && l.maps[1] != nil
 		for dir := range uint32(2) {
 			if err := d.objs.TableGens.Put(slot*2+dir, uint64(0)); err != nil {
 				return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
 			}
+			if keep {
+				continue // its maps stay installed for the slot's next ENI
+			}
 			if err := d.objs.Tables.Delete(slot*2 + dir); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
 			}
+		}
+		if keep {
+			d.resident[slot] = l.maps
+			l.maps = [2]*ebpf.Map{}
+			d.live[slot] = l
 		}
 		if err := d.objs.EniNames.Put(slot, &sgEniname{}); err != nil {
 			return fmt.Errorf("publish generation %d: remove %s: %w", st.gen, id, err)
@@ -526,6 +589,11 @@ func (st *staged) Switch() error {
 		delete(d.slots, id)
 		d.live[slot].close()
 		delete(d.live, slot)
+		freed[slot] = true
+	}
+	// Before a freed slot can be taken again (Stage waits for this Switch), its flows go.
+	if err := d.forgetFlows(freed); err != nil {
+		return fmt.Errorf("publish generation %d: %w", st.gen, err)
 	}
 	return nil
 }
