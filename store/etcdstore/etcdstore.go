@@ -111,7 +111,7 @@ type Store struct {
 	mu     sync.Mutex // serialises commits; guards rs, loaded, base
 	rs     records
 	loaded bool
-	base   int64 // ModRevision of P/generation for the state rs follows; 0 when none
+	base   int64 // ModRevision of the generation key for the state rs follows; 0 when none
 
 	nonceMu sync.Mutex
 	nonces  *nonce.Record
@@ -201,7 +201,7 @@ func (s *Store) decodeRecord(kv *mvccpb.KeyValue) (store.Record, error) {
 	return store.Record{Key: k, Seq: e.Seq, Revision: uint64(kv.ModRevision), Value: e.Object}, nil
 }
 
-// generation is P/generation's value.
+// generation is the generation key's value.
 type generation struct {
 	NextSeq uint64   `json:"nextSeq"`
 	Hosts   []string `json:"hosts"`

@@ -88,7 +88,7 @@ func (s *Store) WatchFeed(ctx context.Context, host string, from uint64, fn func
 }
 
 // ChangeHosts returns the hosts the change committed at rev affected (GET /sgsim/v1/changes/{R}): the
-// value P/generation had at rev. store.ErrCompacted once etcd no longer keeps rev.
+// value the generation key had at rev. store.ErrCompacted once etcd no longer keeps rev.
 func (s *Store) ChangeHosts(ctx context.Context, rev uint64) ([]string, error) {
 	resp, err := s.cli.Get(ctx, s.genKey(), clientv3.WithRev(int64(rev)))
 	switch {
