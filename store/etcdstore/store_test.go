@@ -71,7 +71,8 @@ func commitNext(t *testing.T, st store.Store, s *model.State) uint64 {
 
 // TestContract runs the behaviour both durable stores share against bbolt and etcd: an empty store,
 // round trip and reload by another instance, stale generations refused, LoadAt of every revision, and
-// Watch from the start and resumed, whose changes applied in order rebuild each revision.
+// Watch from the start and resumed, whose changes applied in order rebuild each revision. It stays one
+// function because every step reads what the steps before it committed.
 func TestContract(t *testing.T) {
 	te := startEtcd(t)
 	dir := t.TempDir()
