@@ -8,7 +8,7 @@ DEMO        := testdata/demo.json
 SHELL       := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: build test demo demo-host lint bench generate clean
+.PHONY: build test soak demo demo-host lint bench generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sgsim
@@ -17,6 +17,11 @@ build:
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 9m ./...
+
+# The reliability suite run long (32 clients, 20 SIGKILLs, 3 s of load between kills); `make test` runs it
+# short (16 clients, 4 kills).
+soak:
+	SGSIM_SOAK=1 $(GO) test -race -count=1 -timeout 30m -v -run . ./internal/reliability/
 
 demo: build
 	@echo "== compiled tables of the demo topology ($(DEMO))"
@@ -58,6 +63,7 @@ bench: build
 	$(GO) test -run '^$$' -bench ModifyToEnforced -benchtime 300x -timeout 20m ./api/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench ModifyBigPolicy -benchtime 20x -timeout 20m ./api/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench Replay -benchtime 3x -cpu 1 -timeout 20m ./replay/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'ENIPut|LinkAttach|ENIChurn' -benchtime 200x -timeout 20m ./node/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 20m ./packet/ ./conntrack/ ./compiler/ | tee -a $(BENCH_OUT)
 	$(GO) run ./bench/report -in $(BENCH_OUT) -out bench/REPORT.md -notes bench/READING.md \
 		-compare 'Matching cost per packet vs rules (ns)=Classifier:p50-ns/lookup,Linear:ns/lookup,Run:ns/pkt' \

@@ -1,5 +1,6 @@
 // Package api serves the control plane over HTTP: the Tencent v2 and Huawei VPC dialects of SPEC §4–§5,
-// the inspection endpoints (/sgsim/v1/check, /sgsim/v1/enis/{id}/table), /metrics and /healthz.
+// the inspection endpoints (/sgsim/v1/check, /sgsim/v1/enis/{id}/table), /metrics, and the probes /livez
+// (the process answers), /readyz (the store can take writes) and /healthz (= /readyz).
 package api
 
 import (
@@ -32,6 +33,9 @@ type Options struct {
 	// RuleCounts, if set, reads an enforcing dataplane's per-rule packet counters (the eBPF program's)
 	// for /metrics.
 	RuleCounts func() ([]RuleCount, error)
+	// StoreHealth, if set, says why the store cannot take writes now (nil when it can): /readyz and
+	// /healthz answer 503 with its text. It must not block (store.Monitored.Health does not).
+	StoreHealth func() error
 	// TrackedFlows, if set, reads how many flows an enforcing dataplane tracks, for /metrics.
 	TrackedFlows func() (int, error)
 	// AdminTokens authenticate the inspection endpoints and /metrics (Authorization: Bearer TOKEN)
@@ -102,10 +106,28 @@ func NewHandler(ctrl *control.Controller, opts Options) *Handler {
 	h.mux.HandleFunc("GET /sgsim/v1/enis/{id}", h.serveGetENI)
 	h.mux.HandleFunc("GET /sgsim/v1/enis", h.serveListENIs)
 	h.mux.HandleFunc("GET /metrics", h.serveMetrics)
-	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "generation": ctrl.View().Generation})
-	})
+	h.mux.HandleFunc("GET /livez", h.serveLive)
+	h.mux.HandleFunc("GET /readyz", h.serveReady)
+	h.mux.HandleFunc("GET /healthz", h.serveReady)
 	return h
+}
+
+// serveLive answers as long as the process serves HTTP at all: it reads nothing that a write can hold.
+func (h *Handler) serveLive(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+}
+
+// serveReady says whether the daemon can take writes (Kubernetes' readiness); reads may still work when
+// it cannot, so it is not a liveness signal.
+func (h *Handler) serveReady(w http.ResponseWriter, _ *http.Request) {
+	gen := h.ctrl.View().Generation
+	if h.opts.StoreHealth != nil {
+		if err := h.opts.StoreHealth(); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "reason": err.Error(), "generation": gen})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "generation": gen})
 }
 
 // ServeHTTP implements http.Handler; a panic anywhere below becomes a 500, never a dead daemon.

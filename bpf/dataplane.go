@@ -136,8 +136,10 @@ func Load(opts Options) (*Dataplane, error) {
 func (d *Dataplane) checkTableChunks() error {
 	free := -1
 	for ti := range 2 * maxSlots {
-		var inner *ebpf.Map
-		err := d.objs.Tables.Lookup(ti, &inner)
+		// The raw value (the inner map's ID): opening the inner map by ID would need CAP_SYS_ADMIN,
+		// which the daemon runs without (deploy/sgsim.service).
+		var id uint32
+		err := d.objs.Tables.Lookup(ti, &id)
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			free = int(ti)
 			break
@@ -145,7 +147,6 @@ func (d *Dataplane) checkTableChunks() error {
 		if err != nil {
 			return fmt.Errorf("read tables[%d]: %w", ti, err)
 		}
-		inner.Close()
 	}
 	if free < 0 {
 		return nil // every entry holds a table this program was verified against
@@ -556,6 +557,13 @@ func (st *staged) Switch() error {
 		l.tables = [2]*compiler.Table{s.tables.Ingress, s.tables.Egress}
 		d.live[s.slot] = l
 	}
+	return st.remove()
+}
+
+// remove frees the slots of the ENIs the change removed: their tables, names, bindings and tracked
+// flows; up to maxResident slots keep their emptied maps installed for their next ENI. Caller holds mu.
+func (st *staged) remove() error {
+	d := st.d
 	freed := map[uint32]bool{}
 	for _, id := range st.removed {
 		slot, ok := d.slots[id]

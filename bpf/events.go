@@ -70,10 +70,14 @@ func (e DropEvent) String() string {
 	if e.RuleIndex != nil {
 		what = fmt.Sprintf("%s rule %d", e.SgID, *e.RuleIndex)
 	}
-	if !e.Src.IsValid() {
-		return fmt.Sprintf("DROP %s %s: %s", e.ENI, e.Direction, what)
+	eni := e.ENI
+	if eni == "" {
+		eni = fmt.Sprintf("ifindex %d", e.Ifindex) // a guarded interface: no ENI claims it
 	}
-	return fmt.Sprintf("DROP %s %s proto %d %s:%d → %s:%d: %s", e.ENI, e.Direction, e.Proto, e.Src, e.Sport, e.Dst, e.Dport, what)
+	if !e.Src.IsValid() {
+		return fmt.Sprintf("DROP %s %s: %s", eni, e.Direction, what)
+	}
+	return fmt.Sprintf("DROP %s %s proto %d %s:%d → %s:%d: %s", eni, e.Direction, e.Proto, e.Src, e.Sport, e.Dst, e.Dport, what)
 }
 
 // DropReader reads drop events from the pinned maps of a running dataplane.

@@ -8,14 +8,27 @@ import (
 	"os"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/sgsim/sgsim/model"
 )
 
 // MaxENIs is how many ENIs one loaded program holds (its slots): the node refuses the next new ENI
 // with a 409 before anything is committed.
 const MaxENIs = int(maxSlots)
 
-// guardSlot binds an interface to no ENI: the program drops every packet on it (SPEC §8's guard).
-const guardSlot = ^uint32(0)
+// guardSlot binds an interface to no ENI: the program drops every packet on it with reason no-eni
+// (SPEC §8's guard).
+const guardSlot = uint32(sgSgConstSG_GUARD_SLOT)
+
+// GuardDrops counts the packets dropped on guarded interfaces in direction dir (egress: what the VMs
+// behind them sent) since the program's maps were made.
+func (d *Dataplane) GuardDrops(dir model.Direction) (uint64, error) {
+	var n uint64
+	if err := d.objs.GuardDrops.Lookup(uint32(dir), &n); err != nil {
+		return 0, fmt.Errorf("read guard drops: %w", err)
+	}
+	return n, nil
+}
 
 // Guard puts the program on ifname bound to no ENI, so nothing crosses it until an ENI claims it; a
 // later Attach replaces the binding in one map update.

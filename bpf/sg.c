@@ -30,6 +30,7 @@ enum reason {
 	R_ND = 5,
 	R_NOT_IP = 6,
 	R_MALFORMED = 7,
+	R_NO_ENI = 8, // a guarded interface no ENI claims (SPEC §8)
 };
 
 #define CHUNK_SHIFT SG_CHUNK_SHIFT
@@ -112,6 +113,16 @@ struct {
 	__type(value, struct ifcfg);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } ifaces SEC(".maps");
+
+// Packets dropped on guarded interfaces (SPEC §8) by ENI direction (what the VM sent: egress), counted
+// beside the rate-limited drop events.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
+} guard_drops SEC(".maps");
 
 struct eniname {
 	char name[SG_NAME_SIZE];
@@ -1200,7 +1211,8 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 			return TC_ACT_OK; // not a managed interface
 		slot = c->slot;
 	}
-	if (slot >= SG_MAX_SLOTS)
+	int guarded = slot == SG_GUARD_SLOT;
+	if (slot >= SG_MAX_SLOTS && !guarded)
 		return TC_ACT_SHOT;
 
 	struct pkt p;
@@ -1217,6 +1229,16 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		r = bpf_skb_pull_data(skb, skb->len) ? R_MALFORMED : parse(skb, &p);
 		if (r == R_PULL)
 			r = R_MALFORMED;
+	}
+	if (guarded) {
+		// Parsed only so the drop event names the packet; nothing is tracked or remembered.
+		__u32 gd = dir;
+		__u64 *n = bpf_map_lookup_elem(&guard_drops, &gd);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		d.reason = R_NO_ENI;
+		report_drop(skb, slot, dir, &p, &d, now);
+		return TC_ACT_SHOT;
 	}
 	struct frag_key fk;
 	struct frag_val *fv = 0;

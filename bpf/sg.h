@@ -7,6 +7,9 @@ enum sg_const {
 	// ENI slots one loaded program holds (ifaces, eni_names); tables has one entry per slot and direction.
 	SG_MAX_SLOTS = 4096,
 	SG_MAX_TABLES = 2 * SG_MAX_SLOTS,
+	// The slot an interface no ENI claims is bound to by serve --guard: every packet on it is dropped,
+	// ARP too, with reason no-eni (SPEC §8).
+	SG_GUARD_SLOT = SG_MAX_SLOTS,
 	// A table version is one inner array map of SG_CHUNK_SIZE-byte chunks read as one byte string
 	// (layout.go): small chunks keep a small ENI's tables small, a big table spans many.
 	SG_CHUNK_SHIFT = 12,

@@ -162,6 +162,7 @@ type sgSgConst uint32
 const (
 	sgSgConstSG_MAX_SLOTS     sgSgConst = 4096
 	sgSgConstSG_MAX_TABLES    sgSgConst = 8192
+	sgSgConstSG_GUARD_SLOT    sgSgConst = 4096
 	sgSgConstSG_CHUNK_SHIFT   sgSgConst = 12
 	sgSgConstSG_CHUNK_SIZE    sgSgConst = 4096
 	sgSgConstSG_HDR_SIZE      sgSgConst = 64
@@ -195,6 +196,7 @@ const (
 	sgMapDrops           = "drops"
 	sgMapEniNames        = "eni_names"
 	sgMapFrags           = "frags"
+	sgMapGuardDrops      = "guard_drops"
 	sgMapIfaces          = "ifaces"
 	sgMapTableGens       = "table_gens"
 	sgMapTables          = "tables"
@@ -273,6 +275,7 @@ type sgMapSpecs struct {
 	Drops      *ebpf.MapSpec `ebpf:"drops"`
 	EniNames   *ebpf.MapSpec `ebpf:"eni_names"`
 	Frags      *ebpf.MapSpec `ebpf:"frags"`
+	GuardDrops *ebpf.MapSpec `ebpf:"guard_drops"`
 	Ifaces     *ebpf.MapSpec `ebpf:"ifaces"`
 	TableGens  *ebpf.MapSpec `ebpf:"table_gens"`
 	Tables     *ebpf.MapSpec `ebpf:"tables"`
@@ -325,6 +328,7 @@ type sgMaps struct {
 	Drops      *ebpf.Map `ebpf:"drops"`
 	EniNames   *ebpf.Map `ebpf:"eni_names"`
 	Frags      *ebpf.Map `ebpf:"frags"`
+	GuardDrops *ebpf.Map `ebpf:"guard_drops"`
 	Ifaces     *ebpf.Map `ebpf:"ifaces"`
 	TableGens  *ebpf.Map `ebpf:"table_gens"`
 	Tables     *ebpf.Map `ebpf:"tables"`
@@ -339,6 +343,7 @@ func (m *sgMaps) Close() error {
 		m.Drops,
 		m.EniNames,
 		m.Frags,
+		m.GuardDrops,
 		m.Ifaces,
 		m.TableGens,
 		m.Tables,

@@ -33,9 +33,11 @@ const (
 	ReasonND
 	ReasonNotIP
 	ReasonMalformed
+	// ReasonNoENI is the kernel's only: a guarded interface no ENI claims (SPEC §8).
+	ReasonNoENI
 )
 
-var reasonNames = [...]string{"rule", "default-drop", "established", "no-sg", "arp", "nd", "not-ip", "malformed"}
+var reasonNames = [...]string{"rule", "default-drop", "established", "no-sg", "arp", "nd", "not-ip", "malformed", "no-eni"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,10 +56,12 @@ const linksTopology = `{
     {"sgId": "sg-srv", "appId": "1", "ingress": [
        {"ipProtocol": "tcp", "portRange": "8080", "action": "ACCEPT"},
        {"ipProtocol": "tcp", "portRange": "9090", "action": "ACCEPT"},
-       {"ipProtocol": "tcp", "portRange": "7070", "sgId": "sg-late", "action": "ACCEPT"}], "egress": []},
+       {"ipProtocol": "tcp", "portRange": "7070", "sgId": "sg-late", "action": "ACCEPT"},
+       {"ipProtocol": "udp", "portRange": "5353", "action": "ACCEPT"}], "egress": []},
     {"sgId": "sg-late", "appId": "1", "ingress": [], "egress": [
        {"ipProtocol": "tcp", "portRange": "8080", "action": "ACCEPT"},
-       {"ipProtocol": "tcp", "portRange": "7070", "action": "ACCEPT"}]}
+       {"ipProtocol": "tcp", "portRange": "7070", "action": "ACCEPT"},
+       {"ipProtocol": "udp", "portRange": "5353", "action": "ACCEPT"}]}
   ],
   "networkInterfaces": [
     {"networkInterfaceId": "eni-srv", "appId": "1", "privateIpAddresses": ["198.18.211.1"],
@@ -181,4 +184,105 @@ func TestENILimitIsAClear409(t *testing.T) {
 	_, err = c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.4"}, SgIDs: []string{"sg-late"}})
 	require.NoError(t, err)
 	assert.Equal(t, bpf.MaxENIs, 4096, "the documented slot count")
+}
+
+// TestGuardHandover: a UDP stream from a VM whose veth is guarded, while its ENI arrives: every packet
+// sent is either dropped by the guard (counted, reason no-eni) or decided by the ENI's own rules — none
+// by neither — and every packet its rules accepted arrives.
+func TestGuardHandover(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	lab := netlab.New(t, "ngh")
+	lab.AddVM("eni-srv", "sgn-srv", "198.18.211.1")
+	seed, err := model.ParseTopology("links", []byte(linksTopology))
+	require.NoError(t, err)
+	n, err := New(ctx, Config{Seed: seed, Dataplane: DataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host,
+		Guard: []string{"sgq-*"}, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	lab.AddVM("eni-y", "sgq-y", "198.18.211.5")
+	// Only the stream crosses sgq-y: no IPv6 chatter (router and neighbour solicitations, MLD) from the VM.
+	_, err = netns.Do(lab.VMs["eni-y"], func() (struct{}, error) {
+		return struct{}{}, os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0o644)
+	})
+	require.NoError(t, err)
+
+	rx, err := netns.Do(lab.VMs["eni-srv"], func() (*net.UDPConn, error) {
+		return net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("198.18.211.1"), Port: 5353})
+	})
+	require.NoError(t, err)
+	defer rx.Close()
+	var received atomic.Int64
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, err := rx.Read(buf); err != nil {
+				return
+			}
+			received.Add(1)
+		}
+	}()
+	tx, err := netns.Do(lab.VMs["eni-y"], func() (*net.UDPConn, error) {
+		return net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("198.18.211.5")})
+	})
+	require.NoError(t, err)
+	defer tx.Close()
+	// The neighbour entry the guard kept from resolving would hold the first packets back: give the VM
+	// a static one, so each packet sent reaches the tap at once.
+	lab.IP("-n", lab.VMs["eni-y"], "neigh", "replace", "198.18.211.1", "lladdr", macOf(t, lab, "eni-srv"), "dev", "eth0")
+	guardBefore, err := n.BPF().GuardDrops(model.Egress)
+	require.NoError(t, err)
+	sent := 0
+	send := func(k int) {
+		for range k {
+			if _, err := tx.WriteToUDP([]byte("y"), &net.UDPAddr{IP: net.ParseIP("198.18.211.1"), Port: 5353}); err == nil {
+				sent++
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	send(200)
+	put := make(chan error, 1)
+	go func() {
+		_, err := n.Controller().PutENI(ctx, model.NetworkInterface{NetworkInterfaceID: "eni-y", AppID: "1",
+			PrivateIPAddresses: []string{"198.18.211.5"}, SgIDs: []string{"sg-late"}, HostInterface: "sgq-y"})
+		put <- err
+	}()
+	send(400) // the handover happens while these go
+	require.NoError(t, <-put)
+	send(200)
+	time.Sleep(100 * time.Millisecond)
+	guardAfter, err := n.BPF().GuardDrops(model.Egress)
+	require.NoError(t, err)
+	hits, err := n.BPF().Hits()
+	require.NoError(t, err)
+	var byRules, accepted uint64
+	for _, h := range hits {
+		if h.ENI == "eni-y" && h.Direction == model.Egress {
+			byRules += h.Packets
+			if h.Decision != nil && h.Decision.Verdict == model.Accept {
+				accepted += h.Packets
+			}
+		}
+	}
+	guarded := guardAfter - guardBefore
+	t.Logf("sent %d: %d dropped by the guard, %d decided by eni-y's rules (%d accepted), %d received", sent, guarded, byRules, accepted, received.Load())
+	require.Greater(t, guarded, uint64(0), "the guard dropped the first packets")
+	require.Greater(t, byRules, uint64(0), "the ENI's rules decided the last ones")
+	require.Equal(t, uint64(sent), guarded+byRules, "no packet decided by neither")
+	require.Equal(t, int64(accepted), received.Load(), "every accepted packet arrived")
+}
+
+// macOf is the MAC of eni's eth0.
+func macOf(t *testing.T, lab *netlab.Lab, eni string) string {
+	t.Helper()
+	mac, err := netns.Do(lab.VMs[eni], func() (string, error) {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return "", err
+		}
+		return ifc.HardwareAddr.String(), nil
+	})
+	require.NoError(t, err)
+	return mac
 }

@@ -56,8 +56,8 @@ type Config struct {
 	// Control configures the write path (limits, the Go engine's matcher); Logger and NoEngine are set
 	// by the node.
 	Control control.Options
-	// API configures the handlers (clock, request bounds); Logger, Nonces and RuleCounts are set by the
-	// node.
+	// API configures the handlers (clock, request bounds); Logger, Nonces, RuleCounts and StoreHealth
+	// are set by the node.
 	API    api.Options
 	Logger *slog.Logger
 }
@@ -71,6 +71,8 @@ type Node struct {
 	links   *hostif.Follower // nil unless the program is attached to host interfaces
 	stop    context.CancelFunc
 	handler *api.Handler
+
+	seedable bool // the data directory has no committed store file (store.SeedDecision)
 }
 
 // New builds the node of cfg: it opens (and seeds) the store, loads every dataplane with the current
@@ -127,7 +129,8 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	if enforce && !cfg.NoAttach {
 		copts.OnApplied = n.follow
 	}
-	if n.ctrl, err = control.New(ctx, n.st, seed, copts); err != nil {
+	monitored := store.NewMonitored(n.st, store.MonitorOptions{ProbeDir: cfg.DataDir}) // for /readyz
+	if n.ctrl, err = control.New(ctx, monitored, seed, copts); err != nil {
 		return n, err
 	}
 	if err := n.enforce(ctx, cfg); err != nil {
@@ -135,6 +138,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	aopts := cfg.API
 	aopts.Logger = log
+	aopts.StoreHealth = monitored.Health
 	if nonces, ok := n.st.(api.NonceStore); ok {
 		aopts.Nonces = nonces
 	}
@@ -152,12 +156,16 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 }
 
 // openStore opens cfg's store and returns the state that seeds it when it holds none yet.
-func (n *Node) openStore(ctx context.Context, cfg Config) (*model.State, error) {
+func (n *Node) openStore(ctx context.Context, cfg Config) (_ *model.State, err error) {
 	if cfg.DataDir == "" {
 		n.st = store.NewMemory()
 	} else {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("--data-dir %s: %w", cfg.DataDir, err)
+		}
+		// Decided on the file before bbolt opens it: bbolt re-initialises an empty file.
+		if n.seedable, err = store.SeedDecision(cfg.DataDir, cfg.Topology != "" || cfg.Seed != nil); err != nil {
+			return nil, err
 		}
 		b, err := store.OpenBolt(filepath.Join(cfg.DataDir, store.DBFile))
 		if err != nil {
@@ -175,6 +183,8 @@ func (n *Node) openStore(ctx context.Context, cfg Config) (*model.State, error) 
 			n.log.Info("store already holds a state; --topology ignored", "generation", gen, "topology", cfg.Topology)
 		}
 		return nil, nil
+	case cfg.DataDir != "" && !n.seedable:
+		return nil, fmt.Errorf("store: %s holds no state: restore it from a backup, or move it aside and start with --topology", filepath.Join(cfg.DataDir, store.DBFile))
 	case cfg.Seed != nil:
 		return cfg.Seed, nil
 	case cfg.Topology != "":

@@ -75,6 +75,9 @@ type Bolt struct {
 // layout to records in place. It fails after a second instead of waiting forever when another process
 // holds the file.
 func OpenBolt(path string) (*Bolt, error) {
+	if err := CheckFile(path); err != nil { // bbolt would misread, panic on or re-initialise a bad file
+		return nil, err
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)

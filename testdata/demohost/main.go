@@ -71,31 +71,8 @@ func run() error {
 	defer cleanup(dir)
 	cleanup("") // leftovers of an interrupted run
 
-	step("a host with two VMs: namespaces %s (%s) and %s (%s) on veths sgtap1 and sgtap2, nothing filtering", vm1NS, vm1IP, vm2NS, vm2IP)
-	for _, args := range [][]string{
-		{"netns", "add", hostNS}, {"-n", hostNS, "link", "add", "br0", "type", "bridge"}, {"-n", hostNS, "link", "set", "br0", "up"},
-	} {
-		if err := ip(args...); err != nil {
-			return err
-		}
-	}
-	for _, vm := range []struct{ ns, tap, addr string }{{vm1NS, "sgtap1", vm1IP}, {vm2NS, "sgtap2", vm2IP}} {
-		for _, args := range [][]string{
-			{"netns", "add", vm.ns},
-			{"-n", hostNS, "link", "add", vm.tap, "type", "veth", "peer", "name", "eth0", "netns", vm.ns},
-			{"-n", hostNS, "link", "set", vm.tap, "master", "br0", "up"},
-			{"-n", vm.ns, "addr", "add", vm.addr + "/24", "dev", "eth0"},
-			{"-n", vm.ns, "link", "set", "eth0", "up"}, {"-n", vm.ns, "link", "set", "lo", "up"},
-		} {
-			if err := ip(args...); err != nil {
-				return err
-			}
-		}
-	}
-	for _, port := range []string{"8080", "22"} {
-		if err := echoServer(vm1NS, vm1IP+":"+port); err != nil {
-			return err
-		}
+	if err := makeHost(); err != nil {
+		return err
 	}
 	tryTCP("before sgsim", "8080", "22")
 
@@ -130,6 +107,29 @@ func run() error {
 	show(env, bin, "eni", "put", "eni-vm2", ep, "--app-id", "1250000001", "--ip", vm2IP, "--sg", "sg-client", "--host-interface", "sgtap2")
 	show(env, bin, "eni", "list", ep)
 
+	if err := showFlows(bin); err != nil {
+		return err
+	}
+
+	step("a rule change: sg-web also accepts tcp/22 from sg-client (ModifySecurityGroupPolicy); in force when answered")
+	show(env, bin, "call", "tencent", ep, "Action=ModifySecurityGroupPolicy", "sgId=sg-web",
+		"ingress.0.ipProtocol=tcp", "ingress.0.portRange=8080", "ingress.0.sgId=sg-client", "ingress.0.action=ACCEPT",
+		"ingress.1.ipProtocol=tcp", "ingress.1.portRange=22", "ingress.1.sgId=sg-client", "ingress.1.action=ACCEPT",
+		"ingress.1.desc=ssh from clients")
+	tryTCP("after the change", "8080", "22")
+
+	step("eni-vm1 deleted: its tap is guarded again")
+	show(env, bin, "eni", "delete", "eni-vm1", ep)
+	tryTCP("after the delete", "8080")
+
+	step("stop serve and remove everything (namespaces, pins, data)")
+	stop()
+	_ = serve.Wait()
+	return nil
+}
+
+// showFlows runs `sgsim flows` while vm2 tries vm1's ports, then prints the drops it reported.
+func showFlows(bin string) error {
 	flows := exec.Command(bin, "flows", "--pin-path", pinPath, "--count", "2")
 	var flowOut strings.Builder
 	flows.Stdout, flows.Stderr = &flowOut, &flowOut
@@ -149,20 +149,38 @@ func run() error {
 	step("sgsim flows --count 2: which rule dropped each refused packet")
 	fmt.Print(indent(flowOut.String()))
 
-	step("a rule change: sg-web also accepts tcp/22 from sg-client (ModifySecurityGroupPolicy); in force when answered")
-	show(env, bin, "call", "tencent", ep, "Action=ModifySecurityGroupPolicy", "sgId=sg-web",
-		"ingress.0.ipProtocol=tcp", "ingress.0.portRange=8080", "ingress.0.sgId=sg-client", "ingress.0.action=ACCEPT",
-		"ingress.1.ipProtocol=tcp", "ingress.1.portRange=22", "ingress.1.sgId=sg-client", "ingress.1.action=ACCEPT",
-		"ingress.1.desc=ssh from clients")
-	tryTCP("after the change", "8080", "22")
+	return nil
+}
 
-	step("eni-vm1 deleted: its tap is guarded again")
-	show(env, bin, "eni", "delete", "eni-vm1", ep)
-	tryTCP("after the delete", "8080")
-
-	step("stop serve and remove everything (namespaces, pins, data)")
-	stop()
-	_ = serve.Wait()
+// makeHost builds the host namespace with its bridge and the two VMs on their taps, with echo servers
+// on vm1's tcp/8080 and tcp/22.
+func makeHost() error {
+	step("a host with two VMs: namespaces %s (%s) and %s (%s) on veths sgtap1 and sgtap2, nothing filtering", vm1NS, vm1IP, vm2NS, vm2IP)
+	for _, args := range [][]string{
+		{"netns", "add", hostNS}, {"-n", hostNS, "link", "add", "br0", "type", "bridge"}, {"-n", hostNS, "link", "set", "br0", "up"},
+	} {
+		if err := ip(args...); err != nil {
+			return err
+		}
+	}
+	for _, vm := range []struct{ ns, tap, addr string }{{vm1NS, "sgtap1", vm1IP}, {vm2NS, "sgtap2", vm2IP}} {
+		for _, args := range [][]string{
+			{"netns", "add", vm.ns},
+			{"-n", hostNS, "link", "add", vm.tap, "type", "veth", "peer", "name", "eth0", "netns", vm.ns},
+			{"-n", hostNS, "link", "set", vm.tap, "master", "br0", "up"},
+			{"-n", vm.ns, "addr", "add", vm.addr + "/24", "dev", "eth0"},
+			{"-n", vm.ns, "link", "set", "eth0", "up"}, {"-n", vm.ns, "link", "set", "lo", "up"},
+		} {
+			if err := ip(args...); err != nil {
+				return err
+			}
+		}
+	}
+	for _, port := range []string{"8080", "22"} {
+		if err := echoServer(vm1NS, vm1IP+":"+port); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

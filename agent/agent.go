@@ -1,0 +1,409 @@
+// Package agent is the host agent of fleet mode (SPEC §9): it registers its host under a lease, follows
+// the one feed key of its host, re-reads its share of the state at one revision, puts it in force on
+// its dataplanes through a control.Applier, and only then acknowledges that revision. After a restart,
+// a lost etcd or a compacted watch it does the same: resync at one revision, enforce, acknowledge;
+// whatever the dataplanes hold (pinned tables) stays in force meanwhile.
+package agent
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/store/etcdstore"
+)
+
+// Config is what an agent runs with.
+type Config struct {
+	Client     *clientv3.Client
+	Prefix     string // the fleet's etcd prefix, e.g. "/sgsim"
+	Host       string
+	Dataplanes []control.Dataplane // enforcing dataplanes besides the built-in Go engine
+	Logger     *slog.Logger        // nil = slog.Default()
+	// NoEngine keeps no built-in Go engine (an agent that only enforces with BPF).
+	NoEngine bool
+}
+
+// Agent is one host's agent; Run does the work.
+type Agent struct {
+	cfg Config
+	st  *etcdstore.Store
+	log *slog.Logger
+
+	mu      sync.Mutex // guards applier and rev for readers; Run is the only writer
+	applier *control.Applier
+	rev     uint64
+
+	feedEvents, resyncs atomic.Uint64
+
+	// Run's alone: the last share read, so a resync fetches and decodes only what changed.
+	shareCache etcdstore.ShareCache
+	decoded    map[store.Key]decodedRecord
+}
+
+// decodedRecord is a record's object as last decoded, valid while the record's revision is the same.
+type decodedRecord struct {
+	revision uint64
+	object   any // model.Account, model.SecurityGroup or model.NetworkInterface
+}
+
+// Stats counts what an agent did since it started.
+type Stats struct {
+	FeedEvents uint64 // changes delivered to this host by etcd
+	Resyncs    uint64 // shares read and put in force (coalesced changes count once)
+}
+
+// Stats returns the agent's counters.
+func (a *Agent) Stats() Stats {
+	return Stats{FeedEvents: a.feedEvents.Load(), Resyncs: a.resyncs.Load()}
+}
+
+// New checks cfg and connects; Run starts the agent.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if cfg.Host == "" {
+		return nil, errors.New("agent: no host name")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	st, err := etcdstore.Open(ctx, cfg.Client, cfg.Prefix, etcdstore.WithLogger(log))
+	if err != nil {
+		return nil, fmt.Errorf("agent %s: %w", cfg.Host, err)
+	}
+	return &Agent{cfg: cfg, st: st, log: log.With("host", cfg.Host)}, nil
+}
+
+// Run is New then Agent.Run.
+func Run(ctx context.Context, cfg Config) error {
+	a, err := New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// Applier returns the applier in force (nil before the first resync): its View is this host's share.
+func (a *Agent) Applier() *control.Applier {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.applier
+}
+
+// Revision returns the revision in force (0 before the first resync).
+func (a *Agent) Revision() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.rev
+}
+
+// errLeaseLost ends a follow when the host's registration is gone.
+var errLeaseLost = errors.New("host lease lost")
+
+// Run registers the host and keeps its share in force until ctx ends; a clean stop revokes the lease,
+// so the host is down at once instead of pending for HostTTL. Failures (etcd unreachable, a compacted
+// feed, a lost lease) are retried with a backoff and end in a resync.
+func (a *Agent) Run(ctx context.Context) error {
+	var host *etcdstore.Host
+	defer func() {
+		if host != nil {
+			host.Close()
+		}
+	}()
+	backoff := 50 * time.Millisecond
+	for {
+		var err error
+		if host == nil {
+			host, err = a.st.RegisterHost(ctx, a.cfg.Host)
+		}
+		if err == nil {
+			var rev uint64
+			if rev, err = a.resync(ctx); err == nil {
+				backoff = 50 * time.Millisecond
+				err = a.follow(ctx, rev, host)
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, errLeaseLost) {
+			host.Close()
+			host = nil
+		}
+		a.log.Warn("resyncing", "err", err, "after", backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// follow watches the host's feed from rev and resyncs for every change that affects the host. Changes
+// arriving while a resync runs are coalesced into the next one, which reads the latest revision: one
+// ack per batch, never a stale table.
+func (a *Agent) follow(ctx context.Context, rev uint64, host *etcdstore.Host) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changed := make(chan struct{}, 1)
+	watchErr := make(chan error, 1)
+	go func() {
+		watchErr <- a.st.WatchFeed(wctx, a.cfg.Host, rev, func(uint64) error {
+			a.feedEvents.Add(1)
+			select {
+			case changed <- struct{}{}:
+			default: // a resync is already due; it reads the latest revision
+			}
+			return nil
+		})
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-host.Lost():
+			return errLeaseLost
+		case err := <-watchErr:
+			return err
+		case <-changed:
+			if _, err := a.resync(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// resync reads this host's share of the latest state at one revision (only the share: see
+// etcdstore.Store.ReadShare), puts it in force and acknowledges the revision.
+func (a *Agent) resync(ctx context.Context) (uint64, error) {
+	a.resyncs.Add(1)
+	sh, err := a.st.ReadShare(ctx, a.cfg.Host, &a.shareCache)
+	if err != nil {
+		return 0, err
+	}
+	rev := sh.Revision
+	share, err := a.shareFromRead(sh)
+	if err != nil {
+		return 0, fmt.Errorf("agent %s: share at revision %d: %w", a.cfg.Host, rev, err)
+	}
+	a.mu.Lock()
+	ap, cur := a.applier, a.rev
+	a.mu.Unlock()
+	switch {
+	case ap == nil:
+		ap = control.NewApplier(share, rev, control.ApplierOptions{Logger: a.log, NoEngine: a.cfg.NoEngine})
+		for _, dp := range a.cfg.Dataplanes {
+			if err := ap.AddDataplane(ctx, dp); err != nil {
+				return 0, fmt.Errorf("agent %s: %w", a.cfg.Host, err)
+			}
+		}
+	case rev != cur:
+		if err := ap.Apply(ctx, share, rev); err != nil {
+			return 0, fmt.Errorf("agent %s: apply revision %d: %w", a.cfg.Host, rev, err)
+		}
+	}
+	a.mu.Lock()
+	a.applier, a.rev = ap, rev
+	a.mu.Unlock()
+	if err := a.st.Ack(ctx, a.cfg.Host, rev); err != nil {
+		return 0, err
+	}
+	return rev, nil
+}
+
+// Share returns what host's tables need of s: the ENIs whose Host is host with their SGs in full; for
+// the sgId rules of those SGs, the SGs they name (rules dropped unless the host uses them too); and the
+// ENIs of other hosts that are members of a named SG, as only what those rules take of them (ID,
+// account, addresses and those memberships, sorted, after the host's own ENIs, sorted by ID). A nil s is
+// the empty state.
+func Share(s *model.State, host string) (*model.State, error) {
+	if s == nil {
+		return model.NewState(model.Topology{})
+	}
+	full := s.Topology()
+	var local, others []model.NetworkInterface
+	for _, n := range full.NetworkInterfaces {
+		if n.Host == host {
+			local = append(local, n)
+		} else {
+			others = append(others, model.NetworkInterface{NetworkInterfaceID: n.NetworkInterfaceID, AppID: n.AppID,
+				PrivateIPAddresses: n.PrivateIPAddresses, SgIDs: n.SgIDs})
+		}
+	}
+	return shareOf(full.Accounts, full.SecurityGroups, local, others, host)
+}
+
+// shareOf builds a share from accounts, SGs (at least the host's and those their rules name), the host's
+// ENIs, and other ENIs (at least the members of the named SGs), each list in creation order.
+func shareOf(accounts []model.Account, sgs []model.SecurityGroup, local, others []model.NetworkInterface, host string) (*model.State, error) {
+	byID := map[string]*model.SecurityGroup{}
+	for i := range sgs {
+		byID[sgs[i].SgID] = &sgs[i]
+	}
+	used, named := map[string]bool{}, map[string]bool{}
+	for _, n := range local {
+		for _, sg := range n.SgIDs {
+			used[sg] = true
+		}
+	}
+	for sg := range used {
+		g, ok := byID[sg]
+		if !ok {
+			return nil, fmt.Errorf("security group %s of host %s is missing", sg, host)
+		}
+		for _, r := range slices.Concat(g.Ingress, g.Egress) {
+			if r.SgID != "" {
+				named[r.SgID] = true
+			}
+		}
+	}
+	t := model.Topology{Accounts: accounts, NetworkInterfaces: local}
+	for _, g := range sgs {
+		switch {
+		case used[g.SgID]:
+			t.SecurityGroups = append(t.SecurityGroups, g)
+		case named[g.SgID]:
+			g.Ingress, g.Egress = nil, nil
+			t.SecurityGroups = append(t.SecurityGroups, g)
+		}
+	}
+	var members []model.NetworkInterface
+	for _, n := range others {
+		n.SgIDs = slices.Sorted(slices.Values(slices.DeleteFunc(slices.Clone(n.SgIDs), func(sg string) bool { return !named[sg] })))
+		if len(n.SgIDs) > 0 {
+			members = append(members, n)
+		}
+	}
+	slices.SortFunc(members, func(a, b model.NetworkInterface) int { return cmp.Compare(a.NetworkInterfaceID, b.NetworkInterfaceID) })
+	t.NetworkInterfaces = append(t.NetworkInterfaces, members...)
+	return model.NewState(t)
+}
+
+// shareFromRead is the share etcdstore.Store.ReadShare read; objects whose records did not change
+// since the last resync are not decoded again.
+func (a *Agent) shareFromRead(sh etcdstore.Share) (*model.State, error) {
+	recs := slices.Clone(sh.Records)
+	slices.SortFunc(recs, func(x, y store.Record) int { return cmp.Compare(x.Seq, y.Seq) })
+	decoded := make(map[store.Key]decodedRecord, len(recs))
+	var accounts []model.Account
+	var sgs []model.SecurityGroup
+	var local []model.NetworkInterface
+	isLocal := map[string]bool{}
+	for _, r := range recs {
+		d, ok := a.decoded[r.Key]
+		if !ok || d.revision != r.Revision {
+			obj, err := decodeObject(r)
+			if err != nil {
+				return nil, err
+			}
+			d = decodedRecord{revision: r.Revision, object: obj}
+		}
+		decoded[r.Key] = d
+		switch o := d.object.(type) {
+		case model.Account:
+			accounts = append(accounts, o)
+		case model.SecurityGroup:
+			sgs = append(sgs, o)
+		case model.NetworkInterface:
+			local = append(local, o)
+			isLocal[o.NetworkInterfaceID] = true
+		}
+	}
+	a.decoded = decoded
+	others := map[string]*model.NetworkInterface{}
+	for _, sg := range sortedKeys(sh.Members) {
+		for _, m := range sh.Members[sg] {
+			if isLocal[m.ID] {
+				continue
+			}
+			n, ok := others[m.ID]
+			if !ok {
+				n = &model.NetworkInterface{NetworkInterfaceID: m.ID, AppID: m.AppID, PrivateIPAddresses: m.IPs}
+				others[m.ID] = n
+			}
+			n.SgIDs = append(n.SgIDs, sg)
+		}
+	}
+	list := make([]model.NetworkInterface, 0, len(others))
+	for _, n := range others {
+		list = append(list, *n)
+	}
+	return shareOf(accounts, sgs, local, list, a.cfg.Host)
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+// decodeObject decodes a record's object. The model copies what it keeps (NewState), so one decoded
+// value can build many shares.
+func decodeObject(r store.Record) (any, error) {
+	var err error
+	var obj any
+	switch r.Kind {
+	case store.KindAccount:
+		var v model.Account
+		err = json.Unmarshal(r.Value, &v)
+		obj = v
+	case store.KindSG:
+		var v model.SecurityGroup
+		err = json.Unmarshal(r.Value, &v)
+		obj = v
+	case store.KindENI:
+		var v model.NetworkInterface
+		err = json.Unmarshal(r.Value, &v)
+		obj = v
+	default:
+		err = fmt.Errorf("not an object of a share")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", r.Key, err)
+	}
+	return obj, nil
+}
+
+// AffectedHosts returns, sorted, the hosts whose agents must hear of the change from old to next:
+// the hosts of every ENI compiler.Affected names and of every ENI whose host or host interface changed
+// (its tables may be the same, but it is detached there and attached here), in either state. What a
+// replica passes to etcdstore.Store.CommitAffecting.
+func AffectedHosts(old, next *model.State) []string {
+	set := map[string]bool{}
+	ids := compiler.Affected(old, next)
+	if old != nil {
+		for _, id := range next.ENIIDs() {
+			n, _ := next.ENI(id)
+			if o, ok := old.ENI(id); ok && o != n && (o.Host != n.Host || o.HostInterface != n.HostInterface) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	for _, id := range ids {
+		for _, s := range []*model.State{old, next} {
+			if s == nil {
+				continue
+			}
+			if n, ok := s.ENI(id); ok && n.Host != "" {
+				set[n.Host] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(set))
+	for h := range set {
+		out = append(out, h)
+	}
+	slices.Sort(out)
+	return out
+}

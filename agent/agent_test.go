@@ -1,0 +1,422 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/store/etcdstore"
+)
+
+const prefix = "/sgsim"
+
+// startEtcd runs an etcd server in the test process on free ports of 127.0.0.1, with default limits.
+func startEtcd(t testing.TB) string {
+	endpoint, _ := startRestartableEtcd(t)
+	return endpoint
+}
+
+// startRestartableEtcd is startEtcd with a restart: stop, then start again on the same data directory
+// and ports, so clients reconnect on their own.
+func startRestartableEtcd(t testing.TB) (endpoint string, restart func(down time.Duration)) {
+	port := func() int {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port
+	}
+	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port())}
+	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port())}
+	dir := filepath.Join(t.TempDir(), "etcd")
+	var e *embed.Etcd
+	start := func() {
+		cfg := embed.NewConfig()
+		cfg.Dir = dir
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+		var err error
+		e, err = embed.StartEtcd(cfg)
+		require.NoError(t, err)
+		select {
+		case <-e.Server.ReadyNotify():
+		case <-time.After(20 * time.Second):
+			t.Fatal("embedded etcd not ready")
+		}
+	}
+	start()
+	t.Cleanup(func() { e.Close() })
+	return cu.String(), func(down time.Duration) {
+		e.Close()
+		time.Sleep(down)
+		start()
+	}
+}
+
+func client(t testing.TB, endpoint string) *clientv3.Client {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// replica is the writing side of a test: a Store and the state it last committed.
+type replica struct {
+	t   testing.TB
+	st  *etcdstore.Store
+	cur *model.State
+	rev uint64
+}
+
+// commit commits next with the hosts it affects and waits until they enforce it.
+func (r *replica) commit(next *model.State) (rev uint64, hosts []string) {
+	ctx := context.Background()
+	hosts = AffectedHosts(r.cur, next)
+	rev, err := r.st.CommitAffecting(ctx, next, r.rev+1, hosts)
+	require.NoError(r.t, err)
+	r.cur, r.rev = next, rev
+	return rev, hosts
+}
+
+func (r *replica) wait(rev uint64, hosts []string, timeout time.Duration) (pending, down []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	pending, down, err := r.st.WaitEnforced(ctx, rev, hosts)
+	require.NoError(r.t, err)
+	return pending, down
+}
+
+func (r *replica) edit(f func(b *model.Builder)) *model.State {
+	b := r.cur.Edit()
+	f(b)
+	return b.State()
+}
+
+// topology: e0 on h1 and e1 on h2 in sg-a (ssh from sg-a members), e2 on h2 in sg-b (web).
+func topology(t *testing.T) *model.State {
+	s, err := model.NewState(model.Topology{
+		Accounts: []model.Account{{AppID: "1250000001"}},
+		SecurityGroups: []model.SecurityGroup{
+			{SgID: "sg-a", AppID: "1250000001", Ingress: []model.Rule{{IPProtocol: "tcp", SgID: "sg-a", PortRange: "22", Action: "ACCEPT"}}},
+			{SgID: "sg-b", AppID: "1250000001", Ingress: []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: "80", Action: "ACCEPT"}}},
+		},
+		NetworkInterfaces: []model.NetworkInterface{
+			{NetworkInterfaceID: "e0", AppID: "1250000001", PrivateIPAddresses: []string{"198.18.0.10"}, SgIDs: []string{"sg-a"}, Host: "h1", HostInterface: "tap0"},
+			{NetworkInterfaceID: "e1", AppID: "1250000001", PrivateIPAddresses: []string{"198.18.0.11"}, SgIDs: []string{"sg-a"}, Host: "h2", HostInterface: "tap0"},
+			{NetworkInterfaceID: "e2", AppID: "1250000001", PrivateIPAddresses: []string{"198.18.0.12"}, SgIDs: []string{"sg-b"}, Host: "h2", HostInterface: "tap1"},
+		},
+	})
+	require.NoError(t, err)
+	return s
+}
+
+// runAgent starts an agent with its own client; stop ends it (a clean stop: its lease is revoked).
+func runAgent(t testing.TB, endpoint, host string) (a *Agent, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := New(ctx, Config{Client: client(t, endpoint), Prefix: prefix, Host: host})
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	wg.Go(func() { assert.ErrorIs(t, a.Run(ctx), context.Canceled) })
+	stop = func() { cancel(); wg.Wait() }
+	t.Cleanup(stop)
+	return a, stop
+}
+
+// verdict is how host's agent decides a TCP packet from remote to eni's port.
+func verdict(t *testing.T, a *Agent, eni, remote string, port uint16) (model.Action, bool) {
+	ap := a.Applier()
+	require.NotNil(t, ap)
+	v, ok := ap.Engine().Match(eni, model.Ingress, &dataplane.Packet{Remote: netip.MustParseAddr(remote), Proto: 6, Port: port, HasPort: true})
+	return v.Action, ok
+}
+
+func TestAgentsEnforceTheirShare(t *testing.T) {
+	endpoint := startEtcd(t)
+	ctx := context.Background()
+	st, err := etcdstore.Open(ctx, client(t, endpoint), prefix)
+	require.NoError(t, err)
+	r := &replica{t: t, st: st}
+	a1, stop1 := runAgent(t, endpoint, "h1")
+	a2, _ := runAgent(t, endpoint, "h2")
+	require.Eventually(t, func() bool { p, d := r.wait(0, []string{"h1", "h2"}, time.Second); return len(p)+len(d) == 0 },
+		10*time.Second, 20*time.Millisecond, "both registered")
+
+	rev, hosts := r.commit(topology(t))
+	assert.Equal(t, []string{"h1", "h2"}, hosts)
+	pending, down := r.wait(rev, hosts, 5*time.Second)
+	assert.Empty(t, pending)
+	assert.Empty(t, down)
+	share := a1.Applier().View().State
+	assert.ElementsMatch(t, []string{"e0", "e1"}, share.ENIIDs(), "h1: its ENI and the sg-a member it names")
+	e1, _ := share.ENI("e1")
+	assert.Empty(t, e1.HostInterface, "another host's interface is not h1's")
+	_, hasB := share.SG("sg-b")
+	assert.False(t, hasB)
+	act, ok := verdict(t, a1, "e0", "198.18.0.11", 22)
+	require.True(t, ok)
+	assert.Equal(t, model.Accept, act, "ssh from an sg-a member")
+	act, _ = verdict(t, a1, "e0", "198.18.0.12", 22)
+	assert.Equal(t, model.Drop, act)
+
+	// A change to sg-b reaches h2 only.
+	h1rev := a1.Revision()
+	rev, hosts = r.commit(r.edit(func(b *model.Builder) {
+		g, _ := r.cur.SG("sg-b")
+		ng := *g
+		ng.Ingress = []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: "8080", Action: "ACCEPT"}}
+		require.NoError(t, b.PutSG(ng))
+	}))
+	assert.Equal(t, []string{"h2"}, hosts)
+	pending, _ = r.wait(rev, hosts, 5*time.Second)
+	assert.Empty(t, pending)
+	act, _ = verdict(t, a2, "e2", "203.0.113.1", 8080)
+	assert.Equal(t, model.Accept, act)
+	assert.Equal(t, h1rev, a1.Revision(), "h1 heard nothing")
+
+	// e2 joins sg-a: h1's sgId rule now names its address too.
+	rev, hosts = r.commit(r.edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("e2", []string{"sg-b", "sg-a"})) }))
+	assert.Equal(t, []string{"h1", "h2"}, hosts)
+	pending, _ = r.wait(rev, hosts, 5*time.Second)
+	assert.Empty(t, pending)
+	act, _ = verdict(t, a1, "e0", "198.18.0.12", 22)
+	assert.Equal(t, model.Accept, act)
+
+	// e0 moves to h2: detached on h1, attached on h2, both acknowledge.
+	moved := func(host string) *model.State {
+		return r.edit(func(b *model.Builder) {
+			n, _ := r.cur.ENI("e0")
+			nn := *n
+			nn.Host, nn.HostInterface = host, "tap9"
+			require.NoError(t, b.PutENI(nn))
+		})
+	}
+	rev, hosts = r.commit(moved("h2"))
+	assert.Equal(t, []string{"h1", "h2"}, hosts)
+	pending, _ = r.wait(rev, hosts, 5*time.Second)
+	assert.Empty(t, pending)
+	_, ok = a1.Applier().View().Tables["e0"]
+	assert.False(t, ok, "h1 no longer holds e0's tables")
+	act, ok = verdict(t, a2, "e0", "198.18.0.11", 22)
+	require.True(t, ok)
+	assert.Equal(t, model.Accept, act)
+
+	// h1's agent stops (down at once), e0 moves back while it is down, a new agent resyncs and acks.
+	stop1()
+	rev, hosts = r.commit(moved("h1"))
+	pending, down = r.wait(rev, hosts, 300*time.Millisecond)
+	assert.Empty(t, pending)
+	assert.Equal(t, []string{"h1"}, down)
+	start := time.Now()
+	a1, _ = runAgent(t, endpoint, "h1")
+	require.Eventually(t, func() bool { p, d := r.wait(rev, hosts, time.Second); return len(p)+len(d) == 0 },
+		10*time.Second, 10*time.Millisecond)
+	t.Logf("restarted agent enforcing and acknowledged after %v", time.Since(start))
+	act, ok = verdict(t, a1, "e0", "198.18.0.11", 22)
+	require.True(t, ok)
+	assert.Equal(t, model.Accept, act)
+}
+
+func TestShare(t *testing.T) {
+	s := topology(t)
+	empty, err := Share(nil, "h1")
+	require.NoError(t, err)
+	assert.Empty(t, empty.ENIIDs())
+	none, err := Share(s, "elsewhere")
+	require.NoError(t, err)
+	assert.Empty(t, none.ENIIDs())
+	assert.Empty(t, none.SGIDs())
+	h2, err := Share(s, "h2")
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"e0", "e1", "e2"}, h2.ENIIDs(), "e0 is a member of sg-a, which sg-a's rule names")
+	assert.Empty(t, AffectedHosts(s, s), "nothing changed: nobody")
+}
+
+// chained is a fleet where SG rules name other SGs in a chain (sg-0 names sg-1, …), ENIs spread over
+// hosts h0…h3 with one or two SGs each: shares overlap and miss each other in every way.
+func chained(t *testing.T) *model.State {
+	topo := model.Topology{Accounts: []model.Account{{AppID: "1250000001"}, {AppID: "1250000002"}}}
+	const sgs = 6
+	for i := range sgs {
+		topo.SecurityGroups = append(topo.SecurityGroups, model.SecurityGroup{SgID: fmt.Sprintf("sg-%d", i), AppID: "1250000001",
+			Ingress: []model.Rule{{IPProtocol: "tcp", SgID: fmt.Sprintf("sg-%d", (i+1)%sgs), PortRange: "22", Action: "ACCEPT"}},
+			Egress:  []model.Rule{{CidrIP: "198.18.0.0/15", Action: "ACCEPT"}}})
+	}
+	for i := range 24 {
+		sg := []string{fmt.Sprintf("sg-%d", i%sgs)}
+		if i%5 == 0 {
+			sg = append(sg, fmt.Sprintf("sg-%d", (i+3)%sgs))
+		}
+		topo.NetworkInterfaces = append(topo.NetworkInterfaces, model.NetworkInterface{
+			NetworkInterfaceID: fmt.Sprintf("eni-%02d", i), AppID: "1250000001", SgIDs: sg,
+			PrivateIPAddresses: []string{fmt.Sprintf("198.18.1.%d", i+1)}, Host: fmt.Sprintf("h%d", i%3),
+			HostInterface: fmt.Sprintf("tap%d", i)})
+	}
+	s, err := model.NewState(topo)
+	require.NoError(t, err)
+	return s
+}
+
+// The share an agent reads through the indexes (etcdstore.ShareRecords) is the share of the whole
+// state, for every host, across changes that move members, references and hosts.
+func TestShareRecordsMatchTheWholeState(t *testing.T) {
+	endpoint := startEtcd(t)
+	ctx := context.Background()
+	st, err := etcdstore.Open(ctx, client(t, endpoint), prefix)
+	require.NoError(t, err)
+	r := &replica{t: t, st: st}
+	states := []*model.State{chained(t)}
+	edit := func(f func(b *model.Builder)) {
+		b := states[len(states)-1].Edit()
+		f(b)
+		states = append(states, b.State())
+	}
+	edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("eni-01", []string{"sg-4"})) })
+	edit(func(b *model.Builder) {
+		g, _ := states[0].SG("sg-2")
+		ng := *g
+		ng.Ingress = []model.Rule{{IPProtocol: "udp", SgID: "sg-5", PortRange: "53", Action: "ACCEPT"}, {SgID: "sg-2", Action: "ACCEPT"}}
+		require.NoError(t, b.PutSG(ng))
+	})
+	edit(func(b *model.Builder) {
+		n, _ := states[0].ENI("eni-03")
+		nn := *n
+		nn.Host = "h3"
+		require.NoError(t, b.PutENI(nn))
+	})
+	edit(func(b *model.Builder) { require.NoError(t, b.DeleteENI("eni-00")) })
+	edit(func(b *model.Builder) { // a member re-addressed: its index entry stays, its record changes
+		n, _ := states[0].ENI("eni-05")
+		nn := *n
+		nn.PrivateIPAddresses = []string{"198.18.2.5"}
+		require.NoError(t, b.PutENI(nn))
+	})
+	edit(func(b *model.Builder) { // a rule changed, naming the same SG
+		g, _ := states[0].SG("sg-1")
+		ng := *g
+		ng.Ingress = []model.Rule{{IPProtocol: "tcp", SgID: "sg-2", PortRange: "2222", Action: "ACCEPT"}}
+		require.NoError(t, b.PutSG(ng))
+	})
+	// Each host reads as its agent does, with the caches of its previous reads; h0 without any.
+	agents := map[string]*Agent{}
+	for _, host := range []string{"h0", "h1", "h2", "h3", "h4"} {
+		agents[host] = &Agent{cfg: Config{Host: host}}
+	}
+	for i, s := range states {
+		r.commit(s)
+		for host, a := range agents {
+			cache := &a.shareCache
+			if host == "h0" {
+				cache = nil
+			}
+			sh, err := st.ReadShare(ctx, host, cache)
+			require.NoError(t, err)
+			assert.Equal(t, r.rev, sh.Revision)
+			got, err := a.shareFromRead(sh)
+			require.NoError(t, err)
+			want, err := Share(s, host)
+			require.NoError(t, err)
+			assert.Equal(t, want.Topology(), got.Topology(), "state %d, host %s", i, host)
+			// The host's ENIs compile from its share exactly as from the whole state.
+			full, part := compiler.New(s).CompileAll(), compiler.New(got).CompileAll()
+			for _, id := range got.ENIIDs() {
+				if n, _ := got.ENI(id); n.Host == host {
+					assert.Equal(t, full[id], part[id], "state %d, host %s, %s", i, host, id)
+				}
+			}
+		}
+	}
+	for _, host := range []string{"h1", "h2", "h3", "h4"} {
+		assert.Positive(t, agents[host].shareCache.Hits(), "%s: some reads needed no walk", host)
+	}
+}
+
+// An agent whose lease is revoked behind its back registers again and acknowledges again; a feed
+// compacted past its revision ends its follow with ErrCompacted, after which Run resyncs.
+func TestAgentRecovers(t *testing.T) {
+	endpoint := startEtcd(t)
+	ctx := context.Background()
+	cli := client(t, endpoint)
+	st, err := etcdstore.Open(ctx, cli, prefix)
+	require.NoError(t, err)
+	r := &replica{t: t, st: st}
+	a, _ := runAgent(t, endpoint, "h1")
+	rev, hosts := r.commit(topology(t))
+	require.Eventually(t, func() bool { p, d := r.wait(rev, hosts[:1], time.Second); return len(p)+len(d) == 0 },
+		10*time.Second, 10*time.Millisecond)
+
+	resp, err := cli.Get(ctx, prefix+"/hosts/h1")
+	require.NoError(t, err)
+	require.Len(t, resp.Kvs, 1)
+	_, err = cli.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
+	require.NoError(t, err)
+	rev, hosts = r.commit(r.edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("e0", []string{"sg-a", "sg-b"})) }))
+	require.Contains(t, hosts, "h1")
+	require.Eventually(t, func() bool { p, d := r.wait(rev, []string{"h1"}, time.Second); return len(p)+len(d) == 0 },
+		10*time.Second, 10*time.Millisecond, "registered again and enforcing")
+	assert.Equal(t, rev, a.Revision())
+
+	// The follow of an agent behind a compaction fails as compacted.
+	_, err = cli.Compact(ctx, int64(rev))
+	require.NoError(t, err)
+	host, err := a.st.RegisterHost(ctx, "h9")
+	require.NoError(t, err)
+	defer host.Close()
+	err = a.follow(ctx, 1, host)
+	assert.ErrorIs(t, err, store.ErrCompacted)
+}
+
+// etcd stopped and restarted under a running agent: the agent keeps its tables meanwhile, and the
+// first change after the restart is enforced and acknowledged.
+func TestAgentAcrossEtcdRestart(t *testing.T) {
+	endpoint, restart := startRestartableEtcd(t)
+	ctx := context.Background()
+	st, err := etcdstore.Open(ctx, client(t, endpoint), prefix)
+	require.NoError(t, err)
+	r := &replica{t: t, st: st}
+	a, _ := runAgent(t, endpoint, "h1")
+	rev, _ := r.commit(topology(t))
+	require.Eventually(t, func() bool { p, d := r.wait(rev, []string{"h1"}, time.Second); return len(p)+len(d) == 0 },
+		10*time.Second, 10*time.Millisecond)
+
+	restart(500 * time.Millisecond)
+	act, ok := verdict(t, a, "e0", "198.18.0.11", 22)
+	require.True(t, ok)
+	assert.Equal(t, model.Accept, act, "tables in force while etcd was away")
+	var next *model.State
+	require.Eventually(t, func() bool {
+		next = r.edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("e0", []string{"sg-b"})) })
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, rv, err := st.Load(cctx)
+		if err != nil {
+			return false
+		}
+		got, err := st.CommitAffecting(cctx, next, rv+1, AffectedHosts(r.cur, next))
+		if err != nil {
+			return false
+		}
+		r.cur, r.rev = next, got
+		return true
+	}, 20*time.Second, 100*time.Millisecond, "commits resume after the restart")
+	require.Eventually(t, func() bool { p, d := r.wait(r.rev, []string{"h1"}, time.Second); return len(p)+len(d) == 0 },
+		20*time.Second, 20*time.Millisecond, "the agent enforces and acknowledges after the restart")
+	act, _ = verdict(t, a, "e0", "198.18.0.11", 22)
+	assert.Equal(t, model.Drop, act, "e0 left sg-a")
+}

@@ -1,0 +1,553 @@
+// Package etcdstore is the record store of fleet mode (SPEC §9) in etcd: store.Store with one key per
+// object and the derived indexes an agent needs, every commit one etcd transaction guarded by what it
+// was derived from; plus the Nonce record of §4 shared by every replica and the fleet's bookkeeping
+// (host leases, per-host change feeds and acknowledgements).
+//
+// Key layout under prefix P:
+//
+//	P/objects/{account|sg|eni}/{id}  {"seq":N,"object":<model JSON>}   one key per object
+//	P/objects/admin/adminTokens      the topology's admin tokens (SPEC §8), the same envelope
+//	P/index/members/{sgId}           [{"id","appId","ips"},…] the SG's members by ID with their addresses
+//	                                 (written when one joins, leaves or is re-addressed): what another
+//	                                 host's sgId rules need, in one key per SG instead of every record
+//	P/index/host/{host}              ["eni-1",…] sorted ENI IDs whose host is host (written when it changes)
+//	P/objects/generation             {"nextSeq":N,"hosts":[…]}: rewritten by every commit; its
+//	                                 ModRevision is the store's revision, its value the hosts that
+//	                                 commit affected (so its history answers "where is change R?");
+//	                                 under objects/ so one watch sees records and commits in order
+//	P/feed/{host}                    "" rewritten in the commit of every change that affects host
+//	P/acks/{host}                    decimal revision the host has in force (one key per host, overwritten)
+//	P/hosts/{host}                   "" under the host's lease (TTL HostTTL)
+//	P/nonces/{secret}/{ts}/{nonce}   "" under a lease that ends when the Timestamp leaves the window
+//
+// Revisions: the store's generation is etcd's revision of the transaction that committed the state
+// (the ModRevision of P/objects/generation), so Load, Watch, LoadAt and SPEC §9's enforcement.revision speak
+// the same number. Commit's generation argument is only checked to be above the revision this Store
+// last saw, as bbolt checks it; the revision assigned is etcd's (CommitAffecting returns it).
+//
+// Guard: a commit compares P/objects/generation's ModRevision with the one of the state it was derived from.
+// An API call reads more than the records it writes (references, quotas, IP uniqueness), so guarding
+// only the written records would let two calls each pass on a state the other made invalid; one
+// compare on the generation is the whole read set, in one operation.
+//
+// etcd's limits (defaults --max-txn-ops 128, --max-request-bytes 1.5 MiB): a commit is one operation
+// per changed object, per changed index key (an SG's member list is one key, a host's ENI list one
+// key), one for the generation and one per affected host's feed. A 100-ENI
+// ModifySecurityGroupsOfNetworkInterface onto up to 5 SGs on 10 hosts is 100 + ≤10 + ≤10 + 1 + 10 ops
+// (tested against an embedded etcd with the default limits). Bytes are counted too: a change above
+// --max-request-bytes is refused with ErrTooLarge naming its size, or the object too big for any
+// request. Feeds that do not fit in the commit's transaction are written right after it in
+// transactions of at most MaxTxnOps puts, before Commit returns. A commit whose records and indexes
+// alone exceed a limit is refused before anything is written, except the first commit of an empty
+// store (seeding a topology): it is written in transactions within both limits, guarded on the
+// generation's absence, the generation last, so Load and Watch see it only once complete, as one change.
+package etcdstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/store/nonce"
+)
+
+// DefaultMaxTxnOps is etcd's default --max-txn-ops.
+const DefaultMaxTxnOps = 128
+
+// DefaultMaxRequestBytes is etcd's default --max-request-bytes.
+const DefaultMaxRequestBytes = 1536 * 1024
+
+// opOverhead bounds what one operation adds to a request besides its key and value (protobuf framing),
+// and requestSlack what a transaction adds besides the operations counted (the compare, and feeds:
+// at most MaxTxnOps short keys).
+const (
+	opOverhead   = 16
+	requestSlack = 16 * 1024
+)
+
+var (
+	// ErrTooLarge is Commit's error when a change needs more operations than one transaction allows.
+	ErrTooLarge = errors.New("etcdstore: change too large for one etcd transaction")
+	// ErrFeedIncomplete is returned, with the revision, when a commit succeeded but the feeds of some
+	// affected hosts could not be written after it: the change is durable, those hosts do not know yet.
+	ErrFeedIncomplete = errors.New("etcdstore: committed, but not every affected host was notified")
+)
+
+// Option changes how Open sets up a Store.
+type Option func(*Store)
+
+// WithMaxTxnOps sets the cluster's --max-txn-ops when it is not etcd's default.
+func WithMaxTxnOps(n int) Option { return func(s *Store) { s.maxOps = n } }
+
+// WithMaxRequestBytes sets the cluster's --max-request-bytes when it is not etcd's default.
+func WithMaxRequestBytes(n int) Option { return func(s *Store) { s.maxBytes = n } }
+
+// WithLogger sets the logger (slog.Default otherwise).
+func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
+
+// WithNonceLimits bounds this Store's share of the Nonce record (nonce.DefaultLimits otherwise).
+func WithNonceLimits(l nonce.Limits) Option { return func(s *Store) { s.nonces = nonce.New(l) } }
+
+// Store is a store.Store in etcd. Safe for concurrent use; many Stores (replicas) may share a prefix.
+type Store struct {
+	cli      *clientv3.Client
+	prefix   string
+	maxOps   int
+	maxBytes int
+	log      *slog.Logger
+
+	mu     sync.Mutex // serialises commits; guards rs, loaded, base
+	rs     records
+	loaded bool
+	base   int64 // ModRevision of the generation key for the state rs follows; 0 when none
+
+	nonceMu sync.Mutex
+	nonces  *nonce.Record
+	leases  map[int64]clientv3.LeaseID // nonce lease by expiry bucket
+}
+
+// Open returns a Store on cli under prefix (e.g. "/sgsim"), after checking that etcd answers.
+func Open(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Option) (*Store, error) {
+	if cli == nil {
+		return nil, errors.New("etcdstore: nil client")
+	}
+	if !strings.HasPrefix(prefix, "/") || strings.HasSuffix(prefix, "/") {
+		return nil, fmt.Errorf("etcdstore: prefix %q must start with / and not end with one", prefix)
+	}
+	s := &Store{cli: cli, prefix: prefix, maxOps: DefaultMaxTxnOps, maxBytes: DefaultMaxRequestBytes, log: slog.Default(),
+		leases: map[int64]clientv3.LeaseID{}}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.nonces == nil {
+		s.nonces = nonce.New(nonce.DefaultLimits())
+	}
+	if s.maxOps < 8 || s.maxBytes < 64*1024 {
+		return nil, fmt.Errorf("etcdstore: etcd limits of %d operations and %d bytes per request are too small", s.maxOps, s.maxBytes)
+	}
+	if _, err := cli.Get(ctx, s.genKey()); err != nil {
+		return nil, fmt.Errorf("etcdstore: reach etcd: %w", err)
+	}
+	return s, nil
+}
+
+var kindSegments = map[store.Kind]string{store.KindAccount: "account", store.KindSG: "sg", store.KindENI: "eni", store.KindAdmin: "admin"}
+
+func (s *Store) objectsPrefix() string { return s.prefix + "/objects/" }
+func (s *Store) genKey() string        { return s.objectsPrefix() + "generation" }
+func (s *Store) objectKey(k store.Key) string {
+	return s.objectsPrefix() + kindSegments[k.Kind] + "/" + k.ID
+}
+func (s *Store) membersKey(sg string) string { return s.prefix + "/index/members/" + sg }
+func (s *Store) hostIndexKey(h string) string {
+	return s.prefix + "/index/host/" + h
+}
+func (s *Store) feedKey(h string) string { return s.prefix + "/feed/" + h }
+func (s *Store) ackKey(h string) string  { return s.prefix + "/acks/" + h }
+func (s *Store) hostKey(h string) string { return s.prefix + "/hosts/" + h }
+
+// parseObjectKey returns the Key of an object's etcd key.
+func (s *Store) parseObjectKey(key []byte) (store.Key, error) {
+	rest, ok := strings.CutPrefix(string(key), s.objectsPrefix())
+	seg, id, ok2 := strings.Cut(rest, "/")
+	if ok && ok2 && id != "" {
+		for k, name := range kindSegments {
+			if name == seg {
+				return store.Key{Kind: k, ID: id}, nil
+			}
+		}
+	}
+	return store.Key{}, fmt.Errorf("etcdstore: unexpected key %q", key)
+}
+
+// envelope is an object's value: its creation sequence and its JSON.
+type envelope struct {
+	Seq    uint64          `json:"seq"`
+	Object json.RawMessage `json:"object"`
+}
+
+func encodeEnvelope(r store.Record) string {
+	var b strings.Builder
+	b.Grow(len(r.Value) + 32)
+	b.WriteString(`{"seq":`)
+	b.WriteString(strconv.FormatUint(r.Seq, 10))
+	b.WriteString(`,"object":`)
+	b.Write(r.Value)
+	b.WriteByte('}')
+	return b.String()
+}
+
+func (s *Store) decodeRecord(kv *mvccpb.KeyValue) (store.Record, error) {
+	k, err := s.parseObjectKey(kv.Key)
+	if err != nil {
+		return store.Record{}, err
+	}
+	var e envelope
+	if err := json.Unmarshal(kv.Value, &e); err != nil {
+		return store.Record{}, fmt.Errorf("etcdstore: %s at revision %d: %w", k, kv.ModRevision, err)
+	}
+	return store.Record{Key: k, Seq: e.Seq, Revision: uint64(kv.ModRevision), Value: e.Object}, nil
+}
+
+// generation is the generation key's value.
+type generation struct {
+	NextSeq uint64   `json:"nextSeq"`
+	Hosts   []string `json:"hosts"`
+}
+
+// stateOf builds the state of an object listing (nil with no objects).
+func (s *Store) stateOf(kvs []*mvccpb.KeyValue) (*model.State, []store.Record, error) {
+	recs := make([]store.Record, 0, len(kvs))
+	for _, kv := range kvs {
+		if string(kv.Key) == s.genKey() {
+			continue
+		}
+		r, err := s.decodeRecord(kv)
+		if err != nil {
+			return nil, nil, err
+		}
+		recs = append(recs, r)
+	}
+	if len(recs) == 0 {
+		return nil, nil, nil
+	}
+	st, err := store.Change{Puts: recs}.Apply(nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("etcdstore: %w", err)
+	}
+	return st, recs, nil
+}
+
+// Load implements store.Store: the objects and the generation in one read.
+func (s *Store) Load(ctx context.Context) (*model.State, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.load(ctx)
+}
+
+// load reads the current state and makes rs follow it. Caller holds s.mu.
+func (s *Store) load(ctx context.Context) (*model.State, uint64, error) {
+	resp, err := s.cli.Get(ctx, s.objectsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("etcdstore: load %s: %w", s.prefix, err)
+	}
+	var g generation
+	var base int64
+	for _, kv := range resp.Kvs {
+		if string(kv.Key) == s.genKey() {
+			if err := json.Unmarshal(kv.Value, &g); err != nil {
+				return nil, 0, fmt.Errorf("etcdstore: %s: %w", s.genKey(), err)
+			}
+			base = kv.ModRevision
+		}
+	}
+	var st *model.State
+	var recs []store.Record
+	if base != 0 { // without a generation, objects are an unfinished seed: the store is empty
+		if st, recs, err = s.stateOf(resp.Kvs); err != nil {
+			return nil, 0, err
+		}
+	}
+	s.rs = records{}
+	s.rs.reset(st, recs, g.NextSeq)
+	s.base, s.loaded = base, true
+	return st, uint64(base), nil
+}
+
+// Commit implements store.Store. It notifies every host that holds an ENI before or after the change:
+// correct for any change, but a fleet replica should say which hosts it affects (CommitAffecting).
+// A commit whose feeds could not all be written is still durable and returns nil (the failure is
+// logged): an error would tell the caller it was not made.
+func (s *Store) Commit(ctx context.Context, next *model.State, gen uint64) error {
+	_, err := s.CommitAffecting(ctx, next, gen, nil)
+	if errors.Is(err, ErrFeedIncomplete) {
+		return nil
+	}
+	return err
+}
+
+// CommitAffecting commits next as Commit does and writes the feed of each of hosts (nil: every host
+// holding an ENI before or after) in the same transaction, returning the revision assigned. The caller
+// computes hosts from compiler.Affected and the ENIs' Host fields of both states.
+func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint64, hosts []string) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if next == nil {
+		return 0, errors.New("etcdstore: commit of a nil state")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.loaded {
+		if _, _, err := s.load(ctx); err != nil {
+			return 0, err
+		}
+	}
+	if s.base != 0 && gen <= uint64(s.base) {
+		return 0, fmt.Errorf("%w: revision %d, %s is at %d", store.ErrConflict, gen, s.prefix, s.base)
+	}
+	d, err := s.rs.diff(next)
+	if err != nil {
+		return 0, fmt.Errorf("etcdstore: %w", err)
+	}
+	if hosts == nil {
+		hosts = slices.Concat(sortedKeys(s.rs.hosts), sortedKeys(d.allHosts))
+	}
+	hosts = slices.DeleteFunc(slices.Compact(slices.Sorted(slices.Values(hosts))), func(h string) bool { return h == "" })
+	ops, sizes := s.commitOps(d, hosts)
+	if err := s.fitsOneRequest(d, sizes); err != nil {
+		return 0, err
+	}
+	total := requestSlack
+	for _, n := range sizes {
+		total += n
+	}
+	if (len(ops) > s.maxOps || total > s.maxBytes) && s.base == 0 {
+		return s.seed(ctx, next, d, ops, sizes, hosts)
+	}
+	if len(ops) > s.maxOps {
+		return 0, fmt.Errorf("%w: %d objects, %d member lists and %d host lists changed: %d operations, etcd allows %d",
+			ErrTooLarge, len(d.puts)+len(d.dels), len(d.members), len(d.hosts), len(ops), s.maxOps)
+	}
+	if total > s.maxBytes {
+		return 0, fmt.Errorf("%w: %d objects changed, %d bytes, etcd allows %d per request", ErrTooLarge, len(d.puts)+len(d.dels), total, s.maxBytes)
+	}
+	inTxn := min(len(hosts), s.maxOps-len(ops))
+	for _, h := range hosts[:inTxn] {
+		ops = append(ops, clientv3.OpPut(s.feedKey(h), ""))
+	}
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.genKey()), "=", s.base)).Then(ops...).Commit()
+	if err != nil {
+		// Whether it applied is unknown: the next commit starts from what etcd holds.
+		s.loaded = false
+		return 0, fmt.Errorf("etcdstore: commit to %s (%d operations): %w", s.prefix, len(ops), err)
+	}
+	if !resp.Succeeded {
+		s.loaded = false
+		return 0, fmt.Errorf("%w: %s moved past revision %d", store.ErrConflict, s.prefix, s.base)
+	}
+	rev := resp.Header.Revision
+	s.rs.advance(next, d)
+	s.base = rev
+	if err := s.writeFeeds(ctx, hosts[inTxn:]); err != nil {
+		s.log.Error("feeds not written", "revision", rev, "hosts", len(hosts)-inTxn, "err", err)
+		return uint64(rev), fmt.Errorf("%w: revision %d: %w", ErrFeedIncomplete, rev, err)
+	}
+	return uint64(rev), nil
+}
+
+// seed writes the first state of an empty store when it needs more than one transaction: first any
+// unfinished seed is cleared, then the objects and indexes in batches, then the generation, each
+// guarded on the generation's absence (another replica seeding first is ErrConflict). Caller holds s.mu.
+func (s *Store) seed(ctx context.Context, next *model.State, d delta, ops []clientv3.Op, sizes []int, hosts []string) (uint64, error) {
+	absent := clientv3.Compare(clientv3.CreateRevision(s.genKey()), "=", 0)
+	body, gen := ops[:len(ops)-1], ops[len(ops)-1]
+	batches := [][]clientv3.Op{{clientv3.OpDelete(s.objectsPrefix(), clientv3.WithPrefix())}}
+	for start, bytes := 0, requestSlack; start < len(body); {
+		// Each batch within both limits; fitsOneRequest checked that every operation fits alone.
+		end := start
+		for end < len(body) && end-start < s.maxOps && bytes+sizes[end] <= s.maxBytes {
+			bytes += sizes[end]
+			end++
+		}
+		batches = append(batches, body[start:end])
+		start, bytes = end, requestSlack
+	}
+	inTxn := min(len(hosts), s.maxOps-1)
+	last := []clientv3.Op{gen}
+	for _, h := range hosts[:inTxn] {
+		last = append(last, clientv3.OpPut(s.feedKey(h), ""))
+	}
+	batches = append(batches, last)
+	var rev int64
+	for i, b := range batches {
+		resp, err := s.cli.Txn(ctx).If(absent).Then(b...).Commit()
+		if err != nil {
+			s.loaded = false
+			return 0, fmt.Errorf("etcdstore: seed %s (transaction %d of %d): %w", s.prefix, i+1, len(batches), err)
+		}
+		if !resp.Succeeded {
+			s.loaded = false
+			return 0, fmt.Errorf("%w: %s was seeded by another writer", store.ErrConflict, s.prefix)
+		}
+		rev = resp.Header.Revision
+	}
+	s.rs.advance(next, d)
+	s.base = rev
+	if err := s.writeFeeds(ctx, hosts[inTxn:]); err != nil {
+		return uint64(rev), fmt.Errorf("%w: revision %d: %w", ErrFeedIncomplete, rev, err)
+	}
+	return uint64(rev), nil
+}
+
+// fitsOneRequest refuses a change with an object too big for any etcd request, naming it.
+func (s *Store) fitsOneRequest(d delta, sizes []int) error {
+	for i, r := range d.puts {
+		if requestSlack+sizes[i] > s.maxBytes {
+			return fmt.Errorf("%w: %s is %d bytes, etcd allows %d per request", ErrTooLarge, r.Key, len(r.Value), s.maxBytes)
+		}
+	}
+	return nil
+}
+
+// commitOps returns a commit's operations but its feeds, the puts first (in d.puts' order), with the
+// bytes each adds to a request.
+func (s *Store) commitOps(d delta, hosts []string) ([]clientv3.Op, []int) {
+	n := len(d.puts) + len(d.dels) + len(d.members) + len(d.hosts) + 1
+	ops, sizes := make([]clientv3.Op, 0, n+len(hosts)), make([]int, 0, n)
+	add := func(key, value string, del bool) {
+		if del {
+			ops = append(ops, clientv3.OpDelete(key))
+		} else {
+			ops = append(ops, clientv3.OpPut(key, value))
+		}
+		sizes = append(sizes, len(key)+len(value)+opOverhead)
+	}
+	for _, r := range d.puts {
+		add(s.objectKey(r.Key), encodeEnvelope(r), false)
+	}
+	for _, k := range d.dels {
+		add(s.objectKey(k), "", true)
+	}
+	index := func(key string, list any, gone bool) {
+		b, _ := json.Marshal(list) // member and ID lists always encode
+		add(key, string(b), gone)
+	}
+	for _, sg := range sortedKeys(d.members) {
+		index(s.membersKey(sg), d.members[sg], d.members[sg] == nil)
+	}
+	for _, h := range sortedKeys(d.hosts) {
+		index(s.hostIndexKey(h), d.hosts[h], d.hosts[h] == nil)
+	}
+	g, _ := json.Marshal(generation{NextSeq: d.nextSeq, Hosts: hosts})
+	add(s.genKey(), string(g), false)
+	return ops, sizes
+}
+
+// writeFeeds writes the feeds that did not fit in a commit's transaction.
+func (s *Store) writeFeeds(ctx context.Context, hosts []string) error {
+	for len(hosts) > 0 {
+		n := min(len(hosts), s.maxOps)
+		ops := make([]clientv3.Op, n)
+		for i, h := range hosts[:n] {
+			ops[i] = clientv3.OpPut(s.feedKey(h), "")
+		}
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return err
+		}
+		hosts = hosts[n:]
+	}
+	return nil
+}
+
+// LoadAt implements store.Store: the whole object prefix at rev (any etcd revision still kept).
+func (s *Store) LoadAt(ctx context.Context, rev uint64) (*model.State, error) {
+	resp, err := s.cli.Get(ctx, s.objectsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(int64(rev)))
+	switch {
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return nil, fmt.Errorf("%w: %s at revision %d: %w", store.ErrCompacted, s.prefix, rev, err)
+	case errors.Is(err, rpctypes.ErrFutureRev):
+		return nil, fmt.Errorf("etcdstore: %s: revision %d is ahead of the latest: %w", s.prefix, rev, err)
+	case err != nil:
+		return nil, fmt.Errorf("etcdstore: load %s at revision %d: %w", s.prefix, rev, err)
+	}
+	st, _, err := s.stateOf(resp.Kvs)
+	return st, err
+}
+
+// Watch implements store.Store on etcd's watch of the object prefix, generation included: a Change is
+// the records written at or before a revision that wrote the generation (a commit; a seed's batches
+// before it fold into its one Change). etcd never splits one revision's events over two responses. The
+// client re-establishes a broken watch by itself, from the last revision delivered.
+func (s *Store) Watch(ctx context.Context, from uint64, fn func(store.Change) error) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wch := s.cli.Watch(wctx, s.objectsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(int64(from)+1))
+	var pending []*clientv3.Event // events not yet closed by a generation
+	for resp := range wch {
+		if resp.CompactRevision != 0 {
+			return fmt.Errorf("%w: %s keeps changes from revision %d, not after %d", store.ErrCompacted, s.prefix, resp.CompactRevision, from)
+		}
+		if err := resp.Err(); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("etcdstore: watch %s: %w", s.prefix, err)
+		}
+		pending = append(pending, resp.Events...)
+		for {
+			i := slices.IndexFunc(pending, func(ev *clientv3.Event) bool { return string(ev.Kv.Key) == s.genKey() })
+			if i < 0 {
+				break
+			}
+			rev := pending[i].Kv.ModRevision
+			j := i + 1
+			for j < len(pending) && pending[j].Kv.ModRevision <= rev {
+				j++
+			}
+			c, err := s.changeOf(uint64(rev), pending[:j])
+			if err != nil {
+				return err
+			}
+			pending = pending[j:]
+			if len(c.Puts)+len(c.Deletes) == 0 {
+				continue // a commit that changed no record, as bbolt's history has none
+			}
+			if err := fn(c); err != nil {
+				return err
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("etcdstore: watch of %s closed", s.prefix)
+}
+
+// changeOf is the Change of the events up to one commit's generation at rev: the last event of each
+// key wins, puts and deletes in key order as bbolt gives them.
+func (s *Store) changeOf(rev uint64, events []*clientv3.Event) (store.Change, error) {
+	c := store.Change{Revision: rev}
+	last := map[string]*clientv3.Event{}
+	for _, ev := range events {
+		if string(ev.Kv.Key) != s.genKey() {
+			last[string(ev.Kv.Key)] = ev
+		}
+	}
+	for _, ev := range last {
+		if ev.Type == clientv3.EventTypeDelete {
+			k, err := s.parseObjectKey(ev.Kv.Key)
+			if err != nil {
+				return c, err
+			}
+			c.Deletes = append(c.Deletes, k)
+			continue
+		}
+		r, err := s.decodeRecord(ev.Kv)
+		if err != nil {
+			return c, err
+		}
+		r.Revision = rev
+		c.Puts = append(c.Puts, r)
+	}
+	slices.SortFunc(c.Puts, func(a, b store.Record) int { return compareKeys(a.Key, b.Key) })
+	slices.SortFunc(c.Deletes, compareKeys)
+	return c, nil
+}
+
+// Close implements store.Store. The client is the caller's; the Nonces stay (other replicas need them).
+func (s *Store) Close() error { return nil }
+
+var _ store.Store = (*Store)(nil)
