@@ -81,12 +81,7 @@ func TestInterfacesFollowENIs(t *testing.T) {
 	for _, port := range []string{"8080", "9090", "7070"} {
 		lab.EchoTCP("eni-srv", "198.18.211.1:"+port)
 	}
-	seed, err := model.ParseTopology("links", []byte(linksTopology))
-	require.NoError(t, err)
-	n, err := New(ctx, Config{Seed: seed, Dataplane: DataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host,
-		Guard: []string{"sgq-*"}, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	n := newLinksNode(ctx, t, lab)
 	require.True(t, n.Interface("sgn-srv").Attached)
 
 	// A refused connect waits its whole timeout; an accepted one may wait for a neighbor entry that
@@ -110,7 +105,7 @@ func TestInterfacesFollowENIs(t *testing.T) {
 	refused := func(eni, port string) error { return connectWithin(eni, port, 300*time.Millisecond) }
 	late := model.NetworkInterface{NetworkInterfaceID: "eni-late", AppID: "1", PrivateIPAddresses: []string{"198.18.211.2"},
 		SgIDs: []string{"sg-late"}, HostInterface: "sgn-late"}
-	_, err = n.Controller().PutENI(ctx, late)
+	_, err := n.Controller().PutENI(ctx, late)
 	require.NoError(t, err)
 	require.Equal(t, 0, n.Interface("sgn-late").Ifindex, "accepted before its interface exists")
 
@@ -194,15 +189,10 @@ func TestGuardHandover(t *testing.T) {
 	ctx := context.Background()
 	lab := netlab.New(t, "ngh")
 	lab.AddVM("eni-srv", "sgn-srv", "198.18.211.1")
-	seed, err := model.ParseTopology("links", []byte(linksTopology))
-	require.NoError(t, err)
-	n, err := New(ctx, Config{Seed: seed, Dataplane: DataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host,
-		Guard: []string{"sgq-*"}, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	n := newLinksNode(ctx, t, lab)
 	lab.AddVM("eni-y", "sgq-y", "198.18.211.5")
 	// Only the stream crosses sgq-y: no IPv6 chatter (router and neighbour solicitations, MLD) from the VM.
-	_, err = netns.Do(lab.VMs["eni-y"], func() (struct{}, error) {
+	_, err := netns.Do(lab.VMs["eni-y"], func() (struct{}, error) {
 		return struct{}{}, os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0o644)
 	})
 	require.NoError(t, err)
@@ -285,4 +275,17 @@ func macOf(t *testing.T, lab *netlab.Lab, eni string) string {
 	})
 	require.NoError(t, err)
 	return mac
+}
+
+// newLinksNode runs a node on linksTopology in lab's host namespace, enforcing with the eBPF
+// dataplane and guarding sgq-* interfaces, until the test ends.
+func newLinksNode(ctx context.Context, t *testing.T, lab *netlab.Lab) *Node {
+	t.Helper()
+	seed, err := model.ParseTopology("links", []byte(linksTopology))
+	require.NoError(t, err)
+	n, err := New(ctx, Config{Seed: seed, Dataplane: DataplaneEBPF, PinPath: pinDir(t), HostNetns: lab.Host,
+		Guard: []string{"sgq-*"}, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	return n
 }

@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -279,8 +281,8 @@ func Plot(results []Result, dir string) (map[string][]string, error) {
 		}
 	}
 	files := map[string][]string{}
-	for _, family := range sortedKeys(series) {
-		for _, unit := range sortedKeys(series[family]) {
+	for _, family := range slices.Sorted(maps.Keys(series)) {
+		for _, unit := range slices.Sorted(maps.Keys(series[family])) {
 			p := plot.New()
 			p.Title.Text = family + ": " + unit
 			p.X.Label.Text = "rules"
@@ -300,7 +302,7 @@ func Plot(results []Result, dir string) (map[string][]string, error) {
 				p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 			}
 			var args []any
-			for _, variant := range sortedKeys(series[family][unit]) {
+			for _, variant := range slices.Sorted(maps.Keys(series[family][unit])) {
 				pts := series[family][unit][variant]
 				sort.Slice(pts, func(i, j int) bool { return pts[i].n < pts[j].n })
 				xy := make(plotter.XYs, len(pts))
@@ -348,7 +350,7 @@ func writeViews(results []Result, o Options, dir string) (string, error) {
 			label := sr.Family + " " + sr.Unit
 			table[label] = map[float64]float64{}
 			var xy plotter.XYs
-			for _, n := range sortedFloatKeys(byN) {
+			for _, n := range slices.Sorted(maps.Keys(byN)) {
 				vs := byN[n]
 				sort.Float64s(vs)
 				med := vs[len(vs)/2]
@@ -371,13 +373,13 @@ func writeViews(results []Result, o Options, dir string) (string, error) {
 		if err := p.Save(7*vg.Inch, 4*vg.Inch, filepath.Join(dir, name)); err != nil {
 			return "", fmt.Errorf("save plot: %w", err)
 		}
-		ns := sortedFloatKeys(counts)
+		ns := slices.Sorted(maps.Keys(counts))
 		b.WriteString("| series (median over sets) |")
 		for _, n := range ns {
 			fmt.Fprintf(&b, " %s rules |", formatValue(n))
 		}
 		b.WriteString("\n|---|" + strings.Repeat("---:|", len(ns)) + "\n")
-		for _, label := range sortedKeys(table) {
+		for _, label := range slices.Sorted(maps.Keys(table)) {
 			fmt.Fprintf(&b, "| %s |", label)
 			for _, n := range ns {
 				if v, ok := table[label][n]; ok {
@@ -435,13 +437,13 @@ func writeVersus(b *strings.Builder, results []Result, vs Versus) {
 		b.WriteString("(no matching benchmarks in this run)\n\n")
 		return
 	}
-	ns := sortedFloatKeys(counts)
+	ns := slices.Sorted(maps.Keys(counts))
 	b.WriteString("| " + vs.Unit + " (× " + vs.Base + ") |")
 	for _, n := range ns {
 		fmt.Fprintf(b, " %s rules |", formatValue(n))
 	}
 	b.WriteString("\n|---|" + strings.Repeat("---:|", len(ns)) + "\n")
-	for _, variant := range sortedKeys(vals) {
+	for _, variant := range slices.Sorted(maps.Keys(vals)) {
 		fmt.Fprintf(b, "| %s |", variant)
 		for _, n := range ns {
 			v, ok := vals[variant][n]
@@ -457,15 +459,6 @@ func writeVersus(b *strings.Builder, results []Result, vs Versus) {
 		b.WriteString("\n")
 	}
 	b.WriteString("\n")
-}
-
-func sortedFloatKeys[V any](m map[float64]V) []float64 {
-	keys := make([]float64, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Float64s(keys)
-	return keys
 }
 
 func writeReport(w io.Writer, results []Result, plots map[string][]string, reading, views string) {
@@ -532,15 +525,6 @@ func sanitize(s string) string {
 		}
 		return '_'
 	}, s)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func cpuModel() string {
