@@ -38,9 +38,7 @@ func TestParseRuleProtocol(t *testing.T) {
 		t.Run(tc.in, func(t *testing.T) {
 			p, err := model.ParseRule(model.Rule{IPProtocol: tc.in, Action: "ACCEPT"})
 			if tc.bad {
-				require.Error(t, err)
-				assert.Equal(t, model.CodeBadRuleFormat, model.CodeOf(err))
-				assert.Contains(t, err.Error(), "ipProtocol")
+				assertBadRuleFormat(t, err, "ipProtocol")
 				return
 			}
 			require.NoError(t, err)
@@ -79,10 +77,7 @@ func TestParseCIDR(t *testing.T) {
 		t.Run(tc.in, func(t *testing.T) {
 			p, err := model.ParseCIDR(tc.in)
 			if tc.bad != "" {
-				require.Error(t, err)
-				assert.Equal(t, model.CodeBadRuleFormat, model.CodeOf(err))
-				assert.Contains(t, err.Error(), "cidrIp")
-				assert.Contains(t, err.Error(), tc.bad)
+				assertBadRuleFormat(t, err, "cidrIp", tc.bad)
 				return
 			}
 			require.NoError(t, err)
@@ -125,10 +120,7 @@ func TestParsePortRange(t *testing.T) {
 		t.Run(tc.in, func(t *testing.T) {
 			r, err := model.ParsePortRange(tc.in)
 			if tc.bad != "" {
-				require.Error(t, err)
-				assert.Equal(t, model.CodeBadRuleFormat, model.CodeOf(err))
-				assert.Contains(t, err.Error(), "portRange")
-				assert.Contains(t, err.Error(), tc.bad)
+				assertBadRuleFormat(t, err, "portRange", tc.bad)
 				return
 			}
 			require.NoError(t, err)
@@ -201,9 +193,7 @@ func TestParseRuleConstraints(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := model.ParseRule(tc.rule)
 			if tc.field != "" {
-				require.Error(t, err)
-				assert.Equal(t, model.CodeBadRuleFormat, model.CodeOf(err))
-				assert.Contains(t, err.Error(), tc.field)
+				assertBadRuleFormat(t, err, tc.field)
 				return
 			}
 			require.NoError(t, err)
@@ -228,7 +218,7 @@ func TestErrorAtPath(t *testing.T) {
 	err = model.AtPath("ingress[0]", err)
 	err = model.AtPath("securityGroups[1]", err)
 	assert.Equal(t, `securityGroups[1].ingress[0].portRange: "80-70": low port above high port`, err.Error())
-	assert.Equal(t, model.CodeBadRuleFormat, model.CodeOf(err))
+	assertBadRuleFormat(t, err)
 	assert.Equal(t, model.CodeInternal, model.CodeOf(assert.AnError))
 }
 
@@ -259,4 +249,14 @@ func FuzzParseRule(f *testing.F) {
 		assert.Equal(t, p, again)
 		assert.Equal(t, canon, again.Rule())
 	})
+}
+
+// assertBadRuleFormat checks that err is a bad rule format (9003) whose message holds each of want.
+func assertBadRuleFormat(t *testing.T, err error, want ...string) {
+	t.Helper()
+	require.Error(t, err)
+	assert.Equal(t, model.CodeBadRuleFormat, model.CodeOf(err))
+	for _, w := range want {
+		assert.Contains(t, err.Error(), w)
+	}
 }
