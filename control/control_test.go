@@ -122,20 +122,24 @@ func TestRecompilesOnlyAffected(t *testing.T) {
 	engineHolds(t, c.Engine(), full)
 }
 
-func TestPublishFailureIsReported(t *testing.T) {
-	c, rec := newCtrl(t)
-	rec.fail = errors.New("map full")
-	err := c.ModifySecurityGroupPolicy(context.Background(), "1250000001", "sg-web", nil, nil)
-	assert.Equal(t, model.CodeInternal, model.CodeOf(err))
-	assert.ErrorContains(t, err, "map full")
-}
-
-func TestSwitchFailureIsReported(t *testing.T) {
-	c, rec := newCtrl(t)
-	rec.failSwitch = errors.New("switch refused")
-	err := c.ModifySecurityGroupPolicy(context.Background(), "1250000001", "sg-web", nil, nil)
-	assert.Equal(t, model.CodeInternal, model.CodeOf(err))
-	assert.ErrorContains(t, err, "switch refused")
+// A dataplane that fails to stage (publish) or to switch the tables makes the call an internal error
+// naming the failure.
+func TestDataplaneFailureIsReported(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fail func(*recorder) string
+	}{
+		{"publish", func(rec *recorder) string { rec.fail = errors.New("map full"); return "map full" }},
+		{"switch", func(rec *recorder) string { rec.failSwitch = errors.New("switch refused"); return "switch refused" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, rec := newCtrl(t)
+			want := tc.fail(rec)
+			err := c.ModifySecurityGroupPolicy(context.Background(), "1250000001", "sg-web", nil, nil)
+			assert.Equal(t, model.CodeInternal, model.CodeOf(err))
+			assert.ErrorContains(t, err, want)
+		})
+	}
 }
 
 // failingStore refuses every commit after the first (the seed).

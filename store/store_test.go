@@ -94,9 +94,7 @@ func TestBoltNonces(t *testing.T) {
 // batched flush without any Commit.
 func TestCommitRecordsNonces(t *testing.T) {
 	ctx := context.Background()
-	b, err := OpenBolt(filepath.Join(t.TempDir(), "n.db"))
-	require.NoError(t, err)
-	defer b.Close()
+	b := openBolt(t, filepath.Join(t.TempDir(), "n.db"))
 	now := time.Now()
 	const w = time.Hour
 	change := nonce.KeyOf("id", now.Unix(), "1")
@@ -123,9 +121,7 @@ func TestCommitRecordsNonces(t *testing.T) {
 // A refused commit loses no Nonce: the next commit writes it.
 func TestRefusedCommitKeepsNonces(t *testing.T) {
 	ctx := context.Background()
-	b, err := OpenBolt(filepath.Join(t.TempDir(), "n.db"))
-	require.NoError(t, err)
-	defer b.Close()
+	b := openBolt(t, filepath.Join(t.TempDir(), "n.db"))
 	now := time.Now()
 	k := nonce.KeyOf("id", now.Unix(), "7")
 	require.NoError(t, b.Commit(ctx, demo(t), 3))
@@ -141,9 +137,7 @@ func TestRefusedCommitKeepsNonces(t *testing.T) {
 // Commit, which makes them all durable in its one transaction.
 func TestNoncesNeedNoWriteOfTheirOwn(t *testing.T) {
 	ctx := context.Background()
-	b, err := OpenBolt(filepath.Join(t.TempDir(), "n.db"))
-	require.NoError(t, err)
-	defer b.Close()
+	b := openBolt(t, filepath.Join(t.TempDir(), "n.db"))
 	b.nonceFlushDelay = time.Hour
 	require.NoError(t, b.Commit(ctx, demo(t), 1))
 	stats := b.db.Stats()
@@ -434,9 +428,7 @@ func TestBoltDropsLegacyNonces(t *testing.T) {
 		return nil
 	}))
 	require.NoError(t, db.Close())
-	b, err := OpenBolt(path)
-	require.NoError(t, err)
-	defer b.Close()
+	b := openBolt(t, path)
 	require.NoError(t, b.db.View(func(tx *bolt.Tx) error {
 		for _, name := range legacyNonceBuckets {
 			assert.Nil(t, tx.Bucket(name), string(name))
