@@ -58,17 +58,25 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 // the directory and how to upgrade, and the pinned map is left alone.
 func TestLoadRefusesPinnedMapsOfAnotherLayout(t *testing.T) {
 	loadOrSkip(t).Close()
-	pin := testPinPath(t, "layout")
-	require.NoError(t, os.MkdirAll(pin, 0o700))
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 16})
-	require.NoError(t, err)
-	defer old.Close()
-	require.NoError(t, old.Pin(filepath.Join(pin, "conntrack")))
+	pin := pinStaleMap(t, "layout", &ebpf.MapSpec{Name: "conntrack", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 16})
 
-	_, err = Load(Options{PinPath: pin})
+	_, err := Load(Options{PinPath: pin})
 	require.ErrorIs(t, err, ebpf.ErrMapIncompatible)
 	assert.ErrorContains(t, err, "maps pinned under "+pin+" were made by an sgsim build with another layout")
 	assert.ErrorContains(t, err, "remove "+pin)
 	_, err = os.Stat(filepath.Join(pin, "conntrack"))
 	assert.NoError(t, err, "the old pin is still there")
+}
+
+// pinStaleMap pins a map made from spec, as an sgsim build of another layout would have left it, in a
+// pin directory of its own (named after what) and returns the directory.
+func pinStaleMap(t *testing.T, what string, spec *ebpf.MapSpec) string {
+	t.Helper()
+	pin := testPinPath(t, what)
+	require.NoError(t, os.MkdirAll(pin, 0o700))
+	old, err := ebpf.NewMap(spec)
+	require.NoError(t, err)
+	t.Cleanup(func() { old.Close() })
+	require.NoError(t, old.Pin(filepath.Join(pin, spec.Name)))
+	return pin
 }

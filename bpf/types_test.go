@@ -1,8 +1,6 @@
 package bpf
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 	"unsafe"
 
@@ -67,15 +65,10 @@ func TestKernelTypesMatchC(t *testing.T) {
 // cilium/ebpf's check of pinned maps does not compare inner maps, so Load probes it.
 func TestLoadRefusesPinnedTablesOfAnotherChunkSize(t *testing.T) {
 	loadOrSkip(t).Close()
-	pin := testPinPath(t, "chunk")
-	require.NoError(t, os.MkdirAll(pin, 0o700))
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tables", Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4,
+	pin := pinStaleMap(t, "chunk", &ebpf.MapSpec{Name: "tables", Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4,
 		MaxEntries: 2 * maxSlots, InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 1 << 16,
 			MaxEntries: 1, Flags: unix.BPF_F_INNER_MAP}})
-	require.NoError(t, err)
-	defer old.Close()
-	require.NoError(t, old.Pin(filepath.Join(pin, "tables")))
-	_, err = Load(Options{PinPath: pin})
+	_, err := Load(Options{PinPath: pin})
 	require.ErrorIs(t, err, ebpf.ErrMapIncompatible)
 	assert.ErrorContains(t, err, "maps pinned under "+pin+" were made by an sgsim build with another layout")
 }
