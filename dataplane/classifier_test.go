@@ -230,10 +230,7 @@ func TestClassifierEdgeAddresses(t *testing.T) {
 }
 
 func TestClassifierNoAllocs(t *testing.T) {
-	st, err := bench.StateFromRules(bench.Synthetic(2000, 3, true), 1)
-	require.NoError(t, err)
-	tab, err := bench.IngressTable(st)
-	require.NoError(t, err)
+	tab := syntheticTable(t, 2000, 3, 1)
 	c := dataplane.NewClassifier(tab)
 	pkts := bench.Packets(tab, 1000, 1000, 3)
 	i := 0
@@ -245,10 +242,7 @@ func TestClassifierNoAllocs(t *testing.T) {
 }
 
 func TestClassifierArraysInvariants(t *testing.T) {
-	st, err := bench.StateFromRules(bench.Synthetic(3000, 4, true), 3)
-	require.NoError(t, err)
-	tab, err := bench.IngressTable(st)
-	require.NoError(t, err)
+	tab := syntheticTable(t, 3000, 4, 3)
 	c := dataplane.NewClassifier(tab)
 	a := c.Arrays()
 	require.NotEmpty(t, a.V4Starts)
@@ -375,10 +369,7 @@ func FuzzClassifier(f *testing.F) {
 // TestClassifierSyntheticMixed: a larger mixed IPv4/IPv6 synthetic table split over several SGs.
 func TestClassifierSyntheticMixed(t *testing.T) {
 	for _, seed := range []uint64{1, 2} {
-		st, err := bench.StateFromRules(bench.Synthetic(3000, seed, true), 3)
-		require.NoError(t, err)
-		tab, err := bench.IngressTable(st)
-		require.NoError(t, err)
+		tab := syntheticTable(t, 3000, seed, 3)
 		agree(t, tab, bench.Packets(tab, 1500, 500, seed))
 	}
 }
@@ -608,4 +599,15 @@ func TestEnginePublishKeepsAndRemoves(t *testing.T) {
 	assert.True(t, ok)
 	assert.Len(t, e.Snapshot().ENIs(), 1)
 	assert.Equal(t, uint64(3), e.Snapshot().Generation)
+}
+
+// syntheticTable is the ingress table of n synthetic mixed v4/v6 rules (bench.Synthetic) spread over
+// sgs SGs.
+func syntheticTable(t *testing.T, n int, seed uint64, sgs int) *compiler.Table {
+	t.Helper()
+	st, err := bench.StateFromRules(bench.Synthetic(n, seed, true), sgs)
+	require.NoError(t, err)
+	tab, err := bench.IngressTable(st)
+	require.NoError(t, err)
+	return tab
 }
