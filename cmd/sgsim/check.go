@@ -15,18 +15,12 @@ import (
 )
 
 func newCheckCmd() *cobra.Command {
-	var topo, eni, dir, proto, remote string
+	var eni, dir, proto, remote string
 	var port int
 	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "check --topology F --eni ID --direction ingress|egress --protocol P --remote IP [--port N]",
-		Short: "Explain the verdict for one packet (exit 0 whatever the verdict)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := model.LoadTopologyFile(topo)
-			if err != nil {
-				return err
-			}
+	cmd := newTopologyCmd("check --topology F --eni ID --direction ingress|egress --protocol P --remote IP [--port N]",
+		"Explain the verdict for one packet (exit 0 whatever the verdict)",
+		func(cmd *cobra.Command, st *model.State, topo string) error {
 			d, err := model.ParseDirection(dir)
 			if err != nil {
 				return err
@@ -49,17 +43,15 @@ func newCheckCmd() *cobra.Command {
 			}
 			writeCheckText(cmd.OutOrStdout(), eni, d, &pkt, v, t)
 			return nil
-		},
-	}
+		})
 	f := cmd.Flags()
-	f.StringVar(&topo, "topology", "", "topology file (JSON, SPEC §7)")
 	f.StringVar(&eni, "eni", "", "network interface ID")
 	f.StringVar(&dir, "direction", "", "ingress or egress")
 	f.StringVar(&proto, "protocol", "", "tcp, udp, icmp, icmpv6 or an IP protocol number")
 	f.StringVar(&remote, "remote", "", "remote address (source for ingress, destination for egress)")
 	f.IntVar(&port, "port", 0, "destination port (tcp/udp only)")
 	f.BoolVar(&asJSON, "json", false, "print the verdict as JSON")
-	for _, name := range []string{"topology", "eni", "direction", "protocol", "remote"} {
+	for _, name := range []string{"eni", "direction", "protocol", "remote"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
 	return cmd

@@ -15,17 +15,10 @@ import (
 )
 
 func newCompileCmd() *cobra.Command {
-	var topo, eni string
+	var eni string
 	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "compile --topology F [--eni ID] [--json]",
-		Short: "Print each ENI's flattened first-match tables with provenance",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := model.LoadTopologyFile(topo)
-			if err != nil {
-				return err
-			}
+	cmd := newTopologyCmd("compile --topology F [--eni ID] [--json]", "Print each ENI's flattened first-match tables with provenance",
+		func(cmd *cobra.Command, st *model.State, topo string) error {
 			ids := st.ENIIDs()
 			if eni != "" {
 				if _, ok := st.ENI(eni); !ok {
@@ -49,11 +42,29 @@ func newCompileCmd() *cobra.Command {
 				writeTablesText(cmd.OutOrStdout(), st, t)
 			}
 			return nil
+		})
+	cmd.Flags().StringVar(&eni, "eni", "", "only this network interface")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// newTopologyCmd is a command on a topology file (--topology, required) that takes no arguments; run
+// gets the loaded state and the file's name.
+func newTopologyCmd(use, short string, run func(cmd *cobra.Command, st *model.State, topo string) error) *cobra.Command {
+	var topo string
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := model.LoadTopologyFile(topo)
+			if err != nil {
+				return err
+			}
+			return run(cmd, st, topo)
 		},
 	}
 	cmd.Flags().StringVar(&topo, "topology", "", "topology file (JSON, SPEC §7)")
-	cmd.Flags().StringVar(&eni, "eni", "", "only this network interface")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	_ = cmd.MarkFlagRequired("topology")
 	return cmd
 }
