@@ -53,11 +53,7 @@ func parseCheck(body []byte) (model.Direction, dataplane.Packet, CheckRequest, e
 
 // Check decides one packet against the live tables, counting it in the metrics like an HTTP /check.
 func (h *Handler) Check(eni string, d model.Direction, p *dataplane.Packet) (CheckResponse, bool) {
-	if h.ctrl.Engine() == nil {
-		return CheckResponse{}, false
-	}
-	snap := h.ctrl.Engine().Snapshot()
-	t, ok := snap.ENI(eni)
+	snap, t, ok := h.liveENI(eni)
 	if !ok {
 		return CheckResponse{}, false
 	}
@@ -126,13 +122,20 @@ type TableResponse struct {
 	Egress          []TableEntry `json:"egress"`
 }
 
-// Table returns the live tables of eni.
-func (h *Handler) Table(eni string) (TableResponse, bool) {
+// liveENI is eni's tables in the Go engine's live snapshot, with that snapshot; false when there is no
+// Go engine (an eBPF-only daemon) or no such ENI.
+func (h *Handler) liveENI(eni string) (*dataplane.Snapshot, *dataplane.ENITables, bool) {
 	if h.ctrl.Engine() == nil {
-		return TableResponse{}, false
+		return nil, nil, false
 	}
 	snap := h.ctrl.Engine().Snapshot()
 	t, ok := snap.ENI(eni)
+	return snap, t, ok
+}
+
+// Table returns the live tables of eni.
+func (h *Handler) Table(eni string) (TableResponse, bool) {
+	snap, t, ok := h.liveENI(eni)
 	if !ok {
 		return TableResponse{}, false
 	}
