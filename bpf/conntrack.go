@@ -70,21 +70,29 @@ func (d *Dataplane) forgetFlows(slots map[uint32]bool) error {
 			return fmt.Errorf("forget flows: %w", err)
 		}
 	}
+	if err := d.deleteFrags(func(k *sgFragKey) bool { return slots[k.Slot] }); err != nil {
+		return fmt.Errorf("forget fragments: %w", err)
+	}
+	return nil
+}
+
+// deleteFrags deletes the remembered fragment verdicts whose keys match.
+func (d *Dataplane) deleteFrags(match func(*sgFragKey) bool) error {
 	var fk sgFragKey
 	var fv sgFragVal
 	var fkeys []sgFragKey
 	it := d.objs.Frags.Iterate()
 	for it.Next(&fk, &fv) {
-		if slots[fk.Slot] {
+		if match(&fk) {
 			fkeys = append(fkeys, fk)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("forget fragments: %w", err)
+		return err
 	}
 	for i := range fkeys {
 		if err := d.objs.Frags.Delete(&fkeys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("forget fragments: %w", err)
+			return err
 		}
 	}
 	return nil

@@ -796,20 +796,8 @@ func (d *Dataplane) RunRepeat(frame []byte, eni string, dir model.Direction, rep
 
 // FlushConntrack forgets every tracked flow and every remembered first-fragment verdict.
 func (d *Dataplane) FlushConntrack() error {
-	var fk sgFragKey
-	var fv sgFragVal
-	var fkeys []sgFragKey
-	fit := d.objs.Frags.Iterate()
-	for fit.Next(&fk, &fv) {
-		fkeys = append(fkeys, fk)
-	}
-	if err := fit.Err(); err != nil {
+	if err := d.deleteFrags(func(*sgFragKey) bool { return true }); err != nil {
 		return fmt.Errorf("flush fragments: %w", err)
-	}
-	for i := range fkeys {
-		if err := d.objs.Frags.Delete(&fkeys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("flush fragments: %w", err)
-		}
 	}
 	return d.flushFlows()
 }
