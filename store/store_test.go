@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -21,13 +20,8 @@ import (
 
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store/nonce"
+	"github.com/sgsim/sgsim/store/storetest"
 )
-
-func demo(t *testing.T) *model.State {
-	s, err := model.LoadTopologyFile("../testdata/demo.json")
-	require.NoError(t, err)
-	return s
-}
 
 func TestStores(t *testing.T) {
 	ctx := context.Background()
@@ -40,15 +34,15 @@ func TestStores(t *testing.T) {
 			require.NoError(t, err)
 			assert.Nil(t, s, "empty store")
 			assert.Zero(t, gen)
-			require.NoError(t, st.Commit(ctx, demo(t), 7))
+			require.NoError(t, st.Commit(ctx, storetest.Demo(t), 7))
 			s, gen, err = st.Load(ctx)
 			require.NoError(t, err)
 			assert.Equal(t, uint64(7), gen)
-			assert.Equal(t, demo(t).Topology(), s.Topology())
+			assert.Equal(t, storetest.Demo(t).Topology(), s.Topology())
 			assert.Error(t, st.Commit(ctx, nil, 8))
 			cancelled, cancel := context.WithCancel(ctx)
 			cancel()
-			assert.ErrorIs(t, st.Commit(cancelled, demo(t), 9), context.Canceled)
+			assert.ErrorIs(t, st.Commit(cancelled, storetest.Demo(t), 9), context.Canceled)
 		})
 	}
 	require.NoError(t, b.Close())
@@ -58,7 +52,7 @@ func TestStores(t *testing.T) {
 	s, gen, err := b.Load(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(7), gen)
-	assert.Equal(t, demo(t).Topology(), s.Topology())
+	assert.Equal(t, storetest.Demo(t).Topology(), s.Topology())
 
 	// A second opener fails instead of hanging.
 	_, err = OpenBolt(path)
@@ -99,7 +93,7 @@ func TestCommitRecordsNonces(t *testing.T) {
 	const w = time.Hour
 	change := nonce.KeyOf("id", now.Unix(), "1")
 	require.NoError(t, b.UseNonce(change, now, w))
-	require.NoError(t, b.Commit(ctx, demo(t), 1))
+	require.NoError(t, b.Commit(ctx, storetest.Demo(t), 1))
 	durable, err := b.DurableNonces(ctx, now, w)
 	require.NoError(t, err)
 	assert.Equal(t, []nonce.Key{change}, durable, "written with the change")
@@ -124,10 +118,10 @@ func TestRefusedCommitKeepsNonces(t *testing.T) {
 	b := openBolt(t, filepath.Join(t.TempDir(), "n.db"))
 	now := time.Now()
 	k := nonce.KeyOf("id", now.Unix(), "7")
-	require.NoError(t, b.Commit(ctx, demo(t), 3))
+	require.NoError(t, b.Commit(ctx, storetest.Demo(t), 3))
 	require.NoError(t, b.UseNonce(k, now, time.Hour))
-	require.ErrorIs(t, b.Commit(ctx, demo(t), 2), ErrConflict)
-	require.NoError(t, b.Commit(ctx, revisions(t)[1], 4))
+	require.ErrorIs(t, b.Commit(ctx, storetest.Demo(t), 2), ErrConflict)
+	require.NoError(t, b.Commit(ctx, storetest.Revisions(t)[1], 4))
 	durable, err := b.DurableNonces(ctx, now, time.Hour)
 	require.NoError(t, err)
 	assert.Equal(t, []nonce.Key{k}, durable)
@@ -139,7 +133,7 @@ func TestNoncesNeedNoWriteOfTheirOwn(t *testing.T) {
 	ctx := context.Background()
 	b := openBolt(t, filepath.Join(t.TempDir(), "n.db"))
 	b.nonceFlushDelay = time.Hour
-	require.NoError(t, b.Commit(ctx, demo(t), 1))
+	require.NoError(t, b.Commit(ctx, storetest.Demo(t), 1))
 	stats := b.db.Stats()
 	writes := stats.TxStats.GetWrite()
 	now := time.Now()
@@ -151,7 +145,7 @@ func TestNoncesNeedNoWriteOfTheirOwn(t *testing.T) {
 	durable, err := b.DurableNonces(ctx, now, time.Hour)
 	require.NoError(t, err)
 	assert.Empty(t, durable)
-	require.NoError(t, b.Commit(ctx, revisions(t)[1], 2))
+	require.NoError(t, b.Commit(ctx, storetest.Revisions(t)[1], 2))
 	stats = b.db.Stats()
 	assert.Greater(t, stats.TxStats.GetWrite(), writes, "the commit wrote")
 	durable, err = b.DurableNonces(ctx, now, time.Hour)
@@ -165,13 +159,13 @@ func TestBoltHealth(t *testing.T) {
 	ctx := context.Background()
 	b, err := OpenBolt(filepath.Join(t.TempDir(), "h.db"))
 	require.NoError(t, err)
-	require.NoError(t, b.Commit(ctx, demo(t), 1))
+	require.NoError(t, b.Commit(ctx, storetest.Demo(t), 1))
 	now := time.Now()
 	require.NoError(t, b.UseNonce(nonce.KeyOf("id", now.Unix(), "0"), now, time.Hour)) // the record is loaded
 	b.flushNonces()
 	require.NoError(t, b.Health())
 	require.NoError(t, b.db.Close()) // the file can no longer be written
-	err = b.Commit(ctx, revisions(t)[1], 2)
+	err = b.Commit(ctx, storetest.Revisions(t)[1], 2)
 	require.Error(t, err)
 	assert.Equal(t, err, b.Health())
 	assert.ErrorContains(t, b.Health(), "commit generation 2")
@@ -181,37 +175,8 @@ func TestBoltHealth(t *testing.T) {
 	got, gen, err := b.Load(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(1), gen, "the failed commit changed nothing")
-	sameState(t, demo(t), got, "state in force")
+	sameState(t, storetest.Demo(t), got, "state in force")
 	assert.Error(t, b.Close(), "the pending Nonce could not be written")
-}
-
-// revisions returns the demo state followed by edits of each kind: a rule change, a new SG, an ENI
-// re-listed, the new SG deleted, and a state rebuilt from a reordered topology (sharing nothing).
-func revisions(t *testing.T) []*model.State {
-	s := demo(t)
-	out := []*model.State{s}
-	edit := func(f func(b *model.Builder)) {
-		b := out[len(out)-1].Edit()
-		f(b)
-		out = append(out, b.State())
-	}
-	edit(func(b *model.Builder) {
-		g, _ := s.SG("sg-web")
-		ng := *g
-		ng.Ingress = []model.Rule{{IPProtocol: "tcp", PortRange: "8443", Action: "ACCEPT", Desc: "one rule"}}
-		require.NoError(t, b.PutSG(ng))
-	})
-	edit(func(b *model.Builder) {
-		require.NoError(t, b.PutSG(model.SecurityGroup{SgID: "sg-new", AppID: "1250000001", SgName: "new"}))
-	})
-	edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("eni-spare", []string{"sg-new"})) })
-	edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("eni-spare", []string{})) })
-	edit(func(b *model.Builder) { require.NoError(t, b.DeleteSG("sg-new")) })
-	topo := out[len(out)-1].Topology()
-	slices.Reverse(topo.SecurityGroups)
-	rebuilt, err := model.NewState(topo)
-	require.NoError(t, err)
-	return append(out, rebuilt)
 }
 
 // forEachStore runs test as a subtest on a fresh store of each kind.
@@ -224,7 +189,7 @@ func forEachStore(t *testing.T, test func(t *testing.T, st Store)) {
 // only the records it changed, and applying the Changes in order rebuilds every state.
 func TestRecordsHistoryAndWatch(t *testing.T) {
 	ctx := context.Background()
-	revs := revisions(t)
+	revs := storetest.Revisions(t)
 	forEachStore(t, func(t *testing.T, st Store) {
 		for i, s := range revs {
 			require.NoError(t, st.Commit(ctx, s, uint64(i+1)))
@@ -285,7 +250,7 @@ func keysOf(rs []Record) []Key {
 // what came after.
 func TestWatchDeliversLiveChanges(t *testing.T) {
 	ctx := context.Background()
-	revs := revisions(t)
+	revs := storetest.Revisions(t)
 	forEachStore(t, func(t *testing.T, st Store) {
 		require.NoError(t, st.Commit(ctx, revs[0], 1))
 		require.NoError(t, st.Commit(ctx, revs[1], 2))
@@ -307,9 +272,9 @@ func TestWatchDeliversLiveChanges(t *testing.T) {
 func TestCommitConflict(t *testing.T) {
 	ctx := context.Background()
 	forEachStore(t, func(t *testing.T, st Store) {
-		require.NoError(t, st.Commit(ctx, demo(t), 5))
-		require.ErrorIs(t, st.Commit(ctx, demo(t), 5), ErrConflict)
-		require.ErrorIs(t, st.Commit(ctx, demo(t), 4), ErrConflict)
+		require.NoError(t, st.Commit(ctx, storetest.Demo(t), 5))
+		require.ErrorIs(t, st.Commit(ctx, storetest.Demo(t), 5), ErrConflict)
+		require.ErrorIs(t, st.Commit(ctx, storetest.Demo(t), 4), ErrConflict)
 		_, gen, err := st.Load(ctx)
 		require.NoError(t, err)
 		assert.Equal(t, uint64(5), gen)
@@ -324,7 +289,7 @@ func TestBoltCompaction(t *testing.T) {
 	b, err := OpenBolt(path)
 	require.NoError(t, err)
 	b.history = 3
-	revs := revisions(t)
+	revs := storetest.Revisions(t)
 	for i, s := range revs {
 		require.NoError(t, b.Commit(ctx, s, uint64(i+1)))
 	}
@@ -360,7 +325,7 @@ func TestBoltCompaction(t *testing.T) {
 func TestBoltMigratesLegacyFile(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "old.db")
-	s := demo(t)
+	s := storetest.Demo(t)
 	db, err := bolt.Open(path, 0o600, nil)
 	require.NoError(t, err)
 	topo, err := json.Marshal(s.Topology())
@@ -379,7 +344,7 @@ func TestBoltMigratesLegacyFile(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(42), gen)
 	sameState(t, s, got, "migrated")
-	next := revisions(t)[1]
+	next := storetest.Revisions(t)[1]
 	require.NoError(t, b.Commit(ctx, next, 43))
 	require.NoError(t, b.db.View(func(tx *bolt.Tx) error {
 		assert.Nil(t, tx.Bucket(legacyBucket), "the old document is gone")
@@ -461,7 +426,7 @@ func FuzzRecords(f *testing.F) {
 // TestEncodeSGIsJSONMarshal: the persisted bytes of every SG are exactly encoding/json's, whatever the
 // rules hold (omitted fields, escapes, non-ASCII, empty lists).
 func TestEncodeSGIsJSONMarshal(t *testing.T) {
-	s := demo(t)
+	s := storetest.Demo(t)
 	e := s.Edit()
 	g, ok := s.SG("sg-web")
 	require.True(t, ok)
@@ -572,14 +537,14 @@ func TestMonitoredHealth(t *testing.T) {
 			inner := &scriptedStore{result: tc.result}
 			m := NewMonitored(inner, MonitorOptions{Now: clock.now})
 			require.NoError(t, m.Health(), "healthy before any commit")
-			assert.Equal(t, tc.result, m.Commit(ctx, demo(t), 1), "the store's own answer is passed on")
+			assert.Equal(t, tc.result, m.Commit(ctx, storetest.Demo(t), 1), "the store's own answer is passed on")
 			if tc.want == "" {
 				assert.NoError(t, m.Health())
 				return
 			}
 			assert.EqualError(t, m.Health(), tc.want)
 			inner.result = nil
-			require.NoError(t, m.Commit(ctx, demo(t), 1))
+			require.NoError(t, m.Commit(ctx, storetest.Demo(t), 1))
 			assert.NoError(t, m.Health(), "a commit that works clears it")
 		})
 	}
@@ -590,7 +555,7 @@ func TestMonitoredReportsAStalledCommit(t *testing.T) {
 	inner := &scriptedStore{release: make(chan struct{})}
 	m := NewMonitored(inner, MonitorOptions{StallAfter: 3 * time.Second, Now: clock.now})
 	done := make(chan error)
-	go func() { done <- m.Commit(context.Background(), demo(t), 1) }()
+	go func() { done <- m.Commit(context.Background(), storetest.Demo(t), 1) }()
 	require.Eventually(t, func() bool { m.mu.Lock(); defer m.mu.Unlock(); return len(m.inflight) == 1 },
 		5*time.Second, time.Millisecond)
 	clock.add(2 * time.Second)
@@ -607,7 +572,7 @@ func TestMonitoredProbesAfterAFailure(t *testing.T) {
 	probeDir := filepath.Join(t.TempDir(), "not-yet")
 	inner := &scriptedStore{result: errors.New("no space left on device")}
 	m := NewMonitored(inner, MonitorOptions{ProbeDir: probeDir, Now: clock.now})
-	require.Error(t, m.Commit(context.Background(), demo(t), 1))
+	require.Error(t, m.Commit(context.Background(), storetest.Demo(t), 1))
 	require.Error(t, m.Health()) // starts the first probe, which fails: its directory is missing
 	require.Eventually(t, func() bool {
 		err := m.Health()
