@@ -18,6 +18,7 @@ import (
 	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/client"
 	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/internal/testkit"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store"
 )
@@ -290,4 +291,14 @@ func FuzzStringToSign(f *testing.F) {
 			t.Fatalf("client %q, server %q", got, want)
 		}
 	})
+}
+
+// TestClientNeedsNoServer: the client package depends on no sgsim package at all, the server's
+// least of all (its tests use the server to check against).
+func TestClientNeedsNoServer(t *testing.T) {
+	for _, dep := range testkit.Deps(t) {
+		if strings.HasPrefix(dep, "github.com/sgsim/sgsim/") {
+			assert.Equal(t, "github.com/sgsim/sgsim/client", dep)
+		}
+	}
 }
