@@ -381,23 +381,14 @@ func decodeRuleRun(names, vals []string, skip int) (rules []model.Rule, ok bool)
 		rest := k[skip:]
 		dot := strings.IndexByte(rest, '.')
 		index, _ := listIndex(rest[:dot])
-		r, v := &rules[index], vals[j]
-		switch ruleField(rest[dot+1:]) {
-		case 0:
-			r.IPProtocol = v
-		case 1:
-			r.CidrIP = v
-		case 2:
-			r.SgID = v
-		case 3:
-			r.PortRange = v
-		case 4:
-			r.Action = v
-		case 5:
-			r.Desc = v
-		}
+		*ruleFieldsOf(&rules[index])[ruleField(rest[dot+1:])] = vals[j] // the first pass checked the field
 	}
 	return rules, true
+}
+
+// ruleFieldsOf is r's fields in ruleFields order.
+func ruleFieldsOf(r *model.Rule) [len(ruleFields)]*string {
+	return [...]*string{&r.IPProtocol, &r.CidrIP, &r.SgID, &r.PortRange, &r.Action, &r.Desc}
 }
 
 // ruleField is the index of s in ruleFields, or -1.
@@ -471,7 +462,7 @@ func decodeRules(root *flatNode, dir string) ([]model.Rule, error) {
 			fields[i] = c
 		}
 		var r model.Rule
-		for i, dst := range [len(ruleFields)]*string{&r.IPProtocol, &r.CidrIP, &r.SgID, &r.PortRange, &r.Action, &r.Desc} {
+		for i, dst := range ruleFieldsOf(&r) {
 			switch c := fields[i]; {
 			case c == nil:
 			case !c.hasValue:
