@@ -3,6 +3,8 @@ package bpf
 import (
 	"encoding/binary"
 	"net/netip"
+
+	"github.com/sgsim/sgsim/packet/craft"
 )
 
 // frame describes a test packet; build renders it as an Ethernet frame.
@@ -58,54 +60,18 @@ func (f *frame) ip() []byte {
 	if f.fragOff != 0 {
 		l4 = make([]byte, 16) // payload of a later fragment: no header
 	}
+	frag := &craft.Frag{ID: f.fragID, Offset: f.fragOff, More: f.mf}
 	if f.src.Is4() {
-		h := make([]byte, 20)
-		h[0] = 0x45
-		binary.BigEndian.PutUint16(h[2:], uint16(20+len(l4)))
-		fl := f.fragOff & 0x1fff
-		if f.mf {
-			fl |= 0x2000
-		}
-		binary.BigEndian.PutUint16(h[4:], uint16(f.fragID))
-		binary.BigEndian.PutUint16(h[6:], fl)
-		h[8] = 64
-		h[9] = f.proto
-		s, d := f.src.As4(), f.dst.As4()
-		copy(h[12:], s[:])
-		copy(h[16:], d[:])
-		return append(h, l4...)
+		return craft.IPv4(f.src, f.dst, f.proto, l4, frag)
 	}
-	var ext []byte
-	next := f.proto
-	if f.fragOff != 0 || f.mf {
-		fr := make([]byte, 8)
-		fr[0] = next
-		fo := f.fragOff << 3
-		if f.mf {
-			fo |= 1
-		}
-		binary.BigEndian.PutUint16(fr[2:], fo)
-		binary.BigEndian.PutUint32(fr[4:], f.fragID)
-		ext = append(fr, ext...)
-		next = 44
+	if f.fragOff == 0 && !f.mf {
+		frag = nil // IPv6 has no fragment fields outside a fragment header
 	}
-	for range f.extHdrs {
-		o := make([]byte, 8)
-		o[0] = next
-		o[2] = 1 // PadN filling the header
-		o[3] = 4
-		ext = append(o, ext...)
-		next = 60
+	exts := make([]craft.Ext, f.extHdrs)
+	for i := range exts {
+		exts[i].Type = 60 // destination options
 	}
-	h := make([]byte, 40)
-	h[0] = 0x60
-	binary.BigEndian.PutUint16(h[4:], uint16(len(ext)+len(l4)))
-	h[6] = next
-	h[7] = 64
-	s, d := f.src.As16(), f.dst.As16()
-	copy(h[8:], s[:])
-	copy(h[24:], d[:])
-	return append(append(h, ext...), l4...)
+	return craft.IPv6(f.src, f.dst, f.proto, l4, exts, frag)
 }
 
 func (f *frame) build() []byte {
