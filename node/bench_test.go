@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 
+	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/internal/netlab"
 	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/model"
@@ -18,7 +20,7 @@ import (
 
 // benchNode is an enforcing node in a fresh lab, its state in bbolt (fsync per commit), whose one SG
 // has rules ingress rules.
-func benchNode(b *testing.B, rules int, guard ...string) (*Node, *netlab.Lab) {
+func benchNode(b *testing.B, rules int, clsact bool, guard ...string) (*Node, *netlab.Lab) {
 	b.Helper()
 	netlab.RequireRoot(b)
 	lab := netlab.New(b, "nbn")
@@ -31,7 +33,13 @@ func benchNode(b *testing.B, rules int, guard ...string) (*Node, *netlab.Lab) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	pin := ""
+	if clsact {
+		pin = fmt.Sprintf("%s-bench-%d", bpf.DefaultPinPath, os.Getpid()) // tc(8) users see the pinned program
+		b.Cleanup(func() { _ = os.RemoveAll(pin) })
+	}
 	n, err := New(context.Background(), Config{DataDir: b.TempDir(), Seed: seed, Dataplane: DataplaneEBPF, HostNetns: lab.Host, Guard: guard,
+		Clsact: clsact, PinPath: pin,
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Skipf("kernel cannot run the BPF dataplane: %v", err)
@@ -51,22 +59,23 @@ func reportQuantiles(b *testing.B, name string, ds []time.Duration) {
 // BenchmarkENIPut: an ENI PUT on an interface that exists, until it is answered, which is when its
 // tables are in force and the program is attached (SPEC §8); each iteration creates one ENI and then
 // (untimed) deletes it. guarded: the interface matches --guard, so the program stays on it and the
-// ENI takes it over in one map update (how a host runs); unguarded: each PUT attaches the program and
-// each delete detaches it, which costs the kernel's RCU grace periods.
+// ENI takes it over in one map update (how a host runs); unguarded: each PUT attaches the program with
+// TCX and each delete detaches it, each waiting for the kernel's RCU grace period; clsact: unguarded,
+// with serve --clsact's cls_bpf filters, which wait for none.
 func BenchmarkENIPut(b *testing.B) {
-	for _, mode := range []string{"guarded", "unguarded"} {
+	for _, mode := range []string{"guarded", "unguarded", "clsact"} {
 		for _, rules := range []int{10, 1000} {
-			b.Run(fmt.Sprintf("%s/rules=%d", mode, rules), func(b *testing.B) { benchENIPut(b, mode == "guarded", rules) })
+			b.Run(fmt.Sprintf("%s/rules=%d", mode, rules), func(b *testing.B) { benchENIPut(b, mode, rules) })
 		}
 	}
 }
 
-func benchENIPut(b *testing.B, guarded bool, rules int) {
+func benchENIPut(b *testing.B, mode string, rules int) {
 	var guard []string
-	if guarded {
+	if mode == "guarded" {
 		guard = []string{"sgb-*"}
 	}
-	n, lab := benchNode(b, rules, guard...)
+	n, lab := benchNode(b, rules, mode == "clsact", guard...)
 	lab.IP("-n", lab.Host, "link", "add", "sgb-0", "type", "veth", "peer", "name", "pb-0")
 	ctx := context.Background()
 	eni := model.NetworkInterface{NetworkInterfaceID: "eni-b", AppID: "1", PrivateIPAddresses: []string{"198.18.213.1"},
@@ -94,8 +103,16 @@ func benchENIPut(b *testing.B, guarded bool, rules int) {
 
 // BenchmarkLinkAttach: from the netlink call that creates an ENI's veth returning until the program is
 // attached to it, the ENI having been PUT before; each iteration removes the veth again (untimed).
+// tcx: the default attachment (each TCX attachment waits for an RCU grace period); clsact: serve
+// --clsact's cls_bpf filters, made through netlink, which wait for none.
 func BenchmarkLinkAttach(b *testing.B) {
-	n, lab := benchNode(b, 10)
+	for _, mode := range []string{"tcx", "clsact"} {
+		b.Run(mode, func(b *testing.B) { benchLinkAttach(b, mode == "clsact") })
+	}
+}
+
+func benchLinkAttach(b *testing.B, clsact bool) {
+	n, lab := benchNode(b, 10, clsact)
 	ctx := context.Background()
 	if _, err := n.Controller().PutENI(ctx, model.NetworkInterface{NetworkInterfaceID: "eni-l", AppID: "1",
 		PrivateIPAddresses: []string{"198.18.213.2"}, SgIDs: []string{"sg-b"}, HostInterface: "sgl-0"}); err != nil {
@@ -140,7 +157,7 @@ func BenchmarkLinkAttach(b *testing.B) {
 
 // BenchmarkENIChurn: ENIs created and deleted back to back (no interface), as ENIs per second.
 func BenchmarkENIChurn(b *testing.B) {
-	n, _ := benchNode(b, 10)
+	n, _ := benchNode(b, 10, false)
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
