@@ -7,12 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"sync"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/internal/netns"
 )
@@ -21,7 +21,7 @@ import (
 type hook struct {
 	name   string // pin-file suffix
 	attach ebpf.AttachType
-	tcDir  string // tc(8) direction for the clsact fallback
+	tcDir  string // tc(8)'s name of the clsact hook
 }
 
 var hooks = [2]hook{
@@ -41,7 +41,7 @@ func (d *Dataplane) linkPin(ifindex int, h hook) string {
 }
 
 // Attach enforces eni's tables on the host interface ifname: TC ingress and egress, with TCX links
-// where the kernel has them, else clsact + cls_bpf (through tc(8)). With a pin path, an already pinned
+// where the kernel has them, else clsact + cls_bpf (through netlink). With a pin path, an already pinned
 // link is updated in place to this program, so a restarted daemon never leaves the interface unfiltered.
 // The interface is bound to the ENI before any program sees its traffic; until the ENI's tables are
 // published, its packets are dropped. On an interface this process attached already (to another ENI,
@@ -76,8 +76,8 @@ func (d *Dataplane) link(ctx context.Context, ifname string, ifindex int) error 
 		}
 	}
 	type attached struct {
-		l      link.Link // nil when tc(8) attached it
-		clsact bool      // the kernel has no TCX: tc(8) attached it
+		l      link.Link // nil for a cls_bpf filter
+		clsact bool      // a cls_bpf filter was made: the kernel has no TCX, or clsact was asked for
 		err    error
 	}
 	res := make([]attached, len(todo))
@@ -168,11 +168,15 @@ func (d *Dataplane) replaceLink(key string, l link.Link) {
 	d.links[key] = l
 }
 
-// attachClsact is the fallback for kernels without TCX: the program is pinned and tc(8) attaches it as
-// a direct-action cls_bpf filter under a clsact qdisc.
+// attachClsact is the attachment for kernels without TCX (and --clsact): a direct-action cls_bpf
+// filter under a clsact qdisc, made through netlink. Unlike a TCX attachment it waits for no RCU grace
+// period, so an interface is filtered within a millisecond of appearing. The program is pinned too, so
+// tc(8) users see which program runs and a restarted daemon replaces the filter with its own.
 func (d *Dataplane) attachClsact(ctx context.Context, ifname string, h hook, prog *ebpf.Program) error {
-	dir := d.pinPath
-	if dir == "" {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d.pinPath == "" {
 		return fmt.Errorf("clsact attachment needs a pin path")
 	}
 	pin := d.pinFile("prog-" + h.name)
@@ -182,13 +186,29 @@ func (d *Dataplane) attachClsact(ctx context.Context, ifname string, h hook, pro
 			return fmt.Errorf("pin program for tc: %w", err)
 		}
 	}
-	_ = exec.CommandContext(ctx, "tc", "qdisc", "add", "dev", ifname, "clsact").Run() // exists already is fine
-	out, err := exec.CommandContext(ctx, "tc", "filter", "replace", "dev", ifname, h.tcDir, "pref", "1", "handle", "1",
-		"bpf", "direct-action", "pinned", pin).CombinedOutput()
+	l, err := netlink.LinkByName(ifname)
 	if err != nil {
-		return fmt.Errorf("tc filter replace on %s %s: %w: %s", ifname, h.tcDir, err, out)
+		return fmt.Errorf("clsact on %s: %w", ifname, err)
+	}
+	q := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
+		Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
+	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add clsact qdisc to %s: %w", ifname, err)
+	}
+	if err := netlink.FilterReplace(clsactFilter(l.Attrs().Index, h, prog.FD())); err != nil {
+		return fmt.Errorf("cls_bpf filter on %s %s: %w", ifname, h.tcDir, err)
 	}
 	return nil
+}
+
+// clsactFilter is the cls_bpf filter attachClsact puts on one hook (pref 1, handle 1, every protocol).
+func clsactFilter(ifindex int, h hook, fd int) *netlink.BpfFilter {
+	parent := uint32(netlink.HANDLE_MIN_INGRESS)
+	if h.attach == ebpf.AttachTCXEgress {
+		parent = netlink.HANDLE_MIN_EGRESS
+	}
+	return &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: ifindex, Parent: parent, Handle: 1, Priority: 1,
+		Protocol: unix.ETH_P_ALL}, Fd: fd, Name: "sgsim-" + h.name, DirectAction: true}
 }
 
 // Detach removes the program from ifname (links and their pins, or its cls_bpf filters) and unbinds it.
@@ -240,11 +260,12 @@ func (d *Dataplane) Detach(ifname string) error {
 // detachClsact deletes the cls_bpf filter attachClsact made (the clsact qdisc stays: other filters may
 // use it).
 func detachClsact(ifname string, h hook) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "tc", "filter", "del", "dev", ifname, h.tcDir, "pref", "1", "handle", "1", "bpf").CombinedOutput()
+	l, err := netlink.LinkByName(ifname)
 	if err != nil {
-		return fmt.Errorf("tc filter del on %s %s: %w: %s", ifname, h.tcDir, err, out)
+		return fmt.Errorf("clsact on %s: %w", ifname, err)
+	}
+	if err := netlink.FilterDel(clsactFilter(l.Attrs().Index, h, 0)); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete cls_bpf filter on %s %s: %w", ifname, h.tcDir, err)
 	}
 	return nil
 }

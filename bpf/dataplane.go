@@ -36,9 +36,9 @@ type Options struct {
 	// PinPath pins the maps (and links made by Attach) there, reusing ones already pinned. Empty: nothing
 	// is pinned and everything goes away on Close.
 	PinPath string
-	// Clsact attaches with a clsact qdisc and a direct-action cls_bpf filter (through tc(8)) even where
+	// Clsact attaches with a clsact qdisc and a direct-action cls_bpf filter (through netlink) even where
 	// the kernel has TCX, for hosts whose tooling manages TC filters; kernels without TCX get this
-	// anyway. It needs a PinPath: tc(8) attaches the pinned program.
+	// anyway. It needs a PinPath: the program is pinned so tc(8) users see what runs.
 	Clsact bool
 }
 

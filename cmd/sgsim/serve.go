@@ -78,7 +78,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&o.HostNetns, "host-netns", "", "ebpf/both: network namespace of the host interfaces (ip netns name or path; default: the daemon's)")
 	f.StringVar(&o.AdminTokenFile, "admin-token-file", "", "file of admin tokens, one per line, for the admin and inspection endpoints (besides the topology's adminTokens)")
 	f.StringArrayVar(&o.Guard, "guard", nil, "ebpf/both: drop everything on unclaimed interfaces whose name matches this pattern (path.Match, repeatable)")
-	f.BoolVar(&o.Clsact, "clsact", false, "ebpf/both: attach as a clsact qdisc's cls_bpf filters (via tc(8)) instead of TCX links; kernels without TCX do this anyway")
+	f.BoolVar(&o.Clsact, "clsact", false, "ebpf/both: attach as a clsact qdisc's cls_bpf filters (made through netlink; no RCU grace period per attachment, so an interface is filtered within milliseconds of appearing) instead of TCX links; kernels without TCX do this anyway")
 	f.IntVar(&lim.RulesPerDirection, "max-rules", lim.RulesPerDirection, "API limit: rules per direction per SG")
 	f.IntVar(&lim.SGsPerENI, "max-sgs-per-eni", lim.SGsPerENI, "API limit: SGs per ENI")
 	f.IntVar(&lim.SGsPerProject, "max-sgs-per-project", lim.SGsPerProject, "API limit: SGs per account and project")
