@@ -546,20 +546,16 @@ func TestParseRuleProtocol(t *testing.T) {
 }
 
 func TestParseCIDR(t *testing.T) {
-	tests := []struct {
-		in   string
-		want string
-		bad  string // substring of the error when the input is bad
-	}{
-		{in: "10.0.0.0/8", want: "10.0.0.0/8"},
-		{in: "10.1.2.3/8", want: "10.0.0.0/8"},
-		{in: "10.1.2.3", want: "10.1.2.3/32"},
-		{in: "0.0.0.0/0", want: "0.0.0.0/0"},
-		{in: "198.18.0.1/32", want: "198.18.0.1/32"},
-		{in: "2001:db8::1", want: "2001:db8::1/128"},
-		{in: "2001:db8::1/32", want: "2001:db8::/32"},
-		{in: "::/0", want: "::/0"},
-		{in: "2001:db8::/128", want: "2001:db8::/128"},
+	checkParses(t, "cidrIp", model.ParseCIDR, []parseCase[netip.Prefix]{
+		{in: "10.0.0.0/8", want: netip.MustParsePrefix("10.0.0.0/8")},
+		{in: "10.1.2.3/8", want: netip.MustParsePrefix("10.0.0.0/8")},
+		{in: "10.1.2.3", want: netip.MustParsePrefix("10.1.2.3/32")},
+		{in: "0.0.0.0/0", want: netip.MustParsePrefix("0.0.0.0/0")},
+		{in: "198.18.0.1/32", want: netip.MustParsePrefix("198.18.0.1/32")},
+		{in: "2001:db8::1", want: netip.MustParsePrefix("2001:db8::1/128")},
+		{in: "2001:db8::1/32", want: netip.MustParsePrefix("2001:db8::/32")},
+		{in: "::/0", want: netip.MustParsePrefix("::/0")},
+		{in: "2001:db8::/128", want: netip.MustParsePrefix("2001:db8::/128")},
 		{in: "10.0.0.0/33", bad: "prefix length must be 0-32"},
 		{in: "2001:db8::/129", bad: "prefix length must be 0-128"},
 		{in: "10.0.0.0/-1", bad: "prefix length"},
@@ -570,32 +566,17 @@ func TestParseCIDR(t *testing.T) {
 		{in: "banana", bad: "not an IPv4 or IPv6 CIDR"},
 		{in: " 10.0.0.0/8", bad: "not an IPv4 or IPv6 CIDR"},
 		{in: "10.0.0.0/", bad: "cidrIp"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.in, func(t *testing.T) {
-			p, err := model.ParseCIDR(tc.in)
-			if tc.bad != "" {
-				assertBadRuleFormat(t, err, "cidrIp", tc.bad)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, netip.MustParsePrefix(tc.want), p)
-		})
-	}
+	})
 }
 
 func TestParsePortRange(t *testing.T) {
-	tests := []struct {
-		in     string
-		lo, hi uint16
-		bad    string
-	}{
-		{in: "1", lo: 1, hi: 1},
-		{in: "80", lo: 80, hi: 80},
-		{in: "65535", lo: 65535, hi: 65535},
-		{in: "8000-8010", lo: 8000, hi: 8010},
-		{in: "1-65535", lo: 1, hi: 65535},
-		{in: "80-80", lo: 80, hi: 80},
+	checkParses(t, "portRange", model.ParsePortRange, []parseCase[model.PortRange]{
+		{in: "1", want: model.PortRange{Lo: 1, Hi: 1}},
+		{in: "80", want: model.PortRange{Lo: 80, Hi: 80}},
+		{in: "65535", want: model.PortRange{Lo: 65535, Hi: 65535}},
+		{in: "8000-8010", want: model.PortRange{Lo: 8000, Hi: 8010}},
+		{in: "1-65535", want: model.PortRange{Lo: 1, Hi: 65535}},
+		{in: "80-80", want: model.PortRange{Lo: 80, Hi: 80}},
 		{in: "0", bad: "out of range"},
 		{in: "0-80", bad: "out of range"},
 		{in: "65536", bad: "out of range"},
@@ -613,16 +594,28 @@ func TestParsePortRange(t *testing.T) {
 		{in: "http", bad: "must be a port"},
 		{in: "80,443", bad: "must be a port"},
 		{in: "80-70", bad: "low port above high port"},
-	}
-	for _, tc := range tests {
+	})
+}
+
+// parseCase is one input of a rule-field parser: what it parses to, or (bad) part of the 9003 error it
+// must fail with.
+type parseCase[T any] struct {
+	in   string
+	want T
+	bad  string
+}
+
+// checkParses runs parse on every case: a bad one must fail as a 9003 naming field, the others give want.
+func checkParses[T any](t *testing.T, field string, parse func(string) (T, error), cases []parseCase[T]) {
+	for _, tc := range cases {
 		t.Run(tc.in, func(t *testing.T) {
-			r, err := model.ParsePortRange(tc.in)
+			got, err := parse(tc.in)
 			if tc.bad != "" {
-				assertBadRuleFormat(t, err, "portRange", tc.bad)
+				assertBadRuleFormat(t, err, field, tc.bad)
 				return
 			}
 			require.NoError(t, err)
-			assert.Equal(t, model.PortRange{Lo: tc.lo, Hi: tc.hi}, r)
+			assert.Equal(t, tc.want, got)
 		})
 	}
 }
