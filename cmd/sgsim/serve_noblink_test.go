@@ -11,8 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
-
-	"github.com/sgsim/sgsim/internal/netns"
 )
 
 // noBlinkTopology: eni-rx's SG order decides between allow-udp ([sg-allow, sg-deny]) and deny-all
@@ -76,41 +74,16 @@ func TestServeNoBlink(t *testing.T) {
 	var mu sync.Mutex
 	received := make([]int, total) // copies of each numbered packet that arrived
 	rx := lab.ListenUDP("eni-rx", addrs["eni-rx"]+":5000")
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			n, _, err := rx.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if n == 4 {
-				if seq := binary.BigEndian.Uint32(buf); seq < total {
-					mu.Lock()
-					received[seq]++
-					mu.Unlock()
-				}
-			}
+	go readSeqs(rx, func(seq uint32) {
+		if seq < total {
+			mu.Lock()
+			received[seq]++
+			mu.Unlock()
 		}
-	}()
-	fc, err := netns.Do(lab.VMs["eni-fence"], func() (net.PacketConn, error) {
-		return net.ListenPacket("udp4", addrs["eni-fence"]+":5001")
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { fc.Close() })
+	}, func() {})
+	fc := lab.ListenUDP("eni-fence", addrs["eni-fence"]+":5001")
 	fences := make(chan uint32, 16)
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			n, _, err := fc.ReadFrom(buf)
-			if err != nil {
-				close(fences)
-				return
-			}
-			if n == 4 {
-				fences <- binary.BigEndian.Uint32(buf)
-			}
-		}
-	}()
+	go readSeqs(fc, func(seq uint32) { fences <- seq }, func() { close(fences) })
 
 	// The sender: one thread in eni-tx's namespace, pinned to one CPU, sending a phase on request.
 	phases := make(chan uint32)
@@ -228,4 +201,20 @@ func TestServeNoBlink(t *testing.T) {
 	require.Zero(t, admittedUnderDeny, "packets admitted while deny-all was in force")
 	require.Zero(t, droppedUnderAllow, "packets dropped while allow-udp was in force")
 	require.Zero(t, duplicates)
+}
+
+// readSeqs calls got with the number each 4-byte datagram pc receives carries, until pc is closed; then
+// it calls closed.
+func readSeqs(pc net.PacketConn, got func(seq uint32), closed func()) {
+	buf := make([]byte, 64)
+	for {
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			closed()
+			return
+		}
+		if n == 4 {
+			got(binary.BigEndian.Uint32(buf))
+		}
+	}
 }
