@@ -46,8 +46,8 @@ func TestKillDuringENIChurn(t *testing.T) {
 	d := startDaemonWith(t, dir, true, extra, topo)
 
 	c := &client.Native{Endpoint: d.base, Token: killAdminToken}
-	eniOf := func(i int) client.ENI {
-		e := client.ENI{NetworkInterfaceID: fmt.Sprintf("eni-k%d", i), AppID: "1",
+	eniOf := func(i int) client.ENISpec {
+		e := client.ENISpec{NetworkInterfaceID: fmt.Sprintf("eni-k%d", i), AppID: "1",
 			PrivateIPAddresses: []string{fmt.Sprintf("198.19.10.%d", 1+i)}, SgIDs: []string{"sg-k"}}
 		if i%withVeth == 0 {
 			e.HostInterface = fmt.Sprintf("sgk-%d", i)
