@@ -60,6 +60,14 @@ type Config struct {
 	// are set by the node.
 	API    api.Options
 	Logger *slog.Logger
+
+	// Etcd, when set, makes the node a fleet API replica (SPEC §9) on these etcd endpoints: the state
+	// lives in etcd (DataDir is not used), no dataplane is loaded, and each answer carries enforcement.
+	Etcd []string
+	// EtcdPrefix is the fleet's key prefix; "" = DefaultEtcdPrefix.
+	EtcdPrefix string
+	// EnforceTimeout bounds how long an answer waits for the affected hosts; 0 = DefaultEnforceTimeout.
+	EnforceTimeout time.Duration
 }
 
 // Node is one assembled daemon. Its handler serves at once; Serve puts it on a listener.
@@ -71,6 +79,7 @@ type Node struct {
 	links   *hostif.Follower // nil unless the program is attached to host interfaces
 	stop    context.CancelFunc
 	handler *api.Handler
+	fleet   *fleet // nil unless the node is a fleet replica (Config.Etcd)
 
 	seedable bool // the data directory has no committed store file (store.SeedDecision)
 }
@@ -101,6 +110,9 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 			n = nil
 		}
 	}()
+	if len(cfg.Etcd) > 0 {
+		return n, n.newFleet(ctx, cfg)
+	}
 	if enforce {
 		// Loaded before the store is opened: a host that cannot run the program learns it first.
 		if n.bpf, err = bpf.Load(bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact}); err != nil {
@@ -317,7 +329,9 @@ func (n *Node) Close() error {
 	var errs []error
 	if n.stop != nil {
 		n.stop()
-		<-n.links.Done()
+		if n.links != nil {
+			<-n.links.Done()
+		}
 	}
 	if n.bpf != nil {
 		if err := n.bpf.Close(); err != nil {
@@ -327,6 +341,11 @@ func (n *Node) Close() error {
 	if n.st != nil {
 		if err := n.st.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
+	}
+	if n.fleet != nil {
+		if err := n.fleet.cli.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close etcd client: %w", err))
 		}
 	}
 	return errors.Join(errs...)
