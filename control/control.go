@@ -309,3 +309,18 @@ func (c *Controller) PortAction(ctx context.Context, appID, sgID string, add boo
 	}
 	return fails, nil
 }
+
+// NewReadOnly returns a Controller that serves the views of a, an Applier kept in step by someone
+// else (a fleet agent's watch loop), so that the read-only API endpoints can answer on a host; every
+// write through it is refused and changes nothing.
+func NewReadOnly(a *Applier, lim Limits) *Controller {
+	return &Controller{store: readOnlyStore{}, writer: NewWriter(readOnlyStore{}, lim), applier: a}
+}
+
+// errReadOnly refuses the writes of a NewReadOnly Controller.
+var errReadOnly = errors.New("control: this node takes no API calls (a fleet agent: send them to a replica)")
+
+type readOnlyStore struct{}
+
+func (readOnlyStore) Load(context.Context) (*model.State, uint64, error) { return nil, 0, nil }
+func (readOnlyStore) Commit(context.Context, *model.State, uint64) error { return errReadOnly }
