@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -391,4 +392,71 @@ func TestFleetConfigErrors(t *testing.T) {
 			assert.Contains(t, err.Error(), tt.want)
 		})
 	}
+}
+
+func TestFleetAgentListen(t *testing.T) {
+	endpoint := startFleetEtcd(t)
+	a := newReplica(t, endpoint, fleetTopology(t), 5*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- RunAgent(ctx, AgentConfig{Etcd: []string{endpoint}, EtcdPrefix: fleetPrefix, Host: "h3", Listen: "127.0.0.1:0",
+			Ready: func(addr string) { addrc <- addr }, API: api.Options{AdminTokens: []string{"agent-admin"}}})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		assert.NoError(t, <-done, "a stopped agent returns nil")
+	})
+	base := "http://" + <-addrc
+	get := func(method, path, body string) (int, string) {
+		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer agent-admin")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var b strings.Builder
+		_, err = io.Copy(&b, resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, b.String()
+	}
+	require.Eventually(t, func() bool { code, _ := get(http.MethodGet, "/healthz", ""); return code == http.StatusOK },
+		10*time.Second, 10*time.Millisecond)
+
+	// A change answered by the replica is what the agent's /check decides.
+	resp, err := tencentOf(a).Call(context.Background(), "ModifySecurityGroupPolicy", policy("sg-b", 8080))
+	require.NoError(t, err)
+	require.NoError(t, resp.Err())
+	e := enforcementOf(t, resp.Body)
+	require.NotNil(t, e)
+	assert.Empty(t, e.Pending)
+	check := func(port int) string {
+		code, body := get(http.MethodPost, "/sgsim/v1/check",
+			fmt.Sprintf(`{"eni":"e3","direction":"ingress","protocol":"tcp","remote":"198.18.9.9","port":%d}`, port))
+		require.Equal(t, http.StatusOK, code, body)
+		return body
+	}
+	assert.Contains(t, check(8080), `"ACCEPT"`)
+	assert.Contains(t, check(80), `"DROP"`)
+
+	for _, tt := range []struct {
+		method, path string
+		status       int
+		has          string
+	}{
+		{http.MethodGet, "/sgsim/v1/enis", http.StatusOK, `"e3"`},
+		{http.MethodGet, "/sgsim/v1/enis/e3", http.StatusOK, `"host":"h3"`},
+		{http.MethodGet, "/sgsim/v1/enis/e3/table", http.StatusOK, `"8080"`},
+		{http.MethodGet, "/metrics", http.StatusOK, "sgsim_"},
+		{http.MethodPut, "/sgsim/v1/enis/e9", http.StatusMethodNotAllowed, ""},
+		{http.MethodPost, "/v2/index.php", http.StatusNotFound, ""},
+	} {
+		code, body := get(tt.method, tt.path, "{}")
+		assert.Equal(t, tt.status, code, "%s %s: %s", tt.method, tt.path, body)
+		assert.Contains(t, body, tt.has, "%s %s", tt.method, tt.path)
+	}
+	code, body := get(http.MethodGet, "/sgsim/v1/enis", "")
+	require.Equal(t, http.StatusOK, code)
+	assert.NotContains(t, body, `"e1"`, "only this host's ENIs are listed")
 }
