@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"path"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -84,44 +85,84 @@ func Start(ctx context.Context, cfg Config, want map[string]string) (*Follower, 
 			return nil, fmt.Errorf("--guard %q: %w", g, err)
 		}
 	}
-	updates := make(chan netlink.LinkUpdate, 256)
-	done := make(chan struct{})
-	subErr := make(chan error, 1)
-	subscribe := func() (struct{}, error) {
-		return struct{}{}, netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
-			ListExisting:  true,
-			ErrorCallback: func(err error) { nonBlockingSend(subErr, err) },
-		})
-	}
-	var err error
-	if cfg.Netns == "" {
-		_, err = subscribe()
-	} else {
-		_, err = netns.Do(cfg.Netns, subscribe)
-	}
-	if err != nil {
-		close(done)
-		return nil, fmt.Errorf("subscribe to link events: %w", err)
-	}
 	f := &Follower{cfg: cfg, log: cfg.Logger, reqs: make(chan request), done: make(chan struct{}), status: map[string]State{}}
 	l := &loop{f: f, want: map[string]string{}, links: map[string]int{}, on: map[string]on{}}
-	// The initial list is read synchronously, so Start returns with every existing interface handled;
-	// the same links arrive again from the subscription's dump and change nothing.
-	links, err := f.list()
+	sub, err := f.subscribe()
 	if err != nil {
-		close(done)
 		return nil, err
 	}
-	for _, lk := range links {
-		l.links[lk.Attrs().Name] = lk.Attrs().Index
+	if err := l.relist(ctx); err != nil {
+		sub.close()
+		return nil, err
 	}
 	l.setWant(ctx, want)
 	go func() {
 		defer close(f.done)
-		defer close(done)
-		l.run(ctx, updates, subErr)
+		l.run(ctx, sub)
 	}()
 	return f, nil
+}
+
+// subscription is one netlink link-event subscription: its events, its errors, and how to end it.
+type subscription struct {
+	updates chan netlink.LinkUpdate
+	errs    chan error
+	done    chan struct{}
+	once    sync.Once
+}
+
+func (s *subscription) close() { s.once.Do(func() { close(s.done) }) }
+
+// subscribe opens a link-event subscription in the followed namespace, with the initial list on the same
+// socket. The receive buffer is raised: a burst of link events that overflows it (ENOBUFS) loses events,
+// and then the follower subscribes and lists again.
+func (f *Follower) subscribe() (*subscription, error) {
+	s := &subscription{updates: make(chan netlink.LinkUpdate, 256), errs: make(chan error, 1), done: make(chan struct{})}
+	open := func() (struct{}, error) {
+		return struct{}{}, netlink.LinkSubscribeWithOptions(s.updates, s.done, netlink.LinkSubscribeOptions{
+			ListExisting:      true,
+			ReceiveBufferSize: 4 << 20,
+			ErrorCallback:     func(err error) { nonBlockingSend(s.errs, err) },
+		})
+	}
+	var err error
+	if f.cfg.Netns == "" {
+		_, err = open()
+	} else {
+		_, err = netns.Do(f.cfg.Netns, open)
+	}
+	if err != nil {
+		s.close()
+		return nil, fmt.Errorf("subscribe to link events: %w", err)
+	}
+	return s, nil
+}
+
+// relist reads the namespace's links afresh and reconciles every name it knows or finds: the start,
+// and the resync after a subscription lost events. Events of the subscription's own dump that follow
+// change nothing.
+func (l *loop) relist(ctx context.Context) error {
+	links, err := l.f.list()
+	if err != nil {
+		return err
+	}
+	old := l.links
+	l.links = make(map[string]int, len(links))
+	for _, lk := range links {
+		l.links[lk.Attrs().Name] = lk.Attrs().Index
+	}
+	for name, idx := range old {
+		if l.links[name] != idx {
+			l.gone(name, idx)
+		}
+	}
+	for name := range old {
+		l.reconcile(ctx, name)
+	}
+	for name := range l.links {
+		l.reconcile(ctx, name)
+	}
+	return nil
 }
 
 func nonBlockingSend(ch chan error, err error) {
@@ -178,25 +219,46 @@ type loop struct {
 	on    map[string]on     // ifname → what this loop put on it
 }
 
-func (l *loop) run(ctx context.Context, updates <-chan netlink.LinkUpdate, subErr <-chan error) {
+// run applies link events and want changes until ctx ends. A subscription that fails or loses events is
+// replaced by a new one and a fresh list, a moment later, as often as it takes.
+func (l *loop) run(ctx context.Context, sub *subscription) {
+	defer func() { sub.close() }()
 	for {
+		lost := false
 		select {
 		case <-ctx.Done():
 			return
-		case err := <-subErr:
-			l.f.log.Error("link events", "err", err)
-			if !errors.Is(err, netlink.ErrDumpInterrupted) {
-				return
-			}
+		case err := <-sub.errs:
+			// An interrupted dump is repeated by the relist below; a receive error (ENOBUFS) lost events.
+			l.f.log.Warn("link events lost: subscribing and listing again", "err", err)
+			lost = true
 		case r := <-l.f.reqs:
 			l.setWant(ctx, r.want)
 			close(r.reply)
-		case u, ok := <-updates:
+		case u, ok := <-sub.updates:
 			if !ok {
-				l.f.log.Error("link events: subscription closed")
-				return
+				l.f.log.Warn("link events: the subscription closed: subscribing and listing again")
+				lost = true
+				break
 			}
 			l.update(ctx, u)
+		}
+		for lost {
+			sub.close()
+			next, err := l.f.subscribe()
+			if err == nil {
+				if err = l.relist(ctx); err == nil {
+					sub, lost = next, false
+					continue
+				}
+				next.close()
+			}
+			l.f.log.Error("link events: resubscribe", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 	}
 }

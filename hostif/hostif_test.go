@@ -2,6 +2,7 @@ package hostif
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -195,3 +196,33 @@ func TestStartRejectsBadGuard(t *testing.T) {
 	_, err := Start(context.Background(), Config{Enforcer: newFake(), Guard: []string{"tap["}}, nil)
 	require.ErrorContains(t, err, `--guard "tap["`)
 }
+
+// TestRelistAfterLostEvents: when the subscription lost events (the follower then lists again), a
+// wanted link that appeared meanwhile is attached and one that went is forgotten.
+func TestRelistAfterLostEvents(t *testing.T) {
+	netlab.RequireRoot(t)
+	lab := netlab.New(t, "hrl")
+	lab.IP("-n", lab.Host, "link", "add", "sgv-kept", "type", "veth", "peer", "name", "pe-kept")
+	fake := newFake()
+	f := &Follower{cfg: Config{Netns: lab.Host, Enforcer: fake}, log: slogDiscard(), status: map[string]State{}}
+	l := &loop{f: f, want: map[string]string{"sgv-new": "eni-new", "sgv-kept": "eni-kept"}, links: map[string]int{}, on: map[string]on{}}
+	ctx := context.Background()
+	require.NoError(t, l.relist(ctx))
+	kept := ifindex(t, lab, "sgv-kept")
+	assert.Equal(t, call{"attach", "sgv-kept", "eni-kept", kept}, fake.next(t))
+	// Events lost: sgv-new appears, sgv-kept goes, and nothing tells the loop until it lists again.
+	lab.IP("-n", lab.Host, "link", "add", "sgv-new", "type", "veth", "peer", "name", "pe-new")
+	lab.IP("-n", lab.Host, "link", "del", "sgv-kept")
+	require.NoError(t, l.relist(ctx))
+	got := map[string]call{}
+	for range 2 {
+		c := fake.next(t)
+		got[c.op] = c
+	}
+	assert.Equal(t, call{"forget", "", "", kept}, got["forget"])
+	assert.Equal(t, call{"attach", "sgv-new", "eni-new", ifindex(t, lab, "sgv-new")}, got["attach"])
+	assert.True(t, f.Status("sgv-new").Attached)
+	assert.False(t, f.Status("sgv-kept").Attached)
+}
+
+func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }

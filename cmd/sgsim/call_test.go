@@ -4,25 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net/http/httptest"
 	"testing"
 
+	"github.com/sgsim/sgsim/node"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/sgsim/sgsim/api"
-	"github.com/sgsim/sgsim/control"
-	"github.com/sgsim/sgsim/model"
-	"github.com/sgsim/sgsim/store"
 )
 
 func TestCall(t *testing.T) {
-	s, err := model.LoadTopologyFile("../../testdata/demo.json")
-	require.NoError(t, err)
-	ctrl, err := control.New(context.Background(), store.NewMemory(), s, control.Options{})
-	require.NoError(t, err)
-	srv := httptest.NewServer(api.NewHandler(ctrl, api.Options{}))
-	defer srv.Close()
+	srv, n := demoServer(t)
 	t.Setenv("SGSIM_SECRET_ID", "AKIDdemo0000000000000000000000000001")
 	t.Setenv("SGSIM_SECRET_KEY", "demo-secret-key-0000000000000001")
 	t.Setenv("SGSIM_TOKEN", "tok-demo-1")
@@ -62,6 +54,55 @@ func TestCall(t *testing.T) {
 			assert.Contains(t, out.String(), tt.out)
 		})
 	}
-	eni, _ := ctrl.View().State.ENI("eni-spare")
+	eni, _ := n.Controller().View().State.ENI("eni-spare")
 	assert.Equal(t, []string{"sg-ssh"}, eni.SgIDs)
+}
+
+// demoServer serves an in-memory node of the demo topology (its admin token is demo-admin-token).
+func demoServer(t *testing.T) (*httptest.Server, *node.Node) {
+	t.Helper()
+	n, err := node.New(context.Background(), node.Config{Topology: "../../testdata/demo.json", Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	srv := httptest.NewServer(n.Handler())
+	t.Cleanup(srv.Close)
+	return srv, n
+}
+
+func TestENICommands(t *testing.T) {
+	srv, _ := demoServer(t)
+	run := func(args ...string) (string, error) {
+		root := newRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetArgs(append(args, "--endpoint", srv.URL))
+		err := root.ExecuteContext(context.Background())
+		return out.String(), err
+	}
+	t.Setenv("SGSIM_ADMIN_TOKEN", "demo-admin-token")
+	out, err := run("eni", "put", "eni-web3", "--app-id", "1250000001", "--ip", "198.18.1.30", "--sg", "sg-web", "--sg", "sg-ssh")
+	require.NoError(t, err)
+	assert.Contains(t, out, `"networkInterfaceId": "eni-web3"`)
+	assert.Contains(t, out, `"attached": false`)
+	out, err = run("eni", "list")
+	require.NoError(t, err)
+	assert.Regexp(t, `eni-web3\s+1250000001\s+198.18.1.30\s+sg-web,sg-ssh\s+-\s+false`, out)
+	out, err = run("eni", "get", "eni-web3")
+	require.NoError(t, err)
+	assert.Contains(t, out, `"sg-ssh"`)
+	out, err = run("eni", "put", "eni-x", "--app-id", "1250000001", "--ip", "198.18.1.30")
+	require.Error(t, err)
+	assert.Equal(t, 1, exitCode(err))
+	assert.Contains(t, err.Error(), "409")
+	assert.Contains(t, err.Error(), "already a private IP of network interface eni-web3")
+	out, err = run("eni", "delete", "eni-web3")
+	require.NoError(t, err)
+	assert.Equal(t, "deleted eni-web3\n", out)
+	_, err = run("eni", "get", "eni-web3")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "404")
+	t.Setenv("SGSIM_ADMIN_TOKEN", "nope")
+	_, err = run("eni", "list")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "401")
 }
