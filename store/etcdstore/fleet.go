@@ -32,8 +32,14 @@ func (s *Store) RegisterHost(ctx context.Context, name string) (*Host, error) {
 	if name == "" || strings.Contains(name, "/") {
 		return nil, fmt.Errorf("etcdstore: host name %q must be non-empty and hold no /", name)
 	}
+	// Granted under ctx, so that an agent stopped while etcd is away does not wait for it.
+	lease, err := s.cli.Grant(ctx, HostTTL)
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: lease for host %s: %w", name, err)
+	}
 	// The session outlives ctx: keepalives stop at Close, which then still revokes the lease.
-	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(HostTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithLease(lease.ID), concurrency.WithTTL(HostTTL),
+		concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: lease for host %s: %w", name, err)
 	}
