@@ -460,3 +460,17 @@ func TestFleetAgentListen(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	assert.NotContains(t, body, `"e1"`, "only this host's ENIs are listed")
 }
+
+func TestSingleHostAnswersCarryNoEnforcement(t *testing.T) {
+	n, err := New(context.Background(), Config{Seed: fleetTopology(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, n.Close()) })
+	resp, err := tencentOf(n).Call(context.Background(), "ModifySecurityGroupPolicy", policy("sg-b", 8080))
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"code":0,"message":""}`, string(resp.Body))
+	hr, err := huaweiOf(n).PortAction(context.Background(), "sg-c", "add", []string{"e1"})
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"fail":[]}`, string(hr.Body))
+	code, _ := change(t, n, n.Controller().View().Generation)
+	assert.Equal(t, http.StatusNotFound, code, "no changes endpoint on a single host")
+}
