@@ -2,10 +2,13 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -192,14 +195,45 @@ func newAgentHandler(a *agent.Agent, cfg AgentConfig, enf *agentEnforcer) http.H
 	for _, route := range agentRoutes {
 		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
 			h := handler()
-			if h == nil {
+			switch {
+			case h == nil:
 				http.Error(w, "agent "+cfg.Host+": the host's share is not in force yet", http.StatusServiceUnavailable)
-				return
+			case route == "GET /sgsim/v1/enis":
+				serveLocalENIs(w, r, h, cfg.Host)
+			case r.PathValue("id") != "" && !isLocal(a, r.PathValue("id"), cfg.Host):
+				// The share holds other hosts' ENIs only as members of SGs: not this host's to show.
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusNotFound)
+				_ = json.NewEncoder(w).Encode(map[string]string{"error": fmt.Sprintf("network interface %q: not on host %s", r.PathValue("id"), cfg.Host)})
+			default:
+				h.ServeHTTP(w, r)
 			}
-			h.ServeHTTP(w, r)
 		})
 	}
 	return mux
+}
+
+func isLocal(a *agent.Agent, id, host string) bool {
+	n, ok := a.Applier().View().State.ENI(id)
+	return ok && n.Host == host
+}
+
+// serveLocalENIs is GET /sgsim/v1/enis with only this host's ENIs.
+func serveLocalENIs(w http.ResponseWriter, r *http.Request, h http.Handler, host string) {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, r)
+	var list api.ENIList
+	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &list) != nil {
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+		return
+	}
+	list.NetworkInterfaces = slices.DeleteFunc(list.NetworkInterfaces, func(e api.ENIResponse) bool { return e.Host != host })
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(list)
 }
 
 // serveHandler answers HTTP with h on listen until ctx is done, then shuts down gracefully; ready, if

@@ -396,7 +396,14 @@ func TestFleetConfigErrors(t *testing.T) {
 
 func TestFleetAgentListen(t *testing.T) {
 	endpoint := startFleetEtcd(t)
-	a := newReplica(t, endpoint, fleetTopology(t), 5*time.Second)
+	// e1 joins sg-b's sgId rule, so h3's share holds it as a member: still not h3's ENI to list.
+	seed := fleetTopology(t)
+	b := seed.Edit()
+	g, _ := seed.SG("sg-b")
+	ng := *g
+	ng.Ingress = append(slices.Clone(ng.Ingress), model.Rule{IPProtocol: "udp", SgID: "sg-a", PortRange: "53", Action: "ACCEPT"})
+	require.NoError(t, b.PutSG(ng))
+	a := newReplica(t, endpoint, b.State(), 5*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan string, 1)
 	done := make(chan error, 1)
@@ -423,6 +430,12 @@ func TestFleetAgentListen(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { code, _ := get(http.MethodGet, "/healthz", ""); return code == http.StatusOK },
 		10*time.Second, 10*time.Millisecond)
+	code, body := get(http.MethodGet, "/sgsim/v1/enis", "")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, `"e3"`)
+	assert.NotContains(t, body, `"e1"`, "only this host's ENIs are listed")
+	code, body = get(http.MethodGet, "/sgsim/v1/enis/e1", "")
+	assert.Equal(t, http.StatusNotFound, code, body)
 
 	// A change answered by the replica is what the agent's /check decides.
 	resp, err := tencentOf(a).Call(context.Background(), "ModifySecurityGroupPolicy", policy("sg-b", 8080))
@@ -451,14 +464,12 @@ func TestFleetAgentListen(t *testing.T) {
 		{http.MethodGet, "/metrics", http.StatusOK, "sgsim_"},
 		{http.MethodPut, "/sgsim/v1/enis/e9", http.StatusMethodNotAllowed, ""},
 		{http.MethodPost, "/v2/index.php", http.StatusNotFound, ""},
+		{http.MethodGet, "/sgsim/v1/enis/e1", http.StatusNotFound, "not on host h3"},
 	} {
-		code, body := get(tt.method, tt.path, "{}")
+		code, body = get(tt.method, tt.path, "{}")
 		assert.Equal(t, tt.status, code, "%s %s: %s", tt.method, tt.path, body)
 		assert.Contains(t, body, tt.has, "%s %s", tt.method, tt.path)
 	}
-	code, body := get(http.MethodGet, "/sgsim/v1/enis", "")
-	require.Equal(t, http.StatusOK, code)
-	assert.NotContains(t, body, `"e1"`, "only this host's ENIs are listed")
 }
 
 func TestSingleHostAnswersCarryNoEnforcement(t *testing.T) {
