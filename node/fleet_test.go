@@ -485,3 +485,25 @@ func TestSingleHostAnswersCarryNoEnforcement(t *testing.T) {
 	code, _ := change(t, n, n.Controller().View().Generation)
 	assert.Equal(t, http.StatusNotFound, code, "no changes endpoint on a single host")
 }
+
+func TestFleetENIMovedBetweenHosts(t *testing.T) {
+	endpoint := startFleetEtcd(t)
+	a := newReplica(t, endpoint, fleetTopology(t), 5*time.Second)
+	h1, h3 := startFleetAgent(t, endpoint, "h1"), startFleetAgent(t, endpoint, "h3")
+	enforcing(t, a, h1, h3)
+	require.True(t, accepts(h3, "e3", 80))
+
+	put := `{"appId":"` + fleetApp + `","privateIpAddresses":["198.18.0.3"],"sgIds":["sg-b"],"host":"h1","hostInterface":"tap-e3"}`
+	req := httptest.NewRequest(http.MethodPut, "/sgsim/v1/enis/e3", strings.NewReader(put))
+	req.Header.Set("Authorization", "Bearer "+fleetAdmin)
+	w := httptest.NewRecorder()
+	a.Handler().ServeHTTP(w, req)
+	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	e := enforcementOf(t, w.Body.Bytes())
+	require.NotNil(t, e)
+	assert.Equal(t, api.Enforcement{Revision: e.Revision, Hosts: 2, Pending: []string{}, Down: []string{}}, *e,
+		"both the host it leaves and the one it joins are waited for")
+	assert.True(t, accepts(h1, "e3", 80), "enforced on its new host before the answer")
+	_, stillThere := h3.Applier().View().Tables["e3"]
+	assert.False(t, stillThere, "gone from its old host before the answer")
+}
