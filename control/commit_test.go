@@ -68,7 +68,9 @@ func TestCommitHookGivesUp(t *testing.T) {
 		{"etcd away", errors.New("etcd unreachable"), "commit failed: etcd unreachable"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			hook := func(context.Context, *model.State, *model.State, uint64) (Committed, error) { return Committed{}, tt.err }
+			hook := func(context.Context, *model.State, *model.State, uint64) (Committed, error) {
+				return Committed{}, tt.err
+			}
 			c, err := New(ctx, store.NewMemory(), s, Options{NoEngine: true, Commit: hook})
 			require.NoError(t, err)
 			err = c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-db", []model.Rule{{Action: "ACCEPT"}}, nil)
