@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -27,6 +28,8 @@ import (
 	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/client"
 	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/internal/netlab"
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/model"
 )
 
@@ -101,7 +104,8 @@ func fleetTopology(t *testing.T) *model.State {
 
 // newReplica starts an API replica of the fleet on its own etcd client.
 func newReplica(t *testing.T, endpoint string, seed *model.State, timeout time.Duration) *Node {
-	n, err := New(context.Background(), Config{Etcd: []string{endpoint}, EtcdPrefix: fleetPrefix, Seed: seed, EnforceTimeout: timeout})
+	n, err := New(context.Background(), Config{Etcd: []string{endpoint}, EtcdPrefix: fleetPrefix, Seed: seed, EnforceTimeout: timeout,
+		Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, n.Close()) })
 	return n
@@ -506,4 +510,80 @@ func TestFleetENIMovedBetweenHosts(t *testing.T) {
 	assert.True(t, accepts(h1, "e3", 80), "enforced on its new host before the answer")
 	_, stillThere := h3.Applier().View().Tables["e3"]
 	assert.False(t, stillThere, "gone from its old host before the answer")
+}
+
+// TestFleetAgentEBPFEnforcesBeforeTheAnswer: an agent with the eBPF dataplane attaches to its ENI's
+// veth, and real TCP through it changes as a replica's call says before the call is answered.
+func TestFleetAgentEBPFEnforcesBeforeTheAnswer(t *testing.T) {
+	requireKernel(t)
+	lab := netlab.New(t, "nfa")
+	lab.AddVM("e3", "sgf-e3", "198.18.212.3")
+	lab.AddVM("cli", "sgf-cli", "198.18.212.9") // no ENI claims it: unfiltered
+	for _, port := range []string{"80", "8080"} {
+		lab.EchoTCP("e3", "198.18.212.3:"+port)
+	}
+	seed, err := model.NewState(model.Topology{
+		Accounts: []model.Account{{AppID: fleetApp, SecretID: fleetID, SecretKey: fleetSecret}},
+		SecurityGroups: []model.SecurityGroup{{SgID: "sg-b", AppID: fleetApp, SgName: "b",
+			Ingress: []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: "80", Action: "ACCEPT"}},
+			Egress:  []model.Rule{{Action: "ACCEPT"}}}},
+		NetworkInterfaces: []model.NetworkInterface{{NetworkInterfaceID: "e3", AppID: fleetApp,
+			PrivateIPAddresses: []string{"198.18.212.3"}, SgIDs: []string{"sg-b"}, Host: "h3", HostInterface: "sgf-e3"}},
+	})
+	require.NoError(t, err)
+	endpoint := startFleetEtcd(t)
+	replica := newReplica(t, endpoint, seed, 5*time.Second)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc, done := make(chan string, 1), make(chan error, 1)
+	go func() {
+		done <- RunAgent(ctx, AgentConfig{Etcd: []string{endpoint}, EtcdPrefix: fleetPrefix, Host: "h3", Dataplane: DataplaneEBPF,
+			PinPath: pinDir(t), HostNetns: lab.Host, Listen: "127.0.0.1:0", Ready: func(addr string) { addrc <- addr },
+			API: api.Options{AdminTokens: []string{"agent-admin"}}, Logger: slog.New(slog.DiscardHandler)})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		assert.NoError(t, <-done)
+	})
+	base := "http://" + <-addrc
+	require.Eventually(t, func() bool {
+		req, _ := http.NewRequest(http.MethodGet, base+"/sgsim/v1/enis/e3", nil)
+		req.Header.Set("Authorization", "Bearer agent-admin")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == http.StatusOK && strings.Contains(string(b), `"attached":true`)
+	}, 10*time.Second, 10*time.Millisecond, "the agent attaches to e3's veth")
+
+	connect := func(port string, timeout time.Duration) error {
+		c, err := netns.Do(lab.VMs["cli"], func() (net.Conn, error) {
+			return net.DialTimeout("tcp4", "198.18.212.3:"+port, timeout)
+		})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		if _, err := c.Write([]byte("hi")); err != nil {
+			return err
+		}
+		_, err = io.ReadFull(c, make([]byte, 2))
+		return err
+	}
+	require.NoError(t, connect("80", 3*time.Second))
+	require.Error(t, connect("8080", 300*time.Millisecond))
+
+	params := policy("sg-b", 8080)
+	params.Set("egress.0.action", "ACCEPT")
+	resp, err := tencentOf(replica).Call(context.Background(), "ModifySecurityGroupPolicy", params)
+	require.NoError(t, err)
+	require.NoError(t, resp.Err())
+	e := enforcementOf(t, resp.Body)
+	require.NotNil(t, e)
+	assert.Equal(t, api.Enforcement{Revision: e.Revision, Hosts: 1, Pending: []string{}, Down: []string{}}, *e)
+	require.NoError(t, connect("8080", 3*time.Second), "in force in the kernel when answered")
+	require.Error(t, connect("80", 300*time.Millisecond))
 }
