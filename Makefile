@@ -8,7 +8,7 @@ DEMO        := testdata/demo.json
 SHELL       := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: build test soak demo demo-host lint bench generate clean
+.PHONY: build test soak demo demo-host fleet-demo lint bench generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sgsim
@@ -45,6 +45,10 @@ demo: build
 # naming the rule that dropped it, a rule change taking effect; everything is removed afterwards.
 demo-host: build
 	$(GO) run ./testdata/demohost
+
+# A fleet on this machine: an embedded etcd, two API replicas and three agents (Go dataplane), no root.
+fleet-demo: build
+	$(GO) run ./testdata/fleetdemo --sgsim $(BIN)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
