@@ -68,6 +68,7 @@ bench: build
 	$(GO) test -run '^$$' -bench ModifyBigPolicy -benchtime 20x -timeout 20m ./api/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench Replay -benchtime 3x -cpu 1 -timeout 20m ./replay/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench 'ENIPut|LinkAttach|ENIChurn' -benchtime 200x -timeout 20m ./node/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'ChangeEnforced|AgentRestart' -benchtime 20x -timeout 20m ./agent/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 20m ./packet/ ./conntrack/ ./compiler/ | tee -a $(BENCH_OUT)
 	$(GO) run ./bench/report -in $(BENCH_OUT) -out bench/REPORT.md -notes bench/READING.md \
 		-compare 'Matching cost per packet vs rules (ns)=Classifier:p50-ns/lookup,Linear:ns/lookup,Run:ns/pkt' \
