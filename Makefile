@@ -8,7 +8,7 @@ DEMO        := testdata/demo.json
 SHELL       := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: build test soak demo demo-host lint bench generate clean
+.PHONY: build test soak demo demo-host fleet-demo lint bench generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sgsim
@@ -46,6 +46,10 @@ demo: build
 demo-host: build
 	$(GO) run ./testdata/demohost
 
+# A fleet on this machine: an embedded etcd, two API replicas and three agents (Go dataplane), no root.
+fleet-demo: build
+	$(GO) run ./testdata/fleetdemo --sgsim $(BIN)
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
@@ -64,6 +68,7 @@ bench: build
 	$(GO) test -run '^$$' -bench ModifyBigPolicy -benchtime 20x -timeout 20m ./api/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench Replay -benchtime 3x -cpu 1 -timeout 20m ./replay/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench 'ENIPut|LinkAttach|ENIChurn' -benchtime 200x -timeout 20m ./node/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench 'ChangeEnforced|AgentRestart' -benchtime 20x -timeout 20m ./agent/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 20m ./packet/ ./conntrack/ ./compiler/ | tee -a $(BENCH_OUT)
 	$(GO) run ./bench/report -in $(BENCH_OUT) -out bench/REPORT.md -notes bench/READING.md \
 		-compare 'Matching cost per packet vs rules (ns)=Classifier:p50-ns/lookup,Linear:ns/lookup,Run:ns/pkt' \

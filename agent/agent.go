@@ -36,6 +36,9 @@ type Config struct {
 	Logger     *slog.Logger        // nil = slog.Default()
 	// NoEngine keeps no built-in Go engine (an agent that only enforces with BPF).
 	NoEngine bool
+	// OnApplied, if set, runs after each share is in force on the dataplanes and before it is
+	// acknowledged (the host's interfaces are attached there); its error fails the resync, retried.
+	OnApplied func(ctx context.Context, v *control.View) error
 }
 
 // Agent is one host's agent; Run does the work.
@@ -220,6 +223,11 @@ func (a *Agent) resync(ctx context.Context) (uint64, error) {
 	a.mu.Lock()
 	a.applier, a.rev = ap, rev
 	a.mu.Unlock()
+	if a.cfg.OnApplied != nil {
+		if err := a.cfg.OnApplied(ctx, ap.View()); err != nil {
+			return 0, fmt.Errorf("agent %s: revision %d: %w", a.cfg.Host, rev, err)
+		}
+	}
 	if err := a.st.Ack(ctx, a.cfg.Host, rev); err != nil {
 		return 0, err
 	}

@@ -28,6 +28,8 @@ type ENIResponse struct {
 	// compiled, when this node keeps a Go engine to tell.
 	Generation      uint64 `json:"generation"`
 	TableGeneration uint64 `json:"tableGeneration,omitempty"`
+	// Enforcement is set on a PUT's or DELETE's answer in fleet mode only (SPEC §9).
+	Enforcement *Enforcement `json:"enforcement,omitempty"`
 }
 
 // ENIList is GET /sgsim/v1/enis.
@@ -106,12 +108,15 @@ func (h *Handler) servePutENI(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, inspectError{fmt.Sprintf("networkInterfaceId: %q is not the %q of the path", n.NetworkInterfaceID, id)})
 		return
 	}
-	stored, err := h.ctrl.PutENI(r.Context(), n)
+	ctx, note := h.fleetContext(r.Context())
+	stored, err := h.ctrl.PutENI(ctx, n)
 	if err != nil {
 		writeJSON(w, modelStatus(err), inspectError{err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, h.eniResponse(stored))
+	out := h.eniResponse(stored)
+	out.Enforcement = h.enforcement(ctx, note)
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (h *Handler) serveDeleteENI(w http.ResponseWriter, r *http.Request) {
@@ -119,7 +124,8 @@ func (h *Handler) serveDeleteENI(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := h.ctrl.DeleteENI(r.Context(), n.NetworkInterfaceID); err != nil {
+	ctx, note := h.fleetContext(r.Context())
+	if err := h.ctrl.DeleteENI(ctx, n.NetworkInterfaceID); err != nil {
 		status := modelStatus(err)
 		if model.CodeOf(err) == model.CodeNotFound {
 			status = http.StatusNotFound // deleted meanwhile by another call
@@ -127,7 +133,7 @@ func (h *Handler) serveDeleteENI(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, status, inspectError{err.Error()})
 		return
 	}
-	out := ENIResponse{NetworkInterface: *n, Generation: h.ctrl.View().Generation}
+	out := ENIResponse{NetworkInterface: *n, Generation: h.ctrl.View().Generation, Enforcement: h.enforcement(ctx, note)}
 	writeJSON(w, http.StatusOK, out)
 }
 

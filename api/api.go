@@ -4,6 +4,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -44,6 +45,12 @@ type Options struct {
 	// Interfaces, if set, reports a host interface's state (the node that attaches them sets it), for
 	// the admin endpoints' attached and ifindex.
 	Interfaces func(ifname string) InterfaceState
+	// Enforcement, if set (fleet mode, SPEC §9), is called after every accepted change with what its
+	// commit reported (zero when the call changed nothing) and returns the answer's "enforcement",
+	// added to the Tencent, Huawei and admin bodies; unset, those bodies are the single host's.
+	Enforcement func(ctx context.Context, c control.Committed) *Enforcement
+	// Change, if set, answers GET /sgsim/v1/changes/{R}: the enforcement of the change committed at R.
+	Change func(ctx context.Context, rev uint64) (*Enforcement, error)
 }
 
 // RuleCount is how many packets one entry of an ENI's live table decided in an enforcing dataplane
@@ -105,6 +112,9 @@ func NewHandler(ctrl *control.Controller, opts Options) *Handler {
 	h.mux.HandleFunc("DELETE /sgsim/v1/enis/{id}", h.serveDeleteENI)
 	h.mux.HandleFunc("GET /sgsim/v1/enis/{id}", h.serveGetENI)
 	h.mux.HandleFunc("GET /sgsim/v1/enis", h.serveListENIs)
+	if opts.Change != nil {
+		h.mux.HandleFunc("GET /sgsim/v1/changes/{rev}", h.serveChange)
+	}
 	h.mux.HandleFunc("GET /metrics", h.serveMetrics)
 	h.mux.HandleFunc("GET /livez", h.serveLive)
 	h.mux.HandleFunc("GET /readyz", h.serveReady)

@@ -163,12 +163,16 @@ func (h *Handler) huawei(r *http.Request) (any, int) {
 		ids[i] = p.ID
 	}
 	sg := r.PathValue("sg")
-	fails, err := h.ctrl.PortAction(r.Context(), acct.AppID, sg, add, ids)
+	ctx, note := h.fleetContext(r.Context())
+	fails, err := h.ctrl.PortAction(ctx, acct.AppID, sg, add, ids)
 	switch {
 	case errors.Is(err, control.ErrUnknownSG):
 		return fail(invalid("security group %s not found", sg))
 	case err != nil:
 		return fail(&huaweiError{Status: http.StatusInternalServerError, Code: "VPC.0001", Message: err.Error()})
+	}
+	if e := h.enforcement(ctx, note); e != nil {
+		return map[string]any{"fail": fails, "enforcement": e}, http.StatusOK
 	}
 	return map[string][]control.PortFailure{"fail": fails}, http.StatusOK
 }

@@ -485,6 +485,8 @@ type tencentResponse struct {
 	CodeDesc   string `json:"codeDesc,omitempty"`
 	TotalCount *int   `json:"totalCount,omitempty"`
 	Data       any    `json:"data,omitempty"`
+	// Enforcement is set in fleet mode only (SPEC §9).
+	Enforcement *Enforcement `json:"enforcement,omitempty"`
 }
 
 func (h *Handler) serveTencent(w http.ResponseWriter, r *http.Request) {
@@ -623,9 +625,14 @@ func (h *Handler) tencent(r *http.Request) (tencentResponse, string) {
 	if terr != nil {
 		return tencentResponse{Code: terr.Code, Message: terr.Msg}, action
 	}
-	resp, err := h.dispatch(r, acct.AppID, call)
+	ctx, note := h.fleetContext(r.Context())
+	resp, err := h.dispatch(r.WithContext(ctx), acct.AppID, call)
 	if err != nil {
 		return tencentResponse{Code: model.CodeOf(err), Message: err.Error()}, call.Action
+	}
+	switch call.Action {
+	case ActModifyPolicy, ActModifyENISGs, ActCreateSG, ActDeleteSG:
+		resp.Enforcement = h.enforcement(ctx, note)
 	}
 	return resp, call.Action
 }

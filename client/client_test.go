@@ -217,7 +217,7 @@ func TestNativeENIs(t *testing.T) {
 	ctx := context.Background()
 	eni := ctrl.View().State.ENIIDs()[0]
 	first, _ := ctrl.View().State.ENI(eni)
-	got, err := c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-new", AppID: first.AppID, PrivateIPAddresses: []string{"198.18.77.1"}, SgIDs: first.SgIDs})
+	got, err := c.PutENI(ctx, client.ENISpec{NetworkInterfaceID: "eni-new", AppID: first.AppID, PrivateIPAddresses: []string{"198.18.77.1"}, SgIDs: first.SgIDs})
 	require.NoError(t, err)
 	assert.Equal(t, "eni-new", got.NetworkInterfaceID)
 	assert.Equal(t, first.SgIDs, got.SgIDs)
@@ -232,7 +232,7 @@ func TestNativeENIs(t *testing.T) {
 	var se *client.StatusError
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, http.StatusNotFound, se.Status)
-	_, err = c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-x", AppID: first.AppID, PrivateIPAddresses: []string{first.PrivateIPAddresses[0]}})
+	_, err = c.PutENI(ctx, client.ENISpec{NetworkInterfaceID: "eni-x", AppID: first.AppID, PrivateIPAddresses: []string{first.PrivateIPAddresses[0]}})
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, http.StatusConflict, se.Status)
 }

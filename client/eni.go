@@ -9,9 +9,8 @@ import (
 	"net/url"
 )
 
-// ENI is an ENI as the admin endpoints store and show it (SPEC §8): the topology ENI object plus its
-// state on the answering host.
-type ENI struct {
+// ENISpec is an ENI as PUT sends it: the topology ENI object of SPEC §7 and the optional fleet host.
+type ENISpec struct {
 	NetworkInterfaceID string   `json:"networkInterfaceId"`
 	AppID              string   `json:"appId"`
 	MacAddress         string   `json:"macAddress,omitempty"`
@@ -19,6 +18,12 @@ type ENI struct {
 	SgIDs              []string `json:"sgIds"`
 	HostInterface      string   `json:"hostInterface,omitempty"`
 	Host               string   `json:"host,omitempty"`
+}
+
+// ENI is an ENI as the admin endpoints store and show it (SPEC §8): its spec plus its state on the
+// answering host.
+type ENI struct {
+	ENISpec
 	// Attached tells whether HostInterface is filtered with this ENI's tables now; Ifindex is its index
 	// (0 while it does not exist); TableGeneration is the generation of the ENI's tables in force.
 	Attached        bool   `json:"attached"`
@@ -27,17 +32,8 @@ type ENI struct {
 }
 
 // PutENI creates or replaces eni (PUT /sgsim/v1/enis/{id}) and returns it as stored, once it is in force.
-// Only the topology fields of eni are sent.
-func (c *Native) PutENI(ctx context.Context, eni ENI) (*ENI, error) {
-	body, err := json.Marshal(struct {
-		NetworkInterfaceID string   `json:"networkInterfaceId"`
-		AppID              string   `json:"appId"`
-		MacAddress         string   `json:"macAddress,omitempty"`
-		PrivateIPAddresses []string `json:"privateIpAddresses"`
-		SgIDs              []string `json:"sgIds"`
-		HostInterface      string   `json:"hostInterface,omitempty"`
-		Host               string   `json:"host,omitempty"`
-	}{eni.NetworkInterfaceID, eni.AppID, eni.MacAddress, eni.PrivateIPAddresses, eni.SgIDs, eni.HostInterface, eni.Host})
+func (c *Native) PutENI(ctx context.Context, eni ENISpec) (*ENI, error) {
+	body, err := json.Marshal(eni)
 	if err != nil {
 		return nil, fmt.Errorf("put ENI %s: encode: %w", eni.NetworkInterfaceID, err)
 	}

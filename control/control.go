@@ -60,6 +60,35 @@ type Options struct {
 	// returns (the node follows the ENIs' host interfaces there); its error fails the call, whose change
 	// stays durable and in force.
 	OnApplied func(ctx context.Context, v *View) error
+	// Commit, if set, commits each change instead of the store's Commit: a fleet replica's store assigns
+	// the revision and reports which hosts the change affects (SPEC §9). An error wrapping ErrStale says
+	// the store moved past old: the Controller reloads from the store and runs the operation again.
+	Commit func(ctx context.Context, old, next *model.State, gen uint64) (Committed, error)
+}
+
+// Committed is what a commit through Options.Commit reports: the revision the store gave the change
+// and the hosts it affects.
+type Committed struct {
+	Revision uint64
+	Hosts    []string
+}
+
+// ErrStale is wrapped by an Options.Commit error when the store holds a newer state than the one the
+// change was derived from (another writer got there first).
+var ErrStale = errors.New("control: the store moved past the state this change was derived from")
+
+// maxStaleRetries bounds how often one call is re-run after ErrStale before it is refused: enough for
+// a handful of replicas racing on the same objects.
+const maxStaleRetries = 32
+
+type commitNoteKey struct{}
+
+// WithCommitNote returns a context under which a Controller call records, in the returned Committed,
+// what Options.Commit reported for the change it committed (left zero when it committed none): how an
+// API handler learns the revision its answer waits for without every operation returning it.
+func WithCommitNote(ctx context.Context) (context.Context, *Committed) {
+	note := &Committed{}
+	return context.WithValue(ctx, commitNoteKey{}, note), note
 }
 
 // View is one committed version: the State, its generation and the tables compiled from it.
@@ -74,9 +103,11 @@ type View struct {
 // whole validate→commit→publish sequence. Readers use View or the built-in engine and never wait.
 type Controller struct {
 	mu        sync.Mutex
+	store     Store
 	writer    *Writer
 	applier   *Applier
 	onApplied func(ctx context.Context, v *View) error
+	commit    func(ctx context.Context, old, next *model.State, gen uint64) (Committed, error)
 }
 
 // New loads the state from st; when st is empty it seeds it with seed (generation 1). The returned
@@ -101,6 +132,8 @@ func New(ctx context.Context, st Store, seed *model.State, opts Options) (*Contr
 	}
 	return &Controller{
 		onApplied: opts.OnApplied,
+		commit:    opts.Commit,
+		store:     st,
 		writer:    NewWriter(st, limits),
 		applier:   NewApplier(s, gen, ApplierOptions{Factory: opts.Factory, Logger: opts.Logger, NoEngine: opts.NoEngine}),
 	}, nil
@@ -129,19 +162,37 @@ func (c *Controller) AddDataplane(ctx context.Context, dp Dataplane) error {
 // staged in every dataplane while the store commits; they are switched in only once the commit has
 // succeeded, so a failed commit changes nothing. Caller holds c.mu.
 func (c *Controller) apply(ctx context.Context, next *model.State) error {
-	gen := c.applier.View().Generation + 1
+	old := c.applier.View()
+	gen := old.Generation + 1
 	p, err := c.applier.Prepare(next, gen)
 	if err != nil {
 		return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err} // a compiler bug; nothing committed
 	}
 	committed := make(chan error, 1)
-	go func() { committed <- c.writer.Commit(ctx, next, gen) }()
+	var report Committed
+	go func() {
+		if c.commit == nil {
+			committed <- c.writer.Commit(ctx, next, gen)
+			return
+		}
+		var err error
+		if report, err = c.commit(ctx, old.State, next, gen); err != nil && !errors.Is(err, ErrStale) {
+			err = &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("commit failed: %v", err), Err: err}
+		}
+		committed <- err
+	}()
 	// Once the commit is under way the change must reach every dataplane, even if the caller gives up:
 	// staging is not cut short by the call's cancellation.
 	p.Stage(context.WithoutCancel(ctx))
 	if err := <-committed; err != nil {
 		p.Discard()
 		return err
+	}
+	if c.commit != nil {
+		p.next.Generation = report.Revision // the store's number, so that View speaks the store's revisions
+		if note, ok := ctx.Value(commitNoteKey{}).(*Committed); ok {
+			*note = report
+		}
 	}
 	if err := p.Switch(); err != nil {
 		// The change is durable; a dataplane that failed is out of step and says so in the logs.
@@ -168,12 +219,47 @@ func (c *Controller) write(ctx context.Context, op func(s *model.State) (*model.
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if cur := c.View(); cur != v {
-		if next, err = op(cur.State); err != nil || next == nil {
+	for retries := 0; ; retries++ {
+		if cur := c.View(); cur != v {
+			v = cur
+			if next, err = op(cur.State); err != nil || next == nil {
+				return err
+			}
+		}
+		err = c.apply(ctx, next)
+		if !errors.Is(err, ErrStale) {
 			return err
 		}
+		if retries == maxStaleRetries {
+			return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("gave up after %d conflicting commits: %v", retries+1, err), Err: err}
+		}
+		if err := c.refresh(ctx); err != nil {
+			return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
+		}
 	}
-	return c.apply(ctx, next)
+}
+
+// Refresh loads the store's current state and puts it in force if it is newer than the View: how a
+// fleet replica follows what other replicas commit.
+func (c *Controller) Refresh(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.refresh(ctx)
+}
+
+// refresh is Refresh under c.mu.
+func (c *Controller) refresh(ctx context.Context) error {
+	s, gen, err := c.store.Load(ctx)
+	if err != nil {
+		return fmt.Errorf("control: reload state: %w", err)
+	}
+	if s == nil || gen == c.applier.View().Generation {
+		return nil
+	}
+	if err := c.applier.Apply(context.WithoutCancel(ctx), s, gen); err != nil {
+		return fmt.Errorf("control: put generation %d in force: %w", gen, err)
+	}
+	return nil
 }
 
 // ModifySecurityGroupPolicy overwrites both rule lists of sgID, all or nothing.
@@ -226,3 +312,18 @@ func writeReturning[T any](ctx context.Context, c *Controller, op func(*model.St
 	}
 	return out, nil
 }
+
+// NewReadOnly returns a Controller that serves the views of a, an Applier kept in step by someone
+// else (a fleet agent's watch loop), so that the read-only API endpoints can answer on a host; every
+// write through it is refused and changes nothing.
+func NewReadOnly(a *Applier, lim Limits) *Controller {
+	return &Controller{store: readOnlyStore{}, writer: NewWriter(readOnlyStore{}, lim), applier: a}
+}
+
+// errReadOnly refuses the writes of a NewReadOnly Controller.
+var errReadOnly = errors.New("control: this node takes no API calls (a fleet agent: send them to a replica)")
+
+type readOnlyStore struct{}
+
+func (readOnlyStore) Load(context.Context) (*model.State, uint64, error) { return nil, 0, nil }
+func (readOnlyStore) Commit(context.Context, *model.State, uint64) error { return errReadOnly }

@@ -164,10 +164,10 @@ func TestENILimitIsAClear409(t *testing.T) {
 	t.Cleanup(srv.Close)
 	c := &client.Native{Endpoint: srv.URL, Token: "t"}
 	ctx := context.Background()
-	_, err = c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.2"}, SgIDs: []string{"sg-late"}})
+	_, err = c.PutENI(ctx, client.ENISpec{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.2"}, SgIDs: []string{"sg-late"}})
 	require.NoError(t, err)
 	before := n.Controller().View()
-	_, err = c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-3", AppID: "1", PrivateIPAddresses: []string{"198.18.211.3"}, SgIDs: []string{"sg-late"}})
+	_, err = c.PutENI(ctx, client.ENISpec{NetworkInterfaceID: "eni-3", AppID: "1", PrivateIPAddresses: []string{"198.18.211.3"}, SgIDs: []string{"sg-late"}})
 	var se *client.StatusError
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, http.StatusConflict, se.Status)
@@ -176,7 +176,7 @@ func TestENILimitIsAClear409(t *testing.T) {
 	_, err = n.BPF().Run(make([]byte, 64), "eni-3", model.Ingress)
 	assert.Error(t, err, "no slot was taken for it")
 	// Replacing an ENI that exists is no new ENI: still allowed at the limit.
-	_, err = c.PutENI(ctx, client.ENI{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.4"}, SgIDs: []string{"sg-late"}})
+	_, err = c.PutENI(ctx, client.ENISpec{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.4"}, SgIDs: []string{"sg-late"}})
 	require.NoError(t, err)
 	assert.Equal(t, bpf.MaxENIs, 4096, "the documented slot count")
 }

@@ -60,6 +60,14 @@ type Config struct {
 	// are set by the node.
 	API    api.Options
 	Logger *slog.Logger
+
+	// Etcd, when set, makes the node a fleet API replica (SPEC §9) on these etcd endpoints: the state
+	// lives in etcd (DataDir is not used), no dataplane is loaded, and each answer carries enforcement.
+	Etcd []string
+	// EtcdPrefix is the fleet's key prefix; "" = DefaultEtcdPrefix.
+	EtcdPrefix string
+	// EnforceTimeout bounds how long an answer waits for the affected hosts; 0 = DefaultEnforceTimeout.
+	EnforceTimeout time.Duration
 }
 
 // Node is one assembled daemon. Its handler serves at once; Serve puts it on a listener.
@@ -71,6 +79,7 @@ type Node struct {
 	links   *hostif.Follower // nil unless the program is attached to host interfaces
 	stop    context.CancelFunc
 	handler *api.Handler
+	fleet   *fleet // nil unless the node is a fleet replica (Config.Etcd)
 
 	seedable bool // the data directory has no committed store file (store.SeedDecision)
 }
@@ -101,6 +110,9 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 			n = nil
 		}
 	}()
+	if len(cfg.Etcd) > 0 {
+		return n, n.newFleet(ctx, cfg)
+	}
 	if enforce {
 		// Loaded before the store is opened: a host that cannot run the program learns it first.
 		if n.bpf, err = bpf.Load(bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact}); err != nil {
@@ -143,7 +155,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 		aopts.Nonces = nonces
 	}
 	if n.bpf != nil {
-		aopts.RuleCounts = n.ruleCounts
+		aopts.RuleCounts = ruleCounts(n.bpf)
 	}
 	if n.links != nil {
 		aopts.Interfaces = func(ifname string) api.InterfaceState {
@@ -256,9 +268,13 @@ func (n *Node) Interface(ifname string) hostif.State {
 	return n.links.Status(ifname)
 }
 
-// ruleCounts reads the kernel's per-rule counters of the tables this node published.
-func (n *Node) ruleCounts() ([]api.RuleCount, error) {
-	hits, err := n.bpf.Hits()
+// ruleCounts reads the kernel's per-rule counters of the tables published in dp.
+func ruleCounts(dp *bpf.Dataplane) func() ([]api.RuleCount, error) {
+	return func() ([]api.RuleCount, error) { return hitsOf(dp) }
+}
+
+func hitsOf(dp *bpf.Dataplane) ([]api.RuleCount, error) {
+	hits, err := dp.Hits()
 	if err != nil {
 		return nil, err
 	}
@@ -283,32 +299,20 @@ func (n *Node) BPF() *bpf.Dataplane { return n.bpf }
 // Serve answers HTTP on listen (host:port; port 0 picks a free one) until ctx is done, then shuts
 // down gracefully. ready, if set, is called with the bound address once connections are accepted.
 func (n *Node) Serve(ctx context.Context, listen string, ready func(addr string)) error {
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return fmt.Errorf("--listen %s: %w", listen, err)
-	}
-	srv := api.NewServer(listen, n.handler)
-	n.log.Info("serving", "addr", ln.Addr().String(), "generation", n.ctrl.View().Generation)
-	if ready != nil {
-		ready(ln.Addr().String())
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
-	}
-	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdown); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve: %w", err)
+	if err := serveHandler(ctx, n.log, listen, n.handler, ready, "generation", n.ctrl.View().Generation); err != nil {
+		return err
 	}
 	n.log.Info("stopped")
 	return nil
+}
+
+// listenTCP listens on listen, naming the flag in its error.
+func listenTCP(listen string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %s: %w", listen, err)
+	}
+	return ln, nil
 }
 
 // Close releases the node's program and store. Pinned links stay in the kernel and keep enforcing the
@@ -317,7 +321,9 @@ func (n *Node) Close() error {
 	var errs []error
 	if n.stop != nil {
 		n.stop()
-		<-n.links.Done()
+		if n.links != nil {
+			<-n.links.Done()
+		}
 	}
 	if n.bpf != nil {
 		if err := n.bpf.Close(); err != nil {
@@ -327,6 +333,11 @@ func (n *Node) Close() error {
 	if n.st != nil {
 		if err := n.st.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
+	}
+	if n.fleet != nil {
+		if err := n.fleet.cli.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close etcd client: %w", err))
 		}
 	}
 	return errors.Join(errs...)

@@ -90,7 +90,7 @@ func TestENICommands(t *testing.T) {
 	out, err = run("eni", "get", "eni-web3")
 	require.NoError(t, err)
 	assert.Contains(t, out, `"sg-ssh"`)
-	out, err = run("eni", "put", "eni-x", "--app-id", "1250000001", "--ip", "198.18.1.30")
+	_, err = run("eni", "put", "eni-x", "--app-id", "1250000001", "--ip", "198.18.1.30")
 	require.Error(t, err)
 	assert.Equal(t, 1, exitCode(err))
 	assert.Contains(t, err.Error(), "409")

@@ -38,7 +38,7 @@ func newENICmd() *cobra.Command {
 
 func newENIPutCmd() *cobra.Command {
 	var f eniFlags
-	var e client.ENI
+	var e client.ENISpec
 	var file string
 	cmd := &cobra.Command{
 		Use:   "put ID --app-id A --ip IP… [--sg SG…] [--host-interface IF] [--mac MAC] | put ID --file F",

@@ -43,7 +43,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newCheckCmd(), newCompileCmd(), newBenchCmd(), newCallCmd(), newDiffCmd(), newENICmd(),
+	root.AddCommand(newCheckCmd(), newCompileCmd(), newAgentCmd(), newBenchCmd(), newCallCmd(), newDiffCmd(), newENICmd(),
 		newFlowsCmd(), newReplayCmd(), newScenarioCmd(), newServeCmd())
 	return root
 }

@@ -54,14 +54,21 @@ drop-everything program the moment it appears, so nothing crosses a new VM's tap
 known; the ENI's tables replace it in one map update. On shutdown (SIGINT/SIGTERM) the links stay pinned
 and keep enforcing the last tables until the next start adopts them; to stop enforcing, delete the
 interfaces or the pin directory's link-* files. With --pin-path "" nothing is pinned and enforcement ends
-with the process.`
+with the process.
+
+--etcd URL[,URL…] makes the daemon one of any number of stateless API replicas of a fleet (SPEC §9): the
+state lives in etcd (--data-dir is not used; --topology seeds an empty etcd and is ignored otherwise),
+Nonces too (a call replayed to another replica is refused), and nothing is enforced here: each host runs
+` + "`sgsim agent`" + `. Every change is one etcd transaction; its answer waits, up to --enforce-timeout, until
+every affected host that is alive has acknowledged it, and carries "enforcement": {"revision", "hosts",
+"pending", "down"}. GET /sgsim/v1/changes/{R} reports the same later, from any replica.`
 
 func newServeCmd() *cobra.Command {
 	var o serveOptions
 	lim := control.DefaultLimits()
 	o.Control.Limits = &lim
 	cmd := &cobra.Command{
-		Use:   "serve [--listen 127.0.0.1:8080] [--data-dir DIR] [--topology FILE] [--dataplane go|ebpf|both]",
+		Use:   "serve [--listen 127.0.0.1:8080] [--data-dir DIR | --etcd URL,…] [--topology FILE] [--dataplane go|ebpf|both]",
 		Short: "Run the control-plane daemon: Tencent and Huawei APIs, durable state, live tables",
 		Long:  serveLong,
 		Args:  cobra.NoArgs,
@@ -79,6 +86,9 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&o.AdminTokenFile, "admin-token-file", "", "file of admin tokens, one per line, for the admin and inspection endpoints (besides the topology's adminTokens)")
 	f.StringArrayVar(&o.Guard, "guard", nil, "ebpf/both: drop everything on unclaimed interfaces whose name matches this pattern (path.Match, repeatable)")
 	f.BoolVar(&o.Clsact, "clsact", false, "ebpf/both: attach as a clsact qdisc's cls_bpf filters (made through netlink; no RCU grace period per attachment, so an interface is filtered within milliseconds of appearing) instead of TCX links; kernels without TCX do this anyway")
+	f.StringSliceVar(&o.Etcd, "etcd", nil, "fleet mode (SPEC §9): etcd endpoints URL[,URL…]; the node is a stateless API replica (no --data-dir, no dataplane) whose answers wait for the affected hosts' agents")
+	f.StringVar(&o.EtcdPrefix, "etcd-prefix", node.DefaultEtcdPrefix, "fleet mode: the fleet's etcd key prefix")
+	f.DurationVar(&o.EnforceTimeout, "enforce-timeout", node.DefaultEnforceTimeout, "fleet mode: how long an answer waits for the affected hosts to acknowledge (those still late are listed as pending)")
 	f.IntVar(&lim.RulesPerDirection, "max-rules", lim.RulesPerDirection, "API limit: rules per direction per SG")
 	f.IntVar(&lim.SGsPerENI, "max-sgs-per-eni", lim.SGsPerENI, "API limit: SGs per ENI")
 	f.IntVar(&lim.SGsPerProject, "max-sgs-per-project", lim.SGsPerProject, "API limit: SGs per account and project")

@@ -32,8 +32,14 @@ func (s *Store) RegisterHost(ctx context.Context, name string) (*Host, error) {
 	if name == "" || strings.Contains(name, "/") {
 		return nil, fmt.Errorf("etcdstore: host name %q must be non-empty and hold no /", name)
 	}
+	// Granted under ctx, so that an agent stopped while etcd is away does not wait for it.
+	lease, err := s.cli.Grant(ctx, HostTTL)
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: lease for host %s: %w", name, err)
+	}
 	// The session outlives ctx: keepalives stop at Close, which then still revokes the lease.
-	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(HostTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithLease(lease.ID), concurrency.WithTTL(HostTTL),
+		concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: lease for host %s: %w", name, err)
 	}
@@ -112,6 +118,17 @@ func (s *Store) ChangeHosts(ctx context.Context, rev uint64) ([]string, error) {
 // read's revision, so no ack or expiry in between is missed. ctx ending is not an error: pending says
 // who is late. The error is for etcd failing.
 func (s *Store) WaitEnforced(ctx context.Context, rev uint64, hosts []string) (pending, down []string, err error) {
+	return s.enforcement(ctx, rev, hosts, true)
+}
+
+// EnforcementOf returns, as WaitEnforced does but from one read without waiting, the hosts of hosts
+// that have not acknowledged rev and those down (GET /sgsim/v1/changes/{R}).
+func (s *Store) EnforcementOf(ctx context.Context, rev uint64, hosts []string) (pending, down []string, err error) {
+	return s.enforcement(ctx, rev, hosts, false)
+}
+
+// enforcement is WaitEnforced, or with wait false EnforcementOf.
+func (s *Store) enforcement(ctx context.Context, rev uint64, hosts []string, wait bool) (pending, down []string, err error) {
 	want := map[string]bool{}
 	for _, h := range hosts {
 		want[h] = true
@@ -152,7 +169,7 @@ func (s *Store) WaitEnforced(ctx context.Context, rev uint64, hosts []string) (p
 	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
 		onHost(kv, false)
 	}
-	if p, _ := result(); len(p) == 0 {
+	if p, _ := result(); len(p) == 0 || !wait {
 		pending, down = result()
 		return pending, down, nil
 	}

@@ -309,3 +309,22 @@ func TestRequestBytesWithinDefaultLimit(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, two.Topology(), got.Topology())
 }
+
+func TestRegisterHostReturnsWhileEtcdIsAway(t *testing.T) {
+	te := startEtcd(t)
+	st := openStore(t, te, te.prefix())
+	te.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.RegisterHost(ctx, "h1")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, context.DeadlineExceeded, "the caller's context ends the attempt")
+	case <-time.After(10 * time.Second):
+		t.Fatal("RegisterHost waited for etcd past its context")
+	}
+}

@@ -1,0 +1,202 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/sgsim/sgsim/agent"
+	"github.com/sgsim/sgsim/api"
+	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/store/etcdstore"
+)
+
+// DefaultEtcdPrefix is where a fleet keeps its keys when Config.EtcdPrefix is empty.
+const DefaultEtcdPrefix = "/sgsim"
+
+// DefaultEnforceTimeout is how long a fleet replica's answer waits for the affected hosts (SPEC §9).
+const DefaultEnforceTimeout = 5 * time.Second
+
+// fleet is what a node in etcd mode holds besides the controller.
+type fleet struct {
+	cli     *clientv3.Client
+	st      *etcdstore.Store
+	timeout time.Duration
+}
+
+// newFleet builds n as a stateless API replica of the fleet in cfg.Etcd (SPEC §9): the state lives in
+// etcd, no dataplane is loaded, every change is one guarded etcd transaction that names the hosts it
+// affects, and each answer waits (up to cfg.EnforceTimeout) for those hosts to acknowledge it.
+func (n *Node) newFleet(ctx context.Context, cfg Config) error {
+	switch cfg.Dataplane {
+	case "", DataplaneGo:
+	default:
+		return fmt.Errorf("--dataplane %s with --etcd: replicas enforce nothing; run `sgsim agent` on each host", cfg.Dataplane)
+	}
+	if cfg.EnforceTimeout < 0 {
+		return fmt.Errorf("--enforce-timeout %s: must not be negative", cfg.EnforceTimeout)
+	}
+	prefix := cfg.EtcdPrefix
+	if prefix == "" {
+		prefix = DefaultEtcdPrefix
+	}
+	f := &fleet{timeout: cfg.EnforceTimeout}
+	if f.timeout == 0 {
+		f.timeout = DefaultEnforceTimeout
+	}
+	var err error
+	// etcd's client logs through zap; its connection trouble reaches us as errors instead.
+	if f.cli, err = clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
+		return fmt.Errorf("--etcd %v: %w", cfg.Etcd, err)
+	}
+	n.fleet = f
+	if f.st, err = etcdstore.Open(ctx, f.cli, prefix, etcdstore.WithLogger(n.log)); err != nil {
+		return fmt.Errorf("--etcd %v: %w", cfg.Etcd, err)
+	}
+	n.st = f.st
+	if err := n.seedFleet(ctx, cfg); err != nil {
+		return err
+	}
+	copts := cfg.Control
+	copts.Logger = n.log
+	copts.NoEngine = true
+	copts.Commit = f.commit(n)
+	if n.ctrl, err = control.New(ctx, f.st, nil, copts); err != nil {
+		return err
+	}
+	aopts := cfg.API
+	aopts.Logger = n.log
+	aopts.Nonces = f.st // a Nonce used on one replica is refused by all
+	aopts.Enforcement = f.enforcement(n)
+	aopts.Change = f.change
+	n.handler = api.NewHandler(n.ctrl, aopts)
+	// Followed in the background so that reads (Describe*, the admin GETs) see what other replicas
+	// commit; writes do not depend on it (a stale one is refused by etcd and re-run).
+	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() { defer close(done); n.followFleet(wctx) }()
+	n.stop = func() { stop(); <-done }
+	n.log.Info("fleet replica", "etcd", cfg.Etcd, "prefix", prefix, "revision", n.ctrl.View().Generation, "enforce-timeout", f.timeout)
+	return nil
+}
+
+// seedFleet commits cfg's topology when the fleet's prefix holds no state; once it holds one the
+// topology is ignored. Another replica seeding at the same moment wins, and that is fine.
+func (n *Node) seedFleet(ctx context.Context, cfg Config) error {
+	existing, rev, err := n.fleet.st.Load(ctx)
+	if err != nil {
+		return err
+	}
+	if existing != nil {
+		if cfg.Topology != "" || cfg.Seed != nil {
+			n.log.Info("etcd already holds a state; --topology ignored", "revision", rev, "topology", cfg.Topology)
+		}
+		return nil
+	}
+	seed := cfg.Seed
+	switch {
+	case seed != nil:
+	case cfg.Topology != "":
+		if seed, err = model.LoadTopologyFile(cfg.Topology); err != nil {
+			return err
+		}
+	default:
+		return errors.New("--etcd: the fleet holds no state yet: give --topology to seed it")
+	}
+	if err := n.fleet.st.Commit(ctx, seed, 1); err != nil && !errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("--topology: seed etcd: %w", err)
+	}
+	return nil
+}
+
+// commit is the controller's Options.Commit: one guarded transaction writing the feeds of the hosts
+// the change affects. A commit whose feeds could not all be written is durable all the same: it is
+// answered, and the hosts that were not told show as pending.
+func (f *fleet) commit(n *Node) func(ctx context.Context, old, next *model.State, gen uint64) (control.Committed, error) {
+	return func(ctx context.Context, old, next *model.State, gen uint64) (control.Committed, error) {
+		hosts := agent.AffectedHosts(old, next)
+		rev, err := f.st.CommitAffecting(ctx, next, gen, hosts)
+		switch {
+		case errors.Is(err, store.ErrConflict):
+			return control.Committed{}, fmt.Errorf("%w: %w", control.ErrStale, err)
+		case errors.Is(err, etcdstore.ErrFeedIncomplete):
+			n.log.Error("committed, but not every affected host was notified", "revision", rev, "err", err)
+		case err != nil:
+			return control.Committed{}, err
+		}
+		return control.Committed{Revision: rev, Hosts: hosts}, nil
+	}
+}
+
+// enforcement is the handler's Options.Enforcement: it waits up to the timeout for the hosts of c.
+func (f *fleet) enforcement(n *Node) func(ctx context.Context, c control.Committed) *api.Enforcement {
+	return func(ctx context.Context, c control.Committed) *api.Enforcement {
+		if c.Revision == 0 { // the call changed nothing: it is in force wherever the state is
+			return &api.Enforcement{Revision: n.ctrl.View().Generation, Pending: []string{}, Down: []string{}}
+		}
+		wctx, cancel := context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+		pending, down, err := f.st.WaitEnforced(wctx, c.Revision, c.Hosts)
+		if err != nil {
+			// The change is committed; not knowing who has it, every host is reported pending.
+			n.log.Error("wait for enforcement", "revision", c.Revision, "err", err)
+			pending, down = slices.Clone(c.Hosts), nil
+		}
+		return newEnforcement(c.Revision, len(c.Hosts), pending, down)
+	}
+}
+
+// change is the handler's Options.Change (GET /sgsim/v1/changes/{R}): where change rev is in force now.
+func (f *fleet) change(ctx context.Context, rev uint64) (*api.Enforcement, error) {
+	hosts, err := f.st.ChangeHosts(ctx, rev)
+	if err != nil {
+		return nil, err
+	}
+	pending, down, err := f.st.EnforcementOf(ctx, rev, hosts)
+	if err != nil {
+		return nil, err
+	}
+	return newEnforcement(rev, len(hosts), pending, down), nil
+}
+
+func newEnforcement(rev uint64, hosts int, pending, down []string) *api.Enforcement {
+	if pending == nil {
+		pending = []string{}
+	}
+	if down == nil {
+		down = []string{}
+	}
+	return &api.Enforcement{Revision: rev, Hosts: hosts, Pending: pending, Down: down}
+}
+
+// followFleet refreshes the controller whenever etcd holds a newer state than its View, until ctx
+// ends; a failed watch (etcd away, history compacted) is restarted from the View after a pause.
+func (n *Node) followFleet(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := n.fleet.st.Watch(ctx, n.ctrl.View().Generation, func(ch store.Change) error {
+			if ch.Revision <= n.ctrl.View().Generation {
+				return nil // this replica's own commit, or one it has already loaded
+			}
+			return n.ctrl.Refresh(ctx)
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		n.log.Warn("following etcd; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		if err := n.ctrl.Refresh(ctx); err != nil && ctx.Err() == nil {
+			n.log.Warn("reload from etcd", "err", err)
+		}
+	}
+}
