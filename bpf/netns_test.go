@@ -83,11 +83,8 @@ func TestNetnsEndToEnd(t *testing.T) {
 	lab.EchoTCP("eni-srv", "198.18.200.1:9090")
 	lab.EchoUDP("eni-srv", "198.18.200.1:5353")
 
-	cliNS := lab.VMs["eni-cli"]
 	dial := func(port string) (net.Conn, error) {
-		return netns.Do(cliNS, func() (net.Conn, error) {
-			return net.DialTimeout("tcp4", "198.18.200.1:"+port, 700*time.Millisecond)
-		})
+		return lab.DialTCP("eni-cli", "198.18.200.1:"+port, 700*time.Millisecond)
 	}
 	echo := func(c net.Conn, msg string) error {
 		_ = c.SetDeadline(time.Now().Add(700 * time.Millisecond))
@@ -104,7 +101,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 		return nil
 	}
 	udpEcho := func() error {
-		c, err := netns.Do(cliNS, func() (net.Conn, error) { return net.Dial("udp4", "198.18.200.1:5353") })
+		c, err := netns.Do(lab.VMs["eni-cli"], func() (net.Conn, error) { return net.Dial("udp4", "198.18.200.1:5353") })
 		if err != nil {
 			return err
 		}
@@ -160,9 +157,7 @@ func srvPorts(t *testing.T, l *netlab.Lab, ports ...string) func(port string) er
 		}()
 	}
 	return func(port string) error {
-		c, err := netns.Do(l.VMs["eni-cli"], func() (net.Conn, error) {
-			return net.DialTimeout("tcp4", "198.18.200.1:"+port, 700*time.Millisecond)
-		})
+		c, err := l.DialTCP("eni-cli", "198.18.200.1:"+port, 700*time.Millisecond)
 		if err == nil {
 			c.Close()
 		}

@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -87,19 +86,7 @@ func TestInterfacesFollowENIs(t *testing.T) {
 	// A refused connect waits its whole timeout; an accepted one may wait for a neighbor entry that
 	// failed while the veth was guarded to be resolved again.
 	connectWithin := func(eni, port string, timeout time.Duration) error {
-		c, err := netns.Do(lab.VMs[eni], func() (net.Conn, error) {
-			return net.DialTimeout("tcp4", "198.18.211.1:"+port, timeout)
-		})
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(timeout))
-		if _, err := c.Write([]byte("hi")); err != nil {
-			return err
-		}
-		_, err = io.ReadFull(c, make([]byte, 2))
-		return err
+		return lab.EchoRoundTrip(eni, "198.18.211.1:"+port, timeout)
 	}
 	accepted := func(eni, port string) error { return connectWithin(eni, port, 3*time.Second) }
 	refused := func(eni, port string) error { return connectWithin(eni, port, 300*time.Millisecond) }

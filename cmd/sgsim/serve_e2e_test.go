@@ -49,9 +49,7 @@ func TestServeEBPFEndToEnd(t *testing.T) {
 	lab.EchoUDP("eni-srv", "198.18.210.1:5353")
 
 	dial := func(eni, port string) (net.Conn, error) {
-		return netns.Do(lab.VMs[eni], func() (net.Conn, error) {
-			return net.DialTimeout("tcp4", "198.18.210.1:"+port, 500*time.Millisecond)
-		})
+		return lab.DialTCP(eni, "198.18.210.1:"+port, 500*time.Millisecond)
 	}
 	connect := func(eni, port string) error {
 		c, err := dial(eni, port)

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -98,6 +99,27 @@ func (l *Lab) EchoTCP(eni, addr string) {
 			}()
 		}
 	}()
+}
+
+// DialTCP connects from eni's namespace to addr (host:port), giving up after timeout.
+func (l *Lab) DialTCP(eni, addr string, timeout time.Duration) (net.Conn, error) {
+	return netns.Do(l.VMs[eni], func() (net.Conn, error) { return net.DialTimeout("tcp4", addr, timeout) })
+}
+
+// EchoRoundTrip connects from eni's namespace to the TCP echo at addr, sends two bytes and reads them
+// back, all within timeout; nil means the whole round trip got through.
+func (l *Lab) EchoRoundTrip(eni, addr string, timeout time.Duration) error {
+	c, err := l.DialTCP(eni, addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("hi")); err != nil {
+		return err
+	}
+	_, err = io.ReadFull(c, make([]byte, 2))
+	return err
 }
 
 // EchoUDP serves a UDP echo on addr (host:port) inside eni's namespace until the test ends.
