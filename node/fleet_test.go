@@ -29,7 +29,6 @@ import (
 	"github.com/sgsim/sgsim/client"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/internal/netlab"
-	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/model"
 )
 
@@ -178,16 +177,22 @@ func policy(sgID string, port int) url.Values {
 }
 
 func change(t *testing.T, n *Node, rev uint64) (int, *api.Enforcement) {
-	req := httptest.NewRequest(http.MethodGet, fmt.Sprintf("/sgsim/v1/changes/%d", rev), nil)
-	req.Header.Set("Authorization", "Bearer "+fleetAdmin)
-	w := httptest.NewRecorder()
-	n.Handler().ServeHTTP(w, req)
+	w := asFleetAdmin(n, http.MethodGet, fmt.Sprintf("/sgsim/v1/changes/%d", rev), "")
 	if w.Code != http.StatusOK {
 		return w.Code, nil
 	}
 	var e api.Enforcement
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &e))
 	return w.Code, &e
+}
+
+// asFleetAdmin serves one request to n's handler with the fleet's admin token.
+func asFleetAdmin(n *Node, method, path, body string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+fleetAdmin)
+	w := httptest.NewRecorder()
+	n.Handler().ServeHTTP(w, req)
+	return w
 }
 
 func accepts(a *fleetAgent, eni string, port uint16) bool {
@@ -238,10 +243,7 @@ func TestFleetAnswersCarryEnforcement(t *testing.T) {
 	assert.Greater(t, he.Revision, e.Revision)
 
 	put := `{"appId":"` + fleetApp + `","privateIpAddresses":["198.18.0.4"],"sgIds":["sg-b"],"host":"h1"}`
-	req := httptest.NewRequest(http.MethodPut, "/sgsim/v1/enis/e4", strings.NewReader(put))
-	req.Header.Set("Authorization", "Bearer "+fleetAdmin)
-	w := httptest.NewRecorder()
-	a.Handler().ServeHTTP(w, req)
+	w := asFleetAdmin(a, http.MethodPut, "/sgsim/v1/enis/e4", put)
 	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
 	pe := enforcementOf(t, w.Body.Bytes())
 	require.NotNil(t, pe)
@@ -498,10 +500,7 @@ func TestFleetENIMovedBetweenHosts(t *testing.T) {
 	require.True(t, accepts(h3, "e3", 80))
 
 	put := `{"appId":"` + fleetApp + `","privateIpAddresses":["198.18.0.3"],"sgIds":["sg-b"],"host":"h1","hostInterface":"tap-e3"}`
-	req := httptest.NewRequest(http.MethodPut, "/sgsim/v1/enis/e3", strings.NewReader(put))
-	req.Header.Set("Authorization", "Bearer "+fleetAdmin)
-	w := httptest.NewRecorder()
-	a.Handler().ServeHTTP(w, req)
+	w := asFleetAdmin(a, http.MethodPut, "/sgsim/v1/enis/e3", put)
 	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
 	e := enforcementOf(t, w.Body.Bytes())
 	require.NotNil(t, e)
@@ -559,19 +558,7 @@ func TestFleetAgentEBPFEnforcesBeforeTheAnswer(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond, "the agent attaches to e3's veth")
 
 	connect := func(port string, timeout time.Duration) error {
-		c, err := netns.Do(lab.VMs["cli"], func() (net.Conn, error) {
-			return net.DialTimeout("tcp4", "198.18.212.3:"+port, timeout)
-		})
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(timeout))
-		if _, err := c.Write([]byte("hi")); err != nil {
-			return err
-		}
-		_, err = io.ReadFull(c, make([]byte, 2))
-		return err
+		return lab.EchoRoundTrip("cli", "198.18.212.3:"+port, timeout)
 	}
 	require.NoError(t, connect("80", 3*time.Second))
 	require.Error(t, connect("8080", 300*time.Millisecond))
