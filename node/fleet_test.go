@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -21,13 +19,13 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
 	"github.com/sgsim/sgsim/agent"
 	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/client"
 	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/internal/etcdtest"
 	"github.com/sgsim/sgsim/internal/netlab"
 	"github.com/sgsim/sgsim/model"
 )
@@ -44,33 +42,6 @@ const (
 	// call can be sent to either replica.
 	fleetHost = "http://sgsim.fleet.test"
 )
-
-// startFleetEtcd runs an etcd server in the test process on free ports of 127.0.0.1.
-func startFleetEtcd(t *testing.T) string {
-	port := func() int {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}
-	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port())}
-	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port())}
-	cfg := embed.NewConfig()
-	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	require.NoError(t, err)
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(20 * time.Second):
-		t.Fatal("embedded etcd not ready")
-	}
-	return cu.String()
-}
 
 // fleetTopology: h1 holds e1 (sg-a), h2 holds e2 (sg-a), h3 holds e3 (sg-b); sg-a admits ssh from its
 // members; sg-c, sg-d, sg-e are unused.
@@ -205,7 +176,7 @@ func accepts(a *fleetAgent, eni string, port uint16) bool {
 }
 
 func TestFleetAnswersCarryEnforcement(t *testing.T) {
-	endpoint := startFleetEtcd(t)
+	endpoint := etcdtest.Start(t).Endpoint()
 	a := newReplica(t, endpoint, fleetTopology(t), 5*time.Second)
 	b := newReplica(t, endpoint, fleetTopology(t), 5*time.Second) // seeded already: its topology is ignored
 	h1, h2, h3 := startFleetAgent(t, endpoint, "h1"), startFleetAgent(t, endpoint, "h2"), startFleetAgent(t, endpoint, "h3")
@@ -267,7 +238,7 @@ func TestFleetAnswersCarryEnforcement(t *testing.T) {
 }
 
 func TestFleetNonceReplayedToOtherReplica(t *testing.T) {
-	endpoint := startFleetEtcd(t)
+	endpoint := etcdtest.Start(t).Endpoint()
 	a := newReplica(t, endpoint, fleetTopology(t), time.Second)
 	b := newReplica(t, endpoint, nil, time.Second)
 	ctx := context.Background()
@@ -284,7 +255,7 @@ func TestFleetNonceReplayedToOtherReplica(t *testing.T) {
 }
 
 func TestFleetConcurrentReplicasSerialise(t *testing.T) {
-	endpoint := startFleetEtcd(t)
+	endpoint := etcdtest.Start(t).Endpoint()
 	replicas := []*Node{newReplica(t, endpoint, fleetTopology(t), time.Second), newReplica(t, endpoint, nil, time.Second)}
 	ctx := context.Background()
 
@@ -344,7 +315,7 @@ func TestFleetConcurrentReplicasSerialise(t *testing.T) {
 }
 
 func TestFleetKilledAgentPendingThenDown(t *testing.T) {
-	endpoint := startFleetEtcd(t)
+	endpoint := etcdtest.Start(t).Endpoint()
 	a := newReplica(t, endpoint, fleetTopology(t), 500*time.Millisecond)
 	h1, h3 := startFleetAgent(t, endpoint, "h1"), startFleetAgent(t, endpoint, "h3")
 	enforcing(t, a, h1, h3)
@@ -381,7 +352,7 @@ func TestFleetKilledAgentPendingThenDown(t *testing.T) {
 }
 
 func TestFleetConfigErrors(t *testing.T) {
-	endpoint := startFleetEtcd(t)
+	endpoint := etcdtest.Start(t).Endpoint()
 	for _, tt := range []struct {
 		name string
 		cfg  Config
@@ -401,7 +372,7 @@ func TestFleetConfigErrors(t *testing.T) {
 }
 
 func TestFleetAgentListen(t *testing.T) {
-	endpoint := startFleetEtcd(t)
+	endpoint := etcdtest.Start(t).Endpoint()
 	// e1 joins sg-b's sgId rule, so h3's share holds it as a member: still not h3's ENI to list.
 	seed := fleetTopology(t)
 	b := seed.Edit()
@@ -493,7 +464,7 @@ func TestSingleHostAnswersCarryNoEnforcement(t *testing.T) {
 }
 
 func TestFleetENIMovedBetweenHosts(t *testing.T) {
-	endpoint := startFleetEtcd(t)
+	endpoint := etcdtest.Start(t).Endpoint()
 	a := newReplica(t, endpoint, fleetTopology(t), 5*time.Second)
 	h1, h3 := startFleetAgent(t, endpoint, "h1"), startFleetAgent(t, endpoint, "h3")
 	enforcing(t, a, h1, h3)
@@ -530,7 +501,7 @@ func TestFleetAgentEBPFEnforcesBeforeTheAnswer(t *testing.T) {
 			PrivateIPAddresses: []string{"198.18.212.3"}, SgIDs: []string{"sg-b"}, Host: "h3", HostInterface: "sgf-e3"}},
 	})
 	require.NoError(t, err)
-	endpoint := startFleetEtcd(t)
+	endpoint := etcdtest.Start(t).Endpoint()
 	replica := newReplica(t, endpoint, seed, 5*time.Second)
 
 	ctx, cancel := context.WithCancel(context.Background())

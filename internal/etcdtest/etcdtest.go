@@ -1,0 +1,98 @@
+// Package etcdtest runs an etcd server inside a test process, on free ports of 127.0.0.1, for the tests
+// of the packages that keep a fleet's state in etcd.
+package etcdtest
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Server is one embedded etcd server with its data directory and ports, kept across a restart so its
+// clients reconnect on their own.
+type Server struct {
+	t                  testing.TB
+	dir                string
+	clientURL, peerURL url.URL
+	e                  *embed.Etcd
+}
+
+// Start runs a server with default limits until the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{t: t, dir: filepath.Join(t.TempDir(), "etcd")}
+	s.clientURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	s.peerURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	s.start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Endpoint is the server's client URL.
+func (s *Server) Endpoint() string { return s.clientURL.String() }
+
+// Stop stops the server; its data directory stays for Restart.
+func (s *Server) Stop() {
+	if s.e != nil {
+		s.e.Close()
+		s.e = nil
+	}
+}
+
+// Resume starts a stopped server again on the same data directory and ports.
+func (s *Server) Resume() { s.start() }
+
+// Restart stops the server, waits down, and resumes it.
+func (s *Server) Restart(down time.Duration) {
+	s.Stop()
+	time.Sleep(down)
+	s.Resume()
+}
+
+// Client is a new client of the server's, closed when t ends.
+func (s *Server) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatalf("etcd client: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func (s *Server) start() {
+	cfg := embed.NewConfig()
+	cfg.Dir = s.dir
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{s.clientURL}, []url.URL{s.clientURL}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{s.peerURL}, []url.URL{s.peerURL}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		s.t.Fatalf("start embedded etcd: %v", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(20 * time.Second):
+		e.Close()
+		s.t.Fatal("embedded etcd not ready")
+	}
+	s.e = e
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
