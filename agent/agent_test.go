@@ -3,10 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
-	"net/url"
-	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -14,11 +12,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/internal/etcdtest"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store"
 	"github.com/sgsim/sgsim/store/etcdstore"
@@ -26,55 +24,19 @@ import (
 
 const prefix = "/sgsim"
 
-// startEtcd runs an etcd server in the test process on free ports of 127.0.0.1, with default limits.
-func startEtcd(t testing.TB) string {
-	endpoint, _ := startRestartableEtcd(t)
-	return endpoint
-}
-
-// startRestartableEtcd is startEtcd with a restart: stop, then start again on the same data directory
-// and ports, so clients reconnect on their own.
-func startRestartableEtcd(t testing.TB) (endpoint string, restart func(down time.Duration)) {
-	port := func() int {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}
-	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port())}
-	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port())}
-	dir := filepath.Join(t.TempDir(), "etcd")
-	var e *embed.Etcd
-	start := func() {
-		cfg := embed.NewConfig()
-		cfg.Dir = dir
-		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-		var err error
-		e, err = embed.StartEtcd(cfg)
-		require.NoError(t, err)
-		select {
-		case <-e.Server.ReadyNotify():
-		case <-time.After(20 * time.Second):
-			t.Fatal("embedded etcd not ready")
-		}
-	}
-	start()
-	t.Cleanup(func() { e.Close() })
-	return cu.String(), func(down time.Duration) {
-		e.Close()
-		time.Sleep(down)
-		start()
-	}
-}
-
 func client(t testing.TB, endpoint string) *clientv3.Client {
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	require.NoError(t, err)
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// newReplica is a replica writing through its own Store on cli.
+func newReplica(t testing.TB, cli *clientv3.Client) *replica {
+	t.Helper()
+	st, err := etcdstore.Open(context.Background(), cli, prefix)
+	require.NoError(t, err)
+	return &replica{t: t, st: st}
 }
 
 // replica is the writing side of a test: a Store and the state it last committed.
@@ -148,11 +110,8 @@ func verdict(t *testing.T, a *Agent, eni, remote string, port uint16) (model.Act
 }
 
 func TestAgentsEnforceTheirShare(t *testing.T) {
-	endpoint := startEtcd(t)
-	ctx := context.Background()
-	st, err := etcdstore.Open(ctx, client(t, endpoint), prefix)
-	require.NoError(t, err)
-	r := &replica{t: t, st: st}
+	endpoint := etcdtest.Start(t).Endpoint()
+	r := newReplica(t, client(t, endpoint))
 	a1, stop1 := runAgent(t, endpoint, "h1")
 	a2, _ := runAgent(t, endpoint, "h2")
 	require.Eventually(t, func() bool { p, d := r.wait(0, []string{"h1", "h2"}, time.Second); return len(p)+len(d) == 0 },
@@ -276,11 +235,10 @@ func chained(t *testing.T) *model.State {
 // The share an agent reads through the indexes (etcdstore.ShareRecords) is the share of the whole
 // state, for every host, across changes that move members, references and hosts.
 func TestShareRecordsMatchTheWholeState(t *testing.T) {
-	endpoint := startEtcd(t)
+	endpoint := etcdtest.Start(t).Endpoint()
 	ctx := context.Background()
-	st, err := etcdstore.Open(ctx, client(t, endpoint), prefix)
-	require.NoError(t, err)
-	r := &replica{t: t, st: st}
+	r := newReplica(t, client(t, endpoint))
+	st := r.st
 	states := []*model.State{chained(t)}
 	edit := func(f func(b *model.Builder)) {
 		b := states[len(states)-1].Edit()
@@ -350,12 +308,10 @@ func TestShareRecordsMatchTheWholeState(t *testing.T) {
 // An agent whose lease is revoked behind its back registers again and acknowledges again; a feed
 // compacted past its revision ends its follow with ErrCompacted, after which Run resyncs.
 func TestAgentRecovers(t *testing.T) {
-	endpoint := startEtcd(t)
+	endpoint := etcdtest.Start(t).Endpoint()
 	ctx := context.Background()
 	cli := client(t, endpoint)
-	st, err := etcdstore.Open(ctx, cli, prefix)
-	require.NoError(t, err)
-	r := &replica{t: t, st: st}
+	r := newReplica(t, cli)
 	a, _ := runAgent(t, endpoint, "h1")
 	rev, hosts := r.commit(topology(t))
 	require.Eventually(t, func() bool { p, d := r.wait(rev, hosts[:1], time.Second); return len(p)+len(d) == 0 },
@@ -385,11 +341,11 @@ func TestAgentRecovers(t *testing.T) {
 // etcd stopped and restarted under a running agent: the agent keeps its tables meanwhile, and the
 // first change after the restart is enforced and acknowledged.
 func TestAgentAcrossEtcdRestart(t *testing.T) {
-	endpoint, restart := startRestartableEtcd(t)
+	etcd := etcdtest.Start(t)
+	endpoint, restart := etcd.Endpoint(), etcd.Restart
 	ctx := context.Background()
-	st, err := etcdstore.Open(ctx, client(t, endpoint), prefix)
-	require.NoError(t, err)
-	r := &replica{t: t, st: st}
+	r := newReplica(t, client(t, endpoint))
+	st := r.st
 	a, _ := runAgent(t, endpoint, "h1")
 	rev, _ := r.commit(topology(t))
 	require.Eventually(t, func() bool { p, d := r.wait(rev, []string{"h1"}, time.Second); return len(p)+len(d) == 0 },
@@ -419,4 +375,138 @@ func TestAgentAcrossEtcdRestart(t *testing.T) {
 		20*time.Second, 20*time.Millisecond, "the agent enforces and acknowledges after the restart")
 	act, _ = verdict(t, a, "e0", "198.18.0.11", 22)
 	assert.Equal(t, model.Drop, act, "e0 left sg-a")
+}
+
+// fleetOf is one ENI per host h0000…, all in sg-all, whose rule names sg-all (so every ENI's table
+// holds every address), plus sg-spare that nothing names.
+func fleetOf(b testing.TB, hosts int) *model.State {
+	topo := model.Topology{Accounts: []model.Account{{AppID: "1250000001"}},
+		SecurityGroups: []model.SecurityGroup{
+			{SgID: "sg-all", AppID: "1250000001", Ingress: []model.Rule{{IPProtocol: "tcp", SgID: "sg-all", PortRange: "22", Action: "ACCEPT"}}},
+			{SgID: "sg-spare", AppID: "1250000001"},
+		}}
+	for i := range hosts {
+		topo.NetworkInterfaces = append(topo.NetworkInterfaces, model.NetworkInterface{
+			NetworkInterfaceID: fmt.Sprintf("eni-%04d", i), AppID: "1250000001", SgIDs: []string{"sg-all"},
+			PrivateIPAddresses: []string{fmt.Sprintf("198.18.%d.%d", i/250, i%250+1)}, Host: fmt.Sprintf("h%04d", i)})
+	}
+	s, err := model.NewState(topo)
+	require.NoError(b, err)
+	return s
+}
+
+// BenchmarkChangeEnforced: a commit through the store to every affected agent (goroutines with the Go
+// engine, each with its own etcd client) having acknowledged it, on an embedded etcd on this machine.
+// "all" changes sg-all's rules (every host affected); "one" changes one ENI's SG list to add an SG
+// nothing names (one host affected) and reports the feed events all agents received per change.
+func BenchmarkChangeEnforced(b *testing.B) {
+	// Not 1,000: here every host's table holds every host's address (sg-all names itself), so each change
+	// costs every agent a share of 1,000 members; on this 2-core machine that starves the agents' lease
+	// keepalives and they fall down and re-register.
+	for _, hosts := range []int{10, 100} {
+		b.Run(fmt.Sprintf("hosts=%d", hosts), func(b *testing.B) {
+			endpoint := etcdtest.Start(b).Endpoint()
+			r := newReplica(b, client(b, endpoint))
+			agents := make([]*Agent, hosts)
+			for i := range agents {
+				agents[i], _ = runAgent(b, endpoint, fmt.Sprintf("h%04d", i))
+			}
+			rev, all := r.commit(fleetOf(b, hosts))
+			require.Eventually(b, func() bool { p, d := r.wait(rev, all, 5*time.Second); return len(p)+len(d) == 0 },
+				60*time.Second, 50*time.Millisecond)
+			for _, kind := range []string{"all", "one"} {
+				b.Run(kind, func(b *testing.B) {
+					var lat []time.Duration
+					var events uint64
+					count := func() (n uint64) {
+						for _, a := range agents {
+							n += a.Stats().FeedEvents
+						}
+						return n
+					}
+					b.ReportAllocs()
+					for i := 0; b.Loop(); i++ {
+						next := r.edit(func(bld *model.Builder) {
+							if kind == "all" {
+								g, _ := r.cur.SG("sg-all")
+								ng := *g
+								ng.Ingress = []model.Rule{{IPProtocol: "tcp", SgID: "sg-all", PortRange: fmt.Sprint(1000 + i%2), Action: "ACCEPT"}}
+								require.NoError(b, bld.PutSG(ng))
+								return
+							}
+							sgs := []string{"sg-all"}
+							if i%2 == 0 {
+								sgs = append(sgs, "sg-spare")
+							}
+							require.NoError(b, bld.SetENISGs("eni-0000", sgs))
+						})
+						before := count()
+						start := time.Now()
+						rev, hosts := r.commit(next)
+						pending, down := r.wait(rev, hosts, 10*time.Second)
+						lat = append(lat, time.Since(start))
+						require.Empty(b, pending)
+						require.Empty(b, down)
+						if kind == "one" {
+							require.Equal(b, []string{"h0000"}, hosts)
+							require.Eventually(b, func() bool { return count() > before }, time.Second, time.Millisecond)
+							events += count() - before
+						}
+					}
+					slices.Sort(lat)
+					b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+					b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+					if kind == "one" {
+						b.ReportMetric(float64(events)/float64(len(lat)), "watch-events/change")
+					}
+				})
+			}
+		})
+	}
+}
+
+// BenchmarkAgentRestart: a host with 100 ENIs whose agent starts from nothing: registered, share read
+// at one revision, compiled and in force in the Go engine, acknowledged.
+func BenchmarkAgentRestart(b *testing.B) {
+	endpoint := etcdtest.Start(b).Endpoint()
+	ctx := context.Background()
+	r := newReplica(b, client(b, endpoint))
+	st := r.st
+	s := fleetOf(b, 100)
+	bld := s.Edit()
+	for _, id := range s.ENIIDs() {
+		n, _ := s.ENI(id)
+		nn := *n
+		nn.Host = "h0000"
+		require.NoError(b, bld.PutENI(nn))
+	}
+	rev, _ := r.commit(bld.State())
+	cli := client(b, endpoint)
+	var lat []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		actx, cancel := context.WithCancel(ctx)
+		a, err := New(actx, Config{Client: cli, Prefix: prefix, Host: "h0000"})
+		require.NoError(b, err)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = a.Run(actx) }()
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		for a.Revision() != rev && wctx.Err() == nil {
+			pending, _, err := st.WaitEnforced(wctx, rev, []string{"h0000"})
+			require.NoError(b, err)
+			if len(pending) == 0 && a.Revision() == rev {
+				break
+			}
+		}
+		wcancel()
+		lat = append(lat, time.Since(start))
+		require.Len(b, a.Applier().View().Tables, 100)
+		cancel()
+		<-done
+		// The next iteration's agent must acknowledge anew.
+		require.NoError(b, st.Ack(ctx, "h0000", 0))
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
 }
