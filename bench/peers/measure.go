@@ -165,7 +165,8 @@ func (p *Path) udpPair(dport uint16) (sink, gen *net.UDPConn, err error) {
 }
 
 // StreamUDP sends fixed-size UDP datagrams from the gen namespace to fw's dport for dur and counts
-// what arrives. It stops by itself after dur (or when ctx ends).
+// what arrives. It stops by itself after dur (or when ctx ends). It stays whole because the sender,
+// the sink and the CPU accounting share one measurement window, opened and closed in one place.
 func (p *Path) StreamUDP(ctx context.Context, dur time.Duration, payload int, dport uint16) (Result, error) {
 	sink, gen, err := p.udpPair(dport)
 	if err != nil {

@@ -56,6 +56,7 @@ const ProbeSenderEnv = "SGSIM_PROBE_SENDER"
 // The sender is a child process (this executable again, see ProbeSenderMain) running SCHED_FIFO with
 // 1 ns timer slack: in this process it would share the Go scheduler and garbage collector with the
 // daemon under test, which stalled it for tens of milliseconds.
+// It stays whole: starting the child, handing it the socket and reading its reports are one protocol.
 func (p *Path) StartProbe(ctx context.Context, dport uint16, interval time.Duration) (*Probe, error) {
 	sink, gen, err := p.udpPair(dport)
 	if err != nil {

@@ -324,7 +324,8 @@ func Plot(results []Result, dir string) (map[string][]string, error) {
 	return files, nil
 }
 
-// writeViews renders the Compare and Ratio views as markdown (plots written into dir).
+// writeViews renders the Compare and Ratio views as markdown (plots written into dir). It stays whole:
+// one pass writes the views in the order the report shows them.
 func writeViews(results []Result, o Options, dir string) (string, error) {
 	var b strings.Builder
 	for i, c := range o.Compare {

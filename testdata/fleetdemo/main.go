@@ -50,6 +50,7 @@ type demo struct {
 	procs    []*exec.Cmd
 }
 
+// run is the demo's script, kept whole so it reads top to bottom as what the operator sees.
 func run(bin, topology string) error {
 	dir, err := os.MkdirTemp("", "sgsim-fleetdemo-")
 	if err != nil {
