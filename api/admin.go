@@ -40,15 +40,28 @@ type ENIList struct {
 // admin authenticates an admin request: "Authorization: Bearer TOKEN" with one of the admin tokens
 // (Options.AdminTokens or the topology's). Otherwise it answers 401 and returns false.
 func (h *Handler) admin(w http.ResponseWriter, r *http.Request) bool {
-	if bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && bearer != "" {
-		for _, t := range slices.Concat(h.opts.AdminTokens, h.ctrl.View().State.AdminTokens()) {
-			if subtle.ConstantTimeCompare([]byte(t), []byte(bearer)) == 1 {
-				return true
-			}
-		}
+	if bearer, ok := bearerOf(r); ok && h.isAdminToken(h.ctrl.View().State, bearer) {
+		return true
 	}
 	w.Header().Set("WWW-Authenticate", `Bearer realm="sgsim"`)
 	writeJSON(w, http.StatusUnauthorized, inspectError{"an admin token is required: Authorization: Bearer ADMIN-TOKEN"})
+	return false
+}
+
+// bearerOf is the token of an "Authorization: Bearer TOKEN" header, if the request has one.
+func bearerOf(r *http.Request) (string, bool) {
+	bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return bearer, ok && bearer != ""
+}
+
+// isAdminToken tells whether token is one of the admin tokens (Options.AdminTokens or st's), compared
+// in constant time.
+func (h *Handler) isAdminToken(st *model.State, token string) bool {
+	for _, t := range slices.Concat(h.opts.AdminTokens, st.AdminTokens()) {
+		if subtle.ConstantTimeCompare([]byte(t), []byte(token)) == 1 {
+			return true
+		}
+	}
 	return false
 }
 

@@ -2,12 +2,9 @@ package api
 
 import (
 	"bytes"
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
-	"strings"
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
@@ -194,11 +191,9 @@ func (i inspectorOf) sees(h *Handler, eni string) bool {
 // it answers 401 and returns false.
 func (h *Handler) inspector(w http.ResponseWriter, r *http.Request) (inspectorOf, bool) {
 	st := h.ctrl.View().State
-	if bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && bearer != "" {
-		for _, t := range slices.Concat(h.opts.AdminTokens, st.AdminTokens()) {
-			if subtle.ConstantTimeCompare([]byte(t), []byte(bearer)) == 1 {
-				return inspectorOf{admin: true}, true
-			}
+	if bearer, ok := bearerOf(r); ok {
+		if h.isAdminToken(st, bearer) {
+			return inspectorOf{admin: true}, true
 		}
 	} else if a := accountOfToken(st, r.Header.Get("X-Auth-Token")); a != nil {
 		return inspectorOf{appID: a.AppID}, true
