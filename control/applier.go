@@ -23,6 +23,7 @@ import (
 // concurrently: the Controller's lock, or an agent's one watch loop, serialises them; View never waits.
 type Applier struct {
 	log     *slog.Logger
+	host    string // with Host set: only that host's ENIs get tables
 	engine  *dataplane.Engine
 	dps     []Dataplane
 	cur     atomic.Pointer[View]
@@ -34,17 +35,21 @@ type ApplierOptions struct {
 	Factory  dataplane.MatcherFactory // matcher of the built-in engine; nil = dataplane.LinearFactory
 	Logger   *slog.Logger             // nil = slog.Default()
 	NoEngine bool                     // keep no built-in Go engine (see Options.NoEngine)
+	// Host, if set, gives tables only to the ENIs placed on this host: a fleet agent's state also holds
+	// other hosts' ENIs, but only as members of the SGs its rules name, and compiling their tables
+	// would cost every agent the whole fleet's tables.
+	Host string
 }
 
 // NewApplier compiles every ENI of s (committed as generation gen) and publishes it in the built-in
 // engine, which then already answers lookups.
 func NewApplier(s *model.State, gen uint64, opts ApplierOptions) *Applier {
-	a := &Applier{log: opts.Logger, timings: newTimings()}
+	a := &Applier{log: opts.Logger, host: opts.Host, timings: newTimings()}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
 	start := time.Now()
-	v := &View{State: s, Generation: gen, Tables: compiler.New(s).CompileAll(), Index: compiler.NewIndex(s)}
+	v := &View{State: s, Generation: gen, Tables: a.compileAll(s), Index: compiler.NewIndex(s)}
 	since(a.timings.Apply, start)
 	a.cur.Store(v)
 	if !opts.NoEngine {
@@ -57,6 +62,21 @@ func NewApplier(s *model.State, gen uint64, opts ApplierOptions) *Applier {
 		a.dps = []Dataplane{EngineDataplane{a.engine}}
 	}
 	return a
+}
+
+// compileAll compiles every ENI of s that gets tables.
+func (a *Applier) compileAll(s *model.State) map[string]*compiler.Tables {
+	comp := compiler.New(s)
+	if a.host == "" {
+		return comp.CompileAll()
+	}
+	out := map[string]*compiler.Tables{}
+	for _, id := range s.ENIIDs() {
+		if n, _ := s.ENI(id); n.Host == a.host {
+			out[id], _ = comp.Compile(id) // every listed ENI exists
+		}
+	}
+	return out
 }
 
 // Timings returns the latency histograms of the changes this Applier puts in force.
@@ -110,10 +130,28 @@ func (a *Applier) Prepare(next *model.State, gen uint64) (*Prepared, error) {
 	old := a.cur.Load()
 	p := &Prepared{a: a, start: time.Now()}
 	var present []string
-	for _, id := range compiler.Affected(old.State, next) {
-		if _, ok := next.ENI(id); ok {
+	affected := compiler.Affected(old.State, next)
+	if a.host != "" {
+		// An ENI placed here or moved away may keep its SGs and addresses, which Affected compares.
+		for id := range old.Tables {
+			if n, ok := next.ENI(id); ok && n.Host != a.host {
+				affected = append(affected, id)
+			}
+		}
+		for _, id := range next.ENIIDs() {
+			if n, _ := next.ENI(id); n.Host == a.host && old.Tables[id] == nil {
+				affected = append(affected, id)
+			}
+		}
+		slices.Sort(affected)
+		affected = slices.Compact(affected)
+	}
+	for _, id := range affected {
+		n, ok := next.ENI(id)
+		switch {
+		case ok && (a.host == "" || n.Host == a.host):
 			present = append(present, id)
-		} else {
+		case old.Tables[id] != nil: // gone, or moved to another host
 			p.removed = append(p.removed, id)
 		}
 	}
