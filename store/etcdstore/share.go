@@ -3,11 +3,13 @@ package etcdstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/sgsim/sgsim/model"
@@ -20,50 +22,32 @@ type Share struct {
 	// Records: every account, the ENIs whose host is the agent's (P/index/host), their SGs, and the SGs
 	// those SGs' sgId rules name.
 	Records []store.Record
-	// Members of each named SG (P/index/members): other hosts' ENIs only through their addresses.
+	// Members of each named SG (P/index/members): other hosts' ENIs only through their addresses. The
+	// lists are shared with later reads through the same ShareCache: callers must not modify them.
 	Members map[string][]Member
 }
 
-// ReadShare reads host's share at one revision. Without a cache it walks the dependencies (host index,
-// ENIs, their SGs, the named SGs with their member lists) in four round trips. With one (an agent's,
-// across its resyncs) it reads every key the last read needed in one transaction (more only beyond
-// MaxTxnOps keys) and walks again only when the dependencies it finds differ from last time's. Either
-// way it reads keys of the share only, none per member ENI, whatever the size of the fleet.
-func (s *Store) ReadShare(ctx context.Context, host string, cache *ShareCache) (Share, error) {
-	if cache != nil && cache.plan != nil {
-		sh, ok, err := s.shareByPlan(ctx, host, cache.plan)
-		if err != nil || ok {
-			if ok {
-				cache.hits++
-			}
-			return sh, err
-		}
-	}
-	sh, p, err := s.shareWalk(ctx, host)
-	if cache != nil && err == nil {
-		cache.plan = p
-	}
-	return sh, err
-}
-
-// ShareCache keeps what an agent's last share read depended on. Not safe for concurrent use.
+// ShareCache keeps what an agent's last share read found, so the next read transfers and decodes only
+// the keys that changed. Not safe for concurrent use.
 type ShareCache struct {
-	plan *sharePlan
-	hits int
+	kvs     map[string]*mvccpb.KeyValue // every key the last share depended on, as read (absent: not there)
+	deps    map[string]shareDeps        // what an ENI or SG record names, by key, at its ModRevision
+	members map[string]decodedMembers   // decoded member lists by key, at their ModRevision
+	hits    int
 }
 
-// Hits returns how many reads the cached dependencies served in one pass (no walk).
+// Hits returns how many reads found every dependency in one round trip (the dependencies were those
+// of the read before).
 func (c *ShareCache) Hits() int { return c.hits }
 
-// sharePlan is what a share's dependencies were.
-type sharePlan struct {
-	local []string // the host's ENIs, as its index lists them
-	used  []string // sorted SGs the local ENIs use
-	named []string // sorted SGs the used SGs' rules name
+type shareDeps struct {
+	modRev int64
+	ids    []string // an ENI's SGs, or the SGs an SG's sgId rules name
 }
 
-func (p *sharePlan) namedOnly() []string {
-	return slices.DeleteFunc(slices.Clone(p.named), func(id string) bool { return slices.Contains(p.used, id) })
+type decodedMembers struct {
+	modRev int64
+	list   []Member
 }
 
 func (s *Store) eniKey(id string) string { return s.objectKey(store.Key{Kind: store.KindENI, ID: id}) }
@@ -72,123 +56,285 @@ func (s *Store) accountsPrefix() string {
 	return s.objectsPrefix() + kindSegments[store.KindAccount] + "/"
 }
 
-// shareWalk reads the share dependency by dependency.
-func (s *Store) shareWalk(ctx context.Context, host string) (Share, *sharePlan, error) {
-	resp, err := s.cli.Txn(ctx).Then(
-		clientv3.OpGet(s.genKey()),
-		clientv3.OpGet(s.hostIndexKey(host)),
-		clientv3.OpGet(s.accountsPrefix(), clientv3.WithPrefix()),
-	).Commit()
+// ReadShare reads host's share at one revision: the host index, then the host's ENIs, their SGs, the
+// SGs those name with their member lists, each step reading only keys the steps before named, never
+// one per member ENI. With a cache (an agent's, across its resyncs) the first round trip also reads
+// every key the last share depended on, with etcd returning the values of only those modified since
+// (WithMinModRev), so a change costs its own keys; more round trips, for the new keys alone, only when
+// the dependencies changed. With atLeast > 0 (the revision of a feed event) the read is served by
+// the etcd member the client talks to without a consensus round (serializable), and again through
+// consensus if that member is behind atLeast; with 0 it is linearizable.
+func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cache *ShareCache) (Share, error) {
+	if cache == nil {
+		cache = &ShareCache{}
+	}
+	r := shareRead{s: s, cache: cache, got: map[string]*mvccpb.KeyValue{}}
+	known := sortedKeys(cache.kvs)
+	head, err := r.first(ctx, host, known, atLeast)
 	if err != nil {
-		return Share{}, nil, fmt.Errorf("etcdstore: read the share of %s: %w", host, err)
+		return Share{}, fmt.Errorf("etcdstore: read the share of %s: %w", host, err)
 	}
-	gens := resp.Responses[0].GetResponseRange().Kvs
-	if len(gens) == 0 {
-		return Share{}, nil, nil
+	if len(head[0]) == 0 { // no generation: an empty store
+		*cache = ShareCache{hits: cache.hits}
+		return Share{}, nil
 	}
-	rev := resp.Header.Revision
-	p := &sharePlan{}
-	if p.local, err = indexList(resp.Responses[1].GetResponseRange().Kvs); err != nil {
-		return Share{}, nil, err
-	}
-	local, err := s.getAt(ctx, rev, mapped(p.local, s.eniKey))
-	if err != nil {
-		return Share{}, nil, err
-	}
-	if p.used, err = usedBy(local); err != nil {
-		return Share{}, nil, err
-	}
-	used, err := s.getAt(ctx, rev, mapped(p.used, s.sgKey))
-	if err != nil {
-		return Share{}, nil, err
-	}
-	if p.named, err = namedBy(used); err != nil {
-		return Share{}, nil, err
-	}
-	named, err := s.getAt(ctx, rev, slices.Concat(mapped(p.namedOnly(), s.sgKey), mapped(p.named, s.membersKey)))
-	if err != nil {
-		return Share{}, nil, err
-	}
-	kvs := slices.Concat(resp.Responses[2].GetResponseRange().Kvs, local, used)
-	var lists []*mvccpb.KeyValue
-	for _, kv := range named {
-		if strings.HasPrefix(string(kv.Key), s.objectsPrefix()) {
-			kvs = append(kvs, kv)
-		} else {
-			lists = append(lists, kv)
-		}
-	}
-	sh, err := s.shareOf(uint64(gens[0].ModRevision), kvs, lists)
-	return sh, p, err
-}
-
-// shareByPlan reads every key of p at once; ok is false when the dependencies are no longer p's.
-func (s *Store) shareByPlan(ctx context.Context, host string, p *sharePlan) (sh Share, ok bool, err error) {
-	namedOnly := p.namedOnly()
-	ops := []clientv3.Op{clientv3.OpGet(s.genKey()), clientv3.OpGet(s.hostIndexKey(host)), clientv3.OpGet(s.accountsPrefix(), clientv3.WithPrefix())}
-	keys := slices.Concat(mapped(p.local, s.eniKey), mapped(p.used, s.sgKey), mapped(namedOnly, s.sgKey), mapped(p.named, s.membersKey))
-	first := min(len(keys), s.maxOps-len(ops))
-	for _, k := range keys[:first] {
-		ops = append(ops, clientv3.OpGet(k))
-	}
-	// One transaction is one revision; keys beyond it are read at that revision.
-	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
-	if err != nil {
-		return Share{}, false, fmt.Errorf("etcdstore: read the share of %s: %w", host, err)
-	}
-	results := make([][]*mvccpb.KeyValue, 0, 3+len(keys))
-	for _, r := range resp.Responses {
-		results = append(results, r.GetResponseRange().Kvs)
-	}
-	rest, err := s.getEach(ctx, resp.Header.Revision, keys[first:])
-	if err != nil {
-		return Share{}, false, err
-	}
-	results = append(results, rest...)
-	if len(results[0]) == 0 {
-		return Share{}, false, nil
-	}
-	next := 3
-	take := func(n int) []*mvccpb.KeyValue {
-		var out []*mvccpb.KeyValue
-		for _, kvs := range results[next : next+n] {
-			out = append(out, kvs...)
-		}
-		next += n
-		return out
-	}
-	localList, err := indexList(results[1])
-	if err != nil || !slices.Equal(localList, p.local) {
-		return Share{}, false, err
-	}
-	local := take(len(p.local))
-	if used, err := usedBy(local); err != nil || len(local) != len(p.local) || !slices.Equal(used, p.used) {
-		return Share{}, false, err
-	}
-	used := take(len(p.used))
-	if named, err := namedBy(used); err != nil || len(used) != len(p.used) || !slices.Equal(named, p.named) {
-		return Share{}, false, err
-	}
-	kvs := slices.Concat(results[2], local, used, take(len(namedOnly)))
-	sh, err = s.shareOf(uint64(results[0][0].ModRevision), kvs, take(len(p.named)))
-	return sh, err == nil, err
-}
-
-// shareOf decodes a share's records and member lists.
-func (s *Store) shareOf(rev uint64, kvs, lists []*mvccpb.KeyValue) (Share, error) {
-	recs, err := s.decodeAll(kvs)
+	rounds := r.rounds
+	local, err := indexList(head[1])
 	if err != nil {
 		return Share{}, err
 	}
-	sh := Share{Revision: rev, Records: recs, Members: map[string][]Member{}}
-	for _, kv := range lists {
-		var ms []Member
-		if err := json.Unmarshal(kv.Value, &ms); err != nil {
-			return Share{}, fmt.Errorf("etcdstore: index %s: %w", kv.Key, err)
-		}
-		sh.Members[strings.TrimPrefix(string(kv.Key), s.membersKey(""))] = ms
+	localKVs, err := r.need(ctx, mapped(local, s.eniKey))
+	if err != nil {
+		return Share{}, err
 	}
+	used, err := r.names(localKVs, enisSGs)
+	if err != nil {
+		return Share{}, err
+	}
+	usedKVs, err := r.need(ctx, mapped(used, s.sgKey))
+	if err != nil {
+		return Share{}, err
+	}
+	named, err := r.names(usedKVs, sgRefs)
+	if err != nil {
+		return Share{}, err
+	}
+	namedOnly := slices.DeleteFunc(slices.Clone(named), func(id string) bool { return slices.Contains(used, id) })
+	namedKVs, err := r.need(ctx, mapped(namedOnly, s.sgKey))
+	if err != nil {
+		return Share{}, err
+	}
+	lists, err := r.need(ctx, mapped(named, s.membersKey))
+	if err != nil {
+		return Share{}, err
+	}
+	if r.rounds == rounds {
+		cache.hits++
+	}
+	recs, err := s.decodeAll(slices.Concat(head[2], localKVs, usedKVs, namedKVs))
+	if err != nil {
+		return Share{}, err
+	}
+	sh := Share{Revision: uint64(head[0][0].ModRevision), Records: recs, Members: make(map[string][]Member, len(lists))}
+	members := make(map[string]decodedMembers, len(lists))
+	for _, kv := range lists {
+		key := string(kv.Key)
+		d, ok := cache.members[key]
+		if !ok || d.modRev != kv.ModRevision {
+			d = decodedMembers{modRev: kv.ModRevision}
+			if err := json.Unmarshal(kv.Value, &d.list); err != nil {
+				return Share{}, fmt.Errorf("etcdstore: index %s: %w", kv.Key, err)
+			}
+		}
+		members[key] = d
+		sh.Members[strings.TrimPrefix(key, s.membersKey(""))] = d.list
+	}
+	// The cache keeps exactly this share's dependencies.
+	kvs := make(map[string]*mvccpb.KeyValue, len(r.got))
+	for _, k := range slices.Concat(mapped(local, s.eniKey), mapped(used, s.sgKey), mapped(namedOnly, s.sgKey), mapped(named, s.membersKey)) {
+		if kv := r.got[k]; kv != nil {
+			kvs[k] = kv
+		}
+	}
+	deps := make(map[string]shareDeps, len(r.deps))
+	for k, d := range r.deps {
+		if kvs[k] != nil {
+			deps[k] = d
+		}
+	}
+	cache.kvs, cache.deps, cache.members = kvs, deps, members
 	return sh, nil
+}
+
+// shareRead is one ReadShare in progress: every key read so far at one revision.
+type shareRead struct {
+	s      *Store
+	cache  *ShareCache
+	rev    int64
+	got    map[string]*mvccpb.KeyValue // key → value at rev; nil: absent at rev
+	deps   map[string]shareDeps
+	rounds int
+}
+
+// first reads the generation, the host index, the accounts and the keys the last share depended on,
+// in one transaction (more only beyond MaxTxnOps keys, at the same revision), and returns the first
+// three's results.
+func (r *shareRead) first(ctx context.Context, host string, known []string, atLeast uint64) ([][]*mvccpb.KeyValue, error) {
+	s := r.s
+	serializable := atLeast > 0
+	for {
+		var opts []clientv3.OpOption
+		if serializable {
+			opts = append(opts, clientv3.WithSerializable())
+		}
+		ops := []clientv3.Op{
+			clientv3.OpGet(s.genKey(), opts...),
+			clientv3.OpGet(s.hostIndexKey(host), opts...),
+			clientv3.OpGet(s.accountsPrefix(), append(opts, clientv3.WithPrefix())...),
+		}
+		inTxn := min(len(known), s.maxOps-len(ops))
+		ops = append(ops, r.ops(known[:inTxn], 0, opts)...)
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, err
+		}
+		r.rounds++
+		if serializable && resp.Header.Revision < int64(atLeast) {
+			serializable = false // this member is behind the change: ask through consensus
+			continue
+		}
+		r.rev = resp.Header.Revision
+		ranges := make([]*clientv3.GetResponse, len(resp.Responses))
+		for i, rr := range resp.Responses {
+			ranges[i] = (*clientv3.GetResponse)(rr.GetResponseRange())
+		}
+		rest, err := r.get(ctx, known[inTxn:], true)
+		if err != nil {
+			return nil, err
+		}
+		if err := r.take(ctx, known, slices.Concat(ranges[3:], rest)); err != nil {
+			return nil, err
+		}
+		return [][]*mvccpb.KeyValue{ranges[0].Kvs, ranges[1].Kvs, ranges[2].Kvs}, nil
+	}
+}
+
+// ops are the reads of keys at rev (0: the transaction's): a key read before only if modified since.
+func (r *shareRead) ops(keys []string, rev int64, opts []clientv3.OpOption) []clientv3.Op {
+	out := make([]clientv3.Op, len(keys))
+	for i, k := range keys {
+		o := slices.Clone(opts)
+		if rev != 0 {
+			o = append(o, clientv3.WithRev(rev))
+		}
+		if kv := r.cache.kvs[k]; kv != nil {
+			o = append(o, clientv3.WithMinModRev(kv.ModRevision+1))
+		}
+		out[i] = clientv3.OpGet(k, o...)
+	}
+	return out
+}
+
+// get reads keys at r.rev in transactions of at most MaxTxnOps reads; cached keys only if modified.
+// A read at a past revision needs no consensus round (that revision's values never change) unless
+// the member asked is behind it.
+func (r *shareRead) get(ctx context.Context, keys []string, cached bool) ([]*clientv3.GetResponse, error) {
+	out := make([]*clientv3.GetResponse, 0, len(keys))
+	for len(keys) > 0 {
+		n := min(len(keys), r.s.maxOps)
+		batch := func(opts ...clientv3.OpOption) []clientv3.Op {
+			if cached {
+				return r.ops(keys[:n], r.rev, opts)
+			}
+			ops := make([]clientv3.Op, n)
+			for i, k := range keys[:n] {
+				ops[i] = clientv3.OpGet(k, append(opts, clientv3.WithRev(r.rev))...)
+			}
+			return ops
+		}
+		resp, err := r.s.cli.Txn(ctx).Then(batch(clientv3.WithSerializable())...).Commit()
+		if errors.Is(err, rpctypes.ErrFutureRev) {
+			resp, err = r.s.cli.Txn(ctx).Then(batch()...).Commit()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read at revision %d: %w", r.rev, err)
+		}
+		r.rounds++
+		for _, rr := range resp.Responses {
+			out = append(out, (*clientv3.GetResponse)(rr.GetResponseRange()))
+		}
+		keys = keys[n:]
+	}
+	return out, nil
+}
+
+// take records the results of reading keys (in order). A cached key that came back without a value
+// is unchanged if etcd counted it (Count is taken before the modification filter) and read again in
+// full otherwise: a deleted key looks the same, and so would an unchanged one if Count ever followed
+// the filter, which then costs a read and never a stale value.
+func (r *shareRead) take(ctx context.Context, keys []string, results []*clientv3.GetResponse) error {
+	var again []string
+	for i, k := range keys {
+		res, cached := results[i], r.cache.kvs[k]
+		switch {
+		case len(res.Kvs) > 0:
+			r.got[k] = res.Kvs[0]
+		case cached != nil && res.Count > 0:
+			r.got[k] = cached
+		case cached != nil:
+			again = append(again, k)
+		default:
+			r.got[k] = nil
+		}
+	}
+	if len(again) == 0 {
+		return nil
+	}
+	full, err := r.get(ctx, again, false)
+	if err != nil {
+		return err
+	}
+	for i, k := range again {
+		r.got[k] = nil
+		if len(full[i].Kvs) > 0 {
+			r.got[k] = full[i].Kvs[0]
+		}
+	}
+	return nil
+}
+
+// need returns the values of keys at r.rev (absent keys left out), reading those not read yet.
+func (r *shareRead) need(ctx context.Context, keys []string) ([]*mvccpb.KeyValue, error) {
+	var missing []string
+	for _, k := range keys {
+		if _, ok := r.got[k]; !ok {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		res, err := r.get(ctx, missing, false)
+		if err != nil {
+			return nil, err
+		}
+		for i, k := range missing {
+			r.got[k] = nil
+			if len(res[i].Kvs) > 0 {
+				r.got[k] = res[i].Kvs[0]
+			}
+		}
+	}
+	out := make([]*mvccpb.KeyValue, 0, len(keys))
+	for _, k := range keys {
+		if kv := r.got[k]; kv != nil {
+			out = append(out, kv)
+		}
+	}
+	return out, nil
+}
+
+// names returns, sorted, the IDs the records kvs name (by of: an ENI's SGs, an SG's referenced SGs),
+// decoding only records modified since the cache last saw them.
+func (r *shareRead) names(kvs []*mvccpb.KeyValue, of func(value []byte) ([]string, error)) ([]string, error) {
+	if r.deps == nil {
+		r.deps = map[string]shareDeps{}
+	}
+	set := map[string]bool{}
+	for _, kv := range kvs {
+		key := string(kv.Key)
+		d, ok := r.cache.deps[key]
+		if !ok || d.modRev != kv.ModRevision {
+			ids, err := of(kv.Value)
+			if err != nil {
+				return nil, fmt.Errorf("etcdstore: %s: %w", kv.Key, err)
+			}
+			d = shareDeps{modRev: kv.ModRevision, ids: ids}
+		}
+		r.deps[key] = d
+		for _, id := range d.ids {
+			set[id] = true
+		}
+	}
+	return sortedKeys(set), nil
 }
 
 func mapped(ids []string, key func(string) string) []string {
@@ -199,61 +345,30 @@ func mapped(ids []string, key func(string) string) []string {
 	return out
 }
 
-// usedBy returns, sorted, the SGs of ENI records.
-func usedBy(kvs []*mvccpb.KeyValue) ([]string, error) {
-	set := map[string]bool{}
-	for _, kv := range kvs {
-		var n model.NetworkInterface
-		if err := json.Unmarshal(kv.Value, &struct{ Object *model.NetworkInterface }{&n}); err != nil {
-			return nil, fmt.Errorf("etcdstore: %s: %w", kv.Key, err)
-		}
-		for _, sg := range n.SgIDs {
-			set[sg] = true
-		}
+// enisSGs returns the SGs of an ENI record.
+func enisSGs(value []byte) ([]string, error) {
+	var n struct {
+		Object struct {
+			SgIDs []string `json:"sgIds"`
+		} `json:"object"`
 	}
-	return sortedKeys(set), nil
-}
-
-// namedBy returns, sorted, the SGs the sgId rules of SG records name.
-func namedBy(kvs []*mvccpb.KeyValue) ([]string, error) {
-	set := map[string]bool{}
-	for _, kv := range kvs {
-		var g model.SecurityGroup
-		if err := json.Unmarshal(kv.Value, &struct{ Object *model.SecurityGroup }{&g}); err != nil {
-			return nil, fmt.Errorf("etcdstore: %s: %w", kv.Key, err)
-		}
-		for _, r := range slices.Concat(g.Ingress, g.Egress) {
-			if r.SgID != "" {
-				set[r.SgID] = true
-			}
-		}
+	if err := json.Unmarshal(value, &n); err != nil {
+		return nil, err
 	}
-	return sortedKeys(set), nil
+	return n.Object.SgIDs, nil
 }
 
-// getAt reads keys at rev; absent keys are left out.
-func (s *Store) getAt(ctx context.Context, rev int64, keys []string) ([]*mvccpb.KeyValue, error) {
-	each, err := s.getEach(ctx, rev, keys)
-	return slices.Concat(each...), err
-}
-
-// getEach reads keys at rev in transactions of at most maxOps reads: for each key, its value or none.
-func (s *Store) getEach(ctx context.Context, rev int64, keys []string) ([][]*mvccpb.KeyValue, error) {
-	out := make([][]*mvccpb.KeyValue, 0, len(keys))
-	for len(keys) > 0 {
-		n := min(len(keys), s.maxOps)
-		ops := make([]clientv3.Op, n)
-		for i, k := range keys[:n] {
-			ops[i] = clientv3.OpGet(k, clientv3.WithRev(rev))
+// sgRefs returns the SGs the sgId rules of an SG record name.
+func sgRefs(value []byte) ([]string, error) {
+	var g struct{ Object model.SecurityGroup }
+	if err := json.Unmarshal(value, &g); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, r := range slices.Concat(g.Object.Ingress, g.Object.Egress) {
+		if r.SgID != "" {
+			out = append(out, r.SgID)
 		}
-		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			return nil, fmt.Errorf("etcdstore: read at revision %d: %w", rev, err)
-		}
-		for _, r := range resp.Responses {
-			out = append(out, r.GetResponseRange().Kvs)
-		}
-		keys = keys[n:]
 	}
 	return out, nil
 }
