@@ -156,29 +156,72 @@ func (s *Store) enforcement(ctx context.Context, rev uint64, hosts []string, wai
 	onHost := func(kv *mvccpb.KeyValue, deleted bool) {
 		alive[strings.TrimPrefix(string(kv.Key), hostPrefix)] = !deleted
 	}
-	resp, err := s.cli.Txn(ctx).Then(
-		clientv3.OpGet(ackPrefix, clientv3.WithPrefix()),
-		clientv3.OpGet(hostPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
-	).Commit()
-	if err != nil {
-		return nil, nil, fmt.Errorf("etcdstore: read acks: %w", err)
+	// A few hosts are read by key, many by prefix: a change on one host of thousands reads two keys.
+	var ops []clientv3.Op
+	if 2*len(want) <= s.maxOps {
+		for h := range want {
+			ops = append(ops, clientv3.OpGet(s.ackKey(h)), clientv3.OpGet(s.hostKey(h), clientv3.WithKeysOnly()))
+		}
+	} else {
+		ops = []clientv3.Op{clientv3.OpGet(ackPrefix, clientv3.WithPrefix()), clientv3.OpGet(hostPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())}
 	}
-	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
-		onAck(kv, false)
+	read := func() (int64, error) {
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("etcdstore: read acks: %w", err)
+		}
+		clear(acked)
+		clear(alive)
+		for _, r := range resp.Responses {
+			for _, kv := range r.GetResponseRange().Kvs {
+				if strings.HasPrefix(string(kv.Key), ackPrefix) {
+					onAck(kv, false)
+				} else {
+					onHost(kv, false)
+				}
+			}
+		}
+		return resp.Header.Revision, nil
 	}
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		onHost(kv, false)
+	if _, err := read(); err != nil {
+		return nil, nil, err
 	}
 	if p, _ := result(); len(p) == 0 || !wait {
 		pending, down = result()
 		return pending, down, nil
 	}
+	// The watches start at etcd's latest revision, so etcd sends their events at once instead of
+	// catching up from a past revision (which it does in the background, in rounds 100 ms apart);
+	// the acks and registrations are read again once both exist, and events the read already saw
+	// are skipped.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	from := clientv3.WithRev(resp.Header.Revision + 1)
-	acks := s.cli.Watch(wctx, ackPrefix, clientv3.WithPrefix(), from)
-	regs := s.cli.Watch(wctx, hostPrefix, clientv3.WithPrefix(), from, clientv3.WithKeysOnly())
+	acks := s.cli.Watch(wctx, ackPrefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	regs := s.cli.Watch(wctx, hostPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithCreatedNotify())
+	for _, ch := range []clientv3.WatchChan{acks, regs} {
+		select {
+		case <-ctx.Done():
+			pending, down = result()
+			return pending, down, nil
+		case wr, ok := <-ch:
+			if !ok || wr.Err() != nil || !wr.Created {
+				if ctx.Err() != nil {
+					pending, down = result()
+					return pending, down, nil
+				}
+				return nil, nil, fmt.Errorf("etcdstore: watch acks: %w", wr.Err())
+			}
+		}
+	}
+	readRev, err := read()
+	if err != nil {
+		return nil, nil, err
+	}
 	for {
+		if p, _ := result(); len(p) == 0 {
+			pending, down = result()
+			return pending, down, nil
+		}
 		var wr clientv3.WatchResponse
 		var ok bool
 		on := onAck
@@ -198,11 +241,9 @@ func (s *Store) enforcement(ctx context.Context, rev uint64, hosts []string, wai
 			return nil, nil, fmt.Errorf("etcdstore: watch acks: %w", wr.Err())
 		}
 		for _, ev := range wr.Events {
-			on(ev.Kv, ev.Type == clientv3.EventTypeDelete)
-		}
-		if p, _ := result(); len(p) == 0 {
-			pending, down = result()
-			return pending, down, nil
+			if ev.Kv.ModRevision > readRev {
+				on(ev.Kv, ev.Type == clientv3.EventTypeDelete)
+			}
 		}
 	}
 }
