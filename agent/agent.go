@@ -53,9 +53,18 @@ type Agent struct {
 
 	feedEvents, resyncs atomic.Uint64
 
-	// Run's alone: the last share read, so a resync fetches and decodes only what changed.
+	// Run's alone: the last share read, so a resync fetches and decodes only what changed, and the
+	// share built from it, so a resync that changes only objects' contents edits it.
 	shareCache etcdstore.ShareCache
+	built      *builtShare
 	decoded    map[store.Key]decodedRecord
+}
+
+// builtShare is what the share last built came from.
+type builtShare struct {
+	state    *model.State
+	revision map[store.Key]uint64          // of every record it holds
+	members  map[string][]etcdstore.Member // the member lists read
 }
 
 // decodedRecord is a record's object as last decoded, valid while the record's revision is the same.
@@ -135,7 +144,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if err == nil {
 			var rev uint64
-			if rev, err = a.resync(ctx); err == nil {
+			if rev, err = a.resync(ctx, 0); err == nil {
 				backoff = 50 * time.Millisecond
 				err = a.follow(ctx, rev, host)
 			}
@@ -164,10 +173,12 @@ func (a *Agent) follow(ctx context.Context, rev uint64, host *etcdstore.Host) er
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	changed := make(chan struct{}, 1)
+	var latest atomic.Uint64 // the last feed event's revision: the resync reads at least that
 	watchErr := make(chan error, 1)
 	go func() {
-		watchErr <- a.st.WatchFeed(wctx, a.cfg.Host, rev, func(uint64) error {
+		watchErr <- a.st.WatchFeed(wctx, a.cfg.Host, rev, func(feedRev uint64) error {
 			a.feedEvents.Add(1)
+			latest.Store(feedRev)
 			select {
 			case changed <- struct{}{}:
 			default: // a resync is already due; it reads the latest revision
@@ -184,18 +195,18 @@ func (a *Agent) follow(ctx context.Context, rev uint64, host *etcdstore.Host) er
 		case err := <-watchErr:
 			return err
 		case <-changed:
-			if _, err := a.resync(ctx); err != nil {
+			if _, err := a.resync(ctx, latest.Load()); err != nil {
 				return err
 			}
 		}
 	}
 }
 
-// resync reads this host's share of the latest state at one revision (only the share: see
-// etcdstore.Store.ReadShare), puts it in force and acknowledges the revision.
-func (a *Agent) resync(ctx context.Context) (uint64, error) {
+// resync reads this host's share of the latest state at one revision, at least atLeast (only the
+// share: see etcdstore.Store.ReadShare), puts it in force and acknowledges the revision.
+func (a *Agent) resync(ctx context.Context, atLeast uint64) (uint64, error) {
 	a.resyncs.Add(1)
-	sh, err := a.st.ReadShare(ctx, a.cfg.Host, &a.shareCache)
+	sh, err := a.st.ReadShare(ctx, a.cfg.Host, atLeast, &a.shareCache)
 	if err != nil {
 		return 0, err
 	}
@@ -209,7 +220,7 @@ func (a *Agent) resync(ctx context.Context) (uint64, error) {
 	a.mu.Unlock()
 	switch {
 	case ap == nil:
-		ap = control.NewApplier(share, rev, control.ApplierOptions{Logger: a.log, NoEngine: a.cfg.NoEngine})
+		ap = control.NewApplier(share, rev, control.ApplierOptions{Logger: a.log, NoEngine: a.cfg.NoEngine, Host: a.cfg.Host})
 		for _, dp := range a.cfg.Dataplanes {
 			if err := ap.AddDataplane(ctx, dp); err != nil {
 				return 0, fmt.Errorf("agent %s: %w", a.cfg.Host, err)
@@ -302,9 +313,125 @@ func shareOf(accounts []model.Account, sgs []model.SecurityGroup, local, others 
 	return model.NewState(t)
 }
 
-// shareFromRead is the share etcdstore.Store.ReadShare read; objects whose records did not change
-// since the last resync are not decoded again.
+// shareFromRead is the share etcdstore.Store.ReadShare read. When it holds the same objects as the
+// share built last, only their contents changed (rules, addresses), it is an edit of that share: the
+// objects that did not change stay the same values, so the applier's comparisons of the two are
+// pointer comparisons and a fleet-wide member list is not rebuilt for a change of one rule. Otherwise
+// it is built afresh, decoding again only the records that changed since the last resync.
 func (a *Agent) shareFromRead(sh etcdstore.Share) (*model.State, error) {
+	if s, ok := a.editShare(sh); ok {
+		return s, nil
+	}
+	s, err := a.buildShare(sh)
+	if err != nil {
+		a.built = nil
+		return nil, err
+	}
+	revs := make(map[store.Key]uint64, len(sh.Records))
+	for _, r := range sh.Records {
+		revs[r.Key] = r.Revision
+	}
+	a.built = &builtShare{state: s, revision: revs, members: sh.Members}
+	return s, nil
+}
+
+// editShare is sh as an edit of the share built last; false when it holds other objects, or other
+// members, or a host's ENI changed its SGs (and with them what its SGs' rules name), or an account
+// changed, or the edit is refused (the full build reports why).
+func (a *Agent) editShare(sh etcdstore.Share) (*model.State, bool) {
+	last := a.built
+	if last == nil || len(sh.Records) != len(last.revision) || len(sh.Members) != len(last.members) {
+		return nil, false
+	}
+	prev := last.state
+	used := map[string]bool{}
+	for _, id := range prev.ENIIDs() {
+		if n, _ := prev.ENI(id); n.Host == a.cfg.Host {
+			markAll(used, n.SgIDs)
+		}
+	}
+	b := prev.Edit()
+	edited := false
+	for _, r := range sh.Records {
+		rev, ok := last.revision[r.Key]
+		if !ok {
+			return nil, false
+		}
+		if rev == r.Revision {
+			continue
+		}
+		obj, err := decodeObject(r)
+		if err != nil {
+			return nil, false
+		}
+		switch o := obj.(type) {
+		case model.SecurityGroup:
+			if !used[o.SgID] {
+				o.Ingress, o.Egress = nil, nil // named only: shareOf keeps no rules
+			}
+			err = b.PutSG(o)
+		case model.NetworkInterface:
+			if n, ok := prev.ENI(o.NetworkInterfaceID); !ok || n.Host != a.cfg.Host || !slices.Equal(n.SgIDs, o.SgIDs) || o.Host != a.cfg.Host {
+				return nil, false
+			}
+			err = b.PutENI(o)
+		default:
+			return nil, false
+		}
+		if err != nil {
+			return nil, false
+		}
+		a.decoded[r.Key] = decodedRecord{revision: r.Revision, object: obj}
+		edited = true
+	}
+	for sg, list := range sh.Members {
+		old, ok := last.members[sg]
+		if !ok || len(old) != len(list) {
+			return nil, false
+		}
+		if len(list) == 0 || &old[0] == &list[0] { // the same list: etcdstore shares unchanged ones
+			continue
+		}
+		for i, m := range list {
+			if m.ID != old[i].ID {
+				return nil, false
+			}
+			n, ok := prev.ENI(m.ID)
+			if !ok {
+				return nil, false
+			}
+			if n.Host == a.cfg.Host || (m.AppID == n.AppID && slices.Equal(m.IPs, n.PrivateIPAddresses)) {
+				continue // a host's own ENI comes from its record
+			}
+			nn := *n
+			nn.AppID, nn.PrivateIPAddresses = m.AppID, m.IPs
+			if err := b.PutENI(nn); err != nil {
+				return nil, false
+			}
+			edited = true
+		}
+	}
+	if !edited {
+		return prev, true
+	}
+	revs := make(map[store.Key]uint64, len(sh.Records))
+	for _, r := range sh.Records {
+		revs[r.Key] = r.Revision
+	}
+	next := b.State()
+	a.built = &builtShare{state: next, revision: revs, members: sh.Members}
+	return next, true
+}
+
+func markAll(set map[string]bool, ids []string) {
+	for _, id := range ids {
+		set[id] = true
+	}
+}
+
+// buildShare builds the share sh holds from its records; objects whose records did not change since
+// the last resync are not decoded again.
+func (a *Agent) buildShare(sh etcdstore.Share) (*model.State, error) {
 	recs := slices.Clone(sh.Records)
 	slices.SortFunc(recs, func(x, y store.Record) int { return cmp.Compare(x.Seq, y.Seq) })
 	decoded := make(map[store.Key]decodedRecord, len(recs))
