@@ -3,6 +3,7 @@
 package etcdtest
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -65,6 +67,30 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// Counters are what a server has done since it started: what a benchmark divides by its changes.
+type Counters struct {
+	Writes      uint64 // raft entries applied: every write (put, delete, transaction, lease grant or revoke) is one
+	WatchEvents uint64 // events sent to watchers, over every watch of every client
+}
+
+// Counters reads the server's counters. WatchEvents comes from etcd's metric in the process's default
+// Prometheus registry, which every embedded server of the process adds to: compare two readings
+// taken while only this server runs.
+func (s *Server) Counters() (Counters, error) {
+	c := Counters{Writes: s.e.Server.AppliedIndex()}
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		return c, fmt.Errorf("etcd metrics: %w", err)
+	}
+	for _, f := range families {
+		if f.GetName() == "etcd_debugging_mvcc_events_total" && len(f.GetMetric()) == 1 {
+			c.WatchEvents = uint64(f.GetMetric()[0].GetCounter().GetValue())
+			return c, nil
+		}
+	}
+	return c, errors.New("etcd metrics: no etcd_debugging_mvcc_events_total")
 }
 
 func (s *Server) start() {
