@@ -436,20 +436,28 @@ func (s *Store) commitOps(d delta, hosts []string) ([]clientv3.Op, []int) {
 	return ops, sizes
 }
 
-// writeFeeds writes the feeds that did not fit in a commit's transaction.
+// writeFeeds writes the feeds that did not fit in a commit's transaction, in transactions of at most
+// MaxTxnOps puts sent at once: etcd commits concurrent proposals together, so a thousand hosts hear of
+// a change about as soon as the first hundred do.
 func (s *Store) writeFeeds(ctx context.Context, hosts []string) error {
-	for len(hosts) > 0 {
-		n := min(len(hosts), s.maxOps)
-		ops := make([]clientv3.Op, n)
-		for i, h := range hosts[:n] {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for batch := range slices.Chunk(hosts, s.maxOps) {
+		ops := make([]clientv3.Op, len(batch))
+		for i, h := range batch {
 			ops[i] = clientv3.OpPut(s.feedKey(h), "")
 		}
-		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-			return err
-		}
-		hosts = hosts[n:]
+		wg.Go(func() {
+			if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("feeds of %s…%s: %w", batch[0], batch[len(batch)-1], err))
+				mu.Unlock()
+			}
+		})
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // LoadAt implements store.Store: the whole object prefix at rev (any etcd revision still kept).
