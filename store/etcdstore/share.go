@@ -168,7 +168,7 @@ func (r *shareRead) first(ctx context.Context, host string, known []string, atLe
 			opts = append(opts, clientv3.WithSerializable())
 		}
 		ops := []clientv3.Op{
-			clientv3.OpGet(s.genKey(), opts...),
+			clientv3.OpGet(s.genKey(), append(opts, clientv3.WithKeysOnly())...), // its value lists the last change's hosts
 			clientv3.OpGet(s.hostIndexKey(host), opts...),
 			clientv3.OpGet(s.accountsPrefix(), append(opts, clientv3.WithPrefix())...),
 		}
