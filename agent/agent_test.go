@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -89,14 +90,16 @@ func topology(t *testing.T) *model.State {
 	return s
 }
 
-// runAgent starts an agent with its own client; stop ends it (a clean stop: its lease is revoked).
+// runAgent starts an agent with its own client; stop ends it (a clean stop: its lease is revoked)
+// and closes the client.
 func runAgent(t testing.TB, endpoint, host string) (a *Agent, stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := New(ctx, Config{Client: client(t, endpoint), Prefix: prefix, Host: host})
+	cli := client(t, endpoint)
+	a, err := New(ctx, Config{Client: cli, Prefix: prefix, Host: host})
 	require.NoError(t, err)
 	var wg sync.WaitGroup
 	wg.Go(func() { assert.ErrorIs(t, a.Run(ctx), context.Canceled) })
-	stop = func() { cancel(); wg.Wait() }
+	stop = sync.OnceFunc(func() { cancel(); wg.Wait(); cli.Close() })
 	t.Cleanup(stop)
 	return a, stop
 }
@@ -438,7 +441,8 @@ type benchFleet struct {
 func startFleet(b *testing.B, hosts int, topology *model.State) *benchFleet {
 	f := &benchFleet{etcd: etcdtest.Start(b), agents: make([]*Agent, hosts)}
 	endpoint := f.etcd.Endpoint()
-	f.r = newReplica(b, client(b, endpoint))
+	cli := client(b, endpoint)
+	f.r = newReplica(b, cli)
 	stops := make([]func(), hosts)
 	for i := range f.agents {
 		f.agents[i], stops[i] = runAgent(b, endpoint, fmt.Sprintf("h%04d", i))
@@ -447,6 +451,7 @@ func startFleet(b *testing.B, hosts int, topology *model.State) *benchFleet {
 		for _, stop := range stops {
 			stop()
 		}
+		cli.Close()
 		f.etcd.Stop()
 	}
 	rev, all := f.r.commit(topology)
@@ -470,6 +475,7 @@ func (f *benchFleet) measure(b *testing.B, wantHosts int, change func(bld *model
 	before, err := f.etcd.Counters()
 	require.NoError(b, err)
 	feedBefore := f.feedEvents()
+	cpuBefore := cpuTime()
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		next := r.edit(func(bld *model.Builder) { change(bld, i) })
@@ -484,6 +490,7 @@ func (f *benchFleet) measure(b *testing.B, wantHosts int, change func(bld *model
 		}
 	}
 	b.StopTimer()
+	cpu := cpuTime() - cpuBefore
 	// Events of the last change may still be on their way to watchers that stopped waiting.
 	time.Sleep(200 * time.Millisecond)
 	after, err := f.etcd.Counters()
@@ -495,6 +502,17 @@ func (f *benchFleet) measure(b *testing.B, wantHosts int, change func(bld *model
 	b.ReportMetric(float64(after.Writes-before.Writes)/n, "etcd-writes/change")
 	b.ReportMetric(float64(after.WatchEvents-before.WatchEvents)/n, "watch-events/change")
 	b.ReportMetric(float64(f.feedEvents()-feedBefore)/n, "feed-events/change")
+	b.ReportMetric(float64(cpu.Microseconds())/1000/n, "cpu-ms/change")
+}
+
+// cpuTime is the CPU time this process (etcd, replica and agents alike) has used: what a change
+// costs the machine, steadier than latency on a shared one.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkChangeEnforced: a commit through the store until every affected agent (goroutines with the
