@@ -129,33 +129,21 @@ type Prepared struct {
 func (a *Applier) Prepare(next *model.State, gen uint64) (*Prepared, error) {
 	old := a.cur.Load()
 	p := &Prepared{a: a, start: time.Now()}
-	var present []string
-	affected := compiler.Affected(old.State, next)
+	var changed map[string]*compiler.Tables
+	var err error
 	if a.host != "" {
-		// An ENI placed here or moved away may keep its SGs and addresses, which Affected compares.
-		for id := range old.Tables {
-			if n, ok := next.ENI(id); ok && n.Host != a.host {
-				affected = append(affected, id)
+		changed, p.removed, err = a.compileHost(old, next)
+	} else {
+		var present []string
+		for _, id := range compiler.Affected(old.State, next) {
+			if _, ok := next.ENI(id); ok {
+				present = append(present, id)
+			} else {
+				p.removed = append(p.removed, id)
 			}
 		}
-		for _, id := range next.ENIIDs() {
-			if n, _ := next.ENI(id); n.Host == a.host && old.Tables[id] == nil {
-				affected = append(affected, id)
-			}
-		}
-		slices.Sort(affected)
-		affected = slices.Compact(affected)
+		changed, err = compileAffected(next, present)
 	}
-	for _, id := range affected {
-		n, ok := next.ENI(id)
-		switch {
-		case ok && (a.host == "" || n.Host == a.host):
-			present = append(present, id)
-		case old.Tables[id] != nil: // gone, or moved to another host
-			p.removed = append(p.removed, id)
-		}
-	}
-	changed, err := compileAffected(next, present)
 	since(a.timings.Compile, p.start)
 	if err != nil {
 		return nil, fmt.Errorf("control: generation %d: %w", gen, err)
@@ -222,6 +210,50 @@ func (p *Prepared) Switch() error {
 		return fmt.Errorf("publish failed: %w", err)
 	}
 	return nil
+}
+
+// compileHost is Prepare's compile with Options.Host: the host's few ENIs are compiled and those whose
+// tables differ from the ones in force are changed; the ENIs whose tables go (deleted, or moved to
+// another host) are removed. Comparing the host's tables instead of asking compiler.Affected keeps the
+// cost to the host's ENIs, where Affected walks every ENI of a state that also holds every member of
+// the SGs the host's rules name (in a fleet where an SG names itself, every ENI of the fleet).
+func (a *Applier) compileHost(old *View, next *model.State) (changed map[string]*compiler.Tables, removed []string, err error) {
+	var local []string
+	for _, id := range next.ENIIDs() {
+		if n, _ := next.ENI(id); n.Host == a.host {
+			local = append(local, id)
+		}
+	}
+	for id := range old.Tables {
+		if n, ok := next.ENI(id); !ok || n.Host != a.host {
+			removed = append(removed, id)
+		}
+	}
+	slices.Sort(removed)
+	compiled, err := compileAffected(next, local)
+	if err != nil {
+		return nil, nil, err
+	}
+	changed = make(map[string]*compiler.Tables, len(compiled))
+	for id, t := range compiled {
+		if o := old.Tables[id]; o == nil || !sameTables(o, t) {
+			changed[id] = t
+		}
+	}
+	return changed, removed, nil
+}
+
+// sameTables tells whether two compilations of one ENI have the same rows.
+func sameTables(a, b *compiler.Tables) bool {
+	return a.ENI == b.ENI && sameTable(a.Ingress, b.Ingress) && sameTable(a.Egress, b.Egress)
+}
+
+func sameTable(a, b *compiler.Table) bool {
+	return a.ENI == b.ENI && a.Direction == b.Direction && a.NoSG == b.NoSG &&
+		slices.EqualFunc(a.Entries, b.Entries, func(x, y compiler.Entry) bool {
+			return x.Protocol == y.Protocol && x.AnyRemote == y.AnyRemote && x.Ports == y.Ports && x.Action == y.Action &&
+				x.SgID == y.SgID && x.RuleIndex == y.RuleIndex && x.Rule == y.Rule && slices.Equal(x.Remotes, y.Remotes)
+		})
 }
 
 // compileAffected compiles the tables of the listed ENIs of s. ENIs with the same ordered SG list
