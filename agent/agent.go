@@ -65,6 +65,7 @@ type builtShare struct {
 	state    *model.State
 	revision map[store.Key]uint64          // of every record it holds
 	members  map[string][]etcdstore.Member // the member lists read
+	used     map[string]bool               // the SGs of the host's ENIs (an edit keeps them)
 }
 
 // decodedRecord is a record's object as last decoded, valid while the record's revision is the same.
@@ -331,7 +332,13 @@ func (a *Agent) shareFromRead(sh etcdstore.Share) (*model.State, error) {
 	for _, r := range sh.Records {
 		revs[r.Key] = r.Revision
 	}
-	a.built = &builtShare{state: s, revision: revs, members: sh.Members}
+	used := map[string]bool{}
+	for _, id := range s.ENIIDs() {
+		if n, _ := s.ENI(id); n.Host == a.cfg.Host {
+			markAll(used, n.SgIDs)
+		}
+	}
+	a.built = &builtShare{state: s, revision: revs, members: sh.Members, used: used}
 	return s, nil
 }
 
@@ -343,13 +350,7 @@ func (a *Agent) editShare(sh etcdstore.Share) (*model.State, bool) {
 	if last == nil || len(sh.Records) != len(last.revision) || len(sh.Members) != len(last.members) {
 		return nil, false
 	}
-	prev := last.state
-	used := map[string]bool{}
-	for _, id := range prev.ENIIDs() {
-		if n, _ := prev.ENI(id); n.Host == a.cfg.Host {
-			markAll(used, n.SgIDs)
-		}
-	}
+	prev, used := last.state, last.used
 	b := prev.Edit()
 	edited := false
 	for _, r := range sh.Records {
@@ -419,7 +420,7 @@ func (a *Agent) editShare(sh etcdstore.Share) (*model.State, bool) {
 		revs[r.Key] = r.Revision
 	}
 	next := b.State()
-	a.built = &builtShare{state: next, revision: revs, members: sh.Members}
+	a.built = &builtShare{state: next, revision: revs, members: sh.Members, used: used}
 	return next, true
 }
 

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/internal/etcdtest"
 	"github.com/sgsim/sgsim/model"
@@ -305,6 +306,62 @@ func TestShareRecordsMatchTheWholeState(t *testing.T) {
 	}
 	for _, host := range []string{"h1", "h2", "h3", "h4"} {
 		assert.Positive(t, agents[host].shareCache.Hits(), "%s: some reads needed no walk", host)
+	}
+}
+
+// An applier given only a host's share (control.ApplierOptions.Host) holds, across changes that move
+// members, references and hosts, exactly the tables a compile of the whole state gives that host's
+// ENIs, and no others.
+func TestHostAppliersMatchAFullCompile(t *testing.T) {
+	states := []*model.State{chained(t)}
+	edit := func(f func(b *model.Builder)) {
+		b := states[len(states)-1].Edit()
+		f(b)
+		states = append(states, b.State())
+	}
+	edit(func(b *model.Builder) { require.NoError(t, b.SetENISGs("eni-01", []string{"sg-4"})) })
+	edit(func(b *model.Builder) { // moved to h0 with its SGs and addresses as they were
+		n, _ := states[0].ENI("eni-07")
+		nn := *n
+		nn.Host = "h0"
+		require.NoError(t, b.PutENI(nn))
+	})
+	edit(func(b *model.Builder) {
+		g, _ := states[0].SG("sg-3")
+		ng := *g
+		ng.Ingress = append(slices.Clone(ng.Ingress), model.Rule{IPProtocol: "udp", SgID: "sg-0", PortRange: "53", Action: "ACCEPT"})
+		require.NoError(t, b.PutSG(ng))
+	})
+	edit(func(b *model.Builder) { require.NoError(t, b.DeleteENI("eni-02")) })
+	edit(func(b *model.Builder) { // a member elsewhere re-addressed
+		n, _ := states[0].ENI("eni-04")
+		nn := *n
+		nn.PrivateIPAddresses = []string{"198.18.3.4"}
+		require.NoError(t, b.PutENI(nn))
+	})
+	for _, host := range []string{"h0", "h1", "h2", "h3"} {
+		var ap *control.Applier
+		for i, s := range states {
+			share, err := Share(s, host)
+			require.NoError(t, err)
+			if ap == nil {
+				ap = control.NewApplier(share, uint64(i+1), control.ApplierOptions{Host: host})
+			} else {
+				require.NoError(t, ap.Apply(context.Background(), share, uint64(i+1)))
+			}
+			want := map[string]*compiler.Tables{}
+			for id, tabs := range compiler.New(s).CompileAll() {
+				if n, _ := s.ENI(id); n.Host == host {
+					want[id] = tabs
+				}
+			}
+			assert.Equal(t, want, ap.View().Tables, "state %d, host %s", i, host)
+			inEngine := map[string]*compiler.Tables{}
+			for id, et := range ap.Engine().Snapshot().ENIs() {
+				inEngine[id] = et.Tables
+			}
+			assert.Equal(t, want, inEngine, "state %d, host %s: the engine", i, host)
+		}
 	}
 }
 
