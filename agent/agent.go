@@ -154,7 +154,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if errors.Is(err, errLeaseLost) {
-			host.Close()
+			host.Abandon()
 			host = nil
 		}
 		a.log.Warn("resyncing", "err", err, "after", backoff)

@@ -500,10 +500,7 @@ func startFleet(b *testing.B, hosts int, topology *model.State) *benchFleet {
 	endpoint := f.etcd.Endpoint()
 	cli := client(b, endpoint)
 	f.r = newReplica(b, cli)
-	stops := make([]func(), hosts)
-	for i := range f.agents {
-		f.agents[i], stops[i] = runAgent(b, endpoint, fmt.Sprintf("h%04d", i))
-	}
+	stops := make([]func(), 0, hosts)
 	f.stop = func() {
 		for _, stop := range stops {
 			stop()
@@ -511,9 +508,21 @@ func startFleet(b *testing.B, hosts int, topology *model.State) *benchFleet {
 		cli.Close()
 		f.etcd.Stop()
 	}
-	rev, all := f.r.commit(topology)
-	require.Eventually(b, func() bool { p, d := f.r.wait(rev, all, 10*time.Second); return len(p)+len(d) == 0 },
-		120*time.Second, 50*time.Millisecond)
+	rev, _ := f.r.commit(topology)
+	// Agents join in groups of 100, each group enforcing before the next starts: a thousand agents
+	// building their first share at once (in fleetOf, of a thousand members each) would keep 2 cores
+	// busy for seconds, past their lease keepalives.
+	for start := 0; start < hosts; start += 100 {
+		var group []string
+		for i := start; i < min(start+100, hosts); i++ {
+			var stop func()
+			f.agents[i], stop = runAgent(b, endpoint, fmt.Sprintf("h%04d", i))
+			stops = append(stops, stop)
+			group = append(group, fmt.Sprintf("h%04d", i))
+		}
+		require.Eventually(b, func() bool { p, d := f.r.wait(rev, group, 10*time.Second); return len(p)+len(d) == 0 },
+			120*time.Second, 50*time.Millisecond)
+	}
 	return f
 }
 

@@ -57,6 +57,12 @@ func (h *Host) Lost() <-chan struct{} { return h.sess.Done() }
 // Close revokes the lease: the host is down at once.
 func (h *Host) Close() error { return h.sess.Close() }
 
+// Abandon stops keeping the lease alive without revoking it, for a host that registers again after
+// its client gave up on the lease (no keepalive answered within the TTL, as when the machine is
+// starved of CPU): the new registration takes the key over, so if etcd still held the old lease the
+// host is never seen down, and no revocation adds to the load.
+func (h *Host) Abandon() { h.sess.Orphan() }
+
 // Ack records that host has revision rev in force: one key per host, overwritten, so an agent that
 // applies several changes at once acknowledges once.
 func (s *Store) Ack(ctx context.Context, host string, rev uint64) error {
@@ -129,65 +135,12 @@ func (s *Store) EnforcementOf(ctx context.Context, rev uint64, hosts []string) (
 
 // enforcement is WaitEnforced, or with wait false EnforcementOf.
 func (s *Store) enforcement(ctx context.Context, rev uint64, hosts []string, wait bool) (pending, down []string, err error) {
-	want := map[string]bool{}
-	for _, h := range hosts {
-		want[h] = true
-	}
-	acked, alive := map[string]bool{}, map[string]bool{}
-	result := func() (pending, down []string) {
-		for h := range want {
-			switch {
-			case !alive[h]:
-				down = append(down, h)
-			case !acked[h]:
-				pending = append(pending, h)
-			}
-		}
-		slices.Sort(pending)
-		slices.Sort(down)
-		return pending, down
-	}
-	ackPrefix, hostPrefix := s.prefix+"/acks/", s.prefix+"/hosts/"
-	onAck := func(kv *mvccpb.KeyValue, deleted bool) {
-		h := strings.TrimPrefix(string(kv.Key), ackPrefix)
-		v, err := strconv.ParseUint(string(kv.Value), 10, 64)
-		acked[h] = !deleted && err == nil && v >= rev
-	}
-	onHost := func(kv *mvccpb.KeyValue, deleted bool) {
-		alive[strings.TrimPrefix(string(kv.Key), hostPrefix)] = !deleted
-	}
-	// A few hosts are read by key, many by prefix: a change on one host of thousands reads two keys.
-	var ops []clientv3.Op
-	if 2*len(want) <= s.maxOps {
-		for h := range want {
-			ops = append(ops, clientv3.OpGet(s.ackKey(h)), clientv3.OpGet(s.hostKey(h), clientv3.WithKeysOnly()))
-		}
-	} else {
-		ops = []clientv3.Op{clientv3.OpGet(ackPrefix, clientv3.WithPrefix()), clientv3.OpGet(hostPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())}
-	}
-	read := func() (int64, error) {
-		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("etcdstore: read acks: %w", err)
-		}
-		clear(acked)
-		clear(alive)
-		for _, r := range resp.Responses {
-			for _, kv := range r.GetResponseRange().Kvs {
-				if strings.HasPrefix(string(kv.Key), ackPrefix) {
-					onAck(kv, false)
-				} else {
-					onHost(kv, false)
-				}
-			}
-		}
-		return resp.Header.Revision, nil
-	}
-	if _, err := read(); err != nil {
+	v := newAckView(s, rev, hosts)
+	if _, err := v.read(ctx); err != nil {
 		return nil, nil, err
 	}
-	if p, _ := result(); len(p) == 0 || !wait {
-		pending, down = result()
+	if v.waiting == 0 || !wait {
+		pending, down = v.result()
 		return pending, down, nil
 	}
 	// The watches start at etcd's latest revision, so etcd sends their events at once instead of
@@ -196,54 +149,135 @@ func (s *Store) enforcement(ctx context.Context, rev uint64, hosts []string, wai
 	// are skipped.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	acks := s.cli.Watch(wctx, ackPrefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
-	regs := s.cli.Watch(wctx, hostPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithCreatedNotify())
+	acks := s.cli.Watch(wctx, v.ackPrefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	regs := s.cli.Watch(wctx, v.hostPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithCreatedNotify())
 	for _, ch := range []clientv3.WatchChan{acks, regs} {
 		select {
 		case <-ctx.Done():
-			pending, down = result()
-			return pending, down, nil
 		case wr, ok := <-ch:
-			if !ok || wr.Err() != nil || !wr.Created {
-				if ctx.Err() != nil {
-					pending, down = result()
-					return pending, down, nil
-				}
+			if ok && wr.Err() == nil && wr.Created {
+				continue
+			}
+			if ctx.Err() == nil {
 				return nil, nil, fmt.Errorf("etcdstore: watch acks: %w", wr.Err())
 			}
 		}
+		pending, down = v.result()
+		return pending, down, nil
 	}
-	readRev, err := read()
+	readRev, err := v.read(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	for {
-		if p, _ := result(); len(p) == 0 {
-			pending, down = result()
-			return pending, down, nil
-		}
+	for v.waiting > 0 {
 		var wr clientv3.WatchResponse
 		var ok bool
-		on := onAck
 		select {
 		case <-ctx.Done():
-			pending, down = result()
+			pending, down = v.result()
 			return pending, down, nil
 		case wr, ok = <-acks:
 		case wr, ok = <-regs:
-			on = onHost
 		}
 		if !ok || wr.Err() != nil {
 			if ctx.Err() != nil {
-				pending, down = result()
-				return pending, down, nil
+				break
 			}
 			return nil, nil, fmt.Errorf("etcdstore: watch acks: %w", wr.Err())
 		}
 		for _, ev := range wr.Events {
 			if ev.Kv.ModRevision > readRev {
-				on(ev.Kv, ev.Type == clientv3.EventTypeDelete)
+				v.update(ev.Kv, ev.Type == clientv3.EventTypeDelete)
 			}
 		}
 	}
+	pending, down = v.result()
+	return pending, down, nil
+}
+
+// ackView is what WaitEnforced knows of the acks and registrations of the hosts it waits for, with
+// how many of them are alive and have not acknowledged yet (kept as events arrive, so a thousand acks
+// cost a thousand updates, not a thousand passes over every host).
+type ackView struct {
+	s                     *Store
+	rev                   uint64
+	want                  map[string]bool
+	acked, alive          map[string]bool
+	waiting               int
+	ackPrefix, hostPrefix string
+	ops                   []clientv3.Op
+}
+
+func newAckView(s *Store, rev uint64, hosts []string) *ackView {
+	v := &ackView{s: s, rev: rev, want: map[string]bool{}, acked: map[string]bool{}, alive: map[string]bool{},
+		ackPrefix: s.prefix + "/acks/", hostPrefix: s.prefix + "/hosts/"}
+	for _, h := range hosts {
+		v.want[h] = true
+	}
+	// A few hosts are read by key, many by prefix: a change on one host of thousands reads two keys.
+	if 2*len(v.want) <= s.maxOps {
+		for h := range v.want {
+			v.ops = append(v.ops, clientv3.OpGet(s.ackKey(h)), clientv3.OpGet(s.hostKey(h), clientv3.WithKeysOnly()))
+		}
+	} else {
+		v.ops = []clientv3.Op{clientv3.OpGet(v.ackPrefix, clientv3.WithPrefix()), clientv3.OpGet(v.hostPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())}
+	}
+	return v
+}
+
+// read reads the acks and registrations afresh and returns the revision read.
+func (v *ackView) read(ctx context.Context) (int64, error) {
+	resp, err := v.s.cli.Txn(ctx).Then(v.ops...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("etcdstore: read acks: %w", err)
+	}
+	clear(v.acked)
+	clear(v.alive)
+	v.waiting = 0
+	for _, r := range resp.Responses {
+		for _, kv := range r.GetResponseRange().Kvs {
+			v.update(kv, false)
+		}
+	}
+	return resp.Header.Revision, nil
+}
+
+// update takes one ack or registration key as written (or deleted).
+func (v *ackView) update(kv *mvccpb.KeyValue, deleted bool) {
+	key := string(kv.Key)
+	h, isAck := strings.CutPrefix(key, v.ackPrefix)
+	if !isAck {
+		h = strings.TrimPrefix(key, v.hostPrefix)
+	}
+	if !v.want[h] {
+		return
+	}
+	before := v.alive[h] && !v.acked[h]
+	if isAck {
+		n, err := strconv.ParseUint(string(kv.Value), 10, 64)
+		v.acked[h] = !deleted && err == nil && n >= v.rev
+	} else {
+		v.alive[h] = !deleted
+	}
+	switch after := v.alive[h] && !v.acked[h]; {
+	case after && !before:
+		v.waiting++
+	case before && !after:
+		v.waiting--
+	}
+}
+
+// result returns the hosts alive that have not acknowledged, and those down, each sorted.
+func (v *ackView) result() (pending, down []string) {
+	for h := range v.want {
+		switch {
+		case !v.alive[h]:
+			down = append(down, h)
+		case !v.acked[h]:
+			pending = append(pending, h)
+		}
+	}
+	slices.Sort(pending)
+	slices.Sort(down)
+	return pending, down
 }
