@@ -16,14 +16,14 @@ import (
 	"github.com/sgsim/sgsim/store"
 )
 
-// Share is what an agent's tables need of the state at one revision.
+// Share is what an agent's tables need of the state at one revision. Its records' values and member
+// lists are shared with later reads through the same ShareCache: callers must not modify them.
 type Share struct {
 	Revision uint64 // the commit in force at the read; 0 for an empty store
 	// Records: every account, the ENIs whose host is the agent's (P/index/host), their SGs, and the SGs
 	// those SGs' sgId rules name.
 	Records []store.Record
-	// Members of each named SG (P/index/members): other hosts' ENIs only through their addresses. The
-	// lists are shared with later reads through the same ShareCache: callers must not modify them.
+	// Members of each named SG (P/index/members): other hosts' ENIs only through their addresses.
 	Members map[string][]Member
 }
 
@@ -33,6 +33,7 @@ type ShareCache struct {
 	kvs     map[string]*mvccpb.KeyValue // every key the last share depended on, as read (absent: not there)
 	deps    map[string]shareDeps        // what an ENI or SG record names, by key, at its ModRevision
 	members map[string]decodedMembers   // decoded member lists by key, at their ModRevision
+	records map[string]store.Record     // decoded records by key, at their ModRevision (Revision)
 	hits    int
 }
 
@@ -111,9 +112,18 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 	if r.rounds == rounds {
 		cache.hits++
 	}
-	recs, err := s.decodeAll(slices.Concat(head[2], localKVs, usedKVs, namedKVs))
-	if err != nil {
-		return Share{}, err
+	kvsOfRecords := slices.Concat(head[2], localKVs, usedKVs, namedKVs)
+	recs := make([]store.Record, 0, len(kvsOfRecords))
+	records := make(map[string]store.Record, len(kvsOfRecords))
+	for _, kv := range kvsOfRecords {
+		rec, ok := cache.records[string(kv.Key)]
+		if !ok || rec.Revision != uint64(kv.ModRevision) {
+			if rec, err = s.decodeRecord(kv); err != nil {
+				return Share{}, err
+			}
+		}
+		recs = append(recs, rec)
+		records[string(kv.Key)] = rec
 	}
 	sh := Share{Revision: uint64(head[0][0].ModRevision), Records: recs, Members: make(map[string][]Member, len(lists))}
 	members := make(map[string]decodedMembers, len(lists))
@@ -142,7 +152,7 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 			deps[k] = d
 		}
 	}
-	cache.kvs, cache.deps, cache.members = kvs, deps, members
+	cache.kvs, cache.deps, cache.members, cache.records = kvs, deps, members, records
 	return sh, nil
 }
 
@@ -369,18 +379,6 @@ func sgRefs(value []byte) ([]string, error) {
 		if r.SgID != "" {
 			out = append(out, r.SgID)
 		}
-	}
-	return out, nil
-}
-
-func (s *Store) decodeAll(kvs []*mvccpb.KeyValue) ([]store.Record, error) {
-	out := make([]store.Record, 0, len(kvs))
-	for _, kv := range kvs {
-		r, err := s.decodeRecord(kv)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
 	}
 	return out, nil
 }
