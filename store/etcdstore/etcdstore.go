@@ -37,7 +37,7 @@
 // (tested against an embedded etcd with the default limits). Bytes are counted too: a change above
 // --max-request-bytes is refused with ErrTooLarge naming its size, or the object too big for any
 // request. Feeds that do not fit in the commit's transaction are written right after it in
-// transactions of at most MaxTxnOps puts, before Commit returns. A commit whose records and indexes
+// concurrent transactions of at most MaxTxnOps puts, before Commit returns. A commit whose records and indexes
 // alone exceed a limit is refused before anything is written, except the first commit of an empty
 // store (seeding a topology): it is written in transactions within both limits, guarded on the
 // generation's absence, the generation last, so Load and Watch see it only once complete, as one change.

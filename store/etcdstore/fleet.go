@@ -120,9 +120,10 @@ func (s *Store) ChangeHosts(ctx context.Context, rev uint64) ([]string, error) {
 
 // WaitEnforced waits until every host of hosts has acknowledged rev or is down (not registered: its
 // lease expired or was never taken), or until ctx ends, and returns the hosts still pending and those
-// down, each sorted. It reads the acks and registrations once, then follows both with watches from that
-// read's revision, so no ack or expiry in between is missed. ctx ending is not an error: pending says
-// who is late. The error is for etcd failing.
+// down, each sorted. It reads the acks and registrations (by key for a few hosts, by prefix for
+// many); if some host is still pending it watches both from etcd's latest revision, reads them again
+// once the watches exist and applies the events after that read, so no ack or expiry in between is
+// missed. ctx ending is not an error: pending says who is late. The error is for etcd failing.
 func (s *Store) WaitEnforced(ctx context.Context, rev uint64, hosts []string) (pending, down []string, err error) {
 	return s.enforcement(ctx, rev, hosts, true)
 }
