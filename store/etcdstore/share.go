@@ -112,12 +112,20 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 	if r.rounds == rounds {
 		cache.hits++
 	}
-	kvsOfRecords := slices.Concat(head[2], localKVs, usedKVs, namedKVs)
-	recs := make([]store.Record, 0, len(kvsOfRecords))
-	records := make(map[string]store.Record, len(kvsOfRecords))
-	for _, kv := range kvsOfRecords {
+	keys := slices.Concat(mapped(local, s.eniKey), mapped(used, s.sgKey), mapped(namedOnly, s.sgKey), mapped(named, s.membersKey))
+	return r.share(uint64(head[0][0].ModRevision), slices.Concat(head[2], localKVs, usedKVs, namedKVs), lists, keys)
+}
+
+// share decodes the share read, the records and member lists not modified since the last read taken
+// from the cache, and leaves in the cache exactly this share's dependencies (keys).
+func (r *shareRead) share(rev uint64, recordKVs, lists []*mvccpb.KeyValue, keys []string) (Share, error) {
+	s, cache := r.s, r.cache
+	recs := make([]store.Record, 0, len(recordKVs))
+	records := make(map[string]store.Record, len(recordKVs))
+	for _, kv := range recordKVs {
 		rec, ok := cache.records[string(kv.Key)]
 		if !ok || rec.Revision != uint64(kv.ModRevision) {
+			var err error
 			if rec, err = s.decodeRecord(kv); err != nil {
 				return Share{}, err
 			}
@@ -125,7 +133,7 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 		recs = append(recs, rec)
 		records[string(kv.Key)] = rec
 	}
-	sh := Share{Revision: uint64(head[0][0].ModRevision), Records: recs, Members: make(map[string][]Member, len(lists))}
+	sh := Share{Revision: rev, Records: recs, Members: make(map[string][]Member, len(lists))}
 	members := make(map[string]decodedMembers, len(lists))
 	for _, kv := range lists {
 		key := string(kv.Key)
@@ -139,9 +147,8 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 		members[key] = d
 		sh.Members[strings.TrimPrefix(key, s.membersKey(""))] = d.list
 	}
-	// The cache keeps exactly this share's dependencies.
-	kvs := make(map[string]*mvccpb.KeyValue, len(r.got))
-	for _, k := range slices.Concat(mapped(local, s.eniKey), mapped(used, s.sgKey), mapped(namedOnly, s.sgKey), mapped(named, s.membersKey)) {
+	kvs := make(map[string]*mvccpb.KeyValue, len(keys))
+	for _, k := range keys {
 		if kv := r.got[k]; kv != nil {
 			kvs[k] = kv
 		}
