@@ -138,6 +138,28 @@ func (l *Lab) EchoUDP(eni, addr string) {
 	}()
 }
 
+// EchoRoundTripUDP sends two bytes from eni's namespace to the UDP echo at addr and reads them back,
+// all within timeout; nil means the datagram and its echo both got through.
+func (l *Lab) EchoRoundTripUDP(eni, addr string, timeout time.Duration) error {
+	c, err := netns.Do(l.VMs[eni], func() (net.Conn, error) { return net.Dial("udp4", addr) })
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("hi")); err != nil {
+		return err
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "hi" {
+		return fmt.Errorf("udp echo from %s: got %q, want %q", addr, buf, "hi")
+	}
+	return nil
+}
+
 // RequireRoot skips the test unless it can make network namespaces (root and ip(8)); under
 // SGSIM_REQUIRE_KERNEL=1 (CI) it fails instead, since there the namespace tests must run.
 func RequireRoot(t testing.TB) {
