@@ -128,10 +128,11 @@ func requireAgentEnforces(t *testing.T, a *fleetAgent, s *model.State, host stri
 }
 
 // TestFleetEtcdRestartUnderLoad: two replicas take signed calls from four writers while the embedded
-// etcd is stopped and started again. Every call answered with success is in etcd's history at its
-// revision and in the final state unless a later call of the same writer replaced it; every commit of
-// the run applied some call whole; each writer's commits follow its calls' order; and afterwards the
-// three agents enforce the final state, acknowledged.
+// etcd is stopped and started again. While it is away the replicas' /readyz answer 503 naming it, and
+// every writer's calls are answered (with failures), not held; 200 once it is back. Every call answered
+// with success is in etcd's history at its revision and in the final state unless a later call of the
+// same writer replaced it; every commit of the run applied some call whole; each writer's commits
+// follow its calls' order; and afterwards the three agents enforce the final state, acknowledged.
 func TestFleetEtcdRestartUnderLoad(t *testing.T) {
 	t.Parallel()
 	etcd := etcdtest.Start(t)
@@ -193,13 +194,27 @@ func TestFleetEtcdRestartUnderLoad(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return count(func(c loadCall) bool { return c.ok }) >= 2 }, 20*time.Second, 5*time.Millisecond,
 		"every writer has calls answered before etcd stops")
-	etcd.Stop()
+	// etcd stops in the background: a graceful stop waits for the open watches, and it is unreachable
+	// meanwhile. The replicas' /readyz say so.
+	stopped := make(chan struct{})
+	go func() { defer close(stopped); etcd.Stop() }()
+	for i, n := range replicas {
+		require.Eventually(t, func() bool {
+			w := asFleetAdmin(n, http.MethodGet, "/readyz", "")
+			return w.Code == http.StatusServiceUnavailable && strings.Contains(w.Body.String(), endpoint)
+		}, 20*time.Second, 5*time.Millisecond, "replica %d not ready while etcd is down, naming it", i)
+	}
+	<-stopped
 	require.Eventually(t, func() bool { return count(func(c loadCall) bool { return !c.ok }) >= 1 }, 20*time.Second, 5*time.Millisecond,
-		"every writer has a call fail while etcd is down")
+		"every writer has a call answered with a failure while etcd is down")
 	etcd.Resume()
 	mu.Lock()
 	back = true
 	mu.Unlock()
+	for i, n := range replicas {
+		require.Eventually(t, func() bool { return asFleetAdmin(n, http.MethodGet, "/readyz", "").Code == http.StatusOK },
+			20*time.Second, 5*time.Millisecond, "replica %d ready once etcd is back", i)
+	}
 	require.Eventually(t, func() bool { return count(func(c loadCall) bool { return c.ok && c.after }) >= 3 }, 30*time.Second, 5*time.Millisecond,
 		"every writer has calls answered after etcd is back")
 	close(stop)
