@@ -136,7 +136,10 @@ func requireAgentEnforces(t *testing.T, a *fleetAgent, s *model.State, host stri
 func TestFleetEtcdRestartUnderLoad(t *testing.T) {
 	t.Parallel()
 	etcd := etcdtest.Start(t)
-	endpoint := etcd.Endpoint()
+	// Every client reaches etcd through one proxy, cut just before etcd stops: a graceful stop waits
+	// for open watches to end, and through the proxy there are none left to wait for.
+	proxy := startCutProxy(t, etcd.Endpoint())
+	endpoint := proxy.Endpoint()
 	replicas := []*Node{newReplica(t, endpoint, loadTopology(t), time.Second), newReplica(t, endpoint, nil, time.Second)}
 	agents := map[string]*fleetAgent{}
 	for _, h := range []string{"h1", "h2", "h3"} {
@@ -194,20 +197,18 @@ func TestFleetEtcdRestartUnderLoad(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return count(func(c loadCall) bool { return c.ok }) >= 2 }, 20*time.Second, 5*time.Millisecond,
 		"every writer has calls answered before etcd stops")
-	// etcd stops in the background: a graceful stop waits for the open watches, and it is unreachable
-	// meanwhile. The replicas' /readyz say so.
-	stopped := make(chan struct{})
-	go func() { defer close(stopped); etcd.Stop() }()
+	proxy.Cut()
+	etcd.Stop()
 	for i, n := range replicas {
 		require.Eventually(t, func() bool {
 			w := asFleetAdmin(n, http.MethodGet, "/readyz", "")
 			return w.Code == http.StatusServiceUnavailable && strings.Contains(w.Body.String(), endpoint)
 		}, 20*time.Second, 5*time.Millisecond, "replica %d not ready while etcd is down, naming it", i)
 	}
-	<-stopped
 	require.Eventually(t, func() bool { return count(func(c loadCall) bool { return !c.ok }) >= 1 }, 20*time.Second, 5*time.Millisecond,
 		"every writer has a call answered with a failure while etcd is down")
 	etcd.Resume()
+	proxy.Restore()
 	mu.Lock()
 	back = true
 	mu.Unlock()
