@@ -39,6 +39,14 @@ type realHost struct {
 // pin path and listener, until the test ends; it returns the listener's base URL.
 func runEBPFAgent(t *testing.T, endpoint, host, netns string, log *slog.Logger) string {
 	t.Helper()
+	base, _ := startEBPFAgent(t, endpoint, host, netns, hostPinDir(t, host), log)
+	return base
+}
+
+// startEBPFAgent is runEBPFAgent on the pin path pin, with stop to end the agent before the test does
+// (a clean stop: its pins stay, and so do its tables in the kernel).
+func startEBPFAgent(t *testing.T, endpoint, host, netns, pin string, log *slog.Logger) (base string, stop func()) {
+	t.Helper()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -46,19 +54,24 @@ func runEBPFAgent(t *testing.T, endpoint, host, netns string, log *slog.Logger) 
 	addrc, done := make(chan string, 1), make(chan error, 1)
 	go func() {
 		done <- RunAgent(ctx, AgentConfig{Etcd: []string{endpoint}, EtcdPrefix: fleetPrefix, Host: host, Dataplane: DataplaneEBPF,
-			PinPath: hostPinDir(t, host), HostNetns: netns, Listen: "127.0.0.1:0", Ready: func(addr string) { addrc <- addr },
+			PinPath: pin, HostNetns: netns, Listen: "127.0.0.1:0", Ready: func(addr string) { addrc <- addr },
 			API: api.Options{AdminTokens: []string{agentAdmin}}, Logger: log})
 	}()
-	t.Cleanup(func() {
-		cancel()
-		assert.NoError(t, <-done, "agent %s stopped", host)
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			assert.NoError(t, <-done, "agent %s stopped", host)
+		})
+	}
+	t.Cleanup(stop)
 	select {
 	case addr := <-addrc:
-		return "http://" + addr
+		return "http://" + addr, stop
 	case err := <-done:
+		once.Do(cancel) // done is drained: stop has nothing left to wait for
 		t.Fatalf("agent %s: %v", host, err)
-		return ""
+		return "", stop
 	}
 }
 

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/internal/etcdtest"
 	"github.com/sgsim/sgsim/internal/netlab"
 	"github.com/sgsim/sgsim/model"
@@ -58,4 +60,83 @@ func TestFleetAgentReadyOnlyInForce(t *testing.T) {
 	assert.True(t, strings.Contains(body, `"attached":true`), "attached when ready: %s", body)
 	assert.NoError(t, lab.EchoRoundTrip("cli", "198.18.224.1:80", 5*time.Second))
 	assert.Error(t, lab.EchoRoundTrip("cli", "198.18.224.1:8080", refusedAfter))
+}
+
+// TestFleetEBPFAgentRestartedPastCompaction: an eBPF agent stops; its pinned program keeps the last
+// tables in force while calls change its ENI's SG and etcd is compacted past everything it heard.
+// Restarted on the same pins, it resyncs: when it is ready the kernel enforces the final state (no stale
+// table), and it acknowledges the last change.
+func TestFleetEBPFAgentRestartedPastCompaction(t *testing.T) {
+	requireKernel(t)
+	t.Parallel()
+	lab := netlab.New(t, "nfpin")
+	lab.AddVM("e1", "sgp-e1", "198.18.225.1")
+	lab.AddVM("cli", "sgp-cli", "198.18.225.9")
+	for _, port := range []string{"80", "8080", "9090"} {
+		lab.EchoTCP("e1", "198.18.225.1:"+port)
+	}
+	seed, err := model.NewState(model.Topology{
+		AdminTokens: []string{fleetAdmin},
+		Accounts:    []model.Account{{AppID: fleetApp, SecretID: fleetID, SecretKey: fleetSecret}},
+		SecurityGroups: []model.SecurityGroup{{SgID: "sg-web", AppID: fleetApp, SgName: "web", Egress: []model.Rule{{Action: "ACCEPT"}},
+			Ingress: []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: "80", Action: "ACCEPT"}}}},
+		NetworkInterfaces: []model.NetworkInterface{{NetworkInterfaceID: "e1", AppID: fleetApp,
+			PrivateIPAddresses: []string{"198.18.225.1"}, SgIDs: []string{"sg-web"}, Host: "hp", HostInterface: "sgp-e1"}},
+	})
+	require.NoError(t, err)
+	etcd := etcdtest.Start(t)
+	replica := newReplica(t, etcd.Endpoint(), seed, 2*time.Second)
+	pin := hostPinDir(t, "hp")
+	through := func(port string, want bool) {
+		t.Helper()
+		if want {
+			assert.NoError(t, lab.EchoRoundTrip("cli", "198.18.225.1:"+port, 5*time.Second), "tcp/%s through", port)
+		} else {
+			assert.Error(t, lab.EchoRoundTrip("cli", "198.18.225.1:"+port, refusedAfter), "tcp/%s dropped", port)
+		}
+	}
+	ready := func(base string) {
+		t.Helper()
+		require.Eventually(t, func() bool { code, _ := agentGet(t, base, "/readyz"); return code == http.StatusOK },
+			15*time.Second, 5*time.Millisecond, "agent ready")
+	}
+
+	base, stop := startEBPFAgent(t, etcd.Endpoint(), "hp", lab.Host, pin, nil)
+	ready(base)
+	through("80", true)
+	through("8080", false)
+	stop()
+	through("80", true) // the pinned tables, in force with no agent
+	through("8080", false)
+
+	var last *api.Enforcement
+	for _, port := range []int{9090, 8080} {
+		params := policy("sg-web", port)
+		params.Set("egress.0.action", "ACCEPT")
+		resp, err := tencentOf(replica).Call(context.Background(), "ModifySecurityGroupPolicy", params)
+		require.NoError(t, err)
+		require.NoError(t, resp.Err())
+		last = enforcementOf(t, resp.Body)
+		require.NotNil(t, last, "%s", resp.Body)
+		assert.Equal(t, api.Enforcement{Revision: last.Revision, Hosts: 1, Pending: []string{}, Down: []string{"hp"}}, *last,
+			"a stopped agent's host is down")
+	}
+	through("80", true) // still the old tables: nobody updated them
+	_, latest, err := replica.fleet.st.Load(context.Background())
+	require.NoError(t, err)
+	_, err = etcd.Client(t).Compact(context.Background(), int64(latest))
+	require.NoError(t, err)
+
+	base, _ = startEBPFAgent(t, etcd.Endpoint(), "hp", lab.Host, pin, nil)
+	ready(base)
+	through("8080", true)
+	through("80", false)
+	through("9090", false)
+	// Ready means in force; the ack follows it.
+	var now *api.Enforcement
+	require.Eventually(t, func() bool {
+		_, now = change(t, replica, last.Revision)
+		return now != nil && len(now.Down)+len(now.Pending) == 0
+	}, 10*time.Second, 5*time.Millisecond, "registered again and acknowledged")
+	assert.Equal(t, api.Enforcement{Revision: last.Revision, Hosts: 1, Pending: []string{}, Down: []string{}}, *now, "acknowledged")
 }
