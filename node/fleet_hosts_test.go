@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -115,7 +114,7 @@ func (p probe) String() string {
 // gets far longer, so only a real drop fails it.
 const refusedAfter = 400 * time.Millisecond
 
-// run runs every probe at once (each refusal costs refusedAfter) and asserts each got through exactly
+// runProbes runs every probe at once (each refusal costs refusedAfter) and asserts each got through exactly
 // when it was expected to.
 func runProbes(t *testing.T, ips map[string]string, probes []probe) {
 	t.Helper()
@@ -151,7 +150,7 @@ func webProbes(hosts []*realHost, tcpPort, udpPort int) []probe {
 	var out []probe
 	for _, h := range hosts {
 		for _, eni := range h.enis {
-			if strings.HasSuffix(eni, "s") { // the sg-solo ENI
+			if eni == "e3s" { // sg-solo's
 				continue
 			}
 			for _, port := range []int{80, 8080} {
@@ -165,6 +164,7 @@ func webProbes(hosts []*realHost, tcpPort, udpPort int) []probe {
 	return out
 }
 
+// soloProbes: h's sg-solo ENI e3s, admitting tcp/tcpPort and not the other of 80 and 9090.
 func soloProbes(h *realHost, tcpPort int) []probe {
 	return []probe{
 		{host: h, eni: "e3s", proto: "tcp", port: 80, want: tcpPort == 80},
