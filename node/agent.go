@@ -177,7 +177,7 @@ var agentRoutes = []string{
 }
 
 // newAgentHandler serves agentRoutes from the agent's share once inForce says its first share is in
-// force (503 before).
+// force (503 before, but for /livez).
 func newAgentHandler(a *agent.Agent, cfg AgentConfig, enf *agentEnforcer, inForce func() bool) http.Handler {
 	var (
 		once sync.Once
@@ -209,6 +209,10 @@ func newAgentHandler(a *agent.Agent, cfg AgentConfig, enf *agentEnforcer, inForc
 		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
 			h := handler()
 			switch {
+			case h == nil && route == "GET /livez":
+				// Alive while it waits for etcd or its interfaces: a liveness probe must not restart it.
+				w.Header().Set("Content-Type", "application/json")
+				_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
 			case h == nil:
 				http.Error(w, "agent "+cfg.Host+": the host's share is not in force yet", http.StatusServiceUnavailable)
 			case route == "GET /sgsim/v1/enis":

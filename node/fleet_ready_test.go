@@ -18,7 +18,8 @@ import (
 )
 
 // TestFleetAgentReadyOnlyInForce: an eBPF agent whose host namespace does not exist yet reads its share
-// but cannot attach it: it is not ready (503, and so are its other endpoints) however often it retries.
+// but cannot attach it: it is not ready (503, and so are its other endpoints but /livez) however often
+// it retries.
 // Once the namespace and the ENI's veth appear it attaches, and when /readyz first answers 200 the
 // veth is attached and real TCP gets what the tables say, with no wait.
 func TestFleetAgentReadyOnlyInForce(t *testing.T) {
@@ -45,6 +46,8 @@ func TestFleetAgentReadyOnlyInForce(t *testing.T) {
 		assert.Equal(t, http.StatusServiceUnavailable, code, "%s: %s", path, body)
 		assert.Contains(t, body, "not in force yet", path)
 	}
+	code, body := agentGet(t, base, "/livez")
+	assert.Equal(t, http.StatusOK, code, "alive all the same: %s", body)
 
 	lab := netlab.New(t, "nfready")
 	require.Equal(t, hostNS, lab.Host)
@@ -55,7 +58,7 @@ func TestFleetAgentReadyOnlyInForce(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { code, _ := agentGet(t, base, "/readyz"); return code == http.StatusOK },
 		15*time.Second, 5*time.Millisecond, "ready once the veth is there; its log: %v", rec)
-	code, body := agentGet(t, base, "/sgsim/v1/enis/e1")
+	code, body = agentGet(t, base, "/sgsim/v1/enis/e1")
 	require.Equal(t, http.StatusOK, code, body)
 	assert.True(t, strings.Contains(body, `"attached":true`), "attached when ready: %s", body)
 	assert.NoError(t, lab.EchoRoundTrip("cli", "198.18.224.1:80", 5*time.Second))
