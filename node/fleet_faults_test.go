@@ -434,7 +434,7 @@ func TestFleetAgentWatchCompacted(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	endpoint := etcd.Endpoint()
 	proxy := startCutProxy(t, endpoint)
-	a := newReplica(t, endpoint, fleetTopology(t), 300*time.Millisecond)
+	a := newReplica(t, endpoint, fleetTopology(t), 100*time.Millisecond)
 	rec := &logRecorder{}
 	h1, h2 := startFleetAgent(t, endpoint, "h1"), startLoggedAgent(t, proxy.Endpoint(), "h2", rec)
 	enforcing(t, a, h1, h2)
