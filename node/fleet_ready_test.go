@@ -143,3 +143,28 @@ func TestFleetEBPFAgentRestartedPastCompaction(t *testing.T) {
 	}, 10*time.Second, 5*time.Millisecond, "registered again and acknowledged")
 	assert.Equal(t, api.Enforcement{Revision: last.Revision, Hosts: 1, Pending: []string{}, Down: []string{}}, *now, "acknowledged")
 }
+
+// TestFleetReplicaReadyFollowsEtcd: a replica cut off from etcd answers /readyz (and /healthz) 503
+// naming etcd and why, /livez 200; reconnected, 200 again.
+func TestFleetReplicaReadyFollowsEtcd(t *testing.T) {
+	t.Parallel()
+	proxy := startCutProxy(t, etcdtest.Start(t).Endpoint())
+	n := newReplica(t, proxy.Endpoint(), fleetTopology(t), time.Second)
+	for _, path := range []string{"/readyz", "/healthz", "/livez"} {
+		w := asFleetAdmin(n, http.MethodGet, path, "")
+		assert.Equal(t, http.StatusOK, w.Code, "%s: %s", path, w.Body)
+	}
+	proxy.Cut()
+	require.Eventually(t, func() bool { return asFleetAdmin(n, http.MethodGet, "/readyz", "").Code == http.StatusServiceUnavailable },
+		10*time.Second, 5*time.Millisecond, "not ready once etcd does not answer")
+	for _, path := range []string{"/readyz", "/healthz"} {
+		w := asFleetAdmin(n, http.MethodGet, path, "")
+		assert.Equal(t, http.StatusServiceUnavailable, w.Code, path)
+		assert.Contains(t, w.Body.String(), "etcd "+proxy.Endpoint()+" unreachable", path)
+	}
+	w := asFleetAdmin(n, http.MethodGet, "/livez", "")
+	assert.Equal(t, http.StatusOK, w.Code, "alive all the same: %s", w.Body)
+	proxy.Restore()
+	require.Eventually(t, func() bool { return asFleetAdmin(n, http.MethodGet, "/readyz", "").Code == http.StatusOK },
+		15*time.Second, 5*time.Millisecond, "ready once etcd answers again")
+}
