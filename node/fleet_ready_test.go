@@ -155,7 +155,9 @@ func TestFleetReplicaReadyFollowsEtcd(t *testing.T) {
 		assert.Equal(t, http.StatusOK, w.Code, "%s: %s", path, w.Body)
 	}
 	proxy.Cut()
-	require.Eventually(t, func() bool { return asFleetAdmin(n, http.MethodGet, "/readyz", "").Code == http.StatusServiceUnavailable },
+	require.Eventually(t, func() bool {
+		return asFleetAdmin(n, http.MethodGet, "/readyz", "").Code == http.StatusServiceUnavailable
+	},
 		10*time.Second, 5*time.Millisecond, "not ready once etcd does not answer")
 	for _, path := range []string{"/readyz", "/healthz"} {
 		w := asFleetAdmin(n, http.MethodGet, path, "")
