@@ -98,8 +98,8 @@ type loadCall struct {
 	after    bool   // sent after etcd was back
 }
 
-// requireAgentEnforces checks that a's tables are exactly what a fresh compile of host's share of s
-// gives, and that its engine decides as they say: each of host's ENIs admits tcp from 198.18.9.9 to
+// requireAgentEnforces checks that the tables a holds for host's ENIs are exactly what a fresh compile
+// of host's share of s gives, and of all of s, and that its engine decides as they say: each of host's ENIs admits tcp from 198.18.9.9 to
 // the port of the first rule of an SG (when that rule admits 0.0.0.0/0) exactly when it is in that SG
 // (the tests give each such SG a port of its own).
 func requireAgentEnforces(t *testing.T, a *fleetAgent, s *model.State, host string) {
@@ -108,12 +108,18 @@ func requireAgentEnforces(t *testing.T, a *fleetAgent, s *model.State, host stri
 	require.NoError(t, err)
 	ap := a.Applier()
 	require.NotNil(t, ap, "%s has a share in force", host)
-	assert.Equal(t, compiler.New(share).CompileAll(), ap.View().Tables, "%s's tables are a fresh compile of its share", host)
+	fromShare, fromAll := compiler.New(share), compiler.New(s)
 	for _, id := range s.ENIIDs() {
 		n, _ := s.ENI(id)
 		if n.Host != host {
 			continue
 		}
+		want, err := fromShare.Compile(id)
+		require.NoError(t, err)
+		assert.Equal(t, want, ap.View().Tables[id], "%s on %s: a fresh compile of the host's share", id, host)
+		want, err = fromAll.Compile(id)
+		require.NoError(t, err)
+		assert.Equal(t, want, ap.View().Tables[id], "%s on %s: a fresh compile of the whole state", id, host)
 		for _, sg := range s.SGIDs() {
 			g, _ := s.SG(sg)
 			if len(g.Ingress) == 0 || g.Ingress[0].CidrIP != "0.0.0.0/0" {
