@@ -19,9 +19,8 @@ import (
 
 // TestFleetAgentReadyOnlyInForce: an eBPF agent whose host namespace does not exist yet reads its share
 // but cannot attach it: it is not ready (503, and so are its other endpoints but /livez) however often
-// it retries.
-// Once the namespace and the ENI's veth appear it attaches, and when /readyz first answers 200 the
-// veth is attached and real TCP gets what the tables say, with no wait.
+// it retries. Once the namespace and the ENI's veth appear it attaches, and when /readyz first answers
+// 200 the veth is attached and real TCP gets what the tables say, with no wait.
 func TestFleetAgentReadyOnlyInForce(t *testing.T) {
 	requireKernel(t)
 	t.Parallel()
