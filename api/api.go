@@ -49,7 +49,8 @@ type Options struct {
 	// commit reported (zero when the call changed nothing) and returns the answer's "enforcement",
 	// added to the Tencent, Huawei and admin bodies; unset, those bodies are the single host's.
 	Enforcement func(ctx context.Context, c control.Committed) *Enforcement
-	// Change, if set, answers GET /sgsim/v1/changes/{R}: the enforcement of the change committed at R.
+	// Change, if set, answers GET /sgsim/v1/changes/{R}: the enforcement of the change committed at R;
+	// its error wraps ErrNoSuchChange or ErrChangeForgotten when that is why it has none.
 	Change func(ctx context.Context, rev uint64) (*Enforcement, error)
 }
 

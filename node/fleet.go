@@ -171,8 +171,16 @@ func (f *fleet) enforcement(n *Node) func(ctx context.Context, c control.Committ
 
 // change is the handler's Options.Change (GET /sgsim/v1/changes/{R}): where change rev is in force now.
 func (f *fleet) change(ctx context.Context, rev uint64) (*api.Enforcement, error) {
+	// Bounded like a write's wait: an etcd that does not answer is a 503, not a request held open.
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
 	hosts, err := f.st.ChangeHosts(ctx, rev)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrCompacted):
+		return nil, fmt.Errorf("%w: %w", api.ErrChangeForgotten, err)
+	case errors.Is(err, etcdstore.ErrNoSuchChange):
+		return nil, fmt.Errorf("%w: %w", api.ErrNoSuchChange, err)
+	case err != nil:
 		return nil, err
 	}
 	pending, down, err := f.st.EnforcementOf(ctx, rev, hosts)

@@ -496,7 +496,7 @@ func TestFleetAgentWatchCompacted(t *testing.T) {
 	assert.False(t, accepts(h2, "e2", 7000), "no stale table")
 
 	w := asFleetAdmin(a, http.MethodGet, fmt.Sprintf("/sgsim/v1/changes/%d", first.Revision), "")
-	assert.Equal(t, http.StatusNotFound, w.Code, w.Body.String())
+	assert.Equal(t, http.StatusGone, w.Code, w.Body.String())
 	assert.Contains(t, w.Body.String(), fmt.Sprintf("change %d", first.Revision))
 	assert.Contains(t, w.Body.String(), "compacted")
 	code, kept := change(t, a, finalRev)

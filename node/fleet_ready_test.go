@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -165,6 +166,8 @@ func TestFleetReplicaReadyFollowsEtcd(t *testing.T) {
 	}
 	w := asFleetAdmin(n, http.MethodGet, "/livez", "")
 	assert.Equal(t, http.StatusOK, w.Code, "alive all the same: %s", w.Body)
+	w = asFleetAdmin(n, http.MethodGet, fmt.Sprintf("/sgsim/v1/changes/%d", n.Controller().View().Generation), "")
+	assert.Equal(t, http.StatusServiceUnavailable, w.Code, "a change asked of an unreachable etcd: %s", w.Body)
 	proxy.Restore()
 	require.Eventually(t, func() bool { return asFleetAdmin(n, http.MethodGet, "/readyz", "").Code == http.StatusOK },
 		15*time.Second, 5*time.Millisecond, "ready once etcd answers again")
