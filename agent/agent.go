@@ -207,11 +207,20 @@ func (a *Agent) follow(ctx context.Context, rev uint64, host *etcdstore.Host) er
 // share: see etcdstore.Store.ReadShare), puts it in force and acknowledges the revision.
 func (a *Agent) resync(ctx context.Context, atLeast uint64) (uint64, error) {
 	a.resyncs.Add(1)
+	if atLeast == 0 {
+		// Starting, or the feed's watch failed (compacted, etcd lost, lease lost): nothing tells
+		// that etcd's history is the one the cache was read in (a restore from a snapshot reuses
+		// revisions), so the share is read afresh.
+		a.shareCache = etcdstore.ShareCache{}
+	}
 	sh, err := a.st.ReadShare(ctx, a.cfg.Host, atLeast, &a.shareCache)
 	if err != nil {
 		return 0, err
 	}
 	rev := sh.Revision
+	if sh.Afresh { // another etcd history may reuse the revisions the decoded objects are known by
+		a.decoded, a.built = nil, nil
+	}
 	share, err := a.shareFromRead(sh)
 	if err != nil {
 		return 0, fmt.Errorf("agent %s: share at revision %d: %w", a.cfg.Host, rev, err)

@@ -317,6 +317,56 @@ func TestShareRecordsMatchTheWholeState(t *testing.T) {
 	}
 }
 
+// A share cache read in one etcd history is not trusted in another behind the same endpoint (etcd
+// wiped, revisions starting over): the read finds the revision went back and reads afresh.
+func TestShareCacheAcrossHistories(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	ctx := context.Background()
+	cli := client(t, etcd.Endpoint())
+	a := &Agent{cfg: Config{Host: "h2"}}
+	read := func(st *etcdstore.Store, want *model.State) {
+		var sh etcdstore.Share
+		require.Eventually(t, func() bool { // the client reconnects after the wipe
+			var err error
+			sh, err = st.ReadShare(ctx, "h2", 0, &a.shareCache)
+			return err == nil
+		}, 20*time.Second, 50*time.Millisecond)
+		if sh.Afresh {
+			a.decoded, a.built = nil, nil
+		}
+		got, err := a.shareFromRead(sh)
+		require.NoError(t, err)
+		wantShare, err := Share(want, "h2")
+		require.NoError(t, err)
+		assert.Equal(t, wantShare.Topology(), got.Topology())
+	}
+	r := newReplica(t, cli)
+	r.commit(topology(t))
+	for port := range 3 { // revisions of the first history run ahead of the second's
+		r.commit(r.edit(func(b *model.Builder) {
+			g, _ := r.cur.SG("sg-b")
+			ng := *g
+			ng.Ingress = []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: fmt.Sprint(8000 + port), Action: "ACCEPT"}}
+			require.NoError(t, b.PutSG(ng))
+		}))
+	}
+	read(r.st, r.cur)
+	read(r.st, r.cur)
+	require.Positive(t, a.shareCache.Hits())
+
+	etcd.Wipe()
+	second := r.edit(func(b *model.Builder) {
+		g, _ := r.cur.SG("sg-b")
+		ng := *g
+		ng.Ingress = []model.Rule{{IPProtocol: "udp", CidrIP: "198.18.0.0/15", PortRange: "53", Action: "ACCEPT"}}
+		require.NoError(t, b.PutSG(ng))
+	})
+	st, err := etcdstore.Open(ctx, cli, prefix)
+	require.NoError(t, err)
+	require.NoError(t, st.Commit(ctx, second, 1))
+	read(st, second)
+}
+
 // An applier given only a host's share (control.ApplierOptions.Host) holds, across changes that move
 // members, references and hosts, exactly the tables a compile of the whole state gives that host's
 // ENIs, and no others.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -50,6 +51,16 @@ func (s *Server) Stop() {
 
 // Resume starts a stopped server again on the same data directory and ports.
 func (s *Server) Resume() { s.start() }
+
+// Wipe stops the server, deletes its data and starts it again empty on the same ports: another
+// history behind the same endpoint, its revisions starting over.
+func (s *Server) Wipe() {
+	s.Stop()
+	if err := os.RemoveAll(s.dir); err != nil {
+		s.t.Fatalf("wipe etcd data: %v", err)
+	}
+	s.start()
+}
 
 // Restart stops the server, waits down, and resumes it.
 func (s *Server) Restart(down time.Duration) {

@@ -25,16 +25,24 @@ type Share struct {
 	Records []store.Record
 	// Members of each named SG (P/index/members): other hosts' ENIs only through their addresses.
 	Members map[string][]Member
+	// Afresh is set when nothing of an earlier read was used: the first read through a cache, or
+	// one that found another etcd history. What a caller derived from earlier reads is stale then.
+	Afresh bool
 }
 
 // ShareCache keeps what an agent's last share read found, so the next read transfers and decodes only
-// the keys that changed. Not safe for concurrent use.
+// the keys that changed. It holds within one etcd history: ReadShare drops it when revisions went back
+// or the store was seeded anew, and a caller whose watch failed (compacted, etcd lost) starts from a
+// zero ShareCache, since a restore from a snapshot may reuse revisions. Not safe for concurrent use.
 type ShareCache struct {
 	kvs     map[string]*mvccpb.KeyValue // every key the last share depended on, as read (absent: not there)
 	deps    map[string]shareDeps        // what an ENI or SG record names, by key, at its ModRevision
 	members map[string]decodedMembers   // decoded member lists by key, at their ModRevision
 	records map[string]store.Record     // decoded records by key, at their ModRevision (Revision)
-	hits    int
+	// The revision of the last read and the creation revision of the generation key then: a key's
+	// ModRevision says what it holds only within one etcd history.
+	rev, genCreated int64
+	hits            int
 }
 
 // Hits returns how many reads found every dependency in one round trip (the dependencies were those
@@ -69,7 +77,7 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 	if cache == nil {
 		cache = &ShareCache{}
 	}
-	r := shareRead{s: s, cache: cache, got: map[string]*mvccpb.KeyValue{}}
+	r := shareRead{s: s, cache: cache, got: map[string]*mvccpb.KeyValue{}, afresh: cache.kvs == nil}
 	known := sortedKeys(cache.kvs)
 	head, err := r.first(ctx, host, known, atLeast)
 	if err != nil {
@@ -79,6 +87,14 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 		*cache = ShareCache{hits: cache.hits}
 		return Share{}, nil
 	}
+	gen := head[0][0]
+	if cache.kvs != nil && (r.rev < cache.rev || gen.CreateRevision != cache.genCreated) {
+		// Revisions went back, or the store was seeded anew: another history (etcd wiped, or
+		// restored from an older snapshot), where the cached revisions say nothing.
+		*cache = ShareCache{hits: cache.hits}
+		return s.ReadShare(ctx, host, atLeast, cache)
+	}
+	cache.rev, cache.genCreated = r.rev, gen.CreateRevision
 	rounds := r.rounds
 	local, err := indexList(head[1])
 	if err != nil {
@@ -113,7 +129,7 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 		cache.hits++
 	}
 	keys := slices.Concat(mapped(local, s.eniKey), mapped(used, s.sgKey), mapped(namedOnly, s.sgKey), mapped(named, s.membersKey))
-	return r.share(uint64(head[0][0].ModRevision), slices.Concat(head[2], localKVs, usedKVs, namedKVs), lists, keys)
+	return r.share(uint64(gen.ModRevision), slices.Concat(head[2], localKVs, usedKVs, namedKVs), lists, keys)
 }
 
 // share decodes the share read, the records and member lists not modified since the last read taken
@@ -133,7 +149,7 @@ func (r *shareRead) share(rev uint64, recordKVs, lists []*mvccpb.KeyValue, keys 
 		recs = append(recs, rec)
 		records[string(kv.Key)] = rec
 	}
-	sh := Share{Revision: rev, Records: recs, Members: make(map[string][]Member, len(lists))}
+	sh := Share{Revision: rev, Records: recs, Members: make(map[string][]Member, len(lists)), Afresh: r.afresh}
 	members := make(map[string]decodedMembers, len(lists))
 	for _, kv := range lists {
 		key := string(kv.Key)
@@ -171,6 +187,7 @@ type shareRead struct {
 	got    map[string]*mvccpb.KeyValue // key → value at rev; nil: absent at rev
 	deps   map[string]shareDeps
 	rounds int
+	afresh bool
 }
 
 // first reads the generation, the host index, the accounts and the keys the last share depended on,
