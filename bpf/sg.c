@@ -669,45 +669,109 @@ struct query {
 	__u8 remote[16];
 	__u32 lo, hi;
 	__u32 count; // count the decision on its entry's counter
+	__u32 zero;  // 0, read as a number the verifier does not know (see search)
 };
 
 #define UNTRACKED(x) (*(volatile __u32 *)&(x))
 
-// Each search narrows [q->lo, q->hi) to the interval whose start is the last one <= key; base is the
-// byte offset of the searched region. Returns -1 when the table is inconsistent.
+// in_chunk tells whether the elements [lo, hi) of size sz at byte base lie in one chunk.
+static __always_inline int in_chunk(__u32 base, __u32 lo, __u32 hi, __u32 sz)
+{
+	return (base + lo * sz) >> CHUNK_SHIFT == (base + (hi - 1) * sz) >> CHUNK_SHIFT;
+}
+
+// A search narrows [q->lo, q->hi) to the interval whose start is the last one <= key; base is the byte
+// offset of the searched region. It steps through the chunk cache only while the interval spans chunks
+// (rarely: the IPv4 index leaves a few intervals, a node's ports are few); then the rest of the steps
+// read one chunk, keeping the bounds in registers. Each step hides the bounds from the verifier with an
+// xor by q->zero, which it cannot know is 0, so both branches of a step reach the next in one state and
+// the loop verifies in steps × body, like the steps through memory, at one instruction's cost. A chunk
+// holds at most CHUNK_SIZE / 8 elements, so SEARCH_IN_CHUNK steps end any search in it.
+#define SEARCH_IN_CHUNK (CHUNK_SHIFT - 3 + 1)
+
+// search_step is one step of a search across chunks: the element of size sz in the middle, or 0 when
+// the interval is down to one element or lies in one chunk (or on an inconsistent table: *bad).
+static __always_inline void *search_step(struct tmem *m, struct query *q, __u32 base, __u32 sz, __u32 *mid,
+					 int *bad)
+{
+	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
+	if (hi - lo <= 1 || in_chunk(base, lo, hi, sz))
+		return 0;
+	*mid = (lo + hi) / 2;
+	void *v = tm_at(m, base + *mid * sz, sz);
+	if (!v)
+		*bad = 1;
+	return v;
+}
+
+// search_chunk returns the chunk holding the rest of the search (every element of [q->lo, q->hi)), or 0
+// on an inconsistent table.
+static __always_inline void *search_chunk(struct tmem *m, struct query *q, __u32 base, __u32 sz)
+{
+	if (!tm_at(m, base + UNTRACKED(q->lo) * sz, sz))
+		return 0;
+	return m->p;
+}
+
 static __always_inline int search_v4(struct tmem *m, struct query *q, __u32 base, __u32 key)
 {
+	int bad = 0;
+	__u32 mid;
 	for (int i = 0; i < 33; i++) {
-		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
-		if (hi - lo <= 1)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		struct v4iv *v = tm_at(m, base + mid * 8, 8);
+		struct v4iv *v = search_step(m, q, base, 8, &mid, &bad);
 		if (!v)
-			return -1;
+			break;
 		if (v->start <= key)
 			UNTRACKED(q->lo) = mid;
 		else
 			UNTRACKED(q->hi) = mid;
 	}
+	void *c = bad ? 0 : search_chunk(m, q, base, 8);
+	if (!c)
+		return -1;
+	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi), z = UNTRACKED(q->zero);
+	for (int i = 0; i < SEARCH_IN_CHUNK && hi - lo > 1; i++) {
+		__u32 mid = (lo + hi) / 2;
+		struct v4iv *v = c + ((base + mid * 8) & (CHUNK_SIZE - 8));
+		if (v->start <= key)
+			lo = mid;
+		else
+			hi = mid;
+		lo ^= z;
+		hi ^= z;
+	}
+	UNTRACKED(q->lo) = lo;
 	return 0;
 }
 
 static __always_inline int search_v6(struct tmem *m, struct query *q, __u32 base, __u64 khi, __u64 klo)
 {
+	int bad = 0;
+	__u32 mid;
 	for (int i = 0; i < 33; i++) {
-		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
-		if (hi - lo <= 1)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		struct v6iv *v = tm_at(m, base + mid * 32, 32);
+		struct v6iv *v = search_step(m, q, base, 32, &mid, &bad);
 		if (!v)
-			return -1;
+			break;
 		if (v->hi < khi || (v->hi == khi && v->lo <= klo))
 			UNTRACKED(q->lo) = mid;
 		else
 			UNTRACKED(q->hi) = mid;
 	}
+	void *c = bad ? 0 : search_chunk(m, q, base, 32);
+	if (!c)
+		return -1;
+	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi), z = UNTRACKED(q->zero);
+	for (int i = 0; i < SEARCH_IN_CHUNK && hi - lo > 1; i++) {
+		__u32 mid = (lo + hi) / 2;
+		struct v6iv *v = c + ((base + mid * 32) & (CHUNK_SIZE - 32));
+		if (v->hi < khi || (v->hi == khi && v->lo <= klo))
+			lo = mid;
+		else
+			hi = mid;
+		lo ^= z;
+		hi ^= z;
+	}
+	UNTRACKED(q->lo) = lo;
 	return 0;
 }
 
@@ -715,23 +779,36 @@ static __always_inline int search_v6(struct tmem *m, struct query *q, __u32 base
 // starts at 0), or -1.
 static __always_inline __s32 search_ports(struct tmem *m, struct hdr *h, struct query *q, __u32 off, __u32 cnt)
 {
+	__u32 base = h->off_ports, port = q->port;
+	int bad = 0;
+	__u32 mid;
 	UNTRACKED(q->lo) = off;
 	UNTRACKED(q->hi) = off + cnt;
 	for (int i = 0; i < 18; i++) {
-		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
-		if (hi - lo <= 1)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		struct portiv *v = tm_at(m, h->off_ports + mid * 8, 8);
+		struct portiv *v = search_step(m, q, base, 8, &mid, &bad);
 		if (!v)
-			return -1;
-		if (v->start <= q->port)
+			break;
+		if (v->start <= port)
 			UNTRACKED(q->lo) = mid;
 		else
 			UNTRACKED(q->hi) = mid;
 	}
-	struct portiv *v = tm_at(m, h->off_ports + UNTRACKED(q->lo) * 8, 8);
-	return v ? v->entry : -1;
+	void *c = bad ? 0 : search_chunk(m, q, base, 8);
+	if (!c)
+		return -1;
+	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi), z = UNTRACKED(q->zero);
+	for (int i = 0; i < SEARCH_IN_CHUNK && hi - lo > 1; i++) {
+		__u32 mid = (lo + hi) / 2;
+		struct portiv *v = c + ((base + mid * 8) & (CHUNK_SIZE - 8));
+		if (v->start <= port)
+			lo = mid;
+		else
+			hi = mid;
+		lo ^= z;
+		hi ^= z;
+	}
+	struct portiv *v = c + ((base + lo * 8) & (CHUNK_SIZE - 8));
+	return v->entry;
 }
 
 // address_node returns the node (ClassifierAnswer) of q->remote's address interval, or -1.
@@ -854,8 +931,8 @@ struct decision {
 };
 
 // ct_flow is a packet's conntrack key and its own orientation (the entry, looked up once, is beside it);
-// and the scratch space of decide_flow's classifications and IPv4 keys, kept in one place so that the
-// stack of the call chain stays within the verifier's 512 bytes.
+// and the scratch space of decide_flow's classifications and IPv4 keys and of run's fragment verdicts,
+// kept in one place so that the stack of the call chain stays within the verifier's 512 bytes.
 struct ct_flow {
 	struct ct_key k;
 	int o;
@@ -863,6 +940,8 @@ struct ct_flow {
 	struct query q;
 	struct cls c;
 	struct ct_val nv; // a new entry's value
+	struct frag_key fk; // run's: a fragment's key, and a first fragment's verdict
+	struct frag_val fv;
 };
 
 // decide_flow's ct_flow lives here, not on the stack: with it there the call chain run → decide_flow →
@@ -1354,19 +1433,24 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		report_drop(skb, slot, dir, &p, &d, now);
 		return TC_ACT_SHOT;
 	}
-	struct frag_key fk;
+	// Scratch space (an inlined lookup: a per-CPU array always has its entry).
+	__u32 z = 0;
+	struct ct_flow *f = bpf_map_lookup_elem(&ct_scratch, &z);
+	if (!f)
+		return TC_ACT_SHOT;
+	struct frag_key *fk = &f->fk;
 	struct frag_val *fv = 0;
 	if (r < 0 && p.frag) {
-		__builtin_memset(&fk, 0, sizeof(fk));
-		fk.slot = slot;
-		fk.dir = dir;
-		fk.fam = p.fam;
-		fk.proto = p.proto;
-		fk.id = p.frag_id;
-		__builtin_memcpy(fk.src, p.src, 16);
-		__builtin_memcpy(fk.dst, p.dst, 16);
+		__builtin_memset(fk, 0, sizeof(*fk));
+		fk->slot = slot;
+		fk->dir = dir;
+		fk->fam = p.fam;
+		fk->proto = p.proto;
+		fk->id = p.frag_id;
+		__builtin_memcpy(fk->src, p.src, 16);
+		__builtin_memcpy(fk->dst, p.dst, 16);
 		if (p.frag == 2)
-			fv = bpf_map_lookup_elem(&frags, &fk);
+			fv = bpf_map_lookup_elem(&frags, fk);
 	}
 	if (r >= 0) {
 		d.reason = r;
@@ -1377,16 +1461,18 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		d.reason = fv->reason;
 		d.accept = fv->accept;
 		d.gen = fv->gen;
-	} else {
-		__u32 z = 0;
-		struct ct_flow *f = bpf_map_lookup_elem(&ct_scratch, &z);
-		if (!f || !(p.fam == 4 && p.has_port && decide4(slot, dir, &p, now, &d, f)))
-			decide_flow(slot, dir, now, &p, &d);
+	} else if (!(p.fam == 4 && p.has_port && decide4(slot, dir, &p, now, &d, f))) {
+		decide_flow(slot, dir, now, &p, &d);
 	}
 	if (r < 0 && p.frag == 1) {
-		struct frag_val nv = {.entry = d.entry, .rule_index = d.rule_index, .reason = d.reason,
-				      .accept = d.accept, .gen = d.gen};
-		bpf_map_update_elem(&frags, &fk, &nv, BPF_ANY);
+		struct frag_val *nv = &f->fv;
+		__builtin_memset(nv, 0, sizeof(*nv));
+		nv->entry = d.entry;
+		nv->rule_index = d.rule_index;
+		nv->reason = d.reason;
+		nv->accept = d.accept;
+		nv->gen = d.gen;
+		bpf_map_update_elem(&frags, fk, nv, BPF_ANY);
 	}
 	if (!d.accept)
 		report_drop(skb, slot, dir, &p, &d, now);
