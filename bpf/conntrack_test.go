@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
@@ -42,12 +41,8 @@ func TestConntrackBothOrientations(t *testing.T) {
 	require.Equal(t, dataplane.ReasonEstablished, run(ba, model.Ingress).Reason, "reply of A→B")
 	require.Equal(t, dataplane.ReasonEstablished, run(ab, model.Ingress).Reason, "reply of B→A")
 
-	now := func() uint64 {
-		var ts unix.Timespec
-		require.NoError(t, unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts))
-		return uint64(ts.Nano())
-	}
-	past := uint64((200 * time.Second).Nanoseconds()) // beyond UDP's 180 s with a reply seen
+	now := func() uint64 { return clockTicks(t) }
+	past := ticks(uint64(200*time.Second), d.hz) // beyond UDP's 180 s with a reply seen
 	k := keys()[0]
 	var v sgCtVal
 	require.NoError(t, k.m.Lookup(k.key, &v))
@@ -66,19 +61,15 @@ func TestConntrackBothOrientations(t *testing.T) {
 	require.Empty(t, keys(), "the entry goes with its last flow")
 }
 
-// TestConntrackTimeouts ages tracked flows by rewriting their last-seen time (the kernel clock cannot be
-// moved) and checks SPEC §3's timeouts: a reply just inside the timeout is established, just outside
+// TestConntrackTimeouts ages tracked flows by rewriting their last-seen time (in ticks of the kernel's
+// clock, which cannot be moved) and checks SPEC §3's timeouts: a reply just inside the timeout is established, just outside
 // it is judged by the rules.
 func TestConntrackTimeouts(t *testing.T) {
 	d := loadOrSkip(t)
 	s := demoState(t)
 	require.NoError(t, d.Publish(context.Background(), 1, compiler.New(s).CompileAll(), nil))
 	web, peer := netip.MustParseAddr("198.18.1.10"), netip.MustParseAddr("203.0.113.7")
-	now := func() uint64 {
-		var ts unix.Timespec
-		require.NoError(t, unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts))
-		return uint64(ts.Nano())
-	}
+	now := func() uint64 { return clockTicks(t) }
 	cases := []struct {
 		name    string
 		out     frame // sent by eni-web1 (egress accepts everything), tracked
@@ -113,7 +104,7 @@ func TestConntrackTimeouts(t *testing.T) {
 				if !inside {
 					age = tc.timeout + 2*time.Second
 				}
-				v.Last = now() - uint64(age.Nanoseconds())
+				v.Last = now() - ticks(uint64(age.Nanoseconds()), d.hz)
 				require.NoError(t, keys[0].m.Put(keys[0].key, &v))
 				r, err = d.Run(reply.build(), "eni-web1", model.Ingress)
 				require.NoError(t, err)
@@ -125,4 +116,15 @@ func TestConntrackTimeouts(t *testing.T) {
 			}
 		})
 	}
+}
+
+// clockTicks reads the conntrack clock (jiffies) as the program does.
+func clockTicks(t *testing.T) uint64 {
+	t.Helper()
+	c, err := newKernelClock()
+	skipIfNotSupported(t, err)
+	defer c.Close()
+	j, _, err := c.read()
+	require.NoError(t, err)
+	return j
 }

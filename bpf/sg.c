@@ -177,7 +177,7 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct ct_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
-} conntrack SEC(".maps");
+} ct6 SEC(".maps"); // IPv6 flows; named ct6, not conntrack as before, since last counts ticks, not ns (clock.go)
 
 // IPv4 flows have their own map with a key of 16 bytes instead of 44: the kernel hashes and compares the
 // whole key on every lookup, and the short key costs about half. Same entries otherwise.
@@ -194,7 +194,7 @@ struct {
 	__type(key, struct ct_key4);
 	__type(value, struct ct_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
-} conntrack4 SEC(".maps");
+} ct4 SEC(".maps"); // named ct4, not conntrack4 as before, since last counts ticks, not ns (clock.go)
 
 // Verdicts of first fragments, which later fragments of the same datagram take (SPEC §2).
 struct frag_key {
@@ -911,14 +911,22 @@ __noinline int classify(__u32 ti, struct query *q, struct cls *out)
 	return e;
 }
 
-static __always_inline __u64 ct_timeout(struct ct_half *v, __u8 proto)
+// Conntrack's clock is jiffies (bpf_jiffies64, which the verifier inlines: no helper call per packet), so
+// its timeouts are in ticks: the loader sets ct_hz to the kernel's CONFIG_HZ.
+volatile const __u32 ct_hz = 0;
+
+// ct_expired tells whether the flow in half v has been idle for longer than its timeout (SPEC §3). A
+// flow refreshed by another CPU after this packet read the clock looks idle for less than no time.
+static __always_inline int ct_expired(struct ct_half *v, __u8 proto, __u64 now)
 {
-	const __u64 s = 1000000000ULL;
+	__u64 s = ct_hz, timeout;
 	if (proto == 6)
-		return (v->flags & CT_CLOSING) ? 30 * s : 600 * s;
-	if (proto == 1 || proto == 58)
-		return 30 * s;
-	return (v->flags & CT_REPLY_SEEN) ? 180 * s : 30 * s;
+		timeout = (v->flags & CT_CLOSING) ? 30 * s : 600 * s;
+	else if (proto == 1 || proto == 58)
+		timeout = 30 * s;
+	else
+		timeout = (v->flags & CT_REPLY_SEEN) ? 180 * s : 30 * s;
+	return now > v->last && now - v->last > timeout;
 }
 
 struct decision {
@@ -1071,7 +1079,7 @@ static __always_inline struct ct_half *ct_half_of(struct ct_val *v, int o)
 	return 0;
 }
 
-// ct_key4_of is k in conntrack4's layout (k is an IPv4 flow's key).
+// ct_key4_of is k in ct4's layout (k is an IPv4 flow's key).
 static __always_inline void ct_key4_of(struct ct_key4 *k4, const struct ct_key *k)
 {
 	k4->slot = k->slot;
@@ -1093,11 +1101,11 @@ static __always_inline struct ct_val *ct_lookup(const struct ct_key *k, struct c
 	struct ct_val *v;
 	if (k->fam == 4) {
 		ct_key4_of(k4, k);
-		v = bpf_map_lookup_elem(&conntrack4, k4);
+		v = bpf_map_lookup_elem(&ct4, k4);
 		apart(v);
 		return v;
 	}
-	return bpf_map_lookup_elem(&conntrack, k);
+	return bpf_map_lookup_elem(&ct6, k);
 }
 
 static __always_inline long ct_insert(const struct ct_key *k, struct ct_key4 *k4, const struct ct_val *v)
@@ -1105,11 +1113,11 @@ static __always_inline long ct_insert(const struct ct_key *k, struct ct_key4 *k4
 	long err;
 	if (k->fam == 4) {
 		ct_key4_of(k4, k);
-		err = bpf_map_update_elem(&conntrack4, k4, v, BPF_NOEXIST);
+		err = bpf_map_update_elem(&ct4, k4, v, BPF_NOEXIST);
 		apart(err);
 		return err;
 	}
-	return bpf_map_update_elem(&conntrack, k, v, BPF_NOEXIST);
+	return bpf_map_update_elem(&ct6, k, v, BPF_NOEXIST);
 }
 
 static __always_inline void ct_delete(const struct ct_key *k, struct ct_key4 *k4)
@@ -1117,11 +1125,11 @@ static __always_inline void ct_delete(const struct ct_key *k, struct ct_key4 *k4
 	long err;
 	if (k->fam == 4) {
 		ct_key4_of(k4, k);
-		err = bpf_map_delete_elem(&conntrack4, k4);
+		err = bpf_map_delete_elem(&ct4, k4);
 		apart(err);
 		return;
 	}
-	bpf_map_delete_elem(&conntrack, k);
+	bpf_map_delete_elem(&ct6, k);
 }
 
 // ct_forget ends the flow in half hf of fl's entry v (key fl->k); returns 1 when the entry itself was
@@ -1161,7 +1169,7 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 				return 0;
 			reply_quoted = 1;
 		}
-		int ok = now - h->last <= ct_timeout(h, k->proto);
+		int ok = !ct_expired(h, k->proto, now);
 		if (ok && !reply_quoted)
 			ok = recheck(slot, p->fam, p->q_proto, p->q_src, p->q_dst, p->q_dport, h, f);
 		else if (ok)
@@ -1182,7 +1190,7 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 	struct ct_half *h = ct_half_of(*vp, ct_same_ends(&f->k) ? f->o : !f->o);
 	if (!h || h->dir == dir)
 		return 0;
-	if (now - h->last > ct_timeout(h, p->proto) ||
+	if (ct_expired(h, p->proto, now) ||
 	    !recheck(slot, p->fam, p->proto, p->dst, p->src, p->sport, h, f)) {
 		if (ct_forget(f, *vp, h))
 			*vp = 0;
@@ -1244,8 +1252,10 @@ static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, st
 }
 
 static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 dir, struct pkt *p,
-					struct decision *d, __u64 now)
+					struct decision *d)
 {
+	// Drop events keep the coarse monotonic clock (a helper call, on drops only): KernelNS in ns.
+	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 z = 0;
 	struct rate *rt = bpf_map_lookup_elem(&drop_rate, &z);
 	if (!rt)
@@ -1292,7 +1302,7 @@ static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 
 	bpf_ringbuf_submit(ev, 0);
 }
 
-// ct4_key_of fills k with the conntrack4 key of p (IPv4 TCP or UDP) as ct_key_of and ct_key4_of order
+// ct4_key_of fills k with the ct4 key of p (IPv4 TCP or UDP) as ct_key_of and ct_key4_of order
 // it, and returns p's orientation in k.
 static __always_inline int ct4_key_of(struct ct_key4 *k, __u32 slot, const struct pkt *p)
 {
@@ -1318,7 +1328,7 @@ static __always_inline int table_current(__u32 slot, struct ct_half *h)
 	return g && *g == h->gen + 1;
 }
 
-// decide4 decides an IPv4 TCP or UDP packet, most of the traffic, with one conntrack4 lookup and no
+// decide4 decides an IPv4 TCP or UDP packet, most of the traffic, with one ct4 lookup and no
 // call but classify's: a reply of a live tracked flow whose table is unchanged is established; else the
 // rules decide, and an accepted packet's flow is started or refreshed in the entry already found.
 // Returns 0, having changed nothing, for a reply whose flow timed out or whose table changed since:
@@ -1327,12 +1337,12 @@ static __always_inline int decide4(__u32 slot, __u8 dir, struct pkt *p, __u64 no
 				   struct ct_flow *f)
 {
 	int o = ct4_key_of(&f->k4, slot, p);
-	struct ct_val *v = bpf_map_lookup_elem(&conntrack4, &f->k4);
+	struct ct_val *v = bpf_map_lookup_elem(&ct4, &f->k4);
 	if (v) {
 		int same = f->k4.sport == f->k4.dport && *(__u32 *)f->k4.src == *(__u32 *)f->k4.dst;
 		struct ct_half *h = ct_half_of(v, same ? o : !o);
 		if (h && h->dir != dir) {
-			if (now - h->last > ct_timeout(h, p->proto) || !table_current(slot, h))
+			if (ct_expired(h, p->proto, now) || !table_current(slot, h))
 				return 0;
 			h->last = now;
 			h->flags |= CT_REPLY_SEEN;
@@ -1348,10 +1358,10 @@ static __always_inline int decide4(__u32 slot, __u8 dir, struct pkt *p, __u64 no
 		return 1;
 	if (!v) {
 		new_flow(&f->nv, o, dir, p, d->gen, now);
-		if (!bpf_map_update_elem(&conntrack4, &f->k4, &f->nv, BPF_NOEXIST))
+		if (!bpf_map_update_elem(&ct4, &f->k4, &f->nv, BPF_NOEXIST))
 			return 1;
 		// Another CPU created the entry meanwhile: join it.
-		v = bpf_map_lookup_elem(&conntrack4, &f->k4);
+		v = bpf_map_lookup_elem(&ct4, &f->k4);
 		if (!v)
 			return 1;
 	}
@@ -1411,9 +1421,7 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 	struct pkt p;
 	__builtin_memset(&p, 0, sizeof(p));
 	struct decision d = {.entry = -1, .rule_index = -1};
-	// The coarse clock (CLOCK_MONOTONIC_COARSE, one tick behind at most) costs a fraction of
-	// bpf_ktime_get_ns, and timeouts (seconds) and the drop rate window (1 s) need no more.
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = bpf_jiffies64(); // conntrack's clock (see ct_hz)
 	int r = parse4(skb, &p) ? -1 : parse(skb, &p);
 	if (r == R_PULL) {
 		// Headers outside the linear part (rare: the kernel hands TC linear headers): pull the frame and
@@ -1430,7 +1438,7 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		if (n)
 			__sync_fetch_and_add(n, 1);
 		d.reason = R_NO_ENI;
-		report_drop(skb, slot, dir, &p, &d, now);
+		report_drop(skb, slot, dir, &p, &d);
 		return TC_ACT_SHOT;
 	}
 	// Scratch space (an inlined lookup: a per-CPU array always has its entry).
@@ -1475,7 +1483,7 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		bpf_map_update_elem(&frags, fk, nv, BPF_ANY);
 	}
 	if (!d.accept)
-		report_drop(skb, slot, dir, &p, &d, now);
+		report_drop(skb, slot, dir, &p, &d);
 	if (test) {
 		skb->cb[0] = (__u32)(d.entry + 1);
 		skb->cb[1] = d.reason;

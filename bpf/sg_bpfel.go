@@ -189,8 +189,8 @@ type sgV6iv struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sgMapConntrack       = "conntrack"
-	sgMapConntrack4      = "conntrack4"
+	sgMapCt4             = "ct4"
+	sgMapCt6             = "ct6"
 	sgMapCtScratch       = "ct_scratch"
 	sgMapDropRate        = "drop_rate"
 	sgMapDrops           = "drops"
@@ -202,6 +202,7 @@ const (
 	sgMapTables          = "tables"
 	sgProgSgHostEgress   = "sg_host_egress"
 	sgProgSgHostIngress  = "sg_host_ingress"
+	sgVarCtHz            = "ct_hz"
 	sgVarUnusedCtKey     = "unused_ct_key"
 	sgVarUnusedCtKey4    = "unused_ct_key4"
 	sgVarUnusedCtVal     = "unused_ct_val"
@@ -268,8 +269,8 @@ type sgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgMapSpecs struct {
-	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
-	Conntrack4 *ebpf.MapSpec `ebpf:"conntrack4"`
+	Ct4        *ebpf.MapSpec `ebpf:"ct4"`
+	Ct6        *ebpf.MapSpec `ebpf:"ct6"`
 	CtScratch  *ebpf.MapSpec `ebpf:"ct_scratch"`
 	DropRate   *ebpf.MapSpec `ebpf:"drop_rate"`
 	Drops      *ebpf.MapSpec `ebpf:"drops"`
@@ -285,6 +286,7 @@ type sgMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgVariableSpecs struct {
+	CtHz            *ebpf.VariableSpec `ebpf:"ct_hz"`
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
 	UnusedCtKey4    *ebpf.VariableSpec `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
@@ -321,8 +323,8 @@ func (o *sgObjects) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgMaps struct {
-	Conntrack  *ebpf.Map `ebpf:"conntrack"`
-	Conntrack4 *ebpf.Map `ebpf:"conntrack4"`
+	Ct4        *ebpf.Map `ebpf:"ct4"`
+	Ct6        *ebpf.Map `ebpf:"ct6"`
 	CtScratch  *ebpf.Map `ebpf:"ct_scratch"`
 	DropRate   *ebpf.Map `ebpf:"drop_rate"`
 	Drops      *ebpf.Map `ebpf:"drops"`
@@ -336,8 +338,8 @@ type sgMaps struct {
 
 func (m *sgMaps) Close() error {
 	return _SgClose(
-		m.Conntrack,
-		m.Conntrack4,
+		m.Ct4,
+		m.Ct6,
 		m.CtScratch,
 		m.DropRate,
 		m.Drops,
@@ -354,6 +356,7 @@ func (m *sgMaps) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgVariables struct {
+	CtHz            *ebpf.Variable `ebpf:"ct_hz"`
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
 	UnusedCtKey4    *ebpf.Variable `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`
