@@ -1,6 +1,6 @@
 // Command report turns `go test -bench` output into bench/REPORT.md and PNG plots: one table per
-// benchmark family, and for every family whose sub-benchmarks carry `rules=N`, a plot of each metric
-// against the rule count. It measures nothing itself; the numbers are the benchmarks'.
+// benchmark family, and for every family whose sub-benchmarks carry `rules=N` (or `hosts=N`), a plot of
+// each metric against that count. It measures nothing itself; the numbers are the benchmarks'.
 package main
 
 import (
@@ -180,6 +180,7 @@ func (r Result) Family() string { f, _, _ := strings.Cut(r.Name, "/"); return f 
 var (
 	benchLine = regexp.MustCompile(`^Benchmark(\S+?)(-\d+)?\s+(\d+)\s+(.*)$`)
 	rulesRe   = regexp.MustCompile(`rules=(\d+)|_(\d+)k\b|_(\d+)\b`)
+	hostsRe   = regexp.MustCompile(`hosts=(\d+)`)
 )
 
 // ruleCount reads the rule count a benchmark name carries, as `rules=N` or a ClassBench-style `_10k`
@@ -201,19 +202,33 @@ func ruleCount(name string) (n float64, matched string, ok bool) {
 	return v, m[0], true
 }
 
-// variant splits a rules=N benchmark name into N and the rest below the family (e.g. "iptables-legacy" of
-// "PeerUDP/iptables-legacy/rules=1000"); the family itself when nothing is left.
-func (r Result) variant() (n float64, variant string, ok bool) {
-	n, matched, ok := ruleCount(r.Name)
+// axisOf reads what a benchmark name is plotted over: its rule count (ruleCount) or, for the fleet's
+// benchmarks, its `hosts=N`; axis names it ("rules" or "hosts").
+func axisOf(name string) (axis string, n float64, matched string, ok bool) {
+	if n, matched, ok := ruleCount(name); ok {
+		return "rules", n, matched, true
+	}
+	m := hostsRe.FindStringSubmatch(name)
+	if m == nil {
+		return "", 0, "", false
+	}
+	v, _ := strconv.ParseFloat(m[1], 64)
+	return "hosts", v, m[0], true
+}
+
+// variant splits a rules=N (or hosts=N) benchmark name into N and the rest below the family (e.g.
+// "iptables-legacy" of "PeerUDP/iptables-legacy/rules=1000"); the family itself when nothing is left.
+func (r Result) variant() (axis string, n float64, variant string, ok bool) {
+	axis, n, matched, ok := axisOf(r.Name)
 	if !ok {
-		return 0, "", false
+		return "", 0, "", false
 	}
 	variant = strings.Trim(strings.ReplaceAll(strings.TrimPrefix(r.Name, r.Family()), matched, ""), "/")
 	variant = strings.ReplaceAll(variant, "//", "/")
 	if variant == "" {
 		variant = r.Family()
 	}
-	return n, variant, true
+	return axis, n, variant, true
 }
 
 // Parse reads go test -bench output; `pkg:` lines set the package of the lines after them.
@@ -254,16 +269,18 @@ func Parse(r io.Reader) ([]Result, error) {
 	return out, nil
 }
 
-// Plot writes one PNG per (family, metric) where the family has rules=N sub-benchmarks, each variant a
-// line over N on a log axis. It returns the PNG file names (relative to dir) by family.
+// Plot writes one PNG per (family, metric) where the family has rules=N (or hosts=N) sub-benchmarks, each
+// variant a line over N on a log axis. It returns the PNG file names (relative to dir) by family.
 func Plot(results []Result, dir string) (map[string][]string, error) {
 	type point struct{ n, v float64 }
 	series := map[string]map[string]map[string][]point{} // family → metric → variant → points
+	axes := map[string]string{}                          // family → what N counts
 	for _, r := range results {
-		n, variant, ok := r.variant()
+		axis, n, variant, ok := r.variant()
 		if !ok {
 			continue
 		}
+		axes[r.Family()] = axis
 		for unit, v := range r.Metrics {
 			// ns/op of a benchmark that reports its own metrics is the harness's time, not a result.
 			if unit == "B/op" || unit == "allocs/op" || unit == "ns/op" && len(r.Units) > 3 {
@@ -285,7 +302,7 @@ func Plot(results []Result, dir string) (map[string][]string, error) {
 		for _, unit := range slices.Sorted(maps.Keys(series[family])) {
 			p := plot.New()
 			p.Title.Text = family + ": " + unit
-			p.X.Label.Text = "rules"
+			p.X.Label.Text = axes[family]
 			p.Y.Label.Text = unit
 			p.X.Scale = plot.LogScale{}
 			p.X.Tick.Marker = plot.LogTicks{Prec: -1}
@@ -423,7 +440,7 @@ func writeVersus(b *strings.Builder, results []Result, vs Versus) {
 	vals := map[string]map[float64]float64{}
 	counts := map[float64]bool{}
 	for _, r := range results {
-		n, variant, ok := r.variant()
+		_, n, variant, ok := r.variant()
 		v, has := r.Metrics[vs.Unit]
 		if !ok || !has || r.Family() != vs.Family {
 			continue

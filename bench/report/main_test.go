@@ -119,3 +119,36 @@ func TestRuleCount(t *testing.T) {
 		assert.Equal(t, tc.matched, matched, tc.name)
 	}
 }
+
+func TestAxisOf(t *testing.T) {
+	for _, tc := range []struct {
+		name, axis, variant string
+		n                   float64
+		ok                  bool
+	}{
+		{"PeerUDP/none/rules=100", "rules", "none", 100, true},
+		{"ChangeEnforced/hosts=1000/all", "hosts", "all", 1000, true},
+		{"ChangeEnforced/hosts=10", "hosts", "ChangeEnforced", 10, true},
+		{"AgentRestart", "", "", 0, false},
+	} {
+		axis, n, variant, ok := Result{Name: tc.name}.variant()
+		assert.Equal(t, tc.ok, ok, tc.name)
+		assert.Equal(t, tc.axis, axis, tc.name)
+		assert.Equal(t, tc.n, n, tc.name)
+		assert.Equal(t, tc.variant, variant, tc.name)
+	}
+}
+
+func TestPlotsHostsAxis(t *testing.T) {
+	rs, err := Parse(strings.NewReader(`BenchmarkChangeEnforced/hosts=10/all-2  20  1 ns/op  10 p50-ms  70 p99-ms  5 B/op  1 allocs/op
+BenchmarkChangeEnforced/hosts=100/all-2  20  1 ns/op  90 p50-ms  170 p99-ms  5 B/op  1 allocs/op
+`))
+	require.NoError(t, err)
+	dir := t.TempDir()
+	files, err := Plot(rs, dir)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"ChangeEnforced_p50-ms.png", "ChangeEnforced_p99-ms.png"}, files["ChangeEnforced"])
+	for _, f := range files["ChangeEnforced"] {
+		require.FileExists(t, filepath.Join(dir, f))
+	}
+}
