@@ -156,7 +156,8 @@ struct ct_half {
 	__u64 last;
 	__u64 gen;
 	__u8 dir, flags;
-	__u8 pad[6];
+	__u16 pad;
+	__u32 entry; // 1 + the entry of table generation gen that accepts the flow, 0: unknown
 };
 
 // Two struct ct_half, spelled out so the Go type keeps the first half's fields as Last, Gen, Dir, Flags.
@@ -164,11 +165,13 @@ struct ct_val {
 	__u64 last;
 	__u64 gen;
 	__u8 dir, flags;
-	__u8 pad[6];
+	__u16 pad;
+	__u32 entry;
 	__u64 last2;
 	__u64 gen2;
 	__u8 dir2, flags2;
-	__u8 pad2[6];
+	__u16 pad2;
+	__u32 entry2;
 };
 
 struct {
@@ -1021,9 +1024,11 @@ static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 
 	q->port = dport;
 	__builtin_memcpy(q->remote, v->dir == DIR_INGRESS ? src : dst, 16);
 	__builtin_memset(&f->c, 0, sizeof(f->c));
-	if (classify(ti, q, &f->c) < 0 || f->c.action != 1)
+	int e = classify(ti, q, &f->c);
+	if (e < 0 || f->c.action != 1)
 		return 0;
 	v->gen = f->c.gen;
+	v->entry = e + 1;
 	return 1;
 }
 
@@ -1203,14 +1208,17 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 	return 1;
 }
 
-// track_half refreshes the flow of orientation o in entry v (first seen going dir), or starts it there.
-static __always_inline void track_half(struct ct_val *v, int o, __u8 dir, struct pkt *p, __u64 gen, __u64 now)
+// track_half refreshes the flow of orientation o in entry v (first seen going dir), or starts it there,
+// as accepted by entry d->entry of table generation d->gen.
+static __always_inline void track_half(struct ct_val *v, int o, __u8 dir, struct pkt *p, struct decision *d,
+				       __u64 now)
 {
 	__u8 closing = (p->proto == 6 && (p->tcp_flags & 0x05)) ? CT_CLOSING : 0;
 	struct ct_half *h = ct_half_of(v, o);
 	if (h && h->dir == dir) {
 		h->last = now;
-		h->gen = gen;
+		h->gen = d->gen;
+		h->entry = d->entry + 1;
 		h->flags |= closing;
 		return;
 	}
@@ -1221,26 +1229,30 @@ static __always_inline void track_half(struct ct_val *v, int o, __u8 dir, struct
 	}
 	// A new flow, or one first seen the other way round on this ENI: start over as this packet.
 	h->last = now;
-	h->gen = gen;
+	h->gen = d->gen;
+	h->entry = d->entry + 1;
 	h->dir = dir;
 	h->flags = closing | CT_LIVE | (o ? CT_SWAPPED : 0);
 }
 
 // new_flow is the value of an entry whose only flow is p's, of orientation o.
-static __always_inline void new_flow(struct ct_val *nv, int o, __u8 dir, struct pkt *p, __u64 gen, __u64 now)
+static __always_inline void new_flow(struct ct_val *nv, int o, __u8 dir, struct pkt *p, struct decision *d,
+				     __u64 now)
 {
 	__builtin_memset(nv, 0, sizeof(*nv));
 	nv->last = now;
-	nv->gen = gen;
+	nv->gen = d->gen;
+	nv->entry = d->entry + 1;
 	nv->dir = dir;
 	nv->flags = ((p->proto == 6 && (p->tcp_flags & 0x05)) ? CT_CLOSING : 0) | CT_LIVE | (o ? CT_SWAPPED : 0);
 }
 
 // track starts or refreshes p's own flow in entry f (from established).
-static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, struct ct_val **vp, __u64 gen, __u64 now)
+static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, struct ct_val **vp,
+				  struct decision *d, __u64 now)
 {
 	if (!*vp) {
-		new_flow(&f->nv, f->o, dir, p, gen, now);
+		new_flow(&f->nv, f->o, dir, p, d, now);
 		if (!ct_insert(&f->k, &f->k4, &f->nv))
 			return;
 		// Another CPU created the entry meanwhile: join it.
@@ -1248,7 +1260,7 @@ static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, st
 		if (!*vp)
 			return;
 	}
-	track_half(*vp, f->o, dir, p, gen, now);
+	track_half(*vp, f->o, dir, p, d, now);
 }
 
 static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 dir, struct pkt *p,
@@ -1328,9 +1340,38 @@ static __always_inline int table_current(__u32 slot, struct ct_half *h)
 	return g && *g == h->gen + 1;
 }
 
+// cached_verdict decides a packet of a tracked flow's own direction as the rules did when they last
+// accepted the flow (entry h->entry - 1 of table generation h->gen), while that table is in force: the
+// packet's fields the rules look at are the flow's, so classifying it again would find the same entry.
+// The decision is counted on that entry's counter, as classify counts it. Returns 0, having changed
+// nothing, when the table changed (or the entry is unknown: a flow tracked by an older build).
+static __always_inline int cached_verdict(__u32 slot, __u8 dir, struct ct_half *h, struct decision *d)
+{
+	__u32 e = h->entry - 1;
+	if (!h->entry || !table_current(slot, h))
+		return 0;
+	struct hdr *hd;
+	void *t = table_of(slot * 2 + dir, &hd);
+	// The generation again: a switch may have replaced the table since table_gens was read.
+	if (!t || hd->gen != h->gen || e >= hd->n_entries)
+		return 0;
+	if (hd->off_counts) {
+		struct tmem m = {.t = t, .p = hd, .cur = 0};
+		__u64 *c = tm_at(&m, hd->off_counts + e * 8, 8);
+		if (c)
+			__sync_fetch_and_add(c, 1);
+	}
+	d->entry = e;
+	d->reason = R_RULE;
+	d->accept = 1;
+	d->gen = h->gen;
+	return 1;
+}
+
 // decide4 decides an IPv4 TCP or UDP packet, most of the traffic, with one ct4 lookup and no
-// call but classify's: a reply of a live tracked flow whose table is unchanged is established; else the
-// rules decide, and an accepted packet's flow is started or refreshed in the entry already found.
+// call but classify's: a reply of a live tracked flow whose table is unchanged is established, a packet
+// of its own direction takes the entry that accepted it (cached_verdict); else the rules decide, and an
+// accepted packet's flow is started or refreshed in the entry already found.
 // Returns 0, having changed nothing, for a reply whose flow timed out or whose table changed since:
 // decide_flow rechecks or forgets it.
 static __always_inline int decide4(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct decision *d,
@@ -1352,12 +1393,19 @@ static __always_inline int decide4(__u32 slot, __u8 dir, struct pkt *p, __u64 no
 			d->accept = 1;
 			return 1;
 		}
+		struct ct_half *own = ct_half_of(v, o);
+		if (own && own->dir == dir && !p->frag && cached_verdict(slot, dir, own, d)) {
+			own->last = now;
+			if (p->proto == 6 && (p->tcp_flags & 0x05))
+				own->flags |= CT_CLOSING;
+			return 1;
+		}
 	}
 	decide_rules(slot, dir, p, d, f);
 	if (!d->accept)
 		return 1;
 	if (!v) {
-		new_flow(&f->nv, o, dir, p, d->gen, now);
+		new_flow(&f->nv, o, dir, p, d, now);
 		if (!bpf_map_update_elem(&ct4, &f->k4, &f->nv, BPF_NOEXIST))
 			return 1;
 		// Another CPU created the entry meanwhile: join it.
@@ -1365,7 +1413,7 @@ static __always_inline int decide4(__u32 slot, __u8 dir, struct pkt *p, __u64 no
 		if (!v)
 			return 1;
 	}
-	track_half(v, o, dir, p, d->gen, now);
+	track_half(v, o, dir, p, d, now);
 	return 1;
 }
 
@@ -1390,7 +1438,7 @@ __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, stru
 	}
 	decide_rules(slot, dir, p, d, ct);
 	if (d->accept && p->trackable)
-		track(dir, p, ct, &v, d->gen, now);
+		track(dir, p, ct, &v, d, now);
 	return 0;
 }
 

@@ -42,12 +42,14 @@ type sgCtVal struct {
 	Gen    uint64
 	Dir    uint8
 	Flags  uint8
-	Pad    [6]uint8
+	Pad    uint16
+	Entry  uint32
 	Last2  uint64
 	Gen2   uint64
 	Dir2   uint8
 	Flags2 uint8
-	Pad2   [6]uint8
+	Pad2   uint16
+	Entry2 uint32
 }
 
 type sgDropEvent struct {
