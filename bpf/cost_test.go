@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"strconv"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -14,6 +15,8 @@ import (
 	"github.com/sgsim/sgsim/bench"
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/internal/netlab"
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/model"
 )
 
@@ -80,12 +83,15 @@ func costFlows(tb testing.TB, tab *compiler.Table) (first, reply frame) {
 //     repeated, classified by the rules every time);
 //   - new: the first packet of a flow (conntrack misses, the rules decide, the flow is inserted), each
 //     run a flow of its own (another source port), so each is one test run, as are the floor and the
-//     lookup it is quoted against.
+//     lookup it is quoted against;
+//   - established-iface: the reply on the ENI's host interface (a veth of a namespace of its own), which
+//     the program looks up as for real traffic (test runs on loopback carry their slot instead).
 //
 // Each iteration runs the three programs back to back, so they share the machine's load; the program
 // is quoted in ns and in hash lookups above the floor.
 func BenchmarkPacketCost(b *testing.B) {
 	base := loadBaselines(b)
+	iface := costInterface(b)
 	for _, n := range []int{100, 10000, 100000} {
 		d := loadOrSkip(b)
 		tables, err := compiler.New(bigState(b, n)).Compile(bench.ENIID)
@@ -94,7 +100,8 @@ func BenchmarkPacketCost(b *testing.B) {
 		first, reply := costFlows(b, tables.Ingress)
 		firstFrame, replyFrame := first.build(), reply.build()
 		slot := d.slots[bench.ENIID]
-		for _, flow := range []string{"established", "original", "new"} {
+		require.NoError(b, d.Bind(int(iface.index), bench.ENIID))
+		for _, flow := range []string{"established", "original", "new", "established-iface"} {
 			b.Run(fmt.Sprintf("rules=%d/flow=%s", n, flow), func(b *testing.B) {
 				require.NoError(b, d.FlushConntrack())
 				r, err := d.Run(firstFrame, bench.ENIID, model.Ingress)
@@ -105,12 +112,21 @@ func BenchmarkPacketCost(b *testing.B) {
 					r, err := d.Run(replyFrame, bench.ENIID, model.Egress)
 					require.NoError(b, err)
 					require.Equal(b, dataplane.ReasonEstablished, r.Reason)
-					reportCost(b, base, d.objs.SgHostIngress, replyFrame, slot)
+					reportCost(b, base, d.objs.SgHostIngress, replyFrame, skbCtx{Mark: slot + 1})
+				case "established-iface":
+					r, err := d.Run(replyFrame, bench.ENIID, model.Egress)
+					require.NoError(b, err)
+					require.Equal(b, dataplane.ReasonEstablished, r.Reason)
+					_, err = netns.Do(iface.ns, func() (struct{}, error) {
+						reportCost(b, base, d.objs.SgHostIngress, replyFrame, skbCtx{Ifindex: iface.index})
+						return struct{}{}, nil
+					})
+					require.NoError(b, err)
 				case "original":
 					again, err := d.Run(firstFrame, bench.ENIID, model.Ingress)
 					require.NoError(b, err)
 					require.Equal(b, r, again, "the tracked flow's own packet takes the entry that accepted it")
-					reportCost(b, base, d.objs.SgHostEgress, firstFrame, slot)
+					reportCost(b, base, d.objs.SgHostEgress, firstFrame, skbCtx{Mark: slot + 1})
 				case "new":
 					reportNewFlowCost(b, base, d, firstFrame, slot)
 				}
@@ -120,9 +136,23 @@ func BenchmarkPacketCost(b *testing.B) {
 	}
 }
 
-// reportCost runs floor, hash lookup and prog on frame repeatedly in the kernel and reports each one's
-// mean kernel time per run, and prog above the floor in hash lookups.
-func reportCost(b *testing.B, base *costBaselines, prog *ebpf.Program, frame []byte, slot uint32) {
+// costIface is the benchmark ENI's host interface: a veth in a namespace of its own (bound to the ENI in
+// each dataplane).
+type costIface struct {
+	ns    string
+	index uint32
+}
+
+func costInterface(b *testing.B) costIface {
+	lab := netlab.New(b, "sgcost")
+	const index = 7000 // below SG_IFSLOTS, as nearly every host's interfaces
+	lab.IP("-n", lab.Host, "link", "add", "sgcost0", "index", strconv.Itoa(index), "type", "veth", "peer", "name", "sgcost1")
+	return costIface{ns: lab.Host, index: index}
+}
+
+// reportCost runs floor, hash lookup and prog on frame (with skb context ctx) repeatedly in the kernel and
+// reports each one's mean kernel time per run, and prog above the floor in hash lookups.
+func reportCost(b *testing.B, base *costBaselines, prog *ebpf.Program, frame []byte, ctx skbCtx) {
 	const repeat = 2000
 	var floorNS, hashNS, progNS float64
 	b.ReportAllocs()
@@ -131,7 +161,7 @@ func reportCost(b *testing.B, base *costBaselines, prog *ebpf.Program, frame []b
 			p   *ebpf.Program
 			sum *float64
 		}{{base.floor, &floorNS}, {base.hash, &hashNS}, {prog, &progNS}} {
-			ns, err := testRunNS(r.p, frame, slot, repeat)
+			ns, err := testRunCtxNS(r.p, frame, ctx, repeat)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -143,6 +143,10 @@ func Load(opts Options) (*Dataplane, error) {
 		d.objs.Close()
 		return nil, err
 	}
+	if err := d.syncIfslots(); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("load bpf program: %w", err)
+	}
 	return d, nil
 }
 
@@ -723,7 +727,7 @@ func (d *Dataplane) forgetIfaces(slot uint32) error {
 		return fmt.Errorf("read interface bindings: %w", err)
 	}
 	for _, k := range del {
-		if err := d.objs.Ifaces.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.deleteBinding(k); err != nil {
 			return fmt.Errorf("unbind ifindex %d: %w", k, err)
 		}
 	}
@@ -741,7 +745,7 @@ func (d *Dataplane) Bind(ifindex int, eni string) error {
 	if err != nil {
 		return fmt.Errorf("bind %s: %w", eni, err)
 	}
-	if err := d.objs.Ifaces.Put(uint32(ifindex), &sgIfcfg{Slot: slot}); err != nil {
+	if err := d.putBinding(uint32(ifindex), slot); err != nil {
 		return fmt.Errorf("bind %s to ifindex %d: %w", eni, ifindex, err)
 	}
 	return nil

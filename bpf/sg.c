@@ -106,6 +106,10 @@ struct ifcfg {
 	__u32 flags;
 };
 
+// ifaces binds an interface (ifindex) to its ENI slot; the Go side writes it, and copies each binding of
+// an ifindex below SG_IFSLOTS into ifslots (slot + 1, 0: not bound), which is what the program reads
+// for those: a directly addressed array, whose lookup the verifier inlines, instead of a hash lookup
+// call on every packet.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SG_MAX_SLOTS);
@@ -113,6 +117,14 @@ struct {
 	__type(value, struct ifcfg);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SG_IFSLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
+} ifslots SEC(".maps");
 
 // Packets dropped on guarded interfaces (SPEC §8) by ENI direction (what the VM sent: egress), counted
 // beside the rate-limited drop events.
@@ -1457,10 +1469,17 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		test = 1;
 	} else {
 		__u32 ifx = skb->ifindex;
-		struct ifcfg *c = bpf_map_lookup_elem(&ifaces, &ifx);
-		if (!c)
-			return TC_ACT_OK; // not a managed interface
-		slot = c->slot;
+		if (ifx < SG_IFSLOTS) {
+			__u32 *s = bpf_map_lookup_elem(&ifslots, &ifx);
+			if (!s || !*s)
+				return TC_ACT_OK; // not a managed interface
+			slot = *s - 1;
+		} else {
+			struct ifcfg *c = bpf_map_lookup_elem(&ifaces, &ifx);
+			if (!c)
+				return TC_ACT_OK;
+			slot = c->slot;
+		}
 	}
 	int guarded = slot == SG_GUARD_SLOT;
 	if (slot >= SG_MAX_SLOTS && !guarded)

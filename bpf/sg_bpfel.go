@@ -165,6 +165,7 @@ const (
 	sgSgConstSG_MAX_SLOTS     sgSgConst = 4096
 	sgSgConstSG_MAX_TABLES    sgSgConst = 8192
 	sgSgConstSG_GUARD_SLOT    sgSgConst = 4096
+	sgSgConstSG_IFSLOTS       sgSgConst = 65536
 	sgSgConstSG_CHUNK_SHIFT   sgSgConst = 12
 	sgSgConstSG_CHUNK_SIZE    sgSgConst = 4096
 	sgSgConstSG_HDR_SIZE      sgSgConst = 64
@@ -200,6 +201,7 @@ const (
 	sgMapFrags           = "frags"
 	sgMapGuardDrops      = "guard_drops"
 	sgMapIfaces          = "ifaces"
+	sgMapIfslots         = "ifslots"
 	sgMapTableGens       = "table_gens"
 	sgMapTables          = "tables"
 	sgProgSgHostEgress   = "sg_host_egress"
@@ -280,6 +282,7 @@ type sgMapSpecs struct {
 	Frags      *ebpf.MapSpec `ebpf:"frags"`
 	GuardDrops *ebpf.MapSpec `ebpf:"guard_drops"`
 	Ifaces     *ebpf.MapSpec `ebpf:"ifaces"`
+	Ifslots    *ebpf.MapSpec `ebpf:"ifslots"`
 	TableGens  *ebpf.MapSpec `ebpf:"table_gens"`
 	Tables     *ebpf.MapSpec `ebpf:"tables"`
 }
@@ -334,6 +337,7 @@ type sgMaps struct {
 	Frags      *ebpf.Map `ebpf:"frags"`
 	GuardDrops *ebpf.Map `ebpf:"guard_drops"`
 	Ifaces     *ebpf.Map `ebpf:"ifaces"`
+	Ifslots    *ebpf.Map `ebpf:"ifslots"`
 	TableGens  *ebpf.Map `ebpf:"table_gens"`
 	Tables     *ebpf.Map `ebpf:"tables"`
 }
@@ -349,6 +353,7 @@ func (m *sgMaps) Close() error {
 		m.Frags,
 		m.GuardDrops,
 		m.Ifaces,
+		m.Ifslots,
 		m.TableGens,
 		m.Tables,
 	)
