@@ -135,57 +135,70 @@ func clockTicks(t *testing.T) uint64 {
 // TestTrackedFlowTakesItsEntry: packets of a tracked flow's own direction take the entry that accepted
 // the flow while its table is in force (counted on it as the rules' decisions are), and the rules decide
 // again once the table changed: a DROP put in front drops the next one, and without it the flow is
-// accepted by its entry again.
+// accepted by its entry again. TCP is decided in run (decide4), ICMP echo in decide_flow.
 func TestTrackedFlowTakesItsEntry(t *testing.T) {
-	d := loadOrSkip(t)
-	ctx := context.Background()
-	const front = `{"ipProtocol": "tcp", "portRange": "8080", "cidrIp": "198.18.200.2/32", "action": "%s"},`
-	tablesWith := func(rule string) map[string]*compiler.Tables {
+	const (
+		icmpAccept = `{"ipProtocol": "icmp", "cidrIp": "198.18.200.2/32", "action": "ACCEPT"},`
+		frontDrop  = `{"ipProtocol": "tcp", "portRange": "8080", "cidrIp": "198.18.200.2/32", "action": "DROP"},
+		              {"ipProtocol": "icmp", "cidrIp": "198.18.200.2/32", "action": "DROP"},`
+	)
+	tablesWith := func(rules string) map[string]*compiler.Tables {
 		topo := strings.Replace(labTopology, `"ingress": [
-       {"ipProtocol": "tcp", "portRange": "8080"`, `"ingress": [`+rule+`
+       {"ipProtocol": "tcp", "portRange": "8080"`, `"ingress": [`+rules+`
        {"ipProtocol": "tcp", "portRange": "8080"`, 1)
 		s, err := model.ParseTopology("lab.json", fmt.Appendf(nil, topo, ""))
 		require.NoError(t, err)
 		return compiler.New(s).CompileAll()
 	}
-	in := frame{src: netip.MustParseAddr("198.18.200.2"), dst: netip.MustParseAddr("198.18.200.1"), proto: 6,
-		sport: 40000, dport: 8080, tcpFlags: 0x10}
-	run := func() Result {
-		t.Helper()
-		r, err := d.Run(in.build(), "eni-srv", model.Ingress)
-		require.NoError(t, err)
-		return r
-	}
-	hits := func() map[int]uint64 {
-		t.Helper()
-		hs, err := d.Hits()
-		require.NoError(t, err)
-		out := map[int]uint64{}
-		for _, h := range hs {
-			if h.ENI == "eni-srv" && h.Direction == model.Ingress {
-				out[h.Entry] = h.Packets
+	cli, srv := netip.MustParseAddr("198.18.200.2"), netip.MustParseAddr("198.18.200.1")
+	for _, tc := range []struct {
+		name string
+		in   frame
+	}{
+		{"tcp", frame{src: cli, dst: srv, proto: 6, sport: 40000, dport: 8080, tcpFlags: 0x10}},
+		{"icmp echo", frame{src: cli, dst: srv, proto: 1, icmpType: 8, icmpID: 7}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := loadOrSkip(t)
+			ctx := context.Background()
+			run := func() Result {
+				t.Helper()
+				r, err := d.Run(tc.in.build(), "eni-srv", model.Ingress)
+				require.NoError(t, err)
+				return r
 			}
-		}
-		return out
-	}
+			hits := func() map[int]uint64 {
+				t.Helper()
+				hs, err := d.Hits()
+				require.NoError(t, err)
+				out := map[int]uint64{}
+				for _, h := range hs {
+					if h.ENI == "eni-srv" && h.Direction == model.Ingress {
+						out[h.Entry] = h.Packets
+					}
+				}
+				return out
+			}
 
-	require.NoError(t, d.Publish(ctx, 1, tablesWith(""), nil))
-	first := run()
-	require.True(t, first.Accept)
-	require.Equal(t, dataplane.ReasonRule, first.Reason)
-	for range 3 {
-		require.Equal(t, first, run(), "the tracked flow's own packets take its entry")
-	}
-	assert.Equal(t, map[int]uint64{first.Entry: 4}, hits(), "each counted on the entry")
+			require.NoError(t, d.Publish(ctx, 1, tablesWith(icmpAccept), nil))
+			first := run()
+			require.True(t, first.Accept)
+			require.Equal(t, dataplane.ReasonRule, first.Reason)
+			for range 3 {
+				require.Equal(t, first, run(), "the tracked flow's own packets take its entry")
+			}
+			assert.Equal(t, map[int]uint64{first.Entry: 4}, hits(), "each counted on the entry")
 
-	require.NoError(t, d.Publish(ctx, 2, tablesWith(fmt.Sprintf(front, "DROP")), nil))
-	r := run()
-	assert.False(t, r.Accept, "the new table's DROP decides")
-	assert.Equal(t, dataplane.ReasonRule, r.Reason)
+			require.NoError(t, d.Publish(ctx, 2, tablesWith(frontDrop+icmpAccept), nil))
+			r := run()
+			assert.False(t, r.Accept, "the new table's DROP decides")
+			assert.Equal(t, dataplane.ReasonRule, r.Reason)
 
-	require.NoError(t, d.Publish(ctx, 3, tablesWith(""), nil))
-	for range 2 {
-		assert.Equal(t, first, run(), "accepted by its entry again")
+			require.NoError(t, d.Publish(ctx, 3, tablesWith(icmpAccept), nil))
+			for range 2 {
+				assert.Equal(t, first, run(), "accepted by its entry again")
+			}
+			assert.Equal(t, map[int]uint64{first.Entry: 2}, hits(), "counted in the table in force")
+		})
 	}
-	assert.Equal(t, map[int]uint64{first.Entry: 2}, hits(), "counted in the table in force")
 }

@@ -1430,8 +1430,8 @@ static __always_inline int decide4(__u32 slot, __u8 dir, struct pkt *p, __u64 no
 }
 
 // decide_flow decides p by conntrack (a reply or related ICMP error of a live tracked flow is
-// established) or else by the rules, and tracks what the rules accept. A global function: the verifier
-// checks it once, not once for every way run can reach it.
+// established, a packet of its own direction takes its entry) or else by the rules, and tracks what the
+// rules accept. A global function: the verifier checks it once, not once for every way run can reach it.
 __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, struct decision *d)
 {
 	__u32 z = 0;
@@ -1447,6 +1447,16 @@ __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, stru
 		d->reason = R_ESTABLISHED;
 		d->accept = 1;
 		return 0;
+	}
+	if (v && !p->frag) {
+		// A packet of a tracked flow's own direction (established left its entry): as in decide4.
+		struct ct_half *own = ct_half_of(v, ct->o);
+		if (own && own->dir == dir && cached_verdict(slot, dir, own, d)) {
+			own->last = now;
+			if (p->proto == 6 && (p->tcp_flags & 0x05))
+				own->flags |= CT_CLOSING;
+			return 0;
+		}
 	}
 	decide_rules(slot, dir, p, d, ct);
 	if (d->accept && p->trackable)
