@@ -1014,14 +1014,21 @@ static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, st
 		d->reason = c.nosg ? R_NO_SG : R_DEFAULT_DROP;
 }
 
+// table_current tells whether the table a tracked flow was last checked against is still in force.
+static __always_inline int table_current(__u32 slot, struct ct_half *h)
+{
+	__u32 ti = slot * 2 + h->dir;
+	__u64 *g = bpf_map_lookup_elem(&table_gens, &ti);
+	return g && *g == h->gen + 1;
+}
+
 // recheck re-classifies a tracked flow's original packet (slot, fam, proto, src -> dst:dport) when its
 // table changed since it was last checked; returns 1 when the flow may continue.
 static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 *src, const __u8 *dst, __u16 dport,
 				   struct ct_half *v, struct ct_flow *f)
 {
 	__u32 ti = slot * 2 + v->dir;
-	__u64 *g = bpf_map_lookup_elem(&table_gens, &ti);
-	if (g && *g == v->gen + 1)
+	if (table_current(slot, v))
 		return 1;
 	struct hdr *h;
 	if (!table_of(ti, &h))
@@ -1342,14 +1349,6 @@ static __always_inline int ct4_key_of(struct ct_key4 *k, __u32 slot, const struc
 	__builtin_memcpy(k->src, swap ? &d : &s, 4);
 	__builtin_memcpy(k->dst, swap ? &s : &d, 4);
 	return swap;
-}
-
-// table_current tells whether the table a tracked flow was last checked against is still in force.
-static __always_inline int table_current(__u32 slot, struct ct_half *h)
-{
-	__u32 ti = slot * 2 + h->dir;
-	__u64 *g = bpf_map_lookup_elem(&table_gens, &ti);
-	return g && *g == h->gen + 1;
 }
 
 // cached_verdict decides a packet of a tracked flow's own direction as the rules did when they last
