@@ -643,6 +643,30 @@ static __always_inline int parse4(struct __sk_buff *skb, struct pkt *p)
 	return 1;
 }
 
+// parse6 is parse4's IPv6 counterpart: untagged Ethernet, IPv6 whose next header is TCP or UDP (no
+// extension header), a payload length that holds that header, all in the linear part.
+static __always_inline int parse6(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 *b = (void *)(long)skb->data;
+	if ((void *)(b + 14 + 40 + 14) > (void *)(long)skb->data_end)
+		return 0;
+	__u8 proto = b[14 + 6];
+	if (b[12] != 0x86 || b[13] != 0xdd || (b[14] >> 4) != 6 || (proto != 6 && proto != 17))
+		return 0;
+	if (be16(b + 14 + 4) < (proto == 6 ? 14 : 8))
+		return 0; // a jumbogram (0) or a payload too short for its header
+	p->fam = 6;
+	p->proto = proto;
+	__builtin_memcpy(p->src, b + 22, 16);
+	__builtin_memcpy(p->dst, b + 38, 16);
+	p->sport = be16(b + 54);
+	p->dport = be16(b + 56);
+	p->tcp_flags = proto == 6 ? b[54 + 13] : 0;
+	p->has_port = 1;
+	p->trackable = 1;
+	return 1;
+}
+
 static __always_inline __u64 be64(const __u8 *a)
 {
 	__u64 v = 0;
@@ -1379,19 +1403,28 @@ static __always_inline int cached_verdict(__u32 slot, __u8 dir, struct ct_half *
 	return 1;
 }
 
-// decide4 decides an IPv4 TCP or UDP packet, most of the traffic, with one ct4 lookup and no
+// decide_fast decides a TCP or UDP packet, most of the traffic, with one lookup in its family's
+// conntrack map (v6 is a constant of each inlined copy: ct4 and ct6 get call sites of their own) and no
 // call but classify's: a reply of a live tracked flow whose table is unchanged is established, a packet
 // of its own direction takes the entry that accepted it (cached_verdict); else the rules decide, and an
-// accepted packet's flow is started or refreshed in the entry already found.
-// Returns 0, having changed nothing, for a reply whose flow timed out or whose table changed since:
-// decide_flow rechecks or forgets it.
-static __always_inline int decide4(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct decision *d,
-				   struct ct_flow *f)
+// accepted packet's flow is started or refreshed in the entry already found. Returns 0, having changed
+// nothing, for a reply whose flow timed out or whose table changed since: decide_flow rechecks or
+// forgets it.
+static __always_inline int decide_fast(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct decision *d,
+				       struct ct_flow *f, const int v6)
 {
-	int o = ct4_key_of(&f->k4, slot, p);
-	struct ct_val *v = bpf_map_lookup_elem(&ct4, &f->k4);
+	int o, same;
+	struct ct_val *v;
+	if (v6) {
+		o = ct_key_of(&f->k, slot, 6, p->proto, p->src, p->sport, p->dst, p->dport);
+		v = bpf_map_lookup_elem(&ct6, &f->k);
+		same = ct_same_ends(&f->k);
+	} else {
+		o = ct4_key_of(&f->k4, slot, p);
+		v = bpf_map_lookup_elem(&ct4, &f->k4);
+		same = f->k4.sport == f->k4.dport && *(__u32 *)f->k4.src == *(__u32 *)f->k4.dst;
+	}
 	if (v) {
-		int same = f->k4.sport == f->k4.dport && *(__u32 *)f->k4.src == *(__u32 *)f->k4.dst;
 		struct ct_half *h = ct_half_of(v, same ? o : !o);
 		if (h && h->dir != dir) {
 			if (ct_expired(h, p->proto, now) || !table_current(slot, h))
@@ -1417,10 +1450,16 @@ static __always_inline int decide4(__u32 slot, __u8 dir, struct pkt *p, __u64 no
 		return 1;
 	if (!v) {
 		new_flow(&f->nv, o, dir, p, d, now);
-		if (!bpf_map_update_elem(&ct4, &f->k4, &f->nv, BPF_NOEXIST))
-			return 1;
-		// Another CPU created the entry meanwhile: join it.
-		v = bpf_map_lookup_elem(&ct4, &f->k4);
+		// On an insert refused because another CPU created the entry meanwhile: join it.
+		if (v6) {
+			if (!bpf_map_update_elem(&ct6, &f->k, &f->nv, BPF_NOEXIST))
+				return 1;
+			v = bpf_map_lookup_elem(&ct6, &f->k);
+		} else {
+			if (!bpf_map_update_elem(&ct4, &f->k4, &f->nv, BPF_NOEXIST))
+				return 1;
+			v = bpf_map_lookup_elem(&ct4, &f->k4);
+		}
 		if (!v)
 			return 1;
 	}
@@ -1448,7 +1487,7 @@ __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, stru
 		return 0;
 	}
 	if (v && !p->frag) {
-		// A packet of a tracked flow's own direction (established left its entry): as in decide4.
+		// A packet of a tracked flow's own direction (established left its entry): as in decide_fast.
 		struct ct_half *own = ct_half_of(v, ct->o);
 		if (own && own->dir == dir && cached_verdict(slot, dir, own, d)) {
 			own->last = now;
@@ -1498,7 +1537,7 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 	__builtin_memset(&p, 0, sizeof(p));
 	struct decision d = {.entry = -1, .rule_index = -1};
 	__u64 now = bpf_jiffies64(); // conntrack's clock (see ct_hz)
-	int r = parse4(skb, &p) ? -1 : parse(skb, &p);
+	int r = parse4(skb, &p) || parse6(skb, &p) ? -1 : parse(skb, &p);
 	if (r == R_PULL) {
 		// Headers outside the linear part (rare: the kernel hands TC linear headers): pull the frame and
 		// parse again from scratch.
@@ -1545,7 +1584,8 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		d.reason = fv->reason;
 		d.accept = fv->accept;
 		d.gen = fv->gen;
-	} else if (!(p.fam == 4 && p.has_port && decide4(slot, dir, &p, now, &d, f))) {
+	} else if (!(p.has_port && (p.fam == 4 ? decide_fast(slot, dir, &p, now, &d, f, 0)
+					      : decide_fast(slot, dir, &p, now, &d, f, 1)))) {
 		decide_flow(slot, dir, now, &p, &d);
 	}
 	if (r < 0 && p.frag == 1) {
