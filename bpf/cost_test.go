@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"testing"
 
@@ -213,5 +214,45 @@ func reportAboveFloor(b *testing.B, floorNS, hashNS, progNS, n float64) {
 	b.ReportMetric(progNS/n, "kernel-ns/pkt")
 	if hashNS > floorNS {
 		b.ReportMetric((progNS-floorNS)/(hashNS-floorNS), "lookups-above-floor")
+	}
+}
+
+// BenchmarkPacketCostByProtocol is BenchmarkPacketCost's established and original packets for the
+// flows the IPv4 TCP benchmark does not take: IPv6 TCP (parse6 and decide_fast's ct6 copy) and IPv4
+// ICMP echo (parse and decide_flow), on eni-web1 of the demo topology.
+func BenchmarkPacketCostByProtocol(b *testing.B) {
+	base := loadBaselines(b)
+	d := loadOrSkip(b)
+	require.NoError(b, d.Publish(context.Background(), 1, compiler.New(demoState(b)).CompileAll(), nil))
+	slot := d.slots["eni-web1"]
+	for _, tc := range []struct {
+		name string
+		in   frame // sent to eni-web1, which accepts it
+	}{
+		{"ipv4-tcp", frame{src: netip.MustParseAddr("203.0.113.7"), dst: netip.MustParseAddr("198.18.1.10"), proto: 6,
+			sport: 40000, dport: 80, tcpFlags: 0x10}},
+		{"ipv6-tcp", frame{src: netip.MustParseAddr("2001:db8:9::7"), dst: netip.MustParseAddr("2001:db8:1::10"), proto: 6,
+			sport: 40000, dport: 80, tcpFlags: 0x10}},
+		{"ipv4-icmp-echo", frame{src: netip.MustParseAddr("203.0.113.7"), dst: netip.MustParseAddr("198.18.1.10"), proto: 1,
+			icmpType: 8, icmpID: 9}},
+	} {
+		reply := tc.in.reverse()
+		in, out := tc.in.build(), reply.build()
+		for _, flow := range []string{"established", "original"} {
+			b.Run(tc.name+"/flow="+flow, func(b *testing.B) {
+				require.NoError(b, d.FlushConntrack())
+				r, err := d.Run(in, "eni-web1", model.Ingress)
+				require.NoError(b, err)
+				require.Equal(b, dataplane.ReasonRule, r.Reason)
+				prog, frame := d.objs.SgHostEgress, in
+				if flow == "established" {
+					r, err := d.Run(out, "eni-web1", model.Egress)
+					require.NoError(b, err)
+					require.Equal(b, dataplane.ReasonEstablished, r.Reason)
+					prog, frame = d.objs.SgHostIngress, out
+				}
+				reportCost(b, base, prog, frame, skbCtx{Mark: slot + 1})
+			})
+		}
 	}
 }
