@@ -135,7 +135,7 @@ func clockTicks(t *testing.T) uint64 {
 // TestTrackedFlowTakesItsEntry: packets of a tracked flow's own direction take the entry that accepted
 // the flow while its table is in force (counted on it as the rules' decisions are), and the rules decide
 // again once the table changed: a DROP put in front drops the next one, and without it the flow is
-// accepted by its entry again. TCP is decided in run (decide4), ICMP echo in decide_flow.
+// accepted by its entry again (decide_fast: TCP, and ICMP echo, which parse decodes).
 func TestTrackedFlowTakesItsEntry(t *testing.T) {
 	const (
 		icmpAccept = `{"ipProtocol": "icmp", "cidrIp": "198.18.200.2/32", "action": "ACCEPT"},`

@@ -1403,7 +1403,8 @@ static __always_inline int cached_verdict(__u32 slot, __u8 dir, struct ct_half *
 	return 1;
 }
 
-// decide_fast decides a TCP or UDP packet, most of the traffic, with one lookup in its family's
+// decide_fast decides a trackable packet (TCP, UDP, ICMP echo, other protocols without ports; not an
+// ICMP error, not a later fragment), most of the traffic, with one lookup in its family's
 // conntrack map (v6 is a constant of each inlined copy: ct4 and ct6 get call sites of their own) and no
 // call but classify's: a reply of a live tracked flow whose table is unchanged is established, a packet
 // of its own direction takes the entry that accepted it (cached_verdict); else the rules decide, and an
@@ -1467,9 +1468,10 @@ static __always_inline int decide_fast(__u32 slot, __u8 dir, struct pkt *p, __u6
 	return 1;
 }
 
-// decide_flow decides p by conntrack (a reply or related ICMP error of a live tracked flow is
-// established, a packet of its own direction takes its entry) or else by the rules, and tracks what the
-// rules accept. A global function: the verifier checks it once, not once for every way run can reach it.
+// decide_flow decides what decide_fast does not: ICMP errors (related to a tracked flow or not), later
+// fragments without their first's verdict, and replies whose flow timed out or whose table changed. A
+// reply or related ICMP error of a live tracked flow is established, the rest is decided by the rules,
+// and what they accept of a trackable packet is tracked. A global function: the verifier checks it once, not once for every way run can reach it.
 __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, struct decision *d)
 {
 	__u32 z = 0;
@@ -1485,16 +1487,6 @@ __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, stru
 		d->reason = R_ESTABLISHED;
 		d->accept = 1;
 		return 0;
-	}
-	if (v && !p->frag) {
-		// A packet of a tracked flow's own direction (established left its entry): as in decide_fast.
-		struct ct_half *own = ct_half_of(v, ct->o);
-		if (own && own->dir == dir && cached_verdict(slot, dir, own, d)) {
-			own->last = now;
-			if (p->proto == 6 && (p->tcp_flags & 0x05))
-				own->flags |= CT_CLOSING;
-			return 0;
-		}
 	}
 	decide_rules(slot, dir, p, d, ct);
 	if (d->accept && p->trackable)
@@ -1584,8 +1576,8 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		d.reason = fv->reason;
 		d.accept = fv->accept;
 		d.gen = fv->gen;
-	} else if (!(p.has_port && (p.fam == 4 ? decide_fast(slot, dir, &p, now, &d, f, 0)
-					      : decide_fast(slot, dir, &p, now, &d, f, 1)))) {
+	} else if (!(p.trackable && (p.fam == 4 ? decide_fast(slot, dir, &p, now, &d, f, 0)
+						 : decide_fast(slot, dir, &p, now, &d, f, 1)))) {
 		decide_flow(slot, dir, now, &p, &d);
 	}
 	if (r < 0 && p.frag == 1) {
