@@ -1,10 +1,16 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 
+	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -116,4 +122,39 @@ func TestAdminENILifecycle(t *testing.T) {
 	r = a.tc("Action", ActDescribeENIs, "networkInterfaceId", "eni-web3")
 	assert.Equal(t, 0, r.Code)
 	assert.NotContains(t, string(r.Data), "198.18.1.3")
+}
+
+func TestChangeStatusNamesWhyThereIsNoAnswer(t *testing.T) {
+	ctrl, err := control.New(context.Background(), store.NewMemory(), demoState(t), control.Options{})
+	require.NoError(t, err)
+	answers := map[uint64]error{
+		7: fmt.Errorf("%w: revision 7", ErrNoSuchChange),
+		8: fmt.Errorf("%w: change 8", ErrChangeForgotten),
+		9: errors.New("etcd 127.0.0.1:1 unreachable"),
+	}
+	h := NewHandler(ctrl, Options{AdminTokens: []string{adminToken}, Change: func(_ context.Context, rev uint64) (*Enforcement, error) {
+		if err, ok := answers[rev]; ok {
+			return nil, err
+		}
+		return &Enforcement{Revision: rev, Hosts: 1, Pending: []string{"h1"}, Down: []string{}}, nil
+	}})
+	for _, tc := range []struct {
+		path   string
+		status int
+		body   string
+	}{
+		{"/sgsim/v1/changes/6", http.StatusOK, `{"revision":6,"hosts":1,"pending":["h1"],"down":[]}`},
+		{"/sgsim/v1/changes/7", http.StatusNotFound, "revision 7"},
+		{"/sgsim/v1/changes/8", http.StatusGone, "change 8"},
+		{"/sgsim/v1/changes/9", http.StatusServiceUnavailable, "etcd 127.0.0.1:1 unreachable"},
+		{"/sgsim/v1/changes/0", http.StatusBadRequest, "want a positive integer"},
+		{"/sgsim/v1/changes/x", http.StatusBadRequest, `revision \"x\"`},
+	} {
+		req := httptest.NewRequest(http.MethodGet, tc.path, nil)
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		assert.Equal(t, tc.status, w.Code, tc.path)
+		assert.Contains(t, w.Body.String(), tc.body, tc.path)
+	}
 }

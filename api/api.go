@@ -49,7 +49,8 @@ type Options struct {
 	// commit reported (zero when the call changed nothing) and returns the answer's "enforcement",
 	// added to the Tencent, Huawei and admin bodies; unset, those bodies are the single host's.
 	Enforcement func(ctx context.Context, c control.Committed) *Enforcement
-	// Change, if set, answers GET /sgsim/v1/changes/{R}: the enforcement of the change committed at R.
+	// Change, if set, answers GET /sgsim/v1/changes/{R}: the enforcement of the change committed at R;
+	// its error wraps ErrNoSuchChange or ErrChangeForgotten when that is why it has none.
 	Change func(ctx context.Context, rev uint64) (*Enforcement, error)
 }
 
@@ -63,9 +64,19 @@ type RuleCount struct {
 // NonceStore is the replay record of SPEC §4 (nonce.Record in memory; store.Bolt durably, writing a
 // call's Nonce with the commit of its change and the others batched). UseNonce records the call's
 // (SecretId, Timestamp, Nonce) and returns nil when it was unused within window, nonce.ErrReplay when
-// it was used, nonce.ErrFull when the record is at its bound; it must not wait on a disk.
+// it was used, nonce.ErrFull when the record is at its bound; it must not wait on a disk, and it waits
+// on a shared store (etcd) no longer than ctx allows.
 type NonceStore interface {
-	UseNonce(k nonce.Key, now time.Time, window time.Duration) error
+	UseNonce(ctx context.Context, k nonce.Key, now time.Time, window time.Duration) error
+}
+
+// LocalNonces is rec as a NonceStore: this process's record alone (a handler given no Nonces uses one).
+func LocalNonces(rec *nonce.Record) NonceStore { return localNonces{rec} }
+
+type localNonces struct{ rec *nonce.Record }
+
+func (m localNonces) UseNonce(_ context.Context, k nonce.Key, now time.Time, window time.Duration) error {
+	return m.rec.UseNonce(k, now, window)
 }
 
 // Handler is the http.Handler of NewHandler; its extra methods serve in-process callers (scenarios).
@@ -100,7 +111,7 @@ func NewHandler(ctrl *control.Controller, opts Options) *Handler {
 	h := &Handler{ctrl: ctrl, opts: opts, log: opts.Logger, mux: http.NewServeMux(),
 		nonces: opts.Nonces, parsing: make(chan struct{}, runtime.GOMAXPROCS(0))}
 	if h.nonces == nil {
-		h.nonces = nonce.New(nonce.DefaultLimits())
+		h.nonces = LocalNonces(nonce.New(nonce.DefaultLimits()))
 	}
 	h.metrics = newMetrics(h)
 	h.mux.HandleFunc("/v2/index.php", h.serveTencent)

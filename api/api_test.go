@@ -378,7 +378,7 @@ func BenchmarkAdmitBigPolicy(b *testing.B) {
 				b.StopTimer()
 				req := httptest.NewRequest(http.MethodPost, "http://bench"+TencentPath, strings.NewReader(encoded))
 				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-				h.nonces = nonce.New(nonce.DefaultLimits())
+				h.nonces = LocalNonces(nonce.New(nonce.DefaultLimits()))
 				b.StartTimer()
 				call, _, _, refusal := h.admitTencent(req)
 				if refusal != nil || len(call.Ingress) != n {

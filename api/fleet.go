@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -17,6 +18,15 @@ type Enforcement struct {
 	Pending  []string `json:"pending"`
 	Down     []string `json:"down"`
 }
+
+// The errors Options.Change wraps to say why it has no answer for a revision; any other error is the
+// store failing (503).
+var (
+	// ErrNoSuchChange: no change was committed at that revision (404).
+	ErrNoSuchChange = errors.New("no change was committed at this revision")
+	// ErrChangeForgotten: the store no longer keeps that revision (410).
+	ErrChangeForgotten = errors.New("the store no longer keeps this revision")
+)
 
 // fleetContext returns ctx with a commit note when the handler answers with enforcement (fleet mode),
 // else ctx and nil, so that a single host's answers stay as they are.
@@ -47,8 +57,15 @@ func (h *Handler) serveChange(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e, err := h.opts.Change(r.Context(), rev)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrNoSuchChange):
 		writeJSON(w, http.StatusNotFound, inspectError{err.Error()})
+		return
+	case errors.Is(err, ErrChangeForgotten):
+		writeJSON(w, http.StatusGone, inspectError{err.Error()})
+		return
+	case err != nil:
+		writeJSON(w, http.StatusServiceUnavailable, inspectError{err.Error()})
 		return
 	}
 	writeJSON(w, http.StatusOK, e)

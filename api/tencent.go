@@ -690,7 +690,7 @@ func (h *Handler) admitTencent(r *http.Request) (call *tencentCall, acct *model.
 		return nil, nil, call.Action, &tencentError{Code: model.CodeReplay, Msg: fmt.Sprintf("Timestamp %d is more than %s off the server's clock", call.Timestamp, h.opts.ReplayWindow)}
 	}
 	// Recorded before the call does anything: a durable record then writes it with the call's commit.
-	switch err := h.nonces.UseNonce(nonceKey(call), now, h.opts.ReplayWindow); {
+	switch err := h.nonces.UseNonce(r.Context(), nonceKey(call), now, h.opts.ReplayWindow); {
 	case errors.Is(err, nonce.ErrReplay):
 		return nil, nil, call.Action, replayRefusal(call)
 	case errors.Is(err, nonce.ErrFull):

@@ -630,7 +630,7 @@ func TestNonceKeyHasTimestamp(t *testing.T) {
 func TestNonceFloodIsBounded(t *testing.T) {
 	a := newTestAPI(t)
 	a.srv.Config.Handler = NewHandler(a.ctrl, Options{Now: func() time.Time { return testNow },
-		Nonces: nonce.New(nonce.Limits{PerSecret: 10, Total: 100})})
+		Nonces: LocalNonces(nonce.New(nonce.Limits{PerSecret: 10, Total: 100}))})
 	var first url.Values
 	for i := range 10 {
 		p := a.signedAt(testNow.Unix(), strconv.Itoa(i+1), "Action", ActDescribePolicy, "sgId", "sg-web")

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
@@ -102,7 +101,9 @@ type View struct {
 // Controller is the single-host write path: the Writer and the Applier under one lock held for the
 // whole validate→commit→publish sequence. Readers use View or the built-in engine and never wait.
 type Controller struct {
-	mu        sync.Mutex
+	// lock is a one-slot semaphore rather than a mutex so that a writer waits for it only as long as
+	// its context allows (a fleet replica's reload holds it while etcd answers).
+	lock      chan struct{}
 	store     Store
 	writer    *Writer
 	applier   *Applier
@@ -131,6 +132,7 @@ func New(ctx context.Context, st Store, seed *model.State, opts Options) (*Contr
 		}
 	}
 	return &Controller{
+		lock:      make(chan struct{}, 1),
 		onApplied: opts.OnApplied,
 		commit:    opts.Commit,
 		store:     st,
@@ -153,14 +155,28 @@ func (c *Controller) Timings() *Timings { return c.applier.Timings() }
 
 // AddDataplane loads every current table into dp and then keeps it in step with every change.
 func (c *Controller) AddDataplane(ctx context.Context, dp Dataplane) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if err := c.acquire(ctx); err != nil {
+		return err
+	}
+	defer c.release()
 	return c.applier.AddDataplane(ctx, dp)
 }
 
+// acquire takes the write lock, or fails with ctx's error when ctx ends first.
+func (c *Controller) acquire(ctx context.Context) error {
+	select {
+	case c.lock <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("control: waiting for the write lock: %w", context.Cause(ctx))
+	}
+}
+
+func (c *Controller) release() { <-c.lock }
+
 // apply commits next and puts the tables of the ENIs it affects in force. The tables are compiled, then
 // staged in every dataplane while the store commits; they are switched in only once the commit has
-// succeeded, so a failed commit changes nothing. Caller holds c.mu.
+// succeeded, so a failed commit changes nothing. Caller holds the lock.
 func (c *Controller) apply(ctx context.Context, next *model.State) error {
 	old := c.applier.View()
 	gen := old.Generation + 1
@@ -217,8 +233,10 @@ func (c *Controller) write(ctx context.Context, op func(s *model.State) (*model.
 	if err != nil || next == nil {
 		return err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if err := c.acquire(ctx); err != nil {
+		return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
+	}
+	defer c.release()
 	for retries := 0; ; retries++ {
 		if cur := c.View(); cur != v {
 			v = cur
@@ -242,12 +260,14 @@ func (c *Controller) write(ctx context.Context, op func(s *model.State) (*model.
 // Refresh loads the store's current state and puts it in force if it is newer than the View: how a
 // fleet replica follows what other replicas commit.
 func (c *Controller) Refresh(ctx context.Context) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if err := c.acquire(ctx); err != nil {
+		return err
+	}
+	defer c.release()
 	return c.refresh(ctx)
 }
 
-// refresh is Refresh under c.mu.
+// refresh is Refresh under the lock.
 func (c *Controller) refresh(ctx context.Context) error {
 	s, gen, err := c.store.Load(ctx)
 	if err != nil {
@@ -317,7 +337,7 @@ func writeReturning[T any](ctx context.Context, c *Controller, op func(*model.St
 // else (a fleet agent's watch loop), so that the read-only API endpoints can answer on a host; every
 // write through it is refused and changes nothing.
 func NewReadOnly(a *Applier, lim Limits) *Controller {
-	return &Controller{store: readOnlyStore{}, writer: NewWriter(readOnlyStore{}, lim), applier: a}
+	return &Controller{lock: make(chan struct{}, 1), store: readOnlyStore{}, writer: NewWriter(readOnlyStore{}, lim), applier: a}
 }
 
 // errReadOnly refuses the writes of a NewReadOnly Controller.

@@ -575,3 +575,27 @@ func BenchmarkRefusalDuringCommits(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
+
+// A writer waits for the lock another change holds only as long as its own context allows, and its
+// giving up changes nothing.
+func TestWriteGivesUpOnTheLockWithItsContext(t *testing.T) {
+	c, rec := newCtrl(t)
+	gate := make(chan struct{})
+	rec.stageGate = gate // the first change holds the lock in Stage until the gate opens
+	first := make(chan error, 1)
+	go func() {
+		first <- c.ModifySecurityGroupPolicy(context.Background(), "1250000001", "sg-db", []model.Rule{{Action: "ACCEPT"}}, nil)
+	}()
+	require.Eventually(t, func() bool { return len(c.lock) == 1 }, 5*time.Second, time.Millisecond, "the first change holds the lock")
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	err := c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-web", []model.Rule{{Action: "DROP"}}, nil)
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, model.CodeInternal, model.CodeOf(err))
+	close(gate)
+	require.NoError(t, <-first)
+	v := c.View()
+	assert.Equal(t, uint64(2), v.Generation, "only the first change committed")
+	web, _ := v.State.SG("sg-web")
+	assert.NotEqual(t, []model.Rule{{Action: "DROP"}}, web.Ingress, "the abandoned write changed nothing")
+}

@@ -77,7 +77,19 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 			return err
 		}
 		defer func() { err = errors.Join(err, enf.close()) }()
-		acfg.Dataplanes, acfg.NoEngine, acfg.OnApplied = []control.Dataplane{enf.bpf}, true, enf.follow
+		acfg.Dataplanes, acfg.NoEngine = []control.Dataplane{enf.bpf}, true
+	}
+	// Ready once a share is in force everywhere it goes, its interfaces attached included: the
+	// applier exists as soon as the tables are loaded, which is before an attachment that can fail.
+	var inForce atomic.Bool
+	acfg.OnApplied = func(ctx context.Context, v *control.View) error {
+		if enf != nil {
+			if err := enf.follow(ctx, v); err != nil {
+				return err
+			}
+		}
+		inForce.Store(true)
+		return nil
 	}
 	a, err := agent.New(ctx, acfg)
 	if err != nil {
@@ -91,7 +103,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 	var wg sync.WaitGroup
 	var runErr error
 	wg.Go(func() { runErr = a.Run(runCtx); stop() })
-	serveErr := serveHandler(runCtx, log, cfg.Listen, newAgentHandler(a, cfg, enf), cfg.Ready, "host", cfg.Host)
+	serveErr := serveHandler(runCtx, log, cfg.Listen, newAgentHandler(a, cfg, enf, inForce.Load), cfg.Ready, "host", cfg.Host)
 	stop()
 	wg.Wait()
 	if ctx.Err() != nil && errors.Is(runErr, context.Canceled) {
@@ -164,8 +176,9 @@ var agentRoutes = []string{
 	"GET /sgsim/v1/enis", "GET /sgsim/v1/enis/{id}", "GET /sgsim/v1/enis/{id}/table",
 }
 
-// newAgentHandler serves agentRoutes from the agent's share once its first resync is done (503 before).
-func newAgentHandler(a *agent.Agent, cfg AgentConfig, enf *agentEnforcer) http.Handler {
+// newAgentHandler serves agentRoutes from the agent's share once inForce says its first share is in
+// force (503 before, but for /livez).
+func newAgentHandler(a *agent.Agent, cfg AgentConfig, enf *agentEnforcer, inForce func() bool) http.Handler {
 	var (
 		once sync.Once
 		h    http.Handler
@@ -185,7 +198,7 @@ func newAgentHandler(a *agent.Agent, cfg AgentConfig, enf *agentEnforcer) http.H
 	}
 	handler := func() http.Handler {
 		ap := a.Applier()
-		if ap == nil {
+		if ap == nil || !inForce() {
 			return nil
 		}
 		once.Do(func() { h = api.NewHandler(control.NewReadOnly(ap, control.DefaultLimits()), aopts) })
@@ -196,6 +209,10 @@ func newAgentHandler(a *agent.Agent, cfg AgentConfig, enf *agentEnforcer) http.H
 		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
 			h := handler()
 			switch {
+			case h == nil && route == "GET /livez":
+				// Alive while it waits for etcd or its interfaces: a liveness probe must not restart it.
+				w.Header().Set("Content-Type", "application/json")
+				_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
 			case h == nil:
 				http.Error(w, "agent "+cfg.Host+": the host's share is not in force yet", http.StatusServiceUnavailable)
 			case route == "GET /sgsim/v1/enis":

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -24,11 +27,22 @@ const DefaultEtcdPrefix = "/sgsim"
 // DefaultEnforceTimeout is how long a fleet replica's answer waits for the affected hosts (SPEC §9).
 const DefaultEnforceTimeout = 5 * time.Second
 
+// How often a replica checks that etcd answers (its /readyz), and how long one check may take.
+const (
+	etcdProbeEvery   = 250 * time.Millisecond
+	etcdProbeTimeout = time.Second
+)
+
+// fleetRefreshTimeout bounds a replica's background reload of the state from etcd (see refreshFleet).
+const fleetRefreshTimeout = 5 * time.Second
+
 // fleet is what a node in etcd mode holds besides the controller.
 type fleet struct {
 	cli     *clientv3.Client
 	st      *etcdstore.Store
 	timeout time.Duration
+	// unreachable is why the last probe of etcd failed; nil while it answers.
+	unreachable atomic.Pointer[error]
 }
 
 // newFleet builds n as a stateless API replica of the fleet in cfg.Etcd (SPEC §9): the state lives in
@@ -76,13 +90,15 @@ func (n *Node) newFleet(ctx context.Context, cfg Config) error {
 	aopts.Nonces = f.st // a Nonce used on one replica is refused by all
 	aopts.Enforcement = f.enforcement(n)
 	aopts.Change = f.change
+	aopts.StoreHealth = f.health
 	n.handler = api.NewHandler(n.ctrl, aopts)
 	// Followed in the background so that reads (Describe*, the admin GETs) see what other replicas
 	// commit; writes do not depend on it (a stale one is refused by etcd and re-run).
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	go func() { defer close(done); n.followFleet(wctx) }()
-	n.stop = func() { stop(); <-done }
+	var wg sync.WaitGroup
+	wg.Go(func() { n.followFleet(wctx) })
+	wg.Go(func() { f.probe(wctx, cfg.Etcd, prefix) })
+	n.stop = func() { stop(); wg.Wait() }
 	n.log.Info("fleet replica", "etcd", cfg.Etcd, "prefix", prefix, "revision", n.ctrl.View().Generation, "enforce-timeout", f.timeout)
 	return nil
 }
@@ -155,8 +171,16 @@ func (f *fleet) enforcement(n *Node) func(ctx context.Context, c control.Committ
 
 // change is the handler's Options.Change (GET /sgsim/v1/changes/{R}): where change rev is in force now.
 func (f *fleet) change(ctx context.Context, rev uint64) (*api.Enforcement, error) {
+	// Bounded like a write's wait: an etcd that does not answer is a 503, not a request held open.
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
 	hosts, err := f.st.ChangeHosts(ctx, rev)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrCompacted):
+		return nil, fmt.Errorf("%w: %w", api.ErrChangeForgotten, err)
+	case errors.Is(err, etcdstore.ErrNoSuchChange):
+		return nil, fmt.Errorf("%w: %w", api.ErrNoSuchChange, err)
+	case err != nil:
 		return nil, err
 	}
 	pending, down, err := f.st.EnforcementOf(ctx, rev, hosts)
@@ -176,6 +200,40 @@ func newEnforcement(rev uint64, hosts int, pending, down []string) *api.Enforcem
 	return &api.Enforcement{Revision: rev, Hosts: hosts, Pending: pending, Down: down}
 }
 
+// probe reads one key of prefix every etcdProbeEvery until ctx ends and keeps why the last read failed,
+// for /readyz: a replica whose etcd does not answer can take no call.
+func (f *fleet) probe(ctx context.Context, endpoints []string, prefix string) {
+	tick := time.NewTicker(etcdProbeEvery)
+	defer tick.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, etcdProbeTimeout)
+		_, err := f.cli.Get(pctx, prefix, clientv3.WithCountOnly())
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			err = fmt.Errorf("etcd %s unreachable: %w", strings.Join(endpoints, ","), err)
+			f.unreachable.Store(&err)
+		} else {
+			f.unreachable.Store(nil)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// health is the handler's Options.StoreHealth: why etcd did not answer the last probe, nil if it did.
+func (f *fleet) health() error {
+	if err := f.unreachable.Load(); err != nil {
+		return *err
+	}
+	return nil
+}
+
 // followFleet refreshes the controller whenever etcd holds a newer state than its View, until ctx
 // ends; a failed watch (etcd away, history compacted) is restarted from the View after a pause.
 func (n *Node) followFleet(ctx context.Context) {
@@ -184,7 +242,7 @@ func (n *Node) followFleet(ctx context.Context) {
 			if ch.Revision <= n.ctrl.View().Generation {
 				return nil // this replica's own commit, or one it has already loaded
 			}
-			return n.ctrl.Refresh(ctx)
+			return n.refreshFleet(ctx)
 		})
 		if ctx.Err() != nil {
 			return
@@ -195,8 +253,17 @@ func (n *Node) followFleet(ctx context.Context) {
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
-		if err := n.ctrl.Refresh(ctx); err != nil && ctx.Err() == nil {
+		if err := n.refreshFleet(ctx); err != nil && ctx.Err() == nil {
 			n.log.Warn("reload from etcd", "err", err)
 		}
 	}
+}
+
+// refreshFleet is Controller.Refresh bounded by fleetRefreshTimeout: it holds the controller's lock
+// while it reads etcd, and every call of this replica waits for that lock, whatever its own deadline,
+// so a read that etcd never answers must not hold it for as long as etcd is away.
+func (n *Node) refreshFleet(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, fleetRefreshTimeout)
+	defer cancel()
+	return n.ctrl.Refresh(rctx)
 }

@@ -203,6 +203,8 @@ func TestFleetAnswersCarryEnforcement(t *testing.T) {
 	assert.Equal(t, e, later)
 	code, _ = change(t, b, e.Revision-1)
 	assert.Equal(t, http.StatusNotFound, code, "a revision that committed no change")
+	code, _ = change(t, b, e.Revision+1000)
+	assert.Equal(t, http.StatusNotFound, code, "a revision etcd has not reached")
 
 	// Huawei and the admin API answer with enforcement too; sg-c on e1 and e2 affects h1 and h2.
 	hr, err := huaweiOf(b).PortAction(ctx, "sg-c", "add", []string{"e1", "e2"})

@@ -66,7 +66,7 @@ func BenchmarkNonceDisk(b *testing.B) {
 		before := fileSize(b, path)
 		now := time.Now()
 		for i := range n {
-			require.NoError(b, st.UseNonce(nonce.Key{Secret: 1, Timestamp: now.Unix(), Nonce: uint64(i)}, now, 2*time.Hour))
+			require.NoError(b, st.UseNonce(context.Background(), nonce.Key{Secret: 1, Timestamp: now.Unix(), Nonce: uint64(i)}, now, 2*time.Hour))
 			if i%1000 == 999 {
 				st.flushNonces()
 			}

@@ -36,8 +36,9 @@ var legacyNonceBuckets = [][]byte{[]byte("nonces"), []byte("nonce-times")}
 const NonceFlushDelay = 100 * time.Millisecond
 
 // UseNonce records k as used at now within window (nil when unused, nonce.ErrReplay, nonce.ErrFull).
-// The first call loads the triples an earlier run recorded within window; later calls touch no disk.
-func (b *Bolt) UseNonce(k nonce.Key, now time.Time, window time.Duration) error {
+// The first call loads the triples an earlier run recorded within window; later calls touch no disk
+// (nor wait for anything: ctx is not consulted).
+func (b *Bolt) UseNonce(_ context.Context, k nonce.Key, now time.Time, window time.Duration) error {
 	rec, err := b.nonceRecord(now, window)
 	if err != nil {
 		return err

@@ -69,7 +69,7 @@ func TestBoltNonces(t *testing.T) {
 	require.NoError(t, err)
 	t0 := time.Unix(1_700_000_000, 0)
 	const w = 2 * time.Hour
-	use := func(b *Bolt, k nonce.Key, at time.Time) error { return b.UseNonce(k, at, w) }
+	use := func(b *Bolt, k nonce.Key, at time.Time) error { return b.UseNonce(context.Background(), k, at, w) }
 	n1 := nonce.KeyOf("id", t0.Unix(), "1")
 	n2 := nonce.KeyOf("id", t0.Unix()+60, "2")
 	require.NoError(t, use(b, n1, t0))
@@ -96,14 +96,14 @@ func TestCommitRecordsNonces(t *testing.T) {
 	now := time.Now()
 	const w = time.Hour
 	change := nonce.KeyOf("id", now.Unix(), "1")
-	require.NoError(t, b.UseNonce(change, now, w))
+	require.NoError(t, b.UseNonce(context.Background(), change, now, w))
 	require.NoError(t, b.Commit(ctx, storetest.Demo(t), 1))
 	durable, err := b.DurableNonces(ctx, now, w)
 	require.NoError(t, err)
 	assert.Equal(t, []nonce.Key{change}, durable, "written with the change")
 
 	read := nonce.KeyOf("id", now.Unix(), "2")
-	require.NoError(t, b.UseNonce(read, now, w))
+	require.NoError(t, b.UseNonce(context.Background(), read, now, w))
 	require.Eventually(t, func() bool {
 		durable, err := b.DurableNonces(ctx, now, w)
 		require.NoError(t, err)
@@ -123,7 +123,7 @@ func TestRefusedCommitKeepsNonces(t *testing.T) {
 	now := time.Now()
 	k := nonce.KeyOf("id", now.Unix(), "7")
 	require.NoError(t, b.Commit(ctx, storetest.Demo(t), 3))
-	require.NoError(t, b.UseNonce(k, now, time.Hour))
+	require.NoError(t, b.UseNonce(context.Background(), k, now, time.Hour))
 	require.ErrorIs(t, b.Commit(ctx, storetest.Demo(t), 2), ErrConflict)
 	require.NoError(t, b.Commit(ctx, storetest.Revisions(t)[1], 4))
 	durable, err := b.DurableNonces(ctx, now, time.Hour)
@@ -142,7 +142,7 @@ func TestNoncesNeedNoWriteOfTheirOwn(t *testing.T) {
 	writes := stats.TxStats.GetWrite()
 	now := time.Now()
 	for i := range 100 {
-		require.NoError(t, b.UseNonce(nonce.KeyOf("id", now.Unix(), strconv.Itoa(i)), now, time.Hour))
+		require.NoError(t, b.UseNonce(context.Background(), nonce.KeyOf("id", now.Unix(), strconv.Itoa(i)), now, time.Hour))
 	}
 	stats = b.db.Stats()
 	assert.Equal(t, writes, stats.TxStats.GetWrite(), "no write")
@@ -165,7 +165,7 @@ func TestBoltHealth(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, b.Commit(ctx, storetest.Demo(t), 1))
 	now := time.Now()
-	require.NoError(t, b.UseNonce(nonce.KeyOf("id", now.Unix(), "0"), now, time.Hour)) // the record is loaded
+	require.NoError(t, b.UseNonce(context.Background(), nonce.KeyOf("id", now.Unix(), "0"), now, time.Hour)) // the record is loaded
 	b.flushNonces()
 	require.NoError(t, b.Health())
 	require.NoError(t, b.db.Close()) // the file can no longer be written
@@ -174,8 +174,8 @@ func TestBoltHealth(t *testing.T) {
 	assert.Equal(t, err, b.Health())
 	assert.ErrorContains(t, b.Health(), "commit generation 2")
 	k := nonce.KeyOf("id", now.Unix(), "1")
-	require.NoError(t, b.UseNonce(k, now, time.Hour))
-	assert.ErrorIs(t, b.UseNonce(k, now, time.Hour), nonce.ErrReplay)
+	require.NoError(t, b.UseNonce(context.Background(), k, now, time.Hour))
+	assert.ErrorIs(t, b.UseNonce(context.Background(), k, now, time.Hour), nonce.ErrReplay)
 	got, gen, err := b.Load(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(1), gen, "the failed commit changed nothing")
@@ -606,7 +606,7 @@ func fixture(t testing.TB) []byte {
 	for gen := uint64(1); gen <= 5; gen++ {
 		require.NoError(t, b.Commit(ctx, s, gen))
 	}
-	require.NoError(t, b.UseNonce(nonce.KeyOf("AKID", time.Now().Unix(), "1"), time.Now(), time.Hour)) // written by Close
+	require.NoError(t, b.UseNonce(context.Background(), nonce.KeyOf("AKID", time.Now().Unix(), "1"), time.Now(), time.Hour)) // written by Close
 	require.NoError(t, b.Close())
 	data, err := os.ReadFile(path)
 	require.NoError(t, err)

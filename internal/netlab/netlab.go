@@ -29,7 +29,7 @@ type Lab struct {
 // New creates the host namespace; prefix keeps the names of concurrently running test binaries apart
 // (the process ID is added too).
 func New(t testing.TB, prefix string) *Lab {
-	l := &Lab{t: t, name: prefix, Host: fmt.Sprintf("%s-host-%d", prefix, os.Getpid()), VMs: map[string]string{}}
+	l := &Lab{t: t, name: prefix, Host: HostNamespace(prefix), VMs: map[string]string{}}
 	t.Cleanup(func() {
 		for _, ns := range l.VMs {
 			_ = exec.Command("ip", "netns", "del", ns).Run()
@@ -41,6 +41,10 @@ func New(t testing.TB, prefix string) *Lab {
 	l.IP("-n", l.Host, "link", "set", "br0", "up")
 	return l
 }
+
+// HostNamespace is the name New(t, prefix) gives its host namespace, for a test that hands it to the
+// code under test before the namespace exists.
+func HostNamespace(prefix string) string { return fmt.Sprintf("%s-host-%d", prefix, os.Getpid()) }
 
 // AddVM creates a namespace for eni with address addr (a /24) on its eth0, whose veth peer hostIf is in
 // the host namespace on the bridge.
@@ -136,6 +140,28 @@ func (l *Lab) EchoUDP(eni, addr string) {
 			_, _ = pc.WriteTo(buf[:n], a)
 		}
 	}()
+}
+
+// EchoRoundTripUDP sends two bytes from eni's namespace to the UDP echo at addr and reads them back,
+// all within timeout; nil means the datagram and its echo both got through.
+func (l *Lab) EchoRoundTripUDP(eni, addr string, timeout time.Duration) error {
+	c, err := netns.Do(l.VMs[eni], func() (net.Conn, error) { return net.Dial("udp4", addr) })
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("hi")); err != nil {
+		return err
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "hi" {
+		return fmt.Errorf("udp echo from %s: got %q, want %q", addr, buf, "hi")
+	}
+	return nil
 }
 
 // RequireRoot skips the test unless it can make network namespaces (root and ip(8)); under

@@ -93,17 +93,23 @@ func (s *Store) WatchFeed(ctx context.Context, host string, from uint64, fn func
 	return fmt.Errorf("etcdstore: feed watch of %s closed", host)
 }
 
+// ErrNoSuchChange is ChangeHosts' error for a revision at which no change was committed.
+var ErrNoSuchChange = errors.New("no change was committed at this revision")
+
 // ChangeHosts returns the hosts the change committed at rev affected (GET /sgsim/v1/changes/{R}): the
-// value the generation key had at rev. store.ErrCompacted once etcd no longer keeps rev.
+// value the generation key had at rev. store.ErrCompacted once etcd no longer keeps rev;
+// ErrNoSuchChange when no change was committed at rev.
 func (s *Store) ChangeHosts(ctx context.Context, rev uint64) ([]string, error) {
 	resp, err := s.cli.Get(ctx, s.genKey(), clientv3.WithRev(int64(rev)))
 	switch {
 	case errors.Is(err, rpctypes.ErrCompacted):
 		return nil, fmt.Errorf("%w: change %d: %w", store.ErrCompacted, rev, err)
+	case errors.Is(err, rpctypes.ErrFutureRev):
+		return nil, fmt.Errorf("%w: etcdstore: revision %d is ahead of etcd's: %w", ErrNoSuchChange, rev, err)
 	case err != nil:
 		return nil, fmt.Errorf("etcdstore: change %d: %w", rev, err)
 	case len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision != int64(rev):
-		return nil, fmt.Errorf("etcdstore: revision %d is not a committed change", rev)
+		return nil, fmt.Errorf("%w: etcdstore: revision %d", ErrNoSuchChange, rev)
 	}
 	var g generation
 	if err := json.Unmarshal(resp.Kvs[0].Value, &g); err != nil {

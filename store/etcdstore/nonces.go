@@ -24,14 +24,14 @@ import (
 // them, so etcd holds at most replicas × Total keys (about 90 bytes each in etcd's keyspace).
 const (
 	nonceLeaseBucket = 60 * time.Second
-	// nonceTimeout bounds the round trip to etcd: UseNonce has no context of its own.
+	// nonceTimeout bounds the round trip to etcd when the call's context has no earlier deadline.
 	nonceTimeout = 5 * time.Second
 )
 
 // UseNonce implements api.NonceStore: nil when k was unused within window on every replica,
 // nonce.ErrReplay when any replica saw it, nonce.ErrFull at this replica's bound, another error when
 // etcd could not be asked (the call must then be refused: its triple may or may not be recorded).
-func (s *Store) UseNonce(k nonce.Key, now time.Time, window time.Duration) error {
+func (s *Store) UseNonce(ctx context.Context, k nonce.Key, now time.Time, window time.Duration) error {
 	if err := s.nonces.UseNonce(k, now, window); err != nil {
 		return err
 	}
@@ -39,7 +39,7 @@ func (s *Store) UseNonce(k nonce.Key, now time.Time, window time.Duration) error
 	if !expiry.After(now) {
 		return nil // outside the window already: the Timestamp check refuses its replays
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), nonceTimeout)
+	ctx, cancel := context.WithTimeout(ctx, nonceTimeout)
 	defer cancel()
 	key := fmt.Sprintf("%s/nonces/%016x/%d/%016x", s.prefix, k.Secret, k.Timestamp, k.Nonce)
 	for attempt := 0; ; attempt++ {
@@ -65,25 +65,37 @@ func (s *Store) UseNonce(k nonce.Key, now time.Time, window time.Duration) error
 	}
 }
 
-// nonceLease returns the lease of expiry's bucket, granting it on first use.
+// nonceLease returns the lease of expiry's bucket, granting it on first use. The grant runs outside the
+// lock, so calls whose bucket has its lease do not queue behind one waiting for etcd; of two grants
+// racing for a bucket the first kept wins and the other is revoked.
 func (s *Store) nonceLease(ctx context.Context, expiry, now time.Time) (clientv3.LeaseID, error) {
 	bucketLen := int64(nonceLeaseBucket / time.Second)
 	bucket := (expiry.Unix() + bucketLen - 1) / bucketLen * bucketLen
 	s.nonceMu.Lock()
-	defer s.nonceMu.Unlock()
 	for b := range s.leases {
 		if b < now.Unix() {
 			delete(s.leases, b)
 		}
 	}
-	if id, ok := s.leases[bucket]; ok {
+	id, ok := s.leases[bucket]
+	s.nonceMu.Unlock()
+	if ok {
 		return id, nil
 	}
 	g, err := s.cli.Grant(ctx, max(1, bucket-now.Unix()))
 	if err != nil {
 		return 0, err
 	}
-	s.leases[bucket] = g.ID
+	s.nonceMu.Lock()
+	kept, raced := s.leases[bucket]
+	if !raced {
+		s.leases[bucket] = g.ID
+	}
+	s.nonceMu.Unlock()
+	if raced {
+		_, _ = s.cli.Revoke(ctx, g.ID) // holds nothing; else it would only expire with its bucket
+		return kept, nil
+	}
 	return g.ID, nil
 }
 

@@ -282,11 +282,11 @@ func TestNonceReplayedToAnotherReplica(t *testing.T) {
 	now := time.Now()
 	const w = 2 * time.Hour
 	k := nonce.KeyOf("AKIDx", now.Unix(), "11886")
-	require.NoError(t, a.UseNonce(k, now, w))
-	assert.ErrorIs(t, b.UseNonce(k, now.Add(time.Second), w), nonce.ErrReplay, "replayed to the other replica")
-	assert.ErrorIs(t, a.UseNonce(k, now.Add(time.Second), w), nonce.ErrReplay, "replayed to the same one")
-	require.NoError(t, b.UseNonce(nonce.KeyOf("AKIDx", now.Unix()+1, "11886"), now, w), "another Timestamp")
-	require.NoError(t, b.UseNonce(nonce.KeyOf("AKIDy", now.Unix(), "11886"), now, w), "another SecretId")
+	require.NoError(t, a.UseNonce(context.Background(), k, now, w))
+	assert.ErrorIs(t, b.UseNonce(context.Background(), k, now.Add(time.Second), w), nonce.ErrReplay, "replayed to the other replica")
+	assert.ErrorIs(t, a.UseNonce(context.Background(), k, now.Add(time.Second), w), nonce.ErrReplay, "replayed to the same one")
+	require.NoError(t, b.UseNonce(context.Background(), nonce.KeyOf("AKIDx", now.Unix()+1, "11886"), now, w), "another Timestamp")
+	require.NoError(t, b.UseNonce(context.Background(), nonce.KeyOf("AKIDy", now.Unix(), "11886"), now, w), "another SecretId")
 
 	resp, err := a.cli.Get(context.Background(), prefix+"/nonces/", clientv3.WithPrefix())
 	require.NoError(t, err)
@@ -299,7 +299,7 @@ func TestNonceReplayedToAnotherReplica(t *testing.T) {
 	assert.Len(t, a.leases, 1, "triples of one minute share a lease")
 	// A triple whose Timestamp already left the window is not recorded: the Timestamp check refuses it.
 	old := nonce.KeyOf("AKIDx", now.Add(-3*time.Hour).Unix(), "1")
-	require.NoError(t, a.UseNonce(old, now, w))
+	require.NoError(t, a.UseNonce(context.Background(), old, now, w))
 }
 
 // testEtcd is an embedded etcd server whose tests each take a key prefix of their own.
@@ -632,5 +632,22 @@ func TestRegisterHostReturnsWhileEtcdIsAway(t *testing.T) {
 		require.ErrorIs(t, err, context.DeadlineExceeded, "the caller's context ends the attempt")
 	case <-time.After(10 * time.Second):
 		t.Fatal("RegisterHost waited for etcd past its context")
+	}
+}
+
+func TestUseNonceEndsWithTheCallWhileEtcdIsAway(t *testing.T) {
+	te := startEtcd(t)
+	st := openStore(t, te, te.prefix())
+	te.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel) // the caller gives up: a cancel, not the store's own timeout
+	now := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- st.UseNonce(ctx, nonce.KeyOf("AKIDx", now.Unix(), "1"), now, time.Hour) }()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, context.Canceled, "the call's context ends the attempt")
+	case <-time.After(10 * time.Second):
+		t.Fatal("UseNonce waited for etcd past the call's context")
 	}
 }
