@@ -1498,6 +1498,9 @@ __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, stru
 // the ENI slot in mark (slot+1) and get the decision back in cb[0..2].
 #define LOOPBACK_IFINDEX 1
 
+// run is one packet from interface to verdict. It stays whole: it is the hot path, read top to bottom
+// as the packet goes (interface → parse → guard → fragments → decision → report), and every piece it
+// could be split into is inlined anyway; a global function instead would cost a call per packet.
 static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 slot;
