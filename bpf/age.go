@@ -15,11 +15,12 @@ func (d *Dataplane) AgeConntrack(by time.Duration) error {
 	if by <= 0 {
 		return nil
 	}
+	byTicks := ticks(uint64(by), d.hz) // the program's clock counts ticks (clock.go)
 	older := func(t uint64) uint64 {
 		if t == 0 {
 			return 0 // an unused half
 		}
-		return t - min(t-1, uint64(by)) // saturates at 1: "very old", never the unused 0
+		return t - min(t-1, byTicks) // saturates at 1: "very old", never the unused 0
 	}
 	es, err := d.ctEntries()
 	if err != nil {

@@ -248,7 +248,7 @@ func (d *Dataplane) Detach(ifname string) error {
 		}
 	})
 	errs = append(errs, err)
-	if err := d.objs.Ifaces.Delete(uint32(ifc.Index)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := d.deleteBinding(uint32(ifc.Index)); err != nil {
 		errs = append(errs, fmt.Errorf("unbind: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -154,6 +154,8 @@ func FuzzRunMatchesDecode(f *testing.F) {
 		{src: netip.MustParseAddr("203.0.113.7"), dst: web, proto: 6, sport: 1, dport: 80},
 		{vlans: 2, src: netip.MustParseAddr("198.18.66.1"), dst: web, proto: 17, dport: 53},
 		{src: netip.MustParseAddr("2001:db8::1"), dst: netip.MustParseAddr("2001:db8:1::10"), proto: 6, dport: 80, extHdrs: 2},
+		{src: netip.MustParseAddr("2001:db8::1"), dst: netip.MustParseAddr("2001:db8:1::10"), proto: 6, dport: 80}, // parse6
+		{src: netip.MustParseAddr("2001:db8::1"), dst: netip.MustParseAddr("2001:db8:1::10"), proto: 17, dport: 53},
 		{src: netip.MustParseAddr("2001:db8::1"), dst: netip.MustParseAddr("2001:db8:1::10"), proto: 58, icmpType: 135},
 		{src: netip.MustParseAddr("203.0.113.7"), dst: web, proto: 6, fragOff: 5},
 		{src: netip.MustParseAddr("203.0.113.7"), dst: web, proto: 1, icmpType: 8},

@@ -8,7 +8,7 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// ctEntry is one tracked endpoint pair: the conntrack map holding it (conntrack for IPv6, conntrack4 for
+// ctEntry is one tracked endpoint pair: the conntrack map holding it (ct6 for IPv6, ct4 for
 // IPv4: their keys differ, their values do not), its key in that map's layout, and its value.
 type ctEntry struct {
 	m   *ebpf.Map
@@ -19,7 +19,7 @@ type ctEntry struct {
 // ctEntries reads every entry of both conntrack maps.
 func (d *Dataplane) ctEntries() ([]ctEntry, error) {
 	var out []ctEntry
-	for _, m := range []*ebpf.Map{d.objs.Conntrack, d.objs.Conntrack4} {
+	for _, m := range []*ebpf.Map{d.objs.Ct6, d.objs.Ct4} {
 		key := make([]byte, m.KeySize())
 		var v sgCtVal
 		it := m.Iterate()
@@ -60,7 +60,7 @@ func (d *Dataplane) forgetFlows(slots map[uint32]bool) error {
 	}
 	for _, e := range es {
 		slot := uint32(e.key[0]) | uint32(e.key[1])<<8
-		if e.m != d.objs.Conntrack4 {
+		if e.m != d.objs.Ct4 {
 			slot |= uint32(e.key[2])<<16 | uint32(e.key[3])<<24
 		}
 		if !slots[slot] {

@@ -2,12 +2,14 @@ package bpf
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
@@ -42,12 +44,8 @@ func TestConntrackBothOrientations(t *testing.T) {
 	require.Equal(t, dataplane.ReasonEstablished, run(ba, model.Ingress).Reason, "reply of A→B")
 	require.Equal(t, dataplane.ReasonEstablished, run(ab, model.Ingress).Reason, "reply of B→A")
 
-	now := func() uint64 {
-		var ts unix.Timespec
-		require.NoError(t, unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts))
-		return uint64(ts.Nano())
-	}
-	past := uint64((200 * time.Second).Nanoseconds()) // beyond UDP's 180 s with a reply seen
+	now := func() uint64 { return clockTicks(t) }
+	past := ticks(uint64(200*time.Second), d.hz) // beyond UDP's 180 s with a reply seen
 	k := keys()[0]
 	var v sgCtVal
 	require.NoError(t, k.m.Lookup(k.key, &v))
@@ -66,19 +64,15 @@ func TestConntrackBothOrientations(t *testing.T) {
 	require.Empty(t, keys(), "the entry goes with its last flow")
 }
 
-// TestConntrackTimeouts ages tracked flows by rewriting their last-seen time (the kernel clock cannot be
-// moved) and checks SPEC §3's timeouts: a reply just inside the timeout is established, just outside
+// TestConntrackTimeouts ages tracked flows by rewriting their last-seen time (in ticks of the kernel's
+// clock, which cannot be moved) and checks SPEC §3's timeouts: a reply just inside the timeout is established, just outside
 // it is judged by the rules.
 func TestConntrackTimeouts(t *testing.T) {
 	d := loadOrSkip(t)
 	s := demoState(t)
 	require.NoError(t, d.Publish(context.Background(), 1, compiler.New(s).CompileAll(), nil))
 	web, peer := netip.MustParseAddr("198.18.1.10"), netip.MustParseAddr("203.0.113.7")
-	now := func() uint64 {
-		var ts unix.Timespec
-		require.NoError(t, unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts))
-		return uint64(ts.Nano())
-	}
+	now := func() uint64 { return clockTicks(t) }
 	cases := []struct {
 		name    string
 		out     frame // sent by eni-web1 (egress accepts everything), tracked
@@ -113,7 +107,7 @@ func TestConntrackTimeouts(t *testing.T) {
 				if !inside {
 					age = tc.timeout + 2*time.Second
 				}
-				v.Last = now() - uint64(age.Nanoseconds())
+				v.Last = now() - ticks(uint64(age.Nanoseconds()), d.hz)
 				require.NoError(t, keys[0].m.Put(keys[0].key, &v))
 				r, err = d.Run(reply.build(), "eni-web1", model.Ingress)
 				require.NoError(t, err)
@@ -123,6 +117,88 @@ func TestConntrackTimeouts(t *testing.T) {
 					require.NotEqual(t, dataplane.ReasonEstablished, r.Reason, "past the timeout")
 				}
 			}
+		})
+	}
+}
+
+// clockTicks reads the conntrack clock (jiffies) as the program does.
+func clockTicks(t *testing.T) uint64 {
+	t.Helper()
+	c, err := newKernelClock()
+	skipIfNotSupported(t, err)
+	defer c.Close()
+	j, _, err := c.read()
+	require.NoError(t, err)
+	return j
+}
+
+// TestTrackedFlowTakesItsEntry: packets of a tracked flow's own direction take the entry that accepted
+// the flow while its table is in force (counted on it as the rules' decisions are), and the rules decide
+// again once the table changed: a DROP put in front drops the next one, and without it the flow is
+// accepted by its entry again (decide_fast: TCP, and ICMP echo, which parse decodes).
+func TestTrackedFlowTakesItsEntry(t *testing.T) {
+	const (
+		icmpAccept = `{"ipProtocol": "icmp", "cidrIp": "198.18.200.2/32", "action": "ACCEPT"},`
+		frontDrop  = `{"ipProtocol": "tcp", "portRange": "8080", "cidrIp": "198.18.200.2/32", "action": "DROP"},
+		              {"ipProtocol": "icmp", "cidrIp": "198.18.200.2/32", "action": "DROP"},`
+	)
+	tablesWith := func(rules string) map[string]*compiler.Tables {
+		topo := strings.Replace(labTopology, `"ingress": [
+       {"ipProtocol": "tcp", "portRange": "8080"`, `"ingress": [`+rules+`
+       {"ipProtocol": "tcp", "portRange": "8080"`, 1)
+		s, err := model.ParseTopology("lab.json", fmt.Appendf(nil, topo, ""))
+		require.NoError(t, err)
+		return compiler.New(s).CompileAll()
+	}
+	cli, srv := netip.MustParseAddr("198.18.200.2"), netip.MustParseAddr("198.18.200.1")
+	for _, tc := range []struct {
+		name string
+		in   frame
+	}{
+		{"tcp", frame{src: cli, dst: srv, proto: 6, sport: 40000, dport: 8080, tcpFlags: 0x10}},
+		{"icmp echo", frame{src: cli, dst: srv, proto: 1, icmpType: 8, icmpID: 7}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := loadOrSkip(t)
+			ctx := context.Background()
+			run := func() Result {
+				t.Helper()
+				r, err := d.Run(tc.in.build(), "eni-srv", model.Ingress)
+				require.NoError(t, err)
+				return r
+			}
+			hits := func() map[int]uint64 {
+				t.Helper()
+				hs, err := d.Hits()
+				require.NoError(t, err)
+				out := map[int]uint64{}
+				for _, h := range hs {
+					if h.ENI == "eni-srv" && h.Direction == model.Ingress {
+						out[h.Entry] = h.Packets
+					}
+				}
+				return out
+			}
+
+			require.NoError(t, d.Publish(ctx, 1, tablesWith(icmpAccept), nil))
+			first := run()
+			require.True(t, first.Accept)
+			require.Equal(t, dataplane.ReasonRule, first.Reason)
+			for range 3 {
+				require.Equal(t, first, run(), "the tracked flow's own packets take its entry")
+			}
+			assert.Equal(t, map[int]uint64{first.Entry: 4}, hits(), "each counted on the entry")
+
+			require.NoError(t, d.Publish(ctx, 2, tablesWith(frontDrop+icmpAccept), nil))
+			r := run()
+			assert.False(t, r.Accept, "the new table's DROP decides")
+			assert.Equal(t, dataplane.ReasonRule, r.Reason)
+
+			require.NoError(t, d.Publish(ctx, 3, tablesWith(icmpAccept), nil))
+			for range 2 {
+				assert.Equal(t, first, run(), "accepted by its entry again")
+			}
+			assert.Equal(t, map[int]uint64{first.Entry: 2}, hits(), "counted in the table in force")
 		})
 	}
 }

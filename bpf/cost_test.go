@@ -1,8 +1,12 @@
 package bpf
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"net/netip"
+	"strconv"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -12,6 +16,8 @@ import (
 	"github.com/sgsim/sgsim/bench"
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/internal/netlab"
+	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/model"
 )
 
@@ -71,12 +77,22 @@ func costFlows(tb testing.TB, tab *compiler.Table) (first, reply frame) {
 }
 
 // BenchmarkPacketCost reports, in one run, the floor (an empty SCHED_CLS program), one hash-map lookup
-// and the program per packet for an established flow (a reply conntrack answers) and a new flow (a packet
-// conntrack does not answer: classified by the rules, then tracked), at 100, 10k and 100k rules. Each
-// iteration runs the three programs back to back, so they share the machine's load; the program is
-// quoted in ns and in hash lookups above the floor.
+// and the program per packet at 100, 10k and 100k rules, for three packets of an accepted TCP flow:
+//   - established: a reply, which conntrack answers;
+//   - original: a packet of the flow's own direction once the flow is tracked, which takes the entry
+//     that accepted the flow while its table is in force (what "new" measured before: the same packet
+//     repeated, classified by the rules every time);
+//   - new: the first packet of a flow (conntrack misses, the rules decide, the flow is inserted), each
+//     run a flow of its own (another source port), so each is one test run, as are the floor and the
+//     lookup it is quoted against;
+//   - established-iface: the reply on the ENI's host interface (a veth of a namespace of its own), which
+//     the program looks up as for real traffic (test runs on loopback carry their slot instead).
+//
+// Each iteration runs the three programs back to back, so they share the machine's load; the program
+// is quoted in ns and in hash lookups above the floor.
 func BenchmarkPacketCost(b *testing.B) {
 	base := loadBaselines(b)
+	iface := costInterface(b)
 	for _, n := range []int{100, 10000, 100000} {
 		d := loadOrSkip(b)
 		tables, err := compiler.New(bigState(b, n)).Compile(bench.ENIID)
@@ -84,29 +100,60 @@ func BenchmarkPacketCost(b *testing.B) {
 		require.NoError(b, d.Publish(context.Background(), 1, map[string]*compiler.Tables{bench.ENIID: tables}, nil))
 		first, reply := costFlows(b, tables.Ingress)
 		firstFrame, replyFrame := first.build(), reply.build()
-		for _, flow := range []string{"established", "new"} {
+		slot := d.slots[bench.ENIID]
+		require.NoError(b, d.Bind(int(iface.index), bench.ENIID))
+		for _, flow := range []string{"established", "original", "new", "established-iface"} {
 			b.Run(fmt.Sprintf("rules=%d/flow=%s", n, flow), func(b *testing.B) {
 				require.NoError(b, d.FlushConntrack())
 				r, err := d.Run(firstFrame, bench.ENIID, model.Ingress)
 				require.NoError(b, err)
 				require.Equal(b, dataplane.ReasonRule, r.Reason)
-				prog, frame := d.objs.SgHostEgress, firstFrame
-				if flow == "established" {
-					prog, frame = d.objs.SgHostIngress, replyFrame
+				switch flow {
+				case "established":
 					r, err := d.Run(replyFrame, bench.ENIID, model.Egress)
 					require.NoError(b, err)
 					require.Equal(b, dataplane.ReasonEstablished, r.Reason)
+					reportCost(b, base, d.objs.SgHostIngress, replyFrame, skbCtx{Mark: slot + 1})
+				case "established-iface":
+					r, err := d.Run(replyFrame, bench.ENIID, model.Egress)
+					require.NoError(b, err)
+					require.Equal(b, dataplane.ReasonEstablished, r.Reason)
+					_, err = netns.Do(iface.ns, func() (struct{}, error) {
+						reportCost(b, base, d.objs.SgHostIngress, replyFrame, skbCtx{Ifindex: iface.index})
+						return struct{}{}, nil
+					})
+					require.NoError(b, err)
+				case "original":
+					again, err := d.Run(firstFrame, bench.ENIID, model.Ingress)
+					require.NoError(b, err)
+					require.Equal(b, r, again, "the tracked flow's own packet takes the entry that accepted it")
+					reportCost(b, base, d.objs.SgHostEgress, firstFrame, skbCtx{Mark: slot + 1})
+				case "new":
+					reportNewFlowCost(b, base, d, firstFrame, slot)
 				}
-				reportCost(b, base, prog, frame, d.slots[bench.ENIID])
 			})
 		}
 		d.Close()
 	}
 }
 
-// reportCost runs floor, hash lookup and prog on frame repeatedly in the kernel and reports each one's
-// mean kernel time per run, and prog above the floor in hash lookups.
-func reportCost(b *testing.B, base *costBaselines, prog *ebpf.Program, frame []byte, slot uint32) {
+// costIface is the benchmark ENI's host interface: a veth in a namespace of its own (bound to the ENI in
+// each dataplane).
+type costIface struct {
+	ns    string
+	index uint32
+}
+
+func costInterface(b *testing.B) costIface {
+	lab := netlab.New(b, "sgcost")
+	const index = 7000 // below SG_IFSLOTS, as nearly every host's interfaces
+	lab.IP("-n", lab.Host, "link", "add", "sgcost0", "index", strconv.Itoa(index), "type", "veth", "peer", "name", "sgcost1")
+	return costIface{ns: lab.Host, index: index}
+}
+
+// reportCost runs floor, hash lookup and prog on frame (with skb context ctx) repeatedly in the kernel and
+// reports each one's mean kernel time per run, and prog above the floor in hash lookups.
+func reportCost(b *testing.B, base *costBaselines, prog *ebpf.Program, frame []byte, ctx skbCtx) {
 	const repeat = 2000
 	var floorNS, hashNS, progNS float64
 	b.ReportAllocs()
@@ -115,18 +162,97 @@ func reportCost(b *testing.B, base *costBaselines, prog *ebpf.Program, frame []b
 			p   *ebpf.Program
 			sum *float64
 		}{{base.floor, &floorNS}, {base.hash, &hashNS}, {prog, &progNS}} {
-			ns, err := testRunNS(r.p, frame, slot, repeat)
+			ns, err := testRunCtxNS(r.p, frame, ctx, repeat)
 			if err != nil {
 				b.Fatal(err)
 			}
 			*r.sum += float64(ns)
 		}
 	}
-	n := float64(b.N)
+	reportAboveFloor(b, floorNS, hashNS, progNS, float64(b.N))
+}
+
+// reportNewFlowCost runs the ENI-ingress program on first packets of new flows (frame with another
+// source port each time: the rules accept each and conntrack inserts it), one test run each, beside one
+// test run each of the floor and the hash lookup.
+func reportNewFlowCost(b *testing.B, base *costBaselines, d *Dataplane, frame []byte, slot uint32) {
+	const flowsPerIteration = 100
+	frame = bytes.Clone(frame)
+	var floorNS, hashNS, progNS float64
+	port := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		for range flowsPerIteration {
+			port++
+			if port == 50000 {
+				b.StopTimer()
+				require.NoError(b, d.FlushConntrack())
+				b.StartTimer()
+				port = 1
+			}
+			binary.BigEndian.PutUint16(frame[14+20:], uint16(10000+port)) // TCP source port (IPv4, no options)
+			for _, r := range []struct {
+				p   *ebpf.Program
+				sum *float64
+			}{{base.floor, &floorNS}, {base.hash, &hashNS}, {d.objs.SgHostEgress, &progNS}} {
+				ns, err := testRunNS(r.p, frame, slot, 1)
+				if err != nil {
+					b.Fatal(err)
+				}
+				*r.sum += float64(ns)
+			}
+		}
+	}
+	reportAboveFloor(b, floorNS, hashNS, progNS, float64(b.N*flowsPerIteration))
+}
+
+// reportAboveFloor reports the mean kernel ns per run of the floor, the lookup and the program over n
+// runs each, and the program above the floor in hash lookups.
+func reportAboveFloor(b *testing.B, floorNS, hashNS, progNS, n float64) {
 	b.ReportMetric(floorNS/n, "floor-ns")
 	b.ReportMetric((hashNS-floorNS)/n, "lookup-ns")
 	b.ReportMetric(progNS/n, "kernel-ns/pkt")
 	if hashNS > floorNS {
 		b.ReportMetric((progNS-floorNS)/(hashNS-floorNS), "lookups-above-floor")
+	}
+}
+
+// BenchmarkPacketCostByProtocol is BenchmarkPacketCost's established and original packets for the
+// flows the IPv4 TCP benchmark does not take: IPv6 TCP (parse6 and decide_fast's ct6 copy) and IPv4
+// ICMP echo (parse and decide_flow), on eni-web1 of the demo topology.
+func BenchmarkPacketCostByProtocol(b *testing.B) {
+	base := loadBaselines(b)
+	d := loadOrSkip(b)
+	require.NoError(b, d.Publish(context.Background(), 1, compiler.New(demoState(b)).CompileAll(), nil))
+	slot := d.slots["eni-web1"]
+	for _, tc := range []struct {
+		name string
+		in   frame // sent to eni-web1, which accepts it
+	}{
+		{"ipv4-tcp", frame{src: netip.MustParseAddr("203.0.113.7"), dst: netip.MustParseAddr("198.18.1.10"), proto: 6,
+			sport: 40000, dport: 80, tcpFlags: 0x10}},
+		{"ipv6-tcp", frame{src: netip.MustParseAddr("2001:db8:9::7"), dst: netip.MustParseAddr("2001:db8:1::10"), proto: 6,
+			sport: 40000, dport: 80, tcpFlags: 0x10}},
+		{"ipv4-icmp-echo", frame{src: netip.MustParseAddr("203.0.113.7"), dst: netip.MustParseAddr("198.18.1.10"), proto: 1,
+			icmpType: 8, icmpID: 9}},
+	} {
+		reply := tc.in.reverse()
+		in, out := tc.in.build(), reply.build()
+		for _, flow := range []string{"established", "original"} {
+			b.Run(tc.name+"/flow="+flow, func(b *testing.B) {
+				require.NoError(b, d.FlushConntrack())
+				r, err := d.Run(in, "eni-web1", model.Ingress)
+				require.NoError(b, err)
+				require.Equal(b, dataplane.ReasonRule, r.Reason)
+				prog, frame := d.objs.SgHostEgress, in
+				if flow == "established" {
+					r, err := d.Run(out, "eni-web1", model.Egress)
+					require.NoError(b, err)
+					require.Equal(b, dataplane.ReasonEstablished, r.Reason)
+					prog, frame = d.objs.SgHostIngress, out
+				}
+				reportCost(b, base, prog, frame, skbCtx{Mark: slot + 1})
+			})
+		}
 	}
 }

@@ -47,6 +47,7 @@ type Dataplane struct {
 	objs    sgObjects
 	pinPath string
 	clsact  bool
+	hz      uint32 // the kernel's tick rate: conntrack's clock counts ticks
 
 	scratch scratch
 	// staging is held from Stage until its Switch or Discard: a change is staged against the live
@@ -68,11 +69,18 @@ type Dataplane struct {
 const maxResident = 64
 
 // collectionSpec returns the program's spec, pinned (sg.c declares which maps, LIBBPF_PIN_BY_NAME) only
-// when pinned is set.
-func collectionSpec(pinned bool) (*ebpf.CollectionSpec, error) {
+// when pinned is set, for a kernel ticking hz times a second (conntrack's clock).
+func collectionSpec(pinned bool, hz uint32) (*ebpf.CollectionSpec, error) {
 	spec, err := loadSg()
 	if err != nil {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
+	}
+	v := spec.Variables[sgVarCtHz]
+	if v == nil {
+		return nil, fmt.Errorf("load bpf spec: no variable %s", sgVarCtHz)
+	}
+	if err := v.Set(hz); err != nil {
+		return nil, fmt.Errorf("load bpf spec: set %s: %w", sgVarCtHz, err)
 	}
 	if m := spec.Maps["tables"]; m == nil || m.InnerMap == nil || m.InnerMap.ValueSize != uint32(chunkSize) {
 		return nil, fmt.Errorf("load bpf spec: the tables map's chunks are not the %d bytes layout.go writes", chunkSize)
@@ -87,7 +95,11 @@ func collectionSpec(pinned bool) (*ebpf.CollectionSpec, error) {
 
 // Load loads the program and its maps into the kernel.
 func Load(opts Options) (*Dataplane, error) {
-	spec, err := collectionSpec(opts.PinPath != "")
+	hz, err := kernelHZ()
+	if err != nil {
+		return nil, fmt.Errorf("load bpf program: the kernel's tick rate: %w", err)
+	}
+	spec, err := collectionSpec(opts.PinPath != "", hz)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +113,7 @@ func Load(opts Options) (*Dataplane, error) {
 	if opts.Clsact && opts.PinPath == "" {
 		return nil, errors.New("load bpf program: the clsact attachment needs a pin path")
 	}
-	d := &Dataplane{pinPath: opts.PinPath, clsact: opts.Clsact, slots: map[string]uint32{}, live: map[uint32]liveTables{},
+	d := &Dataplane{pinPath: opts.PinPath, clsact: opts.Clsact, hz: hz, slots: map[string]uint32{}, live: map[uint32]liveTables{},
 		resident: map[uint32][2]*ebpf.Map{}}
 	if err := spec.LoadAndAssign(&d.objs, &co); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -122,10 +134,18 @@ func Load(opts Options) (*Dataplane, error) {
 				"layout (%w); to upgrade, remove %s (its interfaces stay unfiltered until this daemon attaches) and start again",
 				opts.PinPath, err, opts.PinPath)
 		}
+		if err := d.adoptOldConntrack(); err != nil {
+			d.objs.Close()
+			return nil, fmt.Errorf("load bpf program: %w", err)
+		}
 	}
 	if err := d.recoverSlots(); err != nil {
 		d.objs.Close()
 		return nil, err
+	}
+	if err := d.syncIfslots(); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("load bpf program: %w", err)
 	}
 	return d, nil
 }
@@ -707,7 +727,7 @@ func (d *Dataplane) forgetIfaces(slot uint32) error {
 		return fmt.Errorf("read interface bindings: %w", err)
 	}
 	for _, k := range del {
-		if err := d.objs.Ifaces.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.deleteBinding(k); err != nil {
 			return fmt.Errorf("unbind ifindex %d: %w", k, err)
 		}
 	}
@@ -725,7 +745,7 @@ func (d *Dataplane) Bind(ifindex int, eni string) error {
 	if err != nil {
 		return fmt.Errorf("bind %s: %w", eni, err)
 	}
-	if err := d.objs.Ifaces.Put(uint32(ifindex), &sgIfcfg{Slot: slot}); err != nil {
+	if err := d.putBinding(uint32(ifindex), slot); err != nil {
 		return fmt.Errorf("bind %s to ifindex %d: %w", eni, ifindex, err)
 	}
 	return nil

@@ -7,8 +7,6 @@ import (
 	"net"
 	"os"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/sgsim/sgsim/model"
 )
 
@@ -37,7 +35,7 @@ func (d *Dataplane) Guard(ctx context.Context, ifname string) error {
 	if err != nil {
 		return fmt.Errorf("guard %s: %w", ifname, err)
 	}
-	if err := d.objs.Ifaces.Put(uint32(ifc.Index), &sgIfcfg{Slot: guardSlot}); err != nil {
+	if err := d.putBinding(uint32(ifc.Index), guardSlot); err != nil {
 		return fmt.Errorf("guard %s: bind: %w", ifname, err)
 	}
 	if err := d.link(ctx, ifname, ifc.Index); err != nil {
@@ -64,7 +62,7 @@ func (d *Dataplane) Forget(ifindex int) error {
 			}
 		}
 	}
-	if err := d.objs.Ifaces.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := d.deleteBinding(uint32(ifindex)); err != nil {
 		errs = append(errs, fmt.Errorf("unbind: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -58,13 +58,13 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 // the directory and how to upgrade, and the pinned map is left alone.
 func TestLoadRefusesPinnedMapsOfAnotherLayout(t *testing.T) {
 	loadOrSkip(t).Close()
-	pin := pinStaleMap(t, "layout", &ebpf.MapSpec{Name: "conntrack", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 16})
+	pin := pinStaleMap(t, "layout", &ebpf.MapSpec{Name: "ifaces", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 16})
 
 	_, err := Load(Options{PinPath: pin})
 	require.ErrorIs(t, err, ebpf.ErrMapIncompatible)
 	assert.ErrorContains(t, err, "maps pinned under "+pin+" were made by an sgsim build with another layout")
 	assert.ErrorContains(t, err, "remove "+pin)
-	_, err = os.Stat(filepath.Join(pin, "conntrack"))
+	_, err = os.Stat(filepath.Join(pin, "ifaces"))
 	assert.NoError(t, err, "the old pin is still there")
 }
 

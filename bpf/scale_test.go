@@ -138,7 +138,12 @@ func BenchmarkRun(b *testing.B) {
 // testRunNS runs prog repeat times on frame as a test run for slot (what RunRepeat does) and returns the
 // kernel's mean duration of one run in ns, which cilium/ebpf's Run does not expose.
 func testRunNS(prog *ebpf.Program, frame []byte, slot, repeat uint32) (uint32, error) {
-	ctx := skbCtx{Mark: slot + 1}
+	return testRunCtxNS(prog, frame, skbCtx{Mark: slot + 1}, repeat)
+}
+
+// testRunCtxNS is testRunNS with the skb's context given (ifindex set: the frame is on that interface
+// of the caller's network namespace, as real traffic).
+func testRunCtxNS(prog *ebpf.Program, frame []byte, ctx skbCtx, repeat uint32) (uint32, error) {
 	// struct bpf_attr's test part (BPF_PROG_TEST_RUN); the buffers are unsafe.Pointer, not integers, so
 	// the Go runtime keeps them alive and in place.
 	attr := struct {

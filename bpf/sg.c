@@ -106,6 +106,10 @@ struct ifcfg {
 	__u32 flags;
 };
 
+// ifaces binds an interface (ifindex) to its ENI slot; the Go side writes it, and copies each binding of
+// an ifindex below SG_IFSLOTS into ifslots (slot + 1, 0: not bound), which is what the program reads
+// for those: a directly addressed array, whose lookup the verifier inlines, instead of a hash lookup
+// call on every packet.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SG_MAX_SLOTS);
@@ -113,6 +117,14 @@ struct {
 	__type(value, struct ifcfg);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SG_IFSLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
+} ifslots SEC(".maps");
 
 // Packets dropped on guarded interfaces (SPEC §8) by ENI direction (what the VM sent: egress), counted
 // beside the rate-limited drop events.
@@ -156,7 +168,8 @@ struct ct_half {
 	__u64 last;
 	__u64 gen;
 	__u8 dir, flags;
-	__u8 pad[6];
+	__u16 pad;
+	__u32 entry; // 1 + the entry of table generation gen that accepts the flow, 0: unknown
 };
 
 // Two struct ct_half, spelled out so the Go type keeps the first half's fields as Last, Gen, Dir, Flags.
@@ -164,11 +177,13 @@ struct ct_val {
 	__u64 last;
 	__u64 gen;
 	__u8 dir, flags;
-	__u8 pad[6];
+	__u16 pad;
+	__u32 entry;
 	__u64 last2;
 	__u64 gen2;
 	__u8 dir2, flags2;
-	__u8 pad2[6];
+	__u16 pad2;
+	__u32 entry2;
 };
 
 struct {
@@ -177,7 +192,7 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct ct_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
-} conntrack SEC(".maps");
+} ct6 SEC(".maps"); // IPv6 flows; named ct6, not conntrack as before, since last counts ticks, not ns (clock.go)
 
 // IPv4 flows have their own map with a key of 16 bytes instead of 44: the kernel hashes and compares the
 // whole key on every lookup, and the short key costs about half. Same entries otherwise.
@@ -194,7 +209,7 @@ struct {
 	__type(key, struct ct_key4);
 	__type(value, struct ct_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
-} conntrack4 SEC(".maps");
+} ct4 SEC(".maps"); // named ct4, not conntrack4 as before, since last counts ticks, not ns (clock.go)
 
 // Verdicts of first fragments, which later fragments of the same datagram take (SPEC §2).
 struct frag_key {
@@ -602,6 +617,56 @@ out:
 	return c.pull ? R_PULL : r;
 }
 
+// parse4 parses the commonest frame (untagged Ethernet, IPv4 without options, not a fragment, TCP or
+// UDP, all in the linear part) in a few straight-line checks, inlined in run, and returns 1; it returns 0,
+// having filled nothing, for any other frame, which parse decodes in full. What it accepts, parse
+// decodes the same way (its minimum lengths hold, nothing is clipped).
+static __always_inline int parse4(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 *b = (void *)(long)skb->data;
+	if ((void *)(b + 14 + 20 + 14) > (void *)(long)skb->data_end)
+		return 0;
+	__u8 proto = b[23];
+	if (b[12] != 0x08 || b[13] != 0x00 || b[14] != 0x45 || (proto != 6 && proto != 17))
+		return 0;
+	if ((be16(b + 20) & 0x3fff) != 0 || be16(b + 16) < (proto == 6 ? 20 + 14 : 20 + 8))
+		return 0; // a fragment (more fragments, or an offset), or a datagram too short for its header
+	p->fam = 4;
+	p->proto = proto;
+	__builtin_memcpy(p->src, b + 26, 4);
+	__builtin_memcpy(p->dst, b + 30, 4);
+	p->sport = be16(b + 34);
+	p->dport = be16(b + 36);
+	p->tcp_flags = proto == 6 ? b[34 + 13] : 0;
+	p->has_port = 1;
+	p->trackable = 1;
+	return 1;
+}
+
+// parse6 is parse4's IPv6 counterpart: untagged Ethernet, IPv6 whose next header is TCP or UDP (no
+// extension header), a payload length that holds that header, all in the linear part.
+static __always_inline int parse6(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 *b = (void *)(long)skb->data;
+	if ((void *)(b + 14 + 40 + 14) > (void *)(long)skb->data_end)
+		return 0;
+	__u8 proto = b[14 + 6];
+	if (b[12] != 0x86 || b[13] != 0xdd || (b[14] >> 4) != 6 || (proto != 6 && proto != 17))
+		return 0;
+	if (be16(b + 14 + 4) < (proto == 6 ? 14 : 8))
+		return 0; // a jumbogram (0) or a payload too short for its header
+	p->fam = 6;
+	p->proto = proto;
+	__builtin_memcpy(p->src, b + 22, 16);
+	__builtin_memcpy(p->dst, b + 38, 16);
+	p->sport = be16(b + 54);
+	p->dport = be16(b + 56);
+	p->tcp_flags = proto == 6 ? b[54 + 13] : 0;
+	p->has_port = 1;
+	p->trackable = 1;
+	return 1;
+}
+
 static __always_inline __u64 be64(const __u8 *a)
 {
 	__u64 v = 0;
@@ -643,45 +708,109 @@ struct query {
 	__u8 remote[16];
 	__u32 lo, hi;
 	__u32 count; // count the decision on its entry's counter
+	__u32 zero;  // 0, read as a number the verifier does not know (see search)
 };
 
 #define UNTRACKED(x) (*(volatile __u32 *)&(x))
 
-// Each search narrows [q->lo, q->hi) to the interval whose start is the last one <= key; base is the
-// byte offset of the searched region. Returns -1 when the table is inconsistent.
+// in_chunk tells whether the elements [lo, hi) of size sz at byte base lie in one chunk.
+static __always_inline int in_chunk(__u32 base, __u32 lo, __u32 hi, __u32 sz)
+{
+	return (base + lo * sz) >> CHUNK_SHIFT == (base + (hi - 1) * sz) >> CHUNK_SHIFT;
+}
+
+// A search narrows [q->lo, q->hi) to the interval whose start is the last one <= key; base is the byte
+// offset of the searched region. It steps through the chunk cache only while the interval spans chunks
+// (rarely: the IPv4 index leaves a few intervals, a node's ports are few); then the rest of the steps
+// read one chunk, keeping the bounds in registers. Each step hides the bounds from the verifier with an
+// xor by q->zero, which it cannot know is 0, so both branches of a step reach the next in one state and
+// the loop verifies in steps × body, like the steps through memory, at one instruction's cost. A chunk
+// holds at most CHUNK_SIZE / 8 elements, so SEARCH_IN_CHUNK steps end any search in it.
+#define SEARCH_IN_CHUNK (CHUNK_SHIFT - 3 + 1)
+
+// search_step is one step of a search across chunks: the element of size sz in the middle, or 0 when
+// the interval is down to one element or lies in one chunk (or on an inconsistent table: *bad).
+static __always_inline void *search_step(struct tmem *m, struct query *q, __u32 base, __u32 sz, __u32 *mid,
+					 int *bad)
+{
+	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
+	if (hi - lo <= 1 || in_chunk(base, lo, hi, sz))
+		return 0;
+	*mid = (lo + hi) / 2;
+	void *v = tm_at(m, base + *mid * sz, sz);
+	if (!v)
+		*bad = 1;
+	return v;
+}
+
+// search_chunk returns the chunk holding the rest of the search (every element of [q->lo, q->hi)), or 0
+// on an inconsistent table.
+static __always_inline void *search_chunk(struct tmem *m, struct query *q, __u32 base, __u32 sz)
+{
+	if (!tm_at(m, base + UNTRACKED(q->lo) * sz, sz))
+		return 0;
+	return m->p;
+}
+
 static __always_inline int search_v4(struct tmem *m, struct query *q, __u32 base, __u32 key)
 {
+	int bad = 0;
+	__u32 mid;
 	for (int i = 0; i < 33; i++) {
-		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
-		if (hi - lo <= 1)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		struct v4iv *v = tm_at(m, base + mid * 8, 8);
+		struct v4iv *v = search_step(m, q, base, 8, &mid, &bad);
 		if (!v)
-			return -1;
+			break;
 		if (v->start <= key)
 			UNTRACKED(q->lo) = mid;
 		else
 			UNTRACKED(q->hi) = mid;
 	}
+	void *c = bad ? 0 : search_chunk(m, q, base, 8);
+	if (!c)
+		return -1;
+	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi), z = UNTRACKED(q->zero);
+	for (int i = 0; i < SEARCH_IN_CHUNK && hi - lo > 1; i++) {
+		__u32 mid = (lo + hi) / 2;
+		struct v4iv *v = c + ((base + mid * 8) & (CHUNK_SIZE - 8));
+		if (v->start <= key)
+			lo = mid;
+		else
+			hi = mid;
+		lo ^= z;
+		hi ^= z;
+	}
+	UNTRACKED(q->lo) = lo;
 	return 0;
 }
 
 static __always_inline int search_v6(struct tmem *m, struct query *q, __u32 base, __u64 khi, __u64 klo)
 {
+	int bad = 0;
+	__u32 mid;
 	for (int i = 0; i < 33; i++) {
-		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
-		if (hi - lo <= 1)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		struct v6iv *v = tm_at(m, base + mid * 32, 32);
+		struct v6iv *v = search_step(m, q, base, 32, &mid, &bad);
 		if (!v)
-			return -1;
+			break;
 		if (v->hi < khi || (v->hi == khi && v->lo <= klo))
 			UNTRACKED(q->lo) = mid;
 		else
 			UNTRACKED(q->hi) = mid;
 	}
+	void *c = bad ? 0 : search_chunk(m, q, base, 32);
+	if (!c)
+		return -1;
+	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi), z = UNTRACKED(q->zero);
+	for (int i = 0; i < SEARCH_IN_CHUNK && hi - lo > 1; i++) {
+		__u32 mid = (lo + hi) / 2;
+		struct v6iv *v = c + ((base + mid * 32) & (CHUNK_SIZE - 32));
+		if (v->hi < khi || (v->hi == khi && v->lo <= klo))
+			lo = mid;
+		else
+			hi = mid;
+		lo ^= z;
+		hi ^= z;
+	}
+	UNTRACKED(q->lo) = lo;
 	return 0;
 }
 
@@ -689,23 +818,36 @@ static __always_inline int search_v6(struct tmem *m, struct query *q, __u32 base
 // starts at 0), or -1.
 static __always_inline __s32 search_ports(struct tmem *m, struct hdr *h, struct query *q, __u32 off, __u32 cnt)
 {
+	__u32 base = h->off_ports, port = q->port;
+	int bad = 0;
+	__u32 mid;
 	UNTRACKED(q->lo) = off;
 	UNTRACKED(q->hi) = off + cnt;
 	for (int i = 0; i < 18; i++) {
-		__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi);
-		if (hi - lo <= 1)
-			break;
-		__u32 mid = (lo + hi) / 2;
-		struct portiv *v = tm_at(m, h->off_ports + mid * 8, 8);
+		struct portiv *v = search_step(m, q, base, 8, &mid, &bad);
 		if (!v)
-			return -1;
-		if (v->start <= q->port)
+			break;
+		if (v->start <= port)
 			UNTRACKED(q->lo) = mid;
 		else
 			UNTRACKED(q->hi) = mid;
 	}
-	struct portiv *v = tm_at(m, h->off_ports + UNTRACKED(q->lo) * 8, 8);
-	return v ? v->entry : -1;
+	void *c = bad ? 0 : search_chunk(m, q, base, 8);
+	if (!c)
+		return -1;
+	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi), z = UNTRACKED(q->zero);
+	for (int i = 0; i < SEARCH_IN_CHUNK && hi - lo > 1; i++) {
+		__u32 mid = (lo + hi) / 2;
+		struct portiv *v = c + ((base + mid * 8) & (CHUNK_SIZE - 8));
+		if (v->start <= port)
+			lo = mid;
+		else
+			hi = mid;
+		lo ^= z;
+		hi ^= z;
+	}
+	struct portiv *v = c + ((base + lo * 8) & (CHUNK_SIZE - 8));
+	return v->entry;
 }
 
 // address_node returns the node (ClassifierAnswer) of q->remote's address interval, or -1.
@@ -808,14 +950,22 @@ __noinline int classify(__u32 ti, struct query *q, struct cls *out)
 	return e;
 }
 
-static __always_inline __u64 ct_timeout(struct ct_half *v, __u8 proto)
+// Conntrack's clock is jiffies (bpf_jiffies64, which the verifier inlines: no helper call per packet), so
+// its timeouts are in ticks: the loader sets ct_hz to the kernel's CONFIG_HZ.
+volatile const __u32 ct_hz = 0;
+
+// ct_expired tells whether the flow in half v has been idle for longer than its timeout (SPEC §3). A
+// flow refreshed by another CPU after this packet read the clock looks idle for less than no time.
+static __always_inline int ct_expired(struct ct_half *v, __u8 proto, __u64 now)
 {
-	const __u64 s = 1000000000ULL;
+	__u64 s = ct_hz, timeout;
 	if (proto == 6)
-		return (v->flags & CT_CLOSING) ? 30 * s : 600 * s;
-	if (proto == 1 || proto == 58)
-		return 30 * s;
-	return (v->flags & CT_REPLY_SEEN) ? 180 * s : 30 * s;
+		timeout = (v->flags & CT_CLOSING) ? 30 * s : 600 * s;
+	else if (proto == 1 || proto == 58)
+		timeout = 30 * s;
+	else
+		timeout = (v->flags & CT_REPLY_SEEN) ? 180 * s : 30 * s;
+	return now > v->last && now - v->last > timeout;
 }
 
 struct decision {
@@ -828,8 +978,8 @@ struct decision {
 };
 
 // ct_flow is a packet's conntrack key and its own orientation (the entry, looked up once, is beside it);
-// and the scratch space of decide_flow's classifications and IPv4 keys, kept in one place so that the
-// stack of the call chain stays within the verifier's 512 bytes.
+// and the scratch space of decide_flow's classifications and IPv4 keys and of run's fragment verdicts,
+// kept in one place so that the stack of the call chain stays within the verifier's 512 bytes.
 struct ct_flow {
 	struct ct_key k;
 	int o;
@@ -837,6 +987,8 @@ struct ct_flow {
 	struct query q;
 	struct cls c;
 	struct ct_val nv; // a new entry's value
+	struct frag_key fk; // run's: a fragment's key, and a first fragment's verdict
+	struct frag_val fv;
 };
 
 // decide_flow's ct_flow lives here, not on the stack: with it there the call chain run → decide_flow →
@@ -886,14 +1038,21 @@ static __always_inline void decide_rules(__u32 slot, __u8 dir, struct pkt *p, st
 		d->reason = c.nosg ? R_NO_SG : R_DEFAULT_DROP;
 }
 
+// table_current tells whether the table a tracked flow was last checked against is still in force.
+static __always_inline int table_current(__u32 slot, struct ct_half *h)
+{
+	__u32 ti = slot * 2 + h->dir;
+	__u64 *g = bpf_map_lookup_elem(&table_gens, &ti);
+	return g && *g == h->gen + 1;
+}
+
 // recheck re-classifies a tracked flow's original packet (slot, fam, proto, src -> dst:dport) when its
 // table changed since it was last checked; returns 1 when the flow may continue.
 static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 *src, const __u8 *dst, __u16 dport,
 				   struct ct_half *v, struct ct_flow *f)
 {
 	__u32 ti = slot * 2 + v->dir;
-	__u64 *g = bpf_map_lookup_elem(&table_gens, &ti);
-	if (g && *g == v->gen + 1)
+	if (table_current(slot, v))
 		return 1;
 	struct hdr *h;
 	if (!table_of(ti, &h))
@@ -908,9 +1067,11 @@ static __always_inline int recheck(__u32 slot, __u8 fam, __u8 proto, const __u8 
 	q->port = dport;
 	__builtin_memcpy(q->remote, v->dir == DIR_INGRESS ? src : dst, 16);
 	__builtin_memset(&f->c, 0, sizeof(f->c));
-	if (classify(ti, q, &f->c) < 0 || f->c.action != 1)
+	int e = classify(ti, q, &f->c);
+	if (e < 0 || f->c.action != 1)
 		return 0;
 	v->gen = f->c.gen;
+	v->entry = e + 1;
 	return 1;
 }
 
@@ -966,7 +1127,7 @@ static __always_inline struct ct_half *ct_half_of(struct ct_val *v, int o)
 	return 0;
 }
 
-// ct_key4_of is k in conntrack4's layout (k is an IPv4 flow's key).
+// ct_key4_of is k in ct4's layout (k is an IPv4 flow's key).
 static __always_inline void ct_key4_of(struct ct_key4 *k4, const struct ct_key *k)
 {
 	k4->slot = k->slot;
@@ -978,33 +1139,45 @@ static __always_inline void ct_key4_of(struct ct_key4 *k4, const struct ct_key *
 	__builtin_memcpy(k4->dst, k->dst, 4);
 }
 
-// ct_lookup, ct_insert and ct_delete act on k's entry in its family's map.
+// ct_lookup, ct_insert and ct_delete act on k's entry in its family's map. Each map has call sites of its
+// own (apart): where one call site sees two maps, the verifier cannot bind it to one map's lookup and
+// leaves the generic helper, an indirect call (a retpoline here) on every packet.
+#define apart(x) asm volatile("" : "+r"(x))
+
 static __always_inline struct ct_val *ct_lookup(const struct ct_key *k, struct ct_key4 *k4)
 {
+	struct ct_val *v;
 	if (k->fam == 4) {
 		ct_key4_of(k4, k);
-		return bpf_map_lookup_elem(&conntrack4, k4);
+		v = bpf_map_lookup_elem(&ct4, k4);
+		apart(v);
+		return v;
 	}
-	return bpf_map_lookup_elem(&conntrack, k);
+	return bpf_map_lookup_elem(&ct6, k);
 }
 
 static __always_inline long ct_insert(const struct ct_key *k, struct ct_key4 *k4, const struct ct_val *v)
 {
+	long err;
 	if (k->fam == 4) {
 		ct_key4_of(k4, k);
-		return bpf_map_update_elem(&conntrack4, k4, v, BPF_NOEXIST);
+		err = bpf_map_update_elem(&ct4, k4, v, BPF_NOEXIST);
+		apart(err);
+		return err;
 	}
-	return bpf_map_update_elem(&conntrack, k, v, BPF_NOEXIST);
+	return bpf_map_update_elem(&ct6, k, v, BPF_NOEXIST);
 }
 
 static __always_inline void ct_delete(const struct ct_key *k, struct ct_key4 *k4)
 {
+	long err;
 	if (k->fam == 4) {
 		ct_key4_of(k4, k);
-		bpf_map_delete_elem(&conntrack4, k4);
+		err = bpf_map_delete_elem(&ct4, k4);
+		apart(err);
 		return;
 	}
-	bpf_map_delete_elem(&conntrack, k);
+	bpf_map_delete_elem(&ct6, k);
 }
 
 // ct_forget ends the flow in half hf of fl's entry v (key fl->k); returns 1 when the entry itself was
@@ -1044,7 +1217,7 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 				return 0;
 			reply_quoted = 1;
 		}
-		int ok = now - h->last <= ct_timeout(h, k->proto);
+		int ok = !ct_expired(h, k->proto, now);
 		if (ok && !reply_quoted)
 			ok = recheck(slot, p->fam, p->q_proto, p->q_src, p->q_dst, p->q_dport, h, f);
 		else if (ok)
@@ -1065,7 +1238,7 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 	struct ct_half *h = ct_half_of(*vp, ct_same_ends(&f->k) ? f->o : !f->o);
 	if (!h || h->dir == dir)
 		return 0;
-	if (now - h->last > ct_timeout(h, p->proto) ||
+	if (ct_expired(h, p->proto, now) ||
 	    !recheck(slot, p->fam, p->proto, p->dst, p->src, p->sport, h, f)) {
 		if (ct_forget(f, *vp, h))
 			*vp = 0;
@@ -1078,48 +1251,66 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 	return 1;
 }
 
-// track starts or refreshes p's own flow in entry f (from established).
-static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, struct ct_val **vp, __u64 gen, __u64 now)
+// track_half refreshes the flow of orientation o in entry v (first seen going dir), or starts it there,
+// as accepted by entry d->entry of table generation d->gen.
+static __always_inline void track_half(struct ct_val *v, int o, __u8 dir, struct pkt *p, struct decision *d,
+				       __u64 now)
 {
 	__u8 closing = (p->proto == 6 && (p->tcp_flags & 0x05)) ? CT_CLOSING : 0;
-	__u8 fresh = closing | CT_LIVE | (f->o ? CT_SWAPPED : 0);
-	struct ct_half *h;
+	struct ct_half *h = ct_half_of(v, o);
+	if (h && h->dir == dir) {
+		h->last = now;
+		h->gen = d->gen;
+		h->entry = d->entry + 1;
+		h->flags |= closing;
+		return;
+	}
+	if (!h) {
+		h = (struct ct_half *)v;
+		if (h->flags & CT_LIVE)
+			h++; // the other orientation's flow is in the first half
+	}
+	// A new flow, or one first seen the other way round on this ENI: start over as this packet.
+	h->last = now;
+	h->gen = d->gen;
+	h->entry = d->entry + 1;
+	h->dir = dir;
+	h->flags = closing | CT_LIVE | (o ? CT_SWAPPED : 0);
+}
+
+// new_flow is the value of an entry whose only flow is p's, of orientation o.
+static __always_inline void new_flow(struct ct_val *nv, int o, __u8 dir, struct pkt *p, struct decision *d,
+				     __u64 now)
+{
+	__builtin_memset(nv, 0, sizeof(*nv));
+	nv->last = now;
+	nv->gen = d->gen;
+	nv->entry = d->entry + 1;
+	nv->dir = dir;
+	nv->flags = ((p->proto == 6 && (p->tcp_flags & 0x05)) ? CT_CLOSING : 0) | CT_LIVE | (o ? CT_SWAPPED : 0);
+}
+
+// track starts or refreshes p's own flow in entry f (from established).
+static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, struct ct_val **vp,
+				  struct decision *d, __u64 now)
+{
 	if (!*vp) {
-		struct ct_val *nv = &f->nv;
-		__builtin_memset(nv, 0, sizeof(*nv));
-		nv->last = now;
-		nv->gen = gen;
-		nv->dir = dir;
-		nv->flags = fresh;
-		if (!ct_insert(&f->k, &f->k4, nv))
+		new_flow(&f->nv, f->o, dir, p, d, now);
+		if (!ct_insert(&f->k, &f->k4, &f->nv))
 			return;
 		// Another CPU created the entry meanwhile: join it.
 		*vp = ct_lookup(&f->k, &f->k4);
 		if (!*vp)
 			return;
 	}
-	h = ct_half_of(*vp, f->o);
-	if (h && h->dir == dir) {
-		h->last = now;
-		h->gen = gen;
-		h->flags |= closing;
-		return;
-	}
-	if (!h) {
-		h = (struct ct_half *)*vp;
-		if (h->flags & CT_LIVE)
-			h++; // the other orientation's flow is in the first half
-	}
-	// A new flow, or one first seen the other way round on this ENI: start over as this packet.
-	h->last = now;
-	h->gen = gen;
-	h->dir = dir;
-	h->flags = fresh;
+	track_half(*vp, f->o, dir, p, d, now);
 }
 
 static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 dir, struct pkt *p,
-					struct decision *d, __u64 now)
+					struct decision *d)
 {
+	// Drop events keep the coarse monotonic clock (a helper call, on drops only): KernelNS in ns.
+	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 z = 0;
 	struct rate *rt = bpf_map_lookup_elem(&drop_rate, &z);
 	if (!rt)
@@ -1166,9 +1357,121 @@ static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 
 	bpf_ringbuf_submit(ev, 0);
 }
 
-// decide_flow decides p by conntrack (a reply or related ICMP error of a live tracked flow is
-// established) or else by the rules, and tracks what the rules accept. A global function: the verifier
-// checks it once, not once for every way run can reach it.
+// ct4_key_of fills k with the ct4 key of p (IPv4 TCP or UDP) as ct_key_of and ct_key4_of order
+// it, and returns p's orientation in k.
+static __always_inline int ct4_key_of(struct ct_key4 *k, __u32 slot, const struct pkt *p)
+{
+	__u32 s, d;
+	__builtin_memcpy(&s, p->src, 4);
+	__builtin_memcpy(&d, p->dst, 4);
+	int swap = s > d || (s == d && p->sport > p->dport);
+	k->slot = slot;
+	k->proto = p->proto;
+	k->pad = 0;
+	k->sport = swap ? p->dport : p->sport;
+	k->dport = swap ? p->sport : p->dport;
+	__builtin_memcpy(k->src, swap ? &d : &s, 4);
+	__builtin_memcpy(k->dst, swap ? &s : &d, 4);
+	return swap;
+}
+
+// cached_verdict decides a packet of a tracked flow's own direction as the rules did when they last
+// accepted the flow (entry h->entry - 1 of table generation h->gen), while that table is in force: the
+// packet's fields the rules look at are the flow's, so classifying it again would find the same entry.
+// The decision is counted on that entry's counter, as classify counts it. Returns 0, having changed
+// nothing, when the table changed (or the entry is unknown: a flow tracked by an older build).
+static __always_inline int cached_verdict(__u32 slot, __u8 dir, struct ct_half *h, struct decision *d)
+{
+	__u32 e = h->entry - 1;
+	if (!h->entry || !table_current(slot, h))
+		return 0;
+	struct hdr *hd;
+	void *t = table_of(slot * 2 + dir, &hd);
+	// The generation again: a switch may have replaced the table since table_gens was read.
+	if (!t || hd->gen != h->gen || e >= hd->n_entries)
+		return 0;
+	if (hd->off_counts) {
+		struct tmem m = {.t = t, .p = hd, .cur = 0};
+		__u64 *c = tm_at(&m, hd->off_counts + e * 8, 8);
+		if (c)
+			__sync_fetch_and_add(c, 1);
+	}
+	d->entry = e;
+	d->reason = R_RULE;
+	d->accept = 1;
+	d->gen = h->gen;
+	return 1;
+}
+
+// decide_fast decides a trackable packet (TCP, UDP, ICMP echo, other protocols without ports; not an
+// ICMP error, not a later fragment), most of the traffic, with one lookup in its family's
+// conntrack map (v6 is a constant of each inlined copy: ct4 and ct6 get call sites of their own) and no
+// call but classify's: a reply of a live tracked flow whose table is unchanged is established, a packet
+// of its own direction takes the entry that accepted it (cached_verdict); else the rules decide, and an
+// accepted packet's flow is started or refreshed in the entry already found. Returns 0, having changed
+// nothing, for a reply whose flow timed out or whose table changed since: decide_flow rechecks or
+// forgets it.
+static __always_inline int decide_fast(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct decision *d,
+				       struct ct_flow *f, const int v6)
+{
+	int o, same;
+	struct ct_val *v;
+	if (v6) {
+		o = ct_key_of(&f->k, slot, 6, p->proto, p->src, p->sport, p->dst, p->dport);
+		v = bpf_map_lookup_elem(&ct6, &f->k);
+		same = ct_same_ends(&f->k);
+	} else {
+		o = ct4_key_of(&f->k4, slot, p);
+		v = bpf_map_lookup_elem(&ct4, &f->k4);
+		same = f->k4.sport == f->k4.dport && *(__u32 *)f->k4.src == *(__u32 *)f->k4.dst;
+	}
+	if (v) {
+		struct ct_half *h = ct_half_of(v, same ? o : !o);
+		if (h && h->dir != dir) {
+			if (ct_expired(h, p->proto, now) || !table_current(slot, h))
+				return 0;
+			h->last = now;
+			h->flags |= CT_REPLY_SEEN;
+			if (p->proto == 6 && (p->tcp_flags & 0x05))
+				h->flags |= CT_CLOSING;
+			d->reason = R_ESTABLISHED;
+			d->accept = 1;
+			return 1;
+		}
+		struct ct_half *own = ct_half_of(v, o);
+		if (own && own->dir == dir && !p->frag && cached_verdict(slot, dir, own, d)) {
+			own->last = now;
+			if (p->proto == 6 && (p->tcp_flags & 0x05))
+				own->flags |= CT_CLOSING;
+			return 1;
+		}
+	}
+	decide_rules(slot, dir, p, d, f);
+	if (!d->accept)
+		return 1;
+	if (!v) {
+		new_flow(&f->nv, o, dir, p, d, now);
+		// On an insert refused because another CPU created the entry meanwhile: join it.
+		if (v6) {
+			if (!bpf_map_update_elem(&ct6, &f->k, &f->nv, BPF_NOEXIST))
+				return 1;
+			v = bpf_map_lookup_elem(&ct6, &f->k);
+		} else {
+			if (!bpf_map_update_elem(&ct4, &f->k4, &f->nv, BPF_NOEXIST))
+				return 1;
+			v = bpf_map_lookup_elem(&ct4, &f->k4);
+		}
+		if (!v)
+			return 1;
+	}
+	track_half(v, o, dir, p, d, now);
+	return 1;
+}
+
+// decide_flow decides what decide_fast does not: ICMP errors (related to a tracked flow or not), later
+// fragments without their first's verdict, and replies whose flow timed out or whose table changed. A
+// reply or related ICMP error of a live tracked flow is established, the rest is decided by the rules,
+// and what they accept of a trackable packet is tracked. A global function: the verifier checks it once, not once for every way run can reach it.
 __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, struct decision *d)
 {
 	__u32 z = 0;
@@ -1187,7 +1490,7 @@ __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, stru
 	}
 	decide_rules(slot, dir, p, d, ct);
 	if (d->accept && p->trackable)
-		track(dir, p, ct, &v, d->gen, now);
+		track(dir, p, ct, &v, d, now);
 	return 0;
 }
 
@@ -1195,6 +1498,9 @@ __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, stru
 // the ENI slot in mark (slot+1) and get the decision back in cb[0..2].
 #define LOOPBACK_IFINDEX 1
 
+// run is one packet from interface to verdict. It stays whole: it is the hot path, read top to bottom
+// as the packet goes (interface → parse → guard → fragments → decision → report), and every piece it
+// could be split into is inlined anyway; a global function instead would cost a call per packet.
 static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 slot;
@@ -1206,10 +1512,17 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		test = 1;
 	} else {
 		__u32 ifx = skb->ifindex;
-		struct ifcfg *c = bpf_map_lookup_elem(&ifaces, &ifx);
-		if (!c)
-			return TC_ACT_OK; // not a managed interface
-		slot = c->slot;
+		if (ifx < SG_IFSLOTS) {
+			__u32 *s = bpf_map_lookup_elem(&ifslots, &ifx);
+			if (!s || !*s)
+				return TC_ACT_OK; // not a managed interface
+			slot = *s - 1;
+		} else {
+			struct ifcfg *c = bpf_map_lookup_elem(&ifaces, &ifx);
+			if (!c)
+				return TC_ACT_OK;
+			slot = c->slot;
+		}
 	}
 	int guarded = slot == SG_GUARD_SLOT;
 	if (slot >= SG_MAX_SLOTS && !guarded)
@@ -1218,10 +1531,8 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 	struct pkt p;
 	__builtin_memset(&p, 0, sizeof(p));
 	struct decision d = {.entry = -1, .rule_index = -1};
-	// The coarse clock (CLOCK_MONOTONIC_COARSE, one tick behind at most) costs a fraction of
-	// bpf_ktime_get_ns, and timeouts (seconds) and the drop rate window (1 s) need no more.
-	__u64 now = bpf_ktime_get_coarse_ns();
-	int r = parse(skb, &p);
+	__u64 now = bpf_jiffies64(); // conntrack's clock (see ct_hz)
+	int r = parse4(skb, &p) || parse6(skb, &p) ? -1 : parse(skb, &p);
 	if (r == R_PULL) {
 		// Headers outside the linear part (rare: the kernel hands TC linear headers): pull the frame and
 		// parse again from scratch.
@@ -1237,22 +1548,27 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		if (n)
 			__sync_fetch_and_add(n, 1);
 		d.reason = R_NO_ENI;
-		report_drop(skb, slot, dir, &p, &d, now);
+		report_drop(skb, slot, dir, &p, &d);
 		return TC_ACT_SHOT;
 	}
-	struct frag_key fk;
+	// Scratch space (an inlined lookup: a per-CPU array always has its entry).
+	__u32 z = 0;
+	struct ct_flow *f = bpf_map_lookup_elem(&ct_scratch, &z);
+	if (!f)
+		return TC_ACT_SHOT;
+	struct frag_key *fk = &f->fk;
 	struct frag_val *fv = 0;
 	if (r < 0 && p.frag) {
-		__builtin_memset(&fk, 0, sizeof(fk));
-		fk.slot = slot;
-		fk.dir = dir;
-		fk.fam = p.fam;
-		fk.proto = p.proto;
-		fk.id = p.frag_id;
-		__builtin_memcpy(fk.src, p.src, 16);
-		__builtin_memcpy(fk.dst, p.dst, 16);
+		__builtin_memset(fk, 0, sizeof(*fk));
+		fk->slot = slot;
+		fk->dir = dir;
+		fk->fam = p.fam;
+		fk->proto = p.proto;
+		fk->id = p.frag_id;
+		__builtin_memcpy(fk->src, p.src, 16);
+		__builtin_memcpy(fk->dst, p.dst, 16);
 		if (p.frag == 2)
-			fv = bpf_map_lookup_elem(&frags, &fk);
+			fv = bpf_map_lookup_elem(&frags, fk);
 	}
 	if (r >= 0) {
 		d.reason = r;
@@ -1263,16 +1579,22 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		d.reason = fv->reason;
 		d.accept = fv->accept;
 		d.gen = fv->gen;
-	} else {
+	} else if (!(p.trackable && (p.fam == 4 ? decide_fast(slot, dir, &p, now, &d, f, 0)
+						 : decide_fast(slot, dir, &p, now, &d, f, 1)))) {
 		decide_flow(slot, dir, now, &p, &d);
 	}
 	if (r < 0 && p.frag == 1) {
-		struct frag_val nv = {.entry = d.entry, .rule_index = d.rule_index, .reason = d.reason,
-				      .accept = d.accept, .gen = d.gen};
-		bpf_map_update_elem(&frags, &fk, &nv, BPF_ANY);
+		struct frag_val *nv = &f->fv;
+		__builtin_memset(nv, 0, sizeof(*nv));
+		nv->entry = d.entry;
+		nv->rule_index = d.rule_index;
+		nv->reason = d.reason;
+		nv->accept = d.accept;
+		nv->gen = d.gen;
+		bpf_map_update_elem(&frags, fk, nv, BPF_ANY);
 	}
 	if (!d.accept)
-		report_drop(skb, slot, dir, &p, &d, now);
+		report_drop(skb, slot, dir, &p, &d);
 	if (test) {
 		skb->cb[0] = (__u32)(d.entry + 1);
 		skb->cb[1] = d.reason;

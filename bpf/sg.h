@@ -10,6 +10,9 @@ enum sg_const {
 	// The slot an interface no ENI claims is bound to by serve --guard: every packet on it is dropped,
 	// ARP too, with reason no-eni (SPEC §8).
 	SG_GUARD_SLOT = SG_MAX_SLOTS,
+	// Interfaces with an ifindex below this are bound in ifslots (an array: its lookup is inlined), the
+	// rest only in ifaces (a hash map).
+	SG_IFSLOTS = 1 << 16,
 	// A table version is one inner array map of SG_CHUNK_SIZE-byte chunks read as one byte string
 	// (layout.go): small chunks keep a small ENI's tables small, a big table spans many.
 	SG_CHUNK_SHIFT = 12,

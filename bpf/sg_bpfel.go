@@ -42,12 +42,14 @@ type sgCtVal struct {
 	Gen    uint64
 	Dir    uint8
 	Flags  uint8
-	Pad    [6]uint8
+	Pad    uint16
+	Entry  uint32
 	Last2  uint64
 	Gen2   uint64
 	Dir2   uint8
 	Flags2 uint8
-	Pad2   [6]uint8
+	Pad2   uint16
+	Entry2 uint32
 }
 
 type sgDropEvent struct {
@@ -163,6 +165,7 @@ const (
 	sgSgConstSG_MAX_SLOTS     sgSgConst = 4096
 	sgSgConstSG_MAX_TABLES    sgSgConst = 8192
 	sgSgConstSG_GUARD_SLOT    sgSgConst = 4096
+	sgSgConstSG_IFSLOTS       sgSgConst = 65536
 	sgSgConstSG_CHUNK_SHIFT   sgSgConst = 12
 	sgSgConstSG_CHUNK_SIZE    sgSgConst = 4096
 	sgSgConstSG_HDR_SIZE      sgSgConst = 64
@@ -189,8 +192,8 @@ type sgV6iv struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sgMapConntrack       = "conntrack"
-	sgMapConntrack4      = "conntrack4"
+	sgMapCt4             = "ct4"
+	sgMapCt6             = "ct6"
 	sgMapCtScratch       = "ct_scratch"
 	sgMapDropRate        = "drop_rate"
 	sgMapDrops           = "drops"
@@ -198,10 +201,12 @@ const (
 	sgMapFrags           = "frags"
 	sgMapGuardDrops      = "guard_drops"
 	sgMapIfaces          = "ifaces"
+	sgMapIfslots         = "ifslots"
 	sgMapTableGens       = "table_gens"
 	sgMapTables          = "tables"
 	sgProgSgHostEgress   = "sg_host_egress"
 	sgProgSgHostIngress  = "sg_host_ingress"
+	sgVarCtHz            = "ct_hz"
 	sgVarUnusedCtKey     = "unused_ct_key"
 	sgVarUnusedCtKey4    = "unused_ct_key4"
 	sgVarUnusedCtVal     = "unused_ct_val"
@@ -268,8 +273,8 @@ type sgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgMapSpecs struct {
-	Conntrack  *ebpf.MapSpec `ebpf:"conntrack"`
-	Conntrack4 *ebpf.MapSpec `ebpf:"conntrack4"`
+	Ct4        *ebpf.MapSpec `ebpf:"ct4"`
+	Ct6        *ebpf.MapSpec `ebpf:"ct6"`
 	CtScratch  *ebpf.MapSpec `ebpf:"ct_scratch"`
 	DropRate   *ebpf.MapSpec `ebpf:"drop_rate"`
 	Drops      *ebpf.MapSpec `ebpf:"drops"`
@@ -277,6 +282,7 @@ type sgMapSpecs struct {
 	Frags      *ebpf.MapSpec `ebpf:"frags"`
 	GuardDrops *ebpf.MapSpec `ebpf:"guard_drops"`
 	Ifaces     *ebpf.MapSpec `ebpf:"ifaces"`
+	Ifslots    *ebpf.MapSpec `ebpf:"ifslots"`
 	TableGens  *ebpf.MapSpec `ebpf:"table_gens"`
 	Tables     *ebpf.MapSpec `ebpf:"tables"`
 }
@@ -285,6 +291,7 @@ type sgMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgVariableSpecs struct {
+	CtHz            *ebpf.VariableSpec `ebpf:"ct_hz"`
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
 	UnusedCtKey4    *ebpf.VariableSpec `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
@@ -321,8 +328,8 @@ func (o *sgObjects) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgMaps struct {
-	Conntrack  *ebpf.Map `ebpf:"conntrack"`
-	Conntrack4 *ebpf.Map `ebpf:"conntrack4"`
+	Ct4        *ebpf.Map `ebpf:"ct4"`
+	Ct6        *ebpf.Map `ebpf:"ct6"`
 	CtScratch  *ebpf.Map `ebpf:"ct_scratch"`
 	DropRate   *ebpf.Map `ebpf:"drop_rate"`
 	Drops      *ebpf.Map `ebpf:"drops"`
@@ -330,14 +337,15 @@ type sgMaps struct {
 	Frags      *ebpf.Map `ebpf:"frags"`
 	GuardDrops *ebpf.Map `ebpf:"guard_drops"`
 	Ifaces     *ebpf.Map `ebpf:"ifaces"`
+	Ifslots    *ebpf.Map `ebpf:"ifslots"`
 	TableGens  *ebpf.Map `ebpf:"table_gens"`
 	Tables     *ebpf.Map `ebpf:"tables"`
 }
 
 func (m *sgMaps) Close() error {
 	return _SgClose(
-		m.Conntrack,
-		m.Conntrack4,
+		m.Ct4,
+		m.Ct6,
 		m.CtScratch,
 		m.DropRate,
 		m.Drops,
@@ -345,6 +353,7 @@ func (m *sgMaps) Close() error {
 		m.Frags,
 		m.GuardDrops,
 		m.Ifaces,
+		m.Ifslots,
 		m.TableGens,
 		m.Tables,
 	)
@@ -354,6 +363,7 @@ func (m *sgMaps) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgVariables struct {
+	CtHz            *ebpf.Variable `ebpf:"ct_hz"`
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
 	UnusedCtKey4    *ebpf.Variable `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`

@@ -20,7 +20,7 @@ func loadEach(tb testing.TB) map[string]struct {
 	verified uint32
 } {
 	tb.Helper()
-	spec, err := collectionSpec(false)
+	spec, err := collectionSpec(false, 250)
 	require.NoError(tb, err)
 	mapsOnly := spec.Copy()
 	mapsOnly.Programs = nil
