@@ -140,14 +140,21 @@ func admissible(f *form, maxParams int) *tencentError {
 	if !known {
 		return badParam("parameter \"Action\": unknown action %.64q", action)
 	}
+	// A big call's names share a few tops ("SecurityGroupPolicySet" ten thousand times): the last
+	// accepted one is not looked up again.
+	lastTop, lastNested := "", false
 	for _, k := range f.names {
 		top, _, nested := strings.Cut(k, ".")
+		if top == lastTop && nested == lastNested {
+			continue
+		}
 		if !slices.Contains(publicParams, top) && !slices.Contains(allowed, top) {
 			return badParam("parameter %q is not accepted by %s", top, action)
 		}
 		if nested && !slices.Contains(listParams, top) {
 			return badParam("parameter %q must be a single value", top)
 		}
+		lastTop, lastNested = top, nested
 	}
 	if _, err := strconv.ParseInt(f.get("Timestamp"), 10, 64); err != nil {
 		if !slices.Contains(f.names, "Timestamp") {
