@@ -154,9 +154,10 @@ func TestTrackedFlowTakesItsEntry(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		in   frame
+		drop int // frontDrop's entry that drops it
 	}{
-		{"tcp", frame{src: cli, dst: srv, proto: 6, sport: 40000, dport: 8080, tcpFlags: 0x10}},
-		{"icmp echo", frame{src: cli, dst: srv, proto: 1, icmpType: 8, icmpID: 7}},
+		{"tcp", frame{src: cli, dst: srv, proto: 6, sport: 40000, dport: 8080, tcpFlags: 0x10}, 0},
+		{"icmp echo", frame{src: cli, dst: srv, proto: 1, icmpType: 8, icmpID: 7}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := loadOrSkip(t)
@@ -199,6 +200,19 @@ func TestTrackedFlowTakesItsEntry(t *testing.T) {
 				assert.Equal(t, first, run(), "accepted by its entry again")
 			}
 			assert.Equal(t, map[int]uint64{first.Entry: 2}, hits(), "counted in the table in force")
+
+			// The store started again (the pins kept): its generations repeat, with other rules. The flow
+			// tracked at generation 3 is not taken for current under another generation 3, nor under an
+			// earlier one.
+			for _, gen := range []uint64{3, 2} {
+				require.NoError(t, d.Publish(ctx, gen, tablesWith(frontDrop+icmpAccept), nil))
+				r = run()
+				assert.False(t, r.Accept, "generation %d's DROP decides", gen)
+				assert.Equal(t, dataplane.ReasonRule, r.Reason)
+				assert.Equal(t, tc.drop, r.Entry, "the DROP in front")
+				require.NoError(t, d.Publish(ctx, gen, tablesWith(icmpAccept), nil))
+				require.Equal(t, first, run(), "accepted again at generation %d", gen)
+			}
 		})
 	}
 }

@@ -536,6 +536,10 @@ func (st *staged) Switch() error {
 			}
 		}
 	}
+	reused, err := d.reusedGenerations(todo, st.gen)
+	if err != nil {
+		return fmt.Errorf("publish generation %d: %w", st.gen, err)
+	}
 	gens := make([]uint64, len(todo))
 	if err := d.setTableGens(todo, gens); err != nil {
 		return fmt.Errorf("publish generation %d: %w", st.gen, err)
@@ -568,6 +572,9 @@ func (st *staged) Switch() error {
 		staged.maps[sw.dir] = nil // now the live map: not closed below
 	}
 	if err != nil {
+		return fmt.Errorf("publish generation %d: %w", st.gen, err)
+	}
+	if err := d.forgetFlows(reused); err != nil {
 		return fmt.Errorf("publish generation %d: %w", st.gen, err)
 	}
 	for _, s := range st.slots {
@@ -624,6 +631,29 @@ func (st *staged) remove() error {
 		return fmt.Errorf("publish generation %d: %w", st.gen, err)
 	}
 	return nil
+}
+
+// reusedGenerations returns the slots of todo where gen does not follow the generation in force: a
+// later one is there (the store behind gen started again, a new data directory or etcd, the pins
+// kept), or gen itself with other rules. gen may then be the generation a tracked flow there holds for
+// other rules, and conntrack would take that flow's entry (or its reply) for current. Switch forgets
+// those slots' flows once the new tables are in force; packets in between are decided as before the
+// switch. A table adopted from an earlier process at gen itself is taken for the same rules (the same
+// store at the same generation), since its rules are not known here. Caller holds mu.
+func (d *Dataplane) reusedGenerations(todo []switched, gen uint64) (map[uint32]bool, error) {
+	reused := map[uint32]bool{}
+	for _, sw := range todo {
+		var g uint64 // the generation plus one, 0 when unknown
+		if err := d.objs.TableGens.Lookup(sw.slot*2+uint32(sw.dir), &g); err != nil {
+			return nil, fmt.Errorf("read table generation of slot %d: %w", sw.slot, err)
+		}
+		// A direction in todo whose rules are known here differs from them (Stage skips equal ones).
+		known := d.live[sw.slot].tables[sw.dir] != nil
+		if g != 0 && (g-1 > gen || g-1 == gen && known) {
+			reused[sw.slot] = true
+		}
+	}
+	return reused, nil
 }
 
 // setTableGens sets table_gens for the switched directions (gens: each one's generation plus one, or 0
