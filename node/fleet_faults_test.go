@@ -434,7 +434,7 @@ func startLoggedAgent(t *testing.T, endpoint, host string, rec *logRecorder) *fl
 // TestFleetAgentWatchCompacted: h2's agent loses etcd (its connection is cut; its lease lives on)
 // while calls commit and etcd is compacted past everything h2 has heard. Back, its watch fails as
 // compacted; it resyncs and acknowledges, and its tables are the final state's, none stale. A change
-// whose revision was compacted is answered 404 naming the revision; one still kept, 200.
+// whose revision was compacted is answered 410 (gone) naming the revision; one still kept, 200.
 func TestFleetAgentWatchCompacted(t *testing.T) {
 	t.Parallel()
 	etcd := etcdtest.Start(t)

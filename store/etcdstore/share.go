@@ -79,7 +79,10 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 	}
 	r := shareRead{s: s, cache: cache, got: map[string]*mvccpb.KeyValue{}, afresh: cache.kvs == nil}
 	known := sortedKeys(cache.kvs)
-	head, err := r.first(ctx, host, known, atLeast)
+	// Never older than the last read either: a member behind it (one of several endpoints) would hand
+	// back a state this host has already left, and an ack of it would move backwards. A revision below
+	// the last read's is then etcd's own answer through consensus: another history.
+	head, err := r.first(ctx, host, known, atLeast, uint64(max(cache.rev, 0)))
 	if err != nil {
 		return Share{}, fmt.Errorf("etcdstore: read the share of %s: %w", host, err)
 	}
@@ -192,8 +195,9 @@ type shareRead struct {
 
 // first reads the generation, the host index, the accounts and the keys the last share depended on,
 // in one transaction (more only beyond MaxTxnOps keys, at the same revision), and returns the first
-// three's results.
-func (r *shareRead) first(ctx context.Context, host string, known []string, atLeast uint64) ([][]*mvccpb.KeyValue, error) {
+// three's results. A serializable read (atLeast > 0) older than atLeast or than last (the last read's
+// revision) is asked again through consensus.
+func (r *shareRead) first(ctx context.Context, host string, known []string, atLeast, last uint64) ([][]*mvccpb.KeyValue, error) {
 	s := r.s
 	serializable := atLeast > 0
 	for {
@@ -213,8 +217,8 @@ func (r *shareRead) first(ctx context.Context, host string, known []string, atLe
 			return nil, err
 		}
 		r.rounds++
-		if serializable && resp.Header.Revision < int64(atLeast) {
-			serializable = false // this member is behind the change: ask through consensus
+		if serializable && resp.Header.Revision < int64(max(atLeast, last)) {
+			serializable = false // this member is behind the change or the last read: ask through consensus
 			continue
 		}
 		r.rev = resp.Header.Revision
