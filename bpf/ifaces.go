@@ -38,8 +38,11 @@ func (d *Dataplane) deleteBinding(ifindex uint32) error {
 	return nil
 }
 
-// syncIfslots copies every binding of ifaces into ifslots.
+// syncIfslots makes ifslots hold exactly the bindings of ifaces below ifslotsSize: copied in, and any
+// other entry cleared (one left by a build that unbound in ifaces alone, a downgrade then an upgrade,
+// would filter a reused ifindex with another ENI's slot).
 func (d *Dataplane) syncIfslots() error {
+	want := make([]uint32, ifslotsSize)
 	var (
 		k   uint32
 		cfg sgIfcfg
@@ -47,13 +50,27 @@ func (d *Dataplane) syncIfslots() error {
 	it := d.objs.Ifaces.Iterate()
 	for it.Next(&k, &cfg) {
 		if k < ifslotsSize {
-			if err := d.objs.Ifslots.Put(k, cfg.Slot+1); err != nil {
-				return fmt.Errorf("copy the binding of ifindex %d: %w", k, err)
-			}
+			want[k] = cfg.Slot + 1
 		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read interface bindings: %w", err)
+	}
+	var v uint32
+	sit := d.objs.Ifslots.Iterate()
+	var fix []uint32
+	for sit.Next(&k, &v) {
+		if k < ifslotsSize && v != want[k] {
+			fix = append(fix, k)
+		}
+	}
+	if err := sit.Err(); err != nil {
+		return fmt.Errorf("read interface slots: %w", err)
+	}
+	for _, k := range fix {
+		if err := d.objs.Ifslots.Put(k, want[k]); err != nil {
+			return fmt.Errorf("set the binding of ifindex %d: %w", k, err)
+		}
 	}
 	return nil
 }

@@ -61,6 +61,8 @@ func TestBindingsByIfindex(t *testing.T) {
 	require.NoError(t, d1.Publish(context.Background(), 1, compiler.New(demoState(t)).CompileAll(), nil))
 	slot := d1.slots["eni-web2"]
 	require.NoError(t, d1.objs.Ifaces.Put(uint32(5000), &sgIfcfg{Slot: slot}))
+	// And a binding in ifslots alone (a build that unbound in ifaces only) is cleared by it.
+	require.NoError(t, d1.objs.Ifslots.Put(uint32(5001), slot+1))
 	require.NoError(t, d1.Close())
 	d2, err := Load(Options{PinPath: pin})
 	require.NoError(t, err)
@@ -68,4 +70,6 @@ func TestBindingsByIfindex(t *testing.T) {
 	var got uint32
 	require.NoError(t, d2.objs.Ifslots.Lookup(uint32(5000), &got))
 	require.Equal(t, slot+1, got)
+	require.NoError(t, d2.objs.Ifslots.Lookup(uint32(5001), &got))
+	require.Equal(t, uint32(0), got, "a stale slot binding is cleared")
 }
