@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -756,4 +758,86 @@ func BenchmarkAgentRestart(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
+}
+
+// flakyDataplane is a dataplane that records the tables it holds and fails the first switch of a
+// generation after failAfter.
+type flakyDataplane struct {
+	mu        sync.Mutex
+	held      map[string]*compiler.Tables
+	failAfter uint64
+	failed    bool
+}
+
+type flakyStaged struct {
+	dp      *flakyDataplane
+	gen     uint64
+	changed map[string]*compiler.Tables
+	removed []string
+}
+
+func (f *flakyDataplane) Stage(_ context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) (dataplane.Staged, error) {
+	return &flakyStaged{dp: f, gen: gen, changed: changed, removed: removed}, nil
+}
+
+func (s *flakyStaged) Switch() error {
+	s.dp.mu.Lock()
+	defer s.dp.mu.Unlock()
+	if s.gen > s.dp.failAfter && !s.dp.failed {
+		s.dp.failed = true
+		return fmt.Errorf("switch of generation %d failed", s.gen)
+	}
+	maps.Copy(s.dp.held, s.changed)
+	for _, id := range s.removed {
+		delete(s.dp.held, id)
+	}
+	return nil
+}
+
+func (s *flakyStaged) Discard() {}
+
+func (f *flakyDataplane) tables(eni string) *compiler.Tables {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.held[eni]
+}
+
+// A dataplane that fails to switch a change in is not acknowledged for it: the agent resyncs and
+// acknowledges only once the dataplane holds the change.
+func TestAgentAcksOnlyWhatItsDataplanesHold(t *testing.T) {
+	endpoint := etcdtest.Start(t).Endpoint()
+	r := newReplica(t, client(t, endpoint))
+	rev, _ := r.commit(topology(t))
+	next := r.edit(func(b *model.Builder) {
+		g, _ := r.cur.SG("sg-a")
+		ng := *g
+		ng.Ingress = []model.Rule{{IPProtocol: "tcp", SgID: "sg-a", PortRange: "2222", Action: "ACCEPT"}}
+		require.NoError(t, b.PutSG(ng))
+	})
+	dp := &flakyDataplane{held: map[string]*compiler.Tables{}, failAfter: rev}
+	ctx, cancel := context.WithCancel(context.Background())
+	cli := client(t, endpoint)
+	a, err := New(ctx, Config{Client: cli, Prefix: prefix, Host: "h1", Dataplanes: []control.Dataplane{dp}, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = a.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	require.Eventually(t, func() bool { return a.Revision() == rev }, 10*time.Second, 5*time.Millisecond)
+	before := dp.tables("e0")
+	require.NotNil(t, before)
+
+	rev2, hosts := r.commit(next)
+	require.Equal(t, []string{"h1", "h2"}, hosts)
+	pending, down := r.wait(rev2, []string{"h1"}, 15*time.Second)
+	require.Empty(t, pending, "acknowledged in the end")
+	require.Empty(t, down)
+	want, err := compiler.New(next).Compile("e0")
+	require.NoError(t, err)
+	got := dp.tables("e0")
+	require.NotNil(t, got)
+	assert.Equal(t, want.Ingress.Entries, got.Ingress.Entries, "the dataplane holds what was acknowledged")
+	assert.NotEqual(t, before.Ingress.Entries, got.Ingress.Entries)
+	dp.mu.Lock()
+	assert.True(t, dp.failed, "the change's first switch failed")
+	dp.mu.Unlock()
 }
