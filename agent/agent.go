@@ -52,6 +52,8 @@ type Agent struct {
 	rev     uint64
 
 	feedEvents, resyncs atomic.Uint64
+	// failing is why the last registration, resync or follow failed; nil once a resync succeeds (Err).
+	failing atomic.Pointer[error]
 
 	// Run's alone: the last share read, so a resync fetches and decodes only what changed, and the
 	// share built from it, so a resync that changes only objects' contents edits it.
@@ -157,6 +159,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			host.Abandon()
 			host = nil
 		}
+		a.failing.Store(&err)
 		a.log.Warn("resyncing", "err", err, "after", backoff)
 		select {
 		case <-ctx.Done():
@@ -258,7 +261,18 @@ func (a *Agent) resync(ctx context.Context, atLeast uint64) (uint64, error) {
 	if err := a.st.Ack(ctx, a.cfg.Host, rev); err != nil {
 		return 0, err
 	}
+	a.failing.Store(nil)
 	return rev, nil
+}
+
+// Err returns why the agent's last registration, resync or feed watch failed (etcd unreachable, a
+// lost lease, a dataplane refusing a change), nil once a resync has succeeded since. The tables in
+// force stay meanwhile (pinned ones in the kernel), but changes do not reach this host.
+func (a *Agent) Err() error {
+	if err := a.failing.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // Share returns what host's tables need of s: the ENIs whose Host is host with their SGs in full; for

@@ -185,6 +185,7 @@ func newAgentHandler(a *agent.Agent, cfg AgentConfig, enf *agentEnforcer, inForc
 	)
 	aopts := cfg.API
 	aopts.Logger = cfg.Logger
+	aopts.StoreHealth = a.Err // /readyz: not ready while changes cannot reach this host
 	if enf != nil {
 		aopts.RuleCounts = ruleCounts(enf.bpf)
 		aopts.Interfaces = func(ifname string) api.InterfaceState {

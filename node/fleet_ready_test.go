@@ -172,3 +172,37 @@ func TestFleetReplicaReadyFollowsEtcd(t *testing.T) {
 	require.Eventually(t, func() bool { return asFleetAdmin(n, http.MethodGet, "/readyz", "").Code == http.StatusOK },
 		15*time.Second, 5*time.Millisecond, "ready once etcd answers again")
 }
+
+// TestFleetAgentNotReadyWhileCutOff: an agent cut off from etcd keeps its share in force but hears of
+// no change: /readyz answers 503 with why once its lease or watch fails, /livez 200; reconnected, it
+// resyncs and is ready again.
+func TestFleetAgentNotReadyWhileCutOff(t *testing.T) {
+	t.Parallel()
+	etcdEndpoint := etcdtest.Start(t).Endpoint()
+	newReplica(t, etcdEndpoint, fleetTopology(t), time.Second)
+	proxy := startCutProxy(t, etcdEndpoint)
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc, done := make(chan string, 1), make(chan error, 1)
+	go func() {
+		done <- RunAgent(ctx, AgentConfig{Etcd: []string{proxy.Endpoint()}, EtcdPrefix: fleetPrefix, Host: "h1", Listen: "127.0.0.1:0",
+			Ready: func(addr string) { addrc <- addr }, Logger: slog.New(slog.DiscardHandler)})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		assert.NoError(t, <-done)
+	})
+	base := "http://" + <-addrc
+	ready := func() bool { code, _ := agentGet(t, base, "/readyz"); return code == http.StatusOK }
+	require.Eventually(t, ready, 15*time.Second, 5*time.Millisecond, "ready with its share in force")
+
+	proxy.Cut()
+	require.Eventually(t, func() bool { return !ready() }, 30*time.Second, 10*time.Millisecond, "not ready once cut off")
+	code, body := agentGet(t, base, "/readyz")
+	assert.Equal(t, http.StatusServiceUnavailable, code, body)
+	assert.Contains(t, body, `"reason":`, "the reason is the agent's failure (a lost lease, a failed watch)")
+	assert.NotContains(t, body, "not in force yet", "its share is in force all along")
+	code, body = agentGet(t, base, "/livez")
+	assert.Equal(t, http.StatusOK, code, "alive all the same: %s", body)
+	proxy.Restore()
+	require.Eventually(t, ready, 30*time.Second, 10*time.Millisecond, "ready again once reconnected")
+}
