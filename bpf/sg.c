@@ -752,66 +752,52 @@ static __always_inline void *search_chunk(struct tmem *m, struct query *q, __u32
 	return m->p;
 }
 
+// SEARCH narrows [q->lo, q->hi) over the elements of type T (sz bytes each) at byte offset base to the
+// one interval whose start is the last at or below the key, le(v) telling whether element v's start
+// is: up to steps steps through the chunk cache while the interval spans chunks, then inside one chunk
+// with the bounds in registers. It evaluates to 0, or -1 when the table is inconsistent. One macro for
+// the three searches (IPv4, IPv6, ports): they differ only in the element and its comparison.
+#define SEARCH(m, q, base, sz, T, steps, le)                                                            \
+	({                                                                                             \
+		int bad_ = 0, ret_ = 0;                                                                \
+		__u32 mid_;                                                                            \
+		for (int i = 0; i < (steps); i++) {                                                    \
+			T *v = search_step(m, q, base, sz, &mid_, &bad_);                              \
+			if (!v)                                                                        \
+				break;                                                                 \
+			if (le)                                                                        \
+				UNTRACKED((q)->lo) = mid_;                                             \
+			else                                                                           \
+				UNTRACKED((q)->hi) = mid_;                                             \
+		}                                                                                      \
+		void *c_ = bad_ ? 0 : search_chunk(m, q, base, sz);                                    \
+		if (!c_) {                                                                             \
+			ret_ = -1;                                                                     \
+		} else {                                                                               \
+			__u32 lo = UNTRACKED((q)->lo), hi = UNTRACKED((q)->hi), z = UNTRACKED((q)->zero); \
+			for (int i = 0; i < SEARCH_IN_CHUNK && hi - lo > 1; i++) {                     \
+				__u32 mid = (lo + hi) / 2;                                             \
+				T *v = c_ + (((base) + mid * (sz)) & (CHUNK_SIZE - (sz)));             \
+				if (le)                                                                \
+					lo = mid;                                                      \
+				else                                                                   \
+					hi = mid;                                                      \
+				lo ^= z;                                                               \
+				hi ^= z;                                                               \
+			}                                                                              \
+			UNTRACKED((q)->lo) = lo;                                                       \
+		}                                                                                      \
+		ret_;                                                                                  \
+	})
+
 static __always_inline int search_v4(struct tmem *m, struct query *q, __u32 base, __u32 key)
 {
-	int bad = 0;
-	__u32 mid;
-	for (int i = 0; i < 33; i++) {
-		struct v4iv *v = search_step(m, q, base, 8, &mid, &bad);
-		if (!v)
-			break;
-		if (v->start <= key)
-			UNTRACKED(q->lo) = mid;
-		else
-			UNTRACKED(q->hi) = mid;
-	}
-	void *c = bad ? 0 : search_chunk(m, q, base, 8);
-	if (!c)
-		return -1;
-	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi), z = UNTRACKED(q->zero);
-	for (int i = 0; i < SEARCH_IN_CHUNK && hi - lo > 1; i++) {
-		__u32 mid = (lo + hi) / 2;
-		struct v4iv *v = c + ((base + mid * 8) & (CHUNK_SIZE - 8));
-		if (v->start <= key)
-			lo = mid;
-		else
-			hi = mid;
-		lo ^= z;
-		hi ^= z;
-	}
-	UNTRACKED(q->lo) = lo;
-	return 0;
+	return SEARCH(m, q, base, 8, struct v4iv, 33, v->start <= key);
 }
 
 static __always_inline int search_v6(struct tmem *m, struct query *q, __u32 base, __u64 khi, __u64 klo)
 {
-	int bad = 0;
-	__u32 mid;
-	for (int i = 0; i < 33; i++) {
-		struct v6iv *v = search_step(m, q, base, 32, &mid, &bad);
-		if (!v)
-			break;
-		if (v->hi < khi || (v->hi == khi && v->lo <= klo))
-			UNTRACKED(q->lo) = mid;
-		else
-			UNTRACKED(q->hi) = mid;
-	}
-	void *c = bad ? 0 : search_chunk(m, q, base, 32);
-	if (!c)
-		return -1;
-	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi), z = UNTRACKED(q->zero);
-	for (int i = 0; i < SEARCH_IN_CHUNK && hi - lo > 1; i++) {
-		__u32 mid = (lo + hi) / 2;
-		struct v6iv *v = c + ((base + mid * 32) & (CHUNK_SIZE - 32));
-		if (v->hi < khi || (v->hi == khi && v->lo <= klo))
-			lo = mid;
-		else
-			hi = mid;
-		lo ^= z;
-		hi ^= z;
-	}
-	UNTRACKED(q->lo) = lo;
-	return 0;
+	return SEARCH(m, q, base, 32, struct v6iv, 33, v->hi < khi || (v->hi == khi && v->lo <= klo));
 }
 
 // search_ports returns the entry of q->port in the elementary port intervals [off, off+cnt) (the first
@@ -819,35 +805,13 @@ static __always_inline int search_v6(struct tmem *m, struct query *q, __u32 base
 static __always_inline __s32 search_ports(struct tmem *m, struct hdr *h, struct query *q, __u32 off, __u32 cnt)
 {
 	__u32 base = h->off_ports, port = q->port;
-	int bad = 0;
-	__u32 mid;
 	UNTRACKED(q->lo) = off;
 	UNTRACKED(q->hi) = off + cnt;
-	for (int i = 0; i < 18; i++) {
-		struct portiv *v = search_step(m, q, base, 8, &mid, &bad);
-		if (!v)
-			break;
-		if (v->start <= port)
-			UNTRACKED(q->lo) = mid;
-		else
-			UNTRACKED(q->hi) = mid;
-	}
-	void *c = bad ? 0 : search_chunk(m, q, base, 8);
-	if (!c)
+	if (SEARCH(m, q, base, 8, struct portiv, 18, v->start <= port) < 0)
 		return -1;
-	__u32 lo = UNTRACKED(q->lo), hi = UNTRACKED(q->hi), z = UNTRACKED(q->zero);
-	for (int i = 0; i < SEARCH_IN_CHUNK && hi - lo > 1; i++) {
-		__u32 mid = (lo + hi) / 2;
-		struct portiv *v = c + ((base + mid * 8) & (CHUNK_SIZE - 8));
-		if (v->start <= port)
-			lo = mid;
-		else
-			hi = mid;
-		lo ^= z;
-		hi ^= z;
-	}
-	struct portiv *v = c + ((base + lo * 8) & (CHUNK_SIZE - 8));
-	return v->entry;
+	// The chunk of the found interval is the cache's: the in-chunk search ended in it.
+	struct portiv *v = tm_at(m, base + UNTRACKED(q->lo) * 8, 8);
+	return v ? v->entry : -1;
 }
 
 // address_node returns the node (ClassifierAnswer) of q->remote's address interval, or -1.
