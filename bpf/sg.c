@@ -617,6 +617,20 @@ out:
 	return c.pull ? R_PULL : r;
 }
 
+// fast_ports fills what parse4 and parse6 share of a TCP or UDP packet whose header starts at l4 (in
+// the linear part, checked by the caller) and returns 1.
+static __always_inline int fast_ports(struct pkt *p, __u8 fam, __u8 proto, const __u8 *l4)
+{
+	p->fam = fam;
+	p->proto = proto;
+	p->sport = be16(l4);
+	p->dport = be16(l4 + 2);
+	p->tcp_flags = proto == 6 ? l4[13] : 0;
+	p->has_port = 1;
+	p->trackable = 1;
+	return 1;
+}
+
 // parse4 parses the commonest frame (untagged Ethernet, IPv4 without options, not a fragment, TCP or
 // UDP, all in the linear part) in a few straight-line checks, inlined in run, and returns 1; it returns 0,
 // having filled nothing, for any other frame, which parse decodes in full. What it accepts, parse
@@ -631,16 +645,9 @@ static __always_inline int parse4(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 	if ((be16(b + 20) & 0x3fff) != 0 || be16(b + 16) < (proto == 6 ? 20 + 14 : 20 + 8))
 		return 0; // a fragment (more fragments, or an offset), or a datagram too short for its header
-	p->fam = 4;
-	p->proto = proto;
 	__builtin_memcpy(p->src, b + 26, 4);
 	__builtin_memcpy(p->dst, b + 30, 4);
-	p->sport = be16(b + 34);
-	p->dport = be16(b + 36);
-	p->tcp_flags = proto == 6 ? b[34 + 13] : 0;
-	p->has_port = 1;
-	p->trackable = 1;
-	return 1;
+	return fast_ports(p, 4, proto, b + 34);
 }
 
 // parse6 is parse4's IPv6 counterpart: untagged Ethernet, IPv6 whose next header is TCP or UDP (no
@@ -655,16 +662,9 @@ static __always_inline int parse6(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 	if (be16(b + 14 + 4) < (proto == 6 ? 14 : 8))
 		return 0; // a jumbogram (0) or a payload too short for its header
-	p->fam = 6;
-	p->proto = proto;
 	__builtin_memcpy(p->src, b + 22, 16);
 	__builtin_memcpy(p->dst, b + 38, 16);
-	p->sport = be16(b + 54);
-	p->dport = be16(b + 56);
-	p->tcp_flags = proto == 6 ? b[54 + 13] : 0;
-	p->has_port = 1;
-	p->trackable = 1;
-	return 1;
+	return fast_ports(p, 6, proto, b + 54);
 }
 
 static __always_inline __u64 be64(const __u8 *a)
