@@ -117,13 +117,24 @@ func (l *Lab) EchoRoundTrip(eni, addr string, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
+	return echoOnce(c, "tcp", addr, timeout)
+}
+
+// echoOnce sends two bytes on c, reads them back within timeout and closes c.
+func echoOnce(c net.Conn, network, addr string, timeout time.Duration) error {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	if _, err := c.Write([]byte("hi")); err != nil {
 		return err
 	}
-	_, err = io.ReadFull(c, make([]byte, 2))
-	return err
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "hi" {
+		return fmt.Errorf("%s echo from %s: got %q, want %q", network, addr, buf, "hi")
+	}
+	return nil
 }
 
 // EchoUDP serves a UDP echo on addr (host:port) inside eni's namespace until the test ends.
@@ -149,19 +160,7 @@ func (l *Lab) EchoRoundTripUDP(eni, addr string, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write([]byte("hi")); err != nil {
-		return err
-	}
-	buf := make([]byte, 2)
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return err
-	}
-	if string(buf) != "hi" {
-		return fmt.Errorf("udp echo from %s: got %q, want %q", addr, buf, "hi")
-	}
-	return nil
+	return echoOnce(c, "udp", addr, timeout)
 }
 
 // RequireRoot skips the test unless it can make network namespaces (root and ip(8)); under
