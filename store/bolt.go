@@ -50,7 +50,7 @@ type Bolt struct {
 	history uint64
 
 	mu     sync.Mutex // serialises writes to the file (commits, Nonce flushes); guards the fields to errMu
-	rs     recordSet
+	rs     RecordSet
 	loaded bool // rs follows the file
 	rev    uint64
 	first  uint64 // the first revision ever committed
@@ -139,12 +139,12 @@ func (b *Bolt) migrate(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	var rs recordSet
-	d, err := rs.diff(s, gen)
+	var rs RecordSet
+	d, err := rs.Diff(s, gen)
 	if err != nil {
 		return err
 	}
-	if err := writeRevision(tx, gen, d.puts, nil, d.nextSeq, gen); err != nil {
+	if err := writeRevision(tx, gen, d.Puts, nil, d.NextSeq, gen); err != nil {
 		return err
 	}
 	return tx.DeleteBucket(legacyBucket)
@@ -157,10 +157,10 @@ func (b *Bolt) Load(ctx context.Context) (*model.State, uint64, error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.loaded && b.rs.last != nil {
+	if b.loaded && b.rs.Last() != nil {
 		// This process holds the file's lock, so what it last committed or read is the file's state; the
 		// same object keeps its objects shared with the states the caller derives from it.
-		return b.rs.last, b.rev, nil
+		return b.rs.Last(), b.rev, nil
 	}
 	return b.load()
 }
@@ -194,15 +194,15 @@ func (b *Bolt) load() (*model.State, uint64, error) {
 		return nil, 0, fmt.Errorf("store: read %s: %w", b.path, err)
 	}
 	if len(records) == 0 {
-		b.rs, b.loaded = recordSet{}, true
+		b.rs, b.loaded = RecordSet{}, true
 		return nil, 0, nil
 	}
 	s, err := stateOf(records)
 	if err != nil {
 		return nil, 0, fmt.Errorf("store: %s: %w", b.path, err)
 	}
-	b.rs = recordSet{}
-	b.rs.reset(s, records)
+	b.rs = RecordSet{}
+	b.rs.Reset(s, records, 0)
 	b.loaded = true
 	return s, b.rev, nil
 }
@@ -223,7 +223,7 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 	if b.rev != 0 && gen <= b.rev {
 		return fmt.Errorf("%w: revision %d, %s is at %d", ErrConflict, gen, b.path, b.rev)
 	}
-	d, err := b.rs.diff(s, gen)
+	d, err := b.rs.Diff(s, gen)
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
@@ -245,7 +245,7 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 		if err := writeNonces(tx, keys, nonceNow, window); err != nil {
 			return err
 		}
-		if err := writeRevision(tx, gen, d.puts, d.dels, d.nextSeq, first); err != nil {
+		if err := writeRevision(tx, gen, d.Puts, d.Dels, d.NextSeq, first); err != nil {
 			return err
 		}
 		return compact(tx, b.oldest, oldest)
@@ -258,7 +258,7 @@ func (b *Bolt) Commit(ctx context.Context, s *model.State, gen uint64) error {
 		b.setHealth(err)
 		return err
 	}
-	b.rs.advance(s, d)
+	b.rs.Advance(s, d)
 	b.rev, b.first, b.oldest = gen, first, oldest
 	b.setHealth(nil)
 	close(b.wake)

@@ -176,43 +176,50 @@ func stateOf(records []Record) (*model.State, error) {
 	return model.NewState(t)
 }
 
-// recordSet follows the last committed state and turns the next one into the records that differ. It
-// compares objects by pointer: a State edited from another shares every object it did not change
-// (model.State.Edit), so a one-rule change encodes one SG whatever the size of the rest.
-type recordSet struct {
+// RecordSet follows the last committed state and turns the next one into the records that differ,
+// for this package's stores and the fleet's (store/etcdstore). It compares objects by pointer: a State
+// edited from another shares every object it did not change (model.State.Edit), so a one-rule change
+// encodes one SG whatever the size of the rest. Creation sequences keep the listing order across loads.
+type RecordSet struct {
 	last    *model.State
 	seq     map[Key]uint64 // creation sequence of every object of last
 	nextSeq uint64
 	buf     []byte // reused by SG encodings; Value slices never alias it
 }
 
-// reset makes s (whose records carry the given sequences) the last committed state.
-func (rs *recordSet) reset(s *model.State, records []Record) {
-	rs.last, rs.seq = s, make(map[Key]uint64, len(records))
+// Reset makes s (whose records carry the given sequences) the last committed state; the next new
+// object's sequence is at least nextSeq.
+func (rs *RecordSet) Reset(s *model.State, records []Record, nextSeq uint64) {
+	rs.last, rs.seq, rs.nextSeq = s, make(map[Key]uint64, len(records)), nextSeq
 	for _, r := range records {
 		rs.seq[r.Key] = r.Seq
 		rs.nextSeq = max(rs.nextSeq, r.Seq+1)
 	}
 }
 
-// diff is what committing a state changes: the records it writes and the keys it deletes.
-type diff struct {
-	puts    []Record
-	dels    []Key
-	rewrite bool // every object written afresh, with new sequences
-	nextSeq uint64
+// Last returns the last committed state (nil before the first).
+func (rs *RecordSet) Last() *model.State { return rs.last }
+
+// RecordDiff is what committing a state changes: the records it writes (sorted by key) and the keys it
+// deletes (sorted).
+type RecordDiff struct {
+	Puts    []Record
+	Dels    []Key
+	Rewrite bool // every object written afresh, with new sequences
+	NextSeq uint64
 }
 
-// diff returns what committing next at revision rev writes; advance applies it once durable.
-func (rs *recordSet) diff(next *model.State, rev uint64) (diff, error) {
-	d := diff{nextSeq: rs.nextSeq}
+// Diff returns what committing next at revision rev writes (rev 0: the store assigns revisions);
+// Advance applies it once durable.
+func (rs *RecordSet) Diff(next *model.State, rev uint64) (RecordDiff, error) {
+	d := RecordDiff{NextSeq: rs.nextSeq}
 	// Objects present before must keep their relative order, or the listing order would change on
 	// reload: when they do not (a state not derived from the last), every object is written afresh.
-	d.rewrite = rs.last == nil || !ordered(rs, next)
+	d.Rewrite = rs.last == nil || !ordered(rs, next)
 	visit := func(k Key, changed bool, encode func() ([]byte, error)) error {
 		s, known := rs.seq[k]
-		if !known || d.rewrite {
-			s, d.nextSeq, changed = d.nextSeq, d.nextSeq+1, true
+		if !known || d.Rewrite {
+			s, d.NextSeq, changed = d.NextSeq, d.NextSeq+1, true
 		}
 		if !changed {
 			return nil
@@ -221,7 +228,7 @@ func (rs *recordSet) diff(next *model.State, rev uint64) (diff, error) {
 		if err != nil {
 			return err
 		}
-		d.puts = append(d.puts, Record{Key: k, Seq: s, Revision: rev, Value: v})
+		d.Puts = append(d.Puts, Record{Key: k, Seq: s, Revision: rev, Value: v})
 		return nil
 	}
 	last := rs.last
@@ -229,7 +236,7 @@ func (rs *recordSet) diff(next *model.State, rev uint64) (diff, error) {
 		a, _ := next.Account(id)
 		changed := changedSince(last, (*model.State).Account, id, a)
 		if err := visit(Key{KindAccount, id}, changed, func() ([]byte, error) { return json.Marshal(a) }); err != nil {
-			return diff{}, fmt.Errorf("encode account %s: %w", id, err)
+			return RecordDiff{}, fmt.Errorf("encode account %s: %w", id, err)
 		}
 	}
 	for _, id := range next.SGIDs() {
@@ -240,44 +247,44 @@ func (rs *recordSet) diff(next *model.State, rev uint64) (diff, error) {
 			rs.buf = b
 			return slices.Clone(b), err
 		}); err != nil {
-			return diff{}, err
+			return RecordDiff{}, err
 		}
 	}
 	for _, id := range next.ENIIDs() {
 		n, _ := next.ENI(id)
 		changed := changedSince(last, (*model.State).ENI, id, n)
 		if err := visit(Key{KindENI, id}, changed, func() ([]byte, error) { return json.Marshal(n) }); err != nil {
-			return diff{}, fmt.Errorf("encode network interface %s: %w", id, err)
+			return RecordDiff{}, fmt.Errorf("encode network interface %s: %w", id, err)
 		}
 	}
 	if tokens := next.AdminTokens(); len(tokens) > 0 {
 		changed := last == nil || !slices.Equal(last.AdminTokens(), tokens)
 		if err := visit(Key{KindAdmin, adminTokensID}, changed, func() ([]byte, error) { return json.Marshal(tokens) }); err != nil {
-			return diff{}, fmt.Errorf("encode admin tokens: %w", err)
+			return RecordDiff{}, fmt.Errorf("encode admin tokens: %w", err)
 		}
 	}
 	for k := range rs.seq {
 		if !has(next, k) {
-			d.dels = append(d.dels, k)
+			d.Dels = append(d.Dels, k)
 		}
 	}
-	slices.SortFunc(d.puts, func(a, b Record) int { return compareKeys(a.Key, b.Key) })
-	slices.SortFunc(d.dels, compareKeys)
+	slices.SortFunc(d.Puts, func(a, b Record) int { return CompareKeys(a.Key, b.Key) })
+	slices.SortFunc(d.Dels, CompareKeys)
 	return d, nil
 }
 
-// advance makes next, committed with d, the last state.
-func (rs *recordSet) advance(next *model.State, d diff) {
-	if d.rewrite || rs.seq == nil {
-		rs.seq = make(map[Key]uint64, len(d.puts))
+// Advance makes next, committed with d, the last state.
+func (rs *RecordSet) Advance(next *model.State, d RecordDiff) {
+	if d.Rewrite || rs.seq == nil {
+		rs.seq = make(map[Key]uint64, len(d.Puts))
 	}
-	for _, r := range d.puts {
+	for _, r := range d.Puts {
 		rs.seq[r.Key] = r.Seq
 	}
-	for _, k := range d.dels {
+	for _, k := range d.Dels {
 		delete(rs.seq, k)
 	}
-	rs.last, rs.nextSeq = next, d.nextSeq
+	rs.last, rs.nextSeq = next, d.NextSeq
 }
 
 func has(s *model.State, k Key) bool {
@@ -296,7 +303,7 @@ func has(s *model.State, k Key) bool {
 }
 
 // ordered tells whether the objects next shares with the last state appear in the same relative order.
-func ordered(rs *recordSet, next *model.State) bool {
+func ordered(rs *RecordSet, next *model.State) bool {
 	for _, l := range []struct {
 		kind Kind
 		ids  []string
@@ -314,7 +321,8 @@ func ordered(rs *recordSet, next *model.State) bool {
 	return true
 }
 
-func compareKeys(a, b Key) int {
+// CompareKeys orders keys by kind, then ID: the order of a Change's puts and deletes.
+func CompareKeys(a, b Key) int {
 	return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.ID, b.ID))
 }
 

@@ -54,7 +54,7 @@ const DefaultHistory = 128
 // Memory is a Store that forgets everything when the process ends: for tests and scenarios.
 type Memory struct {
 	mu      sync.Mutex
-	rs      recordSet
+	rs      RecordSet
 	history []memRevision // oldest first, at most DefaultHistory
 	trimmed bool          // history no longer starts at the first commit
 	wake    chan struct{} // closed and replaced by every commit
@@ -103,12 +103,12 @@ func (m *Memory) Commit(ctx context.Context, s *model.State, gen uint64) error {
 	if n := len(m.history); n > 0 && gen <= m.history[n-1].change.Revision {
 		return fmt.Errorf("%w: revision %d, the store is at %d", ErrConflict, gen, m.history[n-1].change.Revision)
 	}
-	d, err := m.rs.diff(s, gen)
+	d, err := m.rs.Diff(s, gen)
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	m.rs.advance(s, d)
-	m.history = append(m.history, memRevision{state: s, change: Change{Revision: gen, Puts: d.puts, Deletes: d.dels}})
+	m.rs.Advance(s, d)
+	m.history = append(m.history, memRevision{state: s, change: Change{Revision: gen, Puts: d.Puts, Deletes: d.Dels}})
 	if len(m.history) > DefaultHistory {
 		m.history = slices.Clone(m.history[len(m.history)-DefaultHistory:])
 		m.trimmed = true

@@ -319,10 +319,10 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 	}
 	if len(ops) > s.maxOps {
 		return 0, fmt.Errorf("%w: %d objects, %d member lists and %d host lists changed: %d operations, etcd allows %d",
-			ErrTooLarge, len(d.puts)+len(d.dels), len(d.members), len(d.hosts), len(ops), s.maxOps)
+			ErrTooLarge, len(d.Puts)+len(d.Dels), len(d.members), len(d.hosts), len(ops), s.maxOps)
 	}
 	if total > s.maxBytes {
-		return 0, fmt.Errorf("%w: %d objects changed, %d bytes, etcd allows %d per request", ErrTooLarge, len(d.puts)+len(d.dels), total, s.maxBytes)
+		return 0, fmt.Errorf("%w: %d objects changed, %d bytes, etcd allows %d per request", ErrTooLarge, len(d.Puts)+len(d.Dels), total, s.maxBytes)
 	}
 	inTxn := min(len(hosts), s.maxOps-len(ops))
 	for _, h := range hosts[:inTxn] {
@@ -394,7 +394,7 @@ func (s *Store) seed(ctx context.Context, next *model.State, d delta, ops []clie
 
 // fitsOneRequest refuses a change with an object too big for any etcd request, naming it.
 func (s *Store) fitsOneRequest(d delta, sizes []int) error {
-	for i, r := range d.puts {
+	for i, r := range d.Puts {
 		if requestSlack+sizes[i] > s.maxBytes {
 			return fmt.Errorf("%w: %s is %d bytes, etcd allows %d per request", ErrTooLarge, r.Key, len(r.Value), s.maxBytes)
 		}
@@ -402,10 +402,10 @@ func (s *Store) fitsOneRequest(d delta, sizes []int) error {
 	return nil
 }
 
-// commitOps returns a commit's operations but its feeds, the puts first (in d.puts' order), with the
+// commitOps returns a commit's operations but its feeds, the puts first (in d.Puts' order), with the
 // bytes each adds to a request.
 func (s *Store) commitOps(d delta, hosts []string) ([]clientv3.Op, []int) {
-	n := len(d.puts) + len(d.dels) + len(d.members) + len(d.hosts) + 1
+	n := len(d.Puts) + len(d.Dels) + len(d.members) + len(d.hosts) + 1
 	ops, sizes := make([]clientv3.Op, 0, n+len(hosts)), make([]int, 0, n)
 	add := func(key, value string, del bool) {
 		if del {
@@ -415,10 +415,10 @@ func (s *Store) commitOps(d delta, hosts []string) ([]clientv3.Op, []int) {
 		}
 		sizes = append(sizes, len(key)+len(value)+opOverhead)
 	}
-	for _, r := range d.puts {
+	for _, r := range d.Puts {
 		add(s.objectKey(r.Key), encodeEnvelope(r), false)
 	}
-	for _, k := range d.dels {
+	for _, k := range d.Dels {
 		add(s.objectKey(k), "", true)
 	}
 	index := func(key string, list any, gone bool) {
@@ -431,7 +431,7 @@ func (s *Store) commitOps(d delta, hosts []string) ([]clientv3.Op, []int) {
 	for _, h := range sortedKeys(d.hosts) {
 		index(s.hostIndexKey(h), d.hosts[h], d.hosts[h] == nil)
 	}
-	g, _ := json.Marshal(generation{NextSeq: d.nextSeq, Hosts: hosts})
+	g, _ := json.Marshal(generation{NextSeq: d.NextSeq, Hosts: hosts})
 	add(s.genKey(), string(g), false)
 	return ops, sizes
 }
@@ -550,8 +550,8 @@ func (s *Store) changeOf(rev uint64, events []*clientv3.Event) (store.Change, er
 		r.Revision = rev
 		c.Puts = append(c.Puts, r)
 	}
-	slices.SortFunc(c.Puts, func(a, b store.Record) int { return compareKeys(a.Key, b.Key) })
-	slices.SortFunc(c.Deletes, compareKeys)
+	slices.SortFunc(c.Puts, func(a, b store.Record) int { return store.CompareKeys(a.Key, b.Key) })
+	slices.SortFunc(c.Deletes, store.CompareKeys)
 	return c, nil
 }
 
