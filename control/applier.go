@@ -71,12 +71,21 @@ func (a *Applier) compileAll(s *model.State) map[string]*compiler.Tables {
 		return comp.CompileAll()
 	}
 	out := map[string]*compiler.Tables{}
-	for _, id := range s.ENIIDs() {
-		if n, _ := s.ENI(id); n.Host == a.host {
-			out[id], _ = comp.Compile(id) // every listed ENI exists
-		}
+	for _, id := range a.hostENIs(s) {
+		out[id], _ = comp.Compile(id) // every listed ENI exists
 	}
 	return out
+}
+
+// hostENIs lists the ENIs of s placed on the applier's host.
+func (a *Applier) hostENIs(s *model.State) []string {
+	var local []string
+	for _, id := range s.ENIIDs() {
+		if n, _ := s.ENI(id); n.Host == a.host {
+			local = append(local, id)
+		}
+	}
+	return local
 }
 
 // Timings returns the latency histograms of the changes this Applier puts in force.
@@ -218,12 +227,7 @@ func (p *Prepared) Switch() error {
 // cost to the host's ENIs, where Affected walks every ENI of a state that also holds every member of
 // the SGs the host's rules name (in a fleet where an SG names itself, every ENI of the fleet).
 func (a *Applier) compileHost(old *View, next *model.State) (changed map[string]*compiler.Tables, removed []string, err error) {
-	var local []string
-	for _, id := range next.ENIIDs() {
-		if n, _ := next.ENI(id); n.Host == a.host {
-			local = append(local, id)
-		}
-	}
+	local := a.hostENIs(next)
 	for id := range old.Tables {
 		if n, ok := next.ENI(id); !ok || n.Host != a.host {
 			removed = append(removed, id)
