@@ -1,9 +1,7 @@
 package bpf
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -83,13 +81,13 @@ func costFlows(tb testing.TB, tab *compiler.Table) (first, reply frame) {
 //     that accepted the flow while its table is in force (what "new" measured before: the same packet
 //     repeated, classified by the rules every time);
 //   - new: the first packet of a flow (conntrack misses, the rules decide, the flow is inserted), each
-//     run a flow of its own (another source port), so each is one test run, as are the floor and the
-//     lookup it is quoted against;
+//     run a flow of its own behind flowBumper, with room in conntrack;
+//   - new-full: the same with conntrack full, so that each new flow evicts one;
 //   - established-iface: the reply on the ENI's host interface (a veth of a namespace of its own), which
 //     the program looks up as for real traffic (test runs on loopback carry their slot instead).
 //
-// Each iteration runs the three programs back to back, so they share the machine's load; the program
-// is quoted in ns and in hash lookups above the floor.
+// Each iteration runs the programs back to back, so they share the machine's load; the program is
+// quoted in ns and in hash lookups above the floor.
 func BenchmarkPacketCost(b *testing.B) {
 	base := loadBaselines(b)
 	iface := costInterface(b)
@@ -102,7 +100,8 @@ func BenchmarkPacketCost(b *testing.B) {
 		firstFrame, replyFrame := first.build(), reply.build()
 		slot := d.slots[bench.ENIID]
 		require.NoError(b, d.Bind(int(iface.index), bench.ENIID))
-		for _, flow := range []string{"established", "original", "new", "established-iface"} {
+		nf := loadNewFlows(b, base, d)
+		for _, flow := range []string{"established", "original", "new", "new-full", "established-iface"} {
 			b.Run(fmt.Sprintf("rules=%d/flow=%s", n, flow), func(b *testing.B) {
 				require.NoError(b, d.FlushConntrack())
 				r, err := d.Run(firstFrame, bench.ENIID, model.Ingress)
@@ -128,8 +127,8 @@ func BenchmarkPacketCost(b *testing.B) {
 					require.NoError(b, err)
 					require.Equal(b, r, again, "the tracked flow's own packet takes the entry that accepted it")
 					reportCost(b, base, d.objs.SgHostEgress, firstFrame, skbCtx{Mark: slot + 1})
-				case "new":
-					reportNewFlowCost(b, base, d, firstFrame, slot)
+				case "new", "new-full":
+					reportNewFlowCost(b, base, nf, d, firstFrame, slot, flow == "new-full")
 				}
 			})
 		}
@@ -172,38 +171,190 @@ func reportCost(b *testing.B, base *costBaselines, prog *ebpf.Program, frame []b
 	reportAboveFloor(b, floorNS, hashNS, progNS, float64(b.N))
 }
 
-// reportNewFlowCost runs the ENI-ingress program on first packets of new flows (frame with another
-// source port each time: the rules accept each and conntrack inserts it), one test run each, beside one
-// test run each of the floor and the hash lookup.
-func reportNewFlowCost(b *testing.B, base *costBaselines, d *Dataplane, frame []byte, slot uint32) {
-	const flowsPerIteration = 100
-	frame = bytes.Clone(frame)
-	var floorNS, hashNS, progNS float64
-	port := 0
-	b.ReportAllocs()
-	for b.Loop() {
-		for range flowsPerIteration {
-			port++
-			if port == 50000 {
-				b.StopTimer()
-				require.NoError(b, d.FlushConntrack())
-				b.StartTimer()
-				port = 1
-			}
-			binary.BigEndian.PutUint16(frame[14+20:], uint16(10000+port)) // TCP source port (IPv4, no options)
-			for _, r := range []struct {
-				p   *ebpf.Program
-				sum *float64
-			}{{base.floor, &floorNS}, {base.hash, &hashNS}, {d.objs.SgHostEgress, &progNS}} {
-				ns, err := testRunNS(r.p, frame, slot, 1)
-				if err != nil {
-					b.Fatal(err)
-				}
-				*r.sum += float64(ns)
-			}
+// newFlows is what the new-flow rows need: a bumper in front of the program and of the floor, and the
+// kernel's LRU-hash insert on its own.
+type newFlows struct {
+	prog, floor, insert *ebpf.Program
+	insertMap           *ebpf.Map
+}
+
+// flowBumper returns a SCHED_CLS program that gives each run of a repeated test run a flow of its own
+// and then tail-calls target: it counts its runs (an array map, whose lookup the JIT inlines) and
+// writes the count into the IPv4 TCP frame's source port and the low half of its destination address,
+// so the kernel's loop runs target on first packets back to back, warm, as a busy host's TC hook
+// does. A test run of one packet instead pays for the syscall's cold caches (a tracked flow's packet
+// costs several times more in a run of one than in a repeated run). The bumper's own cost is measured
+// in front of the empty program and subtracted.
+func flowBumper(tb testing.TB, target *ebpf.Program) *ebpf.Program {
+	tb.Helper()
+	calls, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	require.NoError(tb, err)
+	// Kept open until the end: the kernel empties a program array when its last user reference closes.
+	tb.Cleanup(func() { calls.Close() })
+	require.NoError(tb, calls.Put(uint32(0), uint32(target.FD())))
+	count, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	require.NoError(tb, err)
+	tb.Cleanup(func() { count.Close() })
+	const (
+		skbData    = 76 // offsetof(struct __sk_buff, data)
+		skbDataEnd = 80
+		sport      = 14 + 20     // TCP source port (IPv4, no options)
+		dstLow     = 14 + 16 + 2 // the destination address's last two bytes
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.StoreImm(asm.R10, -4, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, count.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word),
+		asm.Add.Imm(asm.R7, 1),
+		asm.StoreMem(asm.R0, 0, asm.R7, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, sport+2),
+		asm.JGT.Reg(asm.R4, asm.R3, "out"),
+		// Source port 32768 + count mod 32768 (never 0), and count / 32768 into the address.
+		asm.Mov.Reg(asm.R8, asm.R7),
+		asm.And.Imm(asm.R8, 0x7fff),
+		asm.Or.Imm(asm.R8, 0x8000),
+		asm.HostTo(asm.BE, asm.R8, asm.Half),
+		asm.StoreMem(asm.R2, sport, asm.R8, asm.Half),
+		asm.RSh.Imm(asm.R7, 15),
+		asm.StoreMem(asm.R2, dstLow, asm.R7, asm.Half),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.LoadMapPtr(asm.R2, calls.FD()),
+		asm.Mov.Imm(asm.R3, 0),
+		asm.FnTailCall.Call(),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
+		asm.Return(),
+	}})
+	skipIfNotSupported(tb, err)
+	tb.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// lruInsert returns a SCHED_CLS program that does what tracking a new IPv4 flow costs the kernel's
+// LRU hash, and nothing else: it looks the frame's addresses and ports up in m (16-byte keys, as ct4's)
+// and, missing, inserts them with a zero value.
+func lruInsert(tb testing.TB, m *ebpf.Map) *ebpf.Program {
+	tb.Helper()
+	const (
+		skbData    = 76
+		skbDataEnd = 80
+		addrs      = 14 + 12 // IPv4 source and destination, then the ports
+		key, value = -16, -64
+	)
+	ins := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, addrs+12),
+		asm.JGT.Reg(asm.R4, asm.R3, "out"),
+	}
+	for i := int16(0); i < 3; i++ {
+		ins = append(ins, asm.LoadMem(asm.R4, asm.R2, addrs+4*i, asm.Word), asm.StoreMem(asm.R10, key+4*i, asm.R4, asm.Word))
+	}
+	ins = append(ins, asm.Mov.Imm(asm.R5, 0), asm.StoreMem(asm.R10, key+12, asm.R5, asm.Word))
+	for off := int16(value); off < key; off += 8 {
+		ins = append(ins, asm.StoreMem(asm.R10, off, asm.R5, asm.DWord))
+	}
+	ins = append(ins,
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, key),
+		asm.FnMapLookupElem.Call(),
+		asm.JNE.Imm(asm.R0, 0, "out"),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, key),
+		asm.Mov.Reg(asm.R3, asm.R10),
+		asm.Add.Imm(asm.R3, value),
+		asm.Mov.Imm(asm.R4, int32(ebpf.UpdateNoExist)),
+		asm.FnMapUpdateElem.Call(),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
+		asm.Return(),
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: ins})
+	skipIfNotSupported(tb, err)
+	tb.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+func loadNewFlows(tb testing.TB, base *costBaselines, d *Dataplane) *newFlows {
+	tb.Helper()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 48, MaxEntries: d.objs.Ct4.MaxEntries()})
+	skipIfNotSupported(tb, err)
+	tb.Cleanup(func() { m.Close() })
+	return &newFlows{
+		prog:      flowBumper(tb, d.objs.SgHostEgress),
+		floor:     flowBumper(tb, base.floor),
+		insert:    flowBumper(tb, lruInsert(tb, m)),
+		insertMap: m,
+	}
+}
+
+// reportNewFlowCost runs the ENI-ingress program on first packets of new flows (frame, accepted by the
+// rules, with another source port and destination each run: the rules decide and conntrack inserts),
+// repeated in the kernel behind flowBumper, beside the floor and the hash lookup. With full, conntrack
+// is filled first and stays full, so every new flow evicts one (a host that has seen more flows than
+// conntrack holds); else it is emptied before each test run. It also reports the kernel's LRU-hash
+// insert alone in lookups: the part of a new flow no program change removes while conntrack is an
+// LRU hash.
+func reportNewFlowCost(b *testing.B, base *costBaselines, nf *newFlows, d *Dataplane, frame []byte, slot uint32, full bool) {
+	const repeat = 1000
+	run := func(p *ebpf.Program, n uint32) float64 {
+		ns, err := testRunNS(p, frame, slot, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return float64(ns)
+	}
+	flush := func() {
+		require.NoError(b, d.FlushConntrack())
+		var keys [][16]byte
+		var k [16]byte
+		var v [48]byte
+		for it := nf.insertMap.Iterate(); it.Next(&k, &v); {
+			keys = append(keys, k)
+		}
+		for _, k := range keys {
+			require.NoError(b, nf.insertMap.Delete(&k))
 		}
 	}
-	reportAboveFloor(b, floorNS, hashNS, progNS, float64(b.N*flowsPerIteration))
+	flush()
+	run(nf.prog, repeat)
+	es, err := d.ctEntries()
+	require.NoError(b, err)
+	require.Len(b, es, repeat, "each run behind the bumper is a new flow the rules accept")
+	if full {
+		fill := d.objs.Ct4.MaxEntries() * 5 / 4
+		run(nf.prog, fill)
+		run(nf.insert, fill)
+	}
+	var floorNS, hashNS, bumpNS, progNS, insertNS float64
+	b.ReportAllocs()
+	for b.Loop() {
+		if !full {
+			b.StopTimer()
+			flush()
+			b.StartTimer()
+		}
+		floorNS += run(base.floor, repeat)
+		hashNS += run(base.hash, repeat)
+		bumpNS += run(nf.floor, repeat)
+		progNS += run(nf.prog, repeat)
+		insertNS += run(nf.insert, repeat)
+	}
+	// The program as if run on its own: the floor plus what it adds behind the bumper.
+	reportAboveFloor(b, floorNS, hashNS, floorNS+progNS-bumpNS, float64(b.N))
+	if hashNS > floorNS {
+		b.ReportMetric((insertNS-bumpNS)/(hashNS-floorNS), "lru-insert-lookups")
+	}
 }
 
 // reportAboveFloor reports the mean kernel ns per run of the floor, the lookup and the program over n
