@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -25,9 +26,19 @@ type Applier struct {
 	log     *slog.Logger
 	host    string // with Host set: only that host's ENIs get tables
 	engine  *dataplane.Engine
-	dps     []Dataplane
+	dps     []*attached
 	cur     atomic.Pointer[View]
 	timings *Timings
+}
+
+// attached is a dataplane and whether it is in step with the View. One whose Stage or Switch failed
+// may hold older tables of some ENIs, or of none of that change, and the state has moved on without
+// it; so the next change gives it every table and removes every ENI removed meanwhile, instead of only
+// what that change touches, which would leave the failed change's ENIs stale in it for good.
+type attached struct {
+	dp     Dataplane
+	behind bool
+	gone   map[string]bool // ENIs removed since it fell behind, which it may still hold
 }
 
 // ApplierOptions configure an Applier; the zero value means defaults.
@@ -59,7 +70,7 @@ func NewApplier(s *model.State, gen uint64, opts ApplierOptions) *Applier {
 		}
 		a.engine = dataplane.NewEngine(factory)
 		a.engine.Publish(gen, v.Tables, nil)
-		a.dps = []Dataplane{EngineDataplane{a.engine}}
+		a.dps = []*attached{{dp: EngineDataplane{a.engine}}}
 	}
 	return a
 }
@@ -107,7 +118,7 @@ func (a *Applier) AddDataplane(ctx context.Context, dp Dataplane) error {
 	if err := st.Switch(); err != nil {
 		return fmt.Errorf("control: load dataplane: %w", err)
 	}
-	a.dps = append(a.dps, dp)
+	a.dps = append(a.dps, &attached{dp: dp})
 	return nil
 }
 
@@ -181,10 +192,27 @@ func (p *Prepared) Stage(ctx context.Context) {
 	p.staged = make([]dataplane.Staged, len(dps))
 	p.errs = make([]error, len(dps))
 	var wg sync.WaitGroup
-	for i, dp := range dps {
-		wg.Go(func() { p.staged[i], p.errs[i] = dp.Stage(ctx, p.next.Generation, p.changed, p.removed) })
+	for i, at := range dps {
+		changed, removed := p.changed, p.removed
+		if at.behind {
+			changed, removed = p.next.Tables, catchUpRemovals(at.gone, p.removed, p.next.Tables)
+		}
+		wg.Go(func() { p.staged[i], p.errs[i] = at.dp.Stage(ctx, p.next.Generation, changed, removed) })
 	}
 	wg.Wait()
+}
+
+// catchUpRemovals is what a dataplane that fell behind must drop: every ENI removed since, this
+// change's included, but those that have tables again.
+func catchUpRemovals(gone map[string]bool, removed []string, tables map[string]*compiler.Tables) []string {
+	var out []string
+	for _, id := range slices.Concat(slices.Collect(maps.Keys(gone)), removed) {
+		if _, ok := tables[id]; !ok {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // Discard drops what Stage built; nothing changed.
@@ -197,7 +225,8 @@ func (p *Prepared) Discard() {
 }
 
 // Switch makes the change the version in force and switches it in on every dataplane, all at once. An
-// error names the dataplanes that are now out of step (the change stays in force where it got).
+// error names the dataplanes that are now out of step (the change stays in force where it got); the
+// next change catches them up (attached).
 func (p *Prepared) Switch() error {
 	switchStart := time.Now()
 	p.a.cur.Store(p.next)
@@ -211,6 +240,19 @@ func (p *Prepared) Switch() error {
 	}
 	wg.Wait()
 	errs = append(errs, switched...)
+	for i, at := range p.a.dps[:len(p.staged)] {
+		switch {
+		case p.errs[i] != nil || switched[i] != nil:
+			if !at.behind {
+				at.behind, at.gone = true, map[string]bool{}
+			}
+			for _, id := range p.removed {
+				at.gone[id] = true
+			}
+		case at.behind:
+			at.behind, at.gone = false, nil // caught up: it holds every table of the View
+		}
+	}
 	since(p.a.timings.Switch, switchStart)
 	since(p.a.timings.Apply, p.start)
 	p.a.log.Debug("applied", "generation", p.next.Generation, "recompiled", len(p.changed), "removed", len(p.removed))

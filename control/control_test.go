@@ -31,6 +31,7 @@ type recorder struct {
 	mu         sync.Mutex
 	store      store.Store // when set, Switch checks the change's generation is committed there
 	calls      [][]string  // per switched change, its ENIs
+	removals   [][]string  // per switched change, the ENIs it removed
 	discarded  int
 	fail       error // returned by Stage
 	failSwitch error
@@ -38,12 +39,12 @@ type recorder struct {
 }
 
 type recorded struct {
-	r       *recorder
-	gen     uint64
-	changed []string
+	r                *recorder
+	gen              uint64
+	changed, removed []string
 }
 
-func (r *recorder) Stage(ctx context.Context, gen uint64, changed map[string]*compiler.Tables, _ []string) (dataplane.Staged, error) {
+func (r *recorder) Stage(ctx context.Context, gen uint64, changed map[string]*compiler.Tables, removed []string) (dataplane.Staged, error) {
 	if r.fail != nil {
 		return nil, r.fail
 	}
@@ -53,7 +54,7 @@ func (r *recorder) Stage(ctx context.Context, gen uint64, changed map[string]*co
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return &recorded{r: r, gen: gen, changed: slices.Sorted(maps.Keys(changed))}, nil
+	return &recorded{r: r, gen: gen, changed: slices.Sorted(maps.Keys(changed)), removed: removed}, nil
 }
 
 func (s *recorded) Switch() error {
@@ -65,6 +66,7 @@ func (s *recorded) Switch() error {
 		}
 	}
 	s.r.calls = append(s.r.calls, s.changed)
+	s.r.removals = append(s.r.removals, s.removed)
 	return s.r.failSwitch
 }
 
@@ -138,6 +140,38 @@ func TestDataplaneFailureIsReported(t *testing.T) {
 			err := c.ModifySecurityGroupPolicy(context.Background(), "1250000001", "sg-web", nil, nil)
 			assert.Equal(t, model.CodeInternal, model.CodeOf(err))
 			assert.ErrorContains(t, err, want)
+		})
+	}
+}
+
+// A dataplane that failed a change is given every table and every removal it missed with the next
+// change, so the failed change's ENIs are not left stale in it; once caught up it gets only what each
+// change touches again.
+func TestDataplaneBehindCatchesUp(t *testing.T) {
+	const db2 = "b9ac5247-c4ca-4c9b-b8fa-7d19132e560a"
+	all := []string{db2, "eni-db1", "eni-spare", "eni-web1", "eni-web2"}
+	for _, tc := range []struct {
+		name string
+		fail func(*recorder, error)
+	}{
+		{"stage", func(rec *recorder, err error) { rec.fail = err }},
+		{"switch", func(rec *recorder, err error) { rec.failSwitch = err }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			c, rec := newCtrl(t)
+			tc.fail(rec, errors.New("refused"))
+			require.ErrorContains(t, c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-db", []model.Rule{{Action: "ACCEPT"}}, nil), "refused")
+			require.ErrorContains(t, c.DeleteENI(ctx, "eni-other"), "refused")
+			tc.fail(rec, nil)
+
+			require.NoError(t, c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-web", []model.Rule{{Action: "DROP"}}, nil))
+			assert.Equal(t, all, rec.last(), "every table of the View")
+			assert.Equal(t, []string{"eni-other"}, rec.removals[len(rec.removals)-1], "the ENI deleted while it was behind")
+
+			require.NoError(t, c.ModifySecurityGroupPolicy(ctx, "1250000001", "sg-db", nil, nil))
+			assert.Equal(t, []string{db2, "eni-db1"}, rec.last(), "caught up: only the change's ENIs")
+			assert.Empty(t, rec.removals[len(rec.removals)-1])
 		})
 	}
 }
