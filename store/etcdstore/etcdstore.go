@@ -15,7 +15,11 @@
 //	                                 ModRevision is the store's revision, its value the hosts that
 //	                                 commit affected (so its history answers "where is change R?");
 //	                                 under objects/ so one watch sees records and commits in order
-//	P/feed/{host}                    "" rewritten in the commit of every change that affects host
+//	P/feed/{host}                    "" rewritten in the commit of every change that affects host (or
+//	                                 right after it, for the hosts beyond its transaction's room)
+//	P/feedq/{base}/{i}               ["h1",…] an intent: feeds a commit owes, written in its transaction
+//	                                 when they do not all fit there (base: the revision it was guarded
+//	                                 on); deleted in the transaction that writes those feeds
 //	P/acks/{host}                    decimal revision the host has in force (one key per host, overwritten)
 //	P/hosts/{host}                   "" under the host's lease (TTL HostTTL)
 //	P/nonces/{secret}/{ts}/{nonce}   "" under a lease that ends when the Timestamp leaves the window
@@ -37,10 +41,19 @@
 // (tested against an embedded etcd with the default limits). Bytes are counted too: a change above
 // --max-request-bytes is refused with ErrTooLarge naming its size, or the object too big for any
 // request. Feeds that do not fit in the commit's transaction are written right after it in
-// concurrent transactions of at most MaxTxnOps puts, before Commit returns. A commit whose records and indexes
+// concurrent transactions of at most MaxTxnOps-1 puts, before Commit returns; the commit's
+// transaction holds one intent per such transaction (the feeds in it leave room for them), so a
+// 100-ENI change spread over 100 hosts is 104 operations besides its feeds, then 23 feeds and one
+// intent owing the other 77 (tested too). A change whose feeds fit writes no intent. A commit whose records and indexes
 // alone exceed a limit is refused before anything is written, except the first commit of an empty
 // store (seeding a topology): it is written in transactions within both limits, guarded on the
 // generation's absence, the generation last, so Load and Watch see it only once complete, as one change.
+//
+// A writer that stops between its commit and those later transactions (killed, cut off from etcd)
+// leaves its intents behind: every replica's RepairFeeds writes the feeds an intent names and deletes
+// it, guarded on the intent's revision so that the writer and any number of repairs write each batch
+// once (feeds.go). A committed change therefore reaches every affected host, late by a grace period
+// at worst, and a change whose feeds fit in its transaction pays nothing for it.
 package etcdstore
 
 import (
@@ -70,8 +83,7 @@ const DefaultMaxTxnOps = 128
 const DefaultMaxRequestBytes = 1536 * 1024
 
 // opOverhead bounds what one operation adds to a request besides its key and value (protobuf framing),
-// and requestSlack what a transaction adds besides the operations counted (the compare, and feeds:
-// at most MaxTxnOps short keys).
+// and requestSlack what a transaction adds besides the operations counted (the compare).
 const (
 	opOverhead   = 16
 	requestSlack = 16 * 1024
@@ -81,7 +93,8 @@ var (
 	// ErrTooLarge is Commit's error when a change needs more operations than one transaction allows.
 	ErrTooLarge = errors.New("etcdstore: change too large for one etcd transaction")
 	// ErrFeedIncomplete is returned, with the revision, when a commit succeeded but the feeds of some
-	// affected hosts could not be written after it: the change is durable, those hosts do not know yet.
+	// affected hosts could not be written after it: the change is durable, those hosts do not know yet
+	// (their intents stay in etcd, and a repair writes them).
 	ErrFeedIncomplete = errors.New("etcdstore: committed, but not every affected host was notified")
 )
 
@@ -116,6 +129,9 @@ type Store struct {
 	nonceMu sync.Mutex
 	nonces  *nonce.Record
 	leases  map[int64]clientv3.LeaseID // nonce lease by expiry bucket
+
+	payingMu sync.Mutex
+	paying   map[string]int64 // intents this Store is paying after its commit: key → revision
 }
 
 // Open returns a Store on cli under prefix (e.g. "/sgsim"), after checking that etcd answers.
@@ -127,7 +143,7 @@ func Open(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Opti
 		return nil, fmt.Errorf("etcdstore: prefix %q must start with / and not end with one", prefix)
 	}
 	s := &Store{cli: cli, prefix: prefix, maxOps: DefaultMaxTxnOps, maxBytes: DefaultMaxRequestBytes, log: slog.Default(),
-		leases: map[int64]clientv3.LeaseID{}}
+		leases: map[int64]clientv3.LeaseID{}, paying: map[string]int64{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -324,13 +340,15 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 	if total > s.maxBytes {
 		return 0, fmt.Errorf("%w: %d objects changed, %d bytes, etcd allows %d per request", ErrTooLarge, len(d.Puts)+len(d.Dels), total, s.maxBytes)
 	}
-	inTxn := min(len(hosts), s.maxOps-len(ops))
-	for _, h := range hosts[:inTxn] {
-		ops = append(ops, clientv3.OpPut(s.feedKey(h), ""))
+	plan, err := s.planFeeds(hosts, len(ops), total, s.base)
+	if err != nil {
+		return 0, err
 	}
+	ops = append(ops, plan.ops...)
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.genKey()), "=", s.base)).Then(ops...).Commit()
 	if err != nil {
-		// Whether it applied is unknown: the next commit starts from what etcd holds.
+		// Whether it applied is unknown: the next commit starts from what etcd holds (and if it
+		// applied, its intents are there for a repair).
 		s.loaded = false
 		return 0, fmt.Errorf("etcdstore: commit to %s (%d operations): %w", s.prefix, len(ops), err)
 	}
@@ -341,11 +359,7 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 	rev := resp.Header.Revision
 	s.rs.advance(next, d)
 	s.base = rev
-	if err := s.writeFeeds(ctx, hosts[inTxn:]); err != nil {
-		s.log.Error("feeds not written", "revision", rev, "hosts", len(hosts)-inTxn, "err", err)
-		return uint64(rev), fmt.Errorf("%w: revision %d: %w", ErrFeedIncomplete, rev, err)
-	}
-	return uint64(rev), nil
+	return uint64(rev), s.payOwed(ctx, rev, plan.owed)
 }
 
 // seed writes the first state of an empty store when it needs more than one transaction: first any
@@ -365,12 +379,11 @@ func (s *Store) seed(ctx context.Context, next *model.State, d delta, ops []clie
 		batches = append(batches, body[start:end])
 		start, bytes = end, requestSlack
 	}
-	inTxn := min(len(hosts), s.maxOps-1)
-	last := []clientv3.Op{gen}
-	for _, h := range hosts[:inTxn] {
-		last = append(last, clientv3.OpPut(s.feedKey(h), ""))
+	plan, err := s.planFeeds(hosts, 1, requestSlack+sizes[len(sizes)-1], 0)
+	if err != nil {
+		return 0, err
 	}
-	batches = append(batches, last)
+	batches = append(batches, append([]clientv3.Op{gen}, plan.ops...))
 	var rev int64
 	for i, b := range batches {
 		resp, err := s.cli.Txn(ctx).If(absent).Then(b...).Commit()
@@ -386,10 +399,7 @@ func (s *Store) seed(ctx context.Context, next *model.State, d delta, ops []clie
 	}
 	s.rs.advance(next, d)
 	s.base = rev
-	if err := s.writeFeeds(ctx, hosts[inTxn:]); err != nil {
-		return uint64(rev), fmt.Errorf("%w: revision %d: %w", ErrFeedIncomplete, rev, err)
-	}
-	return uint64(rev), nil
+	return uint64(rev), s.payOwed(ctx, rev, plan.owed)
 }
 
 // fitsOneRequest refuses a change with an object too big for any etcd request, naming it.
@@ -434,30 +444,6 @@ func (s *Store) commitOps(d delta, hosts []string) ([]clientv3.Op, []int) {
 	g, _ := json.Marshal(generation{NextSeq: d.NextSeq, Hosts: hosts})
 	add(s.genKey(), string(g), false)
 	return ops, sizes
-}
-
-// writeFeeds writes the feeds that did not fit in a commit's transaction, in transactions of at most
-// MaxTxnOps puts sent at once: etcd commits concurrent proposals together, so a thousand hosts hear of
-// a change about as soon as the first hundred do.
-func (s *Store) writeFeeds(ctx context.Context, hosts []string) error {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	for batch := range slices.Chunk(hosts, s.maxOps) {
-		ops := make([]clientv3.Op, len(batch))
-		for i, h := range batch {
-			ops[i] = clientv3.OpPut(s.feedKey(h), "")
-		}
-		wg.Go(func() {
-			if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("feeds of %s…%s: %w", batch[0], batch[len(batch)-1], err))
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // LoadAt implements store.Store: the whole object prefix at rev (any etcd revision still kept).

@@ -370,7 +370,8 @@ func getIndex(t *testing.T, cli *clientv3.Client, key string) ([]json.RawMessage
 
 // A 100-ENI ModifySecurityGroupsOfNetworkInterface is one transaction within etcd's default limits
 // (128 operations, 1.5 MiB): 100 ENI records, 3 member lists, the generation and 10 feeds. Spread over
-// 100 hosts, the feeds that do not fit follow the commit. 130 ENIs are refused, nothing written.
+// 100 hosts, the feeds that do not fit follow the commit, owed by an intent in its transaction. 130
+// ENIs are refused, nothing written.
 func TestHundredENIModifyFitsDefaultLimits(t *testing.T) {
 	te := startEtcd(t)
 	ctx := context.Background()
@@ -398,16 +399,22 @@ func TestHundredENIModifyFitsDefaultLimits(t *testing.T) {
 			assert.Equal(t, Member{ID: "eni-0000", AppID: "1250000001", IPs: []string{"198.18.0.1"}}, m, "a member's addresses, for other hosts' sgId rules")
 			h0, _ := getIndex(t, st.cli, prefix+"/index/host/h00")
 			assert.Len(t, h0, 100/hosts)
+			inTxn := 0
 			for _, h := range hostsOf(hosts) {
 				resp, err := st.cli.Get(ctx, prefix+"/feed/"+h)
 				require.NoError(t, err)
 				require.Len(t, resp.Kvs, 1, h)
-				if hosts == 10 {
-					assert.Equal(t, int64(rev), resp.Kvs[0].ModRevision, "%s: in the commit's transaction", h)
-				} else {
-					assert.GreaterOrEqual(t, resp.Kvs[0].ModRevision, int64(rev), h)
+				assert.GreaterOrEqual(t, resp.Kvs[0].ModRevision, int64(rev), h)
+				if resp.Kvs[0].ModRevision == int64(rev) {
+					inTxn++
 				}
 			}
+			if hosts == 10 {
+				assert.Equal(t, 10, inTxn, "every feed in the commit's transaction")
+			} else {
+				assert.Equal(t, 23, inTxn, "104 operations, 23 feeds and the intent owing the other 77")
+			}
+			assert.Empty(t, intents(t, st.cli, prefix), "the writer paid what it owed")
 			affected, err := st.ChangeHosts(ctx, rev)
 			require.NoError(t, err)
 			assert.Equal(t, hostsOf(hosts), affected)

@@ -1,0 +1,282 @@
+package etcdstore
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/sgsim/sgsim/internal/etcdtest"
+	"github.com/sgsim/sgsim/model"
+)
+
+// repairOps is the etcd limit of these tests: a change of one SG's rules (two operations) leaves room
+// for six more, so its feeds of 20 hosts are 3 in its transaction and 3 intents owing 7, 7 and 3.
+const repairOps = 8
+
+// withPort returns s with sg-a's rule on port instead: a change of every ENI's table.
+func withPort(t *testing.T, s *model.State, port string) *model.State {
+	g, _ := s.SG("sg-a")
+	next := *g
+	next.Ingress = []model.Rule{{IPProtocol: "tcp", SgID: "sg-a", PortRange: port, Action: "ACCEPT"}}
+	b := s.Edit()
+	require.NoError(t, b.PutSG(next))
+	return b.State()
+}
+
+// feedRevisions returns each host's feed ModRevision (absent: not there).
+func feedRevisions(t *testing.T, cli *clientv3.Client, prefix string) map[string]int64 {
+	resp, err := cli.Get(context.Background(), prefix+"/feed/", clientv3.WithPrefix())
+	require.NoError(t, err)
+	out := map[string]int64{}
+	for _, kv := range resp.Kvs {
+		out[string(kv.Key[len(prefix+"/feed/"):])] = kv.ModRevision
+	}
+	return out
+}
+
+// intents returns the intents etcd holds: key → hosts, each at the revision it was written.
+func intents(t *testing.T, cli *clientv3.Client, prefix string) map[string][]string {
+	resp, err := cli.Get(context.Background(), prefix+"/feedq/", clientv3.WithPrefix())
+	require.NoError(t, err)
+	out := map[string][]string{}
+	for _, kv := range resp.Kvs {
+		var hosts []string
+		require.NoError(t, json.Unmarshal(kv.Value, &hosts))
+		out[string(kv.Key)] = hosts
+	}
+	return out
+}
+
+// deadWriter returns a Store on a client of its own whose requests fail once it has committed a
+// change: a replica killed right after its commit's transaction.
+func deadWriter(t *testing.T, te *testEtcd, prefix string) *Store {
+	cli := te.client(t)
+	etcdtest.CutAfter(cli, etcdtest.PutsKey(prefix+"/objects/generation"))
+	s, err := Open(context.Background(), cli, prefix, WithMaxTxnOps(repairOps))
+	require.NoError(t, err)
+	return s
+}
+
+// A commit whose later feed transactions never happen leaves intents owing exactly the feeds it did
+// not write; Repair writes those feeds and deletes the intents, and a second Repair does nothing.
+func TestRepairPaysWhatADeadWriterOwes(t *testing.T) {
+	te := startEtcd(t)
+	ctx := context.Background()
+	prefix := te.prefix()
+	repairer := openStore(t, te, prefix, WithMaxTxnOps(repairOps))
+	s0 := fleetState(t, 20, 20)
+	_, err := repairer.CommitAffecting(ctx, s0, 1, nil)
+	require.NoError(t, err, "the seed: its feeds fit, no intent")
+	require.Empty(t, intents(t, repairer.cli, prefix))
+	before := feedRevisions(t, repairer.cli, prefix)
+
+	w := deadWriter(t, te, prefix)
+	cur, base, err := w.Load(ctx)
+	require.NoError(t, err)
+	rev, err := w.CommitAffecting(ctx, withPort(t, cur, "23"), base+1, hostsOf(20))
+	require.ErrorIs(t, err, ErrFeedIncomplete, "committed, then cut off")
+	require.ErrorIs(t, err, etcdtest.ErrCut)
+
+	told := feedRevisions(t, repairer.cli, prefix)
+	var inTxn, untold []string
+	for _, h := range hostsOf(20) {
+		if told[h] == int64(rev) {
+			inTxn = append(inTxn, h)
+		} else {
+			assert.Equal(t, before[h], told[h], "%s: not told by anyone", h)
+			untold = append(untold, h)
+		}
+	}
+	assert.Equal(t, hostsOf(3), inTxn, "the feeds that fit beside three intents")
+	owed := intents(t, repairer.cli, prefix)
+	require.Len(t, owed, 3)
+	var allOwed []string
+	for key, hosts := range owed {
+		assert.LessOrEqual(t, len(hosts), repairOps-1, key)
+		allOwed = append(allOwed, hosts...)
+	}
+	slices.Sort(allOwed)
+	assert.Equal(t, untold, allOwed, "the intents owe exactly the feeds not written")
+
+	repaired, err := repairer.Repair(ctx)
+	require.NoError(t, err)
+	require.Len(t, repaired, 3)
+	var paid []string
+	for _, r := range repaired {
+		assert.Equal(t, rev, r.Revision)
+		paid = append(paid, r.Hosts...)
+	}
+	slices.Sort(paid)
+	assert.Equal(t, untold, paid)
+	assert.Empty(t, intents(t, repairer.cli, prefix), "paid intents are deleted")
+	after := feedRevisions(t, repairer.cli, prefix)
+	for _, h := range hostsOf(20) {
+		if slices.Contains(untold, h) {
+			assert.Greater(t, after[h], int64(rev), "%s told by the repair", h)
+		} else {
+			assert.Equal(t, int64(rev), after[h], "%s told by the commit, not again", h)
+		}
+	}
+	hosts, err := repairer.ChangeHosts(ctx, rev)
+	require.NoError(t, err)
+	assert.Equal(t, hostsOf(20), hosts, "the change still names every host it affects")
+
+	again, err := repairer.Repair(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, again)
+	assert.Equal(t, after, feedRevisions(t, repairer.cli, prefix), "a second repair writes nothing")
+}
+
+// A live writer pays its own intents and leaves none; a change whose feeds fit in its transaction
+// writes no intent and is one etcd write.
+func TestLiveWriterLeavesNoIntent(t *testing.T) {
+	te := startEtcd(t)
+	ctx := context.Background()
+	prefix := te.prefix()
+	st := openStore(t, te, prefix, WithMaxTxnOps(repairOps))
+	s0 := fleetState(t, 20, 20)
+	r0, err := st.CommitAffecting(ctx, s0, 1, nil)
+	require.NoError(t, err)
+
+	s1 := withPort(t, s0, "23")
+	r1, err := st.CommitAffecting(ctx, s1, r0+1, hostsOf(20))
+	require.NoError(t, err)
+	assert.Empty(t, intents(t, st.cli, prefix))
+	for h, r := range feedRevisions(t, st.cli, prefix) {
+		assert.GreaterOrEqual(t, r, int64(r1), h)
+	}
+
+	b := s1.Edit()
+	require.NoError(t, b.SetENISGs("eni-0001", []string{"sg-b"}))
+	r2, err := st.CommitAffecting(ctx, b.State(), r1+1, []string{"h01"})
+	require.NoError(t, err)
+	resp, err := st.cli.Get(ctx, prefix+"/feedq/", clientv3.WithPrefix(), clientv3.WithRev(int64(r2)), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	assert.Zero(t, resp.Count)
+	now, err := st.cli.Get(ctx, prefix+"/objects/generation")
+	require.NoError(t, err)
+	assert.Equal(t, int64(r2), now.Header.Revision, "the commit is the only write: no intent, no later feed")
+}
+
+// Several replicas repairing the same intents at once write each owed feed exactly once.
+func TestConcurrentRepairsWriteEachFeedOnce(t *testing.T) {
+	te := startEtcd(t)
+	ctx := context.Background()
+	prefix := te.prefix()
+	repairers := []*Store{openStore(t, te, prefix), openStore(t, te, prefix), openStore(t, te, prefix)}
+	s0 := fleetState(t, 20, 20)
+	_, err := repairers[0].CommitAffecting(ctx, s0, 1, nil)
+	require.NoError(t, err)
+	w := deadWriter(t, te, prefix)
+	cur, base, err := w.Load(ctx)
+	require.NoError(t, err)
+	rev, err := w.CommitAffecting(ctx, withPort(t, cur, "23"), base+1, hostsOf(20))
+	require.ErrorIs(t, err, ErrFeedIncomplete)
+
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	feeds := te.client(t).Watch(wctx, prefix+"/feed/", clientv3.WithPrefix(), clientv3.WithRev(int64(rev)+1), clientv3.WithCreatedNotify())
+	require.True(t, (<-feeds).Created)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var paid []string
+	for _, r := range repairers {
+		wg.Go(func() {
+			done, err := r.Repair(ctx)
+			assert.NoError(t, err)
+			mu.Lock()
+			defer mu.Unlock()
+			for _, d := range done {
+				paid = append(paid, d.Hosts...)
+			}
+		})
+	}
+	wg.Wait()
+	require.Len(t, paid, 17, "every owed feed paid by one repairer")
+	writes := map[string]int{}
+	for len(writes) < 17 {
+		select {
+		case resp := <-feeds:
+			for _, ev := range resp.Events {
+				writes[string(ev.Kv.Key)]++
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("feed events: %v", writes)
+		}
+	}
+	// Any further write would have come with the ones seen: the repairs are over.
+	select {
+	case resp := <-feeds:
+		t.Fatalf("more feed writes: %v", resp.Events)
+	case <-time.After(100 * time.Millisecond):
+	}
+	for key, n := range writes {
+		assert.Equal(t, 1, n, key)
+	}
+}
+
+// RepairFeeds repairs intents it finds when it starts at once, and those written later once they
+// stood for its grace period; it leaves a live writer's alone.
+func TestRepairFeedsFollowsIntents(t *testing.T) {
+	te := startEtcd(t)
+	ctx := context.Background()
+	prefix := te.prefix()
+	st := openStore(t, te, prefix, WithMaxTxnOps(repairOps))
+	s0 := fleetState(t, 20, 20)
+	r0, err := st.CommitAffecting(ctx, s0, 1, nil)
+	require.NoError(t, err)
+	w := deadWriter(t, te, prefix)
+	cur, _, err := w.Load(ctx)
+	require.NoError(t, err)
+	rev1, err := w.CommitAffecting(ctx, withPort(t, cur, "23"), r0+1, hostsOf(20))
+	require.ErrorIs(t, err, ErrFeedIncomplete)
+
+	repairer := openStore(t, te, prefix)
+	const grace = 300 * time.Millisecond
+	repaired := make(chan Repaired, 16)
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- repairer.RepairFeeds(rctx, grace, func(r Repaired) { repaired <- r }) }()
+	for range 3 {
+		select {
+		case r := <-repaired:
+			assert.Equal(t, rev1, r.Revision, "found at start")
+		case <-time.After(5 * time.Second):
+			t.Fatal("the intents found at start are not repaired")
+		}
+	}
+
+	// A live writer's commit: paid by the writer, so nothing for the repairer.
+	cur, base, err := st.Load(ctx)
+	require.NoError(t, err)
+	require.Equal(t, rev1, base)
+	live, err := st.CommitAffecting(ctx, withPort(t, cur, "24"), base+1, hostsOf(20))
+	require.NoError(t, err)
+	// Another dead writer's, after the repairer started: repaired once it stood for the grace.
+	w2 := deadWriter(t, te, prefix)
+	cur, base, err = w2.Load(ctx)
+	require.NoError(t, err)
+	start := time.Now()
+	rev3, err := w2.CommitAffecting(ctx, withPort(t, cur, "25"), base+1, hostsOf(20))
+	require.ErrorIs(t, err, ErrFeedIncomplete)
+	for range 3 {
+		select {
+		case r := <-repaired:
+			assert.Equal(t, rev3, r.Revision, "not the live writer's %d", live)
+			assert.GreaterOrEqual(t, time.Since(start), grace, "left alone for the grace")
+		case <-time.After(5 * time.Second):
+			t.Fatal("the intents written later are not repaired")
+		}
+	}
+	assert.Empty(t, intents(t, st.cli, prefix))
+	stop()
+	require.ErrorIs(t, <-done, context.Canceled)
+	assert.Empty(t, repaired)
+}
