@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/store/nonce"
@@ -39,6 +41,8 @@ type Options struct {
 	StoreHealth func() error
 	// TrackedFlows, if set, reads how many flows an enforcing dataplane tracks, for /metrics.
 	TrackedFlows func() (int, error)
+	// Collectors are exposed on /metrics beside the handler's own (a fleet replica's feed repairs).
+	Collectors []prometheus.Collector
 	// AdminTokens authenticate the inspection endpoints and /metrics (Authorization: Bearer TOKEN)
 	// besides the topology's adminTokens (SPEC §8).
 	AdminTokens []string

@@ -46,6 +46,7 @@ func newMetrics(h *Handler) *metrics {
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.calls, m.latency, m.ruleHits, m.verdicts, stateCollector{h})
 	m.reg.MustRegister(h.ctrl.Timings().Collectors()...)
+	m.reg.MustRegister(h.opts.Collectors...)
 	return m
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -36,6 +37,14 @@ const (
 // fleetRefreshTimeout bounds a replica's background reload of the state from etcd (see refreshFleet).
 const fleetRefreshTimeout = 5 * time.Second
 
+// feedRepairGrace is how long an intent of owed feeds stands before a replica repairs it: its writer,
+// if alive, pays it within milliseconds of its commit.
+const feedRepairGrace = time.Second
+
+// fleetRetryPause is how long a replica's failed background watch (state, owed feeds) waits before it
+// starts again.
+const fleetRetryPause = 200 * time.Millisecond
+
 // fleet is what a node in etcd mode holds besides the controller.
 type fleet struct {
 	cli     *clientv3.Client
@@ -43,6 +52,8 @@ type fleet struct {
 	timeout time.Duration
 	// unreachable is why the last probe of etcd failed; nil while it answers.
 	unreachable atomic.Pointer[error]
+	// feedsRepaired counts the feeds this replica wrote for changes whose writer did not.
+	feedsRepaired prometheus.Counter
 }
 
 // newFleet builds n as a stateless API replica of the fleet in cfg.Etcd (SPEC §9): the state lives in
@@ -61,17 +72,24 @@ func (n *Node) newFleet(ctx context.Context, cfg Config) error {
 	if prefix == "" {
 		prefix = DefaultEtcdPrefix
 	}
-	f := &fleet{timeout: cfg.EnforceTimeout}
+	f := &fleet{timeout: cfg.EnforceTimeout, feedsRepaired: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sgsim_fleet_feeds_repaired_total",
+		Help: "Feeds of hosts this replica wrote for committed changes whose writer stopped before writing them."})}
 	if f.timeout == 0 {
 		f.timeout = DefaultEnforceTimeout
 	}
+	dial := cfg.DialEtcd
+	if dial == nil {
+		dial = clientv3.New
+	}
 	var err error
 	// etcd's client logs through zap; its connection trouble reaches us as errors instead.
-	if f.cli, err = clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
+	if f.cli, err = dial(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
 		return fmt.Errorf("--etcd %v: %w", cfg.Etcd, err)
 	}
 	n.fleet = f
-	if f.st, err = etcdstore.Open(ctx, f.cli, prefix, etcdstore.WithLogger(n.log)); err != nil {
+	sopts := append([]etcdstore.Option{etcdstore.WithLogger(n.log)}, cfg.EtcdOptions...)
+	if f.st, err = etcdstore.Open(ctx, f.cli, prefix, sopts...); err != nil {
 		return fmt.Errorf("--etcd %v: %w", cfg.Etcd, err)
 	}
 	n.st = f.st
@@ -91,6 +109,7 @@ func (n *Node) newFleet(ctx context.Context, cfg Config) error {
 	aopts.Enforcement = f.enforcement(n)
 	aopts.Change = f.change
 	aopts.StoreHealth = f.health
+	aopts.Collectors = append(slices.Clip(aopts.Collectors), f.feedsRepaired)
 	n.handler = api.NewHandler(n.ctrl, aopts)
 	// Followed in the background so that reads (Describe*, the admin GETs) see what other replicas
 	// commit; writes do not depend on it (a stale one is refused by etcd and re-run).
@@ -98,6 +117,7 @@ func (n *Node) newFleet(ctx context.Context, cfg Config) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { n.followFleet(wctx) })
 	wg.Go(func() { f.probe(wctx, cfg.Etcd, prefix) })
+	wg.Go(func() { n.repairFeeds(wctx) })
 	n.stop = func() { stop(); wg.Wait() }
 	n.log.Info("fleet replica", "etcd", cfg.Etcd, "prefix", prefix, "revision", n.ctrl.View().Generation, "enforce-timeout", f.timeout)
 	return nil
@@ -134,7 +154,7 @@ func (n *Node) seedFleet(ctx context.Context, cfg Config) error {
 
 // commit is the controller's Options.Commit: one guarded transaction writing the feeds of the hosts
 // the change affects. A commit whose feeds could not all be written is durable all the same: it is
-// answered, and the hosts that were not told show as pending.
+// answered, and the hosts that were not told show as pending until a replica's repair tells them.
 func (f *fleet) commit(n *Node) func(ctx context.Context, old, next *model.State, gen uint64) (control.Committed, error) {
 	return func(ctx context.Context, old, next *model.State, gen uint64) (control.Committed, error) {
 		hosts := agent.AffectedHosts(old, next)
@@ -251,7 +271,7 @@ func (n *Node) followFleet(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(fleetRetryPause):
 		}
 		if err := n.refreshFleet(ctx); err != nil && ctx.Err() == nil {
 			n.log.Warn("reload from etcd", "err", err)
@@ -266,4 +286,24 @@ func (n *Node) refreshFleet(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, fleetRefreshTimeout)
 	defer cancel()
 	return n.ctrl.Refresh(rctx)
+}
+
+// repairFeeds writes, until ctx ends, the feeds that committed changes owe and whose writer (another
+// replica, or this one before a restart) stopped before writing them: at once for those found when
+// it starts, after feedRepairGrace for those written later (etcdstore.Store.RepairFeeds). A failed
+// watch or repair starts again after a pause.
+func (n *Node) repairFeeds(ctx context.Context) {
+	f := n.fleet
+	for ctx.Err() == nil {
+		err := f.st.RepairFeeds(ctx, feedRepairGrace, func(r etcdstore.Repaired) { f.feedsRepaired.Add(float64(len(r.Hosts))) })
+		if ctx.Err() != nil {
+			return
+		}
+		n.log.Warn("repairing owed feeds; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(fleetRetryPause):
+		}
+	}
 }

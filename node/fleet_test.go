@@ -74,10 +74,16 @@ func fleetTopology(t *testing.T) *model.State {
 
 // newReplica starts an API replica of the fleet on its own etcd client.
 func newReplica(t *testing.T, endpoint string, seed *model.State, timeout time.Duration) *Node {
-	n, err := New(context.Background(), Config{Etcd: []string{endpoint}, EtcdPrefix: fleetPrefix, Seed: seed, EnforceTimeout: timeout,
-		Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
+	n := startReplica(t, Config{Etcd: []string{endpoint}, Seed: seed, EnforceTimeout: timeout})
 	t.Cleanup(func() { assert.NoError(t, n.Close()) })
+	return n
+}
+
+// startReplica starts the replica of cfg (under fleetPrefix, logging nothing); the caller closes it.
+func startReplica(t *testing.T, cfg Config) *Node {
+	cfg.EtcdPrefix, cfg.Logger = fleetPrefix, slog.New(slog.DiscardHandler)
+	n, err := New(context.Background(), cfg)
+	require.NoError(t, err)
 	return n
 }
 

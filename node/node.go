@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/control"
@@ -21,6 +23,7 @@ import (
 	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store"
+	"github.com/sgsim/sgsim/store/etcdstore"
 )
 
 // Values of Config.Dataplane.
@@ -68,6 +71,10 @@ type Config struct {
 	EtcdPrefix string
 	// EnforceTimeout bounds how long an answer waits for the affected hosts; 0 = DefaultEnforceTimeout.
 	EnforceTimeout time.Duration
+	// EtcdOptions configure the replica's store (a cluster's own limits: etcdstore.WithMaxTxnOps).
+	EtcdOptions []etcdstore.Option
+	// DialEtcd makes the replica's etcd client; nil = clientv3.New. Tests wrap the client's KV.
+	DialEtcd func(clientv3.Config) (*clientv3.Client, error)
 }
 
 // Node is one assembled daemon. Its handler serves at once; Serve puts it on a listener.

@@ -39,9 +39,6 @@ func PutsKey(key string) func(ops []clientv3.Op) bool {
 	}
 }
 
-// Cut reports whether the transaction looked for has committed.
-func (k *CutKV) Cut() bool { return k.cut.Load() }
-
 func (k *CutKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	if k.cut.Load() {
 		return nil, ErrCut
