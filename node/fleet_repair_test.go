@@ -189,3 +189,34 @@ func TestFleetRestartedReplicaRepairsAtStart(t *testing.T) {
 	requireEnforcedEverywhere(t, c, agents, rev, len(owed))
 	assert.Empty(t, owedHosts(t, etcd), "the intents are paid")
 }
+
+// A feed written again for a change the host already has (the most a repair racing its writer could
+// cause) costs the agent a share read and an ack of the same revision, nothing else.
+func TestFleetAgentAnswersARepeatedFeed(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	n := newReplica(t, etcd.Endpoint(), repairTopology(t), time.Second)
+	agents := startRepairAgents(t, etcd.Endpoint())[:1]
+	enforcing(t, n, agents...)
+	a, rev := agents[0], agents[0].Revision()
+	cli := etcd.Client(t)
+	ctx := context.Background()
+	ackOf := func() (int64, string) {
+		resp, err := cli.Get(ctx, fleetPrefix+"/acks/r00")
+		require.NoError(t, err)
+		require.Len(t, resp.Kvs, 1)
+		return resp.Kvs[0].ModRevision, string(resp.Kvs[0].Value)
+	}
+	acked, value := ackOf()
+	assert.Equal(t, strconv.FormatUint(rev, 10), value)
+	resyncs := a.Stats().Resyncs
+	view := a.Applier().View()
+
+	_, err := cli.Put(ctx, fleetPrefix+"/feed/r00", "")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { again, _ := ackOf(); return again > acked }, 5*time.Second, 5*time.Millisecond, "acknowledged again")
+	_, value = ackOf()
+	assert.Equal(t, strconv.FormatUint(rev, 10), value, "the same revision")
+	assert.Equal(t, rev, a.Revision())
+	assert.Equal(t, resyncs+1, a.Stats().Resyncs)
+	assert.Same(t, view, a.Applier().View(), "nothing applied")
+}
