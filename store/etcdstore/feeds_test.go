@@ -3,6 +3,7 @@ package etcdstore
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -279,4 +280,61 @@ func TestRepairFeedsFollowsIntents(t *testing.T) {
 	stop()
 	require.ErrorIs(t, <-done, context.Canceled)
 	assert.Empty(t, repaired)
+}
+
+// planFeeds keeps as many feeds in the commit's transaction as leave room for the intents owing the
+// rest, MaxTxnOps-1 feeds each, and refuses a change with no room for them.
+func TestPlanFeeds(t *testing.T) {
+	named := func(n, size int) []string {
+		hosts := make([]string, n)
+		for i := range hosts {
+			hosts[i] = fmt.Sprintf("h%0*d", size-1, i)
+		}
+		return hosts
+	}
+	for _, c := range []struct {
+		name          string
+		maxOps, used  int
+		hosts         []string
+		inTxn         int
+		owed          []int // hosts per intent
+		errorContains string
+	}{
+		{name: "all fit", maxOps: 8, used: 2, hosts: named(6, 3), inTxn: 6},
+		{name: "one over", maxOps: 8, used: 2, hosts: named(7, 3), inTxn: 5, owed: []int{2}},
+		{name: "three intents", maxOps: 8, used: 2, hosts: named(20, 3), inTxn: 3, owed: []int{7, 7, 3}},
+		{name: "intents only", maxOps: 8, used: 2, hosts: named(42, 3), owed: []int{7, 7, 7, 7, 7, 7}},
+		{name: "no room for one more intent", maxOps: 8, used: 2, hosts: named(43, 3), errorContains: "no room for the intents"},
+		{name: "full, no hosts", maxOps: 8, used: 8},
+		{name: "full", maxOps: 8, used: 8, hosts: named(1, 3), errorContains: "8 operations leave no room"},
+		{name: "100-ENI change on 100 hosts", maxOps: 128, used: 104, hosts: named(100, 3), inTxn: 23, owed: []int{77}},
+		{name: "too many bytes", maxOps: 128, used: 2, hosts: named(100, 1000), errorContains: "etcd allows 65536 per request"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := &Store{prefix: "/p", maxOps: c.maxOps, maxBytes: 64 * 1024}
+			p, err := s.planFeeds(c.hosts, c.used, requestSlack, 7)
+			if c.errorContains != "" {
+				require.ErrorIs(t, err, ErrTooLarge)
+				assert.ErrorContains(t, err, c.errorContains)
+				return
+			}
+			require.NoError(t, err)
+			assert.LessOrEqual(t, c.used+len(p.ops), c.maxOps)
+			require.Len(t, p.ops, c.inTxn+len(c.owed))
+			for i, h := range c.hosts[:c.inTxn] {
+				assert.Equal(t, "/p/feed/"+h, string(p.ops[i].KeyBytes()))
+			}
+			rest := c.hosts[c.inTxn:]
+			for i, in := range p.owed {
+				assert.Equal(t, fmt.Sprintf("/p/feedq/7/%d", i), in.key)
+				require.Len(t, in.hosts, c.owed[i])
+				assert.Equal(t, rest[:len(in.hosts)], in.hosts)
+				rest = rest[len(in.hosts):]
+				var value []string
+				require.NoError(t, json.Unmarshal(p.ops[c.inTxn+i].ValueBytes(), &value))
+				assert.Equal(t, in.hosts, value, "the intent's value names its hosts")
+			}
+			assert.Empty(t, rest, "every feed planned")
+		})
+	}
 }
