@@ -131,7 +131,7 @@ type Store struct {
 	leases  map[int64]clientv3.LeaseID // nonce lease by expiry bucket
 
 	payingMu sync.Mutex
-	paying   map[string]int64 // intents this Store is paying after its commit: key → revision
+	paying   map[string]bool // keys of the intents this Store's commit in progress pays itself
 }
 
 // Open returns a Store on cli under prefix (e.g. "/sgsim"), after checking that etcd answers.
@@ -143,7 +143,7 @@ func Open(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Opti
 		return nil, fmt.Errorf("etcdstore: prefix %q must start with / and not end with one", prefix)
 	}
 	s := &Store{cli: cli, prefix: prefix, maxOps: DefaultMaxTxnOps, maxBytes: DefaultMaxRequestBytes, log: slog.Default(),
-		leases: map[int64]clientv3.LeaseID{}, paying: map[string]int64{}}
+		leases: map[int64]clientv3.LeaseID{}, paying: map[string]bool{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -345,6 +345,8 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 		return 0, err
 	}
 	ops = append(ops, plan.ops...)
+	s.markPaying(plan.owed, true)
+	defer s.markPaying(plan.owed, false)
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.genKey()), "=", s.base)).Then(ops...).Commit()
 	if err != nil {
 		// Whether it applied is unknown: the next commit starts from what etcd holds (and if it
@@ -384,6 +386,8 @@ func (s *Store) seed(ctx context.Context, next *model.State, d delta, ops []clie
 		return 0, err
 	}
 	batches = append(batches, append([]clientv3.Op{gen}, plan.ops...))
+	s.markPaying(plan.owed, true)
+	defer s.markPaying(plan.owed, false)
 	var rev int64
 	for i, b := range batches {
 		resp, err := s.cli.Txn(ctx).If(absent).Then(b...).Commit()

@@ -90,8 +90,6 @@ func (s *Store) payOwed(ctx context.Context, rev int64, owed []intent) error {
 	for i := range owed {
 		owed[i].rev = rev
 	}
-	s.markPaying(owed, true)
-	defer s.markPaying(owed, false)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
@@ -113,24 +111,26 @@ func (s *Store) payOwed(ctx context.Context, rev int64, owed []intent) error {
 }
 
 // markPaying adds owed to, or removes them from, the intents this Store is paying itself, which its
-// repairs leave alone.
+// repairs leave alone: from before its commit's transaction is sent, since the intents' watch may
+// report them before the commit's answer arrives, until the commit has paid what it could.
 func (s *Store) markPaying(owed []intent, paying bool) {
 	s.payingMu.Lock()
 	defer s.payingMu.Unlock()
 	for _, in := range owed {
 		if paying {
-			s.paying[in.key] = in.rev
+			s.paying[in.key] = true
 		} else {
 			delete(s.paying, in.key)
 		}
 	}
 }
 
+// isPaying says whether this Store is paying in itself. Keys suffice: one commit per base revision
+// succeeds, so a key names one intent.
 func (s *Store) isPaying(in intent) bool {
 	s.payingMu.Lock()
 	defer s.payingMu.Unlock()
-	rev, ok := s.paying[in.key]
-	return ok && rev == in.rev
+	return s.paying[in.key]
 }
 
 // pay writes in's feeds and deletes it in one transaction, if in is still owed; false when another

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -337,4 +338,33 @@ func TestPlanFeeds(t *testing.T) {
 			assert.Empty(t, rest, "every feed planned")
 		})
 	}
+}
+
+// A Store's repairs leave the intents it is paying itself alone, however short the grace: its own
+// commits are never repaired by it.
+func TestRepairFeedsLeavesItsOwnWritesAlone(t *testing.T) {
+	te := startEtcd(t)
+	ctx := context.Background()
+	st := openStore(t, te, te.prefix(), WithMaxTxnOps(repairOps))
+	cur := fleetState(t, 20, 20)
+	rev, err := st.CommitAffecting(ctx, cur, 1, nil)
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var repaired []Repaired
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- st.RepairFeeds(rctx, time.Millisecond, func(r Repaired) { mu.Lock(); repaired = append(repaired, r); mu.Unlock() })
+	}()
+	for i := range 30 {
+		cur = withPort(t, cur, strconv.Itoa(1000+i))
+		rev, err = st.CommitAffecting(ctx, cur, rev+1, hostsOf(20))
+		require.NoError(t, err)
+	}
+	// The intents' deletions reach the repairer's watch before it stops.
+	time.Sleep(100 * time.Millisecond)
+	stop()
+	require.ErrorIs(t, <-done, context.Canceled)
+	assert.Empty(t, repaired, "its own intents, paid by its commits")
+	assert.Empty(t, intents(t, st.cli, st.prefix))
 }
