@@ -52,7 +52,8 @@ type ct4Table struct {
 
 // openCt4 maps the program's ct4_sets and ct4_locks.
 func openCt4(sets, locks *ebpf.Map, seed uint64) (*ct4Table, error) {
-	if int(sets.ValueSize()) != ct4SetSize || int(sets.MaxEntries()) != ct4Sets || int(locks.MaxEntries()) != ct4Sets {
+	if int(sets.ValueSize()) != ct4SetSize || int(sets.MaxEntries()) != ct4Sets || int(locks.MaxEntries()) != ct4Sets ||
+		locks.ValueSize() != 8 {
 		return nil, fmt.Errorf("ct4_sets: %d sets of %d bytes, this build's layout is %d of %d",
 			sets.MaxEntries(), sets.ValueSize(), ct4Sets, ct4SetSize)
 	}
@@ -60,7 +61,7 @@ func openCt4(sets, locks *ebpf.Map, seed uint64) (*ct4Table, error) {
 	if err != nil {
 		return nil, fmt.Errorf("map ct4_sets: %w", err)
 	}
-	lm, err := unix.Mmap(locks.FD(), 0, ct4Sets*4, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	lm, err := unix.Mmap(locks.FD(), 0, ct4Sets*8, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		_ = unix.Munmap(sm)
 		return nil, fmt.Errorf("map ct4_locks: %w", err)
@@ -215,16 +216,16 @@ func (t *ct4Table) Update(key, value any, flags ebpf.MapUpdateFlags) error {
 // way for it.
 func (t *ct4Table) insert(a, b uint64, v *sgCtVal) error {
 	sets := t.candidates(a, b)
-	lock := (*uint32)(unsafe.Pointer(&t.locks[4*sets[0]]))
+	lock := (*uint64)(unsafe.Pointer(&t.locks[8*sets[0]]))
 	locked := false
 	for range ct4LockTries {
-		if locked = atomic.CompareAndSwapUint32(lock, 0, 1); locked {
+		if locked = atomic.CompareAndSwapUint64(lock, 0, 1); locked {
 			break
 		}
 		runtime.Gosched()
 	}
 	if locked {
-		defer atomic.StoreUint32(lock, 0)
+		defer atomic.StoreUint64(lock, 0)
 	}
 	if off, _ := t.find(a, b); off >= 0 {
 		t.setValue(off, v)

@@ -239,12 +239,12 @@ func TestCt4BusyWayIsNoMatch(t *testing.T) {
 func TestCt4InsertPastAHeldLock(t *testing.T) {
 	l := newCt4Lab(t)
 	const id = 41000
-	lock := (*uint32)(unsafe.Pointer(&l.d.ct4.locks[4*l.sets(id)[0]]))
-	atomic.StoreUint32(lock, 1)
+	lock := (*uint64)(unsafe.Pointer(&l.d.ct4.locks[8*l.sets(id)[0]]))
+	atomic.StoreUint64(lock, 1)
 	l.start(id)
 	assert.True(t, l.established(id))
-	assert.Equal(t, uint32(1), atomic.LoadUint32(lock), "not released by a writer that did not take it")
-	atomic.StoreUint32(lock, 0)
+	assert.Equal(t, uint64(1), atomic.LoadUint64(lock), "not released by a writer that did not take it")
+	atomic.StoreUint64(lock, 0)
 }
 
 // TestCt4SameFlowTwiceIsOneEntry: inserting a key that is in the table already (what a second CPU

@@ -260,7 +260,7 @@ struct {
 	__uint(max_entries, SG_CT4_SETS);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64); // 64 bits: clang builds 32-bit atomics only with -mcpu=v3, whose code verifies in far more steps
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ct4_locks SEC(".maps");
 
@@ -1323,12 +1323,12 @@ __noinline int ct4_insert(struct ct_flow *f)
 	__u32 i1 = h & (SG_CT4_SETS - 1), i2 = (h >> 32) & (SG_CT4_SETS - 1);
 	struct ct4_set *s1 = bpf_map_lookup_elem(&ct4_sets, &i1);
 	struct ct4_set *s2 = bpf_map_lookup_elem(&ct4_sets, &i2);
-	__u32 *lock = bpf_map_lookup_elem(&ct4_locks, &i1);
+	__u64 *lock = bpf_map_lookup_elem(&ct4_locks, &i1);
 	if (!s1 || !s2 || !lock)
 		return 0;
 	int locked = 0;
 	for (int n = 0; n < CT4_LOCK_TRIES && !locked; n++)
-		locked = *(volatile __u32 *)lock == 0 && __sync_val_compare_and_swap(lock, 0, 1) == 0;
+		locked = *(volatile __u64 *)lock == 0 && __sync_val_compare_and_swap(lock, 0, 1) == 0;
 	int r;
 	int w = ct4_find(s1, a, b);
 	if (w >= 0) {
