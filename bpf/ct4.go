@@ -23,7 +23,8 @@ const (
 	ct4ValOff   = int(unsafe.Offsetof(sgCt4Way{}.V))
 	ct4KeySize  = int(unsafe.Sizeof(sgCtKey4{}))
 	ct4Busy     = uint64(sgSgConstSG_CT4BUSY) << 24
-	ct4Count    = uint64(0xff&^sgSgConstSG_CT4BUSY) << 24 // the state byte's write count in a way's first word
+	ct4Lock     = uint64(sgSgConstSG_CT4LOCK) << 24
+	ct4Count    = uint64(0xff&^(sgSgConstSG_CT4BUSY|sgSgConstSG_CT4LOCK)) << 24 // the state byte's write count in a way's first word
 	ct4Write    = uint64(sgSgConstSG_CT4WRITE) << 24
 	ct4State    = uint64(0xff) << 24
 	ctLive      = uint8(sgSgConstSG_CT_LIVE)
@@ -40,20 +41,19 @@ type ctMap interface {
 	Delete(key any) error
 }
 
-// ct4Table is the Go side of ct4_sets (sg.c), read and written through its mmap (and ct4_locks') with
-// the program's protocol: the same hash and candidate sets, a way claimed by a compare-and-swap of its
-// first word and published by an atomic store, new keys inserted under the first set's lock, values
-// written word by word. So the Go side never rewrites a whole set, and a flow the program inserts beside
+// ct4Table is the Go side of ct4_sets (sg.c), read and written through its mmap with the program's
+// protocol: the same hash and candidate sets, a way claimed by a compare-and-swap of its first word and
+// published by an atomic xor that leaves the lock bit, new keys inserted under the first set's lock (the
+// lock bit of its first way), values written word by word. So the Go side never rewrites a whole set, and a flow the program inserts beside
 // a way Go writes is kept.
 type ct4Table struct {
-	sets, locks []byte
-	seed        uint64
+	sets []byte
+	seed uint64
 }
 
-// openCt4 maps the program's ct4_sets and ct4_locks.
-func openCt4(sets, locks *ebpf.Map, seed uint64) (*ct4Table, error) {
-	if int(sets.ValueSize()) != ct4SetSize || int(sets.MaxEntries()) != ct4Sets || int(locks.MaxEntries()) != ct4Sets ||
-		locks.ValueSize() != 8 {
+// openCt4 maps the program's ct4_sets.
+func openCt4(sets *ebpf.Map, seed uint64) (*ct4Table, error) {
+	if int(sets.ValueSize()) != ct4SetSize || int(sets.MaxEntries()) != ct4Sets {
 		return nil, fmt.Errorf("ct4_sets: %d sets of %d bytes, this build's layout is %d of %d",
 			sets.MaxEntries(), sets.ValueSize(), ct4Sets, ct4SetSize)
 	}
@@ -61,16 +61,11 @@ func openCt4(sets, locks *ebpf.Map, seed uint64) (*ct4Table, error) {
 	if err != nil {
 		return nil, fmt.Errorf("map ct4_sets: %w", err)
 	}
-	lm, err := unix.Mmap(locks.FD(), 0, ct4Sets*8, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		_ = unix.Munmap(sm)
-		return nil, fmt.Errorf("map ct4_locks: %w", err)
-	}
-	return &ct4Table{sets: sm, locks: lm, seed: seed}, nil
+	return &ct4Table{sets: sm, seed: seed}, nil
 }
 
 func (t *ct4Table) close() error {
-	return errors.Join(unix.Munmap(t.sets), unix.Munmap(t.locks))
+	return unix.Munmap(t.sets)
 }
 
 // newCt4Seed returns a random non-zero seed for a new table.
@@ -152,11 +147,11 @@ func (t *ct4Table) find(a, b uint64) (int, uint64) {
 		for way := range ct4Ways {
 			off := wayOff(set, way)
 			w0 := atomic.LoadUint64(t.word(off, 0))
-			if w0&^ct4Count != a || atomic.LoadUint64(t.word(off, 1)) != b {
+			if w0&^(ct4Count|ct4Lock) != a || atomic.LoadUint64(t.word(off, 1)) != b {
 				continue
 			}
 			v := t.value(off)
-			if (v.Flags|v.Flags2)&ctLive == 0 || atomic.LoadUint64(t.word(off, 0)) != w0 {
+			if (v.Flags|v.Flags2)&ctLive == 0 || (atomic.LoadUint64(t.word(off, 0))^w0)&^ct4Lock != 0 {
 				continue
 			}
 			return off, w0
@@ -216,16 +211,17 @@ func (t *ct4Table) Update(key, value any, flags ebpf.MapUpdateFlags) error {
 // way for it.
 func (t *ct4Table) insert(a, b uint64, v *sgCtVal) error {
 	sets := t.candidates(a, b)
-	lock := (*uint64)(unsafe.Pointer(&t.locks[8*sets[0]]))
+	lock := t.word(wayOff(sets[0], 0), 0)
 	locked := false
 	for range ct4LockTries {
-		if locked = atomic.CompareAndSwapUint64(lock, 0, 1); locked {
+		w0 := atomic.LoadUint64(lock)
+		if locked = w0&ct4Lock == 0 && atomic.CompareAndSwapUint64(lock, w0, w0|ct4Lock); locked {
 			break
 		}
 		runtime.Gosched()
 	}
 	if locked {
-		defer atomic.StoreUint64(lock, 0)
+		defer atomic.AndUint64(lock, ^ct4Lock)
 	}
 	if off, _ := t.find(a, b); off >= 0 {
 		t.setValue(off, v)
@@ -236,16 +232,35 @@ func (t *ct4Table) insert(a, b uint64, v *sgCtVal) error {
 		if !ok {
 			break
 		}
-		count := (w0&ct4Count + ct4Write) & ct4Count
-		if !atomic.CompareAndSwapUint64(t.word(off, 0), w0, w0&^ct4State|count|ct4Busy) {
+		busy, ok := t.claim(off, w0)
+		if !ok {
 			continue // the program took it: choose again
 		}
 		atomic.StoreUint64(t.word(off, 1), b)
 		t.setValue(off, v)
-		atomic.StoreUint64(t.word(off, 0), a|count)
+		t.publish(off, busy, a|(busy&ct4Count))
 		return nil
 	}
 	return errors.New("ct4 insert: every way chosen was taken by another writer")
+}
+
+// claim takes the way at off, whose first word was w0, for a write (sg.c's ct4_claim): busy, its write
+// count one more, its lock bit as it was. It returns the busy word, or false when the word changed.
+func (t *ct4Table) claim(off int, w0 uint64) (uint64, bool) {
+	busy := w0&^(ct4Count|ct4Busy) | (w0&ct4Count+ct4Write)&ct4Count | ct4Busy
+	return busy, atomic.CompareAndSwapUint64(t.word(off, 0), w0, busy)
+}
+
+// publish turns the busy first word of the way at off into word (a key or none, and the write count),
+// leaving the lock bit, which another writer may have moved meanwhile.
+func (t *ct4Table) publish(off int, busy, word uint64) {
+	p := t.word(off, 0)
+	for {
+		cur := atomic.LoadUint64(p)
+		if atomic.CompareAndSwapUint64(p, cur, cur^(busy^word)&^ct4Lock) {
+			return
+		}
+	}
 }
 
 // victim chooses the way a new key takes, as sg.c's ct4_claim: a free way of the candidate set with
@@ -312,13 +327,13 @@ func (t *ct4Table) Delete(key any) error {
 	if off < 0 {
 		return fmt.Errorf("ct4 delete: %w", ebpf.ErrKeyNotExist)
 	}
-	count := (w0&ct4Count + ct4Write) & ct4Count
-	if !atomic.CompareAndSwapUint64(t.word(off, 0), w0, w0&^ct4State|count|ct4Busy) {
+	busy, ok := t.claim(off, w0)
+	if !ok {
 		return fmt.Errorf("ct4 delete: %w", ebpf.ErrKeyNotExist) // taken over meanwhile
 	}
 	t.setValue(off, &sgCtVal{})
 	atomic.StoreUint64(t.word(off, 1), 0)
-	atomic.StoreUint64(t.word(off, 0), count)
+	t.publish(off, busy, busy&ct4Count)
 	return nil
 }
 

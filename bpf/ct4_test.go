@@ -109,11 +109,11 @@ func (l *ct4Lab) placeAt(set, way int, id uint32, v sgCtVal) {
 	require.NoError(l.t, err)
 	off := wayOff(set, way)
 	w0 := atomic.LoadUint64(l.d.ct4.word(off, 0))
-	count := (w0&ct4Count + ct4Write) & ct4Count
-	require.True(l.t, atomic.CompareAndSwapUint64(l.d.ct4.word(off, 0), w0, w0&^ct4State|count|ct4Busy))
+	busy, ok := l.d.ct4.claim(off, w0)
+	require.True(l.t, ok)
 	atomic.StoreUint64(l.d.ct4.word(off, 1), b)
 	l.d.ct4.setValue(off, &v)
-	atomic.StoreUint64(l.d.ct4.word(off, 0), a|count)
+	l.d.ct4.publish(off, busy, a|busy&ct4Count)
 }
 
 // places returns where each tracked IPv4 flow is (set, way), by key.
@@ -239,12 +239,13 @@ func TestCt4BusyWayIsNoMatch(t *testing.T) {
 func TestCt4InsertPastAHeldLock(t *testing.T) {
 	l := newCt4Lab(t)
 	const id = 41000
-	lock := (*uint64)(unsafe.Pointer(&l.d.ct4.locks[8*l.sets(id)[0]]))
-	atomic.StoreUint64(lock, 1)
+	lock := l.d.ct4.word(wayOff(l.sets(id)[0], 0), 0)
+	atomic.OrUint64(lock, ct4Lock)
 	l.start(id)
 	assert.True(t, l.established(id))
-	assert.Equal(t, uint64(1), atomic.LoadUint64(lock), "not released by a writer that did not take it")
-	atomic.StoreUint64(lock, 0)
+	assert.NotZero(t, atomic.LoadUint64(lock)&ct4Lock, "not released by a writer that did not take it")
+	atomic.AndUint64(lock, ^ct4Lock)
+	assert.True(t, l.established(id), "the lock bit is no part of a key")
 }
 
 // TestCt4SameFlowTwiceIsOneEntry: inserting a key that is in the table already (what a second CPU

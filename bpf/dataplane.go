@@ -139,7 +139,7 @@ func Load(opts Options) (*Dataplane, error) {
 		d.objs.Close()
 		return nil, fmt.Errorf("load bpf program: keep the conntrack seed: %w", err)
 	}
-	if d.ct4, err = openCt4(d.objs.Ct4Sets, d.objs.Ct4Locks, seed); err != nil {
+	if d.ct4, err = openCt4(d.objs.Ct4Sets, seed); err != nil {
 		d.objs.Close()
 		return nil, fmt.Errorf("load bpf program: %w", err)
 	}

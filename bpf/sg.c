@@ -212,13 +212,16 @@ struct {
 //     compare-and-swap of that word (the one it read when choosing the way) to busy, with the state's
 //     write count one more, so that two writers cannot take one way and a word read before a claim
 //     never equals one read after it. It then writes the rest of the key and the value and publishes
-//     the word, key and count, not busy, with an atomic exchange.
-//   - A reader compares the first word (masked of the count: a busy way matches nothing) and the
-//     addresses, then reads the first word again: if it changed, a writer took the way meanwhile and
-//     the addresses it read may be the new key's, so the way is not taken for a match.
-//   - Two CPUs starting the same flow: inserts take the lock of the key's first set (ct4_locks, a
-//     compare-and-swap, tried a bounded number of times) and look for the key again under it, so the
-//     second joins the first one's way instead of making another. A re-scan after claiming without a
+//     the word, key and count, not busy, with an atomic xor of the bits that change (which leaves the
+//     lock bit, below, as another CPU may have set or cleared it meanwhile).
+//   - A reader compares the first word (masked of the count and the lock bit: a busy way matches
+//     nothing) and the addresses, then reads the first word again: if it changed but for the lock bit,
+//     a writer took the way meanwhile and the addresses it read may be the new key's, so the way is not
+//     taken for a match.
+//   - Two CPUs starting the same flow: inserts take the lock of the key's first set (SG_CT4_LOCK in the
+//     first word of its first way: a compare-and-swap, tried a bounded number of times, on a line the
+//     lookup has just read, where a lock array of its own cost each new flow a cold cache line) and look
+//     for the key again under it, so the second joins the first one's way instead of making another. A re-scan after claiming without a
 //     lock cannot promise that: the CPU that claims second sees the first's way, but the first sees the
 //     second's only sometimes, and no rule on the ways' positions makes exactly one of them give way. A
 //     writer that cannot take the lock inserts without it (at worst two ways of one key, the first
@@ -227,7 +230,7 @@ struct {
 //     preallocated hash maps do: a packet that matched a way just before another CPU took it over for a
 //     new flow may refresh the new flow's half, as a lookup of a reused hash element may.
 //   - The readers' second read relies on loads not passing loads, which x86 guarantees; the writers'
-//     atomic operations are full barriers on every JIT.
+//     atomic operations fetch, which makes them full barriers on every JIT.
 struct ct_key4 {
 	__u16 slot;
 	__u8 proto, pad;
@@ -252,17 +255,6 @@ struct {
 	__type(value, struct ct4_set);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } ct4_sets SEC(".maps");
-
-// One insert lock per set: an insert holds its key's first set's lock while it looks for the key again
-// and claims a way (see above). 1 while held.
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SG_CT4_SETS);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, __u64); // 64 bits: clang builds 32-bit atomics only with -mcpu=v3, whose code verifies in far more steps
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ct4_locks SEC(".maps");
 
 // ct4_seed keys ct4_hash, so that flows cannot be picked to land in one set without knowing it. The
 // loader keeps it with the table (ct4_meta, pinned beside it: the table's placement depends on it) and
@@ -1171,8 +1163,23 @@ static __always_inline void ct_key4_of(struct ct_key4 *k4, const struct ct_key *
 }
 
 // The bits of a way's first word that hold its state byte's write count (a busy way's bit stays in).
-#define CT4_COUNT (((__u64)0xff & ~SG_CT4_BUSY) << 24)
+#define CT4_COUNT (((__u64)0xff & ~(SG_CT4_BUSY | SG_CT4_LOCK)) << 24)
 #define CT4_BUSY_BIT ((__u64)SG_CT4_BUSY << 24)
+#define CT4_LOCK_BIT ((__u64)SG_CT4_LOCK << 24)
+
+// ct4_xor and ct4_and are atomic operations on a way's first word; they fetch (the old value is used,
+// if only by an empty asm), which makes them full barriers on every JIT.
+static __always_inline void ct4_xor(__u64 *word, __u64 x)
+{
+	__u64 old = __sync_fetch_and_xor(word, x);
+	asm volatile("" : : "r"(old));
+}
+
+static __always_inline void ct4_and(__u64 *word, __u64 x)
+{
+	__u64 old = __sync_fetch_and_and(word, x);
+	asm volatile("" : : "r"(old));
+}
 
 // ct4_words reads k (pad 0) as the two words ways are compared by: slot, protocol, pad and ports; the
 // addresses.
@@ -1203,9 +1210,9 @@ static __always_inline int ct4_find(struct ct4_set *s, __u64 a, __u64 b)
 		struct ct4_way *w = &s->w[i];
 		volatile __u64 *word = (volatile __u64 *)w;
 		__u64 w0 = word[0];
-		if ((w0 & ~CT4_COUNT) != a || word[1] != b)
+		if ((w0 & ~(CT4_COUNT | CT4_LOCK_BIT)) != a || word[1] != b)
 			continue;
-		if (!((w->v.flags | w->v.flags2) & CT_LIVE) || word[0] != w0)
+		if (!((w->v.flags | w->v.flags2) & CT_LIVE) || (word[0] ^ w0) & ~CT4_LOCK_BIT)
 			continue;
 		return i;
 	}
@@ -1295,11 +1302,12 @@ static __always_inline int ct4_claim(struct ct_flow *f, struct ct4_set *s1, stru
 		struct ct4_set *s = pick < SG_CT4_WAYS ? s1 : s2;
 		struct ct4_way *w = &s->w[pick & (SG_CT4_WAYS - 1)];
 		__u64 count = ((bw0 & CT4_COUNT) + ((__u64)SG_CT4_WRITE << 24)) & CT4_COUNT;
-		if (__sync_val_compare_and_swap((__u64 *)w, bw0, (bw0 & ~(0xffULL << 24)) | count | CT4_BUSY_BIT) != bw0)
-			continue; // another writer took it: choose again
+		__u64 busy = (bw0 & ~(CT4_COUNT | CT4_BUSY_BIT)) | count | CT4_BUSY_BIT; // the lock bit as it was
+		if (__sync_val_compare_and_swap((__u64 *)w, bw0, busy) != bw0)
+			continue; // another writer took it (or a set's lock moved): choose again
 		((volatile __u64 *)w)[1] = b;
 		__builtin_memcpy(&w->v, &f->nv, sizeof(f->nv));
-		__sync_lock_test_and_set((__u64 *)w, a | count);
+		ct4_xor((__u64 *)w, (busy ^ (a | count)) & ~CT4_LOCK_BIT);
 		return 1 + (pick < SG_CT4_WAYS ? i1 : i2) * SG_CT4_WAYS + (pick & (SG_CT4_WAYS - 1));
 	}
 	return 0;
@@ -1323,12 +1331,14 @@ __noinline int ct4_insert(struct ct_flow *f)
 	__u32 i1 = h & (SG_CT4_SETS - 1), i2 = (h >> 32) & (SG_CT4_SETS - 1);
 	struct ct4_set *s1 = bpf_map_lookup_elem(&ct4_sets, &i1);
 	struct ct4_set *s2 = bpf_map_lookup_elem(&ct4_sets, &i2);
-	__u64 *lock = bpf_map_lookup_elem(&ct4_locks, &i1);
-	if (!s1 || !s2 || !lock)
+	if (!s1 || !s2)
 		return 0;
+	__u64 *lock = (__u64 *)&s1->w[0];
 	int locked = 0;
-	for (int n = 0; n < CT4_LOCK_TRIES && !locked; n++)
-		locked = *(volatile __u64 *)lock == 0 && __sync_val_compare_and_swap(lock, 0, 1) == 0;
+	for (int n = 0; n < CT4_LOCK_TRIES && !locked; n++) {
+		__u64 w0 = *(volatile __u64 *)lock;
+		locked = !(w0 & CT4_LOCK_BIT) && __sync_val_compare_and_swap(lock, w0, w0 | CT4_LOCK_BIT) == w0;
+	}
 	int r;
 	int w = ct4_find(s1, a, b);
 	if (w >= 0) {
@@ -1339,7 +1349,7 @@ __noinline int ct4_insert(struct ct_flow *f)
 		r = ct4_claim(f, s1, s2, i1, i2, a, b);
 	}
 	if (locked)
-		__sync_lock_test_and_set(lock, 0);
+		ct4_and(lock, ~CT4_LOCK_BIT);
 	return r;
 }
 

@@ -186,7 +186,8 @@ const (
 	sgSgConstSG_CT4SETS       sgSgConst = 65536
 	sgSgConstSG_CT4WAYS       sgSgConst = 4
 	sgSgConstSG_CT4BUSY       sgSgConst = 1
-	sgSgConstSG_CT4WRITE      sgSgConst = 2
+	sgSgConstSG_CT4LOCK       sgSgConst = 2
+	sgSgConstSG_CT4WRITE      sgSgConst = 4
 	sgSgConstSG_CT_LIVE       sgSgConst = 4
 )
 
@@ -209,7 +210,6 @@ type sgV6iv struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sgMapCt4Locks        = "ct4_locks"
 	sgMapCt4Meta         = "ct4_meta"
 	sgMapCt4Sets         = "ct4_sets"
 	sgMapCt6             = "ct6"
@@ -295,7 +295,6 @@ type sgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgMapSpecs struct {
-	Ct4Locks   *ebpf.MapSpec `ebpf:"ct4_locks"`
 	Ct4Meta    *ebpf.MapSpec `ebpf:"ct4_meta"`
 	Ct4Sets    *ebpf.MapSpec `ebpf:"ct4_sets"`
 	Ct6        *ebpf.MapSpec `ebpf:"ct6"`
@@ -355,7 +354,6 @@ func (o *sgObjects) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgMaps struct {
-	Ct4Locks   *ebpf.Map `ebpf:"ct4_locks"`
 	Ct4Meta    *ebpf.Map `ebpf:"ct4_meta"`
 	Ct4Sets    *ebpf.Map `ebpf:"ct4_sets"`
 	Ct6        *ebpf.Map `ebpf:"ct6"`
@@ -373,7 +371,6 @@ type sgMaps struct {
 
 func (m *sgMaps) Close() error {
 	return _SgClose(
-		m.Ct4Locks,
 		m.Ct4Meta,
 		m.Ct4Sets,
 		m.Ct6,
