@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -169,19 +170,32 @@ func ticks(ns uint64, hz uint32) uint64 {
 	return ns/1e9*uint64(hz) + (ns%1e9*uint64(hz)+1e9-1)/1e9
 }
 
-// oldConntrack is each conntrack map a build before the tick clock pinned (its entries' last-seen times
-// in ns of the coarse monotonic clock) and the map that holds its entries now.
-func (d *Dataplane) oldConntrack() map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{"conntrack": d.objs.Ct6, "conntrack4": d.objs.Ct4}
+// oldConntrack is each conntrack map an older build pinned that this build moves into its own tables:
+// those of builds before the tick clock (last seen in ns of the coarse monotonic clock: conntrack, IPv6
+// and before it all flows; conntrack4, IPv4) and the LRU hash IPv4 flows had before ct4_sets (ct4, in
+// ticks).
+type oldConntrack struct {
+	name    string
+	to      ctMap
+	keySize int
+	nsClock bool
 }
 
-// adoptOldConntrack moves the flows of an older build's pinned conntrack maps (same keys and values,
-// last seen in ns) into this build's maps, in ticks, and unpins the old maps: a daemon upgraded across
-// the clock change keeps its tracked flows, and each program reads only times in its own unit (the old
-// program, attached until Attach replaces it, keeps its maps).
+func (d *Dataplane) oldConntrack() []oldConntrack {
+	return []oldConntrack{
+		{"conntrack", d.objs.Ct6, int(d.objs.Ct6.KeySize()), true},
+		{"conntrack4", d.ct4, ct4KeySize, true},
+		{"ct4", d.ct4, ct4KeySize, false},
+	}
+}
+
+// adoptOldConntrack moves the flows of an older build's pinned conntrack maps (same keys and values)
+// into this build's tables, last seen in ticks, and unpins the old maps: a daemon upgraded across the
+// clock change or the table change keeps its tracked flows, and each program reads only its own
+// tables (the old program, attached until Attach replaces it, keeps its maps).
 func (d *Dataplane) adoptOldConntrack() error {
-	for name, to := range d.oldConntrack() {
-		path := d.pinFile(name)
+	for _, oc := range d.oldConntrack() {
+		path := d.pinFile(oc.name)
 		old, err := ebpf.LoadPinnedMap(path, nil)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -189,7 +203,7 @@ func (d *Dataplane) adoptOldConntrack() error {
 		if err != nil {
 			return fmt.Errorf("adopt the flows pinned at %s: %w", path, err)
 		}
-		err = d.copyFlowsInTicks(old, to)
+		err = d.copyFlows(old, oc)
 		old.Close()
 		if err != nil {
 			return fmt.Errorf("adopt the flows pinned at %s: %w", path, err)
@@ -201,37 +215,40 @@ func (d *Dataplane) adoptOldConntrack() error {
 	return nil
 }
 
-// copyFlowsInTicks copies every entry of from (last seen in coarse-clock ns) into to (in ticks), ageing
-// each by as much as it had aged; entries already in to stay as they are. A map of another layout is
-// left alone (its flows are not adopted).
-func (d *Dataplane) copyFlowsInTicks(from, to *ebpf.Map) error {
-	if from.KeySize() != to.KeySize() || from.ValueSize() != to.ValueSize() {
+// copyFlows copies every entry of from into oc.to, converting last-seen times from coarse-clock ns to
+// ticks (oc.nsClock: each aged by as much as it had aged); entries already in oc.to stay as they are. A
+// map of another layout is left alone (its flows are not adopted).
+func (d *Dataplane) copyFlows(from *ebpf.Map, oc oldConntrack) error {
+	if int(from.KeySize()) != oc.keySize || from.ValueSize() != uint32(unsafe.Sizeof(sgCtVal{})) {
 		return nil
 	}
-	clock, err := newKernelClock()
-	if err != nil {
-		return err
-	}
-	defer clock.Close()
-	nowTicks, nowNS, err := clock.read()
-	if err != nil {
-		return err
-	}
-	inTicks := func(ns uint64) uint64 {
-		if ns == 0 {
-			return 0 // an unused half
+	inTicks := func(t uint64) uint64 { return t }
+	if oc.nsClock {
+		clock, err := newKernelClock()
+		if err != nil {
+			return err
 		}
-		if ns >= nowNS {
-			return nowTicks
+		defer clock.Close()
+		nowTicks, nowNS, err := clock.read()
+		if err != nil {
+			return err
 		}
-		return nowTicks - min(ticks(nowNS-ns, d.hz), nowTicks-1) // saturates at 1, as AgeConntrack
+		inTicks = func(ns uint64) uint64 {
+			if ns == 0 {
+				return 0 // an unused half
+			}
+			if ns >= nowNS {
+				return nowTicks
+			}
+			return nowTicks - min(ticks(nowNS-ns, d.hz), nowTicks-1) // saturates at 1, as AgeConntrack
+		}
 	}
 	key := make([]byte, from.KeySize())
 	var v sgCtVal
 	it := from.Iterate()
 	for it.Next(key, &v) {
 		v.Last, v.Last2 = inTicks(v.Last), inTicks(v.Last2)
-		if err := to.Update(key, &v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		if err := oc.to.Update(key, &v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			return err
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/assert"
@@ -92,8 +93,8 @@ func TestAdoptOldConntrack(t *testing.T) {
 	// The old build's map, its entries aged 10 s (live) and 700 s (past TCP's 600 s) on the ns clock.
 	pin := testPinPath(t, "oldct")
 	require.NoError(t, os.MkdirAll(pin, 0o700))
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack4", Type: ebpf.LRUHash, KeySize: d0.objs.Ct4.KeySize(),
-		ValueSize: d0.objs.Ct4.ValueSize(), MaxEntries: 16})
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack4", Type: ebpf.LRUHash, KeySize: uint32(ct4KeySize),
+		ValueSize: uint32(unsafe.Sizeof(sgCtVal{})), MaxEntries: 16})
 	require.NoError(t, err)
 	defer old.Close()
 	require.NoError(t, old.Pin(filepath.Join(pin, "conntrack4")))

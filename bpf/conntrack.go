@@ -8,27 +8,28 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// ctEntry is one tracked endpoint pair: the conntrack map holding it (ct6 for IPv6, ct4 for
-// IPv4: their keys differ, their values do not), its key in that map's layout, and its value.
+// ctEntry is one tracked endpoint pair: the conntrack table holding it (ct6 for IPv6, ct4 for
+// IPv4: their keys differ, their values do not), its key in that table's layout, and its value.
 type ctEntry struct {
-	m   *ebpf.Map
+	m   ctMap
 	key []byte
 	val sgCtVal
 }
 
-// ctEntries reads every entry of both conntrack maps.
+// ctEntries reads every entry of both conntrack tables.
 func (d *Dataplane) ctEntries() ([]ctEntry, error) {
 	var out []ctEntry
-	for _, m := range []*ebpf.Map{d.objs.Ct6, d.objs.Ct4} {
-		key := make([]byte, m.KeySize())
-		var v sgCtVal
-		it := m.Iterate()
-		for it.Next(key, &v) {
-			out = append(out, ctEntry{m: m, key: bytes.Clone(key), val: v})
-		}
-		if err := it.Err(); err != nil {
-			return nil, fmt.Errorf("read conntrack: %w", err)
-		}
+	key := make([]byte, d.objs.Ct6.KeySize())
+	var v sgCtVal
+	it := d.objs.Ct6.Iterate()
+	for it.Next(key, &v) {
+		out = append(out, ctEntry{m: d.objs.Ct6, key: bytes.Clone(key), val: v})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read conntrack: %w", err)
+	}
+	for _, e := range d.ct4.entries() {
+		out = append(out, ctEntry{m: d.ct4, key: e.key, val: e.val})
 	}
 	return out, nil
 }
@@ -60,7 +61,7 @@ func (d *Dataplane) forgetFlows(slots map[uint32]bool) error {
 	}
 	for _, e := range es {
 		slot := uint32(e.key[0]) | uint32(e.key[1])<<8
-		if e.m != d.objs.Ct4 {
+		if e.m != ctMap(d.ct4) {
 			slot |= uint32(e.key[2])<<16 | uint32(e.key[3])<<24
 		}
 		if !slots[slot] {

@@ -287,7 +287,7 @@ func lruInsert(tb testing.TB, m *ebpf.Map) *ebpf.Program {
 
 func loadNewFlows(tb testing.TB, base *costBaselines, d *Dataplane) *newFlows {
 	tb.Helper()
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 48, MaxEntries: d.objs.Ct4.MaxEntries()})
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 48, MaxEntries: uint32(ct4Capacity)})
 	skipIfNotSupported(tb, err)
 	tb.Cleanup(func() { m.Close() })
 	return &newFlows{
@@ -332,7 +332,7 @@ func reportNewFlowCost(b *testing.B, base *costBaselines, nf *newFlows, d *Datap
 	require.NoError(b, err)
 	require.Len(b, es, repeat, "each run behind the bumper is a new flow the rules accept")
 	if full {
-		fill := d.objs.Ct4.MaxEntries() * 5 / 4
+		fill := uint32(ct4Capacity) * 5 / 4
 		run(nf.prog, fill)
 		run(nf.insert, fill)
 	}

@@ -48,6 +48,7 @@ type Dataplane struct {
 	pinPath string
 	clsact  bool
 	hz      uint32 // the kernel's tick rate: conntrack's clock counts ticks
+	ct4     *ct4Table
 
 	scratch scratch
 	// staging is held from Stage until its Switch or Discard: a change is staged against the live
@@ -110,6 +111,13 @@ func Load(opts Options) (*Dataplane, error) {
 		}
 		co.Maps.PinPath = opts.PinPath
 	}
+	seed, err := ct4SeedFor(opts.PinPath)
+	if err != nil {
+		return nil, fmt.Errorf("load bpf program: %w", err)
+	}
+	if err := spec.Variables[sgVarCt4Seed].Set(seed); err != nil {
+		return nil, fmt.Errorf("load bpf program: set %s: %w", sgVarCt4Seed, err)
+	}
 	if opts.Clsact && opts.PinPath == "" {
 		return nil, errors.New("load bpf program: the clsact attachment needs a pin path")
 	}
@@ -127,24 +135,32 @@ func Load(opts Options) (*Dataplane, error) {
 		}
 		return nil, fmt.Errorf("load bpf program: %w", err)
 	}
+	if err := d.objs.Ct4Meta.Put(uint32(0), seed); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("load bpf program: keep the conntrack seed: %w", err)
+	}
+	if d.ct4, err = openCt4(d.objs.Ct4Sets, seed); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("load bpf program: %w", err)
+	}
 	if opts.PinPath != "" {
 		if err := d.checkTableChunks(); err != nil {
-			d.objs.Close()
+			d.closeObjs()
 			return nil, fmt.Errorf("load bpf program: the maps pinned under %s were made by an sgsim build with another "+
 				"layout (%w); to upgrade, remove %s (its interfaces stay unfiltered until this daemon attaches) and start again",
 				opts.PinPath, err, opts.PinPath)
 		}
 		if err := d.adoptOldConntrack(); err != nil {
-			d.objs.Close()
+			d.closeObjs()
 			return nil, fmt.Errorf("load bpf program: %w", err)
 		}
 	}
 	if err := d.recoverSlots(); err != nil {
-		d.objs.Close()
+		d.closeObjs()
 		return nil, err
 	}
 	if err := d.syncIfslots(); err != nil {
-		d.objs.Close()
+		d.closeObjs()
 		return nil, fmt.Errorf("load bpf program: %w", err)
 	}
 	return d, nil
@@ -253,8 +269,40 @@ func (d *Dataplane) Close() error {
 		liveTables{maps: ms}.close()
 	}
 	d.resident = map[uint32][2]*ebpf.Map{}
-	errs = append(errs, d.objs.Close())
+	errs = append(errs, d.closeObjs())
 	return errors.Join(errs...)
+}
+
+// closeObjs unmaps the conntrack table and closes the program and its maps.
+func (d *Dataplane) closeObjs() error {
+	var err error
+	if d.ct4 != nil {
+		err = d.ct4.close()
+		d.ct4 = nil
+	}
+	return errors.Join(err, d.objs.Close())
+}
+
+// ct4SeedFor returns the seed of the IPv4 conntrack table pinned under pinPath (kept in ct4_meta: the
+// flows' places depend on it), or a new one when there is none.
+func ct4SeedFor(pinPath string) (uint64, error) {
+	if pinPath != "" {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, sgMapCt4Meta), nil)
+		if err == nil {
+			var seed uint64
+			err = m.Lookup(uint32(0), &seed)
+			m.Close()
+			if err != nil {
+				return 0, fmt.Errorf("read the pinned conntrack seed: %w", err)
+			}
+			if seed != 0 {
+				return seed, nil
+			}
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return 0, fmt.Errorf("open the pinned conntrack seed: %w", err)
+		}
+	}
+	return newCt4Seed()
 }
 
 // slotFor returns eni's slot, assigning a free one. Caller holds mu.

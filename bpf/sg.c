@@ -150,7 +150,7 @@ struct {
 
 #define CT_REPLY_SEEN 1
 #define CT_CLOSING 2
-#define CT_LIVE 4    // the half holds a flow
+#define CT_LIVE SG_CT_LIVE // the half holds a flow
 #define CT_SWAPPED 8 // the half's flow runs from the key's dst endpoint to its src endpoint
 
 // One entry per pair of endpoints: the key puts the lower endpoint (address, port) first, and each half of
@@ -194,22 +194,80 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } ct6 SEC(".maps"); // IPv6 flows; named ct6, not conntrack as before, since last counts ticks, not ns (clock.go)
 
-// IPv4 flows have their own map with a key of 16 bytes instead of 44: the kernel hashes and compares the
-// whole key on every lookup, and the short key costs about half. Same entries otherwise.
+// IPv4 flows have a table of their own with a key of 16 bytes instead of 44 (same values otherwise):
+// ct4_sets, a set-associative table the program addresses itself, where the kernel's LRU hash (ct6) costs
+// helper calls, a jhash of the key and a memcmp call per lookup and, per new flow, a bucket lock, LRU
+// list upkeep and, once full, a shrink's cold evictions.
+//
+// A way is one key and its value, one cache line; SG_CT4_WAYS ways make a set (an element of the array,
+// whose lookup the verifier inlines). A key hashes (ct4_hash, inline, seeded by ct4_seed) to two
+// candidate sets; a flow is in one of them, and a new one goes into the one with fewer live ways (the
+// first on a tie): with one choice, sets of four overflow early (a live flow evicted while the table has
+// room: ~0.4% of new flows at 25% load, ~4% at 50%, ~16% at 90%), with two ~0%, ~0.003% and ~4%
+// (bpf/README.md). When both sets are full, the way least recently seen of the eight is taken over.
+//
+// Concurrency (several CPUs run the program, and the Go side writes the table through its mmap):
+//   - A way's first word (slot, protocol, state byte, ports) says whether it can match: its state byte
+//     (the key's pad) is SG_CT4_BUSY while a writer fills the way. A writer claims a way by a
+//     compare-and-swap of that word (the one it read when choosing the way) to busy, with the state's
+//     write count one more, so that two writers cannot take one way and a word read before a claim
+//     never equals one read after it. It then writes the rest of the key and the value and publishes
+//     the word, key and count, not busy, with an atomic xor of the bits that change (which leaves the
+//     lock bit, below, as another CPU may have set or cleared it meanwhile).
+//   - A reader compares the first word (masked of the count and the lock bit: a busy way matches
+//     nothing) and the addresses, then reads the first word again: if it changed but for the lock bit,
+//     a writer took the way meanwhile and the addresses it read may be the new key's, so the way is not
+//     taken for a match.
+//   - Two CPUs starting the same flow: inserts take the lock of the key's first set (SG_CT4_LOCK in the
+//     first word of its first way: a compare-and-swap, tried a bounded number of times, on a line the
+//     lookup has just read, where a lock array of its own cost each new flow a cold cache line) and look
+//     for the key again under it, so the second joins the first one's way instead of making another. A re-scan after claiming without a
+//     lock cannot promise that: the CPU that claims second sees the first's way, but the first sees the
+//     second's only sometimes, and no rule on the ways' positions makes exactly one of them give way. A
+//     writer that cannot take the lock inserts without it (at worst two ways of one key, the first
+//     found is used and the other ages out).
+//   - Values are updated in place, field by field, by every packet of their flow, as the kernel's
+//     preallocated hash maps do: a packet that matched a way just before another CPU took it over for a
+//     new flow may refresh the new flow's half, as a lookup of a reused hash element may.
+//   - The readers' second read relies on loads not passing loads, which x86 guarantees; the writers'
+//     atomic operations fetch, which makes them full barriers on every JIT.
 struct ct_key4 {
 	__u16 slot;
 	__u8 proto, pad;
 	__u16 sport, dport;
 	__u8 src[4], dst[4];
+} __attribute__((aligned(8))); // read as two words (ct4_words)
+
+struct ct4_way {
+	struct ct_key4 k; // k.pad is the way's state byte (SG_CT4_BUSY, write count); 0 in a lookup key
+	struct ct_val v;
+};
+
+struct ct4_set {
+	struct ct4_way w[SG_CT4_WAYS];
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
-	__type(key, struct ct_key4);
-	__type(value, struct ct_val);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SG_CT4_SETS);
+	__uint(map_flags, BPF_F_MMAPABLE); // the Go side follows the same protocol through its mmap
+	__type(key, __u32);
+	__type(value, struct ct4_set);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
-} ct4 SEC(".maps"); // named ct4, not conntrack4 as before, since last counts ticks, not ns (clock.go)
+} ct4_sets SEC(".maps");
+
+// ct4_seed keys ct4_hash, so that flows cannot be picked to land in one set without knowing it. The
+// loader keeps it with the table (ct4_meta, pinned beside it: the table's placement depends on it) and
+// sets it here.
+volatile const __u64 ct4_seed = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct4_meta SEC(".maps");
 
 // Verdicts of first fragments, which later fragments of the same datagram take (SPEC §2).
 struct frag_key {
@@ -948,6 +1006,7 @@ struct ct_flow {
 	struct ct_key k;
 	int o;
 	struct ct_key4 k4;
+	__u32 ct4_at; // a ct4_sets index or way number (ct4_value), in memory the verifier does not track
 	struct query q;
 	struct cls c;
 	struct ct_val nv; // a new entry's value
@@ -1103,45 +1162,215 @@ static __always_inline void ct_key4_of(struct ct_key4 *k4, const struct ct_key *
 	__builtin_memcpy(k4->dst, k->dst, 4);
 }
 
-// ct_lookup, ct_insert and ct_delete act on k's entry in its family's map. Each map has call sites of its
-// own (apart): where one call site sees two maps, the verifier cannot bind it to one map's lookup and
-// leaves the generic helper, an indirect call (a retpoline here) on every packet.
-#define apart(x) asm volatile("" : "+r"(x))
+// The bits of a way's first word that hold its state byte's write count (a busy way's bit stays in).
+#define CT4_COUNT (((__u64)0xff & ~(SG_CT4_BUSY | SG_CT4_LOCK)) << 24)
+#define CT4_BUSY_BIT ((__u64)SG_CT4_BUSY << 24)
+#define CT4_LOCK_BIT ((__u64)SG_CT4_LOCK << 24)
 
-static __always_inline struct ct_val *ct_lookup(const struct ct_key *k, struct ct_key4 *k4)
+// ct4_xor and ct4_and are atomic operations on a way's first word; they fetch (the old value is used,
+// if only by an empty asm), which makes them full barriers on every JIT.
+static __always_inline void ct4_xor(__u64 *word, __u64 x)
 {
-	struct ct_val *v;
+	__u64 old = __sync_fetch_and_xor(word, x);
+	asm volatile("" : : "r"(old));
+}
+
+static __always_inline void ct4_and(__u64 *word, __u64 x)
+{
+	__u64 old = __sync_fetch_and_and(word, x);
+	asm volatile("" : : "r"(old));
+}
+
+// ct4_words reads k (pad 0) as the two words ways are compared by: slot, protocol, pad and ports; the
+// addresses.
+static __always_inline void ct4_words(const struct ct_key4 *k, __u64 *a, __u64 *b)
+{
+	__builtin_memcpy(a, k, 8);
+	__builtin_memcpy(b, (const __u8 *)k + 8, 8);
+}
+
+// ct4_hash mixes a key's two words (a multiply-xorshift, keyed by ct4_seed): its low bits pick the key's
+// first set, its high half the second. bpf/conntrack.go computes the same.
+static __always_inline __u64 ct4_hash(__u64 a, __u64 b)
+{
+	__u64 h = (a ^ ct4_seed) * 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h = (h ^ b) * 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	return h ^ (h >> 33);
+}
+
+// ct4_find returns the way of set s holding key (a, b) and a live flow, or -1 (see ct4_sets: the first
+// word is read again, so a way a writer took meanwhile is no match).
+static __always_inline int ct4_find(struct ct4_set *s, __u64 a, __u64 b)
+{
+#pragma unroll
+	for (int i = 0; i < SG_CT4_WAYS; i++) {
+		struct ct4_way *w = &s->w[i];
+		volatile __u64 *word = (volatile __u64 *)w;
+		__u64 w0 = word[0];
+		if ((w0 & ~(CT4_COUNT | CT4_LOCK_BIT)) != a || word[1] != b)
+			continue;
+		if (!((w->v.flags | w->v.flags2) & CT_LIVE) || (word[0] ^ w0) & ~CT4_LOCK_BIT)
+			continue;
+		return i;
+	}
+	return -1;
+}
+
+// ct4_value returns the value of way n (set * SG_CT4_WAYS + way) of ct4_sets. n goes through f's memory,
+// which the verifier does not track, so every way a lookup may find continues as one state (not one
+// each, with the rest of the packet's path checked once per way).
+static __always_inline struct ct_val *ct4_value(struct ct_flow *f, __u32 n)
+{
+	*(volatile __u32 *)&f->ct4_at = n;
+	n = *(volatile __u32 *)&f->ct4_at;
+	f->ct4_at = n / SG_CT4_WAYS;
+	struct ct4_set *s = bpf_map_lookup_elem(&ct4_sets, &f->ct4_at);
+	if (!s)
+		return 0;
+	// Else clang adds the offset before the null check, which the verifier refuses.
+	asm volatile("" : "+r"(s));
+	return &s->w[n & (SG_CT4_WAYS - 1)].v;
+}
+
+// ct4_lookup returns the entry of f->k4 in ct4_sets (in either candidate set), or 0.
+static __always_inline struct ct_val *ct4_lookup(struct ct_flow *f)
+{
+	__u64 a, b;
+	ct4_words(&f->k4, &a, &b);
+	__u64 h = ct4_hash(a, b);
+	f->ct4_at = h & (SG_CT4_SETS - 1);
+	struct ct4_set *s = bpf_map_lookup_elem(&ct4_sets, &f->ct4_at);
+	int w = s ? ct4_find(s, a, b) : -1;
+	if (w < 0) {
+		f->ct4_at = (h >> 32) & (SG_CT4_SETS - 1);
+		s = bpf_map_lookup_elem(&ct4_sets, &f->ct4_at);
+		w = s ? ct4_find(s, a, b) : -1;
+		if (w < 0)
+			return 0;
+	}
+	return ct4_value(f, f->ct4_at * SG_CT4_WAYS + w);
+}
+
+// ct4_claim writes key (a, b) and value f->nv into a way of set s1 or s2 (ct4_sets indexes i1, i2) it
+// claims (see ct4_sets: a free way of the set with fewer live ways, the first on a tie, else the way
+// least recently seen of both) and returns 1 + its way number; 0 when other writers took each way it
+// chose.
+static __always_inline int ct4_claim(struct ct_flow *f, struct ct4_set *s1, struct ct4_set *s2, __u32 i1, __u32 i2,
+				     __u64 a, __u64 b)
+{
+	for (int t = 0; t < 2; t++) {
+		// Live ways of each set (a busy one counts: it is being filled), without a branch.
+		__u32 n1 = 0, n2 = 0;
+#pragma unroll
+		for (int i = 0; i < 2 * SG_CT4_WAYS; i++) {
+			struct ct4_way *w = i < SG_CT4_WAYS ? &s1->w[i] : &s2->w[i - SG_CT4_WAYS];
+			__u32 live = (((w->v.flags | w->v.flags2) / CT_LIVE) | w->k.pad) & 1;
+			if (i < SG_CT4_WAYS)
+				n1 += live;
+			else
+				n2 += live;
+		}
+		// The way of least rank: a free way of the set preferred (0) or of the other (1), else a live
+		// one by when it was last seen (2 + last seen); busy ways are not taken.
+		__u64 best = ~0ULL, bw0 = 0;
+		__u32 pick = 2 * SG_CT4_WAYS;
+#pragma unroll
+		for (int i = 0; i < 2 * SG_CT4_WAYS; i++) {
+			struct ct4_way *w = i < SG_CT4_WAYS ? &s1->w[i] : &s2->w[i - SG_CT4_WAYS];
+			__u64 w0 = *(volatile __u64 *)w;
+			if (w0 & CT4_BUSY_BIT)
+				continue;
+			__u64 l1 = (w->v.flags & CT_LIVE) ? w->v.last : 0;
+			__u64 l2 = (w->v.flags2 & CT_LIVE) ? w->v.last2 : 0;
+			__u64 seen = l1 > l2 ? l1 : l2;
+			__u64 rank = seen ? 2 + seen : ((i < SG_CT4_WAYS) == (n1 <= n2) ? 0 : 1);
+			if (rank < best) {
+				best = rank;
+				bw0 = w0;
+				pick = i;
+			}
+		}
+		// pick goes through f's memory, which the verifier does not track: the scan's branches then
+		// meet in one state at each way instead of one per choice made so far.
+		*(volatile __u32 *)&f->ct4_at = pick;
+		pick = *(volatile __u32 *)&f->ct4_at;
+		if (pick >= 2 * SG_CT4_WAYS)
+			return 0;
+		struct ct4_set *s = pick < SG_CT4_WAYS ? s1 : s2;
+		struct ct4_way *w = &s->w[pick & (SG_CT4_WAYS - 1)];
+		__u64 count = ((bw0 & CT4_COUNT) + ((__u64)SG_CT4_WRITE << 24)) & CT4_COUNT;
+		__u64 busy = (bw0 & ~(CT4_COUNT | CT4_BUSY_BIT)) | count | CT4_BUSY_BIT; // the lock bit as it was
+		if (__sync_val_compare_and_swap((__u64 *)w, bw0, busy) != bw0)
+			continue; // another writer took it (or a set's lock moved): choose again
+		((volatile __u64 *)w)[1] = b;
+		__builtin_memcpy(&w->v, &f->nv, sizeof(f->nv));
+		ct4_xor((__u64 *)w, (busy ^ (a | count)) & ~CT4_LOCK_BIT);
+		return 1 + (pick < SG_CT4_WAYS ? i1 : i2) * SG_CT4_WAYS + (pick & (SG_CT4_WAYS - 1));
+	}
+	return 0;
+}
+
+// Tries at an insert lock another CPU holds (it holds it for one insert).
+#define CT4_LOCK_TRIES 64
+
+// ct4_insert puts entry f->nv at f->k4 into ct4_sets, under the lock of the key's first set, unless the
+// key is there already (another CPU inserted it meanwhile). Returns 1 + the way number (ct4_value)
+// where f->nv went in, -(1 + the way number) of the entry found there to join, 0 when no way could be
+// taken (the flow goes untracked). A global function: the verifier checks its choice of a way once, not
+// once for each state its callers reach it in; only new flows pay its call.
+__noinline int ct4_insert(struct ct_flow *f)
+{
+	if (!f)
+		return 0;
+	__u64 a, b;
+	ct4_words(&f->k4, &a, &b);
+	__u64 h = ct4_hash(a, b);
+	__u32 i1 = h & (SG_CT4_SETS - 1), i2 = (h >> 32) & (SG_CT4_SETS - 1);
+	struct ct4_set *s1 = bpf_map_lookup_elem(&ct4_sets, &i1);
+	struct ct4_set *s2 = bpf_map_lookup_elem(&ct4_sets, &i2);
+	if (!s1 || !s2)
+		return 0;
+	__u64 *lock = (__u64 *)&s1->w[0];
+	int locked = 0;
+	for (int n = 0; n < CT4_LOCK_TRIES && !locked; n++) {
+		__u64 w0 = *(volatile __u64 *)lock;
+		locked = !(w0 & CT4_LOCK_BIT) && __sync_val_compare_and_swap(lock, w0, w0 | CT4_LOCK_BIT) == w0;
+	}
+	int r;
+	int w = ct4_find(s1, a, b);
+	if (w >= 0) {
+		r = -(1 + (int)(i1 * SG_CT4_WAYS) + w);
+	} else if ((w = ct4_find(s2, a, b)) >= 0) {
+		r = -(1 + (int)(i2 * SG_CT4_WAYS) + w);
+	} else {
+		r = ct4_claim(f, s1, s2, i1, i2, a, b);
+	}
+	if (locked)
+		ct4_and(lock, ~CT4_LOCK_BIT);
+	return r;
+}
+
+// ct_lookup and ct_delete act on k's entry in its family's table (only ct6 is a map the helpers look up,
+// so each helper call site sees one map and the verifier binds it to that map's lookup, not the generic
+// helper's indirect call).
+
+static __always_inline struct ct_val *ct_lookup(struct ct_flow *f, const struct ct_key *k)
+{
 	if (k->fam == 4) {
-		ct_key4_of(k4, k);
-		v = bpf_map_lookup_elem(&ct4, k4);
-		apart(v);
-		return v;
+		ct_key4_of(&f->k4, k);
+		return ct4_lookup(f);
 	}
 	return bpf_map_lookup_elem(&ct6, k);
 }
 
-static __always_inline long ct_insert(const struct ct_key *k, struct ct_key4 *k4, const struct ct_val *v)
+// ct_delete: an IPv4 way whose halves are both ended is free already (ct4_sets).
+static __always_inline void ct_delete(const struct ct_key *k)
 {
-	long err;
-	if (k->fam == 4) {
-		ct_key4_of(k4, k);
-		err = bpf_map_update_elem(&ct4, k4, v, BPF_NOEXIST);
-		apart(err);
-		return err;
-	}
-	return bpf_map_update_elem(&ct6, k, v, BPF_NOEXIST);
-}
-
-static __always_inline void ct_delete(const struct ct_key *k, struct ct_key4 *k4)
-{
-	long err;
-	if (k->fam == 4) {
-		ct_key4_of(k4, k);
-		err = bpf_map_delete_elem(&ct4, k4);
-		apart(err);
-		return;
-	}
-	bpf_map_delete_elem(&ct6, k);
+	if (k->fam != 4)
+		bpf_map_delete_elem(&ct6, k);
 }
 
 // ct_forget ends the flow in half hf of fl's entry v (key fl->k); returns 1 when the entry itself was
@@ -1152,7 +1381,7 @@ static __always_inline int ct_forget(struct ct_flow *fl, struct ct_val *v, struc
 	hf->flags = 0;
 	if ((h[0].flags | h[1].flags) & CT_LIVE)
 		return 0;
-	ct_delete(&fl->k, &fl->k4);
+	ct_delete(&fl->k);
 	return 1;
 }
 
@@ -1170,7 +1399,7 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 			return 0;
 		struct ct_key *k = &f->k; // the error itself is not tracked: its own key is not needed
 		int o = ct_key_of(k, slot, p->fam, p->q_proto, p->q_src, p->q_sport, p->q_dst, p->q_dport);
-		struct ct_val *v = ct_lookup(k, &f->k4);
+		struct ct_val *v = ct_lookup(f, k);
 		if (!v)
 			return 0;
 		struct ct_half *h = ct_half_of(v, o);
@@ -1195,7 +1424,7 @@ static __always_inline int established(__u32 slot, __u8 dir, struct pkt *p, __u6
 	if (!p->trackable)
 		return 0;
 	f->o = ct_key_of(&f->k, slot, p->fam, p->proto, p->src, p->sport, p->dst, p->dport);
-	*vp = ct_lookup(&f->k, &f->k4);
+	*vp = ct_lookup(f, &f->k);
 	if (!*vp)
 		return 0;
 	// The flow p would reply to runs the other way, unless both ends are one.
@@ -1254,20 +1483,40 @@ static __always_inline void new_flow(struct ct_val *nv, int o, __u8 dir, struct 
 	nv->flags = ((p->proto == 6 && (p->tcp_flags & 0x05)) ? CT_CLOSING : 0) | CT_LIVE | (o ? CT_SWAPPED : 0);
 }
 
-// track starts or refreshes p's own flow in entry f (from established).
-static __always_inline void track(__u8 dir, struct pkt *p, struct ct_flow *f, struct ct_val **vp,
-				  struct decision *d, __u64 now)
+// ct4_track inserts entry f->nv (a new IPv4 flow of orientation o) at f->k4, or joins the entry another
+// CPU put there meanwhile.
+static __always_inline void ct4_track(struct ct_flow *f, int o, __u8 dir, struct pkt *p, struct decision *d,
+				      __u64 now)
+{
+	int n = ct4_insert(f);
+	if (n >= 0)
+		return;
+	struct ct_val *v = ct4_value(f, -n - 1);
+	if (v)
+		track_half(v, o, dir, p, d, now);
+}
+
+// track starts or refreshes p's own flow in entry f (from established). Returns 1 when the flow is a new
+// IPv4 one, its entry f->nv to be inserted at f->k4 by run (ct4_track): decide_flow's call chain has no
+// stack left for ct4_insert's.
+static __always_inline int track(__u8 dir, struct pkt *p, struct ct_flow *f, struct ct_val **vp,
+				 struct decision *d, __u64 now)
 {
 	if (!*vp) {
 		new_flow(&f->nv, f->o, dir, p, d, now);
-		if (!ct_insert(&f->k, &f->k4, &f->nv))
-			return;
+		if (f->k.fam == 4) {
+			ct_key4_of(&f->k4, &f->k);
+			return 1;
+		}
+		if (bpf_map_update_elem(&ct6, &f->k, &f->nv, BPF_NOEXIST) == 0)
+			return 0;
 		// Another CPU created the entry meanwhile: join it.
-		*vp = ct_lookup(&f->k, &f->k4);
+		*vp = bpf_map_lookup_elem(&ct6, &f->k);
 		if (!*vp)
-			return;
+			return 0;
 	}
 	track_half(*vp, f->o, dir, p, d, now);
+	return 0;
 }
 
 static __always_inline void report_drop(struct __sk_buff *skb, __u32 slot, __u8 dir, struct pkt *p,
@@ -1386,7 +1635,7 @@ static __always_inline int decide_fast(__u32 slot, __u8 dir, struct pkt *p, __u6
 		same = ct_same_ends(&f->k);
 	} else {
 		o = ct4_key_of(&f->k4, slot, p);
-		v = bpf_map_lookup_elem(&ct4, &f->k4);
+		v = ct4_lookup(f);
 		same = f->k4.sport == f->k4.dport && *(__u32 *)f->k4.src == *(__u32 *)f->k4.dst;
 	}
 	if (v) {
@@ -1421,9 +1670,8 @@ static __always_inline int decide_fast(__u32 slot, __u8 dir, struct pkt *p, __u6
 				return 1;
 			v = bpf_map_lookup_elem(&ct6, &f->k);
 		} else {
-			if (!bpf_map_update_elem(&ct4, &f->k4, &f->nv, BPF_NOEXIST))
-				return 1;
-			v = bpf_map_lookup_elem(&ct4, &f->k4);
+			ct4_track(f, o, dir, p, d, now);
+			return 1;
 		}
 		if (!v)
 			return 1;
@@ -1435,7 +1683,8 @@ static __always_inline int decide_fast(__u32 slot, __u8 dir, struct pkt *p, __u6
 // decide_flow decides what decide_fast does not: ICMP errors (related to a tracked flow or not), later
 // fragments without their first's verdict, and replies whose flow timed out or whose table changed. A
 // reply or related ICMP error of a live tracked flow is established, the rest is decided by the rules,
-// and what they accept of a trackable packet is tracked. A global function: the verifier checks it once, not once for every way run can reach it.
+// and what they accept of a trackable packet is tracked (returns 1 when run is to insert it: see track).
+// A global function: the verifier checks it once, not once for every way run can reach it.
 __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, struct decision *d)
 {
 	__u32 z = 0;
@@ -1454,7 +1703,7 @@ __noinline int decide_flow(__u32 slot, __u32 dir, __u64 now, struct pkt *p, stru
 	}
 	decide_rules(slot, dir, p, d, ct);
 	if (d->accept && p->trackable)
-		track(dir, p, ct, &v, d, now);
+		return track(dir, p, ct, &v, d, now);
 	return 0;
 }
 
@@ -1545,7 +1794,8 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		d.gen = fv->gen;
 	} else if (!(p.trackable && (p.fam == 4 ? decide_fast(slot, dir, &p, now, &d, f, 0)
 						 : decide_fast(slot, dir, &p, now, &d, f, 1)))) {
-		decide_flow(slot, dir, now, &p, &d);
+		if (decide_flow(slot, dir, now, &p, &d))
+			ct4_track(f, f->o, dir, &p, &d, now);
 	}
 	if (r < 0 && p.frag == 1) {
 		struct frag_val *nv = &f->fv;
@@ -1586,6 +1836,8 @@ const struct drop_event *unused_drop_event __attribute__((unused));
 const struct ct_key *unused_ct_key __attribute__((unused));
 const struct ct_key4 *unused_ct_key4 __attribute__((unused));
 const struct ct_val *unused_ct_val __attribute__((unused));
+const struct ct4_way *unused_ct4_way __attribute__((unused));
+const struct ct4_set *unused_ct4_set __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 const struct frag_val *unused_frag_val __attribute__((unused));
 const struct hdr *unused_hdr __attribute__((unused));

@@ -13,6 +13,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type sgCt4Set struct {
+	_ structs.HostLayout
+	W [4]sgCt4Way
+}
+
+type sgCt4Way struct {
+	_ structs.HostLayout
+	K sgCtKey4
+	V sgCtVal
+}
+
 type sgCtKey struct {
 	_     structs.HostLayout
 	Slot  uint32
@@ -171,6 +182,13 @@ const (
 	sgSgConstSG_HDR_SIZE      sgSgConst = 64
 	sgSgConstSG_NAME_SIZE     sgSgConst = 64
 	sgSgConstSG_HDR_FLAG_NOSG sgSgConst = 1
+	sgSgConstSG_CT4SET_SHIFT  sgSgConst = 16
+	sgSgConstSG_CT4SETS       sgSgConst = 65536
+	sgSgConstSG_CT4WAYS       sgSgConst = 4
+	sgSgConstSG_CT4BUSY       sgSgConst = 1
+	sgSgConstSG_CT4LOCK       sgSgConst = 2
+	sgSgConstSG_CT4WRITE      sgSgConst = 4
+	sgSgConstSG_CT_LIVE       sgSgConst = 4
 )
 
 type sgV4iv struct {
@@ -192,7 +210,8 @@ type sgV6iv struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sgMapCt4             = "ct4"
+	sgMapCt4Meta         = "ct4_meta"
+	sgMapCt4Sets         = "ct4_sets"
 	sgMapCt6             = "ct6"
 	sgMapCtScratch       = "ct_scratch"
 	sgMapDropRate        = "drop_rate"
@@ -206,7 +225,10 @@ const (
 	sgMapTables          = "tables"
 	sgProgSgHostEgress   = "sg_host_egress"
 	sgProgSgHostIngress  = "sg_host_ingress"
+	sgVarCt4Seed         = "ct4_seed"
 	sgVarCtHz            = "ct_hz"
+	sgVarUnusedCt4Set    = "unused_ct4_set"
+	sgVarUnusedCt4Way    = "unused_ct4_way"
 	sgVarUnusedCtKey     = "unused_ct_key"
 	sgVarUnusedCtKey4    = "unused_ct_key4"
 	sgVarUnusedCtVal     = "unused_ct_val"
@@ -273,7 +295,8 @@ type sgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgMapSpecs struct {
-	Ct4        *ebpf.MapSpec `ebpf:"ct4"`
+	Ct4Meta    *ebpf.MapSpec `ebpf:"ct4_meta"`
+	Ct4Sets    *ebpf.MapSpec `ebpf:"ct4_sets"`
 	Ct6        *ebpf.MapSpec `ebpf:"ct6"`
 	CtScratch  *ebpf.MapSpec `ebpf:"ct_scratch"`
 	DropRate   *ebpf.MapSpec `ebpf:"drop_rate"`
@@ -291,7 +314,10 @@ type sgMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgVariableSpecs struct {
+	Ct4Seed         *ebpf.VariableSpec `ebpf:"ct4_seed"`
 	CtHz            *ebpf.VariableSpec `ebpf:"ct_hz"`
+	UnusedCt4Set    *ebpf.VariableSpec `ebpf:"unused_ct4_set"`
+	UnusedCt4Way    *ebpf.VariableSpec `ebpf:"unused_ct4_way"`
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
 	UnusedCtKey4    *ebpf.VariableSpec `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
@@ -328,7 +354,8 @@ func (o *sgObjects) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgMaps struct {
-	Ct4        *ebpf.Map `ebpf:"ct4"`
+	Ct4Meta    *ebpf.Map `ebpf:"ct4_meta"`
+	Ct4Sets    *ebpf.Map `ebpf:"ct4_sets"`
 	Ct6        *ebpf.Map `ebpf:"ct6"`
 	CtScratch  *ebpf.Map `ebpf:"ct_scratch"`
 	DropRate   *ebpf.Map `ebpf:"drop_rate"`
@@ -344,7 +371,8 @@ type sgMaps struct {
 
 func (m *sgMaps) Close() error {
 	return _SgClose(
-		m.Ct4,
+		m.Ct4Meta,
+		m.Ct4Sets,
 		m.Ct6,
 		m.CtScratch,
 		m.DropRate,
@@ -363,7 +391,10 @@ func (m *sgMaps) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgVariables struct {
+	Ct4Seed         *ebpf.Variable `ebpf:"ct4_seed"`
 	CtHz            *ebpf.Variable `ebpf:"ct_hz"`
+	UnusedCt4Set    *ebpf.Variable `ebpf:"unused_ct4_set"`
+	UnusedCt4Way    *ebpf.Variable `ebpf:"unused_ct4_way"`
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
 	UnusedCtKey4    *ebpf.Variable `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`

@@ -32,6 +32,8 @@ func TestKernelTypesMatchC(t *testing.T) {
 		{"ct_key", unsafe.Sizeof(sgCtKey{})},
 		{"ct_key4", unsafe.Sizeof(sgCtKey4{})},
 		{"ct_val", unsafe.Sizeof(sgCtVal{})},
+		{"ct4_way", unsafe.Sizeof(sgCt4Way{})},
+		{"ct4_set", unsafe.Sizeof(sgCt4Set{})},
 		{"frag_key", unsafe.Sizeof(sgFragKey{})},
 		{"frag_val", unsafe.Sizeof(sgFragVal{})},
 		{"drop_event", unsafe.Sizeof(sgDropEvent{})},
@@ -47,6 +49,9 @@ func TestKernelTypesMatchC(t *testing.T) {
 		})
 	}
 	assert.Equal(t, hdrSize, int(unsafe.Sizeof(sgHdr{})), "SG_HDR_SIZE")
+	assert.Equal(t, 64, ct4WaySize, "a conntrack way is one cache line")
+	assert.Equal(t, uint32(ct4Sets), spec.Maps["ct4_sets"].MaxEntries)
+	assert.Equal(t, uint32(ct4SetSize), spec.Maps["ct4_sets"].ValueSize)
 	for _, m := range []string{"ifaces", "eni_names"} {
 		assert.Equal(t, maxSlots, spec.Maps[m].MaxEntries, m)
 	}

@@ -1,0 +1,370 @@
+package bpf
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// The IPv4 conntrack table's geometry and state bits (sg.h, sg.c's ct4_sets).
+const (
+	ct4Sets     = int(sgSgConstSG_CT4SETS)
+	ct4Ways     = int(sgSgConstSG_CT4WAYS)
+	ct4Capacity = ct4Sets * ct4Ways // flows ct4_sets holds
+	ct4WaySize  = int(unsafe.Sizeof(sgCt4Way{}))
+	ct4SetSize  = int(unsafe.Sizeof(sgCt4Set{}))
+	ct4ValOff   = int(unsafe.Offsetof(sgCt4Way{}.V))
+	ct4KeySize  = int(unsafe.Sizeof(sgCtKey4{}))
+	ct4Busy     = uint64(sgSgConstSG_CT4BUSY) << 24
+	ct4Lock     = uint64(sgSgConstSG_CT4LOCK) << 24
+	ct4Count    = uint64(0xff&^(sgSgConstSG_CT4BUSY|sgSgConstSG_CT4LOCK)) << 24 // the state byte's write count in a way's first word
+	ct4Write    = uint64(sgSgConstSG_CT4WRITE) << 24
+	ct4State    = uint64(0xff) << 24
+	ctLive      = uint8(sgSgConstSG_CT_LIVE)
+	// Tries at an insert lock the program holds (it holds it for one insert), as CT4_LOCK_TRIES in sg.c.
+	ct4LockTries = 64
+)
+
+// ctMap is a conntrack table as the Go side uses it: ct6 (an *ebpf.Map, an LRU hash) or ct4 (a
+// *ct4Table), keyed by a key's bytes in its layout (ct_key, ct_key4) with an *sgCtVal value.
+type ctMap interface {
+	Lookup(key, valueOut any) error
+	Put(key, value any) error
+	Update(key, value any, flags ebpf.MapUpdateFlags) error
+	Delete(key any) error
+}
+
+// ct4Table is the Go side of ct4_sets (sg.c), read and written through its mmap with the program's
+// protocol: the same hash and candidate sets, a way claimed by a compare-and-swap of its first word and
+// published by an atomic xor that leaves the lock bit, new keys inserted under the first set's lock (the
+// lock bit of its first way), values written word by word. So the Go side never rewrites a whole set, and a flow the program inserts beside
+// a way Go writes is kept.
+type ct4Table struct {
+	sets []byte
+	seed uint64
+}
+
+// openCt4 maps the program's ct4_sets.
+func openCt4(sets *ebpf.Map, seed uint64) (*ct4Table, error) {
+	if int(sets.ValueSize()) != ct4SetSize || int(sets.MaxEntries()) != ct4Sets {
+		return nil, fmt.Errorf("ct4_sets: %d sets of %d bytes, this build's layout is %d of %d",
+			sets.MaxEntries(), sets.ValueSize(), ct4Sets, ct4SetSize)
+	}
+	sm, err := unix.Mmap(sets.FD(), 0, ct4Sets*ct4SetSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map ct4_sets: %w", err)
+	}
+	return &ct4Table{sets: sm, seed: seed}, nil
+}
+
+func (t *ct4Table) close() error {
+	return unix.Munmap(t.sets)
+}
+
+// newCt4Seed returns a random non-zero seed for a new table.
+func newCt4Seed() (uint64, error) {
+	var b [8]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, fmt.Errorf("conntrack seed: %w", err)
+		}
+		if s := binary.LittleEndian.Uint64(b[:]); s != 0 {
+			return s, nil
+		}
+	}
+}
+
+// ct4Hash is sg.c's ct4_hash.
+func ct4Hash(seed, a, b uint64) uint64 {
+	h := (a ^ seed) * 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h = (h ^ b) * 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	return h ^ h>>33
+}
+
+// candidates returns the two sets a key of words (a, b) may live in, first set first.
+func (t *ct4Table) candidates(a, b uint64) [2]int {
+	h := ct4Hash(t.seed, a, b)
+	return [2]int{int(h & uint64(ct4Sets-1)), int(h >> 32 & uint64(ct4Sets-1))}
+}
+
+// ct4Words reads a ct_key4 as the two words ways are compared by (sg.c's ct4_words); its pad (a way's
+// state byte) must be 0.
+func ct4Words(key any) (a, b uint64, err error) {
+	k, ok := key.([]byte)
+	if !ok || len(k) != ct4KeySize || k[3] != 0 {
+		return 0, 0, fmt.Errorf("ct4 key %v: want %d bytes of a ct_key4 with pad 0", key, ct4KeySize)
+	}
+	return binary.LittleEndian.Uint64(k), binary.LittleEndian.Uint64(k[8:]), nil
+}
+
+func ct4Value(value any) (*sgCtVal, error) {
+	v, ok := value.(*sgCtVal)
+	if !ok {
+		return nil, fmt.Errorf("ct4 value %T: want *sgCtVal", value)
+	}
+	return v, nil
+}
+
+// word returns the i-th 64-bit word of the way at byte offset off of the table.
+func (t *ct4Table) word(off, i int) *uint64 {
+	return (*uint64)(unsafe.Pointer(&t.sets[off+8*i]))
+}
+
+func wayOff(set, way int) int { return set*ct4SetSize + way*ct4WaySize }
+
+// value reads the value of the way at off, word by word.
+func (t *ct4Table) value(off int) sgCtVal {
+	var v sgCtVal
+	words := (*[6]uint64)(unsafe.Pointer(&v))
+	for i := range words {
+		words[i] = atomic.LoadUint64(t.word(off+ct4ValOff, i))
+	}
+	return v
+}
+
+// setValue writes v into the way at off, word by word, as the program's in-place updates do.
+func (t *ct4Table) setValue(off int, v *sgCtVal) {
+	words := (*[6]uint64)(unsafe.Pointer(v))
+	for i, w := range words {
+		atomic.StoreUint64(t.word(off+ct4ValOff, i), w)
+	}
+}
+
+// find returns the offset of the way holding key (a, b) and a live flow (sg.c's ct4_find over both
+// candidate sets) and the first word it read there, or -1.
+func (t *ct4Table) find(a, b uint64) (int, uint64) {
+	for _, set := range t.candidates(a, b) {
+		for way := range ct4Ways {
+			off := wayOff(set, way)
+			w0 := atomic.LoadUint64(t.word(off, 0))
+			if w0&^(ct4Count|ct4Lock) != a || atomic.LoadUint64(t.word(off, 1)) != b {
+				continue
+			}
+			v := t.value(off)
+			if (v.Flags|v.Flags2)&ctLive == 0 || (atomic.LoadUint64(t.word(off, 0))^w0)&^ct4Lock != 0 {
+				continue
+			}
+			return off, w0
+		}
+	}
+	return -1, 0
+}
+
+func (t *ct4Table) Lookup(key, valueOut any) error {
+	a, b, err := ct4Words(key)
+	if err != nil {
+		return err
+	}
+	out, err := ct4Value(valueOut)
+	if err != nil {
+		return err
+	}
+	off, _ := t.find(a, b)
+	if off < 0 {
+		return fmt.Errorf("ct4 lookup: %w", ebpf.ErrKeyNotExist)
+	}
+	*out = t.value(off)
+	return nil
+}
+
+func (t *ct4Table) Put(key, value any) error { return t.Update(key, value, ebpf.UpdateAny) }
+
+// Update writes value at key: in place into the key's way (word by word), or, for a new key, into a
+// way claimed as the program claims one.
+func (t *ct4Table) Update(key, value any, flags ebpf.MapUpdateFlags) error {
+	a, b, err := ct4Words(key)
+	if err != nil {
+		return err
+	}
+	v, err := ct4Value(value)
+	if err != nil {
+		return err
+	}
+	if off, _ := t.find(a, b); off >= 0 {
+		if flags == ebpf.UpdateNoExist {
+			return fmt.Errorf("ct4 update: %w", ebpf.ErrKeyExist)
+		}
+		t.setValue(off, v)
+		return nil
+	}
+	if flags == ebpf.UpdateExist {
+		return fmt.Errorf("ct4 update: %w", ebpf.ErrKeyNotExist)
+	}
+	if (v.Flags|v.Flags2)&ctLive == 0 {
+		return nil // an entry without a flow is a free way
+	}
+	return t.insert(a, b, v)
+}
+
+// insert is sg.c's ct4_insert for a key not found: under the first candidate set's lock it looks for
+// the key again (the program may have inserted it meanwhile: then it is updated in place) and claims a
+// way for it.
+func (t *ct4Table) insert(a, b uint64, v *sgCtVal) error {
+	sets := t.candidates(a, b)
+	lock := t.word(wayOff(sets[0], 0), 0)
+	locked := false
+	for range ct4LockTries {
+		w0 := atomic.LoadUint64(lock)
+		if locked = w0&ct4Lock == 0 && atomic.CompareAndSwapUint64(lock, w0, w0|ct4Lock); locked {
+			break
+		}
+		runtime.Gosched()
+	}
+	if locked {
+		defer atomic.AndUint64(lock, ^ct4Lock)
+	}
+	if off, _ := t.find(a, b); off >= 0 {
+		t.setValue(off, v)
+		return nil
+	}
+	for range 2 {
+		off, w0, ok := t.victim(sets)
+		if !ok {
+			break
+		}
+		busy, ok := t.claim(off, w0)
+		if !ok {
+			continue // the program took it: choose again
+		}
+		atomic.StoreUint64(t.word(off, 1), b)
+		t.setValue(off, v)
+		t.publish(off, busy, a|(busy&ct4Count))
+		return nil
+	}
+	return errors.New("ct4 insert: every way chosen was taken by another writer")
+}
+
+// claim takes the way at off, whose first word was w0, for a write (sg.c's ct4_claim): busy, its write
+// count one more, its lock bit as it was. It returns the busy word, or false when the word changed.
+func (t *ct4Table) claim(off int, w0 uint64) (uint64, bool) {
+	busy := w0&^(ct4Count|ct4Busy) | (w0&ct4Count+ct4Write)&ct4Count | ct4Busy
+	return busy, atomic.CompareAndSwapUint64(t.word(off, 0), w0, busy)
+}
+
+// publish turns the busy first word of the way at off into word (a key or none, and the write count),
+// leaving the lock bit, which another writer may have moved meanwhile.
+func (t *ct4Table) publish(off int, busy, word uint64) {
+	p := t.word(off, 0)
+	for {
+		cur := atomic.LoadUint64(p)
+		if atomic.CompareAndSwapUint64(p, cur, cur^(busy^word)&^ct4Lock) {
+			return
+		}
+	}
+}
+
+// victim chooses the way a new key takes, as sg.c's ct4_claim: a free way of the candidate set with
+// fewer live ways (the first on a tie), else the way least recently seen of both; busy ways are not
+// taken. It returns the way's offset and the first word it read there.
+func (t *ct4Table) victim(sets [2]int) (off int, w0 uint64, ok bool) {
+	var live [2]int
+	type way struct {
+		off int
+		w0  uint64
+		val sgCtVal
+	}
+	var ways [2][]way
+	for i, set := range sets {
+		for w := range ct4Ways {
+			o := wayOff(set, w)
+			wd := atomic.LoadUint64(t.word(o, 0))
+			v := t.value(o)
+			if (v.Flags|v.Flags2)&ctLive != 0 || wd&ct4Busy != 0 {
+				live[i]++
+			}
+			ways[i] = append(ways[i], way{o, wd, v})
+		}
+	}
+	preferred := 0
+	if live[1] < live[0] {
+		preferred = 1
+	}
+	best := ^uint64(0)
+	for i := range sets {
+		for _, w := range ways[i] {
+			if w.w0&ct4Busy != 0 {
+				continue
+			}
+			var seen uint64
+			if w.val.Flags&ctLive != 0 {
+				seen = w.val.Last
+			}
+			if w.val.Flags2&ctLive != 0 {
+				seen = max(seen, w.val.Last2)
+			}
+			rank := 2 + seen
+			if seen == 0 {
+				rank = 1
+				if i == preferred {
+					rank = 0
+				}
+			}
+			if rank < best {
+				best, off, w0, ok = rank, w.off, w.w0, true
+			}
+		}
+	}
+	return off, w0, ok
+}
+
+// Delete frees key's way: claimed as for a write, its value zeroed, published with no key.
+func (t *ct4Table) Delete(key any) error {
+	a, b, err := ct4Words(key)
+	if err != nil {
+		return err
+	}
+	off, w0 := t.find(a, b)
+	if off < 0 {
+		return fmt.Errorf("ct4 delete: %w", ebpf.ErrKeyNotExist)
+	}
+	busy, ok := t.claim(off, w0)
+	if !ok {
+		return fmt.Errorf("ct4 delete: %w", ebpf.ErrKeyNotExist) // taken over meanwhile
+	}
+	t.setValue(off, &sgCtVal{})
+	atomic.StoreUint64(t.word(off, 1), 0)
+	t.publish(off, busy, busy&ct4Count)
+	return nil
+}
+
+// ct4Entry is one way in use: its key, value and place (set, way).
+type ct4Entry struct {
+	key      []byte
+	val      sgCtVal
+	set, way int
+}
+
+// entries reads every way holding a live flow (a way a writer holds or takes while it is read is left
+// out, as the program's lookups leave it).
+func (t *ct4Table) entries() []ct4Entry {
+	var out []ct4Entry
+	for set := range ct4Sets {
+		for way := range ct4Ways {
+			off := wayOff(set, way)
+			w0 := atomic.LoadUint64(t.word(off, 0))
+			if w0&ct4Busy != 0 {
+				continue
+			}
+			w1 := atomic.LoadUint64(t.word(off, 1))
+			v := t.value(off)
+			if (v.Flags|v.Flags2)&ctLive == 0 || atomic.LoadUint64(t.word(off, 0)) != w0 {
+				continue
+			}
+			key := make([]byte, ct4KeySize)
+			binary.LittleEndian.PutUint64(key, w0&^ct4State)
+			binary.LittleEndian.PutUint64(key[8:], w1)
+			out = append(out, ct4Entry{key: key, val: v, set: set, way: way})
+		}
+	}
+	return out
+}

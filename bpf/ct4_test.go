@@ -1,0 +1,305 @@
+package bpf
+
+import (
+	"context"
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/compiler"
+	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/model"
+)
+
+// ct4Lab is eni-web1 of the demo topology alone (its egress accepts everything) with TCP flows from it to
+// a peer, one per source port, and the conntrack table's view of them.
+type ct4Lab struct {
+	t    *testing.T
+	d    *Dataplane
+	slot uint32
+	web  netip.Addr
+	peer netip.Addr
+}
+
+func newCt4Lab(t *testing.T) *ct4Lab {
+	d := loadOrSkip(t)
+	tables := compiler.New(demoState(t)).CompileAll()
+	require.NoError(t, d.Publish(context.Background(), 1, map[string]*compiler.Tables{"eni-web1": tables["eni-web1"]}, nil))
+	return &ct4Lab{t: t, d: d, slot: d.slots["eni-web1"], web: netip.MustParseAddr("198.18.1.10"),
+		peer: netip.MustParseAddr("203.0.113.7")}
+}
+
+// A lab flow is known by a number: its source port and the peer's port.
+func ports(id uint32) (uint16, uint16) { return uint16(1024 + id%60000), uint16(2000 + id/60000) }
+
+func (l *ct4Lab) flow(id uint32) frame {
+	sport, dport := ports(id)
+	return frame{src: l.web, dst: l.peer, proto: 6, sport: sport, dport: dport, tcpFlags: 0x02}
+}
+
+// key is flow id's ct_key4: its lower endpoint first, addresses compared as the program loads them
+// (little-endian words), then ports.
+func (l *ct4Lab) key(id uint32) []byte {
+	w, p := l.web.As4(), l.peer.As4()
+	sp, dp := ports(id)
+	src, dst := w, p
+	if lw, lp := binary.LittleEndian.Uint32(w[:]), binary.LittleEndian.Uint32(p[:]); lw > lp || (lw == lp && sp > dp) {
+		src, dst, sp, dp = p, w, dp, sp
+	}
+	k := make([]byte, ct4KeySize)
+	binary.LittleEndian.PutUint16(k, uint16(l.slot))
+	k[2] = 6
+	binary.LittleEndian.PutUint16(k[4:], sp)
+	binary.LittleEndian.PutUint16(k[6:], dp)
+	copy(k[8:], src[:])
+	copy(k[12:], dst[:])
+	return k
+}
+
+func (l *ct4Lab) sets(id uint32) [2]int {
+	a, b, err := ct4Words(l.key(id))
+	require.NoError(l.t, err)
+	return l.d.ct4.candidates(a, b)
+}
+
+// flowsIn returns n flows other than those in not that have set among their candidate sets.
+func (l *ct4Lab) flowsIn(set, n int, not ...uint32) []uint32 {
+	var out []uint32
+	for id := uint32(1); len(out) < n; id++ {
+		require.Less(l.t, id, uint32(1<<24), "no %d flows with set %d among their candidates", n, set)
+		if s := l.sets(id); (s[0] == set || s[1] == set) && !slices.Contains(not, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// start sends flow id's first packet (tracked) and returns its tracked value.
+func (l *ct4Lab) start(id uint32) sgCtVal {
+	f := l.flow(id)
+	r, err := l.d.Run(f.build(), "eni-web1", model.Egress)
+	require.NoError(l.t, err)
+	require.True(l.t, r.Accept)
+	var v sgCtVal
+	require.NoError(l.t, l.d.ct4.Lookup(l.key(id), &v))
+	return v
+}
+
+// established tells whether the reply of flow id is answered by conntrack.
+func (l *ct4Lab) established(id uint32) bool {
+	reply := l.flow(id).reverse()
+	reply.tcpFlags = 0x12
+	r, err := l.d.Run(reply.build(), "eni-web1", model.Ingress)
+	require.NoError(l.t, err)
+	return r.Reason == dataplane.ReasonEstablished
+}
+
+// placeAt writes flow id with value v into way (set, way) of the table, as a writer claims a way.
+func (l *ct4Lab) placeAt(set, way int, id uint32, v sgCtVal) {
+	a, b, err := ct4Words(l.key(id))
+	require.NoError(l.t, err)
+	off := wayOff(set, way)
+	w0 := atomic.LoadUint64(l.d.ct4.word(off, 0))
+	busy, ok := l.d.ct4.claim(off, w0)
+	require.True(l.t, ok)
+	atomic.StoreUint64(l.d.ct4.word(off, 1), b)
+	l.d.ct4.setValue(off, &v)
+	l.d.ct4.publish(off, busy, a|busy&ct4Count)
+}
+
+// places returns where each tracked IPv4 flow is (set, way), by key.
+func (l *ct4Lab) places() map[string][2]int {
+	out := map[string][2]int{}
+	for _, e := range l.d.ct4.entries() {
+		out[string(e.key)] = [2]int{e.set, e.way}
+	}
+	return out
+}
+
+func (l *ct4Lab) placeOf(id uint32) ([2]int, bool) {
+	p, ok := l.places()[string(l.key(id))]
+	return p, ok
+}
+
+// TestCt4ProgramAndGoAgree: a flow the program inserts is where the Go side's hash says (one of its two
+// candidate sets) and the Go side finds it; one the Go side inserts is found by the program.
+func TestCt4ProgramAndGoAgree(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	v := l.start(id)
+	place, ok := l.placeOf(id)
+	require.True(t, ok)
+	assert.Contains(t, l.sets(id), place[0], "in one of the key's candidate sets")
+	require.True(t, l.established(id))
+
+	require.NoError(t, l.d.FlushConntrack())
+	require.False(t, l.established(id), "flushed")
+	require.NoError(t, l.d.ct4.Put(l.key(id), &v))
+	assert.True(t, l.established(id), "the flow the Go side put back is the program's")
+}
+
+// TestCt4EvictsTheOldestWay: a new flow whose two candidate sets are full of live flows takes over the
+// way least recently seen of the eight; the other seven are still found, the evicted one is not.
+func TestCt4EvictsTheOldestWay(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	tmpl := l.start(id) // a live flow's value, as the program tracks it
+	require.NoError(t, l.d.FlushConntrack())
+	sets := l.sets(id)
+	require.NotEqual(t, sets[0], sets[1], "pick another port: both candidates are one set")
+	first := l.flowsIn(sets[0], ct4Ways, id)
+	others := append(first, l.flowsIn(sets[1], ct4Ways, append(first, id)...)...)
+	now := clockTicks(t)
+	oldest := others[6] // the second set's third way
+	for i, sp := range others {
+		v := tmpl
+		v.Last = now - 10 - uint64(i)
+		if sp == oldest {
+			v.Last = now - 1000
+		}
+		l.placeAt(sets[i/ct4Ways], i%ct4Ways, sp, v)
+	}
+	for _, sp := range others {
+		var v sgCtVal
+		require.NoError(t, l.d.ct4.Lookup(l.key(sp), &v), "flow %d placed", sp)
+	}
+	l.start(id)
+	place, _ := l.placeOf(id)
+	assert.Equal(t, [2]int{sets[1], 2}, place, "the new flow took the oldest way")
+	_, ok := l.placeOf(oldest)
+	assert.False(t, ok, "the oldest flow is gone")
+	assert.Len(t, l.places(), 2*ct4Ways)
+	assert.True(t, l.established(id))
+	assert.False(t, l.established(oldest), "the evicted flow is gone")
+	for _, sp := range others {
+		if sp != oldest {
+			assert.True(t, l.established(sp), "flow %d kept", sp)
+		}
+	}
+}
+
+// TestCt4FreeWayBeforeEviction: with one candidate set full of live flows, a new flow takes a free way of
+// the other and evicts nothing; with room in both, it goes into the one with fewer live flows.
+func TestCt4FreeWayBeforeEviction(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	tmpl := l.start(id)
+	require.NoError(t, l.d.FlushConntrack())
+	sets := l.sets(id)
+	require.NotEqual(t, sets[0], sets[1])
+	full := l.flowsIn(sets[0], ct4Ways, id)
+	for i, sp := range full {
+		l.placeAt(sets[0], i, sp, tmpl)
+	}
+	l.start(id)
+	place, _ := l.placeOf(id)
+	assert.Equal(t, sets[1], place[0], "a free way of the other set")
+	assert.Len(t, l.places(), ct4Ways+1, "nothing evicted")
+
+	require.NoError(t, l.d.FlushConntrack())
+	one := l.flowsIn(sets[0], 1, id)[0]
+	l.placeAt(sets[0], 0, one, tmpl)
+	l.start(id)
+	place, _ = l.placeOf(id)
+	assert.Equal(t, sets[1], place[0], "the set with fewer live flows")
+}
+
+// TestCt4BusyWayIsNoMatch: a way a writer has claimed (busy) but not yet published matches no key, and
+// matches again once published.
+func TestCt4BusyWayIsNoMatch(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	l.start(id)
+	place, ok := l.placeOf(id)
+	require.True(t, ok)
+	word := l.d.ct4.word(wayOff(place[0], place[1]), 0)
+	w0 := atomic.LoadUint64(word)
+	atomic.StoreUint64(word, w0|ct4Busy)
+	var v sgCtVal
+	require.ErrorIs(t, l.d.ct4.Lookup(l.key(id), &v), ebpf.ErrKeyNotExist)
+	reply := l.flow(id).reverse()
+	r, err := l.d.Run(reply.build(), "eni-web1", model.Ingress)
+	require.NoError(t, err)
+	assert.NotEqual(t, dataplane.ReasonEstablished, r.Reason, "a busy way is not taken for a match")
+	atomic.StoreUint64(word, w0)
+	assert.True(t, l.established(id), "published again")
+}
+
+// TestCt4InsertPastAHeldLock: an insert whose set's lock stays held (a writer that never lets go) still
+// tracks its flow after its bounded tries, and leaves the lock to its holder.
+func TestCt4InsertPastAHeldLock(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	lock := l.d.ct4.word(wayOff(l.sets(id)[0], 0), 0)
+	atomic.OrUint64(lock, ct4Lock)
+	l.start(id)
+	assert.True(t, l.established(id))
+	assert.NotZero(t, atomic.LoadUint64(lock)&ct4Lock, "not released by a writer that did not take it")
+	atomic.AndUint64(lock, ^ct4Lock)
+	assert.True(t, l.established(id), "the lock bit is no part of a key")
+}
+
+// TestCt4SameFlowTwiceIsOneEntry: inserting a key that is in the table already (what a second CPU
+// starting the same flow does) updates that entry instead of making a second.
+func TestCt4SameFlowTwiceIsOneEntry(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	v := l.start(id)
+	v.Last2, v.Flags2 = v.Last, v.Flags|0x8 // a second half, as another CPU's packet of the other orientation
+	require.NoError(t, l.d.ct4.insert(binary.LittleEndian.Uint64(l.key(id)), binary.LittleEndian.Uint64(l.key(id)[8:]), &v))
+	assert.Len(t, l.d.ct4.entries(), 1)
+	var got sgCtVal
+	require.NoError(t, l.d.ct4.Lookup(l.key(id), &got))
+	assert.Equal(t, v, got)
+}
+
+// TestAdoptPinnedLRUConntrack: the IPv4 flows an older build kept in its pinned LRU hash ct4 (last seen
+// in ticks already) are moved into ct4_sets on Load, and the old pin goes.
+func TestAdoptPinnedLRUConntrack(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	v := l.start(id)
+
+	pin := testPinPath(t, "oldct4")
+	require.NoError(t, os.MkdirAll(pin, 0o700))
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "ct4", Type: ebpf.LRUHash, KeySize: uint32(ct4KeySize),
+		ValueSize: uint32(unsafe.Sizeof(sgCtVal{})), MaxEntries: 16})
+	require.NoError(t, err)
+	defer old.Close()
+	require.NoError(t, old.Pin(filepath.Join(pin, "ct4")))
+	require.NoError(t, old.Put(l.key(id), &v))
+
+	d, err := Load(Options{PinPath: pin})
+	require.NoError(t, err)
+	_, err = os.Stat(filepath.Join(pin, "ct4"))
+	require.ErrorIs(t, err, os.ErrNotExist, "the old pin is gone")
+	es, err := d.ctEntries()
+	require.NoError(t, err)
+	require.Len(t, es, 1)
+	assert.Equal(t, l.key(id), es[0].key)
+	assert.Equal(t, v, es[0].val, "as it was, in ticks")
+
+	tables := compiler.New(demoState(t)).CompileAll()
+	require.NoError(t, d.Publish(context.Background(), 1, map[string]*compiler.Tables{"eni-web1": tables["eni-web1"]}, nil))
+	reply := l.flow(id).reverse()
+	r, err := d.Run(reply.build(), "eni-web1", model.Ingress)
+	require.NoError(t, err)
+	assert.Equal(t, dataplane.ReasonEstablished, r.Reason)
+
+	// The seed stays with the pinned table: the next Load finds the flow where it is.
+	require.NoError(t, d.Close())
+	d2, err := Load(Options{PinPath: pin})
+	require.NoError(t, err)
+	defer d2.Close()
+	var got sgCtVal
+	require.NoError(t, d2.ct4.Lookup(l.key(id), &got))
+}
