@@ -79,7 +79,12 @@ type State struct {
 	// Creation order, so listings and the persisted topology are stable.
 	accountOrder, sgOrder, eniOrder []string
 	adminTokens                     []string
+	// eniSet is new whenever the ENIs are (SameENIs): states that share it share enis and eniOrder.
+	eniSet *eniSet
 }
+
+// eniSet identifies one set of ENIs; it has a size so that every allocation has its own address.
+type eniSet struct{ _ byte }
 
 // NewState builds and validates a State from a topology. Errors name the JSON path of the bad entry.
 // Quotas are not checked: topology files may hold groups of any size (SPEC §4).
@@ -88,6 +93,7 @@ func NewState(t Topology) (*State, error) {
 		accounts: make(map[string]*Account, len(t.Accounts)),
 		sgs:      make(map[string]*SecurityGroup, len(t.SecurityGroups)),
 		enis:     make(map[string]*NetworkInterface, len(t.NetworkInterfaces)),
+		eniSet:   new(eniSet),
 	}
 	for i, tok := range t.AdminTokens {
 		if tok == "" {
@@ -413,28 +419,44 @@ func (s *State) Topology() Topology {
 	return t
 }
 
-// Edit returns a Builder on a copy of s. The copy shares the unchanged SGs and ENIs with s, so an edit
-// costs O(number of objects) pointer copies, never a deep copy.
+// Edit returns a Builder on a copy of s. The copy shares the unchanged SGs and ENIs with s, and each
+// of its maps and order lists until the edit first changes it (copy on write): an edit of one SG of a
+// state of thousands of ENIs copies no ENI map, and SameENIs tells the states apart in one comparison.
 func (s *State) Edit() *Builder {
-	return &Builder{s: &State{
-		accounts:     maps.Clone(s.accounts),
-		sgs:          maps.Clone(s.sgs),
-		enis:         maps.Clone(s.enis),
-		accountOrder: slices.Clone(s.accountOrder),
-		sgOrder:      slices.Clone(s.sgOrder),
-		eniOrder:     slices.Clone(s.eniOrder),
-		adminTokens:  s.adminTokens, // never modified: an edit cannot change them
-	}}
+	c := *s
+	return &Builder{s: &c}
 }
+
+// SameENIs tells whether s and o hold the very same ENIs: neither is an edit that put, changed or
+// deleted an ENI since the state they both come from. False does not mean they differ.
+func (s *State) SameENIs(o *State) bool { return s.eniSet == o.eniSet }
 
 // Builder changes a private copy of a State; State() hands it out. Every method validates what it puts
 // and leaves the copy unchanged when it returns an error.
 type Builder struct {
 	s *State
+	// What the copy owns already; the rest is still shared with the state edited.
+	ownSGs, ownENIs bool
 }
 
 // State returns the edited State. The Builder must not be used afterwards.
 func (b *Builder) State() *State { return b.s }
+
+// writeSGs gives the copy its own SG map and order before a change.
+func (b *Builder) writeSGs() {
+	if !b.ownSGs {
+		b.s.sgs, b.s.sgOrder = maps.Clone(b.s.sgs), slices.Clone(b.s.sgOrder)
+		b.ownSGs = true
+	}
+}
+
+// writeENIs gives the copy its own ENI map and order, and a new eniSet, before a change.
+func (b *Builder) writeENIs() {
+	if !b.ownENIs {
+		b.s.enis, b.s.eniOrder, b.s.eniSet = maps.Clone(b.s.enis), slices.Clone(b.s.eniOrder), new(eniSet)
+		b.ownENIs = true
+	}
+}
 
 // PutSG adds or replaces a security group after validating its rules and rule references. It does not
 // check quotas (the API layer does) and does not bump Version (the caller decides what a change is).
@@ -452,6 +474,7 @@ func (b *Builder) PutSG(g SecurityGroup) error {
 	if err := b.s.checkRuleRefs(sg); err != nil {
 		return err
 	}
+	b.writeSGs()
 	old, exists := b.s.sgs[sg.SgID]
 	b.s.sgs[sg.SgID] = sg
 	if exists && (old.AppID != sg.AppID || old.ProjectID != sg.ProjectID) {
@@ -510,6 +533,7 @@ func (b *Builder) DeleteSG(id string) error {
 			}
 		}
 	}
+	b.writeSGs()
 	delete(b.s.sgs, id)
 	b.s.sgOrder = slices.DeleteFunc(b.s.sgOrder, func(x string) bool { return x == id })
 	return nil
@@ -548,6 +572,7 @@ func (b *Builder) PutENI(n NetworkInterface) error {
 			return ifTaken(eni, id)
 		}
 	}
+	b.writeENIs()
 	if _, exists := b.s.enis[eni.NetworkInterfaceID]; !exists {
 		b.s.eniOrder = append(b.s.eniOrder, eni.NetworkInterfaceID)
 	}
@@ -560,6 +585,7 @@ func (b *Builder) DeleteENI(id string) error {
 	if _, ok := b.s.enis[id]; !ok {
 		return errValue(CodeNotFound, "networkInterfaceId", id, "no such network interface")
 	}
+	b.writeENIs()
 	delete(b.s.enis, id)
 	b.s.eniOrder = slices.DeleteFunc(b.s.eniOrder, func(x string) bool { return x == id })
 	return nil
@@ -579,6 +605,7 @@ func (b *Builder) SetENISGs(eniID string, sgIDs []string) error {
 	if n.SgIDs == nil {
 		n.SgIDs = []string{}
 	}
+	b.writeENIs()
 	b.s.enis[eniID] = &n
 	return nil
 }

@@ -223,6 +223,56 @@ func TestEditNeverMutatesOriginal(t *testing.T) {
 	assert.Equal(t, []string{"eni-1", "eni-2"}, next.ENIIDs())
 }
 
+// Edits share what they did not change (copy on write), yet two edits of one state never see each
+// other's changes, and SameENIs holds exactly while no ENI was put, changed or deleted.
+func TestEditCopyOnWrite(t *testing.T) {
+	s := mustState(t)
+	assert.True(t, s.SameENIs(s))
+	other := mustState(t)
+	assert.False(t, s.SameENIs(other), "states built apart")
+
+	sgEdit := s.Edit()
+	require.NoError(t, sgEdit.PutSG(model.SecurityGroup{SgID: "sg-c", AppID: "A"}))
+	rules := sgEdit.State()
+	assert.True(t, rules.SameENIs(s), "an SG edit keeps the ENIs")
+	sgFailed := s.Edit()
+	require.Error(t, sgFailed.SetENISGs("eni-1", []string{"sg-zz"}))
+	assert.True(t, sgFailed.State().SameENIs(s), "a refused ENI edit changes nothing")
+
+	edits := map[string]func(b *model.Builder) error{
+		"put": func(b *model.Builder) error {
+			return b.PutENI(model.NetworkInterface{NetworkInterfaceID: "eni-2", AppID: "A", PrivateIPAddresses: []string{"198.18.0.2"}})
+		},
+		"set":    func(b *model.Builder) error { return b.SetENISGs("eni-1", []string{"sg-b"}) },
+		"delete": func(b *model.Builder) error { return b.DeleteENI("eni-1") },
+		"readdress": func(b *model.Builder) error {
+			n, _ := s.ENI("eni-1")
+			nn := *n
+			nn.PrivateIPAddresses = []string{"198.18.0.9"}
+			return b.PutENI(nn)
+		},
+	}
+	for name, edit := range edits {
+		t.Run(name, func(t *testing.T) {
+			first, second := rules.Edit(), rules.Edit()
+			require.NoError(t, edit(first))
+			next := first.State()
+			assert.False(t, next.SameENIs(rules))
+			assert.False(t, next.SameENIs(s))
+			require.NoError(t, second.PutSG(model.SecurityGroup{SgID: "sg-d", AppID: "A"}))
+			sibling := second.State()
+			assert.True(t, sibling.SameENIs(rules), "the sibling edit shares nothing the first changed")
+			assert.Equal(t, []string{"eni-1"}, sibling.ENIIDs())
+			e, _ := sibling.ENI("eni-1")
+			assert.Equal(t, []string{"sg-a"}, e.SgIDs)
+			assert.Equal(t, []netip.Addr{netip.MustParseAddr("198.18.0.1")}, e.Addrs())
+			_, ok := next.SG("sg-d")
+			assert.False(t, ok, "nor the first the sibling's SG")
+			assert.Equal(t, []string{"sg-a", "sg-b", "sg-p1", "sg-other", "sg-c"}, rules.SGIDs())
+		})
+	}
+}
+
 func TestPutSGCopiesInput(t *testing.T) {
 	s := mustState(t)
 	b := s.Edit()
