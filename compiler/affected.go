@@ -129,31 +129,9 @@ func membersOf(s *model.State, want map[string]bool) map[string][]netip.Addr {
 // re-indexed (unchanged objects are shared between the states), so a one-rule change does not walk
 // every rule of the state. It equals NewIndex(next).
 func (ix *Index) Next(prev, next *model.State) *Index {
-	n := &Index{users: maps.Clone(ix.users), referrers: maps.Clone(ix.referrers)}
-	touched := map[string]bool{} // SGs whose user lists may have changed
-	for _, id := range prev.ENIIDs() {
-		o, _ := prev.ENI(id)
-		if e, ok := next.ENI(id); !ok || (o != e && !slices.Equal(o.SgIDs, e.SgIDs)) {
-			markAll(touched, o.SgIDs)
-			if ok {
-				markAll(touched, e.SgIDs)
-			}
-		}
-	}
-	for _, id := range next.ENIIDs() {
-		if _, ok := prev.ENI(id); !ok {
-			e, _ := next.ENI(id)
-			markAll(touched, e.SgIDs)
-		}
-	}
-	for sg := range touched {
-		var users []string
-		for _, id := range next.ENIIDs() {
-			if e, _ := next.ENI(id); slices.Contains(e.SgIDs, sg) {
-				users = append(users, id)
-			}
-		}
-		setOrDelete(n.users, sg, users)
+	n := &Index{users: ix.users, referrers: maps.Clone(ix.referrers)}
+	if !prev.SameENIs(next) { // the user lists depend on the ENIs alone
+		n.users = nextUsers(ix.users, prev, next)
 	}
 	var pos map[string]int // SG → place in next's order, built only when a reference changes
 	reindex := func(gid string, before, after *model.SecurityGroup) {
@@ -213,4 +191,36 @@ func setOrDelete(m map[string][]string, k string, v []string) {
 		return
 	}
 	m[k] = v
+}
+
+// nextUsers returns the users index of next, given users, that of prev: only the SGs of ENIs that
+// changed their SG list, came or went are listed again.
+func nextUsers(users map[string][]string, prev, next *model.State) map[string][]string {
+	out := maps.Clone(users)
+	touched := map[string]bool{} // SGs whose user lists may have changed
+	for _, id := range prev.ENIIDs() {
+		o, _ := prev.ENI(id)
+		if e, ok := next.ENI(id); !ok || (o != e && !slices.Equal(o.SgIDs, e.SgIDs)) {
+			markAll(touched, o.SgIDs)
+			if ok {
+				markAll(touched, e.SgIDs)
+			}
+		}
+	}
+	for _, id := range next.ENIIDs() {
+		if _, ok := prev.ENI(id); !ok {
+			e, _ := next.ENI(id)
+			markAll(touched, e.SgIDs)
+		}
+	}
+	for sg := range touched {
+		var users []string
+		for _, id := range next.ENIIDs() {
+			if e, _ := next.ENI(id); slices.Contains(e.SgIDs, sg) {
+				users = append(users, id)
+			}
+		}
+		setOrDelete(out, sg, users)
+	}
+	return out
 }

@@ -64,6 +64,18 @@ type Compiler struct {
 
 // New indexes s for compilation.
 func New(s *model.State) *Compiler {
+	return NewFrom(nil, s)
+}
+
+// NewFrom indexes s for compilation, given prev, the compiler of an earlier state (nil: none). The
+// member index depends on the ENIs alone, so while s holds the very same ENIs as prev's state
+// (model.State.SameENIs: an edit of rules only) it is prev's, shared: a rule change of an SG naming a
+// fleet-wide SG does not expand and sort the fleet's addresses again. Any ENI put, changed or deleted
+// in between builds it afresh.
+func NewFrom(prev *Compiler, s *model.State) *Compiler {
+	if prev != nil && prev.state.SameENIs(s) {
+		return &Compiler{state: s, members: prev.members}
+	}
 	c := &Compiler{state: s, members: make(map[string][]netip.Prefix)}
 	for _, id := range s.ENIIDs() {
 		eni, _ := s.ENI(id)
@@ -79,6 +91,9 @@ func New(s *model.State) *Compiler {
 	}
 	return c
 }
+
+// State returns the state c compiles.
+func (c *Compiler) State() *model.State { return c.state }
 
 // Members returns the host prefixes an sgId rule naming sgID currently matches.
 func (c *Compiler) Members(sgID string) []netip.Prefix { return c.members[sgID] }

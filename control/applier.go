@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -60,7 +61,11 @@ func NewApplier(s *model.State, gen uint64, opts ApplierOptions) *Applier {
 		a.log = slog.Default()
 	}
 	start := time.Now()
-	v := &View{State: s, Generation: gen, Tables: a.compileAll(s), Index: compiler.NewIndex(s)}
+	v := &View{State: s, Generation: gen, Index: compiler.NewIndex(s), compiler: compiler.New(s)}
+	if a.host != "" {
+		v.local = a.hostENIs(s)
+	}
+	v.Tables = a.compileAll(v)
 	since(a.timings.Apply, start)
 	a.cur.Store(v)
 	if !opts.NoEngine {
@@ -75,15 +80,14 @@ func NewApplier(s *model.State, gen uint64, opts ApplierOptions) *Applier {
 	return a
 }
 
-// compileAll compiles every ENI of s that gets tables.
-func (a *Applier) compileAll(s *model.State) map[string]*compiler.Tables {
-	comp := compiler.New(s)
+// compileAll compiles every ENI of v's state that gets tables.
+func (a *Applier) compileAll(v *View) map[string]*compiler.Tables {
 	if a.host == "" {
-		return comp.CompileAll()
+		return v.compiler.CompileAll()
 	}
-	out := map[string]*compiler.Tables{}
-	for _, id := range a.hostENIs(s) {
-		out[id], _ = comp.Compile(id) // every listed ENI exists
+	out := make(map[string]*compiler.Tables, len(v.local))
+	for _, id := range v.local {
+		out[id], _ = v.compiler.Compile(id) // every listed ENI exists
 	}
 	return out
 }
@@ -149,10 +153,16 @@ type Prepared struct {
 func (a *Applier) Prepare(next *model.State, gen uint64) (*Prepared, error) {
 	old := a.cur.Load()
 	p := &Prepared{a: a, start: time.Now()}
+	comp := compiler.NewFrom(old.compiler, next)
+	var local []string
 	var changed map[string]*compiler.Tables
 	var err error
 	if a.host != "" {
-		changed, p.removed, err = a.compileHost(old, next)
+		local = old.local
+		if !old.State.SameENIs(next) {
+			local = a.hostENIs(next)
+		}
+		changed, p.removed, err = a.compileHost(old, comp, local)
 	} else {
 		var present []string
 		for _, id := range compiler.Affected(old.State, next) {
@@ -162,7 +172,7 @@ func (a *Applier) Prepare(next *model.State, gen uint64) (*Prepared, error) {
 				p.removed = append(p.removed, id)
 			}
 		}
-		changed, err = compileAffected(next, present)
+		changed, err = compileAffected(comp, present)
 	}
 	since(a.timings.Compile, p.start)
 	if err != nil {
@@ -179,7 +189,7 @@ func (a *Applier) Prepare(next *model.State, gen uint64) (*Prepared, error) {
 	for id, t := range changed {
 		tables[id] = t
 	}
-	p.next = &View{State: next, Generation: gen, Tables: tables, Index: old.Index.Next(old.State, next)}
+	p.next = &View{State: next, Generation: gen, Tables: tables, Index: old.Index.Next(old.State, next), compiler: comp, local: local}
 	return p, nil
 }
 
@@ -263,20 +273,20 @@ func (p *Prepared) Switch() error {
 	return nil
 }
 
-// compileHost is Prepare's compile with Options.Host: the host's few ENIs are compiled and those whose
-// tables differ from the ones in force are changed; the ENIs whose tables go (deleted, or moved to
-// another host) are removed. Comparing the host's tables instead of asking compiler.Affected keeps the
+// compileHost is Prepare's compile with Options.Host: the host's few ENIs (local) are compiled by comp
+// and those whose tables differ from the ones in force are changed; the ENIs whose tables go (deleted,
+// or moved to another host) are removed. Comparing the host's tables instead of asking compiler.Affected keeps the
 // cost to the host's ENIs, where Affected walks every ENI of a state that also holds every member of
 // the SGs the host's rules name (in a fleet where an SG names itself, every ENI of the fleet).
-func (a *Applier) compileHost(old *View, next *model.State) (changed map[string]*compiler.Tables, removed []string, err error) {
-	local := a.hostENIs(next)
+func (a *Applier) compileHost(old *View, comp *compiler.Compiler, local []string) (changed map[string]*compiler.Tables, removed []string, err error) {
+	next := comp.State()
 	for id := range old.Tables {
 		if n, ok := next.ENI(id); !ok || n.Host != a.host {
 			removed = append(removed, id)
 		}
 	}
 	slices.Sort(removed)
-	compiled, err := compileAffected(next, local)
+	compiled, err := compileAffected(comp, local)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -298,15 +308,24 @@ func sameTable(a, b *compiler.Table) bool {
 	return a.ENI == b.ENI && a.Direction == b.Direction && a.NoSG == b.NoSG &&
 		slices.EqualFunc(a.Entries, b.Entries, func(x, y compiler.Entry) bool {
 			return x.Protocol == y.Protocol && x.AnyRemote == y.AnyRemote && x.Ports == y.Ports && x.Action == y.Action &&
-				x.SgID == y.SgID && x.RuleIndex == y.RuleIndex && x.Rule == y.Rule && slices.Equal(x.Remotes, y.Remotes)
+				x.SgID == y.SgID && x.RuleIndex == y.RuleIndex && x.Rule == y.Rule && samePrefixes(x.Remotes, y.Remotes)
 		})
 }
 
-// compileAffected compiles the tables of the listed ENIs of s. ENIs with the same ordered SG list
-// have the same rows: each list is compiled once and its (immutable) entries shared, so a rule change
-// of an SG used by many ENIs costs one compile.
-func compileAffected(s *model.State, affected []string) (map[string]*compiler.Tables, error) {
-	comp := compiler.New(s)
+// samePrefixes is slices.Equal, at once for the one member list compilations share while the members
+// are the same (compiler.NewFrom).
+func samePrefixes(a, b []netip.Prefix) bool {
+	if len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) {
+		return true
+	}
+	return slices.Equal(a, b)
+}
+
+// compileAffected compiles the tables of the listed ENIs of comp's state. ENIs with the same ordered SG
+// list have the same rows: each list is compiled once and its (immutable) entries shared, so a rule
+// change of an SG used by many ENIs costs one compile.
+func compileAffected(comp *compiler.Compiler, affected []string) (map[string]*compiler.Tables, error) {
+	s := comp.State()
 	changed := make(map[string]*compiler.Tables, len(affected))
 	byList := map[string]*compiler.Tables{}
 	for _, id := range affected {

@@ -96,6 +96,12 @@ type View struct {
 	Generation uint64
 	Tables     map[string]*compiler.Tables // every ENI; never modified after publication
 	Index      *compiler.Index
+
+	// compiler indexed State for Tables: the next change's compile shares its member index while the
+	// ENIs stay the same (compiler.NewFrom).
+	compiler *compiler.Compiler
+	// local lists State's ENIs on the applier's host (ApplierOptions.Host), kept while the ENIs are.
+	local []string
 }
 
 // Controller is the single-host write path: the Writer and the Applier under one lock held for the
