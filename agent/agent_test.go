@@ -279,14 +279,17 @@ func TestShareRecordsMatchTheWholeState(t *testing.T) {
 	})
 	// Each host reads as its agent does, with the caches of its previous reads (and the shares it
 	// built), and afresh: h0's share loses eni-00, whose key its cache holds.
+	// Each also puts its shares in force through one applier, as its agent does, whose compiler and
+	// host ENI list carry over from share to share while the ENIs are the same (control.View).
 	type reader struct {
-		host   string
-		agent  *Agent
-		cached bool
+		host    string
+		agent   *Agent
+		cached  bool
+		applier *control.Applier
 	}
-	var readers []reader
+	var readers []*reader
 	for _, host := range []string{"h0", "h1", "h2", "h3", "h4"} {
-		readers = append(readers, reader{host, &Agent{cfg: Config{Host: host}}, true}, reader{host, &Agent{cfg: Config{Host: host}}, false})
+		readers = append(readers, &reader{host: host, agent: &Agent{cfg: Config{Host: host}}, cached: true}, &reader{host: host, agent: &Agent{cfg: Config{Host: host}}})
 	}
 	for i, s := range states {
 		r.commit(s)
@@ -304,12 +307,22 @@ func TestShareRecordsMatchTheWholeState(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, want.Topology(), got.Topology(), "state %d, host %s", i, host)
 			// The host's ENIs compile from its share exactly as from the whole state.
+			if rd.applier == nil {
+				rd.applier = control.NewApplier(got, sh.Revision, control.ApplierOptions{Host: host, NoEngine: true})
+			} else {
+				require.NoError(t, rd.applier.Apply(ctx, got, sh.Revision))
+			}
 			full, part := compiler.New(s).CompileAll(), compiler.New(got).CompileAll()
+			applied := rd.applier.View().Tables
+			local := 0
 			for _, id := range got.ENIIDs() {
 				if n, _ := got.ENI(id); n.Host == host {
+					local++
 					assert.Equal(t, full[id], part[id], "state %d, host %s, %s", i, host, id)
+					assert.Equal(t, full[id], applied[id], "state %d, host %s, %s in force", i, host, id)
 				}
 			}
+			assert.Len(t, applied, local, "state %d, host %s: only its ENIs in force", i, host)
 		}
 	}
 	for _, rd := range readers {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -39,6 +40,11 @@ type ShareCache struct {
 	deps    map[string]shareDeps        // what an ENI or SG record names, by key, at its ModRevision
 	members map[string]decodedMembers   // decoded member lists by key, at their ModRevision
 	records map[string]store.Record     // decoded records by key, at their ModRevision (Revision)
+	// The first round trip's read of each key of kvs as last built: the same while the key is, so a
+	// read of unchanged dependencies builds no operations.
+	gets map[string]cachedGet
+	// The first round trip's other reads (head), linearizable and serializable.
+	heads [2]headOps
 	// The revision of the last read and the creation revision of the generation key then: a key's
 	// ModRevision says what it holds only within one etcd history.
 	rev, genCreated int64
@@ -52,6 +58,17 @@ func (c *ShareCache) Hits() int { return c.hits }
 type shareDeps struct {
 	modRev int64
 	ids    []string // an ENI's SGs, or the SGs an SG's sgId rules name
+}
+
+type headOps struct {
+	host string
+	ops  []clientv3.Op
+}
+
+type cachedGet struct {
+	minModRev    int64
+	serializable bool
+	op           clientv3.Op
 }
 
 type decodedMembers struct {
@@ -103,7 +120,8 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 	if err != nil {
 		return Share{}, err
 	}
-	localKVs, err := r.need(ctx, mapped(local, s.eniKey))
+	localKeys := mapped(local, s.eniKey)
+	localKVs, err := r.need(ctx, localKeys)
 	if err != nil {
 		return Share{}, err
 	}
@@ -111,7 +129,8 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 	if err != nil {
 		return Share{}, err
 	}
-	usedKVs, err := r.need(ctx, mapped(used, s.sgKey))
+	usedKeys := mapped(used, s.sgKey)
+	usedKVs, err := r.need(ctx, usedKeys)
 	if err != nil {
 		return Share{}, err
 	}
@@ -120,18 +139,20 @@ func (s *Store) ReadShare(ctx context.Context, host string, atLeast uint64, cach
 		return Share{}, err
 	}
 	namedOnly := slices.DeleteFunc(slices.Clone(named), func(id string) bool { return slices.Contains(used, id) })
-	namedKVs, err := r.need(ctx, mapped(namedOnly, s.sgKey))
+	namedKeys := mapped(namedOnly, s.sgKey)
+	namedKVs, err := r.need(ctx, namedKeys)
 	if err != nil {
 		return Share{}, err
 	}
-	lists, err := r.need(ctx, mapped(named, s.membersKey))
+	listKeys := mapped(named, s.membersKey)
+	lists, err := r.need(ctx, listKeys)
 	if err != nil {
 		return Share{}, err
 	}
 	if r.rounds == rounds {
 		cache.hits++
 	}
-	keys := slices.Concat(mapped(local, s.eniKey), mapped(used, s.sgKey), mapped(namedOnly, s.sgKey), mapped(named, s.membersKey))
+	keys := slices.Concat(localKeys, usedKeys, namedKeys, listKeys)
 	return r.share(uint64(gen.ModRevision), slices.Concat(head[2], localKVs, usedKVs, namedKVs), lists, keys)
 }
 
@@ -178,6 +199,7 @@ func (r *shareRead) share(rev uint64, recordKVs, lists []*mvccpb.KeyValue, keys 
 			deps[k] = d
 		}
 	}
+	maps.DeleteFunc(cache.gets, func(k string, g cachedGet) bool { return kvs[k] == nil || g.minModRev != kvs[k].ModRevision+1 })
 	cache.kvs, cache.deps, cache.members, cache.records = kvs, deps, members, records
 	return sh, nil
 }
@@ -201,17 +223,9 @@ func (r *shareRead) first(ctx context.Context, host string, known []string, atLe
 	s := r.s
 	serializable := atLeast > 0
 	for {
-		var opts []clientv3.OpOption
-		if serializable {
-			opts = append(opts, clientv3.WithSerializable())
-		}
-		ops := []clientv3.Op{
-			clientv3.OpGet(s.genKey(), append(opts, clientv3.WithKeysOnly())...), // its value lists the last change's hosts
-			clientv3.OpGet(s.hostIndexKey(host), opts...),
-			clientv3.OpGet(s.accountsPrefix(), append(opts, clientv3.WithPrefix())...),
-		}
-		inTxn := min(len(known), s.maxOps-len(ops))
-		ops = append(ops, r.ops(known[:inTxn], 0, opts)...)
+		head := r.head(host, serializable)
+		inTxn := min(len(known), s.maxOps-len(head))
+		ops := r.appendOps(append(make([]clientv3.Op, 0, len(head)+inTxn), head...), known[:inTxn], 0, serializable)
 		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
 			return nil, err
@@ -237,18 +251,60 @@ func (r *shareRead) first(ctx context.Context, host string, known []string, atLe
 	}
 }
 
-// ops are the reads of keys at rev (0: the transaction's): a key read before only if modified since.
-func (r *shareRead) ops(keys []string, rev int64, opts []clientv3.OpOption) []clientv3.Op {
-	out := make([]clientv3.Op, len(keys))
-	for i, k := range keys {
-		o := slices.Clone(opts)
+// head returns the reads of the generation, the host index and the accounts, built once per host and
+// kind of read.
+func (r *shareRead) head(host string, serializable bool) []clientv3.Op {
+	i := 0
+	if serializable {
+		i = 1
+	}
+	if h := r.cache.heads[i]; h.host == host && h.ops != nil {
+		return h.ops
+	}
+	var opts []clientv3.OpOption
+	if serializable {
+		opts = append(opts, clientv3.WithSerializable())
+	}
+	s := r.s
+	ops := []clientv3.Op{
+		clientv3.OpGet(s.genKey(), append(opts, clientv3.WithKeysOnly())...), // its value lists the last change's hosts
+		clientv3.OpGet(s.hostIndexKey(host), opts...),
+		clientv3.OpGet(s.accountsPrefix(), append(opts, clientv3.WithPrefix())...),
+	}
+	r.cache.heads[i] = headOps{host: host, ops: ops}
+	return ops
+}
+
+// appendOps appends to out the reads of keys at rev (0: the transaction's): a key read before only if
+// modified since.
+// Those at the transaction's revision are kept in the cache and used again while the key is the same.
+func (r *shareRead) appendOps(out []clientv3.Op, keys []string, rev int64, serializable bool) []clientv3.Op {
+	for _, k := range keys {
+		var minModRev int64
+		if kv := r.cache.kvs[k]; kv != nil {
+			minModRev = kv.ModRevision + 1
+		}
+		if g, ok := r.cache.gets[k]; ok && rev == 0 && g.minModRev == minModRev && g.serializable == serializable {
+			out = append(out, g.op)
+			continue
+		}
+		var o []clientv3.OpOption
+		if serializable {
+			o = append(o, clientv3.WithSerializable())
+		}
 		if rev != 0 {
 			o = append(o, clientv3.WithRev(rev))
 		}
-		if kv := r.cache.kvs[k]; kv != nil {
-			o = append(o, clientv3.WithMinModRev(kv.ModRevision+1))
+		if minModRev != 0 {
+			o = append(o, clientv3.WithMinModRev(minModRev))
 		}
-		out[i] = clientv3.OpGet(k, o...)
+		out = append(out, clientv3.OpGet(k, o...))
+		if rev == 0 && minModRev != 0 {
+			if r.cache.gets == nil {
+				r.cache.gets = map[string]cachedGet{}
+			}
+			r.cache.gets[k] = cachedGet{minModRev: minModRev, serializable: serializable, op: out[len(out)-1]}
+		}
 	}
 	return out
 }
@@ -260,19 +316,23 @@ func (r *shareRead) get(ctx context.Context, keys []string, cached bool) ([]*cli
 	out := make([]*clientv3.GetResponse, 0, len(keys))
 	for len(keys) > 0 {
 		n := min(len(keys), r.s.maxOps)
-		batch := func(opts ...clientv3.OpOption) []clientv3.Op {
+		batch := func(serializable bool) []clientv3.Op {
 			if cached {
-				return r.ops(keys[:n], r.rev, opts)
+				return r.appendOps(make([]clientv3.Op, 0, n), keys[:n], r.rev, serializable)
+			}
+			opts := []clientv3.OpOption{clientv3.WithRev(r.rev)}
+			if serializable {
+				opts = append(opts, clientv3.WithSerializable())
 			}
 			ops := make([]clientv3.Op, n)
 			for i, k := range keys[:n] {
-				ops[i] = clientv3.OpGet(k, append(opts, clientv3.WithRev(r.rev))...)
+				ops[i] = clientv3.OpGet(k, opts...)
 			}
 			return ops
 		}
-		resp, err := r.s.cli.Txn(ctx).Then(batch(clientv3.WithSerializable())...).Commit()
+		resp, err := r.s.cli.Txn(ctx).Then(batch(true)...).Commit()
 		if errors.Is(err, rpctypes.ErrFutureRev) {
-			resp, err = r.s.cli.Txn(ctx).Then(batch()...).Commit()
+			resp, err = r.s.cli.Txn(ctx).Then(batch(false)...).Commit()
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read at revision %d: %w", r.rev, err)
