@@ -429,7 +429,9 @@ func (s *State) Edit() *Builder {
 
 // SameENIs tells whether s and o hold the very same ENIs: neither is an edit that put, changed or
 // deleted an ENI since the state they both come from. False does not mean they differ.
-func (s *State) SameENIs(o *State) bool { return s.eniSet == o.eniSet }
+func (s *State) SameENIs(o *State) bool {
+	return s != nil && o != nil && s.eniSet != nil && s.eniSet == o.eniSet
+}
 
 // Builder changes a private copy of a State; State() hands it out. Every method validates what it puts
 // and leaves the copy unchanged when it returns an error.

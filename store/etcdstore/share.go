@@ -13,7 +13,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store"
 )
 
@@ -456,9 +455,17 @@ func enisSGs(value []byte) ([]string, error) {
 	return n.Object.SgIDs, nil
 }
 
-// sgRefs returns the SGs the sgId rules of an SG record name.
+// sgRefs returns the SGs the sgId rules of an SG record name. Only the rules' sgId fields are decoded.
 func sgRefs(value []byte) ([]string, error) {
-	var g struct{ Object model.SecurityGroup }
+	type ref struct {
+		SgID string `json:"sgId"`
+	}
+	var g struct {
+		Object struct {
+			Ingress []ref `json:"ingress"`
+			Egress  []ref `json:"egress"`
+		} `json:"object"`
+	}
 	if err := json.Unmarshal(value, &g); err != nil {
 		return nil, err
 	}
