@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -107,13 +108,13 @@ func (l *ct4Lab) established(id uint32) bool {
 func (l *ct4Lab) placeAt(set, way int, id uint32, v sgCtVal) {
 	a, b, err := ct4Words(l.key(id))
 	require.NoError(l.t, err)
-	off := wayOff(set, way)
-	w0 := atomic.LoadUint64(l.d.ct4.word(off, 0))
-	busy, ok := l.d.ct4.claim(off, w0)
+	w := ct4Way{set, way}
+	w0 := atomic.LoadUint64(l.d.ct4.state(w))
+	busy, ok := l.d.ct4.claim(w, w0)
 	require.True(l.t, ok)
-	atomic.StoreUint64(l.d.ct4.word(off, 1), b)
-	l.d.ct4.setValue(off, &v)
-	l.d.ct4.publish(off, busy, a|busy&ct4Count)
+	atomic.StoreUint64(l.d.ct4.addrs(w), b)
+	l.d.ct4.setValue(w, &v)
+	l.d.ct4.publish(w, busy, a|busy&ct4Count|ct4Live)
 }
 
 // places returns where each tracked IPv4 flow is (set, way), by key.
@@ -221,7 +222,7 @@ func TestCt4BusyWayIsNoMatch(t *testing.T) {
 	l.start(id)
 	place, ok := l.placeOf(id)
 	require.True(t, ok)
-	word := l.d.ct4.word(wayOff(place[0], place[1]), 0)
+	word := l.d.ct4.state(ct4Way{place[0], place[1]})
 	w0 := atomic.LoadUint64(word)
 	atomic.StoreUint64(word, w0|ct4Busy)
 	var v sgCtVal
@@ -239,7 +240,7 @@ func TestCt4BusyWayIsNoMatch(t *testing.T) {
 func TestCt4InsertPastAHeldLock(t *testing.T) {
 	l := newCt4Lab(t)
 	const id = 41000
-	lock := l.d.ct4.word(wayOff(l.sets(id)[0], 0), 0)
+	lock := l.d.ct4.state(ct4Way{l.sets(id)[0], 0})
 	atomic.OrUint64(lock, ct4Lock)
 	l.start(id)
 	assert.True(t, l.established(id))
@@ -302,4 +303,40 @@ func TestAdoptPinnedLRUConntrack(t *testing.T) {
 	defer d2.Close()
 	var got sgCtVal
 	require.NoError(t, d2.ct4.Lookup(l.key(id), &got))
+}
+
+// TestCt4EndedFlowLeavesItsWay: a flow whose last half the program ends (its reply came past its
+// timeout) leaves its way: the key's live bit is cleared, so lookups, the Go side and the count of free
+// ways see the way free without reading its value.
+func TestCt4EndedFlowLeavesItsWay(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	v := l.start(id)
+	place, ok := l.placeOf(id)
+	require.True(t, ok)
+	state := l.d.ct4.state(ct4Way{place[0], place[1]})
+	require.NotZero(t, atomic.LoadUint64(state)&ct4Live, "a tracked flow's way is live")
+
+	v.Last = clockTicks(t) - ticks(uint64((600*time.Second).Nanoseconds()+2e9), l.d.hz)
+	require.NoError(t, l.d.ct4.Put(l.key(id), &v))
+	require.False(t, l.established(id), "past the timeout")
+
+	assert.Zero(t, atomic.LoadUint64(state)&ct4Live, "the ended flow's way is not live")
+	var got sgCtVal
+	require.ErrorIs(t, l.d.ct4.Lookup(l.key(id), &got), ebpf.ErrKeyNotExist)
+	_, ok = l.placeOf(id)
+	assert.False(t, ok, "the Go side does not list it")
+}
+
+// TestCt4GoSideEndsAFlow: a value without a flow written at a key by the Go side (aging, forgetting a
+// half) clears the way's live bit, as the program's end of a flow does.
+func TestCt4GoSideEndsAFlow(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	l.start(id)
+	place, ok := l.placeOf(id)
+	require.True(t, ok)
+	require.NoError(t, l.d.ct4.Update(l.key(id), &sgCtVal{}, ebpf.UpdateExist))
+	assert.Zero(t, atomic.LoadUint64(l.d.ct4.state(ct4Way{place[0], place[1]}))&ct4Live)
+	assert.False(t, l.established(id))
 }

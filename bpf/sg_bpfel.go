@@ -15,13 +15,8 @@ import (
 
 type sgCt4Set struct {
 	_ structs.HostLayout
-	W [4]sgCt4Way
-}
-
-type sgCt4Way struct {
-	_ structs.HostLayout
-	K sgCtKey4
-	V sgCtVal
+	K [4]sgCtKey4
+	V [4]sgCtVal
 }
 
 type sgCtKey struct {
@@ -187,7 +182,8 @@ const (
 	sgSgConstSG_CT4WAYS       sgSgConst = 4
 	sgSgConstSG_CT4BUSY       sgSgConst = 1
 	sgSgConstSG_CT4LOCK       sgSgConst = 2
-	sgSgConstSG_CT4WRITE      sgSgConst = 4
+	sgSgConstSG_CT4LIVE       sgSgConst = 4
+	sgSgConstSG_CT4WRITE      sgSgConst = 8
 	sgSgConstSG_CT_LIVE       sgSgConst = 4
 )
 
@@ -228,7 +224,6 @@ const (
 	sgVarCt4Seed         = "ct4_seed"
 	sgVarCtHz            = "ct_hz"
 	sgVarUnusedCt4Set    = "unused_ct4_set"
-	sgVarUnusedCt4Way    = "unused_ct4_way"
 	sgVarUnusedCtKey     = "unused_ct_key"
 	sgVarUnusedCtKey4    = "unused_ct_key4"
 	sgVarUnusedCtVal     = "unused_ct_val"
@@ -317,7 +312,6 @@ type sgVariableSpecs struct {
 	Ct4Seed         *ebpf.VariableSpec `ebpf:"ct4_seed"`
 	CtHz            *ebpf.VariableSpec `ebpf:"ct_hz"`
 	UnusedCt4Set    *ebpf.VariableSpec `ebpf:"unused_ct4_set"`
-	UnusedCt4Way    *ebpf.VariableSpec `ebpf:"unused_ct4_way"`
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
 	UnusedCtKey4    *ebpf.VariableSpec `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
@@ -394,7 +388,6 @@ type sgVariables struct {
 	Ct4Seed         *ebpf.Variable `ebpf:"ct4_seed"`
 	CtHz            *ebpf.Variable `ebpf:"ct_hz"`
 	UnusedCt4Set    *ebpf.Variable `ebpf:"unused_ct4_set"`
-	UnusedCt4Way    *ebpf.Variable `ebpf:"unused_ct4_way"`
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
 	UnusedCtKey4    *ebpf.Variable `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`
