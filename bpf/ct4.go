@@ -1,15 +1,19 @@
 package bpf
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 )
 
@@ -399,4 +403,124 @@ func (t *ct4Table) entries() []ct4Entry {
 		}
 	}
 	return out
+}
+
+// ct4WaysPin is where Load moves a pinned ct4_sets of the layout before this one (each way its key and
+// its value side by side), so that this build pins a table of its own and adopts the old one's flows.
+const ct4WaysPin = "ct4_sets_ways"
+
+// setAsideCt4Ways moves a pinned ct4_sets of the ways layout to ct4WaysPin. Both layouts have the same
+// map type, sizes and flags, so the loader would take the old table for this build's; its BTF tells
+// them apart (struct ct4_set with a member w, the ways, against k and v). A pinned ct4_sets whose BTF
+// does not say is refused.
+func setAsideCt4Ways(pinPath string) error {
+	path := filepath.Join(pinPath, sgMapCt4Sets)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open the pinned %s: %w", path, err)
+	}
+	ways, err := hasCt4WaysLayout(m)
+	m.Close()
+	if err != nil {
+		return fmt.Errorf("the pinned %s: %w; to upgrade, remove it (its IPv4 flows are forgotten)", path, err)
+	}
+	if !ways {
+		return nil
+	}
+	if err := os.Rename(path, filepath.Join(pinPath, ct4WaysPin)); err != nil {
+		return fmt.Errorf("set aside the pinned %s of an older layout: %w", path, err)
+	}
+	return nil
+}
+
+// hasCt4WaysLayout tells whether ct4_sets table m has the ways layout, by its BTF.
+func hasCt4WaysLayout(m *ebpf.Map) (bool, error) {
+	info, err := m.Info()
+	if err != nil {
+		return false, fmt.Errorf("map info: %w", err)
+	}
+	id, ok := info.BTFID()
+	if !ok {
+		return false, errors.New("no BTF says its layout")
+	}
+	h, err := btf.NewHandleFromID(id)
+	if err != nil {
+		return false, fmt.Errorf("its BTF: %w", err)
+	}
+	defer h.Close()
+	spec, err := h.Spec(nil)
+	if err != nil {
+		return false, fmt.Errorf("its BTF: %w", err)
+	}
+	var set *btf.Struct
+	if err := spec.TypeByName("ct4_set", &set); err != nil {
+		return false, fmt.Errorf("its BTF has no struct ct4_set: %w", err)
+	}
+	names := map[string]bool{}
+	for _, mb := range set.Members {
+		names[mb.Name] = true
+	}
+	switch {
+	case names["w"]:
+		return true, nil
+	case names["k"] && names["v"]:
+		return false, nil
+	}
+	return false, fmt.Errorf("struct ct4_set of members %v, neither this layout (k, v) nor the ways (w)", set.Members)
+}
+
+// adoptCt4Ways moves the flows of a ct4_sets of the ways layout set aside by Load into this build's
+// table (hashed again: the placement of both follows the same seed, kept in ct4_meta) and unpins it.
+func (d *Dataplane) adoptCt4Ways() error {
+	path := d.pinFile(ct4WaysPin)
+	old, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("adopt the flows pinned at %s: %w", path, err)
+	}
+	err = d.copyCt4Ways(old)
+	old.Close()
+	if err != nil {
+		return fmt.Errorf("adopt the flows pinned at %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("unpin %s: %w", path, err)
+	}
+	return nil
+}
+
+// copyCt4Ways copies every way of old (the ways layout: a way is a ct_key4, its state byte in the pad,
+// and a ct_val) that holds a flow and no writer into this build's table.
+func (d *Dataplane) copyCt4Ways(old *ebpf.Map) error {
+	const waySize = ct4KeySize + ct4ValSize
+	if int(old.ValueSize()) != ct4Ways*waySize || int(old.MaxEntries()) != ct4Sets {
+		return fmt.Errorf("%d sets of %d bytes, the ways layout had %d of %d", old.MaxEntries(), old.ValueSize(),
+			ct4Sets, ct4Ways*waySize)
+	}
+	sm, err := unix.Mmap(old.FD(), 0, ct4Sets*ct4Ways*waySize, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map it: %w", err)
+	}
+	defer unix.Munmap(sm)
+	for off := 0; off < len(sm); off += waySize {
+		if sm[off+3]&byte(sgSgConstSG_CT4BUSY) != 0 { // the same bit in both layouts
+			continue
+		}
+		var v sgCtVal
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&v)), ct4ValSize), sm[off+ct4KeySize:off+waySize])
+		if !hasFlow(&v) {
+			continue
+		}
+		key := bytes.Clone(sm[off : off+ct4KeySize])
+		key[3] = 0 // the state byte
+		if err := d.ct4.Update(key, &v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return err
+		}
+	}
+	return nil
 }

@@ -110,6 +110,9 @@ func Load(opts Options) (*Dataplane, error) {
 			return nil, err
 		}
 		co.Maps.PinPath = opts.PinPath
+		if err := setAsideCt4Ways(opts.PinPath); err != nil {
+			return nil, fmt.Errorf("load bpf program: %w", err)
+		}
 	}
 	seed, err := ct4SeedFor(opts.PinPath)
 	if err != nil {
