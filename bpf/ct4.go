@@ -13,7 +13,6 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 )
 
@@ -409,67 +408,56 @@ func (t *ct4Table) entries() []ct4Entry {
 // its value side by side), so that this build pins a table of its own and adopts the old one's flows.
 const ct4WaysPin = "ct4_sets_ways"
 
+// The layouts of ct4_sets (sg.h's SG_CT4_LAYOUT): this build's, and that of the pins of builds before
+// ct4_layout, a way's key and value side by side.
+const (
+	ct4Layout     = uint32(sgSgConstSG_CT4LAYOUT)
+	ct4WaysLayout = 1
+)
+
 // setAsideCt4Ways moves a pinned ct4_sets of the ways layout to ct4WaysPin. Both layouts have the same
-// map type, sizes and flags, so the loader would take the old table for this build's; its BTF tells
-// them apart (struct ct4_set with a member w, the ways, against k and v). A pinned ct4_sets whose BTF
-// does not say is refused.
+// map type, sizes and flags, so the loader would take the old table for this build's; the pinned
+// ct4_layout beside it says which it is (none: the ways). A table of another layout is refused.
+// Reading a map's BTF would need CAP_SYS_ADMIN, which a daemon with CAP_BPF alone lacks.
 func setAsideCt4Ways(pinPath string) error {
 	path := filepath.Join(pinPath, sgMapCt4Sets)
-	m, err := ebpf.LoadPinnedMap(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
+	layout, err := pinnedCt4Layout(pinPath)
 	if err != nil {
-		return fmt.Errorf("open the pinned %s: %w", path, err)
+		return err
 	}
-	ways, err := hasCt4WaysLayout(m)
-	m.Close()
-	if err != nil {
-		return fmt.Errorf("the pinned %s: %w; to upgrade, remove it (its IPv4 flows are forgotten)", path, err)
-	}
-	if !ways {
+	switch layout {
+	case ct4Layout:
+		return nil
+	case ct4WaysLayout:
+		if err := os.Rename(path, filepath.Join(pinPath, ct4WaysPin)); err != nil {
+			return fmt.Errorf("set aside the pinned %s of an older layout: %w", path, err)
+		}
 		return nil
 	}
-	if err := os.Rename(path, filepath.Join(pinPath, ct4WaysPin)); err != nil {
-		return fmt.Errorf("set aside the pinned %s of an older layout: %w", path, err)
-	}
-	return nil
+	return fmt.Errorf("the pinned %s has layout %d, this build's is %d; to upgrade, remove it (its IPv4 flows are forgotten)",
+		path, layout, ct4Layout)
 }
 
-// hasCt4WaysLayout tells whether ct4_sets table m has the ways layout, by its BTF.
-func hasCt4WaysLayout(m *ebpf.Map) (bool, error) {
-	info, err := m.Info()
+// pinnedCt4Layout reads the layout of the ct4_sets pinned under pinPath from the ct4_layout pinned
+// beside it.
+func pinnedCt4Layout(pinPath string) (uint32, error) {
+	path := filepath.Join(pinPath, sgMapCt4Layout)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return ct4WaysLayout, nil
+	}
 	if err != nil {
-		return false, fmt.Errorf("map info: %w", err)
+		return 0, fmt.Errorf("open the pinned %s: %w", path, err)
 	}
-	id, ok := info.BTFID()
-	if !ok {
-		return false, errors.New("no BTF says its layout")
+	defer m.Close()
+	var layout uint32
+	if err := m.Lookup(uint32(0), &layout); err != nil {
+		return 0, fmt.Errorf("read the pinned %s: %w", path, err)
 	}
-	h, err := btf.NewHandleFromID(id)
-	if err != nil {
-		return false, fmt.Errorf("its BTF: %w", err)
-	}
-	defer h.Close()
-	spec, err := h.Spec(nil)
-	if err != nil {
-		return false, fmt.Errorf("its BTF: %w", err)
-	}
-	var set *btf.Struct
-	if err := spec.TypeByName("ct4_set", &set); err != nil {
-		return false, fmt.Errorf("its BTF has no struct ct4_set: %w", err)
-	}
-	names := map[string]bool{}
-	for _, mb := range set.Members {
-		names[mb.Name] = true
-	}
-	switch {
-	case names["w"]:
-		return true, nil
-	case names["k"] && names["v"]:
-		return false, nil
-	}
-	return false, fmt.Errorf("struct ct4_set of members %v, neither this layout (k, v) nor the ways (w)", set.Members)
+	return layout, nil
 }
 
 // adoptCt4Ways moves the flows of a ct4_sets of the ways layout set aside by Load into this build's

@@ -13,7 +13,6 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -308,23 +307,21 @@ func TestAdoptPinnedLRUConntrack(t *testing.T) {
 }
 
 // TestAdoptPinnedCt4Ways: a ct4_sets an older build pinned in the ways layout (each way its key and its
-// value side by side: the same map type and sizes as this build's) is told apart by its BTF, its flows
-// are moved into this build's table (a busy way's and a way without a flow are not), the old table is
-// unpinned and this build's is pinned in its place.
+// value side by side: the same map type and sizes as this build's, and no ct4_layout beside it) has its
+// flows moved into this build's table (a busy way's and a way without a flow are not), is unpinned, and
+// this build's table and its layout are pinned in its place.
 func TestAdoptPinnedCt4Ways(t *testing.T) {
 	l := newCt4Lab(t)
 	const id, busy, ended = 41000, 41001, 41002
 	v := l.start(id)
 
-	pin := testPinPath(t, "ct4ways")
-	require.NoError(t, os.MkdirAll(pin, 0o700))
-	old, err := ebpf.NewMap(ct4WaysSpec())
+	pin := pinStaleMap(t, "ct4ways", ct4WaysSpec())
+	old, err := ebpf.LoadPinnedMap(filepath.Join(pin, sgMapCt4Sets), nil)
 	require.NoError(t, err)
 	defer old.Close()
-	require.NoError(t, old.Pin(filepath.Join(pin, sgMapCt4Sets)))
 	set := make([]byte, old.ValueSize())
 	way := func(n int, id uint32, state byte, v sgCtVal) {
-		w := set[n*64:]
+		w := set[n*(ct4KeySize+ct4ValSize):]
 		copy(w, l.key(id))
 		w[3] = state
 		copy(w[ct4KeySize:], unsafe.Slice((*byte)(unsafe.Pointer(&v)), ct4ValSize))
@@ -345,39 +342,44 @@ func TestAdoptPinnedCt4Ways(t *testing.T) {
 	assert.Equal(t, l.key(id), es[0].key)
 	assert.Equal(t, v, es[0].val)
 
+	layout, err := pinnedCt4Layout(pin)
+	require.NoError(t, err)
+	assert.Equal(t, ct4Layout, layout, "this build's table is pinned, its layout beside it")
 	pinned, err := ebpf.LoadPinnedMap(filepath.Join(pin, sgMapCt4Sets), nil)
 	require.NoError(t, err)
 	defer pinned.Close()
-	ways, err := hasCt4WaysLayout(pinned)
+	pinnedInfo, err := pinned.Info()
 	require.NoError(t, err)
-	assert.False(t, ways, "this build's table is pinned")
+	oldInfo, err := old.Info()
+	require.NoError(t, err)
+	pinnedID, _ := pinnedInfo.ID()
+	oldID, _ := oldInfo.ID()
+	assert.NotEqual(t, oldID, pinnedID, "a table of its own")
 }
 
-// TestLoadRefusesPinnedCt4SetsOfUnknownLayout: a pinned ct4_sets whose BTF does not say its layout is
-// refused, the error naming it, and left where it is.
+// TestLoadRefusesPinnedCt4SetsOfUnknownLayout: a pinned ct4_sets whose ct4_layout says a layout this
+// build does not know is refused, the error naming it, and left where it is.
 func TestLoadRefusesPinnedCt4SetsOfUnknownLayout(t *testing.T) {
 	loadOrSkip(t).Close()
-	spec := ct4WaysSpec()
-	spec.Key, spec.Value = nil, nil
-	pin := pinStaleMap(t, "ct4nobtf", spec)
+	pin := pinStaleMap(t, "ct4layout", ct4WaysSpec())
+	layout, err := ebpf.NewMap(&ebpf.MapSpec{Name: sgMapCt4Layout, Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	require.NoError(t, err)
+	defer layout.Close()
+	require.NoError(t, layout.Put(uint32(0), uint32(99)))
+	require.NoError(t, layout.Pin(filepath.Join(pin, sgMapCt4Layout)))
 
-	_, err := Load(Options{PinPath: pin})
+	_, err = Load(Options{PinPath: pin})
 	require.Error(t, err)
-	assert.ErrorContains(t, err, "the pinned "+filepath.Join(pin, sgMapCt4Sets)+": no BTF says its layout")
+	assert.ErrorContains(t, err, "the pinned "+filepath.Join(pin, sgMapCt4Sets)+" has layout 99")
+	assert.ErrorContains(t, err, "remove it")
 	_, err = os.Stat(filepath.Join(pin, sgMapCt4Sets))
 	assert.NoError(t, err, "the old pin is still there")
 }
 
-// ct4WaysSpec is ct4_sets as the ways layout's build made it: this build's map, with BTF of a struct
-// ct4_set of four ways (each a ct_key4 and a ct_val: 64 bytes).
+// ct4WaysSpec is ct4_sets as the ways layout's build made it: the same map as this build's.
 func ct4WaysSpec() *ebpf.MapSpec {
-	u8 := &btf.Int{Name: "__u8", Size: 1}
-	u32 := &btf.Int{Name: "__u32", Size: 4}
-	way := &btf.Array{Index: u32, Type: u8, Nelems: 64}
-	set := &btf.Struct{Name: "ct4_set", Size: uint32(ct4SetSize),
-		Members: []btf.Member{{Name: "w", Type: &btf.Array{Index: u32, Type: way, Nelems: uint32(ct4Ways)}}}}
 	return &ebpf.MapSpec{Name: sgMapCt4Sets, Type: ebpf.Array, KeySize: 4, ValueSize: uint32(ct4SetSize),
-		MaxEntries: uint32(ct4Sets), Flags: unix.BPF_F_MMAPABLE, Key: u32, Value: set}
+		MaxEntries: uint32(ct4Sets), Flags: unix.BPF_F_MMAPABLE}
 }
 
 // TestCt4EndedFlowLeavesItsWay: a flow whose last half the program ends (its reply came past its

@@ -266,6 +266,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } ct4_sets SEC(".maps");
 
+// ct4_layout holds SG_CT4_LAYOUT (the loader writes it as the map is made), pinned beside ct4_sets: the
+// table's layouts share map type and sizes, so a pinned table says its layout only here.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct4_layout SEC(".maps");
+
 // ct4_seed keys ct4_hash, so that flows cannot be picked to land in one set without knowing it. The
 // loader keeps it with the table (ct4_meta, pinned beside it: the table's placement depends on it) and
 // sets it here.

@@ -35,6 +35,9 @@ enum sg_const {
 	SG_CT4_LOCK = 2,
 	SG_CT4_LIVE = 4,
 	SG_CT4_WRITE = 8,
+	// ct4_sets' layout, kept in ct4_layout: 1 the ways (a way's key and value side by side: pins of a
+	// build without ct4_layout), 2 a set's keys in one line and its values after them.
+	SG_CT4_LAYOUT = 2,
 	// ct_val flags: the half holds a flow (the Go side reads which values hold one).
 	SG_CT_LIVE = 4,
 };

@@ -184,6 +184,7 @@ const (
 	sgSgConstSG_CT4LOCK       sgSgConst = 2
 	sgSgConstSG_CT4LIVE       sgSgConst = 4
 	sgSgConstSG_CT4WRITE      sgSgConst = 8
+	sgSgConstSG_CT4LAYOUT     sgSgConst = 2
 	sgSgConstSG_CT_LIVE       sgSgConst = 4
 )
 
@@ -206,6 +207,7 @@ type sgV6iv struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sgMapCt4Layout       = "ct4_layout"
 	sgMapCt4Meta         = "ct4_meta"
 	sgMapCt4Sets         = "ct4_sets"
 	sgMapCt6             = "ct6"
@@ -290,6 +292,7 @@ type sgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgMapSpecs struct {
+	Ct4Layout  *ebpf.MapSpec `ebpf:"ct4_layout"`
 	Ct4Meta    *ebpf.MapSpec `ebpf:"ct4_meta"`
 	Ct4Sets    *ebpf.MapSpec `ebpf:"ct4_sets"`
 	Ct6        *ebpf.MapSpec `ebpf:"ct6"`
@@ -348,6 +351,7 @@ func (o *sgObjects) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgMaps struct {
+	Ct4Layout  *ebpf.Map `ebpf:"ct4_layout"`
 	Ct4Meta    *ebpf.Map `ebpf:"ct4_meta"`
 	Ct4Sets    *ebpf.Map `ebpf:"ct4_sets"`
 	Ct6        *ebpf.Map `ebpf:"ct6"`
@@ -365,6 +369,7 @@ type sgMaps struct {
 
 func (m *sgMaps) Close() error {
 	return _SgClose(
+		m.Ct4Layout,
 		m.Ct4Meta,
 		m.Ct4Sets,
 		m.Ct6,
