@@ -189,10 +189,11 @@ func (d *Dataplane) oldConntrack() []oldConntrack {
 	}
 }
 
-// adoptOldConntrack moves the flows of an older build's pinned conntrack maps (same keys and values)
-// into this build's tables, last seen in ticks, and unpins the old maps: a daemon upgraded across the
-// clock change or the table change keeps its tracked flows, and each program reads only its own
-// tables (the old program, attached until Attach replaces it, keeps its maps).
+// adoptOldConntrack moves the flows of an older build's pinned conntrack maps (same keys and values; and
+// a ct4_sets of the ways layout, adoptCt4Ways) into this build's tables, last seen in ticks, and unpins
+// the old maps: a daemon upgraded across the clock change or a table change keeps its tracked flows,
+// and each program reads only its own tables (the old program, attached until Attach replaces it,
+// keeps its maps).
 func (d *Dataplane) adoptOldConntrack() error {
 	for _, oc := range d.oldConntrack() {
 		path := d.pinFile(oc.name)
@@ -212,7 +213,7 @@ func (d *Dataplane) adoptOldConntrack() error {
 			return fmt.Errorf("unpin %s: %w", path, err)
 		}
 	}
-	return nil
+	return d.adoptCt4Ways()
 }
 
 // copyFlows copies every entry of from into oc.to, converting last-seen times from coarse-clock ns to

@@ -1,10 +1,13 @@
 package bpf
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"unsafe"
@@ -18,13 +21,14 @@ const (
 	ct4Sets     = int(sgSgConstSG_CT4SETS)
 	ct4Ways     = int(sgSgConstSG_CT4WAYS)
 	ct4Capacity = ct4Sets * ct4Ways // flows ct4_sets holds
-	ct4WaySize  = int(unsafe.Sizeof(sgCt4Way{}))
 	ct4SetSize  = int(unsafe.Sizeof(sgCt4Set{}))
-	ct4ValOff   = int(unsafe.Offsetof(sgCt4Way{}.V))
+	ct4ValsOff  = int(unsafe.Offsetof(sgCt4Set{}.V)) // a set's values follow its keys
 	ct4KeySize  = int(unsafe.Sizeof(sgCtKey4{}))
+	ct4ValSize  = int(unsafe.Sizeof(sgCtVal{}))
 	ct4Busy     = uint64(sgSgConstSG_CT4BUSY) << 24
 	ct4Lock     = uint64(sgSgConstSG_CT4LOCK) << 24
-	ct4Count    = uint64(0xff&^(sgSgConstSG_CT4BUSY|sgSgConstSG_CT4LOCK)) << 24 // the state byte's write count in a way's first word
+	ct4Live     = uint64(sgSgConstSG_CT4LIVE) << 24
+	ct4Count    = uint64(0xff&^(sgSgConstSG_CT4BUSY|sgSgConstSG_CT4LOCK|sgSgConstSG_CT4LIVE)) << 24 // the state byte's write count in a way's first word
 	ct4Write    = uint64(sgSgConstSG_CT4WRITE) << 24
 	ct4State    = uint64(0xff) << 24
 	ctLive      = uint8(sgSgConstSG_CT_LIVE)
@@ -42,10 +46,11 @@ type ctMap interface {
 }
 
 // ct4Table is the Go side of ct4_sets (sg.c), read and written through its mmap with the program's
-// protocol: the same hash and candidate sets, a way claimed by a compare-and-swap of its first word and
-// published by an atomic xor that leaves the lock bit, new keys inserted under the first set's lock (the
-// lock bit of its first way), values written word by word. So the Go side never rewrites a whole set, and a flow the program inserts beside
-// a way Go writes is kept.
+// protocol: the same hash and candidate sets, a way claimed by a compare-and-swap of its key's first
+// word and published by an atomic xor that leaves the lock bit, new keys inserted under the first set's
+// lock (the lock bit of its first way), values written word by word, the live bit cleared when a way's
+// last flow ends. So the Go side never rewrites a whole set, and a flow the program inserts beside a
+// way Go writes is kept.
 type ct4Table struct {
 	sets []byte
 	seed uint64
@@ -115,49 +120,74 @@ func ct4Value(value any) (*sgCtVal, error) {
 	return v, nil
 }
 
-// word returns the i-th 64-bit word of the way at byte offset off of the table.
-func (t *ct4Table) word(off, i int) *uint64 {
-	return (*uint64)(unsafe.Pointer(&t.sets[off+8*i]))
+// word returns the 64-bit word at byte offset off of the table.
+func (t *ct4Table) word(off int) *uint64 {
+	return (*uint64)(unsafe.Pointer(&t.sets[off]))
 }
 
-func wayOff(set, way int) int { return set*ct4SetSize + way*ct4WaySize }
+// ct4Way is a way of the table: its set and its place in the set.
+type ct4Way struct{ set, way int }
 
-// value reads the value of the way at off, word by word.
-func (t *ct4Table) value(off int) sgCtVal {
+// key and val are the byte offsets of the way's key (its first word the way's state) and value.
+func (w ct4Way) key() int { return w.set*ct4SetSize + w.way*ct4KeySize }
+func (w ct4Way) val() int { return w.set*ct4SetSize + ct4ValsOff + w.way*ct4ValSize }
+
+// state and addrs are the way's key words: the first (slot, protocol, state byte, ports), the addresses.
+func (t *ct4Table) state(w ct4Way) *uint64 { return t.word(w.key()) }
+func (t *ct4Table) addrs(w ct4Way) *uint64 { return t.word(w.key() + 8) }
+
+// value reads the way's value, word by word.
+func (t *ct4Table) value(w ct4Way) sgCtVal {
 	var v sgCtVal
 	words := (*[6]uint64)(unsafe.Pointer(&v))
 	for i := range words {
-		words[i] = atomic.LoadUint64(t.word(off+ct4ValOff, i))
+		words[i] = atomic.LoadUint64(t.word(w.val() + 8*i))
 	}
 	return v
 }
 
-// setValue writes v into the way at off, word by word, as the program's in-place updates do.
-func (t *ct4Table) setValue(off int, v *sgCtVal) {
+// setValue writes v into the way, word by word, as the program's in-place updates do.
+func (t *ct4Table) setValue(w ct4Way, v *sgCtVal) {
 	words := (*[6]uint64)(unsafe.Pointer(v))
-	for i, w := range words {
-		atomic.StoreUint64(t.word(off+ct4ValOff, i), w)
+	for i, x := range words {
+		atomic.StoreUint64(t.word(w.val()+8*i), x)
 	}
 }
 
-// find returns the offset of the way holding key (a, b) and a live flow (sg.c's ct4_find over both
-// candidate sets) and the first word it read there, or -1.
-func (t *ct4Table) find(a, b uint64) (int, uint64) {
+func hasFlow(v *sgCtVal) bool { return (v.Flags|v.Flags2)&ctLive != 0 }
+
+// find returns the way holding key (a, b) and a live flow (sg.c's ct4_find over both candidate sets)
+// and the first word it read there, or false. It reads only keys.
+func (t *ct4Table) find(a, b uint64) (ct4Way, uint64, bool) {
 	for _, set := range t.candidates(a, b) {
 		for way := range ct4Ways {
-			off := wayOff(set, way)
-			w0 := atomic.LoadUint64(t.word(off, 0))
-			if w0&^(ct4Count|ct4Lock) != a || atomic.LoadUint64(t.word(off, 1)) != b {
+			w := ct4Way{set, way}
+			w0 := atomic.LoadUint64(t.state(w))
+			if w0&^(ct4Count|ct4Lock) != a|ct4Live || atomic.LoadUint64(t.addrs(w)) != b {
 				continue
 			}
-			v := t.value(off)
-			if (v.Flags|v.Flags2)&ctLive == 0 || (atomic.LoadUint64(t.word(off, 0))^w0)&^ct4Lock != 0 {
+			if (atomic.LoadUint64(t.state(w))^w0)&^ct4Lock != 0 {
 				continue
 			}
-			return off, w0
+			return w, w0, true
 		}
 	}
-	return -1, 0
+	return ct4Way{}, 0, false
+}
+
+// unlive clears the live bit of way w, whose last flow ended, if it still holds key (a, b) (sg.c's
+// ct4_unlive: a way taken over meanwhile stays live). It retries while only the lock bit moves.
+func (t *ct4Table) unlive(w ct4Way, a, b uint64) {
+	p := t.state(w)
+	for {
+		w0 := atomic.LoadUint64(p)
+		if w0&^(ct4Count|ct4Lock) != a|ct4Live || atomic.LoadUint64(t.addrs(w)) != b {
+			return
+		}
+		if atomic.CompareAndSwapUint64(p, w0, w0&^ct4Live) {
+			return
+		}
+	}
 }
 
 func (t *ct4Table) Lookup(key, valueOut any) error {
@@ -169,18 +199,18 @@ func (t *ct4Table) Lookup(key, valueOut any) error {
 	if err != nil {
 		return err
 	}
-	off, _ := t.find(a, b)
-	if off < 0 {
+	w, _, ok := t.find(a, b)
+	if !ok {
 		return fmt.Errorf("ct4 lookup: %w", ebpf.ErrKeyNotExist)
 	}
-	*out = t.value(off)
+	*out = t.value(w)
 	return nil
 }
 
 func (t *ct4Table) Put(key, value any) error { return t.Update(key, value, ebpf.UpdateAny) }
 
-// Update writes value at key: in place into the key's way (word by word), or, for a new key, into a
-// way claimed as the program claims one.
+// Update writes value at key: in place into the key's way (word by word; a value without a flow frees
+// the way), or, for a new key, into a way claimed as the program claims one.
 func (t *ct4Table) Update(key, value any, flags ebpf.MapUpdateFlags) error {
 	a, b, err := ct4Words(key)
 	if err != nil {
@@ -190,20 +220,28 @@ func (t *ct4Table) Update(key, value any, flags ebpf.MapUpdateFlags) error {
 	if err != nil {
 		return err
 	}
-	if off, _ := t.find(a, b); off >= 0 {
+	if w, _, ok := t.find(a, b); ok {
 		if flags == ebpf.UpdateNoExist {
 			return fmt.Errorf("ct4 update: %w", ebpf.ErrKeyExist)
 		}
-		t.setValue(off, v)
+		t.setInPlace(w, a, b, v)
 		return nil
 	}
 	if flags == ebpf.UpdateExist {
 		return fmt.Errorf("ct4 update: %w", ebpf.ErrKeyNotExist)
 	}
-	if (v.Flags|v.Flags2)&ctLive == 0 {
+	if !hasFlow(v) {
 		return nil // an entry without a flow is a free way
 	}
 	return t.insert(a, b, v)
+}
+
+// setInPlace writes v into way w of key (a, b), and clears its live bit when v holds no flow.
+func (t *ct4Table) setInPlace(w ct4Way, a, b uint64, v *sgCtVal) {
+	t.setValue(w, v)
+	if !hasFlow(v) {
+		t.unlive(w, a, b)
+	}
 }
 
 // insert is sg.c's ct4_insert for a key not found: under the first candidate set's lock it looks for
@@ -211,7 +249,7 @@ func (t *ct4Table) Update(key, value any, flags ebpf.MapUpdateFlags) error {
 // way for it.
 func (t *ct4Table) insert(a, b uint64, v *sgCtVal) error {
 	sets := t.candidates(a, b)
-	lock := t.word(wayOff(sets[0], 0), 0)
+	lock := t.state(ct4Way{sets[0], 0})
 	locked := false
 	for range ct4LockTries {
 		w0 := atomic.LoadUint64(lock)
@@ -223,38 +261,38 @@ func (t *ct4Table) insert(a, b uint64, v *sgCtVal) error {
 	if locked {
 		defer atomic.AndUint64(lock, ^ct4Lock)
 	}
-	if off, _ := t.find(a, b); off >= 0 {
-		t.setValue(off, v)
+	if w, _, ok := t.find(a, b); ok {
+		t.setValue(w, v)
 		return nil
 	}
 	for range 2 {
-		off, w0, ok := t.victim(sets)
+		w, w0, ok := t.victim(sets)
 		if !ok {
 			break
 		}
-		busy, ok := t.claim(off, w0)
+		busy, ok := t.claim(w, w0)
 		if !ok {
 			continue // the program took it: choose again
 		}
-		atomic.StoreUint64(t.word(off, 1), b)
-		t.setValue(off, v)
-		t.publish(off, busy, a|(busy&ct4Count))
+		atomic.StoreUint64(t.addrs(w), b)
+		t.setValue(w, v)
+		t.publish(w, busy, a|busy&ct4Count|ct4Live)
 		return nil
 	}
 	return errors.New("ct4 insert: every way chosen was taken by another writer")
 }
 
-// claim takes the way at off, whose first word was w0, for a write (sg.c's ct4_claim): busy, its write
-// count one more, its lock bit as it was. It returns the busy word, or false when the word changed.
-func (t *ct4Table) claim(off int, w0 uint64) (uint64, bool) {
-	busy := w0&^(ct4Count|ct4Busy) | (w0&ct4Count+ct4Write)&ct4Count | ct4Busy
-	return busy, atomic.CompareAndSwapUint64(t.word(off, 0), w0, busy)
+// claim takes way w, whose first word was w0, for a write (sg.c's ct4_claim): busy and not live, its
+// write count one more, its lock bit as it was. It returns the busy word, or false when the word changed.
+func (t *ct4Table) claim(w ct4Way, w0 uint64) (uint64, bool) {
+	busy := w0&^(ct4Count|ct4Busy|ct4Live) | (w0&ct4Count+ct4Write)&ct4Count | ct4Busy
+	return busy, atomic.CompareAndSwapUint64(t.state(w), w0, busy)
 }
 
-// publish turns the busy first word of the way at off into word (a key or none, and the write count),
+// publish turns the busy first word of way w into word (a key and live, or none, and the write count),
 // leaving the lock bit, which another writer may have moved meanwhile.
-func (t *ct4Table) publish(off int, busy, word uint64) {
-	p := t.word(off, 0)
+func (t *ct4Table) publish(w ct4Way, busy, word uint64) {
+	p := t.state(w)
 	for {
 		cur := atomic.LoadUint64(p)
 		if atomic.CompareAndSwapUint64(p, cur, cur^(busy^word)&^ct4Lock) {
@@ -264,57 +302,54 @@ func (t *ct4Table) publish(off int, busy, word uint64) {
 }
 
 // victim chooses the way a new key takes, as sg.c's ct4_claim: a free way of the candidate set with
-// fewer live ways (the first on a tie), else the way least recently seen of both; busy ways are not
-// taken. It returns the way's offset and the first word it read there.
-func (t *ct4Table) victim(sets [2]int) (off int, w0 uint64, ok bool) {
+// fewer live ways (the first on a tie), else, both full, the way least recently seen of both; busy ways
+// are not taken. It returns the way and the first word it read there.
+func (t *ct4Table) victim(sets [2]int) (ct4Way, uint64, bool) {
 	var live [2]int
-	type way struct {
-		off int
-		w0  uint64
-		val sgCtVal
-	}
-	var ways [2][]way
+	var words [2][ct4Ways]uint64
 	for i, set := range sets {
 		for w := range ct4Ways {
-			o := wayOff(set, w)
-			wd := atomic.LoadUint64(t.word(o, 0))
-			v := t.value(o)
-			if (v.Flags|v.Flags2)&ctLive != 0 || wd&ct4Busy != 0 {
+			words[i][w] = atomic.LoadUint64(t.state(ct4Way{set, w}))
+			if words[i][w]&(ct4Live|ct4Busy) != 0 {
 				live[i]++
 			}
-			ways[i] = append(ways[i], way{o, wd, v})
 		}
 	}
+	full := live[0] == ct4Ways && live[1] == ct4Ways
 	preferred := 0
 	if live[1] < live[0] {
 		preferred = 1
 	}
 	best := ^uint64(0)
-	for i := range sets {
-		for _, w := range ways[i] {
-			if w.w0&ct4Busy != 0 {
+	var pick ct4Way
+	var pickW0 uint64
+	ok := false
+	for i, set := range sets {
+		for w, w0 := range words[i] {
+			if w0&ct4Busy != 0 || !full && w0&ct4Live != 0 {
 				continue
 			}
-			var seen uint64
-			if w.val.Flags&ctLive != 0 {
-				seen = w.val.Last
+			rank := uint64(1)
+			if i == preferred {
+				rank = 0
 			}
-			if w.val.Flags2&ctLive != 0 {
-				seen = max(seen, w.val.Last2)
-			}
-			rank := 2 + seen
-			if seen == 0 {
-				rank = 1
-				if i == preferred {
-					rank = 0
+			if full {
+				v := t.value(ct4Way{set, w})
+				var seen uint64
+				if v.Flags&ctLive != 0 {
+					seen = v.Last
 				}
+				if v.Flags2&ctLive != 0 {
+					seen = max(seen, v.Last2)
+				}
+				rank = 2 + seen
 			}
 			if rank < best {
-				best, off, w0, ok = rank, w.off, w.w0, true
+				best, pick, pickW0, ok = rank, ct4Way{set, w}, w0, true
 			}
 		}
 	}
-	return off, w0, ok
+	return pick, pickW0, ok
 }
 
 // Delete frees key's way: claimed as for a write, its value zeroed, published with no key.
@@ -323,17 +358,17 @@ func (t *ct4Table) Delete(key any) error {
 	if err != nil {
 		return err
 	}
-	off, w0 := t.find(a, b)
-	if off < 0 {
+	w, w0, ok := t.find(a, b)
+	if !ok {
 		return fmt.Errorf("ct4 delete: %w", ebpf.ErrKeyNotExist)
 	}
-	busy, ok := t.claim(off, w0)
+	busy, ok := t.claim(w, w0)
 	if !ok {
 		return fmt.Errorf("ct4 delete: %w", ebpf.ErrKeyNotExist) // taken over meanwhile
 	}
-	t.setValue(off, &sgCtVal{})
-	atomic.StoreUint64(t.word(off, 1), 0)
-	t.publish(off, busy, busy&ct4Count)
+	t.setValue(w, &sgCtVal{})
+	atomic.StoreUint64(t.addrs(w), 0)
+	t.publish(w, busy, busy&ct4Count)
 	return nil
 }
 
@@ -344,20 +379,20 @@ type ct4Entry struct {
 	set, way int
 }
 
-// entries reads every way holding a live flow (a way a writer holds or takes while it is read is left
-// out, as the program's lookups leave it).
+// entries reads every live way (a way a writer holds or takes while it is read is left out, as the
+// program's lookups leave it).
 func (t *ct4Table) entries() []ct4Entry {
 	var out []ct4Entry
 	for set := range ct4Sets {
 		for way := range ct4Ways {
-			off := wayOff(set, way)
-			w0 := atomic.LoadUint64(t.word(off, 0))
-			if w0&ct4Busy != 0 {
+			w := ct4Way{set, way}
+			w0 := atomic.LoadUint64(t.state(w))
+			if w0&(ct4Busy|ct4Live) != ct4Live {
 				continue
 			}
-			w1 := atomic.LoadUint64(t.word(off, 1))
-			v := t.value(off)
-			if (v.Flags|v.Flags2)&ctLive == 0 || atomic.LoadUint64(t.word(off, 0)) != w0 {
+			w1 := atomic.LoadUint64(t.addrs(w))
+			v := t.value(w)
+			if atomic.LoadUint64(t.state(w))&^ct4Lock != w0&^ct4Lock {
 				continue
 			}
 			key := make([]byte, ct4KeySize)
@@ -367,4 +402,113 @@ func (t *ct4Table) entries() []ct4Entry {
 		}
 	}
 	return out
+}
+
+// ct4WaysPin is where Load moves a pinned ct4_sets of the layout before this one (each way its key and
+// its value side by side), so that this build pins a table of its own and adopts the old one's flows.
+const ct4WaysPin = "ct4_sets_ways"
+
+// The layouts of ct4_sets (sg.h's SG_CT4_LAYOUT): this build's, and that of the pins of builds before
+// ct4_layout, a way's key and value side by side.
+const (
+	ct4Layout     = uint32(sgSgConstSG_CT4LAYOUT)
+	ct4WaysLayout = 1
+)
+
+// setAsideCt4Ways moves a pinned ct4_sets of the ways layout to ct4WaysPin. Both layouts have the same
+// map type, sizes and flags, so the loader would take the old table for this build's; the pinned
+// ct4_layout beside it says which it is (none: the ways). A table of another layout is refused.
+// Reading a map's BTF would need CAP_SYS_ADMIN, which a daemon with CAP_BPF alone lacks.
+func setAsideCt4Ways(pinPath string) error {
+	path := filepath.Join(pinPath, sgMapCt4Sets)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	layout, err := pinnedCt4Layout(pinPath)
+	if err != nil {
+		return err
+	}
+	switch layout {
+	case ct4Layout:
+		return nil
+	case ct4WaysLayout:
+		if err := os.Rename(path, filepath.Join(pinPath, ct4WaysPin)); err != nil {
+			return fmt.Errorf("set aside the pinned %s of an older layout: %w", path, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("the pinned %s has layout %d, this build's is %d; to upgrade, remove it (its IPv4 flows are forgotten)",
+		path, layout, ct4Layout)
+}
+
+// pinnedCt4Layout reads the layout of the ct4_sets pinned under pinPath from the ct4_layout pinned
+// beside it.
+func pinnedCt4Layout(pinPath string) (uint32, error) {
+	path := filepath.Join(pinPath, sgMapCt4Layout)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return ct4WaysLayout, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("open the pinned %s: %w", path, err)
+	}
+	defer m.Close()
+	var layout uint32
+	if err := m.Lookup(uint32(0), &layout); err != nil {
+		return 0, fmt.Errorf("read the pinned %s: %w", path, err)
+	}
+	return layout, nil
+}
+
+// adoptCt4Ways moves the flows of a ct4_sets of the ways layout set aside by Load into this build's
+// table (hashed again: the placement of both follows the same seed, kept in ct4_meta) and unpins it.
+func (d *Dataplane) adoptCt4Ways() error {
+	path := d.pinFile(ct4WaysPin)
+	old, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("adopt the flows pinned at %s: %w", path, err)
+	}
+	err = d.copyCt4Ways(old)
+	old.Close()
+	if err != nil {
+		return fmt.Errorf("adopt the flows pinned at %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("unpin %s: %w", path, err)
+	}
+	return nil
+}
+
+// copyCt4Ways copies every way of old (the ways layout: a way is a ct_key4, its state byte in the pad,
+// and a ct_val) that holds a flow and no writer into this build's table.
+func (d *Dataplane) copyCt4Ways(old *ebpf.Map) error {
+	const waySize = ct4KeySize + ct4ValSize
+	if int(old.ValueSize()) != ct4Ways*waySize || int(old.MaxEntries()) != ct4Sets {
+		return fmt.Errorf("%d sets of %d bytes, the ways layout had %d of %d", old.MaxEntries(), old.ValueSize(),
+			ct4Sets, ct4Ways*waySize)
+	}
+	sm, err := unix.Mmap(old.FD(), 0, ct4Sets*ct4Ways*waySize, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map it: %w", err)
+	}
+	defer unix.Munmap(sm)
+	for off := 0; off < len(sm); off += waySize {
+		if sm[off+3]&byte(sgSgConstSG_CT4BUSY) != 0 { // the same bit in both layouts
+			continue
+		}
+		var v sgCtVal
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&v)), ct4ValSize), sm[off+ct4KeySize:off+waySize])
+		if !hasFlow(&v) {
+			continue
+		}
+		key := bytes.Clone(sm[off : off+ct4KeySize])
+		key[3] = 0 // the state byte
+		if err := d.ct4.Update(key, &v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return err
+		}
+	}
+	return nil
 }

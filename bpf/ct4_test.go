@@ -9,11 +9,13 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/dataplane"
@@ -107,13 +109,13 @@ func (l *ct4Lab) established(id uint32) bool {
 func (l *ct4Lab) placeAt(set, way int, id uint32, v sgCtVal) {
 	a, b, err := ct4Words(l.key(id))
 	require.NoError(l.t, err)
-	off := wayOff(set, way)
-	w0 := atomic.LoadUint64(l.d.ct4.word(off, 0))
-	busy, ok := l.d.ct4.claim(off, w0)
+	w := ct4Way{set, way}
+	w0 := atomic.LoadUint64(l.d.ct4.state(w))
+	busy, ok := l.d.ct4.claim(w, w0)
 	require.True(l.t, ok)
-	atomic.StoreUint64(l.d.ct4.word(off, 1), b)
-	l.d.ct4.setValue(off, &v)
-	l.d.ct4.publish(off, busy, a|busy&ct4Count)
+	atomic.StoreUint64(l.d.ct4.addrs(w), b)
+	l.d.ct4.setValue(w, &v)
+	l.d.ct4.publish(w, busy, a|busy&ct4Count|ct4Live)
 }
 
 // places returns where each tracked IPv4 flow is (set, way), by key.
@@ -221,7 +223,7 @@ func TestCt4BusyWayIsNoMatch(t *testing.T) {
 	l.start(id)
 	place, ok := l.placeOf(id)
 	require.True(t, ok)
-	word := l.d.ct4.word(wayOff(place[0], place[1]), 0)
+	word := l.d.ct4.state(ct4Way{place[0], place[1]})
 	w0 := atomic.LoadUint64(word)
 	atomic.StoreUint64(word, w0|ct4Busy)
 	var v sgCtVal
@@ -239,7 +241,7 @@ func TestCt4BusyWayIsNoMatch(t *testing.T) {
 func TestCt4InsertPastAHeldLock(t *testing.T) {
 	l := newCt4Lab(t)
 	const id = 41000
-	lock := l.d.ct4.word(wayOff(l.sets(id)[0], 0), 0)
+	lock := l.d.ct4.state(ct4Way{l.sets(id)[0], 0})
 	atomic.OrUint64(lock, ct4Lock)
 	l.start(id)
 	assert.True(t, l.established(id))
@@ -302,4 +304,116 @@ func TestAdoptPinnedLRUConntrack(t *testing.T) {
 	defer d2.Close()
 	var got sgCtVal
 	require.NoError(t, d2.ct4.Lookup(l.key(id), &got))
+}
+
+// TestAdoptPinnedCt4Ways: a ct4_sets an older build pinned in the ways layout (each way its key and its
+// value side by side: the same map type and sizes as this build's, and no ct4_layout beside it) has its
+// flows moved into this build's table (a busy way's and a way without a flow are not), is unpinned, and
+// this build's table and its layout are pinned in its place.
+func TestAdoptPinnedCt4Ways(t *testing.T) {
+	l := newCt4Lab(t)
+	const id, busy, ended = 41000, 41001, 41002
+	v := l.start(id)
+
+	pin := pinStaleMap(t, "ct4ways", ct4WaysSpec())
+	old, err := ebpf.LoadPinnedMap(filepath.Join(pin, sgMapCt4Sets), nil)
+	require.NoError(t, err)
+	defer old.Close()
+	set := make([]byte, old.ValueSize())
+	way := func(n int, id uint32, state byte, v sgCtVal) {
+		w := set[n*(ct4KeySize+ct4ValSize):]
+		copy(w, l.key(id))
+		w[3] = state
+		copy(w[ct4KeySize:], unsafe.Slice((*byte)(unsafe.Pointer(&v)), ct4ValSize))
+	}
+	way(1, id, 3*byte(sgSgConstSG_CT4WRITE), v)
+	way(2, busy, byte(sgSgConstSG_CT4BUSY), v)
+	way(3, ended, 0, sgCtVal{Last: v.Last})
+	require.NoError(t, old.Put(uint32(77), set))
+
+	d, err := Load(Options{PinPath: pin})
+	require.NoError(t, err)
+	defer d.Close()
+	_, err = os.Stat(filepath.Join(pin, ct4WaysPin))
+	require.ErrorIs(t, err, os.ErrNotExist, "the old table is unpinned")
+	es, err := d.ctEntries()
+	require.NoError(t, err)
+	require.Len(t, es, 1, "only the way holding a flow and no writer")
+	assert.Equal(t, l.key(id), es[0].key)
+	assert.Equal(t, v, es[0].val)
+
+	layout, err := pinnedCt4Layout(pin)
+	require.NoError(t, err)
+	assert.Equal(t, ct4Layout, layout, "this build's table is pinned, its layout beside it")
+	pinned, err := ebpf.LoadPinnedMap(filepath.Join(pin, sgMapCt4Sets), nil)
+	require.NoError(t, err)
+	defer pinned.Close()
+	pinnedInfo, err := pinned.Info()
+	require.NoError(t, err)
+	oldInfo, err := old.Info()
+	require.NoError(t, err)
+	pinnedID, _ := pinnedInfo.ID()
+	oldID, _ := oldInfo.ID()
+	assert.NotEqual(t, oldID, pinnedID, "a table of its own")
+}
+
+// TestLoadRefusesPinnedCt4SetsOfUnknownLayout: a pinned ct4_sets whose ct4_layout says a layout this
+// build does not know is refused, the error naming it, and left where it is.
+func TestLoadRefusesPinnedCt4SetsOfUnknownLayout(t *testing.T) {
+	loadOrSkip(t).Close()
+	pin := pinStaleMap(t, "ct4layout", ct4WaysSpec())
+	layout, err := ebpf.NewMap(&ebpf.MapSpec{Name: sgMapCt4Layout, Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	require.NoError(t, err)
+	defer layout.Close()
+	require.NoError(t, layout.Put(uint32(0), uint32(99)))
+	require.NoError(t, layout.Pin(filepath.Join(pin, sgMapCt4Layout)))
+
+	_, err = Load(Options{PinPath: pin})
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "the pinned "+filepath.Join(pin, sgMapCt4Sets)+" has layout 99")
+	assert.ErrorContains(t, err, "remove it")
+	_, err = os.Stat(filepath.Join(pin, sgMapCt4Sets))
+	assert.NoError(t, err, "the old pin is still there")
+}
+
+// ct4WaysSpec is ct4_sets as the ways layout's build made it: the same map as this build's.
+func ct4WaysSpec() *ebpf.MapSpec {
+	return &ebpf.MapSpec{Name: sgMapCt4Sets, Type: ebpf.Array, KeySize: 4, ValueSize: uint32(ct4SetSize),
+		MaxEntries: uint32(ct4Sets), Flags: unix.BPF_F_MMAPABLE}
+}
+
+// TestCt4EndedFlowLeavesItsWay: a flow whose last half the program ends (its reply came past its
+// timeout) leaves its way: the key's live bit is cleared, so lookups, the Go side and the count of free
+// ways see the way free without reading its value.
+func TestCt4EndedFlowLeavesItsWay(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	v := l.start(id)
+	place, ok := l.placeOf(id)
+	require.True(t, ok)
+	state := l.d.ct4.state(ct4Way{place[0], place[1]})
+	require.NotZero(t, atomic.LoadUint64(state)&ct4Live, "a tracked flow's way is live")
+
+	v.Last = clockTicks(t) - ticks(uint64((600*time.Second).Nanoseconds()+2e9), l.d.hz)
+	require.NoError(t, l.d.ct4.Put(l.key(id), &v))
+	require.False(t, l.established(id), "past the timeout")
+
+	assert.Zero(t, atomic.LoadUint64(state)&ct4Live, "the ended flow's way is not live")
+	var got sgCtVal
+	require.ErrorIs(t, l.d.ct4.Lookup(l.key(id), &got), ebpf.ErrKeyNotExist)
+	_, ok = l.placeOf(id)
+	assert.False(t, ok, "the Go side does not list it")
+}
+
+// TestCt4GoSideEndsAFlow: a value without a flow written at a key by the Go side (aging, forgetting a
+// half) clears the way's live bit, as the program's end of a flow does.
+func TestCt4GoSideEndsAFlow(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	l.start(id)
+	place, ok := l.placeOf(id)
+	require.True(t, ok)
+	require.NoError(t, l.d.ct4.Update(l.key(id), &sgCtVal{}, ebpf.UpdateExist))
+	assert.Zero(t, atomic.LoadUint64(l.d.ct4.state(ct4Way{place[0], place[1]}))&ct4Live)
+	assert.False(t, l.established(id))
 }

@@ -86,6 +86,8 @@ func collectionSpec(pinned bool, hz uint32) (*ebpf.CollectionSpec, error) {
 	if m := spec.Maps["tables"]; m == nil || m.InnerMap == nil || m.InnerMap.ValueSize != uint32(chunkSize) {
 		return nil, fmt.Errorf("load bpf spec: the tables map's chunks are not the %d bytes layout.go writes", chunkSize)
 	}
+	// Written as the map is made, so that a ct4_layout pinned beside ct4_sets always says its layout.
+	spec.Maps[sgMapCt4Layout].Contents = []ebpf.MapKV{{Key: uint32(0), Value: ct4Layout}}
 	if !pinned {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
@@ -110,6 +112,9 @@ func Load(opts Options) (*Dataplane, error) {
 			return nil, err
 		}
 		co.Maps.PinPath = opts.PinPath
+		if err := setAsideCt4Ways(opts.PinPath); err != nil {
+			return nil, fmt.Errorf("load bpf program: %w", err)
+		}
 	}
 	seed, err := ct4SeedFor(opts.PinPath)
 	if err != nil {

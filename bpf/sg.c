@@ -199,25 +199,39 @@ struct {
 // helper calls, a jhash of the key and a memcmp call per lookup and, per new flow, a bucket lock, LRU
 // list upkeep and, once full, a shrink's cold evictions.
 //
-// A way is one key and its value, one cache line; SG_CT4_WAYS ways make a set (an element of the array,
-// whose lookup the verifier inlines). A key hashes (ct4_hash, inline, seeded by ct4_seed) to two
+// SG_CT4_WAYS ways make a set (an element of the array, whose lookup the verifier inlines): the ways'
+// keys in one cache line, their values after it, so that a lookup compares keys in one line per
+// candidate set and reads a value only where its key matched (a new flow's miss reads two lines). A
+// key's state byte says whether its value holds a flow (SG_CT4_LIVE), so that choosing a free way also
+// reads only keys; values are read for a choice only when both sets are full, and then a miss in two
+// full sets reads a word of each of their values' lines (ct4_warm) before the rules decide, so that an
+// insert finds them in the cache. A key hashes (ct4_hash, inline, seeded by ct4_seed) to two
 // candidate sets; a flow is in one of them, and a new one goes into the one with fewer live ways (the
 // first on a tie): with one choice, sets of four overflow early (a live flow evicted while the table has
 // room: ~0.4% of new flows at 25% load, ~4% at 50%, ~16% at 90%), with two ~0%, ~0.003% and ~4%
 // (bpf/README.md). When both sets are full, the way least recently seen of the eight is taken over.
 //
 // Concurrency (several CPUs run the program, and the Go side writes the table through its mmap):
-//   - A way's first word (slot, protocol, state byte, ports) says whether it can match: its state byte
-//     (the key's pad) is SG_CT4_BUSY while a writer fills the way. A writer claims a way by a
-//     compare-and-swap of that word (the one it read when choosing the way) to busy, with the state's
-//     write count one more, so that two writers cannot take one way and a word read before a claim
-//     never equals one read after it. It then writes the rest of the key and the value and publishes
-//     the word, key and count, not busy, with an atomic xor of the bits that change (which leaves the
-//     lock bit, below, as another CPU may have set or cleared it meanwhile).
-//   - A reader compares the first word (masked of the count and the lock bit: a busy way matches
-//     nothing) and the addresses, then reads the first word again: if it changed but for the lock bit,
-//     a writer took the way meanwhile and the addresses it read may be the new key's, so the way is not
-//     taken for a match.
+//   - A way's first word (its key's slot, protocol, state byte, ports) says whether it can match: its
+//     state byte (the key's pad) is SG_CT4_BUSY while a writer fills the way, SG_CT4_LIVE while its
+//     value holds a flow. A writer claims a way by a compare-and-swap of that word (the one it read
+//     when choosing the way) to busy and not live, with the state's write count one more, so that two
+//     writers cannot take one way and a word read before a claim never equals one read after it. It
+//     then writes the rest of the key and the value and publishes the word, key, live and count, not
+//     busy, with an atomic xor of the bits that change (which leaves the lock bit, below, as another
+//     CPU may have set or cleared it meanwhile, and sets live whatever a late clear of live did to the
+//     busy word).
+//   - A reader compares the first word (masked of the count and the lock bit: a busy way, or one not
+//     live, matches nothing) and the addresses, then reads the first word again: if it changed but for
+//     the lock bit, a writer took the way meanwhile and the addresses it read may be the new key's, so
+//     the way is not taken for a match.
+//   - Live follows the value's halves: set by the publish of a new flow; cleared when a flow's last
+//     half ends (ct_forget, the Go side's forget, flush and aging) by a compare-and-swap from a word
+//     holding the same key, so a way taken over meanwhile stays live. A half started by another CPU
+//     between that end and the clear is lost with the way (its next packet starts it again), as a
+//     packet racing a takeover may refresh the new flow's half (below). A way left live with no live
+//     half (a clear that lost its compare-and-swap) is found by its key and joined, or is taken first
+//     in an eviction: it holds nothing.
 //   - Two CPUs starting the same flow: inserts take the lock of the key's first set (SG_CT4_LOCK in the
 //     first word of its first way: a compare-and-swap, tried a bounded number of times, on a line the
 //     lookup has just read, where a lock array of its own cost each new flow a cold cache line) and look
@@ -238,13 +252,9 @@ struct ct_key4 {
 	__u8 src[4], dst[4];
 } __attribute__((aligned(8))); // read as two words (ct4_words)
 
-struct ct4_way {
-	struct ct_key4 k; // k.pad is the way's state byte (SG_CT4_BUSY, write count); 0 in a lookup key
-	struct ct_val v;
-};
-
 struct ct4_set {
-	struct ct4_way w[SG_CT4_WAYS];
+	struct ct_key4 k[SG_CT4_WAYS]; // k[i].pad is way i's state byte; 0 in a lookup key
+	struct ct_val v[SG_CT4_WAYS];
 };
 
 struct {
@@ -255,6 +265,16 @@ struct {
 	__type(value, struct ct4_set);
 	__uint(pinning, LIBBPF_PIN_BY_NAME); // survives the daemon (Load with a pin path)
 } ct4_sets SEC(".maps");
+
+// ct4_layout holds SG_CT4_LAYOUT (the loader writes it as the map is made), pinned beside ct4_sets: the
+// table's layouts share map type and sizes, so a pinned table says its layout only here.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct4_layout SEC(".maps");
 
 // ct4_seed keys ct4_hash, so that flows cannot be picked to land in one set without knowing it. The
 // loader keeps it with the table (ct4_meta, pinned beside it: the table's placement depends on it) and
@@ -1007,6 +1027,7 @@ struct ct_flow {
 	int o;
 	struct ct_key4 k4;
 	__u32 ct4_at; // a ct4_sets index or way number (ct4_value), in memory the verifier does not track
+	__u32 ct4_way; // the way number of the IPv4 entry ct4_value returned last (ct_forget)
 	struct query q;
 	struct cls c;
 	struct ct_val nv; // a new entry's value
@@ -1162,10 +1183,11 @@ static __always_inline void ct_key4_of(struct ct_key4 *k4, const struct ct_key *
 	__builtin_memcpy(k4->dst, k->dst, 4);
 }
 
-// The bits of a way's first word that hold its state byte's write count (a busy way's bit stays in).
-#define CT4_COUNT (((__u64)0xff & ~(SG_CT4_BUSY | SG_CT4_LOCK)) << 24)
+// The bits of a way's first word that hold its state byte's write count, and its state bits.
+#define CT4_COUNT (((__u64)0xff & ~(SG_CT4_BUSY | SG_CT4_LOCK | SG_CT4_LIVE)) << 24)
 #define CT4_BUSY_BIT ((__u64)SG_CT4_BUSY << 24)
 #define CT4_LOCK_BIT ((__u64)SG_CT4_LOCK << 24)
+#define CT4_LIVE_BIT ((__u64)SG_CT4_LIVE << 24)
 
 // ct4_xor and ct4_and are atomic operations on a way's first word; they fetch (the old value is used,
 // if only by an empty asm), which makes them full barriers on every JIT.
@@ -1202,17 +1224,16 @@ static __always_inline __u64 ct4_hash(__u64 a, __u64 b)
 }
 
 // ct4_find returns the way of set s holding key (a, b) and a live flow, or -1 (see ct4_sets: the first
-// word is read again, so a way a writer took meanwhile is no match).
+// word is read again, so a way a writer took meanwhile is no match). It reads only the keys' line.
 static __always_inline int ct4_find(struct ct4_set *s, __u64 a, __u64 b)
 {
 #pragma unroll
 	for (int i = 0; i < SG_CT4_WAYS; i++) {
-		struct ct4_way *w = &s->w[i];
-		volatile __u64 *word = (volatile __u64 *)w;
+		volatile __u64 *word = (volatile __u64 *)&s->k[i];
 		__u64 w0 = word[0];
-		if ((w0 & ~(CT4_COUNT | CT4_LOCK_BIT)) != a || word[1] != b)
+		if ((w0 & ~(CT4_COUNT | CT4_LOCK_BIT)) != (a | CT4_LIVE_BIT) || word[1] != b)
 			continue;
-		if (!((w->v.flags | w->v.flags2) & CT_LIVE) || (word[0] ^ w0) & ~CT4_LOCK_BIT)
+		if ((word[0] ^ w0) & ~CT4_LOCK_BIT)
 			continue;
 		return i;
 	}
@@ -1226,13 +1247,37 @@ static __always_inline struct ct_val *ct4_value(struct ct_flow *f, __u32 n)
 {
 	*(volatile __u32 *)&f->ct4_at = n;
 	n = *(volatile __u32 *)&f->ct4_at;
+	f->ct4_way = n;
 	f->ct4_at = n / SG_CT4_WAYS;
 	struct ct4_set *s = bpf_map_lookup_elem(&ct4_sets, &f->ct4_at);
 	if (!s)
 		return 0;
 	// Else clang adds the offset before the null check, which the verifier refuses.
 	asm volatile("" : "+r"(s));
-	return &s->w[n & (SG_CT4_WAYS - 1)].v;
+	return &s->v[n & (SG_CT4_WAYS - 1)];
+}
+
+// ct4_full tells whether set s has no free way, from its keys.
+static __always_inline __u64 ct4_full(struct ct4_set *s)
+{
+	__u64 full = 1;
+#pragma unroll
+	for (int i = 0; i < SG_CT4_WAYS; i++) {
+		__u64 w0 = *(volatile __u64 *)&s->k[i];
+		full &= (w0 / CT4_BUSY_BIT) | (w0 / CT4_LIVE_BIT);
+	}
+	return full & 1;
+}
+
+// ct4_warm reads a word of each line of set s's values, so that an insert evicting one of them (both
+// candidate sets full) finds them in the cache: read on the lookup's miss, they arrive while the rules
+// decide instead of after.
+static __always_inline void ct4_warm(struct ct4_set *s)
+{
+	__u64 x = *(volatile __u64 *)&s->v[0].last;
+	x += *(volatile __u64 *)&s->v[1].last2;
+	x += *(volatile __u64 *)&s->v[3].last;
+	asm volatile("" : : "r"(x));
 }
 
 // ct4_lookup returns the entry of f->k4 in ct4_sets (in either candidate set), or 0.
@@ -1242,14 +1287,20 @@ static __always_inline struct ct_val *ct4_lookup(struct ct_flow *f)
 	ct4_words(&f->k4, &a, &b);
 	__u64 h = ct4_hash(a, b);
 	f->ct4_at = h & (SG_CT4_SETS - 1);
-	struct ct4_set *s = bpf_map_lookup_elem(&ct4_sets, &f->ct4_at);
+	struct ct4_set *s1 = bpf_map_lookup_elem(&ct4_sets, &f->ct4_at);
+	struct ct4_set *s = s1;
 	int w = s ? ct4_find(s, a, b) : -1;
 	if (w < 0) {
 		f->ct4_at = (h >> 32) & (SG_CT4_SETS - 1);
 		s = bpf_map_lookup_elem(&ct4_sets, &f->ct4_at);
 		w = s ? ct4_find(s, a, b) : -1;
-		if (w < 0)
+		if (w < 0) {
+			if (s1 && s && ct4_full(s1) & ct4_full(s)) {
+				ct4_warm(s1);
+				ct4_warm(s);
+			}
 			return 0;
+		}
 	}
 	return ct4_value(f, f->ct4_at * SG_CT4_WAYS + w);
 }
@@ -1257,40 +1308,54 @@ static __always_inline struct ct_val *ct4_lookup(struct ct_flow *f)
 // ct4_claim writes key (a, b) and value f->nv into a way of set s1 or s2 (ct4_sets indexes i1, i2) it
 // claims (see ct4_sets: a free way of the set with fewer live ways, the first on a tie, else the way
 // least recently seen of both) and returns 1 + its way number; 0 when other writers took each way it
-// chose.
+// chose. Values are read only when both sets are full.
 static __always_inline int ct4_claim(struct ct_flow *f, struct ct4_set *s1, struct ct4_set *s2, __u32 i1, __u32 i2,
 				     __u64 a, __u64 b)
 {
 	for (int t = 0; t < 2; t++) {
-		// Live ways of each set (a busy one counts: it is being filled), without a branch.
+		// Live ways of each set (a busy one counts: it is being filled), without a branch, from the
+		// keys alone.
 		__u32 n1 = 0, n2 = 0;
 #pragma unroll
-		for (int i = 0; i < 2 * SG_CT4_WAYS; i++) {
-			struct ct4_way *w = i < SG_CT4_WAYS ? &s1->w[i] : &s2->w[i - SG_CT4_WAYS];
-			__u32 live = (((w->v.flags | w->v.flags2) / CT_LIVE) | w->k.pad) & 1;
-			if (i < SG_CT4_WAYS)
-				n1 += live;
-			else
-				n2 += live;
+		for (int i = 0; i < SG_CT4_WAYS; i++) {
+			__u64 w1 = *(volatile __u64 *)&s1->k[i], w2 = *(volatile __u64 *)&s2->k[i];
+			n1 += ((w1 / CT4_BUSY_BIT) | (w1 / CT4_LIVE_BIT)) & 1;
+			n2 += ((w2 / CT4_BUSY_BIT) | (w2 / CT4_LIVE_BIT)) & 1;
 		}
-		// The way of least rank: a free way of the set preferred (0) or of the other (1), else a live
-		// one by when it was last seen (2 + last seen); busy ways are not taken.
-		__u64 best = ~0ULL, bw0 = 0;
+		__u64 bw0 = 0;
 		__u32 pick = 2 * SG_CT4_WAYS;
+		if (n1 < SG_CT4_WAYS || n2 < SG_CT4_WAYS) {
+			// The first free way of the set with fewer live ways (the first set on a tie), which has
+			// one: its keys' line alone says so.
+			__u32 second = n2 < n1;
+			struct ct4_set *s = second ? s2 : s1;
 #pragma unroll
-		for (int i = 0; i < 2 * SG_CT4_WAYS; i++) {
-			struct ct4_way *w = i < SG_CT4_WAYS ? &s1->w[i] : &s2->w[i - SG_CT4_WAYS];
-			__u64 w0 = *(volatile __u64 *)w;
-			if (w0 & CT4_BUSY_BIT)
-				continue;
-			__u64 l1 = (w->v.flags & CT_LIVE) ? w->v.last : 0;
-			__u64 l2 = (w->v.flags2 & CT_LIVE) ? w->v.last2 : 0;
-			__u64 seen = l1 > l2 ? l1 : l2;
-			__u64 rank = seen ? 2 + seen : ((i < SG_CT4_WAYS) == (n1 <= n2) ? 0 : 1);
-			if (rank < best) {
-				best = rank;
-				bw0 = w0;
-				pick = i;
+			for (int i = 0; i < SG_CT4_WAYS; i++) {
+				__u64 w0 = *(volatile __u64 *)&s->k[i];
+				if (!(w0 & (CT4_LIVE_BIT | CT4_BUSY_BIT))) {
+					bw0 = w0;
+					pick = second * SG_CT4_WAYS + i;
+					break;
+				}
+			}
+		} else {
+			// Both full: the way least recently seen of both (busy ways are not taken), by the values.
+			__u64 best = ~0ULL;
+#pragma unroll
+			for (int i = 0; i < 2 * SG_CT4_WAYS; i++) {
+				struct ct4_set *s = i < SG_CT4_WAYS ? s1 : s2;
+				__u64 w0 = *(volatile __u64 *)&s->k[i & (SG_CT4_WAYS - 1)];
+				if (w0 & CT4_BUSY_BIT)
+					continue;
+				struct ct_val *v = &s->v[i & (SG_CT4_WAYS - 1)];
+				__u64 l1 = (v->flags & CT_LIVE) ? v->last : 0;
+				__u64 l2 = (v->flags2 & CT_LIVE) ? v->last2 : 0;
+				__u64 seen = l1 > l2 ? l1 : l2;
+				if (seen < best) {
+					best = seen;
+					bw0 = w0;
+					pick = i;
+				}
 			}
 		}
 		// pick goes through f's memory, which the verifier does not track: the scan's branches then
@@ -1300,15 +1365,17 @@ static __always_inline int ct4_claim(struct ct_flow *f, struct ct4_set *s1, stru
 		if (pick >= 2 * SG_CT4_WAYS)
 			return 0;
 		struct ct4_set *s = pick < SG_CT4_WAYS ? s1 : s2;
-		struct ct4_way *w = &s->w[pick & (SG_CT4_WAYS - 1)];
+		__u32 way = pick & (SG_CT4_WAYS - 1);
+		__u64 *word = (__u64 *)&s->k[way];
 		__u64 count = ((bw0 & CT4_COUNT) + ((__u64)SG_CT4_WRITE << 24)) & CT4_COUNT;
-		__u64 busy = (bw0 & ~(CT4_COUNT | CT4_BUSY_BIT)) | count | CT4_BUSY_BIT; // the lock bit as it was
-		if (__sync_val_compare_and_swap((__u64 *)w, bw0, busy) != bw0)
+		// The lock bit as it was; not live, so that the publish's xor sets live.
+		__u64 busy = (bw0 & ~(CT4_COUNT | CT4_BUSY_BIT | CT4_LIVE_BIT)) | count | CT4_BUSY_BIT;
+		if (__sync_val_compare_and_swap(word, bw0, busy) != bw0)
 			continue; // another writer took it (or a set's lock moved): choose again
-		((volatile __u64 *)w)[1] = b;
-		__builtin_memcpy(&w->v, &f->nv, sizeof(f->nv));
-		ct4_xor((__u64 *)w, (busy ^ (a | count)) & ~CT4_LOCK_BIT);
-		return 1 + (pick < SG_CT4_WAYS ? i1 : i2) * SG_CT4_WAYS + (pick & (SG_CT4_WAYS - 1));
+		((volatile __u64 *)word)[1] = b;
+		__builtin_memcpy(&s->v[way], &f->nv, sizeof(f->nv));
+		ct4_xor(word, (busy ^ (a | count | CT4_LIVE_BIT)) & ~CT4_LOCK_BIT);
+		return 1 + (pick < SG_CT4_WAYS ? i1 : i2) * SG_CT4_WAYS + way;
 	}
 	return 0;
 }
@@ -1333,7 +1400,7 @@ __noinline int ct4_insert(struct ct_flow *f)
 	struct ct4_set *s2 = bpf_map_lookup_elem(&ct4_sets, &i2);
 	if (!s1 || !s2)
 		return 0;
-	__u64 *lock = (__u64 *)&s1->w[0];
+	__u64 *lock = (__u64 *)&s1->k[0];
 	int locked = 0;
 	for (int n = 0; n < CT4_LOCK_TRIES && !locked; n++) {
 		__u64 w0 = *(volatile __u64 *)lock;
@@ -1353,10 +1420,9 @@ __noinline int ct4_insert(struct ct_flow *f)
 	return r;
 }
 
-// ct_lookup and ct_delete act on k's entry in its family's table (only ct6 is a map the helpers look up,
-// so each helper call site sees one map and the verifier binds it to that map's lookup, not the generic
+// ct_lookup returns k's entry in its family's table (only ct6 is a map the helpers look up, so each
+// helper call site sees one map and the verifier binds it to that map's lookup, not the generic
 // helper's indirect call).
-
 static __always_inline struct ct_val *ct_lookup(struct ct_flow *f, const struct ct_key *k)
 {
 	if (k->fam == 4) {
@@ -1366,22 +1432,41 @@ static __always_inline struct ct_val *ct_lookup(struct ct_flow *f, const struct 
 	return bpf_map_lookup_elem(&ct6, k);
 }
 
-// ct_delete: an IPv4 way whose halves are both ended is free already (ct4_sets).
-static __always_inline void ct_delete(const struct ct_key *k)
+
+// ct4_unlive clears the live bit of way fl->ct4_way (the entry of key fl->k4 whose last half ended), if
+// the way still holds that key (see ct4_sets: a way taken over meanwhile stays live). A global function,
+// checked once: only a flow's end pays its call.
+__noinline int ct4_unlive(struct ct_flow *fl)
 {
-	if (k->fam != 4)
-		bpf_map_delete_elem(&ct6, k);
+	if (!fl)
+		return 0;
+	__u64 a, b;
+	ct4_words(&fl->k4, &a, &b);
+	__u32 n = fl->ct4_way;
+	fl->ct4_at = n / SG_CT4_WAYS;
+	struct ct4_set *s = bpf_map_lookup_elem(&ct4_sets, &fl->ct4_at);
+	if (!s)
+		return 0;
+	asm volatile("" : "+r"(s)); // as in ct4_value
+	__u64 *word = (__u64 *)&s->k[n & (SG_CT4_WAYS - 1)];
+	__u64 w0 = *(volatile __u64 *)word;
+	if ((w0 & ~(CT4_COUNT | CT4_LOCK_BIT)) != (a | CT4_LIVE_BIT) || ((volatile __u64 *)word)[1] != b)
+		return 0;
+	return __sync_val_compare_and_swap(word, w0, w0 & ~CT4_LIVE_BIT) == w0;
 }
 
 // ct_forget ends the flow in half hf of fl's entry v (key fl->k); returns 1 when the entry itself was
-// deleted.
+// deleted (an IPv4 way: no longer live).
 static __always_inline int ct_forget(struct ct_flow *fl, struct ct_val *v, struct ct_half *hf)
 {
 	struct ct_half *h = (struct ct_half *)v;
 	hf->flags = 0;
 	if ((h[0].flags | h[1].flags) & CT_LIVE)
 		return 0;
-	ct_delete(&fl->k);
+	if (fl->k.fam == 4)
+		ct4_unlive(fl);
+	else
+		bpf_map_delete_elem(&ct6, &fl->k);
 	return 1;
 }
 
@@ -1836,7 +1921,6 @@ const struct drop_event *unused_drop_event __attribute__((unused));
 const struct ct_key *unused_ct_key __attribute__((unused));
 const struct ct_key4 *unused_ct_key4 __attribute__((unused));
 const struct ct_val *unused_ct_val __attribute__((unused));
-const struct ct4_way *unused_ct4_way __attribute__((unused));
 const struct ct4_set *unused_ct4_set __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 const struct frag_val *unused_frag_val __attribute__((unused));

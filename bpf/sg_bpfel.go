@@ -15,13 +15,8 @@ import (
 
 type sgCt4Set struct {
 	_ structs.HostLayout
-	W [4]sgCt4Way
-}
-
-type sgCt4Way struct {
-	_ structs.HostLayout
-	K sgCtKey4
-	V sgCtVal
+	K [4]sgCtKey4
+	V [4]sgCtVal
 }
 
 type sgCtKey struct {
@@ -187,7 +182,9 @@ const (
 	sgSgConstSG_CT4WAYS       sgSgConst = 4
 	sgSgConstSG_CT4BUSY       sgSgConst = 1
 	sgSgConstSG_CT4LOCK       sgSgConst = 2
-	sgSgConstSG_CT4WRITE      sgSgConst = 4
+	sgSgConstSG_CT4LIVE       sgSgConst = 4
+	sgSgConstSG_CT4WRITE      sgSgConst = 8
+	sgSgConstSG_CT4LAYOUT     sgSgConst = 2
 	sgSgConstSG_CT_LIVE       sgSgConst = 4
 )
 
@@ -210,6 +207,7 @@ type sgV6iv struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sgMapCt4Layout       = "ct4_layout"
 	sgMapCt4Meta         = "ct4_meta"
 	sgMapCt4Sets         = "ct4_sets"
 	sgMapCt6             = "ct6"
@@ -228,7 +226,6 @@ const (
 	sgVarCt4Seed         = "ct4_seed"
 	sgVarCtHz            = "ct_hz"
 	sgVarUnusedCt4Set    = "unused_ct4_set"
-	sgVarUnusedCt4Way    = "unused_ct4_way"
 	sgVarUnusedCtKey     = "unused_ct_key"
 	sgVarUnusedCtKey4    = "unused_ct_key4"
 	sgVarUnusedCtVal     = "unused_ct_val"
@@ -295,6 +292,7 @@ type sgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sgMapSpecs struct {
+	Ct4Layout  *ebpf.MapSpec `ebpf:"ct4_layout"`
 	Ct4Meta    *ebpf.MapSpec `ebpf:"ct4_meta"`
 	Ct4Sets    *ebpf.MapSpec `ebpf:"ct4_sets"`
 	Ct6        *ebpf.MapSpec `ebpf:"ct6"`
@@ -317,7 +315,6 @@ type sgVariableSpecs struct {
 	Ct4Seed         *ebpf.VariableSpec `ebpf:"ct4_seed"`
 	CtHz            *ebpf.VariableSpec `ebpf:"ct_hz"`
 	UnusedCt4Set    *ebpf.VariableSpec `ebpf:"unused_ct4_set"`
-	UnusedCt4Way    *ebpf.VariableSpec `ebpf:"unused_ct4_way"`
 	UnusedCtKey     *ebpf.VariableSpec `ebpf:"unused_ct_key"`
 	UnusedCtKey4    *ebpf.VariableSpec `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.VariableSpec `ebpf:"unused_ct_val"`
@@ -354,6 +351,7 @@ func (o *sgObjects) Close() error {
 //
 // It can be passed to loadSgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sgMaps struct {
+	Ct4Layout  *ebpf.Map `ebpf:"ct4_layout"`
 	Ct4Meta    *ebpf.Map `ebpf:"ct4_meta"`
 	Ct4Sets    *ebpf.Map `ebpf:"ct4_sets"`
 	Ct6        *ebpf.Map `ebpf:"ct6"`
@@ -371,6 +369,7 @@ type sgMaps struct {
 
 func (m *sgMaps) Close() error {
 	return _SgClose(
+		m.Ct4Layout,
 		m.Ct4Meta,
 		m.Ct4Sets,
 		m.Ct6,
@@ -394,7 +393,6 @@ type sgVariables struct {
 	Ct4Seed         *ebpf.Variable `ebpf:"ct4_seed"`
 	CtHz            *ebpf.Variable `ebpf:"ct_hz"`
 	UnusedCt4Set    *ebpf.Variable `ebpf:"unused_ct4_set"`
-	UnusedCt4Way    *ebpf.Variable `ebpf:"unused_ct4_way"`
 	UnusedCtKey     *ebpf.Variable `ebpf:"unused_ct_key"`
 	UnusedCtKey4    *ebpf.Variable `ebpf:"unused_ct_key4"`
 	UnusedCtVal     *ebpf.Variable `ebpf:"unused_ct_val"`

@@ -32,7 +32,6 @@ func TestKernelTypesMatchC(t *testing.T) {
 		{"ct_key", unsafe.Sizeof(sgCtKey{})},
 		{"ct_key4", unsafe.Sizeof(sgCtKey4{})},
 		{"ct_val", unsafe.Sizeof(sgCtVal{})},
-		{"ct4_way", unsafe.Sizeof(sgCt4Way{})},
 		{"ct4_set", unsafe.Sizeof(sgCt4Set{})},
 		{"frag_key", unsafe.Sizeof(sgFragKey{})},
 		{"frag_val", unsafe.Sizeof(sgFragVal{})},
@@ -49,7 +48,8 @@ func TestKernelTypesMatchC(t *testing.T) {
 		})
 	}
 	assert.Equal(t, hdrSize, int(unsafe.Sizeof(sgHdr{})), "SG_HDR_SIZE")
-	assert.Equal(t, 64, ct4WaySize, "a conntrack way is one cache line")
+	assert.Equal(t, 64, ct4ValsOff, "a set's keys are one cache line")
+	assert.Equal(t, ct4Ways*ct4KeySize, ct4ValsOff, "a set's values follow its keys")
 	assert.Equal(t, uint32(ct4Sets), spec.Maps["ct4_sets"].MaxEntries)
 	assert.Equal(t, uint32(ct4SetSize), spec.Maps["ct4_sets"].ValueSize)
 	for _, m := range []string{"ifaces", "eni_names"} {
