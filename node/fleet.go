@@ -257,24 +257,36 @@ func (f *fleet) health() error {
 // followFleet refreshes the controller whenever etcd holds a newer state than its View, until ctx
 // ends; a failed watch (etcd away, history compacted) is restarted from the View after a pause.
 func (n *Node) followFleet(ctx context.Context) {
-	for ctx.Err() == nil {
-		err := n.fleet.st.Watch(ctx, n.ctrl.View().Generation, func(ch store.Change) error {
+	n.keepRunning(ctx, "following etcd", func() error {
+		return n.fleet.st.Watch(ctx, n.ctrl.View().Generation, func(ch store.Change) error {
 			if ch.Revision <= n.ctrl.View().Generation {
 				return nil // this replica's own commit, or one it has already loaded
 			}
 			return n.refreshFleet(ctx)
 		})
+	}, func() {
+		if err := n.refreshFleet(ctx); err != nil && ctx.Err() == nil {
+			n.log.Warn("reload from etcd", "err", err)
+		}
+	})
+}
+
+// keepRunning runs run until ctx ends, and again after fleetRetryPause whenever it returns, logging
+// why (what it is doing, its error); afterPause, if set, runs after each pause.
+func (n *Node) keepRunning(ctx context.Context, what string, run func() error, afterPause func()) {
+	for ctx.Err() == nil {
+		err := run()
 		if ctx.Err() != nil {
 			return
 		}
-		n.log.Warn("following etcd; retrying", "err", err)
+		n.log.Warn(what+"; retrying", "err", err)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(fleetRetryPause):
 		}
-		if err := n.refreshFleet(ctx); err != nil && ctx.Err() == nil {
-			n.log.Warn("reload from etcd", "err", err)
+		if afterPause != nil {
+			afterPause()
 		}
 	}
 }
@@ -294,16 +306,7 @@ func (n *Node) refreshFleet(ctx context.Context) error {
 // watch or repair starts again after a pause.
 func (n *Node) repairFeeds(ctx context.Context) {
 	f := n.fleet
-	for ctx.Err() == nil {
-		err := f.st.RepairFeeds(ctx, feedRepairGrace, func(r etcdstore.Repaired) { f.feedsRepaired.Add(float64(len(r.Hosts))) })
-		if ctx.Err() != nil {
-			return
-		}
-		n.log.Warn("repairing owed feeds; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(fleetRetryPause):
-		}
-	}
+	n.keepRunning(ctx, "repairing owed feeds", func() error {
+		return f.st.RepairFeeds(ctx, feedRepairGrace, func(r etcdstore.Repaired) { f.feedsRepaired.Add(float64(len(r.Hosts))) })
+	}, nil)
 }

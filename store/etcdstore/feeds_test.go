@@ -67,15 +67,23 @@ func deadWriter(t *testing.T, te *testEtcd, prefix string) *Store {
 }
 
 // A commit whose later feed transactions never happen leaves intents owing exactly the feeds it did
+// seedFleet starts an etcd and commits fleetState(20, 20) under a fresh prefix through a Store with
+// repairOps operations per transaction (its feeds fit: no intent), which the repair tests start from.
+func seedFleet(t *testing.T) (te *testEtcd, prefix string, st *Store, seed *model.State, rev uint64) {
+	t.Helper()
+	te = startEtcd(t)
+	prefix = te.prefix()
+	st = openStore(t, te, prefix, WithMaxTxnOps(repairOps))
+	seed = fleetState(t, 20, 20)
+	rev, err := st.CommitAffecting(context.Background(), seed, 1, nil)
+	require.NoError(t, err, "the seed")
+	return te, prefix, st, seed, rev
+}
+
 // not write; Repair writes those feeds and deletes the intents, and a second Repair does nothing.
 func TestRepairPaysWhatADeadWriterOwes(t *testing.T) {
-	te := startEtcd(t)
+	te, prefix, repairer, _, _ := seedFleet(t)
 	ctx := context.Background()
-	prefix := te.prefix()
-	repairer := openStore(t, te, prefix, WithMaxTxnOps(repairOps))
-	s0 := fleetState(t, 20, 20)
-	_, err := repairer.CommitAffecting(ctx, s0, 1, nil)
-	require.NoError(t, err, "the seed: its feeds fit, no intent")
 	require.Empty(t, intents(t, repairer.cli, prefix))
 	before := feedRevisions(t, repairer.cli, prefix)
 
@@ -139,13 +147,8 @@ func TestRepairPaysWhatADeadWriterOwes(t *testing.T) {
 // A live writer pays its own intents and leaves none; a change whose feeds fit in its transaction
 // writes no intent and is one etcd write.
 func TestLiveWriterLeavesNoIntent(t *testing.T) {
-	te := startEtcd(t)
+	_, prefix, st, s0, r0 := seedFleet(t)
 	ctx := context.Background()
-	prefix := te.prefix()
-	st := openStore(t, te, prefix, WithMaxTxnOps(repairOps))
-	s0 := fleetState(t, 20, 20)
-	r0, err := st.CommitAffecting(ctx, s0, 1, nil)
-	require.NoError(t, err)
 
 	s1 := withPort(t, s0, "23")
 	r1, err := st.CommitAffecting(ctx, s1, r0+1, hostsOf(20))
@@ -227,13 +230,8 @@ func TestConcurrentRepairsWriteEachFeedOnce(t *testing.T) {
 // RepairFeeds repairs intents it finds when it starts at once, and those written later once they
 // stood for its grace period; it leaves a live writer's alone.
 func TestRepairFeedsFollowsIntents(t *testing.T) {
-	te := startEtcd(t)
+	te, prefix, st, _, r0 := seedFleet(t)
 	ctx := context.Background()
-	prefix := te.prefix()
-	st := openStore(t, te, prefix, WithMaxTxnOps(repairOps))
-	s0 := fleetState(t, 20, 20)
-	r0, err := st.CommitAffecting(ctx, s0, 1, nil)
-	require.NoError(t, err)
 	w := deadWriter(t, te, prefix)
 	cur, _, err := w.Load(ctx)
 	require.NoError(t, err)
