@@ -17,9 +17,11 @@
 //	                                 under objects/ so one watch sees records and commits in order
 //	P/feed/{host}                    "" rewritten in the commit of every change that affects host (or
 //	                                 right after it, for the hosts beyond its transaction's room)
-//	P/feedq/{base}/{i}               ["h1",…] an intent: feeds a commit owes, written in its transaction
-//	                                 when they do not all fit there (base: the revision it was guarded
-//	                                 on); deleted in the transaction that writes those feeds
+//	P/feedq/{base}                   ["h1",…] an intent: the feeds a commit owes, written in its
+//	                                 transaction when they do not all fit there (base: the revision it
+//	                                 was guarded on); split by its first payer into the first batch's
+//	                                 feeds and P/feedq/{base}/{i}, one intent per later batch, each
+//	                                 deleted in the transaction that writes its feeds (feeds.go)
 //	P/acks/{host}                    decimal revision the host has in force (one key per host, overwritten)
 //	P/hosts/{host}                   "" under the host's lease (TTL HostTTL)
 //	P/nonces/{secret}/{ts}/{nonce}   "" under a lease that ends when the Timestamp leaves the window
@@ -40,19 +42,19 @@
 // ModifySecurityGroupsOfNetworkInterface onto up to 5 SGs on 10 hosts is 100 + ≤10 + ≤10 + 1 + 10 ops
 // (tested against an embedded etcd with the default limits). Bytes are counted too: a change above
 // --max-request-bytes is refused with ErrTooLarge naming its size, or the object too big for any
-// request. Feeds that do not fit in the commit's transaction are written right after it in
-// concurrent transactions of at most MaxTxnOps-1 puts, before Commit returns; the commit's
-// transaction holds one intent per such transaction (the feeds in it leave room for them), so a
-// 100-ENI change spread over 100 hosts is 104 operations besides its feeds, then 23 feeds and one
-// intent owing the other 77 (tested too). A change whose feeds fit writes no intent. A commit whose records and indexes
+// request. Feeds that do not fit in the commit's transaction are written right after it, before
+// Commit returns: the commit's transaction holds one intent naming them (one operation, so any change
+// that fits can owe the feeds of any fleet up to about MaxTxnOps² hosts), which is split into a first
+// batch and an intent per later batch, those paid in concurrent transactions of at most MaxTxnOps-1
+// feeds. A 100-ENI change spread over 100 hosts is 104 operations besides its feeds, then 23 feeds and
+// the intent owing the other 77 (tested too). A change whose feeds fit writes no intent. A commit whose records and indexes
 // alone exceed a limit is refused before anything is written, except the first commit of an empty
 // store (seeding a topology): it is written in transactions within both limits, guarded on the
 // generation's absence, the generation last, so Load and Watch see it only once complete, as one change.
 //
 // A writer that stops between its commit and those later transactions (killed, cut off from etcd)
-// leaves its intents behind: every replica's RepairFeeds writes the feeds an intent names and deletes
-// it, guarded on the intent's revision so that the writer and any number of repairs write each batch
-// once (feeds.go). A committed change therefore reaches every affected host, late by a grace period
+// leaves its intents behind: every replica's RepairFeeds splits or pays them, each step guarded on the
+// intent's revision so that the writer and any number of repairs write each feed once (feeds.go). A committed change therefore reaches every affected host, late by a grace period
 // at worst, and a change whose feeds fit in its transaction pays nothing for it.
 package etcdstore
 
@@ -341,6 +343,10 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 		return 0, fmt.Errorf("%w: %d objects changed, %d bytes, etcd allows %d per request", ErrTooLarge, len(d.Puts)+len(d.Dels), total, s.maxBytes)
 	}
 	plan, err := s.planFeeds(hosts, len(ops), total, s.base)
+	if err != nil && s.base == 0 {
+		// A first state that fits one transaction but for its feeds' intent is seeded as a bigger one.
+		return s.seed(ctx, next, d, ops, sizes, hosts)
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,62 +18,70 @@ import (
 )
 
 // A commit owes the feeds that do not fit in its own transaction, and the transaction records the
-// debt: for each later batch of feeds an intent P/feedq/{base}/{i} naming the batch's hosts. A batch
-// is paid in one transaction that writes its feeds and deletes its intent, guarded on the intent's
-// ModRevision (the commit's revision): by the writer right after its commit or, if the writer stopped
-// first (killed, cut off from etcd), by any replica's repair. Whoever pays first pays the whole batch
-// once; a later payer's guard fails and it writes nothing, so writer and repairs never fight.
+// debt in one operation, so any change that fits etcd's limits can owe any number of feeds: an intent
+// P/feedq/{base} naming every host owed. The first payer (the writer right after its commit or, if the
+// writer stopped first, killed or cut off from etcd, any replica's repair) splits it, guarded on its
+// ModRevision, in one transaction that deletes it, writes the first batch of feeds and an intent
+// P/feedq/{base}/{i} for each later batch; each of those is paid in one transaction that writes its
+// feeds and deletes it, guarded on its own ModRevision, all at once. Whoever pays a step first pays it
+// once; a later payer's guard fails and it writes nothing, so writer and repairs never fight and no
+// feed is written twice.
 
-// intent is one batch of feeds a commit owes.
+// intent is feeds a commit owes: all of them (a whole intent, as the commit wrote it) or one batch of
+// a split one.
 type intent struct {
 	key   string
-	rev   int64 // the commit's revision, the intent's ModRevision
+	rev   int64 // its ModRevision
 	hosts []string
 }
 
 // feedPlan is where a commit's feeds go.
 type feedPlan struct {
-	ops  []clientv3.Op // for the commit's transaction: the feeds that fit, then the intents
-	owed []intent      // paid after the commit, each in a transaction of its own
+	ops  []clientv3.Op // for the commit's transaction: the feeds that fit, then the intent of the rest
+	owed []intent      // the whole intent, if any, paid after the commit
 }
 
 func (s *Store) feedqPrefix() string { return s.prefix + "/feedq/" }
-func (s *Store) intentKey(base int64, i int) string {
-	return s.feedqPrefix() + strconv.FormatInt(base, 10) + "/" + strconv.Itoa(i)
+
+// intentKey names the whole intent of the commit guarded on base.
+func (s *Store) intentKey(base int64) string { return s.feedqPrefix() + strconv.FormatInt(base, 10) }
+
+// isBatch tells a split intent's batch from a whole intent.
+func (s *Store) isBatch(in intent) bool {
+	return strings.Contains(strings.TrimPrefix(in.key, s.feedqPrefix()), "/")
 }
 
 // planFeeds splits hosts' feeds between a commit's transaction, which holds opsUsed operations of
-// bytesUsed bytes without them, and intents paid after it: as many feeds in the transaction as leave
-// room for the intents of the rest, so a change whose feeds fit writes no intent. base is the
-// revision the commit is guarded on: one commit per base succeeds, so intents named by it are unique.
+// bytesUsed bytes without them, and one intent paid after it: as many feeds in the transaction as
+// leave room for the intent, so a change whose feeds fit writes no intent. base is the revision the
+// commit is guarded on: one commit per base succeeds, so the intent named by it is unique.
 func (s *Store) planFeeds(hosts []string, opsUsed, bytesUsed int, base int64) (feedPlan, error) {
 	room := s.maxOps - opsUsed
 	inTxn := len(hosts)
-	var later [][]string
+	var owed []intent
 	if inTxn > room {
-		perBatch := s.maxOps - 1 // a batch's transaction also deletes its intent
-		// k intents leave room-k feeds in the transaction and k*perBatch after it.
-		k := (len(hosts) - room + perBatch - 2) / (perBatch - 1)
-		if k > room {
-			return feedPlan{}, fmt.Errorf("%w: %d operations leave no room for the intents owing the feeds of %d hosts, etcd allows %d",
+		if room < 1 {
+			return feedPlan{}, fmt.Errorf("%w: %d operations leave no room for the intent owing the feeds of %d hosts, etcd allows %d",
 				ErrTooLarge, opsUsed, len(hosts), s.maxOps)
 		}
-		inTxn = room - k
-		later = slices.Collect(slices.Chunk(hosts[inTxn:], perBatch))
+		inTxn = room - 1
+		rest := hosts[inTxn:]
+		if _, err := s.splitBatches(rest); err != nil {
+			return feedPlan{}, err
+		}
+		owed = []intent{{key: s.intentKey(base), hosts: rest}}
 	}
-	p := feedPlan{ops: make([]clientv3.Op, 0, inTxn+len(later))}
+	p := feedPlan{ops: make([]clientv3.Op, 0, inTxn+len(owed)), owed: owed}
 	bytes := bytesUsed
 	for _, h := range hosts[:inTxn] {
 		key := s.feedKey(h)
 		p.ops = append(p.ops, clientv3.OpPut(key, ""))
 		bytes += len(key) + opOverhead
 	}
-	for i, batch := range later {
-		key := s.intentKey(base, i)
-		value, _ := json.Marshal(batch) // a list of strings always encodes
-		p.ops = append(p.ops, clientv3.OpPut(key, string(value)))
-		p.owed = append(p.owed, intent{key: key, hosts: batch})
-		bytes += len(key) + len(value) + opOverhead
+	for _, in := range owed {
+		value, _ := json.Marshal(in.hosts) // a list of strings always encodes
+		p.ops = append(p.ops, clientv3.OpPut(in.key, string(value)))
+		bytes += len(in.key) + len(value) + opOverhead
 	}
 	if bytes > s.maxBytes {
 		return feedPlan{}, fmt.Errorf("%w: %d bytes with the feeds of %d hosts, etcd allows %d per request", ErrTooLarge, bytes, len(hosts), s.maxBytes)
@@ -80,39 +89,95 @@ func (s *Store) planFeeds(hosts []string, opsUsed, bytesUsed int, base int64) (f
 	return p, nil
 }
 
-// payOwed pays the intents of the commit at rev, all at once: etcd commits concurrent proposals
-// together, so a thousand hosts hear of a change about as soon as the first hundred do. An intent it
-// could not pay stays in etcd for a repair; the error (ErrFeedIncomplete) says so.
+// splitBatches cuts a whole intent's hosts into the batches its split pays: the first written by the
+// split's own transaction beside its delete and the later batches' intents, each later one in a
+// transaction of its own beside its delete. As few batches as fit; ErrTooLarge past what one split
+// can hold (about MaxTxnOps² hosts).
+func (s *Store) splitBatches(hosts []string) ([][]string, error) {
+	perBatch := s.maxOps - 1
+	for k := 1; k < s.maxOps; k++ {
+		first := s.maxOps - k // the split's transaction: a delete, k-1 intents, the first batch's feeds
+		if first+(k-1)*perBatch < len(hosts) {
+			continue
+		}
+		first = min(first, len(hosts))
+		return append([][]string{hosts[:first]}, slices.Collect(slices.Chunk(hosts[first:], perBatch))...), nil
+	}
+	return nil, fmt.Errorf("%w: the feeds of %d hosts, more than one split of owed feeds holds at %d operations per transaction",
+		ErrTooLarge, len(hosts), s.maxOps)
+}
+
+// payOwed pays the whole intents of the commit at rev. An intent it could not pay stays in etcd for
+// a repair; the error (ErrFeedIncomplete) says so.
 func (s *Store) payOwed(ctx context.Context, rev int64, owed []intent) error {
-	if len(owed) == 0 {
-		return nil
-	}
-	for i := range owed {
-		owed[i].rev = rev
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
 	var errs []error
 	for _, in := range owed {
-		wg.Go(func() {
-			if _, err := s.pay(ctx, in); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		})
+		in.rev = rev
+		if _, err := s.payWhole(ctx, in); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		s.log.Error("feeds not written; a replica's repair writes them", "revision", rev, "intents", len(errs), "err", err)
+		s.log.Error("feeds not written; a replica's repair writes them", "revision", rev, "err", err)
 		return fmt.Errorf("%w: revision %d: %w", ErrFeedIncomplete, rev, err)
 	}
 	return nil
 }
 
+// payWhole splits whole intent in, writing its first batch, then pays the later batches all at once:
+// etcd commits concurrent proposals together, so a thousand hosts hear of a change about as soon as
+// the first hundred do. It returns the hosts it wrote feeds for (none when another payer split first;
+// it pays the batches).
+func (s *Store) payWhole(ctx context.Context, in intent) ([]string, error) {
+	batches, err := s.splitBatches(in.hosts)
+	if err != nil {
+		return nil, err
+	}
+	later := make([]intent, len(batches)-1)
+	ops := []clientv3.Op{clientv3.OpDelete(in.key)}
+	for i, b := range batches[1:] {
+		later[i] = intent{key: in.key + "/" + strconv.Itoa(i+1), hosts: b}
+		value, _ := json.Marshal(b) // a list of strings always encodes
+		ops = append(ops, clientv3.OpPut(later[i].key, string(value)))
+	}
+	for _, h := range batches[0] {
+		ops = append(ops, clientv3.OpPut(s.feedKey(h), ""))
+	}
+	s.markPaying(later, true)
+	defer s.markPaying(later, false)
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(in.key), "=", in.rev)).Then(ops...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: split the feeds of %d hosts owed by %s: %w", len(in.hosts), in.key, err)
+	}
+	if !resp.Succeeded {
+		return nil, nil
+	}
+	for i := range later {
+		later[i].rev = resp.Header.Revision
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	paid := slices.Clone(batches[0])
+	for _, b := range later {
+		wg.Go(func() {
+			ok, err := s.pay(ctx, b)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+			} else if ok {
+				paid = append(paid, b.hosts...)
+			}
+		})
+	}
+	wg.Wait()
+	return paid, errors.Join(errs...)
+}
+
 // markPaying adds owed to, or removes them from, the intents this Store is paying itself, which its
-// repairs leave alone: from before its commit's transaction is sent, since the intents' watch may
-// report them before the commit's answer arrives, until the commit has paid what it could.
+// repairs leave alone: from before the transaction that writes them is sent, since the intents' watch
+// may report them before its answer arrives, until they are paid or left for a repair.
 func (s *Store) markPaying(owed []intent, paying bool) {
 	s.payingMu.Lock()
 	defer s.payingMu.Unlock()
@@ -133,8 +198,8 @@ func (s *Store) isPaying(in intent) bool {
 	return s.paying[in.key]
 }
 
-// pay writes in's feeds and deletes it in one transaction, if in is still owed; false when another
-// payer was first.
+// pay writes batch in's feeds and deletes it in one transaction, if it is still owed; false when
+// another payer was first.
 func (s *Store) pay(ctx context.Context, in intent) (bool, error) {
 	ops := make([]clientv3.Op, 0, len(in.hosts)+1)
 	for _, h := range in.hosts {
@@ -143,7 +208,7 @@ func (s *Store) pay(ctx context.Context, in intent) (bool, error) {
 	ops = append(ops, clientv3.OpDelete(in.key))
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(in.key), "=", in.rev)).Then(ops...).Commit()
 	if err != nil {
-		return false, fmt.Errorf("etcdstore: feeds of %d hosts owed by change %d (%s): %w", len(in.hosts), in.rev, in.key, err)
+		return false, fmt.Errorf("etcdstore: feeds of %d hosts owed by %s: %w", len(in.hosts), in.key, err)
 	}
 	return resp.Succeeded, nil
 }
@@ -154,14 +219,23 @@ type Repaired struct {
 	Hosts    []string
 }
 
-// repair pays in for a writer that did not, and logs it.
+// repair pays in (a whole intent or a batch of a split one) for a writer that did not, and logs it.
 func (s *Store) repair(ctx context.Context, in intent) (Repaired, bool, error) {
-	paid, err := s.pay(ctx, in)
-	if err != nil || !paid {
+	var hosts []string
+	var err error
+	if s.isBatch(in) {
+		var paid bool
+		if paid, err = s.pay(ctx, in); paid {
+			hosts = in.hosts
+		}
+	} else {
+		hosts, err = s.payWhole(ctx, in)
+	}
+	if len(hosts) == 0 {
 		return Repaired{}, false, err
 	}
-	s.log.Info("repaired the feeds of a change its writer did not finish", "revision", in.rev, "hosts", len(in.hosts), "intent", in.key)
-	return Repaired{Revision: uint64(in.rev), Hosts: in.hosts}, true, nil
+	s.log.Info("repaired the feeds of a change its writer did not finish", "intent", in.key, "hosts", len(hosts), "err", err)
+	return Repaired{Revision: uint64(in.rev), Hosts: hosts}, true, err
 }
 
 // Repair pays every intent etcd holds that this Store is not paying itself: the feeds of changes whose
