@@ -283,10 +283,22 @@ func (t *ct4Table) insert(a, b uint64, v *sgCtVal) error {
 }
 
 // claim takes way w, whose first word was w0, for a write (sg.c's ct4_claim): busy and not live, its
-// write count one more, its lock bit as it was. It returns the busy word, or false when the word changed.
+// write count one more, its lock bit as it was. It returns the busy word, or false when another writer
+// took the way meanwhile. A lock bit moved meanwhile (inserts of other keys take the set's lock in its
+// first way) is no such change: the claim is tried again on the new word.
 func (t *ct4Table) claim(w ct4Way, w0 uint64) (uint64, bool) {
-	busy := w0&^(ct4Count|ct4Busy|ct4Live) | (w0&ct4Count+ct4Write)&ct4Count | ct4Busy
-	return busy, atomic.CompareAndSwapUint64(t.state(w), w0, busy)
+	p := t.state(w)
+	for {
+		busy := w0&^(ct4Count|ct4Busy|ct4Live) | (w0&ct4Count+ct4Write)&ct4Count | ct4Busy
+		if atomic.CompareAndSwapUint64(p, w0, busy) {
+			return busy, true
+		}
+		cur := atomic.LoadUint64(p)
+		if (cur^w0)&^ct4Lock != 0 {
+			return 0, false
+		}
+		w0 = cur
+	}
 }
 
 // publish turns the busy first word of way w into word (a key and live, or none, and the write count),
@@ -432,13 +444,24 @@ func setAsideCt4Ways(pinPath string) error {
 	case ct4Layout:
 		return nil
 	case ct4WaysLayout:
-		if err := os.Rename(path, filepath.Join(pinPath, ct4WaysPin)); err != nil {
+		aside := filepath.Join(pinPath, ct4WaysPin)
+		if _, err := os.Stat(aside); err == nil {
+			// A Load before this one set the older table aside and stopped before this build's
+			// table had its ct4_layout: ct4_sets is that Load's, which no program ran, and the flows
+			// are still aside, to be adopted now.
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("remove the %s of an upgrade that stopped halfway: %w", path, err)
+			}
+			return nil
+		}
+		// Never over a table set aside: its flows would be lost.
+		if err := unix.Renameat2(unix.AT_FDCWD, path, unix.AT_FDCWD, aside, unix.RENAME_NOREPLACE); err != nil {
 			return fmt.Errorf("set aside the pinned %s of an older layout: %w", path, err)
 		}
 		return nil
 	}
-	return fmt.Errorf("the pinned %s has layout %d, this build's is %d; to upgrade, remove it (its IPv4 flows are forgotten)",
-		path, layout, ct4Layout)
+	return fmt.Errorf("the pinned %s has layout %d, this build's is %d; to upgrade, remove it and %s beside it (its IPv4 flows are forgotten)",
+		path, layout, ct4Layout, sgMapCt4Layout)
 }
 
 // pinnedCt4Layout reads the layout of the ct4_sets pinned under pinPath from the ct4_layout pinned

@@ -1305,6 +1305,10 @@ static __always_inline struct ct_val *ct4_lookup(struct ct_flow *f)
 	return ct4_value(f, f->ct4_at * SG_CT4_WAYS + w);
 }
 
+// Choices of a way a new flow makes before it goes untracked: each fails only when another CPU took
+// the way chosen between the choice and the claim.
+#define CT4_CLAIM_TRIES 4
+
 // ct4_claim writes key (a, b) and value f->nv into a way of set s1 or s2 (ct4_sets indexes i1, i2) it
 // claims (see ct4_sets: a free way of the set with fewer live ways, the first on a tie, else the way
 // least recently seen of both) and returns 1 + its way number; 0 when other writers took each way it
@@ -1312,7 +1316,7 @@ static __always_inline struct ct_val *ct4_lookup(struct ct_flow *f)
 static __always_inline int ct4_claim(struct ct_flow *f, struct ct4_set *s1, struct ct4_set *s2, __u32 i1, __u32 i2,
 				     __u64 a, __u64 b)
 {
-	for (int t = 0; t < 2; t++) {
+	for (int t = 0; t < CT4_CLAIM_TRIES; t++) {
 		// Live ways of each set (a busy one counts: it is being filled), without a branch, from the
 		// keys alone.
 		__u32 n1 = 0, n2 = 0;
@@ -1363,15 +1367,23 @@ static __always_inline int ct4_claim(struct ct_flow *f, struct ct4_set *s1, stru
 		*(volatile __u32 *)&f->ct4_at = pick;
 		pick = *(volatile __u32 *)&f->ct4_at;
 		if (pick >= 2 * SG_CT4_WAYS)
-			return 0;
+			continue; // the set filled between the count and the scan: choose again
 		struct ct4_set *s = pick < SG_CT4_WAYS ? s1 : s2;
 		__u32 way = pick & (SG_CT4_WAYS - 1);
 		__u64 *word = (__u64 *)&s->k[way];
 		__u64 count = ((bw0 & CT4_COUNT) + ((__u64)SG_CT4_WRITE << 24)) & CT4_COUNT;
 		// The lock bit as it was; not live, so that the publish's xor sets live.
 		__u64 busy = (bw0 & ~(CT4_COUNT | CT4_BUSY_BIT | CT4_LIVE_BIT)) | count | CT4_BUSY_BIT;
-		if (__sync_val_compare_and_swap(word, bw0, busy) != bw0)
-			continue; // another writer took it (or a set's lock moved): choose again
+		__u64 old = __sync_val_compare_and_swap(word, bw0, busy);
+		if (old != bw0 && !((old ^ bw0) & ~CT4_LOCK_BIT)) {
+			// Only the set's lock moved (another key's insert took or left it): the way is still
+			// the one chosen, so claim it with the lock bit as it is now.
+			busy ^= old ^ bw0;
+			bw0 = old;
+			old = __sync_val_compare_and_swap(word, bw0, busy);
+		}
+		if (old != bw0)
+			continue; // another writer took it: choose again
 		((volatile __u64 *)word)[1] = b;
 		__builtin_memcpy(&s->v[way], &f->nv, sizeof(f->nv));
 		ct4_xor(word, (busy ^ (a | count | CT4_LIVE_BIT)) & ~CT4_LOCK_BIT);
