@@ -241,12 +241,9 @@ func (a *Agent) resync(ctx context.Context, atLeast uint64) (uint64, error) {
 		}
 	case rev != cur:
 		if err := ap.Apply(ctx, share, rev); err != nil {
-			// The applier's View may already be the new share while a dataplane did not take it; the
-			// next resync starts a new applier, which loads every table into every dataplane again,
-			// so nothing is acknowledged that a dataplane does not hold.
-			a.mu.Lock()
-			a.applier = nil
-			a.mu.Unlock()
+			// Not acknowledged: a dataplane did not take it. The applier keeps that dataplane behind,
+			// and the next resync's Apply gives it every table and every removal it missed (the
+			// failed change's included) before anything is acknowledged.
 			return 0, fmt.Errorf("agent %s: apply revision %d: %w", a.cfg.Host, rev, err)
 		}
 	}

@@ -818,39 +818,61 @@ func (f *flakyDataplane) tables(eni string) *compiler.Tables {
 // A dataplane that fails to switch a change in is not acknowledged for it: the agent resyncs and
 // acknowledges only once the dataplane holds the change.
 func TestAgentAcksOnlyWhatItsDataplanesHold(t *testing.T) {
-	endpoint := etcdtest.Start(t).Endpoint()
-	r := newReplica(t, client(t, endpoint))
-	rev, _ := r.commit(topology(t))
-	next := r.edit(func(b *model.Builder) {
-		g, _ := r.cur.SG("sg-a")
-		ng := *g
-		ng.Ingress = []model.Rule{{IPProtocol: "tcp", SgID: "sg-a", PortRange: "2222", Action: "ACCEPT"}}
-		require.NoError(t, b.PutSG(ng))
-	})
-	dp := &flakyDataplane{held: map[string]*compiler.Tables{}, failAfter: rev}
-	ctx, cancel := context.WithCancel(context.Background())
-	cli := client(t, endpoint)
-	a, err := New(ctx, Config{Client: cli, Prefix: prefix, Host: "h1", Dataplanes: []control.Dataplane{dp}, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = a.Run(ctx) })
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	require.Eventually(t, func() bool { return a.Revision() == rev }, 10*time.Second, 5*time.Millisecond)
-	before := dp.tables("e0")
-	require.NotNil(t, before)
+	for _, tc := range []struct {
+		name   string
+		change func(*model.State, *model.Builder) error
+		moved  bool // the change takes e0 off h1
+	}{
+		{"rules", func(cur *model.State, b *model.Builder) error {
+			g, _ := cur.SG("sg-a")
+			ng := *g
+			ng.Ingress = []model.Rule{{IPProtocol: "tcp", SgID: "sg-a", PortRange: "2222", Action: "ACCEPT"}}
+			return b.PutSG(ng)
+		}, false},
+		// The ENI the failed change moved away must go from the dataplane too (review finding: a new
+		// applier loaded the tables in force, and removed nothing).
+		{"moved away", func(cur *model.State, b *model.Builder) error {
+			n, _ := cur.ENI("e0")
+			moved := *n
+			moved.Host, moved.HostInterface = "h3", "tap9"
+			return b.PutENI(moved)
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			endpoint := etcdtest.Start(t).Endpoint()
+			r := newReplica(t, client(t, endpoint))
+			rev, _ := r.commit(topology(t))
+			next := r.edit(func(b *model.Builder) { require.NoError(t, tc.change(r.cur, b)) })
+			dp := &flakyDataplane{held: map[string]*compiler.Tables{}, failAfter: rev}
+			ctx, cancel := context.WithCancel(context.Background())
+			cli := client(t, endpoint)
+			a, err := New(ctx, Config{Client: cli, Prefix: prefix, Host: "h1", Dataplanes: []control.Dataplane{dp}, Logger: slog.New(slog.DiscardHandler)})
+			require.NoError(t, err)
+			var wg sync.WaitGroup
+			wg.Go(func() { _ = a.Run(ctx) })
+			t.Cleanup(func() { cancel(); wg.Wait() })
+			require.Eventually(t, func() bool { return a.Revision() == rev }, 10*time.Second, 5*time.Millisecond)
+			before := dp.tables("e0")
+			require.NotNil(t, before)
 
-	rev2, hosts := r.commit(next)
-	require.Equal(t, []string{"h1", "h2"}, hosts)
-	pending, down := r.wait(rev2, []string{"h1"}, 15*time.Second)
-	require.Empty(t, pending, "acknowledged in the end")
-	require.Empty(t, down)
-	want, err := compiler.New(next).Compile("e0")
-	require.NoError(t, err)
-	got := dp.tables("e0")
-	require.NotNil(t, got)
-	assert.Equal(t, want.Ingress.Entries, got.Ingress.Entries, "the dataplane holds what was acknowledged")
-	assert.NotEqual(t, before.Ingress.Entries, got.Ingress.Entries)
-	dp.mu.Lock()
-	assert.True(t, dp.failed, "the change's first switch failed")
-	dp.mu.Unlock()
+			rev2, hosts := r.commit(next)
+			require.Contains(t, hosts, "h1")
+			pending, down := r.wait(rev2, []string{"h1"}, 15*time.Second)
+			require.Empty(t, pending, "acknowledged in the end")
+			require.Empty(t, down)
+			dp.mu.Lock()
+			assert.True(t, dp.failed, "the change's first switch failed")
+			dp.mu.Unlock()
+			got := dp.tables("e0")
+			if tc.moved {
+				assert.Nil(t, got, "the dataplane holds what was acknowledged: e0 is gone")
+				return
+			}
+			want, err := compiler.New(next).Compile("e0")
+			require.NoError(t, err)
+			require.NotNil(t, got)
+			assert.Equal(t, want.Ingress.Entries, got.Ingress.Entries, "the dataplane holds what was acknowledged")
+			assert.NotEqual(t, before.Ingress.Entries, got.Ingress.Entries)
+		})
+	}
 }
