@@ -519,16 +519,20 @@ func (d *Dataplane) copyCt4Ways(old *ebpf.Map) error {
 	}
 	defer unix.Munmap(sm)
 	for off := 0; off < len(sm); off += waySize {
-		if sm[off+3]&byte(sgSgConstSG_CT4BUSY) != 0 { // the same bit in both layouts
+		// As entries reads: the first word, the rest, the first word again. The older program may
+		// still run on real traffic and take a way over meanwhile; a way it took is not copied.
+		first := (*uint64)(unsafe.Pointer(&sm[off]))
+		w0 := atomic.LoadUint64(first)
+		if w0&ct4Busy != 0 { // the same bit in both layouts
 			continue
 		}
 		var v sgCtVal
 		copy(unsafe.Slice((*byte)(unsafe.Pointer(&v)), ct4ValSize), sm[off+ct4KeySize:off+waySize])
-		if !hasFlow(&v) {
+		key := bytes.Clone(sm[off : off+ct4KeySize])
+		if !hasFlow(&v) || (atomic.LoadUint64(first)^w0)&^ct4Lock != 0 {
 			continue
 		}
-		key := bytes.Clone(sm[off : off+ct4KeySize])
-		key[3] = 0 // the state byte
+		binary.LittleEndian.PutUint64(key, w0&^ct4State)
 		if err := d.ct4.Update(key, &v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			return err
 		}
