@@ -1462,9 +1462,19 @@ __noinline int ct4_unlive(struct ct_flow *fl)
 	asm volatile("" : "+r"(s)); // as in ct4_value
 	__u64 *word = (__u64 *)&s->k[n & (SG_CT4_WAYS - 1)];
 	__u64 w0 = *(volatile __u64 *)word;
-	if ((w0 & ~(CT4_COUNT | CT4_LOCK_BIT)) != (a | CT4_LIVE_BIT) || ((volatile __u64 *)word)[1] != b)
-		return 0;
-	return __sync_val_compare_and_swap(word, w0, w0 & ~CT4_LIVE_BIT) == w0;
+	// A few tries: the set's lock bit (in its first way) moves under the compare-and-swap whenever
+	// another key's insert takes or leaves it, and that alone is no reason to leave the way live.
+	for (int t = 0; t < CT4_CLAIM_TRIES; t++) {
+		if ((w0 & ~(CT4_COUNT | CT4_LOCK_BIT)) != (a | CT4_LIVE_BIT) || ((volatile __u64 *)word)[1] != b)
+			return 0;
+		__u64 old = __sync_val_compare_and_swap(word, w0, w0 & ~CT4_LIVE_BIT);
+		if (old == w0)
+			return 1;
+		if ((old ^ w0) & ~CT4_LOCK_BIT)
+			return 0; // taken over meanwhile: it stays live for its new flow
+		w0 = old;
+	}
+	return 0;
 }
 
 // ct_forget ends the flow in half hf of fl's entry v (key fl->k); returns 1 when the entry itself was
