@@ -213,7 +213,8 @@ func (s *Store) pay(ctx context.Context, in intent) (bool, error) {
 	return resp.Succeeded, nil
 }
 
-// Repaired is one intent a repair paid: the feeds of Hosts, owed by the change committed at Revision.
+// Repaired is one intent a repair paid: the feeds of Hosts, and the intent's revision (the commit's
+// for the intent a commit wrote, the split's for a batch of one split before).
 type Repaired struct {
 	Revision uint64
 	Hosts    []string
