@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -382,6 +383,55 @@ func (t *ct4Table) Delete(key any) error {
 	atomic.StoreUint64(t.addrs(w), 0)
 	t.publish(w, busy, busy&ct4Count)
 	return nil
+}
+
+// stuckWait is how long a way must stay busy, or a set's insert lock held, with its first word
+// unchanged, to be taken for a dead writer's: far longer than the program holds either (within one
+// run), short enough not to slow a daemon's start.
+const stuckWait = 20 * time.Millisecond
+
+// releaseStuck frees the ways a writer claimed and never published, and clears the insert locks it
+// never let go, as a Go writer killed mid-write leaves them (a daemon's kill -9 while it forgot an
+// ENI's flows): for good, else, a way lost to every flow and a set whose inserts each spend their lock
+// tries and insert unlocked. A way's first word seen busy or locked, then the same, count included,
+// wait later, is a dead writer's: the program holds both only within a run, and a writer that took
+// the way meanwhile has moved its count. Load calls it before this process writes the table. It
+// returns how many ways it freed and how many locks it cleared.
+func (t *ct4Table) releaseStuck(wait time.Duration) (freed, unlocked int) {
+	type held struct {
+		w  ct4Way
+		w0 uint64
+	}
+	var stuck []held
+	for set := range ct4Sets {
+		for way := range ct4Ways {
+			w := ct4Way{set, way}
+			if w0 := atomic.LoadUint64(t.state(w)); w0&(ct4Busy|ct4Lock) != 0 {
+				stuck = append(stuck, held{w, w0})
+			}
+		}
+	}
+	if len(stuck) == 0 {
+		return 0, 0
+	}
+	time.Sleep(wait)
+	for _, h := range stuck {
+		released := h.w0 &^ ct4Lock
+		if h.w0&ct4Busy != 0 {
+			// Free, not live, its count moved on as a write's publish moves it.
+			released = (h.w0&ct4Count + ct4Write) & ct4Count
+		}
+		if !atomic.CompareAndSwapUint64(t.state(h.w), h.w0, released) {
+			continue // written meanwhile: a live writer's
+		}
+		if h.w0&ct4Busy != 0 {
+			freed++
+		}
+		if h.w0&ct4Lock != 0 {
+			unlocked++
+		}
+	}
+	return freed, unlocked
 }
 
 // ct4Entry is one way in use: its key, value and place (set, way).

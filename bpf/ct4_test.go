@@ -5,9 +5,12 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -525,4 +528,106 @@ func TestCt4NewFlowIgnoresTheLockBit(t *testing.T) {
 		require.NoError(t, l.d.ct4.Lookup(l.key(id), &v), "flow %d tracked", i)
 		require.NoError(t, l.d.ct4.Delete(l.key(id)))
 	}
+}
+
+// stuckWriterEnv names the pin path under which TestLoadReleasesAKilledWritersWays's writer process
+// claims a way and takes a set's lock, then waits to be killed.
+const stuckWriterEnv = "SGSIM_TEST_CT4_STUCK_WRITER"
+
+// TestLoadReleasesAKilledWritersWays: a daemon killed (kill -9) between claiming a way and publishing it,
+// its set's insert lock held, leaves both so in the pinned table; the next Load frees the way and the
+// lock, so the set takes new flows as before.
+func TestLoadReleasesAKilledWritersWays(t *testing.T) {
+	if pin := os.Getenv(stuckWriterEnv); pin != "" {
+		holdCt4Way(t, pin)
+		return
+	}
+	loadOrSkip(t).Close()
+	pin := testPinPath(t, "ct4stuck")
+	ready := filepath.Join(t.TempDir(), "ready")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLoadReleasesAKilledWritersWays$")
+	cmd.Env = append(os.Environ(), stuckWriterEnv+"="+pin, stuckWriterEnv+"_READY="+ready)
+	cmd.Stderr = os.Stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var set int
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(ready)
+		if err != nil {
+			return false
+		}
+		set, err = strconv.Atoi(string(b))
+		return err == nil
+	}, 30*time.Second, 5*time.Millisecond, "the writer claims a way")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+
+	d, err := Load(Options{PinPath: pin})
+	require.NoError(t, err)
+	defer d.Close()
+	for way := range ct4Ways {
+		w0 := atomic.LoadUint64(d.ct4.state(ct4Way{set, way}))
+		assert.Zero(t, w0&(ct4Busy|ct4Live|ct4Lock), "way %d of set %d is free and unlocked", way, set)
+	}
+	require.NoError(t, d.Publish(context.Background(), 1, compiler.New(demoState(t)).CompileAll(), nil))
+	l := &ct4Lab{t: t, d: d, slot: d.slots["eni-web1"], web: netip.MustParseAddr("198.18.1.10"),
+		peer: netip.MustParseAddr("203.0.113.7")}
+	for _, id := range l.flowsIn(set, 8) {
+		l.start(id)
+		assert.True(t, l.established(id))
+	}
+}
+
+// holdCt4Way is TestLoadReleasesAKilledWritersWays's writer: it loads the pinned dataplane, takes the
+// insert lock of a set and claims its second way, as a Go insert does before it publishes, says which
+// set, and waits to be killed.
+func holdCt4Way(t *testing.T, pin string) {
+	d, err := Load(Options{PinPath: pin})
+	require.NoError(t, err)
+	const set = 12345
+	lock := d.ct4.state(ct4Way{set, 0})
+	require.True(t, atomic.CompareAndSwapUint64(lock, atomic.LoadUint64(lock), atomic.LoadUint64(lock)|ct4Lock))
+	w := ct4Way{set, 1}
+	_, ok := d.ct4.claim(w, atomic.LoadUint64(d.ct4.state(w)))
+	require.True(t, ok)
+	require.NoError(t, os.WriteFile(os.Getenv(stuckWriterEnv+"_READY"), []byte(strconv.Itoa(set)), 0o600))
+	select {}
+}
+
+// TestReleaseStuckLeavesALiveWriter: a busy way whose writer publishes while releaseStuck waits, and a
+// lock let go meanwhile, are left as their writers made them.
+func TestReleaseStuckLeavesALiveWriter(t *testing.T) {
+	l := newCt4Lab(t)
+	const id = 41000
+	v := l.start(id)
+	place, ok := l.placeOf(id)
+	require.True(t, ok)
+	w := ct4Way{place[0], place[1]}
+	busy, ok := l.d.ct4.claim(w, atomic.LoadUint64(l.d.ct4.state(w)))
+	require.True(t, ok)
+	lock := l.d.ct4.state(ct4Way{(place[0] + 1) % ct4Sets, 0})
+	atomic.OrUint64(lock, ct4Lock)
+	a, _, err := ct4Words(l.key(id))
+	require.NoError(t, err)
+	go func() {
+		time.Sleep(stuckWait / 4)
+		l.d.ct4.publish(w, busy, a|busy&ct4Count|ct4Live)
+		atomic.AndUint64(lock, ^ct4Lock)
+	}()
+	freed, unlocked := l.d.ct4.releaseStuck(stuckWait)
+	assert.Zero(t, freed)
+	assert.Zero(t, unlocked)
+	var got sgCtVal
+	require.NoError(t, l.d.ct4.Lookup(l.key(id), &got))
+	assert.Equal(t, v, got)
+	assert.True(t, l.established(id))
+
+	// Nobody lets go of these: both are released.
+	busy, ok = l.d.ct4.claim(w, atomic.LoadUint64(l.d.ct4.state(w)))
+	require.True(t, ok)
+	atomic.OrUint64(lock, ct4Lock)
+	freed, unlocked = l.d.ct4.releaseStuck(time.Millisecond)
+	assert.Equal(t, 1, freed)
+	assert.Equal(t, 1, unlocked)
+	assert.Equal(t, (busy&ct4Count+ct4Write)&ct4Count, atomic.LoadUint64(l.d.ct4.state(w)), "free, its count moved on")
 }

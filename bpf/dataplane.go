@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -154,6 +155,10 @@ func Load(opts Options) (*Dataplane, error) {
 			return nil, fmt.Errorf("load bpf program: the maps pinned under %s were made by an sgsim build with another "+
 				"layout (%w); to upgrade, remove %s (its interfaces stay unfiltered until this daemon attaches) and start again",
 				opts.PinPath, err, opts.PinPath)
+		}
+		if freed, unlocked := d.ct4.releaseStuck(stuckWait); freed+unlocked > 0 {
+			slog.Warn("freed IPv4 conntrack ways an earlier writer left mid-write", "pin", opts.PinPath,
+				"ways", freed, "locks", unlocked)
 		}
 		if err := d.adoptOldConntrack(); err != nil {
 			d.closeObjs()
