@@ -609,12 +609,15 @@ func TestReleaseStuckLeavesALiveWriter(t *testing.T) {
 	atomic.OrUint64(lock, ct4Lock)
 	a, _, err := ct4Words(l.key(id))
 	require.NoError(t, err)
+	published := make(chan struct{})
 	go func() {
+		defer close(published)
 		time.Sleep(stuckWait / 4)
 		l.d.ct4.publish(w, busy, a|busy&ct4Count|ct4Live)
 		atomic.AndUint64(lock, ^ct4Lock)
 	}()
-	freed, unlocked := l.d.ct4.releaseStuck(stuckWait)
+	freed, unlocked := l.d.ct4.releaseStuck(time.Second) // a margin for a loaded machine to run the writer
+	<-published
 	assert.Zero(t, freed)
 	assert.Zero(t, unlocked)
 	var got sgCtVal
