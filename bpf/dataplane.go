@@ -238,13 +238,13 @@ func ensureBPFFS(dir string) error {
 
 // recoverSlots reads the ENI slot assignment back from pinned eni_names after a restart.
 func (d *Dataplane) recoverSlots() error {
-	var name sgEniname
-	for slot := uint32(0); slot < maxSlots; slot++ {
-		if err := d.objs.EniNames.Lookup(slot, &name); err != nil {
-			return fmt.Errorf("read eni_names[%d]: %w", slot, err)
-		}
+	names, err := arrayValues[sgEniname](d.objs.EniNames, int(maxSlots))
+	if err != nil {
+		return fmt.Errorf("read eni_names: %w", err)
+	}
+	for slot, name := range names {
 		if s := cString(name.Name[:]); s != "" {
-			d.slots[s] = slot
+			d.slots[s] = uint32(slot)
 		}
 	}
 	return nil

@@ -56,16 +56,15 @@ func (d *Dataplane) syncIfslots() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read interface bindings: %w", err)
 	}
-	var v uint32
-	sit := d.objs.Ifslots.Iterate()
-	var fix []uint32
-	for sit.Next(&k, &v) {
-		if k < ifslotsSize && v != want[k] {
-			fix = append(fix, k)
-		}
-	}
-	if err := sit.Err(); err != nil {
+	have, err := arrayValues[uint32](d.objs.Ifslots, int(ifslotsSize))
+	if err != nil {
 		return fmt.Errorf("read interface slots: %w", err)
+	}
+	var fix []uint32
+	for k, v := range have {
+		if v != want[k] {
+			fix = append(fix, uint32(k))
+		}
 	}
 	for _, k := range fix {
 		if err := d.objs.Ifslots.Put(k, want[k]); err != nil {
@@ -73,4 +72,25 @@ func (d *Dataplane) syncIfslots() error {
 		}
 	}
 	return nil
+}
+
+// arrayValues reads the n entries of array map m in one batch lookup: entry by entry, a lookup per
+// entry (and for ifslots as many next-key calls) was most of a replay's start. Every kernel the program
+// loads on has batch operations on arrays (Linux 5.6; the ring buffer alone needs 5.8).
+func arrayValues[V any](m *ebpf.Map, n int) ([]V, error) {
+	keys, vals := make([]uint32, n), make([]V, n)
+	var cursor ebpf.MapBatchCursor
+	got, err := m.BatchLookup(&cursor, keys, vals, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) { // ErrKeyNotExist: the end was reached
+		return nil, err
+	}
+	if got != n {
+		return nil, fmt.Errorf("batch lookup read %d of %d entries", got, n)
+	}
+	for i, k := range keys {
+		if k != uint32(i) {
+			return nil, fmt.Errorf("batch lookup put key %d at %d", k, i)
+		}
+	}
+	return vals, nil
 }
