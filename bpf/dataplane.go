@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync"
 	"unsafe"
@@ -129,7 +130,7 @@ func Load(opts Options) (*Dataplane, error) {
 	}
 	d := &Dataplane{pinPath: opts.PinPath, clsact: opts.Clsact, hz: hz, slots: map[string]uint32{}, live: map[uint32]liveTables{},
 		resident: map[uint32][2]*ebpf.Map{}}
-	if err := spec.LoadAndAssign(&d.objs, &co); err != nil {
+	if err := loadObjects(spec, &co, &d.objs); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("load bpf program: the maps pinned under %s were made by an sgsim build with another "+
 				"layout (%w); to upgrade, remove %s (its interfaces stay unfiltered until this daemon attaches) and start again",
@@ -174,6 +175,40 @@ func Load(opts Options) (*Dataplane, error) {
 		return nil, fmt.Errorf("load bpf program: %w", err)
 	}
 	return d, nil
+}
+
+// loadObjects loads spec's maps into objs, then its two programs side by side, one goroutine each: a
+// program's verification is one bpf() call that runs on the calling thread's CPU, and the two one
+// after the other were most of a replay's wall time. The programs take the maps loaded first (map
+// replacements), so both run on the same maps; each has its own copy of the frozen constants (.rodata)
+// and of .bss, which holds only the BTF anchors at the end of sg.c, which no program reads.
+func loadObjects(spec *ebpf.CollectionSpec, co *ebpf.CollectionOptions, objs *sgObjects) error {
+	if err := spec.LoadAndAssign(&objs.sgMaps, co); err != nil {
+		return err
+	}
+	pco := *co
+	pco.MapReplacements = map[string]*ebpf.Map{}
+	maps := reflect.ValueOf(&objs.sgMaps).Elem()
+	for i := range maps.NumField() {
+		pco.MapReplacements[maps.Type().Field(i).Tag.Get("ebpf")] = maps.Field(i).Interface().(*ebpf.Map)
+	}
+	var egress struct {
+		P *ebpf.Program `ebpf:"sg_host_egress"`
+	}
+	var ingress struct {
+		P *ebpf.Program `ebpf:"sg_host_ingress"`
+	}
+	var wg sync.WaitGroup
+	var egressErr, ingressErr error
+	wg.Go(func() { egressErr = spec.LoadAndAssign(&egress, &pco) })
+	wg.Go(func() { ingressErr = spec.LoadAndAssign(&ingress, &pco) })
+	wg.Wait()
+	objs.SgHostEgress, objs.SgHostIngress = egress.P, ingress.P
+	if err := errors.Join(egressErr, ingressErr); err != nil {
+		objs.Close()
+		return err
+	}
+	return nil
 }
 
 // checkTableChunks tells whether the (pinned) tables map takes inner maps of this build's chunk size,
