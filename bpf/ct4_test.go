@@ -35,8 +35,10 @@ type ct4Lab struct {
 	peer netip.Addr
 }
 
-func newCt4Lab(t *testing.T) *ct4Lab {
-	d := loadOrSkip(t)
+func newCt4Lab(t *testing.T) *ct4Lab { return ct4LabOn(t, loadOrSkip(t)) }
+
+// ct4LabOn is the lab on dataplane d.
+func ct4LabOn(t *testing.T, d *Dataplane) *ct4Lab {
 	tables := compiler.New(demoState(t)).CompileAll()
 	require.NoError(t, d.Publish(context.Background(), 1, map[string]*compiler.Tables{"eni-web1": tables["eni-web1"]}, nil))
 	return &ct4Lab{t: t, d: d, slot: d.slots["eni-web1"], web: netip.MustParseAddr("198.18.1.10"),
@@ -569,9 +571,7 @@ func TestLoadReleasesAKilledWritersWays(t *testing.T) {
 		w0 := atomic.LoadUint64(d.ct4.state(ct4Way{set, way}))
 		assert.Zero(t, w0&(ct4Busy|ct4Live|ct4Lock), "way %d of set %d is free and unlocked", way, set)
 	}
-	require.NoError(t, d.Publish(context.Background(), 1, compiler.New(demoState(t)).CompileAll(), nil))
-	l := &ct4Lab{t: t, d: d, slot: d.slots["eni-web1"], web: netip.MustParseAddr("198.18.1.10"),
-		peer: netip.MustParseAddr("203.0.113.7")}
+	l := ct4LabOn(t, d)
 	for _, id := range l.flowsIn(set, 8) {
 		l.start(id)
 		assert.True(t, l.established(id))
