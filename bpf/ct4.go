@@ -277,7 +277,9 @@ func (t *ct4Table) insert(a, b uint64, v *sgCtVal) error {
 		}
 		atomic.StoreUint64(t.addrs(w), b)
 		t.setValue(w, v)
-		t.publish(w, busy, a|busy&ct4Count|ct4Live)
+		if !t.publish(w, busy, a|busy&ct4Count|ct4Live) {
+			return errors.New("ct4 insert: the way claimed was released while this writer stalled")
+		}
 		return nil
 	}
 	return errors.New("ct4 insert: every way chosen was taken by another writer")
@@ -303,13 +305,18 @@ func (t *ct4Table) claim(w ct4Way, w0 uint64) (uint64, bool) {
 }
 
 // publish turns the busy first word of way w into word (a key and live, or none, and the write count),
-// leaving the lock bit, which another writer may have moved meanwhile.
-func (t *ct4Table) publish(w ct4Way, busy, word uint64) {
+// leaving the lock bit, which another writer may have moved meanwhile. It returns false, changing
+// nothing, when the way no longer holds busy: a Load in another process took this writer, stalled past
+// stuckWait, for dead and released the way (releaseStuck), which an xor would have left busy for good.
+func (t *ct4Table) publish(w ct4Way, busy, word uint64) bool {
 	p := t.state(w)
 	for {
 		cur := atomic.LoadUint64(p)
+		if (cur^busy)&^ct4Lock != 0 {
+			return false
+		}
 		if atomic.CompareAndSwapUint64(p, cur, cur^(busy^word)&^ct4Lock) {
-			return
+			return true
 		}
 	}
 }
@@ -381,7 +388,7 @@ func (t *ct4Table) Delete(key any) error {
 	}
 	t.setValue(w, &sgCtVal{})
 	atomic.StoreUint64(t.addrs(w), 0)
-	t.publish(w, busy, busy&ct4Count)
+	t.publish(w, busy, busy&ct4Count) // false: released meanwhile, which frees it too
 	return nil
 }
 

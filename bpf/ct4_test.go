@@ -120,7 +120,7 @@ func (l *ct4Lab) placeAt(set, way int, id uint32, v sgCtVal) {
 	require.True(l.t, ok)
 	atomic.StoreUint64(l.d.ct4.addrs(w), b)
 	l.d.ct4.setValue(w, &v)
-	l.d.ct4.publish(w, busy, a|busy&ct4Count|ct4Live)
+	require.True(l.t, l.d.ct4.publish(w, busy, a|busy&ct4Count|ct4Live))
 }
 
 // places returns where each tracked IPv4 flow is (set, way), by key.
@@ -609,15 +609,14 @@ func TestReleaseStuckLeavesALiveWriter(t *testing.T) {
 	atomic.OrUint64(lock, ct4Lock)
 	a, _, err := ct4Words(l.key(id))
 	require.NoError(t, err)
-	published := make(chan struct{})
+	published := make(chan bool, 1)
 	go func() {
-		defer close(published)
 		time.Sleep(stuckWait / 4)
-		l.d.ct4.publish(w, busy, a|busy&ct4Count|ct4Live)
+		published <- l.d.ct4.publish(w, busy, a|busy&ct4Count|ct4Live)
 		atomic.AndUint64(lock, ^ct4Lock)
 	}()
 	freed, unlocked := l.d.ct4.releaseStuck(time.Second) // a margin for a loaded machine to run the writer
-	<-published
+	require.True(t, <-published)
 	assert.Zero(t, freed)
 	assert.Zero(t, unlocked)
 	var got sgCtVal
@@ -632,5 +631,9 @@ func TestReleaseStuckLeavesALiveWriter(t *testing.T) {
 	freed, unlocked = l.d.ct4.releaseStuck(time.Millisecond)
 	assert.Equal(t, 1, freed)
 	assert.Equal(t, 1, unlocked)
-	assert.Equal(t, (busy&ct4Count+ct4Write)&ct4Count, atomic.LoadUint64(l.d.ct4.state(w)), "free, its count moved on")
+	released := (busy&ct4Count + ct4Write) & ct4Count
+	assert.Equal(t, released, atomic.LoadUint64(l.d.ct4.state(w)), "free, its count moved on")
+	// A writer only stalled (another process's, past the wait) finds its way released and leaves it free.
+	assert.False(t, l.d.ct4.publish(w, busy, a|busy&ct4Count|ct4Live))
+	assert.Equal(t, released, atomic.LoadUint64(l.d.ct4.state(w)), "still free, not busy for good")
 }
