@@ -1309,6 +1309,10 @@ static __always_inline struct ct_val *ct4_lookup(struct ct_flow *f)
 // the way chosen between the choice and the claim.
 #define CT4_CLAIM_TRIES 4
 
+// Tries at an insert lock another CPU holds (it holds it for one insert), and at a compare-and-swap
+// that lost only to a move of that lock.
+#define CT4_LOCK_TRIES 64
+
 // ct4_claim writes key (a, b) and value f->nv into a way of set s1 or s2 (ct4_sets indexes i1, i2) it
 // claims (see ct4_sets: a free way of the set with fewer live ways, the first on a tie, else the way
 // least recently seen of both) and returns 1 + its way number; 0 when other writers took each way it
@@ -1375,9 +1379,10 @@ static __always_inline int ct4_claim(struct ct_flow *f, struct ct4_set *s1, stru
 		// The lock bit as it was; not live, so that the publish's xor sets live.
 		__u64 busy = (bw0 & ~(CT4_COUNT | CT4_BUSY_BIT | CT4_LIVE_BIT)) | count | CT4_BUSY_BIT;
 		__u64 old = __sync_val_compare_and_swap(word, bw0, busy);
-		if (old != bw0 && !((old ^ bw0) & ~CT4_LOCK_BIT)) {
-			// Only the set's lock moved (another key's insert took or left it): the way is still
-			// the one chosen, so claim it with the lock bit as it is now.
+		// While only the set's lock moved (other keys' inserts took or left it), the way is still the
+		// one chosen: claim it with the lock bit as it is now. Inserts into a busy set move it often
+		// enough that one such retry was seen to lose a whole claim.
+		for (int n = 0; n < CT4_LOCK_TRIES && old != bw0 && !((old ^ bw0) & ~CT4_LOCK_BIT); n++) {
 			busy ^= old ^ bw0;
 			bw0 = old;
 			old = __sync_val_compare_and_swap(word, bw0, busy);
@@ -1391,9 +1396,6 @@ static __always_inline int ct4_claim(struct ct_flow *f, struct ct4_set *s1, stru
 	}
 	return 0;
 }
-
-// Tries at an insert lock another CPU holds (it holds it for one insert).
-#define CT4_LOCK_TRIES 64
 
 // ct4_insert puts entry f->nv at f->k4 into ct4_sets, under the lock of the key's first set, unless the
 // key is there already (another CPU inserted it meanwhile). Returns 1 + the way number (ct4_value)
@@ -1462,9 +1464,10 @@ __noinline int ct4_unlive(struct ct_flow *fl)
 	asm volatile("" : "+r"(s)); // as in ct4_value
 	__u64 *word = (__u64 *)&s->k[n & (SG_CT4_WAYS - 1)];
 	__u64 w0 = *(volatile __u64 *)word;
-	// A few tries: the set's lock bit (in its first way) moves under the compare-and-swap whenever
-	// another key's insert takes or leaves it, and that alone is no reason to leave the way live.
-	for (int t = 0; t < CT4_CLAIM_TRIES; t++) {
+	// Tried again while only the set's lock bit (in its first way) moved under the compare-and-swap, as
+	// it does whenever another key's insert takes or leaves it: that alone is no reason to leave the
+	// way live.
+	for (int t = 0; t < CT4_LOCK_TRIES; t++) {
 		if ((w0 & ~(CT4_COUNT | CT4_LOCK_BIT)) != (a | CT4_LIVE_BIT) || ((volatile __u64 *)word)[1] != b)
 			return 0;
 		__u64 old = __sync_val_compare_and_swap(word, w0, w0 & ~CT4_LIVE_BIT);
