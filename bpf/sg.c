@@ -1309,9 +1309,12 @@ static __always_inline struct ct_val *ct4_lookup(struct ct_flow *f)
 // the way chosen between the choice and the claim.
 #define CT4_CLAIM_TRIES 4
 
-// Tries at an insert lock another CPU holds (it holds it for one insert), and at a compare-and-swap
-// that lost only to a move of that lock.
+// Tries at an insert lock another CPU holds (it holds it for one insert).
 #define CT4_LOCK_TRIES 64
+
+// Tries at a compare-and-swap of a way's first word that lost only to a move of its set's insert lock.
+// Each costs the verifier ~600 instructions; one was seen to lose a whole claim under busy inserts.
+#define CT4_LOCK_MOVES 16
 
 // ct4_claim writes key (a, b) and value f->nv into a way of set s1 or s2 (ct4_sets indexes i1, i2) it
 // claims (see ct4_sets: a free way of the set with fewer live ways, the first on a tie, else the way
@@ -1380,9 +1383,8 @@ static __always_inline int ct4_claim(struct ct_flow *f, struct ct4_set *s1, stru
 		__u64 busy = (bw0 & ~(CT4_COUNT | CT4_BUSY_BIT | CT4_LIVE_BIT)) | count | CT4_BUSY_BIT;
 		__u64 old = __sync_val_compare_and_swap(word, bw0, busy);
 		// While only the set's lock moved (other keys' inserts took or left it), the way is still the
-		// one chosen: claim it with the lock bit as it is now. Inserts into a busy set move it often
-		// enough that one such retry was seen to lose a whole claim.
-		for (int n = 0; n < CT4_LOCK_TRIES && old != bw0 && !((old ^ bw0) & ~CT4_LOCK_BIT); n++) {
+		// one chosen: claim it with the lock bit as it is now.
+		for (int n = 0; n < CT4_LOCK_MOVES && old != bw0 && !((old ^ bw0) & ~CT4_LOCK_BIT); n++) {
 			busy ^= old ^ bw0;
 			bw0 = old;
 			old = __sync_val_compare_and_swap(word, bw0, busy);
@@ -1467,7 +1469,7 @@ __noinline int ct4_unlive(struct ct_flow *fl)
 	// Tried again while only the set's lock bit (in its first way) moved under the compare-and-swap, as
 	// it does whenever another key's insert takes or leaves it: that alone is no reason to leave the
 	// way live.
-	for (int t = 0; t < CT4_LOCK_TRIES; t++) {
+	for (int t = 0; t < CT4_LOCK_MOVES; t++) {
 		if ((w0 & ~(CT4_COUNT | CT4_LOCK_BIT)) != (a | CT4_LIVE_BIT) || ((volatile __u64 *)word)[1] != b)
 			return 0;
 		__u64 old = __sync_val_compare_and_swap(word, w0, w0 & ~CT4_LIVE_BIT);
