@@ -1171,16 +1171,24 @@ static __always_inline struct ct_half *ct_half_of(struct ct_val *v, int o)
 	return 0;
 }
 
+// ct4_key_set writes k4 as the two words ct4_words reads back (see struct ct_key4; pad 0), each in one
+// store: a word read back from stores of its fields one by one cannot be forwarded from the store
+// buffer and waits for them to reach the cache, on every packet's conntrack lookup.
+static __always_inline void ct4_key_set(struct ct_key4 *k4, __u16 slot, __u8 proto, __u16 sport, __u16 dport,
+					__u32 src, __u32 dst)
+{
+	__u64 *w = (__u64 *)k4;
+	w[0] = (__u64)slot | (__u64)proto << 16 | (__u64)sport << 32 | (__u64)dport << 48;
+	w[1] = (__u64)src | (__u64)dst << 32;
+}
+
 // ct_key4_of is k in ct4's layout (k is an IPv4 flow's key).
 static __always_inline void ct_key4_of(struct ct_key4 *k4, const struct ct_key *k)
 {
-	k4->slot = k->slot;
-	k4->proto = k->proto;
-	k4->pad = 0;
-	k4->sport = k->sport;
-	k4->dport = k->dport;
-	__builtin_memcpy(k4->src, k->src, 4);
-	__builtin_memcpy(k4->dst, k->dst, 4);
+	__u32 s, d;
+	__builtin_memcpy(&s, k->src, 4);
+	__builtin_memcpy(&d, k->dst, 4);
+	ct4_key_set(k4, k->slot, k->proto, k->sport, k->dport, s, d);
 }
 
 // The bits of a way's first word that hold its state byte's write count, and its state bits.
@@ -1207,8 +1215,8 @@ static __always_inline void ct4_and(__u64 *word, __u64 x)
 // addresses.
 static __always_inline void ct4_words(const struct ct_key4 *k, __u64 *a, __u64 *b)
 {
-	__builtin_memcpy(a, k, 8);
-	__builtin_memcpy(b, (const __u8 *)k + 8, 8);
+	*a = ((const __u64 *)k)[0];
+	*b = ((const __u64 *)k)[1];
 }
 
 // ct4_hash mixes a key's two words (a multiply-xorshift, keyed by ct4_seed): its low bits pick the key's
@@ -1690,13 +1698,8 @@ static __always_inline int ct4_key_of(struct ct_key4 *k, __u32 slot, const struc
 	__builtin_memcpy(&s, p->src, 4);
 	__builtin_memcpy(&d, p->dst, 4);
 	int swap = s > d || (s == d && p->sport > p->dport);
-	k->slot = slot;
-	k->proto = p->proto;
-	k->pad = 0;
-	k->sport = swap ? p->dport : p->sport;
-	k->dport = swap ? p->sport : p->dport;
-	__builtin_memcpy(k->src, swap ? &d : &s, 4);
-	__builtin_memcpy(k->dst, swap ? &s : &d, 4);
+	ct4_key_set(k, slot, p->proto, swap ? p->dport : p->sport, swap ? p->sport : p->dport, swap ? d : s,
+		    swap ? s : d);
 	return swap;
 }
 
