@@ -1321,7 +1321,8 @@ static __always_inline struct ct_val *ct4_lookup(struct ct_flow *f)
 #define CT4_LOCK_TRIES 64
 
 // Tries at a compare-and-swap of a way's first word that lost only to a move of its set's insert lock.
-// Each costs the verifier ~600 instructions; one was seen to lose a whole claim under busy inserts.
+// Each costs the verifier ~600 instructions; a single retry lost whole claims while other keys' inserts
+// kept the lock moving.
 #define CT4_LOCK_MOVES 16
 
 // ct4_claim writes key (a, b) and value f->nv into a way of set s1 or s2 (ct4_sets indexes i1, i2) it
