@@ -85,15 +85,7 @@ func (c *Classifier) Lookup(p *Packet) int {
 		s := a.V4Starts
 		j := x >> a.V4Shift
 		lo, hi := int(a.V4Index[j]), int(a.V4Index[j+1])+1 // the last start ≤ x is s[lo:hi]; s[lo] ≤ x
-		for hi-lo > 1 {
-			m := int(uint(lo+hi) >> 1)
-			if s[m] <= x {
-				lo = m
-			} else {
-				hi = m
-			}
-		}
-		ans = &a.Answers[a.V4Answer[lo]]
+		ans = &a.Answers[a.V4Answer[lastAtMost(s[lo:hi], x)+lo]]
 	case p.Remote.Is6() && p.Remote.Zone() == "":
 		b := p.Remote.As16()
 		xh, xl := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
@@ -145,17 +137,7 @@ func classAnswer(a *ClassifierArrays, ans *ClassifierAnswer, p *Packet, v6 bool)
 	default:
 		return int(ans.Other)
 	}
-	s := a.PortStart[off : off+n]
-	lo, hi := 0, len(s)
-	for hi-lo > 1 {
-		m := int(uint(lo+hi) >> 1)
-		if s[m] <= p.Port {
-			lo = m
-		} else {
-			hi = m
-		}
-	}
-	return int(a.PortEntry[int(off)+lo])
+	return int(a.PortEntry[int(off)+lastAtMost(a.PortStart[off:off+n], p.Port)])
 }
 
 // rootV4/rootV6 answer for addresses no prefix can contain (zero or zoned): only AnyRemote entries match.
@@ -720,4 +702,18 @@ func v4Index(starts []uint32) ([]uint32, uint8) {
 	}
 	idx[1<<k] = uint32(len(starts) - 1)
 	return idx, shift
+}
+
+// lastAtMost returns the index of the last element of s (sorted, s[0] ≤ x) that is ≤ x. Each step halves
+// the range without a branch on the comparison (the compiler keeps a branch for an if here): a search's
+// branches go either way at random, and their mispredictions cost more than the steps themselves.
+func lastAtMost[T uint16 | uint32](s []T, x T) int {
+	base, n := 0, len(s)
+	for n > 1 {
+		half := n / 2
+		d := int64(x) - int64(s[base+half]) // ≥ 0 where s[base+half] ≤ x
+		base += half &^ int(d>>63)
+		n -= half
+	}
+	return base
 }
