@@ -48,6 +48,7 @@ type Options struct {
 type Dataplane struct {
 	objs    sgObjects
 	pinPath string
+	pinLock *pinLock // held while this process writes pinPath's maps
 	clsact  bool
 	hz      uint32 // the kernel's tick rate: conntrack's clock counts ticks
 	ct4     *ct4Table
@@ -98,8 +99,29 @@ func collectionSpec(pinned bool, hz uint32) (*ebpf.CollectionSpec, error) {
 	return spec, nil
 }
 
-// Load loads the program and its maps into the kernel.
+// Load loads the program and its maps into the kernel. With a pin path it holds the path's lock until
+// Close: a second process's Load of the same path fails with ErrPinPathInUse, changing nothing.
 func Load(opts Options) (*Dataplane, error) {
+	var lock *pinLock
+	if opts.PinPath != "" {
+		if err := ensureBPFFS(opts.PinPath); err != nil {
+			return nil, err
+		}
+		var err error
+		if lock, err = lockPinPath(opts.PinPath); err != nil {
+			return nil, fmt.Errorf("load bpf program: %w", err)
+		}
+	}
+	d, err := load(opts)
+	if err != nil {
+		return nil, errors.Join(err, lock.release())
+	}
+	d.pinLock = lock
+	return d, nil
+}
+
+// load is Load once the pin path (if any) is this process's.
+func load(opts Options) (*Dataplane, error) {
 	hz, err := kernelHZ()
 	if err != nil {
 		return nil, fmt.Errorf("load bpf program: the kernel's tick rate: %w", err)
@@ -110,9 +132,6 @@ func Load(opts Options) (*Dataplane, error) {
 	}
 	var co ebpf.CollectionOptions
 	if opts.PinPath != "" {
-		if err := ensureBPFFS(opts.PinPath); err != nil {
-			return nil, err
-		}
 		co.Maps.PinPath = opts.PinPath
 		if err := setAsideCt4Ways(opts.PinPath); err != nil {
 			return nil, fmt.Errorf("load bpf program: %w", err)
@@ -314,7 +333,7 @@ func (d *Dataplane) Close() error {
 		liveTables{maps: ms}.close()
 	}
 	d.resident = map[uint32][2]*ebpf.Map{}
-	errs = append(errs, d.closeObjs())
+	errs = append(errs, d.closeObjs(), d.pinLock.release())
 	return errors.Join(errs...)
 }
 

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -79,4 +80,31 @@ func pinStaleMap(t *testing.T, what string, spec *ebpf.MapSpec) string {
 	t.Cleanup(func() { old.Close() })
 	require.NoError(t, old.Pin(filepath.Join(pin, spec.Name)))
 	return pin
+}
+
+// TestPinPathHasOneWriter: while one dataplane holds a pin path, a second Load of it is refused with an
+// error naming the path and the holder, and the first keeps working; once the first closes, the path
+// can be loaded again.
+func TestPinPathHasOneWriter(t *testing.T) {
+	loadOrSkip(t).Close()
+	pin := testPinPath(t, "onewriter")
+	ctx := context.Background()
+	tables := labTables(t, "")
+
+	d1, err := Load(Options{PinPath: pin})
+	require.NoError(t, err)
+	require.NoError(t, d1.Publish(ctx, 1, tables, nil))
+
+	_, err = Load(Options{PinPath: pin})
+	require.ErrorIs(t, err, ErrPinPathInUse)
+	assert.ErrorContains(t, err, pin)
+	assert.ErrorContains(t, err, fmt.Sprintf("process %d", os.Getpid()), "names the holder")
+
+	require.NoError(t, d1.Publish(ctx, 2, tables, nil), "the holder is untouched by the refusal")
+	require.NoError(t, d1.Close())
+
+	d2, err := Load(Options{PinPath: pin})
+	require.NoError(t, err, "a closed dataplane lets the path go")
+	require.NoError(t, d2.Publish(ctx, 3, tables, nil))
+	require.NoError(t, d2.Close())
 }
