@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/internal/testkit"
 	"github.com/sgsim/sgsim/model"
 )
@@ -168,4 +169,30 @@ func FuzzParseClassBench(f *testing.F) {
 			}
 		}
 	})
+}
+
+// allocatingMatcher allocates on one packet in every hundred, as a lookup with a rare escaping path would.
+type allocatingMatcher struct{ kept [][]byte }
+
+func (m *allocatingMatcher) Lookup(p *dataplane.Packet) int {
+	if p.Port%100 == 0 {
+		m.kept = append(m.kept[:0], make([]byte, 64))
+	}
+	return 0
+}
+
+// The allocation count takes the least over windows, so it must still see an allocation the lookups
+// make themselves, however rare.
+func TestAllocsPerLookupSeesTheLookupsOwn(t *testing.T) {
+	pkts := make([]dataplane.Packet, 1000)
+	for i := range pkts {
+		pkts[i].Port = uint16(i)
+	}
+	got := allocsPerLookup(&allocatingMatcher{}, pkts)
+	assert.InDelta(t, 0.01, got, 0.002)
+	st, err := StateFromRules([]model.Rule{{IPProtocol: "tcp", CidrIP: "10.0.0.0/24", PortRange: "80-90", Action: "ACCEPT"}}, 1)
+	require.NoError(t, err)
+	tab, err := IngressTable(st)
+	require.NoError(t, err)
+	assert.Zero(t, allocsPerLookup(dataplane.NewClassifier(tab), pkts), "the classifier allocates nothing")
 }
