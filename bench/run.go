@@ -71,11 +71,12 @@ func Run(ctx context.Context, name string, t *compiler.Table, pkts []dataplane.P
 
 // allocsPerLookup counts the heap allocations of the fast path's lookups. The runtime's counter is the
 // whole process's, so a timer or the test framework allocating meanwhile would be charged to the
-// lookups: it counts over several windows, each covering every packet, and takes the least. An
-// allocation of the lookup's own is in every window.
+// lookups: it counts over several windows, each covering every packet and at least 65,536 lookups, and
+// takes the least. An allocation that some packet makes, or that comes every n-th lookup for n up to a
+// window's length, is in every window.
 func allocsPerLookup(c dataplane.TableMatcher, pkts []dataplane.Packet) float64 {
-	const windows = 8
-	perWindow := max(len(pkts), 1<<13)
+	const windows = 4
+	perWindow := max(len(pkts), 1<<16)
 	least := uint64(math.MaxUint64)
 	for w := 0; w < windows; w++ {
 		var before, after runtime.MemStats

@@ -51,7 +51,8 @@ func (l *pinLock) release() error {
 }
 
 // flockHolder names the process holding a flock on fd's inode, from /proc/locks ("process 1234"), or
-// "another process" when it cannot tell.
+// "another process" when it cannot tell (a holder in another pid namespace; /proc/locks hidden, as the
+// systemd unit's ProcSubset=pid does).
 func flockHolder(fd int) string {
 	const unknown = "another process"
 	var st unix.Stat_t
@@ -67,7 +68,8 @@ func flockHolder(fd int) string {
 	defer f.Close()
 	for sc := bufio.NewScanner(f); sc.Scan(); {
 		fields := strings.Fields(sc.Text())
-		if len(fields) >= 6 && fields[1] == "FLOCK" && fields[5] == id {
+		// A holder in another pid namespace shows as pid 0.
+		if len(fields) >= 6 && fields[1] == "FLOCK" && fields[5] == id && fields[4] != "0" {
 			return "process " + fields[4]
 		}
 	}

@@ -95,7 +95,10 @@ func TestPinPathHasOneWriter(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, d1.Publish(ctx, 1, tables, nil))
 
-	_, err = Load(Options{PinPath: pin})
+	d, err := Load(Options{PinPath: pin})
+	if err == nil {
+		d.Close()
+	}
 	require.ErrorIs(t, err, ErrPinPathInUse)
 	assert.ErrorContains(t, err, pin)
 	assert.ErrorContains(t, err, fmt.Sprintf("process %d", os.Getpid()), "names the holder")

@@ -121,10 +121,24 @@ type agentEnforcer struct {
 	stop  context.CancelFunc
 }
 
+// loadBPF loads the eBPF program for --dataplane flag. A failure says what it most likely needs, unless
+// another process holds the pin path: then root and BTF are not the matter.
+func loadBPF(flag string, opts bpf.Options) (*bpf.Dataplane, error) {
+	d, err := bpf.Load(opts)
+	switch {
+	case errors.Is(err, bpf.ErrPinPathInUse):
+		return nil, fmt.Errorf("--dataplane %s: %w", flag, err)
+	case err != nil:
+		return nil, fmt.Errorf("--dataplane %s: load the eBPF program (needs root and a kernel with BTF; pin path %q): %w",
+			flag, opts.PinPath, err)
+	}
+	return d, nil
+}
+
 func newAgentEnforcer(cfg AgentConfig, log *slog.Logger) (*agentEnforcer, error) {
-	dp, err := bpf.Load(bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact})
+	dp, err := loadBPF("ebpf", bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact})
 	if err != nil {
-		return nil, fmt.Errorf("--dataplane ebpf: load the eBPF program (needs root and a kernel with BTF; pin path %q): %w", cfg.PinPath, err)
+		return nil, err
 	}
 	return &agentEnforcer{cfg: cfg, log: log, bpf: dp}, nil
 }

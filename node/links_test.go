@@ -276,3 +276,29 @@ func newLinksNode(ctx context.Context, t *testing.T, lab *netlab.Lab) *Node {
 	t.Cleanup(func() { require.NoError(t, n.Close()) })
 	return n
 }
+
+// TestSecondNodeOnAPinPathIsRefused: a second daemon on the pin path a running one holds is refused,
+// with an error that names the path and the holder, not the root-and-BTF hint of a failed load.
+func TestSecondNodeOnAPinPathIsRefused(t *testing.T) {
+	requireKernel(t)
+	ctx := context.Background()
+	lab := netlab.New(t, "npr")
+	seed, err := model.ParseTopology("links", []byte(linksTopology))
+	require.NoError(t, err)
+	pin := pinDir(t)
+	cfg := Config{Seed: seed, Dataplane: DataplaneEBPF, PinPath: pin, HostNetns: lab.Host,
+		Logger: slog.New(slog.DiscardHandler)}
+	first, err := New(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, first.Close()) })
+
+	second, err := New(ctx, cfg)
+	if second != nil {
+		second.Close()
+	}
+	require.ErrorIs(t, err, bpf.ErrPinPathInUse)
+	assert.ErrorContains(t, err, "--dataplane ebpf")
+	assert.ErrorContains(t, err, pin)
+	assert.ErrorContains(t, err, fmt.Sprintf("process %d", os.Getpid()))
+	assert.NotContains(t, err.Error(), "needs root")
+}

@@ -122,9 +122,8 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	if enforce {
 		// Loaded before the store is opened: a host that cannot run the program learns it first.
-		if n.bpf, err = bpf.Load(bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact}); err != nil {
-			return n, fmt.Errorf("--dataplane %s: load the eBPF program (needs root and a kernel with BTF; pin path %q): %w",
-				cfg.Dataplane, cfg.PinPath, err)
+		if n.bpf, err = loadBPF(string(cfg.Dataplane), bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact}); err != nil {
+			return n, err
 		}
 	}
 	seed, err := n.openStore(ctx, cfg)
