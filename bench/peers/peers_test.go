@@ -164,6 +164,48 @@ func BenchmarkPeerUDP(b *testing.B) {
 	}
 }
 
+// BenchmarkPeerUDPRatio measures the veth path's rate at 10k rules with sgsim's TC program against no
+// firewall and against iptables-legacy in interleaved rounds (none, sgsim, iptables-legacy, then again),
+// so that a drift of the machine's speed lands on all three alike; it reports each ratio's median and
+// least over the rounds. BenchmarkPeerUDP measures each firewall once, one after another.
+func BenchmarkPeerUDPRatio(b *testing.B) {
+	needNetns(b, "iptables-legacy-restore", "nft")
+	ctx := context.Background()
+	p, err := NewPath(ctx)
+	require.NoError(b, err)
+	defer p.Close()
+	const rules, rounds = 10000, 5
+	tables, err := SyntheticTables(rules, netip.MustParseAddr(p.GenAddr), streamPort, 42)
+	require.NoError(b, err)
+	b.Run(fmt.Sprintf("rules=%d", rules), func(b *testing.B) {
+		var ofNone, ofIptables []float64
+		for i := 0; i < b.N; i++ {
+			for range rounds {
+				pps := map[Firewall]float64{}
+				for _, fw := range []Firewall{None, SgsimTC, IptablesLegacy} {
+					require.NoError(b, p.Flush(ctx))
+					_, err := p.Load(ctx, fw, tables)
+					require.NoError(b, err)
+					res, err := p.StreamUDP(ctx, 500*time.Millisecond, 64, streamPort)
+					require.NoError(b, err)
+					pps[fw] = res.PPS()
+				}
+				require.Positive(b, pps[None])
+				require.Positive(b, pps[IptablesLegacy])
+				ofNone = append(ofNone, pps[SgsimTC]/pps[None])
+				ofIptables = append(ofIptables, pps[SgsimTC]/pps[IptablesLegacy])
+			}
+		}
+		require.NoError(b, p.Flush(ctx))
+		slices.Sort(ofNone)
+		slices.Sort(ofIptables)
+		b.ReportMetric(ofNone[len(ofNone)/2], "of-none-median")
+		b.ReportMetric(ofNone[0], "of-none-least")
+		b.ReportMetric(ofIptables[len(ofIptables)/2], "x-iptables-median")
+		b.ReportMetric(ofIptables[0], "x-iptables-least")
+	})
+}
+
 func TestEnforcedAt(t *testing.T) {
 	ms := func(v ...int) []time.Duration {
 		out := make([]time.Duration, len(v))
