@@ -129,12 +129,19 @@ func TestPeersEnforce(t *testing.T) {
 // same rule count, leaving what the filter adds per packet. Run as root:
 //
 //	go test -run '^$' -bench PeerUDP -benchtime 1x ./bench/peers/
-func BenchmarkPeerUDP(b *testing.B) {
-	needNetns(b, "iptables-legacy-restore", "nft")
-	ctx := context.Background()
+// benchPath builds the veth path for a benchmark that needs tools, removed when it ends.
+func benchPath(ctx context.Context, b *testing.B, tools ...string) *Path {
+	b.Helper()
+	needNetns(b, tools...)
 	p, err := NewPath(ctx)
 	require.NoError(b, err)
-	defer p.Close()
+	b.Cleanup(func() { assert.NoError(b, p.Close()) })
+	return p
+}
+
+func BenchmarkPeerUDP(b *testing.B) {
+	ctx := context.Background()
+	p := benchPath(ctx, b, "iptables-legacy-restore", "nft")
 	for _, n := range []int{100, 1000, 10000} {
 		tables, err := SyntheticTables(n, netip.MustParseAddr(p.GenAddr), streamPort, 42)
 		require.NoError(b, err)
@@ -169,11 +176,8 @@ func BenchmarkPeerUDP(b *testing.B) {
 // so that a drift of the machine's speed lands on all three alike; it reports each ratio's median and
 // least over the rounds. BenchmarkPeerUDP measures each firewall once, one after another.
 func BenchmarkPeerUDPRatio(b *testing.B) {
-	needNetns(b, "iptables-legacy-restore", "nft")
 	ctx := context.Background()
-	p, err := NewPath(ctx)
-	require.NoError(b, err)
-	defer p.Close()
+	p := benchPath(ctx, b, "iptables-legacy-restore", "nft")
 	const rules, rounds = 10000, 5
 	tables, err := SyntheticTables(rules, netip.MustParseAddr(p.GenAddr), streamPort, 42)
 	require.NoError(b, err)
@@ -341,11 +345,8 @@ func TestUpdateEnforced(t *testing.T) {
 //
 //	go test -run '^$' -bench PeerUpdate -benchtime 1x ./bench/peers/
 func BenchmarkPeerUpdate(b *testing.B) {
-	needNetns(b, "iptables-legacy-restore", "iptables-nft-restore", "nft")
 	ctx := context.Background()
-	p, err := NewPath(ctx)
-	require.NoError(b, err)
-	defer p.Close()
+	p := benchPath(ctx, b, "iptables-legacy-restore", "iptables-nft-restore", "nft")
 	for _, n := range []int{1000, 10000} {
 		rules := SyntheticRules(n, netip.MustParseAddr(p.GenAddr), probePort, 42)
 		for _, fw := range []Firewall{IptablesLegacy, IptablesNft, Nftables, NftablesWithSet, SgsimTC, SgsimAPI} {
