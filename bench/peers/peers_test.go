@@ -123,12 +123,6 @@ func TestPeersEnforce(t *testing.T) {
 	}
 }
 
-// BenchmarkPeerUDP measures delivered packets/s and CPU per packet of a 64-byte UDP stream through each
-// peer at 100, 1k and 10k rules, plus the time to load the whole table. CPU is the packet path's
-// (Result.PathCPUPerPacket); filter-cpu-ns/pkt subtracts the no-firewall path measured just before at the
-// same rule count, leaving what the filter adds per packet. Run as root:
-//
-//	go test -run '^$' -bench PeerUDP -benchtime 1x ./bench/peers/
 // benchPath builds the veth path for a benchmark that needs tools, removed when it ends.
 func benchPath(ctx context.Context, b *testing.B, tools ...string) *Path {
 	b.Helper()
@@ -139,6 +133,12 @@ func benchPath(ctx context.Context, b *testing.B, tools ...string) *Path {
 	return p
 }
 
+// BenchmarkPeerUDP measures delivered packets/s and CPU per packet of a 64-byte UDP stream through each
+// peer at 100, 1k and 10k rules, plus the time to load the whole table. CPU is the packet path's
+// (Result.PathCPUPerPacket); filter-cpu-ns/pkt subtracts the no-firewall path measured just before at the
+// same rule count, leaving what the filter adds per packet. Run as root:
+//
+//	go test -run '^$' -bench PeerUDP -benchtime 1x ./bench/peers/
 func BenchmarkPeerUDP(b *testing.B) {
 	ctx := context.Background()
 	p := benchPath(ctx, b, "iptables-legacy-restore", "nft")
