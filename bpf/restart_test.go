@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/assert"
@@ -110,4 +113,41 @@ func TestPinPathHasOneWriter(t *testing.T) {
 	require.NoError(t, err, "a closed dataplane lets the path go")
 	require.NoError(t, d2.Publish(ctx, 3, tables, nil))
 	require.NoError(t, d2.Close())
+}
+
+// pinHolderEnv names the pin path TestAnotherProcessHoldsThePinPath's child process loads and holds.
+const pinHolderEnv = "SGSIM_TEST_PIN_HOLDER"
+
+// TestAnotherProcessHoldsThePinPath: while another process holds a pin path, Load is refused with an
+// error naming that process; once it is killed (kill -9, no Close), the path loads at once.
+func TestAnotherProcessHoldsThePinPath(t *testing.T) {
+	if pin := os.Getenv(pinHolderEnv); pin != "" {
+		_, err := Load(Options{PinPath: pin})
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(os.Getenv(pinHolderEnv+"_READY"), nil, 0o600))
+		select {} // held until killed
+	}
+	loadOrSkip(t).Close()
+	pin := testPinPath(t, "holder")
+	ready := filepath.Join(t.TempDir(), "ready")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAnotherProcessHoldsThePinPath$")
+	cmd.Env = append(os.Environ(), pinHolderEnv+"="+pin, pinHolderEnv+"_READY="+ready)
+	cmd.Stderr = os.Stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	require.Eventually(t, func() bool { _, err := os.Stat(ready); return err == nil }, 30*time.Second,
+		5*time.Millisecond, "the child loads the pin path")
+
+	d, err := Load(Options{PinPath: pin})
+	if err == nil {
+		d.Close()
+	}
+	require.ErrorIs(t, err, ErrPinPathInUse)
+	assert.ErrorContains(t, err, fmt.Sprintf("%s is held by process %d", pin, cmd.Process.Pid))
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+	d, err = Load(Options{PinPath: pin})
+	require.NoError(t, err, "the kernel dropped the killed holder's lock")
+	require.NoError(t, d.Close())
 }
