@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -547,11 +546,7 @@ func TestLoadReleasesAKilledWritersWays(t *testing.T) {
 	loadOrSkip(t).Close()
 	pin := testPinPath(t, "ct4stuck")
 	ready := filepath.Join(t.TempDir(), "ready")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLoadReleasesAKilledWritersWays$")
-	cmd.Env = append(os.Environ(), stuckWriterEnv+"="+pin, stuckWriterEnv+"_READY="+ready)
-	cmd.Stderr = os.Stderr
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	cmd := startTestChild(t, stuckWriterEnv+"="+pin, stuckWriterEnv+"_READY="+ready)
 	var set int
 	require.Eventually(t, func() bool {
 		b, err := os.ReadFile(ready)

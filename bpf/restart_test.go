@@ -130,11 +130,7 @@ func TestAnotherProcessHoldsThePinPath(t *testing.T) {
 	loadOrSkip(t).Close()
 	pin := testPinPath(t, "holder")
 	ready := filepath.Join(t.TempDir(), "ready")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestAnotherProcessHoldsThePinPath$")
-	cmd.Env = append(os.Environ(), pinHolderEnv+"="+pin, pinHolderEnv+"_READY="+ready)
-	cmd.Stderr = os.Stderr
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	cmd := startTestChild(t, pinHolderEnv+"="+pin, pinHolderEnv+"_READY="+ready)
 	require.Eventually(t, func() bool { _, err := os.Stat(ready); return err == nil }, 30*time.Second,
 		5*time.Millisecond, "the child loads the pin path")
 
@@ -150,4 +146,16 @@ func TestAnotherProcessHoldsThePinPath(t *testing.T) {
 	d, err = Load(Options{PinPath: pin})
 	require.NoError(t, err, "the kernel dropped the killed holder's lock")
 	require.NoError(t, d.Close())
+}
+
+// startTestChild runs the calling test again in a child process of this test binary, with env added to
+// its environment (which tells it to play the child's part); the child is killed when the test ends.
+func startTestChild(t *testing.T, env ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd
 }
