@@ -10,8 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrPinPathInUse is returned by Load when another process's dataplane holds the pin path.
-var ErrPinPathInUse = errors.New("pin path in use by another process")
+// ErrPinPathInUse is returned by Load when another dataplane (in practice another process's) holds the
+// pin path.
+var ErrPinPathInUse = errors.New("pin path in use")
 
 // pinLock is a pin directory's exclusive flock, held from Load to Close. The pinned maps assume one
 // writing process: two daemons on one pin path would race each other's conntrack claims (a stalled
