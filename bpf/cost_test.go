@@ -3,6 +3,7 @@ package bpf
 import (
 	"context"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"strconv"
 	"testing"
@@ -171,11 +172,11 @@ func reportCost(b *testing.B, base *costBaselines, prog *ebpf.Program, frame []b
 	reportAboveFloor(b, floorNS, hashNS, progNS, float64(b.N))
 }
 
-// newFlows is what the new-flow rows need: a bumper in front of the program and of the floor, and the
-// kernel's LRU-hash insert on its own.
+// newFlows is what the new-flow rows need: a bumper in front of the program and of the floor, the
+// kernel's LRU-hash insert on its own, and one cold line of a table of ct4_sets' size.
 type newFlows struct {
-	prog, floor, insert *ebpf.Program
-	insertMap           *ebpf.Map
+	prog, floor, insert, cold *ebpf.Program
+	insertMap                 *ebpf.Map
 }
 
 // flowBumper returns a SCHED_CLS program that gives each run of a repeated test run a flow of its own
@@ -285,6 +286,75 @@ func lruInsert(tb testing.TB, m *ebpf.Map) *ebpf.Program {
 	return prog
 }
 
+// coldLine returns a SCHED_CLS program that reads one word of a random element of an array of ct4_sets'
+// geometry (ct4Sets elements of ct4SetSize bytes: the word a conntrack lookup reads first in its
+// candidate set), the element chosen by a hash of the frame's TCP source port and destination address,
+// which flowBumper changes each run. Each run's index also depends on the word the run before it read
+// (always 0), so the kernel's test-run loop cannot overlap one run's miss with the next: a first
+// packet's program does a thousand instructions after its miss, which no CPU's reorder window spans.
+// Behind the bumper it is the memory latency a first packet pays for the one line of conntrack no
+// packet before it brought in, whatever the program does.
+func coldLine(tb testing.TB) *ebpf.Program {
+	tb.Helper()
+	table, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(ct4SetSize), MaxEntries: uint32(ct4Sets)})
+	skipIfNotSupported(tb, err)
+	tb.Cleanup(func() { table.Close() })
+	carry, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	skipIfNotSupported(tb, err)
+	tb.Cleanup(func() { carry.Close() })
+	const (
+		skbData    = 76
+		skbDataEnd = 80
+		dst        = 14 + 16 // IPv4 destination address
+		sport      = 14 + 20 // TCP source port (IPv4, no options)
+	)
+	setBits := int32(bits.TrailingZeros(uint(ct4Sets)))
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.StoreImm(asm.R10, -4, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, carry.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.Mov.Reg(asm.R7, asm.R0),
+		asm.LoadMem(asm.R8, asm.R7, 0, asm.DWord), // the word the run before read
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, sport+2),
+		asm.JGT.Reg(asm.R4, asm.R3, "out"),
+		asm.LoadMem(asm.R4, asm.R2, sport, asm.Half),
+		asm.LoadMem(asm.R5, asm.R2, dst, asm.Word),
+		asm.LSh.Imm(asm.R5, 16),
+		asm.Or.Reg(asm.R4, asm.R5),
+		asm.Add.Reg(asm.R4, asm.R8),
+		// A multiply-xorshift-multiply, so that successive runs' elements are in no stride a prefetcher
+		// could follow.
+		asm.LoadImm(asm.R5, -7046029254386353131, asm.DWord), // 0x9e3779b97f4a7c15
+		asm.Mul.Reg(asm.R4, asm.R5),
+		asm.Mov.Reg(asm.R5, asm.R4),
+		asm.RSh.Imm(asm.R5, 29),
+		asm.Xor.Reg(asm.R4, asm.R5),
+		asm.LoadImm(asm.R5, -4658895280553007687, asm.DWord), // 0xbf58476d1ce4e5b9
+		asm.Mul.Reg(asm.R4, asm.R5),
+		asm.RSh.Imm(asm.R4, 64-setBits),
+		asm.StoreMem(asm.R10, -8, asm.R4, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -8),
+		asm.LoadMapPtr(asm.R1, table.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord), // the cold line
+		asm.StoreMem(asm.R7, 0, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
+		asm.Return(),
+	}})
+	skipIfNotSupported(tb, err)
+	tb.Cleanup(func() { prog.Close() })
+	return prog
+}
+
 func loadNewFlows(tb testing.TB, base *costBaselines, d *Dataplane) *newFlows {
 	tb.Helper()
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 48, MaxEntries: uint32(ct4Capacity)})
@@ -294,6 +364,7 @@ func loadNewFlows(tb testing.TB, base *costBaselines, d *Dataplane) *newFlows {
 		prog:      flowBumper(tb, d.objs.SgHostEgress),
 		floor:     flowBumper(tb, base.floor),
 		insert:    flowBumper(tb, lruInsert(tb, m)),
+		cold:      flowBumper(tb, coldLine(tb)),
 		insertMap: m,
 	}
 }
@@ -302,9 +373,9 @@ func loadNewFlows(tb testing.TB, base *costBaselines, d *Dataplane) *newFlows {
 // rules, with another source port and destination each run: the rules decide and conntrack inserts),
 // repeated in the kernel behind flowBumper, beside the floor and the hash lookup. With full, conntrack
 // is filled first and stays full, so every new flow evicts one (a host that has seen more flows than
-// conntrack holds); else it is emptied before each test run. It also reports the kernel's LRU-hash
-// insert alone in lookups: the part of a new flow no program change removes while conntrack is an
-// LRU hash.
+// conntrack holds); else it is emptied before each test run. It also reports, in lookups, the kernel's
+// LRU-hash insert alone (what tracking the flow would cost with conntrack an LRU hash) and one cold line
+// of a table of conntrack's size (coldLine: the memory latency no layout of conntrack takes away).
 func reportNewFlowCost(b *testing.B, base *costBaselines, nf *newFlows, d *Dataplane, frame []byte, slot uint32, full bool) {
 	const repeat = 1000
 	run := func(p *ebpf.Program, n uint32) float64 {
@@ -338,7 +409,7 @@ func reportNewFlowCost(b *testing.B, base *costBaselines, nf *newFlows, d *Datap
 		run(nf.prog, fill)
 		run(nf.insert, fill)
 	}
-	var floorNS, hashNS, bumpNS, progNS, insertNS float64
+	var floorNS, hashNS, bumpNS, progNS, insertNS, coldNS float64
 	b.ReportAllocs()
 	for b.Loop() {
 		if !full {
@@ -351,11 +422,13 @@ func reportNewFlowCost(b *testing.B, base *costBaselines, nf *newFlows, d *Datap
 		bumpNS += run(nf.floor, repeat)
 		progNS += run(nf.prog, repeat)
 		insertNS += run(nf.insert, repeat)
+		coldNS += run(nf.cold, repeat)
 	}
 	// The program as if run on its own: the floor plus what it adds behind the bumper.
 	reportAboveFloor(b, floorNS, hashNS, floorNS+progNS-bumpNS, float64(b.N))
 	if hashNS > floorNS {
 		b.ReportMetric((insertNS-bumpNS)/(hashNS-floorNS), "lru-insert-lookups")
+		b.ReportMetric((coldNS-bumpNS)/(hashNS-floorNS), "cold-line-lookups")
 	}
 	if full {
 		es, err := d.ctEntries()
