@@ -66,8 +66,8 @@ func (p *Path) load(ctx context.Context, fw Firewall, tables *compiler.Tables) (
 		return 0, 0, fmt.Errorf("unknown firewall %q", fw)
 	}
 	// The loader is forked from a thread inside the fw namespace (a child inherits its thread's
-	// namespace), so the timing holds the loader alone: `ip netns exec` would add ~20 ms of setns and
-	// sysfs remounting that a host agent does not pay.
+	// namespace), so the timing holds the loader alone: `ip netns exec` would add the setns and sysfs
+	// remounting that a host agent does not pay.
 	err = InNetns(p.FwNS, func() error {
 		start = monotonic()
 		err := run(ctx, script, name, args...)
