@@ -13,6 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
@@ -32,6 +35,9 @@ const (
 	// SgsimTC is sgsim's TC program on the generator's veth end: for the ENI behind the fw end that is the
 	// host side, whose TC egress carries the ENI's ingress traffic (SPEC §2).
 	SgsimTC Firewall = "sgsim-tc"
+	// TCEmpty is an empty SCHED_CLS program (it accepts every packet) on the hooks SgsimTC takes, with
+	// TCX: what any TC program costs the path before it does anything. It has no rules to load.
+	TCEmpty Firewall = "tc-empty"
 )
 
 // Load replaces the path's rules with tables' ingress table, enforced by fw, and returns how long the
@@ -44,8 +50,13 @@ func (p *Path) Load(ctx context.Context, fw Firewall, tables *compiler.Tables) (
 
 // load is Load that also returns when (CLOCK_MONOTONIC) the timed part started.
 func (p *Path) load(ctx context.Context, fw Firewall, tables *compiler.Tables) (start, took time.Duration, err error) {
-	if fw == SgsimTC {
+	switch fw {
+	case SgsimTC:
 		return p.loadSgsim(ctx, tables)
+	case TCEmpty:
+		start = monotonic()
+		err := p.attachEmpty()
+		return start, monotonic() - start, err
 	}
 	rules := RulesFromTable(tables.Ingress)
 	var name string
@@ -100,9 +111,41 @@ func (p *Path) loadSgsim(ctx context.Context, tables *compiler.Tables) (start, t
 	return start, monotonic() - start, nil
 }
 
+// attachEmpty puts an empty SCHED_CLS program on both TCX hooks of the generator's veth end, where
+// Load(SgsimTC) puts sgsim's. The error wraps ebpf.ErrNotSupported on a kernel without TCX.
+func (p *Path) attachEmpty() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
+		asm.Mov.Imm(asm.R0, 0), // TC_ACT_OK
+		asm.Return(),
+	}})
+	if err != nil {
+		return fmt.Errorf("load %s: %w", TCEmpty, err)
+	}
+	// The links hold the program; this reference is not needed past the attachments.
+	defer prog.Close()
+	return InNetns(p.GenNS, func() error {
+		ifc, err := net.InterfaceByName(p.GenIf)
+		if err != nil {
+			return fmt.Errorf("load %s: %w", TCEmpty, err)
+		}
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: at})
+			if err != nil {
+				return fmt.Errorf("load %s on %s: %w", TCEmpty, p.GenIf, err)
+			}
+			p.empty = append(p.empty, l)
+		}
+		return nil
+	})
+}
+
 // Flush removes every rule a Load may have left on the path.
 func (p *Path) Flush(ctx context.Context) error {
 	var errs []error
+	for _, l := range p.empty {
+		errs = append(errs, l.Close())
+	}
+	p.empty = nil
 	if p.sgsim != nil {
 		// Closing the unpinned program detaches it.
 		errs = append(errs, p.sgsim.Close())

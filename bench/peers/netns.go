@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/bpf"
@@ -30,6 +31,7 @@ type Path struct {
 
 	sgsim    *bpf.Dataplane // loaded by Load(SgsimTC), closed by Flush
 	sgsimGen uint64
+	empty    []link.Link // Load(TCEmpty)'s attachments, closed by Flush
 }
 
 // run runs a command and returns its combined output in the error when it fails.

@@ -172,12 +172,14 @@ func BenchmarkPeerUDP(b *testing.B) {
 }
 
 // BenchmarkPeerUDPRatio measures the veth path's rate at 10k rules with sgsim's TC program against no
-// firewall and against iptables-legacy in interleaved rounds, so that a drift of the machine's speed
-// lands on all of them alike. No firewall and sgsim, whose ratio is near 1 and so the one noise can
-// flip, run next to each other in every round, in turns (none then sgsim, then sgsim then none), so
-// that whatever a place in the order does to a stream falls on both equally; iptables-legacy, an order
-// of magnitude slower, runs after them in every fourth round. It reports each ratio's median and least
-// over the rounds. BenchmarkPeerUDP measures each firewall once, one after another.
+// firewall, against an empty TC program on the same hooks (what any TC program costs the path before it
+// does anything) and against iptables-legacy, in interleaved rounds, so that a drift of the machine's
+// speed lands on all of them alike. No firewall, the empty program and sgsim, whose ratios are near 1
+// and so the ones noise can flip, run next to each other in every round, in turns (none, empty, sgsim;
+// then sgsim, empty, none), so that whatever a place in the order does to a stream falls on the ends
+// equally; iptables-legacy, an order of magnitude slower, runs after them in every fourth round. It
+// reports each ratio's median over the rounds, and the least of sgsim's. BenchmarkPeerUDP measures each
+// firewall once, one after another.
 func BenchmarkPeerUDPRatio(b *testing.B) {
 	ctx := context.Background()
 	p := benchPath(ctx, b, "iptables-legacy-restore", "nft")
@@ -187,13 +189,13 @@ func BenchmarkPeerUDPRatio(b *testing.B) {
 	tables, err := SyntheticTables(rules, netip.MustParseAddr(p.GenAddr), streamPort, 42)
 	require.NoError(b, err)
 	b.Run(fmt.Sprintf("rules=%d", rules), func(b *testing.B) {
-		var ofNone, ofIptables []float64
+		var ofNone, ofEmpty, emptyOfNone, ofIptables []float64
 		for i := 0; i < b.N; i++ {
 			for round := range rounds {
 				pps := map[Firewall]float64{}
-				order := []Firewall{None, SgsimTC}
+				order := []Firewall{None, TCEmpty, SgsimTC}
 				if round%2 == 1 {
-					order[0], order[1] = order[1], order[0]
+					slices.Reverse(order)
 				}
 				if round%iptablesEvery == iptablesEvery-1 {
 					order = append(order, IptablesLegacy)
@@ -204,21 +206,25 @@ func BenchmarkPeerUDPRatio(b *testing.B) {
 					require.NoError(b, err)
 					res, err := p.StreamUDP(ctx, stream, 64, streamPort)
 					require.NoError(b, err)
+					require.Positive(b, res.PPS(), "%s delivered nothing", fw)
 					pps[fw] = res.PPS()
 				}
-				require.Positive(b, pps[None])
 				ofNone = append(ofNone, pps[SgsimTC]/pps[None])
+				ofEmpty = append(ofEmpty, pps[SgsimTC]/pps[TCEmpty])
+				emptyOfNone = append(emptyOfNone, pps[TCEmpty]/pps[None])
 				if v, ok := pps[IptablesLegacy]; ok {
-					require.Positive(b, v)
 					ofIptables = append(ofIptables, pps[SgsimTC]/v)
 				}
 			}
 		}
 		require.NoError(b, p.Flush(ctx))
-		slices.Sort(ofNone)
-		slices.Sort(ofIptables)
+		for _, r := range [][]float64{ofNone, ofEmpty, emptyOfNone, ofIptables} {
+			slices.Sort(r)
+		}
 		b.ReportMetric(median(ofNone), "of-none-median")
 		b.ReportMetric(ofNone[0], "of-none-least")
+		b.ReportMetric(median(ofEmpty), "of-empty-median")
+		b.ReportMetric(median(emptyOfNone), "empty-of-none-median")
 		b.ReportMetric(median(ofIptables), "x-iptables-median")
 		b.ReportMetric(ofIptables[0], "x-iptables-least")
 	})
