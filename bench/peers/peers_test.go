@@ -2,7 +2,9 @@ package peers
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -12,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -121,6 +125,68 @@ func TestPeersEnforce(t *testing.T) {
 			assert.Zero(t, res.Received, "DROP rule: nothing may pass")
 		})
 	}
+}
+
+// skipIfNoTCX skips when err says the kernel has no TCX, unless SGSIM_REQUIRE_KERNEL=1.
+func skipIfNoTCX(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, ebpf.ErrNotSupported) {
+		return
+	}
+	if os.Getenv("SGSIM_REQUIRE_KERNEL") == "1" {
+		t.Fatalf("kernel lacks TCX (SGSIM_REQUIRE_KERNEL=1): %v", err)
+	}
+	t.Skipf("kernel lacks TCX: %v", err)
+}
+
+// TestEmptyTCProgram: Load(TCEmpty) puts one program on each TCX hook of the generator's end, which
+// passes a stream whatever the rules; Flush takes both off, and sgsim's program enforces there after it.
+func TestEmptyTCProgram(t *testing.T) {
+	needNetns(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p, err := NewPath(ctx)
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, p.Close()) }()
+	defer func() { assert.NoError(t, p.Flush(ctx)) }()
+	dropTables, err := SyntheticTables(20, netip.MustParseAddr(p.GenAddr), streamPort, 7)
+	require.NoError(t, err)
+	last := &dropTables.Ingress.Entries[len(dropTables.Ingress.Entries)-2]
+	last.Action, last.Rule.Action = model.Drop, model.Drop
+	attached := func() (n int) {
+		require.NoError(t, InNetns(p.GenNS, func() error {
+			ifc, err := net.InterfaceByName(p.GenIf)
+			if err != nil {
+				return err
+			}
+			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+				q, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: at})
+				if err != nil {
+					return err
+				}
+				n += len(q.Programs)
+			}
+			return nil
+		}))
+		return n
+	}
+
+	_, err = p.Load(ctx, TCEmpty, dropTables)
+	skipIfNoTCX(t, err)
+	require.NoError(t, err)
+	assert.Equal(t, 2, attached(), "one program on each hook")
+	res, err := p.StreamUDP(ctx, 200*time.Millisecond, 64, streamPort)
+	require.NoError(t, err)
+	assert.Greater(t, res.Received, uint64(0), "the empty program passes what the rules would drop")
+
+	require.NoError(t, p.Flush(ctx))
+	assert.Zero(t, attached(), "Flush detaches it")
+	_, err = p.Load(ctx, SgsimTC, dropTables)
+	require.NoError(t, err)
+	res, err = p.StreamUDP(ctx, 200*time.Millisecond, 64, streamPort)
+	require.NoError(t, err)
+	assert.Greater(t, res.Sent, uint64(0))
+	assert.Zero(t, res.Received, "sgsim's DROP rule after the empty program is gone")
 }
 
 // benchPath builds the veth path for a benchmark that needs tools, removed when it ends.
