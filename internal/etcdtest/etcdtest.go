@@ -5,10 +5,12 @@ package etcdtest
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,13 +29,25 @@ type Server struct {
 	e                  *embed.Etcd
 }
 
+// portTries bounds Start's choices of ports: a port found free can be taken by another process before
+// etcd binds it.
+const portTries = 5
+
 // Start runs a server with default limits until the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
 	s := &Server{t: t, dir: filepath.Join(t.TempDir(), "etcd")}
-	s.clientURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	s.peerURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	s.start()
+	for try := 1; ; try++ {
+		s.clientURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		s.peerURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		err := s.tryStart()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || try == portTries {
+			t.Fatal(err)
+		}
+	}
 	t.Cleanup(s.Stop)
 	return s
 }
@@ -105,6 +119,12 @@ func (s *Server) Counters() (Counters, error) {
 }
 
 func (s *Server) start() {
+	if err := s.tryStart(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *Server) tryStart() error {
 	cfg := embed.NewConfig()
 	cfg.Dir = s.dir
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
@@ -113,23 +133,35 @@ func (s *Server) start() {
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		s.t.Fatalf("start embedded etcd: %v", err)
+		return fmt.Errorf("start embedded etcd on %s and %s: %w", s.clientURL.Host, s.peerURL.Host, err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(20 * time.Second):
 		e.Close()
-		s.t.Fatal("embedded etcd not ready")
+		return errors.New("embedded etcd not ready")
 	}
 	s.e = e
+	return nil
 }
 
+// Ports are picked below the kernel's ephemeral range (ip_local_port_range, from 32768 by default), where
+// "127.0.0.1:0" would pick them: there every outgoing connection of every test process takes ports too,
+// and one took a port between freePort's check and etcd's bind.
+const portLow, portHigh = 20000, 32768
+
+// freePort returns a port of 127.0.0.1 below the ephemeral range that nothing listens on.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
+	for range 100 {
+		port := portLow + rand.IntN(portHigh-portLow)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("find a free port: none of 100 tried in %d-%d", portLow, portHigh-1)
+	return 0
 }
