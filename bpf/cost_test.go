@@ -291,9 +291,10 @@ func lruInsert(tb testing.TB, m *ebpf.Map) *ebpf.Program {
 // candidate set), the element chosen by a hash of the frame's TCP source port and destination address,
 // which flowBumper changes each run. Each run's index also depends on the word the run before it read
 // (always 0), so the kernel's test-run loop cannot overlap one run's miss with the next: a first
-// packet's program does a thousand instructions after its miss, which no CPU's reorder window spans.
-// Behind the bumper it is the memory latency a first packet pays for the one line of conntrack no
-// packet before it brought in, whatever the program does.
+// packet's program does far more work after its miss than a CPU's reorder window holds. Behind the
+// bumper it is the memory latency a first packet pays for the line its conntrack lookup reads first,
+// which no packet before it brought in, whatever the program does (plus this program's few
+// instructions and two inlined lookups).
 func coldLine(tb testing.TB) *ebpf.Program {
 	tb.Helper()
 	table, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(ct4SetSize), MaxEntries: uint32(ct4Sets)})
@@ -375,7 +376,7 @@ func loadNewFlows(tb testing.TB, base *costBaselines, d *Dataplane) *newFlows {
 // is filled first and stays full, so every new flow evicts one (a host that has seen more flows than
 // conntrack holds); else it is emptied before each test run. It also reports, in lookups, the kernel's
 // LRU-hash insert alone (what tracking the flow would cost with conntrack an LRU hash) and one cold line
-// of a table of conntrack's size (coldLine: the memory latency no layout of conntrack takes away).
+// of a table of conntrack's size (coldLine: the memory latency of the line a lookup reads first).
 func reportNewFlowCost(b *testing.B, base *costBaselines, nf *newFlows, d *Dataplane, frame []byte, slot uint32, full bool) {
 	const repeat = 1000
 	run := func(p *ebpf.Program, n uint32) float64 {

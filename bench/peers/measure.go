@@ -126,12 +126,12 @@ func (p *Path) attachEmpty() error {
 	return InNetns(p.GenNS, func() error {
 		ifc, err := net.InterfaceByName(p.GenIf)
 		if err != nil {
-			return fmt.Errorf("load %s: %w", TCEmpty, err)
+			return fmt.Errorf("load %s on %s in %s: %w", TCEmpty, p.GenIf, p.GenNS, err)
 		}
 		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
 			l, err := link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: prog, Attach: at})
 			if err != nil {
-				return fmt.Errorf("load %s on %s: %w", TCEmpty, p.GenIf, err)
+				return fmt.Errorf("load %s on %s in %s (%s): %w", TCEmpty, p.GenIf, p.GenNS, at, err)
 			}
 			p.empty = append(p.empty, l)
 		}
@@ -139,13 +139,19 @@ func (p *Path) attachEmpty() error {
 	})
 }
 
-// Flush removes every rule a Load may have left on the path.
-func (p *Path) Flush(ctx context.Context) error {
+// detachEmpty takes Load(TCEmpty)'s program off the path's hooks.
+func (p *Path) detachEmpty() error {
 	var errs []error
 	for _, l := range p.empty {
 		errs = append(errs, l.Close())
 	}
 	p.empty = nil
+	return errors.Join(errs...)
+}
+
+// Flush removes every rule a Load may have left on the path.
+func (p *Path) Flush(ctx context.Context) error {
+	errs := []error{p.detachEmpty()}
 	if p.sgsim != nil {
 		// Closing the unpinned program detaches it.
 		errs = append(errs, p.sgsim.Close())

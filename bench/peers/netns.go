@@ -78,7 +78,7 @@ func NewPath(ctx context.Context) (*Path, error) {
 
 // Close removes both namespaces (and with them the veth pair and every rule loaded inside).
 func (p *Path) Close() error {
-	var errs []error
+	errs := []error{p.detachEmpty()}
 	if p.sgsim != nil {
 		errs = append(errs, p.sgsim.Close())
 		p.sgsim = nil
