@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -179,6 +180,33 @@ type newFlows struct {
 	insertMap                 *ebpf.Map
 }
 
+// firstElement starts a test program: R6 keeps the context, R0 points at element 0 of array m, and the
+// program jumps to "out" if the lookup fails.
+func firstElement(m *ebpf.Map) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.StoreImm(asm.R10, -4, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+	}
+}
+
+// frameBytes points R2 at the frame (the context in R6) and jumps to "out" unless it holds n bytes.
+// It clobbers R3 and R4.
+func frameBytes(n int32) asm.Instructions {
+	const skbData, skbDataEnd = 76, 80 // offsetof(struct __sk_buff, data), data_end
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, n),
+		asm.JGT.Reg(asm.R4, asm.R3, "out"),
+	}
+}
+
 // flowBumper returns a SCHED_CLS program that gives each run of a repeated test run a flow of its own
 // and then tail-calls target: it counts its runs (an array map, whose lookup the JIT inlines) and
 // writes the count into the IPv4 TCP frame's source port and the low half of its destination address,
@@ -197,42 +225,34 @@ func flowBumper(tb testing.TB, target *ebpf.Program) *ebpf.Program {
 	require.NoError(tb, err)
 	tb.Cleanup(func() { count.Close() })
 	const (
-		skbData    = 76 // offsetof(struct __sk_buff, data)
-		skbDataEnd = 80
-		sport      = 14 + 20     // TCP source port (IPv4, no options)
-		dstLow     = 14 + 16 + 2 // the destination address's last two bytes
+		sport  = 14 + 20     // TCP source port (IPv4, no options)
+		dstLow = 14 + 16 + 2 // the destination address's last two bytes
 	)
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.StoreImm(asm.R10, -4, 0, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.R10),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, count.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "out"),
-		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word),
-		asm.Add.Imm(asm.R7, 1),
-		asm.StoreMem(asm.R0, 0, asm.R7, asm.Word),
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, sport+2),
-		asm.JGT.Reg(asm.R4, asm.R3, "out"),
-		// Source port 32768 + count mod 32768 (never 0), and count / 32768 into the address.
-		asm.Mov.Reg(asm.R8, asm.R7),
-		asm.And.Imm(asm.R8, 0x7fff),
-		asm.Or.Imm(asm.R8, 0x8000),
-		asm.HostTo(asm.BE, asm.R8, asm.Half),
-		asm.StoreMem(asm.R2, sport, asm.R8, asm.Half),
-		asm.RSh.Imm(asm.R7, 15),
-		asm.StoreMem(asm.R2, dstLow, asm.R7, asm.Half),
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.LoadMapPtr(asm.R2, calls.FD()),
-		asm.Mov.Imm(asm.R3, 0),
-		asm.FnTailCall.Call(),
-		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
-		asm.Return(),
-	}})
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: slices.Concat(
+		firstElement(count),
+		asm.Instructions{
+			asm.LoadMem(asm.R7, asm.R0, 0, asm.Word),
+			asm.Add.Imm(asm.R7, 1),
+			asm.StoreMem(asm.R0, 0, asm.R7, asm.Word),
+		},
+		frameBytes(sport+2),
+		asm.Instructions{
+			// Source port 32768 + count mod 32768 (never 0), and count / 32768 into the address.
+			asm.Mov.Reg(asm.R8, asm.R7),
+			asm.And.Imm(asm.R8, 0x7fff),
+			asm.Or.Imm(asm.R8, 0x8000),
+			asm.HostTo(asm.BE, asm.R8, asm.Half),
+			asm.StoreMem(asm.R2, sport, asm.R8, asm.Half),
+			asm.RSh.Imm(asm.R7, 15),
+			asm.StoreMem(asm.R2, dstLow, asm.R7, asm.Half),
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.LoadMapPtr(asm.R2, calls.FD()),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.FnTailCall.Call(),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
+			asm.Return(),
+		},
+	)})
 	skipIfNotSupported(tb, err)
 	tb.Cleanup(func() { prog.Close() })
 	return prog
@@ -244,19 +264,10 @@ func flowBumper(tb testing.TB, target *ebpf.Program) *ebpf.Program {
 func lruInsert(tb testing.TB, m *ebpf.Map) *ebpf.Program {
 	tb.Helper()
 	const (
-		skbData    = 76
-		skbDataEnd = 80
 		addrs      = 14 + 12 // IPv4 source and destination, then the ports
 		key, value = -16, -64
 	)
-	ins := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, addrs+12),
-		asm.JGT.Reg(asm.R4, asm.R3, "out"),
-	}
+	ins := slices.Concat(asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}, frameBytes(addrs+12))
 	for i := int16(0); i < 3; i++ {
 		ins = append(ins, asm.LoadMem(asm.R4, asm.R2, addrs+4*i, asm.Word), asm.StoreMem(asm.R10, key+4*i, asm.R4, asm.Word))
 	}
@@ -304,53 +315,45 @@ func coldLine(tb testing.TB) *ebpf.Program {
 	skipIfNotSupported(tb, err)
 	tb.Cleanup(func() { carry.Close() })
 	const (
-		skbData    = 76
-		skbDataEnd = 80
-		dst        = 14 + 16 // IPv4 destination address
-		sport      = 14 + 20 // TCP source port (IPv4, no options)
+		dst   = 14 + 16 // IPv4 destination address
+		sport = 14 + 20 // TCP source port (IPv4, no options)
 	)
 	setBits := int32(bits.TrailingZeros(uint(ct4Sets)))
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.StoreImm(asm.R10, -4, 0, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.R10),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, carry.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "out"),
-		asm.Mov.Reg(asm.R7, asm.R0),
-		asm.LoadMem(asm.R8, asm.R7, 0, asm.DWord), // the word the run before read
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, sport+2),
-		asm.JGT.Reg(asm.R4, asm.R3, "out"),
-		asm.LoadMem(asm.R4, asm.R2, sport, asm.Half),
-		asm.LoadMem(asm.R5, asm.R2, dst, asm.Word),
-		asm.LSh.Imm(asm.R5, 16),
-		asm.Or.Reg(asm.R4, asm.R5),
-		asm.Add.Reg(asm.R4, asm.R8),
-		// A multiply-xorshift-multiply, so that successive runs' elements are in no stride a prefetcher
-		// could follow.
-		asm.LoadImm(asm.R5, -7046029254386353131, asm.DWord), // 0x9e3779b97f4a7c15
-		asm.Mul.Reg(asm.R4, asm.R5),
-		asm.Mov.Reg(asm.R5, asm.R4),
-		asm.RSh.Imm(asm.R5, 29),
-		asm.Xor.Reg(asm.R4, asm.R5),
-		asm.LoadImm(asm.R5, -4658895280553007687, asm.DWord), // 0xbf58476d1ce4e5b9
-		asm.Mul.Reg(asm.R4, asm.R5),
-		asm.RSh.Imm(asm.R4, 64-setBits),
-		asm.StoreMem(asm.R10, -8, asm.R4, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.R10),
-		asm.Add.Imm(asm.R2, -8),
-		asm.LoadMapPtr(asm.R1, table.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "out"),
-		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord), // the cold line
-		asm.StoreMem(asm.R7, 0, asm.R1, asm.DWord),
-		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
-		asm.Return(),
-	}})
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: slices.Concat(
+		firstElement(carry),
+		asm.Instructions{
+			asm.Mov.Reg(asm.R7, asm.R0),
+			asm.LoadMem(asm.R8, asm.R7, 0, asm.DWord), // the word the run before read
+		},
+		frameBytes(sport+2),
+		asm.Instructions{
+			asm.LoadMem(asm.R4, asm.R2, sport, asm.Half),
+			asm.LoadMem(asm.R5, asm.R2, dst, asm.Word),
+			asm.LSh.Imm(asm.R5, 16),
+			asm.Or.Reg(asm.R4, asm.R5),
+			asm.Add.Reg(asm.R4, asm.R8),
+			// A multiply-xorshift-multiply, so that successive runs' elements are in no stride a prefetcher
+			// could follow.
+			asm.LoadImm(asm.R5, -7046029254386353131, asm.DWord), // 0x9e3779b97f4a7c15
+			asm.Mul.Reg(asm.R4, asm.R5),
+			asm.Mov.Reg(asm.R5, asm.R4),
+			asm.RSh.Imm(asm.R5, 29),
+			asm.Xor.Reg(asm.R4, asm.R5),
+			asm.LoadImm(asm.R5, -4658895280553007687, asm.DWord), // 0xbf58476d1ce4e5b9
+			asm.Mul.Reg(asm.R4, asm.R5),
+			asm.RSh.Imm(asm.R4, 64-setBits),
+			asm.StoreMem(asm.R10, -8, asm.R4, asm.Word),
+			asm.Mov.Reg(asm.R2, asm.R10),
+			asm.Add.Imm(asm.R2, -8),
+			asm.LoadMapPtr(asm.R1, table.FD()),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord), // the cold line
+			asm.StoreMem(asm.R7, 0, asm.R1, asm.DWord),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
+			asm.Return(),
+		},
+	)})
 	skipIfNotSupported(tb, err)
 	tb.Cleanup(func() { prog.Close() })
 	return prog

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/model"
 )
 
@@ -90,37 +91,56 @@ func TestSyntheticTableEndsWithStreamRule(t *testing.T) {
 	}
 }
 
+// testPath builds the veth path for a test that needs tools; it is flushed and removed when the test
+// ends, and the context it returns bounds the test's work on it.
+func testPath(t *testing.T, tools ...string) (context.Context, *Path) {
+	t.Helper()
+	needNetns(t, tools...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	p, err := NewPath(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, p.Close()) })
+	t.Cleanup(func() { assert.NoError(t, p.Flush(ctx)) }) // before Close: cleanups run last first
+	return ctx, p
+}
+
+// streamTables returns synthetic tables of n rules from the path's generator whose stream rule (the
+// last before the default) accepts, or with drop drops.
+func streamTables(t *testing.T, p *Path, n int, drop bool) *compiler.Tables {
+	t.Helper()
+	tables, err := SyntheticTables(n, netip.MustParseAddr(p.GenAddr), streamPort, 7)
+	require.NoError(t, err)
+	if drop {
+		last := &tables.Ingress.Entries[len(tables.Ingress.Entries)-2]
+		last.Action, last.Rule.Action = model.Drop, model.Drop
+	}
+	return tables
+}
+
+// streamThrough loads fw with tables on p and returns what a short stream through it did.
+func streamThrough(ctx context.Context, t *testing.T, p *Path, fw Firewall, tables *compiler.Tables) Result {
+	t.Helper()
+	_, err := p.Load(ctx, fw, tables)
+	require.NoError(t, err)
+	res, err := p.StreamUDP(ctx, 200*time.Millisecond, 64, streamPort)
+	require.NoError(t, err)
+	return res
+}
+
 // TestPeersEnforce loads each peer with the same table on a real veth path and checks that the stream is
 // delivered when its rule says ACCEPT and not at all when it says DROP.
 func TestPeersEnforce(t *testing.T) {
-	needNetns(t, "iptables-legacy-restore", "iptables-nft-restore", "nft")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	p, err := NewPath(ctx)
-	require.NoError(t, err)
-	defer func() { assert.NoError(t, p.Close()) }()
-	defer func() { assert.NoError(t, p.Flush(ctx)) }()
-
-	acceptTables, err := SyntheticTables(200, netip.MustParseAddr(p.GenAddr), streamPort, 7)
-	require.NoError(t, err)
-	dropTables, err := SyntheticTables(200, netip.MustParseAddr(p.GenAddr), streamPort, 7)
-	require.NoError(t, err)
-	last := &dropTables.Ingress.Entries[len(dropTables.Ingress.Entries)-2]
-	last.Action, last.Rule.Action = model.Drop, model.Drop
+	ctx, p := testPath(t, "iptables-legacy-restore", "iptables-nft-restore", "nft")
+	acceptTables, dropTables := streamTables(t, p, 200, false), streamTables(t, p, 200, true)
 
 	for _, fw := range []Firewall{IptablesLegacy, IptablesNft, Nftables, NftablesWithSet, SgsimTC} {
 		t.Run(string(fw), func(t *testing.T) {
 			require.NoError(t, p.Flush(ctx))
-			_, err := p.Load(ctx, fw, acceptTables)
-			require.NoError(t, err)
-			res, err := p.StreamUDP(ctx, 200*time.Millisecond, 64, streamPort)
-			require.NoError(t, err)
+			res := streamThrough(ctx, t, p, fw, acceptTables)
 			assert.Greater(t, res.Received, uint64(0), "ACCEPT rule: the stream must pass")
 
-			_, err = p.Load(ctx, fw, dropTables)
-			require.NoError(t, err)
-			res, err = p.StreamUDP(ctx, 200*time.Millisecond, 64, streamPort)
-			require.NoError(t, err)
+			res = streamThrough(ctx, t, p, fw, dropTables)
 			assert.Greater(t, res.Sent, uint64(0))
 			assert.Zero(t, res.Received, "DROP rule: nothing may pass")
 		})
@@ -142,17 +162,8 @@ func skipIfNoTCX(t *testing.T, err error) {
 // TestEmptyTCProgram: Load(TCEmpty) puts one program on each TCX hook of the generator's end, which
 // passes a stream whatever the rules; Flush takes both off, and sgsim's program enforces there after it.
 func TestEmptyTCProgram(t *testing.T) {
-	needNetns(t, "iptables-legacy", "iptables-nft", "nft") // Flush runs them
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	p, err := NewPath(ctx)
-	require.NoError(t, err)
-	defer func() { assert.NoError(t, p.Close()) }()
-	defer func() { assert.NoError(t, p.Flush(ctx)) }()
-	dropTables, err := SyntheticTables(20, netip.MustParseAddr(p.GenAddr), streamPort, 7)
-	require.NoError(t, err)
-	last := &dropTables.Ingress.Entries[len(dropTables.Ingress.Entries)-2]
-	last.Action, last.Rule.Action = model.Drop, model.Drop
+	ctx, p := testPath(t, "iptables-legacy", "iptables-nft", "nft") // Flush runs them
+	dropTables := streamTables(t, p, 20, true)
 	attached := func() (n int) {
 		require.NoError(t, InNetns(p.GenNS, func() error {
 			ifc, err := net.InterfaceByName(p.GenIf)
@@ -171,7 +182,7 @@ func TestEmptyTCProgram(t *testing.T) {
 		return n
 	}
 
-	_, err = p.Load(ctx, TCEmpty, dropTables)
+	_, err := p.Load(ctx, TCEmpty, dropTables)
 	skipIfNoTCX(t, err)
 	require.NoError(t, err)
 	assert.Equal(t, 2, attached(), "one program on each hook")
@@ -181,10 +192,7 @@ func TestEmptyTCProgram(t *testing.T) {
 
 	require.NoError(t, p.Flush(ctx))
 	assert.Zero(t, attached(), "Flush detaches it")
-	_, err = p.Load(ctx, SgsimTC, dropTables)
-	require.NoError(t, err)
-	res, err = p.StreamUDP(ctx, 200*time.Millisecond, 64, streamPort)
-	require.NoError(t, err)
+	res = streamThrough(ctx, t, p, SgsimTC, dropTables)
 	assert.Greater(t, res.Sent, uint64(0))
 	assert.Zero(t, res.Received, "sgsim's DROP rule after the empty program is gone")
 }
