@@ -139,7 +139,7 @@ func (s *Server) tryStart() error {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(20 * time.Second):
 		e.Close()
-		return errors.New("embedded etcd not ready")
+		return fmt.Errorf("embedded etcd on %s not ready after 20 s", s.clientURL.Host)
 	}
 	s.e = e
 	return nil
