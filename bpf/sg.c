@@ -562,6 +562,18 @@ static __always_inline void parse_quoted(struct cursor *c, __u32 off, __u32 end,
 	}
 }
 
+// parse_quote is parse_quoted on a cursor of its own over skb; it returns whether a header of the quote
+// lies past the linear part (the caller's cursor.pull). A global function: the verifier checks the quote's
+// walk once, not once for each IP version and header path that reaches it.
+__noinline int parse_quote(struct __sk_buff *skb, __u32 off, __u32 end, struct pkt *p)
+{
+	if (!p)
+		return 0;
+	struct cursor c = {.data = (void *)(long)skb->data, .end = (void *)(long)skb->data_end, .len = skb->len};
+	parse_quoted(&c, off, end, p);
+	return c.pull;
+}
+
 // parse_ipv4 parses the IPv4 datagram at off.
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct cursor *c, __u32 off, struct pkt *p)
 {
@@ -596,12 +608,12 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct cursor *c, _
 	if (parse_l4(c, off, end, p) < 0)
 		return R_MALFORMED;
 	if (p->is_icmp_err)
-		parse_quoted(c, off + 8, end, p);
+		c->pull |= parse_quote(skb, off + 8, end, p);
 	return -1;
 }
 
 // parse_ipv6 parses the IPv6 packet at off, walking up to 8 extension headers.
-static __always_inline int parse_ipv6(struct cursor *c, __u32 off, struct pkt *p)
+static __always_inline int parse_ipv6(struct __sk_buff *skb, struct cursor *c, __u32 off, struct pkt *p)
 {
 	__u8 *h = at(c, off, 40);
 	if (!h)
@@ -654,7 +666,7 @@ static __always_inline int parse_ipv6(struct cursor *c, __u32 off, struct pkt *p
 	if (l == 1)
 		return R_ND;
 	if (p->is_icmp_err)
-		parse_quoted(c, off + 8, end, p);
+		c->pull |= parse_quote(skb, off + 8, end, p);
 	return -1;
 }
 
@@ -688,7 +700,7 @@ __noinline int parse(struct __sk_buff *skb, struct pkt *p)
 	else if (et == ETH_P_IP_)
 		r = parse_ipv4(skb, &c, off, p);
 	else if (et == ETH_P_IPV6_)
-		r = parse_ipv6(&c, off, p);
+		r = parse_ipv6(skb, &c, off, p);
 	else
 		r = R_NOT_IP;
 out:
@@ -1028,6 +1040,7 @@ struct ct_flow {
 	struct ct_key4 k4;
 	__u32 ct4_at; // a ct4_sets index or way number (ct4_value), in memory the verifier does not track
 	__u32 ct4_way; // the way number of the IPv4 entry ct4_value returned last (ct_forget)
+	__u32 found;   // decide_fast's: whether its lookup found an entry, in memory the verifier does not track
 	struct query q;
 	struct cls c;
 	struct ct_val nv; // a new entry's value
@@ -1325,6 +1338,23 @@ static __always_inline struct ct_val *ct4_lookup(struct ct_flow *f)
 // kept the lock moving.
 #define CT4_LOCK_MOVES 16
 
+// ct4_claim_moved retries a claim's compare-and-swap of *word (which read old, not bw0) while only the
+// set's lock moved (other keys' inserts took or left it): the way is still the one chosen, claimed
+// with the lock bit as it is now. Returns the busy word written, or 0 when another writer took the way.
+// A global function, called only after a lost compare-and-swap: the verifier checks its retries once,
+// not once for each of ct4_claim's tries.
+__noinline __u64 ct4_claim_moved(__u64 *word, __u64 old, __u64 bw0, __u64 busy)
+{
+	if (!word)
+		return 0;
+	for (int n = 0; n < CT4_LOCK_MOVES && old != bw0 && !((old ^ bw0) & ~CT4_LOCK_BIT); n++) {
+		busy ^= old ^ bw0;
+		bw0 = old;
+		old = __sync_val_compare_and_swap(word, bw0, busy);
+	}
+	return old == bw0 ? busy : 0;
+}
+
 // ct4_claim writes key (a, b) and value f->nv into a way of set s1 or s2 (ct4_sets indexes i1, i2) it
 // claims (see ct4_sets: a free way of the set with fewer live ways, the first on a tie, else the way
 // least recently seen of both) and returns 1 + its way number; 0 when other writers took each way it
@@ -1391,14 +1421,7 @@ static __always_inline int ct4_claim(struct ct_flow *f, struct ct4_set *s1, stru
 		// The lock bit as it was; not live, so that the publish's xor sets live.
 		__u64 busy = (bw0 & ~(CT4_COUNT | CT4_BUSY_BIT | CT4_LIVE_BIT)) | count | CT4_BUSY_BIT;
 		__u64 old = __sync_val_compare_and_swap(word, bw0, busy);
-		// While only the set's lock moved (other keys' inserts took or left it), the way is still the
-		// one chosen: claim it with the lock bit as it is now.
-		for (int n = 0; n < CT4_LOCK_MOVES && old != bw0 && !((old ^ bw0) & ~CT4_LOCK_BIT); n++) {
-			busy ^= old ^ bw0;
-			bw0 = old;
-			old = __sync_val_compare_and_swap(word, bw0, busy);
-		}
-		if (old != bw0)
+		if (old != bw0 && !(busy = ct4_claim_moved(word, old, bw0, busy)))
 			continue; // another writer took it: choose again
 		((volatile __u64 *)word)[1] = b;
 		__builtin_memcpy(&s->v[way], &f->nv, sizeof(f->nv));
@@ -1775,24 +1798,29 @@ static __always_inline int decide_fast(__u32 slot, __u8 dir, struct pkt *p, __u6
 			return 1;
 		}
 	}
+	// From here on the entry found and the orientation are read back from f's memory, which the
+	// verifier does not track: every path above continues in one state, not one per way the lookup and
+	// the checks went. An entry found is found again by its way (IPv4) or key (IPv6: another lookup, on
+	// the rare path of a tracked flow the rules decide again).
+	UNTRACKED(f->found) = v != 0;
+	UNTRACKED(f->o) = o;
 	decide_rules(slot, dir, p, d, f);
 	if (!d->accept)
 		return 1;
-	if (!v) {
+	o = UNTRACKED(f->o);
+	if (UNTRACKED(f->found)) {
+		v = v6 ? bpf_map_lookup_elem(&ct6, &f->k) : ct4_value(f, UNTRACKED(f->ct4_way));
+	} else {
 		new_flow(&f->nv, o, dir, p, d, now);
-		// On an insert refused because another CPU created the entry meanwhile: join it.
-		if (v6) {
-			if (!bpf_map_update_elem(&ct6, &f->k, &f->nv, BPF_NOEXIST))
-				return 1;
-			v = bpf_map_lookup_elem(&ct6, &f->k);
-		} else {
-			ct4_track(f, o, dir, p, d, now);
+		if (!v6)
+			return 2;
+		if (!bpf_map_update_elem(&ct6, &f->k, &f->nv, BPF_NOEXIST))
 			return 1;
-		}
-		if (!v)
-			return 1;
+		// The insert was refused because another CPU created the entry meanwhile: join it.
+		v = bpf_map_lookup_elem(&ct6, &f->k);
 	}
-	track_half(v, o, dir, p, d, now);
+	if (v)
+		track_half(v, o, dir, p, d, now);
 	return 1;
 }
 
@@ -1908,9 +1936,13 @@ static __always_inline int run(struct __sk_buff *skb, __u8 dir)
 		d.reason = fv->reason;
 		d.accept = fv->accept;
 		d.gen = fv->gen;
-	} else if (!(p.trackable && (p.fam == 4 ? decide_fast(slot, dir, &p, now, &d, f, 0)
-						 : decide_fast(slot, dir, &p, now, &d, f, 1)))) {
-		if (decide_flow(slot, dir, now, &p, &d))
+	} else {
+		int fast = !p.trackable ? 0
+			   : p.fam == 4 ? decide_fast(slot, dir, &p, now, &d, f, 0)
+					: decide_fast(slot, dir, &p, now, &d, f, 1);
+		// One inlined insert for both deciders: the verifier checks it once per path that reaches it,
+		// not once per copy.
+		if (fast == 2 || (!fast && decide_flow(slot, dir, now, &p, &d)))
 			ct4_track(f, f->o, dir, &p, &d, now);
 	}
 	if (r < 0 && p.frag == 1) {
