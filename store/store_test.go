@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -930,4 +931,126 @@ func readAll(b *bolt.Bucket) error {
 		}
 		return nil
 	})
+}
+
+// bigSG is sg-web of s with n rules, their ports shifted by variant so that two variants differ in
+// every rule.
+func bigSG(t *testing.T, s *model.State, n, variant int) *model.State {
+	t.Helper()
+	g, ok := s.SG("sg-web")
+	require.True(t, ok)
+	ng := *g
+	ng.Ingress = make([]model.Rule, n)
+	for r := range ng.Ingress {
+		ng.Ingress[r] = model.Rule{IPProtocol: "tcp", CidrIP: fmt.Sprintf("10.%d.%d.0/24", r/256, r%256),
+			PortRange: strconv.Itoa(1000 + r + variant), Action: "ACCEPT"}
+	}
+	b := s.Edit()
+	require.NoError(t, b.PutSG(ng))
+	return b.State()
+}
+
+// A big record is written once per commit that changes it, not again with every commit after it: each
+// history entry of ownBucketEntry bytes or more is a bucket of its own. Every revision kept still loads,
+// is watched and compacts as before.
+func TestBoltBigRecordsWrittenOnce(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "big.db")
+	b, err := OpenBolt(path)
+	require.NoError(t, err)
+	b.history = 3
+	revs := []*model.State{storetest.Demo(t)}
+	for i := range 8 {
+		revs = append(revs, bigSG(t, revs[0], 3000, i))
+	}
+	g, _ := revs[1].SG("sg-web")
+	record, err := appendSG(nil, g)
+	require.NoError(t, err)
+	require.Greater(t, len(record), 100_000, "a record many pages long")
+	for i, s := range revs {
+		stats := b.db.Stats()
+		before := stats.TxStats.GetPageAlloc()
+		require.NoError(t, b.Commit(ctx, s, uint64(i+1)))
+		if i >= 1 {
+			// The record, its bucket's page and the pages of the buckets above it; before, up to four
+			// records' worth.
+			stats = b.db.Stats()
+			wrote := stats.TxStats.GetPageAlloc() - before
+			assert.Less(t, wrote, int64(len(record))*5/4, "commit %d wrote %d bytes for a %d-byte record", i+1, wrote, len(record))
+		}
+	}
+	n := uint64(len(revs))
+	for r := n - 2; r <= n; r++ {
+		at, err := b.LoadAt(ctx, r)
+		require.NoError(t, err)
+		sameState(t, revs[r-1], at, "revision %d", r)
+	}
+	_, err = b.LoadAt(ctx, n-3)
+	require.ErrorIs(t, err, ErrCompacted)
+	var watched []uint64
+	wctx, cancel := context.WithCancel(ctx)
+	err = b.Watch(wctx, n-2, func(c Change) error {
+		watched = append(watched, c.Revision)
+		require.Equal(t, []Key{{KindSG, "sg-web"}}, keysOf(c.Puts))
+		if c.Revision == n {
+			cancel()
+		}
+		return nil
+	})
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, []uint64{n - 1, n}, watched)
+	require.NoError(t, b.db.View(func(tx *bolt.Tx) error {
+		// sg-web's records at n-2 (the oldest served), n-1 and n; the five before were compacted away.
+		assert.Equal(t, 3, tx.Bucket(bucketHistory).Stats().BucketN-1, "buckets of their own left in history")
+		return nil
+	}))
+	require.NoError(t, b.Close())
+
+	b = openBolt(t, path)
+	s, gen, err := b.Load(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, n, gen)
+	sameState(t, revs[n-1], s, "reopened")
+}
+
+// A format 2 file, whose big entries are values of the history bucket, is read as it is; the next
+// commit marks it format 3, and compaction removes its old entries like the new ones.
+func TestBoltReadsFormat2(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "v2.db")
+	b, err := OpenBolt(path)
+	require.NoError(t, err)
+	b.history = 2
+	big := bigSG(t, storetest.Demo(t), 3000, 0)
+	require.NoError(t, b.Commit(ctx, big, 1))
+	// What format 2 wrote: the entry inline.
+	require.NoError(t, b.db.Update(func(tx *bolt.Tx) error {
+		hist := tx.Bucket(bucketHistory)
+		k := historyKey(1, objectKey(Key{KindSG, "sg-web"}))
+		entry := bytes.Clone(historyEntry(hist, k, hist.Get(k)))
+		require.NoError(t, hist.DeleteBucket(k))
+		require.NoError(t, hist.Put(k, entry))
+		return tx.Bucket(bucketMeta).Put(metaFormat, formatV2)
+	}))
+	require.NoError(t, b.Close())
+
+	b, err = OpenBolt(path)
+	require.NoError(t, err)
+	b.history = 2
+	s, _, err := b.Load(ctx)
+	require.NoError(t, err)
+	sameState(t, big, s, "format 2 file")
+	next := bigSG(t, storetest.Demo(t), 3000, 1)
+	for rev := uint64(2); rev <= 4; rev++ {
+		require.NoError(t, b.Commit(ctx, [](*model.State){next, big}[rev%2], rev))
+	}
+	require.NoError(t, b.db.View(func(tx *bolt.Tx) error {
+		assert.Equal(t, formatV3, tx.Bucket(bucketMeta).Get(metaFormat))
+		assert.Nil(t, tx.Bucket(bucketHistory).Get(historyKey(1, objectKey(Key{KindSG, "sg-web"}))), "the inline entry compacted away")
+		return nil
+	}))
+	at, err := b.LoadAt(ctx, 3)
+	require.NoError(t, err)
+	sameState(t, big, at, "revision 3")
+	require.NoError(t, b.Close())
 }
