@@ -1333,9 +1333,8 @@ static __always_inline struct ct_val *ct4_lookup(struct ct_flow *f)
 // Tries at an insert lock another CPU holds (it holds it for one insert).
 #define CT4_LOCK_TRIES 64
 
-// Tries at a compare-and-swap of a way's first word that lost only to a move of its set's insert lock.
-// Each costs the verifier ~600 instructions; a single retry lost whole claims while other keys' inserts
-// kept the lock moving.
+// Tries at a compare-and-swap of a way's first word that lost only to a move of its set's insert lock
+// (ct4_claim_moved): a single retry lost whole claims while other keys' inserts kept the lock moving.
 #define CT4_LOCK_MOVES 16
 
 // ct4_claim_moved retries a claim's compare-and-swap of *word (which read old, not bw0) while only the
@@ -1760,9 +1759,10 @@ static __always_inline int cached_verdict(__u32 slot, __u8 dir, struct ct_half *
 // conntrack map (v6 is a constant of each inlined copy: ct4 and ct6 get call sites of their own) and no
 // call but classify's: a reply of a live tracked flow whose table is unchanged is established, a packet
 // of its own direction takes the entry that accepted it (cached_verdict); else the rules decide, and an
-// accepted packet's flow is started or refreshed in the entry already found. Returns 0, having changed
-// nothing, for a reply whose flow timed out or whose table changed since: decide_flow rechecks or
-// forgets it.
+// accepted packet's flow is started or refreshed in the entry already found. Returns 1 when decided, 2
+// when decided and a new IPv4 flow is to be inserted (f->nv at f->k4, orientation f->o: run's
+// ct4_track, one inlined copy for both deciders), and 0, having changed nothing, for a reply whose flow
+// timed out or whose table changed since: decide_flow rechecks or forgets it.
 static __always_inline int decide_fast(__u32 slot, __u8 dir, struct pkt *p, __u64 now, struct decision *d,
 				       struct ct_flow *f, const int v6)
 {
