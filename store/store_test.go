@@ -291,15 +291,13 @@ func TestCommitConflict(t *testing.T) {
 func TestBoltCompaction(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "c.db")
-	b, err := OpenBolt(path)
-	require.NoError(t, err)
-	b.history = 3
+	b := boltKeeping(t, path, 3)
 	revs := storetest.Revisions(t)
 	for i, s := range revs {
 		require.NoError(t, b.Commit(ctx, s, uint64(i+1)))
 	}
 	n := uint64(len(revs))
-	_, err = b.LoadAt(ctx, n-3)
+	_, err := b.LoadAt(ctx, n-3)
 	require.ErrorIs(t, err, ErrCompacted)
 	require.ErrorIs(t, b.Watch(ctx, n-3, func(Change) error { return nil }), ErrCompacted)
 	for r := n - 2; r <= n; r++ {
@@ -317,12 +315,7 @@ func TestBoltCompaction(t *testing.T) {
 	// two before it (each one record) are kept.
 	assert.LessOrEqual(t, entries, 2*objects+4)
 	require.NoError(t, b.Close())
-
-	b = openBolt(t, path)
-	s, gen, err := b.Load(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, n, gen)
-	sameState(t, revs[n-1], s, "reopened")
+	requireReopened(t, path, revs[n-1], n)
 }
 
 // A file written by the one-document layout (topology + generation) is migrated on open: the same
@@ -482,6 +475,25 @@ func TestAppendRulesCoversEveryField(t *testing.T) {
 }
 
 // openBolt opens the bolt store at path for the rest of the test.
+// boltKeeping opens path keeping history revisions; the test closes it.
+func boltKeeping(t *testing.T, path string, history uint64) *Bolt {
+	t.Helper()
+	b, err := OpenBolt(path)
+	require.NoError(t, err)
+	b.history = history
+	return b
+}
+
+// requireReopened opens path again and requires it to load want at gen.
+func requireReopened(t *testing.T, path string, want *model.State, gen uint64) {
+	t.Helper()
+	b := openBolt(t, path)
+	s, got, err := b.Load(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, gen, got)
+	sameState(t, want, s, "reopened")
+}
+
 func openBolt(t *testing.T, path string) *Bolt {
 	t.Helper()
 	b, err := OpenBolt(path)
@@ -956,9 +968,7 @@ func bigSG(t *testing.T, s *model.State, n, variant int) *model.State {
 func TestBoltBigRecordsWrittenOnce(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "big.db")
-	b, err := OpenBolt(path)
-	require.NoError(t, err)
-	b.history = 3
+	b := boltKeeping(t, path, 3)
 	revs := []*model.State{storetest.Demo(t)}
 	for i := range 8 {
 		revs = append(revs, bigSG(t, revs[0], 3000, i))
@@ -1005,12 +1015,7 @@ func TestBoltBigRecordsWrittenOnce(t *testing.T) {
 		return nil
 	}))
 	require.NoError(t, b.Close())
-
-	b = openBolt(t, path)
-	s, gen, err := b.Load(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, n, gen)
-	sameState(t, revs[n-1], s, "reopened")
+	requireReopened(t, path, revs[n-1], n)
 }
 
 // A format 2 file, whose big entries are values of the history bucket, is read as it is; the next
@@ -1018,9 +1023,7 @@ func TestBoltBigRecordsWrittenOnce(t *testing.T) {
 func TestBoltReadsFormat2(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "v2.db")
-	b, err := OpenBolt(path)
-	require.NoError(t, err)
-	b.history = 2
+	b := boltKeeping(t, path, 2)
 	big := bigSG(t, storetest.Demo(t), 3000, 0)
 	require.NoError(t, b.Commit(ctx, big, 1))
 	// What format 2 wrote: the entry inline.
@@ -1034,9 +1037,7 @@ func TestBoltReadsFormat2(t *testing.T) {
 	}))
 	require.NoError(t, b.Close())
 
-	b, err = OpenBolt(path)
-	require.NoError(t, err)
-	b.history = 2
+	b = boltKeeping(t, path, 2)
 	s, _, err := b.Load(ctx)
 	require.NoError(t, err)
 	sameState(t, big, s, "format 2 file")
