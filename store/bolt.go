@@ -478,11 +478,12 @@ func historyKey(rev uint64, objectKey []byte) []byte {
 	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(objectKey)), rev), objectKey...)
 }
 
-// ownBucketEntry is the size from which a history entry is the one value of a bucket of its own.
-// bbolt never splits a leaf of four entries or fewer, so the entries of a big record's successive
-// revisions, side by side in key order, shared leaves, and each commit wrote the leaf's other copies of
-// the record again with the new one (3.4-4.2 MB for one 834 KB record of a 10k-rule SG). In a bucket of
-// its own an entry is written once, when it is made.
+// ownBucketEntry is the size from which a history entry is the one value of a bucket of its own (or a
+// quarter of the page size, if that is more: bbolt keeps a bucket smaller than that inline in its
+// parent's leaf). bbolt never splits a leaf of four entries or fewer, so the entries of a big record's
+// successive revisions, side by side in key order, shared leaves, and each commit wrote the leaf's
+// other copies of the record again with the new one (3.4-4.2 MB for one 834 KB record of a 10k-rule
+// SG). In a bucket of its own an entry is written once, when it is made.
 const ownBucketEntry = 4096
 
 // entryKey is the key of the entry in a bucket of its own.
@@ -490,7 +491,7 @@ var entryKey = []byte{0}
 
 // putHistory stores entry at k in hist.
 func putHistory(hist *bolt.Bucket, k, entry []byte) error {
-	if len(entry) < ownBucketEntry {
+	if len(entry) < max(ownBucketEntry, hist.Tx().DB().Info().PageSize/4) {
 		return hist.Put(k, entry)
 	}
 	b, err := hist.CreateBucket(k)

@@ -1047,11 +1047,56 @@ func TestBoltReadsFormat2(t *testing.T) {
 	}
 	require.NoError(t, b.db.View(func(tx *bolt.Tx) error {
 		assert.Equal(t, formatV3, tx.Bucket(bucketMeta).Get(metaFormat))
-		assert.Nil(t, tx.Bucket(bucketHistory).Get(historyKey(1, objectKey(Key{KindSG, "sg-web"}))), "the inline entry compacted away")
+		hist, k := tx.Bucket(bucketHistory), historyKey(1, objectKey(Key{KindSG, "sg-web"}))
+		assert.Nil(t, historyEntry(hist, k, hist.Get(k)), "the inline entry compacted away")
 		return nil
 	}))
 	at, err := b.LoadAt(ctx, 3)
 	require.NoError(t, err)
 	sameState(t, big, at, "revision 3")
 	require.NoError(t, b.Close())
+}
+
+// A record that grows past ownBucketEntry, shrinks below it and is deleted keeps each revision in the
+// form it was written in: every kept revision loads whatever the forms around it, and compaction past
+// the deletion leaves nothing of the record, value or bucket.
+func TestBoltRecordCrossingTheBucketSize(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "cross.db")
+	b := boltKeeping(t, path, 2)
+	withBig := func(s *model.State, rules int) *model.State {
+		g := model.SecurityGroup{SgID: "sg-big", AppID: "1250000001", SgName: "big"}
+		for r := range rules {
+			g.Ingress = append(g.Ingress, model.Rule{IPProtocol: "udp", CidrIP: fmt.Sprintf("10.9.%d.%d/32", r/256, r%256),
+				PortRange: "53", Action: "ACCEPT"})
+		}
+		e := s.Edit()
+		require.NoError(t, e.PutSG(g))
+		return e.State()
+	}
+	demo := storetest.Demo(t)
+	del := withBig(demo, 3000).Edit()
+	require.NoError(t, del.DeleteSG("sg-big"))
+	revs := []*model.State{demo, withBig(demo, 3000), withBig(demo, 1), withBig(demo, 2000), del.State(),
+		bigSG(t, del.State(), 1, 0), bigSG(t, del.State(), 1, 1)}
+	for i, s := range revs {
+		rev := uint64(i + 1)
+		require.NoError(t, b.Commit(ctx, s, rev))
+		for r := max(rev, 2) - 1; r <= rev; r++ {
+			at, err := b.LoadAt(ctx, r)
+			require.NoError(t, err, "revision %d after committing %d", r, rev)
+			sameState(t, revs[r-1], at, "revision %d after committing %d", r, rev)
+		}
+	}
+	big := objectKey(Key{KindSG, "sg-big"})
+	require.NoError(t, b.db.View(func(tx *bolt.Tx) error {
+		hist := tx.Bucket(bucketHistory)
+		assert.Equal(t, 0, hist.Stats().BucketN-1, "buckets of their own left in history")
+		return hist.ForEach(func(k, _ []byte) error {
+			assert.NotEqual(t, big, k[8:], "an entry of the deleted record at revision %d", binary.BigEndian.Uint64(k))
+			return nil
+		})
+	}))
+	require.NoError(t, b.Close())
+	requireReopened(t, path, revs[len(revs)-1], uint64(len(revs)))
 }
