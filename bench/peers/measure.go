@@ -149,6 +149,55 @@ func (p *Path) detachEmpty() error {
 	return errors.Join(errs...)
 }
 
+// HookPrograms returns the programs on the TCX hooks (ingress, then egress) of the generator's veth
+// end, where Load(SgsimTC) and Load(TCEmpty) attach. The error wraps ebpf.ErrNotSupported on a kernel
+// without TCX.
+func (p *Path) HookPrograms() ([]ebpf.ProgramID, error) {
+	var ids []ebpf.ProgramID
+	err := InNetns(p.GenNS, func() error {
+		ifc, err := net.InterfaceByName(p.GenIf)
+		if err != nil {
+			return fmt.Errorf("%s in %s: %w", p.GenIf, p.GenNS, err)
+		}
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			q, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: at})
+			if err != nil {
+				return fmt.Errorf("query %s programs of %s in %s: %w", at, p.GenIf, p.GenNS, err)
+			}
+			for _, ap := range q.Programs {
+				ids = append(ids, ap.ID)
+			}
+		}
+		return nil
+	})
+	return ids, err
+}
+
+// HookRunTime returns how many times the programs on the generator end's hooks (HookPrograms) have
+// run and their run time in all, as the kernel counts them while its run-time statistics are on
+// (ebpf.EnableStats): the programs' own cost on the real path, where BPF_PROG_TEST_RUN runs them on
+// warm caches.
+func (p *Path) HookRunTime() (runs uint64, took time.Duration, err error) {
+	ids, err := p.HookPrograms()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, id := range ids {
+		prog, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			return 0, 0, fmt.Errorf("open program %d on %s: %w", id, p.GenIf, err)
+		}
+		st, err := prog.Stats()
+		prog.Close()
+		if err != nil {
+			return 0, 0, fmt.Errorf("run-time statistics of program %d on %s: %w", id, p.GenIf, err)
+		}
+		runs += st.RunCount
+		took += st.Runtime
+	}
+	return runs, took, nil
+}
+
 // Flush removes every rule a Load may have left on the path.
 func (p *Path) Flush(ctx context.Context) error {
 	errs := []error{p.detachEmpty()}

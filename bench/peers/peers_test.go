@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -15,9 +14,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/sgsim/sgsim/compiler"
 	"github.com/sgsim/sgsim/model"
@@ -164,22 +163,10 @@ func skipIfNoTCX(t *testing.T, err error) {
 func TestEmptyTCProgram(t *testing.T) {
 	ctx, p := testPath(t, "iptables-legacy", "iptables-nft", "nft") // Flush runs them
 	dropTables := streamTables(t, p, 20, true)
-	attached := func() (n int) {
-		require.NoError(t, InNetns(p.GenNS, func() error {
-			ifc, err := net.InterfaceByName(p.GenIf)
-			if err != nil {
-				return fmt.Errorf("%s in %s: %w", p.GenIf, p.GenNS, err)
-			}
-			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
-				q, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: at})
-				if err != nil {
-					return fmt.Errorf("query %s programs of %s in %s: %w", at, p.GenIf, p.GenNS, err)
-				}
-				n += len(q.Programs)
-			}
-			return nil
-		}))
-		return n
+	attached := func() int {
+		ids, err := p.HookPrograms()
+		require.NoError(t, err)
+		return len(ids)
 	}
 
 	_, err := p.Load(ctx, TCEmpty, dropTables)
@@ -272,7 +259,7 @@ func BenchmarkPeerUDPRatio(b *testing.B) {
 		require.NoError(b, err)
 	}
 	b.Run(fmt.Sprintf("rules=%d", rules), func(b *testing.B) {
-		var ofNone, ofEmpty, emptyOfNone, ofIptables []float64
+		var ofNone, ofEmpty, emptyOfNone, ofIptables, noneCPU []float64
 		for i := 0; i < b.N; i++ {
 			for round := range rounds {
 				pps := map[Firewall]float64{}
@@ -291,6 +278,9 @@ func BenchmarkPeerUDPRatio(b *testing.B) {
 					require.NoError(b, err)
 					require.Positive(b, res.PPS(), "%s delivered nothing", fw)
 					pps[fw] = res.PPS()
+					if fw == None {
+						noneCPU = append(noneCPU, float64(res.PathCPUPerPacket().Nanoseconds()))
+					}
 				}
 				ofNone = append(ofNone, pps[SgsimTC]/pps[None])
 				if v, ok := pps[TCEmpty]; ok {
@@ -302,10 +292,22 @@ func BenchmarkPeerUDPRatio(b *testing.B) {
 				}
 			}
 		}
-		require.NoError(b, p.Flush(ctx))
-		for _, r := range [][]float64{ofNone, ofEmpty, emptyOfNone, ofIptables} {
+		for _, r := range [][]float64{ofNone, ofEmpty, emptyOfNone, ofIptables, noneCPU} {
 			slices.Sort(r)
 		}
+		if len(middle) > 0 {
+			// What the programs themselves cost on the real path, beside the rates: the kernel's
+			// run-time statistics, on for these two streams only (they add two clock reads to each run).
+			emptyRun := hookRunNS(ctx, b, p, TCEmpty, tables, stream)
+			sgsimRun := hookRunNS(ctx, b, p, SgsimTC, tables, stream)
+			b.ReportMetric(emptyRun, "empty-run-ns/pkt")
+			b.ReportMetric(sgsimRun, "sgsim-run-ns/pkt")
+			b.ReportMetric(median(noneCPU), "none-path-cpu-ns/pkt")
+			// The rate sgsim would keep of no firewall's where the path is bound by its CPU: no
+			// firewall's path CPU per packet over that plus sgsim's run time.
+			b.ReportMetric(median(noneCPU)/(median(noneCPU)+sgsimRun), "of-none-cpu")
+		}
+		require.NoError(b, p.Flush(ctx))
 		b.ReportMetric(median(ofNone), "of-none-median")
 		b.ReportMetric(ofNone[0], "of-none-least")
 		if len(ofEmpty) > 0 {
@@ -315,6 +317,27 @@ func BenchmarkPeerUDPRatio(b *testing.B) {
 		b.ReportMetric(median(ofIptables), "x-iptables-median")
 		b.ReportMetric(ofIptables[0], "x-iptables-least")
 	})
+}
+
+// hookRunNS loads fw, streams through it for dur with the kernel's run-time statistics on and returns
+// the mean run time, in ns, of a run of the programs on the hooks fw attached to.
+func hookRunNS(ctx context.Context, b *testing.B, p *Path, fw Firewall, tables *compiler.Tables, dur time.Duration) float64 {
+	b.Helper()
+	require.NoError(b, p.Flush(ctx))
+	_, err := p.Load(ctx, fw, tables)
+	require.NoError(b, err)
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	require.NoError(b, err)
+	defer stats.Close()
+	runs0, took0, err := p.HookRunTime()
+	require.NoError(b, err)
+	res, err := p.StreamUDP(ctx, dur, 64, streamPort)
+	require.NoError(b, err)
+	require.Positive(b, res.Received, "%s delivered nothing", fw)
+	runs1, took1, err := p.HookRunTime()
+	require.NoError(b, err)
+	require.Greater(b, runs1, runs0, "%s's programs ran", fw)
+	return float64(took1-took0) / float64(runs1-runs0)
 }
 
 // median is the median of sorted (the mean of the middle two for an even count).
