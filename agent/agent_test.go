@@ -240,6 +240,7 @@ func chained(t *testing.T) *model.State {
 
 // The share an agent reads through the indexes (etcdstore.ShareRecords) is the share of the whole
 // state, for every host, across changes that move members, references and hosts.
+// It stays whole: each change builds on the state the changes before it made.
 func TestShareRecordsMatchTheWholeState(t *testing.T) {
 	endpoint := etcdtest.Start(t).Endpoint()
 	ctx := context.Background()

@@ -1,5 +1,6 @@
 // Package api serves the control plane over HTTP: the Tencent v2 and Huawei VPC dialects of SPEC §4–§5,
-// the inspection endpoints (/sgsim/v1/check, /sgsim/v1/enis/{id}/table), /metrics, and the probes /livez
+// the SPEC §8 admin endpoints, the fleet's enforcement reports (/sgsim/v1/changes/{R}), the inspection
+// endpoints (/sgsim/v1/check, /sgsim/v1/enis/{id}/table), /metrics, and the probes /livez
 // (the process answers), /readyz (the store can take writes) and /healthz (= /readyz).
 package api
 

@@ -37,7 +37,6 @@ const (
 	secretID2    = "AKIDdemo0000000000000000000000000002"
 	secretKey2   = "demo-secret-key-0000000000000002"
 	project1     = "0a1b2c3d4e5f40718293a4b5c6d7e8f9"
-	project2     = "ffeeddccbbaa49988776655443322110"
 	token1       = "tok-demo-1"
 	token2       = "tok-demo-2"
 	dbPort       = "b9ac5247-c4ca-4c9b-b8fa-7d19132e560a"

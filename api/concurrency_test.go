@@ -32,6 +32,7 @@ func sameDesc(entries []compiler.Entry, sg string) (string, bool) {
 
 // Writers change sg-web's rules and move two ENIs together while readers check that every table they see
 // is one version: all of sg-web's rows from one call, and both ENIs in the same SG order.
+// It stays whole: the writers and readers run together over one API.
 func TestConcurrentWritersAndReaders(t *testing.T) {
 	a := newTestAPI(t)
 	const rounds = 25

@@ -37,7 +37,12 @@ func FuzzDecodeTencent(f *testing.F) {
 			require.NoError(t, err)
 			require.Equal(t, tree, fast)
 		}
-		c, err := decodeTencent(f, 2000)
+		// As the handler does: the bounds before the signature, the decoding after it.
+		if te := admissible(f, 2000); te != nil {
+			require.NotEmpty(t, te.Error())
+			return
+		}
+		c, err := decodeCall(f)
 		if err != nil {
 			require.NotEmpty(t, err.Error())
 			return

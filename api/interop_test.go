@@ -156,6 +156,7 @@ func sdkRules(n int, proto, desc string) []*sdkRule {
 // methods, with and without a Token, a Version and a Region: successes, 100-rule arrays both ways,
 // and each error code. A GET carries its parameters in the URL, which the daemon bounds at 64 KiB with
 // the other headers, so the GETs' 100-rule policies carry short descs and the POSTs' the longest legal.
+// It stays whole: every signing and request method goes through the same list of calls against one daemon.
 func TestTencentSDKInterop(t *testing.T) {
 	for _, method := range []string{http.MethodGet, http.MethodPost} {
 		for _, sign := range []string{"HmacSHA1", "HmacSHA256"} {

@@ -89,14 +89,6 @@ func badParam(format string, args ...any) *tencentError {
 	return &tencentError{Code: model.CodeBadParameter, Msg: fmt.Sprintf(format, args...)}
 }
 
-// decodeTencent decodes and checks the shape of every parameter. It never looks at the state.
-func decodeTencent(params *form, maxParams int) (*tencentCall, error) {
-	if err := admissible(params, maxParams); err != nil {
-		return nil, err
-	}
-	return decodeCall(params)
-}
-
 // decodeCall decodes an admissible form: a ModifySecurityGroupPolicy without a tree when it is well
 // formed, anything else through the tree.
 func decodeCall(params *form) (*tencentCall, error) {

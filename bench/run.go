@@ -60,7 +60,7 @@ func Run(ctx context.Context, name string, t *compiler.Table, pkts []dataplane.P
 	if r.FastNs, err = medianNs(ctx, c, pkts, 1000, 300*time.Millisecond); err != nil {
 		return r, err
 	}
-	// The reference is ~100x slower: fewer packets per batch keeps the run short.
+	// The reference is a linear scan, far slower: fewer packets per batch keeps the run short.
 	if r.RefNs, err = medianNs(ctx, ref, pkts[:min(len(pkts), 2000)], 20, 300*time.Millisecond); err != nil {
 		return r, err
 	}

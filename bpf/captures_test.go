@@ -25,6 +25,7 @@ import (
 // captures through the BPF program (as eni-web1 ingress and egress) and through packet.Decode + the
 // linear matcher: same class, and for IP the same deciding entry (replies the program answers from
 // conntrack excepted: the Go side here is stateless).
+// It stays whole: both engines and the loaded program walk the same frames in one pass.
 func TestCapturesMatchDecode(t *testing.T) {
 	d := loadOrSkip(t)
 	s := demoState(t)

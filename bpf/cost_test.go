@@ -408,7 +408,7 @@ func reportNewFlowCost(b *testing.B, base *costBaselines, nf *newFlows, d *Datap
 	require.Len(b, es, repeat, "each run behind the bumper is a new flow the rules accept")
 	if full {
 		// Three times the capacity: with two candidate sets a table fills its last free ways only as
-		// the flows that land on them come (one and a quarter left 1.7% of ct4_sets free).
+		// the flows that land on them come (one and a quarter times left ways of ct4_sets free).
 		fill := uint32(ct4Capacity) * 3
 		run(nf.prog, fill)
 		run(nf.insert, fill)

@@ -405,7 +405,7 @@ func (d *Dataplane) slotFor(eni string) (uint32, error) {
 }
 
 // tableMap returns an inner map of at least chunks chunks holding buf: spare when it is big enough
-// (refilling a map is ~60× cheaper than the first write into a fresh one, whose pages the kernel only
+// (refilling a map is far cheaper than the first write into a fresh one, whose pages the kernel only
 // then faults in), else a fresh map, in which case spare is closed.
 func tableMap(t *compiler.Table, buf []byte, spare *ebpf.Map) (*ebpf.Map, error) {
 	n := uint32(len(buf) / chunkSize)

@@ -208,8 +208,8 @@ struct {
 // insert finds them in the cache. A key hashes (ct4_hash, inline, seeded by ct4_seed) to two
 // candidate sets; a flow is in one of them, and a new one goes into the one with fewer live ways (the
 // first on a tie): with one choice, sets of four overflow early (a live flow evicted while the table has
-// room: ~0.4% of new flows at 25% load, ~4% at 50%, ~16% at 90%), with two ~0%, ~0.003% and ~4%
-// (bpf/README.md). When both sets are full, the way least recently seen of the eight is taken over.
+// room), with two far later (bpf/README.md has the rates). When both sets are full, the way least
+// recently seen of the eight is taken over.
 //
 // Concurrency (several CPUs run the program, and the Go side writes the table through its mmap):
 //   - A way's first word (its key's slot, protocol, state byte, ports) says whether it can match: its

@@ -18,6 +18,7 @@ import (
 // runs UDP packets through the program. A packet whose run lies entirely between one swap's
 // acknowledgement and the next swap's start must get that table's verdict: nothing admitted under
 // deny-all, nothing dropped under allow-udp.
+// It stays whole: the swapper and the sender share the acknowledgement times the verdicts are judged by.
 func TestNoBlinkSwap(t *testing.T) {
 	d := loadOrSkip(t)
 	mk := func(rules []model.Rule) map[string]*compiler.Tables {

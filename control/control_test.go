@@ -61,8 +61,12 @@ func (s *recorded) Switch() error {
 	s.r.mu.Lock()
 	defer s.r.mu.Unlock()
 	if s.r.store != nil {
-		if _, gen, err := s.r.store.Load(context.Background()); err != nil || gen != s.gen {
-			return fmt.Errorf("switched generation %d while the store holds %d (%v)", s.gen, gen, err)
+		_, gen, err := s.r.store.Load(context.Background())
+		if err != nil {
+			return fmt.Errorf("switched generation %d with the store unreadable: %w", s.gen, err)
+		}
+		if gen != s.gen {
+			return fmt.Errorf("switched generation %d while the store holds %d", s.gen, gen)
 		}
 	}
 	s.r.calls = append(s.r.calls, s.changed)

@@ -482,6 +482,9 @@ func pkt(remote string, proto uint8, port uint16) dataplane.Packet {
 	return dataplane.Packet{Remote: netip.MustParseAddr(remote), Proto: proto, Port: port, HasPort: proto == 6 || proto == 17}
 }
 
+// TestEngineReadersSeeOneTableOrTheOther: readers running while the engine swaps two tables back and
+// forth always see one whole table or the other, both ENIs of a snapshot from one publish. It stays
+// whole: the swapper and the readers run together.
 func TestEngineReadersSeeOneTableOrTheOther(t *testing.T) {
 	tabA := compileRules(t,
 		model.Rule{IPProtocol: "tcp", CidrIP: "198.18.0.0/24", PortRange: "80", Action: "ACCEPT"},

@@ -1,5 +1,6 @@
 // Package dataplane decides packets against compiled tables: the Matcher contract, explained verdicts,
-// and the reference linear first-match matcher that faster engines are tested against.
+// the reference linear first-match matcher that faster engines are tested against, the fast
+// classifier, and the per-ENI Engine that swaps tables atomically.
 package dataplane
 
 import (

@@ -101,6 +101,9 @@ func ifindex(t *testing.T, lab *netlab.Lab, ifname string) int {
 	return idx
 }
 
+// TestFollowerFollowsLinks: the follower attaches a namespace's real veths that exist before it starts
+// or appear later, follows them when renamed away and back, re-created or removed, and leaves alone
+// those no ENI or guard wants. It stays whole: each step acts on the links the steps before it left.
 func TestFollowerFollowsLinks(t *testing.T) {
 	netlab.RequireRoot(t)
 	lab := netlab.New(t, "hif")

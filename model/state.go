@@ -1,3 +1,5 @@
+// Package model is the domain (accounts, SGs, rules, ENIs) and its SPEC §1 validation, with the API
+// error codes a refusal carries, and the immutable State every other package reads.
 package model
 
 import (

@@ -32,6 +32,7 @@ var killTopology = `{
 // that is SIGKILLed meanwhile; after the restart every ENI whose PUT was answered is stored, decided by
 // its own table and, where it has a veth, attached again; no ENI is there that was never PUT, and at
 // most the one PUT in flight at the kill is there unanswered.
+// It stays whole: the PUTs, the kill and the checks after the restart share one record of answers.
 func TestKillDuringENIChurn(t *testing.T) {
 	requireKernel(t)
 	lab := netlab.New(t, "nkl")

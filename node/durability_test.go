@@ -147,8 +147,6 @@ func (d *daemon) kill(t *testing.T) {
 	_ = d.cmd.Wait()
 }
 
-var liveNonce int64
-
 // call sends a Tencent call signed with the real clock as account 1.
 func (d *daemon) call(kv ...string) (tcResp, error) { return d.post(d.sign(kv...)) }
 
@@ -157,8 +155,9 @@ func (d *daemon) sign(kv ...string) url.Values {
 	for i := 0; i+1 < len(kv); i += 2 {
 		p.Set(kv[i], kv[i+1])
 	}
-	liveNonce++
-	p.Set("Nonce", strconv.FormatInt(liveNonce, 10))
+	// The clock's nanoseconds: unique across the daemons one data directory sees (its Nonce record
+	// outlives each), with no counter to share between them.
+	p.Set("Nonce", strconv.FormatInt(time.Now().UnixNano(), 10))
 	p.Set("Timestamp", strconv.FormatInt(time.Now().Unix(), 10))
 	p.Set("SecretId", secretID1)
 	api.Sign(http.MethodPost, strings.TrimPrefix(d.base, "http://"), p, secretKey1)
@@ -210,6 +209,9 @@ func (d *daemon) tables(t *testing.T) map[string]api.TableResponse {
 	return out
 }
 
+// TestDurabilityAcrossSIGKILL: every call the daemon answered survives SIGKILLs and the restarts, with
+// its Nonce still refused; a restart recompiles identical tables; SIGTERM exits 0 and leaves a store
+// readable by itself. It stays whole: the calls, the kills and the checks share one data directory.
 func TestDurabilityAcrossSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	d := startDaemon(t, dir, true)
@@ -358,6 +360,7 @@ const churnTopology = `{
 // back to back while a UDP stream crosses two ENIs whose tables never change: every
 // packet of the stream is delivered, every packet to the port their rules refuse is dropped, and
 // afterwards the kernel maps and the Go heap are back to where they were.
+// It stays whole: the churn, the stream and the memory readings share one measurement window.
 func TestChurnLeavesStreamAndMemoryAlone(t *testing.T) {
 	requireKernel(t)
 	ctx := context.Background()

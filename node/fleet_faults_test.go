@@ -139,6 +139,7 @@ func requireAgentEnforces(t *testing.T, a *fleetAgent, s *model.State, host stri
 // with success is in etcd's history at its revision and in the final state unless a later call of the
 // same writer replaced it; every commit of the run applied some call whole; each writer's commits
 // follow its calls' order; and afterwards the three agents enforce the final state, acknowledged.
+// It stays whole: the writers, the outage and the checks afterwards share one run's calls and history.
 func TestFleetEtcdRestartUnderLoad(t *testing.T) {
 	t.Parallel()
 	etcd := etcdtest.Start(t)

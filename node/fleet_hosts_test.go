@@ -177,6 +177,7 @@ func soloProbes(h *realHost, tcpPort int) []probe {
 // over a real socket to a replica changes what real TCP and UDP do on all three hosts by the time it is
 // answered, and the answer names three hosts, none pending; a call that touches one host is waited for
 // on that host only and changes nothing on the others.
+// It stays whole: the three hosts, their agents and the traffic checks are one fleet's run.
 func TestFleetRealHostsEnforceBeforeTheAnswer(t *testing.T) {
 	requireKernel(t)
 	t.Parallel()

@@ -29,6 +29,8 @@ func eth(ip []byte, tags ...[2]uint16) []byte {
 	return craft.Ethernet(macB, macA, craft.EtherTypeOf(ip), tags, ip)
 }
 
+// TestDecode decodes crafted frames of every class and layout packet.Decode reads; most of its length
+// is the table of cases, whose frames share the packets built at its top.
 func TestDecode(t *testing.T) {
 	tcp4 := craft.IPv4(a4, b4, packet.ProtoTCP, craft.TCP(40000, 80, packet.TCPSyn, nil), nil)
 	udp6 := craft.IPv6(a6, b6, packet.ProtoUDP, craft.UDP(5353, 53, []byte("q")),

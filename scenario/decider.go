@@ -52,8 +52,8 @@ type BPFDecider struct {
 
 // NewBPFDecider decides with d, which must hold the tables the replayer names rules through.
 func NewBPFDecider(d *bpf.Dataplane) *BPFDecider {
-	// BPF_PROG_TEST_RUN takes an skb of at most a page less headroom (NET_SKB_PAD) and the shared
-	// info: 3712 bytes with 4 KiB pages, measured on kernel 6.18.
+	// BPF_PROG_TEST_RUN takes an skb of at most a page less its headroom (NET_SKB_PAD) and the
+	// shared info (struct skb_shared_info), which the 384 bytes cover.
 	return &BPFDecider{d: d, maxData: os.Getpagesize() - 384}
 }
 

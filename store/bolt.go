@@ -482,8 +482,8 @@ func historyKey(rev uint64, objectKey []byte) []byte {
 // quarter of the page size, if that is more: bbolt keeps a bucket smaller than that inline in its
 // parent's leaf). bbolt never splits a leaf of four entries or fewer, so the entries of a big record's
 // successive revisions, side by side in key order, shared leaves, and each commit wrote the leaf's
-// other copies of the record again with the new one (3.4-4.2 MB for one 834 KB record of a 10k-rule
-// SG). In a bucket of its own an entry is written once, when it is made.
+// other copies of the record again with the new one (several times the record's size per commit for
+// a 10k-rule SG). In a bucket of its own an entry is written once, when it is made.
 const ownBucketEntry = 4096
 
 // entryKey is the key of the entry in a bucket of its own.

@@ -25,8 +25,7 @@ import (
 // On disk a triple is a 24-byte key (Timestamp biased to sort as unsigned, hashed SecretId, Nonce)
 // with no value; the Timestamp first makes expiry a cursor walk from the start. Memory and disk hold
 // at most nonce.Limits' Total triples, since only accepted triples are written and expired ones are
-// pruned with every write: about 84 bytes each in the file (BenchmarkNonceDisk), under 90 MB at the
-// default bound.
+// pruned with every write (BenchmarkNonceDisk measures the file's bytes per triple).
 var bucketNonces = []byte("nonces-v2")
 
 // The buckets of the one-document layout's record, keyed without the Timestamp; dropped on open.

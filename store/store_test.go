@@ -647,6 +647,8 @@ func TestCheckFileReadsBboltLayout(t *testing.T) {
 	assert.Equal(t, db.Info().PageSize, int(m.pageSize))
 }
 
+// TestCheckFileRefusesDamagedStores: each way of damaging a good store file (truncation, its meta pages,
+// its pages' contents, another kind of file) is refused; most of its length is that table of damages.
 func TestCheckFileRefusesDamagedStores(t *testing.T) {
 	good := fixture(t)
 	ps := os.Getpagesize()

@@ -348,7 +348,10 @@ func (p *Path) StreamUDP(ctx context.Context, dur time.Duration, payload int, dp
 		return Result{}, err
 	}
 	// Let in-flight packets land, then stop the sink.
-	time.Sleep(50 * time.Millisecond)
+	select {
+	case <-ctx.Done():
+	case <-time.After(50 * time.Millisecond):
+	}
 	_ = sink.SetReadDeadline(time.Now())
 	<-done
 	return Result{Sent: g.sent, Received: received.Load(), Elapsed: g.elapsed,

@@ -55,7 +55,7 @@ const ProbeSenderEnv = "SGSIM_PROBE_SENDER"
 //
 // The sender is a child process (this executable again, see ProbeSenderMain) running SCHED_FIFO with
 // 1 ns timer slack: in this process it would share the Go scheduler and garbage collector with the
-// daemon under test, which stalled it for tens of milliseconds.
+// daemon under test, whose pauses stalled it.
 // It stays whole: starting the child, handing it the socket and reading its reports are one protocol.
 func (p *Path) StartProbe(ctx context.Context, dport uint16, interval time.Duration) (*Probe, error) {
 	sink, gen, err := p.udpPair(dport)
@@ -312,10 +312,11 @@ func (pr *Probe) Measure(ctx context.Context, cut bool, settle, timeout time.Dur
 	t0 := start - pr.base
 	deadline := time.Now().Add(timeout)
 	for {
-		if err := ctx.Err(); err != nil {
-			return Reading{}, err
+		select {
+		case <-ctx.Done():
+			return Reading{}, ctx.Err()
+		case <-time.After(settle / 4):
 		}
-		time.Sleep(settle / 4)
 		sent, delivered, err := pr.snapshot(from)
 		if err != nil {
 			return Reading{}, err
@@ -432,9 +433,8 @@ type SignedModify struct {
 }
 
 // SignModify signs a call that replaces sg-bench's ingress rules with rules. Encoding and signing a
-// 10k-rule call takes tens of milliseconds of CPU and megabytes of garbage: a client does that in its
-// own process, so a benchmark signs its calls ahead and lets the collector clear them before it times
-// the daemon.
+// 10k-rule call takes CPU and makes garbage that a client spends in its own process, so a benchmark
+// signs its calls ahead and lets the collector clear them before it times the daemon.
 func (d *Daemon) SignModify(rules []model.Rule) SignedModify {
 	v := url.Values{}
 	v.Set("sgId", BenchSG)

@@ -104,7 +104,7 @@ func parseCompare(v string) (Compare, error) {
 	for _, item := range strings.Split(list, ",") {
 		sr, err := parseSeries(item)
 		if err != nil {
-			return Compare{}, fmt.Errorf("-compare %s", err)
+			return Compare{}, fmt.Errorf("-compare: %w", err)
 		}
 		c.Series = append(c.Series, sr)
 	}

@@ -35,6 +35,7 @@ var e2eTopology = `{
 
 // TestServeEBPFEndToEnd drives `sgsim serve --dataplane ebpf` through its APIs and checks, with real
 // TCP/UDP/ICMP traffic between namespaces, that every answered call is already enforced on the host veths.
+// It stays whole: each call's check of real traffic builds on the state the calls before it left.
 func TestServeEBPFEndToEnd(t *testing.T) {
 	requireKernel(t)
 	lab := newVMLab(t)

@@ -54,6 +54,7 @@ const (
 // has arrived. Every packet of phase i is thus classified strictly between swap i's acknowledgement and
 // swap i+1's request, and must get swap i's verdict; no tolerance is allowed. Neighbour entries are
 // permanent so no packet waits in an ARP queue outside that order.
+// It stays whole: the swaps and the sender's phases are one lock-step protocol.
 func TestServeNoBlink(t *testing.T) {
 	requireKernel(t)
 	lab := newVMLab(t)

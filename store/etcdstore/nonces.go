@@ -21,7 +21,7 @@ import (
 // most window/nonceLeaseBucket + 1 leases (121 for the two-hour window) however many calls it takes.
 // Bounds: each replica first records the triple in its own nonce.Record (nonce.DefaultLimits unless
 // WithNonceLimits: 2^18 live triples per SecretId, 2^20 in all), refusing with nonce.ErrFull beyond
-// them, so etcd holds at most replicas × Total keys (about 90 bytes each in etcd's keyspace).
+// them, so etcd holds at most replicas × Total keys.
 const (
 	nonceLeaseBucket = 60 * time.Second
 	// nonceTimeout bounds the round trip to etcd when the call's context has no earlier deadline.

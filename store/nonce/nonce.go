@@ -54,7 +54,7 @@ type Limits struct {
 }
 
 // DefaultLimits allow a SecretId 36 calls a second sustained over a two-hour window and the record about
-// 1M triples: measured 52–84 bytes of memory per triple (BenchmarkRecordMemory), so under 90 MB.
+// 1M triples: BenchmarkRecordMemory measures the memory that takes.
 func DefaultLimits() Limits { return Limits{PerSecret: 1 << 18, Total: 1 << 20} }
 
 var (
