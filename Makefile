@@ -8,15 +8,28 @@ DEMO        := testdata/demo.json
 SHELL       := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: build test soak demo demo-host fleet-demo lint bench generate clean
+.PHONY: build test test-deps soak demo demo-host fleet-demo lint bench generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sgsim
 
 # The whole suite, race detector on. Kernel (BPF, netns) tests need root; under CI they must not skip.
-test:
-	$(GO) vet ./...
+# ./... leaves out testdata/, whose programs (the demo drivers, the capture generator) are vetted by name.
+test: test-deps
+	$(GO) vet ./... ./testdata/gen ./testdata/demohost ./testdata/fleetdemo
 	$(GO) test -race -count=1 -timeout 9m ./...
+
+# The tools the tests drive besides Go, command:Debian package; a fresh Debian machine has few of them.
+# Run as root with apt-get, the missing ones are installed; otherwise they are named, and the tests that
+# need them fail (or, not as root, skip with the kernel tests).
+TEST_TOOLS := ip:iproute2 tc:iproute2 iptables-legacy:iptables nft:nftables systemd-analyze:systemd \
+	setpriv:util-linux nsenter:util-linux losetup:mount fsfreeze:util-linux mkfs.ext4:e2fsprogs
+test-deps:
+	@missing=$$(for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done | sort -u | tr '\n' ' '); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "missing packages for the tests: $$missing"; fi
 
 # The reliability suite run long (32 clients, 20 SIGKILLs, 3 s of load between kills); `make test` runs it
 # short (16 clients, 4 kills).

@@ -42,8 +42,9 @@ answer is sent:
         answer 409 (use both for them).
   both  the kernel enforces as with ebpf and the Go engine answers /sgsim/v1/check from the same tables.
 
-With ebpf or both the daemon needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to mount bpffs) and a
-kernel with BTF; otherwise it stops with an error. On start it loads the program (adopting the maps and
+With ebpf or both the daemon needs root (at least CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; CAP_SYS_ADMIN
+to mount bpffs where it is not mounted, or for --host-netns) and a kernel with BTF; otherwise it stops
+with an error. On start it loads the program (adopting the maps and
 links pinned under --pin-path by an earlier run, so a restart leaves no unprotected moment), publishes
 every ENI's tables and attaches to the hostInterface of every ENI whose interface exists, before the API
 accepts a call. From then on it follows the kernel's link events (in --host-netns): an interface is

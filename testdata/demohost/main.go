@@ -194,9 +194,22 @@ func ip(args ...string) error {
 	return nil
 }
 
+// shellQuote returns a as a shell reads it back: as it is when it holds nothing the shell would
+// split or expand, else in single quotes.
+func shellQuote(a string) string {
+	if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./:=,@%+-") == "" {
+		return a
+	}
+	return "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+}
+
 // show runs bin with args as an operator would and prints the command line and its output.
 func show(env []string, bin string, args ...string) {
-	fmt.Printf("$ sgsim %s\n", strings.Join(args, " "))
+	quoted := make([]string, len(args))
+	for i, a := range args {
+		quoted[i] = shellQuote(a)
+	}
+	fmt.Printf("$ sgsim %s\n", strings.Join(quoted, " "))
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
