@@ -69,7 +69,7 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 # Every benchmark, one run on this machine, then bench/REPORT.md and its plots (needs root for the BPF and
-# network-namespace peers; 8–9 minutes on 2 cores).
+# network-namespace peers; 6–9 minutes on 2 cores).
 BENCH_OUT := bench/bench.txt
 bench: build
 	$(GO) test -run '^$$' -bench 'Classifier$$|Linear$$' -benchmem -timeout 20m ./dataplane/ | tee $(BENCH_OUT)
