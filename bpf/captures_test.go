@@ -1,9 +1,11 @@
 package bpf
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/netip"
@@ -11,7 +13,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unsafe"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sgsim/sgsim/compiler"
@@ -205,19 +209,59 @@ func FuzzRunMatchesDecode(f *testing.F) {
 	})
 }
 
-// FuzzDecodeDrop: any ring buffer record decodes or is refused with an error, never a panic; a
-// well-formed record round-trips its fields.
+// FuzzDecodeDrop: any ring buffer record shorter than a drop event is refused with an error giving
+// its size; any other decodes (bytes past the event ignored) into the event's fields: the ENI its slot
+// names, the direction's bit, each address as its family says (none for another family), and the SG
+// and rule index only for a rule's drop.
 func FuzzDecodeDrop(f *testing.F) {
 	f.Add(make([]byte, 160))
 	f.Add([]byte{1, 2, 3})
+	sgOff := int(unsafe.Offsetof(sgDropEvent{}.Sg))
+	rule := make([]byte, binary.Size(sgDropEvent{})+5)
+	rule[unsafe.Offsetof(sgDropEvent{}.Reason)] = byte(dataplane.ReasonRule)
+	rule[unsafe.Offsetof(sgDropEvent{}.Fam)] = 4
+	copy(rule[sgOff:], "sg-web")
+	f.Add(rule)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ev, err := decodeDrop(b, func(slot uint32) string { return "eni-x" })
-		if len(b) < binary.Size(sgDropEvent{}) {
-			require.Error(t, err)
+		ev, err := decodeDrop(b, func(slot uint32) string { return fmt.Sprintf("eni-%d", slot) })
+		size := binary.Size(sgDropEvent{})
+		if len(b) < size {
+			require.ErrorContains(t, err, fmt.Sprintf("drop event of %d bytes", len(b)))
 			return
 		}
 		require.NoError(t, err)
-		require.Equal(t, "eni-x", ev.ENI)
-		require.Equal(t, ev.Reason == dataplane.ReasonRule, ev.RuleIndex != nil)
+		var raw sgDropEvent
+		require.NoError(t, binary.Read(bytes.NewReader(b), binary.NativeEndian, &raw))
+		assert.Equal(t, fmt.Sprintf("eni-%d", raw.Slot), ev.ENI)
+		assert.Equal(t, raw.Ts, ev.KernelNS)
+		assert.Equal(t, raw.Gen, ev.Generation)
+		assert.Equal(t, raw.Ifindex, ev.Ifindex)
+		assert.Equal(t, model.Direction(raw.Dir&1), ev.Direction)
+		assert.Equal(t, dataplane.Reason(raw.Reason), ev.Reason)
+		assert.Equal(t, [3]int{int(raw.Proto), int(raw.Sport), int(raw.Dport)}, [3]int{int(ev.Proto), int(ev.Sport), int(ev.Dport)})
+		assert.Equal(t, int(raw.Entry), ev.Entry)
+		assert.Equal(t, raw.Suppressed, ev.Suppressed)
+		switch raw.Fam {
+		case 4:
+			assert.Equal(t, raw.Src[:4], ev.Src.AsSlice())
+			assert.Equal(t, raw.Dst[:4], ev.Dst.AsSlice())
+		case 6:
+			assert.Equal(t, raw.Src[:], ev.Src.AsSlice())
+			assert.Equal(t, raw.Dst[:], ev.Dst.AsSlice())
+		default:
+			assert.False(t, ev.Src.IsValid() || ev.Dst.IsValid(), "family %d has no addresses", raw.Fam)
+		}
+		if ev.Reason != dataplane.ReasonRule {
+			assert.Nil(t, ev.RuleIndex)
+			assert.Empty(t, ev.SgID)
+			return
+		}
+		require.NotNil(t, ev.RuleIndex)
+		assert.Equal(t, int(raw.RuleIndex), *ev.RuleIndex)
+		sg := b[sgOff : sgOff+len(raw.Sg)]
+		if n := bytes.IndexByte(sg, 0); n >= 0 {
+			sg = sg[:n]
+		}
+		assert.Equal(t, string(sg), ev.SgID)
 	})
 }

@@ -1,7 +1,7 @@
 package packet_test
 
 import (
-	"errors"
+	"bytes"
 	"io"
 	"net/netip"
 	"os"
@@ -195,82 +195,92 @@ func TestDecodeAllocatesNothing(t *testing.T) {
 // FuzzDecode checks that no frame of any link type makes the decoder panic, and that what it reports
 // is self-consistent. Seeds: the first frames of every shared capture.
 func FuzzDecode(f *testing.F) {
-	for _, p := range testkit.SharedPcaps(f) {
-		fh, err := os.Open(p)
-		if err != nil {
-			continue
+	perFile := map[string]int{}
+	sharedFrames(f, func(file string, link int, frame []byte) {
+		if perFile[file] < 4 {
+			perFile[file]++
+			f.Add(link, bytes.Clone(frame))
 		}
-		if r, err := pcapgo.NewReader(fh); err == nil {
-			for i := 0; i < 4; i++ {
-				data, _, err := r.ReadPacketData()
-				if err != nil {
-					break
-				}
-				f.Add(int(r.LinkType()), data)
-			}
-		} else if _, err := fh.Seek(0, 0); err == nil {
-			if ng, err := pcapgo.NewNgReader(fh, pcapgo.NgReaderOptions{WantMixedLinkType: true}); err == nil {
-				for i := 0; i < 4; i++ {
-					data, ci, err := ng.ReadPacketData()
-					if err != nil {
-						break
-					}
-					if intf, err := ng.Interface(ci.InterfaceIndex); err == nil {
-						f.Add(int(intf.LinkType), data)
-					}
-				}
-			}
-		}
-		fh.Close()
-	}
+	})
 	f.Add(packet.LinkEthernet, eth(craft.IPv4(a4, b4, packet.ProtoTCP, craft.TCP(1, 80, 2, nil), nil)))
 	f.Fuzz(func(t *testing.T, link int, frame []byte) {
 		var d packet.Decoded
 		packet.Decode(link, frame, &d)
-		if d.Class == packet.ClassIP {
-			if !d.Src.IsValid() || !d.Dst.IsValid() || d.Src.Is4() != d.Dst.Is4() {
-				t.Fatalf("IP class with bad addresses %v %v", d.Src, d.Dst)
-			}
-			if d.Fragment && !d.FirstFragment && d.HasPorts {
-				t.Fatal("non-first fragment with ports")
-			}
-		}
-		if d.Class == packet.ClassMalformed || d.Class == packet.ClassNotIP {
-			if d.Detail == "" {
-				t.Fatal("no detail for a dropped class")
-			}
-		}
+		requireWellFormed(t, &d)
 	})
 }
 
-func TestSharedCapturesDecode(t *testing.T) {
-	files := testkit.SharedPcaps(t)
-	require.NotEmpty(t, files)
-	var ip, total int
-	for _, p := range files {
-		fh, err := os.Open(p)
-		require.NoError(t, err)
-		r, err := pcapgo.NewReader(fh)
-		if err != nil {
-			fh.Close()
-			continue // pcapng and corrupt files are the replay package's job
+// requireWellFormed checks what every decoding promises: an IP or ND packet has two addresses of one
+// family, a later fragment no ports, an ICMP error's quoted tuple (when read) addresses of one family,
+// and a frame the rules never see (not-ip, malformed) says why.
+func requireWellFormed(t testing.TB, d *packet.Decoded) {
+	t.Helper()
+	switch d.Class {
+	case packet.ClassIP, packet.ClassND:
+		require.True(t, d.Src.IsValid() && d.Dst.IsValid() && d.Src.Is4() == d.Dst.Is4(),
+			"class %v with addresses %v %v", d.Class, d.Src, d.Dst)
+		require.False(t, d.Fragment && !d.FirstFragment && d.HasPorts, "a later fragment with ports")
+		if d.ICMPError && d.HasInner {
+			require.True(t, d.Inner.Src.IsValid() && d.Inner.Dst.IsValid() && d.Inner.Src.Is4() == d.Inner.Dst.Is4(),
+				"quoted addresses %v %v", d.Inner.Src, d.Inner.Dst)
 		}
-		for {
-			data, _, err := r.ReadPacketData()
-			if errors.Is(err, io.EOF) || err != nil {
-				break
+	case packet.ClassMalformed, packet.ClassNotIP:
+		require.NotEmpty(t, d.Detail, "no detail for a frame the rules never see")
+	}
+}
+
+// sharedFrames calls fn with every frame of the shared captures that pcapgo reads (pcap and pcapng),
+// with its link type, up to each file's first damaged record.
+func sharedFrames(tb testing.TB, fn func(file string, link int, frame []byte)) {
+	tb.Helper()
+	for _, p := range testkit.SharedPcaps(tb) {
+		fh, err := os.Open(p)
+		require.NoError(tb, err)
+		if r, err := pcapgo.NewReader(fh); err == nil {
+			for {
+				data, _, err := r.ZeroCopyReadPacketData()
+				if err != nil {
+					break
+				}
+				fn(p, int(r.LinkType()), data)
 			}
-			var d packet.Decoded
-			packet.Decode(int(r.LinkType()), data, &d)
-			total++
-			if d.Class == packet.ClassIP {
-				ip++
+		} else if _, err := fh.Seek(0, io.SeekStart); err == nil {
+			if ng, err := pcapgo.NewNgReader(fh, pcapgo.NgReaderOptions{WantMixedLinkType: true}); err == nil {
+				for {
+					data, ci, err := ng.ZeroCopyReadPacketData()
+					if err != nil {
+						break
+					}
+					if intf, err := ng.Interface(ci.InterfaceIndex); err == nil {
+						fn(p, int(intf.LinkType), data)
+					}
+				}
 			}
 		}
 		fh.Close()
 	}
-	t.Logf("%d frames, %d IP", total, ip)
-	assert.Greater(t, ip, total/4, "most shared frames are IP")
+}
+
+// TestSharedCapturesDecode decodes every frame of the shared captures (tcpdump's test suite, Zeek's
+// and tcpreplay's traces): each decoding is well formed and the same when repeated, most frames are
+// IP, and the corpus's ARP, neighbour discovery, non-IP and malformed frames are each recognised.
+func TestSharedCapturesDecode(t *testing.T) {
+	classes := map[packet.Class]int{}
+	total := 0
+	sharedFrames(t, func(file string, link int, frame []byte) {
+		var d, again packet.Decoded
+		packet.Decode(link, frame, &d)
+		requireWellFormed(t, &d)
+		packet.Decode(link, frame, &again)
+		require.Equal(t, d, again, "%s: frame %d decodes the same twice", file, total)
+		classes[d.Class]++
+		total++
+	})
+	t.Logf("%d frames: %v", total, classes)
+	assert.Greater(t, classes[packet.ClassIP], total/4, "most shared frames are IP")
+	for _, c := range []packet.Class{packet.ClassARP, packet.ClassND, packet.ClassNotIP, packet.ClassMalformed} {
+		assert.Positive(t, classes[c], "class %v in the corpus", c)
+	}
 }
 
 func BenchmarkDecode(b *testing.B) {

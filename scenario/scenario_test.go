@@ -2,7 +2,9 @@ package scenario_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/sgsim/sgsim/internal/kerneltest"
 	"github.com/sgsim/sgsim/internal/testkit"
+	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/packet"
 	"github.com/sgsim/sgsim/scenario"
 )
@@ -145,31 +148,76 @@ func TestDiffDemo(t *testing.T) {
 	require.ErrorContains(t, err, "want code 0")
 }
 
-// FuzzParseCall: any --apply value gives a call or an error quoting it.
+// FuzzParseCall: any --apply value gives a call or an error quoting it; a call is the value it was
+// read from: its dialect's prefix, the Tencent action before the query and each parameter once, or
+// the Huawei SG, action and ports between the colons.
 func FuzzParseCall(f *testing.F) {
 	f.Add("tencent:ModifySecurityGroupPolicy?sgId=sg-web")
 	f.Add("huawei:sg-web:add:eni-a,eni-b")
 	f.Add("tencent:A?%zz")
+	f.Add("tencent:A?x=1&x=2")
 	f.Fuzz(func(t *testing.T, s string) {
 		st, err := scenario.ParseCall(s)
-		if err == nil && st.Tencent == nil && st.Huawei == nil {
+		if err != nil {
+			require.Contains(t, err.Error(), fmt.Sprintf("call %q: ", s))
+			return
+		}
+		require.Equal(t, s, st.Name)
+		switch {
+		case st.Tencent != nil:
+			require.Nil(t, st.Huawei)
+			action, query, _ := strings.Cut(strings.TrimPrefix(s, "tencent:"), "?")
+			require.True(t, strings.HasPrefix(s, "tencent:"))
+			require.Equal(t, action, st.Tencent.Action)
+			vals, err := url.ParseQuery(query)
+			require.NoError(t, err)
+			require.Len(t, st.Tencent.Params, len(vals))
+			for k, v := range vals {
+				require.Equal(t, []string{st.Tencent.Params[k]}, v, k)
+			}
+		case st.Huawei != nil:
+			require.Equal(t, "huawei:"+st.Huawei.SgID+":"+st.Huawei.Action+":"+strings.Join(st.Huawei.Ports, ","), s)
+		default:
 			t.Fatal("call without a dialect")
 		}
 	})
 }
 
-// FuzzInlineFrame: any inline packet gives a frame the decoder reads, or an error; never a panic.
+// FuzzInlineFrame: any inline packet gives a frame the decoder reads back as the kind it names (for
+// IP: its addresses and protocol, and the ports of TCP and UDP but in a later fragment), or an error
+// naming the field at fault.
 func FuzzInlineFrame(f *testing.F) {
 	f.Add("", "tcp", "198.19.0.1", "198.18.1.10", uint16(1), uint16(80), "S", uint8(0), "", "")
 	f.Add("", "icmp", "198.19.0.9", "198.18.1.20", uint16(0), uint16(0), "", uint8(3), "udp 198.18.1.20:5000 > 198.19.0.9:9999", "")
 	f.Add("nd", "", "fe80::1", "2001:db8::10", uint16(0), uint16(0), "", uint8(0), "", "")
 	f.Add("", "udp", "2001:db8::1", "2001:db8::10", uint16(0), uint16(0), "", uint8(0), "", "later")
+	f.Add("arp", "", "198.19.0.1", "", uint16(0), uint16(0), "", uint8(0), "", "")
 	f.Fuzz(func(t *testing.T, kind, proto, src, dst string, sport, dport uint16, flags string, icmpType uint8, quote, fragment string) {
 		p := scenario.InlinePacket{Kind: kind, Proto: proto, Src: src, Dst: dst, SrcPort: sport, DstPort: dport, Flags: flags,
 			ICMPType: icmpType, Quote: quote, Fragment: fragment}
 		frame, err := p.Frame()
-		if err == nil && len(frame) < 14 {
-			t.Fatalf("frame of %d bytes", len(frame))
+		if err != nil {
+			require.Regexp(t, `^(kind|src|dst|proto|flags|fragment|fragId|quote) `, err.Error())
+			return
+		}
+		var d packet.Decoded
+		packet.Decode(packet.LinkEthernet, frame, &d)
+		want := map[string]packet.Class{"arp": packet.ClassARP, "not-ip": packet.ClassNotIP,
+			"malformed": packet.ClassMalformed, "nd": packet.ClassND}
+		if c, ok := want[kind]; ok {
+			require.Equal(t, c, d.Class, d.Detail)
+			return
+		}
+		require.Equal(t, packet.ClassIP, d.Class, d.Detail)
+		s, dd := netip.MustParseAddr(src).WithZone(""), netip.MustParseAddr(dst).WithZone("")
+		require.Equal(t, s, d.Src)
+		require.Equal(t, dd, d.Dst)
+		if n, err := model.ParseIPProtocol(proto); err == nil {
+			require.Equal(t, n, d.Proto)
+		}
+		if (d.Proto == packet.ProtoTCP || d.Proto == packet.ProtoUDP) && fragment != "later" {
+			require.True(t, d.HasPorts)
+			require.Equal(t, [2]uint16{sport, dport}, [2]uint16{d.SrcPort, d.DstPort})
 		}
 	})
 }
