@@ -337,6 +337,31 @@ func validID(s string) bool {
 // ValidID reports whether s is a well-formed SG or ENI ID: [A-Za-z0-9-]{1,64}.
 func ValidID(s string) bool { return validID(s) }
 
+// ValidHost reports whether s can name a fleet host (an ENI's host, an agent's --host): a hostname's
+// characters, [A-Za-z0-9._-]{1,253}, and not "." or "..". The name is a segment of the host's etcd
+// keys, so a '/' would make one host's keys another's.
+func ValidHost(s string) bool {
+	if len(s) == 0 || len(s) > 253 || s == "." || s == ".." {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// validInterfaceName reports whether s is a name Linux gives an interface: 1 to 15 bytes (IFNAMSIZ
+// less the NUL), not "." or "..", without '/', ':' or whitespace (the kernel's dev_valid_name).
+func validInterfaceName(s string) bool {
+	if len(s) == 0 || len(s) > 15 || s == "." || s == ".." {
+		return false
+	}
+	return !strings.ContainsAny(s, "/: \t\n\v\f\r")
+}
+
 // ParseIPProtocol reads a packet's protocol as people write it: tcp, udp, icmp, icmpv6 (any case) or an
 // IP protocol number 0-255.
 func ParseIPProtocol(s string) (uint8, error) {

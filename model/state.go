@@ -341,11 +341,24 @@ func (s *State) prepareENI(n NetworkInterface) (*NetworkInterface, error) {
 		return nil, errf(CodeBadParameter, "privateIpAddresses", "at least one private IP address is required")
 	}
 	for i, a := range n.PrivateIPAddresses {
+		path := fmt.Sprintf("privateIpAddresses[%d]", i)
 		addr, err := netip.ParseAddr(a)
 		if err != nil || addr.Zone() != "" {
-			return nil, errValue(CodeBadParameter, fmt.Sprintf("privateIpAddresses[%d]", i), a, "not an IPv4 or IPv6 address")
+			return nil, errValue(CodeBadParameter, path, a, "not an IPv4 or IPv6 address")
 		}
-		eni.addrs = append(eni.addrs, addr.Unmap())
+		addr = addr.Unmap()
+		// An address listed twice (or as itself mapped into IPv6) is the same private IP.
+		if j := slices.Index(eni.addrs, addr); j >= 0 {
+			return nil, errValue(CodeBadParameter, path, a, fmt.Sprintf("the same address as privateIpAddresses[%d]", j))
+		}
+		eni.addrs = append(eni.addrs, addr)
+	}
+	if n.HostInterface != "" && !validInterfaceName(n.HostInterface) {
+		return nil, errValue(CodeBadParameter, "hostInterface", n.HostInterface,
+			"not a Linux interface name (1-15 bytes, no '/', ':' or whitespace)")
+	}
+	if n.Host != "" && !ValidHost(n.Host) {
+		return nil, errValue(CodeBadParameter, "host", n.Host, "must match [A-Za-z0-9._-]{1,253}")
 	}
 	if err := s.checkSGList(eni.AppID, eni.SgIDs); err != nil {
 		return nil, err

@@ -68,6 +68,25 @@ func TestNewStateErrors(t *testing.T) {
 			edit: func(t *model.Topology) { t.NetworkInterfaces[0].SgIDs = []string{"sg-a", "sg-a"} }},
 		{name: "ENI bad address", code: model.CodeBadParameter, substr: "networkInterfaces[0].privateIpAddresses[0]",
 			edit: func(t *model.Topology) { t.NetworkInterfaces[0].PrivateIPAddresses = []string{"198.18.0.300"} }},
+		{name: "ENI address twice", code: model.CodeBadParameter,
+			substr: `networkInterfaces[0].privateIpAddresses[1]: "198.18.0.9": the same address as privateIpAddresses[0]`,
+			edit: func(t *model.Topology) {
+				t.NetworkInterfaces[0].PrivateIPAddresses = []string{"198.18.0.9", "198.18.0.9"}
+			}},
+		{name: "ENI address and its IPv6 mapping", code: model.CodeBadParameter,
+			substr: `networkInterfaces[0].privateIpAddresses[2]: "::ffff:198.18.0.9": the same address as privateIpAddresses[0]`,
+			edit: func(t *model.Topology) {
+				t.NetworkInterfaces[0].PrivateIPAddresses = []string{"198.18.0.9", "2001:db8::9", "::ffff:198.18.0.9"}
+			}},
+		{name: "ENI host interface too long", code: model.CodeBadParameter,
+			substr: `networkInterfaces[0].hostInterface: "tap-0123456789ab": not a Linux interface name`,
+			edit:   func(t *model.Topology) { t.NetworkInterfaces[0].HostInterface = "tap-0123456789ab" }},
+		{name: "ENI host interface with a slash", code: model.CodeBadParameter, substr: `networkInterfaces[0].hostInterface: "tap/1"`,
+			edit: func(t *model.Topology) { t.NetworkInterfaces[0].HostInterface = "tap/1" }},
+		{name: "ENI host interface dot dot", code: model.CodeBadParameter, substr: `networkInterfaces[0].hostInterface: ".."`,
+			edit: func(t *model.Topology) { t.NetworkInterfaces[0].HostInterface = ".." }},
+		{name: "ENI host with a slash", code: model.CodeBadParameter, substr: `networkInterfaces[0].host: "h1/acks"`,
+			edit: func(t *model.Topology) { t.NetworkInterfaces[0].Host = "h1/acks" }},
 		{name: "ENI no address", code: model.CodeBadParameter, substr: "networkInterfaces[0].privateIpAddresses",
 			edit: func(t *model.Topology) { t.NetworkInterfaces[0].PrivateIPAddresses = nil }},
 		{name: "ENI bad MAC", code: model.CodeBadParameter, substr: "networkInterfaces[0].macAddress",
