@@ -3,7 +3,6 @@ package api
 import (
 	"bytes"
 	"crypto/subtle"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -103,14 +102,8 @@ func (h *Handler) servePutENI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var n model.NetworkInterface
-	dec := json.NewDecoder(&buf)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&n); err != nil {
+	if err := decodeObject(buf.Bytes(), &n); err != nil {
 		writeJSON(w, http.StatusBadRequest, inspectError{fmt.Sprintf("body: want a topology network interface object (SPEC §7): %v", err)})
-		return
-	}
-	if dec.More() {
-		writeJSON(w, http.StatusBadRequest, inspectError{"body: one JSON object expected, more follows"})
 		return
 	}
 	switch n.NetworkInterfaceID {

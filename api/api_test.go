@@ -415,6 +415,11 @@ func TestCheckEndpoint(t *testing.T) {
 		{`{"eni":"eni-web1","direction":"ingress","protocol":"tcp","remote":"198.18.0.1","port":70000}`, 400, "port"},
 		{`{"eni":"eni-web1","direction":"ingress","protocol":"gre","remote":"198.18.0.1"}`, 400, "protocol"},
 		{`[1,2]`, 400, "body"},
+		{`{"eni":"eni-web1","direction":"ingress","protocol":"tcp","remote":"198.18.0.1"} {}`, 400, "byte 81: one JSON object expected, more follows"},
+		{`{"ENI":"eni-web1","direction":"ingress","protocol":"tcp","remote":"198.18.0.1"}`, 400, `key "ENI": must be written "eni"`},
+		{`{"eni":"eni-web1","eni":"eni-db1","direction":"ingress","protocol":"tcp","remote":"198.18.0.1"}`, 400, `key "eni" given twice`},
+		{`{"eni":"eni-web1","direction":`, 400, "unexpected end of JSON input after byte 30"},
+		{``, 400, "the body is empty"},
 	} {
 		status, b := a.roundTrip(http.MethodPost, "/sgsim/v1/check", "Authorization", "Bearer "+adminToken, tt.body)
 		var out map[string]string

@@ -2,7 +2,6 @@ package api
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/http"
 
@@ -33,9 +32,7 @@ type inspectError struct {
 func parseCheck(body []byte) (model.Direction, dataplane.Packet, CheckRequest, error) {
 	var req CheckRequest
 	var p dataplane.Packet
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := decodeObject(body, &req); err != nil {
 		return 0, p, req, fmt.Errorf("body: want {\"eni\",\"direction\",\"protocol\",\"remote\",\"port\"}: %w", err)
 	}
 	d, err := model.ParseDirection(req.Direction)

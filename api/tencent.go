@@ -507,8 +507,12 @@ func (h *Handler) readBody(r *http.Request) (string, error) {
 	if r.Method != http.MethodPost {
 		return "", nil
 	}
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
-		return "", fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
+	// The media type is what precedes any parameter, in any case, without the whitespace around it
+	// (RFC 9110 §8.3.1); the parameters (a charset) change nothing in how a form is read.
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, _ := strings.Cut(ct, ";"); !strings.EqualFold(strings.Trim(mt, " \t"), "application/x-www-form-urlencoded") {
+			return "", fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
+		}
 	}
 	// Read straight into the string, sized from Content-Length (at most the body limit): a big
 	// policy's megabyte would otherwise be regrown several times and then copied once more.

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -535,6 +536,39 @@ func TestSDKPublicParamsOnEveryAction(t *testing.T) {
 				p.Set("Language", "en-US")
 				p.Set("Nonce", "99999")
 				assert.Equal(t, model.CodeAuthFailed, a.send(http.MethodPost, p).Code, name)
+			}
+		})
+	}
+}
+
+// TestContentType: a POST's body is read as a form when its media type, in any case and before any
+// parameter, is application/x-www-form-urlencoded (or when it has none); any other is 4000 naming it.
+func TestContentType(t *testing.T) {
+	a := newTestAPI(t)
+	for _, tt := range []struct {
+		ct   string
+		code int
+	}{
+		{"application/x-www-form-urlencoded", 0},
+		{"", 0},
+		{"APPLICATION/X-WWW-Form-Urlencoded; charset=UTF-8", 0},
+		{" application/x-www-form-urlencoded ;", 0},
+		{"application/x-www-form-urlencodedx", model.CodeBadParameter},
+		{"application/x-www-form-urlencoded-v2; charset=utf-8", model.CodeBadParameter},
+		{"multipart/form-data; boundary=x", model.CodeBadParameter},
+		{"text/plain", model.CodeBadParameter},
+	} {
+		t.Run(tt.ct, func(t *testing.T) {
+			p := a.signed(http.MethodPost, secretID1, secretKey1, "Action", ActDescribePolicy, "sgId", "sg-web")
+			req := httptest.NewRequest(http.MethodPost, a.srv.URL+TencentPath, strings.NewReader(p.Encode()))
+			req.Header.Set("Content-Type", tt.ct)
+			rec := httptest.NewRecorder()
+			a.h.ServeHTTP(rec, req)
+			var out tcResp
+			require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &out))
+			assert.Equal(t, tt.code, out.Code, out.Message)
+			if tt.code != 0 {
+				assert.Equal(t, fmt.Sprintf("content type %q: want application/x-www-form-urlencoded", tt.ct), out.Message)
 			}
 		})
 	}
