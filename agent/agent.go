@@ -92,6 +92,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Host == "" {
 		return nil, errors.New("agent: no host name")
 	}
+	if !model.ValidHost(cfg.Host) {
+		return nil, fmt.Errorf("agent: host %q: must match [A-Za-z0-9._-]{1,253}, as an ENI's host does", cfg.Host)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -510,26 +513,30 @@ func (a *Agent) buildShare(sh etcdstore.Share) (*model.State, error) {
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
-// decodeObject decodes a record's object. The model copies what it keeps (NewState), so one decoded
-// value can build many shares.
+// decodeObject decodes a record's object, which must hold the record's ID (as the store's Load
+// requires). The model copies what it keeps (NewState), so one decoded value can build many shares.
 func decodeObject(r store.Record) (any, error) {
 	var err error
 	var obj any
+	var id string
 	switch r.Kind {
 	case store.KindAccount:
 		var v model.Account
 		err = json.Unmarshal(r.Value, &v)
-		obj = v
+		obj, id = v, v.AppID
 	case store.KindSG:
 		var v model.SecurityGroup
 		err = json.Unmarshal(r.Value, &v)
-		obj = v
+		obj, id = v, v.SgID
 	case store.KindENI:
 		var v model.NetworkInterface
 		err = json.Unmarshal(r.Value, &v)
-		obj = v
+		obj, id = v, v.NetworkInterfaceID
 	default:
 		err = fmt.Errorf("not an object of a share")
+	}
+	if err == nil && id != r.ID {
+		err = fmt.Errorf("the record holds %q", id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", r.Key, err)

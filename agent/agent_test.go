@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -875,5 +876,17 @@ func TestAgentAcksOnlyWhatItsDataplanesHold(t *testing.T) {
 			assert.Equal(t, want.Ingress.Entries, got.Ingress.Entries, "the dataplane holds what was acknowledged")
 			assert.NotEqual(t, before.Ingress.Entries, got.Ingress.Entries)
 		})
+	}
+}
+
+// TestNewRefusesBadHostNames: an agent's host name is a segment of its etcd keys, so one that is not
+// a host name (a '/' would make its keys another host's) is refused before anything is read.
+func TestNewRefusesBadHostNames(t *testing.T) {
+	for _, host := range []string{"", "a/b", "..", "h 1", strings.Repeat("h", 254)} {
+		_, err := New(context.Background(), Config{Host: host})
+		require.Error(t, err, "%q", host)
+		if host != "" {
+			assert.ErrorContains(t, err, fmt.Sprintf("host %q", host))
+		}
 	}
 }

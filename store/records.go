@@ -3,8 +3,11 @@ package store
 import (
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/sgsim/sgsim/model"
 )
@@ -94,12 +97,17 @@ func (c Change) Apply(s *model.State) (*model.State, error) {
 		case KindENI:
 			t.NetworkInterfaces = slices.DeleteFunc(t.NetworkInterfaces, func(n model.NetworkInterface) bool { return n.NetworkInterfaceID == k.ID })
 		case KindAdmin:
+			if k.ID != adminTokensID {
+				return nil, fmt.Errorf("store: revision %d: %s: the admin tokens' record is %s", c.Revision, k, adminTokensID)
+			}
 			t.AdminTokens = nil
+		default:
+			return nil, fmt.Errorf("store: revision %d: %s: unknown kind", c.Revision, k)
 		}
 	}
 	next, err := model.NewState(t)
 	if err != nil {
-		return nil, fmt.Errorf("store: revision %d: %w", c.Revision, err)
+		return nil, fmt.Errorf("store: revision %d: %w", c.Revision, keyed(t, err))
 	}
 	return next, nil
 }
@@ -140,11 +148,18 @@ func putRecord(t *model.Topology, r Record) error {
 	case KindENI:
 		t.NetworkInterfaces, err = upsert(t.NetworkInterfaces, r, func(n model.NetworkInterface) string { return n.NetworkInterfaceID })
 	case KindAdmin:
-		if err = json.Unmarshal(r.Value, &t.AdminTokens); err != nil {
+		// Decoded into a list of its own: t's may be a live State's (State.Topology shares it), which
+		// decoding into would overwrite.
+		var tokens []string
+		if r.ID != adminTokensID {
+			err = fmt.Errorf("%s: the admin tokens' record is %s", r.Key, adminTokensID)
+		} else if err = json.Unmarshal(r.Value, &tokens); err != nil {
 			err = fmt.Errorf("%s: %w", r.Key, err)
+		} else {
+			t.AdminTokens = tokens
 		}
 	default:
-		err = fmt.Errorf("record %q: unknown kind", r.ID)
+		err = fmt.Errorf("%s: unknown kind", r.Key)
 	}
 	return err
 }
@@ -173,7 +188,39 @@ func stateOf(records []Record) (*model.State, error) {
 			return nil, err
 		}
 	}
-	return model.NewState(t)
+	s, err := model.NewState(t)
+	if err != nil {
+		return nil, keyed(t, err)
+	}
+	return s, nil
+}
+
+// keyed prefixes err, model.NewState's refusal of t, with the key of the record holding the object
+// it is about: the model names the object's place in t (securityGroups[3]), which names no record.
+func keyed(t model.Topology, err error) error {
+	var me *model.Error
+	if !errors.As(err, &me) {
+		return err
+	}
+	list, rest, _ := strings.Cut(me.Path, "[")
+	n, _, _ := strings.Cut(rest, "]")
+	i, convErr := strconv.Atoi(n)
+	var k Key
+	switch {
+	case convErr != nil || i < 0:
+		return err
+	case list == "accounts" && i < len(t.Accounts):
+		k = Key{KindAccount, t.Accounts[i].AppID}
+	case list == "securityGroups" && i < len(t.SecurityGroups):
+		k = Key{KindSG, t.SecurityGroups[i].SgID}
+	case list == "networkInterfaces" && i < len(t.NetworkInterfaces):
+		k = Key{KindENI, t.NetworkInterfaces[i].NetworkInterfaceID}
+	case list == "adminTokens":
+		k = Key{KindAdmin, adminTokensID}
+	default:
+		return err
+	}
+	return fmt.Errorf("%s: %w", k, err)
 }
 
 // RecordSet follows the last committed state and turns the next one into the records that differ,

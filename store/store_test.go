@@ -13,7 +13,9 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime/debug"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -400,24 +402,253 @@ func TestBoltDropsLegacyNonces(t *testing.T) {
 	}))
 }
 
-// FuzzRecords: whatever bytes a history entry or a record holds, decoding and rebuilding a state from
-// them answers an error or a valid state, never a panic.
+// fuzzBase is the records FuzzRecords puts its record among: one object of every kind, each needed by
+// the next (the SG and the ENI belong to the account, the ENI is in the SG).
+func fuzzBase(t testing.TB) []Record {
+	t.Helper()
+	var recs []Record
+	for i, o := range []struct {
+		key Key
+		obj any
+	}{
+		{Key{KindAccount, "A"}, model.Account{AppID: "A", HuaweiTokens: []string{"t"}}},
+		{Key{KindSG, "sg-1"}, model.SecurityGroup{SgID: "sg-1", AppID: "A",
+			Ingress: []model.Rule{{IPProtocol: "tcp", SgID: "sg-1", PortRange: "22", Action: "ACCEPT"}}}},
+		{Key{KindENI, "eni-1"}, model.NetworkInterface{NetworkInterfaceID: "eni-1", AppID: "A",
+			PrivateIPAddresses: []string{"10.0.0.1"}, SgIDs: []string{"sg-1"}, Host: "h1", HostInterface: "if1"}},
+		{Key{KindAdmin, adminTokensID}, []string{"tok"}},
+	} {
+		v, err := json.Marshal(o.obj)
+		require.NoError(t, err)
+		recs = append(recs, Record{Key: o.key, Seq: uint64(i + 1), Revision: 3, Value: v})
+	}
+	return recs
+}
+
+// intoTopology puts the object r documents into t, replacing the one of the same ID, and tells
+// whether r documents one: its value is the JSON of its kind's model type, holding its key's ID (the
+// admin tokens: a list of strings under the one ID adminTokens).
+func intoTopology(t *model.Topology, r Record) bool {
+	switch r.Kind {
+	case KindAccount:
+		return intoList(&t.Accounts, r, func(a model.Account) string { return a.AppID })
+	case KindSG:
+		return intoList(&t.SecurityGroups, r, func(g model.SecurityGroup) string { return g.SgID })
+	case KindENI:
+		return intoList(&t.NetworkInterfaces, r, func(n model.NetworkInterface) string { return n.NetworkInterfaceID })
+	case KindAdmin:
+		var tokens []string
+		if r.ID != adminTokensID || json.Unmarshal(r.Value, &tokens) != nil {
+			return false
+		}
+		t.AdminTokens = tokens
+		return true
+	}
+	return false
+}
+
+func intoList[T any](list *[]T, r Record, id func(T) string) bool {
+	var v T
+	if json.Unmarshal(r.Value, &v) != nil || id(v) != r.ID {
+		return false
+	}
+	if i := slices.IndexFunc(*list, func(x T) bool { return id(x) == r.ID }); i >= 0 {
+		(*list)[i] = v
+	} else {
+		*list = append(*list, v)
+	}
+	return true
+}
+
+// mustState is the state of recs.
+func mustState(t *testing.T, recs []Record) *model.State {
+	t.Helper()
+	s, err := stateOf(slices.Clone(recs))
+	require.NoError(t, err)
+	return s
+}
+
+// namesAnObject tells whether k can name an object: a known kind, and the admin tokens' one ID.
+func namesAnObject(k Key) bool {
+	return slices.Contains([]Kind{KindAccount, KindSG, KindENI}, k.Kind) || k == Key{KindAdmin, adminTokensID}
+}
+
+// requireSameTopology requires two states to have the same persisted form (their topology
+// documents): the same objects in the same order, a list left out the same as an empty one.
+func requireSameTopology(t *testing.T, want, got *model.State, msg string) {
+	t.Helper()
+	w, err := json.Marshal(want.Topology())
+	require.NoError(t, err)
+	g, err := json.Marshal(got.Topology())
+	require.NoError(t, err)
+	require.Equal(t, string(w), string(g), msg)
+}
+
+// requireNamesARecord requires err to name the key of one of recs.
+func requireNamesARecord(t *testing.T, err error, recs []Record) {
+	t.Helper()
+	for _, r := range recs {
+		if strings.Contains(err.Error(), r.Key.String()) {
+			return
+		}
+	}
+	require.Failf(t, "the error names no record", "%v (records %v)", err, keysOf(recs))
+}
+
+// FuzzRecords puts a record of any kind, ID and bytes among records of every kind, and loads them
+// (stateOf, as a Bolt's Load and an etcd Store's do) and applies it to their state (Change.Apply, as a
+// Watch follower does). Both agree. A record that is not the JSON of its kind's object holding its
+// key's ID is refused with an error naming it; a well-formed object the state cannot hold (a bad rule,
+// a reference to nothing), with an error naming a record. What is accepted is exactly what the record
+// says, and a commit re-encodes it into records that load back as the same state, one per object. A
+// deletion of the record's key removes its object or is refused naming a record (a key no object has:
+// that key), changing nothing.
 func FuzzRecords(f *testing.F) {
-	sg, err := json.Marshal(model.SecurityGroup{SgID: "sg-1", AppID: "A"})
-	require.NoError(f, err)
-	f.Add([]byte("P"), []byte(`{"appId":"A"}`), sg)
-	f.Add([]byte("D12345678abcdefgh"), []byte(`{}`), []byte(`{"sgId":"sg-1","appId":"B","ingress":[{"action":"x"}]}`))
-	f.Fuzz(func(t *testing.T, entry, account, group []byte) {
-		if r, _, _, err := decodeHistory(7, []byte("ssg-1"), entry); err == nil {
-			require.Equal(t, uint64(7), r.Revision)
+	sg := func(g model.SecurityGroup) []byte {
+		b, err := json.Marshal(g)
+		require.NoError(f, err)
+		return b
+	}
+	for _, c := range []struct {
+		kind  Kind
+		id    string
+		value []byte
+	}{
+		{KindAccount, "A", []byte(`{"appId":"A","secretId":"AKID","huaweiTokens":["x","y"]}`)},
+		{KindAccount, "B", []byte(`{"appId":"B"}`)},
+		{KindAccount, "A", []byte(`{"appId":"B"}`)},
+		{KindAccount, "", []byte(`{"appId":""}`)},
+		{KindSG, "sg-1", sg(model.SecurityGroup{SgID: "sg-1", AppID: "A", Egress: []model.Rule{{CidrIP: "10.0.0.0/8", Action: "drop", Desc: "é <&>"}}})},
+		{KindSG, "sg-2", sg(model.SecurityGroup{SgID: "sg-2", AppID: "A", Ingress: []model.Rule{{SgID: "sg-1", Action: "ACCEPT"}}})},
+		{KindSG, "sg-2", []byte(`{"sgId":"sg-2","appId":"A","ingress":[{"sgId":"sg-9","action":"ACCEPT"}]}`)},
+		{KindSG, "sg-1", []byte(`{"sgId":"sg-1","appId":"B"}`)},
+		{KindSG, "sg-1", []byte(`{"sgId":"sg-1","appId":"A","ingress":[{"cidrIp":"10.0.0.0/33","action":"ACCEPT"}]}`)},
+		{KindSG, "sg-1", []byte(`{"sgId":`)},
+		{KindENI, "eni-2", []byte(`{"networkInterfaceId":"eni-2","appId":"A","privateIpAddresses":["10.0.0.2"],"sgIds":["sg-1"],"host":"h2"}`)},
+		{KindENI, "eni-2", []byte(`{"networkInterfaceId":"eni-2","appId":"A","privateIpAddresses":["10.0.0.1"],"sgIds":[]}`)},
+		{KindENI, "eni-1", []byte(`{"networkInterfaceId":"eni-1","appId":"A","privateIpAddresses":["fd00::1"],"sgIds":null,"macAddress":"02:00:00:00:00:01"}`)},
+		{KindENI, "eni-1", []byte(`{"networkInterfaceId":"eni-2"}`)},
+		{KindAdmin, adminTokensID, []byte(`["a","b"]`)},
+		{KindAdmin, adminTokensID, []byte(`["new"]`)},
+		{KindAdmin, adminTokensID, []byte(`null`)},
+		{KindAdmin, adminTokensID, []byte(`[]`)},
+		{KindAdmin, adminTokensID, []byte(`[""]`)},
+		{KindAdmin, "other", []byte(`["a"]`)},
+		{Kind('x'), "A", []byte(`{"appId":"A"}`)},
+	} {
+		f.Add(byte(c.kind), c.id, c.value)
+	}
+	f.Fuzz(func(t *testing.T, kind byte, id string, value []byte) {
+		base := fuzzBase(t)
+		baseState := mustState(t, base)
+		rec := Record{Key: Key{Kind(kind), id}, Seq: uint64(len(base) + 1), Revision: 5, Value: value}
+		recs := slices.Clone(base)
+		if i := slices.IndexFunc(recs, func(r Record) bool { return r.Key == rec.Key }); i >= 0 {
+			rec.Seq = recs[i].Seq // in its place, as a commit that rewrites an object keeps it
+			recs[i] = rec
+		} else {
+			recs = append(recs, rec)
 		}
-		s, err := stateOf([]Record{
-			{Key: Key{KindAccount, "A"}, Seq: 1, Value: account},
-			{Key: Key{KindSG, "sg-1"}, Seq: 2, Value: group},
-		})
-		if err == nil {
-			require.NotNil(t, s)
+		want := baseState.Topology()
+		documents := intoTopology(&want, rec)
+
+		s, err := stateOf(slices.Clone(recs))
+		applied, applyErr := Change{Revision: 5, Puts: []Record{rec}}.Apply(baseState)
+		requireSameTopology(t, mustState(t, base), baseState, "Apply leaves the state it applies to as it was")
+		if err != nil {
+			require.Error(t, applyErr, "a follower applies what a load refuses (%v)", err)
+			require.ErrorContains(t, applyErr, "revision 5")
+			if !documents {
+				require.ErrorContains(t, err, rec.Key.String())
+				require.ErrorContains(t, applyErr, rec.Key.String())
+			} else {
+				_, verr := model.NewState(want)
+				require.Error(t, verr, "refused a state the model accepts: %v", err)
+				requireNamesARecord(t, err, recs)
+				requireNamesARecord(t, applyErr, recs)
+			}
+		} else {
+			require.NoError(t, applyErr, "a load accepts what a follower refuses")
+			require.True(t, documents, "accepted %s holding %q", rec.Key, value)
+			expected, err := model.NewState(want)
+			require.NoError(t, err)
+			requireSameTopology(t, expected, s, "the state holds what the record says")
+			requireSameTopology(t, expected, applied, "applied")
+
+			var rs RecordSet
+			d, err := rs.Diff(s, 9)
+			require.NoError(t, err)
+			again, err := stateOf(slices.Clone(d.Puts))
+			require.NoError(t, err)
+			requireSameTopology(t, s, again, "re-encoded, the records load back as the same state")
+			wantKeys := keysOf(recs)
+			if len(s.AdminTokens()) == 0 { // a list of no tokens is no admin record
+				wantKeys = slices.DeleteFunc(wantKeys, func(k Key) bool { return k.Kind == KindAdmin })
+			}
+			require.ElementsMatch(t, wantKeys, keysOf(d.Puts), "one record per object")
 		}
+
+		// Deleting the key from the base state: its object goes (its dependents refuse it, naming
+		// a record), the rest stays; an unknown kind is refused naming the key.
+		next, err := Change{Revision: 6, Deletes: []Key{rec.Key}}.Apply(baseState)
+		requireSameTopology(t, mustState(t, base), baseState, "Apply leaves the state it applies to as it was")
+		if err != nil {
+			require.ErrorContains(t, err, "revision 6")
+			if namesAnObject(rec.Key) {
+				requireNamesARecord(t, err, base)
+			} else {
+				require.ErrorContains(t, err, rec.Key.String())
+			}
+			return
+		}
+		require.True(t, namesAnObject(rec.Key), "deleted %s", rec.Key)
+		require.False(t, has(next, rec.Key), "%s deleted", rec.Key)
+		rest := slices.DeleteFunc(slices.Clone(base), func(r Record) bool { return r.Key == rec.Key })
+		restState, err := stateOf(rest)
+		require.NoError(t, err)
+		requireSameTopology(t, restState, next, "the rest unchanged")
+	})
+}
+
+// FuzzHistoryEntry: a history entry as a commit encodes it decodes to what was written; and any bytes
+// decode to a record that re-encodes to those bytes exactly, with its value a copy (bbolt's memory is
+// valid only in its transaction), or to an error naming the record's key and the revision.
+func FuzzHistoryEntry(f *testing.F) {
+	f.Add([]byte("ssg-1"), uint64(7), encodeHistory('P', 3, 2, []byte(`{"sgId":"sg-1"}`)), byte('P'), uint64(3), uint64(2), []byte(`{}`))
+	f.Add([]byte("eeni-1"), uint64(1), encodeHistory('D', 1, 0, nil), byte('D'), uint64(1<<63), uint64(0), []byte{})
+	f.Add([]byte("tadminTokens"), uint64(9), []byte("P12345678abcdefg"), byte('X'), uint64(0), uint64(9), []byte(`["t"]`))
+	f.Add([]byte("x"), uint64(0), []byte("Q12345678abcdefgh"), byte(0), uint64(5), uint64(4), []byte(nil))
+	f.Fuzz(func(t *testing.T, stored []byte, rev uint64, entry []byte, tag byte, seq, prev uint64, value []byte) {
+		if len(stored) == 0 {
+			return // every caller reads a key of a kind byte and an ID
+		}
+		key := Key{Kind: Kind(stored[0]), ID: string(stored[1:])}
+
+		tag = []byte{'P', 'D'}[tag&1]
+		r, deleted, gotPrev, err := decodeHistory(rev, stored, encodeHistory(tag, seq, prev, value))
+		require.NoError(t, err)
+		require.Equal(t, key, r.Key)
+		require.Equal(t, []uint64{seq, rev, prev}, []uint64{r.Seq, r.Revision, gotPrev})
+		require.Equal(t, tag == 'D', deleted)
+		require.True(t, bytes.Equal(value, r.Value), "value %q decoded as %q", value, r.Value)
+
+		orig := bytes.Clone(entry)
+		r, deleted, gotPrev, err = decodeHistory(rev, stored, entry)
+		if err != nil {
+			require.True(t, len(entry) < 17 || (entry[0] != 'P' && entry[0] != 'D'), "refused %q: %v", entry, err)
+			require.ErrorContains(t, err, key.String())
+			require.ErrorContains(t, err, fmt.Sprintf("revision %d", rev))
+			return
+		}
+		require.Equal(t, key, r.Key)
+		require.Equal(t, rev, r.Revision)
+		tag = 'P'
+		if deleted {
+			tag = 'D'
+		}
+		require.Equal(t, orig, encodeHistory(tag, r.Seq, gotPrev, r.Value), "re-encoded")
+		clear(entry)
+		require.Equal(t, orig[17:], r.Value, "the value is a copy")
 	})
 }
 

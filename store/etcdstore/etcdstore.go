@@ -216,6 +216,9 @@ func (s *Store) decodeRecord(kv *mvccpb.KeyValue) (store.Record, error) {
 	if err := json.Unmarshal(kv.Value, &e); err != nil {
 		return store.Record{}, fmt.Errorf("etcdstore: %s at revision %d: %w", k, kv.ModRevision, err)
 	}
+	if e.Object == nil {
+		return store.Record{}, fmt.Errorf("etcdstore: %s at revision %d: no object in %.64q", k, kv.ModRevision, kv.Value)
+	}
 	return store.Record{Key: k, Seq: e.Seq, Revision: uint64(kv.ModRevision), Value: e.Object}, nil
 }
 

@@ -278,15 +278,44 @@ func (s *Store) listOwed(ctx context.Context) ([]intent, int64, error) {
 	return owed, resp.Header.Revision, nil
 }
 
-// decodeIntent reads one intent; one that does not decode (no writer of this package wrote it) is
-// logged and left alone.
+// decodeIntent reads one intent; one that does not decode or that no payment could settle (no
+// writer of this package wrote it) is logged and left alone.
 func (s *Store) decodeIntent(kv *mvccpb.KeyValue) (intent, bool) {
 	in := intent{key: string(kv.Key), rev: kv.ModRevision}
-	if err := json.Unmarshal(kv.Value, &in.hosts); err != nil {
+	err := json.Unmarshal(kv.Value, &in.hosts)
+	if err == nil {
+		err = s.payable(in)
+	}
+	if err != nil {
 		s.log.Error("an intent of owed feeds that does not decode, left alone", "key", in.key, "revision", in.rev, "err", err)
 		return intent{}, false
 	}
 	return in, true
+}
+
+// payable checks that one payment settles in: etcd refuses a transaction that writes a key twice or
+// holds more operations than it allows, and an intent whose payment always fails would fail every
+// repair before it reached the intents after it. Writers name every host once, none empty.
+func (s *Store) payable(in intent) error {
+	seen := make(map[string]bool, len(in.hosts))
+	for i, h := range in.hosts {
+		switch {
+		case h == "":
+			return fmt.Errorf("host %d of %d has no name", i, len(in.hosts))
+		case seen[h]:
+			return fmt.Errorf("host %q named twice", h)
+		}
+		seen[h] = true
+	}
+	if s.isBatch(in) {
+		if len(in.hosts) > s.maxOps-1 {
+			return fmt.Errorf("%w: a batch of the feeds of %d hosts, one transaction of %d operations holds %d",
+				ErrTooLarge, len(in.hosts), s.maxOps, s.maxOps-1)
+		}
+		return nil
+	}
+	_, err := s.splitBatches(in.hosts)
+	return err
 }
 
 // RepairFeeds repairs until ctx ends: at once every intent found when it starts, then each intent

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -422,5 +423,35 @@ func TestBigChangeOwesAWholeFleet(t *testing.T) {
 	require.Len(t, told, 1000)
 	for h, r := range told {
 		assert.GreaterOrEqual(t, r, int64(rev), "%s told of the change", h)
+	}
+}
+
+// An intent no payment could settle (a host named twice: etcd refuses a transaction writing a key
+// twice; more hosts than a batch's one transaction holds) is left alone, logged, and does not stop the
+// repair of the intents after it.
+func TestRepairLeavesUnpayableIntentsAlone(t *testing.T) {
+	te := startEtcd(t)
+	prefix := te.prefix()
+	st := openStore(t, te, prefix, WithMaxTxnOps(repairOps))
+	ctx := context.Background()
+	bad := map[string]string{
+		prefix + "/feedq/5":   `["h1","h1"]`,
+		prefix + "/feedq/6/1": `["h1","h2","h3","h4","h5","h6","h7","h8"]`,
+	}
+	for k, v := range bad {
+		_, err := st.cli.Put(ctx, k, v)
+		require.NoError(t, err)
+	}
+	put, err := st.cli.Put(ctx, prefix+"/feedq/7", `["h2","h3"]`)
+	require.NoError(t, err)
+
+	repaired, err := st.Repair(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []Repaired{{Revision: uint64(put.Header.Revision), Hosts: []string{"h2", "h3"}}}, repaired)
+	assert.Equal(t, []string{"h2", "h3"}, slices.Sorted(maps.Keys(feedRevisions(t, st.cli, prefix))))
+	left := intents(t, st.cli, prefix)
+	require.Len(t, left, len(bad), "the unpayable intents stay, for a person to look at")
+	for k := range bad {
+		assert.Contains(t, left, k)
 	}
 }
