@@ -473,17 +473,6 @@ func namesAnObject(k Key) bool {
 	return slices.Contains([]Kind{KindAccount, KindSG, KindENI}, k.Kind) || k == Key{KindAdmin, adminTokensID}
 }
 
-// requireSameTopology requires two states to have the same persisted form (their topology
-// documents): the same objects in the same order, a list left out the same as an empty one.
-func requireSameTopology(t *testing.T, want, got *model.State, msg string) {
-	t.Helper()
-	w, err := json.Marshal(want.Topology())
-	require.NoError(t, err)
-	g, err := json.Marshal(got.Topology())
-	require.NoError(t, err)
-	require.Equal(t, string(w), string(g), msg)
-}
-
 // requireNamesARecord requires err to name the key of one of recs.
 func requireNamesARecord(t *testing.T, err error, recs []Record) {
 	t.Helper()
@@ -554,7 +543,7 @@ func FuzzRecords(f *testing.F) {
 
 		s, err := stateOf(slices.Clone(recs))
 		applied, applyErr := Change{Revision: 5, Puts: []Record{rec}}.Apply(baseState)
-		requireSameTopology(t, mustState(t, base), baseState, "Apply leaves the state it applies to as it was")
+		storetest.RequireSameTopology(t, mustState(t, base), baseState, "Apply leaves the state it applies to as it was")
 		if err != nil {
 			require.Error(t, applyErr, "a follower applies what a load refuses (%v)", err)
 			require.ErrorContains(t, applyErr, "revision 5")
@@ -572,15 +561,15 @@ func FuzzRecords(f *testing.F) {
 			require.True(t, documents, "accepted %s holding %q", rec.Key, value)
 			expected, err := model.NewState(want)
 			require.NoError(t, err)
-			requireSameTopology(t, expected, s, "the state holds what the record says")
-			requireSameTopology(t, expected, applied, "applied")
+			storetest.RequireSameTopology(t, expected, s, "the state holds what the record says")
+			storetest.RequireSameTopology(t, expected, applied, "applied")
 
 			var rs RecordSet
 			d, err := rs.Diff(s, 9)
 			require.NoError(t, err)
 			again, err := stateOf(slices.Clone(d.Puts))
 			require.NoError(t, err)
-			requireSameTopology(t, s, again, "re-encoded, the records load back as the same state")
+			storetest.RequireSameTopology(t, s, again, "re-encoded, the records load back as the same state")
 			wantKeys := keysOf(recs)
 			if len(s.AdminTokens()) == 0 { // a list of no tokens is no admin record
 				wantKeys = slices.DeleteFunc(wantKeys, func(k Key) bool { return k.Kind == KindAdmin })
@@ -591,7 +580,7 @@ func FuzzRecords(f *testing.F) {
 		// Deleting the key from the base state: its object goes (its dependents refuse it, naming
 		// a record), the rest stays; an unknown kind is refused naming the key.
 		next, err := Change{Revision: 6, Deletes: []Key{rec.Key}}.Apply(baseState)
-		requireSameTopology(t, mustState(t, base), baseState, "Apply leaves the state it applies to as it was")
+		storetest.RequireSameTopology(t, mustState(t, base), baseState, "Apply leaves the state it applies to as it was")
 		if err != nil {
 			require.ErrorContains(t, err, "revision 6")
 			if namesAnObject(rec.Key) {
@@ -606,7 +595,7 @@ func FuzzRecords(f *testing.F) {
 		rest := slices.DeleteFunc(slices.Clone(base), func(r Record) bool { return r.Key == rec.Key })
 		restState, err := stateOf(rest)
 		require.NoError(t, err)
-		requireSameTopology(t, restState, next, "the rest unchanged")
+		storetest.RequireSameTopology(t, restState, next, "the rest unchanged")
 	})
 }
 

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/sgsim/sgsim/model"
+	"github.com/sgsim/sgsim/store/storetest"
 )
 
 // fuzzGen draws a valid topology and edits of it from fuzz input: bytes for the choices, the
@@ -288,17 +289,6 @@ func (im etcdImage) get(key string) []*mvccpb.KeyValue {
 	return nil
 }
 
-// requireSameTopology requires two states to have the same persisted form (their topology
-// documents): the same objects in the same order, a list left out the same as an empty one.
-func requireSameTopology(t *testing.T, want, got *model.State, msg string) {
-	t.Helper()
-	w, err := json.Marshal(want.Topology())
-	require.NoError(t, err)
-	g, err := json.Marshal(got.Topology())
-	require.NoError(t, err)
-	require.Equal(t, string(w), string(g), msg)
-}
-
 // FuzzCommitRoundTrip commits a drawn state and a drawn edit of it through a Store's encoding (the
 // operations of its transaction, written into an image of etcd) and decodes what etcd then holds as
 // every reader does: a load (the objects and the generation), a watcher (the change of each commit,
@@ -356,7 +346,7 @@ func FuzzCommitRoundTrip(f *testing.F) {
 			require.Equal(t, hosts, append([]string(nil), gen.Hosts...), "the change's hosts")
 			loaded, recs, err := s.stateOf(objects)
 			require.NoError(t, err)
-			requireSameTopology(t, next, loaded, "loaded")
+			storetest.RequireSameTopology(t, next, loaded, "loaded")
 			require.Len(t, recs, len(objects)-1, "a record per object key")
 			var reloaded records
 			reloaded.reset(loaded, recs, gen.NextSeq)
@@ -393,9 +383,9 @@ func FuzzCommitRoundTrip(f *testing.F) {
 			before := watched
 			watched, err = c.Apply(before)
 			require.NoError(t, err, "applying %+v", c)
-			requireSameTopology(t, next, watched, "watched")
+			storetest.RequireSameTopology(t, next, watched, "watched")
 			if i > 0 {
-				requireSameTopology(t, first, before, "the state a change applies to stays as it was")
+				storetest.RequireSameTopology(t, first, before, "the state a change applies to stays as it was")
 			}
 
 			// Every host's agent, and one of a host with no ENI: its share.

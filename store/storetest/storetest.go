@@ -3,6 +3,7 @@
 package storetest
 
 import (
+	"encoding/json"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -51,4 +52,15 @@ func Revisions(t testing.TB) []*model.State {
 	rebuilt, err := model.NewState(topo)
 	require.NoError(t, err)
 	return append(out, rebuilt)
+}
+
+// RequireSameTopology requires two states to have the same persisted form (their topology
+// documents): the same objects in the same order, a list left out the same as an empty one.
+func RequireSameTopology(t testing.TB, want, got *model.State, msg string) {
+	t.Helper()
+	w, err := json.Marshal(want.Topology())
+	require.NoError(t, err)
+	g, err := json.Marshal(got.Topology())
+	require.NoError(t, err)
+	require.Equal(t, string(w), string(g), msg)
 }
