@@ -415,7 +415,9 @@ func (s *State) AdminTokens() []string { return s.adminTokens }
 // ENIIDs lists ENI IDs in creation order.
 func (s *State) ENIIDs() []string { return s.eniOrder }
 
-// Topology returns the persisted form of s; NewState(s.Topology()) rebuilds an equal State.
+// Topology returns the persisted form of s; NewState(s.Topology()) rebuilds an equal State. Its
+// object lists are its own, but the lists inside the objects (rules, addresses, tokens) are s's,
+// uncopied because a big SG's rules are many: replace them, never write into them.
 func (s *State) Topology() Topology {
 	t := Topology{
 		Accounts:          make([]Account, 0, len(s.accountOrder)),
