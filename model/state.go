@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/netip"
@@ -178,8 +179,16 @@ func ParseTopology(name string, data []byte) (*State, error) {
 	if err := dec.Decode(&t); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, describeJSONError(data, err))
 	}
-	if dec.More() {
+	// Token, not More: More is false before a stray '}' or ']' as before the end.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%s: trailing data after the topology object", name)
+	}
+	if err := CheckKeys(data, &t); err != nil {
+		var ke *KeyError
+		if errors.As(err, &ke) {
+			return nil, fmt.Errorf("%s: line %s: %w", name, lineCol(data, ke.Offset), err)
+		}
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	s, err := NewState(t)
 	if err != nil {
