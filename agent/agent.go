@@ -340,7 +340,7 @@ func shareOf(accounts []model.Account, sgs []model.SecurityGroup, local, others 
 	}
 	slices.SortFunc(members, func(a, b model.NetworkInterface) int { return cmp.Compare(a.NetworkInterfaceID, b.NetworkInterfaceID) })
 	t.NetworkInterfaces = append(t.NetworkInterfaces, members...)
-	return model.NewState(t)
+	return model.RestoreState(t)
 }
 
 // shareFromRead is the share etcdstore.Store.ReadShare read. When it holds the same objects as the

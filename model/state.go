@@ -91,7 +91,15 @@ type eniSet struct{ _ byte }
 
 // NewState builds and validates a State from a topology. Errors name the JSON path of the bad entry.
 // Quotas are not checked: topology files may hold groups of any size (SPEC §4).
-func NewState(t Topology) (*State, error) {
+func NewState(t Topology) (*State, error) { return newState(t, true) }
+
+// RestoreState builds a State from a topology a store holds, as NewState does but for the checks a
+// build added later for what comes in (an ENI's address listed twice, its hostInterface and host
+// syntax: newInputChecks): a state an older build accepted and stored still loads after an upgrade.
+func RestoreState(t Topology) (*State, error) { return newState(t, false) }
+
+// newState is NewState, with the checks of newInputChecks only when strict.
+func newState(t Topology, strict bool) (*State, error) {
 	s := &State{
 		accounts: make(map[string]*Account, len(t.Accounts)),
 		sgs:      make(map[string]*SecurityGroup, len(t.SecurityGroups)),
@@ -148,7 +156,7 @@ func NewState(t Topology) (*State, error) {
 		if _, dup := s.enis[n.NetworkInterfaceID]; dup {
 			return nil, errValue(CodeBadParameter, path+".networkInterfaceId", n.NetworkInterfaceID, "duplicate networkInterfaceId")
 		}
-		eni, err := s.prepareENI(n)
+		eni, err := s.prepareENI(n, strict)
 		if err != nil {
 			return nil, AtPath(path, err)
 		}
@@ -323,7 +331,7 @@ func (s *State) checkRuleRefs(g *SecurityGroup) error {
 }
 
 // prepareENI validates n against the SGs of s and returns a fresh NetworkInterface.
-func (s *State) prepareENI(n NetworkInterface) (*NetworkInterface, error) {
+func (s *State) prepareENI(n NetworkInterface, strict bool) (*NetworkInterface, error) {
 	if !validID(n.NetworkInterfaceID) {
 		return nil, errValue(CodeBadParameter, "networkInterfaceId", n.NetworkInterfaceID, "must match [A-Za-z0-9-]{1,64}")
 	}
@@ -355,24 +363,37 @@ func (s *State) prepareENI(n NetworkInterface) (*NetworkInterface, error) {
 		if err != nil || addr.Zone() != "" {
 			return nil, errValue(CodeBadParameter, path, a, "not an IPv4 or IPv6 address")
 		}
-		addr = addr.Unmap()
-		// An address listed twice (or as itself mapped into IPv6) is the same private IP.
-		if j := slices.Index(eni.addrs, addr); j >= 0 {
-			return nil, errValue(CodeBadParameter, path, a, fmt.Sprintf("the same address as privateIpAddresses[%d]", j))
+		eni.addrs = append(eni.addrs, addr.Unmap())
+	}
+	if strict {
+		if err := newInputChecks(&eni); err != nil {
+			return nil, err
 		}
-		eni.addrs = append(eni.addrs, addr)
-	}
-	if n.HostInterface != "" && !validInterfaceName(n.HostInterface) {
-		return nil, errValue(CodeBadParameter, "hostInterface", n.HostInterface,
-			"not a Linux interface name (1-15 bytes, no '/', ':' or whitespace)")
-	}
-	if n.Host != "" && !ValidHost(n.Host) {
-		return nil, errValue(CodeBadParameter, "host", n.Host, "must match [A-Za-z0-9._-]{1,253}")
 	}
 	if err := s.checkSGList(eni.AppID, eni.SgIDs); err != nil {
 		return nil, err
 	}
 	return &eni, nil
+}
+
+// newInputChecks are the checks of an ENI (its addresses parsed) that came after ENIs were first
+// stored: RestoreState leaves them out, so that what an older build stored still loads.
+func newInputChecks(n *NetworkInterface) error {
+	for i, addr := range n.addrs {
+		// An address listed twice (or as itself mapped into IPv6) is the same private IP.
+		if j := slices.Index(n.addrs[:i], addr); j >= 0 {
+			return errValue(CodeBadParameter, fmt.Sprintf("privateIpAddresses[%d]", i), n.PrivateIPAddresses[i],
+				fmt.Sprintf("the same address as privateIpAddresses[%d]", j))
+		}
+	}
+	if n.HostInterface != "" && !validInterfaceName(n.HostInterface) {
+		return errValue(CodeBadParameter, "hostInterface", n.HostInterface,
+			"not a Linux interface name (1-15 bytes, no '/', ':' or whitespace)")
+	}
+	if n.Host != "" && !ValidHost(n.Host) {
+		return errValue(CodeBadParameter, "host", n.Host, "must match [A-Za-z0-9._-]{1,253}")
+	}
+	return nil
 }
 
 // checkSGList checks an ENI's ordered SG list: known SGs of the ENI's owner, no duplicates.
@@ -583,7 +604,7 @@ func ifTaken(n *NetworkInterface, other string) *Error {
 // PutENI adds or replaces a network interface after validating its addresses and SG list; a private IP
 // or a host interface another ENI holds is refused (CodeConflict).
 func (b *Builder) PutENI(n NetworkInterface) error {
-	eni, err := b.s.prepareENI(n)
+	eni, err := b.s.prepareENI(n, true)
 	if err != nil {
 		return err
 	}

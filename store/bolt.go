@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -137,9 +138,15 @@ func (b *Bolt) migrate(tx *bolt.Tx) error {
 	if err != nil {
 		return fmt.Errorf("bad generation %q: %w", genb, err)
 	}
-	s, err := model.ParseTopology(b.path, lb.Get(legacyTopology))
+	// What an older build stored is restored, not admitted: its JSON came from encoding/json, and
+	// checks added since for new ENIs would refuse what it accepted (model.RestoreState).
+	var t model.Topology
+	if err := json.Unmarshal(lb.Get(legacyTopology), &t); err != nil {
+		return fmt.Errorf("%s: the stored topology: %w", b.path, err)
+	}
+	s, err := model.RestoreState(t)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", b.path, err)
 	}
 	var rs RecordSet
 	d, err := rs.Diff(s, gen)

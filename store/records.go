@@ -105,7 +105,7 @@ func (c Change) Apply(s *model.State) (*model.State, error) {
 			return nil, fmt.Errorf("store: revision %d: %s: unknown kind", c.Revision, k)
 		}
 	}
-	next, err := model.NewState(t)
+	next, err := model.RestoreState(t)
 	if err != nil {
 		return nil, fmt.Errorf("store: revision %d: %w", c.Revision, keyed(t, err))
 	}
@@ -188,7 +188,7 @@ func stateOf(records []Record) (*model.State, error) {
 			return nil, err
 		}
 	}
-	s, err := model.NewState(t)
+	s, err := model.RestoreState(t)
 	if err != nil {
 		return nil, keyed(t, err)
 	}

@@ -1322,3 +1322,29 @@ func TestBoltRecordCrossingTheBucketSize(t *testing.T) {
 	require.NoError(t, b.Close())
 	requireReopened(t, path, revs[len(revs)-1], uint64(len(revs)))
 }
+
+// TestStoredENIsOfOlderBuildsStillLoad: an ENI that checks added since for new input refuse (an
+// address listed twice, a hostInterface no Linux interface can have, a host with '/') but that an
+// older build accepted and stored loads again (model.RestoreState), so an upgrade does not stop the
+// daemon; what comes in through the API or a topology file is still refused.
+func TestStoredENIsOfOlderBuildsStillLoad(t *testing.T) {
+	ctx := context.Background()
+	topo := storetest.Demo(t).Topology()
+	n := &topo.NetworkInterfaces[0]
+	n.PrivateIPAddresses = append(slices.Clone(n.PrivateIPAddresses), n.PrivateIPAddresses[0])
+	n.HostInterface, n.Host = "a-name-far-too-long-for-linux", "rack/1"
+	_, err := model.NewState(topo)
+	require.Error(t, err, "refused as new input")
+	old, err := model.RestoreState(topo)
+	require.NoError(t, err)
+
+	path := filepath.Join(t.TempDir(), "old.db")
+	b := openBolt(t, path)
+	require.NoError(t, b.Commit(ctx, old, 1))
+	require.NoError(t, b.Close())
+	b = openBolt(t, path)
+	got, gen, err := b.Load(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), gen)
+	storetest.RequireSameTopology(t, old, got, "the stored state, as it was")
+}
