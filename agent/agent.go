@@ -93,7 +93,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, errors.New("agent: no host name")
 	}
 	if !model.ValidHost(cfg.Host) {
-		return nil, fmt.Errorf("agent: host %q: must match [A-Za-z0-9._-]{1,253}, as an ENI's host does", cfg.Host)
+		return nil, fmt.Errorf("agent: host %q: not a host name (1-253 bytes, no '/' or control characters, not . or ..), as an ENI's host must be", cfg.Host)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -404,7 +404,7 @@ func (a *Agent) editShare(sh etcdstore.Share) (*model.State, bool) {
 			if n, ok := prev.ENI(o.NetworkInterfaceID); !ok || n.Host != a.cfg.Host || !slices.Equal(n.SgIDs, o.SgIDs) || o.Host != a.cfg.Host {
 				return nil, false
 			}
-			err = b.PutENI(o)
+			err = b.RestoreENI(o) // from the store, as the share it edits
 		default:
 			return nil, false
 		}
@@ -435,7 +435,7 @@ func (a *Agent) editShare(sh etcdstore.Share) (*model.State, bool) {
 			}
 			nn := *n
 			nn.AppID, nn.PrivateIPAddresses = m.AppID, m.IPs
-			if err := b.PutENI(nn); err != nil {
+			if err := b.RestoreENI(nn); err != nil {
 				return nil, false
 			}
 			edited = true

@@ -880,13 +880,15 @@ func TestAgentAcksOnlyWhatItsDataplanesHold(t *testing.T) {
 }
 
 // TestNewRefusesBadHostNames: an agent's host name is a segment of its etcd keys, so one that is not
-// a host name (a '/' would make its keys another host's) is refused before anything is read.
+// a host name (a '/' would make its keys another host's) is refused before anything is read; a name
+// an older build took (a space in it) is not.
 func TestNewRefusesBadHostNames(t *testing.T) {
-	for _, host := range []string{"", "a/b", "..", "h 1", strings.Repeat("h", 254)} {
+	for _, host := range []string{"", "a/b", "..", "h\x00", "h\n1", strings.Repeat("h", 254)} {
 		_, err := New(context.Background(), Config{Host: host})
 		require.Error(t, err, "%q", host)
 		if host != "" {
 			assert.ErrorContains(t, err, fmt.Sprintf("host %q", host))
 		}
 	}
+	assert.True(t, model.ValidHost("rack 1.node-7"))
 }

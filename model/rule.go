@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -337,29 +338,29 @@ func validID(s string) bool {
 // ValidID reports whether s is a well-formed SG or ENI ID: [A-Za-z0-9-]{1,64}.
 func ValidID(s string) bool { return validID(s) }
 
-// ValidHost reports whether s can name a fleet host (an ENI's host, an agent's --host): a hostname's
-// characters, [A-Za-z0-9._-]{1,253}, and not "." or "..". The name is a segment of the host's etcd
-// keys, so a '/' would make one host's keys another's.
+// ValidHost reports whether s can name a fleet host (an ENI's host, an agent's --host): 1 to 253
+// bytes of UTF-8, not "." or "..", without '/' (the name is a segment of the host's etcd keys, which
+// a '/' would make another's) or control characters.
 func ValidHost(s string) bool {
-	if len(s) == 0 || len(s) > 253 || s == "." || s == ".." {
+	if len(s) == 0 || len(s) > 253 || s == "." || s == ".." || !utf8.ValidString(s) {
 		return false
 	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
-			return false
-		}
-	}
-	return true
+	return !strings.ContainsFunc(s, func(r rune) bool { return r == '/' || unicode.IsControl(r) })
 }
 
 // validInterfaceName reports whether s is a name Linux gives an interface: 1 to 15 bytes (IFNAMSIZ
-// less the NUL), not "." or "..", without '/', ':' or whitespace (the kernel's dev_valid_name).
+// less the NUL), not "." or "..", without '/', ':' or what the kernel's isspace calls space (its
+// dev_valid_name); control bytes and DEL, which no tool names a link with, are refused too.
 func validInterfaceName(s string) bool {
 	if len(s) == 0 || len(s) > 15 || s == "." || s == ".." {
 		return false
 	}
-	return !strings.ContainsAny(s, "/: \t\n\v\f\r")
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c == 0x7f || c == 0xa0 || c == '/' || c == ':' {
+			return false
+		}
+	}
+	return true
 }
 
 // ParseIPProtocol reads a packet's protocol as people write it: tcp, udp, icmp, icmpv6 (any case) or an

@@ -391,7 +391,7 @@ func newInputChecks(n *NetworkInterface) error {
 			"not a Linux interface name (1-15 bytes, no '/', ':' or whitespace)")
 	}
 	if n.Host != "" && !ValidHost(n.Host) {
-		return errValue(CodeBadParameter, "host", n.Host, "must match [A-Za-z0-9._-]{1,253}")
+		return errValue(CodeBadParameter, "host", n.Host, "not a host name (1-253 bytes, no '/' or control characters, not . or ..)")
 	}
 	return nil
 }
@@ -603,8 +603,14 @@ func ifTaken(n *NetworkInterface, other string) *Error {
 
 // PutENI adds or replaces a network interface after validating its addresses and SG list; a private IP
 // or a host interface another ENI holds is refused (CodeConflict).
-func (b *Builder) PutENI(n NetworkInterface) error {
-	eni, err := b.s.prepareENI(n, true)
+func (b *Builder) PutENI(n NetworkInterface) error { return b.putENI(n, true) }
+
+// RestoreENI is PutENI for an ENI a store holds: without the checks added since for new input, as
+// RestoreState (a follower of the store edits what it loaded with it).
+func (b *Builder) RestoreENI(n NetworkInterface) error { return b.putENI(n, false) }
+
+func (b *Builder) putENI(n NetworkInterface, strict bool) error {
+	eni, err := b.s.prepareENI(n, strict)
 	if err != nil {
 		return err
 	}

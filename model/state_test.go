@@ -87,6 +87,8 @@ func TestNewStateErrors(t *testing.T) {
 			edit: func(t *model.Topology) { t.NetworkInterfaces[0].HostInterface = ".." }},
 		{name: "ENI host with a slash", code: model.CodeBadParameter, substr: `networkInterfaces[0].host: "h1/acks"`,
 			edit: func(t *model.Topology) { t.NetworkInterfaces[0].Host = "h1/acks" }},
+		{name: "ENI host interface with a control byte", code: model.CodeBadParameter, substr: `networkInterfaces[0].hostInterface: "tap\x7f"`,
+			edit: func(t *model.Topology) { t.NetworkInterfaces[0].HostInterface = "tap\x7f" }},
 		{name: "ENI no address", code: model.CodeBadParameter, substr: "networkInterfaces[0].privateIpAddresses",
 			edit: func(t *model.Topology) { t.NetworkInterfaces[0].PrivateIPAddresses = nil }},
 		{name: "ENI bad MAC", code: model.CodeBadParameter, substr: "networkInterfaces[0].macAddress",
