@@ -15,8 +15,9 @@ build:
 
 # The whole suite, race detector on. Kernel (BPF, netns) tests need root; under CI they must not skip.
 # ./... leaves out testdata/, whose programs (the demo drivers, the capture generator) are vetted by name.
+TESTDATA_PROGRAMS := ./testdata/gen ./testdata/demohost ./testdata/fleetdemo
 test: test-deps
-	$(GO) vet ./... ./testdata/gen ./testdata/demohost ./testdata/fleetdemo
+	$(GO) vet ./... $(TESTDATA_PROGRAMS)
 	$(GO) test -race -count=1 -timeout 9m ./...
 
 # The tools the tests drive besides Go, command:Debian package; a fresh Debian machine has few of them.
@@ -25,7 +26,7 @@ test: test-deps
 TEST_TOOLS := ip:iproute2 tc:iproute2 iptables-legacy:iptables nft:nftables systemd-analyze:systemd \
 	setpriv:util-linux nsenter:util-linux losetup:mount fsfreeze:util-linux mkfs.ext4:e2fsprogs
 test-deps:
-	@missing=$$(for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done | sort -u | tr '\n' ' '); \
+	@missing=$$(for t in $(TEST_TOOLS); do PATH=$$PATH:/usr/sbin:/sbin command -v $${t%%:*} >/dev/null || echo $${t#*:}; done | sort -u | tr '\n' ' '); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -65,11 +66,11 @@ fleet-demo: build
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	$(GO) vet ./...
-	$(GO) run $(STATICCHECK) ./...
+	$(GO) vet ./... $(TESTDATA_PROGRAMS)
+	$(GO) run $(STATICCHECK) ./... $(TESTDATA_PROGRAMS)
 
 # Every benchmark, one run on this machine, then bench/REPORT.md and its plots (needs root for the BPF and
-# network-namespace peers; 6–9 minutes on 2 cores).
+# network-namespace peers).
 BENCH_OUT := bench/bench.txt
 bench: build
 	$(GO) test -run '^$$' -bench 'Classifier$$|Linear$$' -benchmem -timeout 20m ./dataplane/ | tee $(BENCH_OUT)

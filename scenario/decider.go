@@ -53,7 +53,8 @@ type BPFDecider struct {
 // NewBPFDecider decides with d, which must hold the tables the replayer names rules through.
 func NewBPFDecider(d *bpf.Dataplane) *BPFDecider {
 	// BPF_PROG_TEST_RUN takes an skb of at most a page less its headroom (NET_SKB_PAD) and the
-	// shared info (struct skb_shared_info), which the 384 bytes cover.
+	// shared info (struct skb_shared_info): 384 bytes on x86-64 with 64-byte lines and the default
+	// MAX_SKB_FRAGS; a kernel built with more frags refuses frames near the page with EINVAL.
 	return &BPFDecider{d: d, maxData: os.Getpagesize() - 384}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -149,11 +150,11 @@ func (p *Path) detachEmpty() error {
 	return errors.Join(errs...)
 }
 
-// HookPrograms returns the programs on the TCX hooks (ingress, then egress) of the generator's veth
-// end, where Load(SgsimTC) and Load(TCEmpty) attach. The error wraps ebpf.ErrNotSupported on a kernel
-// without TCX.
-func (p *Path) HookPrograms() ([]ebpf.ProgramID, error) {
-	var ids []ebpf.ProgramID
+// HookPrograms returns the programs on each TCX hook of the generator's veth end, where
+// Load(SgsimTC) and Load(TCEmpty) attach. The error wraps ebpf.ErrNotSupported on a kernel without
+// TCX.
+func (p *Path) HookPrograms() (map[ebpf.AttachType][]ebpf.ProgramID, error) {
+	ids := map[ebpf.AttachType][]ebpf.ProgramID{}
 	err := InNetns(p.GenNS, func() error {
 		ifc, err := net.InterfaceByName(p.GenIf)
 		if err != nil {
@@ -165,7 +166,7 @@ func (p *Path) HookPrograms() ([]ebpf.ProgramID, error) {
 				return fmt.Errorf("query %s programs of %s in %s: %w", at, p.GenIf, p.GenNS, err)
 			}
 			for _, ap := range q.Programs {
-				ids = append(ids, ap.ID)
+				ids[at] = append(ids[at], ap.ID)
 			}
 		}
 		return nil
@@ -178,9 +179,17 @@ func (p *Path) HookPrograms() ([]ebpf.ProgramID, error) {
 // (ebpf.EnableStats): the programs' own cost on the real path, where BPF_PROG_TEST_RUN runs them on
 // warm caches.
 func (p *Path) HookRunTime() (runs uint64, took time.Duration, err error) {
-	ids, err := p.HookPrograms()
+	hooks, err := p.HookPrograms()
 	if err != nil {
 		return 0, 0, err
+	}
+	var ids []ebpf.ProgramID
+	for _, list := range hooks {
+		for _, id := range list {
+			if !slices.Contains(ids, id) { // one program may sit on both hooks: its statistics are one
+				ids = append(ids, id)
+			}
+		}
 	}
 	for _, id := range ids {
 		prog, err := ebpf.NewProgramFromID(id)

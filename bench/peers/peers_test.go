@@ -163,10 +163,13 @@ func skipIfNoTCX(t *testing.T, err error) {
 func TestEmptyTCProgram(t *testing.T) {
 	ctx, p := testPath(t, "iptables-legacy", "iptables-nft", "nft") // Flush runs them
 	dropTables := streamTables(t, p, 20, true)
-	attached := func() int {
-		ids, err := p.HookPrograms()
+	attached := func() (n int) {
+		hooks, err := p.HookPrograms()
 		require.NoError(t, err)
-		return len(ids)
+		for _, ids := range hooks {
+			n += len(ids)
+		}
+		return n
 	}
 
 	_, err := p.Load(ctx, TCEmpty, dropTables)

@@ -228,8 +228,8 @@ type generation struct {
 	Hosts   []string `json:"hosts"`
 }
 
-// stateOf builds the state of an object listing (nil with no objects).
-func (s *Store) stateOf(kvs []*mvccpb.KeyValue) (*model.State, []store.Record, error) {
+// stateOf builds the state of an object listing read at revision rev (nil with no objects).
+func (s *Store) stateOf(kvs []*mvccpb.KeyValue, rev int64) (*model.State, []store.Record, error) {
 	recs := make([]store.Record, 0, len(kvs))
 	for _, kv := range kvs {
 		if string(kv.Key) == s.genKey() {
@@ -244,9 +244,9 @@ func (s *Store) stateOf(kvs []*mvccpb.KeyValue) (*model.State, []store.Record, e
 	if len(recs) == 0 {
 		return nil, nil, nil
 	}
-	st, err := store.Change{Puts: recs}.Apply(nil)
+	st, err := store.Change{Revision: uint64(rev), Puts: recs}.Apply(nil)
 	if err != nil {
-		return nil, nil, fmt.Errorf("etcdstore: %w", err)
+		return nil, nil, fmt.Errorf("etcdstore: %s: %w", s.prefix, err)
 	}
 	return st, recs, nil
 }
@@ -277,7 +277,7 @@ func (s *Store) load(ctx context.Context) (*model.State, uint64, error) {
 	var st *model.State
 	var recs []store.Record
 	if base != 0 { // without a generation, objects are an unfinished seed: the store is empty
-		if st, recs, err = s.stateOf(resp.Kvs); err != nil {
+		if st, recs, err = s.stateOf(resp.Kvs, resp.Header.Revision); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -470,7 +470,7 @@ func (s *Store) LoadAt(ctx context.Context, rev uint64) (*model.State, error) {
 	case err != nil:
 		return nil, fmt.Errorf("etcdstore: load %s at revision %d: %w", s.prefix, rev, err)
 	}
-	st, _, err := s.stateOf(resp.Kvs)
+	st, _, err := s.stateOf(resp.Kvs, int64(rev))
 	return st, err
 }
 

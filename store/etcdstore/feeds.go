@@ -282,12 +282,12 @@ func (s *Store) listOwed(ctx context.Context) ([]intent, int64, error) {
 // writer of this package wrote it) is logged and left alone.
 func (s *Store) decodeIntent(kv *mvccpb.KeyValue) (intent, bool) {
 	in := intent{key: string(kv.Key), rev: kv.ModRevision}
-	err := json.Unmarshal(kv.Value, &in.hosts)
-	if err == nil {
-		err = s.payable(in)
-	}
-	if err != nil {
+	if err := json.Unmarshal(kv.Value, &in.hosts); err != nil {
 		s.log.Error("an intent of owed feeds that does not decode, left alone", "key", in.key, "revision", in.rev, "err", err)
+		return intent{}, false
+	}
+	if err := s.payable(in); err != nil {
+		s.log.Error("an intent of owed feeds that no payment can settle, left alone", "key", in.key, "revision", in.rev, "err", err)
 		return intent{}, false
 	}
 	return in, true

@@ -344,7 +344,7 @@ func FuzzCommitRoundTrip(f *testing.F) {
 			require.NoError(t, json.Unmarshal(genKV.Value, &gen))
 			require.Equal(t, d.NextSeq, gen.NextSeq)
 			require.Equal(t, hosts, append([]string(nil), gen.Hosts...), "the change's hosts")
-			loaded, recs, err := s.stateOf(objects)
+			loaded, recs, err := s.stateOf(objects, rev)
 			require.NoError(t, err)
 			storetest.RequireSameTopology(t, next, loaded, "loaded")
 			require.Len(t, recs, len(objects)-1, "a record per object key")
