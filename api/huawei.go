@@ -49,8 +49,10 @@ func decodeHuawei(body []byte) (req HuaweiRequest, add bool, herr *huaweiError) 
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return req, false, invalid("trailing data after the JSON object")
 	}
-	if err := exactKeys(json.NewDecoder(bytes.NewReader(body)), "body"); err != nil {
-		return req, false, invalid("%v", err)
+	// A key in another case than its field's, a key given twice and a null port, which encoding/json
+	// takes.
+	if err := model.CheckKeys(body, &req); err != nil {
+		return req, false, invalid("body: %v", err)
 	}
 	switch strings.ToLower(req.Action) {
 	case "add":
@@ -71,46 +73,6 @@ func decodeHuawei(body []byte) (req HuaweiRequest, add bool, herr *huaweiError) 
 		}
 	}
 	return req, add, nil
-}
-
-// exactKeys refuses what encoding/json lets through: a key given twice (the last would win) or spelt
-// in another case than the field's ("Action" would be taken for "action"). It walks a body that
-// decoded into HuaweiRequest, so every key is one of its fields' in some case and the depth is small.
-func exactKeys(dec *json.Decoder, path string) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return err
-	}
-	switch tok {
-	case json.Delim('{'):
-		seen := map[string]string{}
-		for dec.More() {
-			kt, err := dec.Token()
-			if err != nil {
-				return err
-			}
-			k, _ := kt.(string)
-			if first, ok := seen[strings.ToLower(k)]; ok {
-				return fmt.Errorf("%s: key %q repeats %q", path, k, first)
-			}
-			seen[strings.ToLower(k)] = k
-			if k != "ports" && k != "action" && k != "id" {
-				return fmt.Errorf("%s: key %q must be written %q", path, k, strings.ToLower(k))
-			}
-			if err := exactKeys(dec, path+"."+k); err != nil {
-				return err
-			}
-		}
-		_, err = dec.Token()
-	case json.Delim('['):
-		for i := 0; dec.More(); i++ {
-			if err := exactKeys(dec, fmt.Sprintf("%s[%d]", path, i)); err != nil {
-				return err
-			}
-		}
-		_, err = dec.Token()
-	}
-	return err
 }
 
 // accountOfToken returns the account holding Huawei API token, or nil.
