@@ -1,5 +1,6 @@
 // Package model is the domain (accounts, SGs, rules, ENIs) and its SPEC §1 validation, with the API
-// error codes a refusal carries, and the immutable State every other package reads.
+// error codes a refusal carries, and the immutable State every other package reads; documents of it
+// (topology files, API bodies) are read with their JSON keys checked strictly (CheckKeys).
 package model
 
 import (
