@@ -1,9 +1,7 @@
 package api
 
 import (
-	"bytes"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -41,17 +39,8 @@ func invalid(format string, args ...any) *huaweiError {
 
 // decodeHuawei parses and checks a port-action body; add tells whether the action is add.
 func decodeHuawei(body []byte) (req HuaweiRequest, add bool, herr *huaweiError) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return req, false, invalid("body is not {\"ports\":[{\"id\":…}],\"action\":\"add\"|\"remove\"}: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return req, false, invalid("trailing data after the JSON object")
-	}
-	// A key in another case than its field's, a key given twice and a null port, which encoding/json
-	// takes.
-	if err := model.CheckKeys(body, &req); err != nil {
+	// As the other JSON bodies: one object, its keys exact and once each, nothing after it.
+	if err := decodeObject(body, &req); err != nil {
 		return req, false, invalid("body: %v", err)
 	}
 	switch strings.ToLower(req.Action) {

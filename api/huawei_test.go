@@ -76,7 +76,7 @@ func TestHuaweiErrors(t *testing.T) {
 		{"other account's SG", "v2.0", project1, "sg-other", token1, portsBody("add", "eni-spare"), 400, "VPC.0606", "sg-other"},
 		{"not JSON", "v2.0", project1, "sg-web", token1, "ports=1", 400, "VPC.0606", "Request is invalid"},
 		{"unknown field", "v2.0", project1, "sg-web", token1, `{"ports":[{"id":"eni-spare"}],"action":"add","x":1}`, 400, "VPC.0606", "unknown field"},
-		{"trailing data", "v2.0", project1, "sg-web", token1, portsBody("add", "eni-spare") + "{}", 400, "VPC.0606", "trailing"},
+		{"trailing data", "v2.0", project1, "sg-web", token1, portsBody("add", "eni-spare") + "{}", 400, "VPC.0606", "one JSON object expected, more follows"},
 		{"bad action", "v2.0", project1, "sg-web", token1, portsBody("attach", "eni-spare"), 400, "VPC.0606", "attach"},
 		{"empty ports", "v2.0", project1, "sg-web", token1, `{"ports":[],"action":"add"}`, 400, "VPC.0606", "empty"},
 		{"action twice", "v2.0", project1, "sg-web", token1, `{"ports":[{"id":"eni-spare"}],"action":"remove","action":"add"}`, 400, "VPC.0606", `body: key "action" given twice`},

@@ -359,10 +359,9 @@ func (s *State) prepareENI(n NetworkInterface, strict bool) (*NetworkInterface, 
 		return nil, errf(CodeBadParameter, "privateIpAddresses", "at least one private IP address is required")
 	}
 	for i, a := range n.PrivateIPAddresses {
-		path := fmt.Sprintf("privateIpAddresses[%d]", i)
 		addr, err := netip.ParseAddr(a)
 		if err != nil || addr.Zone() != "" {
-			return nil, errValue(CodeBadParameter, path, a, "not an IPv4 or IPv6 address")
+			return nil, errValue(CodeBadParameter, fmt.Sprintf("privateIpAddresses[%d]", i), a, "not an IPv4 or IPv6 address")
 		}
 		eni.addrs = append(eni.addrs, addr.Unmap())
 	}
