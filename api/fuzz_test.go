@@ -282,16 +282,23 @@ func requireBodyRefusal(t *testing.T, msg, prefix string, body []byte, names []s
 	}
 	keys, isObject := topKeys(first)
 	if !isObject {
-		require.Regexp(t, `^(null is not a JSON object|json: cannot unmarshal \w+ into Go value of type )`, rest)
+		start := len(body) - len(bytes.TrimLeft(body, " \t\r\n")) + 1 // counted from 1
+		require.Regexp(t, fmt.Sprintf(`^byte %d: (null is not a JSON object|expected an object, got [a-z ]+)$`, start), rest)
 		return
 	}
-	// One of the faults: a key no field has (json's "unknown field"), spelt in another case than its
-	// field's, or repeated; or a value of the wrong type, by its field.
-	if m := regexp.MustCompile(`^json: cannot unmarshal \w+ into Go struct field \w+\.([^. ]+)`).FindStringSubmatch(rest); m != nil {
-		// json names the field, which a key of any case fills.
-		require.True(t, slices.ContainsFunc(keys, func(k string) bool { return strings.EqualFold(k, m[1]) }), "%q: no key %q", msg, m[1])
+	// One of the faults, by its byte (counted from 1) and path: a key no field has, spelt in another
+	// case than its field's, or repeated; or a value of the wrong type, under a key as spelt.
+	m := regexp.MustCompile(`^byte (\d+): (.+)$`).FindStringSubmatch(rest)
+	require.NotNil(t, m, "%q does not say at which byte", msg)
+	at, err := strconv.Atoi(m[1])
+	require.NoError(t, err)
+	require.True(t, at >= 1 && at <= len(body), "%q: byte %d is outside the body", msg, at)
+	if v := regexp.MustCompile(`^(\w+)[^ ]*: (expected |-?\d+ is out of range|the number )`).FindStringSubmatch(m[2]); v != nil {
+		require.Contains(t, keys, v[1], "%q: no key %q", msg, v[1])
+		require.Contains(t, "\"{[tfn-0123456789", string(body[at-1]), "%q: byte %d begins no value", msg, at)
 		return
 	}
+	require.Equal(t, byte('"'), body[at-1], "%q: byte %d begins no key", msg, at)
 	var named []string
 	seen := map[string]bool{}
 	for _, k := range keys {

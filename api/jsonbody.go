@@ -13,8 +13,8 @@ import (
 // decodeObject decodes body, which must be one JSON object and nothing else, into v, a pointer to a
 // struct. encoding/json alone would take a key spelt in another case for a field's ("ENI" for "eni"),
 // let the last of a repeated key win, leave what follows the object unread ("{…}}" too) and take null
-// for an object; each is refused here (model.CheckKeys for the keys). An error names the key, the
-// field, or the byte (counted from 1) where the body went wrong.
+// for an object; each is refused here (model.CheckJSON for the keys and values). An error names the
+// byte (counted from 1) where the body went wrong and, for a key or value, its path.
 func decodeObject(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -28,10 +28,10 @@ func decodeObject(body []byte, v any) error {
 		case errors.As(err, &se):
 			return fmt.Errorf("byte %d: %w", se.Offset, err) // the offending byte is the Offset-th
 		}
-		return err
+		return placed(model.PlaceDecodeError(body, v, err))
 	}
-	if err := model.CheckKeys(body, v); err != nil {
-		return err
+	if err := model.CheckJSON(body, v); err != nil {
+		return placed(err)
 	}
 	end := dec.InputOffset()
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
@@ -39,4 +39,13 @@ func decodeObject(body []byte, v any) error {
 		return fmt.Errorf("byte %d: one JSON object expected, more follows", more)
 	}
 	return nil
+}
+
+// placed prefixes a *model.JSONError with its byte, counted from 1.
+func placed(err error) error {
+	var je *model.JSONError
+	if errors.As(err, &je) {
+		return fmt.Errorf("byte %d: %w", je.Offset+1, err)
+	}
+	return err
 }

@@ -1,6 +1,6 @@
 // Package model is the domain (accounts, SGs, rules, ENIs) and its SPEC §1 validation, with the API
 // error codes a refusal carries, and the immutable State every other package reads; documents of it
-// (topology files, API bodies) are read with their JSON keys checked strictly (CheckKeys).
+// (topology files, API bodies) are read strictly, every key and value's JSON type checked where it is (CheckJSON).
 package model
 
 import (
@@ -183,27 +183,35 @@ func newState(t Topology, strict bool) (*State, error) {
 // ParseTopology decodes and validates a topology document; name (a file name) prefixes every error.
 func ParseTopology(name string, data []byte) (*State, error) {
 	var t Topology
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&t); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, describeJSONError(data, err))
-	}
-	// Token, not More: More is false before a stray '}' or ']' as before the end.
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: trailing data after the topology object", name)
-	}
-	if err := CheckKeys(data, &t); err != nil {
-		var ke *KeyError
-		if errors.As(err, &ke) {
-			return nil, fmt.Errorf("%s: line %s: %w", name, lineCol(data, ke.Offset), err)
-		}
-		return nil, fmt.Errorf("%s: %w", name, err)
+	if err := DecodeFile(name, data, &t); err != nil {
+		return nil, err
 	}
 	s, err := NewState(t)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return s, nil
+}
+
+// DecodeFile decodes data, one JSON value and nothing else, into v (a pointer) as strictly as the
+// API's bodies are read: no unknown field, and CheckJSON. name (a file name) prefixes every error,
+// which says at which line:column data went wrong.
+func DecodeFile(name string, data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%s: %w", name, describeJSONError(data, PlaceDecodeError(data, v, err)))
+	}
+	// Token, not More: More is false before a stray '}' or ']' as before the end.
+	end := dec.InputOffset()
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		more := int64(len(data) - len(bytes.TrimLeft(data[end:], " \t\r\n")))
+		return fmt.Errorf("%s: line %s: trailing data after the JSON value", name, lineCol(data, more))
+	}
+	if err := CheckJSON(data, v); err != nil {
+		return fmt.Errorf("%s: %w", name, describeJSONError(data, err))
+	}
+	return nil
 }
 
 // LoadTopologyFile reads and validates a topology file.
@@ -215,20 +223,21 @@ func LoadTopologyFile(path string) (*State, error) {
 	return ParseTopology(path, data)
 }
 
-// describeJSONError adds a line:column to JSON syntax and type errors, which only carry byte offsets.
+// describeJSONError adds a line:column to JSON syntax and type errors and CheckJSON's, which carry
+// byte offsets.
 func describeJSONError(data []byte, err error) error {
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
+	var placed *JSONError
 	var off int64
 	switch {
+	case errors.As(err, &placed):
+		off = placed.Offset
 	case errors.As(err, &syn):
 		// Offset counts the offending byte itself; point at it, not past it.
 		off = max(syn.Offset-1, 0)
 	case errors.As(err, &typ):
 		off = typ.Offset
-		if typ.Field != "" {
-			return fmt.Errorf("line %s: %s: expected %s, got JSON %s: %w", lineCol(data, off), typ.Field, typ.Type, typ.Value, err)
-		}
 	default:
 		return err
 	}

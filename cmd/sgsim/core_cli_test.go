@@ -205,3 +205,24 @@ func runCoreFails(t *testing.T, args, want []string) error {
 	}
 	return err
 }
+
+// TestENIPutFileRefusals: `eni put --file` reads its file as strictly as the server reads the body and
+// says at which line:column the file went wrong, before it sends anything (no server listens here).
+func TestENIPutFileRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		name, doc, want string
+	}{
+		{name: "a number for an address", doc: "{\"appId\": \"A\",\n \"privateIpAddresses\": [\"198.18.1.30\", 7]}",
+			want: "line 2:40: privateIpAddresses[1]: expected a string, got a number"},
+		{name: "an unknown field", doc: `{"appId": "A", "sgs": []}`, want: `line 1:16: unknown field "sgs"`},
+		{name: "a key in another case", doc: `{"APPID": "A"}`, want: `line 1:2: key "APPID": must be written "appId"`},
+		{name: "two objects", doc: `{} {}`, want: "line 1:4: trailing data after the JSON value"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "eni.json")
+			require.NoError(t, os.WriteFile(file, []byte(tc.doc), 0o600))
+			runCoreFails(t, []string{"eni", "put", "eni-x", "--endpoint", "http://127.0.0.1:1", "--token", "t", "--file", file},
+				[]string{"--file " + file + ": " + tc.want})
+		})
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sgsim/sgsim/client"
+	"github.com/sgsim/sgsim/model"
 )
 
 // eniFlags are the flags every `sgsim eni` command shares.
@@ -50,10 +51,8 @@ func newENIPutCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				dec := json.NewDecoder(strings.NewReader(string(data)))
-				dec.DisallowUnknownFields()
-				if err := dec.Decode(&e); err != nil {
-					return fmt.Errorf("--file %s: %w", file, err)
+				if err := model.DecodeFile("--file "+file, data, &e); err != nil {
+					return err
 				}
 			}
 			if e.NetworkInterfaceID == "" {
