@@ -25,7 +25,7 @@ import (
 // loadOrSkip loads the program; it skips only as skipIfNotSupported does, so a verifier rejection fails.
 func loadOrSkip(t testing.TB) *Dataplane {
 	t.Helper()
-	d, err := Load(Options{})
+	d, err := Load(t.Context(), Options{})
 	skipIfNotSupported(t, err)
 	t.Cleanup(func() { d.Close() })
 	return d

@@ -118,7 +118,7 @@ func TestAdoptOldConntrack(t *testing.T) {
 		require.NoError(t, old.Put(e.key, &e.val))
 	}
 
-	d, err := Load(Options{PinPath: pin})
+	d, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	defer d.Close()
 	_, err = os.Stat(filepath.Join(pin, "conntrack4"))

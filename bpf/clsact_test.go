@@ -23,7 +23,7 @@ func TestClsactAttach(t *testing.T) {
 	pin := testPinPath(t, "clsact")
 	ctx := context.Background()
 
-	_, err := Load(Options{Clsact: true})
+	_, err := Load(t.Context(), Options{Clsact: true})
 	require.ErrorContains(t, err, "needs a pin path")
 
 	inHost := func(fn func() error) {
@@ -43,7 +43,7 @@ func TestClsactAttach(t *testing.T) {
 	}
 	dial := srvPorts(t, lab, "8080", "9090")
 
-	d1, err := Load(Options{PinPath: pin, Clsact: true})
+	d1, err := Load(t.Context(), Options{PinPath: pin, Clsact: true})
 	require.NoError(t, err)
 	require.NoError(t, d1.Publish(ctx, 1, labTables(t, ""), nil))
 	attach(d1)
@@ -56,7 +56,7 @@ func TestClsactAttach(t *testing.T) {
 	require.NoError(t, d1.Close())
 	require.Error(t, dial("9090"), "the tc filters keep enforcing with no process holding the program")
 
-	d2, err := Load(Options{PinPath: pin, Clsact: true})
+	d2, err := Load(t.Context(), Options{PinPath: pin, Clsact: true})
 	require.NoError(t, err)
 	defer d2.Close()
 	attach(d2)

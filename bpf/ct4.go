@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -403,8 +404,9 @@ const stuckWait = 20 * time.Millisecond
 // tries and insert unlocked. A way's first word seen busy or locked, then the same, count included,
 // wait later, is a dead writer's: the program holds both only within a run, and a writer that took
 // the way meanwhile has moved its count. Load calls it before this process writes the table. It
-// returns how many ways it freed and how many locks it cleared.
-func (t *ct4Table) releaseStuck(wait time.Duration) (freed, unlocked int) {
+// returns how many ways it freed and how many locks it cleared; ctx's error, having released nothing,
+// when ctx ends during the wait.
+func (t *ct4Table) releaseStuck(ctx context.Context, wait time.Duration) (freed, unlocked int, err error) {
 	type held struct {
 		w  ct4Way
 		w0 uint64
@@ -419,9 +421,13 @@ func (t *ct4Table) releaseStuck(wait time.Duration) (freed, unlocked int) {
 		}
 	}
 	if len(stuck) == 0 {
-		return 0, 0
+		return 0, 0, nil
 	}
-	time.Sleep(wait)
+	select {
+	case <-ctx.Done():
+		return 0, 0, fmt.Errorf("wait for the writers of %d conntrack ways: %w", len(stuck), ctx.Err())
+	case <-time.After(wait):
+	}
 	for _, h := range stuck {
 		released := h.w0 &^ ct4Lock
 		if h.w0&ct4Busy != 0 {
@@ -438,7 +444,7 @@ func (t *ct4Table) releaseStuck(wait time.Duration) (freed, unlocked int) {
 			unlocked++
 		}
 	}
-	return freed, unlocked
+	return freed, unlocked, nil
 }
 
 // ct4Entry is one way in use: its key, value and place (set, way).

@@ -284,7 +284,7 @@ func TestAdoptPinnedLRUConntrack(t *testing.T) {
 	require.NoError(t, old.Pin(filepath.Join(pin, "ct4")))
 	require.NoError(t, old.Put(l.key(id), &v))
 
-	d, err := Load(Options{PinPath: pin})
+	d, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	_, err = os.Stat(filepath.Join(pin, "ct4"))
 	require.ErrorIs(t, err, os.ErrNotExist, "the old pin is gone")
@@ -303,7 +303,7 @@ func TestAdoptPinnedLRUConntrack(t *testing.T) {
 
 	// The seed stays with the pinned table: the next Load finds the flow where it is.
 	require.NoError(t, d.Close())
-	d2, err := Load(Options{PinPath: pin})
+	d2, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	defer d2.Close()
 	var got sgCtVal
@@ -335,7 +335,7 @@ func TestAdoptPinnedCt4Ways(t *testing.T) {
 	way(3, ended, 0, sgCtVal{Last: v.Last})
 	require.NoError(t, old.Put(uint32(77), set))
 
-	d, err := Load(Options{PinPath: pin})
+	d, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	defer d.Close()
 	_, err = os.Stat(filepath.Join(pin, ct4WaysPin))
@@ -372,7 +372,7 @@ func TestLoadRefusesPinnedCt4SetsOfUnknownLayout(t *testing.T) {
 	require.NoError(t, layout.Put(uint32(0), uint32(99)))
 	require.NoError(t, layout.Pin(filepath.Join(pin, sgMapCt4Layout)))
 
-	_, err = Load(Options{PinPath: pin})
+	_, err = Load(t.Context(), Options{PinPath: pin})
 	require.Error(t, err)
 	assert.ErrorContains(t, err, "the pinned "+filepath.Join(pin, sgMapCt4Sets)+" has layout 99")
 	assert.ErrorContains(t, err, "remove it")
@@ -443,11 +443,11 @@ func TestUpgradeAfterAFailedLoadKeepsTheFlows(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, bad.Pin(filepath.Join(pin, sgMapCt6)))
 	bad.Close()
-	_, err = Load(Options{PinPath: pin})
+	_, err = Load(t.Context(), Options{PinPath: pin})
 	require.Error(t, err, "the stale ct6 makes the first Load fail")
 
 	require.NoError(t, os.Remove(filepath.Join(pin, sgMapCt6)))
-	d, err := Load(Options{PinPath: pin})
+	d, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	defer d.Close()
 	es, err := d.ctEntries()
@@ -559,7 +559,7 @@ func TestLoadReleasesAKilledWritersWays(t *testing.T) {
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	_ = cmd.Wait()
 
-	d, err := Load(Options{PinPath: pin})
+	d, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	defer d.Close()
 	for way := range ct4Ways {
@@ -577,7 +577,7 @@ func TestLoadReleasesAKilledWritersWays(t *testing.T) {
 // insert lock of a set and claims its second way, as a Go insert does before it publishes, says which
 // set, and waits to be killed.
 func holdCt4Way(t *testing.T, pin string) {
-	d, err := Load(Options{PinPath: pin})
+	d, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	const set = 12345
 	lock := d.ct4.state(ct4Way{set, 0})
@@ -610,7 +610,8 @@ func TestReleaseStuckLeavesALiveWriter(t *testing.T) {
 		published <- l.d.ct4.publish(w, busy, a|busy&ct4Count|ct4Live)
 		atomic.AndUint64(lock, ^ct4Lock)
 	}()
-	freed, unlocked := l.d.ct4.releaseStuck(time.Second) // a margin for a loaded machine to run the writer
+	freed, unlocked, err := l.d.ct4.releaseStuck(t.Context(), time.Second) // a margin for a loaded machine to run the writer
+	require.NoError(t, err)
 	require.True(t, <-published)
 	assert.Zero(t, freed)
 	assert.Zero(t, unlocked)
@@ -623,7 +624,14 @@ func TestReleaseStuckLeavesALiveWriter(t *testing.T) {
 	busy, ok = l.d.ct4.claim(w, atomic.LoadUint64(l.d.ct4.state(w)))
 	require.True(t, ok)
 	atomic.OrUint64(lock, ct4Lock)
-	freed, unlocked = l.d.ct4.releaseStuck(time.Millisecond)
+	// A context that ends during the wait releases nothing.
+	ended, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, _, err = l.d.ct4.releaseStuck(ended, time.Millisecond)
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, busy, atomic.LoadUint64(l.d.ct4.state(w)), "still held")
+	freed, unlocked, err = l.d.ct4.releaseStuck(t.Context(), time.Millisecond)
+	require.NoError(t, err)
 	assert.Equal(t, 1, freed)
 	assert.Equal(t, 1, unlocked)
 	released := (busy&ct4Count + ct4Write) & ct4Count

@@ -100,8 +100,10 @@ func collectionSpec(pinned bool, hz uint32) (*ebpf.CollectionSpec, error) {
 }
 
 // Load loads the program and its maps into the kernel. With a pin path it holds the path's lock until
-// Close: a second process's Load of the same path fails with ErrPinPathInUse, changing nothing.
-func Load(opts Options) (*Dataplane, error) {
+// Close: a second process's Load of the same path fails with ErrPinPathInUse, changing nothing. ctx
+// ends only the wait for writers a pinned conntrack table may hold (releaseStuck); the verification of
+// the programs, one bpf() call each, runs to its end.
+func Load(ctx context.Context, opts Options) (*Dataplane, error) {
 	var lock *pinLock
 	if opts.PinPath != "" {
 		if err := ensureBPFFS(opts.PinPath); err != nil {
@@ -112,7 +114,7 @@ func Load(opts Options) (*Dataplane, error) {
 			return nil, fmt.Errorf("load bpf program: %w", err)
 		}
 	}
-	d, err := load(opts)
+	d, err := load(ctx, opts)
 	if err != nil {
 		return nil, errors.Join(err, lock.release())
 	}
@@ -121,7 +123,7 @@ func Load(opts Options) (*Dataplane, error) {
 }
 
 // load is Load once the pin path (if any) is this process's.
-func load(opts Options) (*Dataplane, error) {
+func load(ctx context.Context, opts Options) (*Dataplane, error) {
 	hz, err := kernelHZ()
 	if err != nil {
 		return nil, fmt.Errorf("load bpf program: the kernel's tick rate: %w", err)
@@ -176,7 +178,12 @@ func load(opts Options) (*Dataplane, error) {
 				"layout (%w); to upgrade, remove %s (its interfaces stay unfiltered until this daemon attaches) and start again",
 				opts.PinPath, err, opts.PinPath)
 		}
-		if freed, unlocked := d.ct4.releaseStuck(stuckWait); freed+unlocked > 0 {
+		freed, unlocked, err := d.ct4.releaseStuck(ctx, stuckWait)
+		if err != nil {
+			d.closeObjs()
+			return nil, fmt.Errorf("load bpf program: %w", err)
+		}
+		if freed+unlocked > 0 {
 			slog.Warn("freed IPv4 conntrack ways an earlier writer left mid-write", "pin", opts.PinPath,
 				"ways", freed, "locks", unlocked)
 		}

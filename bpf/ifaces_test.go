@@ -56,7 +56,7 @@ func TestBindingsByIfindex(t *testing.T) {
 	// A binding in ifaces alone (as an older build, or a daemon stopped between the writes, leaves it)
 	// is read back into ifslots by the next Load of the pins.
 	pin := testPinPath(t, "ifslots")
-	d1, err := Load(Options{PinPath: pin})
+	d1, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	require.NoError(t, d1.Publish(context.Background(), 1, compiler.New(demoState(t)).CompileAll(), nil))
 	slot := d1.slots["eni-web2"]
@@ -64,7 +64,7 @@ func TestBindingsByIfindex(t *testing.T) {
 	// And a binding in ifslots alone (a build that unbound in ifaces only) is cleared by it.
 	require.NoError(t, d1.objs.Ifslots.Put(uint32(5001), slot+1))
 	require.NoError(t, d1.Close())
-	d2, err := Load(Options{PinPath: pin})
+	d2, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	defer d2.Close()
 	var got uint32

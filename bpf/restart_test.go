@@ -26,7 +26,7 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 	pin := testPinPath(t, "restart")
 	ctx := context.Background()
 
-	d1, err := Load(Options{PinPath: pin})
+	d1, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	require.NoError(t, d1.Publish(ctx, 1, labTables(t, ""), nil))
 	attach := func(d *Dataplane) {
@@ -46,7 +46,7 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 	require.Error(t, dial("9090"), "still filtering with no process holding the program")
 
 	// A new daemon adopts everything and publishes a table that opens 9090.
-	d2, err := Load(Options{PinPath: pin})
+	d2, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	defer d2.Close()
 	attach(d2)
@@ -64,7 +64,7 @@ func TestLoadRefusesPinnedMapsOfAnotherLayout(t *testing.T) {
 	loadOrSkip(t).Close()
 	pin := pinStaleMap(t, "layout", &ebpf.MapSpec{Name: "ifaces", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 16})
 
-	_, err := Load(Options{PinPath: pin})
+	_, err := Load(t.Context(), Options{PinPath: pin})
 	require.ErrorIs(t, err, ebpf.ErrMapIncompatible)
 	assert.ErrorContains(t, err, "maps pinned under "+pin+" were made by an sgsim build with another layout")
 	assert.ErrorContains(t, err, "remove "+pin)
@@ -94,11 +94,11 @@ func TestPinPathHasOneWriter(t *testing.T) {
 	ctx := context.Background()
 	tables := labTables(t, "")
 
-	d1, err := Load(Options{PinPath: pin})
+	d1, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err)
 	require.NoError(t, d1.Publish(ctx, 1, tables, nil))
 
-	d, err := Load(Options{PinPath: pin})
+	d, err := Load(t.Context(), Options{PinPath: pin})
 	if err == nil {
 		d.Close()
 	}
@@ -109,7 +109,7 @@ func TestPinPathHasOneWriter(t *testing.T) {
 	require.NoError(t, d1.Publish(ctx, 2, tables, nil), "the holder is untouched by the refusal")
 	require.NoError(t, d1.Close())
 
-	d2, err := Load(Options{PinPath: pin})
+	d2, err := Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err, "a closed dataplane lets the path go")
 	require.NoError(t, d2.Publish(ctx, 3, tables, nil))
 	require.NoError(t, d2.Close())
@@ -122,7 +122,7 @@ const pinHolderEnv = "SGSIM_TEST_PIN_HOLDER"
 // error naming that process; once it is killed (kill -9, no Close), the path loads at once.
 func TestAnotherProcessHoldsThePinPath(t *testing.T) {
 	if pin := os.Getenv(pinHolderEnv); pin != "" {
-		_, err := Load(Options{PinPath: pin})
+		_, err := Load(t.Context(), Options{PinPath: pin})
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(os.Getenv(pinHolderEnv+"_READY"), nil, 0o600))
 		select {} // held until killed
@@ -134,7 +134,7 @@ func TestAnotherProcessHoldsThePinPath(t *testing.T) {
 	require.Eventually(t, func() bool { _, err := os.Stat(ready); return err == nil }, 30*time.Second,
 		5*time.Millisecond, "the child loads the pin path")
 
-	d, err := Load(Options{PinPath: pin})
+	d, err := Load(t.Context(), Options{PinPath: pin})
 	if err == nil {
 		d.Close()
 	}
@@ -143,7 +143,7 @@ func TestAnotherProcessHoldsThePinPath(t *testing.T) {
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	_ = cmd.Wait()
-	d, err = Load(Options{PinPath: pin})
+	d, err = Load(t.Context(), Options{PinPath: pin})
 	require.NoError(t, err, "the kernel dropped the killed holder's lock")
 	require.NoError(t, d.Close())
 }

@@ -73,7 +73,7 @@ func TestLoadRefusesPinnedTablesOfAnotherChunkSize(t *testing.T) {
 	pin := pinStaleMap(t, "chunk", &ebpf.MapSpec{Name: "tables", Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4,
 		MaxEntries: 2 * maxSlots, InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 1 << 16,
 			MaxEntries: 1, Flags: unix.BPF_F_INNER_MAP}})
-	_, err := Load(Options{PinPath: pin})
+	_, err := Load(t.Context(), Options{PinPath: pin})
 	require.ErrorIs(t, err, ebpf.ErrMapIncompatible)
 	assert.ErrorContains(t, err, "maps pinned under "+pin+" were made by an sgsim build with another layout")
 }

@@ -73,7 +73,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 	acfg := agent.Config{Client: cli, Prefix: prefix, Host: cfg.Host, Logger: log}
 	var enf *agentEnforcer
 	if cfg.Dataplane == DataplaneEBPF {
-		if enf, err = newAgentEnforcer(cfg, log); err != nil {
+		if enf, err = newAgentEnforcer(ctx, cfg, log); err != nil {
 			return err
 		}
 		defer func() { err = errors.Join(err, enf.close()) }()
@@ -123,8 +123,8 @@ type agentEnforcer struct {
 
 // loadBPF loads the eBPF program for --dataplane flag. A failure says what it most likely needs, unless
 // another process holds the pin path: then root and BTF are not the matter.
-func loadBPF(flag string, opts bpf.Options) (*bpf.Dataplane, error) {
-	d, err := bpf.Load(opts)
+func loadBPF(ctx context.Context, flag string, opts bpf.Options) (*bpf.Dataplane, error) {
+	d, err := bpf.Load(ctx, opts)
 	switch {
 	case errors.Is(err, bpf.ErrPinPathInUse):
 		return nil, fmt.Errorf("--dataplane %s: %w", flag, err)
@@ -135,8 +135,8 @@ func loadBPF(flag string, opts bpf.Options) (*bpf.Dataplane, error) {
 	return d, nil
 }
 
-func newAgentEnforcer(cfg AgentConfig, log *slog.Logger) (*agentEnforcer, error) {
-	dp, err := loadBPF("ebpf", bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact})
+func newAgentEnforcer(ctx context.Context, cfg AgentConfig, log *slog.Logger) (*agentEnforcer, error) {
+	dp, err := loadBPF(ctx, "ebpf", bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact})
 	if err != nil {
 		return nil, err
 	}

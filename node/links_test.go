@@ -30,7 +30,7 @@ import (
 func requireKernel(t *testing.T) {
 	t.Helper()
 	netlab.RequireRoot(t)
-	d, err := bpf.Load(bpf.Options{})
+	d, err := bpf.Load(t.Context(), bpf.Options{})
 	if err != nil {
 		if os.Getenv("SGSIM_REQUIRE_KERNEL") == "1" {
 			t.Fatalf("load BPF program: %v", err)

@@ -122,7 +122,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	if enforce {
 		// Loaded before the store is opened: a host that cannot run the program learns it first.
-		if n.bpf, err = loadBPF(string(cfg.Dataplane), bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact}); err != nil {
+		if n.bpf, err = loadBPF(ctx, string(cfg.Dataplane), bpf.Options{PinPath: cfg.PinPath, Clsact: cfg.Clsact}); err != nil {
 			return n, err
 		}
 	}

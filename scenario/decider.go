@@ -32,7 +32,7 @@ func ParseEngine(s string) (replay.DecideWith, error) {
 // LoadBPF loads the eBPF program, unattached, with tables, for a BPFDecider; the caller closes it.
 // engine names the --engine value in errors.
 func LoadBPF(ctx context.Context, engine string, tables map[string]*compiler.Tables) (*bpf.Dataplane, error) {
-	d, err := bpf.Load(bpf.Options{})
+	d, err := bpf.Load(ctx, bpf.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("--engine %s needs root and a BPF-capable kernel: %w", engine, err)
 	}

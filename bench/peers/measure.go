@@ -94,7 +94,7 @@ func (p *Path) load(ctx context.Context, fw Firewall, tables *compiler.Tables) (
 
 func (p *Path) loadSgsim(ctx context.Context, tables *compiler.Tables) (start, took time.Duration, err error) {
 	if p.sgsim == nil {
-		d, err := bpf.Load(bpf.Options{})
+		d, err := bpf.Load(ctx, bpf.Options{})
 		if err != nil {
 			return 0, 0, fmt.Errorf("load sgsim: %w", err)
 		}

@@ -21,7 +21,7 @@ import (
 // `sgsim flows`.
 func TestFlows(t *testing.T) {
 	pin := fmt.Sprintf("/sys/fs/bpf/sgsim-flows-test-%d", os.Getpid())
-	d, err := bpf.Load(bpf.Options{PinPath: pin})
+	d, err := bpf.Load(t.Context(), bpf.Options{PinPath: pin})
 	if err != nil {
 		if os.Getenv("SGSIM_REQUIRE_KERNEL") == "1" {
 			t.Fatalf("load BPF program: %v", err)

@@ -44,7 +44,7 @@ func requireKernel(t *testing.T) {
 	if _, err := exec.LookPath("ip"); err != nil || os.Geteuid() != 0 {
 		fail("daemon netns test needs root and ip(8)")
 	}
-	d, err := bpf.Load(bpf.Options{})
+	d, err := bpf.Load(t.Context(), bpf.Options{})
 	if err != nil {
 		fail("kernel cannot load the BPF program: %v", err)
 		return

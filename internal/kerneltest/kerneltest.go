@@ -3,6 +3,7 @@
 package kerneltest
 
 import (
+	"context"
 	"errors"
 	"os"
 	"testing"
@@ -17,7 +18,7 @@ import (
 // included, fails.
 func LoadOrSkip(tb testing.TB) {
 	tb.Helper()
-	d, err := bpf.Load(bpf.Options{})
+	d, err := bpf.Load(context.Background(), bpf.Options{})
 	if err == nil {
 		if err := d.Close(); err != nil {
 			tb.Fatalf("close the BPF program: %v", err)
