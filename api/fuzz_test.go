@@ -619,12 +619,26 @@ func FuzzPutENI(f *testing.F) {
 	})
 }
 
-// formContentType tells whether a Content-Type names a form: its media type, before any parameter,
+// isFormMediaType tells whether a Content-Type names a form: its media type, before any parameter,
 // in any case and without the whitespace around it, is application/x-www-form-urlencoded (RFC 9110
 // §8.3.1); none at all is taken for one.
-func formContentType(ct string) bool {
+func isFormMediaType(ct string) bool {
 	mt, _, _ := strings.Cut(ct, ";")
 	return ct == "" || strings.ToLower(strings.Trim(mt, " \t")) == "application/x-www-form-urlencoded"
+}
+
+// otherCharset is the first charset parameter of ct that names neither utf-8 nor us-ascii, if any.
+func otherCharset(ct string) (string, bool) {
+	_, params, _ := strings.Cut(ct, ";")
+	for _, p := range strings.Split(params, ";") {
+		if name, v, _ := strings.Cut(p, "="); strings.ToLower(strings.Trim(name, " \t")) == "charset" {
+			v = strings.Trim(strings.Trim(v, " \t"), `"`)
+			if l := strings.ToLower(v); l != "utf-8" && l != "us-ascii" {
+				return v, true
+			}
+		}
+	}
+	return "", false
 }
 
 // tencentWhere matches how a Tencent refusal starts when it names what was at fault: a parameter, the
@@ -664,6 +678,7 @@ func FuzzTencentPost(f *testing.F) {
 		sign            bool
 	}{
 		{"application/x-www-form-urlencoded", "", "Action=DescribeSecurityGroupPolicy&sgId=sg-web", true},
+		{"application/x-www-form-urlencoded; charset=latin1", "", "Action=DescribeSecurityGroupPolicy&sgId=sg-web", true},
 		{"application/x-www-form-urlencoded; charset=utf-8", "", "Action=ModifySecurityGroupPolicy&sgId=sg-web&ingress.0.action=ACCEPT&ingress.0.cidrIp=10.0.0.0/8&ingress.0.ipProtocol=tcp&ingress.0.portRange=22", true},
 		{"Application/X-WWW-Form-Urlencoded", "", "Action=ModifySecurityGroupPolicy&sgId=sg-web&ingress.0.action=NOPE", true},
 		{"", "", "Action=CreateSecurityGroup&sgName=fuzz&projectId=3", true},
@@ -712,9 +727,12 @@ func FuzzTencentPost(f *testing.F) {
 		require.Equal(t, http.StatusOK, rec.Code, rec.Body.String())
 		require.Equal(t, "application/json", rec.Header().Get("Content-Type"))
 		code, msg := requireTencentEnvelope(t, rec.Body.Bytes())
-		if !formContentType(ct) {
+		if !isFormMediaType(ct) {
 			require.Equal(t, model.CodeBadParameter, code)
 			require.Equal(t, fmt.Sprintf("content type %q: want application/x-www-form-urlencoded", ct), msg)
+		} else if cs, other := otherCharset(ct); other {
+			require.Equal(t, model.CodeBadParameter, code)
+			require.Equal(t, fmt.Sprintf("content type %q: charset %q: a form is read as utf-8", ct, cs), msg)
 		}
 		if code != 0 {
 			require.Same(t, before, ctrl.View(), "a refused call changes nothing")

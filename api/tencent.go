@@ -507,12 +507,8 @@ func (h *Handler) readBody(r *http.Request) (string, error) {
 	if r.Method != http.MethodPost {
 		return "", nil
 	}
-	// The media type is what precedes any parameter, in any case, without the whitespace around it
-	// (RFC 9110 §8.3.1); the parameters (a charset) change nothing in how a form is read.
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, _ := strings.Cut(ct, ";"); !strings.EqualFold(strings.Trim(mt, " \t"), "application/x-www-form-urlencoded") {
-			return "", fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
-		}
+	if err := formContentType(r.Header.Get("Content-Type")); err != nil {
+		return "", err
 	}
 	// Read straight into the string, sized from Content-Length (at most the body limit): a big
 	// policy's megabyte would otherwise be regrown several times and then copied once more.
@@ -524,6 +520,51 @@ func (h *Handler) readBody(r *http.Request) (string, error) {
 		return "", fmt.Errorf("read body: %w", err)
 	}
 	return sb.String(), nil
+}
+
+// formContentType refuses a content type other than a form's: the media type is what precedes any
+// parameter, in any case, without the whitespace around it (RFC 9110 §8.3.1). A form's bytes are read
+// as UTF-8, so a charset parameter naming another is refused rather than its text misread.
+func formContentType(ct string) error {
+	if ct == "" {
+		return nil
+	}
+	mt, params, _ := strings.Cut(ct, ";")
+	if !asciiEqualFold(strings.Trim(mt, " \t"), "application/x-www-form-urlencoded") {
+		return fmt.Errorf("content type %q: want application/x-www-form-urlencoded", ct)
+	}
+	for _, p := range strings.Split(params, ";") {
+		name, value, _ := strings.Cut(p, "=")
+		if !asciiEqualFold(strings.Trim(name, " \t"), "charset") {
+			continue
+		}
+		cs := strings.Trim(strings.Trim(value, " \t"), `"`)
+		if !asciiEqualFold(cs, "utf-8") && !asciiEqualFold(cs, "us-ascii") {
+			return fmt.Errorf("content type %q: charset %q: a form is read as utf-8", ct, cs)
+		}
+	}
+	return nil
+}
+
+// asciiEqualFold compares a and b with ASCII letters in either case, as HTTP compares tokens
+// (strings.EqualFold would also take "ſ" for "s").
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range len(a) {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // parseParams returns the parameters of the query plus the form body, values decoded.

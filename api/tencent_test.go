@@ -542,21 +542,29 @@ func TestSDKPublicParamsOnEveryAction(t *testing.T) {
 }
 
 // TestContentType: a POST's body is read as a form when its media type, in any case and before any
-// parameter, is application/x-www-form-urlencoded (or when it has none); any other is 4000 naming it.
+// parameter, is application/x-www-form-urlencoded (or when it has none), and its charset, if given, is
+// utf-8 (or its subset us-ascii); any other is 4000 naming it.
 func TestContentType(t *testing.T) {
 	a := newTestAPI(t)
 	for _, tt := range []struct {
 		ct   string
 		code int
+		msg  string
 	}{
-		{"application/x-www-form-urlencoded", 0},
-		{"", 0},
-		{"APPLICATION/X-WWW-Form-Urlencoded; charset=UTF-8", 0},
-		{" application/x-www-form-urlencoded ;", 0},
-		{"application/x-www-form-urlencodedx", model.CodeBadParameter},
-		{"application/x-www-form-urlencoded-v2; charset=utf-8", model.CodeBadParameter},
-		{"multipart/form-data; boundary=x", model.CodeBadParameter},
-		{"text/plain", model.CodeBadParameter},
+		{"application/x-www-form-urlencoded", 0, ""},
+		{"", 0, ""},
+		{"APPLICATION/X-WWW-Form-Urlencoded; charset=UTF-8", 0, ""},
+		{`application/x-www-form-urlencoded; charset="utf-8"`, 0, ""},
+		{"application/x-www-form-urlencoded;charset=us-ascii", 0, ""},
+		{" application/x-www-form-urlencoded ;", 0, ""},
+		{"application/x-www-form-urlencodedx", model.CodeBadParameter, ""},
+		{"application/x-www-form-urlencoded-v2; charset=utf-8", model.CodeBadParameter, ""},
+		{"multipart/form-data; boundary=x", model.CodeBadParameter, ""},
+		{"text/plain", model.CodeBadParameter, ""},
+		{"application/x-www-form-urlencoded; charset=GBK", model.CodeBadParameter,
+			`content type "application/x-www-form-urlencoded; charset=GBK": charset "GBK": a form is read as utf-8`},
+		{"application/x-www-form-urlencoded; charset=", model.CodeBadParameter,
+			`content type "application/x-www-form-urlencoded; charset=": charset "": a form is read as utf-8`},
 	} {
 		t.Run(tt.ct, func(t *testing.T) {
 			p := a.signed(http.MethodPost, secretID1, secretKey1, "Action", ActDescribePolicy, "sgId", "sg-web")
@@ -567,7 +575,10 @@ func TestContentType(t *testing.T) {
 			var out tcResp
 			require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &out))
 			assert.Equal(t, tt.code, out.Code, out.Message)
-			if tt.code != 0 {
+			switch {
+			case tt.msg != "":
+				assert.Equal(t, tt.msg, out.Message)
+			case tt.code != 0:
 				assert.Equal(t, fmt.Sprintf("content type %q: want application/x-www-form-urlencoded", tt.ct), out.Message)
 			}
 		})
