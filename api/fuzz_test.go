@@ -379,7 +379,7 @@ func FuzzParseCheck(f *testing.F) {
 		require.NoError(t, err, "%q", body)
 		require.Equal(t, sent, req)
 		require.Equal(t, strings.ToLower(sent.Direction), d.String())
-		require.Equal(t, netip.MustParseAddr(sent.Remote).Unmap(), p.Remote)
+		require.Equal(t, netip.MustParseAddr(sent.Remote), p.Remote)
 		proto, _ := protocolOf(sent.Protocol)
 		require.Equal(t, proto, p.Proto)
 		require.Equal(t, sent.Port != nil, p.HasPort)

@@ -171,7 +171,9 @@ func NewPacket(protocol, remote string, port *int) (Packet, error) {
 	if err != nil || addr.Zone() != "" {
 		return p, fmt.Errorf("remote %q: not an IPv4 or IPv6 address", remote)
 	}
-	p.Remote = addr.Unmap()
+	// An IPv4-mapped IPv6 address stays IPv6: on the wire it is an IPv6 packet's, which no IPv4 rule
+	// matches (SPEC §1), and the engines decide real frames so.
+	p.Remote = addr
 	if p.Proto, err = model.ParseIPProtocol(protocol); err != nil {
 		return p, err
 	}

@@ -47,9 +47,15 @@ func TestCheckJSON(t *testing.T) {
 				"rule": map[string]any{"action": "DROP", "desc": "nothing else leaves the db tier"}}},
 		{name: "no sg", args: checkArgs("eni-spare", "ingress", "icmp", "198.18.1.10", "--json"),
 			want: map[string]any{"verdict": "DROP", "eni": "eni-spare", "direction": "ingress", "reason": "no-sg"}},
-		{name: "v4-mapped remote is the v4 address", args: checkArgs("eni-db1", "ingress", "tcp", "::ffff:198.18.1.11", "--port", "5432", "--json"),
+		{name: "the v4 address of a member", args: checkArgs("eni-db1", "ingress", "tcp", "198.18.1.11", "--port", "5432", "--json"),
 			want: map[string]any{"verdict": "ACCEPT", "eni": "eni-db1", "direction": "ingress", "sgId": "sg-db", "ruleIndex": 0.0, "reason": "rule",
 				"rule": map[string]any{"ipProtocol": "tcp", "sgId": "sg-web", "portRange": "5432", "action": "ACCEPT", "desc": "postgres from the web tier"}}},
+		// An IPv4-mapped IPv6 address is an IPv6 packet's on the wire: no IPv4 rule (nor member address)
+		// matches it (SPEC §1), as replay decides the same packet as a frame.
+		{name: "a v4-mapped remote is IPv6", args: checkArgs("eni-db1", "ingress", "tcp", "::ffff:198.18.1.11", "--port", "5432", "--json"),
+			want: map[string]any{"verdict": "DROP", "eni": "eni-db1", "direction": "ingress", "reason": "default-drop"}},
+		{name: "a v4-mapped remote takes no icmp rule", args: checkArgs("eni-web1", "ingress", "icmp", "::ffff:203.0.113.7", "--json"),
+			want: map[string]any{"verdict": "DROP", "eni": "eni-web1", "direction": "ingress", "reason": "default-drop"}},
 		{name: "protocol number", args: checkArgs("eni-other", "Ingress", "47", "198.18.1.10", "--json"),
 			want: map[string]any{"verdict": "ACCEPT", "eni": "eni-other", "direction": "ingress", "sgId": "sg-other", "ruleIndex": 0.0, "reason": "rule",
 				"rule": map[string]any{"action": "ACCEPT"}}},
