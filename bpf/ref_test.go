@@ -68,11 +68,22 @@ func (f *frame) ctPorts() (uint16, uint16, bool) {
 			return 0, 0, false
 		}
 		if f.isEcho() {
-			return f.icmpID, f.icmpID, true
+			s, d := refEchoPorts(f.icmpType, f.icmpID)
+			return s, d, true
 		}
 		return 0, 0, true
 	}
 	return 0, 0, true
+}
+
+// refEchoPorts: an echo (or timestamp) request carries its identifier as the source port and the
+// identifier's complement as the destination port, a reply the other way round, so that only a reply
+// is the reverse of a request (an echo request coming back is a flow of its own).
+func refEchoPorts(typ uint8, id uint16) (uint16, uint16) {
+	if typ == 0 || typ == 14 || typ == 129 {
+		return ^id, id
+	}
+	return id, ^id
 }
 
 // isICMP: ICMP of the packet's own family (ICMP in IPv6 is just another protocol).
@@ -131,7 +142,7 @@ func (m *refModel) decideUnfragmented(eni string, dir model.Direction, f frame) 
 			qs, qd = 0, 0 // a later fragment quotes no ports
 		case q.proto == 6 || q.proto == 17:
 		case (q.proto == 1 || q.proto == 58) && (q.icmpType == 0 || q.icmpType == 8 || q.icmpType == 128 || q.icmpType == 129):
-			qs, qd = q.icmpID, q.icmpID
+			qs, qd = refEchoPorts(q.icmpType, q.icmpID)
 		default:
 			qs, qd = 0, 0
 		}

@@ -420,6 +420,17 @@ static __always_inline int is_ext6(__u8 nh)
 	return nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44;
 }
 
+// echo_ports sets the ports an ICMP echo (or timestamp) message of type t and identifier id is tracked
+// by, as packet.EchoPorts does: the identifier on the requester's side, its complement on the other, so
+// a reply is its request's flow reversed and a request coming back the other way is a flow of its own.
+static __always_inline void echo_ports(__u8 t, __u16 id, __u16 *sport, __u16 *dport)
+{
+	__u16 other = ~id;
+	int reply = t == 0 || t == 14 || t == 129;
+	*sport = reply ? other : id;
+	*dport = reply ? id : other;
+}
+
 // parse_icmp reads the ICMP (IPv4) or ICMPv6 header at off; returns 0, 1 for neighbour discovery, or -1
 // when it is truncated.
 static __always_inline int parse_icmp(struct cursor *c, __u32 off, __u32 end, struct pkt *p)
@@ -443,13 +454,11 @@ static __always_inline int parse_icmp(struct cursor *c, __u32 off, __u32 end, st
 			p->is_icmp_err = 1;
 		echo = t == 0 || t == 8 || t == 13 || t == 14;
 	}
-	// Echo: key the flow by identifier on both sides so the reply is the reverse.
 	if (echo && off + 8 <= end) {
 		b = at(c, off, 8);
 		if (!b)
 			return -1;
-		p->sport = be16(b + 4);
-		p->dport = p->sport;
+		echo_ports(t, be16(b + 4), &p->sport, &p->dport);
 	}
 	if (p->is_icmp_err)
 		p->trackable = 0;
@@ -556,10 +565,8 @@ static __always_inline void parse_quoted(struct cursor *c, __u32 off, __u32 end,
 		p->q_dport = be16(b + 2);
 	}
 	if ((p->q_proto == 1 || p->q_proto == 58) && l4 + 8 <= end && (b = at(c, l4, 8)) &&
-	    (b[0] == 8 || b[0] == 0 || b[0] == 128 || b[0] == 129)) {
-		p->q_sport = be16(b + 4);
-		p->q_dport = p->q_sport;
-	}
+	    (b[0] == 8 || b[0] == 0 || b[0] == 128 || b[0] == 129))
+		echo_ports(b[0], be16(b + 4), &p->q_sport, &p->q_dport);
 }
 
 // parse_quote is parse_quoted on a cursor of its own over skb; it returns whether a header of the quote

@@ -88,8 +88,8 @@ type Decoded struct {
 	IsICMP   bool // ICMP (v4) or ICMPv6 with its type and code read
 	ICMPType uint8
 	ICMPCode uint8
-	// ICMPID is the echo identifier of echo requests and replies (also copied into both ports so the
-	// echo exchange tracks like a flow).
+	// ICMPID is the echo identifier of echo requests and replies (also in the ports, as EchoPorts puts
+	// it, so that the echo exchange tracks like a flow).
 	ICMPID uint16
 	// ICMPError: the ICMP message is an error quoting a packet; Inner is that packet's tuple as it was
 	// sent (HasInner false when the quote is too short to read).
@@ -388,11 +388,24 @@ func decodeICMP(p []byte, v6 bool, d *Decoded) {
 	}
 	if echo && len(p) >= 8 {
 		d.ICMPID = binary.BigEndian.Uint16(p[4:6])
-		d.SrcPort, d.DstPort, d.HasPorts = d.ICMPID, d.ICMPID, true
+		d.SrcPort, d.DstPort = EchoPorts(d.ICMPType, d.ICMPID)
+		d.HasPorts = true
 	}
 	if d.ICMPError && len(p) >= 8 {
 		d.HasInner = decodeQuoted(p[8:], v6, &d.Inner)
 	}
+}
+
+// EchoPorts are the ports an ICMP echo (or timestamp) message of type typ and identifier id is tracked
+// by: the identifier on the requester's side and its complement on the other, so that a reply (the
+// identifier on its destination's side) is the request's flow reversed, and a request coming back
+// the other way, which is no reply (SPEC §3), is another flow. A port and its complement never meet.
+func EchoPorts(typ uint8, id uint16) (src, dst uint16) {
+	switch typ {
+	case 0, 14, 129: // echo reply, timestamp reply, ICMPv6 echo reply
+		return ^id, id
+	}
+	return id, ^id
 }
 
 // decodeQuoted reads the 5-tuple of the packet an ICMP error quotes; ports need its first 4 bytes.
@@ -453,8 +466,8 @@ func decodeQuoted(q []byte, v6 bool, t *Tuple) bool {
 		}
 	case ProtoICMP, ProtoICMPv6:
 		if len(l4) >= 8 && (l4[0] == 8 || l4[0] == 0 || l4[0] == 128 || l4[0] == 129) {
-			id := binary.BigEndian.Uint16(l4[4:6])
-			t.SrcPort, t.DstPort, t.HasPorts = id, id, true
+			t.SrcPort, t.DstPort = EchoPorts(l4[0], binary.BigEndian.Uint16(l4[4:6]))
+			t.HasPorts = true
 		}
 	}
 	return true
