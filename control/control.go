@@ -233,11 +233,28 @@ func (c *Controller) apply(ctx context.Context, next *model.State) error {
 // waits for one: answered from a state that was the committed one during the call, it is as if the
 // call came just then. A change is committed under the lock if the state has not moved since, else op
 // runs again on the state in force: the optimistic concurrency a fleet's writers use against etcd.
+// Where other writers commit too (a store with Latest), the View may lag the store: a refusal or a
+// no-op is answered only from a View the store shows is still the newest, else the View is brought
+// up to date first and op runs again, so no call is answered from a state another writer has since
+// replaced (SPEC §9: concurrent replicas never lose an update).
 func (c *Controller) write(ctx context.Context, op func(s *model.State) (*model.State, error)) error {
 	v := c.View()
 	next, err := op(v.State)
-	if err != nil || next == nil {
-		return err
+	for tries := 0; err != nil || next == nil; tries++ {
+		newer, lerr := c.newerInStore(ctx, v)
+		switch {
+		case lerr != nil:
+			return &model.Error{Code: model.CodeInternal, Reason: lerr.Error(), Err: lerr}
+		case !newer:
+			return err
+		case tries == maxStaleRetries:
+			return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("gave up after %d states replaced while answering", tries+1)}
+		}
+		if rerr := c.Refresh(ctx); rerr != nil {
+			return &model.Error{Code: model.CodeInternal, Reason: rerr.Error(), Err: rerr}
+		}
+		v = c.View()
+		next, err = op(v.State)
 	}
 	if err := c.acquire(ctx); err != nil {
 		return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
@@ -261,6 +278,25 @@ func (c *Controller) write(ctx context.Context, op func(s *model.State) (*model.
 			return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
 		}
 	}
+}
+
+// latestStore is a Store other writers commit to as well, which can say cheaply which state is newest.
+type latestStore interface {
+	Latest(ctx context.Context) (uint64, error)
+}
+
+// newerInStore tells whether the store holds a newer state than v (never, for a store only this
+// Controller writes).
+func (c *Controller) newerInStore(ctx context.Context, v *View) (bool, error) {
+	ls, ok := c.store.(latestStore)
+	if !ok {
+		return false, nil
+	}
+	latest, err := ls.Latest(ctx)
+	if err != nil {
+		return false, fmt.Errorf("control: is the state still the newest: %w", err)
+	}
+	return latest > v.Generation, nil
 }
 
 // Refresh loads the store's current state and puts it in force if it is newer than the View: how a

@@ -174,11 +174,20 @@ func (f *fleet) commit(n *Node) func(ctx context.Context, old, next *model.State
 // enforcement is the handler's Options.Enforcement: it waits up to the timeout for the hosts of c.
 func (f *fleet) enforcement(n *Node) func(ctx context.Context, c control.Committed) *api.Enforcement {
 	return func(ctx context.Context, c control.Committed) *api.Enforcement {
-		if c.Revision == 0 { // the call changed nothing: it is in force wherever the state is
-			return &api.Enforcement{Revision: n.ctrl.View().Generation, Pending: []string{}, Down: []string{}}
-		}
 		wctx, cancel := context.WithTimeout(ctx, f.timeout)
 		defer cancel()
+		if c.Revision == 0 {
+			// The call changed nothing: the state it found is the change at the View's revision (the
+			// newest, as the controller checked), in force where that change is; answered as GET
+			// /sgsim/v1/changes/{R} answers for it, after the same wait as a change's.
+			rev := n.ctrl.View().Generation
+			hosts, err := f.st.ChangeHosts(wctx, rev)
+			if err != nil {
+				n.log.Error("the change a no-op found", "revision", rev, "err", err)
+				return &api.Enforcement{Revision: rev, Pending: []string{}, Down: []string{}}
+			}
+			c = control.Committed{Revision: rev, Hosts: hosts}
+		}
 		pending, down, err := f.st.WaitEnforced(wctx, c.Revision, c.Hosts)
 		if err != nil {
 			// The change is committed; not knowing who has it, every host is reported pending.

@@ -230,13 +230,17 @@ func TestFleetAnswersCarryEnforcement(t *testing.T) {
 	assert.Empty(t, pe.Pending)
 	assert.True(t, accepts(h1, "e4", 8080), "the new ENI is in force on its host")
 
-	// A call that changes nothing is answered at once, waiting for no host.
+	// A call that changes nothing names the change whose state it found (here the PUT of e4, the
+	// newest), in force where that change is, as GET /sgsim/v1/changes/{R} reports it.
 	resp, err = tencentOf(b).Call(ctx, "ModifySecurityGroupPolicy", policy("sg-b", 8080))
 	require.NoError(t, err)
 	require.NoError(t, resp.Err())
 	ne := enforcementOf(t, resp.Body)
 	require.NotNil(t, ne)
-	assert.Equal(t, 0, ne.Hosts)
+	assert.Equal(t, api.Enforcement{Revision: pe.Revision, Hosts: 1, Pending: []string{}, Down: []string{}}, *ne)
+	code, later = change(t, a, ne.Revision)
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, ne, later)
 
 	// Reads on either replica follow what the other committed.
 	require.Eventually(t, func() bool {
@@ -260,6 +264,45 @@ func TestFleetNonceReplayedToOtherReplica(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, model.CodeReplay, again.Code, "%s", again.Body)
 	assert.Nil(t, enforcementOf(t, again.Body), "a refusal carries no enforcement")
+}
+
+// TestFleetNoOpOnAStaleReplicaIsNoLostUpdate: a call one replica answers after another replica's
+// answered change is in force after it, even where the second replica's View has not yet followed
+// the first's commit and so takes the call for a no-op (SPEC §9: no lost update); a no-op's answer
+// names the change whose state it found, as GET /sgsim/v1/changes/{R} reports it.
+func TestFleetNoOpOnAStaleReplicaIsNoLostUpdate(t *testing.T) {
+	endpoint := etcdtest.Start(t).Endpoint()
+	a := newReplica(t, endpoint, fleetTopology(t), time.Second)
+	b := newReplica(t, endpoint, nil, time.Second)
+	ctx := context.Background()
+	for i := range 100 {
+		resp, err := tencentOf(a).Call(ctx, "ModifySecurityGroupPolicy", policy("sg-b", 8080))
+		require.NoError(t, err)
+		require.NoError(t, resp.Err())
+		// b may not have followed a's commit yet: its View may still hold port 80 (the SG's seed
+		// and the previous round's last write).
+		resp, err = tencentOf(b).Call(ctx, "ModifySecurityGroupPolicy", policy("sg-b", 80))
+		require.NoError(t, err)
+		require.NoError(t, resp.Err())
+		e := enforcementOf(t, resp.Body)
+		require.NotNil(t, e, "%s", resp.Body)
+		require.NoError(t, a.Controller().Refresh(ctx))
+		g, _ := a.Controller().View().State.SG("sg-b")
+		require.Equal(t, "80", g.Ingress[0].PortRange, "round %d: b's answered call lost to a's earlier one", i)
+		code, later := change(t, a, e.Revision)
+		require.Equal(t, http.StatusOK, code)
+		assert.Equal(t, e.Hosts, later.Hosts, "round %d: the answer and GET /changes/%d agree", i, e.Revision)
+	}
+	// A no-op on an up-to-date replica names the change that made the state it found.
+	require.NoError(t, b.Controller().Refresh(ctx))
+	resp, err := tencentOf(b).Call(ctx, "ModifySecurityGroupPolicy", policy("sg-b", 80))
+	require.NoError(t, err)
+	require.NoError(t, resp.Err())
+	e := enforcementOf(t, resp.Body)
+	assert.Equal(t, b.Controller().View().Generation, e.Revision)
+	code, later := change(t, b, e.Revision)
+	require.Equal(t, http.StatusOK, code)
+	assert.Equal(t, later, e)
 }
 
 func TestFleetConcurrentReplicasSerialise(t *testing.T) {

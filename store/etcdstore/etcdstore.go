@@ -287,6 +287,19 @@ func (s *Store) load(ctx context.Context) (*model.State, uint64, error) {
 	return st, uint64(base), nil
 }
 
+// Latest returns the generation of the newest committed state (0 when the store holds none), in one
+// linearizable read of the generation key: whether a state a replica holds is still the newest.
+func (s *Store) Latest(ctx context.Context) (uint64, error) {
+	resp, err := s.cli.Get(ctx, s.genKey())
+	if err != nil {
+		return 0, fmt.Errorf("etcdstore: read %s: %w", s.genKey(), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	return uint64(resp.Kvs[0].ModRevision), nil
+}
+
 // Commit implements store.Store. It notifies every host that holds an ENI before or after the change:
 // correct for any change, but a fleet replica should say which hosts it affects (CommitAffecting).
 // A commit whose feeds could not all be written is still durable and returns nil (the failure is
