@@ -67,6 +67,7 @@ type Dataplane struct {
 	// them), which spares the publish the synchronize_rcu of a map-in-map update. At most
 	// maxResident slots are kept, so deleted ENIs' memory is bounded.
 	resident map[uint32][2]*ebpf.Map
+	earlier  []int // EarlierInterfaces: the ifindexes Load found bound or with pinned links
 }
 
 // maxResident bounds the free slots whose inner maps stay installed (see Dataplane.resident).
@@ -200,6 +201,10 @@ func load(ctx context.Context, opts Options) (*Dataplane, error) {
 		d.closeObjs()
 		return nil, fmt.Errorf("load bpf program: %w", err)
 	}
+	if d.earlier, err = d.earlierInterfaces(); err != nil {
+		d.closeObjs()
+		return nil, fmt.Errorf("load bpf program: %w", err)
+	}
 	return d, nil
 }
 
@@ -309,6 +314,14 @@ func (d *Dataplane) recoverSlots() error {
 		}
 	}
 	return nil
+}
+
+// ENIs lists the ENIs that hold a slot: those this process published and those an earlier process
+// left pinned (recoverSlots), which a state that no longer has them must remove.
+func (d *Dataplane) ENIs() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Sorted(maps.Keys(d.slots))
 }
 
 func cString(b []int8) string {

@@ -3,6 +3,9 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -23,6 +26,42 @@ func (d *Dataplane) putBinding(ifindex, slot uint32) error {
 		return d.objs.Ifslots.Put(ifindex, slot+1)
 	}
 	return nil
+}
+
+// EarlierInterfaces lists the interfaces (by ifindex) an earlier process left a program on or bound
+// to a slot, as Load found them (its pinned links and interface bindings): what a follower starting
+// over must attach anew, guard or detach, whatever this process has removed since.
+func (d *Dataplane) EarlierInterfaces() []int { return slices.Clone(d.earlier) }
+
+// earlierInterfaces reads what EarlierInterfaces returns: the bound ifindexes and those of the pinned
+// links (link-IFINDEX-HOOK).
+func (d *Dataplane) earlierInterfaces() ([]int, error) {
+	seen := map[int]bool{}
+	var (
+		k   uint32
+		cfg sgIfcfg
+	)
+	it := d.objs.Ifaces.Iterate()
+	for it.Next(&k, &cfg) {
+		seen[int(k)] = true
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read interface bindings: %w", err)
+	}
+	if d.pinPath != "" {
+		pins, err := filepath.Glob(filepath.Join(d.pinPath, "link-*-*"))
+		if err != nil {
+			return nil, fmt.Errorf("list pinned links: %w", err)
+		}
+		for _, p := range pins {
+			var ifindex int
+			var hook string
+			if _, err := fmt.Sscanf(filepath.Base(p), "link-%d-%s", &ifindex, &hook); err == nil {
+				seen[ifindex] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(seen)), nil
 }
 
 // deleteBinding unbinds ifindex (nothing when it is not bound).

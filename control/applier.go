@@ -112,10 +112,25 @@ func (a *Applier) View() *View { return a.cur.Load() }
 // Engine returns the built-in Go engine; nil with NoEngine.
 func (a *Applier) Engine() *dataplane.Engine { return a.engine }
 
-// AddDataplane loads every current table into dp and then keeps it in step with every change.
+// holdsENIs is a Dataplane that can say which ENIs it holds tables for, some perhaps left by an
+// earlier process (a pinned eBPF dataplane).
+type holdsENIs interface {
+	ENIs() []string
+}
+
+// AddDataplane loads every current table into dp and then keeps it in step with every change. ENIs
+// dp holds that the View has not (an earlier process's, deleted or moved away meanwhile) are removed.
 func (a *Applier) AddDataplane(ctx context.Context, dp Dataplane) error {
 	v := a.cur.Load()
-	st, err := dp.Stage(ctx, v.Generation, v.Tables, nil)
+	var stale []string
+	if h, ok := dp.(holdsENIs); ok {
+		for _, id := range h.ENIs() {
+			if _, ok := v.Tables[id]; !ok {
+				stale = append(stale, id)
+			}
+		}
+	}
+	st, err := dp.Stage(ctx, v.Generation, v.Tables, stale)
 	if err != nil {
 		return fmt.Errorf("control: load dataplane: %w", err)
 	}

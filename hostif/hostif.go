@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path"
+	"slices"
 	"sync"
 	"time"
 
@@ -86,7 +88,15 @@ func Start(ctx context.Context, cfg Config, want map[string]string) (*Follower, 
 		}
 	}
 	f := &Follower{cfg: cfg, log: cfg.Logger, reqs: make(chan request), done: make(chan struct{}), status: map[string]State{}}
-	l := &loop{f: f, want: map[string]string{}, links: map[string]int{}, on: map[string]on{}}
+	// want is known before the first list's reconcile: an interface an earlier process left attached
+	// is then attached anew at once, not detached first.
+	l := &loop{f: f, want: maps.Clone(want), links: map[string]int{}, on: map[string]on{}}
+	if l.want == nil {
+		l.want = map[string]string{}
+	}
+	if e, ok := cfg.Enforcer.(earlierInterfaces); ok {
+		l.earlier = e.EarlierInterfaces()
+	}
 	sub, err := f.subscribe()
 	if err != nil {
 		return nil, err
@@ -156,6 +166,12 @@ func (l *loop) relist(ctx context.Context) error {
 			l.gone(name, idx)
 		}
 	}
+	for name, idx := range l.links {
+		if _, mine := l.on[name]; !mine && slices.Contains(l.earlier, idx) {
+			l.on[name] = on{ifindex: idx, eni: earlierMark}
+		}
+	}
+	l.earlier = nil
 	for name := range old {
 		l.reconcile(ctx, name)
 	}
@@ -217,6 +233,19 @@ type loop struct {
 	want  map[string]string // ifname → ENI
 	links map[string]int    // ifname → ifindex of the interfaces that exist
 	on    map[string]on     // ifname → what this loop put on it
+	// earlier is, until the first list, the interfaces an earlier process left a program on (by
+	// ifindex): taken as on, but as nothing this loop put there, so that each is attached anew,
+	// guarded or detached.
+	earlier []int
+}
+
+// earlierMark is on.eni for what an earlier process left on an interface: no ENI ID, so reconcile never
+// takes it for what it wants there.
+const earlierMark = "\x00earlier"
+
+// earlierInterfaces is an Enforcer that can say on which interfaces an earlier process left a program.
+type earlierInterfaces interface {
+	EarlierInterfaces() []int
 }
 
 // run applies link events and want changes until ctx ends. A subscription that fails or loses events is

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -205,4 +206,73 @@ func TestFleetAgentNotReadyWhileCutOff(t *testing.T) {
 	assert.Equal(t, http.StatusOK, code, "alive all the same: %s", body)
 	proxy.Restore()
 	require.Eventually(t, ready, 30*time.Second, 10*time.Millisecond, "ready again once reconnected")
+}
+
+// TestFleetEBPFAgentRestartedAfterADelete: an ENI deleted while its eBPF agent is stopped (its pinned
+// program still filtering the ENI's interface with the last tables) is gone from the kernel once the
+// restarted agent has acknowledged the delete: its tables freed and its interface detached (SPEC §8),
+// not left filtered by what an earlier process put there.
+func TestFleetEBPFAgentRestartedAfterADelete(t *testing.T) {
+	requireKernel(t)
+	t.Parallel()
+	lab := netlab.New(t, "nfdel")
+	lab.AddVM("e1", "sgd-e1", "198.18.226.1")
+	lab.AddVM("cli", "sgd-cli", "198.18.226.9")
+	for _, port := range []string{"80", "8080"} {
+		lab.EchoTCP("e1", "198.18.226.1:"+port)
+	}
+	seed, err := model.NewState(model.Topology{
+		AdminTokens: []string{fleetAdmin},
+		Accounts:    []model.Account{{AppID: fleetApp, SecretID: fleetID, SecretKey: fleetSecret}},
+		SecurityGroups: []model.SecurityGroup{{SgID: "sg-web", AppID: fleetApp, SgName: "web", Egress: []model.Rule{{Action: "ACCEPT"}},
+			Ingress: []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: "80", Action: "ACCEPT"}}}},
+		NetworkInterfaces: []model.NetworkInterface{{NetworkInterfaceID: "e1", AppID: fleetApp,
+			PrivateIPAddresses: []string{"198.18.226.1"}, SgIDs: []string{"sg-web"}, Host: "hd", HostInterface: "sgd-e1"}},
+	})
+	require.NoError(t, err)
+	etcd := etcdtest.Start(t)
+	replica := newReplica(t, etcd.Endpoint(), seed, 2*time.Second)
+	pin := hostPinDir(t, "hd")
+	through := func(port string, want bool) {
+		t.Helper()
+		if want {
+			assert.NoError(t, lab.EchoRoundTrip("cli", "198.18.226.1:"+port, 5*time.Second), "tcp/%s through", port)
+		} else {
+			assert.Error(t, lab.EchoRoundTrip("cli", "198.18.226.1:"+port, refusedAfter), "tcp/%s dropped", port)
+		}
+	}
+	ready := func(base string) {
+		t.Helper()
+		require.Eventually(t, func() bool { code, _ := agentGet(t, base, "/readyz"); return code == http.StatusOK },
+			15*time.Second, 5*time.Millisecond, "agent ready")
+	}
+
+	base, stop := startEBPFAgent(t, etcd.Endpoint(), "hd", lab.Host, pin, nil)
+	ready(base)
+	through("80", true)
+	through("8080", false)
+	stop()
+	w := asFleetAdmin(replica, http.MethodDelete, "/sgsim/v1/enis/e1", "")
+	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	del := enforcementOf(t, w.Body.Bytes())
+	require.NotNil(t, del, "%s", w.Body)
+	assert.Equal(t, []string{"hd"}, del.Down, "the stopped agent's host is down")
+	through("8080", false) // the pinned tables, in force with no agent
+
+	base, _ = startEBPFAgent(t, etcd.Endpoint(), "hd", lab.Host, pin, nil)
+	ready(base)
+	require.Eventually(t, func() bool {
+		_, now := change(t, replica, del.Revision)
+		return now != nil && len(now.Down)+len(now.Pending) == 0
+	}, 10*time.Second, 5*time.Millisecond, "the delete acknowledged")
+	code, body := agentGet(t, base, "/sgsim/v1/enis")
+	require.Equal(t, http.StatusOK, code, body)
+	assert.NotContains(t, body, `"e1"`)
+	through("8080", true) // detached: nothing filters the interface any more
+	through("80", true)
+	for _, hook := range []string{"ingress", "egress"} {
+		matches, err := filepath.Glob(filepath.Join(pin, "link-*-"+hook))
+		require.NoError(t, err)
+		assert.Empty(t, matches, "no pinned %s link left", hook)
+	}
 }
