@@ -11,9 +11,10 @@
 //	                                 (written when one joins, leaves or is re-addressed): what another
 //	                                 host's sgId rules need, in one key per SG instead of every record
 //	P/index/host/{host}              ["eni-1",…] sorted ENI IDs whose host is host (written when it changes)
-//	P/objects/generation             {"nextSeq":N,"hosts":[…]}: rewritten by every commit; its
-//	                                 ModRevision is the store's revision, its value the hosts that
-//	                                 commit affected (so its history answers "where is change R?");
+//	P/objects/generation             {"nextSeq":N,"hosts":[…],"commit":ID}: rewritten by every commit;
+//	                                 its ModRevision is the store's revision, its value the hosts that
+//	                                 commit affected (so its history answers "where is change R?") and
+//	                                 the commit's random ID (settle; a fence rewrites it naming no host);
 //	                                 under objects/ so one watch sees records and commits in order
 //	P/feed/{host}                    "" rewritten in the commit of every change that affects host (or
 //	                                 right after it, for the hosts beyond its transaction's room)
@@ -60,6 +61,8 @@ package etcdstore
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,6 +71,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -226,6 +230,9 @@ func (s *Store) decodeRecord(kv *mvccpb.KeyValue) (store.Record, error) {
 type generation struct {
 	NextSeq uint64   `json:"nextSeq"`
 	Hosts   []string `json:"hosts"`
+	// Commit names the commit that wrote it (random), so that a writer whose transaction's answer
+	// was lost can tell whether the transaction applied (settle).
+	Commit string `json:"commit,omitempty"`
 }
 
 // stateOf builds the state of an object listing read at revision rev (nil with no objects).
@@ -340,7 +347,8 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 		hosts = slices.Concat(sortedKeys(s.rs.hosts), sortedKeys(d.allHosts))
 	}
 	hosts = slices.DeleteFunc(slices.Compact(slices.Sorted(slices.Values(hosts))), func(h string) bool { return h == "" })
-	ops, sizes := s.commitOps(d, hosts)
+	token := newCommitToken()
+	ops, sizes := s.commitOps(d, hosts, token)
 	if err := s.fitsOneRequest(d, sizes); err != nil {
 		return 0, err
 	}
@@ -370,20 +378,84 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 	s.markPaying(plan.owed, true)
 	defer s.markPaying(plan.owed, false)
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.genKey()), "=", s.base)).Then(ops...).Commit()
-	if err != nil {
-		// Whether it applied is unknown: the next commit starts from what etcd holds (and if it
-		// applied, its intents are there for a repair).
-		s.loaded = false
-		return 0, fmt.Errorf("etcdstore: commit to %s (%d operations): %w", s.prefix, len(ops), err)
-	}
-	if !resp.Succeeded {
+	var rev int64
+	switch {
+	case err != nil:
+		// The answer is lost, not necessarily the transaction: find out which, so that a commit that
+		// applied is not answered as an error (SPEC §6) nor one that did not as a success.
+		landed, serr := s.settle(ctx, token)
+		if serr != nil || landed == 0 {
+			s.loaded = false
+			return 0, errors.Join(fmt.Errorf("etcdstore: commit to %s (%d operations): %w", s.prefix, len(ops), err), serr)
+		}
+		rev = landed
+	case !resp.Succeeded:
 		s.loaded = false
 		return 0, fmt.Errorf("%w: %s moved past revision %d", store.ErrConflict, s.prefix, s.base)
+	default:
+		rev = resp.Header.Revision
 	}
-	rev := resp.Header.Revision
 	s.rs.advance(next, d)
 	s.base = rev
 	return uint64(rev), s.payOwed(ctx, rev, plan.owed)
+}
+
+// settleTries bounds settle's rounds of a read and a fence, each of which an etcd that keeps losing
+// answers may also lose.
+const settleTries = 3
+
+// settleTimeout bounds settle's etcd calls, which run whatever the call's context (often the one that
+// ran out).
+const settleTimeout = 5 * time.Second
+
+// settle tells, after a commit whose answer was lost, whether the transaction with token applied: the
+// revision it applied at, or 0 when it did not and never will. Its outcome is made certain: while the
+// generation is still at the base, a fence (the same generation rewritten, naming no host, guarded on
+// the base as the commit was) moves it on, so the lost transaction, if still on its way, can no longer
+// apply. ErrConflict when another writer's commit applied instead; an error when even that could not be
+// learnt. Caller holds s.mu.
+func (s *Store) settle(ctx context.Context, token string) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	var last error
+	for range settleTries {
+		resp, err := s.cli.Get(ctx, s.genKey())
+		if err != nil {
+			last = err
+			continue
+		}
+		var g generation
+		var at int64
+		if len(resp.Kvs) > 0 {
+			if err := json.Unmarshal(resp.Kvs[0].Value, &g); err != nil {
+				return 0, fmt.Errorf("etcdstore: %s: %w", s.genKey(), err)
+			}
+			at = resp.Kvs[0].ModRevision
+		}
+		switch {
+		case at != s.base && g.Commit == token:
+			return at, nil
+		case at != s.base:
+			return 0, fmt.Errorf("%w: %s moved past revision %d", store.ErrConflict, s.prefix, s.base)
+		}
+		fence, _ := json.Marshal(generation{NextSeq: g.NextSeq, Commit: "fence:" + token})
+		fresp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.genKey()), "=", s.base)).
+			Then(clientv3.OpPut(s.genKey(), string(fence))).Commit()
+		switch {
+		case err != nil:
+			last = err
+		case fresp.Succeeded:
+			return 0, nil // fenced: the lost transaction cannot apply now
+		}
+	}
+	return 0, fmt.Errorf("etcdstore: whether the commit applied is unknown: %w", last)
+}
+
+// newCommitToken names one commit.
+func newCommitToken() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // crypto/rand's Read does not fail
+	return hex.EncodeToString(b[:])
 }
 
 // seed writes the first state of an empty store when it needs more than one transaction: first any
@@ -440,7 +512,7 @@ func (s *Store) fitsOneRequest(d delta, sizes []int) error {
 
 // commitOps returns a commit's operations but its feeds, the puts first (in d.Puts' order), with the
 // bytes each adds to a request.
-func (s *Store) commitOps(d delta, hosts []string) ([]clientv3.Op, []int) {
+func (s *Store) commitOps(d delta, hosts []string, token string) ([]clientv3.Op, []int) {
 	n := len(d.Puts) + len(d.Dels) + len(d.members) + len(d.hosts) + 1
 	ops, sizes := make([]clientv3.Op, 0, n+len(hosts)), make([]int, 0, n)
 	add := func(key, value string, del bool) {
@@ -467,7 +539,7 @@ func (s *Store) commitOps(d delta, hosts []string) ([]clientv3.Op, []int) {
 	for _, h := range sortedKeys(d.hosts) {
 		index(s.hostIndexKey(h), d.hosts[h], d.hosts[h] == nil)
 	}
-	g, _ := json.Marshal(generation{NextSeq: d.NextSeq, Hosts: hosts})
+	g, _ := json.Marshal(generation{NextSeq: d.NextSeq, Hosts: hosts, Commit: token})
 	add(s.genKey(), string(g), false)
 	return ops, sizes
 }

@@ -414,7 +414,7 @@ func TestBigChangeOwesAWholeFleet(t *testing.T) {
 	}
 	d, err := st.rs.diff(b.State())
 	require.NoError(t, err)
-	ops, _ := st.commitOps(d, nil)
+	ops, _ := st.commitOps(d, nil, "")
 	require.Len(t, ops, 123, "the records take 123 operations")
 	rev, err := st.CommitAffecting(ctx, b.State(), rev0+1, nil)
 	require.NoError(t, err)

@@ -323,7 +323,7 @@ func FuzzCommitRoundTrip(f *testing.F) {
 			require.NoError(t, err)
 			hosts := slices.Concat(sortedKeys(s.rs.hosts), sortedKeys(d.allHosts)) // CommitAffecting's nil hosts
 			hosts = slices.DeleteFunc(slices.Compact(slices.Sorted(slices.Values(hosts))), func(h string) bool { return h == "" })
-			ops, sizes := s.commitOps(d, hosts)
+			ops, sizes := s.commitOps(d, hosts, "")
 			require.Len(t, sizes, len(ops))
 			for j, op := range ops { // what the limits are checked on: a put's bytes, a deletion's at most
 				if op.IsPut() {
