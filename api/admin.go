@@ -21,7 +21,9 @@ type InterfaceState struct {
 // ENIResponse is an ENI as the admin endpoints show it: the stored object and its state on this host.
 type ENIResponse struct {
 	model.NetworkInterface
-	Attached bool `json:"attached"`
+	// Attached says whether HostInterface is filtered now on this node's host; nil (left out) on a
+	// fleet replica, which is on no ENI's host: the ENI's agent answers it.
+	Attached *bool `json:"attached,omitempty"`
 	Ifindex  int  `json:"ifindex,omitempty"`
 	// Generation is the state in force; TableGeneration the one at which this ENI's tables were last
 	// compiled, when this node keeps a Go engine to tell.
@@ -67,9 +69,12 @@ func (h *Handler) isAdminToken(st *model.State, token string) bool {
 // eniResponse is n with its state on this host.
 func (h *Handler) eniResponse(n *model.NetworkInterface) ENIResponse {
 	out := ENIResponse{NetworkInterface: *n, Generation: h.ctrl.View().Generation}
-	if n.HostInterface != "" && h.opts.Interfaces != nil {
+	switch {
+	case n.HostInterface != "" && h.opts.Interfaces != nil:
 		st := h.opts.Interfaces(n.HostInterface)
-		out.Attached, out.Ifindex = st.Attached, st.Ifindex
+		out.Attached, out.Ifindex = &st.Attached, st.Ifindex
+	case h.opts.Enforcement == nil: // a single host that filters no interface
+		out.Attached = new(bool)
 	}
 	if e := h.ctrl.Engine(); e != nil {
 		if t, ok := e.Snapshot().ENI(n.NetworkInterfaceID); ok {

@@ -24,9 +24,10 @@ type ENISpec struct {
 // answering host.
 type ENI struct {
 	ENISpec
-	// Attached tells whether HostInterface is filtered with this ENI's tables now; Ifindex is its index
-	// (0 while it does not exist); TableGeneration is the generation of the ENI's tables in force.
-	Attached        bool   `json:"attached"`
+	// Attached tells whether HostInterface is filtered with this ENI's tables now (nil from a fleet
+	// replica, which is on no ENI's host); Ifindex is its index (0 while it does not exist);
+	// TableGeneration is the generation of the ENI's tables in force.
+	Attached        *bool  `json:"attached,omitempty"`
 	Ifindex         int    `json:"ifindex,omitempty"`
 	TableGeneration uint64 `json:"tableGeneration,omitempty"`
 }

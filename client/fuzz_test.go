@@ -201,7 +201,7 @@ func FuzzDecodeENI(f *testing.F) {
 		}
 		sent := api.ENIResponse{NetworkInterface: model.NetworkInterface{NetworkInterfaceID: id, AppID: app, MacAddress: mac,
 			PrivateIPAddresses: list(ips), SgIDs: list(sgs), HostInterface: ifname, Host: host},
-			Attached: attached, Ifindex: ifindex, Generation: tableGeneration + 1, TableGeneration: tableGeneration}
+			Attached: &attached, Ifindex: ifindex, Generation: tableGeneration + 1, TableGeneration: tableGeneration}
 		var buf bytes.Buffer
 		require.NoError(t, json.NewEncoder(&buf).Encode(sent)) // as the server's writeJSON
 		got, err := decodeENI(buf.Bytes(), nil)
@@ -216,6 +216,6 @@ func FuzzDecodeENI(f *testing.F) {
 		}
 		require.Equal(t, ENI{ENISpec: ENISpec{NetworkInterfaceID: valid(id), AppID: valid(app), MacAddress: valid(mac),
 			PrivateIPAddresses: validList(list(ips)), SgIDs: validList(list(sgs)), HostInterface: valid(ifname), Host: valid(host)},
-			Attached: attached, Ifindex: ifindex, TableGeneration: tableGeneration}, *got)
+			Attached: &attached, Ifindex: ifindex, TableGeneration: tableGeneration}, *got)
 	})
 }

@@ -69,7 +69,7 @@ func TestKillDuringENIChurn(t *testing.T) {
 			if err != nil {
 				return // the daemon is gone
 			}
-			if e.HostInterface != "" && !e.Attached {
+			if e.HostInterface != "" && (e.Attached == nil || !*e.Attached) {
 				t.Errorf("ENI %s answered before its interface was attached", e.NetworkInterfaceID)
 			}
 			mu.Lock()
@@ -101,7 +101,7 @@ func TestKillDuringENIChurn(t *testing.T) {
 		}
 		assert.Equal(t, want.PrivateIPAddresses, got.PrivateIPAddresses)
 		if want.HostInterface != "" {
-			assert.True(t, got.Attached, "%s attached again after the restart", want.NetworkInterfaceID)
+			assert.True(t, got.Attached != nil && *got.Attached, "%s attached again after the restart", want.NetworkInterfaceID)
 		}
 		port := 22
 		raw, err := c.Check(context.Background(), client.CheckRequest{ENI: want.NetworkInterfaceID, Direction: "ingress",

@@ -226,6 +226,7 @@ func TestFleetAnswersCarryEnforcement(t *testing.T) {
 	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
 	pe := enforcementOf(t, w.Body.Bytes())
 	require.NotNil(t, pe)
+	assert.NotContains(t, w.Body.String(), `"attached"`, "a replica is on no ENI's host: it cannot say (its agent does)")
 	assert.Equal(t, 1, pe.Hosts)
 	assert.Empty(t, pe.Pending)
 	assert.True(t, accepts(h1, "e4", 8080), "the new ENI is in force on its host")

@@ -140,7 +140,7 @@ func newENIListCmd() *cobra.Command {
 			fmt.Fprintln(tw, "ENI\tAPP\tIPS\tSGS\tINTERFACE\tATTACHED\tIFINDEX")
 			for _, e := range enis {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%d\n", e.NetworkInterfaceID, e.AppID, strings.Join(e.PrivateIPAddresses, ","),
-					strings.Join(e.SgIDs, ","), dash(e.HostInterface), e.Attached, e.Ifindex)
+					strings.Join(e.SgIDs, ","), dash(e.HostInterface), attachedCell(e.Attached), e.Ifindex)
 			}
 			return tw.Flush()
 		})
@@ -159,4 +159,12 @@ func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// attachedCell is the ATTACHED column: "-" where the answering node cannot tell (a fleet replica).
+func attachedCell(a *bool) string {
+	if a == nil {
+		return "-"
+	}
+	return fmt.Sprint(*a)
 }
