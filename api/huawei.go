@@ -119,6 +119,10 @@ func (h *Handler) huawei(r *http.Request) (any, int) {
 	switch {
 	case errors.Is(err, control.ErrUnknownSG):
 		return fail(invalid("security group %s not found", sg))
+	case err != nil && model.CodeOf(err) != model.CodeInternal:
+		// A refusal of the call as a whole (a quota): a request error, nothing applied (SPEC §5); only
+		// a failure of the server is a 500.
+		return fail(invalid("%v", err))
 	case err != nil:
 		return fail(&huaweiError{Status: http.StatusInternalServerError, Code: "VPC.0001", Message: err.Error()})
 	}

@@ -1,14 +1,20 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/sgsim/sgsim/control"
+	"github.com/sgsim/sgsim/store"
 )
 
 func portsBody(action string, ids ...string) string {
@@ -141,4 +147,23 @@ func TestHuaweiRepeatedPortAndLimit(t *testing.T) {
 	assert.Contains(t, fails[0].(map[string]any)["error_msg"], "limit")
 	assert.Len(t, a.eniSGs("eni-web2"), 5)
 	assert.Equal(t, []string{created.SgID}, a.eniSGs("eni-spare"))
+}
+
+// TestHuaweiENIsPerSGQuota: an add that would take the SG past its quota of ENIs is a request error
+// (400 VPC.0606 naming the quota), nothing applied, not a server failure.
+func TestHuaweiENIsPerSGQuota(t *testing.T) {
+	lim := control.DefaultLimits()
+	lim.ENIsPerSG = 1
+	ctrl, err := control.New(context.Background(), store.NewMemory(), demoState(t), control.Options{Limits: &lim})
+	require.NoError(t, err)
+	h := NewHandler(ctrl, Options{Now: func() time.Time { return testNow }})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	a := &testAPI{t: t, srv: srv, h: h, ctrl: ctrl}
+	before := ctrl.View()
+	status, out := a.huawei("v2.0", project1, "sg-lockdown", token1, portsBody("add", "eni-spare"))
+	assert.Equal(t, http.StatusBadRequest, status)
+	assert.Equal(t, "VPC.0606", out["code"])
+	assert.Contains(t, out["message"], "at most 1 allowed")
+	assert.Same(t, before, ctrl.View(), "nothing applied")
 }
