@@ -545,16 +545,17 @@ func decodeObject(r store.Record) (any, error) {
 }
 
 // AffectedHosts returns, sorted, the hosts whose agents must hear of the change from old to next:
-// the hosts of every ENI compiler.Affected names and of every ENI whose host or host interface changed
-// (its tables may be the same, but it is detached there and attached here), in either state. What a
-// replica passes to etcdstore.Store.CommitAffecting.
+// the hosts of every ENI compiler.Affected names and of every ENI whose stored object changed at all,
+// in either state: its tables may be the same, but it is detached there and attached here (a new host
+// or host interface), or the agent serves the object (GET /sgsim/v1/enis: a new MAC). What a replica
+// passes to etcdstore.Store.CommitAffecting.
 func AffectedHosts(old, next *model.State) []string {
 	set := map[string]bool{}
 	ids := compiler.Affected(old, next)
 	if old != nil {
 		for _, id := range next.ENIIDs() {
 			n, _ := next.ENI(id)
-			if o, ok := old.ENI(id); ok && o != n && (o.Host != n.Host || o.HostInterface != n.HostInterface) {
+			if o, ok := old.ENI(id); ok && o != n && !o.Equal(n) {
 				ids = append(ids, id)
 			}
 		}

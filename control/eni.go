@@ -28,7 +28,7 @@ func (w *Writer) PutENI(s *model.State, n model.NetworkInterface) (*model.State,
 		return nil, err
 	}
 	next := b.State()
-	if existed && sameENI(old, mustENI(next, n.NetworkInterfaceID)) {
+	if existed && old.Equal(mustENI(next, n.NetworkInterfaceID)) {
 		return nil, nil
 	}
 	touched := map[string]bool{}
@@ -54,11 +54,6 @@ func (w *Writer) DeleteENI(s *model.State, id string) (*model.State, error) {
 
 func mustENI(s *model.State, id string) *model.NetworkInterface { n, _ := s.ENI(id); return n }
 
-// sameENI tells whether two versions of an ENI are the same to everything that reads them.
-func sameENI(a, b *model.NetworkInterface) bool {
-	return a.AppID == b.AppID && a.MacAddress == b.MacAddress && a.HostInterface == b.HostInterface && a.Host == b.Host &&
-		slices.Equal(a.PrivateIPAddresses, b.PrivateIPAddresses) && slices.Equal(a.SgIDs, b.SgIDs)
-}
 
 // PutENI creates or replaces an ENI and returns it as stored, once it is durable and in force.
 func (c *Controller) PutENI(ctx context.Context, n model.NetworkInterface) (*model.NetworkInterface, error) {

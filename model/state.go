@@ -59,6 +59,13 @@ type NetworkInterface struct {
 	mac   net.HardwareAddr
 }
 
+// Equal tells whether n and o are the same ENI to everything that reads them: every stored field.
+func (n *NetworkInterface) Equal(o *NetworkInterface) bool {
+	return n.NetworkInterfaceID == o.NetworkInterfaceID && n.AppID == o.AppID && n.MacAddress == o.MacAddress &&
+		n.HostInterface == o.HostInterface && n.Host == o.Host &&
+		slices.Equal(n.PrivateIPAddresses, o.PrivateIPAddresses) && slices.Equal(n.SgIDs, o.SgIDs)
+}
+
 // Addrs returns the ENI's private addresses, parsed.
 func (n *NetworkInterface) Addrs() []netip.Addr { return n.addrs }
 

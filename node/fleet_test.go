@@ -306,6 +306,26 @@ func TestFleetNoOpOnAStaleReplicaIsNoLostUpdate(t *testing.T) {
 	assert.Equal(t, later, e)
 }
 
+// TestFleetENIChangeOfNoTableReachesItsAgent: a change of an ENI that leaves every table as it was
+// (a new MAC) still reaches the agent of its host, which serves the stored object: the call waits for
+// that host, and the agent then holds the new object.
+func TestFleetENIChangeOfNoTableReachesItsAgent(t *testing.T) {
+	endpoint := etcdtest.Start(t).Endpoint()
+	replica := newReplica(t, endpoint, fleetTopology(t), 5*time.Second)
+	h3 := startFleetAgent(t, endpoint, "h3")
+	enforcing(t, replica, h3)
+	put := `{"appId":"` + fleetApp + `","macAddress":"02:00:00:00:00:33","privateIpAddresses":["198.18.0.3"],"sgIds":["sg-b"],` +
+		`"host":"h3","hostInterface":"tap-e3"}`
+	w := asFleetAdmin(replica, http.MethodPut, "/sgsim/v1/enis/e3", put)
+	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	e := enforcementOf(t, w.Body.Bytes())
+	require.NotNil(t, e)
+	assert.Equal(t, api.Enforcement{Revision: e.Revision, Hosts: 1, Pending: []string{}, Down: []string{}}, *e)
+	got, ok := h3.Applier().View().State.ENI("e3")
+	require.True(t, ok)
+	assert.Equal(t, "02:00:00:00:00:33", got.MacAddress, "the agent holds the new object once the call is answered")
+}
+
 func TestFleetConcurrentReplicasSerialise(t *testing.T) {
 	endpoint := etcdtest.Start(t).Endpoint()
 	replicas := []*Node{newReplica(t, endpoint, fleetTopology(t), time.Second), newReplica(t, endpoint, nil, time.Second)}
