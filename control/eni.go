@@ -19,9 +19,11 @@ func (w *Writer) PutENI(s *model.State, n model.NetworkInterface) (*model.State,
 	if existed && old.AppID != n.AppID {
 		return nil, apiErr(model.CodeNotOwner, "appId", n.AppID, "network interface "+n.NetworkInterfaceID+" belongs to another account")
 	}
-	if max := w.limits.ENIsPerHost; !existed && max > 0 && len(s.ENIIDs()) >= max {
-		return nil, apiErr(model.CodeConflict, "networkInterfaceId", n.NetworkInterfaceID,
-			fmt.Sprintf("this host enforces at most %d network interfaces and holds %d: delete one first", max, len(s.ENIIDs())))
+	if max := w.limits.ENIsPerHost; max > 0 && (!existed || old.Host != n.Host) {
+		if held := enisOn(s, n.Host); held >= max {
+			return nil, apiErr(model.CodeConflict, "networkInterfaceId", n.NetworkInterfaceID,
+				fmt.Sprintf("%s enforces at most %d network interfaces and holds %d: delete one first", hostName(n.Host), max, held))
+		}
 	}
 	b := s.Edit()
 	if err := b.PutENI(n); err != nil {
@@ -50,6 +52,25 @@ func (w *Writer) DeleteENI(s *model.State, id string) (*model.State, error) {
 		return nil, err
 	}
 	return b.State(), nil
+}
+
+// enisOn counts the ENIs of s on host ("" on a single host: every ENI there is this host's).
+func enisOn(s *model.State, host string) int {
+	n := 0
+	for _, id := range s.ENIIDs() {
+		if e, _ := s.ENI(id); e.Host == host {
+			n++
+		}
+	}
+	return n
+}
+
+// hostName names host in an error: "this host" on a single host.
+func hostName(host string) string {
+	if host == "" {
+		return "this host"
+	}
+	return fmt.Sprintf("host %q", host)
 }
 
 func mustENI(s *model.State, id string) *model.NetworkInterface { n, _ := s.ENI(id); return n }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sgsim/sgsim/agent"
 	"github.com/sgsim/sgsim/api"
+	"github.com/sgsim/sgsim/bpf"
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/store"
@@ -99,6 +100,16 @@ func (n *Node) newFleet(ctx context.Context, cfg Config) error {
 	copts := cfg.Control
 	copts.Logger = n.log
 	copts.NoEngine = true
+	// An eBPF agent's slots bound the ENIs one host holds: past them a PUT (or a move) to that host is
+	// refused whole, as on a single host, rather than committed and left pending there for good.
+	lim := control.DefaultLimits()
+	if copts.Limits != nil {
+		lim = *copts.Limits
+	}
+	if lim.ENIsPerHost == 0 || lim.ENIsPerHost > bpf.MaxENIs {
+		lim.ENIsPerHost = bpf.MaxENIs
+	}
+	copts.Limits = &lim
 	copts.Commit = f.commit(n)
 	if n.ctrl, err = control.New(ctx, f.st, nil, copts); err != nil {
 		return err

@@ -23,6 +23,7 @@ import (
 
 	"github.com/sgsim/sgsim/agent"
 	"github.com/sgsim/sgsim/api"
+	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/client"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/internal/etcdtest"
@@ -324,6 +325,34 @@ func TestFleetENIChangeOfNoTableReachesItsAgent(t *testing.T) {
 	got, ok := h3.Applier().View().State.ENI("e3")
 	require.True(t, ok)
 	assert.Equal(t, "02:00:00:00:00:33", got.MacAddress, "the agent holds the new object once the call is answered")
+}
+
+// TestFleetENIsPerHost: a replica refuses (409, nothing committed) a PUT that would give one host
+// more ENIs than it can enforce, a new ENI or one moved there, and takes the same ENI on another host.
+func TestFleetENIsPerHost(t *testing.T) {
+	endpoint := etcdtest.Start(t).Endpoint()
+	lim := control.DefaultLimits()
+	lim.ENIsPerHost = 2
+	replica := startReplica(t, Config{Etcd: []string{endpoint}, Seed: fleetTopology(t), EnforceTimeout: time.Second,
+		Control: control.Options{Limits: &lim}})
+	t.Cleanup(func() { assert.NoError(t, replica.Close()) })
+	eni := func(ip, host string) string {
+		return `{"appId":"` + fleetApp + `","privateIpAddresses":["` + ip + `"],"sgIds":["sg-b"],"host":"` + host + `"}`
+	}
+	w := asFleetAdmin(replica, http.MethodPut, "/sgsim/v1/enis/e4", eni("198.18.0.4", "h1"))
+	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	before := replica.Controller().View()
+	for _, tc := range []struct{ id, body string }{
+		{"e5", eni("198.18.0.5", "h1")}, // a third new ENI on h1
+		{"e2", eni("198.18.0.2", "h1")}, // e2 moved from h2 to h1
+	} {
+		w = asFleetAdmin(replica, http.MethodPut, "/sgsim/v1/enis/"+tc.id, tc.body)
+		require.Equal(t, http.StatusConflict, w.Code, w.Body.String())
+		assert.Contains(t, w.Body.String(), `host \"h1\" enforces at most 2 network interfaces and holds 2`)
+		assert.Same(t, before, replica.Controller().View(), "nothing committed")
+	}
+	w = asFleetAdmin(replica, http.MethodPut, "/sgsim/v1/enis/e5", eni("198.18.0.5", "h2"))
+	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
 }
 
 func TestFleetConcurrentReplicasSerialise(t *testing.T) {
