@@ -75,7 +75,6 @@ func hostName(host string) string {
 
 func mustENI(s *model.State, id string) *model.NetworkInterface { n, _ := s.ENI(id); return n }
 
-
 // PutENI creates or replaces an ENI and returns it as stored, once it is durable and in force.
 func (c *Controller) PutENI(ctx context.Context, n model.NetworkInterface) (*model.NetworkInterface, error) {
 	var stored *model.NetworkInterface

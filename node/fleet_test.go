@@ -23,8 +23,8 @@ import (
 
 	"github.com/sgsim/sgsim/agent"
 	"github.com/sgsim/sgsim/api"
-	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/client"
+	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/dataplane"
 	"github.com/sgsim/sgsim/internal/etcdtest"
 	"github.com/sgsim/sgsim/internal/netlab"
