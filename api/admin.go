@@ -24,7 +24,7 @@ type ENIResponse struct {
 	// Attached says whether HostInterface is filtered now on this node's host; nil (left out) on a
 	// fleet replica, which is on no ENI's host: the ENI's agent answers it.
 	Attached *bool `json:"attached,omitempty"`
-	Ifindex  int  `json:"ifindex,omitempty"`
+	Ifindex  int   `json:"ifindex,omitempty"`
 	// Generation is the state in force; TableGeneration the one at which this ENI's tables were last
 	// compiled, when this node keeps a Go engine to tell.
 	Generation      uint64 `json:"generation"`
