@@ -400,55 +400,101 @@ func (s *Store) CommitAffecting(ctx context.Context, next *model.State, gen uint
 	return uint64(rev), s.payOwed(ctx, rev, plan.owed)
 }
 
-// settleTries bounds settle's rounds of a read and a fence, each of which an etcd that keeps losing
-// answers may also lose.
-const settleTries = 3
-
-// settleTimeout bounds settle's etcd calls, which run whatever the call's context (often the one that
-// ran out).
-const settleTimeout = 5 * time.Second
+// settleTimeout bounds settle, whose etcd calls run whatever the call's context (often the one that
+// ran out); settleRetry is its pause between rounds while etcd does not answer.
+const (
+	settleTimeout = 10 * time.Second
+	settleRetry   = 100 * time.Millisecond
+)
 
 // settle tells, after a commit whose answer was lost, whether the transaction with token applied: the
 // revision it applied at, or 0 when it did not and never will. Its outcome is made certain: while the
 // generation is still at the base, a fence (the same generation rewritten, naming no host, guarded on
 // the base as the commit was) moves it on, so the lost transaction, if still on its way, can no longer
-// apply. ErrConflict when another writer's commit applied instead; an error when even that could not be
-// learnt. Caller holds s.mu.
+// apply. Once the generation has moved, the first write after the base is the commit's own (it was
+// guarded on the base) or another writer's, in which case ErrConflict. It keeps asking while etcd does
+// not answer, up to settleTimeout, and then says the outcome is unknown. Caller holds s.mu.
 func (s *Store) settle(ctx context.Context, token string) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	var last error
-	for range settleTries {
-		resp, err := s.cli.Get(ctx, s.genKey())
-		if err != nil {
-			last = err
-			continue
+	for {
+		rev, done, err := s.settleOnce(ctx, token)
+		if done {
+			return rev, err
 		}
-		var g generation
-		var at int64
-		if len(resp.Kvs) > 0 {
-			if err := json.Unmarshal(resp.Kvs[0].Value, &g); err != nil {
-				return 0, fmt.Errorf("etcdstore: %s: %w", s.genKey(), err)
-			}
-			at = resp.Kvs[0].ModRevision
-		}
-		switch {
-		case at != s.base && g.Commit == token:
-			return at, nil
-		case at != s.base:
-			return 0, fmt.Errorf("%w: %s moved past revision %d", store.ErrConflict, s.prefix, s.base)
-		}
-		fence, _ := json.Marshal(generation{NextSeq: g.NextSeq, Commit: "fence:" + token})
-		fresp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.genKey()), "=", s.base)).
-			Then(clientv3.OpPut(s.genKey(), string(fence))).Commit()
-		switch {
-		case err != nil:
-			last = err
-		case fresp.Succeeded:
-			return 0, nil // fenced: the lost transaction cannot apply now
+		last = err
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("etcdstore: whether the commit applied is unknown: %w", errors.Join(last, ctx.Err()))
+		case <-time.After(settleRetry):
 		}
 	}
-	return 0, fmt.Errorf("etcdstore: whether the commit applied is unknown: %w", last)
+}
+
+// settleOnce is one round of settle: done with the outcome, or an error of etcd to try again on.
+func (s *Store) settleOnce(ctx context.Context, token string) (rev int64, done bool, err error) {
+	resp, err := s.cli.Get(ctx, s.genKey())
+	if err != nil {
+		return 0, false, err
+	}
+	var g generation
+	var at int64
+	if len(resp.Kvs) > 0 {
+		if err := json.Unmarshal(resp.Kvs[0].Value, &g); err != nil {
+			return 0, true, fmt.Errorf("etcdstore: %s: %w", s.genKey(), err)
+		}
+		at = resp.Kvs[0].ModRevision
+	}
+	switch {
+	case at != s.base && g.Commit == token:
+		return at, true, nil
+	case at == 0:
+		// A first commit: a fence would make a generation with no objects. A restart reloads.
+		return 0, true, errors.New("etcdstore: whether the first commit applied is unknown")
+	case at != s.base:
+		first, rev, err := s.firstAfterBase(ctx)
+		switch {
+		case err != nil:
+			return 0, false, err
+		case first == token:
+			return rev, true, nil // applied, and another writer's commit followed it
+		}
+		return 0, true, fmt.Errorf("%w: %s moved past revision %d", store.ErrConflict, s.prefix, s.base)
+	}
+	fence, _ := json.Marshal(generation{NextSeq: g.NextSeq, Commit: "fence:" + token})
+	fresp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.genKey()), "=", s.base)).
+		Then(clientv3.OpPut(s.genKey(), string(fence))).Commit()
+	switch {
+	case err != nil:
+		return 0, false, err
+	case fresp.Succeeded:
+		return 0, true, nil // fenced: the lost transaction cannot apply now
+	}
+	return 0, false, errors.New("the generation moved during the fence") // read it again
+}
+
+// firstAfterBase returns the commit ID and revision of the first write of the generation after the
+// base, from etcd's history (a watch from the revision after it).
+func (s *Store) firstAfterBase(ctx context.Context) (string, int64, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for wr := range s.cli.Watch(wctx, s.genKey(), clientv3.WithRev(s.base+1)) {
+		if err := wr.Err(); err != nil {
+			return "", 0, fmt.Errorf("etcdstore: the history of %s after revision %d: %w", s.genKey(), s.base, err)
+		}
+		for _, ev := range wr.Events {
+			if ev.Kv == nil || ev.Type != clientv3.EventTypePut {
+				return "", 0, nil // deleted (a seed starting over): no commit of this writer's
+			}
+			var g generation
+			if err := json.Unmarshal(ev.Kv.Value, &g); err != nil {
+				return "", 0, fmt.Errorf("etcdstore: %s at revision %d: %w", s.genKey(), ev.Kv.ModRevision, err)
+			}
+			return g.Commit, ev.Kv.ModRevision, nil
+		}
+	}
+	return "", 0, fmt.Errorf("etcdstore: the history of %s after revision %d: %w", s.genKey(), s.base, ctx.Err())
 }
 
 // newCommitToken names one commit.

@@ -20,6 +20,7 @@ type lossyKV struct {
 	genKey  string
 	armed   atomic.Bool
 	applied bool
+	between func() // run after the transaction applied, before its answer is lost
 }
 
 func (k *lossyKV) Txn(ctx context.Context) clientv3.Txn {
@@ -56,6 +57,9 @@ func (t *lossyTxn) Commit() (*clientv3.TxnResponse, error) {
 		if _, err := t.Txn.Commit(); err != nil {
 			return nil, err
 		}
+		if t.kv.between != nil {
+			t.kv.between()
+		}
 	}
 	return nil, context.DeadlineExceeded
 }
@@ -64,8 +68,12 @@ func (t *lossyTxn) Commit() (*clientv3.TxnResponse, error) {
 // the revision it applied at; one etcd never saw is answered as an error and, fenced, can no longer
 // apply (SPEC §6: an error changed nothing; a success is durable).
 func TestCommitWhoseAnswerIsLost(t *testing.T) {
-	for _, applied := range []bool{true, false} {
-		t.Run(map[bool]string{true: "applied", false: "not sent"}[applied], func(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		applied, another bool // another: a second writer commits after the lost one applied
+	}{{"applied", true, false}, {"applied, then another writer's commit", true, true}, {"not sent", false, false}} {
+		applied := tc.applied
+		t.Run(tc.name, func(t *testing.T) {
 			te := startEtcd(t)
 			prefix := te.prefix()
 			ctx := context.Background()
@@ -79,6 +87,15 @@ func TestCommitWhoseAnswerIsLost(t *testing.T) {
 			before, base, err := s.Load(ctx)
 			require.NoError(t, err)
 
+			if tc.another {
+				second := openStore(t, te, prefix)
+				lossy.between = func() {
+					cur, gen, err := second.Load(ctx)
+					require.NoError(t, err)
+					_, err = second.CommitAffecting(ctx, addSG(t, cur, "sg-second"), gen+1, []string{})
+					require.NoError(t, err)
+				}
+			}
 			lossy.armed.Store(true)
 			next := addSG(t, before, "sg-lost-answer")
 			rev, err := s.CommitAffecting(ctx, next, base+1, []string{})
@@ -89,7 +106,13 @@ func TestCommitWhoseAnswerIsLost(t *testing.T) {
 			_, has := now.SG("sg-lost-answer")
 			if applied {
 				require.NoError(t, err)
-				assert.Equal(t, at, rev, "answered at the revision it applied at")
+				if tc.another {
+					assert.Less(t, rev, at, "answered at the revision it applied at, before the second writer's")
+					_, second := now.SG("sg-second")
+					assert.True(t, second)
+				} else {
+					assert.Equal(t, at, rev, "answered at the revision it applied at")
+				}
 				assert.True(t, has)
 			} else {
 				require.ErrorIs(t, err, context.DeadlineExceeded)
