@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -434,4 +435,40 @@ func TestStagesQueue(t *testing.T) {
 	r, err = d.Run(web.build(), "eni-web1", model.Ingress)
 	require.NoError(t, err)
 	assert.True(t, r.Accept, "the discarded change never took effect")
+}
+
+// TestDiscardGivesBackNewSlots: a discarded change (its commit failed) leaves no slot taken for the
+// ENIs it would have added, in this process or in eni_names for the next one; an ID of the model's
+// longest (64 bytes) takes a slot like any other.
+func TestDiscardGivesBackNewSlots(t *testing.T) {
+	d := loadOrSkip(t)
+	ctx := context.Background()
+	s := demoState(t)
+	tables := compiler.New(s).CompileAll()
+	require.NoError(t, d.Publish(ctx, 1, tables, nil))
+	before := d.ENIs()
+	long := strings.Repeat("e", 64)
+	added := map[string]*compiler.Tables{"eni-new": tables["eni-web1"], long: tables["eni-web1"]}
+	st, err := d.Stage(ctx, 2, added, nil)
+	require.NoError(t, err)
+	assert.Subset(t, d.ENIs(), []string{"eni-new", long}, "staged: slots taken")
+	st.Discard()
+	assert.Equal(t, before, d.ENIs(), "discarded: the new ENIs' slots given back")
+	names, err := arrayValues[sgEniname](d.objs.EniNames, int(maxSlots))
+	require.NoError(t, err)
+	for _, n := range names {
+		assert.NotContains(t, []string{"eni-new", long}, cString(n.Name[:]), "eni_names names no discarded ENI")
+	}
+
+	require.NoError(t, d.Publish(ctx, 3, added, nil))
+	web := frame{src: netip.MustParseAddr("203.0.113.9"), dst: netip.MustParseAddr("198.18.1.10"), proto: 6, sport: 40002, dport: 443}
+	r, err := d.Run(web.build(), long, model.Ingress)
+	require.NoError(t, err)
+	assert.True(t, r.Accept, "the 64-byte ID's tables are in force")
+	d.mu.Lock()
+	slot := d.slots[long]
+	d.mu.Unlock()
+	names, err = arrayValues[sgEniname](d.objs.EniNames, int(maxSlots))
+	require.NoError(t, err)
+	assert.Equal(t, long, cString(names[slot].Name[:]), "named in full, without a NUL")
 }

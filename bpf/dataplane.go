@@ -394,8 +394,9 @@ func (d *Dataplane) slotFor(eni string) (uint32, error) {
 	if s, ok := d.slots[eni]; ok {
 		return s, nil
 	}
-	if len(eni) >= 64 {
-		return 0, fmt.Errorf("network interface ID %q: longer than 63 bytes", eni)
+	var n sgEniname
+	if len(eni) > len(n.Name) { // a name of the whole field has no NUL: cString stops at its end
+		return 0, fmt.Errorf("network interface ID %q: longer than %d bytes", eni, len(n.Name))
 	}
 	used := make(map[uint32]bool, len(d.slots))
 	for _, s := range d.slots {
@@ -413,7 +414,6 @@ func (d *Dataplane) slotFor(eni string) (uint32, error) {
 	if !found {
 		return 0, fmt.Errorf("network interface %s: all %d slots in use", eni, maxSlots)
 	}
-	var n sgEniname
 	for i := range len(eni) {
 		n.Name[i] = int8(eni[i])
 	}
@@ -494,11 +494,15 @@ func (d *Dataplane) Stage(ctx context.Context, gen uint64, changed map[string]*c
 			return nil, fmt.Errorf("publish generation %d: %w", gen, err)
 		}
 		d.mu.Lock()
+		_, had := d.slots[id]
 		slot, err := d.slotFor(id)
 		d.mu.Unlock()
 		if err != nil {
 			st.Discard()
 			return nil, fmt.Errorf("publish generation %d: %w", gen, err)
+		}
+		if !had {
+			st.assigned = append(st.assigned, id)
 		}
 		s := stagedSlot{slot: slot, tables: ts}
 		d.mu.Lock()
@@ -596,7 +600,10 @@ type staged struct {
 	gen     uint64
 	slots   []stagedSlot
 	removed []string
-	done    bool // switched or discarded: the staging lock is released
+	// assigned are the ENIs this change gave a slot (none before it): a Discard gives the slots back,
+	// or a change that failed to commit would hold them for good (and, pinned, after a restart).
+	assigned []string
+	done     bool // switched or discarded: the staging lock is released
 }
 
 type stagedSlot struct {
@@ -608,11 +615,32 @@ type stagedSlot struct {
 	inPlace [2]bool
 }
 
-// Discard closes the staged maps (the kernel frees them) and ends the change.
+// Discard closes the staged maps (the kernel frees them), gives back the slots the change assigned
+// and ends the change.
 func (st *staged) Discard() {
 	st.closeMaps()
 	st.removed = nil
+	st.releaseAssigned()
 	st.finish()
+}
+
+// releaseAssigned frees the slots Stage gave ENIs that had none: no table was put in force there.
+func (st *staged) releaseAssigned() {
+	d := st.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, id := range st.assigned {
+		slot, ok := d.slots[id]
+		if !ok {
+			continue
+		}
+		if err := d.objs.EniNames.Put(slot, &sgEniname{}); err != nil {
+			slog.Error("give back the slot of a discarded change", "eni", id, "slot", slot, "err", err)
+			continue // kept: still named in eni_names, the slot stays taken rather than shared
+		}
+		delete(d.slots, id)
+	}
+	st.assigned = nil
 }
 
 func (st *staged) closeMaps() {

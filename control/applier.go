@@ -130,7 +130,17 @@ func (a *Applier) AddDataplane(ctx context.Context, dp Dataplane) error {
 			}
 		}
 	}
-	st, err := dp.Stage(ctx, v.Generation, v.Tables, stale)
+	if len(stale) > 0 {
+		// First, on their own: their slots may be the ones the View's ENIs need.
+		st, err := dp.Stage(ctx, v.Generation, nil, stale)
+		if err != nil {
+			return fmt.Errorf("control: load dataplane: remove %d network interfaces it holds and the state has not: %w", len(stale), err)
+		}
+		if err := st.Switch(); err != nil {
+			return fmt.Errorf("control: load dataplane: remove %d network interfaces it holds and the state has not: %w", len(stale), err)
+		}
+	}
+	st, err := dp.Stage(ctx, v.Generation, v.Tables, nil)
 	if err != nil {
 		return fmt.Errorf("control: load dataplane: %w", err)
 	}
