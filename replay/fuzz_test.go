@@ -116,6 +116,35 @@ func FuzzOpenCapture(f *testing.F) {
 	})
 }
 
+// TestCutCaptureEveryLength: a pcap cut at any length reads its whole records, then ends cleanly only
+// where the cut falls between records; anywhere else (inside a record's header, or after a header
+// and before its data) it says the capture is truncated.
+func TestCutCaptureEveryLength(t *testing.T) {
+	full := captureBytes(t, false, [][]byte{{1, 2, 3}, make([]byte, 60), make([]byte, 14)})
+	boundaries := map[int]int{24: 0, 24 + 16 + 3: 1, 24 + 16 + 3 + 16 + 60: 2, len(full): 3}
+	for cut := 24; cut <= len(full); cut++ {
+		path := filepath.Join(t.TempDir(), "c.pcap")
+		require.NoError(t, os.WriteFile(path, full[:cut], 0o600))
+		src, err := replay.Open(path)
+		require.NoError(t, err, "cut at %d", cut)
+		n := 0
+		for {
+			_, _, _, err = src.Next()
+			if err != nil {
+				break
+			}
+			n++
+		}
+		src.Close()
+		if want, clean := boundaries[cut]; clean {
+			assert.ErrorIs(t, err, io.EOF, "cut at %d, between records", cut)
+			assert.Equal(t, want, n, "cut at %d", cut)
+		} else {
+			assert.ErrorContains(t, err, "truncated capture", "cut at %d, inside a record", cut)
+		}
+	}
+}
+
 // FuzzCaptureRoundTrip: frames written to a pcap or pcapng file by gopacket's writers read back
 // whole, in order, with their timestamps and link type.
 func FuzzCaptureRoundTrip(f *testing.F) {

@@ -15,6 +15,12 @@ import (
 // their own snaplen are common, and tcpdump and Wireshark read such files too.
 const maxSnaplen = 256 << 10
 
+// The pcap file header's and a record header's sizes.
+const (
+	pcapFileHeader   = 24
+	pcapRecordHeader = 16
+)
+
 // Source reads the frames of one pcap or pcapng file, each with its own link type.
 type Source struct {
 	name string
@@ -22,6 +28,10 @@ type Source struct {
 	pcap *pcapgo.Reader
 	ng   *pcapgo.NgReader
 	n    int
+	// size is the file's size and whole the bytes its file header and records so far take (0 for a
+	// gzipped pcap, which the reader unpacks): the pcap reader says io.EOF also when a record's header
+	// is there and none of its data, a truncated capture, which whole < size tells from its end.
+	size, whole int64
 }
 
 // Open opens a pcap or pcapng file (told apart by magic number).
@@ -41,6 +51,9 @@ func Open(path string) (*Source, error) {
 		s.ng, err = pcapgo.NewNgReader(br, pcapgo.NgReaderOptions{WantMixedLinkType: true})
 	} else {
 		s.pcap, err = pcapgo.NewReader(br)
+		if fi, serr := f.Stat(); serr == nil && !(magic[0] == 0x1f && magic[1] == 0x8b) {
+			s.size, s.whole = fi.Size(), pcapFileHeader
+		}
 		if err == nil && s.pcap.Snaplen() < maxSnaplen {
 			s.pcap.SetSnaplen(maxSnaplen)
 		}
@@ -63,8 +76,14 @@ func (s *Source) Close() error { return s.f.Close() }
 func (s *Source) Next() (frame []byte, ts time.Duration, link int, err error) {
 	if s.pcap != nil {
 		data, ci, err := s.pcap.ZeroCopyReadPacketData()
+		if errors.Is(err, io.EOF) && s.whole < s.size {
+			err = fmt.Errorf("%d bytes after the last whole record: %w", s.size-s.whole, io.ErrUnexpectedEOF)
+		}
 		if err != nil {
 			return nil, 0, 0, s.wrap(err)
+		}
+		if s.size > 0 {
+			s.whole += pcapRecordHeader + int64(ci.CaptureLength)
 		}
 		s.n++
 		return data, time.Duration(ci.Timestamp.UnixNano()), int(s.pcap.LinkType()), nil
