@@ -789,3 +789,36 @@ func TestRunWriteErrors(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "write /dev/full")
 }
+
+// TestWriteFilesCheckedFirst: a run whose capture does not open, or whose --write-* file is a capture
+// or the other output, fails before any output file is created or emptied.
+func TestWriteFilesCheckedFirst(t *testing.T) {
+	dir := t.TempDir()
+	capture, err := os.ReadFile(filepath.Join("..", "testdata", "pcaps", "demo.pcap"))
+	require.NoError(t, err)
+	in, keep := filepath.Join(dir, "in.pcap"), filepath.Join(dir, "keep.pcap")
+	require.NoError(t, os.WriteFile(in, capture, 0o600))
+	require.NoError(t, os.WriteFile(keep, capture, 0o600))
+	for _, tc := range []struct {
+		name      string
+		cfg       replay.RunConfig
+		want      string
+		untouched string
+	}{
+		{"a capture that does not open", replay.RunConfig{Pcaps: []string{filepath.Join(dir, "missing.pcap")}, WriteAccepted: keep},
+			"no such file", keep},
+		{"an output that is the capture", replay.RunConfig{Pcaps: []string{in}, WriteDropped: in},
+			"--write-dropped " + in + ": is the capture " + in, in},
+		{"one file for both outputs", replay.RunConfig{Pcaps: []string{in}, WriteAccepted: keep, WriteDropped: dir + "/./keep.pcap"},
+			"--write-accepted " + keep + ": is --write-dropped's file too", keep},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := demoReplayer(t, replay.Options{})
+			_, err := replay.Run(context.Background(), r, tc.cfg)
+			require.ErrorContains(t, err, tc.want)
+			got, err := os.ReadFile(tc.untouched)
+			require.NoError(t, err)
+			assert.Equal(t, capture, got, "left as it was")
+		})
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -155,6 +156,11 @@ type runner struct {
 
 func newRunner(r *Replayer, cfg RunConfig) (*runner, error) {
 	rn := &runner{r: r, cfg: cfg, sum: &Summary{Rows: map[SummaryKey]int{}}}
+	// The --write-* files are created (emptied) only once nothing can make the run fail at once: every
+	// capture opens, and none of them is an output, nor are the two outputs one file.
+	if err := checkOutputs(cfg); err != nil {
+		return nil, err
+	}
 	var err error
 	if rn.acc, err = newPcapSink(cfg.WriteAccepted); err != nil {
 		return nil, err
@@ -172,6 +178,48 @@ func newRunner(r *Replayer, cfg RunConfig) (*runner, error) {
 		rn.progress = newProgress(cfg.Progress, cfg.Pcaps)
 	}
 	return rn, nil
+}
+
+// checkOutputs refuses a run whose captures do not all open or whose --write-* files would overwrite a
+// capture or each other, before any output exists.
+func checkOutputs(cfg RunConfig) error {
+	for _, name := range cfg.Pcaps {
+		src, err := Open(name)
+		if err != nil {
+			return err
+		}
+		src.Close()
+	}
+	outs := []struct{ flag, path string }{{"--write-accepted", cfg.WriteAccepted}, {"--write-dropped", cfg.WriteDropped}}
+	for i, o := range outs {
+		if o.path == "" {
+			continue
+		}
+		for _, in := range cfg.Pcaps {
+			if sameFile(o.path, in) {
+				return fmt.Errorf("%s %s: is the capture %s", o.flag, o.path, in)
+			}
+		}
+		for _, other := range outs[i+1:] {
+			if other.path != "" && sameFile(o.path, other.path) {
+				return fmt.Errorf("%s %s: is %s's file too", o.flag, o.path, other.flag)
+			}
+		}
+	}
+	return nil
+}
+
+// sameFile tells whether paths a and b name one file: the same file where both exist, else the same
+// cleaned absolute path.
+func sameFile(a, b string) bool {
+	if fa, err := os.Stat(a); err == nil {
+		if fb, err := os.Stat(b); err == nil {
+			return os.SameFile(fa, fb)
+		}
+	}
+	aa, errA := filepath.Abs(a)
+	ab, errB := filepath.Abs(b)
+	return errA == nil && errB == nil && aa == ab
 }
 
 func (rn *runner) files(ctx context.Context) error {
