@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -58,6 +59,14 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 	default:
 		return fmt.Errorf("--dataplane %q: want go or ebpf", cfg.Dataplane)
 	}
+	// Bound first, so that a bad --listen fails before anything is loaded or attached.
+	var ln net.Listener
+	if cfg.Listen != "" {
+		if ln, err = listenTCP(cfg.Listen); err != nil {
+			return err
+		}
+		defer ln.Close() // after the server's own close: a listener closed twice says so, and is ignored
+	}
 	if len(cfg.Etcd) == 0 {
 		return errors.New("agent: --etcd is required")
 	}
@@ -103,7 +112,7 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 	var wg sync.WaitGroup
 	var runErr error
 	wg.Go(func() { runErr = a.Run(runCtx); stop() })
-	serveErr := serveHandler(runCtx, log, cfg.Listen, newAgentHandler(a, cfg, enf, inForce.Load), cfg.Ready, "host", cfg.Host)
+	serveErr := serveHandler(runCtx, log, ln, newAgentHandler(a, cfg, enf, inForce.Load), cfg.Ready, "host", cfg.Host)
 	stop()
 	wg.Wait()
 	if ctx.Err() != nil && errors.Is(runErr, context.Canceled) {
@@ -271,12 +280,8 @@ func serveLocalENIs(w http.ResponseWriter, r *http.Request, h http.Handler, host
 // serveHandler answers HTTP with h on listen until ctx is done, then shuts down gracefully; ready, if
 // set, is called with the bound address once connections are accepted. attrs follow the address in
 // the "serving" log line.
-func serveHandler(ctx context.Context, log *slog.Logger, listen string, h http.Handler, ready func(addr string), attrs ...any) error {
-	ln, err := listenTCP(listen)
-	if err != nil {
-		return err
-	}
-	srv := api.NewServer(listen, h)
+func serveHandler(ctx context.Context, log *slog.Logger, ln net.Listener, h http.Handler, ready func(addr string), attrs ...any) error {
+	srv := api.NewServer(ln.Addr().String(), h)
 	log.Info("serving", append([]any{"addr", ln.Addr().String()}, attrs...)...)
 	if ready != nil {
 		ready(ln.Addr().String())

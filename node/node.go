@@ -305,7 +305,17 @@ func (n *Node) BPF() *bpf.Dataplane { return n.bpf }
 // Serve answers HTTP on listen (host:port; port 0 picks a free one) until ctx is done, then shuts
 // down gracefully. ready, if set, is called with the bound address once connections are accepted.
 func (n *Node) Serve(ctx context.Context, listen string, ready func(addr string)) error {
-	if err := serveHandler(ctx, n.log, listen, n.handler, ready, "generation", n.ctrl.View().Generation); err != nil {
+	ln, err := listenTCP(listen)
+	if err != nil {
+		return err
+	}
+	return n.ServeOn(ctx, ln, ready)
+}
+
+// ServeOn is Serve on a listener already bound (so that a bad address fails before New changes
+// anything); it closes ln when it returns.
+func (n *Node) ServeOn(ctx context.Context, ln net.Listener, ready func(addr string)) error {
+	if err := serveHandler(ctx, n.log, ln, n.handler, ready, "generation", n.ctrl.View().Generation); err != nil {
 		return err
 	}
 	n.log.Info("stopped")

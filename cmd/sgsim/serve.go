@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 
@@ -100,6 +101,17 @@ func newServeCmd() *cobra.Command {
 
 // runServe runs the daemon until ctx is cancelled: `sgsim serve` and the end-to-end tests both come here.
 func runServe(ctx context.Context, o serveOptions) (err error) {
+	if lim := o.Control.Limits; lim != nil {
+		for _, l := range []struct {
+			flag string
+			v    int
+		}{{"--max-rules", lim.RulesPerDirection}, {"--max-sgs-per-eni", lim.SGsPerENI}, {"--max-sgs-per-project", lim.SGsPerProject},
+			{"--max-enis-per-sg", lim.ENIsPerSG}, {"--max-sg-ref-rules", lim.SGRefRulesPerSG}} {
+			if l.v < 1 {
+				return fmt.Errorf("%s %d: must be at least 1", l.flag, l.v)
+			}
+		}
+	}
 	if o.AdminTokenFile != "" {
 		tokens, err := readAdminTokens(o.AdminTokenFile)
 		if err != nil {
@@ -107,12 +119,19 @@ func runServe(ctx context.Context, o serveOptions) (err error) {
 		}
 		o.API.AdminTokens = append(o.API.AdminTokens, tokens...)
 	}
+	// Bound before the node starts: a bad or busy --listen must fail before the store is seeded and
+	// the program loaded, so a corrected start finds them as they were.
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", o.Listen, err)
+	}
 	n, err := node.New(ctx, o.Config)
 	if err != nil {
+		ln.Close()
 		return err
 	}
 	defer func() { err = errors.Join(err, n.Close()) }()
-	return n.Serve(ctx, o.Listen, o.Ready)
+	return n.ServeOn(ctx, ln, o.Ready)
 }
 
 // readAdminTokens reads an --admin-token-file: one token per line; blank lines and #-comments skipped.

@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/internal/netns"
 	"github.com/sgsim/sgsim/internal/testkit"
 	"github.com/sgsim/sgsim/node"
@@ -45,12 +47,21 @@ func TestServeFlagErrors(t *testing.T) {
 	}{
 		{"unknown dataplane", serveOptions{Config: node.Config{Dataplane: "xdp"}}, `--dataplane "xdp": want go, ebpf or both`},
 		{"missing host netns", serveOptions{Config: node.Config{Dataplane: dataplaneEBPF, HostNetns: "sgs-no-such-ns"}}, "--host-netns sgs-no-such-ns"},
+		{"a negative limit", serveOptions{Config: node.Config{Control: control.Options{Limits: &control.Limits{RulesPerDirection: -1,
+			SGsPerENI: 5, SGsPerProject: 50, ENIsPerSG: 2000, SGRefRulesPerSG: 10}}}}, "--max-rules -1: must be at least 1"},
+		{"a zero limit", serveOptions{Config: node.Config{Control: control.Options{Limits: &control.Limits{RulesPerDirection: 100,
+			SGsPerENI: 0, SGsPerProject: 50, ENIsPerSG: 2000, SGRefRulesPerSG: 10}}}}, "--max-sgs-per-eni 0: must be at least 1"},
+		{"an invalid listen address", serveOptions{Listen: "127.0.0.1:99999"}, "--listen 127.0.0.1:99999"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.o.Listen = "127.0.0.1:0"
-			tt.o.DataDir, tt.o.Topology = t.TempDir(), topo
+			if tt.o.Listen == "" {
+				tt.o.Listen = "127.0.0.1:0"
+			}
+			tt.o.DataDir, tt.o.Topology = filepath.Join(t.TempDir(), "data"), topo
 			require.ErrorContains(t, runServe(context.Background(), tt.o), tt.msg)
+			_, err := os.Stat(tt.o.DataDir)
+			assert.ErrorIs(t, err, os.ErrNotExist, "nothing was seeded or created")
 		})
 	}
 }
