@@ -78,5 +78,9 @@ func (sr *run) huawei(ctx context.Context, where string, c *HuaweiCall) error {
 	if c.ExpectContains != "" && !strings.Contains(got, c.ExpectContains) {
 		sr.fail("%s: huawei %s: body %s does not contain %q", where, c.Action, got, c.ExpectContains)
 	}
+	if c.ExpectStatus == 0 && c.ExpectContains == "" && len(resp.Fail) > 0 {
+		// A 200 whose ports failed is a call that did not do what it said, unless the step expects it.
+		sr.fail("%s: huawei %s: %d of %d ports failed (%s)", where, c.Action, len(resp.Fail), len(c.Ports), got)
+	}
 	return sr.afterCall()
 }

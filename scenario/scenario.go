@@ -221,6 +221,15 @@ func (sr *run) step(ctx context.Context, where string, st *Step) error {
 		}
 		fmt.Fprintf(sr.out, "%s: clock +%s\n", where, d)
 	}
+	actions := 0
+	for _, set := range []bool{st.Tencent != nil, st.Huawei != nil, len(st.Packets) > 0, st.Pcap != ""} {
+		if set {
+			actions++
+		}
+	}
+	if actions > 1 {
+		return errors.New("a step does one thing: give one of tencent, huawei, packets or pcap (advance may go with any)")
+	}
 	switch {
 	case st.Tencent != nil:
 		return sr.tencent(ctx, where, st.Tencent)
@@ -377,7 +386,10 @@ func (sr *run) disagreements(where string, r *replay.Replayer, res *replay.Resul
 }
 
 func (sr *run) pcap(ctx context.Context, where string, st *Step) error {
-	path := filepath.Join(sr.dir, st.Pcap)
+	path := st.Pcap
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(sr.dir, path)
+	}
 	var ex *replay.Expectations
 	if len(st.ExpectPcap) > 0 {
 		var err error

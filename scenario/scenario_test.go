@@ -64,6 +64,8 @@ func TestScenarioErrors(t *testing.T) {
 		{"bad verdict", "topology: ../../main/testdata/scenarios/lab.json\nsteps:\n  - packets: [{proto: tcp, src: 198.19.0.1, dst: 198.18.1.10, expect: MAYBE}]\n", "MAYBE"},
 		{"bad address", "topology: ../../main/testdata/scenarios/lab.json\nsteps:\n  - packets: [{proto: tcp, src: nope, dst: 198.18.1.10, expect: DROP}]\n", "src \"nope\""},
 		{"empty step", "topology: ../../main/testdata/scenarios/lab.json\nsteps:\n  - name: x\n", "empty step"},
+		{"two actions in a step", "topology: ../../main/testdata/scenarios/lab.json\nsteps:\n  - packets: [{proto: tcp, src: 198.19.0.1, dst: 198.18.1.10, expect: DROP}]\n    pcap: x.pcap\n",
+			"a step does one thing"},
 	}
 	lab, err := filepath.Abs(filepath.Join("..", "testdata", "scenarios", "lab.json"))
 	require.NoError(t, err)
@@ -76,6 +78,19 @@ func TestScenarioErrors(t *testing.T) {
 			assert.Contains(t, err.Error(), p)
 		})
 	}
+}
+
+// TestScenarioAbsolutePcap: a pcap step's absolute path is taken as it is, not under the scenario's
+// directory.
+func TestScenarioAbsolutePcap(t *testing.T) {
+	demo, err := filepath.Abs(filepath.Join("..", "testdata", "demo.json"))
+	require.NoError(t, err)
+	pcap, err := filepath.Abs(filepath.Join("..", "testdata", "pcaps", "demo.pcap"))
+	require.NoError(t, err)
+	p := testkit.WriteFile(t, "s.yaml", "topology: "+demo+"\nsteps:\n  - pcap: "+pcap+"\n")
+	fails, err := scenario.Run(context.Background(), p, &strings.Builder{}, scenario.Options{})
+	require.NoError(t, err)
+	assert.Zero(t, fails)
 }
 
 func TestScenarioReportsFailures(t *testing.T) {

@@ -223,6 +223,7 @@ func TestENIPutFileRefusals(t *testing.T) {
 		{name: "an unknown field", doc: `{"appId": "A", "sgs": []}`, want: `line 1:16: unknown field "sgs"`},
 		{name: "a key in another case", doc: `{"APPID": "A"}`, want: `line 1:2: key "APPID": must be written "appId"`},
 		{name: "two objects", doc: `{} {}`, want: "line 1:4: trailing data after the JSON value"},
+		{name: "another ID", doc: `{"networkInterfaceId": "eni-y", "appId": "A"}`, want: `networkInterfaceId "eni-y" is not the "eni-x" given`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "eni.json")
@@ -231,4 +232,15 @@ func TestENIPutFileRefusals(t *testing.T) {
 				[]string{"--file " + file + ": " + tc.want})
 		})
 	}
+	file := filepath.Join(t.TempDir(), "eni.json")
+	require.NoError(t, os.WriteFile(file, []byte(`{"appId": "A"}`), 0o600))
+	runCoreFails(t, []string{"eni", "put", "eni-x", "--endpoint", "http://127.0.0.1:1", "--token", "t", "--file", file, "--ip", "198.18.0.1"},
+		[]string{"--file " + file + " and --ip: the file gives the whole ENI"})
+}
+
+// TestDiffRefusesAFailedHuaweiCall: a what-if whose Huawei call failed for its ports (HTTP 200, every
+// port in fail) is an error, not "no flow changes its verdict".
+func TestDiffRefusesAFailedHuaweiCall(t *testing.T) {
+	runCoreFails(t, []string{"diff", "--topology", demoTopology, "--pcap", "../../testdata/pcaps/demo.pcap", "--apply", "huawei:sg-web:add:eni-nope"},
+		[]string{"--apply huawei:sg-web:add:eni-nope", "1 of 1 ports failed", "VPC.0608"})
 }

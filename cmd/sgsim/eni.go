@@ -47,12 +47,20 @@ func newENIPutCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if file != "" {
+				for _, fl := range []string{"app-id", "ip", "sg", "host-interface", "mac"} {
+					if cmd.Flags().Changed(fl) {
+						return fmt.Errorf("--file %s and --%s: the file gives the whole ENI; give one or the other", file, fl)
+					}
+				}
 				data, err := readFileOrStdin(cmd, file)
 				if err != nil {
 					return err
 				}
 				if err := model.DecodeFile("--file "+file, data, &e); err != nil {
 					return err
+				}
+				if e.NetworkInterfaceID != "" && e.NetworkInterfaceID != args[0] {
+					return fmt.Errorf("--file %s: networkInterfaceId %q is not the %q given", file, e.NetworkInterfaceID, args[0])
 				}
 			}
 			if e.NetworkInterfaceID == "" {
