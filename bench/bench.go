@@ -5,6 +5,7 @@ package bench
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -56,6 +57,9 @@ func ParseClassBench(name string, r io.Reader, limit int) ([]model.Rule, error) 
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s:%d: %w", name, line+1, err)
 	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no rule to use in %d lines (rules of destination ports 0 : 0 are skipped)", name, line)
+	}
 	return out, nil
 }
 
@@ -86,14 +90,14 @@ func parseClassBenchLine(s string) (model.Rule, bool, error) {
 	if err != nil {
 		return model.Rule{}, false, err
 	}
-	proto, mask, ok := strings.Cut(f[8], "/")
-	if !ok {
-		return model.Rule{}, false, fmt.Errorf("protocol %q: want value/mask", f[8])
+	pv, pm, err := hexPair(f[8], 8)
+	if err != nil {
+		return model.Rule{}, false, fmt.Errorf("protocol %q: %w (value and mask are bytes like 0x06/0xFF)", f[8], err)
 	}
-	pv, err1 := strconv.ParseUint(proto, 0, 8)
-	pm, err2 := strconv.ParseUint(mask, 0, 8)
-	if err1 != nil || err2 != nil {
-		return model.Rule{}, false, fmt.Errorf("protocol %q: value and mask must be bytes like 0x06/0xFF", f[8])
+	if len(f) == 10 {
+		if _, _, err := hexPair(f[9], 16); err != nil {
+			return model.Rule{}, false, fmt.Errorf("flags %q: %w (value and mask are 16-bit like 0x0000/0x0200)", f[9], err)
+		}
 	}
 	if dlo == 0 && dhi == 0 {
 		return model.Rule{}, false, nil
@@ -113,6 +117,28 @@ func parseClassBenchLine(s string) (model.Rule, bool, error) {
 		r.PortRange = fmt.Sprintf("%d-%d", max(dlo, 1), dhi)
 	}
 	return r, true, nil
+}
+
+// hexPair reads ClassBench's value/mask, both hexadecimal with 0x (as its generator writes them) of at
+// most bits bits.
+func hexPair(s string, bits int) (uint64, uint64, error) {
+	v, m, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, 0, errors.New("want value/mask")
+	}
+	var out [2]uint64
+	for i, x := range []string{v, m} {
+		digits, ok := strings.CutPrefix(strings.ToLower(x), "0x")
+		if !ok || digits == "" || len(digits) > bits/4 {
+			return 0, 0, fmt.Errorf("%q: want 0x and at most %d hex digits", x, bits/4)
+		}
+		n, err := strconv.ParseUint(digits, 16, bits)
+		if err != nil {
+			return 0, 0, err
+		}
+		out[i] = n
+	}
+	return out[0], out[1], nil
 }
 
 func portPair(lo, hi, which string) (uint16, uint16, error) {

@@ -68,6 +68,9 @@ func TestParseClassBenchErrors(t *testing.T) {
 		{"lo>hi", "@1.2.3.4/32 0.0.0.0/0 9 : 1 0 : 65535 0x06/0xFF", "source port range 9 : 1: low above high"},
 		{"proto", "@1.2.3.4/32 0.0.0.0/0 0 : 65535 0 : 65535 0x06", "want value/mask"},
 		{"proto byte", "@1.2.3.4/32 0.0.0.0/0 0 : 65535 0 : 65535 0x106/0xFF", "bytes"},
+		{"proto not hex", "@1.2.3.4/32 0.0.0.0/0 0 : 65535 0 : 65535 017/0xFF", `"017": want 0x`},
+		{"flags", "@1.2.3.4/32 0.0.0.0/0 0 : 65535 0 : 65535 0x06/0xFF garbage", `flags "garbage"`},
+		{"flags too wide", "@1.2.3.4/32 0.0.0.0/0 0 : 65535 0 : 65535 0x06/0xFF 0x10000/0x0200", "at most 4 hex digits"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,6 +80,15 @@ func TestParseClassBenchErrors(t *testing.T) {
 			assert.Contains(t, err.Error(), tt.want)
 			assert.Contains(t, err.Error(), "t.rules:2:")
 		})
+	}
+}
+
+// TestParseClassBenchNoRule: a file with no rule to use (empty, blank, or only 0 : 0 destination
+// ports, which the mapping skips) is refused, not benched as zero rules.
+func TestParseClassBenchNoRule(t *testing.T) {
+	for _, in := range []string{"", "\n\n", "@1.2.3.4/32 0.0.0.0/0 0 : 65535 0 : 0 0x06/0xFF 0x0000/0x0000\n"} {
+		_, err := ParseClassBench("t.rules", strings.NewReader(in), 0)
+		assert.ErrorContains(t, err, "t.rules: no rule to use", "%q", in)
 	}
 }
 

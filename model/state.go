@@ -204,6 +204,9 @@ func ParseTopology(name string, data []byte) (*State, error) {
 // API's bodies are read: no unknown field, and CheckJSON. name (a file name) prefixes every error,
 // which says at which line:column data went wrong.
 func DecodeFile(name string, data []byte, v any) error {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return fmt.Errorf("%s: the file is empty: want one JSON object", name)
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

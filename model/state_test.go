@@ -158,6 +158,7 @@ func TestParseTopologyErrors(t *testing.T) {
 			doc: `{"accounts":[],"networkInterfaces":[null]}`},
 		{name: "truncated", want: []string{"f.json: "},
 			doc: `{"accounts":[`},
+		{name: "empty", want: []string{"f.json: the file is empty: want one JSON object"}, doc: " \n\t"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

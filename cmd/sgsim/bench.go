@@ -11,6 +11,9 @@ import (
 	"github.com/sgsim/sgsim/model"
 )
 
+// maxBenchPackets bounds --packets: the packets are held in memory, tens of bytes each.
+const maxBenchPackets = 10_000_000
+
 func newBenchCmd() *cobra.Command {
 	var files []string
 	var rules, synthetic, packets, sgs int
@@ -27,8 +30,8 @@ func newBenchCmd() *cobra.Command {
 			if len(files) == 0 && synthetic <= 0 {
 				return fmt.Errorf("bench: give --classbench FILE or --synthetic N")
 			}
-			if packets <= 0 {
-				return fmt.Errorf("bench: --packets %d: must be positive", packets)
+			if packets <= 0 || packets > maxBenchPackets {
+				return fmt.Errorf("bench: --packets %d: must be 1 to %d", packets, maxBenchPackets)
 			}
 			type job struct {
 				name string
@@ -59,6 +62,7 @@ func newBenchCmd() *cobra.Command {
 				}
 				corner := packets / 2
 				pkts := bench.Packets(ts.Ingress, corner, packets-min(corner, packets), seed)
+				pkts = pkts[:min(len(pkts), packets)] // a corner cap of 0 keeps every corner
 				r, err := bench.Run(cmd.Context(), j.name, ts.Ingress, pkts)
 				if err != nil {
 					return fmt.Errorf("bench %s: %w", j.name, err)
