@@ -74,6 +74,9 @@ func RunAgent(ctx context.Context, cfg AgentConfig) (err error) {
 	if prefix == "" {
 		prefix = DefaultEtcdPrefix
 	}
+	if err := checkEtcdEndpoints(cfg.Etcd); err != nil {
+		return err
+	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return fmt.Errorf("--etcd %v: %w", cfg.Etcd, err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -57,6 +59,29 @@ type fleet struct {
 	feedsRepaired prometheus.Counter
 }
 
+// checkEtcdEndpoints refuses an --etcd endpoint the client could never dial: a URL whose scheme is not
+// http, https, unix or unixs or that has no host, or a bare endpoint that is not host:port.
+func checkEtcdEndpoints(endpoints []string) error {
+	for _, ep := range endpoints {
+		if strings.Contains(ep, "://") {
+			u, err := url.Parse(ep)
+			switch {
+			case err != nil:
+				return fmt.Errorf("--etcd %s: %w", ep, err)
+			case u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix" && u.Scheme != "unixs":
+				return fmt.Errorf("--etcd %s: want an http, https, unix or unixs URL", ep)
+			case u.Host == "" && u.Path == "":
+				return fmt.Errorf("--etcd %s: no host", ep)
+			}
+			continue
+		}
+		if _, _, err := net.SplitHostPort(ep); err != nil {
+			return fmt.Errorf("--etcd %s: want a URL (http://HOST:PORT) or HOST:PORT: %w", ep, err)
+		}
+	}
+	return nil
+}
+
 // newFleet builds n as a stateless API replica of the fleet in cfg.Etcd (SPEC §9): the state lives in
 // etcd, no dataplane is loaded, every change is one guarded etcd transaction that names the hosts it
 // affects, and each answer waits (up to cfg.EnforceTimeout) for those hosts to acknowledge it.
@@ -85,6 +110,9 @@ func (n *Node) newFleet(ctx context.Context, cfg Config) error {
 	}
 	var err error
 	// etcd's client logs through zap; its connection trouble reaches us as errors instead.
+	if err := checkEtcdEndpoints(cfg.Etcd); err != nil {
+		return err
+	}
 	if f.cli, err = dial(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
 		return fmt.Errorf("--etcd %v: %w", cfg.Etcd, err)
 	}

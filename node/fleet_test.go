@@ -463,6 +463,8 @@ func TestFleetConfigErrors(t *testing.T) {
 		{"replicas enforce nothing", Config{Etcd: []string{endpoint}, Dataplane: DataplaneEBPF}, "replicas enforce nothing"},
 		{"bad prefix", Config{Etcd: []string{endpoint}, EtcdPrefix: "nope/"}, "prefix"},
 		{"negative timeout", Config{Etcd: []string{endpoint}, EnforceTimeout: -time.Second}, "--enforce-timeout"},
+		{"not an endpoint", Config{Etcd: []string{"notaurl"}}, "--etcd notaurl: want a URL (http://HOST:PORT) or HOST:PORT"},
+		{"another scheme", Config{Etcd: []string{"ftp://127.0.0.1:2379"}}, "--etcd ftp://127.0.0.1:2379: want an http, https, unix or unixs URL"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := New(context.Background(), tt.cfg)

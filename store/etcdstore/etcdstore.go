@@ -159,10 +159,35 @@ func Open(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Opti
 	if s.maxOps < 8 || s.maxBytes < 64*1024 {
 		return nil, fmt.Errorf("etcdstore: etcd limits of %d operations and %d bytes per request are too small", s.maxOps, s.maxBytes)
 	}
-	if _, err := cli.Get(ctx, s.genKey()); err != nil {
-		return nil, fmt.Errorf("etcdstore: reach etcd: %w", err)
+	if err := s.reach(ctx); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// reachTry bounds one attempt of reach; between attempts it logs why etcd did not answer, so a start
+// that waits for etcd says so instead of hanging silently.
+const reachTry = 5 * time.Second
+
+// reach waits until etcd answers a read (an etcd that starts after the daemon is waited for), until
+// ctx ends.
+func (s *Store) reach(ctx context.Context) error {
+	for {
+		tctx, cancel := context.WithTimeout(ctx, reachTry)
+		_, err := s.cli.Get(tctx, s.genKey())
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return fmt.Errorf("etcdstore: reach etcd %v: %w", s.cli.Endpoints(), errors.Join(err, ctx.Err()))
+		}
+		s.log.Warn("etcd does not answer yet; trying again", "endpoints", s.cli.Endpoints(), "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 var kindSegments = map[store.Kind]string{store.KindAccount: "account", store.KindSG: "sg", store.KindENI: "eni", store.KindAdmin: "admin"}
