@@ -7,8 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"sigs.k8s.io/yaml"
-
+	"github.com/sgsim/sgsim/internal/strictyaml"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/packet"
 )
@@ -150,14 +149,16 @@ func LoadExpectations(path string) (*Expectations, error) {
 // ParseExpectations parses expectations from data; name is used in errors.
 func ParseExpectations(name string, data []byte) (*Expectations, error) {
 	var list []*Expectation
-	if err := yaml.UnmarshalStrict(data, &list); err != nil {
+	if strictyaml.IsMapping(data) {
 		var wrapped struct {
 			Expect []*Expectation `json:"expect"`
 		}
-		if err2 := yaml.UnmarshalStrict(data, &wrapped); err2 != nil {
+		if err := strictyaml.Decode(data, &wrapped); err != nil {
 			return nil, fmt.Errorf("%s: want a list of {index|flow, verdict} or {expect: [...]}: %w", name, err)
 		}
 		list = wrapped.Expect
+	} else if err := strictyaml.Decode(data, &list); err != nil {
+		return nil, fmt.Errorf("%s: want a list of {index|flow, verdict} or {expect: [...]}: %w", name, err)
 	}
 	if len(list) == 0 {
 		return nil, fmt.Errorf("%s: no expectations", name)

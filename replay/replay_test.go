@@ -822,3 +822,16 @@ func TestWriteFilesCheckedFirst(t *testing.T) {
 		})
 	}
 }
+
+// TestParseExpectationsSaysWhere: a fault in an expectations file is named by its place in whichever
+// form the file takes.
+func TestParseExpectationsSaysWhere(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"expect: [{index: 1, verdit: ACCEPT}]\n", `x.yaml: want a list of {index|flow, verdict} or {expect: [...]}: expect[0]: unknown field "verdit"`},
+		{"- {index: 1, verdict: ACCEPT}\n- {index: x, verdict: DROP}\n", "[1].index: expected an integer, got a string"},
+		{"expect: {index: 1}\n", "expect: expected an array, got an object"},
+	} {
+		_, err := replay.ParseExpectations("x.yaml", []byte(tc.in))
+		assert.ErrorContains(t, err, tc.want, "%q", tc.in)
+	}
+}

@@ -16,11 +16,10 @@ import (
 	"strings"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/sgsim/sgsim/api"
 	"github.com/sgsim/sgsim/control"
 	"github.com/sgsim/sgsim/dataplane"
+	"github.com/sgsim/sgsim/internal/strictyaml"
 	"github.com/sgsim/sgsim/model"
 	"github.com/sgsim/sgsim/node"
 	"github.com/sgsim/sgsim/packet"
@@ -80,7 +79,7 @@ func Load(path string) (*Scenario, error) {
 		return nil, fmt.Errorf("read scenario: %w", err)
 	}
 	var s Scenario
-	if err := yaml.UnmarshalStrict(data, &s); err != nil {
+	if err := strictyaml.Decode(data, &s); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if len(s.Topology) == 0 {

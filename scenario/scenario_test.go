@@ -66,6 +66,9 @@ func TestScenarioErrors(t *testing.T) {
 		{"empty step", "topology: ../../main/testdata/scenarios/lab.json\nsteps:\n  - name: x\n", "empty step"},
 		{"two actions in a step", "topology: ../../main/testdata/scenarios/lab.json\nsteps:\n  - packets: [{proto: tcp, src: 198.19.0.1, dst: 198.18.1.10, expect: DROP}]\n    pcap: x.pcap\n",
 			"a step does one thing"},
+		{"a port out of range", "topology: ../../main/testdata/scenarios/lab.json\nsteps:\n  - packets: [{proto: tcp, src: 198.19.0.1, sport: 70000, dst: 198.18.1.10, expect: DROP}]\n",
+			"steps[0].packets[0].sport: 70000 is out of range"},
+		{"an unknown key in a step", "topology: ../../main/testdata/scenarios/lab.json\nsteps:\n  - packet: []\n", `steps[0]: unknown field "packet"`},
 	}
 	lab, err := filepath.Abs(filepath.Join("..", "testdata", "scenarios", "lab.json"))
 	require.NoError(t, err)
