@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 )
 
 // Account is a cloud account with its Tencent and Huawei credentials.
@@ -144,6 +146,10 @@ func newState(t Topology, strict bool) (*State, error) {
 		}
 		if _, ok := s.accounts[g.AppID]; !ok {
 			return nil, errValue(CodeNotFound, path+".appId", g.AppID, "no such account")
+		}
+		if strict && (g.ProjectID < 0 || g.ProjectID > math.MaxInt32) {
+			// The range the Tencent API takes for a projectId; checked on new input only, as for ENIs.
+			return nil, errValue(CodeBadParameter, path+".projectId", strconv.Itoa(g.ProjectID), fmt.Sprintf("not an integer in 0-%d", math.MaxInt32))
 		}
 		sg, err := prepareSG(g)
 		if err != nil {

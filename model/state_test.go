@@ -159,6 +159,8 @@ func TestParseTopologyErrors(t *testing.T) {
 		{name: "truncated", want: []string{"f.json: "},
 			doc: `{"accounts":[`},
 		{name: "empty", want: []string{"f.json: the file is empty: want one JSON object"}, doc: " \n\t"},
+		{name: "a negative projectId", want: []string{`f.json: securityGroups[0].projectId: "-1": not an integer in 0-2147483647`},
+			doc: `{"accounts":[{"appId":"A"}],"securityGroups":[{"sgId":"sg-a","appId":"A","projectId":-1}]}`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
