@@ -80,6 +80,10 @@ func (h *Handler) eniResponse(n *model.NetworkInterface) ENIResponse {
 		if t, ok := e.Snapshot().ENI(n.NetworkInterfaceID); ok {
 			out.TableGeneration = t.Generation
 		}
+	} else if h.opts.TableGeneration != nil {
+		if g, ok := h.opts.TableGeneration(n.NetworkInterfaceID); ok {
+			out.TableGeneration = g
+		}
 	}
 	return out
 }

@@ -50,6 +50,9 @@ type Options struct {
 	// Interfaces, if set, reports a host interface's state (the node that attaches them sets it), for
 	// the admin endpoints' attached and ifindex.
 	Interfaces func(ifname string) InterfaceState
+	// TableGeneration, if set, reports the generation of an ENI's tables in force where the node keeps
+	// no Go engine to tell (an eBPF-only node), for the admin endpoints' tableGeneration.
+	TableGeneration func(eni string) (uint64, bool)
 	// Enforcement, if set (fleet mode, SPEC §9), is called after every accepted change with what its
 	// commit reported (zero when the call changed nothing) and returns the answer's "enforcement",
 	// added to the Tencent, Huawei and admin bodies; unset, those bodies are the single host's.

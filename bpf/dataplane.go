@@ -316,6 +316,22 @@ func (d *Dataplane) recoverSlots() error {
 	return nil
 }
 
+// TableGeneration returns the generation of eni's newest table in force (either direction), and
+// whether it has any.
+func (d *Dataplane) TableGeneration(eni string) (uint64, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	slot, ok := d.slots[eni]
+	if !ok {
+		return 0, false
+	}
+	l, ok := d.live[slot]
+	if !ok || (l.maps[0] == nil && l.maps[1] == nil) {
+		return 0, false
+	}
+	return max(l.gens[0], l.gens[1]), true
+}
+
 // ENIs lists the ENIs that hold a slot: those this process published and those an earlier process
 // left pinned (recoverSlots), which a state that no longer has them must remove.
 func (d *Dataplane) ENIs() []string {

@@ -214,6 +214,7 @@ func newAgentHandler(a *agent.Agent, cfg AgentConfig, enf *agentEnforcer, inForc
 	aopts.StoreHealth = a.Err // /readyz: not ready while changes cannot reach this host
 	if enf != nil {
 		aopts.RuleCounts = ruleCounts(enf.bpf)
+		aopts.TableGeneration = enf.bpf.TableGeneration
 		aopts.Interfaces = func(ifname string) api.InterfaceState {
 			l := enf.links.Load()
 			if l == nil {

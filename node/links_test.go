@@ -302,3 +302,26 @@ func TestSecondNodeOnAPinPathIsRefused(t *testing.T) {
 	assert.ErrorContains(t, err, fmt.Sprintf("process %d", os.Getpid()))
 	assert.NotContains(t, err.Error(), "needs root")
 }
+
+// TestEBPFOnlyNodeReportsTableGeneration: a node with the eBPF dataplane alone (no Go engine) still
+// says, per ENI, at which generation its tables in force were made (SPEC §8: table generation).
+func TestEBPFOnlyNodeReportsTableGeneration(t *testing.T) {
+	requireKernel(t)
+	seed, err := model.ParseTopology("links", []byte(linksTopology))
+	require.NoError(t, err)
+	n, err := New(context.Background(), Config{Seed: seed, Dataplane: DataplaneEBPF, NoAttach: true,
+		API: api.Options{AdminTokens: []string{"t"}}, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	srv := httptest.NewServer(n.Handler())
+	t.Cleanup(srv.Close)
+	c := &client.Native{Endpoint: srv.URL, Token: "t"}
+	ctx := context.Background()
+	put, err := c.PutENI(ctx, client.ENISpec{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.2"}, SgIDs: []string{"sg-late"}})
+	require.NoError(t, err)
+	gen := n.Controller().View().Generation
+	assert.Equal(t, gen, put.TableGeneration, "made by the PUT")
+	got, err := c.GetENI(ctx, "eni-2")
+	require.NoError(t, err)
+	assert.Equal(t, gen, got.TableGeneration)
+}

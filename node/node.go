@@ -162,6 +162,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	if n.bpf != nil {
 		aopts.RuleCounts = ruleCounts(n.bpf)
+		aopts.TableGeneration = n.bpf.TableGeneration // used where there is no Go engine
 	}
 	if n.links != nil {
 		aopts.Interfaces = func(ifname string) api.InterfaceState {
