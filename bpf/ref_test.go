@@ -76,14 +76,14 @@ func (f *frame) ctPorts() (uint16, uint16, bool) {
 	return 0, 0, true
 }
 
-// refEchoPorts: an echo (or timestamp) request carries its identifier as the source port and the
-// identifier's complement as the destination port, a reply the other way round, so that only a reply
-// is the reverse of a request (an echo request coming back is a flow of its own).
+// refEchoPorts: an echo (or timestamp) request is tracked from its identifier to the next one, a reply
+// the other way round, so that only a reply is the reverse of a request (an echo request coming back,
+// whatever its identifier, is a flow of its own).
 func refEchoPorts(typ uint8, id uint16) (uint16, uint16) {
 	if typ == 0 || typ == 14 || typ == 129 {
-		return ^id, id
+		return id + 1, id
 	}
-	return id, ^id
+	return id, id + 1
 }
 
 // isICMP: ICMP of the packet's own family (ICMP in IPv6 is just another protocol).

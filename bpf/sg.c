@@ -421,11 +421,11 @@ static __always_inline int is_ext6(__u8 nh)
 }
 
 // echo_ports sets the ports an ICMP echo (or timestamp) message of type t and identifier id is tracked
-// by, as packet.EchoPorts does: the identifier on the requester's side, its complement on the other, so
-// a reply is its request's flow reversed and a request coming back the other way is a flow of its own.
+// by, as packet.EchoPorts does: a request from id to id+1, a reply the other way, so a reply is its
+// request's flow reversed and no request reversed is another request's, whatever the identifiers.
 static __always_inline void echo_ports(__u8 t, __u16 id, __u16 *sport, __u16 *dport)
 {
-	__u16 other = ~id;
+	__u16 other = id + 1;
 	int reply = t == 0 || t == 14 || t == 129;
 	*sport = reply ? other : id;
 	*dport = reply ? id : other;

@@ -397,15 +397,16 @@ func decodeICMP(p []byte, v6 bool, d *Decoded) {
 }
 
 // EchoPorts are the ports an ICMP echo (or timestamp) message of type typ and identifier id is tracked
-// by: the identifier on the requester's side and its complement on the other, so that a reply (the
-// identifier on its destination's side) is the request's flow reversed, and a request coming back
-// the other way, which is no reply (SPEC §3), is another flow. A port and its complement never meet.
+// by: a request from id to id+1, a reply from id+1 to id, so that a reply is its request's flow
+// reversed, and no request reversed is another request's flow, whatever the identifiers: (a, a+1)
+// reversed is (a+1, a), and a request (b, b+1) equal to it would need b+1 = a and b = a+1. A request
+// coming back the other way is thus a flow of its own (SPEC §3: only replies pass as established).
 func EchoPorts(typ uint8, id uint16) (src, dst uint16) {
 	switch typ {
 	case 0, 14, 129: // echo reply, timestamp reply, ICMPv6 echo reply
-		return ^id, id
+		return id + 1, id
 	}
-	return id, ^id
+	return id, id + 1
 }
 
 // decodeQuoted reads the 5-tuple of the packet an ICMP error quotes; ports need its first 4 bytes.
