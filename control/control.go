@@ -25,6 +25,11 @@ type Limits struct {
 	// ENIsPerHost is how many ENIs this host can enforce (the eBPF program's slots); 0 = no limit.
 	// Reaching it refuses the next new ENI (model.CodeConflict) before anything is committed.
 	ENIsPerHost int
+	// PerNamedHost makes ENIsPerHost the limit of each named host (a fleet replica's: its agents'
+	// slots), counting the ENIs whose host is that one, for a new ENI and one moved there; ENIs with
+	// no host are placed nowhere and not limited. Without it, every ENI counts (a single host, which
+	// enforces them all whatever their host field).
+	PerNamedHost bool
 }
 
 // DefaultLimits returns Tencent's documented defaults.

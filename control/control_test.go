@@ -439,6 +439,9 @@ func TestPutENIRefusals(t *testing.T) {
 			"would have 3 network interfaces, at most 2"},
 		{"host full", eni(func(*model.NetworkInterface) {}), func(l *Limits) { l.ENIsPerHost = 6 }, model.CodeConflict,
 			"this host enforces at most 6 network interfaces"},
+		// A single host enforces every ENI whatever its host field: naming another host is no way round.
+		{"host full, another host named", eni(func(n *model.NetworkInterface) { n.Host = "elsewhere" }),
+			func(l *Limits) { l.ENIsPerHost = 6 }, model.CodeConflict, "this host enforces at most 6 network interfaces"},
 		{"another account's ENI", eni(func(n *model.NetworkInterface) { n.NetworkInterfaceID = "eni-other"; n.SgIDs = nil }), nil,
 			model.CodeNotOwner, "belongs to another account"},
 		{"bad address", eni(func(n *model.NetworkInterface) { n.PrivateIPAddresses = []string{"198.18.7"} }), nil,

@@ -19,11 +19,8 @@ func (w *Writer) PutENI(s *model.State, n model.NetworkInterface) (*model.State,
 	if existed && old.AppID != n.AppID {
 		return nil, apiErr(model.CodeNotOwner, "appId", n.AppID, "network interface "+n.NetworkInterfaceID+" belongs to another account")
 	}
-	if max := w.limits.ENIsPerHost; max > 0 && (!existed || old.Host != n.Host) {
-		if held := enisOn(s, n.Host); held >= max {
-			return nil, apiErr(model.CodeConflict, "networkInterfaceId", n.NetworkInterfaceID,
-				fmt.Sprintf("%s enforces at most %d network interfaces and holds %d: delete one first", hostName(n.Host), max, held))
-		}
+	if err := w.checkENIsPerHost(s, old, existed, n); err != nil {
+		return nil, err
 	}
 	b := s.Edit()
 	if err := b.PutENI(n); err != nil {
@@ -54,23 +51,34 @@ func (w *Writer) DeleteENI(s *model.State, id string) (*model.State, error) {
 	return b.State(), nil
 }
 
-// enisOn counts the ENIs of s on host ("" on a single host: every ENI there is this host's).
-func enisOn(s *model.State, host string) int {
-	n := 0
+// checkENIsPerHost refuses n, new or replacing old, where it would take its host past the ENIs it can
+// enforce (Limits.ENIsPerHost, PerNamedHost).
+func (w *Writer) checkENIsPerHost(s *model.State, old *model.NetworkInterface, existed bool, n model.NetworkInterface) error {
+	max := w.limits.ENIsPerHost
+	if max <= 0 {
+		return nil
+	}
+	if !w.limits.PerNamedHost {
+		if held := len(s.ENIIDs()); !existed && held >= max {
+			return apiErr(model.CodeConflict, "networkInterfaceId", n.NetworkInterfaceID,
+				fmt.Sprintf("this host enforces at most %d network interfaces and holds %d: delete one first", max, held))
+		}
+		return nil
+	}
+	if n.Host == "" || (existed && old.Host == n.Host) {
+		return nil
+	}
+	held := 0
 	for _, id := range s.ENIIDs() {
-		if e, _ := s.ENI(id); e.Host == host {
-			n++
+		if e, _ := s.ENI(id); e.Host == n.Host {
+			held++
 		}
 	}
-	return n
-}
-
-// hostName names host in an error: "this host" on a single host.
-func hostName(host string) string {
-	if host == "" {
-		return "this host"
+	if held >= max {
+		return apiErr(model.CodeConflict, "networkInterfaceId", n.NetworkInterfaceID,
+			fmt.Sprintf("host %q enforces at most %d network interfaces and holds %d: delete one first", n.Host, max, held))
 	}
-	return fmt.Sprintf("host %q", host)
+	return nil
 }
 
 func mustENI(s *model.State, id string) *model.NetworkInterface { n, _ := s.ENI(id); return n }

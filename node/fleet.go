@@ -137,6 +137,7 @@ func (n *Node) newFleet(ctx context.Context, cfg Config) error {
 	if lim.ENIsPerHost == 0 || lim.ENIsPerHost > bpf.MaxENIs {
 		lim.ENIsPerHost = bpf.MaxENIs
 	}
+	lim.PerNamedHost = true
 	copts.Limits = &lim
 	copts.Commit = f.commit(n)
 	if n.ctrl, err = control.New(ctx, f.st, nil, copts); err != nil {

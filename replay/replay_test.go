@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -834,4 +835,25 @@ func TestParseExpectationsSaysWhere(t *testing.T) {
 		_, err := replay.ParseExpectations("x.yaml", []byte(tc.in))
 		assert.ErrorContains(t, err, tc.want, "%q", tc.in)
 	}
+}
+
+// TestReplayFromAPipe: a capture read from a pipe (a shell's <(…)) is read once, with --write-* files
+// too: nothing is read from it ahead of the run.
+func TestReplayFromAPipe(t *testing.T) {
+	capture, err := os.ReadFile(filepath.Join("..", "testdata", "pcaps", "demo.pcap"))
+	require.NoError(t, err)
+	fifo := filepath.Join(t.TempDir(), "capture")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
+	go func() {
+		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		_, _ = f.Write(capture)
+	}()
+	r, _ := demoReplayer(t, replay.Options{})
+	sum, err := replay.Run(context.Background(), r, replay.RunConfig{Pcaps: []string{fifo}, WriteAccepted: filepath.Join(t.TempDir(), "acc.pcap")})
+	require.NoError(t, err)
+	assert.Positive(t, sum.Packets)
 }

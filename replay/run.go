@@ -180,10 +180,17 @@ func newRunner(r *Replayer, cfg RunConfig) (*runner, error) {
 	return rn, nil
 }
 
-// checkOutputs refuses a run whose captures do not all open or whose --write-* files would overwrite a
-// capture or each other, before any output exists.
+// checkOutputs refuses a run with --write-* files whose captures do not all open or whose outputs would
+// overwrite a capture or each other, before any output exists. A capture that is no regular file (a
+// pipe) is not opened ahead: what is read from it is gone.
 func checkOutputs(cfg RunConfig) error {
+	if cfg.WriteAccepted == "" && cfg.WriteDropped == "" {
+		return nil
+	}
 	for _, name := range cfg.Pcaps {
+		if fi, err := os.Stat(name); err == nil && !fi.Mode().IsRegular() {
+			continue
+		}
 		src, err := Open(name)
 		if err != nil {
 			return err

@@ -474,20 +474,26 @@ func (s *Store) settleOnce(ctx context.Context, token string) (rev int64, done b
 	switch {
 	case at != s.base && g.Commit == token:
 		return at, true, nil
+	case at != s.base && g.Commit == fenceOf(token):
+		return 0, true, nil // a round before fenced it, and lost the fence's answer
 	case at == 0:
 		// A first commit: a fence would make a generation with no objects. A restart reloads.
 		return 0, true, errors.New("etcdstore: whether the first commit applied is unknown")
 	case at != s.base:
 		first, rev, err := s.firstAfterBase(ctx)
 		switch {
+		case errors.Is(err, rpctypes.ErrCompacted):
+			return 0, true, fmt.Errorf("etcdstore: whether the commit applied is unknown: %w", err)
 		case err != nil:
 			return 0, false, err
 		case first == token:
 			return rev, true, nil // applied, and another writer's commit followed it
+		case first == fenceOf(token):
+			return 0, true, nil // fenced (the fence's answer lost), then another writer committed
 		}
 		return 0, true, fmt.Errorf("%w: %s moved past revision %d", store.ErrConflict, s.prefix, s.base)
 	}
-	fence, _ := json.Marshal(generation{NextSeq: g.NextSeq, Commit: "fence:" + token})
+	fence, _ := json.Marshal(generation{NextSeq: g.NextSeq, Commit: fenceOf(token)})
 	fresp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.genKey()), "=", s.base)).
 		Then(clientv3.OpPut(s.genKey(), string(fence))).Commit()
 	switch {
@@ -521,6 +527,9 @@ func (s *Store) firstAfterBase(ctx context.Context) (string, int64, error) {
 	}
 	return "", 0, fmt.Errorf("etcdstore: the history of %s after revision %d: %w", s.genKey(), s.base, ctx.Err())
 }
+
+// fenceOf is the commit ID of the fence settle writes for the commit token.
+func fenceOf(token string) string { return "fence:" + token }
 
 // newCommitToken names one commit.
 func newCommitToken() string {
