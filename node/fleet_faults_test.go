@@ -441,7 +441,10 @@ func TestFleetAgentWatchCompacted(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	endpoint := etcd.Endpoint()
 	proxy := startCutProxy(t, endpoint)
-	a := newReplica(t, endpoint, fleetTopology(t), 100*time.Millisecond)
+	// Long enough for h1, which etcd reaches, to acknowledge on a loaded machine; short enough that the
+	// three answers that wait it out (h2 cut off) end well within h2's lease, so that h2 comes back
+	// to a compacted watch, not a lost lease.
+	a := newReplica(t, endpoint, fleetTopology(t), 400*time.Millisecond)
 	rec := &logRecorder{}
 	h1, h2 := startFleetAgent(t, endpoint, "h1"), startLoggedAgent(t, proxy.Endpoint(), "h2", rec)
 	enforcing(t, a, h1, h2)
