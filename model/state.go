@@ -108,6 +108,30 @@ func NewState(t Topology) (*State, error) { return newState(t, true) }
 // syntax: newInputChecks): a state an older build accepted and stored still loads after an upgrade.
 func RestoreState(t Topology) (*State, error) { return newState(t, false) }
 
+// checkCredentials refuses credentials of account a (at path) that would let others sign or speak as
+// it: a secretId without a secretKey (an HMAC with an empty key anyone can make), a secretId or a
+// Huawei token another account already has (the first account holding it would answer for both).
+// seenIDs and seenTokens are those of the accounts before it.
+func checkCredentials(path string, a Account, seenIDs, seenTokens map[string]bool) error {
+	switch {
+	case a.SecretID != "" && a.SecretKey == "":
+		return errf(CodeBadParameter, path+".secretKey", "a secretId needs a secretKey")
+	case a.SecretID != "" && seenIDs[a.SecretID]:
+		return errValue(CodeBadParameter, path+".secretId", a.SecretID, "another account has this secretId")
+	}
+	seenIDs[a.SecretID] = true
+	for j, tok := range a.HuaweiTokens {
+		switch {
+		case tok == "":
+			return errf(CodeBadParameter, fmt.Sprintf("%s.huaweiTokens[%d]", path, j), "a token may not be empty")
+		case seenTokens[tok]:
+			return errf(CodeBadParameter, fmt.Sprintf("%s.huaweiTokens[%d]", path, j), "another account (or this one) has this token")
+		}
+		seenTokens[tok] = true
+	}
+	return nil
+}
+
 // newState is NewState, with the checks of newInputChecks only when strict.
 func newState(t Topology, strict bool) (*State, error) {
 	s := &State{
@@ -122,6 +146,7 @@ func newState(t Topology, strict bool) (*State, error) {
 		}
 	}
 	s.adminTokens = slices.Clone(t.AdminTokens)
+	secretIDs, tokens := map[string]bool{}, map[string]bool{}
 	for i := range t.Accounts {
 		a := t.Accounts[i]
 		path := fmt.Sprintf("accounts[%d]", i)
@@ -130,6 +155,11 @@ func newState(t Topology, strict bool) (*State, error) {
 		}
 		if _, dup := s.accounts[a.AppID]; dup {
 			return nil, errValue(CodeBadParameter, path+".appId", a.AppID, "duplicate appId")
+		}
+		if strict {
+			if err := checkCredentials(path, a, secretIDs, tokens); err != nil {
+				return nil, err
+			}
 		}
 		a.HuaweiTokens = slices.Clone(a.HuaweiTokens)
 		s.accounts[a.AppID] = &a

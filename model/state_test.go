@@ -159,6 +159,12 @@ func TestParseTopologyErrors(t *testing.T) {
 		{name: "truncated", want: []string{"f.json: "},
 			doc: `{"accounts":[`},
 		{name: "empty", want: []string{"f.json: the file is empty: want one JSON object"}, doc: " \n\t"},
+		{name: "a secretId without a secretKey", want: []string{"f.json: accounts[0].secretKey: a secretId needs a secretKey"},
+			doc: `{"accounts":[{"appId":"A","secretId":"AKID1"}]}`},
+		{name: "a secretId twice", want: []string{`f.json: accounts[1].secretId: "AKID1": another account has this secretId`},
+			doc: `{"accounts":[{"appId":"A","secretId":"AKID1","secretKey":"k"},{"appId":"B","secretId":"AKID1","secretKey":"j"}]}`},
+		{name: "a Huawei token twice", want: []string{"f.json: accounts[1].huaweiTokens[0]: another account (or this one) has this token"},
+			doc: `{"accounts":[{"appId":"A","huaweiTokens":["t"]},{"appId":"B","huaweiTokens":["t"]}]}`},
 		{name: "a negative projectId", want: []string{`f.json: securityGroups[0].projectId: "-1": not an integer in 0-2147483647`},
 			doc: `{"accounts":[{"appId":"A"}],"securityGroups":[{"sgId":"sg-a","appId":"A","projectId":-1}]}`},
 	}
