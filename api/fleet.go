@@ -46,9 +46,16 @@ func (h *Handler) enforcement(ctx context.Context, note *control.Committed) *Enf
 	return h.opts.Enforcement(ctx, *note)
 }
 
-// serveChange is GET /sgsim/v1/changes/{R}: the enforcement of an earlier change, from any replica.
+// serveChange is GET /sgsim/v1/changes/{R}: the enforcement of an earlier change, from any replica. Admin
+// tokens only: a change's hosts, pending and down are the fleet's, not one account's (a tenant has its
+// own calls' in their answers).
 func (h *Handler) serveChange(w http.ResponseWriter, r *http.Request) {
-	if _, ok := h.inspector(w, r); !ok {
+	insp, ok := h.inspector(w, r)
+	if !ok {
+		return
+	}
+	if !insp.admin {
+		writeJSON(w, http.StatusForbidden, inspectError{"changes are reported to admin tokens only: a tenant finds its call's enforcement in the call's answer"})
 		return
 	}
 	rev, err := strconv.ParseUint(r.PathValue("rev"), 10, 64)

@@ -16,8 +16,14 @@ import (
 // is megabytes; nothing sgsim answers comes near this).
 const maxResponseBytes = 64 << 20
 
-// DefaultHTTP is the http.Client used when a client's HTTP is nil.
-func DefaultHTTP() *http.Client { return &http.Client{Timeout: 30 * time.Second} }
+// DefaultHTTP is the http.Client used when a client's HTTP is nil. It follows no redirect: Go's client
+// would carry X-Auth-Token (and a signed GET's parameters) to whatever host a redirect names; the
+// caller gets the 3xx answer instead.
+func DefaultHTTP() *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
+}
 
 // InProcess returns an http.Client whose requests h serves directly, in this goroutine, without a
 // listener: scenarios and tests drive the daemon's handlers through the same client code.

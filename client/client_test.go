@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -300,5 +302,25 @@ func TestClientNeedsNoServer(t *testing.T) {
 		if strings.HasPrefix(dep, "github.com/sgsim/sgsim/") {
 			assert.Equal(t, "github.com/sgsim/sgsim/client", dep)
 		}
+	}
+}
+
+// TestTokenNotCarriedOnRedirect: the default HTTP client follows no redirect, so a Huawei token is
+// sent to the endpoint alone, never to a host a redirect names.
+func TestTokenNotCarriedOnRedirect(t *testing.T) {
+	var leaked atomic.Bool
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		leaked.Store(r.Header.Get("X-Auth-Token") != "")
+	}))
+	t.Cleanup(other.Close)
+	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(redirecting.Close)
+	h := &client.Huawei{Endpoint: redirecting.URL, Token: "tok-secret", Project: "p"}
+	res, _ := h.PortAction(context.Background(), "sg-1", "add", []string{"eni-1"})
+	assert.False(t, leaked.Load(), "the token reached the host the redirect named")
+	if res != nil {
+		assert.Equal(t, http.StatusTemporaryRedirect, res.Status)
 	}
 }

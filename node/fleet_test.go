@@ -212,6 +212,12 @@ func TestFleetAnswersCarryEnforcement(t *testing.T) {
 	assert.Equal(t, http.StatusNotFound, code, "a revision that committed no change")
 	code, _ = change(t, b, e.Revision+1000)
 	assert.Equal(t, http.StatusNotFound, code, "a revision etcd has not reached")
+	// A tenant's token may not read the fleet's changes (their hosts are not one account's).
+	req := httptest.NewRequest(http.MethodGet, fmt.Sprintf("/sgsim/v1/changes/%d", e.Revision), nil)
+	req.Header.Set("X-Auth-Token", fleetToken)
+	tw := httptest.NewRecorder()
+	b.Handler().ServeHTTP(tw, req)
+	assert.Equal(t, http.StatusForbidden, tw.Code, tw.Body.String())
 
 	// Huawei and the admin API answer with enforcement too; sg-c on e1 and e2 affects h1 and h2.
 	hr, err := huaweiOf(b).PortAction(ctx, "sg-c", "add", []string{"e1", "e2"})
