@@ -701,3 +701,21 @@ func TestProbesFollowTheStore(t *testing.T) {
 	assert.Equal(t, http.StatusOK, status)
 	assert.JSONEq(t, `{"status":"ok","generation":2}`, body)
 }
+
+// TestMetricsForgetDeletedRules: the check series of a rule an SG no longer has, or of an ENI the
+// state no longer has, are dropped at the next check after the change, so create-check-delete loops
+// cannot grow /metrics for good.
+func TestMetricsForgetDeletedRules(t *testing.T) {
+	a := newTestAPI(t)
+	a.check("eni-web1", "ingress", "tcp", "203.0.113.7", 443) // sg-web rule 2
+	_, body := a.get("/metrics")
+	require.Contains(t, body, `sgsim_rule_hits_total{direction="ingress",eni="eni-web1",rule_index="2",sg_id="sg-web"} 1`)
+	// sg-web keeps one ingress rule: its rule 2 is gone.
+	r := a.tc("Action", ActModifyPolicy, "sgId", "sg-web", "ingress.0.ipProtocol", "tcp", "ingress.0.cidrIp", "0.0.0.0/0",
+		"ingress.0.portRange", "80", "ingress.0.action", "ACCEPT")
+	require.Equal(t, 0, r.Code, r.Message)
+	a.check("eni-web1", "ingress", "tcp", "203.0.113.7", 80)
+	_, body = a.get("/metrics")
+	assert.NotContains(t, body, `rule_index="2",sg_id="sg-web"`)
+	assert.Contains(t, body, `sgsim_rule_hits_total{direction="ingress",eni="eni-web1",rule_index="0",sg_id="sg-web"} 1`)
+}

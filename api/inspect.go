@@ -53,7 +53,7 @@ func (h *Handler) Check(eni string, d model.Direction, p *dataplane.Packet) (Che
 	}
 	v := t.Match(d, p)
 	out := CheckResponse{Explained: v.Explain(eni, d, t.Tables.Get(d)), Generation: snap.Generation}
-	h.metrics.verdict(eni, d, v)
+	h.metrics.verdict(h.ctrl.View().State, snap.Generation, eni, d, v)
 	return out, true
 }
 

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,22 @@ type metrics struct {
 	latency  *prometheus.HistogramVec // dialect, action, code
 	ruleHits *prometheus.CounterVec   // eni, direction, sg_id, rule_index
 	verdicts *prometheus.CounterVec   // eni, direction, verdict
+
+	// The check series, labelled by what API calls create and delete, are kept only for ENIs and rules
+	// the state still has: a tenant creating, checking and deleting SGs in a loop would otherwise grow
+	// them for good. seen holds every rule series made, prunedAt the generation last pruned at.
+	mu       sync.Mutex
+	seen     map[ruleSeries]bool
+	enis     map[string]bool // every ENI a check series names
+	prunedAt uint64
+}
+
+// ruleSeries is one sgsim_rule_hits_total series made by a rule's decision.
+type ruleSeries struct {
+	eni  string
+	dir  model.Direction
+	sg   string
+	rule int
 }
 
 // apiLatencyBuckets are upper bounds in seconds, from a rejected call to a 10k-rule policy on disk.
@@ -31,7 +48,9 @@ func apiLatencyBuckets() []float64 {
 
 func newMetrics(h *Handler) *metrics {
 	m := &metrics{
-		reg: prometheus.NewRegistry(),
+		reg:  prometheus.NewRegistry(),
+		seen: map[ruleSeries]bool{},
+		enis: map[string]bool{},
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sgsim_api_calls_total",
 			Help: "API calls by dialect, action and answer code."}, []string{"dialect", "action", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sgsim_api_call_duration_seconds",
@@ -56,12 +75,47 @@ func (m *metrics) apiCall(dialect, action, code string, start time.Time) {
 	m.latency.WithLabelValues(dialect, action, code).Observe(time.Since(start).Seconds())
 }
 
-func (m *metrics) verdict(eni string, d model.Direction, v dataplane.Verdict) {
+// verdict counts v, the decision of a check at state st (generation gen), first dropping the series of
+// ENIs and rules st no longer has if the state moved since the last time.
+func (m *metrics) verdict(st *model.State, gen uint64, eni string, d model.Direction, v dataplane.Verdict) {
+	m.prune(st, gen)
+	m.mu.Lock()
+	m.enis[eni] = true
+	if v.Reason == dataplane.ReasonRule {
+		m.seen[ruleSeries{eni, d, v.SgID, v.RuleIndex}] = true
+	}
+	m.mu.Unlock()
 	m.verdicts.WithLabelValues(eni, d.String(), v.Action.String()).Inc()
 	if v.Reason == dataplane.ReasonRule {
 		m.ruleHits.WithLabelValues(eni, d.String(), v.SgID, strconv.Itoa(v.RuleIndex)).Inc()
 	} else {
 		m.ruleHits.WithLabelValues(eni, d.String(), "", v.Reason.String()).Inc()
+	}
+}
+
+// prune deletes the check series of ENIs st has not and of rules its SGs no longer have.
+func (m *metrics) prune(st *model.State, gen uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if gen == m.prunedAt {
+		return
+	}
+	m.prunedAt = gen
+	for s := range m.seen {
+		_, eniThere := st.ENI(s.eni)
+		g, sgThere := st.SG(s.sg)
+		if eniThere && sgThere && s.rule < len(g.Rules(s.dir)) {
+			continue
+		}
+		delete(m.seen, s)
+		m.ruleHits.DeleteLabelValues(s.eni, s.dir.String(), s.sg, strconv.Itoa(s.rule))
+	}
+	for eni := range m.enis {
+		if _, there := st.ENI(eni); !there {
+			delete(m.enis, eni)
+			m.ruleHits.DeletePartialMatch(prometheus.Labels{"eni": eni})
+			m.verdicts.DeletePartialMatch(prometheus.Labels{"eni": eni})
+		}
 	}
 }
 
