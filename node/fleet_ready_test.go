@@ -73,38 +73,8 @@ func TestFleetAgentReadyOnlyInForce(t *testing.T) {
 func TestFleetEBPFAgentRestartedPastCompaction(t *testing.T) {
 	requireKernel(t)
 	t.Parallel()
-	lab := netlab.New(t, "nfpin")
-	lab.AddVM("e1", "sgp-e1", "198.18.225.1")
-	lab.AddVM("cli", "sgp-cli", "198.18.225.9")
-	for _, port := range []string{"80", "8080", "9090"} {
-		lab.EchoTCP("e1", "198.18.225.1:"+port)
-	}
-	seed, err := model.NewState(model.Topology{
-		AdminTokens: []string{fleetAdmin},
-		Accounts:    []model.Account{{AppID: fleetApp, SecretID: fleetID, SecretKey: fleetSecret}},
-		SecurityGroups: []model.SecurityGroup{{SgID: "sg-web", AppID: fleetApp, SgName: "web", Egress: []model.Rule{{Action: "ACCEPT"}},
-			Ingress: []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: "80", Action: "ACCEPT"}}}},
-		NetworkInterfaces: []model.NetworkInterface{{NetworkInterfaceID: "e1", AppID: fleetApp,
-			PrivateIPAddresses: []string{"198.18.225.1"}, SgIDs: []string{"sg-web"}, Host: "hp", HostInterface: "sgp-e1"}},
-	})
-	require.NoError(t, err)
-	etcd := etcdtest.Start(t)
-	replica := newReplica(t, etcd.Endpoint(), seed, 2*time.Second)
-	pin := hostPinDir(t, "hp")
-	through := func(port string, want bool) {
-		t.Helper()
-		if want {
-			assert.NoError(t, lab.EchoRoundTrip("cli", "198.18.225.1:"+port, 5*time.Second), "tcp/%s through", port)
-		} else {
-			assert.Error(t, lab.EchoRoundTrip("cli", "198.18.225.1:"+port, refusedAfter), "tcp/%s dropped", port)
-		}
-	}
-	ready := func(base string) {
-		t.Helper()
-		require.Eventually(t, func() bool { code, _ := agentGet(t, base, "/readyz"); return code == http.StatusOK },
-			15*time.Second, 5*time.Millisecond, "agent ready")
-	}
-
+	pl := newPinnedAgentLab(t, "nfpin", "sgp", "198.18.225", "hp", "80", "8080", "9090")
+	lab, etcd, replica, pin, through, ready := pl.lab, pl.etcd, pl.replica, pl.pin, pl.through, pl.ready
 	base, stop := startEBPFAgent(t, etcd.Endpoint(), "hp", lab.Host, pin, nil)
 	ready(base)
 	through("80", true)
@@ -215,38 +185,8 @@ func TestFleetAgentNotReadyWhileCutOff(t *testing.T) {
 func TestFleetEBPFAgentRestartedAfterADelete(t *testing.T) {
 	requireKernel(t)
 	t.Parallel()
-	lab := netlab.New(t, "nfdel")
-	lab.AddVM("e1", "sgd-e1", "198.18.226.1")
-	lab.AddVM("cli", "sgd-cli", "198.18.226.9")
-	for _, port := range []string{"80", "8080"} {
-		lab.EchoTCP("e1", "198.18.226.1:"+port)
-	}
-	seed, err := model.NewState(model.Topology{
-		AdminTokens: []string{fleetAdmin},
-		Accounts:    []model.Account{{AppID: fleetApp, SecretID: fleetID, SecretKey: fleetSecret}},
-		SecurityGroups: []model.SecurityGroup{{SgID: "sg-web", AppID: fleetApp, SgName: "web", Egress: []model.Rule{{Action: "ACCEPT"}},
-			Ingress: []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: "80", Action: "ACCEPT"}}}},
-		NetworkInterfaces: []model.NetworkInterface{{NetworkInterfaceID: "e1", AppID: fleetApp,
-			PrivateIPAddresses: []string{"198.18.226.1"}, SgIDs: []string{"sg-web"}, Host: "hd", HostInterface: "sgd-e1"}},
-	})
-	require.NoError(t, err)
-	etcd := etcdtest.Start(t)
-	replica := newReplica(t, etcd.Endpoint(), seed, 2*time.Second)
-	pin := hostPinDir(t, "hd")
-	through := func(port string, want bool) {
-		t.Helper()
-		if want {
-			assert.NoError(t, lab.EchoRoundTrip("cli", "198.18.226.1:"+port, 5*time.Second), "tcp/%s through", port)
-		} else {
-			assert.Error(t, lab.EchoRoundTrip("cli", "198.18.226.1:"+port, refusedAfter), "tcp/%s dropped", port)
-		}
-	}
-	ready := func(base string) {
-		t.Helper()
-		require.Eventually(t, func() bool { code, _ := agentGet(t, base, "/readyz"); return code == http.StatusOK },
-			15*time.Second, 5*time.Millisecond, "agent ready")
-	}
-
+	pl := newPinnedAgentLab(t, "nfdel", "sgd", "198.18.226", "hd", "80", "8080")
+	lab, etcd, replica, pin, through, ready := pl.lab, pl.etcd, pl.replica, pl.pin, pl.through, pl.ready
 	base, stop := startEBPFAgent(t, etcd.Endpoint(), "hd", lab.Host, pin, nil)
 	ready(base)
 	through("80", true)
@@ -275,4 +215,51 @@ func TestFleetEBPFAgentRestartedAfterADelete(t *testing.T) {
 		require.NoError(t, err)
 		assert.Empty(t, matches, "no pinned %s link left", hook)
 	}
+}
+
+// pinnedAgentLab is a lab of one VM e1 (NET.1, its veth PREFIX-e1, ENI e1 on host, sg-web admitting
+// tcp/80) with echo servers on ports and a client cli (NET.9), an etcd, a replica seeded with it, the
+// host's pin directory, and checks of a port through e1 and of an agent's readiness.
+type pinnedAgentLab struct {
+	lab     *netlab.Lab
+	etcd    *etcdtest.Server
+	replica *Node
+	pin     string
+	through func(port string, want bool)
+	ready   func(base string)
+}
+
+func newPinnedAgentLab(t *testing.T, name, prefix, net, host string, ports ...string) pinnedAgentLab {
+	t.Helper()
+	lab := netlab.New(t, name)
+	lab.AddVM("e1", prefix+"-e1", net+".1")
+	lab.AddVM("cli", prefix+"-cli", net+".9")
+	for _, port := range ports {
+		lab.EchoTCP("e1", net+".1:"+port)
+	}
+	seed, err := model.NewState(model.Topology{
+		AdminTokens: []string{fleetAdmin},
+		Accounts:    []model.Account{{AppID: fleetApp, SecretID: fleetID, SecretKey: fleetSecret}},
+		SecurityGroups: []model.SecurityGroup{{SgID: "sg-web", AppID: fleetApp, SgName: "web", Egress: []model.Rule{{Action: "ACCEPT"}},
+			Ingress: []model.Rule{{IPProtocol: "tcp", CidrIP: "0.0.0.0/0", PortRange: "80", Action: "ACCEPT"}}}},
+		NetworkInterfaces: []model.NetworkInterface{{NetworkInterfaceID: "e1", AppID: fleetApp,
+			PrivateIPAddresses: []string{net + ".1"}, SgIDs: []string{"sg-web"}, Host: host, HostInterface: prefix + "-e1"}},
+	})
+	require.NoError(t, err)
+	etcd := etcdtest.Start(t)
+	pl := pinnedAgentLab{lab: lab, etcd: etcd, replica: newReplica(t, etcd.Endpoint(), seed, 2*time.Second), pin: hostPinDir(t, host)}
+	pl.through = func(port string, want bool) {
+		t.Helper()
+		if want {
+			assert.NoError(t, lab.EchoRoundTrip("cli", net+".1:"+port, 5*time.Second), "tcp/%s through", port)
+		} else {
+			assert.Error(t, lab.EchoRoundTrip("cli", net+".1:"+port, refusedAfter), "tcp/%s dropped", port)
+		}
+	}
+	pl.ready = func(base string) {
+		t.Helper()
+		require.Eventually(t, func() bool { code, _ := agentGet(t, base, "/readyz"); return code == http.StatusOK },
+			15*time.Second, 5*time.Millisecond, "agent ready")
+	}
+	return pl
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sgsim/sgsim/api"
+	"github.com/sgsim/sgsim/internal/testkit"
 	"github.com/sgsim/sgsim/model"
 )
 
@@ -115,26 +116,10 @@ func topology(t *testing.T, perAccount int) (string, [2]*account) {
 type daemon struct {
 	cmd    *exec.Cmd
 	host   string // 127.0.0.1:port, also the signed Host
-	stderr *syncBuffer
+	stderr *testkit.SyncBuffer
 	done   chan struct{}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 var servingAddr = regexp.MustCompile(`msg=serving addr=(\S+)|INFO serving addr=(\S+)`)
 
@@ -145,7 +130,7 @@ func startDaemon(t *testing.T, dataDir string, extra ...string) *daemon {
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir}, extra...)
 	cmd := exec.Command(sgsimBin, args...)
 	pr, pw := io.Pipe()
-	d := &daemon{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	d := &daemon{cmd: cmd, stderr: &testkit.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = pw
 	require.NoError(t, cmd.Start())
 	addr := make(chan string, 1)

@@ -2,10 +2,8 @@ package etcdstore
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/sgsim/sgsim/internal/testkit"
 	"github.com/sgsim/sgsim/store/storetest"
 )
 
@@ -140,22 +139,10 @@ func TestOpenWaitsForEtcdAndSaysSo(t *testing.T) {
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:1"}, DialTimeout: 100 * time.Millisecond, Logger: zap.NewNop()})
 	require.NoError(t, err)
 	defer cli.Close()
-	var logs strings.Builder
+	var logs testkit.SyncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), reachTry+1500*time.Millisecond)
 	defer cancel()
-	_, err = Open(ctx, cli, "/t", WithLogger(slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))))
+	_, err = Open(ctx, cli, "/t", WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	require.ErrorContains(t, err, "reach etcd [127.0.0.1:1]")
 	assert.Contains(t, logs.String(), "etcd does not answer yet; trying again")
-}
-
-// syncWriter serialises writes to w.
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }
