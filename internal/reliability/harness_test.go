@@ -120,7 +120,6 @@ type daemon struct {
 	done   chan struct{}
 }
 
-
 var servingAddr = regexp.MustCompile(`msg=serving addr=(\S+)|INFO serving addr=(\S+)`)
 
 // startDaemon runs `sgsim serve --listen 127.0.0.1:0 --data-dir dataDir` with extra flags and waits until
