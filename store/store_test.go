@@ -551,7 +551,7 @@ func FuzzRecords(f *testing.F) {
 				require.ErrorContains(t, err, rec.Key.String())
 				require.ErrorContains(t, applyErr, rec.Key.String())
 			} else {
-				_, verr := model.NewState(want)
+				_, verr := model.RestoreState(want) // what a store loads by
 				require.Error(t, verr, "refused a state the model accepts: %v", err)
 				requireNamesARecord(t, err, recs)
 				requireNamesARecord(t, applyErr, recs)
@@ -559,7 +559,7 @@ func FuzzRecords(f *testing.F) {
 		} else {
 			require.NoError(t, applyErr, "a load accepts what a follower refuses")
 			require.True(t, documents, "accepted %s holding %q", rec.Key, value)
-			expected, err := model.NewState(want)
+			expected, err := model.RestoreState(want)
 			require.NoError(t, err)
 			storetest.RequireSameTopology(t, expected, s, "the state holds what the record says")
 			storetest.RequireSameTopology(t, expected, applied, "applied")

@@ -147,9 +147,12 @@ func (g *fuzzGen) order(n int) []int {
 func (g *fuzzGen) state(t *testing.T) *model.State {
 	var topo model.Topology
 	for i := range 1 + g.n(3) {
-		a := model.Account{AppID: g.piece() + "#" + strconv.Itoa(i), SecretID: g.piece()}
+		a := model.Account{AppID: g.piece() + "#" + strconv.Itoa(i)}
+		if g.n(2) == 0 { // credentials of its own, as a valid state has them
+			a.SecretID, a.SecretKey = g.piece()+"#"+strconv.Itoa(i), g.piece()+"k"
+		}
 		if g.n(2) == 0 {
-			a.HuaweiTokens = []string{g.piece()}
+			a.HuaweiTokens = []string{g.piece() + "#" + strconv.Itoa(i)}
 		}
 		topo.Accounts = append(topo.Accounts, a)
 	}
