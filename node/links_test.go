@@ -139,19 +139,11 @@ func TestInterfacesFollowENIs(t *testing.T) {
 // is refused with 409 naming the limit, and nothing of it is made: no state, no slot, no table.
 func TestENILimitIsAClear409(t *testing.T) {
 	requireKernel(t)
-	seed, err := model.ParseTopology("links", []byte(linksTopology))
-	require.NoError(t, err)
 	lim := control.DefaultLimits()
 	lim.ENIsPerHost = 2
-	n, err := New(context.Background(), Config{Seed: seed, Dataplane: DataplaneBoth, NoAttach: true,
-		Control: control.Options{Limits: &lim}, API: api.Options{AdminTokens: []string{"t"}}, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, n.Close()) })
-	srv := httptest.NewServer(n.Handler())
-	t.Cleanup(srv.Close)
-	c := &client.Native{Endpoint: srv.URL, Token: "t"}
+	n, c := newUnattachedNode(t, DataplaneBoth, &lim)
 	ctx := context.Background()
-	_, err = c.PutENI(ctx, client.ENISpec{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.2"}, SgIDs: []string{"sg-late"}})
+	_, err := c.PutENI(ctx, client.ENISpec{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.2"}, SgIDs: []string{"sg-late"}})
 	require.NoError(t, err)
 	before := n.Controller().View()
 	_, err = c.PutENI(ctx, client.ENISpec{NetworkInterfaceID: "eni-3", AppID: "1", PrivateIPAddresses: []string{"198.18.211.3"}, SgIDs: []string{"sg-late"}})
@@ -307,15 +299,7 @@ func TestSecondNodeOnAPinPathIsRefused(t *testing.T) {
 // says, per ENI, at which generation its tables in force were made (SPEC §8: table generation).
 func TestEBPFOnlyNodeReportsTableGeneration(t *testing.T) {
 	requireKernel(t)
-	seed, err := model.ParseTopology("links", []byte(linksTopology))
-	require.NoError(t, err)
-	n, err := New(context.Background(), Config{Seed: seed, Dataplane: DataplaneEBPF, NoAttach: true,
-		API: api.Options{AdminTokens: []string{"t"}}, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, n.Close()) })
-	srv := httptest.NewServer(n.Handler())
-	t.Cleanup(srv.Close)
-	c := &client.Native{Endpoint: srv.URL, Token: "t"}
+	n, c := newUnattachedNode(t, DataplaneEBPF, nil)
 	ctx := context.Background()
 	put, err := c.PutENI(ctx, client.ENISpec{NetworkInterfaceID: "eni-2", AppID: "1", PrivateIPAddresses: []string{"198.18.211.2"}, SgIDs: []string{"sg-late"}})
 	require.NoError(t, err)
@@ -324,4 +308,20 @@ func TestEBPFOnlyNodeReportsTableGeneration(t *testing.T) {
 	got, err := c.GetENI(ctx, "eni-2")
 	require.NoError(t, err)
 	assert.Equal(t, gen, got.TableGeneration)
+}
+
+// newUnattachedNode runs a node on linksTopology with dataplane dp and limits lim (nil: the defaults),
+// attached to no interface, behind an HTTP server, until the test ends; c is a client of its admin API
+// (token "t").
+func newUnattachedNode(t *testing.T, dp string, lim *control.Limits) (n *Node, c *client.Native) {
+	t.Helper()
+	seed, err := model.ParseTopology("links", []byte(linksTopology))
+	require.NoError(t, err)
+	n, err = New(context.Background(), Config{Seed: seed, Dataplane: dp, NoAttach: true,
+		Control: control.Options{Limits: lim}, API: api.Options{AdminTokens: []string{"t"}}, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	srv := httptest.NewServer(n.Handler())
+	t.Cleanup(srv.Close)
+	return n, &client.Native{Endpoint: srv.URL, Token: "t"}
 }
