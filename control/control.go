@@ -246,17 +246,8 @@ func (c *Controller) write(ctx context.Context, op func(s *model.State) (*model.
 	v := c.View()
 	next, err := op(v.State)
 	for tries := 0; err != nil || next == nil; tries++ {
-		newer, lerr := c.newerInStore(ctx, v)
-		switch {
-		case lerr != nil:
-			return &model.Error{Code: model.CodeInternal, Reason: lerr.Error(), Err: lerr}
-		case !newer:
-			return err
-		case tries == maxStaleRetries:
-			return &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("gave up after %d states replaced while answering", tries+1)}
-		}
-		if rerr := c.Refresh(ctx); rerr != nil {
-			return &model.Error{Code: model.CodeInternal, Reason: rerr.Error(), Err: rerr}
+		if again, answer := c.staleAnswer(ctx, v, err, tries, c.Refresh); !again {
+			return answer
 		}
 		v = c.View()
 		next, err = op(v.State)
@@ -269,7 +260,11 @@ func (c *Controller) write(ctx context.Context, op func(s *model.State) (*model.
 		if cur := c.View(); cur != v {
 			v = cur
 			if next, err = op(cur.State); err != nil || next == nil {
-				return err
+				// As before the lock: answered only from the newest state.
+				if again, answer := c.staleAnswer(ctx, cur, err, retries, c.refresh); !again {
+					return answer
+				}
+				continue
 			}
 		}
 		err = c.apply(ctx, next)
@@ -283,6 +278,25 @@ func (c *Controller) write(ctx context.Context, op func(s *model.State) (*model.
 			return &model.Error{Code: model.CodeInternal, Reason: err.Error(), Err: err}
 		}
 	}
+}
+
+// staleAnswer tells whether a refusal or no-op (err, nil for a no-op) that op reached on v must be
+// decided again (again: the store holds a newer state, now put in force by refresh, which is Refresh
+// outside the lock and refresh under it), or else what to answer: err, or why no answer can be given.
+func (c *Controller) staleAnswer(ctx context.Context, v *View, err error, tries int, refresh func(context.Context) error) (again bool, answer error) {
+	newer, lerr := c.newerInStore(ctx, v)
+	switch {
+	case lerr != nil:
+		return false, &model.Error{Code: model.CodeInternal, Reason: lerr.Error(), Err: lerr}
+	case !newer:
+		return false, err
+	case tries == maxStaleRetries:
+		return false, &model.Error{Code: model.CodeInternal, Reason: fmt.Sprintf("gave up after %d states replaced while answering", tries+1)}
+	}
+	if rerr := refresh(ctx); rerr != nil {
+		return false, &model.Error{Code: model.CodeInternal, Reason: rerr.Error(), Err: rerr}
+	}
+	return true, nil
 }
 
 // latestStore is a Store other writers commit to as well, which can say cheaply which state is newest.
